@@ -1,0 +1,67 @@
+#pragma once
+// A chunkserver: the chunk store, the data service that clients, peers and the master
+// call, and the link that registers with the master and heartbeats. Everything here runs
+// on one event loop; disk work goes to a DiskPool.
+
+#include <kj/async-io.h>
+#include <kj/timer.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "chunk_store.h"
+#include "chunkserver.capnp.h"
+#include "disk_pool.h"
+#include "master.capnp.h"
+#include "rpc.h"
+
+namespace cairn {
+
+struct ChunkserverOptions {
+  std::string address;  // HOST:PORT as the master and clients reach this server
+  std::string rack = "default";
+  std::vector<std::string> dataDirs;
+  std::string master;  // HOST:PORT
+  size_t diskThreads = 4;
+  uint64_t bufferLimitBytes = 512ull << 20;  // pushed data waiting for a write
+  kj::Duration bufferIdleLimit = 60 * kj::SECONDS;
+  kj::Duration rpcTimeout = 20 * kj::SECONDS;
+  kj::Duration reconnectDelay = kj::SECONDS;
+};
+
+class Chunkserver {
+ public:
+  Chunkserver(ChunkserverOptions options, Disk& disk, kj::Timer& timer, kj::Network& network);
+  ~Chunkserver();
+
+  // Opens the store, then keeps registered with the master until destroyed.
+  kj::Promise<void> start();
+  // The capability served to clients, peers and the master.
+  wire::ChunkServer::Client capability() { return cap; }
+
+  ChunkStore& store() { return chunkStore; }
+  DiskPool& pool() { return diskPool; }
+  PeerPool& peers() { return peerPool; }
+  kj::Timer& timer() { return timer_; }
+  const ChunkserverOptions& options() const { return opts; }
+  bool registered() const { return registrationId != 0; }
+
+ private:
+  friend class ChunkServerImpl;
+  kj::Promise<void> linkLoop();
+  kj::Promise<void> registerWithMaster();
+  kj::Promise<void> heartbeatLoop(wire::ChunkserverRegistry::Client registry, uint32_t ms);
+  kj::Promise<void> deleteChunks(kj::Array<uint64_t> handles);
+
+  ChunkserverOptions opts;
+  kj::Timer& timer_;
+  DiskPool diskPool;
+  ChunkStore chunkStore;
+  PeerPool peerPool;
+  wire::ChunkServer::Client cap;
+  uint64_t registrationId = 0;
+  kj::Maybe<kj::Promise<void>> link;
+};
+
+}  // namespace cairn

@@ -1,0 +1,75 @@
+// cairn-chunkserver: parses flags, builds the real environment, serves until killed.
+
+#include <CLI/CLI.hpp>
+#include <kj/async-io.h>
+#include <signal.h>
+
+#include <fstream>
+
+#include "address.h"
+#include "chunkserver.h"
+#include "log.h"
+
+int main(int argc, char** argv) {
+  using namespace cairn;
+  CLI::App app{"Cairn chunkserver: stores and serves replicated chunks"};
+  std::string listen = "0.0.0.0:7710";
+  std::string advertise;
+  std::vector<std::string> dataDirs;
+  std::string master;
+  std::string rack = "default";
+  std::string portFile;
+  app.add_option("--listen", listen, "HOST:PORT to serve RPC on")->capture_default_str();
+  app.add_option("--advertise", advertise, "HOST:PORT the master and clients use "
+                 "(default: the listen address)");
+  app.add_option("--data", dataDirs, "data directory (repeat for several disks)")
+      ->required()
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  app.add_option("--master", master, "the master's HOST:PORT")->required();
+  app.add_option("--rack", rack, "rack name, for placement")->capture_default_str();
+  app.add_option("--port-file", portFile, "write the bound HOST:PORT here once listening");
+  CLI11_PARSE(app, argc, argv);
+  setLogComponent("chunkserver");
+  signal(SIGPIPE, SIG_IGN);
+
+  auto addr = parseHostPort(listen);
+  auto masterAddr = parseHostPort(master);
+  for (auto* r : {&addr, &masterAddr}) {
+    if (!r->ok()) {
+      logError("{}", r->status.toString());
+      return 2;
+    }
+  }
+  try {
+    auto io = kj::setupAsyncIo();
+    auto& network = io.provider->getNetwork();
+    auto listener =
+        network.parseAddress(addr.value.host, addr.value.port).wait(io.waitScope)->listen();
+    uint16_t port = listener->getPort();
+    std::string bound = HostPort{addr.value.host, port}.toString();
+    if (advertise.empty()) {
+      if (addr.value.host == "0.0.0.0" || addr.value.host == "::") {
+        logError("--advertise is needed when listening on a wildcard address");
+        return 2;
+      }
+      advertise = bound;
+    }
+    setLogComponent("chunkserver " + advertise);
+    PosixDisk disk;
+    ChunkserverOptions options;
+    options.address = advertise;
+    options.rack = rack;
+    options.dataDirs = dataDirs;
+    options.master = master;
+    Chunkserver chunkserver(options, disk, io.provider->getTimer(), network);
+    RpcServer server(chunkserver.capability(), kj::mv(listener));
+    chunkserver.start().wait(io.waitScope);
+    logInfo("listening on {} (master {}, rack '{}')", bound, master, rack);
+    if (!portFile.empty()) std::ofstream(portFile) << advertise << "\n";
+    kj::NEVER_DONE.wait(io.waitScope);
+  } catch (const kj::Exception& e) {
+    logError("fatal: {}", e.getDescription().cStr());
+    return 1;
+  }
+}

@@ -1,0 +1,120 @@
+// The chunkserver's side of its relationship with the master: register with a full chunk
+// report, heartbeat, delete what the master says is garbage, and register again whenever
+// the master is lost.
+
+#include <kj/debug.h>
+
+#include "chunkserver.h"
+#include "log.h"
+
+namespace cairn {
+
+kj::Own<wire::ChunkServer::Server> newChunkServerImpl(Chunkserver& cs);
+
+Chunkserver::Chunkserver(ChunkserverOptions options, Disk& disk, kj::Timer& timer,
+                         kj::Network& network)
+    : opts(std::move(options)),
+      timer_(timer),
+      diskPool(opts.diskThreads),
+      chunkStore(disk, opts.dataDirs, uint64_t{1} << 31),
+      peerPool(network, timer),
+      cap(newChunkServerImpl(*this)) {}
+
+Chunkserver::~Chunkserver() = default;
+
+kj::Promise<void> Chunkserver::start() {
+  return diskPool.run([this]() { return chunkStore.open(); }).then([this](Status s) {
+    KJ_REQUIRE(s.ok(), "cannot open the chunk store", s.toString());
+    link = linkLoop().eagerlyEvaluate([](kj::Exception&& e) {
+      logError("master link stopped: {}", e.getDescription().cStr());
+    });
+  });
+}
+
+kj::Promise<void> Chunkserver::linkLoop() {
+  return registerWithMaster().then(
+      [this]() { return linkLoop(); },
+      [this](kj::Exception&& e) {
+        if (registrationId != 0) {
+          logWarn("lost the master at {}: {}", opts.master, e.getDescription().cStr());
+        } else {
+          logDebug("master {} not reachable: {}", opts.master, e.getDescription().cStr());
+        }
+        registrationId = 0;
+        peerPool.drop(opts.master);
+        return timer_.afterDelay(opts.reconnectDelay).then([this]() { return linkLoop(); });
+      });
+}
+
+kj::Promise<void> Chunkserver::registerWithMaster() {
+  return diskPool.run([this]() { return std::make_pair(chunkStore.list(), chunkStore.space()); })
+      .then([this](std::pair<std::vector<StoredChunk>, DiskSpace> state) {
+        auto registry = peerPool.get<wire::Master>(opts.master).chunkserverRequest().send()
+                            .getService();
+        auto req = registry.registerRequest();
+        req.setAddress(opts.address);
+        req.setRack(opts.rack);
+        req.setCapacityBytes(state.second.capacityBytes);
+        req.setUsedBytes(state.second.capacityBytes - state.second.freeBytes);
+        auto list = req.initChunks(static_cast<uint>(state.first.size()));
+        for (size_t i = 0; i < state.first.size(); ++i) {
+          list[i].setHandle(state.first[i].handle);
+          list[i].setVersion(state.first[i].version);
+          list[i].setSize(state.first[i].length);
+        }
+        req.setServer(cap);
+        return timer_.timeoutAfter(opts.rpcTimeout, req.send())
+            .then([this, registry](auto response) mutable -> kj::Promise<void> {
+              Status s = fromWire(response.getStatus());
+              KJ_REQUIRE(s.ok(), "registration refused", s.toString());
+              registrationId = response.getId();
+              if (response.getChunkSize() != 0) chunkStore.setChunkSize(response.getChunkSize());
+              logInfo("registered with master {} as id {}", opts.master, registrationId);
+              uint32_t ms = std::max<uint32_t>(response.getHeartbeatMs(), 100);
+              return heartbeatLoop(kj::mv(registry), ms);
+            });
+      });
+}
+
+kj::Promise<void> Chunkserver::heartbeatLoop(wire::ChunkserverRegistry::Client registry,
+                                             uint32_t ms) {
+  return timer_.afterDelay(ms * kj::MILLISECONDS)
+      .then([this]() { return diskPool.run([this]() { return chunkStore.space(); }); })
+      .then([this, registry, ms](DiskSpace space) mutable {
+        auto req = registry.heartbeatRequest();
+        req.setId(registrationId);
+        req.setCapacityBytes(space.capacityBytes);
+        req.setUsedBytes(space.capacityBytes - space.freeBytes);
+        return timer_.timeoutAfter(opts.rpcTimeout, req.send())
+            .then([this, registry, ms](auto response) mutable -> kj::Promise<void> {
+              Status s = fromWire(response.getStatus());
+              if (s.code() == ErrorCode::NOT_FOUND) {
+                logWarn("master forgot this chunkserver; registering again");
+                return kj::READY_NOW;  // linkLoop registers again
+              }
+              KJ_REQUIRE(s.ok(), "heartbeat refused", s.toString());
+              auto handles = response.getDeleteHandles();
+              auto copy = kj::heapArray<uint64_t>(handles.size());
+              for (uint i = 0; i < handles.size(); ++i) copy[i] = handles[i];
+              return deleteChunks(kj::mv(copy)).then([this, registry, ms]() mutable {
+                return heartbeatLoop(kj::mv(registry), ms);
+              });
+            });
+      });
+}
+
+kj::Promise<void> Chunkserver::deleteChunks(kj::Array<uint64_t> handles) {
+  if (handles.size() == 0) return kj::READY_NOW;
+  return diskPool.run([this, handles = kj::mv(handles)]() {
+    for (uint64_t h : handles) {
+      Status s = chunkStore.remove(h);
+      if (s.ok()) {
+        logInfo("deleted chunk {:x}", h);
+      } else if (s.code() != ErrorCode::NOT_FOUND) {
+        logWarn("cannot delete chunk {:x}: {}", h, s.toString());
+      }
+    }
+  });
+}
+
+}  // namespace cairn

@@ -1,0 +1,124 @@
+// cairn: the user and admin command line. Parses flags, builds the client, dispatches.
+
+#include <CLI/CLI.hpp>
+#include <ifaddrs.h>
+#include <kj/async-io.h>
+#include <netdb.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdlib>
+
+#include "commands.h"
+#include "log.h"
+
+namespace {
+
+// This host's addresses, so that reads prefer a replica on the same machine.
+std::vector<std::string> localHosts() {
+  std::vector<std::string> out;
+  ifaddrs* list = nullptr;
+  if (getifaddrs(&list) != 0) return out;
+  for (ifaddrs* i = list; i != nullptr; i = i->ifa_next) {
+    if (i->ifa_addr == nullptr) continue;
+    int family = i->ifa_addr->sa_family;
+    if (family != AF_INET && family != AF_INET6) continue;
+    char host[NI_MAXHOST];
+    socklen_t len = family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6);
+    if (getnameinfo(i->ifa_addr, len, host, sizeof(host), nullptr, 0, NI_NUMERICHOST) == 0) {
+      out.push_back(host);
+    }
+  }
+  freeifaddrs(list);
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace cairn;
+  CLI::App app{"cairn: use and administer a Cairn cluster"};
+  app.require_subcommand(1);
+  const char* envMaster = getenv("CAIRN_MASTER");
+  std::string master = envMaster ? envMaster : "127.0.0.1:7700";
+  std::string host;
+  app.add_option("--master", master, "the master's HOST:PORT (also CAIRN_MASTER)")
+      ->capture_default_str();
+  app.add_option("--host", host, "this host's name as chunkservers advertise it (for locality)");
+
+  std::string a, b;
+  int replication = 0;
+  bool flagR = false, flagL = false, flagP = false, flagF = false, json = false;
+
+  auto put = app.add_subcommand("put", "copy a local file into the cluster");
+  put->add_option("-r,--replication", replication, "replicas of each chunk (default: the "
+                  "directory's goal)");
+  put->add_flag("-f,--force", flagF, "overwrite an existing file");
+  put->add_option("LOCAL", a)->required();
+  put->add_option("PATH", b)->required();
+  auto get = app.add_subcommand("get", "copy a file out of the cluster");
+  get->add_option("PATH", a)->required();
+  get->add_option("LOCAL", b)->required();
+  auto cat = app.add_subcommand("cat", "write a file to standard output");
+  cat->add_option("PATH", a)->required();
+  auto ls = app.add_subcommand("ls", "list a directory");
+  ls->add_flag("-l", flagL, "long format");
+  ls->add_flag("--json", json, "JSON output");
+  ls->add_option("PATH", a)->default_val("/");
+  auto st = app.add_subcommand("stat", "show a file's attributes");
+  st->add_flag("--json", json, "JSON output");
+  st->add_option("PATH", a)->required();
+  auto mkdir = app.add_subcommand("mkdir", "make a directory");
+  mkdir->add_flag("-p,--parents", flagP, "make parents as needed; no error if it exists");
+  mkdir->add_option("PATH", a)->required();
+  auto rm = app.add_subcommand("rm", "remove a file, or a directory with -r");
+  rm->add_flag("-r,-R,--recursive", flagR, "remove directories and their contents");
+  rm->add_option("PATH", a)->required();
+  auto mv = app.add_subcommand("mv", "rename or move a file or directory");
+  mv->add_option("SRC", a)->required();
+  mv->add_option("DST", b)->required();
+  auto setrep = app.add_subcommand("setrep", "set a file's replication goal");
+  setrep->add_option("N", replication)->required();
+  setrep->add_option("PATH", a)->required();
+  auto locate = app.add_subcommand("locate", "show where a file's chunks are");
+  locate->add_flag("--json", json, "JSON output");
+  locate->add_option("PATH", a)->required();
+  auto servers = app.add_subcommand("servers", "list the chunkservers");
+  servers->add_flag("--json", json, "JSON output");
+  CLI11_PARSE(app, argc, argv);
+
+  signal(SIGPIPE, SIG_IGN);
+  setLogLevel(LogLevel::WARN);
+  setLogComponent("cairn");
+  try {
+    auto io = kj::setupAsyncIo();
+    ClientOptions options;
+    options.master = master;
+    options.localHosts = localHosts();
+    if (!host.empty()) options.localHosts.push_back(host);
+    if (const char* h = getenv("CAIRN_HOST")) options.localHosts.push_back(h);
+    options.seed = static_cast<uint64_t>(getpid()) * 0x9E3779B97F4A7C15ull ^
+                   static_cast<uint64_t>(time(nullptr));
+    Client client(options, io.provider->getNetwork(), io.provider->getTimer());
+    CliContext c{client, io.waitScope};
+    c.progress = isatty(STDERR_FILENO);
+    c.uid = getuid();
+    c.gid = getgid();
+    auto path = [](const std::string& p) { return p.empty() || p[0] != '/' ? "/" + p : p; };
+    if (*put) return cmdPut(c, a, path(b), static_cast<uint8_t>(replication), flagF);
+    if (*get) return cmdGet(c, path(a), b);
+    if (*cat) return cmdCat(c, path(a));
+    if (*ls) return cmdLs(c, path(a), flagL, json);
+    if (*st) return cmdStat(c, path(a), json);
+    if (*mkdir) return cmdMkdir(c, path(a), flagP);
+    if (*rm) return cmdRm(c, path(a), flagR);
+    if (*mv) return cmdMv(c, path(a), path(b));
+    if (*setrep) return cmdSetrep(c, replication, path(a));
+    if (*locate) return cmdLocate(c, path(a), json);
+    if (*servers) return cmdServers(c, json);
+  } catch (const kj::Exception& e) {
+    fprintf(stderr, "cairn: %s\n", e.getDescription().cStr());
+    return 1;
+  }
+  return 2;
+}

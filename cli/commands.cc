@@ -1,0 +1,534 @@
+#include "commands.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <grp.h>
+#include <pwd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <ctime>
+#include <nlohmann/json.hpp>
+
+#include "names.h"
+
+namespace cairn {
+namespace {
+
+constexpr size_t TRANSFER_BLOCK = 64 << 20;  // bytes handed to the client per call
+
+int fail(CliContext& c, const std::string& what, const Status& s) {
+  fmt::print(c.err, "cairn: {}: {}\n", what, s.toString());
+  return 1;
+}
+
+int failText(CliContext& c, const std::string& text) {
+  fmt::print(c.err, "cairn: {}\n", text);
+  return 1;
+}
+
+std::string baseName(const std::string& path) {
+  auto trimmed = path;
+  while (trimmed.size() > 1 && trimmed.back() == '/') trimmed.pop_back();
+  auto slash = trimmed.rfind('/');
+  return slash == std::string::npos ? trimmed : trimmed.substr(slash + 1);
+}
+
+std::string humanBytes(double bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (bytes >= 1024 && u < 4) {
+    bytes /= 1024;
+    ++u;
+  }
+  return u == 0 ? fmt::format("{:.0f} {}", bytes, units[u]) : fmt::format("{:.1f} {}", bytes, units[u]);
+}
+
+// Progress on a terminal: "put big.bin  512.0 MiB / 1.0 GiB  50%  230.1 MB/s".
+class Progress {
+ public:
+  Progress(CliContext& c, std::string label, uint64_t total)
+      : c(c), label(std::move(label)), total(total), start(std::chrono::steady_clock::now()) {}
+  void update(uint64_t done) {
+    if (!c.progress || total < (8u << 20)) return;
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    fmt::print(c.err, "\r{}  {} / {}  {:3.0f}%  {:.1f} MB/s   ", label, humanBytes(done),
+               humanBytes(total), 100.0 * done / total, secs > 0 ? done / secs / 1e6 : 0.0);
+    fflush(c.err);
+    shown = true;
+  }
+  ~Progress() {
+    if (shown) fmt::print(c.err, "\n");
+  }
+
+ private:
+  CliContext& c;
+  std::string label;
+  uint64_t total;
+  std::chrono::steady_clock::time_point start;
+  bool shown = false;
+};
+
+Result<FileAttr> resolve(CliContext& c, const std::string& path) {
+  return c.client.resolve(path).wait(c.waitScope);
+}
+
+std::string typeName(FileType t) {
+  switch (t) {
+    case FileType::REGULAR: return "file";
+    case FileType::DIRECTORY: return "directory";
+    case FileType::SYMLINK: return "symlink";
+  }
+  return "unknown";
+}
+
+std::string modeString(const FileAttr& a) {
+  std::string s = a.type == FileType::DIRECTORY ? "d" : a.type == FileType::SYMLINK ? "l" : "-";
+  const char* rwx = "rwxrwxrwx";
+  for (int i = 0; i < 9; ++i) s += (a.mode & (0400 >> i)) ? rwx[i] : '-';
+  return s;
+}
+
+std::string userName(uint32_t uid) {
+  if (passwd* p = getpwuid(uid)) return p->pw_name;
+  return std::to_string(uid);
+}
+
+std::string groupName(uint32_t gid) {
+  if (group* g = getgrgid(gid)) return g->gr_name;
+  return std::to_string(gid);
+}
+
+std::string timeString(int64_t ns) {
+  time_t secs = static_cast<time_t>(ns / 1000000000);
+  tm local;
+  localtime_r(&secs, &local);
+  char buf[32];
+  strftime(buf, sizeof(buf), "%Y-%m-%d %H:%M", &local);
+  return buf;
+}
+
+std::string isoTime(int64_t ns) {
+  time_t secs = static_cast<time_t>(ns / 1000000000);
+  tm utc;
+  gmtime_r(&secs, &utc);
+  char buf[32];
+  strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &utc);
+  return fmt::format("{}.{:09d}Z", buf, ns % 1000000000);
+}
+
+nlohmann::json attrJson(const FileAttr& a) {
+  return {{"inode", a.inode},       {"type", typeName(a.type)},
+          {"mode", fmt::format("{:04o}", a.mode)},
+          {"uid", a.uid},           {"gid", a.gid},
+          {"nlink", a.nlink},       {"size", a.size},
+          {"replication", a.replication}, {"chunks", a.chunkCount},
+          {"atime", isoTime(a.atimeNs)}, {"mtime", isoTime(a.mtimeNs)},
+          {"ctime", isoTime(a.ctimeNs)}};
+}
+
+Result<std::vector<DirEntryInfo>> listAll(CliContext& c, uint64_t inode) {
+  std::vector<DirEntryInfo> all;
+  std::string after;
+  for (;;) {
+    bool more = false;
+    auto page = c.client.readdir(inode, after, 4096, &more).wait(c.waitScope);
+    if (!page.ok()) return page.status;
+    for (auto& e : page.value) all.push_back(std::move(e));
+    if (!more || page.value.empty()) break;
+    after = all.back().name;
+  }
+  return all;
+}
+
+// Reads a whole local file descriptor range into `buf`; false on a read error.
+bool readFully(int fd, char* buf, size_t n, size_t& got) {
+  got = 0;
+  while (got < n) {
+    ssize_t r = ::read(fd, buf + got, n - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return false;
+    if (r == 0) break;
+    got += static_cast<size_t>(r);
+  }
+  return true;
+}
+
+bool writeFully(int fd, const char* buf, size_t n) {
+  size_t done = 0;
+  while (done < n) {
+    ssize_t r = ::write(fd, buf + done, n - done);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return false;
+    done += static_cast<size_t>(r);
+  }
+  return true;
+}
+
+// Streams [0, size) of `inode` to `fd`.
+int copyOut(CliContext& c, const std::string& path, const FileAttr& attr, int fd) {
+  Progress progress(c, "get " + path, attr.size);
+  std::string buf;
+  for (uint64_t off = 0; off < attr.size; off += TRANSFER_BLOCK) {
+    uint64_t n = std::min<uint64_t>(TRANSFER_BLOCK, attr.size - off);
+    Status s = c.client.read(attr.inode, off, n, buf).wait(c.waitScope);
+    if (!s.ok()) return fail(c, path, s);
+    if (!writeFully(fd, buf.data(), buf.size())) {
+      return failText(c, fmt::format("{}: write failed: {}", path, strerror(errno)));
+    }
+    progress.update(off + buf.size());
+    if (buf.size() < n) break;  // the file shrank while we read it
+  }
+  return 0;
+}
+
+}  // namespace
+
+std::pair<std::string, std::string> splitParent(const std::string& path) {
+  std::string p = path;
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  auto slash = p.rfind('/');
+  if (slash == std::string::npos) return {"/", p};
+  if (p == "/") return {"/", ""};
+  return {slash == 0 ? "/" : p.substr(0, slash), p.substr(slash + 1)};
+}
+
+int cmdPut(CliContext& c, const std::string& local, const std::string& path,
+           uint8_t replication, bool force) {
+  int fd = open(local.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return failText(c, fmt::format("{}: {}", local, strerror(errno)));
+  struct stat st;
+  fstat(fd, &st);
+  if (S_ISDIR(st.st_mode)) {
+    close(fd);
+    return failText(c, fmt::format("{}: is a directory", local));
+  }
+  std::string target = path;
+  auto existing = resolve(c, path);
+  if (existing.ok() && existing.value.type == FileType::DIRECTORY) {
+    target = (path.back() == '/' ? path : path + "/") + baseName(local);
+    existing = resolve(c, target);
+  }
+  if (existing.ok() && !force) {
+    close(fd);
+    return failText(c, fmt::format("{}: exists (use -f to overwrite)", target));
+  }
+  if (!existing.ok() && existing.status.code() != ErrorCode::NOT_FOUND) {
+    close(fd);
+    return fail(c, target, existing.status);
+  }
+  auto [parentPath, name] = splitParent(target);
+  auto parent = resolve(c, parentPath);
+  if (!parent.ok()) {
+    close(fd);
+    return fail(c, parentPath, parent.status);
+  }
+  // Write under a temporary name and rename at the end, so that a failed put leaves
+  // nothing behind and readers never see a partial file.
+  std::string temp = fmt::format(".{}._COPYING_", name.substr(0, 200));
+  c.client.unlink(parent.value.inode, temp).wait(c.waitScope);
+  auto created = c.client
+                     .create(parent.value.inode, temp, st.st_mode & 0777, c.uid, c.gid,
+                             replication, true)
+                     .wait(c.waitScope);
+  if (!created.ok()) {
+    close(fd);
+    return fail(c, target, created.status);
+  }
+  uint64_t inode = created.value.inode;
+  auto abandon = [&](const Status& s) {
+    close(fd);
+    c.client.unlink(parent.value.inode, temp).wait(c.waitScope);
+    return fail(c, target, s);
+  };
+  Progress progress(c, "put " + target, static_cast<uint64_t>(st.st_size));
+  std::string buf(TRANSFER_BLOCK, '\0');
+  uint64_t total = 0;
+  for (;;) {
+    size_t got = 0;
+    if (!readFully(fd, buf.data(), buf.size(), got)) {
+      return abandon(Status::ioError(fmt::format("reading {}: {}", local, strerror(errno))));
+    }
+    if (got == 0) break;
+    Status s = c.client
+                   .write(inode, total, kj::arrayPtr(reinterpret_cast<const kj::byte*>(buf.data()), got))
+                   .wait(c.waitScope);
+    if (!s.ok()) return abandon(s);
+    total += got;
+    progress.update(total);
+  }
+  close(fd);
+  auto sized = c.client.commitSize(inode, total).wait(c.waitScope);
+  if (!sized.ok()) return abandon(sized.status);
+  Status renamed =
+      c.client.rename(parent.value.inode, temp, parent.value.inode, name).wait(c.waitScope);
+  if (!renamed.ok()) return abandon(renamed);
+  return 0;
+}
+
+int cmdGet(CliContext& c, const std::string& path, const std::string& local) {
+  auto attr = resolve(c, path);
+  if (!attr.ok()) return fail(c, path, attr.status);
+  if (attr.value.type != FileType::REGULAR) return failText(c, fmt::format("{}: not a file", path));
+  std::string target = local;
+  struct stat st;
+  if (stat(local.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) target = local + "/" + baseName(path);
+  int fd = open(target.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return failText(c, fmt::format("{}: {}", target, strerror(errno)));
+  int rc = copyOut(c, path, attr.value, fd);
+  if (close(fd) != 0 && rc == 0) {
+    return failText(c, fmt::format("{}: {}", target, strerror(errno)));
+  }
+  if (rc != 0) unlink(target.c_str());
+  return rc;
+}
+
+int cmdCat(CliContext& c, const std::string& path) {
+  auto attr = resolve(c, path);
+  if (!attr.ok()) return fail(c, path, attr.status);
+  if (attr.value.type != FileType::REGULAR) return failText(c, fmt::format("{}: not a file", path));
+  fflush(c.out);
+  return copyOut(c, path, attr.value, fileno(c.out));
+}
+
+int cmdLs(CliContext& c, const std::string& path, bool longFormat, bool json) {
+  auto attr = resolve(c, path);
+  if (!attr.ok()) return fail(c, path, attr.status);
+  std::vector<DirEntryInfo> entries;
+  if (attr.value.type == FileType::DIRECTORY) {
+    auto all = listAll(c, attr.value.inode);
+    if (!all.ok()) return fail(c, path, all.status);
+    entries = std::move(all.value);
+  } else {
+    entries.push_back({baseName(path), attr.value});
+  }
+  if (json) {
+    auto arr = nlohmann::json::array();
+    for (auto& e : entries) {
+      auto j = attrJson(e.attr);
+      j["name"] = e.name;
+      arr.push_back(j);
+    }
+    fmt::print(c.out, "{}\n", arr.dump(2));
+    return 0;
+  }
+  for (auto& e : entries) {
+    if (!longFormat) {
+      fmt::print(c.out, "{}\n", e.name);
+      continue;
+    }
+    std::string rep = e.attr.type == FileType::REGULAR ? std::to_string(e.attr.replication) : "-";
+    fmt::print(c.out, "{} {:>3} {:>3} {:<8} {:<8} {:>12} {} {}\n", modeString(e.attr),
+               e.attr.nlink, rep, userName(e.attr.uid), groupName(e.attr.gid), e.attr.size,
+               timeString(e.attr.mtimeNs), e.name);
+  }
+  return 0;
+}
+
+int cmdStat(CliContext& c, const std::string& path, bool json) {
+  auto attr = resolve(c, path);
+  if (!attr.ok()) return fail(c, path, attr.status);
+  auto& a = attr.value;
+  if (json) {
+    auto j = attrJson(a);
+    j["path"] = path;
+    fmt::print(c.out, "{}\n", j.dump(2));
+    return 0;
+  }
+  fmt::print(c.out,
+             "  Path: {}\n  Type: {}\n Inode: {}\n  Size: {}\n Chunks: {}\n"
+             "Replication: {}\n  Mode: {:04o} ({})\n Links: {}\n Owner: {} ({})\n Group: {} ({})\n"
+             "Access: {}\nModify: {}\nChange: {}\n",
+             path, typeName(a.type), a.inode, a.size, a.chunkCount, a.replication, a.mode,
+             modeString(a), a.nlink, a.uid, userName(a.uid), a.gid, groupName(a.gid),
+             isoTime(a.atimeNs), isoTime(a.mtimeNs), isoTime(a.ctimeNs));
+  return 0;
+}
+
+int cmdMkdir(CliContext& c, const std::string& path, bool parents) {
+  auto parts = splitPath(path);
+  if (!parts.ok()) return fail(c, path, parts.status);
+  if (parts.value.empty()) {
+    return parents ? 0 : fail(c, path, Status::alreadyExists("the root exists"));
+  }
+  uint64_t inode = 1;  // root
+  for (size_t i = 0; i < parts.value.size(); ++i) {
+    bool last = i + 1 == parts.value.size();
+    auto found = c.client.lookup(inode, parts.value[i]).wait(c.waitScope);
+    if (found.ok()) {
+      if (found.value.type != FileType::DIRECTORY) {
+        return fail(c, path, Status::notDirectory(fmt::format("'{}' is not a directory",
+                                                              parts.value[i])));
+      }
+      if (last && !parents) return fail(c, path, Status::alreadyExists("exists"));
+      inode = found.value.inode;
+      continue;
+    }
+    if (found.status.code() != ErrorCode::NOT_FOUND || (!last && !parents)) {
+      return fail(c, path, found.status);
+    }
+    auto made = c.client.mkdir(inode, parts.value[i], 0755, c.uid, c.gid).wait(c.waitScope);
+    if (!made.ok() && !(parents && made.status.code() == ErrorCode::ALREADY_EXISTS)) {
+      return fail(c, path, made.status);
+    }
+    if (!made.ok()) {
+      made = c.client.lookup(inode, parts.value[i]).wait(c.waitScope);
+      if (!made.ok()) return fail(c, path, made.status);
+    }
+    inode = made.value.inode;
+  }
+  return 0;
+}
+
+namespace {
+Status removeTree(CliContext& c, uint64_t parent, const std::string& name, const FileAttr& attr) {
+  if (attr.type == FileType::DIRECTORY) {
+    for (;;) {
+      bool more = false;
+      auto page = c.client.readdir(attr.inode, "", 4096, &more).wait(c.waitScope);
+      if (!page.ok()) return page.status;
+      if (page.value.empty()) break;
+      for (auto& e : page.value) {
+        Status s = removeTree(c, attr.inode, e.name, e.attr);
+        if (!s.ok()) return s;
+      }
+    }
+    return c.client.rmdir(parent, name).wait(c.waitScope);
+  }
+  return c.client.unlink(parent, name).wait(c.waitScope);
+}
+}  // namespace
+
+int cmdRm(CliContext& c, const std::string& path, bool recursive) {
+  auto [parentPath, name] = splitParent(path);
+  if (name.empty()) return failText(c, "refusing to remove the root directory");
+  auto parent = resolve(c, parentPath);
+  if (!parent.ok()) return fail(c, path, parent.status);
+  auto attr = c.client.lookup(parent.value.inode, name).wait(c.waitScope);
+  if (!attr.ok()) return fail(c, path, attr.status);
+  Status s;
+  if (attr.value.type == FileType::DIRECTORY) {
+    s = recursive ? removeTree(c, parent.value.inode, name, attr.value)
+                  : c.client.rmdir(parent.value.inode, name).wait(c.waitScope);
+    if (!recursive && s.code() == ErrorCode::NOT_EMPTY) {
+      return fail(c, path, Status::notEmpty("directory not empty (use -r)"));
+    }
+  } else {
+    s = c.client.unlink(parent.value.inode, name).wait(c.waitScope);
+  }
+  return s.ok() ? 0 : fail(c, path, s);
+}
+
+int cmdMv(CliContext& c, const std::string& src, const std::string& dst) {
+  auto [srcParentPath, srcName] = splitParent(src);
+  if (srcName.empty()) return failText(c, "cannot move the root directory");
+  auto srcParent = resolve(c, srcParentPath);
+  if (!srcParent.ok()) return fail(c, src, srcParent.status);
+  std::string target = dst;
+  auto existing = resolve(c, dst);
+  if (existing.ok() && existing.value.type == FileType::DIRECTORY) {
+    auto srcAttr = c.client.lookup(srcParent.value.inode, srcName).wait(c.waitScope);
+    if (!srcAttr.ok()) return fail(c, src, srcAttr.status);
+    if (srcAttr.value.inode != existing.value.inode) {
+      target = (dst.back() == '/' ? dst : dst + "/") + srcName;
+    }
+  }
+  auto [dstParentPath, dstName] = splitParent(target);
+  if (dstName.empty()) return failText(c, "cannot replace the root directory");
+  auto dstParent = resolve(c, dstParentPath);
+  if (!dstParent.ok()) return fail(c, target, dstParent.status);
+  Status s = c.client.rename(srcParent.value.inode, srcName, dstParent.value.inode, dstName)
+                 .wait(c.waitScope);
+  return s.ok() ? 0 : fail(c, fmt::format("{} -> {}", src, target), s);
+}
+
+int cmdSetrep(CliContext& c, int replication, const std::string& path) {
+  if (replication < 1 || replication > 32) {
+    return failText(c, fmt::format("replication must be 1 to 32, not {}", replication));
+  }
+  auto attr = resolve(c, path);
+  if (!attr.ok()) return fail(c, path, attr.status);
+  auto r = c.client.setReplication(attr.value.inode, static_cast<uint8_t>(replication))
+               .wait(c.waitScope);
+  return r.ok() ? 0 : fail(c, path, r.status);
+}
+
+int cmdLocate(CliContext& c, const std::string& path, bool json) {
+  auto attr = resolve(c, path);
+  if (!attr.ok()) return fail(c, path, attr.status);
+  if (attr.value.type != FileType::REGULAR) return failText(c, fmt::format("{}: not a file", path));
+  std::vector<ChunkInfo> chunks;
+  uint64_t chunkSize = 0, fileSize = 0;
+  for (uint32_t first = 0;;) {
+    auto l = c.client.layout(attr.value.inode, first, 1024).wait(c.waitScope);
+    if (!l.ok()) return fail(c, path, l.status);
+    chunkSize = l.value.chunkSize;
+    fileSize = l.value.fileSize;
+    for (auto& ch : l.value.chunks) chunks.push_back(ch);
+    first += 1024;
+    if (chunkSize == 0 || uint64_t{first} * chunkSize >= fileSize) break;
+  }
+  auto sizeOf = [&](uint32_t index) -> uint64_t {
+    uint64_t start = uint64_t{index} * chunkSize;
+    return fileSize > start ? std::min(chunkSize, fileSize - start) : 0;
+  };
+  if (json) {
+    nlohmann::json j = {{"path", path}, {"size", fileSize}, {"chunk_size", chunkSize}};
+    auto arr = nlohmann::json::array();
+    for (auto& ch : chunks) {
+      auto reps = nlohmann::json::array();
+      for (auto& r : ch.replicas) reps.push_back({{"address", r.address}, {"rack", r.rack}});
+      arr.push_back({{"index", ch.index},
+                     {"handle", fmt::format("{:x}", ch.handle)},
+                     {"version", ch.version},
+                     {"size", sizeOf(ch.index)},
+                     {"primary", ch.primary.empty() ? nlohmann::json(nullptr)
+                                                    : nlohmann::json(ch.primary)},
+                     {"replicas", reps}});
+    }
+    j["chunks"] = arr;
+    fmt::print(c.out, "{}\n", j.dump(2));
+    return 0;
+  }
+  fmt::print(c.out, "{}: {} bytes, {} chunks of {}\n", path, fileSize, chunks.size(),
+             humanBytes(static_cast<double>(chunkSize)));
+  for (auto& ch : chunks) {
+    std::string reps;
+    for (auto& r : ch.replicas) {
+      if (!reps.empty()) reps += ", ";
+      reps += r.address == ch.primary ? r.address + "*" : r.address;
+    }
+    fmt::print(c.out, "  chunk {:>6}  handle {:>10x}  v{:<4} {:>10} bytes  [{}]\n", ch.index,
+               ch.handle, ch.version, sizeOf(ch.index), reps);
+  }
+  return 0;
+}
+
+int cmdServers(CliContext& c, bool json) {
+  uint64_t chunkSize = 0;
+  auto servers = c.client.servers(&chunkSize).wait(c.waitScope);
+  if (!servers.ok()) return fail(c, "servers", servers.status);
+  if (json) {
+    auto arr = nlohmann::json::array();
+    for (auto& s : servers.value) {
+      arr.push_back({{"address", s.address}, {"rack", s.rack}, {"live", s.live},
+                     {"capacity", s.capacityBytes}, {"used", s.usedBytes},
+                     {"chunks", s.chunkCount}});
+    }
+    fmt::print(c.out, "{}\n", nlohmann::json({{"chunk_size", chunkSize}, {"servers", arr}}).dump(2));
+    return 0;
+  }
+  fmt::print(c.out, "chunk size {}; {} chunkservers\n", humanBytes(static_cast<double>(chunkSize)),
+             servers.value.size());
+  for (auto& s : servers.value) {
+    fmt::print(c.out, "  {:<24} rack {:<10} {:<5} {:>8} chunks  {} used of {}\n", s.address,
+               s.rack, s.live ? "live" : "DEAD", s.chunkCount,
+               humanBytes(static_cast<double>(s.usedBytes)),
+               humanBytes(static_cast<double>(s.capacityBytes)));
+  }
+  return 0;
+}
+
+}  // namespace cairn

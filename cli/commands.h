@@ -1,0 +1,42 @@
+#pragma once
+// The `cairn` command line: each command is a function over a Client on the caller's
+// event loop. They print results to `out`, a one-line error to `err`, and return the
+// process exit status.
+
+#include <kj/async.h>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "client.h"
+
+namespace cairn {
+
+struct CliContext {
+  Client& client;
+  kj::WaitScope& waitScope;
+  FILE* out = stdout;
+  FILE* err = stderr;
+  bool progress = false;  // draw progress for long transfers (a terminal is attached)
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+};
+
+int cmdPut(CliContext& c, const std::string& local, const std::string& path, uint8_t replication,
+           bool force);
+int cmdGet(CliContext& c, const std::string& path, const std::string& local);
+int cmdCat(CliContext& c, const std::string& path);
+int cmdLs(CliContext& c, const std::string& path, bool longFormat, bool json);
+int cmdStat(CliContext& c, const std::string& path, bool json);
+int cmdMkdir(CliContext& c, const std::string& path, bool parents);
+int cmdRm(CliContext& c, const std::string& path, bool recursive);
+int cmdMv(CliContext& c, const std::string& src, const std::string& dst);
+int cmdSetrep(CliContext& c, int replication, const std::string& path);
+int cmdLocate(CliContext& c, const std::string& path, bool json);
+int cmdServers(CliContext& c, bool json);
+
+// "/a/b/c" -> ("/a/b", "c"); "/" -> ("/", "").
+std::pair<std::string, std::string> splitParent(const std::string& path);
+
+}  // namespace cairn

@@ -1,0 +1,580 @@
+#include "client.h"
+
+#include <fmt/format.h>
+#include <kj/debug.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "address.h"
+#include "log.h"
+
+namespace cairn {
+namespace {
+
+constexpr uint32_t MAX_WRITE_PORTION = 8 << 20;  // one push-and-commit at most
+constexpr uint32_t LAYOUT_BATCH = 1024;
+
+std::string text(capnp::Text::Reader t) { return std::string(t.cStr(), t.size()); }
+
+ChunkInfo chunkFromWire(wire::ChunkLocation::Reader c) {
+  ChunkInfo out;
+  out.index = c.getIndex();
+  out.handle = c.getHandle();
+  out.version = c.getVersion();
+  for (auto r : c.getReplicas()) out.replicas.push_back({text(r.getAddress()), text(r.getRack())});
+  out.primary = text(c.getPrimary());
+  out.leaseRemainingMs = c.getLeaseRemainingMs();
+  return out;
+}
+
+bool retryable(ErrorCode code) {
+  switch (code) {
+    case ErrorCode::NOT_PRIMARY:
+    case ErrorCode::LEASE_EXPIRED:
+    case ErrorCode::STALE_VERSION:
+    case ErrorCode::UNAVAILABLE:
+    case ErrorCode::BUSY:
+    case ErrorCode::REPLICA_CORRUPT:
+    case ErrorCode::IO_ERROR:
+    case ErrorCode::SAFE_MODE:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// Runs task(0..count-1) with at most `parallel` in flight; resolves to the first failure
+// (after every started task has finished) or OK.
+struct Lanes {
+  size_t next = 0;
+  size_t count = 0;
+  Status first;
+  kj::Function<kj::Promise<Status>(size_t)> task;
+};
+
+kj::Promise<void> lane(Lanes& lanes) {
+  if (lanes.next >= lanes.count || !lanes.first.ok()) return kj::READY_NOW;
+  size_t i = lanes.next++;
+  return lanes.task(i).then([&lanes](Status s) {
+    if (!s.ok() && lanes.first.ok()) lanes.first = s;
+    return lane(lanes);
+  });
+}
+
+kj::Promise<Status> runLimited(size_t count, size_t parallel,
+                               kj::Function<kj::Promise<Status>(size_t)> task) {
+  auto lanes = kj::heap<Lanes>();
+  lanes->count = count;
+  lanes->task = kj::mv(task);
+  kj::Vector<kj::Promise<void>> all;
+  for (size_t i = 0; i < std::min(count, parallel); ++i) all.add(lane(*lanes));
+  auto& ref = *lanes;
+  return kj::joinPromises(all.releaseAsArray()).then([&ref]() { return ref.first; })
+      .attach(kj::mv(lanes));
+}
+
+kj::Duration backoff(uint32_t attempt) {
+  return std::min<int64_t>(100 << std::min<uint32_t>(attempt, 5), 2000) * kj::MILLISECONDS;
+}
+
+}  // namespace
+
+FileAttr attrFromWire(wire::Attr::Reader a) {
+  FileAttr f;
+  f.inode = a.getInode();
+  f.type = a.getType();
+  f.mode = a.getMode();
+  f.uid = a.getUid();
+  f.gid = a.getGid();
+  f.nlink = a.getNlink();
+  f.size = a.getSize();
+  f.atimeNs = a.getAtimeNs();
+  f.mtimeNs = a.getMtimeNs();
+  f.ctimeNs = a.getCtimeNs();
+  f.replication = a.getReplication();
+  f.chunkCount = a.getChunkCount();
+  return f;
+}
+
+Client::Client(ClientOptions options, kj::Network& network, kj::Timer& timer)
+    : opts(std::move(options)),
+      timer(timer),
+      peers(network, timer, opts.connectTimeout),
+      rng(opts.seed) {}
+
+Client::~Client() = default;
+
+wire::ClientService::Client Client::master() {
+  KJ_IF_MAYBE(s, masterService) { return *s; }
+  auto service = peers.get<wire::Master>(opts.master).clientRequest().send().getService();
+  masterService = service;
+  return service;
+}
+
+void Client::masterFailed() {
+  masterService = nullptr;
+  peers.drop(opts.master);
+}
+
+Status Client::masterError(const kj::Exception& e) {
+  if (e.getType() == kj::Exception::Type::OVERLOADED) {
+    return Status::unavailable(fmt::format("master {} did not answer within {} s", opts.master,
+                                           opts.rpcTimeout / kj::SECONDS));
+  }
+  return Status::unavailable(
+      fmt::format("cannot reach master at {}: {}", opts.master, e.getDescription().cStr()));
+}
+
+template <typename T, typename Req, typename Fn>
+kj::Promise<T> Client::callMaster(Req&& request, Fn&& onResponse) {
+  return timer.timeoutAfter(opts.rpcTimeout, request.send())
+      .then([fn = kj::fwd<Fn>(onResponse)](auto&& response) mutable -> T { return fn(response); },
+            [this](kj::Exception&& e) -> T {
+              masterFailed();
+              return T(masterError(e));
+            });
+}
+
+namespace {
+template <typename Response>
+Result<FileAttr> attrResult(Response& r) {
+  Status s = fromWire(r.getStatus());
+  if (!s.ok()) return s;
+  return attrFromWire(r.getAttr());
+}
+template <typename Response>
+Status statusOf(Response& r) {
+  return fromWire(r.getStatus());
+}
+}  // namespace
+
+kj::Promise<Result<FileAttr>> Client::resolve(std::string path) {
+  auto req = master().resolveRequest();
+  req.setPath(path);
+  return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
+}
+
+kj::Promise<Result<FileAttr>> Client::lookup(uint64_t parent, std::string name) {
+  auto req = master().lookupRequest();
+  req.setParent(parent);
+  req.setName(name);
+  return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
+}
+
+kj::Promise<Result<FileAttr>> Client::getattr(uint64_t inode) {
+  auto req = master().getattrRequest();
+  req.setInode(inode);
+  return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
+}
+
+kj::Promise<Result<FileAttr>> Client::mkdir(uint64_t parent, std::string name, uint32_t mode,
+                                            uint32_t uid, uint32_t gid) {
+  auto req = master().mkdirRequest();
+  req.setParent(parent);
+  req.setName(name);
+  req.setMode(mode);
+  req.setUid(uid);
+  req.setGid(gid);
+  return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
+}
+
+kj::Promise<Result<FileAttr>> Client::create(uint64_t parent, std::string name, uint32_t mode,
+                                             uint32_t uid, uint32_t gid, uint8_t replication,
+                                             bool exclusive) {
+  auto req = master().createRequest();
+  req.setParent(parent);
+  req.setName(name);
+  req.setMode(mode);
+  req.setUid(uid);
+  req.setGid(gid);
+  req.setReplication(replication);
+  req.setExclusive(exclusive);
+  return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
+}
+
+kj::Promise<Result<FileAttr>> Client::setattr(uint64_t inode, SetAttrRequest a) {
+  auto req = master().setattrRequest();
+  req.setInode(inode);
+  auto set = req.initSet();
+  if (a.mode) {
+    set.setSetMode(true);
+    set.setMode(*a.mode);
+  }
+  if (a.uid) {
+    set.setSetUid(true);
+    set.setUid(*a.uid);
+  }
+  if (a.gid) {
+    set.setSetGid(true);
+    set.setGid(*a.gid);
+  }
+  if (a.size) {
+    set.setSetSize(true);
+    set.setSize(*a.size);
+  }
+  if (a.atimeNs) {
+    set.setSetAtime(true);
+    set.setAtimeNs(*a.atimeNs);
+  }
+  if (a.mtimeNs) {
+    set.setSetMtime(true);
+    set.setMtimeNs(*a.mtimeNs);
+  }
+  return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
+}
+
+kj::Promise<Result<std::vector<DirEntryInfo>>> Client::readdir(uint64_t inode, std::string after,
+                                                               uint32_t limit, bool* more) {
+  auto req = master().readdirRequest();
+  req.setInode(inode);
+  req.setAfter(after);
+  req.setLimit(limit);
+  return callMaster<Result<std::vector<DirEntryInfo>>>(
+      kj::mv(req), [more](auto& r) -> Result<std::vector<DirEntryInfo>> {
+        Status s = fromWire(r.getStatus());
+        if (!s.ok()) return s;
+        std::vector<DirEntryInfo> out;
+        for (auto e : r.getEntries()) out.push_back({text(e.getName()), attrFromWire(e.getAttr())});
+        if (more != nullptr) *more = r.getMore();
+        return out;
+      });
+}
+
+kj::Promise<Status> Client::unlink(uint64_t parent, std::string name) {
+  auto req = master().unlinkRequest();
+  req.setParent(parent);
+  req.setName(name);
+  return callMaster<Status>(kj::mv(req), [](auto& r) { return statusOf(r); });
+}
+
+kj::Promise<Status> Client::rmdir(uint64_t parent, std::string name) {
+  auto req = master().rmdirRequest();
+  req.setParent(parent);
+  req.setName(name);
+  return callMaster<Status>(kj::mv(req), [](auto& r) { return statusOf(r); });
+}
+
+kj::Promise<Status> Client::rename(uint64_t srcParent, std::string srcName, uint64_t dstParent,
+                                   std::string dstName) {
+  auto req = master().renameRequest();
+  req.setSrcParent(srcParent);
+  req.setSrcName(srcName);
+  req.setDstParent(dstParent);
+  req.setDstName(dstName);
+  return callMaster<Status>(kj::mv(req), [](auto& r) { return statusOf(r); });
+}
+
+kj::Promise<Result<FileAttr>> Client::setReplication(uint64_t inode, uint8_t replication) {
+  auto req = master().setReplicationRequest();
+  req.setInode(inode);
+  req.setReplication(replication);
+  return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
+}
+
+kj::Promise<Result<FileAttr>> Client::commitSize(uint64_t inode, uint64_t size, int64_t mtimeNs) {
+  auto req = master().commitSizeRequest();
+  req.setInode(inode);
+  req.setSize(size);
+  req.setMtimeNs(mtimeNs);
+  return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
+}
+
+kj::Promise<Result<FileLayout>> Client::layout(uint64_t inode, uint32_t firstIndex,
+                                               uint32_t count) {
+  auto req = master().getChunksRequest();
+  req.setInode(inode);
+  req.setFirstIndex(firstIndex);
+  req.setCount(count);
+  return callMaster<Result<FileLayout>>(kj::mv(req), [this](auto& r) -> Result<FileLayout> {
+    Status s = fromWire(r.getStatus());
+    if (!s.ok()) return s;
+    FileLayout out;
+    out.chunkSize = r.getChunkSize();
+    out.fileSize = r.getFileSize();
+    chunkSize = out.chunkSize;
+    for (auto c : r.getChunks()) out.chunks.push_back(chunkFromWire(c));
+    return out;
+  });
+}
+
+kj::Promise<Result<std::vector<ServerStatus>>> Client::servers(uint64_t* chunkSizeOut) {
+  auto req = master().clusterInfoRequest();
+  return callMaster<Result<std::vector<ServerStatus>>>(
+      kj::mv(req), [chunkSizeOut](auto& r) -> Result<std::vector<ServerStatus>> {
+        if (chunkSizeOut != nullptr) *chunkSizeOut = r.getChunkSize();
+        std::vector<ServerStatus> out;
+        for (auto s : r.getServers()) {
+          out.push_back({text(s.getAddress()), text(s.getRack()), s.getCapacityBytes(),
+                         s.getUsedBytes(), s.getChunkCount(), s.getLive()});
+        }
+        return out;
+      });
+}
+
+std::vector<ReplicaInfo> Client::orderReplicas(const ChunkInfo& chunk) {
+  std::vector<ReplicaInfo> local, remote;
+  for (auto& r : chunk.replicas) {
+    std::string host = hostOf(r.address);
+    bool isLocal = std::find(opts.localHosts.begin(), opts.localHosts.end(), host) !=
+                   opts.localHosts.end();
+    (isLocal ? local : remote).push_back(r);
+  }
+  // Spread readers of different chunks over the remote replicas.
+  if (!remote.empty()) {
+    std::rotate(remote.begin(), remote.begin() + (chunk.handle % remote.size()), remote.end());
+  }
+  local.insert(local.end(), remote.begin(), remote.end());
+  return local;
+}
+
+template <typename Req>
+kj::Promise<Status> Client::callChunkserver(Req&& request, std::string address) {
+  return timer.timeoutAfter(opts.rpcTimeout, request.send())
+      .then([](auto&& response) { return fromWire(response.getStatus()); },
+            [this, address](kj::Exception&& e) {
+              peers.drop(address);
+              return Status::unavailable(
+                  fmt::format("chunkserver {}: {}", address, e.getDescription().cStr()));
+            });
+}
+
+kj::Promise<uint64_t> Client::ensureChunkSize(uint64_t inode) {
+  if (chunkSize != 0) return chunkSize;
+  return layout(inode, 0, 0).then([this](Result<FileLayout> r) -> uint64_t {
+    return r.ok() ? r.value.chunkSize : 0;
+  });
+}
+
+// --- reads ---
+
+kj::Promise<Status> Client::read(uint64_t inode, uint64_t offset, uint64_t length,
+                                 std::string& out) {
+  out.clear();
+  if (length == 0) return Status::OK();
+  auto deadline = timer.now() + opts.retryFor;
+  return ensureChunkSize(inode).then([this, inode, offset, length, &out, deadline](uint64_t cs)
+                                         -> kj::Promise<Status> {
+    if (cs == 0) {
+      return getattr(inode).then([](Result<FileAttr> r) {
+        return r.ok() ? Status::unavailable("master gave no chunk size") : r.status;
+      });
+    }
+    uint32_t first = static_cast<uint32_t>(offset / cs);
+    uint32_t count = static_cast<uint32_t>((offset + length - 1) / cs - first + 1);
+    return layout(inode, first, count)
+        .then([this, inode, offset, length, &out, deadline](Result<FileLayout> r)
+                  -> kj::Promise<Status> {
+          if (!r.ok()) return r.status;
+          FileLayout& l = r.value;
+          if (offset >= l.fileSize) return Status::OK();
+          uint64_t n = std::min(length, l.fileSize - offset);
+          out.assign(n, '\0');  // holes and bytes past a replica's end read as zeros
+          struct Piece {
+            ChunkInfo chunk;
+            uint64_t chunkOffset;
+            uint32_t length;
+            kj::byte* dst;
+          };
+          auto pieces = kj::heap<std::vector<Piece>>();
+          std::map<uint32_t, const ChunkInfo*> byIndex;
+          for (auto& c : l.chunks) byIndex[c.index] = &c;
+          for (uint64_t pos = offset; pos < offset + n;) {
+            uint32_t index = static_cast<uint32_t>(pos / l.chunkSize);
+            uint64_t inChunk = pos % l.chunkSize;
+            uint64_t chunkEnd = (uint64_t{index} + 1) * l.chunkSize;
+            uint32_t len = static_cast<uint32_t>(
+                std::min<uint64_t>({opts.pieceBytes, chunkEnd - pos, offset + n - pos}));
+            auto it = byIndex.find(index);
+            if (it != byIndex.end()) {
+              pieces->push_back({*it->second, inChunk, len,
+                                 reinterpret_cast<kj::byte*>(out.data()) + (pos - offset)});
+            }
+            pos += len;
+          }
+          auto& ref = *pieces;
+          return runLimited(ref.size(), opts.parallelPieces,
+                            [this, inode, &ref, deadline](size_t i) {
+                              auto& p = ref[i];
+                              return readPiece(inode, p.chunk, p.chunkOffset, p.length, p.dst,
+                                               deadline);
+                            })
+              .attach(kj::mv(pieces));
+        });
+  });
+}
+
+kj::Promise<Status> Client::readPiece(uint64_t inode, ChunkInfo chunk, uint64_t chunkOffset,
+                                      uint32_t length, kj::byte* out, kj::TimePoint deadline) {
+  auto promise = readChunk(chunk, chunkOffset, length, out, 0);
+  return promise.then([this, inode, chunk, chunkOffset, length, out,
+                       deadline](Status s) mutable -> kj::Promise<Status> {
+    if (s.ok() || !retryable(s.code()) || timer.now() >= deadline) return s;
+    // Every replica failed (or none is known yet, as after a master restart): ask the
+    // master again after a pause.
+    return timer.afterDelay(500 * kj::MILLISECONDS)
+        .then([this, inode, index = chunk.index]() { return layout(inode, index, 1); })
+        .then([this, inode, chunkOffset, length, out, deadline,
+               s](Result<FileLayout> r) mutable -> kj::Promise<Status> {
+          if (!r.ok()) return r.status.code() == ErrorCode::UNAVAILABLE ? s : r.status;
+          if (r.value.chunks.empty()) return Status::OK();  // truncated away: a hole now
+          return readPiece(inode, r.value.chunks[0], chunkOffset, length, out, deadline);
+        });
+  });
+}
+
+kj::Promise<Status> Client::readChunk(ChunkInfo chunk, uint64_t chunkOffset, uint32_t length,
+                                      kj::byte* out, size_t replicaIndex) {
+  auto ordered = orderReplicas(chunk);
+  if (replicaIndex >= ordered.size()) {
+    return Status::unavailable(
+        fmt::format("no replica of chunk {:x} could be read ({} known)", chunk.handle,
+                    ordered.size()));
+  }
+  std::string address = ordered[replicaIndex].address;
+  auto req = peers.get<wire::ChunkServer>(address).readRequest();
+  req.setHandle(chunk.handle);
+  req.setVersion(chunk.version);
+  req.setOffset(static_cast<uint32_t>(chunkOffset));
+  req.setLength(length);
+  return timer.timeoutAfter(opts.rpcTimeout, req.send())
+      .then(
+          [out, length](auto&& response) {
+            Status s = fromWire(response.getStatus());
+            if (s.ok()) {
+              auto data = response.getData();
+              memcpy(out, data.begin(), std::min<size_t>(data.size(), length));
+            }
+            return s;
+          },
+          [this, address](kj::Exception&& e) {
+            peers.drop(address);
+            return Status::unavailable(
+                fmt::format("chunkserver {}: {}", address, e.getDescription().cStr()));
+          })
+      .then([this, chunk = kj::mv(chunk), chunkOffset, length, out, replicaIndex,
+             address](Status s) mutable -> kj::Promise<Status> {
+        if (s.ok()) return s;
+        if (s.code() == ErrorCode::REPLICA_CORRUPT) {
+          auto report = master().reportBadReplicaRequest();
+          report.setHandle(chunk.handle);
+          report.setVersion(chunk.version);
+          report.setAddress(address);
+          report.send().detach([](kj::Exception&&) {});
+        }
+        logDebug("read of chunk {:x} from {} failed: {}", chunk.handle, address, s.toString());
+        return readChunk(kj::mv(chunk), chunkOffset, length, out, replicaIndex + 1);
+      });
+}
+
+// --- writes ---
+
+kj::Promise<Status> Client::write(uint64_t inode, uint64_t offset,
+                                  kj::ArrayPtr<const kj::byte> data) {
+  if (data.size() == 0) return Status::OK();
+  auto deadline = timer.now() + opts.retryFor;
+  return ensureChunkSize(inode).then([this, inode, offset, data,
+                                      deadline](uint64_t cs) -> kj::Promise<Status> {
+    if (cs == 0) return getattr(inode).then([](Result<FileAttr> r) {
+      return r.ok() ? Status::unavailable("master gave no chunk size") : r.status;
+    });
+    struct Portion {
+      uint32_t index;
+      uint32_t chunkOffset;
+      kj::ArrayPtr<const kj::byte> bytes;
+    };
+    auto portions = kj::heap<std::vector<Portion>>();
+    for (uint64_t pos = 0; pos < data.size();) {
+      uint64_t fileOffset = offset + pos;
+      uint32_t index = static_cast<uint32_t>(fileOffset / cs);
+      uint64_t inChunk = fileOffset % cs;
+      uint64_t len = std::min<uint64_t>({cs - inChunk, data.size() - pos, MAX_WRITE_PORTION});
+      portions->push_back({index, static_cast<uint32_t>(inChunk), data.slice(pos, pos + len)});
+      pos += len;
+    }
+    auto& ref = *portions;
+    return runLimited(ref.size(), 4,
+                      [this, inode, &ref, deadline](size_t i) {
+                        auto& p = ref[i];
+                        return writeChunk(inode, p.index, p.chunkOffset, p.bytes, deadline, 0);
+                      })
+        .attach(kj::mv(portions));
+  });
+}
+
+kj::Promise<Status> Client::writeChunk(uint64_t inode, uint32_t index, uint32_t chunkOffset,
+                                       kj::ArrayPtr<const kj::byte> data,
+                                       kj::TimePoint deadline, uint32_t attempt) {
+  auto req = master().prepareWriteRequest();
+  req.setInode(inode);
+  req.setIndex(index);
+  return callMaster<Result<ChunkInfo>>(kj::mv(req),
+                                       [](auto& r) -> Result<ChunkInfo> {
+                                         Status s = fromWire(r.getStatus());
+                                         if (!s.ok()) return s;
+                                         return chunkFromWire(r.getChunk());
+                                       })
+      .then([this, chunkOffset, data](Result<ChunkInfo> r) -> kj::Promise<Status> {
+        if (!r.ok()) return r.status;
+        return pushAndCommit(kj::mv(r.value), chunkOffset, data);
+      })
+      .then([this, inode, index, chunkOffset, data, deadline,
+             attempt](Status s) -> kj::Promise<Status> {
+        bool stale = s.code() == ErrorCode::INVALID_ARGUMENT &&
+                     s.message().find("was not pushed") != std::string::npos;
+        if (s.ok() || !(retryable(s.code()) || stale) || timer.now() >= deadline) return s;
+        logDebug("write of chunk {} of inode {} failed ({}); retrying", index, inode,
+                 s.toString());
+        return timer.afterDelay(backoff(attempt)).then(
+            [this, inode, index, chunkOffset, data, deadline, attempt]() {
+              return writeChunk(inode, index, chunkOffset, data, deadline, attempt + 1);
+            });
+      });
+}
+
+kj::Promise<Status> Client::pushAndCommit(ChunkInfo chunk, uint32_t chunkOffset,
+                                          kj::ArrayPtr<const kj::byte> data) {
+  if (chunk.primary.empty() || chunk.replicas.empty()) {
+    return Status::unavailable(fmt::format("chunk {:x} has no primary", chunk.handle));
+  }
+  auto chain = kj::heap<std::vector<ReplicaInfo>>(orderReplicas(chunk));
+  uint64_t dataId = rng() | 1;
+  size_t pieces = (data.size() + opts.pieceBytes - 1) / opts.pieceBytes;
+  auto& c = *chain;
+  // Data flow: to the closest replica, which forwards down the chain while receiving.
+  auto pushed = runLimited(pieces, opts.parallelPieces, [this, &c, dataId, data](size_t i) {
+    size_t start = i * opts.pieceBytes;
+    size_t end = std::min<size_t>(start + opts.pieceBytes, data.size());
+    auto req = peers.get<wire::ChunkServer>(c[0].address).pushDataRequest();
+    req.setDataId(dataId);
+    req.setTotalLength(static_cast<uint32_t>(data.size()));
+    req.setOffset(static_cast<uint32_t>(start));
+    req.setData(data.slice(start, end));
+    auto rest = req.initChain(static_cast<uint>(c.size() - 1));
+    for (size_t k = 1; k < c.size(); ++k) rest.set(static_cast<uint>(k - 1), c[k].address);
+    return callChunkserver(kj::mv(req), c[0].address);
+  });
+  // Control flow: the primary orders and applies, then has the secondaries apply.
+  return pushed
+      .then([this, chunk = kj::mv(chunk), chunkOffset, dataId,
+             size = data.size()](Status s) -> kj::Promise<Status> {
+        if (!s.ok()) return s;
+        auto req = peers.get<wire::ChunkServer>(chunk.primary).writeRequest();
+        req.setHandle(chunk.handle);
+        req.setVersion(chunk.version);
+        req.setOffset(chunkOffset);
+        req.setDataId(dataId);
+        req.setLength(static_cast<uint32_t>(size));
+        size_t n = 0;
+        for (auto& r : chunk.replicas) n += r.address != chunk.primary;
+        auto secondaries = req.initSecondaries(static_cast<uint>(n));
+        size_t k = 0;
+        for (auto& r : chunk.replicas) {
+          if (r.address != chunk.primary) secondaries.set(static_cast<uint>(k++), r.address);
+        }
+        return callChunkserver(kj::mv(req), chunk.primary);
+      })
+      .attach(kj::mv(chain));
+}
+
+}  // namespace cairn

@@ -1,0 +1,130 @@
+#include "rpc.h"
+
+#include <capnp/rpc.h>
+
+#include "log.h"
+
+namespace cairn {
+
+struct RpcServer::Connection {
+  Connection(kj::Own<kj::AsyncIoStream>&& s, capnp::Capability::Client bootstrap)
+      : stream(kj::mv(s)),
+        network(*stream, capnp::rpc::twoparty::Side::SERVER, RPC_READER_OPTIONS),
+        rpcSystem(capnp::makeRpcServer(network, kj::mv(bootstrap))) {}
+  kj::Own<kj::AsyncIoStream> stream;
+  capnp::TwoPartyVatNetwork network;
+  capnp::RpcSystem<capnp::rpc::twoparty::VatId> rpcSystem;
+};
+
+RpcServer::RpcServer(capnp::Capability::Client bootstrap, kj::Own<kj::ConnectionReceiver> l)
+    : bootstrap(kj::mv(bootstrap)), listener(kj::mv(l)), tasks(*this) {
+  tasks.add(acceptLoop());
+}
+
+kj::Promise<void> RpcServer::acceptLoop() {
+  return listener->accept().then([this](kj::Own<kj::AsyncIoStream>&& stream) {
+    auto connection = kj::heap<Connection>(kj::mv(stream), bootstrap);
+    auto done = connection->network.onDisconnect();
+    tasks.add(done.attach(kj::mv(connection)));
+    return acceptLoop();
+  });
+}
+
+void RpcServer::taskFailed(kj::Exception&& exception) {
+  logWarn("connection ended: {}", exception.getDescription().cStr());
+}
+
+struct PeerPool::Connection {
+  uint64_t generation = 0;
+  kj::Own<kj::AsyncIoStream> stream;
+  kj::Own<capnp::TwoPartyVatNetwork> network;
+  kj::Own<capnp::RpcSystem<capnp::rpc::twoparty::VatId>> rpcSystem;
+  kj::Maybe<capnp::Capability::Client> cap;
+};
+
+PeerPool::PeerPool(kj::Network& network, kj::Timer& timer, kj::Duration connectTimeout)
+    : network(network), timer(timer), connectTimeout(connectTimeout), tasks(*this) {}
+
+PeerPool::~PeerPool() = default;
+
+capnp::Capability::Client PeerPool::bootstrap(kj::StringPtr address) {
+  KJ_IF_MAYBE(existing, connections.find(address)) {
+    KJ_IF_MAYBE(cap, (*existing)->cap) { return *cap; }
+  }
+  auto connection = kj::heap<Connection>();
+  uint64_t generation = nextGeneration++;
+  connection->generation = generation;
+  Connection* raw = connection.get();
+  kj::String key = kj::str(address);
+  connections.upsert(kj::str(address), kj::mv(connection),
+                     [](kj::Own<Connection>& old, kj::Own<Connection>&& repl) {
+                       old = kj::mv(repl);
+                     });
+
+  auto dial = network.parseAddress(address)
+                  .then([](kj::Own<kj::NetworkAddress> addr) { return addr->connect(); });
+  auto connected =
+      timer
+          .timeoutAfter(connectTimeout,
+                        kj::mv(dial).then([](kj::Own<kj::AsyncIoStream> s) { return s; }))
+          .then(
+              [this, raw](kj::Own<kj::AsyncIoStream> stream) -> capnp::Capability::Client {
+                raw->stream = kj::mv(stream);
+                raw->network = kj::heap<capnp::TwoPartyVatNetwork>(
+                    *raw->stream, capnp::rpc::twoparty::Side::CLIENT, RPC_READER_OPTIONS);
+                raw->rpcSystem = kj::heap(capnp::makeRpcClient(*raw->network));
+                capnp::word scratch[4];
+                memset(scratch, 0, sizeof(scratch));
+                capnp::MallocMessageBuilder message(scratch);
+                auto vatId = message.getRoot<capnp::rpc::twoparty::VatId>();
+                vatId.setSide(capnp::rpc::twoparty::Side::SERVER);
+                auto cap = raw->rpcSystem->bootstrap(vatId);
+                uint64_t gen = raw->generation;
+                tasks.add(raw->network->onDisconnect().then([this, raw, gen]() {
+                  // Find by generation: the entry may have been replaced since.
+                  kj::Maybe<kj::String> victim;
+                  for (auto& entry : connections) {
+                    if (entry.value.get() == raw && entry.value->generation == gen) {
+                      victim = kj::str(entry.key);
+                    }
+                  }
+                  KJ_IF_MAYBE(v, victim) { drop(*v); }
+                }));
+                return cap;
+              },
+              [this, key = kj::mv(key), generation](kj::Exception&& e) -> capnp::Capability::Client {
+                KJ_IF_MAYBE(existing, connections.find(key)) {
+                  if ((*existing)->generation == generation) {
+                    // Dropping later: this very lambda belongs to the entry's promise.
+                    tasks.add(kj::evalLater([this, k = kj::str(key), generation]() {
+                      KJ_IF_MAYBE(e2, connections.find(k)) {
+                        if ((*e2)->generation == generation) connections.erase(k);
+                      }
+                    }));
+                  }
+                }
+                if (e.getType() == kj::Exception::Type::OVERLOADED) {
+                  kj::throwFatalException(KJ_EXCEPTION(DISCONNECTED, "connect timed out", key));
+                }
+                kj::throwFatalException(kj::mv(e));
+              });
+  capnp::Capability::Client cap(kj::mv(connected));
+  raw->cap = cap;
+  return cap;
+}
+
+void PeerPool::drop(kj::StringPtr address) {
+  KJ_IF_MAYBE(existing, connections.find(address)) {
+    // The connection may be what is running now (an onDisconnect continuation); destroy
+    // it on a later turn of the loop.
+    auto victim = kj::mv(*existing);
+    connections.erase(address);
+    tasks.add(kj::evalLater([victim = kj::mv(victim)]() mutable { victim = nullptr; }));
+  }
+}
+
+void PeerPool::taskFailed(kj::Exception&& exception) {
+  logDebug("peer connection: {}", exception.getDescription().cStr());
+}
+
+}  // namespace cairn

@@ -1,0 +1,440 @@
+#include "chunk_manager.h"
+
+#include <fmt/format.h>
+#include <kj/debug.h>
+
+#include "log.h"
+
+namespace cairn {
+
+ChunkManager::ChunkManager(Namespace& ns, ReplicaControl& control, kj::Timer& timer,
+                           ChunkManagerOptions options)
+    : ns(ns), control(control), timer(timer), options(options), rng(options.seed) {}
+
+void ChunkManager::loadFromNamespace() {
+  for (auto& [inode, record] : ns.allChunks()) {
+    Chunk& c = chunks[record.handle];
+    c.inode = inode;
+    c.record = record;
+  }
+  logInfo("{} chunks in the namespace", chunks.size());
+}
+
+uint64_t ChunkManager::registerServer(const std::string& address, const std::string& rack,
+                                      uint64_t capacityBytes, uint64_t usedBytes,
+                                      const std::vector<ChunkReportEntry>& report) {
+  uint64_t id;
+  auto known = serverByAddress.find(address);
+  if (known != serverByAddress.end()) {
+    id = known->second;
+    // A re-registration replaces everything the master believed about this server.
+    for (uint64_t h : serversById[id].chunks) {
+      auto it = chunks.find(h);
+      if (it != chunks.end()) removeReplica(it->second, id);
+    }
+  } else {
+    id = nextServerId++;
+    serverByAddress[address] = id;
+  }
+  Server& s = serversById[id];
+  s.id = id;
+  s.address = address;
+  s.rack = rack;
+  s.capacityBytes = capacityBytes;
+  s.usedBytes = usedBytes;
+  s.lastHeartbeat = timer.now();
+  s.live = true;
+  s.chunks.clear();
+  s.pendingDeletes.clear();
+  size_t stale = 0, orphans = 0;
+  for (auto& entry : report) {
+    auto it = chunks.find(entry.handle);
+    if (it == chunks.end()) {
+      ++orphans;
+      s.pendingDeletes.push_back(entry.handle);
+      continue;
+    }
+    Chunk& c = it->second;
+    if (entry.version < c.record.version) {
+      // Missed mutations while it was away: never served, deleted.
+      ++stale;
+      s.pendingDeletes.push_back(entry.handle);
+      continue;
+    }
+    if (entry.version > c.record.version) {
+      // The master failed after replicas moved to a new version but before it recorded
+      // it: the chunkserver has the last word, and older replicas are now the stale ones.
+      logWarn("chunk {:x}: {} reports version {} > {}; adopting it", entry.handle, address,
+              entry.version, c.record.version);
+      for (uint64_t other : std::set<uint64_t>(c.replicas)) {
+        removeReplica(c, other);
+        queueDelete(other, entry.handle);
+      }
+      c.record.version = entry.version;
+      ns.setChunkVersion(c.inode, c.record).detach([](kj::Exception&& e) {
+        logError("cannot record adopted version: {}", e.getDescription().cStr());
+      });
+    }
+    c.replicas.insert(id);
+    s.chunks.insert(entry.handle);
+  }
+  logInfo("chunkserver {} (id {}, rack '{}') registered: {} chunks, {} stale, {} orphaned",
+          address, id, rack, report.size(), stale, orphans);
+  return id;
+}
+
+bool ChunkManager::heartbeat(uint64_t id, uint64_t capacityBytes, uint64_t usedBytes,
+                             std::vector<uint64_t>& deleteHandles) {
+  auto it = serversById.find(id);
+  if (it == serversById.end() || !it->second.live) return false;
+  Server& s = it->second;
+  s.capacityBytes = capacityBytes;
+  s.usedBytes = usedBytes;
+  s.lastHeartbeat = timer.now();
+  s.recentCreations = 0;
+  deleteHandles = std::move(s.pendingDeletes);
+  s.pendingDeletes.clear();
+  return true;
+}
+
+size_t ChunkManager::sweepDeadServers() {
+  size_t dead = 0;
+  auto now = timer.now();
+  for (auto& [id, s] : serversById) {
+    if (!s.live || now - s.lastHeartbeat <= options.deadAfter) continue;
+    s.live = false;
+    ++dead;
+    logWarn("chunkserver {} (id {}) is dead: no heartbeat for {} s", s.address, id,
+            (now - s.lastHeartbeat) / kj::SECONDS);
+    for (uint64_t h : std::set<uint64_t>(s.chunks)) {
+      auto it = chunks.find(h);
+      if (it != chunks.end()) removeReplica(it->second, id);
+    }
+  }
+  return dead;
+}
+
+void ChunkManager::removeReplica(Chunk& c, uint64_t server) {
+  c.replicas.erase(server);
+  if (c.primary == server) c.primary.reset();
+  auto s = serversById.find(server);
+  if (s != serversById.end()) s->second.chunks.erase(c.record.handle);
+}
+
+void ChunkManager::queueDelete(uint64_t server, uint64_t handle) {
+  auto s = serversById.find(server);
+  if (s != serversById.end()) s->second.pendingDeletes.push_back(handle);
+}
+
+bool ChunkManager::leaseValid(const Chunk& c) {
+  if (!c.primary || timer.now() >= c.leaseExpiry) return false;
+  auto s = serversById.find(*c.primary);
+  return s != serversById.end() && s->second.live && c.replicas.count(*c.primary);
+}
+
+std::vector<uint64_t> ChunkManager::liveReplicas(const Chunk& c) {
+  std::vector<uint64_t> out;
+  for (uint64_t id : c.replicas) {
+    auto s = serversById.find(id);
+    if (s != serversById.end() && s->second.live) out.push_back(id);
+  }
+  return out;
+}
+
+ChunkView ChunkManager::view(const Chunk& c) {
+  ChunkView v;
+  v.record = c.record;
+  for (uint64_t id : liveReplicas(c)) {
+    auto& s = serversById.at(id);
+    v.replicas.push_back({s.address, s.rack});
+  }
+  if (leaseValid(c)) {
+    v.primary = serversById.at(*c.primary).address;
+    v.leaseRemainingMs = static_cast<uint32_t>((c.leaseExpiry - timer.now()) / kj::MILLISECONDS);
+  }
+  return v;
+}
+
+std::vector<ChunkView> ChunkManager::locate(uint64_t inode, uint32_t first, uint32_t count) {
+  std::vector<ChunkView> out;
+  for (auto& record : ns.listChunks(inode, first, count)) {
+    Chunk& c = chunks[record.handle];
+    c.inode = inode;
+    c.record.index = record.index;
+    c.record.handle = record.handle;
+    if (c.record.version < record.version) c.record.version = record.version;
+    out.push_back(view(c));
+  }
+  return out;
+}
+
+kj::Promise<void> ChunkManager::serialize(uint64_t handle,
+                                          kj::Function<kj::Promise<void>()> step) {
+  Chunk& c = chunks[handle];
+  kj::Promise<void> before = kj::READY_NOW;
+  KJ_IF_MAYBE(busy, c.busy) { before = busy->addBranch(); }
+  auto run = before.then([step = kj::mv(step)]() mutable { return step(); }).fork();
+  c.busy = run.addBranch()
+               .catch_([](kj::Exception&&) {})  // the next step runs whatever this one did
+               .fork();
+  return run.addBranch();
+}
+
+kj::Promise<std::vector<uint64_t>> ChunkManager::setVersionOn(std::vector<uint64_t> servers,
+                                                              uint64_t handle, uint64_t version,
+                                                              bool create) {
+  kj::Vector<kj::Promise<Status>> calls;
+  for (uint64_t s : servers) calls.add(control.setVersion(s, handle, version, create));
+  return kj::joinPromises(calls.releaseAsArray())
+      .then([this, servers = std::move(servers), handle](kj::Array<Status> results) {
+        std::vector<uint64_t> ok;
+        for (size_t i = 0; i < servers.size(); ++i) {
+          if (results[i].ok()) {
+            ok.push_back(servers[i]);
+          } else {
+            auto s = serversById.find(servers[i]);
+            logWarn("chunk {:x}: setVersion on {} failed: {}", handle,
+                    s == serversById.end() ? std::string("?") : s->second.address,
+                    results[i].toString());
+          }
+        }
+        return ok;
+      });
+}
+
+kj::Promise<Result<ChunkView>> ChunkManager::prepareWrite(uint64_t inode, uint32_t index) {
+  auto record = ns.getChunk(inode, index);
+  if (!record) {
+    auto n = ns.getattr(inode);
+    if (!n.ok()) return Result<ChunkView>(n.status);
+    if (n.value.type != FileType::REGULAR) {
+      return Result<ChunkView>(Status::invalidArgument("not a regular file"));
+    }
+    return allocate(inode, index, n.value.replication);
+  }
+  uint64_t handle = record->handle;
+  Chunk& c = chunks[handle];
+  c.inode = inode;
+  c.record = *record;
+  auto result = kj::heap<Result<ChunkView>>();
+  auto& out = *result;
+  return serialize(handle,
+                   [this, handle, &out]() -> kj::Promise<void> {
+                     auto it = chunks.find(handle);
+                     if (it == chunks.end()) {
+                       out = Status::notFound("chunk deleted");
+                       return kj::READY_NOW;
+                     }
+                     Chunk& c = it->second;
+                     if (!leaseValid(c)) {
+                       return grantNewLease(handle).then(
+                           [&out](Result<ChunkView> r) { out = std::move(r); });
+                     }
+                     if (c.leaseExpiry - timer.now() > options.leaseDuration / 2) {
+                       out = view(c);
+                       return kj::READY_NOW;
+                     }
+                     // Extend the lease while writes continue; the version stays.
+                     uint64_t primary = *c.primary;
+                     return control
+                         .grantLease(primary, handle, c.record.version,
+                                     options.leaseDuration / kj::MILLISECONDS)
+                         .then([this, handle, primary, &out](Status s) {
+                           auto it = chunks.find(handle);
+                           if (it == chunks.end()) {
+                             out = Status::notFound("chunk deleted");
+                           } else if (s.ok()) {
+                             it->second.leaseExpiry = timer.now() + options.leaseDuration;
+                             out = view(it->second);
+                           } else {
+                             removeReplica(it->second, primary);
+                             out = s;
+                           }
+                         });
+                   })
+      .then([result = kj::mv(result)]() mutable { return std::move(*result); });
+}
+
+kj::Promise<Result<ChunkView>> ChunkManager::allocate(uint64_t inode, uint32_t index,
+                                                      uint8_t goal) {
+  std::vector<PlacementCandidate> candidates;
+  for (auto& [id, s] : serversById) {
+    if (s.live) candidates.push_back({id, s.rack, s.capacityBytes, s.usedBytes,
+                                      s.recentCreations});
+  }
+  auto targets = choosePlacement(candidates, goal, {}, options.minFreeBytes, rng);
+  if (targets.empty()) {
+    return Result<ChunkView>(Status::noSpace("no live chunkserver with free space"));
+  }
+  for (uint64_t t : targets) serversById[t].recentCreations++;
+  // The record is visible from now on, so a concurrent caller for the same chunk finds it
+  // and waits on serialize() below; it is durable before any replica is created.
+  auto durable = ns.allocateChunk(inode, index);
+  auto record = ns.getChunk(inode, index);
+  KJ_ASSERT(record.has_value());
+  uint64_t handle = record->handle;
+  Chunk& c = chunks[handle];
+  c.inode = inode;
+  c.record = *record;
+  auto result = kj::heap<Result<ChunkView>>();
+  auto& out = *result;
+  return serialize(
+             handle,
+             [this, handle, &out, durable = kj::mv(durable), targets]() mutable {
+               return durable
+                   .then([this, handle, targets](Result<ChunkRecord> r) {
+                     KJ_REQUIRE(r.ok(), r.status.toString());
+                     return setVersionOn(targets, handle, r.value.version, true);
+                   })
+                   .then([this, handle, &out](std::vector<uint64_t> created) {
+                     auto it = chunks.find(handle);
+                     if (it == chunks.end()) {
+                       out = Status::notFound("chunk deleted");
+                       return kj::Promise<void>(kj::READY_NOW);
+                     }
+                     for (uint64_t s : created) {
+                       it->second.replicas.insert(s);
+                       serversById[s].chunks.insert(handle);
+                     }
+                     if (created.empty()) {
+                       out = Status::unavailable("no chunkserver could create the chunk");
+                       return kj::Promise<void>(kj::READY_NOW);
+                     }
+                     return grantNewLease(handle).then(
+                         [&out](Result<ChunkView> r) { out = std::move(r); });
+                   });
+             })
+      .then([result = kj::mv(result)]() mutable { return std::move(*result); });
+}
+
+kj::Promise<Result<ChunkView>> ChunkManager::grantNewLease(uint64_t handle) {
+  Chunk& c = chunks.at(handle);
+  auto live = liveReplicas(c);
+  if (live.empty()) {
+    return Result<ChunkView>(
+        Status::unavailable(fmt::format("no live replica of chunk {:x}", handle)));
+  }
+  uint64_t oldVersion = c.record.version;
+  // GFS: record the new version before any replica learns it, so that a replica that
+  // misses it is recognisably stale after any crash.
+  c.record.version = oldVersion + 1;
+  c.primary.reset();
+  return ns.setChunkVersion(c.inode, c.record)
+      .then([this, live, handle]() {
+        return setVersionOn(live, handle, chunks.at(handle).record.version, false);
+      })
+      .then([this, handle, live, oldVersion](std::vector<uint64_t> current)
+                -> kj::Promise<Result<ChunkView>> {
+        auto it = chunks.find(handle);
+        if (it == chunks.end()) return Result<ChunkView>(Status::notFound("chunk deleted"));
+        Chunk& c = it->second;
+        if (current.empty()) {
+          // Nobody moved: keep the old version so that the replicas stay current.
+          c.record.version = oldVersion;
+          return ns.setChunkVersion(c.inode, c.record).then([handle]() {
+            return Result<ChunkView>(
+                Status::unavailable(fmt::format("no replica of chunk {:x} answered", handle)));
+          });
+        }
+        for (uint64_t s : live) {
+          if (std::find(current.begin(), current.end(), s) == current.end()) {
+            removeReplica(c, s);  // now stale; deleted when it reports again
+          }
+        }
+        uint64_t primary = current[0];
+        return control
+            .grantLease(primary, handle, c.record.version,
+                        options.leaseDuration / kj::MILLISECONDS)
+            .then([this, handle, primary](Status s) -> Result<ChunkView> {
+              auto it = chunks.find(handle);
+              if (it == chunks.end()) return Status::notFound("chunk deleted");
+              if (!s.ok()) return s;
+              // The expiry counts from the reply, so the master never believes a lease
+              // over before the primary does.
+              it->second.primary = primary;
+              it->second.leaseExpiry = timer.now() + options.leaseDuration;
+              return view(it->second);
+            });
+      });
+}
+
+kj::Promise<Status> ChunkManager::truncateChunk(uint64_t inode, uint64_t size) {
+  uint64_t chunkSize = ns.chunkSize();
+  uint32_t offset = static_cast<uint32_t>(size % chunkSize);
+  if (offset == 0) return Status::OK();
+  auto record = ns.getChunk(inode, static_cast<uint32_t>(size / chunkSize));
+  if (!record) return Status::OK();
+  uint64_t handle = record->handle;
+  Chunk& c = chunks[handle];
+  c.inode = inode;
+  c.record = *record;
+  auto result = kj::heap<Status>();
+  auto& out = *result;
+  return serialize(handle,
+                   [this, handle, offset, &out]() -> kj::Promise<void> {
+                     Chunk& c = chunks.at(handle);
+                     auto live = liveReplicas(c);
+                     if (live.empty()) {
+                       out = Status::unavailable(
+                           fmt::format("no live replica of chunk {:x} to truncate", handle));
+                       return kj::READY_NOW;
+                     }
+                     c.record.version += 1;
+                     c.primary.reset();
+                     uint64_t version = c.record.version;
+                     return ns.setChunkVersion(c.inode, c.record)
+                         .then([this, live, handle, version, offset]() {
+                           kj::Vector<kj::Promise<Status>> calls;
+                           for (uint64_t s : live) {
+                             calls.add(control.truncate(s, handle, version, offset));
+                           }
+                           return kj::joinPromises(calls.releaseAsArray());
+                         })
+                         .then([this, live, handle, &out](kj::Array<Status> results) {
+                           auto it = chunks.find(handle);
+                           if (it == chunks.end()) return;
+                           size_t ok = 0;
+                           for (size_t i = 0; i < live.size(); ++i) {
+                             if (results[i].ok()) {
+                               ++ok;
+                             } else {
+                               removeReplica(it->second, live[i]);
+                             }
+                           }
+                           if (ok == 0) {
+                             out = Status::unavailable("no replica could be truncated");
+                           }
+                         });
+                   })
+      .then([result = kj::mv(result)]() mutable { return std::move(*result); });
+}
+
+void ChunkManager::release(const std::vector<uint64_t>& handles) {
+  for (uint64_t h : handles) {
+    for (auto& [id, s] : serversById) {
+      if (s.chunks.erase(h)) s.pendingDeletes.push_back(h);
+    }
+    chunks.erase(h);
+  }
+}
+
+void ChunkManager::reportBadReplica(uint64_t handle, uint64_t version,
+                                    const std::string& address) {
+  auto s = serverByAddress.find(address);
+  auto c = chunks.find(handle);
+  if (s == serverByAddress.end() || c == chunks.end()) return;
+  if (version != c->second.record.version || !c->second.replicas.count(s->second)) return;
+  logWarn("chunk {:x}: replica on {} reported bad; dropping it", handle, address);
+  removeReplica(c->second, s->second);
+  queueDelete(s->second, handle);
+}
+
+std::vector<ServerView> ChunkManager::servers() const {
+  std::vector<ServerView> out;
+  for (auto& [id, s] : serversById) {
+    out.push_back({id, s.address, s.rack, s.capacityBytes, s.usedBytes, s.chunks.size(), s.live});
+  }
+  return out;
+}
+
+}  // namespace cairn

@@ -1,0 +1,158 @@
+#pragma once
+// The master's view of chunks and chunkservers: where each replica is (as the
+// chunkservers report it: they have the last word), leases, versions, and what each
+// chunkserver should delete. Runs on the master's event loop.
+
+#include <kj/async.h>
+#include <kj/function.h>
+#include <kj/timer.h>
+#include <kj/vector.h>
+
+#include <map>
+#include <optional>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "namespace.h"
+#include "placement.h"
+#include "status.h"
+
+namespace cairn {
+
+// The master's calls to chunkservers, behind a seam so that tests can answer them.
+class ReplicaControl {
+ public:
+  virtual ~ReplicaControl() = default;
+  virtual kj::Promise<Status> setVersion(uint64_t server, uint64_t handle, uint64_t version,
+                                         bool create) = 0;
+  virtual kj::Promise<Status> grantLease(uint64_t server, uint64_t handle, uint64_t version,
+                                         uint32_t durationMs) = 0;
+  virtual kj::Promise<Status> truncate(uint64_t server, uint64_t handle, uint64_t version,
+                                       uint32_t length) = 0;
+};
+
+struct ChunkReportEntry {
+  uint64_t handle = 0;
+  uint64_t version = 0;
+  uint64_t size = 0;
+};
+
+struct ReplicaAddress {
+  std::string address;
+  std::string rack;
+};
+
+struct ChunkView {
+  ChunkRecord record;
+  std::vector<ReplicaAddress> replicas;  // current version, live servers only
+  std::string primary;                   // empty without a lease
+  uint32_t leaseRemainingMs = 0;
+};
+
+struct ServerView {
+  uint64_t id = 0;
+  std::string address;
+  std::string rack;
+  uint64_t capacityBytes = 0;
+  uint64_t usedBytes = 0;
+  uint64_t chunkCount = 0;
+  bool live = false;
+};
+
+struct ChunkManagerOptions {
+  kj::Duration leaseDuration = 60 * kj::SECONDS;
+  kj::Duration deadAfter = 30 * kj::SECONDS;
+  kj::Duration rpcTimeout = 10 * kj::SECONDS;
+  uint64_t minFreeBytes = 0;  // chunkservers with less free space get no new chunks
+  uint64_t seed = 0;
+};
+
+class ChunkManager {
+ public:
+  ChunkManager(Namespace& ns, ReplicaControl& control, kj::Timer& timer,
+               ChunkManagerOptions options);
+
+  // Loads the chunk records from the namespace (no replicas known until reports come).
+  void loadFromNamespace();
+
+  // A chunkserver (re)registers with a full chunk report. Stale and unknown replicas are
+  // queued for deletion at its next heartbeat. Returns the server id.
+  uint64_t registerServer(const std::string& address, const std::string& rack,
+                          uint64_t capacityBytes, uint64_t usedBytes,
+                          const std::vector<ChunkReportEntry>& chunks);
+  // Returns false if `id` is unknown (the chunkserver must register again).
+  bool heartbeat(uint64_t id, uint64_t capacityBytes, uint64_t usedBytes,
+                 std::vector<uint64_t>& deleteHandles);
+  // Marks servers silent for longer than deadAfter as dead; returns how many.
+  size_t sweepDeadServers();
+
+  // Chunk locations of a file, holes left out.
+  std::vector<ChunkView> locate(uint64_t inode, uint32_t first, uint32_t count);
+
+  // Makes sure chunk `index` of `inode` exists and that a live primary holds a lease on
+  // it, bumping the version first when a new lease is granted. Calls for one chunk are
+  // serialized.
+  kj::Promise<Result<ChunkView>> prepareWrite(uint64_t inode, uint32_t index);
+
+  // Cuts the chunk holding byte `size` of `inode` to end there (a truncate within a
+  // chunk), under a new version.
+  kj::Promise<Status> truncateChunk(uint64_t inode, uint64_t size);
+
+  // Chunks no longer referenced: their replicas are deleted at the next heartbeats.
+  void release(const std::vector<uint64_t>& handles);
+
+  void reportBadReplica(uint64_t handle, uint64_t version, const std::string& address);
+
+  std::vector<ServerView> servers() const;
+  size_t knownChunks() const { return chunks.size(); }
+
+ private:
+  struct Server {
+    uint64_t id;
+    std::string address;
+    std::string rack;
+    uint64_t capacityBytes = 0;
+    uint64_t usedBytes = 0;
+    kj::TimePoint lastHeartbeat = kj::origin<kj::TimePoint>();
+    bool live = true;
+    uint32_t recentCreations = 0;
+    std::set<uint64_t> chunks;
+    std::vector<uint64_t> pendingDeletes;
+  };
+  struct Chunk {
+    uint64_t inode = 0;
+    ChunkRecord record;
+    std::set<uint64_t> replicas;  // servers holding the current version
+    std::optional<uint64_t> primary;
+    kj::TimePoint leaseExpiry = kj::origin<kj::TimePoint>();
+    kj::Maybe<kj::ForkedPromise<void>> busy;  // a lease or truncate in progress
+  };
+
+  ChunkView view(const Chunk& c);
+  bool leaseValid(const Chunk& c);
+  std::vector<uint64_t> liveReplicas(const Chunk& c);
+  // Runs `step` for chunk `handle` once no other step for it is in progress.
+  kj::Promise<void> serialize(uint64_t handle, kj::Function<kj::Promise<void>()> step);
+  kj::Promise<Result<ChunkView>> allocate(uint64_t inode, uint32_t index, uint8_t goal);
+  kj::Promise<Result<ChunkView>> grantNewLease(uint64_t handle);
+  // Calls setVersion on `servers`; resolves to those that succeeded.
+  kj::Promise<std::vector<uint64_t>> setVersionOn(std::vector<uint64_t> servers,
+                                                  uint64_t handle, uint64_t version,
+                                                  bool create);
+  void removeReplica(Chunk& c, uint64_t server);
+  void queueDelete(uint64_t server, uint64_t handle);
+
+  Namespace& ns;
+  ReplicaControl& control;
+  kj::Timer& timer;
+  ChunkManagerOptions options;
+  std::mt19937_64 rng;
+  uint64_t nextServerId = 1;
+  std::map<uint64_t, Server> serversById;
+  std::map<std::string, uint64_t> serverByAddress;
+  std::map<uint64_t, Chunk> chunks;  // by handle
+};
+
+}  // namespace cairn

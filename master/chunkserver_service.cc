@@ -1,0 +1,124 @@
+#include "chunkserver_service.h"
+
+#include <fmt/format.h>
+#include <kj/debug.h>
+
+#include "address.h"
+#include "log.h"
+#include "master.h"
+
+namespace cairn {
+
+void ChunkserverControl::setServer(uint64_t id, wire::ChunkServer::Client cap) {
+  servers.insert_or_assign(id, kj::mv(cap));
+}
+
+template <typename Request>
+kj::Promise<Status> ChunkserverControl::send(uint64_t server, Request&& request) {
+  return timer.timeoutAfter(timeout, request.send())
+      .then([](auto response) { return fromWire(response.getStatus()); },
+            [server](kj::Exception&& e) {
+              return Status::unavailable(fmt::format("chunkserver {}: {}", server,
+                                                     e.getDescription().cStr()));
+            });
+}
+
+kj::Promise<Status> ChunkserverControl::setVersion(uint64_t server, uint64_t handle,
+                                                   uint64_t version, bool create) {
+  auto it = servers.find(server);
+  if (it == servers.end()) return Status::unavailable("chunkserver not connected");
+  auto req = it->second.setVersionRequest();
+  req.setHandle(handle);
+  req.setVersion(version);
+  req.setCreate(create);
+  return send(server, kj::mv(req));
+}
+
+kj::Promise<Status> ChunkserverControl::grantLease(uint64_t server, uint64_t handle,
+                                                   uint64_t version, uint32_t durationMs) {
+  auto it = servers.find(server);
+  if (it == servers.end()) return Status::unavailable("chunkserver not connected");
+  auto req = it->second.grantLeaseRequest();
+  req.setHandle(handle);
+  req.setVersion(version);
+  req.setDurationMs(durationMs);
+  return send(server, kj::mv(req));
+}
+
+kj::Promise<Status> ChunkserverControl::truncate(uint64_t server, uint64_t handle,
+                                                 uint64_t version, uint32_t length) {
+  auto it = servers.find(server);
+  if (it == servers.end()) return Status::unavailable("chunkserver not connected");
+  auto req = it->second.truncateRequest();
+  req.setHandle(handle);
+  req.setVersion(version);
+  req.setLength(length);
+  return send(server, kj::mv(req));
+}
+
+namespace {
+
+constexpr size_t MAX_REPORT = 50'000'000;
+
+class RegistryImpl final : public wire::ChunkserverRegistry::Server {
+ public:
+  explicit RegistryImpl(Master& master) : master(master) {}
+
+  kj::Promise<void> register_(RegisterContext context) override {
+    auto params = context.getParams();
+    auto results = context.getResults();
+    std::string address = params.getAddress();
+    auto parsed = parseAddress(address);
+    if (!parsed.ok()) {
+      toWire(parsed, results.initStatus());
+      return kj::READY_NOW;
+    }
+    auto report = params.getChunks();
+    KJ_REQUIRE(report.size() <= MAX_REPORT, "chunk report too large");
+    std::vector<ChunkReportEntry> entries;
+    entries.reserve(report.size());
+    for (auto c : report) entries.push_back({c.getHandle(), c.getVersion(), c.getSize()});
+    uint64_t id = master.chunkManager().registerServer(
+        address, params.getRack(), params.getCapacityBytes(), params.getUsedBytes(), entries);
+    master.control().setServer(id, params.getServer());
+    results.setId(id);
+    results.setChunkSize(master.names().chunkSize());
+    results.setHeartbeatMs(
+        static_cast<uint32_t>(master.options().heartbeatInterval / kj::MILLISECONDS));
+    toWire(Status::OK(), results.initStatus());
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> heartbeat(HeartbeatContext context) override {
+    auto params = context.getParams();
+    auto results = context.getResults();
+    std::vector<uint64_t> deletes;
+    if (!master.chunkManager().heartbeat(params.getId(), params.getCapacityBytes(),
+                                         params.getUsedBytes(), deletes)) {
+      toWire(Status::notFound("unknown chunkserver; register again"), results.initStatus());
+      return kj::READY_NOW;
+    }
+    auto list = results.initDeleteHandles(static_cast<uint>(deletes.size()));
+    for (size_t i = 0; i < deletes.size(); ++i) list.set(static_cast<uint>(i), deletes[i]);
+    toWire(Status::OK(), results.initStatus());
+    return kj::READY_NOW;
+  }
+
+ private:
+  static Status parseAddress(const std::string& address) {
+    auto hp = parseHostPort(address);
+    if (!hp.ok()) return hp.status;
+    if (hp.value.port == 0) return Status::invalidArgument("chunkserver address needs a port");
+    return Status::OK();
+  }
+
+  Master& master;
+};
+
+}  // namespace
+
+kj::Own<wire::ChunkserverRegistry::Server> newChunkserverRegistry(Master& master) {
+  return kj::heap<RegistryImpl>(master);
+}
+
+}  // namespace cairn

@@ -1,0 +1,72 @@
+// cairn-master: parses flags, builds the real environment, serves until killed.
+
+#include <CLI/CLI.hpp>
+#include <kj/async-io.h>
+#include <signal.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "address.h"
+#include "log.h"
+#include "master.h"
+#include "rpc.h"
+
+int main(int argc, char** argv) {
+  using namespace cairn;
+  CLI::App app{"Cairn master: namespace, chunk map, leases"};
+  std::string listen = "0.0.0.0:7700";
+  std::string dataDir;
+  std::string portFile;
+  uint64_t chunkSize = 64ull << 20;
+  double deadAfter = 30;
+  double heartbeat = 3;
+  app.add_option("--listen", listen, "HOST:PORT to serve RPC on")->capture_default_str();
+  app.add_option("--data", dataDir, "metadata directory")->required();
+  app.add_option("--chunk-size", chunkSize, "chunk size in bytes, fixed at first start")
+      ->capture_default_str();
+  app.add_option("--dead-after", deadAfter, "seconds without heartbeat before a chunkserver "
+                 "is dead")->capture_default_str();
+  app.add_option("--heartbeat", heartbeat, "chunkserver heartbeat interval, seconds")
+      ->capture_default_str();
+  app.add_option("--port-file", portFile, "write the bound HOST:PORT here once listening");
+  CLI11_PARSE(app, argc, argv);
+  setLogComponent("master");
+  signal(SIGPIPE, SIG_IGN);
+
+  auto addr = parseHostPort(listen);
+  if (!addr.ok()) {
+    logError("{}", addr.status.toString());
+    return 2;
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(dataDir, ec);
+  if (ec) {
+    logError("cannot create {}: {}", dataDir, ec.message());
+    return 1;
+  }
+  try {
+    auto io = kj::setupAsyncIo();
+    MasterOptions options;
+    options.dataDir = dataDir;
+    options.chunkSize = chunkSize;
+    options.chunks.deadAfter = static_cast<int64_t>(deadAfter * 1000) * kj::MILLISECONDS;
+    options.heartbeatInterval = static_cast<int64_t>(heartbeat * 1000) * kj::MILLISECONDS;
+    options.chunks.seed = static_cast<uint64_t>(getpid());
+    Master master(options, io.provider->getTimer(), kj::systemPreciseCalendarClock());
+    auto listener = io.provider->getNetwork()
+                        .parseAddress(addr.value.host, addr.value.port)
+                        .wait(io.waitScope)
+                        ->listen();
+    uint16_t port = listener->getPort();
+    RpcServer server(master.bootstrap(), kj::mv(listener));
+    std::string bound = HostPort{addr.value.host, port}.toString();
+    logInfo("listening on {} (data {}, chunk size {})", bound, dataDir,
+            master.names().chunkSize());
+    if (!portFile.empty()) std::ofstream(portFile) << bound << "\n";
+    kj::NEVER_DONE.wait(io.waitScope);
+  } catch (const kj::Exception& e) {
+    logError("fatal: {}", e.getDescription().cStr());
+    return 1;
+  }
+}

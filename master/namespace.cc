@@ -1,0 +1,592 @@
+#include "namespace.h"
+
+#include <fmt/format.h>
+#include <kj/debug.h>
+
+#include <cstring>
+
+#include "names.h"
+
+namespace cairn {
+namespace {
+
+// Keys: "i"+inode, "d"+parent+name, "c"+inode+index (big-endian, so that a directory's
+// entries and a file's chunks are contiguous and ordered), "m"+name for counters.
+void putBe64(std::string& out, uint64_t v) {
+  for (int i = 7; i >= 0; --i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
+}
+void putBe32(std::string& out, uint32_t v) {
+  for (int i = 3; i >= 0; --i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
+}
+uint64_t getBe(std::string_view s, size_t pos, int bytes) {
+  uint64_t v = 0;
+  for (int i = 0; i < bytes; ++i) v = (v << 8) | static_cast<uint8_t>(s[pos + i]);
+  return v;
+}
+
+template <typename T>
+void putLe(std::string& out, T v) {
+  char buf[sizeof(T)];
+  memcpy(buf, &v, sizeof(T));  // x86-64 and arm64 are little-endian; the format is LE
+  out.append(buf, sizeof(T));
+}
+template <typename T>
+bool getLe(std::string_view s, size_t& pos, T& v) {
+  if (pos + sizeof(T) > s.size()) return false;
+  memcpy(&v, s.data() + pos, sizeof(T));
+  pos += sizeof(T);
+  return true;
+}
+
+constexpr uint8_t INODE_FORMAT = 1;
+const std::string NEXT_INODE_KEY = "mnext_inode";
+const std::string NEXT_HANDLE_KEY = "mnext_handle";
+const std::string CHUNK_SIZE_KEY = "mchunk_size";
+
+std::string encodeU64(uint64_t v) {
+  std::string s;
+  putLe(s, v);
+  return s;
+}
+uint64_t decodeU64(const std::string& s) {
+  uint64_t v = 0;
+  size_t pos = 0;
+  getLe(s, pos, v);
+  return v;
+}
+
+std::string encodeChunk(const ChunkRecord& r) {
+  std::string s;
+  putLe(s, r.handle);
+  putLe(s, r.version);
+  return s;
+}
+ChunkRecord decodeChunk(uint32_t index, std::string_view bytes) {
+  ChunkRecord r;
+  r.index = index;
+  size_t pos = 0;
+  getLe(bytes, pos, r.handle);
+  getLe(bytes, pos, r.version);
+  return r;
+}
+
+}  // namespace
+
+std::string inodeKey(uint64_t inode) {
+  std::string k = "i";
+  putBe64(k, inode);
+  return k;
+}
+
+std::string direntKey(uint64_t parent, std::string_view name) {
+  std::string k = "d";
+  putBe64(k, parent);
+  k.append(name);
+  return k;
+}
+
+std::string chunkKey(uint64_t inode, uint32_t index) {
+  std::string k = "c";
+  putBe64(k, inode);
+  putBe32(k, index);
+  return k;
+}
+
+std::string encodeInode(const Inode& n) {
+  std::string s;
+  putLe(s, INODE_FORMAT);
+  putLe(s, n.inode);
+  putLe(s, static_cast<uint8_t>(n.type));
+  putLe(s, n.mode);
+  putLe(s, n.uid);
+  putLe(s, n.gid);
+  putLe(s, n.nlink);
+  putLe(s, n.size);
+  putLe(s, n.atimeNs);
+  putLe(s, n.mtimeNs);
+  putLe(s, n.ctimeNs);
+  putLe(s, n.replication);
+  putLe(s, n.parent);
+  return s;
+}
+
+std::optional<Inode> decodeInode(std::string_view s) {
+  Inode n;
+  size_t pos = 0;
+  uint8_t format = 0, type = 0;
+  bool ok = getLe(s, pos, format) && format == INODE_FORMAT && getLe(s, pos, n.inode) &&
+            getLe(s, pos, type) && getLe(s, pos, n.mode) && getLe(s, pos, n.uid) &&
+            getLe(s, pos, n.gid) && getLe(s, pos, n.nlink) && getLe(s, pos, n.size) &&
+            getLe(s, pos, n.atimeNs) && getLe(s, pos, n.mtimeNs) && getLe(s, pos, n.ctimeNs) &&
+            getLe(s, pos, n.replication) && getLe(s, pos, n.parent) && type <= 2;
+  if (!ok) return std::nullopt;
+  n.type = static_cast<FileType>(type);
+  return n;
+}
+
+Namespace::Namespace(NamespaceStore& store, const kj::Clock& clock, uint64_t chunkSize)
+    : store(store), clock(clock) {
+  auto storedChunkSize = store.get(CHUNK_SIZE_KEY);
+  auto storedInode = store.get(NEXT_INODE_KEY);
+  auto storedHandle = store.get(NEXT_HANDLE_KEY);
+  if (storedChunkSize) {
+    chunkSize_ = decodeU64(*storedChunkSize);
+    nextInode = storedInode ? decodeU64(*storedInode) : ROOT_INODE + 1;
+    nextHandle = storedHandle ? decodeU64(*storedHandle) : 1;
+    return;
+  }
+  KJ_REQUIRE(chunkSize >= 64 * 1024 && chunkSize % (64 * 1024) == 0 &&
+                 chunkSize <= (uint64_t{1} << 31),
+             "chunk size must be a multiple of 64 KiB, at most 2 GiB", chunkSize);
+  chunkSize_ = chunkSize;
+  nextInode = ROOT_INODE + 1;
+  nextHandle = 1;
+  Inode root;
+  root.inode = ROOT_INODE;
+  root.type = FileType::DIRECTORY;
+  root.mode = 0755;
+  root.nlink = 2;
+  root.parent = ROOT_INODE;
+  root.atimeNs = root.mtimeNs = root.ctimeNs = nowNs();
+  Mutation m;
+  m.put(inodeKey(ROOT_INODE), encodeInode(root));
+  m.put(NEXT_INODE_KEY, encodeU64(nextInode));
+  m.put(NEXT_HANDLE_KEY, encodeU64(nextHandle));
+  m.put(CHUNK_SIZE_KEY, encodeU64(chunkSize_));
+  // The first write is waited for by the caller's first mutation: the committer is FIFO.
+  store.commit(std::move(m)).detach([](kj::Exception&& e) {
+    KJ_LOG(ERROR, "cannot initialize metadata", e);
+  });
+}
+
+int64_t Namespace::nowNs() { return (clock.now() - kj::UNIX_EPOCH) / kj::NANOSECONDS; }
+
+std::optional<Inode> Namespace::readInode(uint64_t inode) {
+  auto bytes = store.get(inodeKey(inode));
+  if (!bytes) return std::nullopt;
+  auto n = decodeInode(*bytes);
+  KJ_ASSERT(n.has_value(), "corrupt inode record", inode);
+  return n;
+}
+
+std::optional<uint64_t> Namespace::readDirent(uint64_t parent, std::string_view name) {
+  auto bytes = store.get(direntKey(parent, name));
+  if (!bytes) return std::nullopt;
+  return decodeU64(*bytes);
+}
+
+Result<Inode> Namespace::getattr(uint64_t inode) {
+  auto n = readInode(inode);
+  if (!n) return Status::notFound(fmt::format("no inode {}", inode));
+  return *n;
+}
+
+Result<Inode> Namespace::requireDirectory(uint64_t inode) {
+  auto n = readInode(inode);
+  if (!n) return Status::notFound(fmt::format("no directory with inode {}", inode));
+  if (n->type != FileType::DIRECTORY) {
+    return Status::notDirectory(fmt::format("inode {} is not a directory", inode));
+  }
+  return *n;
+}
+
+Result<Inode> Namespace::lookup(uint64_t parent, std::string_view name) {
+  Status s = validateName(name);
+  if (!s.ok()) return s;
+  auto dir = requireDirectory(parent);
+  if (!dir.ok()) return dir.status;
+  auto child = readDirent(parent, name);
+  if (!child) return Status::notFound(fmt::format("no entry '{}'", name));
+  auto n = readInode(*child);
+  KJ_ASSERT(n.has_value(), "directory entry points to a missing inode", parent, *child);
+  return *n;
+}
+
+Result<Inode> Namespace::resolve(std::string_view path) {
+  auto parts = splitPath(path);
+  if (!parts.ok()) return parts.status;
+  auto current = getattr(ROOT_INODE);
+  for (auto& part : parts.value) {
+    if (current.value.type != FileType::DIRECTORY) {
+      return Status::notDirectory(fmt::format("a component of '{}' is not a directory", path));
+    }
+    current = lookup(current.value.inode, part);
+    if (!current.ok()) return Status(current.status.code(), fmt::format("{}: {}", path,
+                                                          current.status.message()));
+  }
+  return current;
+}
+
+Status Namespace::readdir(uint64_t inode, std::string_view after, size_t limit,
+                          std::vector<Entry>& entries, bool& more) {
+  auto dir = requireDirectory(inode);
+  if (!dir.ok()) return dir.status;
+  std::string prefix = direntKey(inode, "");
+  std::string afterKey = after.empty() ? std::string() : direntKey(inode, after);
+  auto rows = store.scan(prefix, afterKey, limit + 1);
+  more = rows.size() > limit;
+  if (more) rows.pop_back();
+  for (auto& [key, value] : rows) {
+    auto n = readInode(decodeU64(value));
+    KJ_ASSERT(n.has_value(), "directory entry points to a missing inode", inode);
+    entries.push_back(Entry{key.substr(prefix.size()), *n});
+  }
+  return Status::OK();
+}
+
+uint64_t Namespace::allocateInode(Mutation& m) {
+  uint64_t inode = nextInode++;
+  m.put(NEXT_INODE_KEY, encodeU64(nextInode));
+  return inode;
+}
+
+kj::Promise<MutationResult> Namespace::finish(Mutation m, MutationResult result) {
+  if (!result.status.ok() || m.empty()) return result;
+  return store.commit(std::move(m)).then([result = std::move(result)]() mutable {
+    return std::move(result);
+  });
+}
+
+kj::Promise<MutationResult> Namespace::mkdir(uint64_t parent, std::string_view name,
+                                             uint32_t mode, uint32_t uid, uint32_t gid) {
+  MutationResult r;
+  if (!(r.status = validateName(name)).ok()) return r;
+  auto dir = requireDirectory(parent);
+  if (!dir.ok()) return MutationResult{dir.status, {}, {}};
+  if (readDirent(parent, name)) {
+    r.status = Status::alreadyExists(fmt::format("'{}' exists", name));
+    return r;
+  }
+  Mutation m;
+  int64_t now = nowNs();
+  Inode n;
+  n.inode = allocateInode(m);
+  n.type = FileType::DIRECTORY;
+  n.mode = mode & 07777;
+  n.uid = uid;
+  n.gid = gid;
+  n.nlink = 2;
+  n.parent = parent;
+  n.replication = dir.value.replication;
+  n.atimeNs = n.mtimeNs = n.ctimeNs = now;
+  Inode p = dir.value;
+  p.nlink += 1;
+  p.mtimeNs = p.ctimeNs = now;
+  m.put(inodeKey(n.inode), encodeInode(n));
+  m.put(inodeKey(p.inode), encodeInode(p));
+  m.put(direntKey(parent, name), encodeU64(n.inode));
+  r.inode = n;
+  return finish(std::move(m), std::move(r));
+}
+
+kj::Promise<MutationResult> Namespace::create(uint64_t parent, std::string_view name,
+                                              uint32_t mode, uint32_t uid, uint32_t gid,
+                                              uint8_t replication, bool exclusive) {
+  MutationResult r;
+  if (!(r.status = validateName(name)).ok()) return r;
+  if (replication > MAX_REPLICATION) {
+    r.status = Status::invalidArgument(fmt::format("replication {} (at most {})", replication,
+                                                   MAX_REPLICATION));
+    return r;
+  }
+  auto dir = requireDirectory(parent);
+  if (!dir.ok()) return MutationResult{dir.status, {}, {}};
+  if (auto existing = readDirent(parent, name)) {
+    auto n = readInode(*existing);
+    KJ_ASSERT(n.has_value());
+    if (exclusive) {
+      r.status = Status::alreadyExists(fmt::format("'{}' exists", name));
+    } else if (n->type == FileType::DIRECTORY) {
+      r.status = Status::isDirectory(fmt::format("'{}' is a directory", name));
+    } else {
+      r.inode = *n;
+    }
+    return r;
+  }
+  Mutation m;
+  int64_t now = nowNs();
+  Inode n;
+  n.inode = allocateInode(m);
+  n.type = FileType::REGULAR;
+  n.mode = mode & 07777;
+  n.uid = uid;
+  n.gid = gid;
+  n.nlink = 1;
+  n.replication = replication == 0 ? dir.value.replication : replication;
+  n.atimeNs = n.mtimeNs = n.ctimeNs = now;
+  Inode p = dir.value;
+  p.mtimeNs = p.ctimeNs = now;
+  m.put(inodeKey(n.inode), encodeInode(n));
+  m.put(inodeKey(p.inode), encodeInode(p));
+  m.put(direntKey(parent, name), encodeU64(n.inode));
+  r.inode = n;
+  return finish(std::move(m), std::move(r));
+}
+
+kj::Promise<MutationResult> Namespace::setattr(uint64_t inode, const SetAttrArgs& args) {
+  MutationResult r;
+  auto n = readInode(inode);
+  if (!n) {
+    r.status = Status::notFound(fmt::format("no inode {}", inode));
+    return r;
+  }
+  Mutation m;
+  int64_t now = nowNs();
+  if (args.mode) n->mode = *args.mode & 07777;
+  if (args.uid) n->uid = *args.uid;
+  if (args.gid) n->gid = *args.gid;
+  if (args.atimeNs) n->atimeNs = *args.atimeNs;
+  if (args.mtimeNs) n->mtimeNs = *args.mtimeNs;
+  if (args.size) {
+    if (n->type == FileType::DIRECTORY) {
+      r.status = Status::isDirectory("cannot set the size of a directory");
+      return r;
+    }
+    if (*args.size < n->size) {
+      // Chunks that start at or past the new end go; the partial last one stays.
+      uint64_t keep = (*args.size + chunkSize_ - 1) / chunkSize_;
+      for (auto& c : listChunks(inode, static_cast<uint32_t>(keep), UINT32_MAX)) {
+        m.del(chunkKey(inode, c.index));
+        r.releasedHandles.push_back(c.handle);
+      }
+    }
+    if (*args.size != n->size && !args.mtimeNs) n->mtimeNs = now;
+    n->size = *args.size;
+  }
+  n->ctimeNs = now;
+  m.put(inodeKey(inode), encodeInode(*n));
+  r.inode = *n;
+  return finish(std::move(m), std::move(r));
+}
+
+void Namespace::dropLink(Mutation& m, Inode victim, int64_t now,
+                         std::vector<uint64_t>& released) {
+  if (victim.type == FileType::DIRECTORY || victim.nlink <= 1) {
+    m.del(inodeKey(victim.inode));
+    for (auto& c : listChunks(victim.inode, 0, UINT32_MAX)) {
+      m.del(chunkKey(victim.inode, c.index));
+      released.push_back(c.handle);
+    }
+    return;
+  }
+  victim.nlink -= 1;
+  victim.ctimeNs = now;
+  m.put(inodeKey(victim.inode), encodeInode(victim));
+}
+
+kj::Promise<MutationResult> Namespace::unlink(uint64_t parent, std::string_view name) {
+  MutationResult r;
+  auto child = lookup(parent, name);
+  if (!child.ok()) return MutationResult{child.status, {}, {}};
+  if (child.value.type == FileType::DIRECTORY) {
+    r.status = Status::isDirectory(fmt::format("'{}' is a directory", name));
+    return r;
+  }
+  Mutation m;
+  int64_t now = nowNs();
+  Inode p = *readInode(parent);
+  p.mtimeNs = p.ctimeNs = now;
+  m.put(inodeKey(parent), encodeInode(p));
+  m.del(direntKey(parent, name));
+  dropLink(m, child.value, now, r.releasedHandles);
+  return finish(std::move(m), std::move(r));
+}
+
+kj::Promise<MutationResult> Namespace::rmdir(uint64_t parent, std::string_view name) {
+  MutationResult r;
+  auto child = lookup(parent, name);
+  if (!child.ok()) return MutationResult{child.status, {}, {}};
+  if (child.value.type != FileType::DIRECTORY) {
+    r.status = Status::notDirectory(fmt::format("'{}' is not a directory", name));
+    return r;
+  }
+  if (!store.scan(direntKey(child.value.inode, ""), "", 1).empty()) {
+    r.status = Status::notEmpty(fmt::format("directory '{}' is not empty", name));
+    return r;
+  }
+  Mutation m;
+  int64_t now = nowNs();
+  Inode p = *readInode(parent);
+  p.nlink -= 1;
+  p.mtimeNs = p.ctimeNs = now;
+  m.put(inodeKey(parent), encodeInode(p));
+  m.del(direntKey(parent, name));
+  m.del(inodeKey(child.value.inode));
+  return finish(std::move(m), std::move(r));
+}
+
+bool Namespace::isAncestor(uint64_t ancestor, uint64_t inode) {
+  // Directories have exactly one parent, so the walk to the root is a chain.
+  for (uint64_t current = inode;;) {
+    if (current == ancestor) return true;
+    if (current == ROOT_INODE) return false;
+    auto n = readInode(current);
+    KJ_ASSERT(n.has_value(), "missing directory in parent chain", current);
+    current = n->parent;
+  }
+}
+
+kj::Promise<MutationResult> Namespace::rename(uint64_t srcParent, std::string_view srcName,
+                                              uint64_t dstParent, std::string_view dstName) {
+  MutationResult r;
+  if (!(r.status = validateName(dstName)).ok()) return r;
+  auto src = lookup(srcParent, srcName);
+  if (!src.ok()) return MutationResult{src.status, {}, {}};
+  auto dstDir = requireDirectory(dstParent);
+  if (!dstDir.ok()) return MutationResult{dstDir.status, {}, {}};
+  bool srcIsDir = src.value.type == FileType::DIRECTORY;
+  if (srcIsDir && isAncestor(src.value.inode, dstParent)) {
+    r.status = Status::invalidArgument(
+        fmt::format("cannot move directory '{}' into itself", srcName));
+    return r;
+  }
+  Mutation m;
+  int64_t now = nowNs();
+  std::optional<Inode> replaced;
+  if (auto existing = readDirent(dstParent, dstName)) {
+    if (*existing == src.value.inode) return r;  // same file: nothing to do (POSIX)
+    replaced = readInode(*existing);
+    KJ_ASSERT(replaced.has_value());
+    bool dstIsDir = replaced->type == FileType::DIRECTORY;
+    if (srcIsDir && !dstIsDir) {
+      r.status = Status::notDirectory(fmt::format("'{}' is not a directory", dstName));
+      return r;
+    }
+    if (!srcIsDir && dstIsDir) {
+      r.status = Status::isDirectory(fmt::format("'{}' is a directory", dstName));
+      return r;
+    }
+    if (dstIsDir && !store.scan(direntKey(replaced->inode, ""), "", 1).empty()) {
+      r.status = Status::notEmpty(fmt::format("directory '{}' is not empty", dstName));
+      return r;
+    }
+  }
+  // Parents are re-read after each change so that srcParent == dstParent works.
+  auto updateParent = [&](uint64_t inode, int linkDelta) {
+    auto key = inodeKey(inode);
+    Inode p = *readInode(inode);
+    for (auto& [k, v] : m.ops) {
+      if (k == key && v) p = *decodeInode(*v);
+    }
+    p.nlink = static_cast<uint32_t>(static_cast<int64_t>(p.nlink) + linkDelta);
+    p.mtimeNs = p.ctimeNs = now;
+    m.put(key, encodeInode(p));
+  };
+  if (replaced) {
+    dropLink(m, *replaced, now, r.releasedHandles);
+    if (replaced->type == FileType::DIRECTORY) updateParent(dstParent, -1);
+  }
+  m.del(direntKey(srcParent, srcName));
+  m.put(direntKey(dstParent, dstName), encodeU64(src.value.inode));
+  Inode moved = src.value;
+  moved.ctimeNs = now;
+  if (srcIsDir && srcParent != dstParent) {
+    moved.parent = dstParent;
+    updateParent(srcParent, -1);
+    updateParent(dstParent, +1);
+  } else {
+    updateParent(srcParent, 0);
+    if (dstParent != srcParent) updateParent(dstParent, 0);
+  }
+  m.put(inodeKey(moved.inode), encodeInode(moved));
+  r.inode = moved;
+  return finish(std::move(m), std::move(r));
+}
+
+kj::Promise<MutationResult> Namespace::setReplication(uint64_t inode, uint8_t replication) {
+  MutationResult r;
+  if (replication < 1 || replication > MAX_REPLICATION) {
+    r.status = Status::invalidArgument(
+        fmt::format("replication must be 1 to {}, not {}", MAX_REPLICATION, replication));
+    return r;
+  }
+  auto n = readInode(inode);
+  if (!n) {
+    r.status = Status::notFound(fmt::format("no inode {}", inode));
+    return r;
+  }
+  n->replication = replication;
+  n->ctimeNs = nowNs();
+  Mutation m;
+  m.put(inodeKey(inode), encodeInode(*n));
+  r.inode = *n;
+  return finish(std::move(m), std::move(r));
+}
+
+kj::Promise<MutationResult> Namespace::commitSize(uint64_t inode, uint64_t size,
+                                                  int64_t mtimeNs) {
+  MutationResult r;
+  auto n = readInode(inode);
+  if (!n) {
+    r.status = Status::notFound(fmt::format("no inode {}", inode));
+    return r;
+  }
+  if (n->type != FileType::REGULAR) {
+    r.status = Status::invalidArgument("not a regular file");
+    return r;
+  }
+  n->size = std::max(n->size, size);
+  n->mtimeNs = mtimeNs != 0 ? mtimeNs : nowNs();
+  n->ctimeNs = nowNs();
+  Mutation m;
+  m.put(inodeKey(inode), encodeInode(*n));
+  r.inode = *n;
+  return finish(std::move(m), std::move(r));
+}
+
+std::optional<ChunkRecord> Namespace::getChunk(uint64_t inode, uint32_t index) {
+  auto bytes = store.get(chunkKey(inode, index));
+  if (!bytes) return std::nullopt;
+  return decodeChunk(index, *bytes);
+}
+
+std::vector<ChunkRecord> Namespace::listChunks(uint64_t inode, uint32_t first, uint32_t count) {
+  std::string prefix = "c";
+  putBe64(prefix, inode);
+  std::string after = first == 0 ? std::string() : chunkKey(inode, first - 1);
+  std::vector<ChunkRecord> out;
+  uint64_t end = uint64_t{first} + count;
+  for (auto& [key, value] : store.scan(prefix, after, count)) {
+    uint32_t index = static_cast<uint32_t>(getBe(key, 9, 4));
+    if (index >= end) break;
+    out.push_back(decodeChunk(index, value));
+  }
+  return out;
+}
+
+std::vector<std::pair<uint64_t, ChunkRecord>> Namespace::allChunks() {
+  std::vector<std::pair<uint64_t, ChunkRecord>> out;
+  std::string after;
+  for (;;) {
+    auto rows = store.scan("c", after, 4096);
+    if (rows.empty()) break;
+    for (auto& [key, value] : rows) {
+      out.emplace_back(getBe(key, 1, 8),
+                       decodeChunk(static_cast<uint32_t>(getBe(key, 9, 4)), value));
+    }
+    after = rows.back().first;
+  }
+  return out;
+}
+
+kj::Promise<Result<ChunkRecord>> Namespace::allocateChunk(uint64_t inode, uint32_t index) {
+  auto n = readInode(inode);
+  if (!n) return Result<ChunkRecord>(Status::notFound(fmt::format("no inode {}", inode)));
+  if (n->type != FileType::REGULAR) {
+    return Result<ChunkRecord>(Status::invalidArgument("not a regular file"));
+  }
+  if (auto existing = getChunk(inode, index)) return Result<ChunkRecord>(*existing);
+  ChunkRecord record{index, nextHandle++, 1};
+  Mutation m;
+  m.put(NEXT_HANDLE_KEY, encodeU64(nextHandle));
+  m.put(chunkKey(inode, index), encodeChunk(record));
+  return store.commit(std::move(m)).then([record]() { return Result<ChunkRecord>(record); });
+}
+
+kj::Promise<void> Namespace::setChunkVersion(uint64_t inode, const ChunkRecord& record) {
+  Mutation m;
+  m.put(chunkKey(inode, record.index), encodeChunk(record));
+  return store.commit(std::move(m));
+}
+
+}  // namespace cairn

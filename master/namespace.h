@@ -1,0 +1,132 @@
+#pragma once
+// The file-system namespace: inodes, directory entries and each file's chunk list, kept
+// in a NamespaceStore. Every operation runs on the master's event loop; a mutation is
+// visible to the next operation at once, and its promise resolves when it is durable.
+// Errors a caller must branch on (a missing name, a non-empty directory, ...) are
+// Status values; the store failing is an exception.
+
+#include <kj/async.h>
+#include <kj/time.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "namespace_store.h"
+#include "status.h"
+
+namespace cairn {
+
+constexpr uint64_t ROOT_INODE = 1;
+constexpr uint8_t DEFAULT_REPLICATION = 3;
+constexpr uint8_t MAX_REPLICATION = 32;
+
+enum class FileType : uint8_t { REGULAR = 0, DIRECTORY = 1, SYMLINK = 2 };
+
+struct Inode {
+  uint64_t inode = 0;
+  FileType type = FileType::REGULAR;
+  uint32_t mode = 0;  // permission bits
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  uint32_t nlink = 1;
+  uint64_t size = 0;
+  int64_t atimeNs = 0;
+  int64_t mtimeNs = 0;
+  int64_t ctimeNs = 0;
+  uint8_t replication = DEFAULT_REPLICATION;
+  uint64_t parent = 0;  // directories only: their one parent
+};
+
+struct ChunkRecord {
+  uint32_t index = 0;
+  uint64_t handle = 0;
+  uint64_t version = 0;
+};
+
+struct SetAttrArgs {
+  std::optional<uint32_t> mode, uid, gid;
+  std::optional<uint64_t> size;
+  std::optional<int64_t> atimeNs, mtimeNs;
+};
+
+// What a mutation did, for the layers above: the new attributes, and chunk handles that
+// no file refers to any more (their replicas are to be deleted).
+struct MutationResult {
+  Status status;
+  Inode inode;
+  std::vector<uint64_t> releasedHandles;
+};
+
+class Namespace {
+ public:
+  // `chunkSize` is used only when the store is new; afterwards the stored one wins.
+  Namespace(NamespaceStore& store, const kj::Clock& clock, uint64_t chunkSize);
+
+  uint64_t chunkSize() const { return chunkSize_; }
+
+  Result<Inode> getattr(uint64_t inode);
+  Result<Inode> lookup(uint64_t parent, std::string_view name);
+  Result<Inode> resolve(std::string_view path);
+
+  struct Entry {
+    std::string name;
+    Inode inode;
+  };
+  // Entries of directory `inode` after name `after`, at most `limit`; `more` if any remain.
+  Status readdir(uint64_t inode, std::string_view after, size_t limit,
+                 std::vector<Entry>& entries, bool& more);
+
+  kj::Promise<MutationResult> mkdir(uint64_t parent, std::string_view name, uint32_t mode,
+                                    uint32_t uid, uint32_t gid);
+  kj::Promise<MutationResult> create(uint64_t parent, std::string_view name, uint32_t mode,
+                                     uint32_t uid, uint32_t gid, uint8_t replication,
+                                     bool exclusive);
+  // A size change drops chunks wholly past the new end (released) and leaves the partial
+  // last chunk to the caller, which must cut its replicas (see truncateChunk).
+  kj::Promise<MutationResult> setattr(uint64_t inode, const SetAttrArgs& args);
+  kj::Promise<MutationResult> unlink(uint64_t parent, std::string_view name);
+  kj::Promise<MutationResult> rmdir(uint64_t parent, std::string_view name);
+  kj::Promise<MutationResult> rename(uint64_t srcParent, std::string_view srcName,
+                                     uint64_t dstParent, std::string_view dstName);
+  kj::Promise<MutationResult> setReplication(uint64_t inode, uint8_t replication);
+  // size = max(size, current); mtime set when size or data changed.
+  kj::Promise<MutationResult> commitSize(uint64_t inode, uint64_t size, int64_t mtimeNs);
+
+  // Chunks.
+  std::optional<ChunkRecord> getChunk(uint64_t inode, uint32_t index);
+  std::vector<ChunkRecord> listChunks(uint64_t inode, uint32_t first, uint32_t count);
+  // Every chunk of every file, for the chunk map at start: (owner inode, record).
+  std::vector<std::pair<uint64_t, ChunkRecord>> allChunks();
+  // Records a new chunk at version 1 with a fresh handle.
+  kj::Promise<Result<ChunkRecord>> allocateChunk(uint64_t inode, uint32_t index);
+  kj::Promise<void> setChunkVersion(uint64_t inode, const ChunkRecord& record);
+
+ private:
+  std::optional<Inode> readInode(uint64_t inode);
+  std::optional<uint64_t> readDirent(uint64_t parent, std::string_view name);
+  Result<Inode> requireDirectory(uint64_t inode);
+  int64_t nowNs();
+  uint64_t allocateInode(Mutation& m);
+  // Removes one link to `victim` (already unlinked from its directory), deleting it and
+  // its chunks when none remain.
+  void dropLink(Mutation& m, Inode victim, int64_t now, std::vector<uint64_t>& released);
+  bool isAncestor(uint64_t ancestor, uint64_t inode);
+  kj::Promise<MutationResult> finish(Mutation m, MutationResult result);
+
+  NamespaceStore& store;
+  const kj::Clock& clock;
+  uint64_t chunkSize_;
+  uint64_t nextInode;
+  uint64_t nextHandle;
+};
+
+// Key layout, exposed for tests and tools.
+std::string inodeKey(uint64_t inode);
+std::string direntKey(uint64_t parent, std::string_view name);
+std::string chunkKey(uint64_t inode, uint32_t index);
+std::string encodeInode(const Inode& inode);
+std::optional<Inode> decodeInode(std::string_view bytes);
+
+}  // namespace cairn

@@ -1,0 +1,28 @@
+#pragma once
+// Where new replicas go: a pure function over a view of the chunkservers, so that it can
+// be tested against an emulated cluster.
+
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace cairn {
+
+struct PlacementCandidate {
+  uint64_t id = 0;
+  std::string rack;
+  uint64_t capacityBytes = 0;
+  uint64_t usedBytes = 0;
+  uint32_t recentCreations = 0;
+};
+
+// Chooses up to `count` distinct candidates, never one in `exclude`: first spread over
+// racks (a rack not yet used, counting `exclude`'s racks, wins), then lower disk use and
+// fewer recent creations, with `rng` breaking ties. Candidates with less than
+// `minFreeBytes` free are never chosen. Returns fewer when there are not enough.
+std::vector<uint64_t> choosePlacement(const std::vector<PlacementCandidate>& candidates,
+                                      size_t count, const std::vector<uint64_t>& exclude,
+                                      uint64_t minFreeBytes, std::mt19937_64& rng);
+
+}  // namespace cairn

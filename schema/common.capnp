@@ -1,0 +1,68 @@
+@0xc998d34e4bced6f4;
+# Types shared by every Cairn service. Ordinals are append-only.
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("cairn::wire");
+
+enum ErrorCode {
+  # Outcomes a correct caller branches on. Host errno values never go on the wire;
+  # the FUSE edge maps these to errno in one place.
+  ok @0;
+  notFound @1;
+  alreadyExists @2;
+  notDirectory @3;
+  isDirectory @4;
+  notEmpty @5;
+  permissionDenied @6;
+  nameTooLong @7;
+  invalidArgument @8;
+  noSpace @9;
+  staleVersion @10;
+  notPrimary @11;
+  leaseExpired @12;
+  replicaCorrupt @13;
+  unavailable @14;
+  ioError @15;
+  safeMode @16;
+  busy @17;
+}
+
+struct Status {
+  code @0 :ErrorCode;
+  message @1 :Text;
+}
+
+enum FileType {
+  regular @0;
+  directory @1;
+  symlink @2;
+}
+
+struct Attr {
+  inode @0 :UInt64;
+  type @1 :FileType;
+  mode @2 :UInt32;       # permission bits only (07777)
+  uid @3 :UInt32;
+  gid @4 :UInt32;
+  nlink @5 :UInt32;
+  size @6 :UInt64;
+  atimeNs @7 :Int64;     # nanoseconds since the Unix epoch
+  mtimeNs @8 :Int64;
+  ctimeNs @9 :Int64;
+  replication @10 :UInt8;
+  chunkCount @11 :UInt32;
+}
+
+struct ChunkReplica {
+  address @0 :Text;      # HOST:PORT of the chunkserver's RPC endpoint
+  rack @1 :Text;
+}
+
+struct ChunkLocation {
+  index @0 :UInt32;
+  handle @1 :UInt64;
+  version @2 :UInt64;
+  replicas @3 :List(ChunkReplica);
+  primary @4 :Text;              # empty unless a lease is held
+  leaseRemainingMs @5 :UInt32;
+}

@@ -1,0 +1,98 @@
+@0xfb9259e6c4f18705;
+# The master's RPC surface: one bootstrap, one service per kind of peer.
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("cairn::wire");
+
+using Common = import "common.capnp";
+using Status = Common.Status;
+using Attr = Common.Attr;
+using ChunkLocation = Common.ChunkLocation;
+using ChunkServer = import "chunkserver.capnp".ChunkServer;
+
+interface Master {
+  client @0 () -> (service :ClientService);
+  chunkserver @1 () -> (service :ChunkserverRegistry);
+}
+
+struct SetAttr {
+  setMode @0 :Bool;
+  mode @1 :UInt32;
+  setUid @2 :Bool;
+  uid @3 :UInt32;
+  setGid @4 :Bool;
+  gid @5 :UInt32;
+  setSize @6 :Bool;
+  size @7 :UInt64;
+  setAtime @8 :Bool;
+  atimeNs @9 :Int64;
+  setMtime @10 :Bool;
+  mtimeNs @11 :Int64;
+}
+
+struct DirEntry {
+  name @0 :Text;
+  attr @1 :Attr;
+}
+
+struct ServerInfo {
+  address @0 :Text;
+  rack @1 :Text;
+  capacityBytes @2 :UInt64;
+  usedBytes @3 :UInt64;
+  chunkCount @4 :UInt64;
+  live @5 :Bool;
+}
+
+interface ClientService {
+  # Namespace. Names are validated: no '/', no NUL, not empty, not '.' or '..', at
+  # most 255 bytes. Inode 1 is the root directory.
+  lookup @0 (parent :UInt64, name :Text) -> (status :Status, attr :Attr);
+  getattr @1 (inode :UInt64) -> (status :Status, attr :Attr);
+  mkdir @2 (parent :UInt64, name :Text, mode :UInt32, uid :UInt32, gid :UInt32)
+      -> (status :Status, attr :Attr);
+  create @3 (parent :UInt64, name :Text, mode :UInt32, uid :UInt32, gid :UInt32,
+             replication :UInt8, exclusive :Bool) -> (status :Status, attr :Attr);
+  # replication 0 means the default goal. Without `exclusive`, an existing regular
+  # file is returned as it is.
+  setattr @4 (inode :UInt64, set :SetAttr) -> (status :Status, attr :Attr);
+  readdir @5 (inode :UInt64, after :Text, limit :UInt32)
+      -> (status :Status, entries :List(DirEntry), more :Bool);
+  # Entries sorted by name, strictly after `after`; at most `limit` (capped at 4096).
+  unlink @6 (parent :UInt64, name :Text) -> (status :Status);
+  rmdir @7 (parent :UInt64, name :Text) -> (status :Status);
+  rename @8 (srcParent :UInt64, srcName :Text, dstParent :UInt64, dstName :Text)
+      -> (status :Status);
+  resolve @9 (path :Text) -> (status :Status, attr :Attr);
+  # An absolute path, for tools that speak in paths.
+  setReplication @10 (inode :UInt64, replication :UInt8) -> (status :Status, attr :Attr);
+
+  # Chunks.
+  getChunks @11 (inode :UInt64, firstIndex :UInt32, count :UInt32)
+      -> (status :Status, chunkSize :UInt64, fileSize :UInt64, chunks :List(ChunkLocation));
+  # Chunks that exist in [firstIndex, firstIndex+count); holes are absent. Only replicas
+  # at the current version are listed.
+  prepareWrite @12 (inode :UInt64, index :UInt32) -> (status :Status, chunk :ChunkLocation);
+  # Allocates the chunk if needed and makes sure a primary holds a lease on it.
+  commitSize @13 (inode :UInt64, size :UInt64, mtimeNs :Int64) -> (status :Status, attr :Attr);
+  # After a write: the file's size becomes max(size, current).
+  reportBadReplica @14 (handle :UInt64, version :UInt64, address :Text) -> ();
+  clusterInfo @15 () -> (chunkSize :UInt64, servers :List(ServerInfo), defaultReplication :UInt8);
+}
+
+struct ChunkReport {
+  handle @0 :UInt64;
+  version @1 :UInt64;
+  size @2 :UInt64;
+}
+
+interface ChunkserverRegistry {
+  register @0 (address :Text, rack :Text, capacityBytes :UInt64, usedBytes :UInt64,
+               chunks :List(ChunkReport), server :ChunkServer)
+      -> (status :Status, id :UInt64, heartbeatMs :UInt32, chunkSize :UInt64);
+  # A full chunk report. The master answers what the chunkserver should delete in the
+  # first heartbeat.
+  heartbeat @1 (id :UInt64, capacityBytes :UInt64, usedBytes :UInt64)
+      -> (status :Status, deleteHandles :List(UInt64));
+  # status notFound means: register again.
+}
