@@ -28,7 +28,7 @@ uint64_t ChunkManager::registerServer(const std::string& address, const std::str
   if (known != serverByAddress.end()) {
     id = known->second;
     // A re-registration replaces everything the master believed about this server.
-    for (uint64_t h : serversById[id].chunks) {
+    for (uint64_t h : std::set<uint64_t>(serversById[id].chunks)) {
       auto it = chunks.find(h);
       if (it != chunks.end()) removeReplica(it->second, id);
     }
@@ -207,7 +207,7 @@ kj::Promise<Result<ChunkView>> ChunkManager::prepareWrite(uint64_t inode, uint32
   if (!record) {
     auto n = ns.getattr(inode);
     if (!n.ok()) return Result<ChunkView>(n.status);
-    if (n.value.type != FileType::REGULAR) {
+    if (n.value.type != InodeType::REGULAR) {
       return Result<ChunkView>(Status::invalidArgument("not a regular file"));
     }
     return allocate(inode, index, n.value.replication);

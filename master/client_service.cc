@@ -76,7 +76,7 @@ class ClientServiceImpl final : public wire::ClientService::Server {
     if (set.getSetMtime()) args.mtimeNs = set.getMtimeNs();
     auto current = ns.getattr(inode);
     kj::Promise<Status> cut = Status::OK();
-    if (args.size && current.ok() && current.value.type == FileType::REGULAR &&
+    if (args.size && current.ok() && current.value.type == InodeType::REGULAR &&
         *args.size < current.value.size) {
       // Cut the partial last chunk first: a crash in between then leaves zeros where the
       // file was being shortened, never old bytes inside a later extension.

@@ -57,9 +57,9 @@ kj::Promise<void> Master::sweepLoop() {
 void fillAttr(const Inode& n, uint64_t chunkSize, wire::Attr::Builder out) {
   out.setInode(n.inode);
   switch (n.type) {
-    case FileType::REGULAR: out.setType(wire::FileType::REGULAR); break;
-    case FileType::DIRECTORY: out.setType(wire::FileType::DIRECTORY); break;
-    case FileType::SYMLINK: out.setType(wire::FileType::SYMLINK); break;
+    case InodeType::REGULAR: out.setType(wire::FileType::REGULAR); break;
+    case InodeType::DIRECTORY: out.setType(wire::FileType::DIRECTORY); break;
+    case InodeType::SYMLINK: out.setType(wire::FileType::SYMLINK); break;
   }
   out.setMode(n.mode);
   out.setUid(n.uid);

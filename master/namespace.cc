@@ -120,7 +120,7 @@ std::optional<Inode> decodeInode(std::string_view s) {
             getLe(s, pos, n.atimeNs) && getLe(s, pos, n.mtimeNs) && getLe(s, pos, n.ctimeNs) &&
             getLe(s, pos, n.replication) && getLe(s, pos, n.parent) && type <= 2;
   if (!ok) return std::nullopt;
-  n.type = static_cast<FileType>(type);
+  n.type = static_cast<InodeType>(type);
   return n;
 }
 
@@ -143,7 +143,7 @@ Namespace::Namespace(NamespaceStore& store, const kj::Clock& clock, uint64_t chu
   nextHandle = 1;
   Inode root;
   root.inode = ROOT_INODE;
-  root.type = FileType::DIRECTORY;
+  root.type = InodeType::DIRECTORY;
   root.mode = 0755;
   root.nlink = 2;
   root.parent = ROOT_INODE;
@@ -184,7 +184,7 @@ Result<Inode> Namespace::getattr(uint64_t inode) {
 Result<Inode> Namespace::requireDirectory(uint64_t inode) {
   auto n = readInode(inode);
   if (!n) return Status::notFound(fmt::format("no directory with inode {}", inode));
-  if (n->type != FileType::DIRECTORY) {
+  if (n->type != InodeType::DIRECTORY) {
     return Status::notDirectory(fmt::format("inode {} is not a directory", inode));
   }
   return *n;
@@ -207,7 +207,7 @@ Result<Inode> Namespace::resolve(std::string_view path) {
   if (!parts.ok()) return parts.status;
   auto current = getattr(ROOT_INODE);
   for (auto& part : parts.value) {
-    if (current.value.type != FileType::DIRECTORY) {
+    if (current.value.type != InodeType::DIRECTORY) {
       return Status::notDirectory(fmt::format("a component of '{}' is not a directory", path));
     }
     current = lookup(current.value.inode, part);
@@ -261,7 +261,7 @@ kj::Promise<MutationResult> Namespace::mkdir(uint64_t parent, std::string_view n
   int64_t now = nowNs();
   Inode n;
   n.inode = allocateInode(m);
-  n.type = FileType::DIRECTORY;
+  n.type = InodeType::DIRECTORY;
   n.mode = mode & 07777;
   n.uid = uid;
   n.gid = gid;
@@ -296,7 +296,7 @@ kj::Promise<MutationResult> Namespace::create(uint64_t parent, std::string_view 
     KJ_ASSERT(n.has_value());
     if (exclusive) {
       r.status = Status::alreadyExists(fmt::format("'{}' exists", name));
-    } else if (n->type == FileType::DIRECTORY) {
+    } else if (n->type == InodeType::DIRECTORY) {
       r.status = Status::isDirectory(fmt::format("'{}' is a directory", name));
     } else {
       r.inode = *n;
@@ -307,7 +307,7 @@ kj::Promise<MutationResult> Namespace::create(uint64_t parent, std::string_view 
   int64_t now = nowNs();
   Inode n;
   n.inode = allocateInode(m);
-  n.type = FileType::REGULAR;
+  n.type = InodeType::REGULAR;
   n.mode = mode & 07777;
   n.uid = uid;
   n.gid = gid;
@@ -338,7 +338,7 @@ kj::Promise<MutationResult> Namespace::setattr(uint64_t inode, const SetAttrArgs
   if (args.atimeNs) n->atimeNs = *args.atimeNs;
   if (args.mtimeNs) n->mtimeNs = *args.mtimeNs;
   if (args.size) {
-    if (n->type == FileType::DIRECTORY) {
+    if (n->type == InodeType::DIRECTORY) {
       r.status = Status::isDirectory("cannot set the size of a directory");
       return r;
     }
@@ -361,7 +361,7 @@ kj::Promise<MutationResult> Namespace::setattr(uint64_t inode, const SetAttrArgs
 
 void Namespace::dropLink(Mutation& m, Inode victim, int64_t now,
                          std::vector<uint64_t>& released) {
-  if (victim.type == FileType::DIRECTORY || victim.nlink <= 1) {
+  if (victim.type == InodeType::DIRECTORY || victim.nlink <= 1) {
     m.del(inodeKey(victim.inode));
     for (auto& c : listChunks(victim.inode, 0, UINT32_MAX)) {
       m.del(chunkKey(victim.inode, c.index));
@@ -378,7 +378,7 @@ kj::Promise<MutationResult> Namespace::unlink(uint64_t parent, std::string_view 
   MutationResult r;
   auto child = lookup(parent, name);
   if (!child.ok()) return MutationResult{child.status, {}, {}};
-  if (child.value.type == FileType::DIRECTORY) {
+  if (child.value.type == InodeType::DIRECTORY) {
     r.status = Status::isDirectory(fmt::format("'{}' is a directory", name));
     return r;
   }
@@ -396,7 +396,7 @@ kj::Promise<MutationResult> Namespace::rmdir(uint64_t parent, std::string_view n
   MutationResult r;
   auto child = lookup(parent, name);
   if (!child.ok()) return MutationResult{child.status, {}, {}};
-  if (child.value.type != FileType::DIRECTORY) {
+  if (child.value.type != InodeType::DIRECTORY) {
     r.status = Status::notDirectory(fmt::format("'{}' is not a directory", name));
     return r;
   }
@@ -434,7 +434,7 @@ kj::Promise<MutationResult> Namespace::rename(uint64_t srcParent, std::string_vi
   if (!src.ok()) return MutationResult{src.status, {}, {}};
   auto dstDir = requireDirectory(dstParent);
   if (!dstDir.ok()) return MutationResult{dstDir.status, {}, {}};
-  bool srcIsDir = src.value.type == FileType::DIRECTORY;
+  bool srcIsDir = src.value.type == InodeType::DIRECTORY;
   if (srcIsDir && isAncestor(src.value.inode, dstParent)) {
     r.status = Status::invalidArgument(
         fmt::format("cannot move directory '{}' into itself", srcName));
@@ -447,7 +447,7 @@ kj::Promise<MutationResult> Namespace::rename(uint64_t srcParent, std::string_vi
     if (*existing == src.value.inode) return r;  // same file: nothing to do (POSIX)
     replaced = readInode(*existing);
     KJ_ASSERT(replaced.has_value());
-    bool dstIsDir = replaced->type == FileType::DIRECTORY;
+    bool dstIsDir = replaced->type == InodeType::DIRECTORY;
     if (srcIsDir && !dstIsDir) {
       r.status = Status::notDirectory(fmt::format("'{}' is not a directory", dstName));
       return r;
@@ -474,7 +474,7 @@ kj::Promise<MutationResult> Namespace::rename(uint64_t srcParent, std::string_vi
   };
   if (replaced) {
     dropLink(m, *replaced, now, r.releasedHandles);
-    if (replaced->type == FileType::DIRECTORY) updateParent(dstParent, -1);
+    if (replaced->type == InodeType::DIRECTORY) updateParent(dstParent, -1);
   }
   m.del(direntKey(srcParent, srcName));
   m.put(direntKey(dstParent, dstName), encodeU64(src.value.inode));
@@ -521,7 +521,7 @@ kj::Promise<MutationResult> Namespace::commitSize(uint64_t inode, uint64_t size,
     r.status = Status::notFound(fmt::format("no inode {}", inode));
     return r;
   }
-  if (n->type != FileType::REGULAR) {
+  if (n->type != InodeType::REGULAR) {
     r.status = Status::invalidArgument("not a regular file");
     return r;
   }
@@ -572,7 +572,7 @@ std::vector<std::pair<uint64_t, ChunkRecord>> Namespace::allChunks() {
 kj::Promise<Result<ChunkRecord>> Namespace::allocateChunk(uint64_t inode, uint32_t index) {
   auto n = readInode(inode);
   if (!n) return Result<ChunkRecord>(Status::notFound(fmt::format("no inode {}", inode)));
-  if (n->type != FileType::REGULAR) {
+  if (n->type != InodeType::REGULAR) {
     return Result<ChunkRecord>(Status::invalidArgument("not a regular file"));
   }
   if (auto existing = getChunk(inode, index)) return Result<ChunkRecord>(*existing);

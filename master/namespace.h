@@ -22,11 +22,11 @@ constexpr uint64_t ROOT_INODE = 1;
 constexpr uint8_t DEFAULT_REPLICATION = 3;
 constexpr uint8_t MAX_REPLICATION = 32;
 
-enum class FileType : uint8_t { REGULAR = 0, DIRECTORY = 1, SYMLINK = 2 };
+enum class InodeType : uint8_t { REGULAR = 0, DIRECTORY = 1, SYMLINK = 2 };
 
 struct Inode {
   uint64_t inode = 0;
-  FileType type = FileType::REGULAR;
+  InodeType type = InodeType::REGULAR;
   uint32_t mode = 0;  // permission bits
   uint32_t uid = 0;
   uint32_t gid = 0;

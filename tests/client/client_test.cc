@@ -1,0 +1,159 @@
+// libcairn against a whole cluster in this process: master, four chunkservers on
+// loopback with in-memory disks, one event loop.
+
+#include "client.h"
+
+#include <gtest/gtest.h>
+
+#include "cluster.h"
+
+namespace cairn {
+namespace {
+
+constexpr uint64_t CHUNK = 1 << 20;
+
+class ClientTest : public ::testing::Test {
+ protected:
+  // kj's owners may throw from destructors; a test fixture must not.
+  ~ClientTest() noexcept override {}
+  ClientTest() : io(kj::setupAsyncIo()), cluster(io, 4, CHUNK) {}
+  Client& client() { return cluster.client(); }
+  template <typename T>
+  T wait(kj::Promise<T> p) {
+    return p.wait(io.waitScope);
+  }
+  uint64_t createFile(const std::string& name, uint8_t replication = 3) {
+    auto r = wait(client().create(1, name, 0644, 0, 0, replication, true));
+    EXPECT_TRUE(r.ok()) << r.status.toString();
+    return r.value.inode;
+  }
+  void write(uint64_t inode, uint64_t offset, const std::string& data) {
+    Status s = wait(client().write(
+        inode, offset, kj::arrayPtr(reinterpret_cast<const kj::byte*>(data.data()), data.size())));
+    ASSERT_TRUE(s.ok()) << s.toString();
+    auto sized = wait(client().commitSize(inode, offset + data.size()));
+    ASSERT_TRUE(sized.ok()) << sized.status.toString();
+  }
+  std::string read(uint64_t inode, uint64_t offset, uint64_t length) {
+    std::string out;
+    Status s = wait(client().read(inode, offset, length, out));
+    EXPECT_TRUE(s.ok()) << s.toString();
+    return out;
+  }
+
+  kj::AsyncIoContext io;
+  testing::InProcessCluster cluster;
+};
+
+TEST_F(ClientTest, WritesAndReadsAcrossChunks) {
+  uint64_t f = createFile("f");
+  std::string data = testing::randomBytes(3 * CHUNK + 12345, 11);
+  write(f, 0, data);
+  EXPECT_EQ(read(f, 0, data.size()), data);
+  EXPECT_EQ(read(f, CHUNK - 10, 20), data.substr(CHUNK - 10, 20));
+  EXPECT_EQ(read(f, data.size() - 5, 100), data.substr(data.size() - 5));
+  EXPECT_EQ(read(f, data.size() + 5, 100), "");
+  auto layout = wait(client().layout(f, 0, 100));
+  ASSERT_TRUE(layout.ok());
+  EXPECT_EQ(layout.value.chunks.size(), 4u);
+  for (auto& c : layout.value.chunks) {
+    std::set<std::string> distinct;
+    for (auto& r : c.replicas) distinct.insert(r.address);
+    EXPECT_EQ(distinct.size(), 3u);
+  }
+}
+
+TEST_F(ClientTest, OverwritesAndSparseFiles) {
+  uint64_t f = createFile("sparse");
+  std::string model(5 * CHUNK, '\0');
+  auto apply = [&](uint64_t off, const std::string& d) {
+    write(f, off, d);
+    model.replace(off, d.size(), d);
+  };
+  apply(4 * CHUNK + 100, "end");  // chunks 0..3 are holes
+  apply(CHUNK - 3, "across");     // crosses from chunk 0 into chunk 1
+  apply(CHUNK - 1, "X");          // overwrite inside
+  model.resize(4 * CHUNK + 103);
+  EXPECT_EQ(read(f, 0, model.size()), model);
+}
+
+TEST_F(ClientTest, TruncateDownThenUpReadsZeros) {
+  uint64_t f = createFile("t");
+  std::string data = testing::randomBytes(2 * CHUNK + 10, 5);
+  write(f, 0, data);
+  SetAttrRequest shrink;
+  shrink.size = CHUNK + 100;
+  ASSERT_TRUE(wait(client().setattr(f, shrink)).ok());
+  SetAttrRequest grow;
+  grow.size = 2 * CHUNK;
+  ASSERT_TRUE(wait(client().setattr(f, grow)).ok());
+  std::string expect = data.substr(0, CHUNK + 100) + std::string(CHUNK - 100, '\0');
+  EXPECT_EQ(read(f, 0, 2 * CHUNK), expect);
+}
+
+TEST_F(ClientTest, ReadsFailOverWhenAReplicaIsDown) {
+  uint64_t f = createFile("f");
+  std::string data = testing::randomBytes(2 * CHUNK, 6);
+  write(f, 0, data);
+  auto layout = wait(client().layout(f, 0, 1));
+  std::string first = client().orderReplicas(layout.value.chunks[0])[0].address;
+  for (size_t i = 0; i < 4; ++i) {
+    if (cluster.chunkserverAddress(i) == first) cluster.stopChunkserver(i);
+  }
+  EXPECT_EQ(read(f, 0, data.size()), data);
+}
+
+TEST_F(ClientTest, ReadsFailOverOnACorruptReplica) {
+  uint64_t f = createFile("f");
+  std::string data = testing::randomBytes(CHUNK, 8);
+  write(f, 0, data);
+  auto layout = wait(client().layout(f, 0, 1));
+  auto chunk = layout.value.chunks[0];
+  std::string first = client().orderReplicas(chunk)[0].address;
+  for (size_t i = 0; i < 4; ++i) {
+    if (cluster.chunkserverAddress(i) != first) continue;
+    auto path = cluster.chunkserver(i).store().dataPath(chunk.handle);
+    std::string b;
+    ASSERT_TRUE(cluster.disk(i).read(path, 1000, 1, b).ok());
+    b[0] ^= 1;
+    ASSERT_TRUE(cluster.disk(i).write(path, 1000, b.data(), 1, false).ok());
+  }
+  EXPECT_EQ(read(f, 0, data.size()), data);
+  // The master dropped the bad replica once the client reported it.
+  for (int i = 0; i < 100; ++i) {
+    layout = wait(client().layout(f, 0, 1));
+    if (layout.value.chunks[0].replicas.size() == 2) break;
+    io.provider->getTimer().afterDelay(10 * kj::MILLISECONDS).wait(io.waitScope);
+  }
+  EXPECT_EQ(layout.value.chunks[0].replicas.size(), 2u);
+}
+
+TEST_F(ClientTest, NamespaceErrorsComeBackAsValues) {
+  createFile("f");
+  EXPECT_EQ(wait(client().create(1, "f", 0644, 0, 0, 0, true)).status.code(),
+            ErrorCode::ALREADY_EXISTS);
+  EXPECT_EQ(wait(client().resolve("/nope")).status.code(), ErrorCode::NOT_FOUND);
+  EXPECT_EQ(wait(client().mkdir(1, std::string(300, 'x'), 0755, 0, 0)).status.code(),
+            ErrorCode::NAME_TOO_LONG);
+  EXPECT_EQ(wait(client().mkdir(1, "a/b", 0755, 0, 0)).status.code(),
+            ErrorCode::INVALID_ARGUMENT);
+}
+
+TEST_F(ClientTest, AMasterThatIsGoneFailsQuicklyNamingItsAddress) {
+  ClientOptions options;
+  options.master = "127.0.0.1:1";  // nothing listens on port 1
+  Client lonely(options, io.provider->getNetwork(), io.provider->getTimer());
+  auto r = wait(lonely.resolve("/"));
+  EXPECT_EQ(r.status.code(), ErrorCode::UNAVAILABLE);
+  EXPECT_NE(r.status.message().find("127.0.0.1:1"), std::string::npos) << r.status.message();
+}
+
+TEST_F(ClientTest, ReplicationGoalIsHonoured) {
+  uint64_t f = createFile("two", 2);
+  write(f, 0, "hello");
+  auto layout = wait(client().layout(f, 0, 1));
+  EXPECT_EQ(layout.value.chunks[0].replicas.size(), 2u);
+}
+
+}  // namespace
+}  // namespace cairn

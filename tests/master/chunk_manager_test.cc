@@ -1,0 +1,188 @@
+#include "chunk_manager.h"
+
+#include <gtest/gtest.h>
+#include <kj/async-io.h>
+#include <leveldb/helpers/memenv.h>
+
+#include <set>
+
+#include "cluster.h"
+
+namespace cairn {
+namespace {
+
+// Answers the master's calls as the chunkservers would, and records them.
+class FakeControl final : public ReplicaControl {
+ public:
+  kj::Promise<Status> setVersion(uint64_t server, uint64_t handle, uint64_t version,
+                                 bool create) override {
+    calls.push_back("setVersion " + std::to_string(server) + " v" + std::to_string(version) +
+                    (create ? " create" : ""));
+    if (down.count(server)) return Status::unavailable("down");
+    versions[{server, handle}] = version;
+    return Status::OK();
+  }
+  kj::Promise<Status> grantLease(uint64_t server, uint64_t, uint64_t, uint32_t) override {
+    leases++;
+    if (down.count(server)) return Status::unavailable("down");
+    return Status::OK();
+  }
+  kj::Promise<Status> truncate(uint64_t server, uint64_t handle, uint64_t version,
+                               uint32_t) override {
+    if (down.count(server)) return Status::unavailable("down");
+    versions[{server, handle}] = version;
+    return Status::OK();
+  }
+
+  std::vector<std::string> calls;
+  std::map<std::pair<uint64_t, uint64_t>, uint64_t> versions;
+  std::set<uint64_t> down;
+  int leases = 0;
+};
+
+class ChunkManagerTest : public ::testing::Test {
+ protected:
+  // kj's owners may throw from destructors; a test fixture must not.
+  ~ChunkManagerTest() noexcept override {}
+  ChunkManagerTest()
+      : io(kj::setupAsyncIo()),
+        env(leveldb::NewMemEnv(leveldb::Env::Default())),
+        store("/ns", env.get()),
+        ns(store, clock, 1 << 20),
+        timer(kj::origin<kj::TimePoint>()),
+        manager(ns, control, timer, ChunkManagerOptions{}) {
+    for (int i = 0; i < 4; ++i) {
+      ids.push_back(manager.registerServer("127.0.0." + std::to_string(i + 2) + ":1", "r", 1 << 30,
+                                           0, {}));
+    }
+    file = ns.create(ROOT_INODE, "f", 0644, 0, 0, 3, true).wait(io.waitScope).inode.inode;
+  }
+  Result<ChunkView> prepare(uint32_t index) {
+    return manager.prepareWrite(file, index).wait(io.waitScope);
+  }
+  void heartbeatAll() {
+    for (auto id : ids) {
+      std::vector<uint64_t> deletes;
+      manager.heartbeat(id, 1 << 30, 0, deletes);
+    }
+  }
+
+  kj::AsyncIoContext io;
+  std::unique_ptr<leveldb::Env> env;
+  testing::FakeClock clock;
+  NamespaceStore store;
+  Namespace ns;
+  kj::TimerImpl timer;
+  FakeControl control;
+  ChunkManager manager;
+  std::vector<uint64_t> ids;
+  uint64_t file;
+};
+
+TEST_F(ChunkManagerTest, AllocatesOnDistinctServersWithALease) {
+  auto r = prepare(0);
+  ASSERT_TRUE(r.ok()) << r.status.toString();
+  ASSERT_EQ(r.value.replicas.size(), 3u);
+  std::set<std::string> addresses;
+  for (auto& rep : r.value.replicas) addresses.insert(rep.address);
+  EXPECT_EQ(addresses.size(), 3u);
+  EXPECT_FALSE(r.value.primary.empty());
+  EXPECT_EQ(r.value.record.version, 2u);  // created at 1, bumped for the first lease
+  EXPECT_EQ(ns.getChunk(file, 0)->version, 2u);
+}
+
+TEST_F(ChunkManagerTest, AValidLeaseIsReusedAndAnExpiredOneBumpsTheVersion) {
+  auto first = prepare(0);
+  auto again = prepare(0);
+  EXPECT_EQ(again.value.record.version, first.value.record.version);
+  EXPECT_EQ(again.value.primary, first.value.primary);
+  timer.advanceTo(timer.now() + 61 * kj::SECONDS);
+  heartbeatAll();
+  auto later = prepare(0);
+  ASSERT_TRUE(later.ok());
+  EXPECT_EQ(later.value.record.version, first.value.record.version + 1);
+}
+
+TEST_F(ChunkManagerTest, ConcurrentCallersForOneChunkGetOneAllocation) {
+  auto a = manager.prepareWrite(file, 5);
+  auto b = manager.prepareWrite(file, 5);
+  auto ra = a.wait(io.waitScope);
+  auto rb = b.wait(io.waitScope);
+  ASSERT_TRUE(ra.ok() && rb.ok());
+  EXPECT_EQ(ra.value.record.handle, rb.value.record.handle);
+  EXPECT_EQ(ra.value.record.version, rb.value.record.version);
+}
+
+TEST_F(ChunkManagerTest, AReplicaThatMissesTheBumpIsDropped) {
+  auto first = prepare(0);
+  uint64_t handle = first.value.record.handle;
+  std::vector<uint64_t> holders;
+  for (auto& rep : first.value.replicas) {
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (rep.address == "127.0.0." + std::to_string(i + 2) + ":1") holders.push_back(ids[i]);
+    }
+  }
+  control.down.insert(holders[1]);
+  timer.advanceTo(timer.now() + 61 * kj::SECONDS);
+  heartbeatAll();
+  auto second = prepare(0);
+  ASSERT_TRUE(second.ok());
+  EXPECT_EQ(second.value.replicas.size(), 2u);
+  // It comes back with the old version: stale, never listed, queued for deletion.
+  control.down.clear();
+  manager.registerServer("127.0.0." + std::to_string(holders[1] + 1) + ":1", "r", 1 << 30, 0,
+                         {{handle, first.value.record.version, 10}});
+  auto view = manager.locate(file, 0, 1);
+  EXPECT_EQ(view[0].replicas.size(), 2u);
+  std::vector<uint64_t> deletes;
+  ASSERT_TRUE(manager.heartbeat(holders[1], 1 << 30, 0, deletes));
+  EXPECT_EQ(deletes, std::vector<uint64_t>{handle});
+}
+
+TEST_F(ChunkManagerTest, SilentServersAreDeclaredDead) {
+  auto r = prepare(0);
+  timer.advanceTo(timer.now() + 20 * kj::SECONDS);
+  heartbeatAll();
+  EXPECT_EQ(manager.sweepDeadServers(), 0u);
+  // Only the first server keeps sending heartbeats.
+  timer.advanceTo(timer.now() + 20 * kj::SECONDS);
+  std::vector<uint64_t> deletes;
+  manager.heartbeat(ids[0], 1 << 30, 0, deletes);
+  timer.advanceTo(timer.now() + 15 * kj::SECONDS);
+  EXPECT_EQ(manager.sweepDeadServers(), 3u);
+  auto view = manager.locate(file, 0, 1);
+  for (auto& rep : view[0].replicas) EXPECT_EQ(rep.address, "127.0.0.2:1");
+  // A dead server's heartbeat is refused: it must register again with a full report.
+  EXPECT_FALSE(manager.heartbeat(ids[1], 1 << 30, 0, deletes));
+}
+
+TEST_F(ChunkManagerTest, OrphansAndReleasedChunksAreDeleted) {
+  auto r = prepare(0);
+  uint64_t handle = r.value.record.handle;
+  uint64_t id = manager.registerServer("127.0.0.2:1", "r", 1 << 30, 0, {{999, 1, 0}});
+  std::vector<uint64_t> deletes;
+  manager.heartbeat(id, 1 << 30, 0, deletes);
+  EXPECT_EQ(deletes, std::vector<uint64_t>{999});
+  auto unlinked = ns.unlink(ROOT_INODE, "f").wait(io.waitScope);
+  manager.release(unlinked.releasedHandles);
+  size_t queued = 0;
+  for (auto sid : ids) {
+    std::vector<uint64_t> d;
+    manager.heartbeat(sid, 1 << 30, 0, d);
+    queued += std::count(d.begin(), d.end(), handle);
+  }
+  // The first server re-registered without the chunk; every other holder deletes it.
+  size_t others = 0;
+  for (auto& rep : r.value.replicas) others += rep.address != "127.0.0.2:1";
+  EXPECT_EQ(queued, others);
+}
+
+TEST_F(ChunkManagerTest, NoLiveServersIsAClearError) {
+  control.down = {ids[0], ids[1], ids[2], ids[3]};
+  auto r = prepare(0);
+  EXPECT_FALSE(r.ok());
+  EXPECT_EQ(r.status.code(), ErrorCode::UNAVAILABLE);
+}
+
+}  // namespace
+}  // namespace cairn

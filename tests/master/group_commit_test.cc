@@ -1,0 +1,131 @@
+#include "group_commit.h"
+
+#include <gtest/gtest.h>
+#include <kj/async-io.h>
+#include <kj/vector.h>
+#include <leveldb/env.h>
+#include <leveldb/helpers/memenv.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+
+namespace cairn {
+namespace {
+
+// An Env whose log syncs can be held at a gate or made to fail, to see what the
+// committer does while a sync is in progress or after one failed.
+class GatedEnv : public leveldb::EnvWrapper {
+ public:
+  explicit GatedEnv(leveldb::Env* base) : EnvWrapper(base) {}
+
+  class File : public leveldb::WritableFile {
+   public:
+    File(GatedEnv& env, leveldb::WritableFile* base) : env(env), base(base) {}
+    ~File() override { delete base; }
+    leveldb::Status Append(const leveldb::Slice& data) override { return base->Append(data); }
+    leveldb::Status Close() override { return base->Close(); }
+    leveldb::Status Flush() override { return base->Flush(); }
+    leveldb::Status Sync() override {
+      std::unique_lock<std::mutex> lock(env.mutex);
+      env.syncsStarted++;
+      env.changed.notify_all();
+      env.changed.wait(lock, [this]() { return env.open; });
+      if (env.failSyncs) return leveldb::Status::IOError("injected sync failure");
+      return base->Sync();
+    }
+
+   private:
+    GatedEnv& env;
+    leveldb::WritableFile* base;
+  };
+
+  leveldb::Status NewWritableFile(const std::string& f, leveldb::WritableFile** r) override {
+    leveldb::WritableFile* base;
+    auto s = target()->NewWritableFile(f, &base);
+    if (s.ok()) *r = new File(*this, base);
+    return s;
+  }
+  leveldb::Status NewAppendableFile(const std::string& f, leveldb::WritableFile** r) override {
+    leveldb::WritableFile* base;
+    auto s = target()->NewAppendableFile(f, &base);
+    if (s.ok()) *r = new File(*this, base);
+    return s;
+  }
+
+  void close() {
+    std::lock_guard<std::mutex> lock(mutex);
+    open = false;
+  }
+  void release() {
+    std::lock_guard<std::mutex> lock(mutex);
+    open = true;
+    changed.notify_all();
+  }
+  void waitForSyncs(int n) {
+    std::unique_lock<std::mutex> lock(mutex);
+    changed.wait(lock, [&]() { return syncsStarted >= n; });
+  }
+
+  std::mutex mutex;
+  std::condition_variable changed;
+  bool open = true;
+  bool failSyncs = false;
+  int syncsStarted = 0;
+};
+
+class GroupCommitTest : public ::testing::Test {
+ protected:
+  // kj's owners may throw from destructors; a test fixture must not.
+  ~GroupCommitTest() noexcept override {}
+  GroupCommitTest()
+      : io(kj::setupAsyncIo()),
+        mem(leveldb::NewMemEnv(leveldb::Env::Default())),
+        env(mem.get()) {
+    leveldb::Options options;
+    options.create_if_missing = true;
+    options.env = &env;
+    leveldb::DB* raw;
+    EXPECT_TRUE(leveldb::DB::Open(options, "/db", &raw).ok());
+    db.reset(raw);
+  }
+  leveldb::WriteBatch batch(int i) {
+    leveldb::WriteBatch b;
+    b.Put("k" + std::to_string(i), "v");
+    return b;
+  }
+
+  kj::AsyncIoContext io;
+  std::unique_ptr<leveldb::Env> mem;
+  GatedEnv env;
+  std::unique_ptr<leveldb::DB> db;
+};
+
+TEST_F(GroupCommitTest, CallersDuringASyncShareTheNext) {
+  GroupCommitter committer(*db);
+  env.close();
+  int before = env.syncsStarted;
+  auto first = committer.submit(batch(0));
+  env.waitForSyncs(before + 1);  // the writer is now inside the first sync
+  kj::Vector<kj::Promise<void>> rest;
+  for (int i = 1; i <= 99; ++i) rest.add(committer.submit(batch(i)));
+  EXPECT_FALSE(first.poll(io.waitScope));  // not durable, so not acknowledged
+  env.release();
+  first.wait(io.waitScope);
+  kj::joinPromises(rest.releaseAsArray()).wait(io.waitScope);
+  EXPECT_EQ(committer.writes(), 2u);  // 100 callers, two synced writes
+  std::string value;
+  EXPECT_TRUE(db->Get(leveldb::ReadOptions(), "k99", &value).ok());
+}
+
+TEST_F(GroupCommitTest, AFailedSyncFailsThatBatchAndEveryLaterOne) {
+  GroupCommitter committer(*db);
+  committer.submit(batch(0)).wait(io.waitScope);
+  env.failSyncs = true;
+  EXPECT_ANY_THROW(committer.submit(batch(1)).wait(io.waitScope));
+  env.failSyncs = false;
+  EXPECT_ANY_THROW(committer.submit(batch(2)).wait(io.waitScope));
+}
+
+}  // namespace
+}  // namespace cairn

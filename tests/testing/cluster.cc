@@ -1,0 +1,250 @@
+#include "cluster.h"
+
+#include <fcntl.h>
+#include <leveldb/helpers/memenv.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "address.h"
+
+namespace cairn::testing {
+
+TempDir::TempDir() {
+  std::string pattern = (std::filesystem::temp_directory_path() / "cairn-test-XXXXXX").string();
+  char* made = mkdtemp(pattern.data());
+  if (made == nullptr) throw std::runtime_error("mkdtemp failed");
+  dir = made;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+}
+
+std::string readFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void writeFile(const std::string& path, const std::string& data) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(data.data(), static_cast<std::streamsize>(data.size()));
+}
+
+std::string randomBytes(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::string s(n, '\0');
+  for (size_t i = 0; i < n; i += 8) {
+    uint64_t v = rng();
+    memcpy(s.data() + i, &v, std::min<size_t>(8, n - i));
+  }
+  return s;
+}
+
+// --- in-process cluster ---
+
+InProcessCluster::InProcessCluster(kj::AsyncIoContext& io, size_t count, uint64_t chunkSize)
+    : io(io), memEnv(leveldb::NewMemEnv(leveldb::Env::Default())) {
+  auto& network = io.provider->getNetwork();
+  MasterOptions options;
+  options.dataDir = "/master";
+  options.metaEnv = memEnv.get();
+  options.chunkSize = chunkSize;
+  options.heartbeatInterval = 200 * kj::MILLISECONDS;
+  masterPtr = std::make_unique<Master>(options, io.provider->getTimer(), clock);
+  auto listener = network.parseAddress("127.0.0.1", 0).wait(io.waitScope)->listen();
+  masterAddr = "127.0.0.1:" + std::to_string(listener->getPort());
+  masterRpc = kj::heap<RpcServer>(masterPtr->bootstrap(), kj::mv(listener));
+  for (size_t i = 0; i < count; ++i) {
+    auto s = std::make_unique<Server>();
+    std::string host = "127.0.0." + std::to_string(i + 2);
+    auto l = network.parseAddress(host, 0).wait(io.waitScope)->listen();
+    s->address = host + ":" + std::to_string(l->getPort());
+    s->disk = std::make_unique<MemDisk>(uint64_t{8} << 30);
+    ChunkserverOptions co;
+    co.address = s->address;
+    co.dataDirs = {"/data"};
+    co.master = masterAddr;
+    co.reconnectDelay = 100 * kj::MILLISECONDS;
+    s->node = std::make_unique<Chunkserver>(co, *s->disk, io.provider->getTimer(), network);
+    s->rpc = kj::heap<RpcServer>(s->node->capability(), kj::mv(l));
+    s->node->start().wait(io.waitScope);
+    servers.push_back(std::move(s));
+  }
+  for (int i = 0; i < 500; ++i) {
+    size_t live = 0;
+    for (auto& v : masterPtr->chunkManager().servers()) live += v.live;
+    if (live == count) break;
+    io.provider->getTimer().afterDelay(10 * kj::MILLISECONDS).wait(io.waitScope);
+  }
+  ClientOptions copts;
+  copts.master = masterAddr;
+  copts.retryFor = 5 * kj::SECONDS;
+  clientPtr = std::make_unique<Client>(copts, network, io.provider->getTimer());
+}
+
+InProcessCluster::~InProcessCluster() {
+  clientPtr.reset();
+  servers.clear();
+  masterRpc = nullptr;
+  masterPtr.reset();
+}
+
+void InProcessCluster::stopChunkserver(size_t i) {
+  servers[i]->rpc = nullptr;
+  servers[i]->node.reset();
+}
+
+// --- process cluster ---
+
+std::string ProcessCluster::binary(const std::string& name) {
+  const char* dir = getenv("CAIRN_BUILD_DIR");
+  std::string base = dir ? dir : ".";
+  if (name == "cairn-master") return base + "/master/cairn-master";
+  if (name == "cairn-chunkserver") return base + "/chunkserver/cairn-chunkserver";
+  if (name == "cairn") return base + "/cli/cairn";
+  return base + "/" + name;
+}
+
+ProcessCluster::ProcessCluster(uint64_t chunkSize, std::vector<std::string> masterFlags)
+    : chunkSize(chunkSize), masterFlags(std::move(masterFlags)) {}
+
+ProcessCluster::~ProcessCluster() {
+  for (size_t i = 0; i < chunkservers.size(); ++i) killChunkserver(i);
+  killMaster();
+}
+
+pid_t ProcessCluster::spawn(const std::vector<std::string>& argv, const std::string& logFile) {
+  pid_t parent = getpid();
+  pid_t pid = fork();
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(1);
+    int fd = open(logFile.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    dup2(fd, 1);
+    dup2(fd, 2);
+    std::vector<char*> args;
+    for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execv(args[0], args.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+std::string ProcessCluster::waitForPortFile(const std::string& path, pid_t pid) {
+  for (int i = 0; i < 1000; ++i) {
+    std::string text = readFile(path);
+    if (!text.empty() && text.back() == '\n') {
+      text.pop_back();
+      return text;
+    }
+    int status;
+    if (waitpid(pid, &status, WNOHANG) == pid) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ADD_FAILURE() << "process " << pid << " did not write " << path;
+  return "";
+}
+
+void ProcessCluster::startMaster() {
+  std::string portFile = dir() + "/master.port";
+  unlink(portFile.c_str());
+  std::string listen = masterAddr.empty() ? "127.0.0.1:0" : masterAddr;
+  std::vector<std::string> argv = {binary("cairn-master"), "--listen", listen, "--data",
+                                   dir() + "/master", "--chunk-size", std::to_string(chunkSize),
+                                   "--port-file", portFile, "--heartbeat", "0.5"};
+  argv.insert(argv.end(), masterFlags.begin(), masterFlags.end());
+  masterProc.pid = spawn(argv, dir() + "/master.log");
+  masterAddr = waitForPortFile(portFile, masterProc.pid);
+  masterProc.address = masterAddr;
+}
+
+void ProcessCluster::startChunkserver(size_t i) {
+  if (chunkservers.size() <= i) chunkservers.resize(i + 1);
+  std::string portFile = dir() + "/cs" + std::to_string(i) + ".port";
+  unlink(portFile.c_str());
+  std::string listen = chunkservers[i].address.empty()
+                           ? "127.0.0." + std::to_string(i + 2) + ":0"
+                           : chunkservers[i].address;
+  chunkservers[i].pid =
+      spawn({binary("cairn-chunkserver"), "--listen", listen, "--data", chunkserverDataDir(i),
+             "--master", masterAddr, "--port-file", portFile},
+            dir() + "/cs" + std::to_string(i) + ".log");
+  chunkservers[i].address = waitForPortFile(portFile, chunkservers[i].pid);
+}
+
+std::string ProcessCluster::chunkserverDataDir(size_t i) const {
+  return dir() + "/cs" + std::to_string(i);
+}
+
+static void killAndReap(pid_t& pid, int signal) {
+  if (pid <= 0) return;
+  kill(pid, signal);
+  int status;
+  waitpid(pid, &status, 0);
+  pid = 0;
+}
+
+void ProcessCluster::killMaster(int signal) { killAndReap(masterProc.pid, signal); }
+
+void ProcessCluster::killChunkserver(size_t i, int signal) {
+  killAndReap(chunkservers.at(i).pid, signal);
+}
+
+void ProcessCluster::waitForLiveChunkservers(size_t n) {
+  for (int i = 0; i < 300; ++i) {
+    std::string out;
+    if (cli({"servers", "--json"}, &out) == 0) {
+      size_t live = 0;
+      for (size_t pos = 0; (pos = out.find("\"live\": true", pos)) != std::string::npos; ++pos) {
+        ++live;
+      }
+      if (live >= n) return;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ADD_FAILURE() << "fewer than " << n << " live chunkservers";
+}
+
+int ProcessCluster::cli(const std::vector<std::string>& args, std::string* out,
+                        std::string* err) {
+  static int counter = 0;
+  std::string outFile = dir() + "/cli" + std::to_string(++counter) + ".out";
+  std::string errFile = outFile + ".err";
+  pid_t pid = fork();
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    int o = open(outFile.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int e = open(errFile.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(o, 1);
+    dup2(e, 2);
+    std::vector<std::string> argv = {binary("cairn"), "--master", masterAddr};
+    argv.insert(argv.end(), args.begin(), args.end());
+    std::vector<char*> cargs;
+    for (auto& a : argv) cargs.push_back(const_cast<char*>(a.c_str()));
+    cargs.push_back(nullptr);
+    execv(cargs[0], cargs.data());
+    _exit(127);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (out) *out = readFile(outFile);
+  if (err) *err = readFile(errFile);
+  unlink(outFile.c_str());
+  unlink(errFile.c_str());
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+}  // namespace cairn::testing

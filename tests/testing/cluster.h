@@ -1,0 +1,120 @@
+#pragma once
+// Test helpers: an async fixture, a settable clock, a whole cluster in one process (one
+// event loop, loopback sockets, in-memory disks), and a cluster of real processes.
+
+#include <gtest/gtest.h>
+#include <kj/async-io.h>
+#include <kj/timer.h>
+#include <leveldb/env.h>
+#include <sys/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "chunkserver.h"
+#include "client.h"
+#include "disk.h"
+#include "master.h"
+
+namespace cairn::testing {
+
+class FakeClock final : public kj::Clock {
+ public:
+  kj::Date now() const override { return current; }
+  void set(int64_t secondsSinceEpoch) { current = kj::UNIX_EPOCH + secondsSinceEpoch * kj::SECONDS; }
+  kj::Date current = kj::UNIX_EPOCH + 1'700'000'000 * kj::SECONDS;
+};
+
+// A unique, empty temporary directory removed (recursively) when this dies.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return dir; }
+
+ private:
+  std::string dir;
+};
+
+// Master and chunkservers on one event loop, talking over real loopback sockets.
+class InProcessCluster {
+ public:
+  InProcessCluster(kj::AsyncIoContext& io, size_t chunkservers, uint64_t chunkSize);
+  ~InProcessCluster();
+
+  Client& client() { return *clientPtr; }
+  Master& master() { return *masterPtr; }
+  std::string masterAddress() const { return masterAddr; }
+  Chunkserver& chunkserver(size_t i) { return *servers[i]->node; }
+  MemDisk& disk(size_t i) { return *servers[i]->disk; }
+  std::string chunkserverAddress(size_t i) const { return servers[i]->address; }
+  // Stops serving chunkserver i (its connections drop; the master notices later).
+  void stopChunkserver(size_t i);
+
+ private:
+  struct Server {
+    std::string address;
+    std::unique_ptr<MemDisk> disk;
+    std::unique_ptr<Chunkserver> node;
+    kj::Own<RpcServer> rpc;
+  };
+  kj::AsyncIoContext& io;
+  std::unique_ptr<leveldb::Env> memEnv;
+  FakeClock clock;
+  std::unique_ptr<Master> masterPtr;
+  kj::Own<RpcServer> masterRpc;
+  std::string masterAddr;
+  std::vector<std::unique_ptr<Server>> servers;
+  std::unique_ptr<Client> clientPtr;
+};
+
+// Real cairn-master / cairn-chunkserver processes on loopback, in a temp directory.
+// Every process is killed when this dies (and, through PR_SET_PDEATHSIG, if the test
+// process itself dies).
+class ProcessCluster {
+ public:
+  explicit ProcessCluster(uint64_t chunkSize, std::vector<std::string> masterFlags = {});
+  ~ProcessCluster();
+
+  void startMaster();
+  // Starts chunkserver i on 127.0.0.<i+2>; waits until it is listening.
+  void startChunkserver(size_t i);
+  void killMaster(int signal = SIGKILL);
+  void killChunkserver(size_t i, int signal = SIGKILL);
+  // Waits until the master lists `n` live chunkservers.
+  void waitForLiveChunkservers(size_t n);
+
+  const std::string& masterAddress() const { return masterAddr; }
+  std::string chunkserverAddress(size_t i) const { return chunkservers.at(i).address; }
+  std::string chunkserverDataDir(size_t i) const;
+  const std::string& dir() const { return temp.path(); }
+
+  // Runs `cairn --master ADDR args...`; returns its exit status, with its output.
+  int cli(const std::vector<std::string>& args, std::string* out = nullptr,
+          std::string* err = nullptr);
+
+  static std::string binary(const std::string& name);
+
+ private:
+  struct Proc {
+    pid_t pid = 0;
+    std::string address;
+  };
+  pid_t spawn(const std::vector<std::string>& argv, const std::string& logFile);
+  std::string waitForPortFile(const std::string& path, pid_t pid);
+
+  TempDir temp;
+  uint64_t chunkSize;
+  std::vector<std::string> masterFlags;
+  Proc masterProc;
+  std::string masterAddr;
+  std::vector<Proc> chunkservers;
+};
+
+// Reads a whole local file.
+std::string readFile(const std::string& path);
+void writeFile(const std::string& path, const std::string& data);
+std::string randomBytes(size_t n, uint64_t seed);
+
+}  // namespace cairn::testing
