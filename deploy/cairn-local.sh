@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# A local Cairn cluster on this machine: one master, three chunkservers (each on its own
+# loopback address, as if on its own host), all data under one directory.
+#
+#   deploy/cairn-local.sh start  [DATA_DIR]   default ./cairn-data
+#   deploy/cairn-local.sh stop   [DATA_DIR]
+#   deploy/cairn-local.sh status [DATA_DIR]
+#
+# Environment: CAIRN_BUILD (binaries, default ./build), CAIRN_MASTER_PORT (7700),
+# CAIRN_CHUNK_SIZE (bytes, default 64 MiB; fixed when DATA_DIR is first used).
+# Every PID started is written to DATA_DIR/pids; stop ends exactly those.
+set -euo pipefail
+
+usage() { echo "usage: $0 start|stop|status [DATA_DIR]" >&2; exit 2; }
+[ $# -ge 1 ] && [ $# -le 2 ] || usage
+CMD=$1
+DATA=$(realpath -m "${2:-./cairn-data}")
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BUILD=$(realpath -m "${CAIRN_BUILD:-$ROOT/build}")
+PORT=${CAIRN_MASTER_PORT:-7700}
+MASTER=127.0.0.1:$PORT
+CHUNK_SIZE=${CAIRN_CHUNK_SIZE:-67108864}
+PIDS=$DATA/pids
+
+alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
+
+start() {
+  for b in master/cairn-master chunkserver/cairn-chunkserver cli/cairn; do
+    [ -x "$BUILD/$b" ] || { echo "$0: $BUILD/$b not built (run deploy/build.sh)" >&2; exit 1; }
+  done
+  if [ -f "$PIDS" ]; then
+    while read -r name pid; do
+      alive "$pid" && { echo "$0: $name ($pid) from $DATA is still running; stop it first" >&2; exit 1; }
+    done <"$PIDS"
+  fi
+  mkdir -p "$DATA/logs"
+  : >"$PIDS"
+  "$BUILD/master/cairn-master" --listen "$MASTER" --data "$DATA/master" \
+    --chunk-size "$CHUNK_SIZE" >>"$DATA/logs/master.log" 2>&1 &
+  echo "master $!" >>"$PIDS"
+  for i in 1 2 3; do
+    host=127.0.0.$((i + 1))
+    "$BUILD/chunkserver/cairn-chunkserver" --listen "$host:$((PORT + 9 + i))" \
+      --data "$DATA/chunkserver$i" --master "$MASTER" --rack "rack$i" \
+      >>"$DATA/logs/chunkserver$i.log" 2>&1 &
+    echo "chunkserver$i $!" >>"$PIDS"
+  done
+  for _ in $(seq 1 100); do
+    live=$("$BUILD/cli/cairn" --master "$MASTER" servers --json 2>/dev/null | grep -c '"live": true' || true)
+    [ "$live" -ge 3 ] && break
+    sleep 0.1
+  done
+  [ "${live:-0}" -ge 3 ] || { echo "$0: only ${live:-0} of 3 chunkservers registered; logs in $DATA/logs" >&2; exit 1; }
+  echo "Cairn is running: master $MASTER, 3 chunkservers, data in $DATA"
+  echo "  export CAIRN_MASTER=$MASTER; $BUILD/cli/cairn ls /"
+}
+
+stop() {
+  [ -f "$PIDS" ] || { echo "nothing running from $DATA"; return 0; }
+  # Reverse order: chunkservers first, the master last.
+  tac "$PIDS" | while read -r name pid; do
+    alive "$pid" || continue
+    kill "$pid"
+    for _ in $(seq 1 50); do alive "$pid" || break; sleep 0.1; done
+    if alive "$pid"; then
+      echo "$name ($pid) did not stop; killing it" >&2
+      kill -9 "$pid"
+    fi
+  done
+  rm -f "$PIDS"
+  echo "Cairn in $DATA stopped"
+}
+
+status() {
+  [ -f "$PIDS" ] || { echo "nothing running from $DATA"; return 3; }
+  rc=0
+  while read -r name pid; do
+    if alive "$pid"; then echo "$name: running (pid $pid)"; else echo "$name: STOPPED"; rc=3; fi
+  done <"$PIDS"
+  "$BUILD/cli/cairn" --master "$MASTER" servers || rc=3
+  return $rc
+}
+
+case "$CMD" in
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  *) usage ;;
+esac
