@@ -115,16 +115,16 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
     for (auto s : p.getSecondaries()) secondaries.emplace_back(s);
     // The primary's order is the order of this chain: secondaries apply in the order the
     // primary forwards, over one connection each.
+    // The primary applies and forwards at once: the order is fixed by serialized(), which
+    // sends each applyWrite before any later mutation of this chunk can start.
     return serialized(handle, [this, handle, version, offset, dataId, length,
                                secondaries = std::move(secondaries)]() mutable {
-             return applyBuffer(handle, version, offset, dataId, length)
-                 .then([this, handle, version, offset, dataId, length,
-                        secondaries = std::move(secondaries)](Status s) mutable
-                       -> kj::Promise<Status> {
-                   if (!s.ok()) return s;
-                   return forwardApply(std::move(secondaries), handle, version, offset, dataId,
-                                       length);
-                 });
+             auto local = applyBuffer(handle, version, offset, dataId, length);
+             auto remote = forwardApply(std::move(secondaries), handle, version, offset, dataId,
+                                        length);
+             return local.then([remote = kj::mv(remote)](Status s) mutable {
+               return remote.then([s](Status r) { return s.ok() ? r : s; });
+             });
            })
         .then([context](Status s) mutable { toWire(s, context.getResults().initStatus()); });
   }

@@ -12,6 +12,7 @@
 #include <ctime>
 #include <nlohmann/json.hpp>
 
+#include "disk_pool.h"
 #include "names.h"
 
 namespace cairn {
@@ -244,20 +245,35 @@ int cmdPut(CliContext& c, const std::string& local, const std::string& path,
     return fail(c, target, s);
   };
   Progress progress(c, "put " + target, static_cast<uint64_t>(st.st_size));
-  std::string buf(TRANSFER_BLOCK, '\0');
+  // Double-buffered: the next block is read from the local disk on a pool thread while the
+  // event loop sends the previous one.
+  DiskPool reader(1);
+  std::string bufs[2] = {std::string(TRANSFER_BLOCK, '\0'), std::string(TRANSFER_BLOCK, '\0')};
+  auto readBlock = [&](std::string& buf) {
+    return reader.run([fd, &buf]() -> int64_t {
+      size_t got = 0;
+      return readFully(fd, buf.data(), buf.size(), got) ? static_cast<int64_t>(got) : -1;
+    });
+  };
+  int cur = 0;
+  auto pendingRead = readBlock(bufs[cur]);
+  kj::Promise<Status> pendingWrite = Status::OK();
   uint64_t total = 0;
   for (;;) {
-    size_t got = 0;
-    if (!readFully(fd, buf.data(), buf.size(), got)) {
+    int64_t got = pendingRead.wait(c.waitScope);
+    Status s = pendingWrite.wait(c.waitScope);
+    if (!s.ok()) return abandon(s);
+    progress.update(total);
+    if (got < 0) {
       return abandon(Status::ioError(fmt::format("reading {}: {}", local, strerror(errno))));
     }
     if (got == 0) break;
-    Status s = c.client
-                   .write(inode, total, kj::arrayPtr(reinterpret_cast<const kj::byte*>(buf.data()), got))
-                   .wait(c.waitScope);
-    if (!s.ok()) return abandon(s);
-    total += got;
-    progress.update(total);
+    auto data = kj::arrayPtr(reinterpret_cast<const kj::byte*>(bufs[cur].data()),
+                             static_cast<size_t>(got));
+    pendingWrite = c.client.write(inode, total, data);
+    total += static_cast<uint64_t>(got);
+    cur = 1 - cur;
+    pendingRead = readBlock(bufs[cur]);
   }
   close(fd);
   auto sized = c.client.commitSize(inode, total).wait(c.waitScope);
