@@ -117,22 +117,23 @@ void Client::masterFailed() {
   peers.drop(opts.master);
 }
 
-Status Client::masterError(const kj::Exception& e) {
+Status Client::masterError(const kj::Exception& e, kj::Duration timeout) {
   if (e.getType() == kj::Exception::Type::OVERLOADED) {
     return Status::unavailable(fmt::format("master {} did not answer within {} s", opts.master,
-                                           opts.rpcTimeout / kj::SECONDS));
+                                           timeout / kj::SECONDS));
   }
   return Status::unavailable(
       fmt::format("cannot reach master at {}: {}", opts.master, e.getDescription().cStr()));
 }
 
 template <typename T, typename Req, typename Fn>
-kj::Promise<T> Client::callMaster(Req&& request, Fn&& onResponse) {
-  return timer.timeoutAfter(opts.rpcTimeout, request.send())
+kj::Promise<T> Client::callMaster(Req&& request, Fn&& onResponse, kj::Duration timeout) {
+  if (timeout == 0 * kj::SECONDS) timeout = opts.metaTimeout;
+  return timer.timeoutAfter(timeout, request.send())
       .then([fn = kj::fwd<Fn>(onResponse)](auto&& response) mutable -> T { return fn(response); },
-            [this](kj::Exception&& e) -> T {
+            [this, timeout](kj::Exception&& e) -> T {
               masterFailed();
-              return T(masterError(e));
+              return T(masterError(e, timeout));
             });
 }
 
@@ -513,7 +514,8 @@ kj::Promise<Status> Client::writeChunk(uint64_t inode, uint32_t index, uint32_t 
                                          Status s = fromWire(r.getStatus());
                                          if (!s.ok()) return s;
                                          return chunkFromWire(r.getChunk());
-                                       })
+                                       },
+                                       opts.rpcTimeout)
       .then([this, chunkOffset, data](Result<ChunkInfo> r) -> kj::Promise<Status> {
         if (!r.ok()) return r.status;
         return pushAndCommit(kj::mv(r.value), chunkOffset, data);

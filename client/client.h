@@ -83,7 +83,8 @@ struct ClientOptions {
   // This host's names as chunkservers advertise them (addresses or a --host name); reads
   // prefer replicas there.
   std::vector<std::string> localHosts;
-  kj::Duration rpcTimeout = 15 * kj::SECONDS;
+  kj::Duration rpcTimeout = 15 * kj::SECONDS;   // data calls and chunk preparation
+  kj::Duration metaTimeout = 5 * kj::SECONDS;   // namespace calls to the master
   kj::Duration connectTimeout = 3 * kj::SECONDS;
   kj::Duration retryFor = 20 * kj::SECONDS;  // how long reads and writes keep retrying
   uint32_t pieceBytes = 1 << 20;             // size of one push or read RPC
@@ -137,8 +138,8 @@ class Client {
   wire::ClientService::Client master();
   void masterFailed();
   template <typename T, typename Req, typename Fn>
-  kj::Promise<T> callMaster(Req&& request, Fn&& onResponse);
-  Status masterError(const kj::Exception& e);
+  kj::Promise<T> callMaster(Req&& request, Fn&& onResponse, kj::Duration timeout = 0 * kj::SECONDS);
+  Status masterError(const kj::Exception& e, kj::Duration timeout);
 
   kj::Promise<uint64_t> ensureChunkSize(uint64_t inode);
   kj::Promise<Status> readPiece(uint64_t inode, ChunkInfo chunk, uint64_t chunkOffset,
