@@ -81,12 +81,18 @@ std::string typeName(FileType t) {
     case FileType::REGULAR: return "file";
     case FileType::DIRECTORY: return "directory";
     case FileType::SYMLINK: return "symlink";
+    case FileType::FIFO: return "fifo";
+    case FileType::SOCKET: return "socket";
+    case FileType::CHAR_DEVICE: return "character device";
+    case FileType::BLOCK_DEVICE: return "block device";
   }
   return "unknown";
 }
 
 std::string modeString(const FileAttr& a) {
-  std::string s = a.type == FileType::DIRECTORY ? "d" : a.type == FileType::SYMLINK ? "l" : "-";
+  static const char letters[] = {'-', 'd', 'l', 'p', 's', 'c', 'b'};
+  auto t = static_cast<size_t>(a.type);
+  std::string s(1, t < sizeof(letters) ? letters[t] : '?');
   const char* rwx = "rwxrwxrwx";
   for (int i = 0; i < 9; ++i) s += (a.mode & (0400 >> i)) ? rwx[i] : '-';
   return s;

@@ -94,6 +94,7 @@ FileAttr attrFromWire(wire::Attr::Reader a) {
   f.ctimeNs = a.getCtimeNs();
   f.replication = a.getReplication();
   f.chunkCount = a.getChunkCount();
+  f.rdev = a.getRdev();
   return f;
 }
 
@@ -257,13 +258,113 @@ kj::Promise<Status> Client::rmdir(uint64_t parent, std::string name) {
 }
 
 kj::Promise<Status> Client::rename(uint64_t srcParent, std::string srcName, uint64_t dstParent,
-                                   std::string dstName) {
+                                   std::string dstName, bool noReplace) {
   auto req = master().renameRequest();
   req.setSrcParent(srcParent);
   req.setSrcName(srcName);
   req.setDstParent(dstParent);
   req.setDstName(dstName);
+  req.setNoReplace(noReplace);
   return callMaster<Status>(kj::mv(req), [](auto& r) { return statusOf(r); });
+}
+
+kj::Promise<Result<FileAttr>> Client::symlink(uint64_t parent, std::string name,
+                                              std::string target, uint32_t uid, uint32_t gid) {
+  auto req = master().symlinkRequest();
+  req.setParent(parent);
+  req.setName(name);
+  req.setTarget(target);
+  req.setUid(uid);
+  req.setGid(gid);
+  return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
+}
+
+kj::Promise<Result<std::string>> Client::readlink(uint64_t inode) {
+  auto req = master().readlinkRequest();
+  req.setInode(inode);
+  return callMaster<Result<std::string>>(kj::mv(req), [](auto& r) -> Result<std::string> {
+    Status s = fromWire(r.getStatus());
+    if (!s.ok()) return s;
+    return text(r.getTarget());
+  });
+}
+
+kj::Promise<Result<FileAttr>> Client::link(uint64_t inode, uint64_t newParent,
+                                           std::string newName) {
+  auto req = master().linkRequest();
+  req.setInode(inode);
+  req.setNewParent(newParent);
+  req.setNewName(newName);
+  return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
+}
+
+kj::Promise<Result<FileAttr>> Client::mknod(uint64_t parent, std::string name, FileType type,
+                                            uint32_t mode, uint32_t uid, uint32_t gid,
+                                            uint64_t rdev) {
+  auto req = master().mknodRequest();
+  req.setParent(parent);
+  req.setName(name);
+  req.setType(type);
+  req.setMode(mode);
+  req.setUid(uid);
+  req.setGid(gid);
+  req.setRdev(rdev);
+  return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
+}
+
+kj::Promise<Status> Client::setxattr(uint64_t inode, std::string name, std::string value,
+                                     uint32_t flags) {
+  auto req = master().setxattrRequest();
+  req.setInode(inode);
+  req.setName(name);
+  req.setValue(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(value.data()),
+                                   value.size()));
+  req.setFlags(flags);
+  return callMaster<Status>(kj::mv(req), [](auto& r) { return statusOf(r); });
+}
+
+kj::Promise<Result<std::string>> Client::getxattr(uint64_t inode, std::string name) {
+  // The kernel asks for security.* attributes on every write; only user.* exist, so those
+  // are answered here rather than by a round trip to the master.
+  if (name.rfind("user.", 0) != 0) {
+    return Result<std::string>(Status(ErrorCode::NOT_SUPPORTED, "only user.* attributes"));
+  }
+  auto req = master().getxattrRequest();
+  req.setInode(inode);
+  req.setName(name);
+  return callMaster<Result<std::string>>(kj::mv(req), [](auto& r) -> Result<std::string> {
+    Status s = fromWire(r.getStatus());
+    if (!s.ok()) return s;
+    auto v = r.getValue();
+    return std::string(reinterpret_cast<const char*>(v.begin()), v.size());
+  });
+}
+
+kj::Promise<Result<std::vector<std::string>>> Client::listxattr(uint64_t inode) {
+  auto req = master().listxattrRequest();
+  req.setInode(inode);
+  return callMaster<Result<std::vector<std::string>>>(
+      kj::mv(req), [](auto& r) -> Result<std::vector<std::string>> {
+        Status s = fromWire(r.getStatus());
+        if (!s.ok()) return s;
+        std::vector<std::string> names;
+        for (auto n : r.getNames()) names.push_back(text(n));
+        return names;
+      });
+}
+
+kj::Promise<Status> Client::removexattr(uint64_t inode, std::string name) {
+  auto req = master().removexattrRequest();
+  req.setInode(inode);
+  req.setName(name);
+  return callMaster<Status>(kj::mv(req), [](auto& r) { return statusOf(r); });
+}
+
+kj::Promise<Result<Client::FsStats>> Client::statfs() {
+  auto req = master().statfsRequest();
+  return callMaster<Result<FsStats>>(kj::mv(req), [](auto& r) -> Result<FsStats> {
+    return FsStats{r.getCapacityBytes(), r.getFreeBytes(), r.getFiles()};
+  });
 }
 
 kj::Promise<Result<FileAttr>> Client::setReplication(uint64_t inode, uint8_t replication) {
@@ -345,6 +446,34 @@ kj::Promise<uint64_t> Client::ensureChunkSize(uint64_t inode) {
   return layout(inode, 0, 0).then([this](Result<FileLayout> r) -> uint64_t {
     return r.ok() ? r.value.chunkSize : 0;
   });
+}
+
+kj::Promise<Status> Client::syncChunks(uint64_t inode, std::vector<uint32_t> indices) {
+  uint32_t first = 0, count = UINT32_MAX;
+  if (!indices.empty()) {
+    first = *std::min_element(indices.begin(), indices.end());
+    count = *std::max_element(indices.begin(), indices.end()) - first + 1;
+  }
+  return layout(inode, first, std::min<uint32_t>(count, 4096))
+      .then([this, indices = std::move(indices)](Result<FileLayout> r) -> kj::Promise<Status> {
+        if (!r.ok()) return r.status;
+        auto targets = kj::heap<std::vector<std::pair<uint64_t, std::string>>>();
+        for (auto& c : r.value.chunks) {
+          if (!indices.empty() &&
+              std::find(indices.begin(), indices.end(), c.index) == indices.end()) {
+            continue;
+          }
+          for (auto& rep : c.replicas) targets->push_back({c.handle, rep.address});
+        }
+        auto& ref = *targets;
+        return runLimited(ref.size(), 16,
+                          [this, &ref](size_t i) {
+                            auto req = peers.get<wire::ChunkServer>(ref[i].second).syncRequest();
+                            req.setHandle(ref[i].first);
+                            return callChunkserver(kj::mv(req), ref[i].second);
+                          })
+            .attach(kj::mv(targets));
+      });
 }
 
 // --- reads ---

@@ -36,6 +36,7 @@ struct FileAttr {
   int64_t ctimeNs = 0;
   uint8_t replication = 0;
   uint32_t chunkCount = 0;
+  uint64_t rdev = 0;
 };
 
 struct DirEntryInfo {
@@ -115,7 +116,25 @@ class Client {
   kj::Promise<Status> unlink(uint64_t parent, std::string name);
   kj::Promise<Status> rmdir(uint64_t parent, std::string name);
   kj::Promise<Status> rename(uint64_t srcParent, std::string srcName, uint64_t dstParent,
-                             std::string dstName);
+                             std::string dstName, bool noReplace = false);
+  kj::Promise<Result<FileAttr>> symlink(uint64_t parent, std::string name, std::string target,
+                                        uint32_t uid, uint32_t gid);
+  kj::Promise<Result<std::string>> readlink(uint64_t inode);
+  kj::Promise<Result<FileAttr>> link(uint64_t inode, uint64_t newParent, std::string newName);
+  kj::Promise<Result<FileAttr>> mknod(uint64_t parent, std::string name, FileType type,
+                                      uint32_t mode, uint32_t uid, uint32_t gid, uint64_t rdev);
+  // flags: 1 create only, 2 replace only.
+  kj::Promise<Status> setxattr(uint64_t inode, std::string name, std::string value,
+                               uint32_t flags);
+  kj::Promise<Result<std::string>> getxattr(uint64_t inode, std::string name);
+  kj::Promise<Result<std::vector<std::string>>> listxattr(uint64_t inode);
+  kj::Promise<Status> removexattr(uint64_t inode, std::string name);
+  struct FsStats {
+    uint64_t capacityBytes = 0;
+    uint64_t freeBytes = 0;
+    uint64_t files = 0;
+  };
+  kj::Promise<Result<FsStats>> statfs();
   kj::Promise<Result<FileAttr>> setReplication(uint64_t inode, uint8_t replication);
 
   // Chunks.
@@ -130,6 +149,11 @@ class Client {
   // changed: call commitSize once the writes are done.
   kj::Promise<Status> write(uint64_t inode, uint64_t offset, kj::ArrayPtr<const kj::byte> data);
   kj::Promise<Result<FileAttr>> commitSize(uint64_t inode, uint64_t size, int64_t mtimeNs = 0);
+
+  // Makes every replica of the given chunks (all chunks if empty) sync to disk.
+  kj::Promise<Status> syncChunks(uint64_t inode, std::vector<uint32_t> indices);
+  // The cluster's chunk size once any call has learnt it, else 0.
+  uint64_t knownChunkSize() const { return chunkSize; }
 
   // Orders replicas: this host first, then the rest spread by handle.
   std::vector<ReplicaInfo> orderReplicas(const ChunkInfo& chunk);

@@ -4,6 +4,8 @@
 #include <fmt/format.h>
 #include <kj/debug.h>
 
+#include <nlohmann/json.hpp>
+
 #include "chunkserver_service.h"
 #include "log.h"
 #include "master.h"
@@ -122,7 +124,8 @@ class ClientServiceImpl final : public wire::ClientService::Server {
   kj::Promise<void> rename(RenameContext context) override {
     auto p = context.getParams();
     return replyStatus(context, ns.rename(p.getSrcParent(), text(p.getSrcName()),
-                                          p.getDstParent(), text(p.getDstName())));
+                                          p.getDstParent(), text(p.getDstName()),
+                                          p.getNoReplace()));
   }
 
   kj::Promise<void> setReplication(SetReplicationContext context) override {
@@ -196,7 +199,169 @@ class ClientServiceImpl final : public wire::ClientService::Server {
     return kj::READY_NOW;
   }
 
+  kj::Promise<void> symlink(SymlinkContext context) override {
+    auto p = context.getParams();
+    return replyLater(context, ns.symlink(p.getParent(), text(p.getName()), text(p.getTarget()),
+                                          p.getUid(), p.getGid()));
+  }
+
+  kj::Promise<void> readlink(ReadlinkContext context) override {
+    auto r = ns.readlink(context.getParams().getInode());
+    auto results = context.getResults();
+    toWire(r.status, results.initStatus());
+    if (r.ok()) results.setTarget(r.value);
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> link(LinkContext context) override {
+    auto p = context.getParams();
+    return replyLater(context, ns.link(p.getInode(), p.getNewParent(), text(p.getNewName())));
+  }
+
+  kj::Promise<void> mknod(MknodContext context) override {
+    auto p = context.getParams();
+    auto type = static_cast<InodeType>(p.getType());
+    if (static_cast<uint16_t>(p.getType()) > static_cast<uint16_t>(InodeType::BLOCK_DEVICE)) {
+      toWire(Status::invalidArgument("unknown file type"), context.getResults().initStatus());
+      return kj::READY_NOW;
+    }
+    return replyLater(context, ns.mknod(p.getParent(), text(p.getName()), type, p.getMode(),
+                                        p.getUid(), p.getGid(), p.getRdev()));
+  }
+
+  kj::Promise<void> setxattr(SetxattrContext context) override {
+    auto p = context.getParams();
+    std::string name = text(p.getName());
+    auto value = p.getValue();
+    std::string v(reinterpret_cast<const char*>(value.begin()), value.size());
+    Status s = checkXattrName(name);
+    if (!s.ok()) return fail(context, s);
+    if (name == REPLICATION_XATTR) {
+      int goal = 0;
+      try {
+        goal = std::stoi(v);
+      } catch (...) {
+        return fail(context, Status::invalidArgument("replication must be a number"));
+      }
+      if (goal < 1 || goal > MAX_REPLICATION) {
+        return fail(context, Status::invalidArgument("replication must be 1 to 32"));
+      }
+      return ns.setReplication(p.getInode(), static_cast<uint8_t>(goal))
+          .then([context](MutationResult r) mutable {
+            toWire(r.status, context.getResults().initStatus());
+          });
+    }
+    if (name == CHUNKS_XATTR) return fail(context, Status(ErrorCode::NOT_PERMITTED, "read-only"));
+    return ns.setxattr(p.getInode(), name, v, p.getFlags()).then([context](Status s) mutable {
+      toWire(s, context.getResults().initStatus());
+    });
+  }
+
+  kj::Promise<void> getxattr(GetxattrContext context) override {
+    auto p = context.getParams();
+    std::string name = text(p.getName());
+    auto results = context.getResults();
+    Result<std::string> r;
+    Status s = checkXattrName(name);
+    if (!s.ok()) {
+      r = s;
+    } else if (name == REPLICATION_XATTR || name == CHUNKS_XATTR) {
+      r = virtualXattr(p.getInode(), name);
+    } else {
+      r = ns.getxattr(p.getInode(), name);
+    }
+    toWire(r.status, results.initStatus());
+    if (r.ok()) {
+      results.setValue(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(r.value.data()),
+                                           r.value.size()));
+    }
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> listxattr(ListxattrContext context) override {
+    uint64_t inode = context.getParams().getInode();
+    auto results = context.getResults();
+    auto r = ns.listxattr(inode);
+    toWire(r.status, results.initStatus());
+    if (!r.ok()) return kj::READY_NOW;
+    if (ns.getattr(inode).value.type == InodeType::REGULAR) {
+      r.value.push_back(REPLICATION_XATTR);
+      r.value.push_back(CHUNKS_XATTR);
+    }
+    auto names = results.initNames(static_cast<uint>(r.value.size()));
+    for (size_t i = 0; i < r.value.size(); ++i) names.set(static_cast<uint>(i), r.value[i]);
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> removexattr(RemovexattrContext context) override {
+    auto p = context.getParams();
+    std::string name = text(p.getName());
+    Status s = checkXattrName(name);
+    if (!s.ok()) return fail(context, s);
+    if (name == REPLICATION_XATTR || name == CHUNKS_XATTR) {
+      return fail(context, Status(ErrorCode::NOT_PERMITTED, "cannot remove " + name));
+    }
+    return ns.removexattr(p.getInode(), name).then([context](Status s) mutable {
+      toWire(s, context.getResults().initStatus());
+    });
+  }
+
+  kj::Promise<void> statfs(StatfsContext context) override {
+    auto results = context.getResults();
+    uint64_t capacity = 0, free = 0;
+    for (auto& s : chunks.servers()) {
+      if (!s.live) continue;
+      capacity += s.capacityBytes;
+      free += s.capacityBytes > s.usedBytes ? s.capacityBytes - s.usedBytes : 0;
+    }
+    results.setCapacityBytes(capacity);
+    results.setFreeBytes(free);
+    results.setFiles(ns.inodeCount());
+    return kj::READY_NOW;
+  }
+
  private:
+  static constexpr const char* REPLICATION_XATTR = "user.cairn.replication";
+  static constexpr const char* CHUNKS_XATTR = "user.cairn.chunks";
+
+  static Status checkXattrName(const std::string& name) {
+    if (name.rfind("user.", 0) != 0) {
+      return Status(ErrorCode::NOT_SUPPORTED, "only user.* attributes are supported");
+    }
+    if (name.size() > 255) return Status::nameTooLong("attribute name over 255 bytes");
+    return Status::OK();
+  }
+
+  Result<std::string> virtualXattr(uint64_t inode, const std::string& name) {
+    auto n = ns.getattr(inode);
+    if (!n.ok()) return n.status;
+    if (name == REPLICATION_XATTR) return std::to_string(n.value.replication);
+    if (n.value.type != InodeType::REGULAR) return Status(ErrorCode::NO_ATTRIBUTE, name);
+    // The chunk map with the replicas' addresses, for schedulers that place work by data.
+    nlohmann::json chunksJson = nlohmann::json::array();
+    uint64_t chunkSize = ns.chunkSize();
+    uint32_t count = static_cast<uint32_t>((n.value.size + chunkSize - 1) / chunkSize);
+    for (auto& v : chunks.locate(inode, 0, count)) {
+      auto replicas = nlohmann::json::array();
+      for (auto& r : v.replicas) replicas.push_back({{"address", r.address}, {"rack", r.rack}});
+      uint64_t start = uint64_t{v.record.index} * chunkSize;
+      chunksJson.push_back({{"index", v.record.index},
+                            {"handle", fmt::format("{:x}", v.record.handle)},
+                            {"version", v.record.version},
+                            {"offset", start},
+                            {"size", std::min(chunkSize, n.value.size - start)},
+                            {"replicas", replicas}});
+    }
+    nlohmann::json j = {{"size", n.value.size}, {"chunk_size", chunkSize}, {"chunks", chunksJson}};
+    return j.dump();
+  }
+
+  template <typename Context>
+  kj::Promise<void> fail(Context& context, const Status& s) {
+    toWire(s, context.getResults().initStatus());
+    return kj::READY_NOW;
+  }
+
   template <typename Context>
   void reply(Context& context, const Result<Inode>& r) {
     auto results = context.getResults();

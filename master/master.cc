@@ -54,13 +54,15 @@ kj::Promise<void> Master::sweepLoop() {
   });
 }
 
+static_assert(static_cast<int>(wire::FileType::BLOCK_DEVICE) ==
+              static_cast<int>(InodeType::BLOCK_DEVICE));
+static_assert(static_cast<int>(wire::FileType::SYMLINK) == static_cast<int>(InodeType::SYMLINK));
+
 void fillAttr(const Inode& n, uint64_t chunkSize, wire::Attr::Builder out) {
   out.setInode(n.inode);
-  switch (n.type) {
-    case InodeType::REGULAR: out.setType(wire::FileType::REGULAR); break;
-    case InodeType::DIRECTORY: out.setType(wire::FileType::DIRECTORY); break;
-    case InodeType::SYMLINK: out.setType(wire::FileType::SYMLINK); break;
-  }
+  // The two enums share their values (checked below), so the type converts directly.
+  out.setType(static_cast<wire::FileType>(n.type));
+  out.setRdev(n.rdev);
   out.setMode(n.mode);
   out.setUid(n.uid);
   out.setGid(n.gid);

@@ -92,6 +92,19 @@ std::string chunkKey(uint64_t inode, uint32_t index) {
   return k;
 }
 
+std::string symlinkKey(uint64_t inode) {
+  std::string k = "l";
+  putBe64(k, inode);
+  return k;
+}
+
+std::string xattrKey(uint64_t inode, std::string_view name) {
+  std::string k = "x";
+  putBe64(k, inode);
+  k.append(name);
+  return k;
+}
+
 std::string encodeInode(const Inode& n) {
   std::string s;
   putLe(s, INODE_FORMAT);
@@ -107,6 +120,7 @@ std::string encodeInode(const Inode& n) {
   putLe(s, n.ctimeNs);
   putLe(s, n.replication);
   putLe(s, n.parent);
+  putLe(s, n.rdev);
   return s;
 }
 
@@ -118,7 +132,8 @@ std::optional<Inode> decodeInode(std::string_view s) {
             getLe(s, pos, type) && getLe(s, pos, n.mode) && getLe(s, pos, n.uid) &&
             getLe(s, pos, n.gid) && getLe(s, pos, n.nlink) && getLe(s, pos, n.size) &&
             getLe(s, pos, n.atimeNs) && getLe(s, pos, n.mtimeNs) && getLe(s, pos, n.ctimeNs) &&
-            getLe(s, pos, n.replication) && getLe(s, pos, n.parent) && type <= 2;
+            getLe(s, pos, n.replication) && getLe(s, pos, n.parent) &&
+            getLe(s, pos, n.rdev) && type <= static_cast<uint8_t>(InodeType::BLOCK_DEVICE);
   if (!ok) return std::nullopt;
   n.type = static_cast<InodeType>(type);
   return n;
@@ -247,80 +262,203 @@ kj::Promise<MutationResult> Namespace::finish(Mutation m, MutationResult result)
   });
 }
 
-kj::Promise<MutationResult> Namespace::mkdir(uint64_t parent, std::string_view name,
-                                             uint32_t mode, uint32_t uid, uint32_t gid) {
-  MutationResult r;
-  if (!(r.status = validateName(name)).ok()) return r;
+Result<Inode> Namespace::newEntry(Mutation& m, uint64_t parent, std::string_view name,
+                                 InodeType type, uint32_t mode, uint32_t uid, uint32_t gid) {
+  Status valid = validateName(name);
+  if (!valid.ok()) return valid;
   auto dir = requireDirectory(parent);
-  if (!dir.ok()) return MutationResult{dir.status, {}, {}};
-  if (readDirent(parent, name)) {
-    r.status = Status::alreadyExists(fmt::format("'{}' exists", name));
-    return r;
-  }
-  Mutation m;
+  if (!dir.ok()) return dir.status;
+  if (readDirent(parent, name)) return Status::alreadyExists(fmt::format("'{}' exists", name));
   int64_t now = nowNs();
   Inode n;
   n.inode = allocateInode(m);
-  n.type = InodeType::DIRECTORY;
+  n.type = type;
   n.mode = mode & 07777;
   n.uid = uid;
   n.gid = gid;
-  n.nlink = 2;
-  n.parent = parent;
   n.replication = dir.value.replication;
   n.atimeNs = n.mtimeNs = n.ctimeNs = now;
   Inode p = dir.value;
-  p.nlink += 1;
+  if (p.mode & MODE_SETGID) {
+    // BSD group semantics in a setgid directory, as ext4 does.
+    n.gid = p.gid;
+    if (type == InodeType::DIRECTORY) n.mode |= MODE_SETGID;
+  }
+  if (type == InodeType::DIRECTORY) {
+    n.nlink = 2;
+    n.parent = parent;
+    p.nlink += 1;
+  }
   p.mtimeNs = p.ctimeNs = now;
   m.put(inodeKey(n.inode), encodeInode(n));
   m.put(inodeKey(p.inode), encodeInode(p));
   m.put(direntKey(parent, name), encodeU64(n.inode));
-  r.inode = n;
-  return finish(std::move(m), std::move(r));
+  return n;
+}
+
+kj::Promise<MutationResult> Namespace::mkdir(uint64_t parent, std::string_view name,
+                                             uint32_t mode, uint32_t uid, uint32_t gid) {
+  Mutation m;
+  auto n = newEntry(m, parent, name, InodeType::DIRECTORY, mode, uid, gid);
+  return finish(std::move(m), MutationResult{n.status, n.value, {}});
 }
 
 kj::Promise<MutationResult> Namespace::create(uint64_t parent, std::string_view name,
                                               uint32_t mode, uint32_t uid, uint32_t gid,
                                               uint8_t replication, bool exclusive) {
   MutationResult r;
-  if (!(r.status = validateName(name)).ok()) return r;
   if (replication > MAX_REPLICATION) {
     r.status = Status::invalidArgument(fmt::format("replication {} (at most {})", replication,
                                                    MAX_REPLICATION));
     return r;
   }
-  auto dir = requireDirectory(parent);
-  if (!dir.ok()) return MutationResult{dir.status, {}, {}};
-  if (auto existing = readDirent(parent, name)) {
-    auto n = readInode(*existing);
-    KJ_ASSERT(n.has_value());
-    if (exclusive) {
-      r.status = Status::alreadyExists(fmt::format("'{}' exists", name));
-    } else if (n->type == InodeType::DIRECTORY) {
-      r.status = Status::isDirectory(fmt::format("'{}' is a directory", name));
-    } else {
-      r.inode = *n;
+  if (validateName(name).ok() && requireDirectory(parent).ok()) {
+    if (auto existing = readDirent(parent, name)) {
+      auto n = readInode(*existing);
+      KJ_ASSERT(n.has_value());
+      if (exclusive) {
+        r.status = Status::alreadyExists(fmt::format("'{}' exists", name));
+      } else if (n->type == InodeType::DIRECTORY) {
+        r.status = Status::isDirectory(fmt::format("'{}' is a directory", name));
+      } else {
+        r.inode = *n;
+      }
+      return r;
     }
-    return r;
   }
   Mutation m;
+  auto n = newEntry(m, parent, name, InodeType::REGULAR, mode, uid, gid);
+  if (n.ok() && replication != 0) {
+    n.value.replication = replication;
+    m.put(inodeKey(n.value.inode), encodeInode(n.value));
+  }
+  return finish(std::move(m), MutationResult{n.status, n.value, {}});
+}
+
+kj::Promise<MutationResult> Namespace::symlink(uint64_t parent, std::string_view name,
+                                               std::string_view target, uint32_t uid,
+                                               uint32_t gid) {
+  if (target.empty() || target.size() > MAX_SYMLINK_BYTES ||
+      target.find('\0') != std::string_view::npos) {
+    return MutationResult{Status::invalidArgument("symlink target must be 1 to 4095 bytes, no NUL"),
+                          {}, {}};
+  }
+  Mutation m;
+  auto n = newEntry(m, parent, name, InodeType::SYMLINK, 0777, uid, gid);
+  if (n.ok()) {
+    n.value.size = target.size();
+    m.put(inodeKey(n.value.inode), encodeInode(n.value));
+    m.put(symlinkKey(n.value.inode), std::string(target));
+  }
+  return finish(std::move(m), MutationResult{n.status, n.value, {}});
+}
+
+Result<std::string> Namespace::readlink(uint64_t inode) {
+  auto n = readInode(inode);
+  if (!n) return Status::notFound(fmt::format("no inode {}", inode));
+  if (n->type != InodeType::SYMLINK) return Status::invalidArgument("not a symbolic link");
+  auto target = store.get(symlinkKey(inode));
+  KJ_ASSERT(target.has_value(), "symlink without a target", inode);
+  return *target;
+}
+
+kj::Promise<MutationResult> Namespace::link(uint64_t inode, uint64_t newParent,
+                                            std::string_view newName) {
+  MutationResult r;
+  if (!(r.status = validateName(newName)).ok()) return r;
+  auto n = readInode(inode);
+  if (!n) {
+    r.status = Status::notFound(fmt::format("no inode {}", inode));
+    return r;
+  }
+  if (n->type == InodeType::DIRECTORY) {
+    r.status = Status(ErrorCode::NOT_PERMITTED, "hard links to directories are not allowed");
+    return r;
+  }
+  auto dir = requireDirectory(newParent);
+  if (!dir.ok()) return MutationResult{dir.status, {}, {}};
+  if (readDirent(newParent, newName)) {
+    r.status = Status::alreadyExists(fmt::format("'{}' exists", newName));
+    return r;
+  }
   int64_t now = nowNs();
-  Inode n;
-  n.inode = allocateInode(m);
-  n.type = InodeType::REGULAR;
-  n.mode = mode & 07777;
-  n.uid = uid;
-  n.gid = gid;
-  n.nlink = 1;
-  n.replication = replication == 0 ? dir.value.replication : replication;
-  n.atimeNs = n.mtimeNs = n.ctimeNs = now;
+  n->nlink += 1;
+  n->ctimeNs = now;
   Inode p = dir.value;
   p.mtimeNs = p.ctimeNs = now;
-  m.put(inodeKey(n.inode), encodeInode(n));
-  m.put(inodeKey(p.inode), encodeInode(p));
-  m.put(direntKey(parent, name), encodeU64(n.inode));
-  r.inode = n;
+  Mutation m;
+  m.put(inodeKey(inode), encodeInode(*n));
+  m.put(inodeKey(newParent), encodeInode(p));
+  m.put(direntKey(newParent, newName), encodeU64(inode));
+  r.inode = *n;
   return finish(std::move(m), std::move(r));
+}
+
+kj::Promise<MutationResult> Namespace::mknod(uint64_t parent, std::string_view name,
+                                             InodeType type, uint32_t mode, uint32_t uid,
+                                             uint32_t gid, uint64_t rdev) {
+  if (type == InodeType::REGULAR) return create(parent, name, mode, uid, gid, 0, true);
+  if (type == InodeType::DIRECTORY || type == InodeType::SYMLINK) {
+    return MutationResult{Status::invalidArgument("mknod makes FIFOs, sockets and devices"), {},
+                          {}};
+  }
+  Mutation m;
+  auto n = newEntry(m, parent, name, type, mode, uid, gid);
+  if (n.ok() && (type == InodeType::CHAR_DEVICE || type == InodeType::BLOCK_DEVICE)) {
+    n.value.rdev = rdev;
+    m.put(inodeKey(n.value.inode), encodeInode(n.value));
+  }
+  return finish(std::move(m), MutationResult{n.status, n.value, {}});
+}
+
+kj::Promise<Status> Namespace::setxattr(uint64_t inode, std::string_view name,
+                                        std::string_view value, uint32_t flags) {
+  auto n = readInode(inode);
+  if (!n) return Status::notFound(fmt::format("no inode {}", inode));
+  if (name.empty() || name.size() > MAX_NAME_BYTES) {
+    return Status::nameTooLong("attribute name must be 1 to 255 bytes");
+  }
+  if (value.size() > MAX_XATTR_VALUE) return Status::invalidArgument("attribute value over 64 KiB");
+  bool exists = store.get(xattrKey(inode, name)).has_value();
+  if ((flags & 1) && exists) return Status::alreadyExists(fmt::format("attribute {} exists", name));
+  if ((flags & 2) && !exists) return Status(ErrorCode::NO_ATTRIBUTE, std::string(name));
+  if (!exists && store.scan(xattrKey(inode, ""), "", MAX_XATTRS_PER_INODE).size() >=
+                     MAX_XATTRS_PER_INODE) {
+    return Status::noSpace("too many attributes on one inode");
+  }
+  n->ctimeNs = nowNs();
+  Mutation m;
+  m.put(xattrKey(inode, name), std::string(value));
+  m.put(inodeKey(inode), encodeInode(*n));
+  return store.commit(std::move(m)).then([]() { return Status::OK(); });
+}
+
+Result<std::string> Namespace::getxattr(uint64_t inode, std::string_view name) {
+  if (!readInode(inode)) return Status::notFound(fmt::format("no inode {}", inode));
+  auto v = store.get(xattrKey(inode, name));
+  if (!v) return Status(ErrorCode::NO_ATTRIBUTE, std::string(name));
+  return *v;
+}
+
+Result<std::vector<std::string>> Namespace::listxattr(uint64_t inode) {
+  if (!readInode(inode)) return Status::notFound(fmt::format("no inode {}", inode));
+  std::string prefix = xattrKey(inode, "");
+  std::vector<std::string> names;
+  for (auto& [key, value] : store.scan(prefix, "", MAX_XATTRS_PER_INODE)) {
+    names.push_back(key.substr(prefix.size()));
+  }
+  return names;
+}
+
+kj::Promise<Status> Namespace::removexattr(uint64_t inode, std::string_view name) {
+  auto n = readInode(inode);
+  if (!n) return Status::notFound(fmt::format("no inode {}", inode));
+  if (!store.get(xattrKey(inode, name))) return Status(ErrorCode::NO_ATTRIBUTE, std::string(name));
+  n->ctimeNs = nowNs();
+  Mutation m;
+  m.del(xattrKey(inode, name));
+  m.put(inodeKey(inode), encodeInode(*n));
+  return store.commit(std::move(m)).then([]() { return Status::OK(); });
 }
 
 kj::Promise<MutationResult> Namespace::setattr(uint64_t inode, const SetAttrArgs& args) {
@@ -363,6 +501,10 @@ void Namespace::dropLink(Mutation& m, Inode victim, int64_t now,
                          std::vector<uint64_t>& released) {
   if (victim.type == InodeType::DIRECTORY || victim.nlink <= 1) {
     m.del(inodeKey(victim.inode));
+    if (victim.type == InodeType::SYMLINK) m.del(symlinkKey(victim.inode));
+    for (auto& [key, value] : store.scan(xattrKey(victim.inode, ""), "", MAX_XATTRS_PER_INODE)) {
+      m.del(key);
+    }
     for (auto& c : listChunks(victim.inode, 0, UINT32_MAX)) {
       m.del(chunkKey(victim.inode, c.index));
       released.push_back(c.handle);
@@ -411,7 +553,7 @@ kj::Promise<MutationResult> Namespace::rmdir(uint64_t parent, std::string_view n
   p.mtimeNs = p.ctimeNs = now;
   m.put(inodeKey(parent), encodeInode(p));
   m.del(direntKey(parent, name));
-  m.del(inodeKey(child.value.inode));
+  dropLink(m, child.value, now, r.releasedHandles);
   return finish(std::move(m), std::move(r));
 }
 
@@ -427,7 +569,8 @@ bool Namespace::isAncestor(uint64_t ancestor, uint64_t inode) {
 }
 
 kj::Promise<MutationResult> Namespace::rename(uint64_t srcParent, std::string_view srcName,
-                                              uint64_t dstParent, std::string_view dstName) {
+                                              uint64_t dstParent, std::string_view dstName,
+                                              bool noReplace) {
   MutationResult r;
   if (!(r.status = validateName(dstName)).ok()) return r;
   auto src = lookup(srcParent, srcName);
@@ -444,6 +587,10 @@ kj::Promise<MutationResult> Namespace::rename(uint64_t srcParent, std::string_vi
   int64_t now = nowNs();
   std::optional<Inode> replaced;
   if (auto existing = readDirent(dstParent, dstName)) {
+    if (noReplace) {
+      r.status = Status::alreadyExists(fmt::format("'{}' exists", dstName));
+      return r;
+    }
     if (*existing == src.value.inode) return r;  // same file: nothing to do (POSIX)
     replaced = readInode(*existing);
     KJ_ASSERT(replaced.has_value());

@@ -22,7 +22,20 @@ constexpr uint64_t ROOT_INODE = 1;
 constexpr uint8_t DEFAULT_REPLICATION = 3;
 constexpr uint8_t MAX_REPLICATION = 32;
 
-enum class InodeType : uint8_t { REGULAR = 0, DIRECTORY = 1, SYMLINK = 2 };
+enum class InodeType : uint8_t {
+  REGULAR = 0,
+  DIRECTORY = 1,
+  SYMLINK = 2,
+  FIFO = 3,
+  SOCKET = 4,
+  CHAR_DEVICE = 5,
+  BLOCK_DEVICE = 6,
+};
+
+constexpr uint32_t MODE_SETGID = 02000;
+constexpr size_t MAX_SYMLINK_BYTES = 4095;
+constexpr size_t MAX_XATTR_VALUE = 64 * 1024;
+constexpr size_t MAX_XATTRS_PER_INODE = 1024;
 
 struct Inode {
   uint64_t inode = 0;
@@ -37,6 +50,7 @@ struct Inode {
   int64_t ctimeNs = 0;
   uint8_t replication = DEFAULT_REPLICATION;
   uint64_t parent = 0;  // directories only: their one parent
+  uint64_t rdev = 0;    // device nodes only
 };
 
 struct ChunkRecord {
@@ -89,8 +103,27 @@ class Namespace {
   kj::Promise<MutationResult> unlink(uint64_t parent, std::string_view name);
   kj::Promise<MutationResult> rmdir(uint64_t parent, std::string_view name);
   kj::Promise<MutationResult> rename(uint64_t srcParent, std::string_view srcName,
-                                     uint64_t dstParent, std::string_view dstName);
+                                     uint64_t dstParent, std::string_view dstName,
+                                     bool noReplace = false);
   kj::Promise<MutationResult> setReplication(uint64_t inode, uint8_t replication);
+  kj::Promise<MutationResult> symlink(uint64_t parent, std::string_view name,
+                                      std::string_view target, uint32_t uid, uint32_t gid);
+  Result<std::string> readlink(uint64_t inode);
+  // A new name for an existing non-directory.
+  kj::Promise<MutationResult> link(uint64_t inode, uint64_t newParent, std::string_view newName);
+  // A FIFO, socket or device node (kept as metadata only).
+  kj::Promise<MutationResult> mknod(uint64_t parent, std::string_view name, InodeType type,
+                                    uint32_t mode, uint32_t uid, uint32_t gid, uint64_t rdev);
+
+  // Stored extended attributes (the caller handles virtual ones). `flags`: 1 create only,
+  // 2 replace only.
+  kj::Promise<Status> setxattr(uint64_t inode, std::string_view name, std::string_view value,
+                               uint32_t flags);
+  Result<std::string> getxattr(uint64_t inode, std::string_view name);
+  Result<std::vector<std::string>> listxattr(uint64_t inode);
+  kj::Promise<Status> removexattr(uint64_t inode, std::string_view name);
+  // Files and directories in the namespace (for statfs).
+  uint64_t inodeCount() { return nextInode - 1; }
   // size = max(size, current); mtime set when size or data changed.
   kj::Promise<MutationResult> commitSize(uint64_t inode, uint64_t size, int64_t mtimeNs);
 
@@ -109,6 +142,10 @@ class Namespace {
   Result<Inode> requireDirectory(uint64_t inode);
   int64_t nowNs();
   uint64_t allocateInode(Mutation& m);
+  // A new inode in directory `parent` under `name`, after the checks every create shares;
+  // the directory's setgid bit passes its group (and, to directories, the bit) down.
+  Result<Inode> newEntry(Mutation& m, uint64_t parent, std::string_view name, InodeType type,
+                         uint32_t mode, uint32_t uid, uint32_t gid);
   // Removes one link to `victim` (already unlinked from its directory), deleting it and
   // its chunks when none remain.
   void dropLink(Mutation& m, Inode victim, int64_t now, std::vector<uint64_t>& released);
@@ -126,6 +163,8 @@ class Namespace {
 std::string inodeKey(uint64_t inode);
 std::string direntKey(uint64_t parent, std::string_view name);
 std::string chunkKey(uint64_t inode, uint32_t index);
+std::string symlinkKey(uint64_t inode);
+std::string xattrKey(uint64_t inode, std::string_view name);
 std::string encodeInode(const Inode& inode);
 std::optional<Inode> decodeInode(std::string_view bytes);
 

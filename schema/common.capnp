@@ -25,6 +25,9 @@ enum ErrorCode {
   ioError @15;
   safeMode @16;
   busy @17;
+  noAttribute @18;       # no such extended attribute
+  notSupported @19;
+  notPermitted @20;      # e.g. a hard link to a directory
 }
 
 struct Status {
@@ -36,6 +39,10 @@ enum FileType {
   regular @0;
   directory @1;
   symlink @2;
+  fifo @3;
+  socket @4;
+  charDevice @5;
+  blockDevice @6;
 }
 
 struct Attr {
@@ -51,6 +58,7 @@ struct Attr {
   ctimeNs @9 :Int64;
   replication @10 :UInt8;
   chunkCount @11 :UInt32;
+  rdev @12 :UInt64;      # device number of a device node
 }
 
 struct ChunkReplica {

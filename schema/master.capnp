@@ -61,8 +61,9 @@ interface ClientService {
   # Entries sorted by name, strictly after `after`; at most `limit` (capped at 4096).
   unlink @6 (parent :UInt64, name :Text) -> (status :Status);
   rmdir @7 (parent :UInt64, name :Text) -> (status :Status);
-  rename @8 (srcParent :UInt64, srcName :Text, dstParent :UInt64, dstName :Text)
-      -> (status :Status);
+  rename @8 (srcParent :UInt64, srcName :Text, dstParent :UInt64, dstName :Text,
+             noReplace :Bool) -> (status :Status);
+  # noReplace: fail with alreadyExists rather than replace (RENAME_NOREPLACE).
   resolve @9 (path :Text) -> (status :Status, attr :Attr);
   # An absolute path, for tools that speak in paths.
   setReplication @10 (inode :UInt64, replication :UInt8) -> (status :Status, attr :Attr);
@@ -78,6 +79,22 @@ interface ClientService {
   # After a write: the file's size becomes max(size, current).
   reportBadReplica @14 (handle :UInt64, version :UInt64, address :Text) -> ();
   clusterInfo @15 () -> (chunkSize :UInt64, servers :List(ServerInfo), defaultReplication :UInt8);
+
+  # More namespace.
+  symlink @16 (parent :UInt64, name :Text, target :Text, uid :UInt32, gid :UInt32)
+      -> (status :Status, attr :Attr);
+  readlink @17 (inode :UInt64) -> (status :Status, target :Text);
+  link @18 (inode :UInt64, newParent :UInt64, newName :Text) -> (status :Status, attr :Attr);
+  mknod @19 (parent :UInt64, name :Text, type :Common.FileType, mode :UInt32, uid :UInt32,
+             gid :UInt32, rdev :UInt64) -> (status :Status, attr :Attr);
+  # Extended attributes: names under "user."; user.cairn.replication and user.cairn.chunks
+  # are the replication goal and the chunk map (JSON), computed by the master.
+  setxattr @20 (inode :UInt64, name :Text, value :Data, flags :UInt32) -> (status :Status);
+  # flags: 1 = create only (alreadyExists if set), 2 = replace only (notFound if unset).
+  getxattr @21 (inode :UInt64, name :Text) -> (status :Status, value :Data);
+  listxattr @22 (inode :UInt64) -> (status :Status, names :List(Text));
+  removexattr @23 (inode :UInt64, name :Text) -> (status :Status);
+  statfs @24 () -> (capacityBytes :UInt64, freeBytes :UInt64, files :UInt64);
 }
 
 struct ChunkReport {

@@ -1,0 +1,199 @@
+#include "file_cache.h"
+
+#include <algorithm>
+
+namespace cairn {
+
+FileCache::FileCache(Client& client, FileCacheOptions options) : client(client), opts(options) {}
+
+FileCache::State& FileCache::state(uint64_t inode) { return files[inode]; }
+
+void FileCache::open(uint64_t inode, uint64_t size) {
+  State& st = state(inode);
+  if (st.refs++ == 0) {
+    st.size = size;
+  } else if (idle(st)) {
+    st.size = size;
+  }
+  // Close-to-open: what another client wrote before this open must be read afresh.
+  st.ahead.clear();
+}
+
+kj::Promise<Status> FileCache::release(uint64_t inode) {
+  return flush(inode).then([this, inode](Status s) {
+    auto it = files.find(inode);
+    if (it != files.end() && --it->second.refs == 0 && idle(it->second)) files.erase(it);
+    return s;
+  });
+}
+
+Status FileCache::takeError(State& st) {
+  Status s = st.error;
+  st.error = Status::OK();
+  return s;
+}
+
+void FileCache::dropFinished(State& st) {
+  while (!st.flushes.empty() && *st.flushes.front().done) st.flushes.pop_front();
+}
+
+bool FileCache::idle(State& st) {
+  dropFinished(st);
+  return st.buffer.empty() && st.flushes.empty() && !st.sizeDirty;
+}
+
+void FileCache::startFlush(uint64_t inode, State& st) {
+  if (st.buffer.empty()) return;
+  auto data = kj::heap<std::string>(std::move(st.buffer));
+  st.buffer.clear();
+  uint64_t offset = st.bufferOffset;
+  uint64_t chunkSize = client.knownChunkSize();
+  if (chunkSize != 0) {
+    for (uint64_t i = offset / chunkSize; i <= (offset + data->size() - 1) / chunkSize; ++i) {
+      st.dirtyChunks.insert(static_cast<uint32_t>(i));
+    }
+  } else {
+    st.allChunksDirty = true;
+  }
+  dropFinished(st);
+  kj::Promise<void> before = kj::READY_NOW;
+  if (!st.flushes.empty()) before = st.flushes.back().promise.addBranch();
+  auto done = kj::heap<bool>(false);
+  bool* doneFlag = done.get();
+  auto& bytes = *data;
+  auto promise = before
+                     .then([this, inode, offset, &bytes]() {
+                       return client.write(
+                           inode, offset,
+                           kj::arrayPtr(reinterpret_cast<const kj::byte*>(bytes.data()),
+                                        bytes.size()));
+                     })
+                     .then([this, inode, doneFlag](Status s) {
+                       *doneFlag = true;
+                       auto it = files.find(inode);
+                       if (it != files.end() && !s.ok() && it->second.error.ok()) {
+                         it->second.error = s;
+                       }
+                     })
+                     .attach(kj::mv(data))
+                     .fork();
+  st.flushes.push_back({kj::mv(promise), kj::mv(done)});
+}
+
+kj::Promise<void> FileCache::waitFlushes(uint64_t inode, size_t leave) {
+  auto it = files.find(inode);
+  if (it == files.end()) return kj::READY_NOW;
+  dropFinished(it->second);
+  if (it->second.flushes.size() <= leave) return kj::READY_NOW;
+  return it->second.flushes.front().promise.addBranch().then(
+      [this, inode, leave]() { return waitFlushes(inode, leave); });
+}
+
+kj::Promise<Status> FileCache::write(uint64_t inode, uint64_t offset, std::string data) {
+  State& st = state(inode);
+  if (!st.error.ok()) return takeError(st);
+  if (data.empty()) return Status::OK();
+  uint64_t end = offset + data.size();
+  if (end > st.aheadOffset && offset < st.aheadOffset + st.ahead.size()) st.ahead.clear();
+  bool appends = !st.buffer.empty() && offset == st.bufferOffset + st.buffer.size() &&
+                 st.buffer.size() + data.size() <= opts.writeBufferBytes;
+  if (appends) {
+    st.buffer.append(data);
+  } else {
+    startFlush(inode, st);
+    st.buffer = std::move(data);
+    st.bufferOffset = offset;
+  }
+  st.size = std::max(st.size, end);
+  st.sizeDirty = true;
+  if (st.buffer.size() >= opts.writeBufferBytes) startFlush(inode, st);
+  // Back-pressure: the caller waits while too many buffers are on their way.
+  return waitFlushes(inode, opts.flushesInFlight).then([this, inode]() {
+    auto it = files.find(inode);
+    return it == files.end() ? Status::OK() : takeError(it->second);
+  });
+}
+
+kj::Promise<Status> FileCache::flush(uint64_t inode) {
+  auto it = files.find(inode);
+  if (it == files.end()) return Status::OK();
+  startFlush(inode, it->second);
+  return waitFlushes(inode, 0).then([this, inode]() -> kj::Promise<Status> {
+    auto it = files.find(inode);
+    if (it == files.end()) return Status::OK();
+    State& st = it->second;
+    Status s = takeError(st);
+    if (!s.ok() || !st.sizeDirty) return s;
+    st.sizeDirty = false;
+    uint64_t size = st.size;
+    return client.commitSize(inode, size).then([this, inode](Result<FileAttr> r) {
+      auto it = files.find(inode);
+      if (!r.ok() && it != files.end()) it->second.sizeDirty = true;
+      return r.status;
+    });
+  });
+}
+
+kj::Promise<Status> FileCache::fsync(uint64_t inode) {
+  return flush(inode).then([this, inode](Status s) -> kj::Promise<Status> {
+    auto it = files.find(inode);
+    if (!s.ok() || it == files.end()) return s;
+    State& st = it->second;
+    if (st.dirtyChunks.empty() && !st.allChunksDirty) return s;
+    std::vector<uint32_t> chunks(st.dirtyChunks.begin(), st.dirtyChunks.end());
+    if (st.allChunksDirty) chunks.clear();  // empty means every chunk
+    st.dirtyChunks.clear();
+    st.allChunksDirty = false;
+    return client.syncChunks(inode, std::move(chunks));
+  });
+}
+
+std::optional<uint64_t> FileCache::localSize(uint64_t inode) {
+  auto it = files.find(inode);
+  if (it == files.end() || !it->second.sizeDirty) return std::nullopt;
+  return it->second.size;
+}
+
+void FileCache::resized(uint64_t inode, uint64_t size) {
+  auto it = files.find(inode);
+  if (it == files.end()) return;
+  it->second.size = size;
+  it->second.ahead.clear();
+}
+
+kj::Promise<Result<std::string>> FileCache::read(uint64_t inode, uint64_t offset,
+                                                 uint32_t size) {
+  State& st = state(inode);
+  kj::Promise<Status> ready = Status::OK();
+  if (!idle(st)) {
+    ready = flush(inode);  // read-your-writes: what this client wrote goes out first
+  }
+  return ready.then([this, inode, offset, size](Status s) -> kj::Promise<Result<std::string>> {
+    if (!s.ok()) return Result<std::string>(s);
+    State& st = state(inode);
+    bool sequential = offset == st.lastReadEnd;
+    st.lastReadEnd = offset + size;
+    if (offset >= st.aheadOffset && offset + size <= st.aheadOffset + st.ahead.size()) {
+      return Result<std::string>(st.ahead.substr(offset - st.aheadOffset, size));
+    }
+    st.window = sequential ? std::min(opts.readAheadBytes, std::max<size_t>(st.window * 2, size))
+                           : 0;
+    uint64_t fetch = std::max<uint64_t>(size, st.window);
+    auto out = kj::heap<std::string>();
+    auto& ref = *out;
+    return client.read(inode, offset, fetch, ref)
+        .then([this, inode, offset, size, &ref](Status s) -> Result<std::string> {
+          if (!s.ok()) return s;
+          auto it = files.find(inode);
+          if (it != files.end() && ref.size() > size) {
+            it->second.aheadOffset = offset;
+            it->second.ahead = ref;
+          }
+          if (ref.size() > size) ref.resize(size);
+          return std::move(ref);
+        })
+        .attach(kj::mv(out));
+  });
+}
+
+}  // namespace cairn

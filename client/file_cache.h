@@ -1,0 +1,79 @@
+#pragma once
+// Per-file write-back buffering and sequential read-ahead for one client (a mount). Writes
+// to an inode collect in a buffer and go out as large pushes, in order, while the caller
+// goes on; flush() makes them visible to every other client (close-to-open). Reads of a
+// file being read sequentially fetch a growing window ahead. Runs on the Client's loop.
+
+#include <kj/async.h>
+
+#include <deque>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+
+#include "client.h"
+
+namespace cairn {
+
+struct FileCacheOptions {
+  size_t writeBufferBytes = 8 << 20;  // one push-and-commit
+  size_t flushesInFlight = 4;         // buffers being written per file before write() waits
+  size_t readAheadBytes = 8 << 20;    // largest read-ahead window
+};
+
+class FileCache {
+ public:
+  FileCache(Client& client, FileCacheOptions options = {});
+
+  // Every open() is matched by one release(), which flushes.
+  void open(uint64_t inode, uint64_t size);
+  kj::Promise<Status> release(uint64_t inode);
+
+  // Buffers `data` at `offset`. A failure of an earlier buffered write is returned here or
+  // by the next flush.
+  kj::Promise<Status> write(uint64_t inode, uint64_t offset, std::string data);
+  kj::Promise<Result<std::string>> read(uint64_t inode, uint64_t offset, uint32_t size);
+  // Writes out everything buffered and records the file's new size at the master.
+  kj::Promise<Status> flush(uint64_t inode);
+  // flush(), then every replica of every chunk written since the last fsync syncs to disk.
+  kj::Promise<Status> fsync(uint64_t inode);
+  // The size including buffered writes, when this client has any.
+  std::optional<uint64_t> localSize(uint64_t inode);
+  // The file was cut or extended to `size` (after flush() and the master's setattr).
+  void resized(uint64_t inode, uint64_t size);
+
+ private:
+  struct State {
+    size_t refs = 0;
+    uint64_t size = 0;
+    bool sizeDirty = false;
+    std::string buffer;
+    uint64_t bufferOffset = 0;
+    struct Flush {
+      kj::ForkedPromise<void> promise;
+      kj::Own<bool> done;
+    };
+    std::deque<Flush> flushes;  // in order; each waits for the one before
+    Status error;
+    std::set<uint32_t> dirtyChunks;  // written since the last fsync
+    bool allChunksDirty = false;     // when the chunk size was not yet known
+    // Read-ahead: bytes [aheadOffset, aheadOffset + ahead.size()) as last fetched.
+    uint64_t aheadOffset = 0;
+    std::string ahead;
+    uint64_t lastReadEnd = UINT64_MAX;
+    size_t window = 0;
+  };
+  State& state(uint64_t inode);
+  void startFlush(uint64_t inode, State& st);
+  kj::Promise<void> waitFlushes(uint64_t inode, size_t leave);
+  static void dropFinished(State& st);
+  static bool idle(State& st);
+  Status takeError(State& st);
+
+  Client& client;
+  FileCacheOptions opts;
+  std::map<uint64_t, State> files;
+};
+
+}  // namespace cairn

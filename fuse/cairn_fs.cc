@@ -1,0 +1,554 @@
+#include "cairn_fs.h"
+
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "errno_map.h"
+#include "log.h"
+
+namespace cairn {
+namespace {
+
+CairnFs& fsOf(fuse_req_t req) { return *static_cast<CairnFs*>(fuse_req_userdata(req)); }
+
+// Runs a libcairn call; an exception (a bug or a lost loop) becomes EIO, logged, and never
+// unwinds into libfuse.
+template <typename Func>
+auto call(fuse_req_t req, const char* op, Func&& func)
+    -> decltype(fsOf(req).client->run(func)) {
+  using T = decltype(fsOf(req).client->run(func));
+  try {
+    return fsOf(req).client->run(kj::fwd<Func>(func));
+  } catch (const kj::Exception& e) {
+    logError("{}: {}", op, e.getDescription().cStr());
+    return T(Status::ioError(e.getDescription().cStr()));
+  }
+}
+
+mode_t typeBits(FileType t) {
+  switch (t) {
+    case FileType::REGULAR: return S_IFREG;
+    case FileType::DIRECTORY: return S_IFDIR;
+    case FileType::SYMLINK: return S_IFLNK;
+    case FileType::FIFO: return S_IFIFO;
+    case FileType::SOCKET: return S_IFSOCK;
+    case FileType::CHAR_DEVICE: return S_IFCHR;
+    case FileType::BLOCK_DEVICE: return S_IFBLK;
+  }
+  return S_IFREG;
+}
+
+struct stat toStat(const FileAttr& a) {
+  struct stat st;
+  memset(&st, 0, sizeof(st));
+  st.st_ino = a.inode;
+  st.st_mode = typeBits(a.type) | (a.mode & 07777);
+  st.st_nlink = a.nlink;
+  st.st_uid = a.uid;
+  st.st_gid = a.gid;
+  st.st_rdev = a.rdev;
+  st.st_size = static_cast<off_t>(a.size);
+  st.st_blksize = 1 << 20;
+  st.st_blocks = static_cast<blkcnt_t>((a.size + 511) / 512);
+  st.st_atim = {a.atimeNs / 1000000000, a.atimeNs % 1000000000};
+  st.st_mtim = {a.mtimeNs / 1000000000, a.mtimeNs % 1000000000};
+  st.st_ctim = {a.ctimeNs / 1000000000, a.ctimeNs % 1000000000};
+  return st;
+}
+
+void replyEntry(fuse_req_t req, const Result<FileAttr>& r) {
+  if (!r.ok()) {
+    fuse_reply_err(req, toErrno(r.status.code()));
+    return;
+  }
+  fuse_entry_param e;
+  memset(&e, 0, sizeof(e));
+  e.ino = r.value.inode;
+  e.generation = 1;
+  e.attr = toStat(r.value);
+  e.attr_timeout = fsOf(req).options.attrTimeout;
+  e.entry_timeout = fsOf(req).options.entryTimeout;
+  fuse_reply_entry(req, &e);
+}
+
+void replyAttr(fuse_req_t req, const Result<FileAttr>& r) {
+  if (!r.ok()) {
+    fuse_reply_err(req, toErrno(r.status.code()));
+    return;
+  }
+  struct stat st = toStat(r.value);
+  fuse_reply_attr(req, &st, fsOf(req).options.attrTimeout);
+}
+
+void replyStatus(fuse_req_t req, const Status& s) { fuse_reply_err(req, toErrno(s.code())); }
+
+int64_t nowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
+}
+
+int64_t toNs(const timespec& t) { return int64_t{t.tv_sec} * 1000000000 + t.tv_nsec; }
+
+// Attributes with the size this mount knows of, when it has unwritten data.
+kj::Promise<Result<FileAttr>> freshAttr(Client& c, FileCache& fc, uint64_t ino) {
+  return c.getattr(ino).then([&fc, ino](Result<FileAttr> r) {
+    if (r.ok()) {
+      if (auto local = fc.localSize(ino)) r.value.size = std::max(r.value.size, *local);
+    }
+    return r;
+  });
+}
+
+// --- operations ---
+
+void cfsInit(void*, fuse_conn_info* conn) {
+  conn->max_write = 1 << 20;
+  conn->max_readahead = 1 << 20;
+  conn->max_background = 64;
+  conn->congestion_threshold = 48;
+  if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+  if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
+  if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
+  conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;  // libcairn buffers; the kernel must not reorder
+}
+
+void cfsLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  std::string n = name;
+  replyEntry(req, call(req, "lookup", [&](Client& c, FileCache&) { return c.lookup(parent, n); }));
+}
+
+void cfsForget(fuse_req_t req, fuse_ino_t, uint64_t) {
+  // Master inodes are the FUSE inodes: nothing to drop.
+  fuse_reply_none(req);
+}
+
+void cfsForgetMulti(fuse_req_t req, size_t, fuse_forget_data*) { fuse_reply_none(req); }
+
+void cfsGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+  replyAttr(req, call(req, "getattr", [&](Client& c, FileCache& fc) {
+              return freshAttr(c, fc, ino);
+            }));
+}
+
+void cfsSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int toSet, fuse_file_info*) {
+  SetAttrRequest r;
+  if (toSet & FUSE_SET_ATTR_MODE) r.mode = attr->st_mode & 07777;
+  if (toSet & FUSE_SET_ATTR_UID) r.uid = attr->st_uid;
+  if (toSet & FUSE_SET_ATTR_GID) r.gid = attr->st_gid;
+  if (toSet & FUSE_SET_ATTR_SIZE) r.size = static_cast<uint64_t>(attr->st_size);
+  if (toSet & FUSE_SET_ATTR_ATIME_NOW) {
+    r.atimeNs = nowNs();
+  } else if (toSet & FUSE_SET_ATTR_ATIME) {
+    r.atimeNs = toNs(attr->st_atim);
+  }
+  if (toSet & FUSE_SET_ATTR_MTIME_NOW) {
+    r.mtimeNs = nowNs();
+  } else if (toSet & FUSE_SET_ATTR_MTIME) {
+    r.mtimeNs = toNs(attr->st_mtim);
+  }
+  replyAttr(req, call(req, "setattr", [&](Client& c, FileCache& fc) {
+              // Buffered writes land before a size change, so that it cuts them too.
+              kj::Promise<Status> before = Status::OK();
+              if (r.size) before = fc.flush(ino);
+              return before.then([&c, &fc, ino, r](Status s) -> kj::Promise<Result<FileAttr>> {
+                if (!s.ok()) return Result<FileAttr>(s);
+                return c.setattr(ino, r).then([&fc, ino, r](Result<FileAttr> a) {
+                  if (a.ok() && r.size) fc.resized(ino, *r.size);
+                  return a;
+                });
+              });
+            }));
+}
+
+void cfsReadlink(fuse_req_t req, fuse_ino_t ino) {
+  auto r = call(req, "readlink", [&](Client& c, FileCache&) { return c.readlink(ino); });
+  if (!r.ok()) {
+    replyStatus(req, r.status);
+    return;
+  }
+  fuse_reply_readlink(req, r.value.c_str());
+}
+
+void cfsMknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
+  const fuse_ctx* ctx = fuse_req_ctx(req);
+  std::string n = name;
+  FileType type;
+  switch (mode & S_IFMT) {
+    case S_IFREG: type = FileType::REGULAR; break;
+    case S_IFIFO: type = FileType::FIFO; break;
+    case S_IFSOCK: type = FileType::SOCKET; break;
+    case S_IFCHR: type = FileType::CHAR_DEVICE; break;
+    case S_IFBLK: type = FileType::BLOCK_DEVICE; break;
+    default: fuse_reply_err(req, EINVAL); return;
+  }
+  replyEntry(req, call(req, "mknod", [&](Client& c, FileCache&) {
+               return c.mknod(parent, n, type, mode & 07777, ctx->uid, ctx->gid, rdev);
+             }));
+}
+
+void cfsMkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+  const fuse_ctx* ctx = fuse_req_ctx(req);
+  std::string n = name;
+  replyEntry(req, call(req, "mkdir", [&](Client& c, FileCache&) {
+               return c.mkdir(parent, n, mode & 07777, ctx->uid, ctx->gid);
+             }));
+}
+
+void cfsUnlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  std::string n = name;
+  replyStatus(req, call(req, "unlink", [&](Client& c, FileCache&) { return c.unlink(parent, n); }));
+}
+
+void cfsRmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  std::string n = name;
+  replyStatus(req, call(req, "rmdir", [&](Client& c, FileCache&) { return c.rmdir(parent, n); }));
+}
+
+void cfsSymlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* name) {
+  const fuse_ctx* ctx = fuse_req_ctx(req);
+  std::string target = link, n = name;
+  replyEntry(req, call(req, "symlink", [&](Client& c, FileCache&) {
+               return c.symlink(parent, n, target, ctx->uid, ctx->gid);
+             }));
+}
+
+void cfsRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+               const char* newname, unsigned int flags) {
+  if (flags & ~RENAME_NOREPLACE) {
+    fuse_reply_err(req, EINVAL);  // RENAME_EXCHANGE and RENAME_WHITEOUT are not supported
+    return;
+  }
+  std::string from = name, to = newname;
+  bool noReplace = flags & RENAME_NOREPLACE;
+  replyStatus(req, call(req, "rename", [&](Client& c, FileCache&) {
+                return c.rename(parent, from, newparent, to, noReplace);
+              }));
+}
+
+void cfsLink(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* newname) {
+  std::string n = newname;
+  replyEntry(req, call(req, "link", [&](Client& c, FileCache&) { return c.link(ino, newparent, n); }));
+}
+
+void cfsOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  auto r = call(req, "open", [&](Client& c, FileCache& fc) {
+    return c.getattr(ino).then([&fc, ino](Result<FileAttr> a) {
+      if (a.ok() && a.value.type == FileType::REGULAR) fc.open(ino, a.value.size);
+      return a;
+    });
+  });
+  if (!r.ok()) {
+    replyStatus(req, r.status);
+    return;
+  }
+  if (r.value.type == FileType::DIRECTORY) {
+    fuse_reply_err(req, EISDIR);
+    return;
+  }
+  fi->keep_cache = 0;  // close-to-open: drop pages cached from before this open
+  fi->fh = 0;
+  fuse_reply_open(req, fi);
+}
+
+void cfsCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
+               fuse_file_info* fi) {
+  const fuse_ctx* ctx = fuse_req_ctx(req);
+  std::string n = name;
+  bool exclusive = fi->flags & O_EXCL;
+  auto r = call(req, "create", [&](Client& c, FileCache& fc) {
+    return c.create(parent, n, mode & 07777, ctx->uid, ctx->gid, 0, exclusive)
+        .then([&fc](Result<FileAttr> a) {
+          if (a.ok()) fc.open(a.value.inode, a.value.size);
+          return a;
+        });
+  });
+  if (!r.ok()) {
+    replyStatus(req, r.status);
+    return;
+  }
+  fuse_entry_param e;
+  memset(&e, 0, sizeof(e));
+  e.ino = r.value.inode;
+  e.generation = 1;
+  e.attr = toStat(r.value);
+  e.attr_timeout = fsOf(req).options.attrTimeout;
+  e.entry_timeout = fsOf(req).options.entryTimeout;
+  fi->keep_cache = 0;
+  fi->fh = 0;
+  fuse_reply_create(req, &e, fi);
+}
+
+void cfsRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+  auto r = call(req, "read", [&](Client&, FileCache& fc) {
+    return fc.read(ino, static_cast<uint64_t>(off), static_cast<uint32_t>(size));
+  });
+  if (!r.ok()) {
+    replyStatus(req, r.status);
+    return;
+  }
+  fuse_reply_buf(req, r.value.data(), r.value.size());
+}
+
+void cfsWrite(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off,
+              fuse_file_info*) {
+  std::string data(buf, size);
+  Status s = call(req, "write", [&](Client&, FileCache& fc) {
+    return fc.write(ino, static_cast<uint64_t>(off), std::move(data));
+  });
+  if (!s.ok()) {
+    replyStatus(req, s);
+    return;
+  }
+  fuse_reply_write(req, size);
+}
+
+void cfsFlush(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+  replyStatus(req, call(req, "flush", [&](Client&, FileCache& fc) { return fc.flush(ino); }));
+}
+
+void cfsRelease(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+  replyStatus(req, call(req, "release", [&](Client&, FileCache& fc) { return fc.release(ino); }));
+}
+
+void cfsFsync(fuse_req_t req, fuse_ino_t ino, int, fuse_file_info*) {
+  replyStatus(req, call(req, "fsync", [&](Client&, FileCache& fc) { return fc.fsync(ino); }));
+}
+
+// An open directory: the entries read so far, fetched from the master a page at a time.
+struct DirHandle {
+  uint64_t inode = 0;
+  uint64_t parent = 1;
+  std::vector<DirEntryInfo> entries;
+  bool more = true;
+};
+
+void cfsOpendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  auto r = call(req, "opendir", [&](Client& c, FileCache&) { return c.getattr(ino); });
+  if (!r.ok()) {
+    replyStatus(req, r.status);
+    return;
+  }
+  if (r.value.type != FileType::DIRECTORY) {
+    fuse_reply_err(req, ENOTDIR);
+    return;
+  }
+  auto dir = std::make_unique<DirHandle>();
+  dir->inode = ino;
+  fi->fh = reinterpret_cast<uint64_t>(dir.release());
+  fuse_reply_open(req, fi);
+}
+
+void readdirCommon(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
+                   bool plus) {
+  auto* dir = reinterpret_cast<DirHandle*>(fi->fh);
+  // Offsets: 0 is ".", 1 is "..", 2 + i is entries[i]; each entry's offset is the next one's.
+  size_t want = static_cast<size_t>(off) + 64;
+  while (dir->more && dir->entries.size() + 2 < want) {
+    std::string after = dir->entries.empty() ? std::string() : dir->entries.back().name;
+    bool more = false;
+    auto page = call(req, "readdir", [&](Client& c, FileCache&) {
+      return c.readdir(ino, after, 1024, &more);
+    });
+    if (!page.ok()) {
+      replyStatus(req, page.status);
+      return;
+    }
+    for (auto& e : page.value) dir->entries.push_back(std::move(e));
+    dir->more = more && !page.value.empty();
+  }
+  std::string buf(size, '\0');
+  size_t used = 0;
+  for (size_t i = static_cast<size_t>(off); i < dir->entries.size() + 2; ++i) {
+    std::string name;
+    struct stat st;
+    memset(&st, 0, sizeof(st));
+    fuse_entry_param e;
+    memset(&e, 0, sizeof(e));
+    if (i < 2) {
+      name = i == 0 ? "." : "..";
+      st.st_mode = S_IFDIR;
+      st.st_ino = i == 0 ? ino : dir->parent;
+    } else {
+      auto& entry = dir->entries[i - 2];
+      name = entry.name;
+      st = toStat(entry.attr);
+      e.ino = entry.attr.inode;
+      e.generation = 1;
+      e.attr_timeout = fsOf(req).options.attrTimeout;
+      e.entry_timeout = fsOf(req).options.entryTimeout;
+    }
+    e.attr = st;
+    size_t n = plus ? fuse_add_direntry_plus(req, buf.data() + used, size - used, name.c_str(),
+                                             &e, static_cast<off_t>(i + 1))
+                    : fuse_add_direntry(req, buf.data() + used, size - used, name.c_str(), &st,
+                                        static_cast<off_t>(i + 1));
+    if (n > size - used) break;
+    used += n;
+  }
+  fuse_reply_buf(req, buf.data(), used);
+}
+
+void cfsReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  readdirCommon(req, ino, size, off, fi, false);
+}
+
+void cfsReaddirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  readdirCommon(req, ino, size, off, fi, true);
+}
+
+void cfsReleasedir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  delete reinterpret_cast<DirHandle*>(fi->fh);
+  fuse_reply_err(req, 0);
+}
+
+void cfsFsyncdir(fuse_req_t req, fuse_ino_t, int, fuse_file_info*) {
+  fuse_reply_err(req, 0);  // every namespace change is durable before it is acknowledged
+}
+
+void cfsStatfs(fuse_req_t req, fuse_ino_t) {
+  auto r = call(req, "statfs", [&](Client& c, FileCache&) { return c.statfs(); });
+  if (!r.ok()) {
+    replyStatus(req, r.status);
+    return;
+  }
+  struct statvfs st;
+  memset(&st, 0, sizeof(st));
+  const uint64_t block = 4096;
+  st.f_bsize = 1 << 20;
+  st.f_frsize = block;
+  st.f_blocks = r.value.capacityBytes / block;
+  st.f_bfree = st.f_bavail = r.value.freeBytes / block;
+  st.f_files = r.value.files + (uint64_t{1} << 32);
+  st.f_ffree = st.f_favail = uint64_t{1} << 32;
+  st.f_namemax = 255;
+  fuse_reply_statfs(req, &st);
+}
+
+void cfsSetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value,
+                 size_t size, int flags) {
+  std::string n = name, v(value, size);
+  replyStatus(req, call(req, "setxattr", [&](Client& c, FileCache&) {
+                return c.setxattr(ino, n, v, static_cast<uint32_t>(flags));
+              }));
+}
+
+void replySized(fuse_req_t req, const std::string& data, size_t size) {
+  if (size == 0) {
+    fuse_reply_xattr(req, data.size());
+  } else if (size < data.size()) {
+    fuse_reply_err(req, ERANGE);
+  } else {
+    fuse_reply_buf(req, data.data(), data.size());
+  }
+}
+
+void cfsGetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+  std::string n = name;
+  auto r = call(req, "getxattr", [&](Client& c, FileCache&) { return c.getxattr(ino, n); });
+  if (!r.ok()) {
+    replyStatus(req, r.status);
+    return;
+  }
+  replySized(req, r.value, size);
+}
+
+void cfsListxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+  auto r = call(req, "listxattr", [&](Client& c, FileCache&) { return c.listxattr(ino); });
+  if (!r.ok()) {
+    replyStatus(req, r.status);
+    return;
+  }
+  std::string names;
+  for (auto& n : r.value) names.append(n).push_back('\0');
+  replySized(req, names, size);
+}
+
+void cfsRemovexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
+  std::string n = name;
+  replyStatus(req, call(req, "removexattr", [&](Client& c, FileCache&) {
+                return c.removexattr(ino, n);
+              }));
+}
+
+void cfsAccess(fuse_req_t req, fuse_ino_t ino, int) {
+  // The kernel checks mode bits (default_permissions); this only confirms the inode.
+  auto r = call(req, "access", [&](Client& c, FileCache&) { return c.getattr(ino); });
+  replyStatus(req, r.status);
+}
+
+void cfsFallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
+                  fuse_file_info*) {
+  if (mode != 0) {
+    fuse_reply_err(req, EOPNOTSUPP);
+    return;
+  }
+  uint64_t end = static_cast<uint64_t>(offset) + static_cast<uint64_t>(length);
+  replyStatus(req, call(req, "fallocate", [&](Client& c, FileCache& fc) {
+                return fc.flush(ino).then([&c, &fc, ino, end](Status s) -> kj::Promise<Status> {
+                  if (!s.ok()) return s;
+                  return c.getattr(ino).then([&c, &fc, ino, end](Result<FileAttr> a)
+                                                 -> kj::Promise<Status> {
+                    if (!a.ok() || a.value.size >= end) return a.status;
+                    SetAttrRequest grow;
+                    grow.size = end;
+                    return c.setattr(ino, grow).then([&fc, ino, end](Result<FileAttr> r) {
+                      if (r.ok()) fc.resized(ino, end);
+                      return r.status;
+                    });
+                  });
+                });
+              }));
+}
+
+}  // namespace
+
+fuse_lowlevel_ops cairnOperations() {
+  fuse_lowlevel_ops ops;
+  memset(&ops, 0, sizeof(ops));
+  ops.init = cfsInit;
+  ops.lookup = cfsLookup;
+  ops.forget = cfsForget;
+  ops.forget_multi = cfsForgetMulti;
+  ops.getattr = cfsGetattr;
+  ops.setattr = cfsSetattr;
+  ops.readlink = cfsReadlink;
+  ops.mknod = cfsMknod;
+  ops.mkdir = cfsMkdir;
+  ops.unlink = cfsUnlink;
+  ops.rmdir = cfsRmdir;
+  ops.symlink = cfsSymlink;
+  ops.rename = cfsRename;
+  ops.link = cfsLink;
+  ops.open = cfsOpen;
+  ops.create = cfsCreate;
+  ops.read = cfsRead;
+  ops.write = cfsWrite;
+  ops.flush = cfsFlush;
+  ops.release = cfsRelease;
+  ops.fsync = cfsFsync;
+  ops.opendir = cfsOpendir;
+  ops.readdir = cfsReaddir;
+  ops.readdirplus = cfsReaddirplus;
+  ops.releasedir = cfsReleasedir;
+  ops.fsyncdir = cfsFsyncdir;
+  ops.statfs = cfsStatfs;
+  ops.setxattr = cfsSetxattr;
+  ops.getxattr = cfsGetxattr;
+  ops.listxattr = cfsListxattr;
+  ops.removexattr = cfsRemovexattr;
+  ops.access = cfsAccess;
+  ops.fallocate = cfsFallocate;
+  return ops;
+}
+
+}  // namespace cairn

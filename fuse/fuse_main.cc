@@ -1,0 +1,149 @@
+// cairn-mount: mounts a Cairn cluster. Parses flags, checks the master, mounts,
+// daemonizes, runs the multi-threaded FUSE loop, and unmounts on SIGTERM/SIGINT or
+// `fusermount3 -u`.
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "blocking_client.h"
+#include "cairn_fs.h"
+#include "log.h"
+
+namespace {
+
+const char* USAGE =
+    "usage: cairn-mount --master HOST:PORT MOUNTPOINT [-f] [-d] [-o OPTION[,OPTION…]]\n"
+    "  [--host NAME]   this host as chunkservers advertise it (reads prefer its replicas)\n"
+    "options (-o): entry_timeout=SECONDS, attr_timeout=SECONDS (default 1), and any\n"
+    "  FUSE mount option. The mount always has allow_other and default_permissions.\n";
+
+struct Args {
+  std::string master;
+  std::string host;
+  std::string mountpoint;
+  bool foreground = false;
+  bool debug = false;
+  std::vector<std::string> fuseOptions;
+  cairn::MountOptions mount;
+};
+
+bool parseOptions(const std::string& list, Args& a) {
+  size_t start = 0;
+  while (start <= list.size()) {
+    size_t comma = list.find(',', start);
+    std::string opt = list.substr(start, comma == std::string::npos ? std::string::npos
+                                                                   : comma - start);
+    if (opt.rfind("entry_timeout=", 0) == 0) {
+      a.mount.entryTimeout = atof(opt.c_str() + 14);
+    } else if (opt.rfind("attr_timeout=", 0) == 0) {
+      a.mount.attrTimeout = atof(opt.c_str() + 13);
+    } else if (!opt.empty()) {
+      a.fuseOptions.push_back(opt);
+    }
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return a.mount.entryTimeout >= 0 && a.mount.attrTimeout >= 0;
+}
+
+bool parseArgs(int argc, char** argv, Args& a) {
+  if (const char* m = getenv("CAIRN_MASTER")) a.master = m;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    auto next = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
+    if (arg == "--master") {
+      const char* v = next();
+      if (!v) return false;
+      a.master = v;
+    } else if (arg == "--host") {
+      const char* v = next();
+      if (!v) return false;
+      a.host = v;
+    } else if (arg == "-f") {
+      a.foreground = true;
+    } else if (arg == "-d") {
+      a.debug = a.foreground = true;
+    } else if (arg == "-o") {
+      const char* v = next();
+      if (!v || !parseOptions(v, a)) return false;
+    } else if (arg == "-h" || arg == "--help") {
+      return false;
+    } else if (a.mountpoint.empty() && arg[0] != '-') {
+      a.mountpoint = arg;
+    } else {
+      return false;
+    }
+  }
+  return !a.master.empty() && !a.mountpoint.empty();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace cairn;
+  Args args;
+  if (!parseArgs(argc, argv, args)) {
+    fputs(USAGE, stderr);
+    return 2;
+  }
+  setLogComponent("cairn-mount");
+  ClientOptions clientOptions;
+  clientOptions.master = args.master;
+  if (!args.host.empty()) clientOptions.localHosts.push_back(args.host);
+  clientOptions.localHosts.push_back("127.0.0.1");
+  clientOptions.seed = static_cast<uint64_t>(getpid());
+
+  // Refuse to mount a cluster that cannot be reached: say so now, not as EIO later.
+  {
+    BlockingClient probe(clientOptions);
+    auto stats = probe.run([](Client& c, FileCache&) { return c.statfs(); });
+    if (!stats.ok()) {
+      fprintf(stderr, "cairn-mount: %s\n", stats.status.toString().c_str());
+      return 1;
+    }
+  }
+
+  std::string fuseOpts = "fsname=cairn:" + args.master +
+                         ",subtype=cairn,allow_other,default_permissions";
+  for (auto& o : args.fuseOptions) fuseOpts += "," + o;
+  std::vector<std::string> fuseArgv = {argv[0], "-o", fuseOpts};
+  if (args.debug) fuseArgv.push_back("-d");
+  std::vector<char*> cargv;
+  for (auto& s : fuseArgv) cargv.push_back(s.data());
+  fuse_args fa = FUSE_ARGS_INIT(static_cast<int>(cargv.size()), cargv.data());
+
+  CairnFs fs;
+  fs.options = args.mount;
+  fuse_lowlevel_ops ops = cairnOperations();
+  fuse_session* se = fuse_session_new(&fa, &ops, sizeof(ops), &fs);
+  if (se == nullptr) return 1;
+  int rc = 1;
+  if (fuse_set_signal_handlers(se) == 0) {
+    if (fuse_session_mount(se, args.mountpoint.c_str()) == 0) {
+      fuse_daemonize(args.foreground ? 1 : 0);
+      {
+        // The client's loop thread starts after daemonizing: fork keeps no threads.
+        BlockingClient client(clientOptions);
+        fs.client = &client;
+        logInfo("mounted {} at {}", args.master, args.mountpoint);
+        fuse_loop_config config;
+        memset(&config, 0, sizeof(config));
+        config.clone_fd = 0;
+        config.max_idle_threads = 16;
+        rc = fuse_session_loop_mt(se, &config);
+        fuse_session_unmount(se);
+        fs.client = nullptr;
+      }
+      logInfo("unmounted {}", args.mountpoint);
+    }
+    fuse_remove_signal_handlers(se);
+  }
+  fuse_session_destroy(se);
+  fuse_opt_free_args(&fa);
+  return rc == 0 ? 0 : 1;
+}
