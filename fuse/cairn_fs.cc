@@ -120,6 +120,8 @@ void cfsInit(void*, fuse_conn_info* conn) {
   if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
   if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
   conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;  // libcairn buffers; the kernel must not reorder
+  // O_TRUNC then arrives as a setattr of the size, the one path that cuts a file.
+  conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
 }
 
 void cfsLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {

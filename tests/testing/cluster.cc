@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <leveldb/helpers/memenv.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -114,6 +115,7 @@ std::string ProcessCluster::binary(const std::string& name) {
   if (name == "cairn-master") return base + "/master/cairn-master";
   if (name == "cairn-chunkserver") return base + "/chunkserver/cairn-chunkserver";
   if (name == "cairn") return base + "/cli/cairn";
+  if (name == "cairn-mount") return base + "/fuse/cairn-mount";
   return base + "/" + name;
 }
 
@@ -121,6 +123,7 @@ ProcessCluster::ProcessCluster(uint64_t chunkSize, std::vector<std::string> mast
     : chunkSize(chunkSize), masterFlags(std::move(masterFlags)) {}
 
 ProcessCluster::~ProcessCluster() {
+  while (!mounts.empty()) unmount(mounts.back().address);
   for (size_t i = 0; i < chunkservers.size(); ++i) killChunkserver(i);
   killMaster();
 }
@@ -245,6 +248,61 @@ int ProcessCluster::cli(const std::vector<std::string>& args, std::string* out,
   unlink(outFile.c_str());
   unlink(errFile.c_str());
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+}  // namespace cairn::testing
+
+namespace cairn::testing {
+
+static bool isMountPoint(const std::string& path) {
+  std::string mounts = readFile("/proc/mounts");
+  return mounts.find(" " + path + " ") != std::string::npos;
+}
+
+std::string ProcessCluster::mount(const std::string& options) {
+  std::string path = dir() + "/mnt" + std::to_string(mounts.size());
+  std::filesystem::create_directories(path);
+  std::vector<std::string> argv = {binary("cairn-mount"), "--master", masterAddr, path, "-f"};
+  if (!options.empty()) {
+    argv.push_back("-o");
+    argv.push_back(options);
+  }
+  pid_t pid = spawn(argv, path + ".log");
+  mounts.push_back({pid, path});
+  for (int i = 0; i < 500 && !isMountPoint(path); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(isMountPoint(path)) << "cairn-mount did not mount " << path << ": "
+                                  << readFile(path + ".log");
+  return path;
+}
+
+void ProcessCluster::unmount(const std::string& path) {
+  for (size_t i = 0; i < mounts.size(); ++i) {
+    if (mounts[i].address != path) continue;
+    if (isMountPoint(path)) {
+      pid_t p = fork();
+      if (p == 0) {
+        execlp("fusermount3", "fusermount3", "-u", "-z", path.c_str(), nullptr);
+        _exit(127);
+      }
+      int status;
+      waitpid(p, &status, 0);
+    }
+    // cairn-mount exits once unmounted; make sure of it.
+    for (int k = 0; k < 300 && mounts[i].pid > 0 && waitpid(mounts[i].pid, nullptr, WNOHANG) == 0;
+         ++k) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    pid_t pid = mounts[i].pid;
+    if (pid > 0 && kill(pid, 0) == 0) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+    if (isMountPoint(path)) umount2(path.c_str(), MNT_DETACH);
+    mounts.erase(mounts.begin() + static_cast<long>(i));
+    return;
+  }
 }
 
 }  // namespace cairn::testing

@@ -96,6 +96,11 @@ class ProcessCluster {
 
   static std::string binary(const std::string& name);
 
+  // Mounts the cluster with `cairn-mount -f` at a new directory; returns its path.
+  std::string mount(const std::string& options = "");
+  // Unmounts and ends the mount's process.
+  void unmount(const std::string& path);
+
  private:
   struct Proc {
     pid_t pid = 0;
@@ -110,6 +115,7 @@ class ProcessCluster {
   Proc masterProc;
   std::string masterAddr;
   std::vector<Proc> chunkservers;
+  std::vector<Proc> mounts;  // address holds the mount point
 };
 
 // Reads a whole local file.
