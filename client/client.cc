@@ -196,6 +196,7 @@ kj::Promise<Result<FileAttr>> Client::create(uint64_t parent, std::string name, 
 }
 
 kj::Promise<Result<FileAttr>> Client::setattr(uint64_t inode, SetAttrRequest a) {
+  forgetLayout(inode);
   auto req = master().setattrRequest();
   req.setInode(inode);
   auto set = req.initSet();
@@ -375,6 +376,7 @@ kj::Promise<Result<FileAttr>> Client::setReplication(uint64_t inode, uint8_t rep
 }
 
 kj::Promise<Result<FileAttr>> Client::commitSize(uint64_t inode, uint64_t size, int64_t mtimeNs) {
+  forgetLayout(inode);
   auto req = master().commitSizeRequest();
   req.setInode(inode);
   req.setSize(size);
@@ -478,6 +480,26 @@ kj::Promise<Status> Client::syncChunks(uint64_t inode, std::vector<uint32_t> ind
 
 // --- reads ---
 
+kj::Promise<Result<FileLayout>> Client::cachedLayout(uint64_t inode, uint32_t first,
+                                                     uint32_t count) {
+  auto it = layouts.find(inode);
+  if (it != layouts.end() && timer.now() - it->second.fetched < opts.layoutTtl &&
+      first >= it->second.first &&
+      uint64_t{first} + count <= uint64_t{it->second.first} + it->second.count) {
+    return Result<FileLayout>(it->second.layout);
+  }
+  // Fetch a wider window than asked: sequential readers need the next chunks soon.
+  uint32_t fetchCount = std::max<uint32_t>(count, 256);
+  return layout(inode, first, fetchCount)
+      .then([this, inode, first, fetchCount](Result<FileLayout> r) {
+        if (r.ok()) {
+          if (layouts.size() > 4096) layouts.clear();
+          layouts[inode] = CachedLayout{r.value, first, fetchCount, timer.now()};
+        }
+        return r;
+      });
+}
+
 kj::Promise<Status> Client::read(uint64_t inode, uint64_t offset, uint64_t length,
                                  std::string& out) {
   out.clear();
@@ -492,7 +514,7 @@ kj::Promise<Status> Client::read(uint64_t inode, uint64_t offset, uint64_t lengt
     }
     uint32_t first = static_cast<uint32_t>(offset / cs);
     uint32_t count = static_cast<uint32_t>((offset + length - 1) / cs - first + 1);
-    return layout(inode, first, count)
+    return cachedLayout(inode, first, count)
         .then([this, inode, offset, length, &out, deadline](Result<FileLayout> r)
                   -> kj::Promise<Status> {
           if (!r.ok()) return r.status;
@@ -540,6 +562,7 @@ kj::Promise<Status> Client::readPiece(uint64_t inode, ChunkInfo chunk, uint64_t 
   return promise.then([this, inode, chunk, chunkOffset, length, out,
                        deadline](Status s) mutable -> kj::Promise<Status> {
     if (s.ok() || !retryable(s.code()) || timer.now() >= deadline) return s;
+    forgetLayout(inode);
     // Every replica failed (or none is known yet, as after a master restart): ask the
     // master again after a pause.
     return timer.afterDelay(500 * kj::MILLISECONDS)
@@ -602,6 +625,7 @@ kj::Promise<Status> Client::readChunk(ChunkInfo chunk, uint64_t chunkOffset, uin
 kj::Promise<Status> Client::write(uint64_t inode, uint64_t offset,
                                   kj::ArrayPtr<const kj::byte> data) {
   if (data.size() == 0) return Status::OK();
+  forgetLayout(inode);  // new chunks and versions are coming
   auto deadline = timer.now() + opts.retryFor;
   return ensureChunkSize(inode).then([this, inode, offset, data,
                                       deadline](uint64_t cs) -> kj::Promise<Status> {
@@ -628,7 +652,11 @@ kj::Promise<Status> Client::write(uint64_t inode, uint64_t offset,
                         auto& p = ref[i];
                         return writeChunk(inode, p.index, p.chunkOffset, p.bytes, deadline, 0);
                       })
-        .attach(kj::mv(portions));
+        .attach(kj::mv(portions))
+        .then([this, inode](Status s) {
+          forgetLayout(inode);  // a read may have cached locations while this was under way
+          return s;
+        });
   });
 }
 

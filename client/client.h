@@ -90,6 +90,7 @@ struct ClientOptions {
   kj::Duration retryFor = 20 * kj::SECONDS;  // how long reads and writes keep retrying
   uint32_t pieceBytes = 1 << 20;             // size of one push or read RPC
   uint32_t parallelPieces = 8;               // pieces in flight per call
+  kj::Duration layoutTtl = 2 * kj::SECONDS;  // how long read() trusts cached chunk locations
   uint64_t seed = 0;
 };
 
@@ -152,6 +153,9 @@ class Client {
 
   // Makes every replica of the given chunks (all chunks if empty) sync to disk.
   kj::Promise<Status> syncChunks(uint64_t inode, std::vector<uint32_t> indices);
+  // Drops cached chunk locations of `inode` (another client may have changed it).
+  void forgetLayout(uint64_t inode) { layouts.erase(inode); }
+
   // The cluster's chunk size once any call has learnt it, else 0.
   uint64_t knownChunkSize() const { return chunkSize; }
 
@@ -186,6 +190,16 @@ class Client {
   std::mt19937_64 rng;
   kj::Maybe<wire::ClientService::Client> masterService;
   uint64_t chunkSize = 0;  // learnt from the master; fixed for a cluster
+  struct CachedLayout {
+    FileLayout layout;
+    uint32_t first = 0;
+    uint32_t count = 0;
+    kj::TimePoint fetched = kj::origin<kj::TimePoint>();
+  };
+  // Chunk locations for reads, so that a read costs no master round trip. Writes, size
+  // changes and read failures drop an inode's entry.
+  std::map<uint64_t, CachedLayout> layouts;
+  kj::Promise<Result<FileLayout>> cachedLayout(uint64_t inode, uint32_t first, uint32_t count);
 };
 
 // Converts the wire's attributes.

@@ -8,15 +8,18 @@ FileCache::FileCache(Client& client, FileCacheOptions options) : client(client),
 
 FileCache::State& FileCache::state(uint64_t inode) { return files[inode]; }
 
+void FileCache::invalidate(State& st) {
+  st.generation++;
+  st.ahead.clear();
+  st.prefetch = nullptr;  // cancels a prefetch in flight
+  st.prefetching = false;
+}
+
 void FileCache::open(uint64_t inode, uint64_t size) {
   State& st = state(inode);
-  if (st.refs++ == 0) {
-    st.size = size;
-  } else if (idle(st)) {
-    st.size = size;
-  }
-  // Close-to-open: what another client wrote before this open must be read afresh.
-  st.ahead.clear();
+  if (st.refs++ == 0 || idle(st)) st.size = size;
+  invalidate(st);
+  client.forgetLayout(inode);
 }
 
 kj::Promise<Status> FileCache::release(uint64_t inode) {
@@ -34,7 +37,7 @@ Status FileCache::takeError(State& st) {
 }
 
 void FileCache::dropFinished(State& st) {
-  while (!st.flushes.empty() && *st.flushes.front().done) st.flushes.pop_front();
+  st.flushes.remove_if([](const Flush& f) { return *f.done; });
 }
 
 bool FileCache::idle(State& st) {
@@ -47,21 +50,25 @@ void FileCache::startFlush(uint64_t inode, State& st) {
   auto data = kj::heap<std::string>(std::move(st.buffer));
   st.buffer.clear();
   uint64_t offset = st.bufferOffset;
+  uint64_t end = offset + data->size();
   uint64_t chunkSize = client.knownChunkSize();
   if (chunkSize != 0) {
-    for (uint64_t i = offset / chunkSize; i <= (offset + data->size() - 1) / chunkSize; ++i) {
+    for (uint64_t i = offset / chunkSize; i <= (end - 1) / chunkSize; ++i) {
       st.dirtyChunks.insert(static_cast<uint32_t>(i));
     }
   } else {
     st.allChunksDirty = true;
   }
   dropFinished(st);
-  kj::Promise<void> before = kj::READY_NOW;
-  if (!st.flushes.empty()) before = st.flushes.back().promise.addBranch();
+  // Only earlier writes that overlap this one must land first; the rest go out together.
+  kj::Vector<kj::Promise<void>> earlier;
+  for (auto& f : st.flushes) {
+    if (f.offset < end && offset < f.end) earlier.add(f.promise.addBranch());
+  }
   auto done = kj::heap<bool>(false);
   bool* doneFlag = done.get();
   auto& bytes = *data;
-  auto promise = before
+  auto promise = kj::joinPromises(earlier.releaseAsArray())
                      .then([this, inode, offset, &bytes]() {
                        return client.write(
                            inode, offset,
@@ -77,7 +84,7 @@ void FileCache::startFlush(uint64_t inode, State& st) {
                      })
                      .attach(kj::mv(data))
                      .fork();
-  st.flushes.push_back({kj::mv(promise), kj::mv(done)});
+  st.flushes.push_back({offset, end, kj::mv(promise), kj::mv(done)});
 }
 
 kj::Promise<void> FileCache::waitFlushes(uint64_t inode, size_t leave) {
@@ -94,7 +101,7 @@ kj::Promise<Status> FileCache::write(uint64_t inode, uint64_t offset, std::strin
   if (!st.error.ok()) return takeError(st);
   if (data.empty()) return Status::OK();
   uint64_t end = offset + data.size();
-  if (end > st.aheadOffset && offset < st.aheadOffset + st.ahead.size()) st.ahead.clear();
+  invalidate(st);
   bool appends = !st.buffer.empty() && offset == st.bufferOffset + st.buffer.size() &&
                  st.buffer.size() + data.size() <= opts.writeBufferBytes;
   if (appends) {
@@ -158,42 +165,93 @@ void FileCache::resized(uint64_t inode, uint64_t size) {
   auto it = files.find(inode);
   if (it == files.end()) return;
   it->second.size = size;
-  it->second.ahead.clear();
+  invalidate(it->second);
 }
 
 kj::Promise<Result<std::string>> FileCache::read(uint64_t inode, uint64_t offset,
                                                  uint32_t size) {
   State& st = state(inode);
-  kj::Promise<Status> ready = Status::OK();
-  if (!idle(st)) {
-    ready = flush(inode);  // read-your-writes: what this client wrote goes out first
-  }
-  return ready.then([this, inode, offset, size](Status s) -> kj::Promise<Result<std::string>> {
+  if (idle(st)) return readCached(inode, offset, size);
+  // Read-your-writes: what this client wrote goes out first.
+  return flush(inode).then([this, inode, offset, size](Status s)
+                               -> kj::Promise<Result<std::string>> {
     if (!s.ok()) return Result<std::string>(s);
-    State& st = state(inode);
-    bool sequential = offset == st.lastReadEnd;
-    st.lastReadEnd = offset + size;
-    if (offset >= st.aheadOffset && offset + size <= st.aheadOffset + st.ahead.size()) {
-      return Result<std::string>(st.ahead.substr(offset - st.aheadOffset, size));
-    }
-    st.window = sequential ? std::min(opts.readAheadBytes, std::max<size_t>(st.window * 2, size))
-                           : 0;
-    uint64_t fetch = std::max<uint64_t>(size, st.window);
-    auto out = kj::heap<std::string>();
-    auto& ref = *out;
-    return client.read(inode, offset, fetch, ref)
-        .then([this, inode, offset, size, &ref](Status s) -> Result<std::string> {
-          if (!s.ok()) return s;
-          auto it = files.find(inode);
-          if (it != files.end() && ref.size() > size) {
-            it->second.aheadOffset = offset;
-            it->second.ahead = ref;
-          }
-          if (ref.size() > size) ref.resize(size);
-          return std::move(ref);
-        })
-        .attach(kj::mv(out));
+    return readCached(inode, offset, size);
   });
+}
+
+kj::Promise<Result<std::string>> FileCache::readCached(uint64_t inode, uint64_t offset,
+                                                       uint32_t size) {
+  State& st = state(inode);
+  uint64_t aheadEnd = st.aheadOffset + st.ahead.size();
+  if (offset >= st.aheadOffset && offset + size <= aheadEnd) {
+    st.lastReadEnd = offset + size;
+    auto out = st.ahead.substr(offset - st.aheadOffset, size);
+    maybePrefetch(inode, st);
+    return Result<std::string>(std::move(out));
+  }
+  KJ_IF_MAYBE(pending, st.prefetch) {
+    if (st.prefetching && offset >= aheadEnd && offset < st.prefetchEnd) {
+      // The bytes are on their way: wait for them rather than ask twice.
+      return pending->addBranch().then(
+          [this, inode, offset, size]() { return readCached(inode, offset, size); });
+    }
+  }
+  bool sequential = offset == st.lastReadEnd || (offset >= st.aheadOffset && offset <= aheadEnd &&
+                                                 !st.ahead.empty());
+  st.lastReadEnd = offset + size;
+  st.window = sequential ? std::min(opts.readAheadBytes, std::max<size_t>(st.window * 2, 1 << 20))
+                         : 0;
+  uint64_t fetch = std::max<uint64_t>(size, st.window);
+  uint64_t generation = st.generation;
+  auto out = kj::heap<std::string>();
+  auto& ref = *out;
+  return client.read(inode, offset, fetch, ref)
+      .then([this, inode, offset, size, generation, &ref](Status s) -> Result<std::string> {
+        if (!s.ok()) return s;
+        auto it = files.find(inode);
+        if (it != files.end() && it->second.generation == generation && ref.size() > size) {
+          it->second.aheadOffset = offset;
+          it->second.ahead = ref;
+          if (!it->second.prefetching) maybePrefetch(inode, it->second);
+        }
+        if (ref.size() > size) ref.resize(size);
+        return std::move(ref);
+      })
+      .attach(kj::mv(out));
+}
+
+void FileCache::maybePrefetch(uint64_t inode, State& st) {
+  uint64_t aheadEnd = st.aheadOffset + st.ahead.size();
+  if (st.window == 0 || st.prefetching || st.ahead.empty() || aheadEnd >= st.size ||
+      aheadEnd - std::min(aheadEnd, st.lastReadEnd) > st.window / 2) {
+    return;
+  }
+  uint64_t generation = st.generation;
+  size_t window = st.window;
+  st.prefetchEnd = aheadEnd + window;
+  st.prefetching = true;
+  auto out = kj::heap<std::string>();
+  auto& ref = *out;
+  st.prefetch = client.read(inode, aheadEnd, window, ref)
+                    .then([this, inode, generation, aheadEnd, &ref](Status s) {
+                      auto it = files.find(inode);
+                      if (it == files.end() || it->second.generation != generation) return;
+                      State& st = it->second;
+                      if (s.ok() && st.aheadOffset + st.ahead.size() == aheadEnd) {
+                        // Keep what is not yet read, then the new window.
+                        uint64_t keepFrom = std::clamp(st.lastReadEnd, st.aheadOffset, aheadEnd);
+                        st.ahead.erase(0, keepFrom - st.aheadOffset);
+                        st.aheadOffset = keepFrom;
+                        st.ahead.append(ref);
+                      }
+                      // The fork itself stays until the next prefetch replaces it: it is
+                      // running this very continuation.
+                      st.prefetching = false;
+                      st.prefetchEnd = 0;
+                    })
+                    .attach(kj::mv(out))
+                    .fork();
 }
 
 }  // namespace cairn

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # A local Cairn cluster on this machine: one master, three chunkservers (each on its own
-# loopback address, as if on its own host), all data under one directory.
+# loopback address, as if on its own host) and a FUSE mount, all data under one directory.
 #
 #   deploy/cairn-local.sh start  [DATA_DIR]   default ./cairn-data
 #   deploy/cairn-local.sh stop   [DATA_DIR]
 #   deploy/cairn-local.sh status [DATA_DIR]
 #
 # Environment: CAIRN_BUILD (binaries, default ./build), CAIRN_MASTER_PORT (7700),
-# CAIRN_CHUNK_SIZE (bytes, default 64 MiB; fixed when DATA_DIR is first used).
+# CAIRN_CHUNK_SIZE (bytes, default 64 MiB; fixed when DATA_DIR is first used),
+# CAIRN_MOUNT (mount point, default DATA_DIR/mnt; "none" for no mount).
 # Every PID started is written to DATA_DIR/pids; stop ends exactly those.
 set -euo pipefail
 
@@ -19,13 +20,16 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=$(realpath -m "${CAIRN_BUILD:-$ROOT/build}")
 PORT=${CAIRN_MASTER_PORT:-7700}
 MASTER=127.0.0.1:$PORT
+# A running cluster's master address is remembered, so that stop and status need no flags.
+if [ "$1" != start ] && [ -f "$DATA/master-address" ]; then MASTER=$(cat "$DATA/master-address"); fi
 CHUNK_SIZE=${CAIRN_CHUNK_SIZE:-67108864}
 PIDS=$DATA/pids
+MOUNT=${CAIRN_MOUNT:-$DATA/mnt}
 
 alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
 
 start() {
-  for b in master/cairn-master chunkserver/cairn-chunkserver cli/cairn; do
+  for b in master/cairn-master chunkserver/cairn-chunkserver cli/cairn fuse/cairn-mount; do
     [ -x "$BUILD/$b" ] || { echo "$0: $BUILD/$b not built (run deploy/build.sh)" >&2; exit 1; }
   done
   if [ -f "$PIDS" ]; then
@@ -34,6 +38,7 @@ start() {
     done <"$PIDS"
   fi
   mkdir -p "$DATA/logs"
+  echo "$MASTER" >"$DATA/master-address"
   : >"$PIDS"
   "$BUILD/master/cairn-master" --listen "$MASTER" --data "$DATA/master" \
     --chunk-size "$CHUNK_SIZE" >>"$DATA/logs/master.log" 2>&1 &
@@ -51,13 +56,31 @@ start() {
     sleep 0.1
   done
   [ "${live:-0}" -ge 3 ] || { echo "$0: only ${live:-0} of 3 chunkservers registered; logs in $DATA/logs" >&2; exit 1; }
+  if [ "$MOUNT" != none ]; then
+    mkdir -p "$MOUNT"
+    if mountpoint -q "$MOUNT"; then
+      echo "$0: $MOUNT is already a mount point" >&2
+      exit 1
+    fi
+    "$BUILD/fuse/cairn-mount" --master "$MASTER" "$MOUNT" -f >>"$DATA/logs/mount.log" 2>&1 &
+    echo "mount $!" >>"$PIDS"
+    for _ in $(seq 1 100); do mountpoint -q "$MOUNT" && break; sleep 0.1; done
+    mountpoint -q "$MOUNT" || { echo "$0: mount did not appear at $MOUNT; see $DATA/logs" >&2; exit 1; }
+    echo "$MOUNT" >"$DATA/mountpoint"
+  fi
   echo "Cairn is running: master $MASTER, 3 chunkservers, data in $DATA"
+  [ "$MOUNT" = none ] || echo "  mounted at $MOUNT"
   echo "  export CAIRN_MASTER=$MASTER; $BUILD/cli/cairn ls /"
 }
 
 stop() {
   [ -f "$PIDS" ] || { echo "nothing running from $DATA"; return 0; }
-  # Reverse order: chunkservers first, the master last.
+  if [ -f "$DATA/mountpoint" ]; then
+    m=$(cat "$DATA/mountpoint")
+    if mountpoint -q "$m"; then fusermount3 -u "$m" 2>/dev/null || fusermount3 -u -z "$m"; fi
+    rm -f "$DATA/mountpoint"
+  fi
+  # Reverse order: the mount, the chunkservers, the master last.
   tac "$PIDS" | while read -r name pid; do
     alive "$pid" || continue
     kill "$pid"

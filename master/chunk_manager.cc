@@ -300,7 +300,9 @@ kj::Promise<Result<ChunkView>> ChunkManager::allocate(uint64_t inode, uint32_t i
                        out = Status::unavailable("no chunkserver could create the chunk");
                        return kj::Promise<void>(kj::READY_NOW);
                      }
-                     return grantNewLease(handle).then(
+                     // A new chunk has no stale replicas to fence off: its first lease
+                     // keeps version 1.
+                     return grantLeaseTo(handle, created[0]).then(
                          [&out](Result<ChunkView> r) { out = std::move(r); });
                    });
              })
@@ -341,20 +343,23 @@ kj::Promise<Result<ChunkView>> ChunkManager::grantNewLease(uint64_t handle) {
             removeReplica(c, s);  // now stale; deleted when it reports again
           }
         }
-        uint64_t primary = current[0];
-        return control
-            .grantLease(primary, handle, c.record.version,
-                        options.leaseDuration / kj::MILLISECONDS)
-            .then([this, handle, primary](Status s) -> Result<ChunkView> {
-              auto it = chunks.find(handle);
-              if (it == chunks.end()) return Status::notFound("chunk deleted");
-              if (!s.ok()) return s;
-              // The expiry counts from the reply, so the master never believes a lease
-              // over before the primary does.
-              it->second.primary = primary;
-              it->second.leaseExpiry = timer.now() + options.leaseDuration;
-              return view(it->second);
-            });
+        return grantLeaseTo(handle, current[0]);
+      });
+}
+
+kj::Promise<Result<ChunkView>> ChunkManager::grantLeaseTo(uint64_t handle, uint64_t primary) {
+  return control
+      .grantLease(primary, handle, chunks.at(handle).record.version,
+                  options.leaseDuration / kj::MILLISECONDS)
+      .then([this, handle, primary](Status s) -> Result<ChunkView> {
+        auto it = chunks.find(handle);
+        if (it == chunks.end()) return Status::notFound("chunk deleted");
+        if (!s.ok()) return s;
+        // The expiry counts from the reply, so the master never believes a lease over
+        // before the primary does.
+        it->second.primary = primary;
+        it->second.leaseExpiry = timer.now() + options.leaseDuration;
+        return view(it->second);
       });
 }
 

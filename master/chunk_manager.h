@@ -137,6 +137,7 @@ class ChunkManager {
   kj::Promise<void> serialize(uint64_t handle, kj::Function<kj::Promise<void>()> step);
   kj::Promise<Result<ChunkView>> allocate(uint64_t inode, uint32_t index, uint8_t goal);
   kj::Promise<Result<ChunkView>> grantNewLease(uint64_t handle);
+  kj::Promise<Result<ChunkView>> grantLeaseTo(uint64_t handle, uint64_t primary);
   // Calls setVersion on `servers`; resolves to those that succeeded.
   kj::Promise<std::vector<uint64_t>> setVersionOn(std::vector<uint64_t> servers,
                                                   uint64_t handle, uint64_t version,

@@ -87,8 +87,8 @@ TEST_F(ChunkManagerTest, AllocatesOnDistinctServersWithALease) {
   for (auto& rep : r.value.replicas) addresses.insert(rep.address);
   EXPECT_EQ(addresses.size(), 3u);
   EXPECT_FALSE(r.value.primary.empty());
-  EXPECT_EQ(r.value.record.version, 2u);  // created at 1, bumped for the first lease
-  EXPECT_EQ(ns.getChunk(file, 0)->version, 2u);
+  EXPECT_EQ(r.value.record.version, 1u);  // a new chunk's first lease needs no bump
+  EXPECT_EQ(ns.getChunk(file, 0)->version, 1u);
 }
 
 TEST_F(ChunkManagerTest, AValidLeaseIsReusedAndAnExpiredOneBumpsTheVersion) {

@@ -111,7 +111,12 @@ void InProcessCluster::stopChunkserver(size_t i) {
 
 std::string ProcessCluster::binary(const std::string& name) {
   const char* dir = getenv("CAIRN_BUILD_DIR");
-  std::string base = dir ? dir : ".";
+  // Without CAIRN_BUILD_DIR: the build directory that holds this test (build/tests/x).
+  std::string base = dir ? dir
+                         : std::filesystem::read_symlink("/proc/self/exe")
+                               .parent_path()
+                               .parent_path()
+                               .string();
   if (name == "cairn-master") return base + "/master/cairn-master";
   if (name == "cairn-chunkserver") return base + "/chunkserver/cairn-chunkserver";
   if (name == "cairn") return base + "/cli/cairn";
