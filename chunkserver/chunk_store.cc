@@ -237,16 +237,28 @@ Status ChunkStore::write(uint64_t handle, uint64_t version, uint64_t offset,
   uint64_t start = blockOf(std::min(offset, e->length)) * CHECKSUM_BLOCK;
   uint64_t stop = std::min<uint64_t>((blockOf(end - 1) + 1) * CHECKSUM_BLOCK, newLength);
   if (data.empty()) return Status::OK();
-  std::string region(stop - start, '\0');
   std::string path = pathIn(e->dir, handle, "");
   uint64_t keepHead = std::min(offset, e->length);
+  uint64_t tailEnd = std::min(stop, e->length);
+  if (keepHead == start && tailEnd <= end && offset == start) {
+    // Whole blocks from the first byte on (the common, sequential case): no old bytes to
+    // merge, so the data goes to disk and into the checksums as it is.
+    Status s = disk.write(path, offset, data.data(), data.size(), false);
+    if (s.ok()) s = writeChecksums(handle, *e, start, data);
+    if (!s.ok()) {
+      logWarn("chunk {:x}: write failed: {}", handle, s.toString());
+      return s;
+    }
+    e->length = newLength;
+    return Status::OK();
+  }
+  std::string region(stop - start, '\0');
   if (keepHead > start) {
     std::string head;
     Status s = disk.read(path, start, keepHead - start, head);
     if (!s.ok()) return s;
     memcpy(region.data(), head.data(), head.size());
   }
-  uint64_t tailEnd = std::min(stop, e->length);
   if (tailEnd > end) {
     std::string tail;
     Status s = disk.read(path, end, tailEnd - end, tail);

@@ -86,7 +86,9 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
     req.setDataId(dataId);
     req.setTotalLength(total);
     req.setOffset(offset);
-    req.setData(data);
+    // The piece stays in this call's parameters until the forward is answered.
+    setDataNoCopy(wire::ChunkServer::PushDataParams::Builder(req), data,
+                  [&](capnp::Orphan<capnp::Data>&& o) { req.adoptData(kj::mv(o)); });
     auto rest = req.initChain(chain.size() - 1);
     for (uint i = 1; i < chain.size(); ++i) rest.set(i - 1, chain[i]);
     return forward(kj::mv(req), next).then([context](Status s) mutable {

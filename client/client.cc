@@ -708,7 +708,9 @@ kj::Promise<Status> Client::pushAndCommit(ChunkInfo chunk, uint32_t chunkOffset,
     req.setDataId(dataId);
     req.setTotalLength(static_cast<uint32_t>(data.size()));
     req.setOffset(static_cast<uint32_t>(start));
-    req.setData(data.slice(start, end));
+    // The caller's bytes outlive the push (write() resolves after every piece answered).
+    setDataNoCopy(wire::ChunkServer::PushDataParams::Builder(req), data.slice(start, end),
+                  [&](capnp::Orphan<capnp::Data>&& o) { req.adoptData(kj::mv(o)); });
     auto rest = req.initChain(static_cast<uint>(c.size() - 1));
     for (size_t k = 1; k < c.size(); ++k) rest.set(static_cast<uint>(k - 1), c[k].address);
     return callChunkserver(kj::mv(req), c[0].address);

@@ -6,6 +6,7 @@
 
 #include <capnp/capability.h>
 #include <capnp/message.h>
+#include <capnp/orphan.h>
 #include <capnp/rpc-twoparty.h>
 #include <kj/async-io.h>
 #include <kj/map.h>
@@ -33,6 +34,20 @@ class RpcServer final : private kj::TaskSet::ErrorHandler {
   kj::Own<kj::ConnectionReceiver> listener;
   kj::TaskSet tasks;
 };
+
+// Sets a Data field to `data` without copying it when it is word-aligned (a capnp
+// requirement); `data` must then outlive the request's message, i.e. until its response
+// arrives. Otherwise copies.
+template <typename Builder, typename Adopt>
+void setDataNoCopy(Builder builder, kj::ArrayPtr<const kj::byte> data, Adopt&& adopt) {
+  if (reinterpret_cast<uintptr_t>(data.begin()) % sizeof(void*) == 0) {
+    adopt(capnp::Orphanage::getForMessageContaining(builder).referenceExternalData(
+        capnp::Data::Reader(data.begin(), data.size())));
+  } else {
+    adopt(capnp::Orphanage::getForMessageContaining(builder).newOrphanCopy(
+        capnp::Data::Reader(data.begin(), data.size())));
+  }
+}
 
 // Outgoing connections, one per address, made on first use and dropped when they fail.
 class PeerPool final : private kj::TaskSet::ErrorHandler {
