@@ -34,4 +34,8 @@ interface ChunkServer {
   truncate @6 (handle :UInt64, version :UInt64, length :UInt32) -> (status :Status);
   # From the master: cut the replica to `length` and move it to `version`.
   sync @7 (handle :UInt64) -> (status :Status);
+
+  replicate @8 (handle :UInt64, version :UInt64, source :Text) -> (status :Status, size :UInt64);
+  # From the master: copy the replica at `version` from the chunkserver `source` and keep
+  # it here at that version. Answers once the copy is complete and verified.
 }

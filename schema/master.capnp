@@ -42,6 +42,7 @@ struct ServerInfo {
   usedBytes @3 :UInt64;
   chunkCount @4 :UInt64;
   live @5 :Bool;
+  decommissioning @6 :Bool;
 }
 
 interface ClientService {
@@ -73,8 +74,11 @@ interface ClientService {
       -> (status :Status, chunkSize :UInt64, fileSize :UInt64, chunks :List(ChunkLocation));
   # Chunks that exist in [firstIndex, firstIndex+count); holes are absent. Only replicas
   # at the current version are listed.
-  prepareWrite @12 (inode :UInt64, index :UInt32) -> (status :Status, chunk :ChunkLocation);
-  # Allocates the chunk if needed and makes sure a primary holds a lease on it.
+  prepareWrite @12 (inode :UInt64, index :UInt32, failedReplica :Text)
+      -> (status :Status, chunk :ChunkLocation);
+  # Allocates the chunk if needed and makes sure a primary holds a lease on it. A client
+  # whose write failed names the replica that failed: it is dropped (now stale) and a new
+  # lease is granted, under a new version, on the others.
   commitSize @13 (inode :UInt64, size :UInt64, mtimeNs :Int64) -> (status :Status, attr :Attr);
   # After a write: the file's size becomes max(size, current).
   reportBadReplica @14 (handle :UInt64, version :UInt64, address :Text) -> ();
@@ -95,6 +99,28 @@ interface ClientService {
   listxattr @22 (inode :UInt64) -> (status :Status, names :List(Text));
   removexattr @23 (inode :UInt64, name :Text) -> (status :Status);
   statfs @24 () -> (capacityBytes :UInt64, freeBytes :UInt64, files :UInt64);
+
+  # Trash: an unlinked file is kept, restorable, for the trash period.
+  trashList @25 () -> (status :Status, entries :List(TrashEntry));
+  trashRestore @26 (path :Text) -> (status :Status, attr :Attr);
+  # Administration.
+  decommission @27 (address :Text) -> (status :Status, remaining :UInt64, done :Bool);
+  # Starts draining the chunkserver (idempotent); `remaining` counts its chunks that do not
+  # yet have their goal elsewhere; `done` means it is safe to remove.
+  balance @28 (threshold :Float64) -> (status :Status, moves :UInt64, spread :Float64);
+  # Starts moving replicas from fuller to emptier chunkservers until the spread of use
+  # (largest minus smallest share of chunks) is within `threshold`; returns moves queued
+  # and the spread now.
+  clusterHealth @29 () -> (safeMode :Bool, chunks :UInt64, underReplicated :UInt64,
+                           missing :UInt64, overReplicated :UInt64, copiesInFlight :UInt64);
+}
+
+struct TrashEntry {
+  path @0 :Text;
+  inode @1 :UInt64;
+  size @2 :UInt64;
+  deletedNs @3 :Int64;
+  expiresNs @4 :Int64;
 }
 
 struct ChunkReport {
@@ -109,7 +135,9 @@ interface ChunkserverRegistry {
       -> (status :Status, id :UInt64, heartbeatMs :UInt32, chunkSize :UInt64);
   # A full chunk report. The master answers what the chunkserver should delete in the
   # first heartbeat.
-  heartbeat @1 (id :UInt64, capacityBytes :UInt64, usedBytes :UInt64)
+  heartbeat @1 (id :UInt64, capacityBytes :UInt64, usedBytes :UInt64,
+                corruptHandles :List(UInt64))
       -> (status :Status, deleteHandles :List(UInt64));
+  # corruptHandles: replicas the scrubber found bad since the last heartbeat.
   # status notFound means: register again.
 }
