@@ -28,6 +28,7 @@ struct ChunkserverOptions {
   kj::Duration bufferIdleLimit = 60 * kj::SECONDS;
   kj::Duration rpcTimeout = 20 * kj::SECONDS;
   kj::Duration reconnectDelay = kj::SECONDS;
+  kj::Duration scrubInterval = 10 * kj::SECONDS;  // one idle chunk re-verified per interval
 };
 
 class Chunkserver {
@@ -53,6 +54,7 @@ class Chunkserver {
   kj::Promise<void> registerWithMaster();
   kj::Promise<void> heartbeatLoop(wire::ChunkserverRegistry::Client registry, uint32_t ms);
   kj::Promise<void> deleteChunks(kj::Array<uint64_t> handles);
+  kj::Promise<void> scrubLoop(uint64_t after);
 
   ChunkserverOptions opts;
   kj::Timer& timer_;
@@ -62,6 +64,8 @@ class Chunkserver {
   wire::ChunkServer::Client cap;
   uint64_t registrationId = 0;
   kj::Maybe<kj::Promise<void>> link;
+  kj::Maybe<kj::Promise<void>> scrubber;
+  std::vector<uint64_t> corruptFound;  // reported with the next heartbeat
 };
 
 }  // namespace cairn

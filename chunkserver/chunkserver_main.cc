@@ -28,6 +28,9 @@ int main(int argc, char** argv) {
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   app.add_option("--master", master, "the master's HOST:PORT")->required();
   app.add_option("--rack", rack, "rack name, for placement")->capture_default_str();
+  double scrubSeconds = 10;
+  app.add_option("--scrub-interval", scrubSeconds, "seconds between re-verifying one idle chunk")
+      ->capture_default_str();
   app.add_option("--port-file", portFile, "write the bound HOST:PORT here once listening");
   CLI11_PARSE(app, argc, argv);
   setLogComponent("chunkserver");
@@ -62,6 +65,7 @@ int main(int argc, char** argv) {
     options.rack = rack;
     options.dataDirs = dataDirs;
     options.master = master;
+    options.scrubInterval = static_cast<int64_t>(scrubSeconds * 1000) * kj::MILLISECONDS;
     Chunkserver chunkserver(options, disk, io.provider->getTimer(), network);
     RpcServer server(chunkserver.capability(), kj::mv(listener));
     chunkserver.start().wait(io.waitScope);

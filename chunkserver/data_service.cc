@@ -194,7 +194,77 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
         .then([context](Status s) mutable { toWire(s, context.getResults().initStatus()); });
   }
 
+  kj::Promise<void> replicate(ReplicateContext context) override {
+    auto p = context.getParams();
+    uint64_t handle = p.getHandle(), version = p.getVersion();
+    std::string source = p.getSource();
+    leases.erase(handle);
+    return serialized(handle,
+                      [this, handle, version, source]() {
+                        return pool
+                            .run([this, handle, version]() {
+                              // An old replica here is stale by definition: replace it.
+                              if (store.has(handle)) store.remove(handle);
+                              return store.create(handle, version);
+                            })
+                            .then([this, handle, version, source](Status s) -> kj::Promise<Status> {
+                              if (!s.ok()) return s;
+                              return copyFrom(source, handle, version, 0);
+                            })
+                            .then([this, handle](Status s) -> kj::Promise<Status> {
+                              if (s.ok()) return s;
+                              return pool.run([this, handle, s]() {
+                                store.remove(handle);  // never keep a partial copy
+                                return s;
+                              });
+                            });
+                      })
+        .then([context, handle](Status s) mutable {
+          if (s.ok()) logInfo("chunk {:x}: copied in", handle);
+          toWire(s, context.getResults().initStatus());
+        });
+  }
+
  private:
+  // Reads the replica at `source` from `offset` on, MAX_READ at a time, into the store.
+  kj::Promise<Status> copyFrom(std::string source, uint64_t handle, uint64_t version,
+                               uint64_t offset) {
+    auto req = cs.peers().get<wire::ChunkServer>(source).readRequest();
+    req.setHandle(handle);
+    req.setVersion(version);
+    req.setOffset(static_cast<uint32_t>(offset));
+    req.setLength(MAX_READ);
+    return cs.timer()
+        .timeoutAfter(cs.options().rpcTimeout, req.send())
+        .then(
+            [this, source, handle, version, offset](auto response) -> kj::Promise<Status> {
+              Status s = fromWire(response.getStatus());
+              if (!s.ok()) {
+                return Status(s.code(), fmt::format("source {}: {}", source, s.message()));
+              }
+              auto data = response.getData();
+              auto bytes = kj::heap<std::string>(reinterpret_cast<const char*>(data.begin()),
+                                                 data.size());
+              bool last = data.size() < MAX_READ;
+              auto& ref = *bytes;
+              return pool
+                  .run([this, handle, version, offset, &ref]() {
+                    return ref.empty() ? Status::OK() : store.write(handle, version, offset, ref);
+                  })
+                  .attach(kj::mv(bytes))
+                  .then([this, source, handle, version, offset, last,
+                         n = data.size()](Status s) -> kj::Promise<Status> {
+                    if (!s.ok() || last) return s;
+                    return copyFrom(source, handle, version, offset + n);
+                  });
+            },
+            [this, source](kj::Exception&& e) -> kj::Promise<Status> {
+              cs.peers().drop(source);
+              return Status::unavailable(
+                  fmt::format("source {}: {}", source, e.getDescription().cStr()));
+            });
+  }
+
   struct Buffer {
     std::string bytes;
     std::map<uint32_t, uint32_t> pieces;  // offset -> length received

@@ -28,6 +28,9 @@ kj::Promise<void> Chunkserver::start() {
     link = linkLoop().eagerlyEvaluate([](kj::Exception&& e) {
       logError("master link stopped: {}", e.getDescription().cStr());
     });
+    scrubber = scrubLoop(0).eagerlyEvaluate([](kj::Exception&& e) {
+      logError("scrubber stopped: {}", e.getDescription().cStr());
+    });
   });
 }
 
@@ -85,6 +88,11 @@ kj::Promise<void> Chunkserver::heartbeatLoop(wire::ChunkserverRegistry::Client r
         req.setId(registrationId);
         req.setCapacityBytes(space.capacityBytes);
         req.setUsedBytes(space.capacityBytes - space.freeBytes);
+        auto corrupt = req.initCorruptHandles(static_cast<uint>(corruptFound.size()));
+        for (size_t i = 0; i < corruptFound.size(); ++i) {
+          corrupt.set(static_cast<uint>(i), corruptFound[i]);
+        }
+        corruptFound.clear();
         return timer_.timeoutAfter(opts.rpcTimeout, req.send())
             .then([this, registry, ms](auto response) mutable -> kj::Promise<void> {
               Status s = fromWire(response.getStatus());
@@ -100,6 +108,31 @@ kj::Promise<void> Chunkserver::heartbeatLoop(wire::ChunkserverRegistry::Client r
                 return heartbeatLoop(kj::mv(registry), ms);
               });
             });
+      });
+}
+
+kj::Promise<void> Chunkserver::scrubLoop(uint64_t after) {
+  // Round-robin over the replicas, one per interval, so that the disk stays free for clients.
+  return timer_.afterDelay(opts.scrubInterval)
+      .then([this, after]() {
+        return diskPool.run([this, after]() -> std::pair<uint64_t, Status> {
+          uint64_t next = 0;
+          for (auto& c : chunkStore.list()) {
+            if (c.handle > after) {
+              next = c.handle;
+              break;
+            }
+          }
+          if (next == 0) return {0, Status::OK()};
+          return {next, chunkStore.verify(next)};
+        });
+      })
+      .then([this](std::pair<uint64_t, Status> r) {
+        if (r.second.code() == ErrorCode::REPLICA_CORRUPT) {
+          logError("scrubber: chunk {:x}: {}", r.first, r.second.message());
+          corruptFound.push_back(r.first);
+        }
+        return scrubLoop(r.first);
       });
 }
 

@@ -85,6 +85,28 @@ int main(int argc, char** argv) {
   locate->add_option("PATH", a)->required();
   auto servers = app.add_subcommand("servers", "list the chunkservers");
   servers->add_flag("--json", json, "JSON output");
+  auto trash = app.add_subcommand("trash", "deleted files, restorable until they expire");
+  trash->require_subcommand(1);
+  auto trashLs = trash->add_subcommand("ls", "list the trash");
+  trashLs->add_flag("--json", json, "JSON output");
+  auto trashRestore = trash->add_subcommand("restore", "put a deleted file back where it was");
+  trashRestore->add_option("PATH", a)->required();
+  auto admin = app.add_subcommand("admin", "cluster administration");
+  admin->require_subcommand(1);
+  bool wait = false;
+  double threshold = 0.1, timeout = 3600;
+  auto decom = admin->add_subcommand("decommission", "copy every chunk of a chunkserver "
+                                     "elsewhere, then report it safe to remove");
+  decom->add_option("ADDR", a)->required();
+  decom->add_flag("--wait", wait, "wait until drained");
+  decom->add_option("--timeout", timeout, "seconds to wait at most")->capture_default_str();
+  auto bal = admin->add_subcommand("balance", "move replicas from fuller to emptier chunkservers");
+  bal->add_option("--threshold", threshold, "acceptable spread of chunk counts, as a share of "
+                  "the average")->capture_default_str();
+  bal->add_flag("--wait", wait, "wait until balanced");
+  bal->add_option("--timeout", timeout, "seconds to wait at most")->capture_default_str();
+  auto health = admin->add_subcommand("health", "safe mode and replication state");
+  health->add_flag("--json", json, "JSON output");
   CLI11_PARSE(app, argc, argv);
 
   signal(SIGPIPE, SIG_IGN);
@@ -116,6 +138,11 @@ int main(int argc, char** argv) {
     if (*setrep) return cmdSetrep(c, replication, path(a));
     if (*locate) return cmdLocate(c, path(a), json);
     if (*servers) return cmdServers(c, json);
+    if (*trashLs) return cmdTrashList(c, json);
+    if (*trashRestore) return cmdTrashRestore(c, path(a));
+    if (*decom) return cmdDecommission(c, a, wait, timeout);
+    if (*bal) return cmdBalance(c, threshold, wait, timeout);
+    if (*health) return cmdHealth(c, json);
   } catch (const kj::Exception& e) {
     fprintf(stderr, "cairn: %s\n", e.getDescription().cStr());
     return 1;

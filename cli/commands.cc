@@ -528,6 +528,105 @@ int cmdLocate(CliContext& c, const std::string& path, bool json) {
   return 0;
 }
 
+int cmdTrashList(CliContext& c, bool json) {
+  auto entries = c.client.trashList().wait(c.waitScope);
+  if (!entries.ok()) return fail(c, "trash", entries.status);
+  if (json) {
+    auto arr = nlohmann::json::array();
+    for (auto& e : entries.value) {
+      arr.push_back({{"path", e.path}, {"inode", e.inode}, {"size", e.size},
+                     {"deleted", isoTime(e.deletedNs)}, {"expires", isoTime(e.expiresNs)}});
+    }
+    fmt::print(c.out, "{}\n", arr.dump(2));
+    return 0;
+  }
+  for (auto& e : entries.value) {
+    fmt::print(c.out, "{}  {:>12}  deleted {}  expires {}\n", e.path, e.size,
+               timeString(e.deletedNs), timeString(e.expiresNs));
+  }
+  return 0;
+}
+
+int cmdTrashRestore(CliContext& c, const std::string& path) {
+  auto r = c.client.trashRestore(path).wait(c.waitScope);
+  return r.ok() ? 0 : fail(c, path, r.status);
+}
+
+namespace {
+// Sleeps on the client's loop (so that its connections stay serviced).
+void pause(CliContext& c, double seconds) {
+  c.client.timerForTools()
+      .afterDelay(static_cast<int64_t>(seconds * 1000) * kj::MILLISECONDS)
+      .wait(c.waitScope);
+}
+}  // namespace
+
+int cmdDecommission(CliContext& c, const std::string& address, bool wait, double timeoutSeconds) {
+  auto start = std::chrono::steady_clock::now();
+  for (;;) {
+    uint64_t remaining = 0;
+    bool done = false;
+    Status s = c.client.decommission(address, &remaining, &done).wait(c.waitScope);
+    if (!s.ok()) return fail(c, address, s);
+    if (done) {
+      fmt::print(c.out, "{}: drained; safe to remove\n", address);
+      return 0;
+    }
+    if (!wait) {
+      fmt::print(c.out, "{}: decommissioning; {} chunks still there\n", address, remaining);
+      return 0;
+    }
+    if (c.progress) fmt::print(c.err, "\r{}: {} chunks left   ", address, remaining);
+    if (std::chrono::steady_clock::now() - start > std::chrono::duration<double>(timeoutSeconds)) {
+      return failText(c, fmt::format("{}: still {} chunks after {} s", address, remaining,
+                                     timeoutSeconds));
+    }
+    pause(c, 0.5);
+  }
+}
+
+int cmdBalance(CliContext& c, double threshold, bool wait, double timeoutSeconds) {
+  auto start = std::chrono::steady_clock::now();
+  for (;;) {
+    auto spread = c.client.balance(threshold).wait(c.waitScope);
+    if (!spread.ok()) return fail(c, "balance", spread.status);
+    if (spread.value <= threshold) {
+      fmt::print(c.out, "balanced: spread {:.3f} <= {:.3f}\n", spread.value, threshold);
+      return 0;
+    }
+    if (!wait) {
+      fmt::print(c.out, "balancing: spread {:.3f}, target {:.3f}\n", spread.value, threshold);
+      return 0;
+    }
+    if (std::chrono::steady_clock::now() - start > std::chrono::duration<double>(timeoutSeconds)) {
+      return failText(c, fmt::format("balance: spread still {:.3f} after {} s", spread.value,
+                                     timeoutSeconds));
+    }
+    pause(c, 0.5);
+  }
+}
+
+int cmdHealth(CliContext& c, bool json) {
+  auto h = c.client.health().wait(c.waitScope);
+  if (!h.ok()) return fail(c, "health", h.status);
+  auto& v = h.value;
+  if (json) {
+    fmt::print(c.out, "{}\n",
+               nlohmann::json({{"safe_mode", v.safeMode}, {"chunks", v.chunks},
+                               {"under_replicated", v.underReplicated}, {"missing", v.missing},
+                               {"over_replicated", v.overReplicated},
+                               {"copies_in_flight", v.copiesInFlight}})
+                   .dump(2));
+    return 0;
+  }
+  fmt::print(c.out,
+             "{}chunks {}, under-replicated {}, missing {}, over-replicated {}, copies in "
+             "flight {}\n",
+             v.safeMode ? "SAFE MODE; " : "", v.chunks, v.underReplicated, v.missing,
+             v.overReplicated, v.copiesInFlight);
+  return 0;
+}
+
 int cmdServers(CliContext& c, bool json) {
   uint64_t chunkSize = 0;
   auto servers = c.client.servers(&chunkSize).wait(c.waitScope);
@@ -536,6 +635,7 @@ int cmdServers(CliContext& c, bool json) {
     auto arr = nlohmann::json::array();
     for (auto& s : servers.value) {
       arr.push_back({{"address", s.address}, {"rack", s.rack}, {"live", s.live},
+                     {"decommissioning", s.decommissioning},
                      {"capacity", s.capacityBytes}, {"used", s.usedBytes},
                      {"chunks", s.chunkCount}});
     }
@@ -546,7 +646,7 @@ int cmdServers(CliContext& c, bool json) {
              servers.value.size());
   for (auto& s : servers.value) {
     fmt::print(c.out, "  {:<24} rack {:<10} {:<5} {:>8} chunks  {} used of {}\n", s.address,
-               s.rack, s.live ? "live" : "DEAD", s.chunkCount,
+               s.rack, s.decommissioning ? "DRAIN" : s.live ? "live" : "DEAD", s.chunkCount,
                humanBytes(static_cast<double>(s.usedBytes)),
                humanBytes(static_cast<double>(s.capacityBytes)));
   }

@@ -35,6 +35,12 @@ int cmdMv(CliContext& c, const std::string& src, const std::string& dst);
 int cmdSetrep(CliContext& c, int replication, const std::string& path);
 int cmdLocate(CliContext& c, const std::string& path, bool json);
 int cmdServers(CliContext& c, bool json);
+int cmdTrashList(CliContext& c, bool json);
+int cmdTrashRestore(CliContext& c, const std::string& path);
+// With `wait`, polls until the chunkserver is drained (or `timeoutSeconds` pass).
+int cmdDecommission(CliContext& c, const std::string& address, bool wait, double timeoutSeconds);
+int cmdBalance(CliContext& c, double threshold, bool wait, double timeoutSeconds);
+int cmdHealth(CliContext& c, bool json);
 
 // "/a/b/c" -> ("/a/b", "c"); "/" -> ("/", "").
 std::pair<std::string, std::string> splitParent(const std::string& path);

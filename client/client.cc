@@ -402,6 +402,55 @@ kj::Promise<Result<FileLayout>> Client::layout(uint64_t inode, uint32_t firstInd
   });
 }
 
+kj::Promise<Result<std::vector<TrashInfo>>> Client::trashList() {
+  auto req = master().trashListRequest();
+  return callMaster<Result<std::vector<TrashInfo>>>(
+      kj::mv(req), [](auto& r) -> Result<std::vector<TrashInfo>> {
+        Status s = fromWire(r.getStatus());
+        if (!s.ok()) return s;
+        std::vector<TrashInfo> out;
+        for (auto e : r.getEntries()) {
+          out.push_back({text(e.getPath()), e.getInode(), e.getSize(), e.getDeletedNs(),
+                         e.getExpiresNs()});
+        }
+        return out;
+      });
+}
+
+kj::Promise<Result<FileAttr>> Client::trashRestore(std::string path) {
+  auto req = master().trashRestoreRequest();
+  req.setPath(path);
+  return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
+}
+
+kj::Promise<Status> Client::decommission(std::string address, uint64_t* remaining, bool* done) {
+  auto req = master().decommissionRequest();
+  req.setAddress(address);
+  return callMaster<Status>(kj::mv(req), [remaining, done](auto& r) {
+    *remaining = r.getRemaining();
+    *done = r.getDone();
+    return fromWire(r.getStatus());
+  });
+}
+
+kj::Promise<Result<double>> Client::balance(double threshold) {
+  auto req = master().balanceRequest();
+  req.setThreshold(threshold);
+  return callMaster<Result<double>>(kj::mv(req), [](auto& r) -> Result<double> {
+    Status s = fromWire(r.getStatus());
+    if (!s.ok()) return s;
+    return r.getSpread();
+  });
+}
+
+kj::Promise<Result<HealthInfo>> Client::health() {
+  auto req = master().clusterHealthRequest();
+  return callMaster<Result<HealthInfo>>(kj::mv(req), [](auto& r) -> Result<HealthInfo> {
+    return HealthInfo{r.getSafeMode(),       r.getChunks(),         r.getUnderReplicated(),
+                      r.getMissing(),        r.getOverReplicated(), r.getCopiesInFlight()};
+  });
+}
+
 kj::Promise<Result<std::vector<ServerStatus>>> Client::servers(uint64_t* chunkSizeOut) {
   auto req = master().clusterInfoRequest();
   return callMaster<Result<std::vector<ServerStatus>>>(
@@ -410,7 +459,8 @@ kj::Promise<Result<std::vector<ServerStatus>>> Client::servers(uint64_t* chunkSi
         std::vector<ServerStatus> out;
         for (auto s : r.getServers()) {
           out.push_back({text(s.getAddress()), text(s.getRack()), s.getCapacityBytes(),
-                         s.getUsedBytes(), s.getChunkCount(), s.getLive()});
+                         s.getUsedBytes(), s.getChunkCount(), s.getLive(),
+                         s.getDecommissioning()});
         }
         return out;
       });
@@ -650,7 +700,8 @@ kj::Promise<Status> Client::write(uint64_t inode, uint64_t offset,
     return runLimited(ref.size(), 4,
                       [this, inode, &ref, deadline](size_t i) {
                         auto& p = ref[i];
-                        return writeChunk(inode, p.index, p.chunkOffset, p.bytes, deadline, 0);
+                        return writeChunk(inode, p.index, p.chunkOffset, p.bytes, deadline, 0,
+                                          "");
                       })
         .attach(kj::mv(portions))
         .then([this, inode](Status s) {
@@ -660,12 +711,33 @@ kj::Promise<Status> Client::write(uint64_t inode, uint64_t offset,
   });
 }
 
+namespace {
+// The replica a failed write names: "chunkserver ADDR: …" (a replica that could not be
+// reached, by us or down the chain) or "secondary ADDR: …" (one that failed to apply).
+std::string failedReplicaOf(const Status& s) {
+  if (s.code() != ErrorCode::UNAVAILABLE && s.code() != ErrorCode::IO_ERROR &&
+      s.code() != ErrorCode::NO_SPACE) {
+    return "";
+  }
+  const std::string& m = s.message();
+  for (const char* prefix : {"chunkserver ", "secondary "}) {
+    size_t n = strlen(prefix);
+    if (m.compare(0, n, prefix) != 0) continue;
+    size_t end = m.find(": ", n);
+    if (end != std::string::npos) return m.substr(n, end - n);
+  }
+  return "";
+}
+}  // namespace
+
 kj::Promise<Status> Client::writeChunk(uint64_t inode, uint32_t index, uint32_t chunkOffset,
                                        kj::ArrayPtr<const kj::byte> data,
-                                       kj::TimePoint deadline, uint32_t attempt) {
+                                       kj::TimePoint deadline, uint32_t attempt,
+                                       std::string failedReplica) {
   auto req = master().prepareWriteRequest();
   req.setInode(inode);
   req.setIndex(index);
+  req.setFailedReplica(failedReplica);
   return callMaster<Result<ChunkInfo>>(kj::mv(req),
                                        [](auto& r) -> Result<ChunkInfo> {
                                          Status s = fromWire(r.getStatus());
@@ -681,12 +753,15 @@ kj::Promise<Status> Client::writeChunk(uint64_t inode, uint32_t index, uint32_t 
              attempt](Status s) -> kj::Promise<Status> {
         bool stale = s.code() == ErrorCode::INVALID_ARGUMENT &&
                      s.message().find("was not pushed") != std::string::npos;
-        if (s.ok() || !(retryable(s.code()) || stale) || timer.now() >= deadline) return s;
+        std::string failed = failedReplicaOf(s);
+        bool again = retryable(s.code()) || stale || !failed.empty();
+        if (s.ok() || !again || timer.now() >= deadline) return s;
         logDebug("write of chunk {} of inode {} failed ({}); retrying", index, inode,
                  s.toString());
+        // The master drops the replica that failed and grants a new lease on the others.
         return timer.afterDelay(backoff(attempt)).then(
-            [this, inode, index, chunkOffset, data, deadline, attempt]() {
-              return writeChunk(inode, index, chunkOffset, data, deadline, attempt + 1);
+            [this, inode, index, chunkOffset, data, deadline, attempt, failed]() {
+              return writeChunk(inode, index, chunkOffset, data, deadline, attempt + 1, failed);
             });
       });
 }

@@ -71,6 +71,24 @@ struct ServerStatus {
   uint64_t usedBytes = 0;
   uint64_t chunkCount = 0;
   bool live = false;
+  bool decommissioning = false;
+};
+
+struct TrashInfo {
+  std::string path;
+  uint64_t inode = 0;
+  uint64_t size = 0;
+  int64_t deletedNs = 0;
+  int64_t expiresNs = 0;
+};
+
+struct HealthInfo {
+  bool safeMode = false;
+  uint64_t chunks = 0;
+  uint64_t underReplicated = 0;
+  uint64_t missing = 0;
+  uint64_t overReplicated = 0;
+  uint64_t copiesInFlight = 0;
 };
 
 struct SetAttrRequest {
@@ -141,6 +159,11 @@ class Client {
   // Chunks.
   kj::Promise<Result<FileLayout>> layout(uint64_t inode, uint32_t firstIndex, uint32_t count);
   kj::Promise<Result<std::vector<ServerStatus>>> servers(uint64_t* chunkSize);
+  kj::Promise<Result<std::vector<TrashInfo>>> trashList();
+  kj::Promise<Result<FileAttr>> trashRestore(std::string path);
+  kj::Promise<Status> decommission(std::string address, uint64_t* remaining, bool* done);
+  kj::Promise<Result<double>> balance(double threshold);
+  kj::Promise<Result<HealthInfo>> health();
 
   // Reads up to `length` bytes at `offset` into `out` (resized to what the file holds:
   // shorter at its end; holes read as zeros). Chunks are read in parallel, each from the
@@ -159,6 +182,9 @@ class Client {
   // The cluster's chunk size once any call has learnt it, else 0.
   uint64_t knownChunkSize() const { return chunkSize; }
 
+  // The timer the client runs on, for tools that poll.
+  kj::Timer& timerForTools() { return timer; }
+
   // Orders replicas: this host first, then the rest spread by handle.
   std::vector<ReplicaInfo> orderReplicas(const ChunkInfo& chunk);
 
@@ -176,7 +202,7 @@ class Client {
                                 kj::byte* out, size_t replicaIndex);
   kj::Promise<Status> writeChunk(uint64_t inode, uint32_t index, uint32_t chunkOffset,
                                  kj::ArrayPtr<const kj::byte> data, kj::TimePoint deadline,
-                                 uint32_t attempt);
+                                 uint32_t attempt, std::string failedReplica);
   kj::Promise<Status> pushAndCommit(ChunkInfo chunk, uint32_t chunkOffset,
                                     kj::ArrayPtr<const kj::byte> data);
   kj::Promise<Status> readRange(uint64_t inode, uint64_t offset, uint64_t length,

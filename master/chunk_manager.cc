@@ -9,7 +9,13 @@ namespace cairn {
 
 ChunkManager::ChunkManager(Namespace& ns, ReplicaControl& control, kj::Timer& timer,
                            ChunkManagerOptions options)
-    : ns(ns), control(control), timer(timer), options(options), rng(options.seed) {}
+    : ns(ns),
+      control(control),
+      timer(timer),
+      options(options),
+      rng(options.seed),
+      startedAt(timer.now()),
+      copies(*this) {}
 
 void ChunkManager::loadFromNamespace() {
   for (auto& [inode, record] : ns.allChunks()) {
@@ -17,7 +23,11 @@ void ChunkManager::loadFromNamespace() {
     c.inode = inode;
     c.record = record;
   }
-  logInfo("{} chunks in the namespace", chunks.size());
+  // Until chunkservers report, the master knows no replica: it changes nothing then.
+  safeMode = !chunks.empty();
+  startedAt = timer.now();
+  logInfo("{} chunks in the namespace{}", chunks.size(),
+          safeMode ? "; in safe mode until chunkservers report them" : "");
 }
 
 uint64_t ChunkManager::registerServer(const std::string& address, const std::string& rack,
@@ -80,6 +90,7 @@ uint64_t ChunkManager::registerServer(const std::string& address, const std::str
   }
   logInfo("chunkserver {} (id {}, rack '{}') registered: {} chunks, {} stale, {} orphaned",
           address, id, rack, report.size(), stale, orphans);
+  updateSafeMode();
   return id;
 }
 
@@ -92,6 +103,7 @@ bool ChunkManager::heartbeat(uint64_t id, uint64_t capacityBytes, uint64_t usedB
   s.usedBytes = usedBytes;
   s.lastHeartbeat = timer.now();
   s.recentCreations = 0;
+  if (safeMode) return true;  // nothing is deleted until the reports cover the namespace
   deleteHandles = std::move(s.pendingDeletes);
   s.pendingDeletes.clear();
   return true;
@@ -202,7 +214,9 @@ kj::Promise<std::vector<uint64_t>> ChunkManager::setVersionOn(std::vector<uint64
       });
 }
 
-kj::Promise<Result<ChunkView>> ChunkManager::prepareWrite(uint64_t inode, uint32_t index) {
+kj::Promise<Result<ChunkView>> ChunkManager::prepareWrite(uint64_t inode, uint32_t index,
+                                                          const std::string& failedReplica) {
+  if (safeMode) return Result<ChunkView>(Status(ErrorCode::SAFE_MODE, "master in safe mode"));
   auto record = ns.getChunk(inode, index);
   if (!record) {
     auto n = ns.getattr(inode);
@@ -219,13 +233,23 @@ kj::Promise<Result<ChunkView>> ChunkManager::prepareWrite(uint64_t inode, uint32
   auto result = kj::heap<Result<ChunkView>>();
   auto& out = *result;
   return serialize(handle,
-                   [this, handle, &out]() -> kj::Promise<void> {
+                   [this, handle, &out, failedReplica]() -> kj::Promise<void> {
                      auto it = chunks.find(handle);
                      if (it == chunks.end()) {
                        out = Status::notFound("chunk deleted");
                        return kj::READY_NOW;
                      }
                      Chunk& c = it->second;
+                     auto failed = serverByAddress.find(failedReplica);
+                     if (failed != serverByAddress.end() && c.replicas.count(failed->second)) {
+                       // A write through this replica failed: drop it, and fence it off
+                       // with a new version on the others (re-replication restores the goal).
+                       logWarn("chunk {:x}: write through {} failed; dropping that replica",
+                               handle, failedReplica);
+                       removeReplica(c, failed->second);
+                       queueDelete(failed->second, handle);
+                       c.primary.reset();
+                     }
                      if (!leaseValid(c)) {
                        return grantNewLease(handle).then(
                            [&out](Result<ChunkView> r) { out = std::move(r); });
@@ -259,8 +283,9 @@ kj::Promise<Result<ChunkView>> ChunkManager::allocate(uint64_t inode, uint32_t i
                                                       uint8_t goal) {
   std::vector<PlacementCandidate> candidates;
   for (auto& [id, s] : serversById) {
-    if (s.live) candidates.push_back({id, s.rack, s.capacityBytes, s.usedBytes,
-                                      s.recentCreations});
+    if (s.live && !s.decommissioning) {
+      candidates.push_back({id, s.rack, s.capacityBytes, s.usedBytes, s.recentCreations});
+    }
   }
   auto targets = choosePlacement(candidates, goal, {}, options.minFreeBytes, rng);
   if (targets.empty()) {
@@ -276,6 +301,7 @@ kj::Promise<Result<ChunkView>> ChunkManager::allocate(uint64_t inode, uint32_t i
   Chunk& c = chunks[handle];
   c.inode = inode;
   c.record = *record;
+  c.goal = goal;
   auto result = kj::heap<Result<ChunkView>>();
   auto& out = *result;
   return serialize(
@@ -437,7 +463,8 @@ void ChunkManager::reportBadReplica(uint64_t handle, uint64_t version,
 std::vector<ServerView> ChunkManager::servers() const {
   std::vector<ServerView> out;
   for (auto& [id, s] : serversById) {
-    out.push_back({id, s.address, s.rack, s.capacityBytes, s.usedBytes, s.chunks.size(), s.live});
+    out.push_back({id, s.address, s.rack, s.capacityBytes, s.usedBytes, s.chunks.size(), s.live,
+                   s.decommissioning});
   }
   return out;
 }

@@ -31,6 +31,18 @@ class ReplicaControl {
                                          uint32_t durationMs) = 0;
   virtual kj::Promise<Status> truncate(uint64_t server, uint64_t handle, uint64_t version,
                                        uint32_t length) = 0;
+  // Has `server` copy the replica at `version` from the chunkserver at `source`.
+  virtual kj::Promise<Status> replicate(uint64_t server, uint64_t handle, uint64_t version,
+                                        const std::string& source) = 0;
+};
+
+struct ClusterHealth {
+  bool safeMode = false;
+  uint64_t chunks = 0;
+  uint64_t underReplicated = 0;  // fewer live replicas than the goal
+  uint64_t missing = 0;          // no live replica at all
+  uint64_t overReplicated = 0;
+  uint64_t copiesInFlight = 0;
 };
 
 struct ChunkReportEntry {
@@ -59,6 +71,7 @@ struct ServerView {
   uint64_t usedBytes = 0;
   uint64_t chunkCount = 0;
   bool live = false;
+  bool decommissioning = false;
 };
 
 struct ChunkManagerOptions {
@@ -67,9 +80,15 @@ struct ChunkManagerOptions {
   kj::Duration rpcTimeout = 10 * kj::SECONDS;
   uint64_t minFreeBytes = 0;  // chunkservers with less free space get no new chunks
   uint64_t seed = 0;
+  // Re-replication: copies a chunkserver takes part in at once (as source or target), so
+  // that repair does not starve clients.
+  uint32_t copiesPerServer = 2;
+  // Safe mode ends once this share of chunks has a live replica, or after the timeout.
+  double safeModeThreshold = 0.999;
+  kj::Duration safeModeTimeout = 60 * kj::SECONDS;
 };
 
-class ChunkManager {
+class ChunkManager final : private kj::TaskSet::ErrorHandler {
  public:
   ChunkManager(Namespace& ns, ReplicaControl& control, kj::Timer& timer,
                ChunkManagerOptions options);
@@ -94,7 +113,8 @@ class ChunkManager {
   // Makes sure chunk `index` of `inode` exists and that a live primary holds a lease on
   // it, bumping the version first when a new lease is granted. Calls for one chunk are
   // serialized.
-  kj::Promise<Result<ChunkView>> prepareWrite(uint64_t inode, uint32_t index);
+  kj::Promise<Result<ChunkView>> prepareWrite(uint64_t inode, uint32_t index,
+                                              const std::string& failedReplica = "");
 
   // Cuts the chunk holding byte `size` of `inode` to end there (a truncate within a
   // chunk), under a new version.
@@ -104,6 +124,20 @@ class ChunkManager {
   void release(const std::vector<uint64_t>& handles);
 
   void reportBadReplica(uint64_t handle, uint64_t version, const std::string& address);
+
+  // Runs once a second on the master's loop: dead servers, safe mode, re-replication,
+  // surplus replicas, balancing.
+  void tick();
+  bool inSafeMode() const { return safeMode; }
+  // A file's goal changed: its chunks gain or lose replicas at the next ticks.
+  void goalChanged(uint64_t inode, uint8_t goal);
+  // The scrubber on `server` found its replica of `handle` bad.
+  void reportCorrupt(uint64_t server, uint64_t handle);
+  // Starts draining `address`; see the schema for `remaining` and `done`.
+  Status decommission(const std::string& address, uint64_t& remaining, bool& done);
+  // Starts balancing to within `threshold`; returns the spread of use now.
+  double balance(double threshold);
+  ClusterHealth health();
 
   std::vector<ServerView> servers() const;
   size_t knownChunks() const { return chunks.size(); }
@@ -118,6 +152,8 @@ class ChunkManager {
     kj::TimePoint lastHeartbeat = kj::origin<kj::TimePoint>();
     bool live = true;
     uint32_t recentCreations = 0;
+    bool decommissioning = false;
+    uint32_t copiesInFlight = 0;
     std::set<uint64_t> chunks;
     std::vector<uint64_t> pendingDeletes;
   };
@@ -128,6 +164,12 @@ class ChunkManager {
     std::optional<uint64_t> primary;
     kj::TimePoint leaseExpiry = kj::origin<kj::TimePoint>();
     kj::Maybe<kj::ForkedPromise<void>> busy;  // a lease or truncate in progress
+    uint8_t goal = 0;                         // the file's replication goal; 0 = unknown
+    bool copying = false;                     // a re-replication copy is in flight
+  };
+  struct Counts {
+    size_t live = 0;       // live replicas
+    size_t effective = 0;  // live replicas not on a decommissioning server
   };
 
   ChunkView view(const Chunk& c);
@@ -143,6 +185,18 @@ class ChunkManager {
                                                   uint64_t handle, uint64_t version,
                                                   bool create);
   void removeReplica(Chunk& c, uint64_t server);
+  uint8_t goalOf(Chunk& c);
+  Counts counts(const Chunk& c);
+  bool canCopy(uint64_t server);
+  void updateSafeMode();
+  void scheduleRepairs();
+  void removeSurplus();
+  void balanceStep();
+  // Copies `handle` from `source` to `target`; with `moveFrom`, that replica goes once the
+  // copy is in place (a balancing move).
+  void startCopy(uint64_t handle, uint64_t source, uint64_t target,
+                 std::optional<uint64_t> moveFrom);
+  void taskFailed(kj::Exception&& exception) override;
   void queueDelete(uint64_t server, uint64_t handle);
 
   Namespace& ns;
@@ -154,6 +208,10 @@ class ChunkManager {
   std::map<uint64_t, Server> serversById;
   std::map<std::string, uint64_t> serverByAddress;
   std::map<uint64_t, Chunk> chunks;  // by handle
+  bool safeMode = false;
+  kj::TimePoint startedAt;
+  double balanceThreshold = -1;  // < 0: not balancing
+  kj::TaskSet copies;
 };
 
 }  // namespace cairn

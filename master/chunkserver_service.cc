@@ -56,6 +56,23 @@ kj::Promise<Status> ChunkserverControl::truncate(uint64_t server, uint64_t handl
   return send(server, kj::mv(req));
 }
 
+kj::Promise<Status> ChunkserverControl::replicate(uint64_t server, uint64_t handle,
+                                                  uint64_t version, const std::string& source) {
+  auto it = servers.find(server);
+  if (it == servers.end()) return Status::unavailable("chunkserver not connected");
+  auto req = it->second.replicateRequest();
+  req.setHandle(handle);
+  req.setVersion(version);
+  req.setSource(source);
+  // A copy of a whole chunk takes longer than a control call.
+  return timer.timeoutAfter(timeout * 12, req.send())
+      .then([](auto response) { return fromWire(response.getStatus()); },
+            [server](kj::Exception&& e) {
+              return Status::unavailable(fmt::format("chunkserver {}: {}", server,
+                                                     e.getDescription().cStr()));
+            });
+}
+
 namespace {
 
 constexpr size_t MAX_REPORT = 50'000'000;
@@ -93,6 +110,9 @@ class RegistryImpl final : public wire::ChunkserverRegistry::Server {
     auto params = context.getParams();
     auto results = context.getResults();
     std::vector<uint64_t> deletes;
+    auto corrupt = params.getCorruptHandles();
+    KJ_REQUIRE(corrupt.size() <= 1'000'000, "corrupt report too large");
+    for (uint64_t h : corrupt) master.chunkManager().reportCorrupt(params.getId(), h);
     if (!master.chunkManager().heartbeat(params.getId(), params.getCapacityBytes(),
                                          params.getUsedBytes(), deletes)) {
       toWire(Status::notFound("unknown chunkserver; register again"), results.initStatus());

@@ -24,6 +24,8 @@ class ChunkserverControl final : public ReplicaControl {
                                  uint32_t durationMs) override;
   kj::Promise<Status> truncate(uint64_t server, uint64_t handle, uint64_t version,
                                uint32_t length) override;
+  kj::Promise<Status> replicate(uint64_t server, uint64_t handle, uint64_t version,
+                                const std::string& source) override;
 
  private:
   // Runs `call` with a timeout; a failure or timeout becomes Status unavailable.

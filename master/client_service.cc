@@ -80,6 +80,9 @@ class ClientServiceImpl final : public wire::ClientService::Server {
     kj::Promise<Status> cut = Status::OK();
     if (args.size && current.ok() && current.value.type == InodeType::REGULAR &&
         *args.size < current.value.size) {
+      if (chunks.inSafeMode()) {
+        return fail(context, Status(ErrorCode::SAFE_MODE, "master in safe mode; retry"));
+      }
       // Cut the partial last chunk first: a crash in between then leaves zeros where the
       // file was being shortened, never old bytes inside a later extension.
       cut = chunks.truncateChunk(inode, *args.size);
@@ -130,7 +133,67 @@ class ClientServiceImpl final : public wire::ClientService::Server {
 
   kj::Promise<void> setReplication(SetReplicationContext context) override {
     auto p = context.getParams();
-    return replyLater(context, ns.setReplication(p.getInode(), p.getReplication()));
+    uint64_t inode = p.getInode();
+    uint8_t goal = p.getReplication();
+    return replyLater(context, ns.setReplication(inode, goal).then([this, inode, goal](
+                                                                       MutationResult r) {
+      if (r.status.ok()) chunks.goalChanged(inode, goal);
+      return r;
+    }));
+  }
+
+  kj::Promise<void> trashList(TrashListContext context) override {
+    auto entries = ns.listTrash(100000);
+    auto results = context.getResults();
+    toWire(Status::OK(), results.initStatus());
+    auto list = results.initEntries(static_cast<uint>(entries.size()));
+    int64_t period = master.options().trashPeriod / kj::NANOSECONDS;
+    for (size_t i = 0; i < entries.size(); ++i) {
+      list[i].setPath(entries[i].path);
+      list[i].setInode(entries[i].inode);
+      list[i].setSize(entries[i].size);
+      list[i].setDeletedNs(entries[i].deletedNs);
+      list[i].setExpiresNs(entries[i].deletedNs + period);
+    }
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> trashRestore(TrashRestoreContext context) override {
+    return replyLater(context, ns.restore(text(context.getParams().getPath())));
+  }
+
+  kj::Promise<void> decommission(DecommissionContext context) override {
+    uint64_t remaining = 0;
+    bool done = false;
+    Status s = chunks.decommission(text(context.getParams().getAddress()), remaining, done);
+    auto results = context.getResults();
+    toWire(s, results.initStatus());
+    results.setRemaining(remaining);
+    results.setDone(done);
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> balance(BalanceContext context) override {
+    double threshold = context.getParams().getThreshold();
+    if (!(threshold >= 0 && threshold <= 10)) {
+      return fail(context, Status::invalidArgument("threshold must be from 0 to 10"));
+    }
+    auto results = context.getResults();
+    results.setSpread(chunks.balance(threshold));
+    toWire(Status::OK(), results.initStatus());
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> clusterHealth(ClusterHealthContext context) override {
+    auto h = chunks.health();
+    auto results = context.getResults();
+    results.setSafeMode(h.safeMode);
+    results.setChunks(h.chunks);
+    results.setUnderReplicated(h.underReplicated);
+    results.setMissing(h.missing);
+    results.setOverReplicated(h.overReplicated);
+    results.setCopiesInFlight(h.copiesInFlight);
+    return kj::READY_NOW;
   }
 
   kj::Promise<void> getChunks(GetChunksContext context) override {
@@ -159,7 +222,7 @@ class ClientServiceImpl final : public wire::ClientService::Server {
              context.getResults().initStatus());
       return kj::READY_NOW;
     }
-    return chunks.prepareWrite(p.getInode(), p.getIndex())
+    return chunks.prepareWrite(p.getInode(), p.getIndex(), text(p.getFailedReplica()))
         .then([context](Result<ChunkView> r) mutable {
           auto results = context.getResults();
           toWire(r.status, results.initStatus());
@@ -195,6 +258,7 @@ class ClientServiceImpl final : public wire::ClientService::Server {
       list[i].setUsedBytes(servers[i].usedBytes);
       list[i].setChunkCount(servers[i].chunkCount);
       list[i].setLive(servers[i].live);
+      list[i].setDecommissioning(servers[i].decommissioning);
     }
     return kj::READY_NOW;
   }

@@ -37,9 +37,10 @@ Master::Master(MasterOptions options, kj::Timer& timer, const kj::Clock& clock)
   }
   control_ = kj::heap<ChunkserverControl>(timer, opts.chunks.rpcTimeout);
   chunks = std::make_unique<ChunkManager>(*ns, *control_, timer, opts.chunks);
+  ns->setTrashPeriod(opts.trashPeriod);
   chunks->loadFromNamespace();
-  sweeper = sweepLoop().eagerlyEvaluate([](kj::Exception&& e) {
-    logError("dead-server sweep stopped: {}", e.getDescription().cStr());
+  ticker = tickLoop().eagerlyEvaluate([](kj::Exception&& e) {
+    logError("background work stopped: {}", e.getDescription().cStr());
   });
 }
 
@@ -47,11 +48,20 @@ Master::~Master() = default;
 
 wire::Master::Client Master::bootstrap() { return kj::heap<MasterImpl>(*this); }
 
-kj::Promise<void> Master::sweepLoop() {
-  return timer_.afterDelay(kj::SECONDS).then([this]() {
-    chunks->sweepDeadServers();
-    return sweepLoop();
-  });
+kj::Promise<void> Master::tickLoop() {
+  return timer_.afterDelay(kj::SECONDS)
+      .then([this]() {
+        chunks->tick();
+        if (chunks->inSafeMode()) return kj::Promise<void>(kj::READY_NOW);
+        // Trashed files past their period: their chunks go at the next heartbeats.
+        return ns->expireTrash().then([this](MutationResult r) {
+          if (!r.releasedHandles.empty()) {
+            logInfo("trash: {} chunks of expired files released", r.releasedHandles.size());
+          }
+          chunks->release(r.releasedHandles);
+        });
+      })
+      .then([this]() { return tickLoop(); });
 }
 
 static_assert(static_cast<int>(wire::FileType::BLOCK_DEVICE) ==

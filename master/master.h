@@ -21,6 +21,7 @@ struct MasterOptions {
   uint64_t chunkSize = 64ull << 20;
   ChunkManagerOptions chunks;
   kj::Duration heartbeatInterval = 3 * kj::SECONDS;
+  kj::Duration trashPeriod = 86400 * kj::SECONDS;  // 0: unlink deletes at once
 };
 
 class ChunkserverControl;
@@ -40,7 +41,7 @@ class Master {
   ChunkserverControl& control() { return *control_; }
 
  private:
-  kj::Promise<void> sweepLoop();
+  kj::Promise<void> tickLoop();
 
   MasterOptions opts;
   kj::Timer& timer_;
@@ -48,7 +49,7 @@ class Master {
   std::unique_ptr<Namespace> ns;
   kj::Own<ChunkserverControl> control_;
   std::unique_ptr<ChunkManager> chunks;
-  kj::Promise<void> sweeper = nullptr;
+  kj::Promise<void> ticker = nullptr;
 };
 
 // Converts the namespace's attributes to the wire form.

@@ -29,6 +29,12 @@ int main(int argc, char** argv) {
                  "is dead")->capture_default_str();
   app.add_option("--heartbeat", heartbeat, "chunkserver heartbeat interval, seconds")
       ->capture_default_str();
+  double trashSeconds = 86400;
+  double safeModeSeconds = 60;
+  app.add_option("--trash-seconds", trashSeconds, "how long deleted files stay restorable "
+                 "(0: delete at once)")->capture_default_str();
+  app.add_option("--safe-mode-timeout", safeModeSeconds, "leave safe mode after this long even "
+                 "if chunks are missing")->capture_default_str();
   app.add_option("--port-file", portFile, "write the bound HOST:PORT here once listening");
   CLI11_PARSE(app, argc, argv);
   setLogComponent("master");
@@ -53,6 +59,10 @@ int main(int argc, char** argv) {
     options.chunks.deadAfter = static_cast<int64_t>(deadAfter * 1000) * kj::MILLISECONDS;
     options.heartbeatInterval = static_cast<int64_t>(heartbeat * 1000) * kj::MILLISECONDS;
     options.chunks.seed = static_cast<uint64_t>(getpid());
+    options.trashPeriod = static_cast<int64_t>(trashSeconds * 1000) * kj::MILLISECONDS;
+    options.chunks.safeModeTimeout =
+        static_cast<int64_t>(safeModeSeconds * 1000) * kj::MILLISECONDS;
+    options.chunks.minFreeBytes = chunkSize;
     Master master(options, io.provider->getTimer(), kj::systemPreciseCalendarClock());
     auto listener = io.provider->getNetwork()
                         .parseAddress(addr.value.host, addr.value.port)

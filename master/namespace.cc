@@ -105,6 +105,13 @@ std::string xattrKey(uint64_t inode, std::string_view name) {
   return k;
 }
 
+std::string trashKey(int64_t deletedNs, uint64_t inode) {
+  std::string k = "t";
+  putBe64(k, static_cast<uint64_t>(deletedNs));
+  putBe64(k, inode);
+  return k;
+}
+
 std::string encodeInode(const Inode& n) {
   std::string s;
   putLe(s, INODE_FORMAT);
@@ -121,6 +128,8 @@ std::string encodeInode(const Inode& n) {
   putLe(s, n.replication);
   putLe(s, n.parent);
   putLe(s, n.rdev);
+  putLe(s, static_cast<uint16_t>(n.name.size()));
+  s.append(n.name);
   return s;
 }
 
@@ -136,6 +145,10 @@ std::optional<Inode> decodeInode(std::string_view s) {
             getLe(s, pos, n.rdev) && type <= static_cast<uint8_t>(InodeType::BLOCK_DEVICE);
   if (!ok) return std::nullopt;
   n.type = static_cast<InodeType>(type);
+  uint16_t nameLength = 0;
+  if (getLe(s, pos, nameLength) && pos + nameLength <= s.size()) {
+    n.name = std::string(s.substr(pos, nameLength));
+  }
   return n;
 }
 
@@ -287,6 +300,7 @@ Result<Inode> Namespace::newEntry(Mutation& m, uint64_t parent, std::string_view
   if (type == InodeType::DIRECTORY) {
     n.nlink = 2;
     n.parent = parent;
+    n.name = std::string(name);
     p.nlink += 1;
   }
   p.mtimeNs = p.ctimeNs = now;
@@ -530,7 +544,112 @@ kj::Promise<MutationResult> Namespace::unlink(uint64_t parent, std::string_view 
   p.mtimeNs = p.ctimeNs = now;
   m.put(inodeKey(parent), encodeInode(p));
   m.del(direntKey(parent, name));
+  if (trashPeriod > 0 * kj::SECONDS && child.value.type == InodeType::REGULAR &&
+      child.value.nlink <= 1) {
+    // Lazy deletion: the file leaves the namespace but keeps its inode and chunks.
+    std::string dir = pathOf(parent);
+    std::string path = (dir == "/" ? "" : dir) + "/" + std::string(name);
+    m.put(trashKey(now, child.value.inode), path);
+    return finish(std::move(m), std::move(r));
+  }
   dropLink(m, child.value, now, r.releasedHandles);
+  return finish(std::move(m), std::move(r));
+}
+
+std::string Namespace::pathOf(uint64_t directory) {
+  std::vector<std::string> parts;
+  for (uint64_t current = directory; current != ROOT_INODE;) {
+    auto n = readInode(current);
+    if (!n) break;
+    parts.push_back(n->name);
+    current = n->parent;
+  }
+  std::string path;
+  for (auto it = parts.rbegin(); it != parts.rend(); ++it) path += "/" + *it;
+  return path.empty() ? "/" : path;
+}
+
+std::vector<TrashEntry> Namespace::listTrash(size_t limit) {
+  std::vector<TrashEntry> out;
+  for (auto& [key, value] : store.scan("t", "", limit)) {
+    TrashEntry e;
+    e.deletedNs = static_cast<int64_t>(getBe(key, 1, 8));
+    e.inode = getBe(key, 9, 8);
+    e.path = value;
+    if (auto n = readInode(e.inode)) e.size = n->size;
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+kj::Promise<MutationResult> Namespace::restore(std::string_view path) {
+  auto parts = splitPath(path);
+  if (!parts.ok()) return MutationResult{parts.status, {}, {}};
+  if (parts.value.empty()) return MutationResult{Status::invalidArgument("not a file path"), {}, {}};
+  std::optional<TrashEntry> newest;
+  std::string after;
+  for (;;) {
+    auto rows = store.scan("t", after, 4096);
+    if (rows.empty()) break;
+    for (auto& [key, value] : rows) {
+      if (value == path) newest = TrashEntry{value, getBe(key, 9, 8), 0,
+                                             static_cast<int64_t>(getBe(key, 1, 8))};
+    }
+    after = rows.back().first;
+  }
+  if (!newest) {
+    return MutationResult{Status::notFound(fmt::format("'{}' is not in the trash", path)), {}, {}};
+  }
+  Mutation m;
+  int64_t now = nowNs();
+  // Make missing parents, as they were named.
+  uint64_t dir = ROOT_INODE;
+  for (size_t i = 0; i + 1 < parts.value.size(); ++i) {
+    if (auto child = readDirent(dir, parts.value[i])) {
+      auto n = readInode(*child);
+      if (n->type != InodeType::DIRECTORY) {
+        return MutationResult{Status::notDirectory(fmt::format("'{}' is not a directory",
+                                                               parts.value[i])), {}, {}};
+      }
+      dir = *child;
+      continue;
+    }
+    auto made = newEntry(m, dir, parts.value[i], InodeType::DIRECTORY, 0755, 0, 0);
+    if (!made.ok()) return MutationResult{made.status, {}, {}};
+    // Later steps read through the store, so the new directory goes in now; the committer
+    // is first-in first-out, so it is durable before the restore's own reply.
+    store.commit(std::move(m)).detach([](kj::Exception&&) {});
+    m = Mutation();
+    dir = made.value.inode;
+  }
+  const std::string& name = parts.value.back();
+  if (readDirent(dir, name)) {
+    return MutationResult{Status::alreadyExists(fmt::format("'{}' exists", path)), {}, {}};
+  }
+  auto n = readInode(newest->inode);
+  KJ_ASSERT(n.has_value(), "trash entry without its inode", newest->inode);
+  Inode p = *readInode(dir);
+  p.mtimeNs = p.ctimeNs = now;
+  n->ctimeNs = now;
+  m.put(inodeKey(dir), encodeInode(p));
+  m.put(inodeKey(n->inode), encodeInode(*n));
+  m.put(direntKey(dir, name), encodeU64(n->inode));
+  m.del(trashKey(newest->deletedNs, newest->inode));
+  return finish(std::move(m), MutationResult{Status::OK(), *n, {}});
+}
+
+kj::Promise<MutationResult> Namespace::expireTrash() {
+  MutationResult r;
+  Mutation m;
+  int64_t cutoff = nowNs() - trashPeriod / kj::NANOSECONDS;
+  for (auto& [key, value] : store.scan("t", "", 1024)) {
+    if (static_cast<int64_t>(getBe(key, 1, 8)) > cutoff) break;
+    m.del(key);
+    if (auto n = readInode(getBe(key, 9, 8))) {
+      n->nlink = 1;
+      dropLink(m, *n, 0, r.releasedHandles);
+    }
+  }
   return finish(std::move(m), std::move(r));
 }
 
@@ -627,6 +746,7 @@ kj::Promise<MutationResult> Namespace::rename(uint64_t srcParent, std::string_vi
   m.put(direntKey(dstParent, dstName), encodeU64(src.value.inode));
   Inode moved = src.value;
   moved.ctimeNs = now;
+  if (srcIsDir) moved.name = std::string(dstName);
   if (srcIsDir && srcParent != dstParent) {
     moved.parent = dstParent;
     updateParent(srcParent, -1);

@@ -51,6 +51,14 @@ struct Inode {
   uint8_t replication = DEFAULT_REPLICATION;
   uint64_t parent = 0;  // directories only: their one parent
   uint64_t rdev = 0;    // device nodes only
+  std::string name;     // directories only: their name in `parent` (for paths)
+};
+
+struct TrashEntry {
+  std::string path;  // where the file was
+  uint64_t inode = 0;
+  uint64_t size = 0;
+  int64_t deletedNs = 0;
 };
 
 struct ChunkRecord {
@@ -122,6 +130,18 @@ class Namespace {
   Result<std::string> getxattr(uint64_t inode, std::string_view name);
   Result<std::vector<std::string>> listxattr(uint64_t inode);
   kj::Promise<Status> removexattr(uint64_t inode, std::string_view name);
+  // Trash. With a trash period, unlinking a file's last name keeps the file, restorable
+  // by its path, until expireTrash() removes it.
+  void setTrashPeriod(kj::Duration period) { trashPeriod = period; }
+  std::vector<TrashEntry> listTrash(size_t limit);
+  // Puts the newest trashed file that lived at `path` back there, making missing parent
+  // directories.
+  kj::Promise<MutationResult> restore(std::string_view path);
+  // Deletes trashed files older than the trash period; their chunks are released.
+  kj::Promise<MutationResult> expireTrash();
+  // The absolute path of directory `inode`.
+  std::string pathOf(uint64_t directory);
+
   // Files and directories in the namespace (for statfs).
   uint64_t inodeCount() { return nextInode - 1; }
   // size = max(size, current); mtime set when size or data changed.
@@ -157,6 +177,7 @@ class Namespace {
   uint64_t chunkSize_;
   uint64_t nextInode;
   uint64_t nextHandle;
+  kj::Duration trashPeriod = 0 * kj::SECONDS;
 };
 
 // Key layout, exposed for tests and tools.
@@ -165,6 +186,7 @@ std::string direntKey(uint64_t parent, std::string_view name);
 std::string chunkKey(uint64_t inode, uint32_t index);
 std::string symlinkKey(uint64_t inode);
 std::string xattrKey(uint64_t inode, std::string_view name);
+std::string trashKey(int64_t deletedNs, uint64_t inode);
 std::string encodeInode(const Inode& inode);
 std::optional<Inode> decodeInode(std::string_view bytes);
 

@@ -34,7 +34,16 @@ class FakeControl final : public ReplicaControl {
     return Status::OK();
   }
 
+  kj::Promise<Status> replicate(uint64_t server, uint64_t handle, uint64_t version,
+                                const std::string&) override {
+    copies++;
+    if (down.count(server)) return Status::unavailable("down");
+    versions[{server, handle}] = version;
+    return Status::OK();
+  }
+
   std::vector<std::string> calls;
+  int copies = 0;
   std::map<std::pair<uint64_t, uint64_t>, uint64_t> versions;
   std::set<uint64_t> down;
   int leases = 0;

@@ -1,0 +1,275 @@
+// ChunkManager's background work: safe mode, re-replication by urgency, removal of
+// surplus replicas, decommissioning and balancing. Everything here runs from tick() on the
+// master's loop; copies run as tasks, bounded per chunkserver.
+
+#include <fmt/format.h>
+#include <kj/debug.h>
+
+#include <algorithm>
+
+#include "chunk_manager.h"
+#include "log.h"
+
+namespace cairn {
+
+void ChunkManager::taskFailed(kj::Exception&& exception) {
+  logError("re-replication task failed: {}", exception.getDescription().cStr());
+}
+
+uint8_t ChunkManager::goalOf(Chunk& c) {
+  if (c.goal == 0) {
+    auto n = ns.getattr(c.inode);
+    c.goal = n.ok() ? n.value.replication : DEFAULT_REPLICATION;
+  }
+  return c.goal;
+}
+
+ChunkManager::Counts ChunkManager::counts(const Chunk& c) {
+  Counts n;
+  for (uint64_t id : c.replicas) {
+    auto s = serversById.find(id);
+    if (s == serversById.end() || !s->second.live) continue;
+    ++n.live;
+    if (!s->second.decommissioning) ++n.effective;
+  }
+  return n;
+}
+
+bool ChunkManager::canCopy(uint64_t server) {
+  auto s = serversById.find(server);
+  return s != serversById.end() && s->second.live &&
+         s->second.copiesInFlight < options.copiesPerServer;
+}
+
+void ChunkManager::goalChanged(uint64_t inode, uint8_t goal) {
+  for (auto& record : ns.listChunks(inode, 0, UINT32_MAX)) {
+    auto it = chunks.find(record.handle);
+    if (it != chunks.end()) it->second.goal = goal;
+  }
+}
+
+void ChunkManager::reportCorrupt(uint64_t server, uint64_t handle) {
+  auto c = chunks.find(handle);
+  if (c == chunks.end() || !c->second.replicas.count(server)) return;
+  logWarn("chunk {:x}: the scrubber on server {} found its replica bad; dropping it", handle,
+          server);
+  removeReplica(c->second, server);
+  queueDelete(server, handle);
+}
+
+void ChunkManager::updateSafeMode() {
+  if (!safeMode) return;
+  size_t covered = 0;
+  for (auto& [h, c] : chunks) covered += counts(c).live > 0;
+  double share = chunks.empty() ? 1.0 : static_cast<double>(covered) / chunks.size();
+  bool timedOut = timer.now() - startedAt > options.safeModeTimeout;
+  if (share >= options.safeModeThreshold || timedOut) {
+    safeMode = false;
+    if (timedOut && share < options.safeModeThreshold) {
+      logWarn("leaving safe mode after {} s with {} of {} chunks reported",
+              options.safeModeTimeout / kj::SECONDS, covered, chunks.size());
+    } else {
+      logInfo("leaving safe mode: {} of {} chunks have a live replica", covered, chunks.size());
+    }
+  }
+}
+
+void ChunkManager::tick() {
+  sweepDeadServers();
+  updateSafeMode();
+  if (safeMode) return;
+  scheduleRepairs();
+  removeSurplus();
+  balanceStep();
+}
+
+void ChunkManager::scheduleRepairs() {
+  struct Need {
+    uint64_t handle;
+    size_t effective;
+    size_t deficit;
+  };
+  std::vector<Need> needs;
+  for (auto& [h, c] : chunks) {
+    if (c.copying) continue;
+    Counts n = counts(c);
+    size_t goal = goalOf(c);
+    if (n.live == 0 || n.effective >= goal) continue;
+    if (leaseValid(c)) continue;  // a writer is at work; copy once the lease ends
+    needs.push_back({h, n.effective, goal - n.effective});
+  }
+  // Urgency: the fewest copies left first (one live replica before two), then the
+  // largest shortfall.
+  std::sort(needs.begin(), needs.end(), [](const Need& a, const Need& b) {
+    return a.effective != b.effective ? a.effective < b.effective : a.deficit > b.deficit;
+  });
+  for (auto& need : needs) {
+    Chunk& c = chunks.at(need.handle);
+    std::optional<uint64_t> source;
+    for (uint64_t id : c.replicas) {
+      if (canCopy(id)) {
+        source = id;
+        break;
+      }
+    }
+    if (!source) continue;
+    std::vector<PlacementCandidate> candidates;
+    for (auto& [id, s] : serversById) {
+      if (s.live && !s.decommissioning && canCopy(id) && !c.replicas.count(id)) {
+        candidates.push_back({id, s.rack, s.capacityBytes, s.usedBytes, s.recentCreations});
+      }
+    }
+    std::vector<uint64_t> exclude(c.replicas.begin(), c.replicas.end());
+    auto target = choosePlacement(candidates, 1, exclude, options.minFreeBytes, rng);
+    if (target.empty()) continue;
+    startCopy(need.handle, *source, target[0], std::nullopt);
+  }
+}
+
+void ChunkManager::startCopy(uint64_t handle, uint64_t source, uint64_t target,
+                             std::optional<uint64_t> moveFrom) {
+  Chunk& c = chunks.at(handle);
+  c.copying = true;
+  serversById[source].copiesInFlight++;
+  serversById[target].copiesInFlight++;
+  uint64_t version = c.record.version;
+  std::string sourceAddress = serversById[source].address;
+  logInfo("chunk {:x}: copying from {} to {}", handle, sourceAddress,
+          serversById[target].address);
+  copies.add(control.replicate(target, handle, version, sourceAddress)
+                 .then([this, handle, source, target, version, moveFrom](Status s) {
+                   for (uint64_t id : {source, target}) {
+                     auto it = serversById.find(id);
+                     if (it != serversById.end() && it->second.copiesInFlight > 0) {
+                       it->second.copiesInFlight--;
+                     }
+                   }
+                   auto it = chunks.find(handle);
+                   if (it == chunks.end()) {
+                     if (s.ok()) queueDelete(target, handle);  // deleted meanwhile
+                     return;
+                   }
+                   Chunk& c = it->second;
+                   c.copying = false;
+                   if (!s.ok()) {
+                     logWarn("chunk {:x}: copy to server {} failed: {}", handle, target,
+                             s.toString());
+                     return;
+                   }
+                   auto t = serversById.find(target);
+                   if (c.record.version != version || t == serversById.end() ||
+                       !t->second.live) {
+                     // A new lease moved the chunk on while it was copied: the copy is stale.
+                     queueDelete(target, handle);
+                     return;
+                   }
+                   c.replicas.insert(target);
+                   t->second.chunks.insert(handle);
+                   if (moveFrom && c.replicas.count(*moveFrom)) {
+                     removeReplica(c, *moveFrom);
+                     queueDelete(*moveFrom, handle);
+                   }
+                 }));
+}
+
+void ChunkManager::removeSurplus() {
+  for (auto& [h, c] : chunks) {
+    if (c.copying || leaseValid(c)) continue;
+    Counts n = counts(c);
+    size_t goal = goalOf(c);
+    if (n.live <= goal && (n.effective < goal || n.live == n.effective)) continue;
+    // Remove decommissioning replicas first (once the others meet the goal), then those on
+    // the servers holding the most chunks.
+    std::vector<uint64_t> order(c.replicas.begin(), c.replicas.end());
+    std::sort(order.begin(), order.end(), [this](uint64_t a, uint64_t b) {
+      auto& sa = serversById[a];
+      auto& sb = serversById[b];
+      if (sa.decommissioning != sb.decommissioning) return sa.decommissioning;
+      return sa.chunks.size() > sb.chunks.size();
+    });
+    for (uint64_t id : order) {
+      Counts now = counts(c);
+      auto& s = serversById[id];
+      if (!s.live) continue;
+      bool surplus = s.decommissioning ? now.effective >= goal : now.effective > goal;
+      if (!surplus) continue;
+      removeReplica(c, id);
+      queueDelete(id, h);
+    }
+  }
+}
+
+Status ChunkManager::decommission(const std::string& address, uint64_t& remaining, bool& done) {
+  auto it = serverByAddress.find(address);
+  if (it == serverByAddress.end()) {
+    return Status::notFound(fmt::format("no chunkserver {}", address));
+  }
+  Server& s = serversById[it->second];
+  if (!s.decommissioning) {
+    s.decommissioning = true;
+    logInfo("decommissioning chunkserver {}: copying its {} chunks elsewhere", address,
+            s.chunks.size());
+  }
+  remaining = s.chunks.size();
+  done = remaining == 0;
+  return Status::OK();
+}
+
+double ChunkManager::balance(double threshold) {
+  balanceThreshold = threshold;
+  size_t minCount = SIZE_MAX, maxCount = 0, total = 0, n = 0;
+  for (auto& [id, s] : serversById) {
+    if (!s.live || s.decommissioning) continue;
+    minCount = std::min(minCount, s.chunks.size());
+    maxCount = std::max(maxCount, s.chunks.size());
+    total += s.chunks.size();
+    ++n;
+  }
+  if (n < 2 || total == 0) return 0;
+  double avg = static_cast<double>(total) / n;
+  return (maxCount - minCount) / avg;
+}
+
+void ChunkManager::balanceStep() {
+  if (balanceThreshold < 0) return;
+  if (balance(balanceThreshold) <= balanceThreshold) {
+    logInfo("balanced: chunk counts within {:.0f}% of the average", balanceThreshold * 100);
+    balanceThreshold = -1;
+    return;
+  }
+  // Move from the fullest live server to the emptiest, a few chunks per tick.
+  uint64_t fullest = 0, emptiest = 0;
+  size_t most = 0, least = SIZE_MAX;
+  for (auto& [id, s] : serversById) {
+    if (!s.live || s.decommissioning) continue;
+    if (s.chunks.size() >= most) most = s.chunks.size(), fullest = id;
+    if (s.chunks.size() < least) least = s.chunks.size(), emptiest = id;
+  }
+  if (fullest == emptiest) return;
+  for (uint64_t h : std::set<uint64_t>(serversById[fullest].chunks)) {
+    if (!canCopy(fullest) || !canCopy(emptiest)) break;
+    auto it = chunks.find(h);
+    if (it == chunks.end() || it->second.copying || it->second.replicas.count(emptiest) ||
+        leaseValid(it->second)) {
+      continue;
+    }
+    startCopy(h, fullest, emptiest, fullest);
+  }
+}
+
+ClusterHealth ChunkManager::health() {
+  ClusterHealth out;
+  out.safeMode = safeMode;
+  out.chunks = chunks.size();
+  for (auto& [h, c] : chunks) {
+    Counts n = counts(c);
+    size_t goal = goalOf(c);
+    if (n.live == 0) out.missing++;
+    if (n.effective < goal) out.underReplicated++;
+    if (n.live > goal) out.overReplicated++;
+    out.copiesInFlight += c.copying;
+  }
+  return out;
+}
+
+}  // namespace cairn
