@@ -232,12 +232,16 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
     auto req = cs.peers().get<wire::ChunkServer>(source).readRequest();
     req.setHandle(handle);
     req.setVersion(version);
+    uint32_t length = static_cast<uint32_t>(
+        std::min<uint64_t>(MAX_READ, store.maxChunkSize() - std::min(offset, store.maxChunkSize())));
+    if (length == 0) return Status::OK();
     req.setOffset(static_cast<uint32_t>(offset));
-    req.setLength(MAX_READ);
+    req.setLength(length);
     return cs.timer()
         .timeoutAfter(cs.options().rpcTimeout, req.send())
         .then(
-            [this, source, handle, version, offset](auto response) -> kj::Promise<Status> {
+            [this, source, handle, version, offset, length](auto response)
+                -> kj::Promise<Status> {
               Status s = fromWire(response.getStatus());
               if (!s.ok()) {
                 return Status(s.code(), fmt::format("source {}: {}", source, s.message()));
@@ -245,7 +249,7 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
               auto data = response.getData();
               auto bytes = kj::heap<std::string>(reinterpret_cast<const char*>(data.begin()),
                                                  data.size());
-              bool last = data.size() < MAX_READ;
+              bool last = data.size() < length;
               auto& ref = *bytes;
               return pool
                   .run([this, handle, version, offset, &ref]() {

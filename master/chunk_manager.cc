@@ -230,6 +230,7 @@ kj::Promise<Result<ChunkView>> ChunkManager::prepareWrite(uint64_t inode, uint32
   Chunk& c = chunks[handle];
   c.inode = inode;
   c.record = *record;
+  c.lastWrite = timer.now();
   auto result = kj::heap<Result<ChunkView>>();
   auto& out = *result;
   return serialize(handle,
@@ -302,6 +303,7 @@ kj::Promise<Result<ChunkView>> ChunkManager::allocate(uint64_t inode, uint32_t i
   c.inode = inode;
   c.record = *record;
   c.goal = goal;
+  c.lastWrite = timer.now();
   auto result = kj::heap<Result<ChunkView>>();
   auto& out = *result;
   return serialize(

@@ -166,6 +166,7 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
     kj::Maybe<kj::ForkedPromise<void>> busy;  // a lease or truncate in progress
     uint8_t goal = 0;                         // the file's replication goal; 0 = unknown
     bool copying = false;                     // a re-replication copy is in flight
+    kj::TimePoint lastWrite = kj::origin<kj::TimePoint>();  // last prepareWrite
   };
   struct Counts {
     size_t live = 0;       // live replicas
@@ -196,6 +197,10 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   // copy is in place (a balancing move).
   void startCopy(uint64_t handle, uint64_t source, uint64_t target,
                  std::optional<uint64_t> moveFrom);
+  // True if the chunk may be copied or trimmed now. A lease that no write has used for a
+  // while is revoked first (under a new version, so that no write of the old lease can
+  // slip past a copy); a busy one makes the chunk wait.
+  bool readyForRepair(uint64_t handle, Chunk& c);
   void taskFailed(kj::Exception&& exception) override;
   void queueDelete(uint64_t server, uint64_t handle);
 

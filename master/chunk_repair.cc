@@ -83,6 +83,38 @@ void ChunkManager::tick() {
   balanceStep();
 }
 
+constexpr kj::Duration IDLE_LEASE = 3 * kj::SECONDS;
+
+bool ChunkManager::readyForRepair(uint64_t handle, Chunk& c) {
+  if (c.copying) return false;
+  if (!leaseValid(c)) return true;
+  if (timer.now() - c.lastWrite < IDLE_LEASE) return false;
+  c.copying = true;  // nothing else touches it until the revocation is done
+  copies.add(serialize(handle, [this, handle]() -> kj::Promise<void> {
+    auto it = chunks.find(handle);
+    if (it == chunks.end()) return kj::READY_NOW;
+    Chunk& c = it->second;
+    c.primary.reset();
+    c.record.version += 1;
+    auto live = liveReplicas(c);
+    return ns.setChunkVersion(c.inode, c.record)
+        .then([this, live, handle]() {
+          return setVersionOn(live, handle, chunks.at(handle).record.version, false);
+        })
+        .then([this, live, handle](std::vector<uint64_t> current) {
+          auto it = chunks.find(handle);
+          if (it == chunks.end()) return;
+          for (uint64_t s : live) {
+            if (std::find(current.begin(), current.end(), s) == current.end()) {
+              removeReplica(it->second, s);
+            }
+          }
+          it->second.copying = false;
+        });
+  }));
+  return false;
+}
+
 void ChunkManager::scheduleRepairs() {
   struct Need {
     uint64_t handle;
@@ -95,7 +127,7 @@ void ChunkManager::scheduleRepairs() {
     Counts n = counts(c);
     size_t goal = goalOf(c);
     if (n.live == 0 || n.effective >= goal) continue;
-    if (leaseValid(c)) continue;  // a writer is at work; copy once the lease ends
+    if (!readyForRepair(h, c)) continue;
     needs.push_back({h, n.effective, goal - n.effective});
   }
   // Urgency: the fewest copies left first (one live replica before two), then the
@@ -174,10 +206,11 @@ void ChunkManager::startCopy(uint64_t handle, uint64_t source, uint64_t target,
 
 void ChunkManager::removeSurplus() {
   for (auto& [h, c] : chunks) {
-    if (c.copying || leaseValid(c)) continue;
+    if (c.copying) continue;
     Counts n = counts(c);
     size_t goal = goalOf(c);
     if (n.live <= goal && (n.effective < goal || n.live == n.effective)) continue;
+    if (!readyForRepair(h, c)) continue;
     // Remove decommissioning replicas first (once the others meet the goal), then those on
     // the servers holding the most chunks.
     std::vector<uint64_t> order(c.replicas.begin(), c.replicas.end());
@@ -250,7 +283,7 @@ void ChunkManager::balanceStep() {
     if (!canCopy(fullest) || !canCopy(emptiest)) break;
     auto it = chunks.find(h);
     if (it == chunks.end() || it->second.copying || it->second.replicas.count(emptiest) ||
-        leaseValid(it->second)) {
+        !readyForRepair(h, it->second)) {
       continue;
     }
     startCopy(h, fullest, emptiest, fullest);

@@ -186,10 +186,11 @@ void ProcessCluster::startChunkserver(size_t i) {
   std::string listen = chunkservers[i].address.empty()
                            ? "127.0.0." + std::to_string(i + 2) + ":0"
                            : chunkservers[i].address;
-  chunkservers[i].pid =
-      spawn({binary("cairn-chunkserver"), "--listen", listen, "--data", chunkserverDataDir(i),
-             "--master", masterAddr, "--port-file", portFile},
-            dir() + "/cs" + std::to_string(i) + ".log");
+  std::vector<std::string> argv = {binary("cairn-chunkserver"), "--listen", listen, "--data",
+                                   chunkserverDataDir(i), "--master", masterAddr, "--port-file",
+                                   portFile};
+  argv.insert(argv.end(), chunkserverFlags.begin(), chunkserverFlags.end());
+  chunkservers[i].pid = spawn(argv, dir() + "/cs" + std::to_string(i) + ".log");
   chunkservers[i].address = waitForPortFile(portFile, chunkservers[i].pid);
 }
 

@@ -78,6 +78,8 @@ class ProcessCluster {
   ~ProcessCluster();
 
   void startMaster();
+  // Extra flags for every chunkserver started from now on.
+  void setChunkserverFlags(std::vector<std::string> flags) { chunkserverFlags = std::move(flags); }
   // Starts chunkserver i on 127.0.0.<i+2>; waits until it is listening.
   void startChunkserver(size_t i);
   void killMaster(int signal = SIGKILL);
@@ -112,6 +114,7 @@ class ProcessCluster {
   TempDir temp;
   uint64_t chunkSize;
   std::vector<std::string> masterFlags;
+  std::vector<std::string> chunkserverFlags;
   Proc masterProc;
   std::string masterAddr;
   std::vector<Proc> chunkservers;

@@ -1,0 +1,327 @@
+// Failures on a real cluster: dead chunkservers, stale and corrupt replicas, a master
+// killed among writers, trash, goals raised and lowered, decommissioning, balancing.
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <thread>
+
+#include "cluster.h"
+
+namespace cairn {
+namespace {
+
+using testing::ProcessCluster;
+using testing::randomBytes;
+using testing::readFile;
+using testing::writeFile;
+using Clock = std::chrono::steady_clock;
+
+constexpr uint64_t MIB = 1 << 20;
+
+class FaultTest : public ::testing::Test {
+ protected:
+  void start(size_t chunkservers, std::vector<std::string> masterFlags = {}) {
+    std::vector<std::string> flags = {"--dead-after", "2", "--safe-mode-timeout", "20"};
+    flags.insert(flags.end(), masterFlags.begin(), masterFlags.end());
+    cluster = std::make_unique<ProcessCluster>(MIB, flags);
+    cluster->setChunkserverFlags({"--scrub-interval", "0.2"});
+    cluster->startMaster();
+    for (size_t i = 0; i < chunkservers; ++i) cluster->startChunkserver(i);
+    cluster->waitForLiveChunkservers(chunkservers);
+  }
+  std::string local(const std::string& name) { return cluster->dir() + "/" + name; }
+  void put(const std::string& data, const std::string& path, std::vector<std::string> extra = {}) {
+    writeFile(local("in"), data);
+    std::vector<std::string> args = {"put"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    args.push_back(local("in"));
+    args.push_back(path);
+    std::string err;
+    ASSERT_EQ(cluster->cli(args, nullptr, &err), 0) << err;
+  }
+  std::string get(const std::string& path) {
+    std::string err;
+    unlink(local("out").c_str());
+    EXPECT_EQ(cluster->cli({"get", path, local("out")}, nullptr, &err), 0) << err;
+    return readFile(local("out"));
+  }
+  nlohmann::json json(const std::vector<std::string>& args) {
+    std::string out, err;
+    if (cluster->cli(args, &out, &err) != 0) return nullptr;
+    return nlohmann::json::parse(out);
+  }
+  // Polls `done` every 200 ms until it holds or `seconds` pass.
+  bool waitFor(double seconds, const std::function<bool()>& done) {
+    auto end = Clock::now() + std::chrono::duration<double>(seconds);
+    while (Clock::now() < end) {
+      if (done()) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    return done();
+  }
+  bool isLive(const std::string& address) {
+    auto servers = json({"servers", "--json"});
+    if (servers.is_null()) return false;
+    for (auto& s : servers["servers"]) {
+      if (s["address"] == address) return s["live"].get<bool>();
+    }
+    return false;
+  }
+  bool healthy() {
+    auto h = json({"admin", "health", "--json"});
+    return !h.is_null() && h["safe_mode"] == false && h["under_replicated"] == 0 &&
+           h["over_replicated"] == 0 && h["missing"] == 0 && h["copies_in_flight"] == 0;
+  }
+  std::set<std::string> holders(const std::string& path, size_t index) {
+    std::set<std::string> out;
+    auto l = json({"locate", "--json", path});
+    if (l.is_null()) return out;
+    for (auto& c : l["chunks"]) {
+      if (c["index"] == index) {
+        for (auto& r : c["replicas"]) out.insert(r["address"].get<std::string>());
+      }
+    }
+    return out;
+  }
+  size_t indexOf(const std::string& address) {
+    for (size_t i = 0;; ++i) {
+      if (cluster->chunkserverAddress(i) == address) return i;
+    }
+  }
+  // The files of one chunk in chunkserver i's data directory.
+  std::string chunkFile(size_t i, const std::string& handleHex) {
+    std::string name = handleHex.size() < 2 ? "0" + handleHex : handleHex;
+    return cluster->chunkserverDataDir(i) + "/chunks/" + name.substr(0, 2) + "/" + name;
+  }
+
+  std::unique_ptr<ProcessCluster> cluster;
+};
+
+TEST_F(FaultTest, AKilledChunkserversChunksReturnToGoal) {
+  start(4);
+  std::vector<std::string> files;
+  for (int f = 0; f < 5; ++f) {
+    files.push_back(randomBytes(10 * MIB, 100 + f));  // 5 files x 10 chunks = 50 chunks
+    put(files.back(), "/f" + std::to_string(f));
+  }
+  ASSERT_TRUE(healthy());
+  auto t0 = Clock::now();
+  cluster->killChunkserver(1);
+  ASSERT_TRUE(waitFor(10, [&]() { return !isLive(cluster->chunkserverAddress(1)); }));
+  // The bound: 2 s to be declared dead, then 50 copies of 1 MiB, two at a time per server.
+  ASSERT_TRUE(waitFor(60, [&]() { return healthy(); })) << json({"admin", "health", "--json"});
+  auto took = std::chrono::duration<double>(Clock::now() - t0).count();
+  RecordProperty("repair_seconds", std::to_string(took));
+  for (int f = 0; f < 5; ++f) {
+    std::string path = "/f" + std::to_string(f);
+    auto l = json({"locate", "--json", path});
+    for (auto& c : l["chunks"]) {
+      std::set<std::string> live;
+      for (auto& r : c["replicas"]) live.insert(r["address"].get<std::string>());
+      EXPECT_EQ(live.size(), 3u) << path << " " << c.dump();
+      EXPECT_FALSE(live.count(cluster->chunkserverAddress(1)));
+    }
+    EXPECT_TRUE(get(path) == files[f]) << path;
+  }
+}
+
+TEST_F(FaultTest, AStaleReplicaIsNeverServedAndIsDeleted) {
+  start(4);
+  std::string data = randomBytes(2 * MIB, 7);
+  put(data, "/f");
+  auto l = json({"locate", "--json", "/f"});
+  std::string handle = l["chunks"][0]["handle"];
+  uint64_t version = l["chunks"][0]["version"];
+  size_t victim = indexOf(l["chunks"][0]["replicas"][0]["address"]);
+  ASSERT_TRUE(std::filesystem::exists(chunkFile(victim, handle)));
+  cluster->killChunkserver(victim);
+  // Overwrite part of chunk 0 while the victim is away.
+  std::string mnt = cluster->mount();
+  {
+    int fd = open((mnt + "/f").c_str(), O_WRONLY);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(pwrite(fd, "NEW BYTES", 9, 1000), 9);
+    ASSERT_EQ(close(fd), 0);
+  }
+  data.replace(1000, 9, "NEW BYTES");
+  auto after = json({"locate", "--json", "/f"});
+  EXPECT_GT(after["chunks"][0]["version"].get<uint64_t>(), version);
+  cluster->startChunkserver(victim);
+  // Its replica is at the old version: deleted at its first heartbeats, never listed.
+  EXPECT_TRUE(waitFor(15, [&]() { return !std::filesystem::exists(chunkFile(victim, handle)); }));
+  EXPECT_NE(json({"locate", "--json", "/f"})["chunks"][0]["version"], version);
+  EXPECT_TRUE(get("/f") == data);
+  EXPECT_TRUE(waitFor(30, [&]() { return healthy(); }));
+  EXPECT_TRUE(get("/f") == data);
+}
+
+TEST_F(FaultTest, AFlippedByteIsCaughtAndTheReplicaReplaced) {
+  start(4);
+  std::string data = randomBytes(MIB, 8);
+  put(data, "/f");
+  auto l = json({"locate", "--json", "/f"});
+  std::string handle = l["chunks"][0]["handle"];
+  size_t victim = indexOf(l["chunks"][0]["replicas"][1]["address"]);
+  std::string path = chunkFile(victim, handle);
+  {
+    int fd = open(path.c_str(), O_RDWR);
+    char b;
+    ASSERT_EQ(pread(fd, &b, 1, 4321), 1);
+    b ^= 0x10;
+    ASSERT_EQ(pwrite(fd, &b, 1, 4321), 1);
+    close(fd);
+  }
+  // Every read returns the right bytes, whichever replica it tries first.
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(get("/f") == data);
+  // The read or the scrubber reported it; the master replaced it.
+  EXPECT_TRUE(waitFor(30, [&]() {
+    auto h = holders("/f", 0);
+    return h.size() == 3 && !h.count(cluster->chunkserverAddress(victim)) && healthy();
+  }) || waitFor(30, [&]() { return healthy() && !std::filesystem::exists(path); }));
+  EXPECT_TRUE(get("/f") == data);
+}
+
+// Runs `cairn put` of distinct files in a loop, appending each acknowledged name to `log`,
+// until `stop` exists.
+pid_t startWriter(ProcessCluster& cluster, int id, const std::string& log,
+                  const std::string& stop) {
+  pid_t parent = getpid();
+  pid_t pid = fork();
+  if (pid != 0) return pid;
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != parent) _exit(1);
+  std::string src = cluster.dir() + "/src" + std::to_string(id);
+  for (int i = 0; access(stop.c_str(), F_OK) != 0 && i < 10000; ++i) {
+    std::string name = "/w" + std::to_string(id) + "-" + std::to_string(i);
+    writeFile(src, randomBytes(100000 + i * 1000, id * 100000 + i));
+    if (cluster.cli({"put", src, name}) == 0) {
+      int fd = open(log.c_str(), O_WRONLY | O_APPEND | O_CREAT, 0644);
+      std::string line = name + "\n";
+      (void)!write(fd, line.data(), line.size());
+      close(fd);
+    }
+  }
+  _exit(0);
+}
+
+TEST_F(FaultTest, SigkillOfTheMasterAmongWritersLosesNothingAcknowledged) {
+  start(3);
+  std::string stop = local("stop"), log = local("acked");
+  std::vector<pid_t> writers;
+  for (int w = 0; w < 3; ++w) writers.push_back(startWriter(*cluster, w, log, stop));
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  cluster->killMaster(SIGKILL);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  cluster->startMaster();
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  writeFile(stop, "");
+  for (pid_t w : writers) waitpid(w, nullptr, 0);
+  std::string acked = readFile(log);
+  size_t count = 0;
+  for (size_t pos = 0; pos < acked.size();) {
+    size_t nl = acked.find('\n', pos);
+    std::string name = acked.substr(pos, nl - pos);
+    pos = nl + 1;
+    int id = name[2] - '0';
+    int i = std::stoi(name.substr(name.find('-') + 1));
+    EXPECT_TRUE(get(name) == randomBytes(100000 + i * 1000, id * 100000 + i)) << name;
+    ++count;
+  }
+  EXPECT_GT(count, 5u);
+}
+
+TEST_F(FaultTest, TrashRestoreExpireAndOrphans) {
+  start(3, {"--trash-seconds", "3"});
+  std::string data = randomBytes(MIB + 10, 9);
+  std::string err;
+  ASSERT_EQ(cluster->cli({"mkdir", "/keep"}, nullptr, &err), 0);
+  put(data, "/keep/me", {});
+  ASSERT_NE(cluster->cli({"put", local("in"), "/nodir/x"}, nullptr, &err), 0);
+  ASSERT_EQ(cluster->cli({"mkdir", "-p", "/d/e"}, nullptr, &err), 0);
+  put(data, "/d/e/f");
+  ASSERT_EQ(cluster->cli({"rm", "/d/e/f"}, nullptr, &err), 0) << err;
+  auto trash = json({"trash", "ls", "--json"});
+  ASSERT_EQ(trash.size(), 1u);
+  EXPECT_EQ(trash[0]["path"], "/d/e/f");
+  ASSERT_EQ(cluster->cli({"rm", "-r", "/d"}, nullptr, &err), 0) << err;
+  ASSERT_EQ(cluster->cli({"trash", "restore", "/d/e/f"}, nullptr, &err), 0) << err;
+  EXPECT_TRUE(get("/d/e/f") == data);  // parents made again
+  // Deleted again and left to expire: the chunks leave every chunkserver's disk.
+  auto l = json({"locate", "--json", "/d/e/f"});
+  std::string handle = l["chunks"][0]["handle"];
+  ASSERT_EQ(cluster->cli({"rm", "/d/e/f"}, nullptr, &err), 0);
+  EXPECT_TRUE(waitFor(20, [&]() {
+    for (size_t i = 0; i < 3; ++i) {
+      if (std::filesystem::exists(chunkFile(i, handle))) return false;
+    }
+    return json({"trash", "ls", "--json"}).empty();
+  }));
+  EXPECT_NE(cluster->cli({"trash", "restore", "/d/e/f"}, nullptr, &err), 0);
+  // An orphan: a chunk the master never made, found at a chunkserver's start.
+  cluster->killChunkserver(0);
+  auto keep = json({"locate", "--json", "/keep/me"})["chunks"][0]["handle"].get<std::string>();
+  std::string orphan = chunkFile(0, "fffff1");
+  std::filesystem::create_directories(std::filesystem::path(orphan).parent_path());
+  writeFile(orphan, "orphan bytes");
+  writeFile(orphan + ".meta", std::string(32, '\0'));
+  cluster->startChunkserver(0);
+  EXPECT_TRUE(waitFor(15, [&]() { return !std::filesystem::exists(orphan); }));
+  EXPECT_TRUE(get("/keep/me") == data);
+}
+
+TEST_F(FaultTest, GoalsRiseAndFall) {
+  start(4);
+  std::string data = randomBytes(3 * MIB, 10);
+  put(data, "/f");
+  std::string err;
+  ASSERT_EQ(cluster->cli({"setrep", "2", "/f"}, nullptr, &err), 0) << err;
+  EXPECT_TRUE(waitFor(20, [&]() {
+    return holders("/f", 0).size() == 2 && holders("/f", 2).size() == 2 && healthy();
+  }));
+  ASSERT_EQ(cluster->cli({"setrep", "4", "/f"}, nullptr, &err), 0) << err;
+  EXPECT_TRUE(waitFor(30, [&]() {
+    return holders("/f", 0).size() == 4 && holders("/f", 2).size() == 4 && healthy();
+  }));
+  EXPECT_TRUE(get("/f") == data);
+}
+
+TEST_F(FaultTest, DecommissionDrainsAServerAndBalanceFillsANewOne) {
+  start(3);
+  std::string data = randomBytes(12 * MIB, 11);
+  put(data, "/f", {"-r", "2"});
+  cluster->startChunkserver(3);  // an empty newcomer
+  cluster->waitForLiveChunkservers(4);
+  std::string out, err;
+  ASSERT_EQ(cluster->cli({"admin", "balance", "--threshold", "0.5", "--wait", "--timeout", "60"},
+                         &out, &err),
+            0)
+      << err;
+  auto servers = json({"servers", "--json"});
+  for (auto& s : servers["servers"]) {
+    if (s["address"] == cluster->chunkserverAddress(3)) {
+      EXPECT_GT(s["chunks"], 0);
+    }
+  }
+  std::string leaving = cluster->chunkserverAddress(0);
+  ASSERT_EQ(cluster->cli({"admin", "decommission", leaving, "--wait", "--timeout", "60"}, &out,
+                         &err),
+            0)
+      << err;
+  EXPECT_NE(out.find("safe to remove"), std::string::npos);
+  cluster->killChunkserver(0);
+  EXPECT_TRUE(get("/f") == data);
+  for (size_t i = 0; i < 12; ++i) EXPECT_FALSE(holders("/f", i).count(leaving));
+}
+
+}  // namespace
+}  // namespace cairn
