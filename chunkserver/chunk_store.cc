@@ -120,7 +120,7 @@ Status ChunkStore::create(uint64_t handle, uint64_t version) {
       bestFree = space.value.freeBytes;
     }
   }
-  if (bestFree < chunkSize / 16) {
+  if (bestFree < chunkSize) {  // room for the whole chunk, or it goes elsewhere
     return Status::noSpace(fmt::format("no data directory has room for chunk {:x}", handle));
   }
   auto entry = std::make_shared<Entry>();

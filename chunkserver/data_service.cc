@@ -124,7 +124,12 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
              auto local = applyBuffer(handle, version, offset, dataId, length);
              auto remote = forwardApply(std::move(secondaries), handle, version, offset, dataId,
                                         length);
-             return local.then([remote = kj::mv(remote)](Status s) mutable {
+             return local.then([this, remote = kj::mv(remote)](Status s) mutable {
+               if (!s.ok()) {
+                 // Name this replica, so that the client can have the master drop it.
+                 s = Status(s.code(),
+                            fmt::format("chunkserver {}: {}", cs.options().address, s.message()));
+               }
                return remote.then([s](Status r) { return s.ok() ? r : s; });
              });
            })

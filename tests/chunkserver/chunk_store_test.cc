@@ -113,17 +113,28 @@ TEST_F(ChunkStoreTest, RemoveDeletesBothFiles) {
 }
 
 TEST_F(ChunkStoreTest, AFullDiskRefusesNewChunksAndKeepsOldOnes) {
-  MemDisk small(1 << 20);
-  ChunkStore tiny(small, {"/d"}, CHUNK);
+  MemDisk small(2 << 20);
+  ChunkStore tiny(small, {"/d"}, 1 << 20);
   ASSERT_TRUE(tiny.open().ok());
   ASSERT_TRUE(tiny.create(1, 1).ok());
-  EXPECT_EQ(tiny.write(1, 1, 0, std::string(2 << 20, 'x')).code(), ErrorCode::NO_SPACE);
-  ASSERT_TRUE(tiny.write(1, 1, 0, "kept").ok());
+  std::string full = testing::randomBytes(1 << 20, 12);
+  ASSERT_TRUE(tiny.write(1, 1, 0, full).ok());
+  // Less than a chunk of room is left: a new chunk is refused, not started.
+  EXPECT_EQ(tiny.create(2, 1).code(), ErrorCode::NO_SPACE);
+  EXPECT_FALSE(tiny.has(2));
   std::string out;
-  ASSERT_TRUE(tiny.read(1, 1, 0, 4, out).ok());
+  ASSERT_TRUE(tiny.read(1, 1, 0, 1 << 20, out).ok());
+  EXPECT_TRUE(out == full);
+  // A write that finds no room fails and leaves the bytes before it alone.
+  MemDisk tight((1 << 20) + 4096);
+  ChunkStore store2(tight, {"/d"}, 1 << 20);
+  ASSERT_TRUE(store2.open().ok());
+  ASSERT_TRUE(store2.create(1, 1).ok());
+  ASSERT_TRUE(store2.write(1, 1, 0, "kept").ok());
+  ASSERT_TRUE(tight.write("/filler", 0, std::string(1 << 20, 'f').data(), 1 << 20, true).ok());
+  EXPECT_EQ(store2.write(1, 1, 4, std::string(64 << 10, 'y')).code(), ErrorCode::NO_SPACE);
+  ASSERT_TRUE(store2.read(1, 1, 0, 4, out).ok());
   EXPECT_EQ(out, "kept");
-  EXPECT_EQ(tiny.write(1, 1, 0, std::string(1 << 20, 'y')).code(), ErrorCode::NO_SPACE);
-  ASSERT_TRUE(tiny.read(1, 1, 0, 4, out).ok());
 }
 
 }  // namespace

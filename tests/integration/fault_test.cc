@@ -47,7 +47,7 @@ class FaultTest : public ::testing::Test {
     args.push_back(local("in"));
     args.push_back(path);
     std::string err;
-    ASSERT_EQ(cluster->cli(args, nullptr, &err), 0) << err;
+    ASSERT_EQ(cluster->cli(args, nullptr, &err), 0) << path << ": " << err;
   }
   std::string get(const std::string& path) {
     std::string err;
@@ -321,6 +321,40 @@ TEST_F(FaultTest, DecommissionDrainsAServerAndBalanceFillsANewOne) {
   cluster->killChunkserver(0);
   EXPECT_TRUE(get("/f") == data);
   for (size_t i = 0; i < 12; ++i) EXPECT_FALSE(holders("/f", i).count(leaving));
+}
+
+TEST_F(FaultTest, AFullChunkserverRefusesChunksAndKeepsWhatItHas) {
+  // Chunkserver 3's data lives on a 6 MiB tmpfs; the others have room.
+  cluster = std::make_unique<ProcessCluster>(MIB, std::vector<std::string>{"--dead-after", "2"});
+  std::string tiny = cluster->dir() + "/cs3";
+  std::filesystem::create_directories(tiny);
+  ASSERT_EQ(system(("mount -t tmpfs -o size=6m cairn-test-tmpfs " + tiny).c_str()), 0);
+  struct Unmount {
+    std::string path;
+    ~Unmount() { (void)!system(("umount -l " + path).c_str()); }
+  } unmount{tiny};
+  cluster->startMaster();
+  for (size_t i = 0; i < 4; ++i) cluster->startChunkserver(i);
+  cluster->waitForLiveChunkservers(4);
+  std::vector<std::string> files;
+  for (int f = 0; f < 8; ++f) {
+    files.push_back(randomBytes(3 * MIB + 1000, 300 + f));
+    put(files.back(), "/f" + std::to_string(f));
+  }
+  for (int f = 0; f < 8; ++f) EXPECT_TRUE(get("/f" + std::to_string(f)) == files[f]) << f;
+  // The full server took chunks while it had room and then no more; what it holds is intact.
+  size_t onTiny = 0;
+  for (int f = 0; f < 8; ++f) {
+    auto l = json({"locate", "--json", "/f" + std::to_string(f)});
+    for (auto& c : l["chunks"]) {
+      for (auto& r : c["replicas"]) onTiny += r["address"] == cluster->chunkserverAddress(3);
+    }
+  }
+  EXPECT_GT(onTiny, 0u);
+  EXPECT_LT(onTiny, 8u);  // 6 MiB of room for 32 chunks of 1 MiB
+  // Read everything with only the full server and one other left: whatever it holds reads.
+  EXPECT_TRUE(waitFor(30, [&]() { return healthy(); }));
+  for (int f = 0; f < 8; ++f) EXPECT_TRUE(get("/f" + std::to_string(f)) == files[f]) << f;
 }
 
 }  // namespace
