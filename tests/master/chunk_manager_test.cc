@@ -69,6 +69,8 @@ class ChunkManagerTest : public ::testing::Test {
   Result<ChunkView> prepare(uint32_t index) {
     return manager.prepareWrite(file, index).wait(io.waitScope);
   }
+  // Lets the loop finish what is under way, including synced metadata writes.
+  void settle() { io.provider->getTimer().afterDelay(50 * kj::MILLISECONDS).wait(io.waitScope); }
   void heartbeatAll() {
     for (auto id : ids) {
       std::vector<uint64_t> deletes;
@@ -191,6 +193,84 @@ TEST_F(ChunkManagerTest, NoLiveServersIsAClearError) {
   auto r = prepare(0);
   EXPECT_FALSE(r.ok());
   EXPECT_EQ(r.status.code(), ErrorCode::UNAVAILABLE);
+}
+
+TEST_F(ChunkManagerTest, ADeadServersChunksAreCopiedMostUrgentFirstWithinLimits) {
+  ChunkManagerOptions options;
+  options.copiesPerServer = 1;
+  ChunkManager limited(ns, control, timer, options);
+  std::vector<uint64_t> sids;
+  for (int i = 0; i < 4; ++i) {
+    sids.push_back(limited.registerServer("10.0.0." + std::to_string(i) + ":1", "r", 1 << 30, 0,
+                                          {}));
+  }
+  for (uint32_t i = 0; i < 6; ++i) ASSERT_TRUE(limited.prepareWrite(file, i).wait(io.waitScope).ok());
+  // Let the leases lapse, then lose server 0.
+  timer.advanceTo(timer.now() + 61 * kj::SECONDS);
+  for (size_t k = 1; k < 4; ++k) {
+    std::vector<uint64_t> d;
+    limited.heartbeat(sids[k], 1 << 30, 0, d);
+  }
+  timer.advanceTo(timer.now() + 10 * kj::SECONDS);
+  for (size_t k = 1; k < 4; ++k) {
+    std::vector<uint64_t> d;
+    limited.heartbeat(sids[k], 1 << 30, 0, d);
+  }
+  limited.sweepDeadServers();
+  auto before = limited.health();
+  EXPECT_GT(before.underReplicated, 0u);
+  limited.tick();
+  // Three live servers, one copy each at a time: at most one copy (a source and a target)
+  // per pair, so no more than one copy per server is in flight.
+  EXPECT_LE(control.copies, 2);
+  EXPECT_GT(control.copies, 0);
+  for (int round = 0; round < 20; ++round) {
+    settle();
+    for (size_t k = 1; k < 4; ++k) {
+      std::vector<uint64_t> d;
+      limited.heartbeat(sids[k], 1 << 30, 0, d);
+    }
+    limited.tick();
+  }
+  settle();
+  auto after = limited.health();
+  EXPECT_EQ(after.underReplicated, 0u) << "copies " << control.copies;
+  EXPECT_EQ(after.missing, 0u);
+  for (auto& v : limited.locate(file, 0, 6)) EXPECT_EQ(v.replicas.size(), 3u);
+}
+
+TEST_F(ChunkManagerTest, SafeModeHoldsDeletionsUntilTheReportsCoverTheNamespace) {
+  auto r = prepare(0);
+  uint64_t handle = r.value.record.handle;
+  ChunkManager restarted(ns, control, timer, ChunkManagerOptions{});
+  restarted.loadFromNamespace();
+  EXPECT_TRUE(restarted.inSafeMode());
+  EXPECT_EQ(restarted.prepareWrite(file, 0).wait(io.waitScope).status.code(),
+            ErrorCode::SAFE_MODE);
+  uint64_t id = restarted.registerServer("10.1.0.1:1", "r", 1 << 30, 0,
+                                         {{handle, r.value.record.version, 5}, {777, 1, 0}});
+  EXPECT_FALSE(restarted.inSafeMode());  // its one chunk is reported
+  std::vector<uint64_t> deletes;
+  restarted.heartbeat(id, 1 << 30, 0, deletes);
+  EXPECT_EQ(deletes, std::vector<uint64_t>{777});  // the orphan goes only now
+}
+
+TEST_F(ChunkManagerTest, AnIdleLeaseIsRevokedUnderANewVersionBeforeACopy) {
+  auto r = prepare(0);
+  uint64_t version = r.value.record.version;
+  ASSERT_TRUE(ns.setReplication(file, 4).wait(io.waitScope).status.ok());
+  manager.goalChanged(file, 4);
+  manager.tick();  // the lease is fresh: the chunk waits
+  EXPECT_EQ(control.copies, 0);
+  timer.advanceTo(timer.now() + 5 * kj::SECONDS);
+  heartbeatAll();
+  manager.tick();  // idle: revoked, the version moves on
+  settle();
+  EXPECT_EQ(ns.getChunk(file, 0)->version, version + 1);
+  manager.tick();  // now the copy
+  settle();
+  EXPECT_EQ(control.copies, 1);
+  EXPECT_EQ(manager.locate(file, 0, 1)[0].replicas.size(), 4u);
 }
 
 }  // namespace
