@@ -189,6 +189,7 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   uint8_t goalOf(Chunk& c);
   Counts counts(const Chunk& c);
   bool canCopy(uint64_t server);
+  static bool deletePending(const Server& s, uint64_t handle);
   void updateSafeMode();
   void scheduleRepairs();
   void removeSurplus();

@@ -35,6 +35,11 @@ ChunkManager::Counts ChunkManager::counts(const Chunk& c) {
   return n;
 }
 
+bool ChunkManager::deletePending(const Server& s, uint64_t handle) {
+  return std::find(s.pendingDeletes.begin(), s.pendingDeletes.end(), handle) !=
+         s.pendingDeletes.end();
+}
+
 bool ChunkManager::canCopy(uint64_t server) {
   auto s = serversById.find(server);
   return s != serversById.end() && s->second.live &&
@@ -147,7 +152,8 @@ void ChunkManager::scheduleRepairs() {
     if (!source) continue;
     std::vector<PlacementCandidate> candidates;
     for (auto& [id, s] : serversById) {
-      if (s.live && !s.decommissioning && canCopy(id) && !c.replicas.count(id)) {
+      if (s.live && !s.decommissioning && canCopy(id) && !c.replicas.count(id) &&
+          !deletePending(s, need.handle)) {
         candidates.push_back({id, s.rack, s.capacityBytes, s.usedBytes, s.recentCreations});
       }
     }
@@ -197,6 +203,10 @@ void ChunkManager::startCopy(uint64_t handle, uint64_t source, uint64_t target,
                    }
                    c.replicas.insert(target);
                    t->second.chunks.insert(handle);
+                   // A delete queued for an older replica there must not take this one.
+                   auto& pending = t->second.pendingDeletes;
+                   pending.erase(std::remove(pending.begin(), pending.end(), handle),
+                                 pending.end());
                    if (moveFrom && c.replicas.count(*moveFrom)) {
                      removeReplica(c, *moveFrom);
                      queueDelete(*moveFrom, handle);
@@ -283,7 +293,7 @@ void ChunkManager::balanceStep() {
     if (!canCopy(fullest) || !canCopy(emptiest)) break;
     auto it = chunks.find(h);
     if (it == chunks.end() || it->second.copying || it->second.replicas.count(emptiest) ||
-        !readyForRepair(h, it->second)) {
+        deletePending(serversById[emptiest], h) || !readyForRepair(h, it->second)) {
       continue;
     }
     startCopy(h, fullest, emptiest, fullest);

@@ -183,11 +183,19 @@ TEST_F(FaultTest, AFlippedByteIsCaughtAndTheReplicaReplaced) {
   }
   // Every read returns the right bytes, whichever replica it tries first.
   for (int i = 0; i < 3; ++i) EXPECT_TRUE(get("/f") == data);
-  // The read or the scrubber reported it; the master replaced it.
-  EXPECT_TRUE(waitFor(30, [&]() {
+  // The read or the scrubber reported it; the master dropped it, deleted the bad file and
+  // made a third good replica elsewhere.
+  // (The new replica may land on the same chunkserver, as a fresh, good copy.)
+  bool replaced = waitFor(30, [&]() {
     auto h = holders("/f", 0);
-    return h.size() == 3 && !h.count(cluster->chunkserverAddress(victim)) && healthy();
-  }) || waitFor(30, [&]() { return healthy() && !std::filesystem::exists(path); }));
+    if (h.size() != 3 || !healthy()) return false;
+    if (!h.count(cluster->chunkserverAddress(victim))) return true;
+    return readFile(path) == data.substr(0, MIB);
+  });
+  EXPECT_TRUE(replaced) << json({"admin", "health", "--json"}) << " "
+                        << json({"locate", "--json", "/f"});
+  std::string master = readFile(cluster->dir() + "/master.log");
+  EXPECT_NE(master.find("dropping it"), std::string::npos) << master;
   EXPECT_TRUE(get("/f") == data);
 }
 
