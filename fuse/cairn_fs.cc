@@ -65,18 +65,23 @@ struct stat toStat(const FileAttr& a) {
   return st;
 }
 
+fuse_entry_param entryOf(fuse_req_t req, const FileAttr& a) {
+  fuse_entry_param e;
+  memset(&e, 0, sizeof(e));
+  e.ino = a.inode;
+  e.generation = 1;
+  e.attr = toStat(a);
+  e.attr_timeout = fsOf(req).options.attrTimeout;
+  e.entry_timeout = fsOf(req).options.entryTimeout;
+  return e;
+}
+
 void replyEntry(fuse_req_t req, const Result<FileAttr>& r) {
   if (!r.ok()) {
     fuse_reply_err(req, toErrno(r.status.code()));
     return;
   }
-  fuse_entry_param e;
-  memset(&e, 0, sizeof(e));
-  e.ino = r.value.inode;
-  e.generation = 1;
-  e.attr = toStat(r.value);
-  e.attr_timeout = fsOf(req).options.attrTimeout;
-  e.entry_timeout = fsOf(req).options.entryTimeout;
+  fuse_entry_param e = entryOf(req, r.value);
   fuse_reply_entry(req, &e);
 }
 
@@ -278,13 +283,7 @@ void cfsCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
     replyStatus(req, r.status);
     return;
   }
-  fuse_entry_param e;
-  memset(&e, 0, sizeof(e));
-  e.ino = r.value.inode;
-  e.generation = 1;
-  e.attr = toStat(r.value);
-  e.attr_timeout = fsOf(req).options.attrTimeout;
-  e.entry_timeout = fsOf(req).options.entryTimeout;
+  fuse_entry_param e = entryOf(req, r.value);
   fi->keep_cache = 0;
   fi->fh = 0;
   fuse_reply_create(req, &e, fi);
@@ -383,11 +382,8 @@ void readdirCommon(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_
     } else {
       auto& entry = dir->entries[i - 2];
       name = entry.name;
-      st = toStat(entry.attr);
-      e.ino = entry.attr.inode;
-      e.generation = 1;
-      e.attr_timeout = fsOf(req).options.attrTimeout;
-      e.entry_timeout = fsOf(req).options.entryTimeout;
+      e = entryOf(req, entry.attr);
+      st = e.attr;
     }
     e.attr = st;
     size_t n = plus ? fuse_add_direntry_plus(req, buf.data() + used, size - used, name.c_str(),
