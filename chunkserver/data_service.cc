@@ -9,6 +9,7 @@
 
 #include "chunkserver.h"
 #include "log.h"
+#include "parallel.h"
 
 namespace cairn {
 
@@ -214,7 +215,7 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
                             })
                             .then([this, handle, version, source](Status s) -> kj::Promise<Status> {
                               if (!s.ok()) return s;
-                              return copyFrom(source, handle, version, 0);
+                              return copyFrom(source, handle, version);
                             })
                             .then([this, handle](Status s) -> kj::Promise<Status> {
                               if (s.ok()) return s;
@@ -231,41 +232,40 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
   }
 
  private:
-  // Reads the replica at `source` from `offset` on, MAX_READ at a time, into the store.
-  kj::Promise<Status> copyFrom(std::string source, uint64_t handle, uint64_t version,
-                               uint64_t offset) {
+  // Reads the replica at `source` into the store, MAX_READ at a time with a few reads in
+  // flight; pieces past the source's end come back empty.
+  kj::Promise<Status> copyFrom(std::string source, uint64_t handle, uint64_t version) {
+    size_t pieces = (store.maxChunkSize() + MAX_READ - 1) / MAX_READ;
+    return runLimited(pieces, 4, [this, source, handle, version](size_t i) {
+      return copyPiece(source, handle, version, uint64_t{i} * MAX_READ);
+    });
+  }
+
+  kj::Promise<Status> copyPiece(std::string source, uint64_t handle, uint64_t version,
+                                uint64_t offset) {
     auto req = cs.peers().get<wire::ChunkServer>(source).readRequest();
     req.setHandle(handle);
     req.setVersion(version);
-    uint32_t length = static_cast<uint32_t>(
-        std::min<uint64_t>(MAX_READ, store.maxChunkSize() - std::min(offset, store.maxChunkSize())));
-    if (length == 0) return Status::OK();
     req.setOffset(static_cast<uint32_t>(offset));
-    req.setLength(length);
+    req.setLength(static_cast<uint32_t>(std::min<uint64_t>(MAX_READ, store.maxChunkSize() - offset)));
     return cs.timer()
         .timeoutAfter(cs.options().rpcTimeout, req.send())
         .then(
-            [this, source, handle, version, offset, length](auto response)
-                -> kj::Promise<Status> {
+            [this, source, handle, version, offset](auto response) -> kj::Promise<Status> {
               Status s = fromWire(response.getStatus());
               if (!s.ok()) {
                 return Status(s.code(), fmt::format("source {}: {}", source, s.message()));
               }
               auto data = response.getData();
+              if (data.size() == 0) return Status::OK();
               auto bytes = kj::heap<std::string>(reinterpret_cast<const char*>(data.begin()),
                                                  data.size());
-              bool last = data.size() < length;
               auto& ref = *bytes;
               return pool
                   .run([this, handle, version, offset, &ref]() {
-                    return ref.empty() ? Status::OK() : store.write(handle, version, offset, ref);
+                    return store.write(handle, version, offset, ref);
                   })
-                  .attach(kj::mv(bytes))
-                  .then([this, source, handle, version, offset, last,
-                         n = data.size()](Status s) -> kj::Promise<Status> {
-                    if (!s.ok() || last) return s;
-                    return copyFrom(source, handle, version, offset + n);
-                  });
+                  .attach(kj::mv(bytes));
             },
             [this, source](kj::Exception&& e) -> kj::Promise<Status> {
               cs.peers().drop(source);
