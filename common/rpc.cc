@@ -22,12 +22,19 @@ RpcServer::RpcServer(capnp::Capability::Client bootstrap, kj::Own<kj::Connection
 }
 
 kj::Promise<void> RpcServer::acceptLoop() {
-  return listener->accept().then([this](kj::Own<kj::AsyncIoStream>&& stream) {
-    auto connection = kj::heap<Connection>(kj::mv(stream), bootstrap);
-    auto done = connection->network.onDisconnect();
-    tasks.add(done.attach(kj::mv(connection)));
-    return acceptLoop();
-  });
+  return listener->accept().then(
+      [this](kj::Own<kj::AsyncIoStream>&& stream) {
+        auto connection = kj::heap<Connection>(kj::mv(stream), bootstrap);
+        auto done = connection->network.onDisconnect();
+        tasks.add(done.attach(kj::mv(connection)));
+        return acceptLoop();
+      },
+      [this](kj::Exception&& e) {
+        // One failed accept (out of descriptors, an aborted connection) must not stop the
+        // server from taking the next.
+        logWarn("accept failed: {}", e.getDescription().cStr());
+        return kj::evalLater([this]() { return acceptLoop(); });
+      });
 }
 
 void RpcServer::taskFailed(kj::Exception&& exception) {
