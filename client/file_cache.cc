@@ -211,9 +211,13 @@ kj::Promise<Result<std::string>> FileCache::readCached(uint64_t inode, uint64_t 
         if (!s.ok()) return s;
         auto it = files.find(inode);
         if (it != files.end() && it->second.generation == generation && ref.size() > size) {
-          it->second.aheadOffset = offset;
-          it->second.ahead = ref;
-          if (!it->second.prefetching) maybePrefetch(inode, it->second);
+          // Keep the window (moved, not copied) and answer from it.
+          State& st = it->second;
+          st.aheadOffset = offset;
+          st.ahead = std::move(ref);
+          std::string out = st.ahead.substr(0, size);
+          if (!st.prefetching) maybePrefetch(inode, st);
+          return out;
         }
         if (ref.size() > size) ref.resize(size);
         return std::move(ref);
@@ -241,9 +245,14 @@ void FileCache::maybePrefetch(uint64_t inode, State& st) {
                       if (s.ok() && st.aheadOffset + st.ahead.size() == aheadEnd) {
                         // Keep what is not yet read, then the new window.
                         uint64_t keepFrom = std::clamp(st.lastReadEnd, st.aheadOffset, aheadEnd);
-                        st.ahead.erase(0, keepFrom - st.aheadOffset);
+                        if (keepFrom == aheadEnd) {
+                          st.ahead = std::move(ref);
+                        } else {
+                          std::string joined = st.ahead.substr(keepFrom - st.aheadOffset);
+                          joined.append(ref);
+                          st.ahead = std::move(joined);
+                        }
                         st.aheadOffset = keepFrom;
-                        st.ahead.append(ref);
                       }
                       // The fork itself stays until the next prefetch replaces it: it is
                       // running this very continuation.
