@@ -61,7 +61,7 @@ capnp::Capability::Client PeerPool::bootstrap(kj::StringPtr address) {
   auto connection = kj::heap<Connection>();
   uint64_t generation = nextGeneration++;
   connection->generation = generation;
-  Connection* raw = connection.get();
+  Connection* entry = connection.get();
   kj::String key = kj::str(address);
   connections.upsert(kj::str(address), kj::mv(connection),
                      [](kj::Own<Connection>& old, kj::Own<Connection>&& repl) {
@@ -75,7 +75,17 @@ capnp::Capability::Client PeerPool::bootstrap(kj::StringPtr address) {
           .timeoutAfter(connectTimeout,
                         kj::mv(dial).then([](kj::Own<kj::AsyncIoStream> s) { return s; }))
           .then(
-              [this, raw](kj::Own<kj::AsyncIoStream> stream) -> capnp::Capability::Client {
+              [this, address = kj::str(address),
+               generation](kj::Own<kj::AsyncIoStream> stream) -> capnp::Capability::Client {
+                // The entry may have been dropped while connecting: then so is this stream.
+                Connection* raw = nullptr;
+                KJ_IF_MAYBE(entry, connections.find(address)) {
+                  if ((*entry)->generation == generation) raw = entry->get();
+                }
+                if (raw == nullptr) {
+                  kj::throwFatalException(
+                      KJ_EXCEPTION(DISCONNECTED, "connection dropped while connecting", address));
+                }
                 raw->stream = kj::mv(stream);
                 raw->network = kj::heap<capnp::TwoPartyVatNetwork>(
                     *raw->stream, capnp::rpc::twoparty::Side::CLIENT, RPC_READER_OPTIONS);
@@ -116,7 +126,7 @@ capnp::Capability::Client PeerPool::bootstrap(kj::StringPtr address) {
                 kj::throwFatalException(kj::mv(e));
               });
   capnp::Capability::Client cap(kj::mv(connected));
-  raw->cap = cap;
+  entry->cap = cap;  // still in the map: nothing has run since it went in
   return cap;
 }
 

@@ -14,8 +14,9 @@ void ChunkserverControl::setServer(uint64_t id, wire::ChunkServer::Client cap) {
 }
 
 template <typename Request>
-kj::Promise<Status> ChunkserverControl::send(uint64_t server, Request&& request) {
-  return timer.timeoutAfter(timeout, request.send())
+kj::Promise<Status> ChunkserverControl::send(uint64_t server, Request&& request,
+                                             int timeoutMultiple) {
+  return timer.timeoutAfter(timeout * timeoutMultiple, request.send())
       .then([](auto response) { return fromWire(response.getStatus()); },
             [server](kj::Exception&& e) {
               return Status::unavailable(fmt::format("chunkserver {}: {}", server,
@@ -65,12 +66,7 @@ kj::Promise<Status> ChunkserverControl::replicate(uint64_t server, uint64_t hand
   req.setVersion(version);
   req.setSource(source);
   // A copy of a whole chunk takes longer than a control call.
-  return timer.timeoutAfter(timeout * 12, req.send())
-      .then([](auto response) { return fromWire(response.getStatus()); },
-            [server](kj::Exception&& e) {
-              return Status::unavailable(fmt::format("chunkserver {}: {}", server,
-                                                     e.getDescription().cStr()));
-            });
+  return send(server, kj::mv(req), 12);
 }
 
 namespace {

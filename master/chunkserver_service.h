@@ -30,7 +30,7 @@ class ChunkserverControl final : public ReplicaControl {
  private:
   // Runs `call` with a timeout; a failure or timeout becomes Status unavailable.
   template <typename Request>
-  kj::Promise<Status> send(uint64_t server, Request&& request);
+  kj::Promise<Status> send(uint64_t server, Request&& request, int timeoutMultiple = 1);
 
   kj::Timer& timer;
   kj::Duration timeout;
