@@ -128,7 +128,10 @@ size_t ChunkManager::sweepDeadServers() {
 
 void ChunkManager::removeReplica(Chunk& c, uint64_t server) {
   c.replicas.erase(server);
-  if (c.primary == server) c.primary.reset();
+  // Whichever replica leaves, the lease ends: the next write needs a new lease, and so a
+  // new version, so that the replica that left (which may come back) is recognisably stale
+  // rather than silently missing the writes made without it.
+  c.primary.reset();
   auto s = serversById.find(server);
   if (s != serversById.end()) s->second.chunks.erase(c.record.handle);
 }
