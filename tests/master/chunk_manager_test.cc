@@ -150,6 +150,33 @@ TEST_F(ChunkManagerTest, AReplicaThatMissesTheBumpIsDropped) {
   EXPECT_EQ(deletes, std::vector<uint64_t>{handle});
 }
 
+TEST_F(ChunkManagerTest, AReplicaLostUnderALeaseForcesANewVersion) {
+  // Writes made after a replica is declared dead must not share its version: otherwise it
+  // could come back "current" without them.
+  auto first = prepare(0);
+  ASSERT_TRUE(first.ok());
+  std::string gone = first.value.replicas[1].address;
+  uint64_t goneId = 0;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (gone == "127.0.0." + std::to_string(i + 2) + ":1") goneId = ids[i];
+  }
+  timer.advanceTo(timer.now() + 20 * kj::SECONDS);
+  for (auto id : ids) {
+    std::vector<uint64_t> d;
+    if (id != goneId) manager.heartbeat(id, 1 << 30, 0, d);
+  }
+  timer.advanceTo(timer.now() + 15 * kj::SECONDS);  // the lease (60 s) is still valid
+  EXPECT_EQ(manager.sweepDeadServers(), 1u);
+  auto second = prepare(0);
+  ASSERT_TRUE(second.ok());
+  EXPECT_GT(second.value.record.version, first.value.record.version);
+  // It returns with the old version: stale, not a replica.
+  manager.registerServer(gone, "r", 1 << 30, 0,
+                         {{first.value.record.handle, first.value.record.version, 10}});
+  auto views = manager.locate(file, 0, 1);
+  for (auto& r : views[0].replicas) EXPECT_NE(r.address, gone);
+}
+
 TEST_F(ChunkManagerTest, SilentServersAreDeclaredDead) {
   auto r = prepare(0);
   timer.advanceTo(timer.now() + 20 * kj::SECONDS);
