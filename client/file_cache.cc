@@ -155,6 +155,32 @@ kj::Promise<Status> FileCache::fsync(uint64_t inode) {
   });
 }
 
+kj::Promise<Result<FileAttr>> FileCache::setattr(uint64_t inode, SetAttrRequest request) {
+  kj::Promise<Status> before = Status::OK();
+  if (request.size) before = flush(inode);
+  return before.then([this, inode, request](Status s) -> kj::Promise<Result<FileAttr>> {
+    if (!s.ok()) return Result<FileAttr>(s);
+    return client.setattr(inode, request).then([this, inode, request](Result<FileAttr> a) {
+      if (a.ok() && request.size) resized(inode, *request.size);
+      return a;
+    });
+  });
+}
+
+kj::Promise<Status> FileCache::extend(uint64_t inode, uint64_t end) {
+  return flush(inode)
+      .then([this, inode](Status s) -> kj::Promise<Result<FileAttr>> {
+        if (!s.ok()) return Result<FileAttr>(s);
+        return client.getattr(inode);
+      })
+      .then([this, inode, end](Result<FileAttr> a) -> kj::Promise<Status> {
+        if (!a.ok() || a.value.size >= end) return a.status;
+        SetAttrRequest grow;
+        grow.size = end;
+        return setattr(inode, grow).then([](Result<FileAttr> r) { return r.status; });
+      });
+}
+
 std::optional<uint64_t> FileCache::localSize(uint64_t inode) {
   auto it = files.find(inode);
   if (it == files.end() || !it->second.sizeDirty) return std::nullopt;

@@ -41,6 +41,11 @@ class FileCache {
   kj::Promise<Status> flush(uint64_t inode);
   // flush(), then every replica of every chunk written since the last fsync syncs to disk.
   kj::Promise<Status> fsync(uint64_t inode);
+  // Changes attributes at the master; a size change first writes out what is buffered
+  // (so that a cut applies to it too) and then drops cached bytes.
+  kj::Promise<Result<FileAttr>> setattr(uint64_t inode, SetAttrRequest request);
+  // Extends the file to at least `end` bytes (fallocate mode 0: holes read as zeros).
+  kj::Promise<Status> extend(uint64_t inode, uint64_t end);
   // The size including buffered writes, when this client has any.
   std::optional<uint64_t> localSize(uint64_t inode);
   // The file was cut or extended to `size` (after flush() and the master's setattr).

@@ -163,17 +163,8 @@ void cfsSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int toSet, fu
   } else if (toSet & FUSE_SET_ATTR_MTIME) {
     r.mtimeNs = toNs(attr->st_mtim);
   }
-  replyAttr(req, call(req, "setattr", [&](Client& c, FileCache& fc) {
-              // Buffered writes land before a size change, so that it cuts them too.
-              kj::Promise<Status> before = Status::OK();
-              if (r.size) before = fc.flush(ino);
-              return before.then([&c, &fc, ino, r](Status s) -> kj::Promise<Result<FileAttr>> {
-                if (!s.ok()) return Result<FileAttr>(s);
-                return c.setattr(ino, r).then([&fc, ino, r](Result<FileAttr> a) {
-                  if (a.ok() && r.size) fc.resized(ino, *r.size);
-                  return a;
-                });
-              });
+  replyAttr(req, call(req, "setattr", [&](Client&, FileCache& fc) {
+              return fc.setattr(ino, r);
             }));
 }
 
@@ -491,20 +482,8 @@ void cfsFallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t 
     return;
   }
   uint64_t end = static_cast<uint64_t>(offset) + static_cast<uint64_t>(length);
-  replyStatus(req, call(req, "fallocate", [&](Client& c, FileCache& fc) {
-                return fc.flush(ino).then([&c, &fc, ino, end](Status s) -> kj::Promise<Status> {
-                  if (!s.ok()) return s;
-                  return c.getattr(ino).then([&c, &fc, ino, end](Result<FileAttr> a)
-                                                 -> kj::Promise<Status> {
-                    if (!a.ok() || a.value.size >= end) return a.status;
-                    SetAttrRequest grow;
-                    grow.size = end;
-                    return c.setattr(ino, grow).then([&fc, ino, end](Result<FileAttr> r) {
-                      if (r.ok()) fc.resized(ino, end);
-                      return r.status;
-                    });
-                  });
-                });
+  replyStatus(req, call(req, "fallocate", [&](Client&, FileCache& fc) {
+                return fc.extend(ino, end);
               }));
 }
 

@@ -251,8 +251,13 @@ TEST_F(FuseTest, TwoMountsSeeEachOthersClosedFiles) {
     ASSERT_EQ(fsync(fd), 0);
     ASSERT_EQ(close(fd), 0);
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the first mount's attr cache
-  EXPECT_TRUE(readFile(mnt + "/shared") == data + "tail");
+  // The first mount sees it once its attribute cache (0.2 s) lapses: wait for that, 5 s at most.
+  bool seen = false;
+  for (int i = 0; i < 100 && !seen; ++i) {
+    seen = readFile(mnt + "/shared") == data + "tail";
+    if (!seen) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(seen);
   // The CLI, a third client, agrees.
   std::string out;
   ASSERT_EQ(cluster->cli({"stat", "--json", "/shared"}, &out), 0);
