@@ -37,15 +37,6 @@ std::string baseName(const std::string& path) {
   return slash == std::string::npos ? trimmed : trimmed.substr(slash + 1);
 }
 
-std::string humanBytes(double bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (bytes >= 1024 && u < 4) {
-    bytes /= 1024;
-    ++u;
-  }
-  return u == 0 ? fmt::format("{:.0f} {}", bytes, units[u]) : fmt::format("{:.1f} {}", bytes, units[u]);
-}
 
 // Progress on a terminal: "put big.bin  512.0 MiB / 1.0 GiB  50%  230.1 MB/s".
 class Progress {
@@ -192,6 +183,16 @@ int copyOut(CliContext& c, const std::string& path, const FileAttr& attr, int fd
 }
 
 }  // namespace
+
+std::string humanBytes(double bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (bytes >= 1024 && u < 4) {
+    bytes /= 1024;
+    ++u;
+  }
+  return u == 0 ? fmt::format("{:.0f} {}", bytes, units[u]) : fmt::format("{:.1f} {}", bytes, units[u]);
+}
 
 std::pair<std::string, std::string> splitParent(const std::string& path) {
   std::string p = path;

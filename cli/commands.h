@@ -42,6 +42,9 @@ int cmdDecommission(CliContext& c, const std::string& address, bool wait, double
 int cmdBalance(CliContext& c, double threshold, bool wait, double timeoutSeconds);
 int cmdHealth(CliContext& c, bool json);
 
+// "1.5 GiB": a byte count for people.
+std::string humanBytes(double bytes);
+
 // "/a/b/c" -> ("/a/b", "c"); "/" -> ("/", "").
 std::pair<std::string, std::string> splitParent(const std::string& path);
 

@@ -69,11 +69,16 @@ FileAttr attrFromWire(wire::Attr::Reader a) {
   return f;
 }
 
+static uint64_t systemSeed() {
+  std::random_device device;
+  return (static_cast<uint64_t>(device()) << 32) ^ device();
+}
+
 Client::Client(ClientOptions options, kj::Network& network, kj::Timer& timer)
     : opts(std::move(options)),
       timer(timer),
       peers(network, timer, opts.connectTimeout),
-      rng(opts.seed) {}
+      rng(opts.seed != 0 ? opts.seed : systemSeed()) {}
 
 Client::~Client() = default;
 

@@ -109,6 +109,8 @@ struct ClientOptions {
   uint32_t pieceBytes = 1 << 20;             // size of one push or read RPC
   uint32_t parallelPieces = 8;               // pieces in flight per call
   kj::Duration layoutTtl = 2 * kj::SECONDS;  // how long read() trusts cached chunk locations
+  // Seeds write buffer ids and replica choice; 0 draws one from the system, so that no two
+  // clients (which share chunkservers' buffer-id space) pick the same ids.
   uint64_t seed = 0;
 };
 

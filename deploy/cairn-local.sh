@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A local Cairn cluster on this machine: one master, three chunkservers (each on its own
-# loopback address, as if on its own host) and a FUSE mount, all data under one directory.
+# loopback address, as if on its own host), a MapReduce coordinator with one worker beside
+# each chunkserver, and a FUSE mount, all data under one directory.
 #
 #   deploy/cairn-local.sh start  [DATA_DIR]   default ./cairn-data
 #   deploy/cairn-local.sh stop   [DATA_DIR]
@@ -8,7 +9,8 @@
 #
 # Environment: CAIRN_BUILD (binaries, default ./build), CAIRN_MASTER_PORT (7700),
 # CAIRN_CHUNK_SIZE (bytes, default 64 MiB; fixed when DATA_DIR is first used),
-# CAIRN_MOUNT (mount point, default DATA_DIR/mnt; "none" for no mount).
+# CAIRN_MOUNT (mount point, default DATA_DIR/mnt; "none" for no mount),
+# CAIRN_COORDINATOR_PORT (7800), CAIRN_WORKER_SLOTS (tasks per worker, default 1).
 # Every PID started is written to DATA_DIR/pids; stop ends exactly those.
 set -euo pipefail
 
@@ -24,12 +26,16 @@ MASTER=127.0.0.1:$PORT
 if [ "$1" != start ] && [ -f "$DATA/master-address" ]; then MASTER=$(cat "$DATA/master-address"); fi
 CHUNK_SIZE=${CAIRN_CHUNK_SIZE:-67108864}
 PIDS=$DATA/pids
+COORDINATOR=127.0.0.1:${CAIRN_COORDINATOR_PORT:-7800}
+if [ "$1" != start ] && [ -f "$DATA/coordinator-address" ]; then COORDINATOR=$(cat "$DATA/coordinator-address"); fi
+SLOTS=${CAIRN_WORKER_SLOTS:-1}
 MOUNT=${CAIRN_MOUNT:-$DATA/mnt}
 
 alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
 
 start() {
-  for b in master/cairn-master chunkserver/cairn-chunkserver cli/cairn fuse/cairn-mount; do
+  for b in master/cairn-master chunkserver/cairn-chunkserver cli/cairn fuse/cairn-mount \
+           mapreduce/cairn-mapreduce; do
     [ -x "$BUILD/$b" ] || { echo "$0: $BUILD/$b not built (run deploy/build.sh)" >&2; exit 1; }
   done
   if [ -f "$PIDS" ]; then
@@ -56,6 +62,24 @@ start() {
     sleep 0.1
   done
   [ "${live:-0}" -ge 3 ] || { echo "$0: only ${live:-0} of 3 chunkservers registered; logs in $DATA/logs" >&2; exit 1; }
+  echo "$COORDINATOR" >"$DATA/coordinator-address"
+  "$BUILD/mapreduce/cairn-mapreduce" coordinator --master "$MASTER" --listen "$COORDINATOR" \
+    >>"$DATA/logs/coordinator.log" 2>&1 &
+  echo "coordinator $!" >>"$PIDS"
+  # One worker beside each chunkserver, named as its host, so that maps read local replicas.
+  for i in 1 2 3; do
+    host=127.0.0.$((i + 1))
+    rm -f "$DATA/worker$i.port"
+    "$BUILD/mapreduce/cairn-mapreduce" worker --coordinator "$COORDINATOR" --host "$host" \
+      --scratch "$DATA/worker$i" --slots "$SLOTS" --port-file "$DATA/worker$i.port" \
+      >>"$DATA/logs/worker$i.log" 2>&1 &
+    echo "worker$i $!" >>"$PIDS"
+  done
+  for _ in $(seq 1 100); do
+    [ -s "$DATA/worker1.port" ] && [ -s "$DATA/worker2.port" ] && [ -s "$DATA/worker3.port" ] && break
+    sleep 0.1
+  done
+  [ -s "$DATA/worker3.port" ] || { echo "$0: the MapReduce workers did not join; logs in $DATA/logs" >&2; exit 1; }
   if [ "$MOUNT" != none ]; then
     mkdir -p "$MOUNT"
     if mountpoint -q "$MOUNT"; then
@@ -69,6 +93,7 @@ start() {
     echo "$MOUNT" >"$DATA/mountpoint"
   fi
   echo "Cairn is running: master $MASTER, 3 chunkservers, data in $DATA"
+  echo "  MapReduce coordinator $COORDINATOR with 3 workers"
   [ "$MOUNT" = none ] || echo "  mounted at $MOUNT"
   echo "  export CAIRN_MASTER=$MASTER; $BUILD/cli/cairn ls /"
 }
@@ -80,7 +105,7 @@ stop() {
     if mountpoint -q "$m"; then fusermount3 -u "$m" 2>/dev/null || fusermount3 -u -z "$m"; fi
     rm -f "$DATA/mountpoint"
   fi
-  # Reverse order: the mount, the chunkservers, the master last.
+  # Reverse order: the mount, the workers, the coordinator, the chunkservers, the master last.
   tac "$PIDS" | while read -r name pid; do
     alive "$pid" || continue
     kill "$pid"

@@ -9,41 +9,9 @@
 #include <memory>
 #include <queue>
 
+#include "records.h"
+
 namespace cairn::mapreduce {
-namespace {
-
-// Run format: per record, u32 key length, u32 value length (little-endian), key, value.
-bool writeRecord(FILE* f, std::string_view k, std::string_view v) {
-  uint32_t lengths[2] = {static_cast<uint32_t>(k.size()), static_cast<uint32_t>(v.size())};
-  return fwrite(lengths, sizeof(lengths), 1, f) == 1 &&
-         fwrite(k.data(), 1, k.size(), f) == k.size() &&
-         fwrite(v.data(), 1, v.size(), f) == v.size();
-}
-
-struct RunReader {
-  FILE* file = nullptr;
-  std::string key, value;
-  bool valid = false;
-  bool failed = false;
-  ~RunReader() {
-    if (file) fclose(file);
-  }
-  void next() {
-    uint32_t lengths[2];
-    valid = false;
-    if (fread(lengths, sizeof(lengths), 1, file) != 1) return;
-    key.resize(lengths[0]);
-    value.resize(lengths[1]);
-    if (fread(key.data(), 1, key.size(), file) != key.size() ||
-        fread(value.data(), 1, value.size(), file) != value.size()) {
-      failed = true;
-      return;
-    }
-    valid = true;
-  }
-};
-
-}  // namespace
 
 ExternalSorter::ExternalSorter(std::string scratchDir, std::string prefix, size_t budget)
     : dir(std::move(scratchDir)), prefix(std::move(prefix)), budget(budget) {}
@@ -103,13 +71,13 @@ Status ExternalSorter::finish(
     records.clear();
     return Status::OK();
   }
-  std::vector<std::unique_ptr<RunReader>> readers;
+  std::vector<std::unique_ptr<RecordReader>> readers;
+  std::vector<bool> valid;
   for (auto& path : runs) {
-    auto r = std::make_unique<RunReader>();
-    r->file = fopen(path.c_str(), "rb");
-    if (r->file == nullptr) return Status::ioError(fmt::format("{}: {}", path, strerror(errno)));
-    r->next();
-    readers.push_back(std::move(r));
+    FILE* f = fopen(path.c_str(), "rb");
+    if (f == nullptr) return Status::ioError(fmt::format("{}: {}", path, strerror(errno)));
+    readers.push_back(std::make_unique<RecordReader>(f));
+    valid.push_back(readers.back()->next());
   }
   // Smallest key first; among equal keys, the earlier run first (stable).
   auto later = [&](size_t a, size_t b) {
@@ -118,7 +86,7 @@ Status ExternalSorter::finish(
   };
   std::priority_queue<size_t, std::vector<size_t>, decltype(later)> heap(later);
   for (size_t i = 0; i < readers.size(); ++i) {
-    if (readers[i]->valid) heap.push(i);
+    if (valid[i]) heap.push(i);
   }
   std::vector<std::string> values;
   while (!heap.empty()) {
@@ -128,9 +96,11 @@ Status ExternalSorter::finish(
       size_t i = heap.top();
       heap.pop();
       values.push_back(std::move(readers[i]->value));
-      readers[i]->next();
-      if (readers[i]->failed) return Status::ioError("a sorted run is truncated");
-      if (readers[i]->valid) heap.push(i);
+      if (readers[i]->next()) {
+        heap.push(i);
+      } else if (readers[i]->truncated()) {
+        return Status::ioError(fmt::format("sorted run {} is truncated", runs[i]));
+      }
     }
     Status s = group(key, values);
     if (!s.ok()) return s;

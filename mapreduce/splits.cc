@@ -15,7 +15,7 @@ Status forEachLine(const ReadAt& read, uint64_t fileSize, uint64_t start, uint64
     if (before.value != "\n") {
       for (;;) {
         if (pos >= fileSize) return Status::OK();
-        auto block = read(pos, blockBytes);
+        auto block = read(pos, std::min<uint64_t>(blockBytes, 64 << 10));
         if (!block.ok()) return block.status;
         if (block.value.empty()) return Status::OK();
         size_t nl = block.value.find('\n');
@@ -34,7 +34,11 @@ Status forEachLine(const ReadAt& read, uint64_t fileSize, uint64_t start, uint64
       if (!pending.empty()) line(pendingAt, pending);  // a last line with no newline
       return Status::OK();
     }
-    auto block = read(pos, blockBytes);
+    // Within the split read whole blocks up to its end; past it, only enough to finish the
+    // last line, which usually ends within a few bytes.
+    uint64_t want =
+        pos < end ? std::min(blockBytes, end - pos) : std::min<uint64_t>(blockBytes, 64 << 10);
+    auto block = read(pos, want);
     if (!block.ok()) return block.status;
     if (block.value.empty()) {
       if (!pending.empty()) line(pendingAt, pending);

@@ -1,0 +1,126 @@
+#include "cairn_io.h"
+
+#include <fmt/format.h>
+
+#include "names.h"
+
+namespace cairn::mapreduce {
+
+Result<FileAttr> CairnIo::resolve(const std::string& path) {
+  return client.run([&](Client& c, FileCache&) { return c.resolve(path); });
+}
+
+Result<FileAttr> CairnIo::lookup(uint64_t parent, const std::string& name) {
+  return client.run([&](Client& c, FileCache&) { return c.lookup(parent, name); });
+}
+
+Result<std::vector<DirEntryInfo>> CairnIo::list(uint64_t dir) {
+  std::vector<DirEntryInfo> all;
+  std::string after;
+  for (;;) {
+    bool more = false;
+    auto page = client.run([&](Client& c, FileCache&) { return c.readdir(dir, after, 4096, &more); });
+    if (!page.ok()) return page.status;
+    for (auto& e : page.value) all.push_back(std::move(e));
+    if (!more || page.value.empty()) return all;
+    after = all.back().name;
+  }
+}
+
+Result<FileLayout> CairnIo::layout(uint64_t inode) {
+  FileLayout all;
+  constexpr uint32_t PAGE = 4096;
+  for (uint64_t first = 0;; first += PAGE) {
+    auto page = client.run([&](Client& c, FileCache&) {
+      return c.layout(inode, static_cast<uint32_t>(first), PAGE);
+    });
+    if (!page.ok()) return page.status;
+    all.chunkSize = page.value.chunkSize;
+    all.fileSize = page.value.fileSize;
+    for (auto& ch : page.value.chunks) all.chunks.push_back(std::move(ch));
+    if (all.chunkSize == 0 || first + PAGE >= (all.fileSize + all.chunkSize - 1) / all.chunkSize) {
+      return all;
+    }
+  }
+}
+
+Result<FileAttr> CairnIo::mkdir(uint64_t parent, const std::string& name, uint32_t uid,
+                                uint32_t gid) {
+  return client.run(
+      [&](Client& c, FileCache&) { return c.mkdir(parent, name, 0755, uid, gid); });
+}
+
+Result<FileAttr> CairnIo::makeDirs(const std::string& path, uint32_t uid, uint32_t gid) {
+  auto parts = splitPath(path);
+  if (!parts.ok()) return parts.status;
+  auto dir = resolve("/");
+  for (auto& name : parts.value) {
+    if (!dir.ok()) return dir;
+    auto next = lookup(dir.value.inode, name);
+    if (next.status.code() == ErrorCode::NOT_FOUND) {
+      next = mkdir(dir.value.inode, name, uid, gid);
+      if (next.status.code() == ErrorCode::ALREADY_EXISTS) next = lookup(dir.value.inode, name);
+    }
+    if (next.ok() && next.value.type != FileType::DIRECTORY) {
+      return Status::notDirectory(fmt::format("'{}' is not a directory", name));
+    }
+    dir = next;
+  }
+  return dir;
+}
+
+Status CairnIo::removeTree(uint64_t parent, const std::string& name) {
+  auto attr = lookup(parent, name);
+  if (!attr.ok()) return attr.status;
+  if (attr.value.type != FileType::DIRECTORY) return unlink(parent, name);
+  auto entries = list(attr.value.inode);
+  if (!entries.ok()) return entries.status;
+  for (auto& e : entries.value) {
+    Status s = removeTree(attr.value.inode, e.name);
+    if (!s.ok() && s.code() != ErrorCode::NOT_FOUND) return s;
+  }
+  return client.run([&](Client& c, FileCache&) { return c.rmdir(parent, name); });
+}
+
+Status CairnIo::unlink(uint64_t parent, const std::string& name) {
+  return client.run([&](Client& c, FileCache&) { return c.unlink(parent, name); });
+}
+
+Status CairnIo::rename(uint64_t fromDir, const std::string& from, uint64_t toDir,
+                       const std::string& to, bool noReplace) {
+  return client.run(
+      [&](Client& c, FileCache&) { return c.rename(fromDir, from, toDir, to, noReplace); });
+}
+
+Result<std::string> CairnIo::read(uint64_t inode, uint64_t offset, uint64_t length) {
+  std::string out;
+  Status s = client.run([&](Client& c, FileCache&) { return c.read(inode, offset, length, out); });
+  if (!s.ok()) return s;
+  return out;
+}
+
+Result<FileAttr> CairnIo::create(uint64_t parent, const std::string& name, uint32_t uid,
+                                 uint32_t gid) {
+  return client.run([&](Client& c, FileCache& cache) {
+    return c.create(parent, name, 0644, uid, gid, 0, true).then([&cache](Result<FileAttr> r) {
+      if (r.ok()) cache.open(r.value.inode, 0);
+      return r;
+    });
+  });
+}
+
+Status CairnIo::append(uint64_t inode, uint64_t offset, std::string data) {
+  return client.run([&](Client&, FileCache& cache) {
+    return cache.write(inode, offset, std::move(data));
+  });
+}
+
+Status CairnIo::close(uint64_t inode) {
+  return client.run([&](Client&, FileCache& cache) {
+    return cache.fsync(inode).then([&cache, inode](Status s) {
+      return cache.release(inode).then([s](Status released) { return s.ok() ? released : s; });
+    });
+  });
+}
+
+}  // namespace cairn::mapreduce
