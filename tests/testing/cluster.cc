@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -121,14 +122,18 @@ std::string ProcessCluster::binary(const std::string& name) {
   if (name == "cairn-chunkserver") return base + "/chunkserver/cairn-chunkserver";
   if (name == "cairn") return base + "/cli/cairn";
   if (name == "cairn-mount") return base + "/fuse/cairn-mount";
+  if (name == "cairn-mapreduce") return base + "/mapreduce/cairn-mapreduce";
   return base + "/" + name;
 }
+
+static void killAndReap(pid_t& pid, int signal);
 
 ProcessCluster::ProcessCluster(uint64_t chunkSize, std::vector<std::string> masterFlags)
     : chunkSize(chunkSize), masterFlags(std::move(masterFlags)) {}
 
 ProcessCluster::~ProcessCluster() {
   while (!mounts.empty()) unmount(mounts.back().address);
+  for (auto& [name, proc] : daemons) killAndReap(proc.pid, SIGKILL);
   for (size_t i = 0; i < chunkservers.size(); ++i) killChunkserver(i);
   killMaster();
 }
@@ -208,6 +213,21 @@ static void killAndReap(pid_t& pid, int signal) {
 
 void ProcessCluster::killMaster(int signal) { killAndReap(masterProc.pid, signal); }
 
+std::string ProcessCluster::startDaemon(const std::string& name,
+                                        const std::vector<std::string>& argv,
+                                        const std::string& portFile) {
+  unlink(portFile.c_str());
+  Proc& p = daemons[name];
+  killAndReap(p.pid, SIGKILL);
+  p.pid = spawn(argv, dir() + "/" + name + ".log");
+  p.address = waitForPortFile(portFile, p.pid);
+  return p.address;
+}
+
+void ProcessCluster::killDaemon(const std::string& name, int signal) {
+  killAndReap(daemons.at(name).pid, signal);
+}
+
 void ProcessCluster::killChunkserver(size_t i, int signal) {
   killAndReap(chunkservers.at(i).pid, signal);
 }
@@ -229,8 +249,15 @@ void ProcessCluster::waitForLiveChunkservers(size_t n) {
 
 int ProcessCluster::cli(const std::vector<std::string>& args, std::string* out,
                         std::string* err) {
-  static int counter = 0;
-  std::string outFile = dir() + "/cli" + std::to_string(++counter) + ".out";
+  std::vector<std::string> argv = {binary("cairn"), "--master", masterAddr};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return run(argv, out, err);
+}
+
+int ProcessCluster::run(const std::vector<std::string>& argv, std::string* out,
+                        std::string* err) {
+  static std::atomic<int> counter = 0;
+  std::string outFile = dir() + "/run" + std::to_string(++counter) + ".out";
   std::string errFile = outFile + ".err";
   pid_t pid = fork();
   if (pid == 0) {
@@ -239,8 +266,6 @@ int ProcessCluster::cli(const std::vector<std::string>& args, std::string* out,
     int e = open(errFile.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     dup2(o, 1);
     dup2(e, 2);
-    std::vector<std::string> argv = {binary("cairn"), "--master", masterAddr};
-    argv.insert(argv.end(), args.begin(), args.end());
     std::vector<char*> cargs;
     for (auto& a : argv) cargs.push_back(const_cast<char*>(a.c_str()));
     cargs.push_back(nullptr);

@@ -9,6 +9,7 @@
 #include <sys/types.h>
 
 #include <memory>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -96,7 +97,19 @@ class ProcessCluster {
   int cli(const std::vector<std::string>& args, std::string* out = nullptr,
           std::string* err = nullptr);
 
+  // Runs a program to its end (from any thread); returns its exit status, with its output.
+  int run(const std::vector<std::string>& argv, std::string* out = nullptr,
+          std::string* err = nullptr);
+
   static std::string binary(const std::string& name);
+
+  // Starts another daemon (e.g. a MapReduce coordinator or worker) under `name`: `argv`
+  // must make it write its address to `portFile`. Returns that address. The cluster ends
+  // it with the rest.
+  std::string startDaemon(const std::string& name, const std::vector<std::string>& argv,
+                          const std::string& portFile);
+  void killDaemon(const std::string& name, int signal = SIGKILL);
+  pid_t daemonPid(const std::string& name) const { return daemons.at(name).pid; }
 
   // Mounts the cluster with `cairn-mount -f` at a new directory; returns its path.
   std::string mount(const std::string& options = "");
@@ -119,6 +132,7 @@ class ProcessCluster {
   std::string masterAddr;
   std::vector<Proc> chunkservers;
   std::vector<Proc> mounts;  // address holds the mount point
+  std::map<std::string, Proc> daemons;
 };
 
 // Reads a whole local file.
