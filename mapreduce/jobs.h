@@ -24,6 +24,9 @@ class Job {
   // Output lines for one key (without newlines), given all its values.
   virtual void reduce(std::string_view key, const std::vector<std::string>& values,
                       const std::function<void(std::string_view)>& out) = 0;
+  // True when every value is a decimal count and combine() sums them: the map side then
+  // keeps one number per key instead of a list of values.
+  virtual bool valuesAreCounts() const { return false; }
 };
 
 // word<TAB>count, a word being a maximal run of letters (isalpha in the C locale).
@@ -34,6 +37,7 @@ class WordCount final : public Job {
                const Emit& emit) override;
   void reduce(std::string_view key, const std::vector<std::string>& values,
               const std::function<void(std::string_view)>& out) override;
+  bool valuesAreCounts() const override { return true; }
 };
 
 // word<TAB>n<TAB>path1,path2,… with the distinct input paths holding the word, sorted.

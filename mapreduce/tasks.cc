@@ -16,6 +16,8 @@
 namespace cairn::mapreduce {
 namespace {
 
+constexpr uint64_t READ_BLOCK = 8 << 20;  // input read per call: 8 pieces in flight
+
 // Map output on its way to the partition files: appended per partition in memory and
 // written out in batches, so that no more than one file is open at a time whatever R is.
 class PartitionWriter {
@@ -64,6 +66,16 @@ class MapTable {
       : job(job), writer(writer), budget(budget) {}
 
   void emit(std::string_view key, std::string_view value) {
+    if (job.valuesAreCounts()) {
+      auto it = counts.find(key);
+      if (it == counts.end()) {
+        it = counts.emplace(std::string(key), 0).first;
+        bytes += key.size() + 64;
+      }
+      it->second += value == "1" ? 1 : std::stoull(std::string(value));
+      if (bytes > budget) flush();
+      return;
+    }
     auto it = table.find(key);
     if (it == table.end()) {
       it = table.emplace(std::string(key), Entry{}).first;
@@ -89,6 +101,10 @@ class MapTable {
 
   // Writes out every key through the combiner; the first write error sticks.
   Status flush() {
+    for (auto& [key, n] : counts) {
+      if (error.ok()) error = writer.add(key, std::to_string(n));
+    }
+    counts.clear();
     for (auto& [key, e] : table) {
       job.combine(key, e.values, [&](std::string_view k, std::string_view v) {
         if (error.ok()) error = writer.add(k, v);
@@ -110,6 +126,7 @@ class MapTable {
   size_t bytes = 0;
   Status error;
   std::unordered_map<std::string, Entry, StringHash, std::equal_to<>> table;
+  std::unordered_map<std::string, uint64_t, StringHash, std::equal_to<>> counts;
 };
 
 }  // namespace
@@ -167,13 +184,15 @@ Status runMap(const JobSpec& spec, const Split& split, const ReadAt& read,
         [&](const WriteInput& write) {
           bool reading = true;
           std::string buf;
-          Status r = forEachLine(counted, split.fileSize, split.start, split.end,
-                                 [&](uint64_t, std::string_view text) {
-                                   if (!reading) return;
-                                   buf.assign(text);
-                                   buf += '\n';
-                                   reading = write(buf);
-                                 });
+          Status r = forEachLine(
+              counted, split.fileSize, split.start, split.end,
+              [&](uint64_t, std::string_view text) {
+                if (!reading) return;
+                buf.assign(text);
+                buf += '\n';
+                reading = write(buf);
+              },
+              READ_BLOCK);
           return r;
         },
         [&](std::string_view line) {
@@ -188,7 +207,8 @@ Status runMap(const JobSpec& spec, const Split& split, const ReadAt& read,
                       job.value->map(split.path, offset, text, [&](auto k, auto v) {
                         table.emit(k, v);
                       });
-                    });
+                    },
+                    READ_BLOCK);
     Status flushed = table.flush();
     if (s.ok()) s = flushed;
   }
