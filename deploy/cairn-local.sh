@@ -96,6 +96,7 @@ start() {
   echo "  MapReduce coordinator $COORDINATOR with 3 workers"
   [ "$MOUNT" = none ] || echo "  mounted at $MOUNT"
   echo "  export CAIRN_MASTER=$MASTER; $BUILD/cli/cairn ls /"
+  echo "  export CAIRN_COORDINATOR=$COORDINATOR; $BUILD/mapreduce/cairn-mapreduce run --input /in --output /out --job wordcount"
 }
 
 stop() {

@@ -133,7 +133,8 @@ int runWorker(WorkerOptions options, std::string listen, const std::string& port
     Worker worker(options, io.provider->getNetwork(), io.provider->getTimer());
     RpcServer server(worker.capability(), kj::mv(listener));
     logInfo("serving map output on {}, scratch {}", options.address, options.scratch);
-    worker.run().wait(io.waitScope);
+    worker.start().wait(io.waitScope);
+    kj::NEVER_DONE.wait(io.waitScope);
   } catch (const kj::Exception& e) {
     logError("fatal: {}", e.getDescription().cStr());
     return 1;

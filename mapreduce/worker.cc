@@ -119,12 +119,11 @@ void Worker::taskFailed(kj::Exception&& e) {
   logError("worker task failed: {}", e.getDescription().cStr());
 }
 
-kj::Promise<void> Worker::run() {
+kj::Promise<void> Worker::start() {
   return join().then([this]() {
     uint64_t gen = ++generation;
     for (uint32_t i = 0; i < opts.slots; ++i) tasks.add(slotLoop(gen));
     tasks.add(heartbeatLoop(gen));
-    return kj::Promise<void>(kj::NEVER_DONE);
   });
 }
 
@@ -168,7 +167,7 @@ void Worker::rejoin(uint64_t gen, const std::string& why) {
   ++generation;  // the loops of this session end
   session = nullptr;
   logWarn("rejoining the coordinator: {}", why);
-  tasks.add(run());
+  tasks.add(start());
 }
 
 kj::Promise<void> Worker::slotLoop(uint64_t gen) {

@@ -38,8 +38,9 @@ class Worker final : private kj::TaskSet::ErrorHandler {
   ~Worker() noexcept(false);
 
   wire::Worker::Client capability();
-  // Joins and works; never resolves.
-  kj::Promise<void> run();
+  // Joins (retrying until the coordinator answers) and starts working; the work goes on
+  // in the background, joining again whenever the coordinator loses this worker.
+  kj::Promise<void> start();
 
  private:
   class Service;
