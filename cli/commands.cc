@@ -37,7 +37,6 @@ std::string baseName(const std::string& path) {
   return slash == std::string::npos ? trimmed : trimmed.substr(slash + 1);
 }
 
-
 // Progress on a terminal: "put big.bin  512.0 MiB / 1.0 GiB  50%  230.1 MB/s".
 class Progress {
  public:
@@ -69,13 +68,20 @@ Result<FileAttr> resolve(CliContext& c, const std::string& path) {
 
 std::string typeName(FileType t) {
   switch (t) {
-    case FileType::REGULAR: return "file";
-    case FileType::DIRECTORY: return "directory";
-    case FileType::SYMLINK: return "symlink";
-    case FileType::FIFO: return "fifo";
-    case FileType::SOCKET: return "socket";
-    case FileType::CHAR_DEVICE: return "character device";
-    case FileType::BLOCK_DEVICE: return "block device";
+    case FileType::REGULAR:
+      return "file";
+    case FileType::DIRECTORY:
+      return "directory";
+    case FileType::SYMLINK:
+      return "symlink";
+    case FileType::FIFO:
+      return "fifo";
+    case FileType::SOCKET:
+      return "socket";
+    case FileType::CHAR_DEVICE:
+      return "character device";
+    case FileType::BLOCK_DEVICE:
+      return "block device";
   }
   return "unknown";
 }
@@ -118,12 +124,17 @@ std::string isoTime(int64_t ns) {
 }
 
 nlohmann::json attrJson(const FileAttr& a) {
-  return {{"inode", a.inode},       {"type", typeName(a.type)},
+  return {{"inode", a.inode},
+          {"type", typeName(a.type)},
           {"mode", fmt::format("{:04o}", a.mode)},
-          {"uid", a.uid},           {"gid", a.gid},
-          {"nlink", a.nlink},       {"size", a.size},
-          {"replication", a.replication}, {"chunks", a.chunkCount},
-          {"atime", isoTime(a.atimeNs)}, {"mtime", isoTime(a.mtimeNs)},
+          {"uid", a.uid},
+          {"gid", a.gid},
+          {"nlink", a.nlink},
+          {"size", a.size},
+          {"replication", a.replication},
+          {"chunks", a.chunkCount},
+          {"atime", isoTime(a.atimeNs)},
+          {"mtime", isoTime(a.mtimeNs)},
           {"ctime", isoTime(a.ctimeNs)}};
 }
 
@@ -191,7 +202,8 @@ std::string humanBytes(double bytes) {
     bytes /= 1024;
     ++u;
   }
-  return u == 0 ? fmt::format("{:.0f} {}", bytes, units[u]) : fmt::format("{:.1f} {}", bytes, units[u]);
+  return u == 0 ? fmt::format("{:.0f} {}", bytes, units[u])
+                : fmt::format("{:.1f} {}", bytes, units[u]);
 }
 
 std::pair<std::string, std::string> splitParent(const std::string& path) {
@@ -203,8 +215,8 @@ std::pair<std::string, std::string> splitParent(const std::string& path) {
   return {slash == 0 ? "/" : p.substr(0, slash), p.substr(slash + 1)};
 }
 
-int cmdPut(CliContext& c, const std::string& local, const std::string& path,
-           uint8_t replication, bool force) {
+int cmdPut(CliContext& c, const std::string& local, const std::string& path, uint8_t replication,
+           bool force) {
   int fd = open(local.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return failText(c, fmt::format("{}: {}", local, strerror(errno)));
   struct stat st;
@@ -237,10 +249,9 @@ int cmdPut(CliContext& c, const std::string& local, const std::string& path,
   // nothing behind and readers never see a partial file.
   std::string temp = fmt::format(".{}._COPYING_", name.substr(0, 200));
   c.client.unlink(parent.value.inode, temp).wait(c.waitScope);
-  auto created = c.client
-                     .create(parent.value.inode, temp, st.st_mode & 0777, c.uid, c.gid,
-                             replication, true)
-                     .wait(c.waitScope);
+  auto created =
+      c.client.create(parent.value.inode, temp, st.st_mode & 0777, c.uid, c.gid, replication, true)
+          .wait(c.waitScope);
   if (!created.ok()) {
     close(fd);
     return fail(c, target, created.status);
@@ -275,8 +286,8 @@ int cmdPut(CliContext& c, const std::string& local, const std::string& path,
       return abandon(Status::ioError(fmt::format("reading {}: {}", local, strerror(errno))));
     }
     if (got == 0) break;
-    auto data = kj::arrayPtr(reinterpret_cast<const kj::byte*>(bufs[cur].data()),
-                             static_cast<size_t>(got));
+    auto data =
+        kj::arrayPtr(reinterpret_cast<const kj::byte*>(bufs[cur].data()), static_cast<size_t>(got));
     pendingWrite = c.client.write(inode, total, data);
     total += static_cast<uint64_t>(got);
     cur = 1 - cur;
@@ -343,8 +354,8 @@ int cmdLs(CliContext& c, const std::string& path, bool longFormat, bool json) {
       continue;
     }
     std::string rep = e.attr.type == FileType::REGULAR ? std::to_string(e.attr.replication) : "-";
-    fmt::print(c.out, "{} {:>3} {:>3} {:<8} {:<8} {:>12} {} {}\n", modeString(e.attr),
-               e.attr.nlink, rep, userName(e.attr.uid), groupName(e.attr.gid), e.attr.size,
+    fmt::print(c.out, "{} {:>3} {:>3} {:<8} {:<8} {:>12} {} {}\n", modeString(e.attr), e.attr.nlink,
+               rep, userName(e.attr.uid), groupName(e.attr.gid), e.attr.size,
                timeString(e.attr.mtimeNs), e.name);
   }
   return 0;
@@ -382,8 +393,8 @@ int cmdMkdir(CliContext& c, const std::string& path, bool parents) {
     auto found = c.client.lookup(inode, parts.value[i]).wait(c.waitScope);
     if (found.ok()) {
       if (found.value.type != FileType::DIRECTORY) {
-        return fail(c, path, Status::notDirectory(fmt::format("'{}' is not a directory",
-                                                              parts.value[i])));
+        return fail(c, path,
+                    Status::notDirectory(fmt::format("'{}' is not a directory", parts.value[i])));
       }
       if (last && !parents) return fail(c, path, Status::alreadyExists("exists"));
       inode = found.value.inode;
@@ -503,13 +514,13 @@ int cmdLocate(CliContext& c, const std::string& path, bool json) {
     for (auto& ch : chunks) {
       auto reps = nlohmann::json::array();
       for (auto& r : ch.replicas) reps.push_back({{"address", r.address}, {"rack", r.rack}});
-      arr.push_back({{"index", ch.index},
-                     {"handle", fmt::format("{:x}", ch.handle)},
-                     {"version", ch.version},
-                     {"size", sizeOf(ch.index)},
-                     {"primary", ch.primary.empty() ? nlohmann::json(nullptr)
-                                                    : nlohmann::json(ch.primary)},
-                     {"replicas", reps}});
+      arr.push_back(
+          {{"index", ch.index},
+           {"handle", fmt::format("{:x}", ch.handle)},
+           {"version", ch.version},
+           {"size", sizeOf(ch.index)},
+           {"primary", ch.primary.empty() ? nlohmann::json(nullptr) : nlohmann::json(ch.primary)},
+           {"replicas", reps}});
     }
     j["chunks"] = arr;
     fmt::print(c.out, "{}\n", j.dump(2));
@@ -535,8 +546,11 @@ int cmdTrashList(CliContext& c, bool json) {
   if (json) {
     auto arr = nlohmann::json::array();
     for (auto& e : entries.value) {
-      arr.push_back({{"path", e.path}, {"inode", e.inode}, {"size", e.size},
-                     {"deleted", isoTime(e.deletedNs)}, {"expires", isoTime(e.expiresNs)}});
+      arr.push_back({{"path", e.path},
+                     {"inode", e.inode},
+                     {"size", e.size},
+                     {"deleted", isoTime(e.deletedNs)},
+                     {"expires", isoTime(e.expiresNs)}});
     }
     fmt::print(c.out, "{}\n", arr.dump(2));
     return 0;
@@ -579,8 +593,8 @@ int cmdDecommission(CliContext& c, const std::string& address, bool wait, double
     }
     if (c.progress) fmt::print(c.err, "\r{}: {} chunks left   ", address, remaining);
     if (std::chrono::steady_clock::now() - start > std::chrono::duration<double>(timeoutSeconds)) {
-      return failText(c, fmt::format("{}: still {} chunks after {} s", address, remaining,
-                                     timeoutSeconds));
+      return failText(
+          c, fmt::format("{}: still {} chunks after {} s", address, remaining, timeoutSeconds));
     }
     pause(c, 0.5);
   }
@@ -600,8 +614,8 @@ int cmdBalance(CliContext& c, double threshold, bool wait, double timeoutSeconds
       return 0;
     }
     if (std::chrono::steady_clock::now() - start > std::chrono::duration<double>(timeoutSeconds)) {
-      return failText(c, fmt::format("balance: spread still {:.3f} after {} s", spread.value,
-                                     timeoutSeconds));
+      return failText(
+          c, fmt::format("balance: spread still {:.3f} after {} s", spread.value, timeoutSeconds));
     }
     pause(c, 0.5);
   }
@@ -613,8 +627,10 @@ int cmdHealth(CliContext& c, bool json) {
   auto& v = h.value;
   if (json) {
     fmt::print(c.out, "{}\n",
-               nlohmann::json({{"safe_mode", v.safeMode}, {"chunks", v.chunks},
-                               {"under_replicated", v.underReplicated}, {"missing", v.missing},
+               nlohmann::json({{"safe_mode", v.safeMode},
+                               {"chunks", v.chunks},
+                               {"under_replicated", v.underReplicated},
+                               {"missing", v.missing},
                                {"over_replicated", v.overReplicated},
                                {"copies_in_flight", v.copiesInFlight}})
                    .dump(2));
@@ -635,20 +651,26 @@ int cmdServers(CliContext& c, bool json) {
   if (json) {
     auto arr = nlohmann::json::array();
     for (auto& s : servers.value) {
-      arr.push_back({{"address", s.address}, {"rack", s.rack}, {"live", s.live},
+      arr.push_back({{"address", s.address},
+                     {"rack", s.rack},
+                     {"live", s.live},
                      {"decommissioning", s.decommissioning},
-                     {"capacity", s.capacityBytes}, {"used", s.usedBytes},
+                     {"capacity", s.capacityBytes},
+                     {"used", s.usedBytes},
                      {"chunks", s.chunkCount}});
     }
-    fmt::print(c.out, "{}\n", nlohmann::json({{"chunk_size", chunkSize}, {"servers", arr}}).dump(2));
+    fmt::print(c.out, "{}\n",
+               nlohmann::json({{"chunk_size", chunkSize}, {"servers", arr}}).dump(2));
     return 0;
   }
   fmt::print(c.out, "chunk size {}; {} chunkservers\n", humanBytes(static_cast<double>(chunkSize)),
              servers.value.size());
   for (auto& s : servers.value) {
-    fmt::print(c.out, "  {:<24} rack {:<10} {:<5} {:>8} chunks  {} used of {}\n", s.address,
-               s.rack, s.decommissioning ? "DRAIN" : s.live ? "live" : "DEAD", s.chunkCount,
-               humanBytes(static_cast<double>(s.usedBytes)),
+    fmt::print(c.out, "  {:<24} rack {:<10} {:<5} {:>8} chunks  {} used of {}\n", s.address, s.rack,
+               s.decommissioning ? "DRAIN"
+               : s.live          ? "live"
+                                 : "DEAD",
+               s.chunkCount, humanBytes(static_cast<double>(s.usedBytes)),
                humanBytes(static_cast<double>(s.capacityBytes)));
   }
   return 0;

@@ -83,7 +83,9 @@ Client::Client(ClientOptions options, kj::Network& network, kj::Timer& timer)
 Client::~Client() = default;
 
 wire::ClientService::Client Client::master() {
-  KJ_IF_MAYBE(s, masterService) { return *s; }
+  KJ_IF_MAYBE (s, masterService) {
+    return *s;
+  }
   auto service = peers.get<wire::Master>(opts.master).clientRequest().send().getService();
   masterService = service;
   return service;
@@ -96,8 +98,8 @@ void Client::masterFailed() {
 
 Status Client::masterError(const kj::Exception& e, kj::Duration timeout) {
   if (e.getType() == kj::Exception::Type::OVERLOADED) {
-    return Status::unavailable(fmt::format("master {} did not answer within {} s", opts.master,
-                                           timeout / kj::SECONDS));
+    return Status::unavailable(
+        fmt::format("master {} did not answer within {} s", opts.master, timeout / kj::SECONDS));
   }
   return Status::unavailable(
       fmt::format("cannot reach master at {}: {}", opts.master, e.getDescription().cStr()));
@@ -245,8 +247,8 @@ kj::Promise<Status> Client::rename(uint64_t srcParent, std::string srcName, uint
   return callMaster<Status>(kj::mv(req), [](auto& r) { return statusOf(r); });
 }
 
-kj::Promise<Result<FileAttr>> Client::symlink(uint64_t parent, std::string name,
-                                              std::string target, uint32_t uid, uint32_t gid) {
+kj::Promise<Result<FileAttr>> Client::symlink(uint64_t parent, std::string name, std::string target,
+                                              uint32_t uid, uint32_t gid) {
   auto req = master().symlinkRequest();
   req.setParent(parent);
   req.setName(name);
@@ -294,8 +296,8 @@ kj::Promise<Status> Client::setxattr(uint64_t inode, std::string name, std::stri
   auto req = master().setxattrRequest();
   req.setInode(inode);
   req.setName(name);
-  req.setValue(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(value.data()),
-                                   value.size()));
+  req.setValue(
+      capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(value.data()), value.size()));
   req.setFlags(flags);
   return callMaster<Status>(kj::mv(req), [](auto& r) { return statusOf(r); });
 }
@@ -386,8 +388,8 @@ kj::Promise<Result<std::vector<TrashInfo>>> Client::trashList() {
         if (!s.ok()) return s;
         std::vector<TrashInfo> out;
         for (auto e : r.getEntries()) {
-          out.push_back({text(e.getPath()), e.getInode(), e.getSize(), e.getDeletedNs(),
-                         e.getExpiresNs()});
+          out.push_back(
+              {text(e.getPath()), e.getInode(), e.getSize(), e.getDeletedNs(), e.getExpiresNs()});
         }
         return out;
       });
@@ -422,8 +424,8 @@ kj::Promise<Result<double>> Client::balance(double threshold) {
 kj::Promise<Result<HealthInfo>> Client::health() {
   auto req = master().clusterHealthRequest();
   return callMaster<Result<HealthInfo>>(kj::mv(req), [](auto& r) -> Result<HealthInfo> {
-    return HealthInfo{r.getSafeMode(),       r.getChunks(),         r.getUnderReplicated(),
-                      r.getMissing(),        r.getOverReplicated(), r.getCopiesInFlight()};
+    return HealthInfo{r.getSafeMode(), r.getChunks(),         r.getUnderReplicated(),
+                      r.getMissing(),  r.getOverReplicated(), r.getCopiesInFlight()};
   });
 }
 
@@ -435,8 +437,7 @@ kj::Promise<Result<std::vector<ServerStatus>>> Client::servers(uint64_t* chunkSi
         std::vector<ServerStatus> out;
         for (auto s : r.getServers()) {
           out.push_back({text(s.getAddress()), text(s.getRack()), s.getCapacityBytes(),
-                         s.getUsedBytes(), s.getChunkCount(), s.getLive(),
-                         s.getDecommissioning()});
+                         s.getUsedBytes(), s.getChunkCount(), s.getLive(), s.getDecommissioning()});
         }
         return out;
       });
@@ -446,8 +447,8 @@ std::vector<ReplicaInfo> Client::orderReplicas(const ChunkInfo& chunk) {
   std::vector<ReplicaInfo> local, remote;
   for (auto& r : chunk.replicas) {
     std::string host = hostOf(r.address);
-    bool isLocal = std::find(opts.localHosts.begin(), opts.localHosts.end(), host) !=
-                   opts.localHosts.end();
+    bool isLocal =
+        std::find(opts.localHosts.begin(), opts.localHosts.end(), host) != opts.localHosts.end();
     (isLocal ? local : remote).push_back(r);
   }
   // Spread readers of different chunks over the remote replicas.
@@ -531,55 +532,55 @@ kj::Promise<Status> Client::read(uint64_t inode, uint64_t offset, uint64_t lengt
   out.clear();
   if (length == 0) return Status::OK();
   auto deadline = timer.now() + opts.retryFor;
-  return ensureChunkSize(inode).then([this, inode, offset, length, &out, deadline](uint64_t cs)
-                                         -> kj::Promise<Status> {
-    if (cs == 0) {
-      return getattr(inode).then([](Result<FileAttr> r) {
-        return r.ok() ? Status::unavailable("master gave no chunk size") : r.status;
+  return ensureChunkSize(inode).then(
+      [this, inode, offset, length, &out, deadline](uint64_t cs) -> kj::Promise<Status> {
+        if (cs == 0) {
+          return getattr(inode).then([](Result<FileAttr> r) {
+            return r.ok() ? Status::unavailable("master gave no chunk size") : r.status;
+          });
+        }
+        uint32_t first = static_cast<uint32_t>(offset / cs);
+        uint32_t count = static_cast<uint32_t>((offset + length - 1) / cs - first + 1);
+        return cachedLayout(inode, first, count)
+            .then([this, inode, offset, length, &out,
+                   deadline](Result<FileLayout> r) -> kj::Promise<Status> {
+              if (!r.ok()) return r.status;
+              FileLayout& l = r.value;
+              if (offset >= l.fileSize) return Status::OK();
+              uint64_t n = std::min(length, l.fileSize - offset);
+              out.assign(n, '\0');  // holes and bytes past a replica's end read as zeros
+              struct Piece {
+                ChunkInfo chunk;
+                uint64_t chunkOffset;
+                uint32_t length;
+                kj::byte* dst;
+              };
+              auto pieces = kj::heap<std::vector<Piece>>();
+              std::map<uint32_t, const ChunkInfo*> byIndex;
+              for (auto& c : l.chunks) byIndex[c.index] = &c;
+              for (uint64_t pos = offset; pos < offset + n;) {
+                uint32_t index = static_cast<uint32_t>(pos / l.chunkSize);
+                uint64_t inChunk = pos % l.chunkSize;
+                uint64_t chunkEnd = (uint64_t{index} + 1) * l.chunkSize;
+                uint32_t len = static_cast<uint32_t>(
+                    std::min<uint64_t>({opts.pieceBytes, chunkEnd - pos, offset + n - pos}));
+                auto it = byIndex.find(index);
+                if (it != byIndex.end()) {
+                  pieces->push_back({*it->second, inChunk, len,
+                                     reinterpret_cast<kj::byte*>(out.data()) + (pos - offset)});
+                }
+                pos += len;
+              }
+              auto& ref = *pieces;
+              return runLimited(ref.size(), opts.parallelPieces,
+                                [this, inode, &ref, deadline](size_t i) {
+                                  auto& p = ref[i];
+                                  return readPiece(inode, p.chunk, p.chunkOffset, p.length, p.dst,
+                                                   deadline);
+                                })
+                  .attach(kj::mv(pieces));
+            });
       });
-    }
-    uint32_t first = static_cast<uint32_t>(offset / cs);
-    uint32_t count = static_cast<uint32_t>((offset + length - 1) / cs - first + 1);
-    return cachedLayout(inode, first, count)
-        .then([this, inode, offset, length, &out, deadline](Result<FileLayout> r)
-                  -> kj::Promise<Status> {
-          if (!r.ok()) return r.status;
-          FileLayout& l = r.value;
-          if (offset >= l.fileSize) return Status::OK();
-          uint64_t n = std::min(length, l.fileSize - offset);
-          out.assign(n, '\0');  // holes and bytes past a replica's end read as zeros
-          struct Piece {
-            ChunkInfo chunk;
-            uint64_t chunkOffset;
-            uint32_t length;
-            kj::byte* dst;
-          };
-          auto pieces = kj::heap<std::vector<Piece>>();
-          std::map<uint32_t, const ChunkInfo*> byIndex;
-          for (auto& c : l.chunks) byIndex[c.index] = &c;
-          for (uint64_t pos = offset; pos < offset + n;) {
-            uint32_t index = static_cast<uint32_t>(pos / l.chunkSize);
-            uint64_t inChunk = pos % l.chunkSize;
-            uint64_t chunkEnd = (uint64_t{index} + 1) * l.chunkSize;
-            uint32_t len = static_cast<uint32_t>(
-                std::min<uint64_t>({opts.pieceBytes, chunkEnd - pos, offset + n - pos}));
-            auto it = byIndex.find(index);
-            if (it != byIndex.end()) {
-              pieces->push_back({*it->second, inChunk, len,
-                                 reinterpret_cast<kj::byte*>(out.data()) + (pos - offset)});
-            }
-            pos += len;
-          }
-          auto& ref = *pieces;
-          return runLimited(ref.size(), opts.parallelPieces,
-                            [this, inode, &ref, deadline](size_t i) {
-                              auto& p = ref[i];
-                              return readPiece(inode, p.chunk, p.chunkOffset, p.length, p.dst,
-                                               deadline);
-                            })
-              .attach(kj::mv(pieces));
-        });
-  });
 }
 
 kj::Promise<Status> Client::readPiece(uint64_t inode, ChunkInfo chunk, uint64_t chunkOffset,
@@ -606,9 +607,8 @@ kj::Promise<Status> Client::readChunk(ChunkInfo chunk, uint64_t chunkOffset, uin
                                       kj::byte* out, size_t replicaIndex) {
   auto ordered = orderReplicas(chunk);
   if (replicaIndex >= ordered.size()) {
-    return Status::unavailable(
-        fmt::format("no replica of chunk {:x} could be read ({} known)", chunk.handle,
-                    ordered.size()));
+    return Status::unavailable(fmt::format("no replica of chunk {:x} could be read ({} known)",
+                                           chunk.handle, ordered.size()));
   }
   std::string address = ordered[replicaIndex].address;
   auto req = peers.get<wire::ChunkServer>(address).readRequest();
@@ -655,9 +655,10 @@ kj::Promise<Status> Client::write(uint64_t inode, uint64_t offset,
   auto deadline = timer.now() + opts.retryFor;
   return ensureChunkSize(inode).then([this, inode, offset, data,
                                       deadline](uint64_t cs) -> kj::Promise<Status> {
-    if (cs == 0) return getattr(inode).then([](Result<FileAttr> r) {
-      return r.ok() ? Status::unavailable("master gave no chunk size") : r.status;
-    });
+    if (cs == 0)
+      return getattr(inode).then([](Result<FileAttr> r) {
+        return r.ok() ? Status::unavailable("master gave no chunk size") : r.status;
+      });
     struct Portion {
       uint32_t index;
       uint32_t chunkOffset;
@@ -676,8 +677,7 @@ kj::Promise<Status> Client::write(uint64_t inode, uint64_t offset,
     return runLimited(ref.size(), 4,
                       [this, inode, &ref, deadline](size_t i) {
                         auto& p = ref[i];
-                        return writeChunk(inode, p.index, p.chunkOffset, p.bytes, deadline, 0,
-                                          "");
+                        return writeChunk(inode, p.index, p.chunkOffset, p.bytes, deadline, 0, "");
                       })
         .attach(kj::mv(portions))
         .then([this, inode](Status s) {
@@ -707,20 +707,20 @@ std::string failedReplicaOf(const Status& s) {
 }  // namespace
 
 kj::Promise<Status> Client::writeChunk(uint64_t inode, uint32_t index, uint32_t chunkOffset,
-                                       kj::ArrayPtr<const kj::byte> data,
-                                       kj::TimePoint deadline, uint32_t attempt,
-                                       std::string failedReplica) {
+                                       kj::ArrayPtr<const kj::byte> data, kj::TimePoint deadline,
+                                       uint32_t attempt, std::string failedReplica) {
   auto req = master().prepareWriteRequest();
   req.setInode(inode);
   req.setIndex(index);
   req.setFailedReplica(failedReplica);
-  return callMaster<Result<ChunkInfo>>(kj::mv(req),
-                                       [](auto& r) -> Result<ChunkInfo> {
-                                         Status s = fromWire(r.getStatus());
-                                         if (!s.ok()) return s;
-                                         return chunkFromWire(r.getChunk());
-                                       },
-                                       opts.rpcTimeout)
+  return callMaster<Result<ChunkInfo>>(
+             kj::mv(req),
+             [](auto& r) -> Result<ChunkInfo> {
+               Status s = fromWire(r.getStatus());
+               if (!s.ok()) return s;
+               return chunkFromWire(r.getChunk());
+             },
+             opts.rpcTimeout)
       .then([this, chunkOffset, data](Result<ChunkInfo> r) -> kj::Promise<Status> {
         if (!r.ok()) return r.status;
         return pushAndCommit(kj::mv(r.value), chunkOffset, data);
@@ -732,11 +732,10 @@ kj::Promise<Status> Client::writeChunk(uint64_t inode, uint32_t index, uint32_t 
         std::string failed = failedReplicaOf(s);
         bool again = retryable(s.code()) || stale || !failed.empty();
         if (s.ok() || !again || timer.now() >= deadline) return s;
-        logDebug("write of chunk {} of inode {} failed ({}); retrying", index, inode,
-                 s.toString());
+        logDebug("write of chunk {} of inode {} failed ({}); retrying", index, inode, s.toString());
         // The master drops the replica that failed and grants a new lease on the others.
-        return timer.afterDelay(backoff(attempt)).then(
-            [this, inode, index, chunkOffset, data, deadline, attempt, failed]() {
+        return timer.afterDelay(backoff(attempt))
+            .then([this, inode, index, chunkOffset, data, deadline, attempt, failed]() {
               return writeChunk(inode, index, chunkOffset, data, deadline, attempt + 1, failed);
             });
       });

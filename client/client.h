@@ -98,12 +98,12 @@ struct SetAttrRequest {
 };
 
 struct ClientOptions {
-  std::string master;        // HOST:PORT
+  std::string master;  // HOST:PORT
   // This host's names as chunkservers advertise them (addresses or a --host name); reads
   // prefer replicas there.
   std::vector<std::string> localHosts;
-  kj::Duration rpcTimeout = 15 * kj::SECONDS;   // data calls and chunk preparation
-  kj::Duration metaTimeout = 5 * kj::SECONDS;   // namespace calls to the master
+  kj::Duration rpcTimeout = 15 * kj::SECONDS;  // data calls and chunk preparation
+  kj::Duration metaTimeout = 5 * kj::SECONDS;  // namespace calls to the master
   kj::Duration connectTimeout = 3 * kj::SECONDS;
   kj::Duration retryFor = 20 * kj::SECONDS;  // how long reads and writes keep retrying
   uint32_t pieceBytes = 1 << 20;             // size of one push or read RPC
@@ -145,8 +145,7 @@ class Client {
   kj::Promise<Result<FileAttr>> mknod(uint64_t parent, std::string name, FileType type,
                                       uint32_t mode, uint32_t uid, uint32_t gid, uint64_t rdev);
   // flags: 1 create only, 2 replace only.
-  kj::Promise<Status> setxattr(uint64_t inode, std::string name, std::string value,
-                               uint32_t flags);
+  kj::Promise<Status> setxattr(uint64_t inode, std::string name, std::string value, uint32_t flags);
   kj::Promise<Result<std::string>> getxattr(uint64_t inode, std::string name);
   kj::Promise<Result<std::vector<std::string>>> listxattr(uint64_t inode);
   kj::Promise<Status> removexattr(uint64_t inode, std::string name);
@@ -207,8 +206,8 @@ class Client {
                                  uint32_t attempt, std::string failedReplica);
   kj::Promise<Status> pushAndCommit(ChunkInfo chunk, uint32_t chunkOffset,
                                     kj::ArrayPtr<const kj::byte> data);
-  kj::Promise<Status> readRange(uint64_t inode, uint64_t offset, uint64_t length,
-                                kj::byte* out, kj::TimePoint deadline);
+  kj::Promise<Status> readRange(uint64_t inode, uint64_t offset, uint64_t length, kj::byte* out,
+                                kj::TimePoint deadline);
   template <typename Req>
   kj::Promise<Status> callChunkserver(Req&& request, std::string address);
 

@@ -19,7 +19,8 @@ Result<std::vector<DirEntryInfo>> CairnIo::list(uint64_t dir) {
   std::string after;
   for (;;) {
     bool more = false;
-    auto page = client.run([&](Client& c, FileCache&) { return c.readdir(dir, after, 4096, &more); });
+    auto page =
+        client.run([&](Client& c, FileCache&) { return c.readdir(dir, after, 4096, &more); });
     if (!page.ok()) return page.status;
     for (auto& e : page.value) all.push_back(std::move(e));
     if (!more || page.value.empty()) return all;
@@ -31,9 +32,8 @@ Result<FileLayout> CairnIo::layout(uint64_t inode) {
   FileLayout all;
   constexpr uint32_t PAGE = 4096;
   for (uint64_t first = 0;; first += PAGE) {
-    auto page = client.run([&](Client& c, FileCache&) {
-      return c.layout(inode, static_cast<uint32_t>(first), PAGE);
-    });
+    auto page = client.run(
+        [&](Client& c, FileCache&) { return c.layout(inode, static_cast<uint32_t>(first), PAGE); });
     if (!page.ok()) return page.status;
     all.chunkSize = page.value.chunkSize;
     all.fileSize = page.value.fileSize;
@@ -46,8 +46,7 @@ Result<FileLayout> CairnIo::layout(uint64_t inode) {
 
 Result<FileAttr> CairnIo::mkdir(uint64_t parent, const std::string& name, uint32_t uid,
                                 uint32_t gid) {
-  return client.run(
-      [&](Client& c, FileCache&) { return c.mkdir(parent, name, 0755, uid, gid); });
+  return client.run([&](Client& c, FileCache&) { return c.mkdir(parent, name, 0755, uid, gid); });
 }
 
 Result<FileAttr> CairnIo::makeDirs(const std::string& path, uint32_t uid, uint32_t gid) {
@@ -110,9 +109,8 @@ Result<FileAttr> CairnIo::create(uint64_t parent, const std::string& name, uint3
 }
 
 Status CairnIo::append(uint64_t inode, uint64_t offset, std::string data) {
-  return client.run([&](Client&, FileCache& cache) {
-    return cache.write(inode, offset, std::move(data));
-  });
+  return client.run(
+      [&](Client&, FileCache& cache) { return cache.write(inode, offset, std::move(data)); });
 }
 
 Status CairnIo::close(uint64_t inode) {

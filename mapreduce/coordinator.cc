@@ -101,8 +101,8 @@ class Coordinator::Service final : public wire::Coordinator::Server {
             return;
           }
           uint32_t maps = static_cast<uint32_t>(plan.value.splits.size());
-          uint64_t id = c.scheduler.addJob(spec, kj::mv(plan.value.splits), plan.value.inputFiles,
-                                           c.nowMs());
+          uint64_t id =
+              c.scheduler.addJob(spec, kj::mv(plan.value.splits), plan.value.inputFiles, c.nowMs());
           logInfo("job {} ({}): {} input files, {} maps, {} reduces, output {}", id,
                   jobKindName(spec.kind), plan.value.inputFiles, maps, spec.reducers, spec.output);
           results.setJobId(id);
@@ -116,7 +116,8 @@ class Coordinator::Service final : public wire::Coordinator::Server {
     auto results = context.getResults();
     if (!report) {
       cairn::toWire(Status::notFound(fmt::format("no job {} (finished long ago, or the "
-                                                 "coordinator restarted)", id)),
+                                                 "coordinator restarted)",
+                                                 id)),
                     results.initStatus());
     } else {
       toWire(*report, results.initReport());
@@ -138,8 +139,10 @@ class Coordinator::Service final : public wire::Coordinator::Server {
     std::string address = p.getAddress().cStr();
     uint32_t slots = p.getSlots();
     Status bad;
-    if (host.empty() || host.size() > 255) bad = Status::invalidArgument("a worker host of 1..255 bytes");
-    if (!parseHostPort(address).ok()) bad = Status::invalidArgument("bad worker address " + address);
+    if (host.empty() || host.size() > 255)
+      bad = Status::invalidArgument("a worker host of 1..255 bytes");
+    if (!parseHostPort(address).ok())
+      bad = Status::invalidArgument("bad worker address " + address);
     if (slots < 1 || slots > 256) bad = Status::invalidArgument("slots must be 1..256");
     if (!bad.ok()) {
       cairn::toWire(bad, results.initStatus());

@@ -24,8 +24,8 @@ class ExternalSorter {
   Status add(std::string_view key, std::string_view value);
   // Calls group(key, values) once per key, keys in byte order, values in arrival order
   // within a run. Returns the first I/O error.
-  Status finish(const std::function<Status(std::string_view, const std::vector<std::string>&)>&
-                    group);
+  Status finish(
+      const std::function<Status(std::string_view, const std::vector<std::string>&)>& group);
   size_t runsSpilled() const { return runs.size(); }
 
  private:

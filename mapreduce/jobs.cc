@@ -17,8 +17,7 @@ uint64_t sum(const std::vector<std::string>& values) {
 
 }  // namespace
 
-void Job::combine(std::string_view key, const std::vector<std::string>& values,
-                  const Emit& emit) {
+void Job::combine(std::string_view key, const std::vector<std::string>& values, const Emit& emit) {
   for (auto& v : values) emit(key, v);
 }
 
@@ -46,8 +45,7 @@ void WordCount::reduce(std::string_view key, const std::vector<std::string>& val
   out(std::string(key) + "\t" + std::to_string(sum(values)));
 }
 
-void InvertedIndex::map(std::string_view path, uint64_t, std::string_view line,
-                        const Emit& emit) {
+void InvertedIndex::map(std::string_view path, uint64_t, std::string_view line, const Emit& emit) {
   forEachWord(line, [&](std::string_view w) { emit(w, path); });
 }
 
@@ -67,8 +65,7 @@ void InvertedIndex::reduce(std::string_view key, const std::vector<std::string>&
   out(std::string(key) + "\t" + std::to_string(paths.size()) + "\t" + joined);
 }
 
-void Grep::map(std::string_view path, uint64_t offset, std::string_view line,
-               const Emit& emit) {
+void Grep::map(std::string_view path, uint64_t offset, std::string_view line, const Emit& emit) {
   if (std::regex_search(line.begin(), line.end(), pattern)) {
     emit(std::string(path) + ":" + std::to_string(offset), line);
   }

@@ -1,6 +1,5 @@
 // cairn-mapreduce: the coordinator and worker daemons, and `run`/`jobs` for users.
 
-#include <CLI/CLI.hpp>
 #include <arpa/inet.h>
 #include <fmt/format.h>
 #include <kj/async-io.h>
@@ -10,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -73,7 +73,8 @@ int runCoordinator(const std::string& master, const std::string& listen,
                         .parseAddress(addr.value.host, addr.value.port)
                         .wait(io.waitScope)
                         ->listen();
-    std::string bound = HostPort{addr.value.host, static_cast<uint16_t>(listener->getPort())}.toString();
+    std::string bound =
+        HostPort{addr.value.host, static_cast<uint16_t>(listener->getPort())}.toString();
     CoordinatorOptions options;
     options.master = master;
     options.scheduler.localityWaitMs = static_cast<int64_t>(localityWait * 1000);
@@ -123,7 +124,8 @@ int runWorker(WorkerOptions options, std::string listen, const std::string& port
                         .parseAddress(addr.value.host, addr.value.port)
                         .wait(io.waitScope)
                         ->listen();
-    options.address = HostPort{addr.value.host, static_cast<uint16_t>(listener->getPort())}.toString();
+    options.address =
+        HostPort{addr.value.host, static_cast<uint16_t>(listener->getPort())}.toString();
     setLogComponent("worker " + options.host);
     bool written = false;
     options.joined = [&]() {
@@ -227,8 +229,8 @@ int runJob(const std::string& coordinator, JobSpec spec, bool json) {
     } catch (const kj::Exception& e) {
       s.peers.drop(coordinator);
       if (std::chrono::steady_clock::now() - lastContact > std::chrono::seconds(60)) {
-        return failLine(fmt::format("lost the coordinator at {}: {}", coordinator,
-                                    e.getDescription().cStr()));
+        return failLine(
+            fmt::format("lost the coordinator at {}: {}", coordinator, e.getDescription().cStr()));
       }
     }
     if (report.state != JobState::RUNNING) break;
@@ -264,9 +266,8 @@ int listJobs(const std::string& coordinator, bool json) {
         all.push_back(reportJson(report));
       } else {
         fmt::print("{:>5}  {:<9}  maps {}/{}  reduces {}/{}  {:.1f} s  {}{}\n", report.jobId,
-                   jobStateName(report.state), report.mapsDone, report.mapTasks,
-                   report.reducesDone, report.reduceTasks,
-                   static_cast<double>(report.wallMs) / 1000, report.output,
+                   jobStateName(report.state), report.mapsDone, report.mapTasks, report.reducesDone,
+                   report.reduceTasks, static_cast<double>(report.wallMs) / 1000, report.output,
                    report.error.empty() ? "" : "  (" + report.error + ")");
       }
     }
@@ -292,8 +293,9 @@ int main(int argc, char** argv) {
   double localityWait = 3;
   coordinator->add_option("--master", master, "the master's HOST:PORT")->required();
   coordinator->add_option("--listen", listen, "HOST:PORT to serve on")->capture_default_str();
-  coordinator->add_option("--locality-wait", localityWait,
-                          "seconds a map waits for a free worker beside its data")
+  coordinator
+      ->add_option("--locality-wait", localityWait,
+                   "seconds a map waits for a free worker beside its data")
       ->capture_default_str();
   coordinator->add_option("--port-file", portFile, "write the bound HOST:PORT here");
 
@@ -305,14 +307,19 @@ int main(int argc, char** argv) {
   worker->add_option("--coordinator", wopts.coordinator, "the coordinator's HOST:PORT")->required();
   worker->add_option("--scratch", wopts.scratch, "local directory for map output")->required();
   worker->add_option("--slots", wopts.slots, "tasks run at once (default: CPUs)");
-  worker->add_option("--host", wopts.host, "this host's name as chunkservers advertise it "
+  worker->add_option("--host", wopts.host,
+                     "this host's name as chunkservers advertise it "
                      "(default: the address it reaches the coordinator from)");
-  worker->add_option("--listen", workerListen, "HOST:PORT to serve map output on "
+  worker->add_option("--listen", workerListen,
+                     "HOST:PORT to serve map output on "
                      "(default: this host's address, any port)");
   worker->add_option("--map-memory", mapMemoryMiB, "MiB a map buffers before writing")
       ->capture_default_str();
-  worker->add_option("--sort-memory", sortMemoryMiB, "MiB a reduce sorts in memory before "
-                     "spilling")->capture_default_str();
+  worker
+      ->add_option("--sort-memory", sortMemoryMiB,
+                   "MiB a reduce sorts in memory before "
+                   "spilling")
+      ->capture_default_str();
   worker->add_option("--port-file", portFile, "write the serving HOST:PORT here once joined");
 
   auto run = app.add_subcommand("run", "run a job and wait for it");
@@ -320,20 +327,25 @@ int main(int argc, char** argv) {
   std::string job;
   double taskTimeout = 60;
   bool json = false;
-  run->add_option("--coordinator", coordinatorAddr, "the coordinator's HOST:PORT (also "
-                  "CAIRN_COORDINATOR)")->capture_default_str();
+  run->add_option("--coordinator", coordinatorAddr,
+                  "the coordinator's HOST:PORT (also "
+                  "CAIRN_COORDINATOR)")
+      ->capture_default_str();
   run->add_option("--input", spec.inputs, "an input file or directory (repeatable)")
       ->required()
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   run->add_option("--output", spec.output, "output directory (must not exist)")->required();
   run->add_option("--reducers", spec.reducers, "reduce tasks")->capture_default_str();
-  run->add_option("--job", job, "a built-in job")->check(CLI::IsMember({"wordcount", "index", "grep"}));
+  run->add_option("--job", job, "a built-in job")
+      ->check(CLI::IsMember({"wordcount", "index", "grep"}));
   run->add_option("--pattern", spec.pattern, "grep: an ECMAScript regular expression");
   run->add_option("--mapper", spec.mapper, "streaming: shell command for maps");
   run->add_option("--reducer", spec.reducer, "streaming: shell command for reduces");
   run->add_flag("--no-locality", spec.noLocality, "place maps without regard to their data");
-  run->add_option("--task-timeout", taskTimeout, "seconds before a silent worker's tasks run "
-                  "again")->capture_default_str();
+  run->add_option("--task-timeout", taskTimeout,
+                  "seconds before a silent worker's tasks run "
+                  "again")
+      ->capture_default_str();
   run->add_option("--max-attempts", spec.maxAttempts, "failures of one task that fail the job")
       ->capture_default_str();
   run->add_flag("--json", json, "print the report as JSON");

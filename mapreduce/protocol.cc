@@ -6,6 +6,25 @@
 #include "tasks.h"
 
 namespace cairn::mapreduce {
+namespace {
+
+void outputsToWire(const std::vector<MapOutputLocation>& in,
+                   capnp::List<wire::MapOutput>::Builder out) {
+  for (size_t i = 0; i < in.size(); ++i) {
+    auto o = out[static_cast<unsigned>(i)];
+    o.setTask(in[i].task);
+    o.setAttempt(in[i].attempt);
+    o.setWorker(in[i].worker);
+  }
+}
+
+std::vector<MapOutputLocation> outputsFromWire(capnp::List<wire::MapOutput>::Reader in) {
+  std::vector<MapOutputLocation> out;
+  for (auto o : in) out.push_back({o.getTask(), o.getAttempt(), o.getWorker().cStr()});
+  return out;
+}
+
+}  // namespace
 
 void toWire(const JobSpec& s, wire::JobSpec::Builder out) {
   auto inputs = out.initInputs(static_cast<unsigned>(s.inputs.size()));
@@ -93,13 +112,7 @@ void toWire(const Assignment& a, wire::Task::Builder out) {
     out.setStart(a.split->start);
     out.setEnd(a.split->end);
   }
-  auto outputs = out.initMapOutputs(static_cast<unsigned>(a.mapOutputs.size()));
-  for (size_t i = 0; i < a.mapOutputs.size(); ++i) {
-    auto o = outputs[static_cast<unsigned>(i)];
-    o.setTask(a.mapOutputs[i].task);
-    o.setAttempt(a.mapOutputs[i].attempt);
-    o.setWorker(a.mapOutputs[i].worker);
-  }
+  outputsToWire(a.mapOutputs, out.initMapOutputs(static_cast<unsigned>(a.mapOutputs.size())));
 }
 
 TaskOrder fromWire(wire::Task::Reader in) {
@@ -114,9 +127,7 @@ TaskOrder fromWire(wire::Task::Reader in) {
   t.split.fileSize = in.getFileSize();
   t.split.start = in.getStart();
   t.split.end = in.getEnd();
-  for (auto o : in.getMapOutputs()) {
-    t.mapOutputs.push_back({o.getTask(), o.getAttempt(), o.getWorker().cStr()});
-  }
+  t.mapOutputs = outputsFromWire(in.getMapOutputs());
   return t;
 }
 
@@ -129,13 +140,7 @@ void toWire(const AttemptResult& r, wire::TaskResult::Builder out) {
   out.setBytesRead(r.bytesRead);
   out.setBytesWritten(r.bytesWritten);
   out.setShuffleBytes(r.shuffleBytes);
-  auto lost = out.initLostMaps(static_cast<unsigned>(r.lostMaps.size()));
-  for (size_t i = 0; i < r.lostMaps.size(); ++i) {
-    auto o = lost[static_cast<unsigned>(i)];
-    o.setTask(r.lostMaps[i].task);
-    o.setAttempt(r.lostMaps[i].attempt);
-    o.setWorker(r.lostMaps[i].worker);
-  }
+  outputsToWire(r.lostMaps, out.initLostMaps(static_cast<unsigned>(r.lostMaps.size())));
 }
 
 AttemptResult fromWire(wire::TaskResult::Reader in) {
@@ -148,9 +153,7 @@ AttemptResult fromWire(wire::TaskResult::Reader in) {
   r.bytesRead = in.getBytesRead();
   r.bytesWritten = in.getBytesWritten();
   r.shuffleBytes = in.getShuffleBytes();
-  for (auto o : in.getLostMaps()) {
-    r.lostMaps.push_back({o.getTask(), o.getAttempt(), o.getWorker().cStr()});
-  }
+  r.lostMaps = outputsFromWire(in.getLostMaps());
   return r;
 }
 
@@ -160,8 +163,9 @@ Status checkPath(const std::string& what, const std::string& path) {
     return Status::invalidArgument(fmt::format("{} '{}' is not an absolute path", what, path));
   }
   auto parts = splitPath(path);
-  if (!parts.ok()) return Status(parts.status.code(), fmt::format("{} '{}': {}", what, path,
-                                                                   parts.status.message()));
+  if (!parts.ok())
+    return Status(parts.status.code(),
+                  fmt::format("{} '{}': {}", what, path, parts.status.message()));
   return Status::OK();
 }
 }  // namespace
@@ -207,9 +211,12 @@ Status validateSpec(const JobSpec& s) {
 
 const char* jobStateName(JobState state) {
   switch (state) {
-    case JobState::RUNNING: return "running";
-    case JobState::SUCCEEDED: return "succeeded";
-    case JobState::FAILED: return "failed";
+    case JobState::RUNNING:
+      return "running";
+    case JobState::SUCCEEDED:
+      return "succeeded";
+    case JobState::FAILED:
+      return "failed";
   }
   return "?";
 }

@@ -18,10 +18,14 @@ bool contains(const std::vector<std::string>& hosts, const std::string& host) {
 
 const char* jobKindName(JobKind kind) {
   switch (kind) {
-    case JobKind::WORD_COUNT: return "wordcount";
-    case JobKind::INVERTED_INDEX: return "index";
-    case JobKind::GREP: return "grep";
-    case JobKind::STREAMING: return "streaming";
+    case JobKind::WORD_COUNT:
+      return "wordcount";
+    case JobKind::INVERTED_INDEX:
+      return "index";
+    case JobKind::GREP:
+      return "grep";
+    case JobKind::STREAMING:
+      return "streaming";
   }
   return "?";
 }
@@ -57,10 +61,14 @@ void Scheduler::workerLost(uint64_t worker, const std::string& why, int64_t now)
         if (!task.done && task.running.empty()) requeue(task, now);
       }
     }
-    // Finished maps kept their output on the lost disk; reduces still need it.
+    // Finished maps kept their output on the lost disk; reduces still need it. Their
+    // attempts count as failed: they run again.
     if (job.reducesDone < job.reduces.size()) {
       for (size_t i = 0; i < job.maps.size(); ++i) {
-        if (job.maps[i].done && job.maps[i].doneWorker == worker) rerunMap(job, i, now);
+        if (job.maps[i].done && job.maps[i].doneWorker == worker) {
+          rerunMap(job, i, now);
+          ++job.failedAttempts;
+        }
       }
     }
   }
@@ -150,7 +158,8 @@ std::optional<size_t> Scheduler::pickBackup(std::vector<Task>& tasks, uint64_t w
       ++left;
     }
   }
-  size_t limit = std::max<size_t>(1, static_cast<size_t>(std::ceil(opts.backupShare * tasks.size())));
+  size_t limit =
+      std::max<size_t>(1, static_cast<size_t>(std::ceil(opts.backupShare * tasks.size())));
   if (left == 0 || left > limit) return std::nullopt;
   int64_t median = 0;
   if (!durations.empty()) {
@@ -169,8 +178,7 @@ std::optional<size_t> Scheduler::pickBackup(std::vector<Task>& tasks, uint64_t w
   return std::nullopt;
 }
 
-Assignment Scheduler::start(Job& job, bool isMap, size_t index, uint64_t worker,
-                            int64_t nowMs) {
+Assignment Scheduler::start(Job& job, bool isMap, size_t index, uint64_t worker, int64_t nowMs) {
   Task& t = (isMap ? job.maps : job.reduces)[index];
   Attempt attempt{t.nextAttempt++, worker, nowMs};
   t.running.push_back(attempt);
@@ -200,9 +208,8 @@ void Scheduler::finish(uint64_t worker, const AttemptResult& r, int64_t nowMs) {
   auto& tasks = r.isMap ? job.maps : job.reduces;
   if (r.task >= tasks.size()) return;
   Task& t = tasks[r.task];
-  auto a = std::find_if(t.running.begin(), t.running.end(), [&](const Attempt& x) {
-    return x.id == r.attempt && x.worker == worker;
-  });
+  auto a = std::find_if(t.running.begin(), t.running.end(),
+                        [&](const Attempt& x) { return x.id == r.attempt && x.worker == worker; });
   if (a == t.running.end()) return;
   int64_t started = a->startedMs;
   t.running.erase(a);
@@ -304,7 +311,8 @@ void Scheduler::tick(int64_t nowMs) {
                nowMs);
   }
   for (auto it = jobs.begin(); it != jobs.end();) {
-    bool old = it->second.state != JobState::RUNNING && nowMs - it->second.endedMs > opts.keepEndedMs;
+    bool old =
+        it->second.state != JobState::RUNNING && nowMs - it->second.endedMs > opts.keepEndedMs;
     it = old ? jobs.erase(it) : std::next(it);
   }
 }

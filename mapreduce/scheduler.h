@@ -56,7 +56,7 @@ struct Assignment {
   uint32_t attempt = 0;
   bool isMap = true;
   const JobSpec* spec = nullptr;
-  const Split* split = nullptr;                // a map
+  const Split* split = nullptr;               // a map
   std::vector<MapOutputLocation> mapOutputs;  // a reduce
 };
 
@@ -81,6 +81,8 @@ struct JobReport {
   uint32_t mapTasks = 0, mapsDone = 0, reduceTasks = 0, reducesDone = 0;
   uint32_t dataLocalMaps = 0;
   uint64_t bytesRead = 0, bytesWritten = 0, shuffleBytes = 0;
+  // Attempts that failed, were lost with their worker, or whose finished output was lost
+  // with it: all ran again.
   uint32_t failedAttempts = 0, backupAttempts = 0;
   int64_t wallMs = 0;
 };

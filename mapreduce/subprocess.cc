@@ -45,7 +45,8 @@ Status runCommand(const std::string& command, const std::vector<std::string>& en
                   const std::function<Status(std::string_view)>& line) {
   Pipe in, out, err;
   for (Pipe* p : {&in, &out, &err}) {
-    if (pipe2(p->fd, O_CLOEXEC) != 0) return Status::ioError(fmt::format("pipe: {}", strerror(errno)));
+    if (pipe2(p->fd, O_CLOEXEC) != 0)
+      return Status::ioError(fmt::format("pipe: {}", strerror(errno)));
   }
   // Everything the child needs is built before fork: a threaded process may only call
   // async-signal-safe functions between fork and exec.
@@ -130,8 +131,8 @@ Status runCommand(const std::string& command, const std::vector<std::string>& en
   std::string tail = lastLine(errText);
   std::string suffix = tail.empty() ? "" : ": " + tail;
   if (WIFSIGNALED(status)) {
-    return Status::ioError(fmt::format("`{}` was killed by signal {}{}", command,
-                                       WTERMSIG(status), suffix));
+    return Status::ioError(
+        fmt::format("`{}` was killed by signal {}{}", command, WTERMSIG(status), suffix));
   }
   if (WEXITSTATUS(status) != 0) {
     return Status::ioError(

@@ -133,15 +133,19 @@ class MapTable {
 
 Result<std::shared_ptr<Job>> makeJob(const JobSpec& spec) {
   switch (spec.kind) {
-    case JobKind::WORD_COUNT: return std::shared_ptr<Job>(std::make_shared<WordCount>());
-    case JobKind::INVERTED_INDEX: return std::shared_ptr<Job>(std::make_shared<InvertedIndex>());
+    case JobKind::WORD_COUNT:
+      return std::shared_ptr<Job>(std::make_shared<WordCount>());
+    case JobKind::INVERTED_INDEX:
+      return std::shared_ptr<Job>(std::make_shared<InvertedIndex>());
     case JobKind::GREP:
       try {
         return std::shared_ptr<Job>(std::make_shared<Grep>(spec.pattern));
       } catch (const std::regex_error& e) {
-        return Status::invalidArgument(fmt::format("grep pattern '{}': {}", spec.pattern, e.what()));
+        return Status::invalidArgument(
+            fmt::format("grep pattern '{}': {}", spec.pattern, e.what()));
       }
-    case JobKind::STREAMING: return std::shared_ptr<Job>();
+    case JobKind::STREAMING:
+      return std::shared_ptr<Job>();
   }
   return Status::invalidArgument("unknown job kind");
 }
@@ -202,13 +206,12 @@ Status runMap(const JobSpec& spec, const Split& split, const ReadAt& read,
         });
   } else {
     MapTable table(*job.value, writer, memoryBudget);
-    s = forEachLine(counted, split.fileSize, split.start, split.end,
-                    [&](uint64_t offset, std::string_view text) {
-                      job.value->map(split.path, offset, text, [&](auto k, auto v) {
-                        table.emit(k, v);
-                      });
-                    },
-                    READ_BLOCK);
+    s = forEachLine(
+        counted, split.fileSize, split.start, split.end,
+        [&](uint64_t offset, std::string_view text) {
+          job.value->map(split.path, offset, text, [&](auto k, auto v) { table.emit(k, v); });
+        },
+        READ_BLOCK);
     Status flushed = table.flush();
     if (s.ok()) s = flushed;
   }
@@ -262,9 +265,9 @@ Status runReduce(const JobSpec& spec, uint32_t partition,
     }
   }
   if (!stats->lost.empty()) {
-    return Status::unavailable(fmt::format("could not fetch {} map output(s), e.g. map {} from {}: {}",
-                                           stats->lost.size(), stats->lost[0].task,
-                                           stats->lost[0].worker, lastError));
+    return Status::unavailable(
+        fmt::format("could not fetch {} map output(s), e.g. map {} from {}: {}", stats->lost.size(),
+                    stats->lost[0].task, stats->lost[0].worker, lastError));
   }
   auto emit = [&](std::string_view line) {
     stats->bytesWritten += line.size();

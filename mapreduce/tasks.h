@@ -41,8 +41,8 @@ Status runMap(const JobSpec& spec, const Split& split, const ReadAt& read,
 
 // Reads up to `length` bytes at `offset` of one map output partition; `eof` says it ends
 // there.
-using FetchPartition = std::function<Result<std::string>(const MapOutputLocation& from,
-                                                         uint64_t offset, bool* eof)>;
+using FetchPartition =
+    std::function<Result<std::string>(const MapOutputLocation& from, uint64_t offset, bool* eof)>;
 
 struct ReduceStats {
   uint64_t shuffleBytes = 0;

@@ -70,7 +70,8 @@ class Worker::Service final : public wire::Worker::Server {
     uint64_t jobId = p.getJobId();
     uint32_t task = p.getTask(), attempt = p.getAttempt();
     return w.servePool
-        .run([dir, path, offset, length, jobId, task, attempt]() -> std::pair<Result<std::string>, bool> {
+        .run([dir, path, offset, length, jobId, task,
+              attempt]() -> std::pair<Result<std::string>, bool> {
           bool eof = false;
           if (!std::filesystem::is_directory(dir)) {
             return {Status::notFound(fmt::format("no output of job {} map {} attempt {} here",
@@ -87,8 +88,8 @@ class Worker::Service final : public wire::Worker::Server {
             return;
           }
           auto& data = r.first.value;
-          results.setData(capnp::Data::Reader(reinterpret_cast<const kj::byte*>(data.data()),
-                                              data.size()));
+          results.setData(
+              capnp::Data::Reader(reinterpret_cast<const kj::byte*>(data.data()), data.size()));
           results.setEof(r.second);
         });
   }
@@ -107,7 +108,8 @@ Worker::Worker(WorkerOptions options, kj::Network& network, kj::Timer& timer)
   std::error_code ec;
   std::filesystem::create_directories(opts.scratch, ec);
   for (auto& e : std::filesystem::directory_iterator(opts.scratch, ec)) {
-    if (e.path().filename().string().rfind("job-", 0) == 0) std::filesystem::remove_all(e.path(), ec);
+    if (e.path().filename().string().rfind("job-", 0) == 0)
+      std::filesystem::remove_all(e.path(), ec);
   }
 }
 
@@ -172,31 +174,29 @@ void Worker::rejoin(uint64_t gen, const std::string& why) {
 
 kj::Promise<void> Worker::slotLoop(uint64_t gen) {
   if (gen != generation) return kj::READY_NOW;
-  KJ_IF_MAYBE(s, session) {
+  KJ_IF_MAYBE (s, session) {
     auto current = *s;
-    return current.nextTaskRequest()
-        .send()
-        .then(
-            [this, gen, current](auto&& response) mutable -> kj::Promise<void> {
-              if (!response.getHas()) {
-                if (response.getStatus().getCode() != wire::ErrorCode::OK) {
-                  return timer.afterDelay(opts.heartbeat).then([this, gen]() { return slotLoop(gen); });
-                }
-                return slotLoop(gen);
-              }
-              TaskOrder order = fromWire(response.getTask());
-              return taskPool.run([this, order]() { return execute(order); })
-                  .then([current](AttemptResult r) mutable {
-                    auto req = current.finishRequest();
-                    toWire(r, req.initResult());
-                    return req.send().ignoreResult();
-                  })
-                  .catch_([](kj::Exception&&) {})  // a lost coordinator: rejoin handles it
-                  .then([this, gen]() { return slotLoop(gen); });
-            },
-            [this, gen](kj::Exception&&) {
+    return current.nextTaskRequest().send().then(
+        [this, gen, current](auto&& response) mutable -> kj::Promise<void> {
+          if (!response.getHas()) {
+            if (response.getStatus().getCode() != wire::ErrorCode::OK) {
               return timer.afterDelay(opts.heartbeat).then([this, gen]() { return slotLoop(gen); });
-            });
+            }
+            return slotLoop(gen);
+          }
+          TaskOrder order = fromWire(response.getTask());
+          return taskPool.run([this, order]() { return execute(order); })
+              .then([current](AttemptResult r) mutable {
+                auto req = current.finishRequest();
+                toWire(r, req.initResult());
+                return req.send().ignoreResult();
+              })
+              .catch_([](kj::Exception&&) {})  // a lost coordinator: rejoin handles it
+              .then([this, gen]() { return slotLoop(gen); });
+        },
+        [this, gen](kj::Exception&&) {
+          return timer.afterDelay(opts.heartbeat).then([this, gen]() { return slotLoop(gen); });
+        });
   }
   return kj::READY_NOW;
 }
@@ -204,7 +204,7 @@ kj::Promise<void> Worker::slotLoop(uint64_t gen) {
 kj::Promise<void> Worker::heartbeatLoop(uint64_t gen) {
   return timer.afterDelay(opts.heartbeat).then([this, gen]() -> kj::Promise<void> {
     if (gen != generation) return kj::READY_NOW;
-    KJ_IF_MAYBE(s, session) {
+    KJ_IF_MAYBE (s, session) {
       return timer.timeoutAfter(10 * kj::SECONDS, s->heartbeatRequest().send())
           .then(
               [this, gen](auto&& response) -> kj::Promise<void> {
@@ -216,9 +216,7 @@ kj::Promise<void> Worker::heartbeatLoop(uint64_t gen) {
                 dropJobs(response.getDropJobs());
                 return heartbeatLoop(gen);
               },
-              [this, gen](kj::Exception&& e) {
-                rejoin(gen, e.getDescription().cStr());
-              });
+              [this, gen](kj::Exception&& e) { rejoin(gen, e.getDescription().cStr()); });
     }
     return kj::READY_NOW;
   });
@@ -256,7 +254,8 @@ AttemptResult Worker::execute(const TaskOrder& order) {
   } else {
     result.status = runReduceTask(order, result);
   }
-  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   if (result.status.ok()) {
     logInfo("job {} {} {} attempt {} done in {:.2f} s", order.jobId, order.isMap ? "map" : "reduce",
             order.task, order.attempt, seconds);
@@ -332,15 +331,15 @@ Result<std::string> Worker::fetch(const MapOutputLocation& from, const TaskOrder
   Result<std::string> r;
   for (int attempt = 0; attempt < 3; ++attempt) {
     if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(300));
-    r = executor.executeSync([&]() { return fetchOnce(from, order.jobId, order.task, offset, eof); });
+    r = executor.executeSync(
+        [&]() { return fetchOnce(from, order.jobId, order.task, offset, eof); });
     if (r.ok() || r.status.code() != ErrorCode::UNAVAILABLE) break;
   }
   return r;
 }
 
 kj::Promise<Result<std::string>> Worker::fetchOnce(MapOutputLocation from, uint64_t jobId,
-                                                   uint32_t partition, uint64_t offset,
-                                                   bool* eof) {
+                                                   uint32_t partition, uint64_t offset, bool* eof) {
   auto req = peers.get<wire::Worker>(from.worker).fetchPartitionRequest();
   req.setJobId(jobId);
   req.setTask(from.task);

@@ -23,8 +23,8 @@ struct WorkerOptions {
   std::string coordinator;  // HOST:PORT
   std::string scratch;      // map output and sort runs
   uint32_t slots = 2;
-  std::string host;     // the host name chunkservers advertise here, for locality
-  std::string address;  // HOST:PORT this worker serves map output on
+  std::string host;               // the host name chunkservers advertise here, for locality
+  std::string address;            // HOST:PORT this worker serves map output on
   size_t mapMemory = 64 << 20;    // per map task, before the table is written out
   size_t sortMemory = 128 << 20;  // per reduce task, before sorted runs spill
   kj::Duration heartbeat = 1 * kj::SECONDS;
@@ -54,8 +54,8 @@ class Worker final : private kj::TaskSet::ErrorHandler {
   // Blocking, on a task thread.
   AttemptResult execute(const TaskOrder& order);
   Status runReduceTask(const TaskOrder& order, AttemptResult& result);
-  Result<std::string> fetch(const MapOutputLocation& from, const TaskOrder& order,
-                            uint64_t offset, bool* eof);
+  Result<std::string> fetch(const MapOutputLocation& from, const TaskOrder& order, uint64_t offset,
+                            bool* eof);
   // On the loop.
   kj::Promise<Result<std::string>> fetchOnce(MapOutputLocation from, uint64_t jobId,
                                              uint32_t partition, uint64_t offset, bool* eof);

@@ -25,9 +25,9 @@ constexpr uint64_t CHUNK = 1 << 20;
 // Text with lines of very different lengths, so that many lines cross chunk boundaries;
 // some lines are longer than a chunk.
 std::string generateText(size_t bytes, uint64_t seed, bool finalNewline) {
-  static const char* words[] = {"cairn", "chunk", "Master", "replica", "lease", "stone",
+  static const char* words[] = {"cairn", "chunk", "Master", "replica", "lease",  "stone",
                                 "river", "hill",  "a",      "zebra",   "Quartz", "MapReduce",
-                                "x",     "yy",    "hello",  "world",   "it's",  "e-mail"};
+                                "x",     "yy",    "hello",  "world",   "it's",   "e-mail"};
   std::mt19937_64 rng(seed);
   std::string out;
   while (out.size() < bytes) {
@@ -74,7 +74,8 @@ std::vector<std::string> expectedWordCount(const std::vector<Input>& inputs) {
 
 std::vector<std::string> expectedIndex(const std::vector<Input>& inputs) {
   std::map<std::string, std::set<std::string>> where;
-  for (auto& in : inputs) eachWord(in.text, [&](const std::string& w) { where[w].insert(in.path); });
+  for (auto& in : inputs)
+    eachWord(in.text, [&](const std::string& w) { where[w].insert(in.path); });
   std::vector<std::string> lines;
   for (auto& [w, paths] : where) {
     std::string joined;
@@ -123,12 +124,12 @@ class MapReduceTest : public ::testing::Test {
     cluster->startMaster();
     for (size_t i = 0; i < chunkservers; ++i) cluster->startChunkserver(i);
     cluster->waitForLiveChunkservers(chunkservers);
-    coordinator = cluster->startDaemon(
-        "coordinator",
-        {ProcessCluster::binary("cairn-mapreduce"), "coordinator", "--master",
-         cluster->masterAddress(), "--listen", "127.0.0.1:0", "--port-file",
-         cluster->dir() + "/coordinator.port"},
-        cluster->dir() + "/coordinator.port");
+    coordinator =
+        cluster->startDaemon("coordinator",
+                             {ProcessCluster::binary("cairn-mapreduce"), "coordinator", "--master",
+                              cluster->masterAddress(), "--listen", "127.0.0.1:0", "--port-file",
+                              cluster->dir() + "/coordinator.port"},
+                             cluster->dir() + "/coordinator.port");
     ASSERT_FALSE(coordinator.empty());
   }
 
@@ -218,9 +219,9 @@ class MapReduceTest : public ::testing::Test {
   // The coordinator's view of job `id` (or of the only job).
   nlohmann::json jobState() {
     std::string out;
-    cluster->run({ProcessCluster::binary("cairn-mapreduce"), "jobs", "--coordinator",
-                  coordinator, "--json"},
-                 &out);
+    cluster->run(
+        {ProcessCluster::binary("cairn-mapreduce"), "jobs", "--coordinator", coordinator, "--json"},
+        &out);
     try {
       auto all = nlohmann::json::parse(out);
       return all.empty() ? nlohmann::json() : all.back();
@@ -272,8 +273,8 @@ TEST_F(MapReduceTest, BuiltInJobsMatchASingleProcessPass) {
   for (size_t i = 0; i < 3; ++i) startWorker(i, 2);
   auto inputs = putInputs();
 
-  auto wc = runJson({"--input", "/in", "--input", "/more.txt", "--output", "/out/wc",
-                     "--reducers", "3", "--job", "wordcount"});
+  auto wc = runJson({"--input", "/in", "--input", "/more.txt", "--output", "/out/wc", "--reducers",
+                     "3", "--job", "wordcount"});
   EXPECT_EQ(output("/out/wc", 3, true), sorted(expectedWordCount(inputs)));
   // One map per chunk; the empty file has none.
   uint64_t chunks = 0;
@@ -284,13 +285,13 @@ TEST_F(MapReduceTest, BuiltInJobsMatchASingleProcessPass) {
   EXPECT_GE(wc["bytes_read"].get<uint64_t>(), 2600000u + 1300000 + 700000 + 1100000);
   EXPECT_GT(wc["bytes_written"].get<uint64_t>(), 0u);
 
-  runJson({"--input", "/in", "--input", "/more.txt", "--output", "/out/index", "--reducers",
-           "2", "--job", "index"});
+  runJson({"--input", "/in", "--input", "/more.txt", "--output", "/out/index", "--reducers", "2",
+           "--job", "index"});
   EXPECT_EQ(output("/out/index", 2), sorted(expectedIndex(inputs)));
 
   std::string re = "(Quartz|zebra)[0-9]+";
-  runJson({"--input", "/in", "--input", "/more.txt", "--output", "/out/grep", "--reducers",
-           "1", "--job", "grep", "--pattern", re});
+  runJson({"--input", "/in", "--input", "/more.txt", "--output", "/out/grep", "--reducers", "1",
+           "--job", "grep", "--pattern", re});
   auto grep = output("/out/grep", 1);
   EXPECT_FALSE(grep.empty());
   EXPECT_EQ(grep, sorted(expectedGrep(inputs, re)));
@@ -312,10 +313,10 @@ TEST_F(MapReduceTest, StreamingJobsAndTheirFailures) {
 
   // A mapper that exits 1 fails the job with its message, after --max-attempts tries.
   std::string out, err;
-  int rc = runJob({"--input", "/in", "--output", "/out/bad", "--mapper",
-                   "echo 'cannot parse record' >&2; exit 1", "--reducer", "cat",
-                   "--max-attempts", "2"},
-                  &out, &err);
+  int rc =
+      runJob({"--input", "/in", "--output", "/out/bad", "--mapper",
+              "echo 'cannot parse record' >&2; exit 1", "--reducer", "cat", "--max-attempts", "2"},
+             &out, &err);
   EXPECT_NE(rc, 0);
   EXPECT_NE(err.find("failed 2 times"), std::string::npos) << err;
   EXPECT_NE(err.find("exited with status 1: cannot parse record"), std::string::npos) << err;
@@ -337,9 +338,9 @@ TEST_F(MapReduceTest, StreamingJobsAndTheirFailures) {
   EXPECT_NE(cluster->cli({"stat", "/out/x"}), 0);
   EXPECT_NE(cluster->cli({"stat", "/out/y"}), 0);
   std::string jobs;
-  cluster->run({ProcessCluster::binary("cairn-mapreduce"), "jobs", "--coordinator", coordinator,
-                "--json"},
-               &jobs);
+  cluster->run(
+      {ProcessCluster::binary("cairn-mapreduce"), "jobs", "--coordinator", coordinator, "--json"},
+      &jobs);
   EXPECT_EQ(nlohmann::json::parse(jobs).size(), 2u) << "refused jobs never ran: " << jobs;
 }
 
@@ -351,8 +352,8 @@ TEST_F(MapReduceTest, EveryMapIsDataLocalWithAWorkerBesideEachChunkserver) {
                                {"/local/b.txt", generateText(3000000, 8, true)}};
   ASSERT_EQ(cluster->cli({"mkdir", "/local"}), 0);
   for (auto& in : inputs) put(in, 3);
-  auto report = runJson({"--input", "/local", "--output", "/out", "--reducers", "4", "--job",
-                         "wordcount"});
+  auto report =
+      runJson({"--input", "/local", "--output", "/out", "--reducers", "4", "--job", "wordcount"});
   EXPECT_GE(report["map_tasks"].get<int>(), 9);
   EXPECT_EQ(report["data_local_maps"], report["map_tasks"]);
   EXPECT_EQ(output("/out", 4), sorted(expectedWordCount(inputs)));
@@ -373,15 +374,15 @@ TEST_F(MapReduceTest, AWorkerKilledInTheMapPhase) {
   for (size_t i = 0; i < 3; ++i) startWorker(i);
   auto inputs = putInputs();
   // Slow maps, so that the kill lands while maps run and some are done.
-  auto report = runWhile({"--input", "/in", "--input", "/more.txt", "--output", "/out",
-                          "--reducers", "2", "--mapper", "sleep 0.7; " + MAPPER, "--reducer",
-                          REDUCER, "--task-timeout", "5"},
-                         [&](const nlohmann::json& s) {
-                           int done = s["maps_done"].get<int>();
-                           if (done < 2 || done >= s["map_tasks"].get<int>()) return false;
-                           cluster->killDaemon("worker1", SIGKILL);
-                           return true;
-                         });
+  auto report =
+      runWhile({"--input", "/in", "--input", "/more.txt", "--output", "/out", "--reducers", "2",
+                "--mapper", "sleep 0.7; " + MAPPER, "--reducer", REDUCER, "--task-timeout", "5"},
+               [&](const nlohmann::json& s) {
+                 int done = s["maps_done"].get<int>();
+                 if (done < 2 || done >= s["map_tasks"].get<int>()) return false;
+                 cluster->killDaemon("worker1", SIGKILL);
+                 return true;
+               });
   EXPECT_EQ(report["state"], "succeeded");
   EXPECT_GE(report["failed_attempts"].get<int>(), 1);
   EXPECT_EQ(output("/out", 2), sorted(expectedWordCount(inputs)));
@@ -393,16 +394,16 @@ TEST_F(MapReduceTest, AWorkerKilledInTheReducePhase) {
   auto inputs = putInputs();
   // Slow reduces: every map is done, reduces are running, and the killed worker holds map
   // output that reduces still have to fetch.
-  auto report = runWhile({"--input", "/in", "--input", "/more.txt", "--output", "/out",
-                          "--reducers", "6", "--mapper", MAPPER, "--reducer",
-                          "sleep 1; " + REDUCER, "--task-timeout", "5"},
-                         [&](const nlohmann::json& s) {
-                           if (s["maps_done"] != s["map_tasks"] || s["reduces_done"] == 0) {
-                             return false;
-                           }
-                           cluster->killDaemon("worker2", SIGKILL);
-                           return true;
-                         });
+  auto report =
+      runWhile({"--input", "/in", "--input", "/more.txt", "--output", "/out", "--reducers", "6",
+                "--mapper", MAPPER, "--reducer", "sleep 1; " + REDUCER, "--task-timeout", "5"},
+               [&](const nlohmann::json& s) {
+                 if (s["maps_done"] != s["map_tasks"] || s["reduces_done"] == 0) {
+                   return false;
+                 }
+                 cluster->killDaemon("worker2", SIGKILL);
+                 return true;
+               });
   EXPECT_EQ(report["state"], "succeeded");
   EXPECT_EQ(output("/out", 6, true), sorted(expectedWordCount(inputs)));
 }
@@ -412,15 +413,15 @@ TEST_F(MapReduceTest, AStoppedWorkerIsDeclaredLostAfterTheTaskTimeout) {
   for (size_t i = 0; i < 3; ++i) startWorker(i);
   auto inputs = putInputs();
   pid_t stopped = 0;
-  auto report = runWhile({"--input", "/in", "--input", "/more.txt", "--output", "/out",
-                          "--reducers", "2", "--mapper", "sleep 0.5; " + MAPPER, "--reducer",
-                          REDUCER, "--task-timeout", "2"},
-                         [&](const nlohmann::json& s) {
-                           if (s["maps_done"].get<int>() < 1) return false;
-                           stopped = cluster->daemonPid("worker0");
-                           kill(stopped, SIGSTOP);
-                           return true;
-                         });
+  auto report =
+      runWhile({"--input", "/in", "--input", "/more.txt", "--output", "/out", "--reducers", "2",
+                "--mapper", "sleep 0.5; " + MAPPER, "--reducer", REDUCER, "--task-timeout", "2"},
+               [&](const nlohmann::json& s) {
+                 if (s["maps_done"].get<int>() < 1) return false;
+                 stopped = cluster->daemonPid("worker0");
+                 kill(stopped, SIGSTOP);
+                 return true;
+               });
   if (stopped > 0) kill(stopped, SIGCONT);
   EXPECT_EQ(report["state"], "succeeded");
   EXPECT_EQ(output("/out", 2), sorted(expectedWordCount(inputs)));

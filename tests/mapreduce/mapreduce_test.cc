@@ -17,8 +17,8 @@ namespace cairn::mapreduce {
 namespace {
 
 // Every line of `text` as the splits of `chunk` bytes see them, in order.
-std::vector<std::pair<uint64_t, std::string>> linesBySplits(const std::string& text,
-                                                            uint64_t chunk, uint64_t block) {
+std::vector<std::pair<uint64_t, std::string>> linesBySplits(const std::string& text, uint64_t chunk,
+                                                            uint64_t block) {
   ReadAt read = [&](uint64_t off, uint64_t len) -> Result<std::string> {
     if (off >= text.size()) return std::string();
     return text.substr(off, len);
@@ -26,9 +26,9 @@ std::vector<std::pair<uint64_t, std::string>> linesBySplits(const std::string& t
   std::vector<std::pair<uint64_t, std::string>> out;
   uint64_t splits = std::max<uint64_t>(1, (text.size() + chunk - 1) / chunk);
   for (uint64_t i = 0; i < splits; ++i) {
-    Status s = forEachLine(read, text.size(), i * chunk, (i + 1) * chunk,
-                           [&](uint64_t off, std::string_view l) { out.emplace_back(off, l); },
-                           block);
+    Status s = forEachLine(
+        read, text.size(), i * chunk, (i + 1) * chunk,
+        [&](uint64_t off, std::string_view l) { out.emplace_back(off, l); }, block);
     EXPECT_TRUE(s.ok());
   }
   return out;
@@ -64,11 +64,11 @@ TEST(SplitsTest, EveryLineOnceWhateverTheBoundaries) {
 
 TEST(SplitsTest, EdgeCases) {
   EXPECT_TRUE(linesBySplits("", 4, 4).empty());
-  EXPECT_EQ(linesBySplits("abc", 4, 4), linesOf("abc"));              // no newline at all
-  EXPECT_EQ(linesBySplits("abcd\nef", 4, 2), linesOf("abcd\nef"));    // newline right at a boundary
+  EXPECT_EQ(linesBySplits("abc", 4, 4), linesOf("abc"));            // no newline at all
+  EXPECT_EQ(linesBySplits("abcd\nef", 4, 2), linesOf("abcd\nef"));  // newline right at a boundary
   std::string longLine = std::string(50, 'x') + "\nshort\n";
-  EXPECT_EQ(linesBySplits(longLine, 8, 3), linesOf(longLine));        // a line over six chunks
-  EXPECT_EQ(linesBySplits("\n\n\n", 1, 1), linesOf("\n\n\n"));         // empty lines
+  EXPECT_EQ(linesBySplits(longLine, 8, 3), linesOf(longLine));  // a line over six chunks
+  EXPECT_EQ(linesBySplits("\n\n\n", 1, 1), linesOf("\n\n\n"));  // empty lines
 }
 
 TEST(PartitionTest, StableAndSpread) {
@@ -112,10 +112,12 @@ TEST_F(SortTest, SmallInputsStayInMemory) {
   ASSERT_TRUE(sorter.add("a", "1").ok());
   ASSERT_TRUE(sorter.add("b", "3").ok());
   std::string out;
-  ASSERT_TRUE(sorter.finish([&](std::string_view k, const std::vector<std::string>& v) {
-    out += std::string(k) + "=" + std::to_string(v.size()) + ";";
-    return Status::OK();
-  }).ok());
+  ASSERT_TRUE(sorter
+                  .finish([&](std::string_view k, const std::vector<std::string>& v) {
+                    out += std::string(k) + "=" + std::to_string(v.size()) + ";";
+                    return Status::OK();
+                  })
+                  .ok());
   EXPECT_EQ(out, "a=1;b=2;");
   EXPECT_EQ(sorter.runsSpilled(), 0u);
 }

@@ -2,6 +2,8 @@
 // disk for map output: built-in jobs with the combiner and spilled sorts under tiny
 // budgets, streaming commands, failing commands, and map output that cannot be fetched.
 
+#include "tasks.h"
+
 #include <gtest/gtest.h>
 #include <signal.h>
 
@@ -13,7 +15,6 @@
 #include "partition.h"
 #include "records.h"
 #include "subprocess.h"
-#include "tasks.h"
 
 namespace cairn::mapreduce {
 namespace {
@@ -48,7 +49,8 @@ class TasksTest : public ::testing::Test {
     for (uint32_t r = 0; r < spec.reducers; ++r) {
       FetchPartition fetch = [&](const MapOutputLocation& from, uint64_t offset,
                                  bool* eof) -> Result<std::string> {
-        std::string data = testing::readFile(partitionFile(mapOutputDir(temp.path(), 1, from.task, 0), r));
+        std::string data =
+            testing::readFile(partitionFile(mapOutputDir(temp.path(), 1, from.task, 0), r));
         // Small pieces, so that records are cut between fetches.
         std::string piece = offset < data.size() ? data.substr(offset, 777) : "";
         *eof = offset + piece.size() >= data.size();
@@ -56,12 +58,13 @@ class TasksTest : public ::testing::Test {
       };
       std::string out;
       ReduceStats stats;
-      Status st = runReduce(spec, r, outputs, fetch, temp.path(), sortBudget,
-                            [&](std::string_view bytes) {
-                              out.append(bytes);
-                              return Status::OK();
-                            },
-                            &stats);
+      Status st = runReduce(
+          spec, r, outputs, fetch, temp.path(), sortBudget,
+          [&](std::string_view bytes) {
+            out.append(bytes);
+            return Status::OK();
+          },
+          &stats);
       if (!st.ok()) return st;
       EXPECT_EQ(stats.bytesWritten, out.size());
       size_t from = 0;
@@ -170,8 +173,9 @@ TEST_F(TasksTest, MapOutputThatCannotBeFetchedIsNamed) {
     return rec;
   };
   ReduceStats stats;
-  Status s = runReduce(spec, 0, maps, fetch, temp.path(), 1 << 20,
-                       [](std::string_view) { return Status::OK(); }, &stats);
+  Status s = runReduce(
+      spec, 0, maps, fetch, temp.path(), 1 << 20, [](std::string_view) { return Status::OK(); },
+      &stats);
   EXPECT_EQ(s.code(), ErrorCode::UNAVAILABLE);
   ASSERT_EQ(stats.lost.size(), 1u);
   EXPECT_EQ(stats.lost[0].task, 1u);
@@ -181,25 +185,28 @@ TEST_F(TasksTest, MapOutputThatCannotBeFetchedIsNamed) {
 TEST(SubprocessTest, LinesWithoutFinalNewlineAndSignals) {
   signal(SIGPIPE, SIG_IGN);
   std::vector<std::string> got;
-  Status s = runCommand("cat; printf 'last'", {"X=1"},
-                        [](const WriteInput& w) {
-                          w("one\ntwo\n");
-                          return Status::OK();
-                        },
-                        [&](std::string_view l) {
-                          got.emplace_back(l);
-                          return Status::OK();
-                        });
+  Status s = runCommand(
+      "cat; printf 'last'", {"X=1"},
+      [](const WriteInput& w) {
+        w("one\ntwo\n");
+        return Status::OK();
+      },
+      [&](std::string_view l) {
+        got.emplace_back(l);
+        return Status::OK();
+      });
   EXPECT_TRUE(s.ok()) << s.toString();
   EXPECT_EQ(got, (std::vector<std::string>{"one", "two", "last"}));
-  s = runCommand("kill -9 $$", {}, [](const WriteInput&) { return Status::OK(); },
-                 [](std::string_view) { return Status::OK(); });
+  s = runCommand(
+      "kill -9 $$", {}, [](const WriteInput&) { return Status::OK(); },
+      [](std::string_view) { return Status::OK(); });
   EXPECT_NE(s.message().find("killed by signal 9"), std::string::npos) << s.toString();
-  s = runCommand("echo $X", {"X=hello"}, [](const WriteInput&) { return Status::OK(); },
-                 [&](std::string_view l) {
-                   EXPECT_EQ(l, "hello");
-                   return Status::OK();
-                 });
+  s = runCommand(
+      "echo $X", {"X=hello"}, [](const WriteInput&) { return Status::OK(); },
+      [&](std::string_view l) {
+        EXPECT_EQ(l, "hello");
+        return Status::OK();
+      });
   EXPECT_TRUE(s.ok());
 }
 

@@ -113,11 +113,9 @@ void InProcessCluster::stopChunkserver(size_t i) {
 std::string ProcessCluster::binary(const std::string& name) {
   const char* dir = getenv("CAIRN_BUILD_DIR");
   // Without CAIRN_BUILD_DIR: the build directory that holds this test (build/tests/x).
-  std::string base = dir ? dir
-                         : std::filesystem::read_symlink("/proc/self/exe")
-                               .parent_path()
-                               .parent_path()
-                               .string();
+  std::string base =
+      dir ? dir
+          : std::filesystem::read_symlink("/proc/self/exe").parent_path().parent_path().string();
   if (name == "cairn-master") return base + "/master/cairn-master";
   if (name == "cairn-chunkserver") return base + "/chunkserver/cairn-chunkserver";
   if (name == "cairn") return base + "/cli/cairn";
@@ -175,9 +173,17 @@ void ProcessCluster::startMaster() {
   std::string portFile = dir() + "/master.port";
   unlink(portFile.c_str());
   std::string listen = masterAddr.empty() ? "127.0.0.1:0" : masterAddr;
-  std::vector<std::string> argv = {binary("cairn-master"), "--listen", listen, "--data",
-                                   dir() + "/master", "--chunk-size", std::to_string(chunkSize),
-                                   "--port-file", portFile, "--heartbeat", "0.5"};
+  std::vector<std::string> argv = {binary("cairn-master"),
+                                   "--listen",
+                                   listen,
+                                   "--data",
+                                   dir() + "/master",
+                                   "--chunk-size",
+                                   std::to_string(chunkSize),
+                                   "--port-file",
+                                   portFile,
+                                   "--heartbeat",
+                                   "0.5"};
   argv.insert(argv.end(), masterFlags.begin(), masterFlags.end());
   masterProc.pid = spawn(argv, dir() + "/master.log");
   masterAddr = waitForPortFile(portFile, masterProc.pid);
@@ -188,11 +194,16 @@ void ProcessCluster::startChunkserver(size_t i) {
   if (chunkservers.size() <= i) chunkservers.resize(i + 1);
   std::string portFile = dir() + "/cs" + std::to_string(i) + ".port";
   unlink(portFile.c_str());
-  std::string listen = chunkservers[i].address.empty()
-                           ? "127.0.0." + std::to_string(i + 2) + ":0"
-                           : chunkservers[i].address;
-  std::vector<std::string> argv = {binary("cairn-chunkserver"), "--listen", listen, "--data",
-                                   chunkserverDataDir(i), "--master", masterAddr, "--port-file",
+  std::string listen = chunkservers[i].address.empty() ? "127.0.0." + std::to_string(i + 2) + ":0"
+                                                       : chunkservers[i].address;
+  std::vector<std::string> argv = {binary("cairn-chunkserver"),
+                                   "--listen",
+                                   listen,
+                                   "--data",
+                                   chunkserverDataDir(i),
+                                   "--master",
+                                   masterAddr,
+                                   "--port-file",
                                    portFile};
   argv.insert(argv.end(), chunkserverFlags.begin(), chunkserverFlags.end());
   chunkservers[i].pid = spawn(argv, dir() + "/cs" + std::to_string(i) + ".log");
@@ -247,15 +258,13 @@ void ProcessCluster::waitForLiveChunkservers(size_t n) {
   ADD_FAILURE() << "fewer than " << n << " live chunkservers";
 }
 
-int ProcessCluster::cli(const std::vector<std::string>& args, std::string* out,
-                        std::string* err) {
+int ProcessCluster::cli(const std::vector<std::string>& args, std::string* out, std::string* err) {
   std::vector<std::string> argv = {binary("cairn"), "--master", masterAddr};
   argv.insert(argv.end(), args.begin(), args.end());
   return run(argv, out, err);
 }
 
-int ProcessCluster::run(const std::vector<std::string>& argv, std::string* out,
-                        std::string* err) {
+int ProcessCluster::run(const std::vector<std::string>& argv, std::string* out, std::string* err) {
   static std::atomic<int> counter = 0;
   std::string outFile = dir() + "/run" + std::to_string(++counter) + ".out";
   std::string errFile = outFile + ".err";

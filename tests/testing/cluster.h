@@ -8,8 +8,8 @@
 #include <leveldb/env.h>
 #include <sys/types.h>
 
-#include <memory>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -23,7 +23,9 @@ namespace cairn::testing {
 class FakeClock final : public kj::Clock {
  public:
   kj::Date now() const override { return current; }
-  void set(int64_t secondsSinceEpoch) { current = kj::UNIX_EPOCH + secondsSinceEpoch * kj::SECONDS; }
+  void set(int64_t secondsSinceEpoch) {
+    current = kj::UNIX_EPOCH + secondsSinceEpoch * kj::SECONDS;
+  }
   kj::Date current = kj::UNIX_EPOCH + 1'700'000'000 * kj::SECONDS;
 };
 
