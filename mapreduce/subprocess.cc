@@ -61,6 +61,7 @@ Status runCommand(const std::string& command, const std::vector<std::string>& en
   pid_t pid = fork();
   if (pid < 0) return Status::ioError(fmt::format("fork: {}", strerror(errno)));
   if (pid == 0) {
+    setpgid(0, 0);  // its own process group: a kill reaches every process of a pipeline
     dup2(in.fd[0], 0);
     dup2(out.fd[1], 1);
     dup2(err.fd[1], 2);
@@ -117,12 +118,12 @@ Status runCommand(const std::string& command, const std::vector<std::string>& en
         handled = line(std::string_view(pending).substr(from, nl - from));
       }
       pending.erase(0, from);
-      if (!handled.ok()) kill(pid, SIGKILL);
+      if (!handled.ok()) kill(-pid, SIGKILL);
     }
   }
   if (handled.ok() && !pending.empty()) handled = line(pending);
   feeder.join();
-  if (!fed.ok()) kill(pid, SIGKILL);
+  if (!fed.ok()) kill(-pid, SIGKILL);
   int status = 0;
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }

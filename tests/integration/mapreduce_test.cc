@@ -6,6 +6,7 @@
 #include <signal.h>
 
 #include <chrono>
+#include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -337,6 +338,17 @@ TEST_F(MapReduceTest, StreamingJobsAndTheirFailures) {
   EXPECT_NE(err.find("no input files"), std::string::npos) << err;
   EXPECT_NE(cluster->cli({"stat", "/out/x"}), 0);
   EXPECT_NE(cluster->cli({"stat", "/out/y"}), 0);
+  // A coordinator whose master does not answer refuses the job, naming the master.
+  std::string lonely = cluster->startDaemon(
+      "lonely",
+      {ProcessCluster::binary("cairn-mapreduce"), "coordinator", "--master", "127.0.0.1:1",
+       "--listen", "127.0.0.1:0", "--port-file", cluster->dir() + "/lonely.port"},
+      cluster->dir() + "/lonely.port");
+  rc = cluster->run({ProcessCluster::binary("cairn-mapreduce"), "run", "--coordinator", lonely,
+                     "--input", "/in", "--output", "/out/z", "--job", "wordcount"},
+                    &out, &err);
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(err.find("master at 127.0.0.1:1"), std::string::npos) << err;
   std::string jobs;
   cluster->run(
       {ProcessCluster::binary("cairn-mapreduce"), "jobs", "--coordinator", coordinator, "--json"},
@@ -367,6 +379,27 @@ TEST_F(MapReduceTest, EveryMapIsDataLocalWithAWorkerBesideEachChunkserver) {
       runJson({"--input", "/one", "--output", "/out2", "--job", "wordcount", "--no-locality"});
   EXPECT_LT(anywhere["data_local_maps"].get<int>(), anywhere["map_tasks"].get<int>());
   EXPECT_EQ(output("/out2", 1), sorted(expectedWordCount(one)));
+}
+
+TEST_F(MapReduceTest, AStragglerGetsABackupAttempt) {
+  startCluster(3);
+  for (size_t i = 0; i < 3; ++i) startWorker(i);
+  auto inputs = putInputs();
+  // The first map to take the lock sleeps 6 s; every other attempt (its backup too) is
+  // quick, so the job ends long before the straggler would.
+  std::string lock = cluster->dir() + "/slow";
+  std::string mapper =
+      "if mkdir " + lock + " 2>/dev/null; then sleep 6; touch " + lock + "/done; fi; " + MAPPER;
+  auto report = runJson({"--input", "/in", "--input", "/more.txt", "--output", "/out", "--reducers",
+                         "2", "--mapper", mapper, "--reducer", REDUCER});
+  EXPECT_EQ(report["state"], "succeeded");
+  EXPECT_GE(report["backup_attempts"].get<int>(), 1);
+  EXPECT_LT(report["wall_seconds"].get<double>(), 5.5) << "the backup's result counted";
+  EXPECT_EQ(output("/out", 2), sorted(expectedWordCount(inputs)));
+  // Let the straggler end before the cluster goes.
+  for (int i = 0; i < 100 && !std::filesystem::exists(lock + "/done"); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
 }
 
 TEST_F(MapReduceTest, AWorkerKilledInTheMapPhase) {
