@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 
 #include "commands.h"
@@ -60,7 +61,8 @@ int main(int argc, char** argv) {
   get->add_option("PATH", a)->required();
   get->add_option("LOCAL", b)->required();
   auto cat = app.add_subcommand("cat", "write a file to standard output");
-  cat->add_option("PATH", a)->required();
+  std::vector<std::string> paths;
+  cat->add_option("PATH", paths, "one or more files, written one after another")->required();
   auto ls = app.add_subcommand("ls", "list a directory");
   ls->add_flag("-l", flagL, "long format");
   ls->add_flag("--json", json, "JSON output");
@@ -129,7 +131,11 @@ int main(int argc, char** argv) {
     auto path = [](const std::string& p) { return p.empty() || p[0] != '/' ? "/" + p : p; };
     if (*put) return cmdPut(c, a, path(b), static_cast<uint8_t>(replication), flagF);
     if (*get) return cmdGet(c, path(a), b);
-    if (*cat) return cmdCat(c, path(a));
+    if (*cat) {
+      int rc = 0;
+      for (auto& p : paths) rc = std::max(rc, cmdCat(c, path(p)));
+      return rc;
+    }
     if (*ls) return cmdLs(c, path(a), flagL, json);
     if (*st) return cmdStat(c, path(a), json);
     if (*mkdir) return cmdMkdir(c, path(a), flagP);
