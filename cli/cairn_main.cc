@@ -1,12 +1,12 @@
 // cairn: the user and admin command line. Parses flags, builds the client, dispatches.
 
-#include <CLI/CLI.hpp>
 #include <ifaddrs.h>
 #include <kj/async-io.h>
 #include <netdb.h>
 #include <signal.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdlib>
 
@@ -52,7 +52,8 @@ int main(int argc, char** argv) {
   bool flagR = false, flagL = false, flagP = false, flagF = false, json = false;
 
   auto put = app.add_subcommand("put", "copy a local file into the cluster");
-  put->add_option("-r,--replication", replication, "replicas of each chunk (default: the "
+  put->add_option("-r,--replication", replication,
+                  "replicas of each chunk (default: the "
                   "directory's goal)");
   put->add_flag("-f,--force", flagF, "overwrite an existing file");
   put->add_option("LOCAL", a)->required();
@@ -97,14 +98,17 @@ int main(int argc, char** argv) {
   admin->require_subcommand(1);
   bool wait = false;
   double threshold = 0.1, timeout = 3600;
-  auto decom = admin->add_subcommand("decommission", "copy every chunk of a chunkserver "
+  auto decom = admin->add_subcommand("decommission",
+                                     "copy every chunk of a chunkserver "
                                      "elsewhere, then report it safe to remove");
   decom->add_option("ADDR", a)->required();
   decom->add_flag("--wait", wait, "wait until drained");
   decom->add_option("--timeout", timeout, "seconds to wait at most")->capture_default_str();
   auto bal = admin->add_subcommand("balance", "move replicas from fuller to emptier chunkservers");
-  bal->add_option("--threshold", threshold, "acceptable spread of chunk counts, as a share of "
-                  "the average")->capture_default_str();
+  bal->add_option("--threshold", threshold,
+                  "acceptable spread of chunk counts, as a share of "
+                  "the average")
+      ->capture_default_str();
   bal->add_flag("--wait", wait, "wait until balanced");
   bal->add_option("--timeout", timeout, "seconds to wait at most")->capture_default_str();
   auto health = admin->add_subcommand("health", "safe mode and replication state");

@@ -125,6 +125,15 @@ class Coordinator::Service final : public wire::Coordinator::Server {
     return kj::READY_NOW;
   }
 
+  kj::Promise<void> kill(KillContext context) override {
+    uint64_t id = context.getParams().getJobId();
+    Status s = c.scheduler.kill(id, c.nowMs());
+    if (s.ok()) logInfo("job {} killed on request", id);
+    cairn::toWire(s, context.getResults().initStatus());
+    c.wakeWaiters();
+    return kj::READY_NOW;
+  }
+
   kj::Promise<void> jobs(JobsContext context) override {
     auto all = c.scheduler.reports(c.nowMs());
     auto list = context.getResults().initReports(static_cast<unsigned>(all.size()));

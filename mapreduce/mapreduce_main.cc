@@ -279,6 +279,22 @@ int listJobs(const std::string& coordinator, bool json) {
   return 0;
 }
 
+int killJob(const std::string& coordinator, uint64_t jobId) {
+  Session s(coordinator);
+  try {
+    auto req = s.coordinator.killRequest();
+    req.setJobId(jobId);
+    auto response = s.call(kj::mv(req), 10 * kj::SECONDS);
+    Status st = cairn::fromWire(response.getStatus());
+    if (!st.ok()) return failLine(st.message());
+  } catch (const kj::Exception& e) {
+    return failLine(fmt::format("cannot reach the coordinator at {}: {}", coordinator,
+                                e.getDescription().cStr()));
+  }
+  fmt::print("job {} killed\n", jobId);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -355,6 +371,12 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   jobs->add_flag("--json", json, "JSON output");
 
+  auto kill = app.add_subcommand("kill", "end a running job as failed (its output goes)");
+  uint64_t killId = 0;
+  kill->add_option("--coordinator", coordinatorAddr, "the coordinator's HOST:PORT")
+      ->capture_default_str();
+  kill->add_option("JOB", killId, "the job's number (see `jobs`)")->required();
+
   CLI11_PARSE(app, argc, argv);
 
   if (coordinator->parsed()) return runCoordinator(master, listen, portFile, localityWait);
@@ -364,6 +386,7 @@ int main(int argc, char** argv) {
     return runWorker(wopts, workerListen, portFile);
   }
   if (jobs->parsed()) return listJobs(coordinatorAddr, json);
+  if (kill->parsed()) return killJob(coordinatorAddr, killId);
 
   bool streaming = !spec.mapper.empty() || !spec.reducer.empty();
   if (streaming == !job.empty()) {

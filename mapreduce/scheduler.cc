@@ -293,6 +293,21 @@ void Scheduler::jobCommitted(uint64_t jobId, const Status& status, int64_t nowMs
   job.endedMs = nowMs;
 }
 
+Status Scheduler::kill(uint64_t jobId, int64_t nowMs) {
+  auto j = jobs.find(jobId);
+  if (j == jobs.end()) return Status::notFound(fmt::format("no job {}", jobId));
+  Job& job = j->second;
+  if (job.state != JobState::RUNNING) {
+    return Status::invalidArgument(fmt::format(
+        "job {} has already {}", jobId, job.state == JobState::SUCCEEDED ? "succeeded" : "failed"));
+  }
+  if (job.committing) {
+    return Status::invalidArgument(fmt::format("job {} is committing its output", jobId));
+  }
+  fail(job, "killed on request", nowMs);
+  return Status::OK();
+}
+
 void Scheduler::tick(int64_t nowMs) {
   int64_t timeout = -1;
   for (auto& [id, job] : jobs) {

@@ -126,6 +126,10 @@ class Scheduler {
   std::optional<Assignment> assign(uint64_t worker, int64_t nowMs);
   void finish(uint64_t worker, const AttemptResult& result, int64_t nowMs);
   void jobCommitted(uint64_t jobId, const Status& status, int64_t nowMs);
+  // Ends a running job as failed ("killed"); its workers stop its tasks when they learn
+  // it ended. notFound for an unknown job, invalidArgument for one that has ended or is
+  // committing its output.
+  Status kill(uint64_t jobId, int64_t nowMs);
 
   // Declares lost the workers whose heartbeats stopped; forgets long-ended jobs.
   void tick(int64_t nowMs);

@@ -42,7 +42,7 @@ std::string lastLine(std::string text) {
 
 Status runCommand(const std::string& command, const std::vector<std::string>& env,
                   const std::function<Status(const WriteInput&)>& feed,
-                  const std::function<Status(std::string_view)>& line) {
+                  const std::function<Status(std::string_view)>& line, const Cancelled& cancelled) {
   Pipe in, out, err;
   for (Pipe* p : {&in, &out, &err}) {
     if (pipe2(p->fd, O_CLOEXEC) != 0)
@@ -93,7 +93,12 @@ Status runCommand(const std::string& command, const std::vector<std::string>& en
   pollfd fds[2] = {{out.fd[0], POLLIN, 0}, {err.fd[0], POLLIN, 0}};
   char buf[1 << 16];
   while (fds[0].fd >= 0 || fds[1].fd >= 0) {
-    if (poll(fds, 2, -1) < 0) {
+    if (handled.ok() && cancelled && cancelled()) {
+      handled = Status::unavailable("cancelled: the job ended");
+      kill(-pid, SIGKILL);
+    }
+    int ready = poll(fds, 2, cancelled ? 200 : -1);
+    if (ready < 0) {
       if (errno == EINTR) continue;
       break;
     }

@@ -164,7 +164,8 @@ std::string partitionFile(const std::string& mapDir, uint32_t partition) {
 }
 
 Status runMap(const JobSpec& spec, const Split& split, const ReadAt& read,
-              const std::string& outDir, size_t memoryBudget, MapStats* stats) {
+              const std::string& outDir, size_t memoryBudget, MapStats* stats,
+              const Cancelled& cancelled) {
   auto job = makeJob(spec);
   if (!job.ok()) return job.status;
   std::string tmp = outDir + ".tmp";
@@ -173,7 +174,8 @@ Status runMap(const JobSpec& spec, const Split& split, const ReadAt& read,
   if (!std::filesystem::create_directories(tmp, ec) && ec) {
     return Status::ioError(fmt::format("{}: {}", tmp, ec.message()));
   }
-  ReadAt counted = [&](uint64_t offset, uint64_t length) {
+  ReadAt counted = [&](uint64_t offset, uint64_t length) -> Result<std::string> {
+    if (cancelled && cancelled()) return Status::unavailable("cancelled: the job ended");
     auto r = read(offset, length);
     if (r.ok()) stats->bytesRead += r.value.size();
     return r;
@@ -203,7 +205,8 @@ Status runMap(const JobSpec& spec, const Split& split, const ReadAt& read,
           size_t tab = line.find('\t');
           if (tab == std::string_view::npos) return writer.add(line, "");
           return writer.add(line.substr(0, tab), line.substr(tab + 1));
-        });
+        },
+        cancelled);
   } else {
     MapTable table(*job.value, writer, memoryBudget);
     s = forEachLine(
@@ -228,7 +231,8 @@ Status runMap(const JobSpec& spec, const Split& split, const ReadAt& read,
 Status runReduce(const JobSpec& spec, uint32_t partition,
                  const std::vector<MapOutputLocation>& maps, const FetchPartition& fetch,
                  const std::string& scratchDir, size_t memoryBudget,
-                 const std::function<Status(std::string_view)>& out, ReduceStats* stats) {
+                 const std::function<Status(std::string_view)>& out, ReduceStats* stats,
+                 const Cancelled& cancelled) {
   auto job = makeJob(spec);
   if (!job.ok()) return job.status;
   ExternalSorter sorter(scratchDir, fmt::format("reduce-{}", partition), memoryBudget);
@@ -239,6 +243,7 @@ Status runReduce(const JobSpec& spec, uint32_t partition,
     uint64_t offset = 0;
     bool eof = false;
     while (!eof) {
+      if (cancelled && cancelled()) return Status::unavailable("cancelled: the job ended");
       auto piece = fetch(m, offset, &eof);
       if (!piece.ok()) {
         stats->lost.push_back(m);
@@ -270,6 +275,7 @@ Status runReduce(const JobSpec& spec, uint32_t partition,
                     stats->lost[0].task, stats->lost[0].worker, lastError));
   }
   auto emit = [&](std::string_view line) {
+    if (cancelled && cancelled()) return Status::unavailable("cancelled: the job ended");
     stats->bytesWritten += line.size();
     return out(line);
   };
@@ -309,7 +315,8 @@ Status runReduce(const JobSpec& spec, uint32_t partition,
         line.assign(text);
         line += '\n';
         return emit(line);
-      });
+      },
+      cancelled);
 }
 
 }  // namespace cairn::mapreduce

@@ -14,6 +14,7 @@
 #include "scheduler.h"
 #include "splits.h"
 #include "status.h"
+#include "subprocess.h"
 
 namespace cairn::mapreduce {
 
@@ -36,8 +37,11 @@ struct MapStats {
 // and writes the output partitioned by key hash into `outDir`, which must not exist: it
 // is written under a temporary name and renamed, so it appears whole or not at all. The
 // map-side table holds about `memoryBudget` bytes before it is combined and written out.
+// `cancelled`, when given, is asked between input blocks and while a command runs; true
+// stops the task.
 Status runMap(const JobSpec& spec, const Split& split, const ReadAt& read,
-              const std::string& outDir, size_t memoryBudget, MapStats* stats);
+              const std::string& outDir, size_t memoryBudget, MapStats* stats,
+              const Cancelled& cancelled = nullptr);
 
 // Reads up to `length` bytes at `offset` of one map output partition; `eof` says it ends
 // there.
@@ -57,6 +61,7 @@ struct ReduceStats {
 Status runReduce(const JobSpec& spec, uint32_t partition,
                  const std::vector<MapOutputLocation>& maps, const FetchPartition& fetch,
                  const std::string& scratchDir, size_t memoryBudget,
-                 const std::function<Status(std::string_view)>& out, ReduceStats* stats);
+                 const std::function<Status(std::string_view)>& out, ReduceStats* stats,
+                 const Cancelled& cancelled = nullptr);
 
 }  // namespace cairn::mapreduce

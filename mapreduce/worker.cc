@@ -225,13 +225,21 @@ kj::Promise<void> Worker::heartbeatLoop(uint64_t gen) {
 
 void Worker::dropJobs(capnp::List<uint64_t>::Reader jobs) {
   for (uint64_t id : jobs) {
-    if (!dropped.insert(id).second) continue;
+    {
+      std::lock_guard<std::mutex> lock(endedMutex);
+      if (!ended.insert(id).second) continue;
+    }
     std::string dir = jobScratchDir(opts.scratch, id);
     tasks.add(servePool.run([dir]() {
       std::error_code ec;
       std::filesystem::remove_all(dir, ec);
     }));
   }
+}
+
+bool Worker::jobEnded(uint64_t jobId) const {
+  std::lock_guard<std::mutex> lock(endedMutex);
+  return ended.count(jobId) > 0;
 }
 
 AttemptResult Worker::execute(const TaskOrder& order) {
@@ -250,7 +258,7 @@ AttemptResult Worker::execute(const TaskOrder& order) {
     };
     result.status = runMap(order.spec, order.split, read,
                            mapOutputDir(opts.scratch, order.jobId, order.task, order.attempt),
-                           opts.mapMemory, &stats);
+                           opts.mapMemory, &stats, [&]() { return jobEnded(order.jobId); });
     result.bytesRead = stats.bytesRead;
   } else {
     result.status = runReduceTask(order, result);
@@ -306,7 +314,7 @@ Status Worker::runReduceTask(const TaskOrder& order, AttemptResult& result) {
         batch.append(bytes);
         return batch.size() >= OUTPUT_BATCH ? flush() : Status::OK();
       },
-      &stats);
+      &stats, [&]() { return jobEnded(order.jobId); });
   std::filesystem::remove_all(sortDir, ec);
   result.lostMaps = stats.lost;
   result.shuffleBytes = stats.shuffleBytes;

@@ -8,6 +8,7 @@
 
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <string>
 
@@ -70,7 +71,10 @@ class Worker final : private kj::TaskSet::ErrorHandler {
   std::string master;
   kj::Maybe<wire::WorkerSession::Client> session;
   uint64_t generation = 0;  // bumped on each join; loops of older joins stop
-  std::set<uint64_t> dropped;
+  // Jobs the coordinator said have ended: written on the loop, read by task threads.
+  mutable std::mutex endedMutex;
+  std::set<uint64_t> ended;
+  bool jobEnded(uint64_t jobId) const;
   DiskPool taskPool;
   DiskPool servePool{2};
   kj::TaskSet tasks;

@@ -102,6 +102,10 @@ interface Coordinator {
                                                           master :Text);
   # A worker joins and learns the master's address. The session lives as long as the
   # worker's connection: when it drops, the worker is lost.
+
+  kill @4 (jobId :UInt64) -> (status :Status);
+  # Fails a running job; workers stop its tasks at their next heartbeat and its output
+  # directory is removed.
 }
 
 interface WorkerSession {
@@ -111,7 +115,8 @@ interface WorkerSession {
   finish @1 (result :TaskResult) -> (status :Status);
 
   heartbeat @2 () -> (status :Status, dropJobs :List(UInt64));
-  # Every second. `dropJobs`: ended jobs whose scratch files the worker may delete. A
+  # Every second. `dropJobs`: ended jobs: the worker stops their tasks and deletes their
+  # scratch files. A
   # status of notFound means the coordinator has declared this worker lost: join again.
 }
 

@@ -404,6 +404,40 @@ TEST_F(MapReduceTest, AStragglerGetsABackupAttempt) {
   }
 }
 
+TEST_F(MapReduceTest, AKilledJobStopsItsTasksAndLeavesNoOutput) {
+  startCluster(3);
+  for (size_t i = 0; i < 3; ++i) startWorker(i);
+  putInputs();
+  std::string out, err;
+  int rc = 0;
+  std::thread job([&]() {
+    rc = runJob({"--input", "/in", "--output", "/out/slow", "--mapper", "sleep 60; cat",
+                 "--reducer", "cat"},
+                &out, &err);
+  });
+  nlohmann::json state;
+  for (int i = 0; i < 200 && (state.is_null() || state["state"] != "running"); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    state = jobState();
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // every slot busy sleeping
+  std::string killed;
+  EXPECT_EQ(cluster->run({ProcessCluster::binary("cairn-mapreduce"), "kill", "--coordinator",
+                          coordinator, std::to_string(state["job"].get<int>())},
+                         &killed),
+            0);
+  job.join();
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(err.find("killed on request"), std::string::npos) << err;
+  EXPECT_NE(cluster->cli({"stat", "/out/slow"}), 0) << "a killed job leaves no output";
+  // The workers stop the killed maps (their commands die), so the next job gets the slots
+  // long before the 60 s sleeps would end.
+  auto started = std::chrono::steady_clock::now();
+  auto next = runJson({"--input", "/in", "--output", "/out/next", "--job", "wordcount"});
+  EXPECT_EQ(next["state"], "succeeded");
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(20));
+}
+
 TEST_F(MapReduceTest, AWorkerKilledInTheMapPhase) {
   startCluster(3);
   for (size_t i = 0; i < 3; ++i) startWorker(i);

@@ -225,6 +225,27 @@ TEST_F(SchedulerTest, ATaskFailingMaxAttemptsTimesFailsTheJob) {
   EXPECT_FALSE(sched->assign(a, 6)) << "nothing more runs for a failed job";
 }
 
+TEST_F(SchedulerTest, KillEndsARunningJobOnly) {
+  uint64_t a = sched->addWorker("A", "A:1", 1, 0);
+  std::vector<uint64_t> failedJobs;
+  sched->onFailed = [&](uint64_t id) { failedJobs.push_back(id); };
+  uint64_t job = sched->addJob(spec(1), {split(0, {"A"})}, 1, 0);
+  auto m = sched->assign(a, 0);
+  ASSERT_TRUE(m);
+  EXPECT_TRUE(sched->kill(job, 5).ok());
+  EXPECT_EQ(sched->report(job, 5)->error, "killed on request");
+  EXPECT_EQ(sched->endedJobs(), std::vector<uint64_t>{job}) << "workers learn to stop it";
+  EXPECT_EQ(failedJobs, std::vector<uint64_t>{job});
+  EXPECT_EQ(sched->kill(job, 6).code(), ErrorCode::INVALID_ARGUMENT);
+  EXPECT_EQ(sched->kill(99, 6).code(), ErrorCode::NOT_FOUND);
+  // The worker's slot frees when its attempt reports.
+  sched->finish(a, failed(*m, "cancelled"), 7);
+  uint64_t next = sched->addJob(spec(1), {split(0, {"A"})}, 1, 8);
+  auto t = sched->assign(a, 8);
+  ASSERT_TRUE(t);
+  EXPECT_EQ(t->jobId, next);
+}
+
 TEST_F(SchedulerTest, AStragglerGetsABackupAndTheFirstToFinishCounts) {
   uint64_t a = sched->addWorker("A", "A:1", 1, 0);
   uint64_t b = sched->addWorker("B", "B:1", 1, 0);

@@ -7,9 +7,12 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <map>
 #include <random>
+#include <thread>
 
 #include "cluster.h"
 #include "partition.h"
@@ -180,6 +183,23 @@ TEST_F(TasksTest, MapOutputThatCannotBeFetchedIsNamed) {
   ASSERT_EQ(stats.lost.size(), 1u);
   EXPECT_EQ(stats.lost[0].task, 1u);
   EXPECT_EQ(stats.lost[0].attempt, 2u);
+}
+
+TEST(SubprocessTest, ACancelledCommandIsKilledWithItsPipeline) {
+  signal(SIGPIPE, SIG_IGN);
+  auto started = std::chrono::steady_clock::now();
+  std::atomic<bool> stop = false;
+  std::thread later([&]() {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    stop = true;
+  });
+  Status s = runCommand(
+      "sleep 30 | cat", {}, [](const WriteInput&) { return Status::OK(); },
+      [](std::string_view) { return Status::OK(); }, [&]() { return stop.load(); });
+  later.join();
+  EXPECT_EQ(s.code(), ErrorCode::UNAVAILABLE) << s.toString();
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(5))
+      << "the pipeline's stdout closed: every process of it ended";
 }
 
 TEST(SubprocessTest, LinesWithoutFinalNewlineAndSignals) {
