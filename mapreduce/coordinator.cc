@@ -93,6 +93,8 @@ class Coordinator::Service final : public wire::Coordinator::Server {
       cairn::toWire(valid, context.getResults().initStatus());
       return kj::READY_NOW;
     }
+    spec.output = canonicalPath(spec.output);
+    for (auto& in : spec.inputs) in = canonicalPath(in);
     return c.pool.run([this, spec]() { return c.plan(spec); })
         .then([this, context, spec](Result<Plan> plan) mutable {
           auto results = context.getResults();

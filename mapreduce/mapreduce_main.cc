@@ -398,6 +398,10 @@ int main(int argc, char** argv) {
   if (job == "grep") spec.kind = JobKind::GREP;
   if (streaming) spec.kind = JobKind::STREAMING;
   spec.taskTimeoutMs = static_cast<uint32_t>(std::clamp(taskTimeout, 0.0, 86400.0) * 1000);
+  // Relative paths start at the root, as with `cairn`.
+  auto absolute = [](const std::string& p) { return p.empty() || p[0] != '/' ? "/" + p : p; };
+  spec.output = absolute(spec.output);
+  for (auto& in : spec.inputs) in = absolute(in);
   spec.uid = getuid();
   spec.gid = getgid();
   Status valid = validateSpec(spec);

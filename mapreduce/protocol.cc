@@ -209,6 +209,13 @@ Status validateSpec(const JobSpec& s) {
   return job.status;
 }
 
+std::string canonicalPath(const std::string& path) {
+  auto parts = splitPath(path);
+  std::string out;
+  for (auto& p : parts.value) out += "/" + p;
+  return out.empty() ? "/" : out;
+}
+
 const char* jobStateName(JobState state) {
   switch (state) {
     case JobState::RUNNING:

@@ -31,6 +31,9 @@ TaskOrder fromWire(wire::Task::Reader in);
 constexpr uint32_t MAX_REDUCERS = 10000;
 constexpr uint32_t MAX_INPUTS = 1000;
 
+// "/a//b/" -> "/a/b"; the path must already be valid (see validateSpec).
+std::string canonicalPath(const std::string& path);
+
 // Checks everything that does not need the cluster: paths, counts, the job's own fields
 // (a grep pattern must compile; streaming needs both commands).
 Status validateSpec(const JobSpec& spec);

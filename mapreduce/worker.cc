@@ -150,7 +150,7 @@ kj::Promise<void> Worker::join() {
               ClientOptions o;
               o.master = master;
               o.localHosts = {opts.host};
-              io = std::make_unique<CairnIo>(o);
+              io = std::make_shared<CairnIo>(o);
             }
             session = response.getSession();
             logInfo("joined coordinator {} as host {} ({} slots, master {})", opts.coordinator,
@@ -186,7 +186,7 @@ kj::Promise<void> Worker::slotLoop(uint64_t gen) {
             return slotLoop(gen);
           }
           TaskOrder order = fromWire(response.getTask());
-          return taskPool.run([this, order]() { return execute(order); })
+          return taskPool.run([this, order, fs = io]() { return execute(order, *fs); })
               .then([current](AttemptResult r) mutable {
                 auto req = current.finishRequest();
                 toWire(r, req.initResult());
@@ -242,7 +242,7 @@ bool Worker::jobEnded(uint64_t jobId) const {
   return ended.count(jobId) > 0;
 }
 
-AttemptResult Worker::execute(const TaskOrder& order) {
+AttemptResult Worker::execute(const TaskOrder& order, CairnIo& fs) {
   AttemptResult result;
   result.jobId = order.jobId;
   result.task = order.task;
@@ -254,14 +254,14 @@ AttemptResult Worker::execute(const TaskOrder& order) {
   if (order.isMap) {
     MapStats stats;
     ReadAt read = [&](uint64_t offset, uint64_t length) {
-      return io->read(order.split.inode, offset, length);
+      return fs.read(order.split.inode, offset, length);
     };
     result.status = runMap(order.spec, order.split, read,
                            mapOutputDir(opts.scratch, order.jobId, order.task, order.attempt),
                            opts.mapMemory, &stats, [&]() { return jobEnded(order.jobId); });
     result.bytesRead = stats.bytesRead;
   } else {
-    result.status = runReduceTask(order, result);
+    result.status = runReduceTask(order, fs, result);
   }
   double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
@@ -275,18 +275,18 @@ AttemptResult Worker::execute(const TaskOrder& order) {
   return result;
 }
 
-Status Worker::runReduceTask(const TaskOrder& order, AttemptResult& result) {
+Status Worker::runReduceTask(const TaskOrder& order, CairnIo& fs, AttemptResult& result) {
   const JobSpec& spec = order.spec;
-  auto out = io->resolve(spec.output);
+  auto out = fs.resolve(spec.output);
   if (!out.ok()) return out.status;
-  auto temp = io->lookup(out.value.inode, "_temporary");
+  auto temp = fs.lookup(out.value.inode, "_temporary");
   if (!temp.ok()) return temp.status;
   std::string name = fmt::format("part-{:05}", order.task);
   std::string tempName = fmt::format("{}.attempt-{}", name, order.attempt);
-  auto file = io->create(temp.value.inode, tempName, spec.uid, spec.gid);
+  auto file = fs.create(temp.value.inode, tempName, spec.uid, spec.gid);
   if (file.status.code() == ErrorCode::ALREADY_EXISTS) {
-    io->unlink(temp.value.inode, tempName);
-    file = io->create(temp.value.inode, tempName, spec.uid, spec.gid);
+    fs.unlink(temp.value.inode, tempName);
+    file = fs.create(temp.value.inode, tempName, spec.uid, spec.gid);
   }
   if (!file.ok()) return file.status;
   uint64_t inode = file.value.inode;
@@ -301,7 +301,7 @@ Status Worker::runReduceTask(const TaskOrder& order, AttemptResult& result) {
     if (batch.empty()) return Status::OK();
     uint64_t at = written;
     written += batch.size();
-    return io->append(inode, at, std::exchange(batch, std::string()));
+    return fs.append(inode, at, std::exchange(batch, std::string()));
   };
   ReduceStats stats;
   Status s = runReduce(
@@ -319,17 +319,17 @@ Status Worker::runReduceTask(const TaskOrder& order, AttemptResult& result) {
   result.lostMaps = stats.lost;
   result.shuffleBytes = stats.shuffleBytes;
   if (s.ok()) s = flush();
-  Status closed = io->close(inode);
+  Status closed = fs.close(inode);
   if (s.ok()) s = closed;
   if (s.ok()) {
-    s = io->rename(temp.value.inode, tempName, out.value.inode, name, true);
+    s = fs.rename(temp.value.inode, tempName, out.value.inode, name, true);
     if (s.code() == ErrorCode::ALREADY_EXISTS) {
       // Another attempt of this reduce (a backup) finished first with the same output.
       s = Status::OK();
-      io->unlink(temp.value.inode, tempName);
+      fs.unlink(temp.value.inode, tempName);
     }
   } else {
-    io->unlink(temp.value.inode, tempName);
+    fs.unlink(temp.value.inode, tempName);
   }
   result.bytesWritten = written;
   return s;

@@ -53,8 +53,8 @@ class Worker final : private kj::TaskSet::ErrorHandler {
   void dropJobs(capnp::List<uint64_t>::Reader jobs);
 
   // Blocking, on a task thread.
-  AttemptResult execute(const TaskOrder& order);
-  Status runReduceTask(const TaskOrder& order, AttemptResult& result);
+  AttemptResult execute(const TaskOrder& order, CairnIo& fs);
+  Status runReduceTask(const TaskOrder& order, CairnIo& fs, AttemptResult& result);
   Result<std::string> fetch(const MapOutputLocation& from, const TaskOrder& order, uint64_t offset,
                             bool* eof);
   // On the loop.
@@ -67,7 +67,8 @@ class Worker final : private kj::TaskSet::ErrorHandler {
   kj::Timer& timer;
   const kj::Executor& executor;
   PeerPool peers;
-  std::unique_ptr<CairnIo> io;
+  // Replaced when a join names another master; each task keeps the one it started with.
+  std::shared_ptr<CairnIo> io;
   std::string master;
   kj::Maybe<wire::WorkerSession::Client> session;
   uint64_t generation = 0;  // bumped on each join; loops of older joins stop

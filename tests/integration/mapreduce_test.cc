@@ -286,7 +286,8 @@ TEST_F(MapReduceTest, BuiltInJobsMatchASingleProcessPass) {
   EXPECT_GE(wc["bytes_read"].get<uint64_t>(), 2600000u + 1300000 + 700000 + 1100000);
   EXPECT_GT(wc["bytes_written"].get<uint64_t>(), 0u);
 
-  runJson({"--input", "/in", "--input", "/more.txt", "--output", "/out/index", "--reducers", "2",
+  // Paths as users type them: relative (from the root) and with trailing slashes.
+  runJson({"--input", "in/", "--input", "//more.txt", "--output", "/out/index/", "--reducers", "2",
            "--job", "index"});
   EXPECT_EQ(output("/out/index", 2), sorted(expectedIndex(inputs)));
 
