@@ -5,7 +5,6 @@
 #include <kj/async-io.h>
 #include <netdb.h>
 #include <signal.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -111,12 +110,6 @@ int runWorker(WorkerOptions options, std::string listen, const std::string& port
   if (!addr.ok()) {
     logError("{}", addr.status.toString());
     return 2;
-  }
-  // Map output is read by reducers while it is written; many reduces keep files open.
-  rlimit files;
-  if (getrlimit(RLIMIT_NOFILE, &files) == 0) {
-    files.rlim_cur = files.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &files);
   }
   try {
     auto io = kj::setupAsyncIo();
