@@ -138,20 +138,6 @@ nlohmann::json attrJson(const FileAttr& a) {
           {"ctime", isoTime(a.ctimeNs)}};
 }
 
-Result<std::vector<DirEntryInfo>> listAll(CliContext& c, uint64_t inode) {
-  std::vector<DirEntryInfo> all;
-  std::string after;
-  for (;;) {
-    bool more = false;
-    auto page = c.client.readdir(inode, after, 4096, &more).wait(c.waitScope);
-    if (!page.ok()) return page.status;
-    for (auto& e : page.value) all.push_back(std::move(e));
-    if (!more || page.value.empty()) break;
-    after = all.back().name;
-  }
-  return all;
-}
-
 // Reads a whole local file descriptor range into `buf`; false on a read error.
 bool readFully(int fd, char* buf, size_t n, size_t& got) {
   got = 0;
@@ -332,7 +318,7 @@ int cmdLs(CliContext& c, const std::string& path, bool longFormat, bool json) {
   if (!attr.ok()) return fail(c, path, attr.status);
   std::vector<DirEntryInfo> entries;
   if (attr.value.type == FileType::DIRECTORY) {
-    auto all = listAll(c, attr.value.inode);
+    auto all = c.client.listAll(attr.value.inode).wait(c.waitScope);
     if (!all.ok()) return fail(c, path, all.status);
     entries = std::move(all.value);
   } else {
@@ -387,53 +373,16 @@ int cmdMkdir(CliContext& c, const std::string& path, bool parents) {
   if (parts.value.empty()) {
     return parents ? 0 : fail(c, path, Status::alreadyExists("the root exists"));
   }
-  uint64_t inode = 1;  // root
-  for (size_t i = 0; i < parts.value.size(); ++i) {
-    bool last = i + 1 == parts.value.size();
-    auto found = c.client.lookup(inode, parts.value[i]).wait(c.waitScope);
-    if (found.ok()) {
-      if (found.value.type != FileType::DIRECTORY) {
-        return fail(c, path,
-                    Status::notDirectory(fmt::format("'{}' is not a directory", parts.value[i])));
-      }
-      if (last && !parents) return fail(c, path, Status::alreadyExists("exists"));
-      inode = found.value.inode;
-      continue;
-    }
-    if (found.status.code() != ErrorCode::NOT_FOUND || (!last && !parents)) {
-      return fail(c, path, found.status);
-    }
-    auto made = c.client.mkdir(inode, parts.value[i], 0755, c.uid, c.gid).wait(c.waitScope);
-    if (!made.ok() && !(parents && made.status.code() == ErrorCode::ALREADY_EXISTS)) {
-      return fail(c, path, made.status);
-    }
-    if (!made.ok()) {
-      made = c.client.lookup(inode, parts.value[i]).wait(c.waitScope);
-      if (!made.ok()) return fail(c, path, made.status);
-    }
-    inode = made.value.inode;
+  if (parents) {
+    auto made = c.client.makeDirs(path, c.uid, c.gid).wait(c.waitScope);
+    return made.ok() ? 0 : fail(c, path, made.status);
   }
-  return 0;
+  auto [parentPath, name] = splitParent(path);
+  auto parent = resolve(c, parentPath);
+  if (!parent.ok()) return fail(c, path, parent.status);
+  auto made = c.client.mkdir(parent.value.inode, name, 0755, c.uid, c.gid).wait(c.waitScope);
+  return made.ok() ? 0 : fail(c, path, made.status);
 }
-
-namespace {
-Status removeTree(CliContext& c, uint64_t parent, const std::string& name, const FileAttr& attr) {
-  if (attr.type == FileType::DIRECTORY) {
-    for (;;) {
-      bool more = false;
-      auto page = c.client.readdir(attr.inode, "", 4096, &more).wait(c.waitScope);
-      if (!page.ok()) return page.status;
-      if (page.value.empty()) break;
-      for (auto& e : page.value) {
-        Status s = removeTree(c, attr.inode, e.name, e.attr);
-        if (!s.ok()) return s;
-      }
-    }
-    return c.client.rmdir(parent, name).wait(c.waitScope);
-  }
-  return c.client.unlink(parent, name).wait(c.waitScope);
-}
-}  // namespace
 
 int cmdRm(CliContext& c, const std::string& path, bool recursive) {
   auto [parentPath, name] = splitParent(path);
@@ -444,7 +393,7 @@ int cmdRm(CliContext& c, const std::string& path, bool recursive) {
   if (!attr.ok()) return fail(c, path, attr.status);
   Status s;
   if (attr.value.type == FileType::DIRECTORY) {
-    s = recursive ? removeTree(c, parent.value.inode, name, attr.value)
+    s = recursive ? c.client.removeTree(parent.value.inode, name).wait(c.waitScope)
                   : c.client.rmdir(parent.value.inode, name).wait(c.waitScope);
     if (!recursive && s.code() == ErrorCode::NOT_EMPTY) {
       return fail(c, path, Status::notEmpty("directory not empty (use -r)"));

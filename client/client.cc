@@ -8,6 +8,7 @@
 
 #include "address.h"
 #include "log.h"
+#include "names.h"
 #include "parallel.h"
 
 namespace cairn {
@@ -219,6 +220,94 @@ kj::Promise<Result<std::vector<DirEntryInfo>>> Client::readdir(uint64_t inode, s
         for (auto e : r.getEntries()) out.push_back({text(e.getName()), attrFromWire(e.getAttr())});
         if (more != nullptr) *more = r.getMore();
         return out;
+      });
+}
+
+kj::Promise<Result<std::vector<DirEntryInfo>>> Client::listAll(uint64_t dir) {
+  return listFrom(dir, {});
+}
+
+kj::Promise<Result<std::vector<DirEntryInfo>>> Client::listFrom(uint64_t dir,
+                                                                std::vector<DirEntryInfo> sofar) {
+  std::string after = sofar.empty() ? "" : sofar.back().name;
+  auto more = kj::heap<bool>(false);
+  bool* morePtr = more.get();
+  return readdir(dir, after, 4096, morePtr)
+      .then([this, dir, sofar = std::move(sofar),
+             more = kj::mv(more)](Result<std::vector<DirEntryInfo>> page) mutable
+            -> kj::Promise<Result<std::vector<DirEntryInfo>>> {
+        if (!page.ok()) return Result<std::vector<DirEntryInfo>>(page.status);
+        bool last = !*more || page.value.empty();
+        for (auto& e : page.value) sofar.push_back(std::move(e));
+        if (last) return Result<std::vector<DirEntryInfo>>(std::move(sofar));
+        return listFrom(dir, std::move(sofar));
+      });
+}
+
+kj::Promise<Result<FileAttr>> Client::makeDirs(std::string path, uint32_t uid, uint32_t gid) {
+  auto names = splitPath(path);
+  if (!names.ok()) return Result<FileAttr>(names.status);
+  return resolve("/").then([this, names = std::move(names.value), uid,
+                            gid](Result<FileAttr> root) mutable -> kj::Promise<Result<FileAttr>> {
+    if (!root.ok()) return root;
+    return makeDirsFrom(std::move(root.value), std::move(names), 0, uid, gid);
+  });
+}
+
+kj::Promise<Result<FileAttr>> Client::makeDirsFrom(FileAttr dir, std::vector<std::string> names,
+                                                   size_t next, uint32_t uid, uint32_t gid) {
+  if (next == names.size()) return Result<FileAttr>(std::move(dir));
+  if (dir.type != FileType::DIRECTORY) {
+    return Result<FileAttr>(
+        Status::notDirectory(fmt::format("'{}' is not a directory", names[next - 1])));
+  }
+  uint64_t parent = dir.inode;
+  std::string name = names[next];
+  return lookup(parent, name)
+      .then(
+          [this, parent, name, uid, gid](Result<FileAttr> found) -> kj::Promise<Result<FileAttr>> {
+            if (found.status.code() != ErrorCode::NOT_FOUND) return found;
+            return mkdir(parent, name, 0755, uid, gid)
+                .then([this, parent, name](Result<FileAttr> made) {
+                  // Another client made it first: use theirs.
+                  if (made.status.code() == ErrorCode::ALREADY_EXISTS) return lookup(parent, name);
+                  return kj::Promise<Result<FileAttr>>(std::move(made));
+                });
+          })
+      .then([this, names = std::move(names), next, uid,
+             gid](Result<FileAttr> got) mutable -> kj::Promise<Result<FileAttr>> {
+        if (!got.ok()) return got;
+        return makeDirsFrom(std::move(got.value), std::move(names), next + 1, uid, gid);
+      });
+}
+
+kj::Promise<Status> Client::removeTree(uint64_t parent, std::string name) {
+  return lookup(parent, name)
+      .then([this, parent, name](Result<FileAttr> attr) -> kj::Promise<Status> {
+        if (!attr.ok()) return attr.status;
+        if (attr.value.type != FileType::DIRECTORY) return unlink(parent, name);
+        uint64_t dir = attr.value.inode;
+        return listAll(dir)
+            .then([this, dir](Result<std::vector<DirEntryInfo>> entries) -> kj::Promise<Status> {
+              if (!entries.ok()) return entries.status;
+              return removeEntries(dir, std::move(entries.value), 0);
+            })
+            .then([this, parent, name](Status s) -> kj::Promise<Status> {
+              if (!s.ok()) return s;
+              return rmdir(parent, name);
+            });
+      });
+}
+
+kj::Promise<Status> Client::removeEntries(uint64_t dir, std::vector<DirEntryInfo> entries,
+                                          size_t next) {
+  if (next == entries.size()) return Status::OK();
+  std::string name = entries[next].name;
+  return removeTree(dir, name).then(
+      [this, dir, entries = std::move(entries), next](Status s) mutable -> kj::Promise<Status> {
+        // Gone already (another remover): fine.
+        if (!s.ok() && s.code() != ErrorCode::NOT_FOUND) return s;
+        return removeEntries(dir, std::move(entries), next + 1);
       });
 }
 

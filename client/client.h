@@ -134,6 +134,12 @@ class Client {
   // One page of a directory: entries after `after`; `more` says whether others follow.
   kj::Promise<Result<std::vector<DirEntryInfo>>> readdir(uint64_t inode, std::string after,
                                                          uint32_t limit, bool* more);
+  // Every entry of a directory, page after page.
+  kj::Promise<Result<std::vector<DirEntryInfo>>> listAll(uint64_t dir);
+  // Like `mkdir -p`: makes the missing directories of an absolute path; returns the last.
+  kj::Promise<Result<FileAttr>> makeDirs(std::string path, uint32_t uid, uint32_t gid);
+  // Like `rm -r`: removes `name` in `parent` and, for a directory, everything under it.
+  kj::Promise<Status> removeTree(uint64_t parent, std::string name);
   kj::Promise<Status> unlink(uint64_t parent, std::string name);
   kj::Promise<Status> rmdir(uint64_t parent, std::string name);
   kj::Promise<Status> rename(uint64_t srcParent, std::string srcName, uint64_t dstParent,
@@ -195,6 +201,12 @@ class Client {
   template <typename T, typename Req, typename Fn>
   kj::Promise<T> callMaster(Req&& request, Fn&& onResponse, kj::Duration timeout = 0 * kj::SECONDS);
   Status masterError(const kj::Exception& e, kj::Duration timeout);
+
+  kj::Promise<Result<std::vector<DirEntryInfo>>> listFrom(uint64_t dir,
+                                                          std::vector<DirEntryInfo> sofar);
+  kj::Promise<Result<FileAttr>> makeDirsFrom(FileAttr dir, std::vector<std::string> names,
+                                             size_t next, uint32_t uid, uint32_t gid);
+  kj::Promise<Status> removeEntries(uint64_t dir, std::vector<DirEntryInfo> entries, size_t next);
 
   kj::Promise<uint64_t> ensureChunkSize(uint64_t inode);
   kj::Promise<Status> readPiece(uint64_t inode, ChunkInfo chunk, uint64_t chunkOffset,

@@ -1,9 +1,5 @@
 #include "cairn_io.h"
 
-#include <fmt/format.h>
-
-#include "names.h"
-
 namespace cairn::mapreduce {
 
 Result<FileAttr> CairnIo::resolve(const std::string& path) {
@@ -15,17 +11,7 @@ Result<FileAttr> CairnIo::lookup(uint64_t parent, const std::string& name) {
 }
 
 Result<std::vector<DirEntryInfo>> CairnIo::list(uint64_t dir) {
-  std::vector<DirEntryInfo> all;
-  std::string after;
-  for (;;) {
-    bool more = false;
-    auto page =
-        client.run([&](Client& c, FileCache&) { return c.readdir(dir, after, 4096, &more); });
-    if (!page.ok()) return page.status;
-    for (auto& e : page.value) all.push_back(std::move(e));
-    if (!more || page.value.empty()) return all;
-    after = all.back().name;
-  }
+  return client.run([&](Client& c, FileCache&) { return c.listAll(dir); });
 }
 
 Result<FileLayout> CairnIo::layout(uint64_t inode) {
@@ -50,35 +36,11 @@ Result<FileAttr> CairnIo::mkdir(uint64_t parent, const std::string& name, uint32
 }
 
 Result<FileAttr> CairnIo::makeDirs(const std::string& path, uint32_t uid, uint32_t gid) {
-  auto parts = splitPath(path);
-  if (!parts.ok()) return parts.status;
-  auto dir = resolve("/");
-  for (auto& name : parts.value) {
-    if (!dir.ok()) return dir;
-    auto next = lookup(dir.value.inode, name);
-    if (next.status.code() == ErrorCode::NOT_FOUND) {
-      next = mkdir(dir.value.inode, name, uid, gid);
-      if (next.status.code() == ErrorCode::ALREADY_EXISTS) next = lookup(dir.value.inode, name);
-    }
-    if (next.ok() && next.value.type != FileType::DIRECTORY) {
-      return Status::notDirectory(fmt::format("'{}' is not a directory", name));
-    }
-    dir = next;
-  }
-  return dir;
+  return client.run([&](Client& c, FileCache&) { return c.makeDirs(path, uid, gid); });
 }
 
 Status CairnIo::removeTree(uint64_t parent, const std::string& name) {
-  auto attr = lookup(parent, name);
-  if (!attr.ok()) return attr.status;
-  if (attr.value.type != FileType::DIRECTORY) return unlink(parent, name);
-  auto entries = list(attr.value.inode);
-  if (!entries.ok()) return entries.status;
-  for (auto& e : entries.value) {
-    Status s = removeTree(attr.value.inode, e.name);
-    if (!s.ok() && s.code() != ErrorCode::NOT_FOUND) return s;
-  }
-  return client.run([&](Client& c, FileCache&) { return c.rmdir(parent, name); });
+  return client.run([&](Client& c, FileCache&) { return c.removeTree(parent, name); });
 }
 
 Status CairnIo::unlink(uint64_t parent, const std::string& name) {

@@ -139,6 +139,29 @@ TEST_F(ClientTest, NamespaceErrorsComeBackAsValues) {
             ErrorCode::INVALID_ARGUMENT);
 }
 
+TEST_F(ClientTest, TreeHelpersListMakeAndRemoveWholeTrees) {
+  auto made = wait(client().makeDirs("/a/b/c", 0, 0));
+  ASSERT_TRUE(made.ok()) << made.status.toString();
+  EXPECT_EQ(made.value.type, FileType::DIRECTORY);
+  // Existing directories are fine; the result is the same directory.
+  auto again = wait(client().makeDirs("/a/b/c/", 0, 0));
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again.value.inode, made.value.inode);
+  // More entries than one readdir page (4096).
+  uint64_t b = wait(client().resolve("/a/b")).value.inode;
+  for (int i = 0; i < 4200; ++i) {
+    ASSERT_TRUE(wait(client().create(b, "f" + std::to_string(i), 0644, 0, 0, 1, true)).ok());
+  }
+  auto all = wait(client().listAll(b));
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(all.value.size(), 4201u);
+  // A file in the way is an error, not a directory.
+  EXPECT_EQ(wait(client().makeDirs("/a/b/f7/x", 0, 0)).status.code(), ErrorCode::NOT_DIRECTORY);
+  ASSERT_TRUE(wait(client().removeTree(1, "a")).ok());
+  EXPECT_EQ(wait(client().resolve("/a")).status.code(), ErrorCode::NOT_FOUND);
+  EXPECT_EQ(wait(client().removeTree(1, "a")).code(), ErrorCode::NOT_FOUND);
+}
+
 TEST_F(ClientTest, AMasterThatIsGoneFailsQuicklyNamingItsAddress) {
   ClientOptions options;
   options.master = "127.0.0.1:1";  // nothing listens on port 1
