@@ -1,18 +1,19 @@
 // Real cairn-master, cairn-chunkserver and cairn processes on loopback: put, get, locate,
 // kill and restart, bad input.
 
+#include "cluster.h"
+
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
-#include <nlohmann/json.hpp>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <nlohmann/json.hpp>
 #include <set>
 
 #include "address.h"
-#include "cluster.h"
 
 namespace cairn {
 namespace {
@@ -33,18 +34,10 @@ class IntegrationTest : public ::testing::Test {
     cluster->waitForLiveChunkservers(chunkservers);
   }
   std::string local(const std::string& name) { return cluster->dir() + "/" + name; }
-  // put, then get into a fresh local file; returns what came back.
+  // put, then get; returns what came back.
   std::string roundTrip(const std::string& data, const std::string& path) {
-    writeFile(local("in"), data);
-    std::string err;
-    EXPECT_EQ(cluster->cli({"put", local("in"), path}, nullptr, &err), 0) << err;
-    return getBack(path);
-  }
-  std::string getBack(const std::string& path) {
-    std::string err;
-    unlink(local("out").c_str());
-    EXPECT_EQ(cluster->cli({"get", path, local("out")}, nullptr, &err), 0) << err;
-    return readFile(local("out"));
+    cluster->put(data, path);
+    return cluster->get(path);
   }
   nlohmann::json locate(const std::string& path) {
     std::string out, err;
@@ -58,10 +51,8 @@ class IntegrationTest : public ::testing::Test {
 TEST_F(IntegrationTest, ReplicatedFileSurvivesAChunkserverAndAMasterRestart) {
   start(4);
   std::string data = randomBytes(20 * MIB, 20);
-  writeFile(local("in"), data);
-  std::string err;
-  ASSERT_EQ(cluster->cli({"put", "-r", "3", local("in"), "/big.bin"}, nullptr, &err), 0) << err;
-  ASSERT_EQ(getBack("/big.bin"), data);
+  cluster->put(data, "/big.bin", {"-r", "3"});
+  ASSERT_EQ(cluster->get("/big.bin"), data);
 
   auto layout = locate("/big.bin");
   EXPECT_EQ(layout["size"], data.size());
@@ -79,12 +70,12 @@ TEST_F(IntegrationTest, ReplicatedFileSurvivesAChunkserverAndAMasterRestart) {
   for (size_t i = 0; i < 4; ++i) {
     if (cluster->chunkserverAddress(i) == holder) cluster->killChunkserver(i);
   }
-  EXPECT_EQ(getBack("/big.bin"), data);
+  EXPECT_EQ(cluster->get("/big.bin"), data);
 
   // Restart the master: nothing it acknowledged is lost.
   cluster->killMaster(SIGKILL);
   cluster->startMaster();
-  EXPECT_EQ(getBack("/big.bin"), data);
+  EXPECT_EQ(cluster->get("/big.bin"), data);
   auto after = locate("/big.bin");
   EXPECT_EQ(after["size"], data.size());
 }

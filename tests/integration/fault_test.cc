@@ -40,21 +40,6 @@ class FaultTest : public ::testing::Test {
     cluster->waitForLiveChunkservers(chunkservers);
   }
   std::string local(const std::string& name) { return cluster->dir() + "/" + name; }
-  void put(const std::string& data, const std::string& path, std::vector<std::string> extra = {}) {
-    writeFile(local("in"), data);
-    std::vector<std::string> args = {"put"};
-    args.insert(args.end(), extra.begin(), extra.end());
-    args.push_back(local("in"));
-    args.push_back(path);
-    std::string err;
-    ASSERT_EQ(cluster->cli(args, nullptr, &err), 0) << path << ": " << err;
-  }
-  std::string get(const std::string& path) {
-    std::string err;
-    unlink(local("out").c_str());
-    EXPECT_EQ(cluster->cli({"get", path, local("out")}, nullptr, &err), 0) << err;
-    return readFile(local("out"));
-  }
   nlohmann::json json(const std::vector<std::string>& args) {
     std::string out, err;
     if (cluster->cli(args, &out, &err) != 0) return nullptr;
@@ -112,7 +97,7 @@ TEST_F(FaultTest, AKilledChunkserversChunksReturnToGoal) {
   std::vector<std::string> files;
   for (int f = 0; f < 5; ++f) {
     files.push_back(randomBytes(10 * MIB, 100 + f));  // 5 files x 10 chunks = 50 chunks
-    put(files.back(), "/f" + std::to_string(f));
+    cluster->put(files.back(), "/f" + std::to_string(f));
   }
   ASSERT_TRUE(healthy());
   auto t0 = Clock::now();
@@ -131,14 +116,14 @@ TEST_F(FaultTest, AKilledChunkserversChunksReturnToGoal) {
       EXPECT_EQ(live.size(), 3u) << path << " " << c.dump();
       EXPECT_FALSE(live.count(cluster->chunkserverAddress(1)));
     }
-    EXPECT_TRUE(get(path) == files[f]) << path;
+    EXPECT_TRUE(cluster->get(path) == files[f]) << path;
   }
 }
 
 TEST_F(FaultTest, AStaleReplicaIsNeverServedAndIsDeleted) {
   start(4);
   std::string data = randomBytes(2 * MIB, 7);
-  put(data, "/f");
+  cluster->put(data, "/f");
   auto l = json({"locate", "--json", "/f"});
   std::string handle = l["chunks"][0]["handle"];
   uint64_t version = l["chunks"][0]["version"];
@@ -160,15 +145,15 @@ TEST_F(FaultTest, AStaleReplicaIsNeverServedAndIsDeleted) {
   // Its replica is at the old version: deleted at its first heartbeats, never listed.
   EXPECT_TRUE(waitFor(15, [&]() { return !std::filesystem::exists(chunkFile(victim, handle)); }));
   EXPECT_NE(json({"locate", "--json", "/f"})["chunks"][0]["version"], version);
-  EXPECT_TRUE(get("/f") == data);
+  EXPECT_TRUE(cluster->get("/f") == data);
   EXPECT_TRUE(waitFor(30, [&]() { return healthy(); }));
-  EXPECT_TRUE(get("/f") == data);
+  EXPECT_TRUE(cluster->get("/f") == data);
 }
 
 TEST_F(FaultTest, AFlippedByteIsCaughtAndTheReplicaReplaced) {
   start(4);
   std::string data = randomBytes(MIB, 8);
-  put(data, "/f");
+  cluster->put(data, "/f");
   auto l = json({"locate", "--json", "/f"});
   std::string handle = l["chunks"][0]["handle"];
   size_t victim = indexOf(l["chunks"][0]["replicas"][1]["address"]);
@@ -182,7 +167,7 @@ TEST_F(FaultTest, AFlippedByteIsCaughtAndTheReplicaReplaced) {
     close(fd);
   }
   // Every read returns the right bytes, whichever replica it tries first.
-  for (int i = 0; i < 3; ++i) EXPECT_TRUE(get("/f") == data);
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(cluster->get("/f") == data);
   // The read or the scrubber reported it; the master dropped it, deleted the bad file and
   // made a third good replica elsewhere.
   // (The new replica may land on the same chunkserver, as a fresh, good copy.)
@@ -196,7 +181,7 @@ TEST_F(FaultTest, AFlippedByteIsCaughtAndTheReplicaReplaced) {
                         << json({"locate", "--json", "/f"});
   std::string master = readFile(cluster->dir() + "/master.log");
   EXPECT_NE(master.find("dropping it"), std::string::npos) << master;
-  EXPECT_TRUE(get("/f") == data);
+  EXPECT_TRUE(cluster->get("/f") == data);
 }
 
 // Runs `cairn put` of distinct files in a loop, appending each acknowledged name to `log`,
@@ -242,7 +227,7 @@ TEST_F(FaultTest, SigkillOfTheMasterAmongWritersLosesNothingAcknowledged) {
     pos = nl + 1;
     int id = name[2] - '0';
     int i = std::stoi(name.substr(name.find('-') + 1));
-    EXPECT_TRUE(get(name) == randomBytes(100000 + i * 1000, id * 100000 + i)) << name;
+    EXPECT_TRUE(cluster->get(name) == randomBytes(100000 + i * 1000, id * 100000 + i)) << name;
     ++count;
   }
   EXPECT_GT(count, 5u);
@@ -253,17 +238,19 @@ TEST_F(FaultTest, TrashRestoreExpireAndOrphans) {
   std::string data = randomBytes(MIB + 10, 9);
   std::string err;
   ASSERT_EQ(cluster->cli({"mkdir", "/keep"}, nullptr, &err), 0);
-  put(data, "/keep/me", {});
+  cluster->put(data, "/keep/me");
+  writeFile(local("in"), data);
   ASSERT_NE(cluster->cli({"put", local("in"), "/nodir/x"}, nullptr, &err), 0);
+  EXPECT_NE(err.find("nodir"), std::string::npos) << err;
   ASSERT_EQ(cluster->cli({"mkdir", "-p", "/d/e"}, nullptr, &err), 0);
-  put(data, "/d/e/f");
+  cluster->put(data, "/d/e/f");
   ASSERT_EQ(cluster->cli({"rm", "/d/e/f"}, nullptr, &err), 0) << err;
   auto trash = json({"trash", "ls", "--json"});
   ASSERT_EQ(trash.size(), 1u);
   EXPECT_EQ(trash[0]["path"], "/d/e/f");
   ASSERT_EQ(cluster->cli({"rm", "-r", "/d"}, nullptr, &err), 0) << err;
   ASSERT_EQ(cluster->cli({"trash", "restore", "/d/e/f"}, nullptr, &err), 0) << err;
-  EXPECT_TRUE(get("/d/e/f") == data);  // parents made again
+  EXPECT_TRUE(cluster->get("/d/e/f") == data);  // parents made again
   // Deleted again and left to expire: the chunks leave every chunkserver's disk.
   auto l = json({"locate", "--json", "/d/e/f"});
   std::string handle = l["chunks"][0]["handle"];
@@ -284,13 +271,13 @@ TEST_F(FaultTest, TrashRestoreExpireAndOrphans) {
   writeFile(orphan + ".meta", std::string(32, '\0'));
   cluster->startChunkserver(0);
   EXPECT_TRUE(waitFor(15, [&]() { return !std::filesystem::exists(orphan); }));
-  EXPECT_TRUE(get("/keep/me") == data);
+  EXPECT_TRUE(cluster->get("/keep/me") == data);
 }
 
 TEST_F(FaultTest, GoalsRiseAndFall) {
   start(4);
   std::string data = randomBytes(3 * MIB, 10);
-  put(data, "/f");
+  cluster->put(data, "/f");
   std::string err;
   ASSERT_EQ(cluster->cli({"setrep", "2", "/f"}, nullptr, &err), 0) << err;
   EXPECT_TRUE(waitFor(20, [&]() {
@@ -300,13 +287,13 @@ TEST_F(FaultTest, GoalsRiseAndFall) {
   EXPECT_TRUE(waitFor(30, [&]() {
     return holders("/f", 0).size() == 4 && holders("/f", 2).size() == 4 && healthy();
   }));
-  EXPECT_TRUE(get("/f") == data);
+  EXPECT_TRUE(cluster->get("/f") == data);
 }
 
 TEST_F(FaultTest, DecommissionDrainsAServerAndBalanceFillsANewOne) {
   start(3);
   std::string data = randomBytes(12 * MIB, 11);
-  put(data, "/f", {"-r", "2"});
+  cluster->put(data, "/f", {"-r", "2"});
   cluster->startChunkserver(3);  // an empty newcomer
   cluster->waitForLiveChunkservers(4);
   std::string out, err;
@@ -321,13 +308,12 @@ TEST_F(FaultTest, DecommissionDrainsAServerAndBalanceFillsANewOne) {
     }
   }
   std::string leaving = cluster->chunkserverAddress(0);
-  ASSERT_EQ(cluster->cli({"admin", "decommission", leaving, "--wait", "--timeout", "60"}, &out,
-                         &err),
-            0)
+  ASSERT_EQ(
+      cluster->cli({"admin", "decommission", leaving, "--wait", "--timeout", "60"}, &out, &err), 0)
       << err;
   EXPECT_NE(out.find("safe to remove"), std::string::npos);
   cluster->killChunkserver(0);
-  EXPECT_TRUE(get("/f") == data);
+  EXPECT_TRUE(cluster->get("/f") == data);
   for (size_t i = 0; i < 12; ++i) EXPECT_FALSE(holders("/f", i).count(leaving));
 }
 
@@ -347,9 +333,9 @@ TEST_F(FaultTest, AFullChunkserverRefusesChunksAndKeepsWhatItHas) {
   std::vector<std::string> files;
   for (int f = 0; f < 8; ++f) {
     files.push_back(randomBytes(3 * MIB + 1000, 300 + f));
-    put(files.back(), "/f" + std::to_string(f));
+    cluster->put(files.back(), "/f" + std::to_string(f));
   }
-  for (int f = 0; f < 8; ++f) EXPECT_TRUE(get("/f" + std::to_string(f)) == files[f]) << f;
+  for (int f = 0; f < 8; ++f) EXPECT_TRUE(cluster->get("/f" + std::to_string(f)) == files[f]) << f;
   // The full server took chunks while it had room and then no more; what it holds is intact.
   size_t onTiny = 0;
   for (int f = 0; f < 8; ++f) {
@@ -362,7 +348,7 @@ TEST_F(FaultTest, AFullChunkserverRefusesChunksAndKeepsWhatItHas) {
   EXPECT_LT(onTiny, 8u);  // 6 MiB of room for 32 chunks of 1 MiB
   // Read everything with only the full server and one other left: whatever it holds reads.
   EXPECT_TRUE(waitFor(30, [&]() { return healthy(); }));
-  for (int f = 0; f < 8; ++f) EXPECT_TRUE(get("/f" + std::to_string(f)) == files[f]) << f;
+  for (int f = 0; f < 8; ++f) EXPECT_TRUE(cluster->get("/f" + std::to_string(f)) == files[f]) << f;
 }
 
 }  // namespace

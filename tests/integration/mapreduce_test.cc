@@ -148,15 +148,6 @@ class MapReduceTest : public ::testing::Test {
     ASSERT_FALSE(address.empty()) << name << " did not join";
   }
 
-  void put(const Input& in, int replication = 0) {
-    std::string local = cluster->dir() + "/input.tmp";
-    writeFile(local, in.text);
-    std::vector<std::string> args = {"put", local, in.path};
-    if (replication > 0) args = {"put", "-r", std::to_string(replication), local, in.path};
-    std::string err;
-    ASSERT_EQ(cluster->cli(args, nullptr, &err), 0) << err;
-  }
-
   // Several files in /in (one empty, one with no final newline) and one more file given on
   // its own; returns them all.
   std::vector<Input> putInputs() {
@@ -166,7 +157,7 @@ class MapReduceTest : public ::testing::Test {
                                  {"/in/empty.txt", ""},
                                  {"/more.txt", generateText(1100000, 4, true)}};
     EXPECT_EQ(cluster->cli({"mkdir", "-p", "/in/sub"}), 0);
-    for (auto& in : inputs) put(in);
+    for (auto& in : inputs) cluster->put(in.text, in.path);
     return inputs;
   }
 
@@ -365,7 +356,7 @@ TEST_F(MapReduceTest, EveryMapIsDataLocalWithAWorkerBesideEachChunkserver) {
   std::vector<Input> inputs = {{"/local/a.txt", generateText(6000000, 7, true)},
                                {"/local/b.txt", generateText(3000000, 8, true)}};
   ASSERT_EQ(cluster->cli({"mkdir", "/local"}), 0);
-  for (auto& in : inputs) put(in, 3);
+  for (auto& in : inputs) cluster->put(in.text, in.path, {"-r", "3"});
   auto report =
       runJson({"--input", "/local", "--output", "/out", "--reducers", "4", "--job", "wordcount"});
   // 6 + 3 chunks: fewer maps than the 12 slots of any chunk's three hosts, so a free worker
@@ -378,7 +369,7 @@ TEST_F(MapReduceTest, EveryMapIsDataLocalWithAWorkerBesideEachChunkserver) {
   // remote replica; the output is the same.
   std::vector<Input> one = {{"/one/a.txt", generateText(8000000, 9, true)}};
   ASSERT_EQ(cluster->cli({"mkdir", "/one"}), 0);
-  put(one[0], 1);
+  cluster->put(one[0].text, one[0].path, {"-r", "1"});
   auto anywhere =
       runJson({"--input", "/one", "--output", "/out2", "--job", "wordcount", "--no-locality"});
   EXPECT_LT(anywhere["data_local_maps"].get<int>(), anywhere["map_tasks"].get<int>());
@@ -416,19 +407,26 @@ TEST_F(MapReduceTest, AKilledJobStopsItsTasksAndLeavesNoOutput) {
   startCluster(3);
   for (size_t i = 0; i < 3; ++i) startWorker(i);
   putInputs();
+  // Each map marks that it started, then sleeps.
+  std::string marks = cluster->dir() + "/started";
+  std::filesystem::create_directories(marks);
   std::string out, err;
   int rc = 0;
   std::thread job([&]() {
-    rc = runJob({"--input", "/in", "--output", "/out/slow", "--mapper", "sleep 60; cat",
-                 "--reducer", "cat"},
+    rc = runJob({"--input", "/in", "--output", "/out/slow", "--mapper",
+                 "touch " + marks + "/$$; sleep 60; cat", "--reducer", "cat"},
                 &out, &err);
   });
-  nlohmann::json state;
-  for (int i = 0; i < 200 && (state.is_null() || state["state"] != "running"); ++i) {
+  // Wait until every worker's slot runs a sleeping map.
+  auto count = [&]() {
+    auto it = std::filesystem::directory_iterator(marks);
+    return std::distance(begin(it), end(it));
+  };
+  for (int i = 0; i < 200 && count() < 3; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    state = jobState();
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // every slot busy sleeping
+  ASSERT_EQ(count(), 3);
+  nlohmann::json state = jobState();
   std::string killed;
   EXPECT_EQ(cluster->run({ProcessCluster::binary("cairn-mapreduce"), "kill", "--coordinator",
                           coordinator, std::to_string(state["job"].get<int>())},

@@ -136,15 +136,20 @@ ProcessCluster::~ProcessCluster() {
   killMaster();
 }
 
-pid_t ProcessCluster::spawn(const std::vector<std::string>& argv, const std::string& logFile) {
+// Forks and execs argv with stdout and stderr to files (appended or truncated); the child
+// dies with this process.
+static pid_t forkExec(const std::vector<std::string>& argv, const std::string& outFile,
+                      const std::string& errFile, bool append) {
   pid_t parent = getpid();
   pid_t pid = fork();
   if (pid == 0) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) _exit(1);
-    int fd = open(logFile.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    dup2(fd, 1);
-    dup2(fd, 2);
+    int flags = O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC);
+    int o = open(outFile.c_str(), flags, 0644);
+    int e = errFile == outFile ? o : open(errFile.c_str(), flags, 0644);
+    dup2(o, 1);
+    dup2(e, 2);
     std::vector<char*> args;
     for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
@@ -152,6 +157,15 @@ pid_t ProcessCluster::spawn(const std::vector<std::string>& argv, const std::str
     _exit(127);
   }
   return pid;
+}
+
+pid_t ProcessCluster::spawn(const std::vector<std::string>& argv, const std::string& logFile) {
+  return forkExec(argv, logFile, logFile, true);
+}
+
+std::string ProcessCluster::scratchFile(const std::string& what) {
+  static std::atomic<int> counter = 0;
+  return dir() + "/" + what + std::to_string(++counter);
 }
 
 std::string ProcessCluster::waitForPortFile(const std::string& path, pid_t pid) {
@@ -265,22 +279,9 @@ int ProcessCluster::cli(const std::vector<std::string>& args, std::string* out, 
 }
 
 int ProcessCluster::run(const std::vector<std::string>& argv, std::string* out, std::string* err) {
-  static std::atomic<int> counter = 0;
-  std::string outFile = dir() + "/run" + std::to_string(++counter) + ".out";
+  std::string outFile = scratchFile("run") + ".out";
   std::string errFile = outFile + ".err";
-  pid_t pid = fork();
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    int o = open(outFile.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    int e = open(errFile.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    dup2(o, 1);
-    dup2(e, 2);
-    std::vector<char*> cargs;
-    for (auto& a : argv) cargs.push_back(const_cast<char*>(a.c_str()));
-    cargs.push_back(nullptr);
-    execv(cargs[0], cargs.data());
-    _exit(127);
-  }
+  pid_t pid = forkExec(argv, outFile, errFile, false);
   int status = 0;
   waitpid(pid, &status, 0);
   if (out) *out = readFile(outFile);
@@ -288,6 +289,28 @@ int ProcessCluster::run(const std::vector<std::string>& argv, std::string* out, 
   unlink(outFile.c_str());
   unlink(errFile.c_str());
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+void ProcessCluster::put(const std::string& data, const std::string& path,
+                         const std::vector<std::string>& flags) {
+  std::string local = scratchFile("put");
+  writeFile(local, data);
+  std::vector<std::string> args = {"put"};
+  args.insert(args.end(), flags.begin(), flags.end());
+  args.push_back(local);
+  args.push_back(path);
+  std::string err;
+  EXPECT_EQ(cli(args, nullptr, &err), 0) << "put " << path << ": " << err;
+  unlink(local.c_str());
+}
+
+std::string ProcessCluster::get(const std::string& path) {
+  std::string local = scratchFile("get");
+  std::string err;
+  EXPECT_EQ(cli({"get", path, local}, nullptr, &err), 0) << "get " << path << ": " << err;
+  std::string data = readFile(local);
+  unlink(local.c_str());
+  return data;
 }
 
 }  // namespace cairn::testing

@@ -99,6 +99,13 @@ class ProcessCluster {
   int cli(const std::vector<std::string>& args, std::string* out = nullptr,
           std::string* err = nullptr);
 
+  // `cairn put [flags] LOCAL path` of `data` (through a temporary local file); a failure is
+  // a test failure. From any thread.
+  void put(const std::string& data, const std::string& path,
+           const std::vector<std::string>& flags = {});
+  // `cairn get` of `path`; a failure is a test failure and returns "". From any thread.
+  std::string get(const std::string& path);
+
   // Runs a program to its end (from any thread); returns its exit status, with its output.
   int run(const std::vector<std::string>& argv, std::string* out = nullptr,
           std::string* err = nullptr);
@@ -124,6 +131,8 @@ class ProcessCluster {
     std::string address;
   };
   pid_t spawn(const std::vector<std::string>& argv, const std::string& logFile);
+  // A new local file name in dir(), unique across threads.
+  std::string scratchFile(const std::string& what);
   std::string waitForPortFile(const std::string& path, pid_t pid);
 
   TempDir temp;
