@@ -58,6 +58,15 @@ bool isIpAddress(const std::string& host) {
   return inet_pton(AF_INET, host.c_str(), buf) == 1 || inet_pton(AF_INET6, host.c_str(), buf) == 1;
 }
 
+// Listens on `at` (port 0: any); `bound` gets the HOST:PORT it listens on.
+kj::Own<kj::ConnectionReceiver> listenOn(kj::AsyncIoContext& io, const HostPort& at,
+                                         std::string& bound) {
+  auto listener =
+      io.provider->getNetwork().parseAddress(at.host, at.port).wait(io.waitScope)->listen();
+  bound = HostPort{at.host, static_cast<uint16_t>(listener->getPort())}.toString();
+  return listener;
+}
+
 int runCoordinator(const std::string& master, const std::string& listen,
                    const std::string& portFile, double localityWait) {
   setLogComponent("coordinator");
@@ -68,12 +77,8 @@ int runCoordinator(const std::string& master, const std::string& listen,
   }
   try {
     auto io = kj::setupAsyncIo();
-    auto listener = io.provider->getNetwork()
-                        .parseAddress(addr.value.host, addr.value.port)
-                        .wait(io.waitScope)
-                        ->listen();
-    std::string bound =
-        HostPort{addr.value.host, static_cast<uint16_t>(listener->getPort())}.toString();
+    std::string bound;
+    auto listener = listenOn(io, addr.value, bound);
     CoordinatorOptions options;
     options.master = master;
     options.scheduler.localityWaitMs = static_cast<int64_t>(localityWait * 1000);
@@ -113,12 +118,7 @@ int runWorker(WorkerOptions options, std::string listen, const std::string& port
   }
   try {
     auto io = kj::setupAsyncIo();
-    auto listener = io.provider->getNetwork()
-                        .parseAddress(addr.value.host, addr.value.port)
-                        .wait(io.waitScope)
-                        ->listen();
-    options.address =
-        HostPort{addr.value.host, static_cast<uint16_t>(listener->getPort())}.toString();
+    auto listener = listenOn(io, addr.value, options.address);
     setLogComponent("worker " + options.host);
     bool written = false;
     options.joined = [&]() {

@@ -202,8 +202,15 @@ Status validateSpec(const JobSpec& s) {
   if (s.kind == JobKind::GREP && s.pattern.empty()) {
     return Status::invalidArgument("grep needs --pattern");
   }
-  for (auto* text : {&s.pattern, &s.mapper, &s.reducer}) {
-    if (text->size() > 65536) return Status::invalidArgument("a command or pattern over 64 KiB");
+  for (auto* text : {&s.mapper, &s.reducer}) {
+    if (text->size() > MAX_COMMAND) {
+      return Status::invalidArgument(fmt::format("a command over {} bytes", MAX_COMMAND));
+    }
+  }
+  // std::regex compiles recursively: a long pattern of nested groups would overflow the
+  // coordinator's stack.
+  if (s.pattern.size() > MAX_PATTERN) {
+    return Status::invalidArgument(fmt::format("a pattern over {} bytes", MAX_PATTERN));
   }
   auto job = makeJob(s);
   return job.status;

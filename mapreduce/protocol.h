@@ -30,6 +30,8 @@ TaskOrder fromWire(wire::Task::Reader in);
 
 constexpr uint32_t MAX_REDUCERS = 10000;
 constexpr uint32_t MAX_INPUTS = 1000;
+constexpr size_t MAX_COMMAND = 64 << 10;
+constexpr size_t MAX_PATTERN = 1024;
 
 // "/a//b/" -> "/a/b"; the path must already be valid (see validateSpec).
 std::string canonicalPath(const std::string& path);

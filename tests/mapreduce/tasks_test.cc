@@ -16,6 +16,7 @@
 
 #include "cluster.h"
 #include "partition.h"
+#include "protocol.h"
 #include "records.h"
 #include "subprocess.h"
 
@@ -183,6 +184,40 @@ TEST_F(TasksTest, MapOutputThatCannotBeFetchedIsNamed) {
   ASSERT_EQ(stats.lost.size(), 1u);
   EXPECT_EQ(stats.lost[0].task, 1u);
   EXPECT_EQ(stats.lost[0].attempt, 2u);
+}
+
+TEST(SpecTest, ValidationBoundsWhatComesFromTheNetwork) {
+  JobSpec s;
+  s.inputs = {"/in"};
+  s.output = "/out";
+  s.kind = JobKind::GREP;
+  // Nested groups within the bound compile; past the bound a pattern is refused before
+  // std::regex (which recurses per group) sees it.
+  s.pattern = std::string(100, '(') + "ab" + std::string(100, ')');
+  EXPECT_TRUE(validateSpec(s).ok()) << validateSpec(s).toString();
+  s.pattern = std::string(40000, '(') + "a" + std::string(40000, ')');
+  EXPECT_EQ(validateSpec(s).code(), ErrorCode::INVALID_ARGUMENT);
+  s.pattern = "(unclosed";
+  EXPECT_NE(validateSpec(s).message().find("grep pattern"), std::string::npos);
+  s.pattern = "x";
+  s.reducers = 0;
+  EXPECT_FALSE(validateSpec(s).ok());
+  s.reducers = 1;
+  s.output = "/";
+  EXPECT_FALSE(validateSpec(s).ok());
+  s.output = "relative";
+  EXPECT_FALSE(validateSpec(s).ok());
+  s.output = "/out";
+  s.kind = static_cast<JobKind>(9);
+  EXPECT_FALSE(validateSpec(s).ok());
+  s.kind = JobKind::STREAMING;
+  s.mapper = "cat";
+  EXPECT_FALSE(validateSpec(s).ok()) << "no reducer";
+  s.reducer = std::string(MAX_COMMAND + 1, 'x');
+  EXPECT_FALSE(validateSpec(s).ok());
+  s.reducer = "cat";
+  EXPECT_TRUE(validateSpec(s).ok());
+  EXPECT_EQ(canonicalPath("/a//b/"), "/a/b");
 }
 
 TEST(SubprocessTest, ACancelledCommandIsKilledWithItsPipeline) {
