@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <deque>
 
 #include "crc32c.h"
 #include "log.h"
@@ -11,18 +12,73 @@
 namespace cairn {
 namespace {
 
+// Sidecar layout: a 32-byte header (magic, format, block size, version), then one 8-byte
+// record per block: CRC32C of the whole block (LE), then flags (LE; bit 0: written).
+// Format 1 had 4-byte records (a CRC over the block's bytes up to the length) and no holes.
 constexpr char MAGIC[8] = {'C', 'A', 'I', 'R', 'N', 'C', 'H', 'K'};
-constexpr uint32_t META_FORMAT = 1;
+constexpr uint32_t FORMAT_1 = 1;
+constexpr uint32_t FORMAT = 2;
 constexpr uint64_t HEADER_SIZE = 32;
+constexpr uint64_t RECORD_SIZE = 8;
+constexpr uint32_t WRITTEN = 1;
+constexpr uint64_t B = CHECKSUM_BLOCK;
+constexpr uint64_t PAGE = 4096;  // the smallest hole a file system keeps
 
-uint64_t blockOf(uint64_t offset) { return offset / CHECKSUM_BLOCK; }
+uint64_t blocksFor(uint64_t length) { return (length + B - 1) / B; }
 
 std::string hexName(uint64_t handle) { return fmt::format("{:02x}", handle); }
 
+const char* zeros() {
+  static const std::string block(B, '\0');
+  return block.data();
+}
+
+bool allZero(const char* p, size_t n) {
+  // Data is rarely zero at its start, so this usually returns after one comparison.
+  while (n > 0) {
+    size_t k = std::min<size_t>(n, B);
+    if (memcmp(p, zeros(), k) != 0) return false;
+    p += k;
+    n -= k;
+  }
+  return true;
+}
+
+uint32_t blockCrc(const char* p) { return crc32c(0, p, B); }
+
+// A piece of a write: `bytes` go to `offset` in the data file.
+struct Piece {
+  uint64_t offset;
+  std::string_view bytes;
+};
+
+// Appends `p`, joining it to the last piece when both lie back to back in memory and file.
+void addPiece(std::vector<Piece>& pieces, Piece p) {
+  if (!pieces.empty()) {
+    Piece& last = pieces.back();
+    if (last.offset + last.bytes.size() == p.offset &&
+        last.bytes.data() + last.bytes.size() == p.bytes.data()) {
+      last.bytes = std::string_view(last.bytes.data(), last.bytes.size() + p.bytes.size());
+      return;
+    }
+  }
+  pieces.push_back(p);
+}
+
+// Appends [start, end) to `ranges`, joining it to the last one when they touch.
+void addRange(std::vector<std::pair<uint64_t, uint64_t>>& ranges, uint64_t start, uint64_t end) {
+  if (!ranges.empty() && ranges.back().second == start) {
+    ranges.back().second = end;
+  } else {
+    ranges.emplace_back(start, end);
+  }
+}
+
 }  // namespace
 
-ChunkStore::ChunkStore(Disk& disk, std::vector<std::string> dirs, uint64_t chunkSize)
-    : disk(disk), dirs(std::move(dirs)), chunkSize(chunkSize) {}
+ChunkStore::ChunkStore(Disk& disk, std::vector<std::string> dirs, uint64_t chunkSize,
+                       std::optional<uint64_t> reserveBytes)
+    : disk(disk), dirs(std::move(dirs)), chunkSize(chunkSize), reserveBytes(reserveBytes) {}
 
 std::string ChunkStore::pathIn(size_t dir, uint64_t handle, const char* suffix) {
   std::string name = hexName(handle);
@@ -43,6 +99,11 @@ std::string ChunkStore::dataPath(uint64_t handle) {
 std::string ChunkStore::metaPath(uint64_t handle) {
   auto e = find(handle);
   return pathIn(e ? e->dir : 0, handle, ".meta");
+}
+
+uint64_t ChunkStore::reserveOf(size_t, const DiskSpace& space) const {
+  if (reserveBytes) return *reserveBytes;
+  return std::min<uint64_t>(uint64_t{1} << 30, space.capacityBytes / 50);
 }
 
 Status ChunkStore::open() {
@@ -70,10 +131,20 @@ Status ChunkStore::open() {
         entry->length = length.ok() ? length.value : 0;
         std::string header;
         Status hs = disk.read(pathIn(d, handle, ".meta"), 0, HEADER_SIZE, header);
+        uint32_t format = 0;
         if (hs.ok() && header.size() == HEADER_SIZE && memcmp(header.data(), MAGIC, 8) == 0) {
+          memcpy(&format, header.data() + 8, 4);
           memcpy(&entry->version, header.data() + 16, 8);
-        } else {
+        }
+        if (format == FORMAT_1) {
+          Status cs = convertFormat1(handle, *entry);
+          if (!cs.ok()) {
+            logWarn("chunk {:x}: cannot convert its sidecar: {}", handle, cs.toString());
+            entry->version = 0;
+          }
+        } else if (format != FORMAT) {
           logWarn("chunk {:x}: unreadable sidecar; reporting it stale", handle);
+          entry->version = 0;
         }
         std::lock_guard<std::mutex> guard(mutex);
         chunks[handle] = std::move(entry);
@@ -82,6 +153,43 @@ Status ChunkStore::open() {
   }
   logInfo("{} chunks found in {} data directories", chunks.size(), dirs.size());
   return Status::OK();
+}
+
+Status ChunkStore::convertFormat1(uint64_t handle, Entry& e) {
+  // Format 1 stored a CRC over each block's bytes up to the length, and wrote gaps out as
+  // zeros. Each block is checked against its old CRC; zero blocks become holes (their
+  // disk is freed); a block that fails keeps a record that fails too.
+  std::string path = pathIn(e.dir, handle, "");
+  std::string meta = pathIn(e.dir, handle, ".meta");
+  uint64_t count = blocksFor(e.length);
+  std::string oldCrcs;
+  Status s = disk.read(meta, HEADER_SIZE, 4 * count, oldCrcs);
+  if (!s.ok()) return s;
+  oldCrcs.resize(4 * count, '\0');
+  std::vector<Block> blocks(count);
+  std::string block;
+  for (uint64_t b = 0; b < count; ++b) {
+    uint64_t n = std::min<uint64_t>(B, e.length - b * B);
+    s = disk.read(path, b * B, n, block);
+    if (!s.ok()) return s;
+    uint32_t expected;
+    memcpy(&expected, oldCrcs.data() + 4 * b, 4);
+    bool good = block.size() == n && crc32c(0, block.data(), n) == expected;
+    block.resize(B, '\0');
+    if (good && allZero(block.data(), B)) {
+      s = disk.punchHole(path, b * B, n);
+      if (!s.ok()) return s;
+      continue;
+    }
+    uint32_t crc = blockCrc(block.data());
+    blocks[b] = {good ? crc : ~crc, true};
+  }
+  s = writeHeader(handle, e, false);
+  if (!s.ok()) return s;
+  s = disk.truncate(meta, HEADER_SIZE);
+  if (s.ok()) s = writeBlocks(handle, e, 0, blocks);
+  if (s.ok()) logInfo("chunk {:x}: sidecar moved to format {}", handle, FORMAT);
+  return s;
 }
 
 std::vector<StoredChunk> ChunkStore::list() {
@@ -103,36 +211,74 @@ uint64_t ChunkStore::versionOf(uint64_t handle) {
 Status ChunkStore::writeHeader(uint64_t handle, Entry& e, bool create) {
   char header[HEADER_SIZE] = {};
   memcpy(header, MAGIC, 8);
-  memcpy(header + 8, &META_FORMAT, 4);
+  memcpy(header + 8, &FORMAT, 4);
+  uint32_t blockSize = CHECKSUM_BLOCK;
+  memcpy(header + 12, &blockSize, 4);
   memcpy(header + 16, &e.version, 8);
   return disk.write(pathIn(e.dir, handle, ".meta"), 0, header, HEADER_SIZE, create);
 }
 
+Status ChunkStore::readBlocks(uint64_t handle, Entry& e, uint64_t first, uint64_t count,
+                              std::vector<Block>& out) {
+  std::string raw;
+  Status s = disk.read(pathIn(e.dir, handle, ".meta"), HEADER_SIZE + RECORD_SIZE * first,
+                       RECORD_SIZE * count, raw);
+  if (!s.ok()) return Status::corrupt(fmt::format("chunk {:x}: {}", handle, s.message()));
+  raw.resize(RECORD_SIZE * count, '\0');  // records never written are holes
+  out.resize(count);
+  for (uint64_t i = 0; i < count; ++i) {
+    uint32_t flags;
+    memcpy(&out[i].crc, raw.data() + RECORD_SIZE * i, 4);
+    memcpy(&flags, raw.data() + RECORD_SIZE * i + 4, 4);
+    out[i].written = flags & WRITTEN;
+  }
+  return Status::OK();
+}
+
+Status ChunkStore::writeBlocks(uint64_t handle, Entry& e, uint64_t first,
+                               const std::vector<Block>& blocks) {
+  std::string raw(RECORD_SIZE * blocks.size(), '\0');
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    uint32_t flags = blocks[i].written ? WRITTEN : 0;
+    memcpy(raw.data() + RECORD_SIZE * i, &blocks[i].crc, 4);
+    memcpy(raw.data() + RECORD_SIZE * i + 4, &flags, 4);
+  }
+  return disk.write(pathIn(e.dir, handle, ".meta"), HEADER_SIZE + RECORD_SIZE * first, raw.data(),
+                    raw.size(), false);
+}
+
 Status ChunkStore::create(uint64_t handle, uint64_t version) {
-  if (find(handle)) return setVersion(handle, std::max(version,
-                                                                          versionOf(handle)));
+  if (find(handle)) return setVersion(handle, std::max(version, versionOf(handle)));
   size_t best = 0;
-  uint64_t bestFree = 0;
+  uint64_t bestAvailable = 0;
   for (size_t d = 0; d < dirs.size(); ++d) {
     auto space = disk.space(dirs[d]);
-    if (space.ok() && space.value.freeBytes > bestFree) {
+    if (!space.ok()) continue;
+    uint64_t reserve = reserveOf(d, space.value);
+    uint64_t available = space.value.freeBytes > reserve ? space.value.freeBytes - reserve : 0;
+    if (available > bestAvailable) {
       best = d;
-      bestFree = space.value.freeBytes;
+      bestAvailable = available;
     }
   }
-  if (bestFree < chunkSize) {  // room for the whole chunk, or it goes elsewhere
-    return Status::noSpace(fmt::format("no data directory has room for chunk {:x}", handle));
+  uint64_t metaBytes = HEADER_SIZE + RECORD_SIZE * blocksFor(chunkSize);
+  if (bestAvailable <= metaBytes) {
+    return Status::noSpace(
+        fmt::format("every data directory is within its reserve; no room for chunk {:x}", handle));
   }
   auto entry = std::make_shared<Entry>();
   entry->dir = best;
   entry->version = version;
   std::string data = pathIn(best, handle, "");
+  std::string meta = pathIn(best, handle, ".meta");
   Status s = disk.makeDirs(data.substr(0, data.rfind('/')));
   if (s.ok()) s = disk.write(data, 0, "", 0, true);
   if (s.ok()) s = writeHeader(handle, *entry, true);
+  // The records get their disk now, so that no later write fails for want of it.
+  if (s.ok()) s = disk.allocate(meta, 0, metaBytes);
   if (!s.ok()) {
     disk.remove(data);
-    disk.remove(pathIn(best, handle, ".meta"));
+    disk.remove(meta);
     return s;
   }
   std::lock_guard<std::mutex> guard(mutex);
@@ -156,38 +302,38 @@ Status ChunkStore::setVersion(uint64_t handle, uint64_t version) {
   return s;
 }
 
-Status ChunkStore::writeChecksums(uint64_t handle, Entry& e, uint64_t start,
-                                  std::string_view bytes) {
-  // `bytes` are the whole contents of the blocks from `start` (block-aligned) on.
-  std::string crcs;
-  for (size_t off = 0; off < bytes.size(); off += CHECKSUM_BLOCK) {
-    size_t n = std::min<size_t>(CHECKSUM_BLOCK, bytes.size() - off);
-    uint32_t crc = crc32c(0, bytes.data() + off, n);
-    crcs.append(reinterpret_cast<const char*>(&crc), 4);
-  }
-  return disk.write(pathIn(e.dir, handle, ".meta"), HEADER_SIZE + 4 * blockOf(start),
-                    crcs.data(), crcs.size(), false);
-}
-
-Status ChunkStore::verifyBlocks(uint64_t handle, Entry& e, uint64_t start,
-                                std::string_view bytes) {
-  std::string crcs;
-  size_t blocks = (bytes.size() + CHECKSUM_BLOCK - 1) / CHECKSUM_BLOCK;
-  Status s = disk.read(pathIn(e.dir, handle, ".meta"), HEADER_SIZE + 4 * blockOf(start),
-                       4 * blocks, crcs);
-  if (!s.ok()) return Status::corrupt(fmt::format("chunk {:x}: {}", handle, s.message()));
-  if (crcs.size() != 4 * blocks) {
-    return Status::corrupt(fmt::format("chunk {:x}: checksums missing", handle));
-  }
-  for (size_t b = 0; b < blocks; ++b) {
-    size_t off = b * CHECKSUM_BLOCK;
-    size_t n = std::min<size_t>(CHECKSUM_BLOCK, bytes.size() - off);
-    uint32_t expected;
-    memcpy(&expected, crcs.data() + 4 * b, 4);
-    if (crc32c(0, bytes.data() + off, n) != expected) {
-      return Status::corrupt(fmt::format("chunk {:x}: checksum mismatch in block {}", handle,
-                                         blockOf(start) + b));
+Status ChunkStore::forWrittenRuns(uint64_t handle, Entry& e, uint64_t first, uint64_t count,
+                                  const Visit& visit) {
+  std::vector<Block> blocks;
+  Status s = readBlocks(handle, e, first, count, blocks);
+  if (!s.ok()) return s;
+  std::string path = pathIn(e.dir, handle, "");
+  for (uint64_t i = 0; i < count;) {
+    if (!blocks[i].written) {
+      ++i;
+      continue;
     }
+    uint64_t j = i;
+    while (j < count && blocks[j].written) ++j;
+    uint64_t start = (first + i) * B;
+    if (start >= e.length) break;  // records past the length are never set; ignore any
+    uint64_t stop = std::min((first + j) * B, e.length);
+    std::string bytes;
+    s = disk.read(path, start, stop - start, bytes);
+    if (!s.ok()) return s;
+    if (bytes.size() != stop - start) {
+      return Status::corrupt(fmt::format("chunk {:x}: file shorter than recorded", handle));
+    }
+    bytes.resize((j - i) * B, '\0');
+    for (uint64_t k = i; k < j && (first + k) * B < e.length; ++k) {
+      if (blockCrc(bytes.data() + (k - i) * B) != blocks[k].crc) {
+        return Status::corrupt(
+            fmt::format("chunk {:x}: checksum mismatch in block {}", handle, first + k));
+      }
+    }
+    s = visit(start, bytes);
+    if (!s.ok()) return s;
+    i = j;
   }
   return Status::OK();
 }
@@ -199,23 +345,161 @@ Status ChunkStore::read(uint64_t handle, uint64_t version, uint64_t offset, uint
   if (e == nullptr) return Status::notFound(fmt::format("no chunk {:x}", handle));
   std::shared_lock<std::shared_mutex> lock(e->lock);
   if (e->version != version) {
-    return Status::staleVersion(fmt::format("chunk {:x} is at version {}, asked for {}", handle,
-                                            e->version, version));
+    return Status::staleVersion(
+        fmt::format("chunk {:x} is at version {}, asked for {}", handle, e->version, version));
   }
   if (offset >= e->length || length == 0) return Status::OK();
   uint64_t end = std::min<uint64_t>(offset + length, e->length);
-  uint64_t start = blockOf(offset) * CHECKSUM_BLOCK;
-  uint64_t stop = std::min<uint64_t>((blockOf(end - 1) + 1) * CHECKSUM_BLOCK, e->length);
-  std::string blocks;
-  Status s = disk.read(pathIn(e->dir, handle, ""), start, stop - start, blocks);
-  if (!s.ok()) return s;
-  if (blocks.size() != stop - start) {
-    return Status::corrupt(fmt::format("chunk {:x}: file shorter than recorded", handle));
+  std::string result(end - offset, '\0');  // holes read as zeros
+  uint64_t first = offset / B;
+  Status s = forWrittenRuns(
+      handle, *e, first, (end - 1) / B - first + 1, [&](uint64_t start, std::string_view bytes) {
+        uint64_t from = std::max(start, offset);
+        uint64_t to = std::min<uint64_t>(start + bytes.size(), end);
+        if (from < to) {
+          memcpy(result.data() + (from - offset), bytes.data() + (from - start), to - from);
+        }
+        return Status::OK();
+      });
+  if (s.ok()) out = std::move(result);
+  return s;
+}
+
+Status ChunkStore::readExtents(uint64_t handle, uint64_t version, uint64_t offset, uint32_t length,
+                               std::vector<Extent>& out, uint64_t& chunkLength) {
+  out.clear();
+  auto e = find(handle);
+  if (e == nullptr) return Status::notFound(fmt::format("no chunk {:x}", handle));
+  std::shared_lock<std::shared_mutex> lock(e->lock);
+  if (e->version != version) {
+    return Status::staleVersion(
+        fmt::format("chunk {:x} is at version {}, asked for {}", handle, e->version, version));
   }
-  s = verifyBlocks(handle, *e, start, blocks);
+  chunkLength = e->length;
+  if (offset >= e->length || length == 0) return Status::OK();
+  uint64_t end = std::min<uint64_t>(offset + length, e->length);
+  uint64_t first = offset / B;
+  return forWrittenRuns(
+      handle, *e, first, (end - 1) / B - first + 1, [&](uint64_t start, std::string_view bytes) {
+        uint64_t from = std::max(start, offset);
+        uint64_t to = std::min<uint64_t>(start + bytes.size(), end);
+        if (from < to) {
+          out.push_back({from, std::string(bytes.substr(from - start, to - from))});
+        }
+        return Status::OK();
+      });
+}
+
+void ChunkStore::resync(uint64_t handle, Entry& e, uint64_t first, uint64_t count) {
+  // Whatever part of a failed write reached the disk is now the block's content: the
+  // write was not acknowledged, so any of its bytes may show, but no other byte changed
+  // and the records must agree with the disk for those bytes to stay readable.
+  std::string path = pathIn(e.dir, handle, "");
+  std::vector<Block> blocks(count);
+  std::string block;
+  for (uint64_t i = 0; i < count; ++i) {
+    uint64_t start = (first + i) * B;
+    if (start >= e.length) break;
+    if (!disk.read(path, start, B, block).ok()) return;
+    block.resize(B, '\0');
+    if (!allZero(block.data(), B)) blocks[i] = {blockCrc(block.data()), true};
+  }
+  writeBlocks(handle, e, first, blocks);
+}
+
+Status ChunkStore::applyRange(uint64_t handle, Entry& e, uint64_t offset, uint64_t length,
+                              const char* data) {
+  uint64_t end = offset + length;
+  uint64_t first = offset / B;
+  uint64_t count = (end - 1) / B - first + 1;
+  std::vector<Block> old;
+  Status s = readBlocks(handle, e, first, count, old);
   if (!s.ok()) return s;
-  out = blocks.substr(offset - start, end - offset);
-  return Status::OK();
+  std::string path = pathIn(e.dir, handle, "");
+  std::vector<Block> next(count);
+  std::vector<Piece> pieces;
+  std::vector<std::pair<uint64_t, uint64_t>> holes;
+  std::deque<std::string> merged;  // whole blocks built here, kept until written
+  for (uint64_t i = 0; i < count; ++i) {
+    uint64_t start = (first + i) * B;
+    uint64_t from = std::max(offset, start), to = std::min(end, start + B);
+    const char* src = data ? data + (from - offset) : zeros();
+    if (from == start && to == start + B) {
+      // A whole block: its new bytes are all there is.
+      if (data == nullptr || allZero(src, B)) {
+        next[i] = {};
+        if (old[i].written) addRange(holes, start, start + B);
+      } else {
+        next[i] = {blockCrc(src), true};
+        if (old[i].written) {
+          addPiece(pieces, {start, std::string_view(src, B)});
+        } else {
+          // Over a hole, pages of zeros need not be written: they stay holes on disk too.
+          for (uint64_t p = 0; p < B; p += PAGE) {
+            if (!allZero(src + p, PAGE))
+              addPiece(pieces, {start + p, std::string_view(src + p, PAGE)});
+          }
+        }
+      }
+      continue;
+    }
+    // Part of a block: the rest of it as it is now.
+    std::string block;
+    if (start < e.length) {
+      s = disk.read(path, start, std::min<uint64_t>(B, e.length - start), block);
+      if (!s.ok()) return s;
+    }
+    block.resize(B, '\0');
+    bool rewriteAll = false;
+    if (old[i].written) {
+      // Merging into a bad block would give its bad bytes a good checksum.
+      if (blockCrc(block.data()) != old[i].crc) {
+        return Status::corrupt(
+            fmt::format("chunk {:x}: checksum mismatch in block {}", handle, first + i));
+      }
+    } else if (!allZero(block.data(), B)) {
+      // Bytes of an earlier write that failed before its record was made: not data.
+      std::fill(block.begin(), block.end(), '\0');
+      rewriteAll = true;
+    }
+    memcpy(block.data() + (from - start), src, to - from);
+    if (allZero(block.data(), B)) {
+      next[i] = {};
+      if (old[i].written || rewriteAll) addRange(holes, start, start + B);
+      continue;
+    }
+    next[i] = {blockCrc(block.data()), true};
+    merged.push_back(std::move(block));
+    const std::string& m = merged.back();
+    if (rewriteAll) {
+      addPiece(pieces, {start, std::string_view(m.data(), B)});
+    } else {
+      addPiece(pieces, {from, std::string_view(m.data() + (from - start), to - from)});
+    }
+  }
+  // Reserve first: a full disk then fails the write before any byte changed.
+  for (auto& p : pieces) {
+    s = disk.allocate(path, p.offset, p.bytes.size());
+    if (!s.ok()) return s;
+  }
+  if (end > e.length) {
+    s = disk.truncate(path, end);  // a size change alone takes no disk
+    if (!s.ok()) return s;
+    e.length = end;
+  }
+  for (auto& p : pieces) {
+    s = disk.write(path, p.offset, p.bytes.data(), p.bytes.size(), false);
+    if (!s.ok()) break;
+  }
+  for (size_t h = 0; s.ok() && h < holes.size(); ++h) {
+    s = disk.punchHole(path, holes[h].first, holes[h].second - holes[h].first);
+  }
+  if (s.ok()) s = writeBlocks(handle, e, first, next);
+  if (!s.ok()) {
+    logWarn("chunk {:x}: write failed: {}", handle, s.toString());
+    resync(handle, e, first, count);
+  }
+  return s;
 }
 
 Status ChunkStore::write(uint64_t handle, uint64_t version, uint64_t offset,
@@ -227,54 +511,41 @@ Status ChunkStore::write(uint64_t handle, uint64_t version, uint64_t offset,
   }
   std::unique_lock<std::shared_mutex> lock(e->lock);
   if (e->version != version) {
-    return Status::staleVersion(fmt::format("chunk {:x} is at version {}, write is for {}",
+    return Status::staleVersion(
+        fmt::format("chunk {:x} is at version {}, write is for {}", handle, e->version, version));
+  }
+  if (data.empty()) return Status::OK();
+  return applyRange(handle, *e, offset, data.size(), data.data());
+}
+
+Status ChunkStore::punch(uint64_t handle, uint64_t version, uint64_t offset, uint64_t length) {
+  auto e = find(handle);
+  if (e == nullptr) return Status::notFound(fmt::format("no chunk {:x}", handle));
+  if (offset + length > chunkSize || offset + length < offset) {
+    return Status::invalidArgument(fmt::format("punch past the end of chunk {:x}", handle));
+  }
+  std::unique_lock<std::shared_mutex> lock(e->lock);
+  if (e->version != version) {
+    return Status::staleVersion(
+        fmt::format("chunk {:x} is at version {}, punch is for {}", handle, e->version, version));
+  }
+  uint64_t end = std::min(offset + length, e->length);
+  if (offset >= end) return Status::OK();  // past the length: a hole already
+  return applyRange(handle, *e, offset, end - offset, nullptr);
+}
+
+Status ChunkStore::allocate(uint64_t handle, uint64_t version, uint64_t offset, uint64_t length) {
+  auto e = find(handle);
+  if (e == nullptr) return Status::notFound(fmt::format("no chunk {:x}", handle));
+  if (offset + length > chunkSize || offset + length < offset) {
+    return Status::invalidArgument(fmt::format("allocation past the end of chunk {:x}", handle));
+  }
+  std::unique_lock<std::shared_mutex> lock(e->lock);
+  if (e->version != version) {
+    return Status::staleVersion(fmt::format("chunk {:x} is at version {}, allocation is for {}",
                                             handle, e->version, version));
   }
-  uint64_t end = offset + data.size();
-  uint64_t newLength = std::max(e->length, end);
-  // The region rewritten is whole checksum blocks: from the block holding the first new
-  // byte (or the old end, when the write leaves a gap) to the block holding the last.
-  uint64_t start = blockOf(std::min(offset, e->length)) * CHECKSUM_BLOCK;
-  uint64_t stop = std::min<uint64_t>((blockOf(end - 1) + 1) * CHECKSUM_BLOCK, newLength);
-  if (data.empty()) return Status::OK();
-  std::string path = pathIn(e->dir, handle, "");
-  uint64_t keepHead = std::min(offset, e->length);
-  uint64_t tailEnd = std::min(stop, e->length);
-  if (keepHead == start && tailEnd <= end && offset == start) {
-    // Whole blocks from the first byte on (the common, sequential case): no old bytes to
-    // merge, so the data goes to disk and into the checksums as it is.
-    Status s = disk.write(path, offset, data.data(), data.size(), false);
-    if (s.ok()) s = writeChecksums(handle, *e, start, data);
-    if (!s.ok()) {
-      logWarn("chunk {:x}: write failed: {}", handle, s.toString());
-      return s;
-    }
-    e->length = newLength;
-    return Status::OK();
-  }
-  std::string region(stop - start, '\0');
-  if (keepHead > start) {
-    std::string head;
-    Status s = disk.read(path, start, keepHead - start, head);
-    if (!s.ok()) return s;
-    memcpy(region.data(), head.data(), head.size());
-  }
-  if (tailEnd > end) {
-    std::string tail;
-    Status s = disk.read(path, end, tailEnd - end, tail);
-    if (!s.ok()) return s;
-    memcpy(region.data() + (end - start), tail.data(), tail.size());
-  }
-  memcpy(region.data() + (offset - start), data.data(), data.size());
-  Status s = disk.write(path, start, region.data(), region.size(), false);
-  if (s.ok()) s = writeChecksums(handle, *e, start, region);
-  if (!s.ok()) {
-    // The replica may now be half-written; its checksums will say so on the next read.
-    logWarn("chunk {:x}: write failed: {}", handle, s.toString());
-    return s;
-  }
-  e->length = newLength;
-  return Status::OK();
+  return disk.allocate(pathIn(e->dir, handle, ""), offset, length);
 }
 
 Status ChunkStore::truncate(uint64_t handle, uint64_t version, uint64_t length) {
@@ -287,27 +558,32 @@ Status ChunkStore::truncate(uint64_t handle, uint64_t version, uint64_t length) 
   }
   std::string path = pathIn(e->dir, handle, "");
   if (length < e->length) {
-    Status s = disk.truncate(path, length);
+    // The block that the new end cuts keeps its head: check it, then record it anew.
+    uint64_t first = length / B;
+    uint64_t count = blocksFor(e->length) - first;
+    std::vector<Block> blocks;
+    Status s = readBlocks(handle, *e, first, count, blocks);
     if (!s.ok()) return s;
-    uint64_t start = blockOf(length) * CHECKSUM_BLOCK;
-    std::string last;
-    if (length > start) {
-      s = disk.read(path, start, length - start, last);
+    std::string head;
+    if (length % B != 0 && blocks[0].written) {
+      s = disk.read(path, first * B, std::min<uint64_t>(B, e->length - first * B), head);
       if (!s.ok()) return s;
-      s = writeChecksums(handle, *e, start, last);
-      if (!s.ok()) return s;
+      head.resize(B, '\0');
+      if (blockCrc(head.data()) != blocks[0].crc) {
+        return Status::corrupt(
+            fmt::format("chunk {:x}: checksum mismatch in block {}", handle, first));
+      }
+      std::fill(head.begin() + static_cast<long>(length % B), head.end(), '\0');
     }
-    disk.truncate(pathIn(e->dir, handle, ".meta"),
-                  HEADER_SIZE + 4 * ((length + CHECKSUM_BLOCK - 1) / CHECKSUM_BLOCK));
-    e->length = length;
-  } else if (length > e->length) {
-    uint64_t start = blockOf(e->length) * CHECKSUM_BLOCK;
-    std::string region;
-    Status s = disk.read(path, start, e->length - start, region);
+    s = disk.truncate(path, length);
     if (!s.ok()) return s;
-    region.resize(length - start, '\0');
-    s = disk.write(path, start, region.data(), region.size(), false);
-    if (s.ok()) s = writeChecksums(handle, *e, start, region);
+    e->length = length;
+    std::vector<Block> cut(count);
+    if (!head.empty() && !allZero(head.data(), B)) cut[0] = {blockCrc(head.data()), true};
+    s = writeBlocks(handle, *e, first, cut);
+    if (!s.ok()) return s;
+  } else if (length > e->length) {
+    Status s = disk.truncate(path, length);  // the new part is a hole
     if (!s.ok()) return s;
     e->length = length;
   }
@@ -319,6 +595,27 @@ Status ChunkStore::truncate(uint64_t handle, uint64_t version, uint64_t length) 
       e->version = old;
       return s;
     }
+  }
+  return Status::OK();
+}
+
+Status ChunkStore::blockMap(uint64_t handle, uint64_t version, std::string& bitmap,
+                            uint64_t& length) {
+  auto e = find(handle);
+  if (e == nullptr) return Status::notFound(fmt::format("no chunk {:x}", handle));
+  std::shared_lock<std::shared_mutex> lock(e->lock);
+  if (e->version != version) {
+    return Status::staleVersion(
+        fmt::format("chunk {:x} is at version {}, asked for {}", handle, e->version, version));
+  }
+  length = e->length;
+  uint64_t count = blocksFor(e->length);
+  std::vector<Block> blocks;
+  Status s = readBlocks(handle, *e, 0, count, blocks);
+  if (!s.ok()) return s;
+  bitmap.assign((count + 7) / 8, '\0');
+  for (uint64_t b = 0; b < count; ++b) {
+    if (blocks[b].written) bitmap[b / 8] = static_cast<char>(bitmap[b / 8] | (1 << (b % 8)));
   }
   return Status::OK();
 }
@@ -353,14 +650,10 @@ Status ChunkStore::verify(uint64_t handle) {
   auto e = find(handle);
   if (e == nullptr) return Status::notFound(fmt::format("no chunk {:x}", handle));
   std::shared_lock<std::shared_mutex> lock(e->lock);
-  std::string path = pathIn(e->dir, handle, "");
-  for (uint64_t off = 0; off < e->length; off += 16 * CHECKSUM_BLOCK) {
-    std::string bytes;
-    uint64_t n = std::min<uint64_t>(16 * CHECKSUM_BLOCK, e->length - off);
-    Status s = disk.read(path, off, n, bytes);
-    if (!s.ok()) return s;
-    if (bytes.size() != n) return Status::corrupt("chunk file shorter than recorded");
-    s = verifyBlocks(handle, *e, off, bytes);
+  uint64_t count = blocksFor(e->length);
+  for (uint64_t first = 0; first < count; first += 16) {
+    Status s = forWrittenRuns(handle, *e, first, std::min<uint64_t>(16, count - first),
+                              [](uint64_t, std::string_view) { return Status::OK(); });
     if (!s.ok()) return s;
   }
   return Status::OK();
@@ -373,6 +666,17 @@ DiskSpace ChunkStore::space() {
     if (!s.ok()) continue;
     total.capacityBytes += s.value.capacityBytes;
     total.freeBytes += s.value.freeBytes;
+  }
+  return total;
+}
+
+uint64_t ChunkStore::available() {
+  uint64_t total = 0;
+  for (size_t d = 0; d < dirs.size(); ++d) {
+    auto s = disk.space(dirs[d]);
+    if (!s.ok()) continue;
+    uint64_t reserve = reserveOf(d, s.value);
+    total += s.value.freeBytes > reserve ? s.value.freeBytes - reserve : 0;
   }
   return total;
 }

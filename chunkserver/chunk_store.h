@@ -1,13 +1,23 @@
 #pragma once
-// Chunk replicas on local disks. Each chunk is a file DATA/chunks/<first two hex digits>/<hex
-// handle> with a sidecar "<hex handle>.meta" holding its version and one CRC32C per 64 KiB
-// block. Every read verifies the blocks it touches. All calls block on the disk: run them
-// on a DiskPool. Thread-safe: calls for one chunk exclude each other where they must.
+// Chunk replicas on local disks. Each chunk is a sparse file DATA/chunks/<first two hex
+// digits>/<hex handle> whose size is the chunk's length, with a sidecar "<hex handle>.meta"
+// holding its version and, per 64 KiB block, whether the block was ever written and the
+// CRC32C of its 64 KiB (zeros past the length). Blocks never written are holes: they take
+// no disk, read as zeros without a disk read, and are left out of copies. A write whose
+// blocks come out all zeros leaves holes too.
+//
+// Every read verifies the written blocks it touches. A write reserves its disk blocks
+// before it writes a byte, so that a full disk fails it (noSpace) with nothing changed;
+// any other failure leaves the touched blocks consistent with what reached the disk, and
+// never touches bytes outside the write. All calls block on the disk: run them on a
+// DiskPool. Thread-safe: calls for one chunk exclude each other where they must.
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <string>
 #include <vector>
@@ -25,13 +35,23 @@ struct StoredChunk {
   uint64_t length = 0;
 };
 
+// A run of written bytes of a chunk; what is between extents reads as zeros.
+struct Extent {
+  uint64_t offset = 0;
+  std::string bytes;
+};
+
 class ChunkStore {
  public:
-  // `dirs` are data directories; `chunkSize` bounds every chunk. `disk` must outlive this.
-  ChunkStore(Disk& disk, std::vector<std::string> dirs, uint64_t chunkSize);
+  // `dirs` are data directories; `chunkSize` bounds every chunk; below `reserveBytes` of
+  // free space a directory takes no new chunk (0: the smaller of 1 GiB and 2 % of it).
+  // `disk` must outlive this.
+  ChunkStore(Disk& disk, std::vector<std::string> dirs, uint64_t chunkSize,
+             std::optional<uint64_t> reserveBytes = std::nullopt);
 
-  // Finds the chunks already on disk. A chunk whose sidecar is unreadable is reported at
-  // version 0, so that the master treats it as stale.
+  // Finds the chunks already on disk (and moves sidecars of the first format to the
+  // current one). A chunk whose sidecar is unreadable is reported at version 0, so that
+  // the master treats it as stale.
   Status open();
   void setChunkSize(uint64_t size) { chunkSize = size; }
   uint64_t maxChunkSize() const { return chunkSize; }
@@ -40,26 +60,41 @@ class ChunkStore {
   bool has(uint64_t handle);
   uint64_t versionOf(uint64_t handle);  // 0 if absent
 
-  // Creates an empty chunk at `version` in the directory with the most free space; an
-  // existing chunk only has its version raised.
+  // Creates an empty chunk at `version` in the data directory with the most free space;
+  // noSpace if every directory is within its reserve. An existing chunk only has its
+  // version raised.
   Status create(uint64_t handle, uint64_t version);
   // Moves the replica to `version`, which must not be older than the stored one.
   Status setVersion(uint64_t handle, uint64_t version);
   // Reads [offset, offset+length) clipped to the chunk's length; replicaCorrupt if a
-  // touched block fails its checksum; staleVersion if `version` differs.
+  // touched written block fails its checksum; staleVersion if `version` differs.
   Status read(uint64_t handle, uint64_t version, uint64_t offset, uint32_t length,
               std::string& out);
-  // Writes `data` at `offset` (a gap past the end reads as zeros).
+  // The written parts of [offset, offset+length), block-aligned and clipped to the
+  // length, verified as read() does; `chunkLength` is the chunk's length.
+  Status readExtents(uint64_t handle, uint64_t version, uint64_t offset, uint32_t length,
+                     std::vector<Extent>& out, uint64_t& chunkLength);
+  // Writes `data` at `offset`; the chunk grows to cover it (a gap stays a hole).
   Status write(uint64_t handle, uint64_t version, uint64_t offset, std::string_view data);
-  // Cuts or extends (with zeros) to `length`, then moves to `version`.
+  // Makes [offset, offset+length) read as zeros and frees its whole blocks; the length
+  // stays.
+  Status punch(uint64_t handle, uint64_t version, uint64_t offset, uint64_t length);
+  // Reserves disk for [offset, offset+length) so that writes there cannot fail for space;
+  // the contents and the length stay.
+  Status allocate(uint64_t handle, uint64_t version, uint64_t offset, uint64_t length);
+  // Cuts or extends (with a hole) to `length`, then moves to `version`.
   Status truncate(uint64_t handle, uint64_t version, uint64_t length);
+  // One bit per block (least significant first), set where the block holds data.
+  Status blockMap(uint64_t handle, uint64_t version, std::string& bitmap, uint64_t& length);
   Status sync(uint64_t handle);
   Status remove(uint64_t handle);
-  // Re-reads the whole replica and checks every block (the scrubber's check).
+  // Re-reads every written block of the replica and checks it (the scrubber's check).
   Status verify(uint64_t handle);
 
-  // Capacity and use summed over the data directories (whole file systems).
+  // Capacity and free space summed over the data directories (whole file systems), and
+  // what new chunks may still use (free space above each directory's reserve).
   DiskSpace space();
+  uint64_t available();
 
   // Paths, for tests and tools.
   std::string dataPath(uint64_t handle);
@@ -72,15 +107,35 @@ class ChunkStore {
     uint64_t length = 0;
     std::shared_mutex lock;  // shared for reads, exclusive for changes
   };
+  // A block's sidecar record.
+  struct Block {
+    uint32_t crc = 0;
+    bool written = false;
+  };
+  using Visit = std::function<Status(uint64_t start, std::string_view blocks)>;
+
   std::shared_ptr<Entry> find(uint64_t handle);
   std::string pathIn(size_t dir, uint64_t handle, const char* suffix);
+  uint64_t reserveOf(size_t dir, const DiskSpace& space) const;
   Status writeHeader(uint64_t handle, Entry& e, bool create);
-  Status writeChecksums(uint64_t handle, Entry& e, uint64_t start, std::string_view bytes);
-  Status verifyBlocks(uint64_t handle, Entry& e, uint64_t start, std::string_view bytes);
+  Status readBlocks(uint64_t handle, Entry& e, uint64_t first, uint64_t count,
+                    std::vector<Block>& out);
+  Status writeBlocks(uint64_t handle, Entry& e, uint64_t first, const std::vector<Block>& blocks);
+  // Calls `visit` for each run of written blocks in [first, first+count) with their bytes
+  // (whole blocks, zeros past the length), after verifying them.
+  Status forWrittenRuns(uint64_t handle, Entry& e, uint64_t first, uint64_t count,
+                        const Visit& visit);
+  // Writes `data` (or zeros when `data` is null) over [offset, offset+length).
+  Status applyRange(uint64_t handle, Entry& e, uint64_t offset, uint64_t length, const char* data);
+  // After a failed write: the sidecar records of blocks [first, first+count) from what
+  // is on disk now.
+  void resync(uint64_t handle, Entry& e, uint64_t first, uint64_t count);
+  Status convertFormat1(uint64_t handle, Entry& e);
 
   Disk& disk;
   std::vector<std::string> dirs;
   uint64_t chunkSize;
+  std::optional<uint64_t> reserveBytes;
   std::mutex mutex;  // guards `chunks` (the map, not the entries)
   std::map<uint64_t, std::shared_ptr<Entry>> chunks;
 };

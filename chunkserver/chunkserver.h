@@ -7,6 +7,7 @@
 #include <kj/timer.h>
 
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,9 @@ struct ChunkserverOptions {
   kj::Duration rpcTimeout = 20 * kj::SECONDS;
   kj::Duration reconnectDelay = kj::SECONDS;
   kj::Duration scrubInterval = 10 * kj::SECONDS;  // one idle chunk re-verified per interval
+  // Free space per data directory below which no new chunk or copy is taken; unset: the
+  // smaller of 1 GiB and 2 % of the directory's file system.
+  std::optional<uint64_t> reserveBytes;
 };
 
 class Chunkserver {
@@ -50,6 +54,12 @@ class Chunkserver {
 
  private:
   friend class ChunkServerImpl;
+  struct SpaceReport {
+    uint64_t capacityBytes = 0;
+    uint64_t freeBytes = 0;
+    uint64_t availableBytes = 0;  // above the reserve
+  };
+  SpaceReport spaceNow();  // on the disk pool
   kj::Promise<void> linkLoop();
   kj::Promise<void> registerWithMaster();
   kj::Promise<void> heartbeatLoop(wire::ChunkserverRegistry::Client registry, uint32_t ms);

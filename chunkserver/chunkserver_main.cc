@@ -9,6 +9,7 @@
 #include "address.h"
 #include "chunkserver.h"
 #include "log.h"
+#include "units.h"
 
 int main(int argc, char** argv) {
   using namespace cairn;
@@ -32,12 +33,21 @@ int main(int argc, char** argv) {
   app.add_option("--scrub-interval", scrubSeconds, "seconds between re-verifying one idle chunk")
       ->capture_default_str();
   app.add_option("--port-file", portFile, "write the bound HOST:PORT here once listening");
+  std::string reserve;
+  app.add_option("--reserve", reserve, "free space kept per data directory: no new chunks or "
+                 "copies below it (bytes, or with K/M/G suffix; default: 1G or 2% of the disk, "
+                 "whichever is smaller)");
   CLI11_PARSE(app, argc, argv);
   setLogComponent("chunkserver");
   signal(SIGPIPE, SIG_IGN);
 
   auto addr = parseHostPort(listen);
   auto masterAddr = parseHostPort(master);
+  Result<uint64_t> reserveBytes = reserve.empty() ? Result<uint64_t>(0) : parseByteSize(reserve);
+  if (!reserveBytes.ok()) {
+    logError("--reserve: {}", reserveBytes.status.message());
+    return 2;
+  }
   for (auto* r : {&addr, &masterAddr}) {
     if (!r->ok()) {
       logError("{}", r->status.toString());
@@ -66,6 +76,7 @@ int main(int argc, char** argv) {
     options.dataDirs = dataDirs;
     options.master = master;
     options.scrubInterval = static_cast<int64_t>(scrubSeconds * 1000) * kj::MILLISECONDS;
+    if (!reserve.empty()) options.reserveBytes = reserveBytes.value;
     Chunkserver chunkserver(options, disk, io.provider->getTimer(), network);
     RpcServer server(chunkserver.capability(), kj::mv(listener));
     chunkserver.start().wait(io.waitScope);

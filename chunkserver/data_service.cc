@@ -1,6 +1,8 @@
 // The chunkserver's RPC service: reads, the pushed-data buffers, the GFS write path
-// (primary orders, applies, forwards to secondaries) and the master's version, lease and
-// truncate calls. Disk work runs on the DiskPool; state lives on the event loop.
+// (primary orders, applies, forwards to secondaries), server-side copies, and the
+// master's version, lease, truncate and copy calls. Disk work runs on the DiskPool; state
+// lives on the event loop. A failed data operation names each replica that failed and
+// why (DataOutcome), so that nobody has to read it out of a message.
 
 #include <fmt/format.h>
 #include <kj/debug.h>
@@ -15,12 +17,14 @@ namespace cairn {
 
 constexpr uint32_t MAX_READ = 4 << 20;
 constexpr uint32_t MAX_PUSH = 4 << 20;
+constexpr uint32_t MAX_PUSH_FROM = 64 << 20;
+constexpr uint32_t FORWARD_PIECE = 1 << 20;
 constexpr size_t MAX_CHAIN = 16;
 
 class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::TaskSet::ErrorHandler {
  public:
   explicit ChunkServerImpl(Chunkserver& cs)
-      : cs(cs), store(cs.store()), pool(cs.pool()), tasks(*this) {
+      : cs(cs), store(cs.store()), pool(cs.pool()), self(cs.options().address), tasks(*this) {
     tasks.add(expireBuffers());
   }
 
@@ -29,9 +33,8 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
     uint64_t handle = p.getHandle(), version = p.getVersion(), offset = p.getOffset();
     uint32_t length = p.getLength();
     if (length > MAX_READ || offset + length > store.maxChunkSize()) {
-      return fail(context, Status::invalidArgument(
-                               fmt::format("read of {} bytes at {} is out of bounds", length,
-                                           offset)));
+      return fail(context, Status::invalidArgument(fmt::format(
+                               "read of {} bytes at {} is out of bounds", length, offset)));
     }
     return pool
         .run([this, handle, version, offset, length]() {
@@ -52,99 +55,152 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
         });
   }
 
+  kj::Promise<void> readExtents(ReadExtentsContext context) override {
+    auto p = context.getParams();
+    uint64_t handle = p.getHandle(), version = p.getVersion(), offset = p.getOffset();
+    uint32_t length = p.getLength();
+    if (length > MAX_READ || offset + length > store.maxChunkSize()) {
+      return fail(context, Status::invalidArgument("extent read out of bounds"));
+    }
+    return extentsOf(self, handle, version, offset, length)
+        .then([context](Result<ExtentList> r) mutable {
+          auto results = context.getResults();
+          toWire(r.status, results.initStatus());
+          if (!r.ok()) return;
+          results.setChunkLength(r.value.chunkLength);
+          auto list = results.initExtents(static_cast<uint>(r.value.extents.size()));
+          for (size_t i = 0; i < r.value.extents.size(); ++i) {
+            auto& x = r.value.extents[i];
+            list[i].setOffset(static_cast<uint32_t>(x.offset));
+            list[i].setData(capnp::Data::Reader(
+                reinterpret_cast<const capnp::byte*>(x.bytes.data()), x.bytes.size()));
+          }
+        });
+  }
+
+  kj::Promise<void> blockMap(BlockMapContext context) override {
+    auto p = context.getParams();
+    uint64_t handle = p.getHandle(), version = p.getVersion();
+    return pool
+        .run([this, handle, version]() {
+          std::pair<Result<std::string>, uint64_t> r;
+          r.first.status = store.blockMap(handle, version, r.first.value, r.second);
+          return r;
+        })
+        .then([context](std::pair<Result<std::string>, uint64_t> r) mutable {
+          auto results = context.getResults();
+          toWire(r.first.status, results.initStatus());
+          if (!r.first.ok()) return;
+          results.setLength(r.second);
+          results.setBitmap(capnp::Data::Reader(
+              reinterpret_cast<const capnp::byte*>(r.first.value.data()), r.first.value.size()));
+        });
+  }
+
   kj::Promise<void> pushData(PushDataContext context) override {
     auto p = context.getParams();
     auto data = p.getData();
     uint64_t dataId = p.getDataId();
     uint32_t total = p.getTotalLength(), offset = p.getOffset();
     auto chain = p.getChain();
-    if (total == 0 || total > store.maxChunkSize() || data.size() > MAX_PUSH ||
-        uint64_t{offset} + data.size() > total || chain.size() > MAX_CHAIN) {
-      return fail(context, Status::invalidArgument("push out of bounds"));
+    if (chain.size() > MAX_CHAIN || data.size() > MAX_PUSH) {
+      return failData(context, Status::invalidArgument("push out of bounds"));
     }
-    auto it = buffers.find(dataId);
-    if (it == buffers.end()) {
-      if (buffered + total > cs.options().bufferLimitBytes) {
-        return fail(context, Status(ErrorCode::BUSY, "push buffers full; retry later"));
-      }
-      it = buffers.emplace(dataId, Buffer{}).first;
-      it->second.bytes.resize(total);
-      buffered += total;
-    } else if (it->second.bytes.size() != total) {
-      return fail(context, Status::invalidArgument("push length differs from earlier pieces"));
-    }
-    Buffer& b = it->second;
-    memcpy(b.bytes.data() + offset, data.begin(), data.size());
-    b.pieces[offset] = static_cast<uint32_t>(data.size());
-    b.touched = cs.timer().now();
+    Status stored = storePiece(dataId, total, offset, data);
+    if (!stored.ok()) return failData(context, stored);
     if (chain.size() == 0) {
-      toWire(Status::OK(), context.getResults().initStatus());
+      toWire(DataOutcome(), context.getResults());
       return kj::READY_NOW;
     }
     // Forward down the chain; the sender hears back once every replica holds the piece.
-    std::string next = chain[0];
-    auto req = cs.peers().get<wire::ChunkServer>(next).pushDataRequest();
-    req.setDataId(dataId);
-    req.setTotalLength(total);
-    req.setOffset(offset);
+    std::vector<std::string> rest;
+    for (uint i = 1; i < chain.size(); ++i) rest.emplace_back(chain[i]);
     // The piece stays in this call's parameters until the forward is answered.
-    setDataNoCopy(wire::ChunkServer::PushDataParams::Builder(req), data,
-                  [&](capnp::Orphan<capnp::Data>&& o) { req.adoptData(kj::mv(o)); });
-    auto rest = req.initChain(chain.size() - 1);
-    for (uint i = 1; i < chain.size(); ++i) rest.set(i - 1, chain[i]);
-    return forward(kj::mv(req), next).then([context](Status s) mutable {
-      toWire(s, context.getResults().initStatus());
-    });
+    return forwardPiece(chain[0], std::move(rest), dataId, total, offset, data)
+        .then([context](DataOutcome r) mutable { toWire(r, context.getResults()); });
+  }
+
+  kj::Promise<void> pushFrom(PushFromContext context) override {
+    auto p = context.getParams();
+    uint64_t dataId = p.getDataId(), handle = p.getSourceHandle(), version = p.getSourceVersion();
+    uint32_t offset = p.getSourceOffset(), length = p.getLength();
+    std::string source = p.getSource();
+    auto chain = p.getChain();
+    if (chain.size() > MAX_CHAIN || length == 0 || length > MAX_PUSH_FROM ||
+        uint64_t{offset} + length > store.maxChunkSize()) {
+      return failData(context, Status::invalidArgument("copy out of bounds"));
+    }
+    Status s = storePiece(dataId, length, 0, nullptr);  // makes the buffer, or refuses
+    if (!s.ok()) return failData(context, s);
+    std::vector<std::string> next;
+    for (auto c : chain) next.emplace_back(c);
+    return fillFromSource(dataId, source, handle, version, offset, length)
+        .then([this, dataId, length,
+               next = std::move(next)](Status s) mutable -> kj::Promise<DataOutcome> {
+          if (!s.ok()) {
+            // The source failed, not a replica of the chunk being written: no failures
+            // named, so that the writer tries another source.
+            dropBuffer(dataId);
+            return DataOutcome(s);
+          }
+          if (next.empty()) return DataOutcome();
+          return forwardBuffer(dataId, length, std::move(next));
+        })
+        .then([context](DataOutcome r) mutable { toWire(r, context.getResults()); });
   }
 
   kj::Promise<void> write(WriteContext context) override {
     auto p = context.getParams();
     uint64_t handle = p.getHandle(), version = p.getVersion(), dataId = p.getDataId();
     uint32_t offset = p.getOffset(), length = p.getLength();
+    auto mutation = p.getMutation();
     if (p.getSecondaries().size() > MAX_CHAIN) {
-      return fail(context, Status::invalidArgument("too many secondaries"));
+      return failData(context, Status::invalidArgument("too many secondaries"));
     }
     auto lease = leases.find(handle);
     if (lease == leases.end() || lease->second.version != version) {
-      return fail(context, Status(ErrorCode::NOT_PRIMARY,
-                                  fmt::format("no lease on chunk {:x} at version {}", handle,
-                                              version)));
+      return failData(context,
+                      Status(ErrorCode::NOT_PRIMARY,
+                             fmt::format("no lease on chunk {:x} at version {}", handle, version)));
     }
     if (cs.timer().now() >= lease->second.expiry) {
-      return fail(context, Status(ErrorCode::LEASE_EXPIRED,
-                                  fmt::format("lease on chunk {:x} expired", handle)));
+      return failData(context, Status(ErrorCode::LEASE_EXPIRED,
+                                      fmt::format("lease on chunk {:x} expired", handle)));
     }
     std::vector<std::string> secondaries;
     for (auto s : p.getSecondaries()) secondaries.emplace_back(s);
-    // The primary's order is the order of this chain: secondaries apply in the order the
-    // primary forwards, over one connection each.
     // The primary applies and forwards at once: the order is fixed by serialized(), which
-    // sends each applyWrite before any later mutation of this chunk can start.
-    return serialized(handle, [this, handle, version, offset, dataId, length,
-                               secondaries = std::move(secondaries)]() mutable {
-             auto local = applyBuffer(handle, version, offset, dataId, length);
-             auto remote = forwardApply(std::move(secondaries), handle, version, offset, dataId,
-                                        length);
-             return local.then([this, remote = kj::mv(remote)](Status s) mutable {
-               if (!s.ok()) {
-                 // Name this replica, so that the client can have the master drop it.
-                 s = Status(s.code(),
-                            fmt::format("chunkserver {}: {}", cs.options().address, s.message()));
-               }
-               return remote.then([s](Status r) { return s.ok() ? r : s; });
-             });
-           })
-        .then([context](Status s) mutable { toWire(s, context.getResults().initStatus()); });
+    // sends each applyWrite before any later mutation of this chunk can start, and the
+    // secondaries apply in the order the primary forwards, over one connection each.
+    return serialized<DataOutcome>(
+               handle,
+               [this, handle, version, offset, dataId, length, mutation,
+                secondaries = std::move(secondaries)]() mutable {
+                 auto local = apply(handle, version, offset, dataId, length, mutation);
+                 auto remote = forwardApply(std::move(secondaries), handle, version, offset, dataId,
+                                            length, mutation);
+                 return local.then([this, remote = kj::mv(remote)](Status s) mutable {
+                   return remote.then([this, s](std::vector<ReplicaFailure> failed) {
+                     if (!s.ok()) failed.insert(failed.begin(), ReplicaFailure{self, s});
+                     if (failed.empty()) return DataOutcome();
+                     Status first(failed[0].status.code(), fmt::format("{}: {}", failed[0].address,
+                                                                       failed[0].status.message()));
+                     return DataOutcome(std::move(first), std::move(failed));
+                   });
+                 });
+               })
+        .then([context](DataOutcome r) mutable { toWire(r, context.getResults()); });
   }
 
   kj::Promise<void> applyWrite(ApplyWriteContext context) override {
     auto p = context.getParams();
     uint64_t handle = p.getHandle(), version = p.getVersion(), dataId = p.getDataId();
     uint32_t offset = p.getOffset(), length = p.getLength();
-    return serialized(handle,
-                      [this, handle, version, offset, dataId, length]() {
-                        return applyBuffer(handle, version, offset, dataId, length);
-                      })
+    auto mutation = p.getMutation();
+    return serialized<Status>(handle,
+                              [this, handle, version, offset, dataId, length, mutation]() {
+                                return apply(handle, version, offset, dataId, length, mutation);
+                              })
         .then([context](Status s) mutable { toWire(s, context.getResults().initStatus()); });
   }
 
@@ -153,13 +209,13 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
     uint64_t handle = p.getHandle(), version = p.getVersion();
     bool create = p.getCreate();
     leases.erase(handle);  // a new version means a new lease is coming
-    return serialized(handle,
-                      [this, handle, version, create]() {
-                        return pool.run([this, handle, version, create]() {
-                          return create ? store.create(handle, version)
-                                        : store.setVersion(handle, version);
-                        });
-                      })
+    return serialized<Status>(handle,
+                              [this, handle, version, create]() {
+                                return pool.run([this, handle, version, create]() {
+                                  return create ? store.create(handle, version)
+                                                : store.setVersion(handle, version);
+                                });
+                              })
         .then([context](Status s) mutable { toWire(s, context.getResults().initStatus()); });
   }
 
@@ -168,9 +224,9 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
     uint64_t handle = p.getHandle(), version = p.getVersion();
     uint64_t current = store.versionOf(handle);
     if (current != version) {
-      return fail(context, Status::staleVersion(fmt::format(
-                               "chunk {:x} is at version {}, lease is for {}", handle, current,
-                               version)));
+      return fail(context,
+                  Status::staleVersion(fmt::format("chunk {:x} is at version {}, lease is for {}",
+                                                   handle, current, version)));
     }
     uint32_t ms = std::min<uint32_t>(p.getDurationMs(), 600'000);
     leases[handle] = Lease{version, cs.timer().now() + ms * kj::MILLISECONDS};
@@ -182,21 +238,21 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
     auto p = context.getParams();
     uint64_t handle = p.getHandle(), version = p.getVersion(), length = p.getLength();
     leases.erase(handle);
-    return serialized(handle,
-                      [this, handle, version, length]() {
-                        return pool.run([this, handle, version, length]() {
-                          return store.truncate(handle, version, length);
-                        });
-                      })
+    return serialized<Status>(handle,
+                              [this, handle, version, length]() {
+                                return pool.run([this, handle, version, length]() {
+                                  return store.truncate(handle, version, length);
+                                });
+                              })
         .then([context](Status s) mutable { toWire(s, context.getResults().initStatus()); });
   }
 
   kj::Promise<void> sync(SyncContext context) override {
     uint64_t handle = context.getParams().getHandle();
-    return serialized(handle,
-                      [this, handle]() {
-                        return pool.run([this, handle]() { return store.sync(handle); });
-                      })
+    return serialized<Status>(handle,
+                              [this, handle]() {
+                                return pool.run([this, handle]() { return store.sync(handle); });
+                              })
         .then([context](Status s) mutable { toWire(s, context.getResults().initStatus()); });
   }
 
@@ -205,26 +261,28 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
     uint64_t handle = p.getHandle(), version = p.getVersion();
     std::string source = p.getSource();
     leases.erase(handle);
-    return serialized(handle,
-                      [this, handle, version, source]() {
-                        return pool
-                            .run([this, handle, version]() {
-                              // An old replica here is stale by definition: replace it.
-                              if (store.has(handle)) store.remove(handle);
-                              return store.create(handle, version);
-                            })
-                            .then([this, handle, version, source](Status s) -> kj::Promise<Status> {
-                              if (!s.ok()) return s;
-                              return copyFrom(source, handle, version);
-                            })
-                            .then([this, handle](Status s) -> kj::Promise<Status> {
-                              if (s.ok()) return s;
-                              return pool.run([this, handle, s]() {
-                                store.remove(handle);  // never keep a partial copy
-                                return s;
-                              });
-                            });
-                      })
+    return serialized<Status>(
+               handle,
+               [this, handle, version, source]() {
+                 return pool
+                     .run([this, handle, version]() {
+                       // The master copies only to a server that holds no current replica:
+                       // one here is stale by definition and goes.
+                       if (store.has(handle)) store.remove(handle);
+                       return store.create(handle, version);
+                     })
+                     .then([this, handle, version, source](Status s) -> kj::Promise<Status> {
+                       if (!s.ok()) return s;
+                       return copyFrom(source, handle, version);
+                     })
+                     .then([this, handle](Status s) -> kj::Promise<Status> {
+                       if (s.ok()) return s;
+                       return pool.run([this, handle, s]() {
+                         store.remove(handle);  // never keep a partial copy
+                         return s;
+                       });
+                     });
+               })
         .then([context, handle](Status s) mutable {
           if (s.ok()) logInfo("chunk {:x}: copied in", handle);
           toWire(s, context.getResults().initStatus());
@@ -232,45 +290,172 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
   }
 
  private:
-  // Reads the replica at `source` into the store, MAX_READ at a time with a few reads in
-  // flight; pieces past the source's end come back empty.
-  kj::Promise<Status> copyFrom(std::string source, uint64_t handle, uint64_t version) {
-    size_t pieces = (store.maxChunkSize() + MAX_READ - 1) / MAX_READ;
-    return runLimited(pieces, 4, [this, source, handle, version](size_t i) {
-      return copyPiece(source, handle, version, uint64_t{i} * MAX_READ);
-    });
-  }
+  struct ExtentList {
+    uint64_t chunkLength = 0;
+    std::vector<Extent> extents;
+  };
 
-  kj::Promise<Status> copyPiece(std::string source, uint64_t handle, uint64_t version,
-                                uint64_t offset) {
-    auto req = cs.peers().get<wire::ChunkServer>(source).readRequest();
+  // The written parts of a range of the replica at `source`: this server's own store, or
+  // another chunkserver over RPC.
+  kj::Promise<Result<ExtentList>> extentsOf(const std::string& source, uint64_t handle,
+                                            uint64_t version, uint64_t offset, uint32_t length) {
+    if (source == self) {
+      return pool.run([this, handle, version, offset, length]() {
+        Result<ExtentList> r;
+        r.status = store.readExtents(handle, version, offset, length, r.value.extents,
+                                     r.value.chunkLength);
+        return r;
+      });
+    }
+    auto req = cs.peers().get<wire::ChunkServer>(source).readExtentsRequest();
     req.setHandle(handle);
     req.setVersion(version);
     req.setOffset(static_cast<uint32_t>(offset));
-    req.setLength(static_cast<uint32_t>(std::min<uint64_t>(MAX_READ, store.maxChunkSize() - offset)));
+    req.setLength(length);
     return cs.timer()
         .timeoutAfter(cs.options().rpcTimeout, req.send())
         .then(
-            [this, source, handle, version, offset](auto response) -> kj::Promise<Status> {
+            [source](auto response) -> Result<ExtentList> {
               Status s = fromWire(response.getStatus());
-              if (!s.ok()) {
+              if (!s.ok())
                 return Status(s.code(), fmt::format("source {}: {}", source, s.message()));
+              ExtentList out;
+              out.chunkLength = response.getChunkLength();
+              for (auto x : response.getExtents()) {
+                auto d = x.getData();
+                out.extents.push_back(
+                    {x.getOffset(),
+                     std::string(reinterpret_cast<const char*>(d.begin()), d.size())});
               }
-              auto data = response.getData();
-              if (data.size() == 0) return Status::OK();
-              auto bytes = kj::heap<std::string>(reinterpret_cast<const char*>(data.begin()),
-                                                 data.size());
-              auto& ref = *bytes;
-              return pool
-                  .run([this, handle, version, offset, &ref]() {
-                    return store.write(handle, version, offset, ref);
-                  })
-                  .attach(kj::mv(bytes));
+              return out;
             },
-            [this, source](kj::Exception&& e) -> kj::Promise<Status> {
+            [this, source](kj::Exception&& e) -> Result<ExtentList> {
               cs.peers().drop(source);
               return Status::unavailable(
                   fmt::format("source {}: {}", source, e.getDescription().cStr()));
+            });
+  }
+
+  // Copies the replica at `source` into the store, holes left as holes, MAX_READ at a
+  // time with a few reads in flight; the copy then takes the source's length.
+  kj::Promise<Status> copyFrom(std::string source, uint64_t handle, uint64_t version) {
+    size_t pieces = (store.maxChunkSize() + MAX_READ - 1) / MAX_READ;
+    auto length = kj::heap<uint64_t>(0);
+    uint64_t* lengthPtr = length.get();
+    return runLimited(pieces, 4,
+                      [this, source, handle, version, lengthPtr](size_t i) {
+                        uint64_t offset = uint64_t{i} * MAX_READ;
+                        uint32_t n = static_cast<uint32_t>(
+                            std::min<uint64_t>(MAX_READ, store.maxChunkSize() - offset));
+                        return extentsOf(source, handle, version, offset, n)
+                            .then([this, handle, version,
+                                   lengthPtr](Result<ExtentList> r) -> kj::Promise<Status> {
+                              if (!r.ok()) return r.status;
+                              *lengthPtr = r.value.chunkLength;
+                              if (r.value.extents.empty()) return Status::OK();
+                              auto list = kj::heap<ExtentList>(std::move(r.value));
+                              auto& ref = *list;
+                              return pool
+                                  .run([this, handle, version, &ref]() {
+                                    for (auto& x : ref.extents) {
+                                      Status s = store.write(handle, version, x.offset, x.bytes);
+                                      if (!s.ok()) return s;
+                                    }
+                                    return Status::OK();
+                                  })
+                                  .attach(kj::mv(list));
+                            });
+                      })
+        .then([this, handle, version, length = kj::mv(length)](Status s) -> kj::Promise<Status> {
+          if (!s.ok()) return s;
+          uint64_t n = *length;
+          return pool.run(
+              [this, handle, version, n]() { return store.truncate(handle, version, n); });
+        });
+  }
+
+  // Fills buffer `dataId` (made by storePiece) with [offset, offset+length) of the source
+  // replica, MAX_READ at a time.
+  kj::Promise<Status> fillFromSource(uint64_t dataId, std::string source, uint64_t handle,
+                                     uint64_t version, uint32_t offset, uint32_t length) {
+    size_t pieces = (length + MAX_READ - 1) / MAX_READ;
+    return runLimited(pieces, 2, [this, dataId, source, handle, version, offset, length](size_t i) {
+      uint32_t at = static_cast<uint32_t>(i * MAX_READ);
+      uint32_t n = std::min<uint32_t>(MAX_READ, length - at);
+      return extentsOf(source, handle, version, uint64_t{offset} + at, n)
+          .then([this, dataId, offset, at, n](Result<ExtentList> r) {
+            if (!r.ok()) return r.status;
+            auto it = buffers.find(dataId);
+            if (it == buffers.end()) {
+              return Status(ErrorCode::DATA_NOT_PUSHED, "copy buffer expired while filling");
+            }
+            Buffer& b = it->second;
+            // The buffer is zeros where the source has holes.
+            for (auto& x : r.value.extents) {
+              memcpy(b.bytes.data() + (x.offset - offset), x.bytes.data(), x.bytes.size());
+            }
+            b.pieces[at] = n;
+            b.touched = cs.timer().now();
+            return Status::OK();
+          });
+    });
+  }
+
+  // Pushes the whole of buffer `dataId` down `chain`, a piece at a time.
+  kj::Promise<DataOutcome> forwardBuffer(uint64_t dataId, uint32_t length,
+                                         std::vector<std::string> chain) {
+    size_t pieces = (length + FORWARD_PIECE - 1) / FORWARD_PIECE;
+    auto outcome = kj::heap<DataOutcome>();
+    DataOutcome* out = outcome.get();
+    std::string next = chain[0];
+    std::vector<std::string> rest(chain.begin() + 1, chain.end());
+    return runLimited(pieces, 4,
+                      [this, dataId, length, next, rest, out](size_t i) -> kj::Promise<Status> {
+                        auto it = buffers.find(dataId);
+                        if (it == buffers.end()) {
+                          return Status(ErrorCode::DATA_NOT_PUSHED, "copy buffer expired");
+                        }
+                        uint32_t at = static_cast<uint32_t>(i * FORWARD_PIECE);
+                        uint32_t n = std::min<uint32_t>(FORWARD_PIECE, length - at);
+                        auto piece = capnp::Data::Reader(
+                            reinterpret_cast<const capnp::byte*>(it->second.bytes.data()) + at, n);
+                        return forwardPiece(next, rest, dataId, length, at, piece)
+                            .then([out](DataOutcome r) {
+                              if (!r.ok() && out->ok()) *out = r;
+                              return r.status;
+                            });
+                      })
+        .then([outcome = kj::mv(outcome)](Status s) mutable {
+          if (!s.ok() && outcome->ok()) return DataOutcome(s);
+          return kj::mv(*outcome);
+        });
+  }
+
+  // Sends one piece of buffer `dataId` to `next`, which forwards it along `rest`. `data`
+  // must stay valid until the returned promise resolves.
+  kj::Promise<DataOutcome> forwardPiece(const std::string& next, std::vector<std::string> rest,
+                                        uint64_t dataId, uint32_t total, uint32_t offset,
+                                        capnp::Data::Reader data) {
+    auto req = cs.peers().get<wire::ChunkServer>(next).pushDataRequest();
+    req.setDataId(dataId);
+    req.setTotalLength(total);
+    req.setOffset(offset);
+    setDataNoCopy(wire::ChunkServer::PushDataParams::Builder(req),
+                  kj::arrayPtr(data.begin(), data.size()),
+                  [&](capnp::Orphan<capnp::Data>&& o) { req.adoptData(kj::mv(o)); });
+    auto chain = req.initChain(static_cast<uint>(rest.size()));
+    for (size_t i = 0; i < rest.size(); ++i) chain.set(static_cast<uint>(i), rest[i]);
+    return cs.timer()
+        .timeoutAfter(cs.options().rpcTimeout, req.send())
+        .then(
+            [](auto response) {
+              return DataOutcome(fromWire(response.getStatus()), fromWire(response.getFailures()));
+            },
+            [this, next](kj::Exception&& e) {
+              cs.peers().drop(next);
+              return DataOutcome::of(
+                  next, Status::unavailable(
+                            fmt::format("chunkserver {}: {}", next, e.getDescription().cStr())));
             });
   }
 
@@ -292,41 +477,99 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
     kj::TimePoint expiry = kj::origin<kj::TimePoint>();
   };
 
+  // Stores one piece of buffer `dataId` (or, with no data, only makes the buffer).
+  Status storePiece(uint64_t dataId, uint32_t total, uint32_t offset, capnp::Data::Reader data) {
+    if (total == 0 || total > store.maxChunkSize() || uint64_t{offset} + data.size() > total) {
+      return Status::invalidArgument("push out of bounds");
+    }
+    auto it = buffers.find(dataId);
+    if (it == buffers.end()) {
+      if (buffered + total > cs.options().bufferLimitBytes) {
+        return Status(ErrorCode::BUSY, "push buffers full; retry later");
+      }
+      it = buffers.emplace(dataId, Buffer{}).first;
+      it->second.bytes.resize(total);
+      buffered += total;
+    } else if (it->second.bytes.size() != total) {
+      return Status::invalidArgument("push length differs from earlier pieces");
+    }
+    Buffer& b = it->second;
+    if (data.size() > 0) {
+      memcpy(b.bytes.data() + offset, data.begin(), data.size());
+      b.pieces[offset] = static_cast<uint32_t>(data.size());
+    }
+    b.touched = cs.timer().now();
+    return Status::OK();
+  }
+
+  void dropBuffer(uint64_t dataId) {
+    auto it = buffers.find(dataId);
+    if (it == buffers.end()) return;
+    buffered -= it->second.bytes.size();
+    buffers.erase(it);
+  }
+
   template <typename Context>
   kj::Promise<void> fail(Context& context, const Status& s) {
     toWire(s, context.getResults().initStatus());
     return kj::READY_NOW;
   }
 
+  // A data call that failed here, before any other replica was involved.
+  template <typename Context>
+  kj::Promise<void> failData(Context& context, const Status& s) {
+    toWire(DataOutcome::of(self, s), context.getResults());
+    return kj::READY_NOW;
+  }
+
   // Runs `step` after every earlier step for `handle`, so that all replicas apply
   // mutations of a chunk in the order the primary chose.
-  kj::Promise<Status> serialized(uint64_t handle, kj::Function<kj::Promise<Status>()> step) {
+  template <typename T>
+  kj::Promise<T> serialized(uint64_t handle, kj::Function<kj::Promise<T>()> step) {
     kj::Promise<void> before = kj::READY_NOW;
     auto it = tails.find(handle);
     if (it != tails.end()) before = it->second.addBranch();
     auto run = before.then([step = kj::mv(step)]() mutable { return step(); }).fork();
     uint64_t gen = ++tailGeneration;
-    tails.insert_or_assign(
-        handle, run.addBranch().ignoreResult().catch_([](kj::Exception&&) {}).fork());
+    tails.insert_or_assign(handle,
+                           run.addBranch().ignoreResult().catch_([](kj::Exception&&) {}).fork());
     tailGen[handle] = gen;
-    return run.addBranch().then([this, handle, gen](Status s) {
+    return run.addBranch().then([this, handle, gen](T r) {
       if (tailGen[handle] == gen) {
         tails.erase(handle);
         tailGen.erase(handle);
       }
-      return s;
+      return r;
     });
+  }
+
+  kj::Promise<Status> apply(uint64_t handle, uint64_t version, uint32_t offset, uint64_t dataId,
+                            uint32_t length, wire::Mutation mutation) {
+    if (uint64_t{offset} + length > store.maxChunkSize()) {
+      return Status::invalidArgument("mutation past the end of the chunk");
+    }
+    switch (mutation) {
+      case wire::Mutation::DATA:
+        return applyBuffer(handle, version, offset, dataId, length);
+      case wire::Mutation::PUNCH:
+        return pool.run([this, handle, version, offset, length]() {
+          return store.punch(handle, version, offset, length);
+        });
+      case wire::Mutation::ALLOCATE:
+        return pool.run([this, handle, version, offset, length]() {
+          return store.allocate(handle, version, offset, length);
+        });
+    }
+    return Status::invalidArgument("unknown mutation");
   }
 
   kj::Promise<Status> applyBuffer(uint64_t handle, uint64_t version, uint32_t offset,
                                   uint64_t dataId, uint32_t length) {
     auto it = buffers.find(dataId);
     if (it == buffers.end() || !it->second.complete() || it->second.bytes.size() != length) {
-      return Status::invalidArgument(
+      return Status(
+          ErrorCode::DATA_NOT_PUSHED,
           fmt::format("data {:x} for chunk {:x} was not pushed here in full", dataId, handle));
-    }
-    if (uint64_t{offset} + length > store.maxChunkSize()) {
-      return Status::invalidArgument("write past the end of the chunk");
     }
     auto bytes = kj::heap<std::string>(std::move(it->second.bytes));
     buffered -= length;
@@ -339,9 +582,11 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
         .attach(kj::mv(bytes));
   }
 
-  kj::Promise<Status> forwardApply(std::vector<std::string> secondaries, uint64_t handle,
-                                   uint64_t version, uint32_t offset, uint64_t dataId,
-                                   uint32_t length) {
+  // Has every secondary apply the mutation; resolves to those that failed.
+  kj::Promise<std::vector<ReplicaFailure>> forwardApply(std::vector<std::string> secondaries,
+                                                        uint64_t handle, uint64_t version,
+                                                        uint32_t offset, uint64_t dataId,
+                                                        uint32_t length, wire::Mutation mutation) {
     kj::Vector<kj::Promise<Status>> calls;
     for (auto& address : secondaries) {
       auto req = cs.peers().get<wire::ChunkServer>(address).applyWriteRequest();
@@ -350,17 +595,16 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
       req.setOffset(offset);
       req.setDataId(dataId);
       req.setLength(length);
+      req.setMutation(mutation);
       calls.add(forward(kj::mv(req), address));
     }
     return kj::joinPromises(calls.releaseAsArray())
         .then([secondaries = std::move(secondaries)](kj::Array<Status> results) {
+          std::vector<ReplicaFailure> failed;
           for (size_t i = 0; i < results.size(); ++i) {
-            if (!results[i].ok()) {
-              return Status(results[i].code(), fmt::format("secondary {}: {}", secondaries[i],
-                                                           results[i].message()));
-            }
+            if (!results[i].ok()) failed.push_back({secondaries[i], results[i]});
           }
-          return Status::OK();
+          return failed;
         });
   }
 
@@ -399,6 +643,7 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
   Chunkserver& cs;
   ChunkStore& store;
   DiskPool& pool;
+  std::string self;  // this chunkserver's address, as failures name it
   std::map<uint64_t, Buffer> buffers;
   uint64_t buffered = 0;
   std::map<uint64_t, Lease> leases;

@@ -16,7 +16,7 @@ Chunkserver::Chunkserver(ChunkserverOptions options, Disk& disk, kj::Timer& time
     : opts(std::move(options)),
       timer_(timer),
       diskPool(opts.diskThreads),
-      chunkStore(disk, opts.dataDirs, uint64_t{1} << 31),
+      chunkStore(disk, opts.dataDirs, uint64_t{1} << 31, opts.reserveBytes),
       peerPool(network, timer),
       cap(newChunkServerImpl(*this)) {}
 
@@ -50,8 +50,8 @@ kj::Promise<void> Chunkserver::linkLoop() {
 }
 
 kj::Promise<void> Chunkserver::registerWithMaster() {
-  return diskPool.run([this]() { return std::make_pair(chunkStore.list(), chunkStore.space()); })
-      .then([this](std::pair<std::vector<StoredChunk>, DiskSpace> state) {
+  return diskPool.run([this]() { return std::make_pair(chunkStore.list(), spaceNow()); })
+      .then([this](std::pair<std::vector<StoredChunk>, SpaceReport> state) {
         auto registry = peerPool.get<wire::Master>(opts.master).chunkserverRequest().send()
                             .getService();
         auto req = registry.registerRequest();
@@ -59,6 +59,7 @@ kj::Promise<void> Chunkserver::registerWithMaster() {
         req.setRack(opts.rack);
         req.setCapacityBytes(state.second.capacityBytes);
         req.setUsedBytes(state.second.capacityBytes - state.second.freeBytes);
+        req.setAvailableBytes(state.second.availableBytes);
         auto list = req.initChunks(static_cast<uint>(state.first.size()));
         for (size_t i = 0; i < state.first.size(); ++i) {
           list[i].setHandle(state.first[i].handle);
@@ -79,15 +80,21 @@ kj::Promise<void> Chunkserver::registerWithMaster() {
       });
 }
 
+Chunkserver::SpaceReport Chunkserver::spaceNow() {
+  DiskSpace space = chunkStore.space();
+  return {space.capacityBytes, space.freeBytes, chunkStore.available()};
+}
+
 kj::Promise<void> Chunkserver::heartbeatLoop(wire::ChunkserverRegistry::Client registry,
                                              uint32_t ms) {
   return timer_.afterDelay(ms * kj::MILLISECONDS)
-      .then([this]() { return diskPool.run([this]() { return chunkStore.space(); }); })
-      .then([this, registry, ms](DiskSpace space) mutable {
+      .then([this]() { return diskPool.run([this]() { return spaceNow(); }); })
+      .then([this, registry, ms](SpaceReport space) mutable {
         auto req = registry.heartbeatRequest();
         req.setId(registrationId);
         req.setCapacityBytes(space.capacityBytes);
         req.setUsedBytes(space.capacityBytes - space.freeBytes);
+        req.setAvailableBytes(space.availableBytes);
         auto corrupt = req.initCorruptHandles(static_cast<uint>(corruptFound.size()));
         for (size_t i = 0; i < corruptFound.size(); ++i) {
           corrupt.set(static_cast<uint>(i), corruptFound[i]);

@@ -58,6 +58,10 @@ int main(int argc, char** argv) {
   put->add_flag("-f,--force", flagF, "overwrite an existing file");
   put->add_option("LOCAL", a)->required();
   put->add_option("PATH", b)->required();
+  auto cp = app.add_subcommand("cp", "copy a file inside the cluster (by the chunkservers)");
+  cp->add_flag("-f,--force", flagF, "overwrite an existing file");
+  cp->add_option("SRC", a)->required();
+  cp->add_option("DST", b)->required();
   auto get = app.add_subcommand("get", "copy a file out of the cluster");
   get->add_option("PATH", a)->required();
   get->add_option("LOCAL", b)->required();
@@ -128,13 +132,15 @@ int main(int argc, char** argv) {
     options.seed = static_cast<uint64_t>(getpid()) * 0x9E3779B97F4A7C15ull ^
                    static_cast<uint64_t>(time(nullptr));
     Client client(options, io.provider->getNetwork(), io.provider->getTimer());
-    CliContext c{client, io.waitScope};
+    FileCache files(client);
+    CliContext c{client, files, io.waitScope};
     c.progress = isatty(STDERR_FILENO);
     c.uid = getuid();
     c.gid = getgid();
     auto path = [](const std::string& p) { return p.empty() || p[0] != '/' ? "/" + p : p; };
     if (*put) return cmdPut(c, a, path(b), static_cast<uint8_t>(replication), flagF);
     if (*get) return cmdGet(c, path(a), b);
+    if (*cp) return cmdCp(c, path(a), path(b), flagF);
     if (*cat) {
       int rc = 0;
       for (auto& p : paths) rc = std::max(rc, cmdCat(c, path(p)));

@@ -11,14 +11,16 @@
 #include <cstring>
 #include <ctime>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "disk_pool.h"
 #include "names.h"
+#include "units.h"
 
 namespace cairn {
 namespace {
 
-constexpr size_t TRANSFER_BLOCK = 64 << 20;  // bytes handed to the client per call
+constexpr size_t TRANSFER_BLOCK = 8 << 20;  // bytes handed to the client per call
 
 int fail(CliContext& c, const std::string& what, const Status& s) {
   fmt::print(c.err, "cairn: {}: {}\n", what, s.toString());
@@ -181,17 +183,6 @@ int copyOut(CliContext& c, const std::string& path, const FileAttr& attr, int fd
 
 }  // namespace
 
-std::string humanBytes(double bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (bytes >= 1024 && u < 4) {
-    bytes /= 1024;
-    ++u;
-  }
-  return u == 0 ? fmt::format("{:.0f} {}", bytes, units[u])
-                : fmt::format("{:.1f} {}", bytes, units[u]);
-}
-
 std::pair<std::string, std::string> splitParent(const std::string& path) {
   std::string p = path;
   while (p.size() > 1 && p.back() == '/') p.pop_back();
@@ -200,6 +191,41 @@ std::pair<std::string, std::string> splitParent(const std::string& path) {
   if (p == "/") return {"/", ""};
   return {slash == 0 ? "/" : p.substr(0, slash), p.substr(slash + 1)};
 }
+
+namespace {
+// Where a file put or copied to `path` goes: `path` itself, or `path/name` when `path` is a
+// directory. Fails (printing why) when it exists and `force` is not given.
+struct Target {
+  FileAttr parent;
+  std::string name;
+  std::string path;  // as shown to the user
+};
+
+std::optional<Target> targetOf(CliContext& c, const std::string& path, const std::string& name,
+                               bool force, int& rc) {
+  std::string target = path;
+  auto existing = resolve(c, path);
+  if (existing.ok() && existing.value.type == FileType::DIRECTORY) {
+    target = (path.back() == '/' ? path : path + "/") + name;
+    existing = resolve(c, target);
+  }
+  if (existing.ok() && !force) {
+    rc = failText(c, fmt::format("{}: exists (use -f to overwrite)", target));
+    return std::nullopt;
+  }
+  if (!existing.ok() && existing.status.code() != ErrorCode::NOT_FOUND) {
+    rc = fail(c, target, existing.status);
+    return std::nullopt;
+  }
+  auto [parentPath, base] = splitParent(target);
+  auto parent = resolve(c, parentPath);
+  if (!parent.ok()) {
+    rc = fail(c, parentPath, parent.status);
+    return std::nullopt;
+  }
+  return Target{parent.value, base, target};
+}
+}  // namespace
 
 int cmdPut(CliContext& c, const std::string& local, const std::string& path, uint8_t replication,
            bool force) {
@@ -211,81 +237,114 @@ int cmdPut(CliContext& c, const std::string& local, const std::string& path, uin
     close(fd);
     return failText(c, fmt::format("{}: is a directory", local));
   }
-  std::string target = path;
-  auto existing = resolve(c, path);
-  if (existing.ok() && existing.value.type == FileType::DIRECTORY) {
-    target = (path.back() == '/' ? path : path + "/") + baseName(local);
-    existing = resolve(c, target);
-  }
-  if (existing.ok() && !force) {
+  int rc = 1;
+  auto target = targetOf(c, path, baseName(local), force, rc);
+  if (!target) {
     close(fd);
-    return failText(c, fmt::format("{}: exists (use -f to overwrite)", target));
+    return rc;
   }
-  if (!existing.ok() && existing.status.code() != ErrorCode::NOT_FOUND) {
+  const std::string& shown = target->path;
+  // Written under a temporary name, synced, and renamed at the end: a failed put leaves
+  // nothing behind, readers never see a partial file, and a put reported done is on disk.
+  CreateOptions o;
+  o.mode = st.st_mode & 0777;
+  o.uid = c.uid;
+  o.gid = c.gid;
+  o.replication = replication;
+  o.atomic = true;
+  o.noReplace = !force;
+  o.syncOnClose = true;
+  auto file = c.files.create(target->parent.inode, target->name, o).wait(c.waitScope);
+  if (!file.ok()) {
     close(fd);
-    return fail(c, target, existing.status);
+    return fail(c, shown, file.status);
   }
-  auto [parentPath, name] = splitParent(target);
-  auto parent = resolve(c, parentPath);
-  if (!parent.ok()) {
-    close(fd);
-    return fail(c, parentPath, parent.status);
-  }
-  // Write under a temporary name and rename at the end, so that a failed put leaves
-  // nothing behind and readers never see a partial file.
-  std::string temp = fmt::format(".{}._COPYING_", name.substr(0, 200));
-  c.client.unlink(parent.value.inode, temp).wait(c.waitScope);
-  auto created =
-      c.client.create(parent.value.inode, temp, st.st_mode & 0777, c.uid, c.gid, replication, true)
-          .wait(c.waitScope);
-  if (!created.ok()) {
-    close(fd);
-    return fail(c, target, created.status);
-  }
-  uint64_t inode = created.value.inode;
-  auto abandon = [&](const Status& s) {
-    close(fd);
-    c.client.unlink(parent.value.inode, temp).wait(c.waitScope);
-    return fail(c, target, s);
-  };
-  Progress progress(c, "put " + target, static_cast<uint64_t>(st.st_size));
-  // Double-buffered: the next block is read from the local disk on a pool thread while the
-  // event loop sends the previous one.
+  Progress progress(c, "put " + shown, static_cast<uint64_t>(st.st_size));
+  // The next block is read from the local disk on a pool thread while the event loop
+  // sends the previous ones (the open file keeps several on their way).
   DiskPool reader(1);
-  std::string bufs[2] = {std::string(TRANSFER_BLOCK, '\0'), std::string(TRANSFER_BLOCK, '\0')};
-  auto readBlock = [&](std::string& buf) {
-    return reader.run([fd, &buf]() -> int64_t {
+  auto readBlock = [&]() {
+    return reader.run([fd]() -> Result<std::string> {
+      std::string buf(TRANSFER_BLOCK, '\0');
       size_t got = 0;
-      return readFully(fd, buf.data(), buf.size(), got) ? static_cast<int64_t>(got) : -1;
+      if (!readFully(fd, buf.data(), buf.size(), got)) {
+        return Status::ioError(strerror(errno));
+      }
+      buf.resize(got);
+      return buf;
     });
   };
-  int cur = 0;
-  auto pendingRead = readBlock(bufs[cur]);
-  kj::Promise<Status> pendingWrite = Status::OK();
   uint64_t total = 0;
+  Status s;
+  auto next = readBlock();
   for (;;) {
-    int64_t got = pendingRead.wait(c.waitScope);
-    Status s = pendingWrite.wait(c.waitScope);
-    if (!s.ok()) return abandon(s);
-    progress.update(total);
-    if (got < 0) {
-      return abandon(Status::ioError(fmt::format("reading {}: {}", local, strerror(errno))));
+    auto block = next.wait(c.waitScope);
+    if (!block.ok()) {
+      s = Status::ioError(fmt::format("reading {}: {}", local, block.status.message()));
+      break;
     }
-    if (got == 0) break;
-    auto data =
-        kj::arrayPtr(reinterpret_cast<const kj::byte*>(bufs[cur].data()), static_cast<size_t>(got));
-    pendingWrite = c.client.write(inode, total, data);
-    total += static_cast<uint64_t>(got);
-    cur = 1 - cur;
-    pendingRead = readBlock(bufs[cur]);
+    if (block.value.empty()) break;
+    next = readBlock();
+    uint64_t at = total;
+    total += block.value.size();
+    s = file.value->write(at, std::move(block.value)).wait(c.waitScope);
+    if (!s.ok()) break;
+    progress.update(total);
   }
   close(fd);
-  auto sized = c.client.commitSize(inode, total).wait(c.waitScope);
-  if (!sized.ok()) return abandon(sized.status);
-  Status renamed =
-      c.client.rename(parent.value.inode, temp, parent.value.inode, name).wait(c.waitScope);
-  if (!renamed.ok()) return abandon(renamed);
-  return 0;
+  if (!s.ok()) {
+    file.value->abort().wait(c.waitScope);
+    return fail(c, shown, s);
+  }
+  s = file.value->close().wait(c.waitScope);
+  return s.ok() ? 0 : fail(c, shown, s);
+}
+
+int cmdCp(CliContext& c, const std::string& src, const std::string& dst, bool force) {
+  auto from = resolve(c, src);
+  if (!from.ok()) return fail(c, src, from.status);
+  if (from.value.type != FileType::REGULAR) return failText(c, fmt::format("{}: not a file", src));
+  int rc = 1;
+  auto target = targetOf(c, dst, baseName(src), force, rc);
+  if (!target) return rc;
+  // The source stays open (so that it outlives a concurrent unlink) while the copy runs.
+  auto in = c.files.open(from.value.inode).wait(c.waitScope);
+  if (!in.ok()) return fail(c, src, in.status);
+  CreateOptions o;
+  o.mode = from.value.mode;
+  o.uid = c.uid;
+  o.gid = c.gid;
+  o.replication = from.value.replication;
+  o.atomic = true;
+  o.noReplace = !force;
+  o.syncOnClose = true;
+  auto out = c.files.create(target->parent.inode, target->name, o).wait(c.waitScope);
+  if (!out.ok()) {
+    in.value->close().wait(c.waitScope);
+    return fail(c, target->path, out.status);
+  }
+  uint64_t size = in.value->attr().size;
+  Progress progress(c, "cp " + src, size);
+  Status s;
+  for (uint64_t off = 0; off < size;) {
+    auto n = c.files.copyRange(from.value.inode, off, out.value->inode(), off,
+                               std::min<uint64_t>(TRANSFER_BLOCK * 8, size - off))
+                 .wait(c.waitScope);
+    if (!n.ok()) {
+      s = n.status;
+      break;
+    }
+    if (n.value == 0) break;  // the source shrank while it was copied
+    off += n.value;
+    progress.update(off);
+  }
+  in.value->close().wait(c.waitScope);
+  if (!s.ok()) {
+    out.value->abort().wait(c.waitScope);
+    return fail(c, target->path, s);
+  }
+  s = out.value->close().wait(c.waitScope);
+  return s.ok() ? 0 : fail(c, target->path, s);
 }
 
 int cmdGet(CliContext& c, const std::string& path, const std::string& local) {

@@ -10,11 +10,14 @@
 #include <vector>
 
 #include "client.h"
+#include "file_cache.h"
+#include "units.h"
 
 namespace cairn {
 
 struct CliContext {
   Client& client;
+  FileCache& files;
   kj::WaitScope& waitScope;
   FILE* out = stdout;
   FILE* err = stderr;
@@ -26,6 +29,8 @@ struct CliContext {
 int cmdPut(CliContext& c, const std::string& local, const std::string& path, uint8_t replication,
            bool force);
 int cmdGet(CliContext& c, const std::string& path, const std::string& local);
+// A copy inside the cluster, made by the chunkservers (no byte passes through here).
+int cmdCp(CliContext& c, const std::string& src, const std::string& dst, bool force);
 int cmdCat(CliContext& c, const std::string& path);
 int cmdLs(CliContext& c, const std::string& path, bool longFormat, bool json);
 int cmdStat(CliContext& c, const std::string& path, bool json);
@@ -41,9 +46,6 @@ int cmdTrashRestore(CliContext& c, const std::string& path);
 int cmdDecommission(CliContext& c, const std::string& address, bool wait, double timeoutSeconds);
 int cmdBalance(CliContext& c, double threshold, bool wait, double timeoutSeconds);
 int cmdHealth(CliContext& c, bool json);
-
-// "1.5 GiB": a byte count for people.
-std::string humanBytes(double bytes);
 
 // "/a/b/c" -> ("/a/b", "c"); "/" -> ("/", "").
 std::pair<std::string, std::string> splitParent(const std::string& path);

@@ -15,6 +15,7 @@ namespace cairn {
 namespace {
 
 constexpr uint32_t MAX_WRITE_PORTION = 8 << 20;  // one push-and-commit at most
+constexpr uint32_t MAX_COPY_PORTION = 16 << 20;  // one server-side copy at most
 constexpr uint32_t LAYOUT_BATCH = 1024;
 
 std::string text(capnp::Text::Reader t) { return std::string(t.cStr(), t.size()); }
@@ -40,6 +41,7 @@ bool retryable(ErrorCode code) {
     case ErrorCode::REPLICA_CORRUPT:
     case ErrorCode::IO_ERROR:
     case ErrorCode::SAFE_MODE:
+    case ErrorCode::DATA_NOT_PUSHED:
       return true;
     default:
       return false;
@@ -79,9 +81,24 @@ Client::Client(ClientOptions options, kj::Network& network, kj::Timer& timer)
     : opts(std::move(options)),
       timer(timer),
       peers(network, timer, opts.connectTimeout),
-      rng(opts.seed != 0 ? opts.seed : systemSeed()) {}
+      rng(opts.seed != 0 ? opts.seed : systemSeed()) {
+  keepalive = keepSession().eagerlyEvaluate(nullptr);
+}
 
 Client::~Client() = default;
+
+namespace {
+template <typename Response>
+Result<FileAttr> attrResult(Response& r) {
+  Status s = fromWire(r.getStatus());
+  if (!s.ok()) return s;
+  return attrFromWire(r.getAttr());
+}
+template <typename Response>
+Status statusOf(Response& r) {
+  return fromWire(r.getStatus());
+}
+}  // namespace
 
 wire::ClientService::Client Client::master() {
   KJ_IF_MAYBE (s, masterService) {
@@ -89,7 +106,47 @@ wire::ClientService::Client Client::master() {
   }
   auto service = peers.get<wire::Master>(opts.master).clientRequest().send().getService();
   masterService = service;
+  if (!openCounts.empty()) {
+    // A new session: the master learns again which files this client holds open, before
+    // any other call on it (calls on one connection arrive in order).
+    auto req = service.sessionRequest();
+    auto list = req.initOpenInodes(static_cast<uint>(openCounts.size()));
+    uint i = 0;
+    for (auto& [inode, count] : openCounts) list.set(i++, inode);
+    req.send().detach([](kj::Exception&&) {});
+  }
   return service;
+}
+
+kj::Promise<void> Client::keepSession() {
+  // While files are held open, the session is kept up: a lost connection is noticed and
+  // the opens sent again, even when the client is otherwise idle.
+  return timer.afterDelay(10 * kj::SECONDS).then([this]() -> kj::Promise<void> {
+    if (openCounts.empty()) return keepSession();
+    auto req = master().sessionRequest();
+    return timer.timeoutAfter(opts.metaTimeout, req.send())
+        .then([](auto&&) {}, [this](kj::Exception&&) { masterFailed(); })
+        .then([this]() { return keepSession(); });
+  });
+}
+
+kj::Promise<Result<FileAttr>> Client::open(uint64_t inode) {
+  auto req = master().openRequest();
+  req.setInode(inode);
+  return callMaster<Result<FileAttr>>(kj::mv(req), [this](auto& r) {
+    auto a = attrResult(r);
+    if (a.ok() && a.value.type == FileType::REGULAR) openCounts[a.value.inode]++;
+    return a;
+  });
+}
+
+void Client::close(uint64_t inode) {
+  auto it = openCounts.find(inode);
+  if (it == openCounts.end() || --it->second > 0) return;
+  openCounts.erase(it);
+  auto req = master().closeRequest();
+  req.setInode(inode);
+  req.send().detach([](kj::Exception&&) {});  // a lost session closes it anyway
 }
 
 void Client::masterFailed() {
@@ -117,18 +174,6 @@ kj::Promise<T> Client::callMaster(Req&& request, Fn&& onResponse, kj::Duration t
             });
 }
 
-namespace {
-template <typename Response>
-Result<FileAttr> attrResult(Response& r) {
-  Status s = fromWire(r.getStatus());
-  if (!s.ok()) return s;
-  return attrFromWire(r.getAttr());
-}
-template <typename Response>
-Status statusOf(Response& r) {
-  return fromWire(r.getStatus());
-}
-}  // namespace
 
 kj::Promise<Result<FileAttr>> Client::resolve(std::string path) {
   auto req = master().resolveRequest();
@@ -162,7 +207,7 @@ kj::Promise<Result<FileAttr>> Client::mkdir(uint64_t parent, std::string name, u
 
 kj::Promise<Result<FileAttr>> Client::create(uint64_t parent, std::string name, uint32_t mode,
                                              uint32_t uid, uint32_t gid, uint8_t replication,
-                                             bool exclusive) {
+                                             bool exclusive, bool open) {
   auto req = master().createRequest();
   req.setParent(parent);
   req.setName(name);
@@ -171,7 +216,12 @@ kj::Promise<Result<FileAttr>> Client::create(uint64_t parent, std::string name, 
   req.setGid(gid);
   req.setReplication(replication);
   req.setExclusive(exclusive);
-  return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
+  req.setOpen(open);
+  return callMaster<Result<FileAttr>>(kj::mv(req), [this, open](auto& r) {
+    auto a = attrResult(r);
+    if (open && a.ok()) openCounts[a.value.inode]++;
+    return a;
+  });
 }
 
 kj::Promise<Result<FileAttr>> Client::setattr(uint64_t inode, SetAttrRequest a) {
@@ -735,38 +785,232 @@ kj::Promise<Status> Client::readChunk(ChunkInfo chunk, uint64_t chunkOffset, uin
       });
 }
 
+// --- holes ---
+
+namespace {
+constexpr uint64_t MAP_BLOCK = 64 << 10;  // blockMap's granularity
+}  // namespace
+
+kj::Promise<Result<uint64_t>> Client::seek(uint64_t inode, uint64_t offset, bool hole) {
+  return getattr(inode).then(
+      [this, inode, offset, hole](Result<FileAttr> a) -> kj::Promise<Result<uint64_t>> {
+        if (!a.ok()) return Result<uint64_t>(a.status);
+        if (a.value.type != FileType::REGULAR) {
+          return Result<uint64_t>(Status::invalidArgument("not a regular file"));
+        }
+        uint64_t size = a.value.size;
+        if (offset >= size) {
+          return Result<uint64_t>(Status(ErrorCode::END_OF_DATA, "offset at or past the end"));
+        }
+        return ensureChunkSize(inode).then(
+            [this, inode, offset, hole, size](uint64_t cs) -> kj::Promise<Result<uint64_t>> {
+              if (cs == 0) return Result<uint64_t>(Status::unavailable("no chunk size"));
+              return seekFrom(inode, offset, hole, size, cs, static_cast<uint32_t>(offset / cs));
+            });
+      });
+}
+
+kj::Promise<Result<uint64_t>> Client::seekFrom(uint64_t inode, uint64_t offset, bool hole,
+                                               uint64_t size, uint64_t cs, uint32_t index) {
+  uint64_t base = uint64_t{index} * cs;
+  if (base >= size) {
+    if (hole) return Result<uint64_t>(size);  // the end of the file is a hole
+    return Result<uint64_t>(Status(ErrorCode::END_OF_DATA, "no data after the offset"));
+  }
+  uint64_t start = std::max(offset, base), end = std::min(base + cs, size);
+  return cachedLayout(inode, index, 1)
+      .then([this, inode, index](Result<FileLayout> l) -> kj::Promise<Result<std::string>> {
+        if (!l.ok()) return Result<std::string>(l.status);
+        for (auto& c : l.value.chunks) {
+          if (c.index == index) return blockMapOf(c, 0);
+        }
+        return Result<std::string>(std::string());  // no chunk: all hole
+      })
+      .then([this, inode, offset, hole, size, cs, index, base, start,
+             end](Result<std::string> map) -> kj::Promise<Result<uint64_t>> {
+        if (!map.ok()) return Result<uint64_t>(map.status);
+        // map: the chunk's length (8 bytes) and one bit per block, or empty for no chunk.
+        uint64_t length = 0;
+        if (map.value.size() >= 8) memcpy(&length, map.value.data(), 8);
+        auto isData = [&](uint64_t pos) {
+          uint64_t b = (pos - base) / MAP_BLOCK;
+          size_t byte = 8 + b / 8;
+          return pos - base < length && byte < map.value.size() &&
+                 (static_cast<uint8_t>(map.value[byte]) >> (b % 8)) & 1;
+        };
+        for (uint64_t pos = start; pos < end;) {
+          if (isData(pos) != hole) return Result<uint64_t>(pos);
+          pos = base + ((pos - base) / MAP_BLOCK + 1) * MAP_BLOCK;
+        }
+        return seekFrom(inode, offset, hole, size, cs, index + 1);
+      });
+}
+
+kj::Promise<Result<std::string>> Client::blockMapOf(ChunkInfo chunk, size_t replicaIndex) {
+  auto ordered = orderReplicas(chunk);
+  if (replicaIndex >= ordered.size()) {
+    return Result<std::string>(Status::unavailable(
+        fmt::format("no replica of chunk {:x} answered for its block map", chunk.handle)));
+  }
+  std::string address = ordered[replicaIndex].address;
+  auto req = peers.get<wire::ChunkServer>(address).blockMapRequest();
+  req.setHandle(chunk.handle);
+  req.setVersion(chunk.version);
+  return timer.timeoutAfter(opts.rpcTimeout, req.send())
+      .then(
+          [](auto&& response) -> Result<std::string> {
+            Status s = fromWire(response.getStatus());
+            if (!s.ok()) return s;
+            std::string out(8, '\0');
+            uint64_t length = response.getLength();
+            memcpy(out.data(), &length, 8);
+            auto bits = response.getBitmap();
+            out.append(reinterpret_cast<const char*>(bits.begin()), bits.size());
+            return out;
+          },
+          [this, address](kj::Exception&& e) -> Result<std::string> {
+            peers.drop(address);
+            return Status::unavailable(
+                fmt::format("chunkserver {}: {}", address, e.getDescription().cStr()));
+          })
+      .then([this, chunk = kj::mv(chunk),
+             replicaIndex](Result<std::string> r) mutable -> kj::Promise<Result<std::string>> {
+        if (r.ok()) return r;
+        return blockMapOf(kj::mv(chunk), replicaIndex + 1);
+      });
+}
+
 // --- writes ---
 
 kj::Promise<Status> Client::write(uint64_t inode, uint64_t offset,
                                   kj::ArrayPtr<const kj::byte> data) {
   if (data.size() == 0) return Status::OK();
+  return forEachPortion(inode, offset, data.size(), MAX_WRITE_PORTION,
+                        [data, offset](uint32_t, uint32_t chunkOffset, uint64_t at,
+                                       uint64_t length) {
+                          ChunkMutation m;
+                          m.chunkOffset = chunkOffset;
+                          m.length = static_cast<uint32_t>(length);
+                          m.data = data.slice(at - offset, at - offset + length);
+                          return m;
+                        });
+}
+
+kj::Promise<Status> Client::punch(uint64_t inode, uint64_t offset, uint64_t length) {
+  if (length == 0) return Status::OK();
+  return ensureChunkSize(inode).then([this, inode, offset, length](uint64_t cs)
+                                         -> kj::Promise<Status> {
+    if (cs == 0) return Status::unavailable("master gave no chunk size");
+    uint32_t first = static_cast<uint32_t>(offset / cs);
+    uint32_t last = static_cast<uint32_t>((offset + length - 1) / cs);
+    // Only chunks that exist are cut; the others read as zeros already.
+    return layout(inode, first, last - first + 1)
+        .then([this, inode, offset, length, cs](Result<FileLayout> l) -> kj::Promise<Status> {
+          if (!l.ok()) return l.status;
+          auto present = kj::heap<std::set<uint32_t>>();
+          for (auto& c : l.value.chunks) present->insert(c.index);
+          auto& ref = *present;
+          return forEachPortion(
+                     inode, offset, length, cs,
+                     [&ref](uint32_t index, uint32_t chunkOffset, uint64_t, uint64_t n) {
+                       ChunkMutation m;
+                       m.kind = wire::Mutation::PUNCH;
+                       m.chunkOffset = chunkOffset;
+                       m.length = static_cast<uint32_t>(n);
+                       m.skip = !ref.count(index);
+                       return m;
+                     })
+              .attach(kj::mv(present));
+        });
+  });
+}
+
+kj::Promise<Status> Client::allocate(uint64_t inode, uint64_t offset, uint64_t length) {
+  if (length == 0) return Status::OK();
+  return ensureChunkSize(inode).then([this, inode, offset, length](uint64_t cs) {
+    return forEachPortion(inode, offset, length, cs ? cs : 1,
+                          [](uint32_t, uint32_t chunkOffset, uint64_t, uint64_t n) {
+                            ChunkMutation m;
+                            m.kind = wire::Mutation::ALLOCATE;
+                            m.chunkOffset = chunkOffset;
+                            m.length = static_cast<uint32_t>(n);
+                            return m;
+                          });
+  });
+}
+
+kj::Promise<Status> Client::copyRange(uint64_t srcInode, uint64_t srcOffset, uint64_t dstInode,
+                                      uint64_t dstOffset, uint64_t length) {
+  if (length == 0) return Status::OK();
+  forgetLayout(srcInode);
+  return ensureChunkSize(dstInode).then([this, srcInode, srcOffset, dstInode, dstOffset,
+                                         length](uint64_t cs) -> kj::Promise<Status> {
+    if (cs == 0) return Status::unavailable("master gave no chunk size");
+    uint32_t first = static_cast<uint32_t>(srcOffset / cs);
+    uint32_t last = static_cast<uint32_t>((srcOffset + length - 1) / cs);
+    return layout(srcInode, first, last - first + 1)
+        .then([this, srcInode, srcOffset, dstInode, dstOffset, length,
+               cs](Result<FileLayout> l) -> kj::Promise<Status> {
+          if (!l.ok()) return l.status;
+          auto present = kj::heap<std::set<uint32_t>>();
+          for (auto& c : l.value.chunks) present->insert(c.index);
+          auto& ref = *present;
+          return forEachPortion(
+                     dstInode, dstOffset, length, MAX_COPY_PORTION,
+                     [&ref, srcInode, srcOffset, dstOffset, cs](uint32_t, uint32_t chunkOffset,
+                                                                uint64_t at, uint64_t n) {
+                       // A portion comes from one source chunk and lands in one destination
+                       // chunk: it also ends at the source's chunk boundary.
+                       uint64_t from = srcOffset + (at - dstOffset);
+                       ChunkMutation m;
+                       m.chunkOffset = chunkOffset;
+                       m.length = static_cast<uint32_t>(std::min(n, cs - from % cs));
+                       uint32_t index = static_cast<uint32_t>(from / cs);
+                       if (ref.count(index)) {
+                         m.source = CopySource{srcInode, index, static_cast<uint32_t>(from % cs)};
+                       } else {
+                         m.kind = wire::Mutation::PUNCH;  // a hole in the source
+                       }
+                       return m;
+                     })
+              .attach(kj::mv(present));
+        });
+  });
+}
+
+kj::Promise<Status> Client::forEachPortion(
+    uint64_t inode, uint64_t offset, uint64_t length, uint64_t maxPortion,
+    kj::Function<ChunkMutation(uint32_t index, uint32_t chunkOffset, uint64_t at, uint64_t n)>
+        make) {
   forgetLayout(inode);  // new chunks and versions are coming
   auto deadline = timer.now() + opts.retryFor;
-  return ensureChunkSize(inode).then([this, inode, offset, data,
-                                      deadline](uint64_t cs) -> kj::Promise<Status> {
-    if (cs == 0)
+  return ensureChunkSize(inode).then([this, inode, offset, length, maxPortion, deadline,
+                                      make = kj::mv(make)](uint64_t cs) mutable
+                                     -> kj::Promise<Status> {
+    if (cs == 0) {
       return getattr(inode).then([](Result<FileAttr> r) {
         return r.ok() ? Status::unavailable("master gave no chunk size") : r.status;
       });
+    }
     struct Portion {
       uint32_t index;
-      uint32_t chunkOffset;
-      kj::ArrayPtr<const kj::byte> bytes;
+      ChunkMutation mutation;
     };
     auto portions = kj::heap<std::vector<Portion>>();
-    for (uint64_t pos = 0; pos < data.size();) {
-      uint64_t fileOffset = offset + pos;
-      uint32_t index = static_cast<uint32_t>(fileOffset / cs);
-      uint64_t inChunk = fileOffset % cs;
-      uint64_t len = std::min<uint64_t>({cs - inChunk, data.size() - pos, MAX_WRITE_PORTION});
-      portions->push_back({index, static_cast<uint32_t>(inChunk), data.slice(pos, pos + len)});
-      pos += len;
+    for (uint64_t at = offset; at < offset + length;) {
+      uint32_t index = static_cast<uint32_t>(at / cs);
+      uint64_t inChunk = at % cs;
+      uint64_t n = std::min<uint64_t>({cs - inChunk, offset + length - at, maxPortion});
+      ChunkMutation m = make(index, static_cast<uint32_t>(inChunk), at, n);
+      KJ_ASSERT(m.length > 0 && m.length <= n, "a portion must make progress", m.length, n);
+      at += m.length;
+      if (!m.skip) portions->push_back({index, std::move(m)});
     }
     auto& ref = *portions;
     return runLimited(ref.size(), 4,
                       [this, inode, &ref, deadline](size_t i) {
-                        auto& p = ref[i];
-                        return writeChunk(inode, p.index, p.chunkOffset, p.bytes, deadline, 0, "");
+                        return mutateChunk(inode, ref[i].index, ref[i].mutation, deadline, 0, {},
+                                           0);
                       })
         .attach(kj::mv(portions))
         .then([this, inode](Status s) {
@@ -776,32 +1020,19 @@ kj::Promise<Status> Client::write(uint64_t inode, uint64_t offset,
   });
 }
 
-namespace {
-// The replica a failed write names: "chunkserver ADDR: …" (a replica that could not be
-// reached, by us or down the chain) or "secondary ADDR: …" (one that failed to apply).
-std::string failedReplicaOf(const Status& s) {
-  if (s.code() != ErrorCode::UNAVAILABLE && s.code() != ErrorCode::IO_ERROR &&
-      s.code() != ErrorCode::NO_SPACE) {
-    return "";
-  }
-  const std::string& m = s.message();
-  for (const char* prefix : {"chunkserver ", "secondary "}) {
-    size_t n = strlen(prefix);
-    if (m.compare(0, n, prefix) != 0) continue;
-    size_t end = m.find(": ", n);
-    if (end != std::string::npos) return m.substr(n, end - n);
-  }
-  return "";
-}
-}  // namespace
-
-kj::Promise<Status> Client::writeChunk(uint64_t inode, uint32_t index, uint32_t chunkOffset,
-                                       kj::ArrayPtr<const kj::byte> data, kj::TimePoint deadline,
-                                       uint32_t attempt, std::string failedReplica) {
+kj::Promise<Status> Client::mutateChunk(uint64_t inode, uint32_t index, const ChunkMutation& m,
+                                        kj::TimePoint deadline, uint32_t attempt,
+                                        std::vector<ReplicaFailure> failures,
+                                        uint64_t failedVersion) {
   auto req = master().prepareWriteRequest();
   req.setInode(inode);
   req.setIndex(index);
-  req.setFailedReplica(failedReplica);
+  req.setFailedVersion(failedVersion);
+  auto list = req.initFailures(static_cast<uint>(failures.size()));
+  for (size_t i = 0; i < failures.size(); ++i) {
+    list[static_cast<uint>(i)].setAddress(failures[i].address);
+    toWire(failures[i].status, list[static_cast<uint>(i)].initStatus());
+  }
   return callMaster<Result<ChunkInfo>>(
              kj::mv(req),
              [](auto& r) -> Result<ChunkInfo> {
@@ -810,71 +1041,167 @@ kj::Promise<Status> Client::writeChunk(uint64_t inode, uint32_t index, uint32_t 
                return chunkFromWire(r.getChunk());
              },
              opts.rpcTimeout)
-      .then([this, chunkOffset, data](Result<ChunkInfo> r) -> kj::Promise<Status> {
-        if (!r.ok()) return r.status;
-        return pushAndCommit(kj::mv(r.value), chunkOffset, data);
+      .then([this, &m](Result<ChunkInfo> r) -> kj::Promise<std::pair<DataOutcome, uint64_t>> {
+        if (!r.ok()) return std::make_pair(DataOutcome(r.status), uint64_t{0});
+        uint64_t version = r.value.version;
+        return applyMutation(kj::mv(r.value), m).then([version](DataOutcome o) {
+          return std::make_pair(kj::mv(o), version);
+        });
       })
-      .then([this, inode, index, chunkOffset, data, deadline,
-             attempt](Status s) -> kj::Promise<Status> {
-        bool stale = s.code() == ErrorCode::INVALID_ARGUMENT &&
-                     s.message().find("was not pushed") != std::string::npos;
-        std::string failed = failedReplicaOf(s);
-        bool again = retryable(s.code()) || stale || !failed.empty();
-        if (s.ok() || !again || timer.now() >= deadline) return s;
-        logDebug("write of chunk {} of inode {} failed ({}); retrying", index, inode, s.toString());
-        // The master drops the replica that failed and grants a new lease on the others.
+      .then([this, inode, index, &m, deadline,
+             attempt](std::pair<DataOutcome, uint64_t> result) -> kj::Promise<Status> {
+        DataOutcome& o = result.first;
+        // Failures named by replica go back to the master, which decides what they mean
+        // (drop the replica, or fail the write: e.g. noSpace when every replica is full).
+        bool again = !o.failures.empty() || retryable(o.status.code());
+        if (o.ok() || !again || timer.now() >= deadline) return o.status;
+        logDebug("write of chunk {} of inode {} failed ({}); retrying", index, inode,
+                 o.status.toString());
+        auto failures = kj::mv(o.failures);
+        uint64_t version = result.second;
         return timer.afterDelay(backoff(attempt))
-            .then([this, inode, index, chunkOffset, data, deadline, attempt, failed]() {
-              return writeChunk(inode, index, chunkOffset, data, deadline, attempt + 1, failed);
+            .then([this, inode, index, &m, deadline, attempt, failures = kj::mv(failures),
+                   version]() mutable {
+              return mutateChunk(inode, index, m, deadline, attempt + 1, kj::mv(failures), version);
             });
       });
 }
 
-kj::Promise<Status> Client::pushAndCommit(ChunkInfo chunk, uint32_t chunkOffset,
-                                          kj::ArrayPtr<const kj::byte> data) {
+kj::Promise<DataOutcome> Client::applyMutation(ChunkInfo chunk, const ChunkMutation& m) {
   if (chunk.primary.empty() || chunk.replicas.empty()) {
-    return Status::unavailable(fmt::format("chunk {:x} has no primary", chunk.handle));
+    return DataOutcome(Status::unavailable(fmt::format("chunk {:x} has no primary", chunk.handle)));
   }
-  auto chain = kj::heap<std::vector<ReplicaInfo>>(orderReplicas(chunk));
   uint64_t dataId = rng() | 1;
-  size_t pieces = (data.size() + opts.pieceBytes - 1) / opts.pieceBytes;
-  auto& c = *chain;
-  // Data flow: to the closest replica, which forwards down the chain while receiving.
-  auto pushed = runLimited(pieces, opts.parallelPieces, [this, &c, dataId, data](size_t i) {
-    size_t start = i * opts.pieceBytes;
-    size_t end = std::min<size_t>(start + opts.pieceBytes, data.size());
-    auto req = peers.get<wire::ChunkServer>(c[0].address).pushDataRequest();
-    req.setDataId(dataId);
-    req.setTotalLength(static_cast<uint32_t>(data.size()));
-    req.setOffset(static_cast<uint32_t>(start));
-    // The caller's bytes outlive the push (write() resolves after every piece answered).
-    setDataNoCopy(wire::ChunkServer::PushDataParams::Builder(req), data.slice(start, end),
-                  [&](capnp::Orphan<capnp::Data>&& o) { req.adoptData(kj::mv(o)); });
-    auto rest = req.initChain(static_cast<uint>(c.size() - 1));
-    for (size_t k = 1; k < c.size(); ++k) rest.set(static_cast<uint>(k - 1), c[k].address);
-    return callChunkserver(kj::mv(req), c[0].address);
-  });
+  kj::Promise<DataOutcome> pushed = DataOutcome();
+  if (m.kind == wire::Mutation::DATA) {
+    pushed = m.source ? pullInto(chunk, dataId, *m.source, m.length)
+                      : pushInto(chunk, dataId, m.data);
+  }
   // Control flow: the primary orders and applies, then has the secondaries apply.
-  return pushed
-      .then([this, chunk = kj::mv(chunk), chunkOffset, dataId,
-             size = data.size()](Status s) -> kj::Promise<Status> {
-        if (!s.ok()) return s;
-        auto req = peers.get<wire::ChunkServer>(chunk.primary).writeRequest();
-        req.setHandle(chunk.handle);
-        req.setVersion(chunk.version);
-        req.setOffset(chunkOffset);
-        req.setDataId(dataId);
-        req.setLength(static_cast<uint32_t>(size));
-        size_t n = 0;
-        for (auto& r : chunk.replicas) n += r.address != chunk.primary;
-        auto secondaries = req.initSecondaries(static_cast<uint>(n));
-        size_t k = 0;
-        for (auto& r : chunk.replicas) {
-          if (r.address != chunk.primary) secondaries.set(static_cast<uint>(k++), r.address);
-        }
-        return callChunkserver(kj::mv(req), chunk.primary);
-      })
+  return pushed.then([this, chunk = kj::mv(chunk), &m,
+                      dataId](DataOutcome o) -> kj::Promise<DataOutcome> {
+    if (!o.ok()) return o;
+    auto req = peers.get<wire::ChunkServer>(chunk.primary).writeRequest();
+    req.setHandle(chunk.handle);
+    req.setVersion(chunk.version);
+    req.setOffset(m.chunkOffset);
+    req.setDataId(dataId);
+    req.setLength(m.length);
+    req.setMutation(m.kind);
+    size_t n = 0;
+    for (auto& r : chunk.replicas) n += r.address != chunk.primary;
+    auto secondaries = req.initSecondaries(static_cast<uint>(n));
+    size_t k = 0;
+    for (auto& r : chunk.replicas) {
+      if (r.address != chunk.primary) secondaries.set(static_cast<uint>(k++), r.address);
+    }
+    return dataCall(kj::mv(req), chunk.primary);
+  });
+}
+
+kj::Promise<DataOutcome> Client::pushInto(const ChunkInfo& chunk, uint64_t dataId,
+                                          kj::ArrayPtr<const kj::byte> data) {
+  auto chain = kj::heap<std::vector<ReplicaInfo>>(orderReplicas(chunk));
+  auto outcome = kj::heap<DataOutcome>();
+  auto& c = *chain;
+  DataOutcome* out = outcome.get();
+  size_t pieces = (data.size() + opts.pieceBytes - 1) / opts.pieceBytes;
+  // Data flow: to the closest replica, which forwards down the chain while receiving.
+  return runLimited(pieces, opts.parallelPieces,
+                    [this, &c, dataId, data, out](size_t i) {
+                      size_t start = i * opts.pieceBytes;
+                      size_t end = std::min<size_t>(start + opts.pieceBytes, data.size());
+                      auto req = peers.get<wire::ChunkServer>(c[0].address).pushDataRequest();
+                      req.setDataId(dataId);
+                      req.setTotalLength(static_cast<uint32_t>(data.size()));
+                      req.setOffset(static_cast<uint32_t>(start));
+                      // The caller's bytes outlive the push (write() resolves after every
+                      // piece answered).
+                      setDataNoCopy(wire::ChunkServer::PushDataParams::Builder(req),
+                                    data.slice(start, end),
+                                    [&](capnp::Orphan<capnp::Data>&& o) { req.adoptData(kj::mv(o)); });
+                      auto rest = req.initChain(static_cast<uint>(c.size() - 1));
+                      for (size_t k = 1; k < c.size(); ++k) {
+                        rest.set(static_cast<uint>(k - 1), c[k].address);
+                      }
+                      return dataCall(kj::mv(req), c[0].address).then([out](DataOutcome o) {
+                        if (!o.ok() && out->ok()) *out = o;
+                        return o.status;
+                      });
+                    })
+      .then([outcome = kj::mv(outcome)](Status) mutable { return kj::mv(*outcome); })
       .attach(kj::mv(chain));
+}
+
+kj::Promise<DataOutcome> Client::pullInto(const ChunkInfo& chunk, uint64_t dataId,
+                                          CopySource source, uint32_t length) {
+  // The source chunk's replicas, asked afresh: copies are rare and must see the latest
+  // version.
+  return layout(source.inode, source.index, 1)
+      .then([this, chunk, dataId, source, length](Result<FileLayout> l) -> kj::Promise<DataOutcome> {
+        if (!l.ok()) return DataOutcome(l.status);
+        if (l.value.chunks.empty()) {
+          return DataOutcome(Status::notFound("the source chunk is gone"));
+        }
+        auto sources = kj::heap<std::vector<ReplicaInfo>>(orderReplicas(l.value.chunks[0]));
+        ChunkInfo from = l.value.chunks[0];
+        return pullFrom(chunk, dataId, from, kj::mv(sources), 0, source.chunkOffset, length);
+      });
+}
+
+kj::Promise<DataOutcome> Client::pullFrom(ChunkInfo chunk, uint64_t dataId, ChunkInfo from,
+                                          kj::Own<std::vector<ReplicaInfo>> sources, size_t next,
+                                          uint32_t fromOffset, uint32_t length) {
+  if (next >= sources->size()) {
+    return DataOutcome(Status::unavailable(
+        fmt::format("no replica of source chunk {:x} could be read", from.handle)));
+  }
+  std::string source = (*sources)[next].address;
+  // The chain starts at a replica on the source's chunkserver when there is one, so that
+  // the first copy is a local read.
+  auto chain = orderReplicas(chunk);
+  for (size_t i = 0; i < chain.size(); ++i) {
+    if (chain[i].address == source) std::rotate(chain.begin(), chain.begin() + i, chain.begin() + i + 1);
+  }
+  auto req = peers.get<wire::ChunkServer>(chain[0].address).pushFromRequest();
+  req.setDataId(dataId);
+  req.setSource(source);
+  req.setSourceHandle(from.handle);
+  req.setSourceVersion(from.version);
+  req.setSourceOffset(fromOffset);
+  req.setLength(length);
+  auto rest = req.initChain(static_cast<uint>(chain.size() - 1));
+  for (size_t k = 1; k < chain.size(); ++k) rest.set(static_cast<uint>(k - 1), chain[k].address);
+  return dataCall(kj::mv(req), chain[0].address)
+      .then([this, chunk = kj::mv(chunk), dataId, from = kj::mv(from), sources = kj::mv(sources),
+             next, fromOffset, length, source](DataOutcome o) mutable -> kj::Promise<DataOutcome> {
+        if (o.ok() || !o.failures.empty()) return o;
+        // The source failed (no replica of the destination is named): try another.
+        if (o.status.code() == ErrorCode::REPLICA_CORRUPT) {
+          auto report = master().reportBadReplicaRequest();
+          report.setHandle(from.handle);
+          report.setVersion(from.version);
+          report.setAddress(source);
+          report.send().detach([](kj::Exception&&) {});
+        }
+        return pullFrom(kj::mv(chunk), dataId, kj::mv(from), kj::mv(sources), next + 1, fromOffset,
+                        length);
+      });
+}
+
+template <typename Req>
+kj::Promise<DataOutcome> Client::dataCall(Req&& request, std::string address) {
+  return timer.timeoutAfter(opts.rpcTimeout, request.send())
+      .then(
+          [](auto&& response) {
+            return DataOutcome(fromWire(response.getStatus()), fromWire(response.getFailures()));
+          },
+          [this, address](kj::Exception&& e) {
+            peers.drop(address);
+            return DataOutcome::of(address, Status::unavailable(fmt::format(
+                                                "chunkserver {}: {}", address,
+                                                e.getDescription().cStr())));
+          });
 }
 
 }  // namespace cairn

@@ -11,6 +11,7 @@
 #include <map>
 #include <optional>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -97,6 +98,23 @@ struct SetAttrRequest {
   std::optional<int64_t> atimeNs, mtimeNs;
 };
 
+// Where a server-side copy reads from: a chunk of another (or the same) file.
+struct CopySource {
+  uint64_t inode = 0;
+  uint32_t index = 0;
+  uint32_t chunkOffset = 0;
+};
+
+// One mutation of one chunk, as the write protocol carries it.
+struct ChunkMutation {
+  wire::Mutation kind = wire::Mutation::DATA;
+  uint32_t chunkOffset = 0;
+  uint32_t length = 0;
+  kj::ArrayPtr<const kj::byte> data;  // DATA: the bytes, pushed from here...
+  std::optional<CopySource> source;   // ...or copied by the chunkservers from here
+  bool skip = false;                  // nothing to do for this range
+};
+
 struct ClientOptions {
   std::string master;  // HOST:PORT
   // This host's names as chunkservers advertise them (addresses or a --host name); reads
@@ -127,9 +145,16 @@ class Client {
   kj::Promise<Result<FileAttr>> getattr(uint64_t inode);
   kj::Promise<Result<FileAttr>> mkdir(uint64_t parent, std::string name, uint32_t mode,
                                       uint32_t uid, uint32_t gid);
+  // With `open`, the new (or existing) file is also opened, as by open().
   kj::Promise<Result<FileAttr>> create(uint64_t parent, std::string name, uint32_t mode,
                                        uint32_t uid, uint32_t gid, uint8_t replication,
-                                       bool exclusive);
+                                       bool exclusive, bool open = false);
+  // Open files: open() is a getattr that also has the master hold the file open for this
+  // client, so that it outlives its last name (unlink of an open file) until the matching
+  // close(). Every successful open() (or create with `open`) is matched by one close().
+  // The master learns again of the files held open whenever the client reconnects.
+  kj::Promise<Result<FileAttr>> open(uint64_t inode);
+  void close(uint64_t inode);
   kj::Promise<Result<FileAttr>> setattr(uint64_t inode, SetAttrRequest request);
   // One page of a directory: entries after `after`; `more` says whether others follow.
   kj::Promise<Result<std::vector<DirEntryInfo>>> readdir(uint64_t inode, std::string after,
@@ -162,6 +187,10 @@ class Client {
   };
   kj::Promise<Result<FsStats>> statfs();
   kj::Promise<Result<FileAttr>> setReplication(uint64_t inode, uint8_t replication);
+  // The first offset at or after `offset` that holds data (or, with `hole`, is in a hole;
+  // the end of the file counts as a hole), as lseek(SEEK_DATA / SEEK_HOLE) answers.
+  // endOfData when `offset` is at or past the end, or no data follows it.
+  kj::Promise<Result<uint64_t>> seek(uint64_t inode, uint64_t offset, bool hole);
 
   // Chunks.
   kj::Promise<Result<FileLayout>> layout(uint64_t inode, uint32_t firstIndex, uint32_t count);
@@ -177,8 +206,22 @@ class Client {
   // closest replica, failing over to others.
   kj::Promise<Status> read(uint64_t inode, uint64_t offset, uint64_t length, std::string& out);
   // Writes `data` at `offset` through the GFS write path. The file's size is not
-  // changed: call commitSize once the writes are done.
+  // changed: call commitSize once the writes are done. On failure nothing acknowledged
+  // before is lost and the replicas stay (see master/replica_rule.h); noSpace when the
+  // chunkservers are full.
   kj::Promise<Status> write(uint64_t inode, uint64_t offset, kj::ArrayPtr<const kj::byte> data);
+  // Makes [offset, offset+length) read as zeros, freeing the disk of whole blocks on every
+  // replica (fallocate PUNCH_HOLE); the size is not changed.
+  kj::Promise<Status> punch(uint64_t inode, uint64_t offset, uint64_t length);
+  // Reserves disk on every replica for [offset, offset+length), making the chunks that do
+  // not exist yet; the contents and the size are not changed.
+  kj::Promise<Status> allocate(uint64_t inode, uint64_t offset, uint64_t length);
+  // Copies [srcOffset, srcOffset+length) of `srcInode` to `dstOffset` of `dstInode` on the
+  // chunkservers: no byte passes through this client. Holes of the source become holes.
+  // The destination's size is not changed (commitSize it), nor is the source's read past
+  // its size: callers clip `length` to it.
+  kj::Promise<Status> copyRange(uint64_t srcInode, uint64_t srcOffset, uint64_t dstInode,
+                                uint64_t dstOffset, uint64_t length);
   kj::Promise<Result<FileAttr>> commitSize(uint64_t inode, uint64_t size, int64_t mtimeNs = 0);
 
   // Makes every replica of the given chunks (all chunks if empty) sync to disk.
@@ -198,6 +241,7 @@ class Client {
  private:
   wire::ClientService::Client master();
   void masterFailed();
+  kj::Promise<void> keepSession();
   template <typename T, typename Req, typename Fn>
   kj::Promise<T> callMaster(Req&& request, Fn&& onResponse, kj::Duration timeout = 0 * kj::SECONDS);
   Status masterError(const kj::Exception& e, kj::Duration timeout);
@@ -213,13 +257,37 @@ class Client {
                                 uint32_t length, kj::byte* out, kj::TimePoint deadline);
   kj::Promise<Status> readChunk(ChunkInfo chunk, uint64_t chunkOffset, uint32_t length,
                                 kj::byte* out, size_t replicaIndex);
-  kj::Promise<Status> writeChunk(uint64_t inode, uint32_t index, uint32_t chunkOffset,
-                                 kj::ArrayPtr<const kj::byte> data, kj::TimePoint deadline,
-                                 uint32_t attempt, std::string failedReplica);
-  kj::Promise<Status> pushAndCommit(ChunkInfo chunk, uint32_t chunkOffset,
+  // Splits [offset, offset+length) at chunk boundaries and at most `maxPortion` bytes;
+  // `make` describes each portion's mutation (it may take less than offered), and each is
+  // applied with mutateChunk().
+  kj::Promise<Status> forEachPortion(
+      uint64_t inode, uint64_t offset, uint64_t length, uint64_t maxPortion,
+      kj::Function<ChunkMutation(uint32_t index, uint32_t chunkOffset, uint64_t at, uint64_t n)>
+          make);
+  // Gets a lease from the master and applies `m` to chunk `index`, retrying until
+  // `deadline`; after a failure the master hears what each replica said and decides.
+  // `m` must outlive the promise.
+  kj::Promise<Status> mutateChunk(uint64_t inode, uint32_t index, const ChunkMutation& m,
+                                  kj::TimePoint deadline, uint32_t attempt,
+                                  std::vector<ReplicaFailure> failures, uint64_t failedVersion);
+  kj::Promise<DataOutcome> applyMutation(ChunkInfo chunk, const ChunkMutation& m);
+  kj::Promise<DataOutcome> pushInto(const ChunkInfo& chunk, uint64_t dataId,
                                     kj::ArrayPtr<const kj::byte> data);
+  kj::Promise<DataOutcome> pullInto(const ChunkInfo& chunk, uint64_t dataId, CopySource source,
+                                    uint32_t length);
+  kj::Promise<DataOutcome> pullFrom(ChunkInfo chunk, uint64_t dataId, ChunkInfo from,
+                                    kj::Own<std::vector<ReplicaInfo>> sources, size_t next,
+                                    uint32_t fromOffset, uint32_t length);
+  // A data call to a chunkserver; an unreachable one becomes a failure naming it.
+  template <typename Req>
+  kj::Promise<DataOutcome> dataCall(Req&& request, std::string address);
   kj::Promise<Status> readRange(uint64_t inode, uint64_t offset, uint64_t length, kj::byte* out,
                                 kj::TimePoint deadline);
+  // seek() from chunk `index` on.
+  kj::Promise<Result<uint64_t>> seekFrom(uint64_t inode, uint64_t offset, bool hole,
+                                         uint64_t size, uint64_t chunkSize, uint32_t index);
+  // The chunk's length (8 bytes) and its block bitmap, from the first replica that answers.
+  kj::Promise<Result<std::string>> blockMapOf(ChunkInfo chunk, size_t replicaIndex);
   template <typename Req>
   kj::Promise<Status> callChunkserver(Req&& request, std::string address);
 
@@ -228,6 +296,8 @@ class Client {
   PeerPool peers;
   std::mt19937_64 rng;
   kj::Maybe<wire::ClientService::Client> masterService;
+  std::map<uint64_t, uint32_t> openCounts;  // files this client holds open
+  kj::Promise<void> keepalive = nullptr;
   uint64_t chunkSize = 0;  // learnt from the master; fixed for a cluster
   struct CachedLayout {
     FileLayout layout;

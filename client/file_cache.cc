@@ -1,10 +1,19 @@
 #include "file_cache.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
+
+#include "log.h"
 
 namespace cairn {
 
-FileCache::FileCache(Client& client, FileCacheOptions options) : client(client), opts(options) {}
+FileCache::FileCache(Client& client, FileCacheOptions options)
+    : client(client), opts(options), background(*this) {}
+
+void FileCache::taskFailed(kj::Exception&& exception) {
+  logWarn("closing a file in the background failed: {}", exception.getDescription().cStr());
+}
 
 FileCache::State& FileCache::state(uint64_t inode) { return files[inode]; }
 
@@ -15,9 +24,9 @@ void FileCache::invalidate(State& st) {
   st.prefetching = false;
 }
 
-void FileCache::open(uint64_t inode, uint64_t size) {
+void FileCache::attach(uint64_t inode, uint64_t size) {
   State& st = state(inode);
-  if (st.refs++ == 0 || idle(st)) st.size = size;
+  if (st.refs++ == 0 || idle(st)) st.size = st.confirmed = size;
   invalidate(st);
   client.forgetLayout(inode);
 }
@@ -26,7 +35,112 @@ kj::Promise<Status> FileCache::release(uint64_t inode) {
   return flush(inode).then([this, inode](Status s) {
     auto it = files.find(inode);
     if (it != files.end() && --it->second.refs == 0 && idle(it->second)) files.erase(it);
+    client.close(inode);
     return s;
+  });
+}
+
+kj::Promise<Result<kj::Own<OpenFile>>> FileCache::open(uint64_t inode) {
+  return client.open(inode).then([this](Result<FileAttr> a) -> Result<kj::Own<OpenFile>> {
+    if (!a.ok()) return a.status;
+    if (a.value.type == FileType::DIRECTORY) {
+      return Status::isDirectory(fmt::format("inode {} is a directory", a.value.inode));
+    }
+    if (a.value.type != FileType::REGULAR) {
+      return Status::invalidArgument(fmt::format("inode {} is not a regular file", a.value.inode));
+    }
+    attach(a.value.inode, a.value.size);
+    return kj::heap<OpenFile>(*this, a.value, std::nullopt, false);
+  });
+}
+
+kj::Promise<Result<kj::Own<OpenFile>>> FileCache::create(uint64_t parent, std::string name,
+                                                         CreateOptions o) {
+  std::optional<OpenFile::Rename> rename;
+  uint64_t at = parent;
+  std::string as = name;
+  if (o.atomic) {
+    rename = OpenFile::Rename{
+        o.tempParent != 0 ? o.tempParent : parent,
+        o.tempName.empty() ? fmt::format(".{}._COPYING_", name.substr(0, 200)) : o.tempName, parent,
+        name, o.noReplace};
+    at = rename->tempParent;
+    as = rename->tempName;
+  }
+  auto make = [this, at, as, o]() {
+    return client.create(at, as, o.mode, o.uid, o.gid, o.replication, o.exclusive || o.atomic,
+                         /*open=*/true);
+  };
+  kj::Promise<Result<FileAttr>> created = make();
+  if (o.atomic) {
+    // A temporary left by an earlier attempt that died is replaced.
+    created =
+        created.then([this, at, as, make](Result<FileAttr> r) -> kj::Promise<Result<FileAttr>> {
+          if (r.status.code() != ErrorCode::ALREADY_EXISTS) return r;
+          return client.unlink(at, as).then([make](Status) { return make(); });
+        });
+  }
+  return created.then([this, rename = std::move(rename), sync = o.syncOnClose](
+                          Result<FileAttr> a) mutable -> Result<kj::Own<OpenFile>> {
+    if (!a.ok()) return a.status;
+    attach(a.value.inode, a.value.size);
+    return kj::heap<OpenFile>(*this, a.value, std::move(rename), sync);
+  });
+}
+
+// --- OpenFile ---
+
+OpenFile::OpenFile(FileCache& cache, FileAttr attr, std::optional<Rename> rename, bool syncOnClose)
+    : cache(cache), attr_(std::move(attr)), rename(std::move(rename)), syncOnClose(syncOnClose) {}
+
+OpenFile::~OpenFile() {
+  if (!done) cache.background.add(cache.release(attr_.inode).ignoreResult());
+}
+
+kj::Promise<Status> OpenFile::write(uint64_t offset, std::string data) {
+  return cache.write(attr_.inode, offset, std::move(data));
+}
+
+kj::Promise<Result<std::string>> OpenFile::read(uint64_t offset, uint32_t size) {
+  return cache.read(attr_.inode, offset, size);
+}
+
+kj::Promise<Status> OpenFile::flush() { return cache.flush(attr_.inode); }
+
+kj::Promise<Status> OpenFile::fsync() { return cache.fsync(attr_.inode); }
+
+kj::Promise<Status> OpenFile::close() {
+  if (done) return Status::OK();
+  done = true;
+  uint64_t inode = attr_.inode;
+  FileCache& fc = cache;
+  auto written = syncOnClose ? fc.fsync(inode) : fc.flush(inode);
+  auto placed = written.then([&fc, r = rename](Status s) -> kj::Promise<Status> {
+    if (!r) return s;
+    if (!s.ok())
+      return fc.client.unlink(r->tempParent, r->tempName).then([s](Status) { return s; });
+    return fc.client.rename(r->tempParent, r->tempName, r->parent, r->name, r->noReplace)
+        .then([&fc, r](Status renamed) -> kj::Promise<Status> {
+          if (renamed.ok()) return renamed;
+          return fc.client.unlink(r->tempParent, r->tempName).then([renamed](Status) {
+            return renamed;
+          });
+        });
+  });
+  return placed.then([&fc, inode](Status s) {
+    return fc.release(inode).then([s](Status released) { return s.ok() ? released : s; });
+  });
+}
+
+kj::Promise<void> OpenFile::abort() {
+  if (done) return kj::READY_NOW;
+  done = true;
+  FileCache& fc = cache;
+  uint64_t inode = attr_.inode;
+  auto r = rename;
+  return fc.release(inode).then([&fc, r](Status) -> kj::Promise<void> {
+    if (!r) return kj::READY_NOW;
+    return fc.client.unlink(r->tempParent, r->tempName).ignoreResult();
   });
 }
 
@@ -68,22 +182,26 @@ void FileCache::startFlush(uint64_t inode, State& st) {
   auto done = kj::heap<bool>(false);
   bool* doneFlag = done.get();
   auto& bytes = *data;
-  auto promise = kj::joinPromises(earlier.releaseAsArray())
-                     .then([this, inode, offset, &bytes]() {
-                       return client.write(
-                           inode, offset,
-                           kj::arrayPtr(reinterpret_cast<const kj::byte*>(bytes.data()),
-                                        bytes.size()));
-                     })
-                     .then([this, inode, doneFlag](Status s) {
-                       *doneFlag = true;
-                       auto it = files.find(inode);
-                       if (it != files.end() && !s.ok() && it->second.error.ok()) {
-                         it->second.error = s;
-                       }
-                     })
-                     .attach(kj::mv(data))
-                     .fork();
+  auto promise =
+      kj::joinPromises(earlier.releaseAsArray())
+          .then([this, inode, offset, &bytes]() {
+            return client.write(
+                inode, offset,
+                kj::arrayPtr(reinterpret_cast<const kj::byte*>(bytes.data()), bytes.size()));
+          })
+          .then([this, inode, doneFlag, end](Status s) {
+            *doneFlag = true;
+            auto it = files.find(inode);
+            if (it == files.end()) return;
+            State& st = it->second;
+            if (s.ok()) {
+              st.confirmed = std::max(st.confirmed, end);
+            } else if (st.error.ok()) {
+              st.error = s;
+            }
+          })
+          .attach(kj::mv(data))
+          .fork();
   st.flushes.push_back({offset, end, kj::mv(promise), kj::mv(done)});
 }
 
@@ -130,13 +248,18 @@ kj::Promise<Status> FileCache::flush(uint64_t inode) {
     if (it == files.end()) return Status::OK();
     State& st = it->second;
     Status s = takeError(st);
-    if (!s.ok() || !st.sizeDirty) return s;
+    // Everything buffered has gone out: the file is as large as the writes that reached
+    // the chunkservers made it. A failed write does not grow it.
+    if (st.size != st.confirmed) {
+      st.size = st.confirmed;
+      invalidate(st);
+    }
+    if (!st.sizeDirty) return s;
     st.sizeDirty = false;
-    uint64_t size = st.size;
-    return client.commitSize(inode, size).then([this, inode](Result<FileAttr> r) {
+    return client.commitSize(inode, st.confirmed).then([this, inode, s](Result<FileAttr> r) {
       auto it = files.find(inode);
       if (!r.ok() && it != files.end()) it->second.sizeDirty = true;
-      return r.status;
+      return s.ok() ? r.status : s;
     });
   });
 }
@@ -167,18 +290,86 @@ kj::Promise<Result<FileAttr>> FileCache::setattr(uint64_t inode, SetAttrRequest 
   });
 }
 
-kj::Promise<Status> FileCache::extend(uint64_t inode, uint64_t end) {
+kj::Promise<Status> FileCache::fallocate(uint64_t inode, AllocateMode mode, uint64_t offset,
+                                         uint64_t length) {
+  uint64_t end = offset + length;
+  if (length == 0 || end < offset) return Status::invalidArgument("empty or overflowing range");
+  if (mode.punchHole && !mode.keepSize) {
+    return Status::invalidArgument("a hole is punched only with keep-size");  // as Linux
+  }
+  // What is buffered goes first, so that the change applies after it.
   return flush(inode)
-      .then([this, inode](Status s) -> kj::Promise<Result<FileAttr>> {
-        if (!s.ok()) return Result<FileAttr>(s);
-        return client.getattr(inode);
+      .then([this, inode, mode, offset, length](Status s) -> kj::Promise<Status> {
+        if (!s.ok()) return s;
+        auto it = files.find(inode);
+        if (it != files.end()) invalidate(it->second);
+        if (mode.punchHole) return client.punch(inode, offset, length);
+        if (mode.zeroRange) {
+          return client.punch(inode, offset, length).then([this, inode, offset, length](Status s) {
+            return s.ok() ? client.allocate(inode, offset, length) : kj::Promise<Status>(s);
+          });
+        }
+        return client.allocate(inode, offset, length);
       })
-      .then([this, inode, end](Result<FileAttr> a) -> kj::Promise<Status> {
-        if (!a.ok() || a.value.size >= end) return a.status;
-        SetAttrRequest grow;
-        grow.size = end;
-        return setattr(inode, grow).then([](Result<FileAttr> r) { return r.status; });
+      .then([this, inode, mode, end](Status s) -> kj::Promise<Status> {
+        if (!s.ok() || mode.keepSize) return s;
+        return client.commitSize(inode, end).then([this, inode, end](Result<FileAttr> r) {
+          if (r.ok()) grew(inode, end);
+          return r.status;
+        });
       });
+}
+
+kj::Promise<Result<uint64_t>> FileCache::seek(uint64_t inode, uint64_t offset, bool hole) {
+  return flush(inode).then([this, inode, offset, hole](Status s) -> kj::Promise<Result<uint64_t>> {
+    if (!s.ok()) return Result<uint64_t>(s);
+    return client.seek(inode, offset, hole);
+  });
+}
+
+kj::Promise<Result<uint64_t>> FileCache::copyRange(uint64_t srcInode, uint64_t srcOffset,
+                                                   uint64_t dstInode, uint64_t dstOffset,
+                                                   uint64_t length) {
+  // Both files' buffered writes go first: the copy reads what the source holds now, and
+  // lands after what was written to the destination before it.
+  return kj::joinPromises(kj::arr(flush(srcInode), flush(dstInode)))
+      .then([this, srcInode](kj::Array<Status> flushed) -> kj::Promise<Result<FileAttr>> {
+        for (auto& s : flushed) {
+          if (!s.ok()) return Result<FileAttr>(s);
+        }
+        return client.getattr(srcInode);
+      })
+      .then([this, srcInode, srcOffset, dstInode, dstOffset,
+             length](Result<FileAttr> src) -> kj::Promise<Result<uint64_t>> {
+        if (!src.ok()) return Result<uint64_t>(src.status);
+        if (src.value.type != FileType::REGULAR) {
+          return Result<uint64_t>(Status::invalidArgument("the source is not a regular file"));
+        }
+        uint64_t n = srcOffset >= src.value.size ? 0 : std::min(length, src.value.size - srcOffset);
+        if (n == 0) return Result<uint64_t>(uint64_t{0});
+        auto it = files.find(dstInode);
+        if (it != files.end()) invalidate(it->second);
+        uint64_t end = dstOffset + n;
+        return client.copyRange(srcInode, srcOffset, dstInode, dstOffset, n)
+            .then([this, dstInode, end](Status s) -> kj::Promise<Result<FileAttr>> {
+              if (!s.ok()) return Result<FileAttr>(s);
+              return client.commitSize(dstInode, end);
+            })
+            .then([this, dstInode, end, n](Result<FileAttr> r) -> Result<uint64_t> {
+              if (!r.ok()) return r.status;
+              grew(dstInode, end);
+              return n;
+            });
+      });
+}
+
+void FileCache::grew(uint64_t inode, uint64_t end) {
+  auto it = files.find(inode);
+  if (it == files.end()) return;
+  State& st = it->second;
+  st.size = std::max(st.size, end);
+  st.confirmed = std::max(st.confirmed, end);
+  invalidate(st);
 }
 
 std::optional<uint64_t> FileCache::localSize(uint64_t inode) {
@@ -190,20 +381,19 @@ std::optional<uint64_t> FileCache::localSize(uint64_t inode) {
 void FileCache::resized(uint64_t inode, uint64_t size) {
   auto it = files.find(inode);
   if (it == files.end()) return;
-  it->second.size = size;
+  it->second.size = it->second.confirmed = size;
   invalidate(it->second);
 }
 
-kj::Promise<Result<std::string>> FileCache::read(uint64_t inode, uint64_t offset,
-                                                 uint32_t size) {
+kj::Promise<Result<std::string>> FileCache::read(uint64_t inode, uint64_t offset, uint32_t size) {
   State& st = state(inode);
   if (idle(st)) return readCached(inode, offset, size);
   // Read-your-writes: what this client wrote goes out first.
-  return flush(inode).then([this, inode, offset, size](Status s)
-                               -> kj::Promise<Result<std::string>> {
-    if (!s.ok()) return Result<std::string>(s);
-    return readCached(inode, offset, size);
-  });
+  return flush(inode).then(
+      [this, inode, offset, size](Status s) -> kj::Promise<Result<std::string>> {
+        if (!s.ok()) return Result<std::string>(s);
+        return readCached(inode, offset, size);
+      });
 }
 
 kj::Promise<Result<std::string>> FileCache::readCached(uint64_t inode, uint64_t offset,
@@ -216,18 +406,18 @@ kj::Promise<Result<std::string>> FileCache::readCached(uint64_t inode, uint64_t 
     maybePrefetch(inode, st);
     return Result<std::string>(std::move(out));
   }
-  KJ_IF_MAYBE(pending, st.prefetch) {
+  KJ_IF_MAYBE (pending, st.prefetch) {
     if (st.prefetching && offset >= aheadEnd && offset < st.prefetchEnd) {
       // The bytes are on their way: wait for them rather than ask twice.
       return pending->addBranch().then(
           [this, inode, offset, size]() { return readCached(inode, offset, size); });
     }
   }
-  bool sequential = offset == st.lastReadEnd || (offset >= st.aheadOffset && offset <= aheadEnd &&
-                                                 !st.ahead.empty());
+  bool sequential = offset == st.lastReadEnd ||
+                    (offset >= st.aheadOffset && offset <= aheadEnd && !st.ahead.empty());
   st.lastReadEnd = offset + size;
-  st.window = sequential ? std::min(opts.readAheadBytes, std::max<size_t>(st.window * 2, 1 << 20))
-                         : 0;
+  st.window =
+      sequential ? std::min(opts.readAheadBytes, std::max<size_t>(st.window * 2, 1 << 20)) : 0;
   uint64_t fetch = std::max<uint64_t>(size, st.window);
   uint64_t generation = st.generation;
   auto out = kj::heap<std::string>();

@@ -1,10 +1,13 @@
 #pragma once
-// Per-file write-back buffering and sequential read-ahead for one client (a mount). Writes
-// to an inode collect in a buffer and go out as large pushes while the caller goes on;
-// buffers that do not overlap go out concurrently, overlapping ones in order. flush()
-// makes them visible to every other client (close-to-open). Reads of a file being read
-// sequentially fetch a growing window ahead and prefetch the next one. Runs on the
-// Client's loop.
+// Open files for one client (a mount, the CLI, a MapReduce worker): the one write path
+// every tool takes. A file is opened or created through FileCache, which hands out an
+// OpenFile; its writes collect in a per-file buffer and go out as large pushes while the
+// caller goes on (buffers that do not overlap concurrently, overlapping ones in order);
+// flush() makes them visible to every other client (close-to-open), fsync() durable on
+// every replica, close() both (and renames a file written under a temporary name into
+// place). Reads of a file being read sequentially fetch a growing window ahead and
+// prefetch the next one. A write that fails never grows the file: the size recorded is
+// what reached the chunkservers. Runs on the Client's loop.
 
 #include <kj/async.h>
 
@@ -24,34 +27,108 @@ struct FileCacheOptions {
   size_t readAheadBytes = 16 << 20;   // largest read-ahead window
 };
 
-class FileCache {
+struct CreateOptions {
+  uint32_t mode = 0644;
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  uint8_t replication = 0;  // 0: the directory's goal
+  bool exclusive = false;   // alreadyExists if the name exists
+  // Write under a temporary name and rename it to the file's name on close(), so that
+  // readers never see a partial file and a failure leaves nothing behind. The temporary
+  // is `tempName` in `tempParent` (defaults: ".NAME._COPYING_" beside the file); an old
+  // one of the same name is replaced. With `noReplace`, close() fails with alreadyExists
+  // (and removes the temporary) when the name exists by then.
+  bool atomic = false;
+  uint64_t tempParent = 0;
+  std::string tempName;
+  bool noReplace = false;
+  bool syncOnClose = false;  // close() also makes every replica sync to disk
+};
+
+// fallocate(2)'s modes, as libcairn applies them (the FUSE bridge translates the flags).
+struct AllocateMode {
+  bool keepSize = false;   // FALLOC_FL_KEEP_SIZE: reserve without growing the file
+  bool punchHole = false;  // FALLOC_FL_PUNCH_HOLE: zeros, whole blocks freed on every replica
+  bool zeroRange = false;  // FALLOC_FL_ZERO_RANGE: zeros, and the disk reserved
+};
+
+class FileCache;
+
+// One open of a regular file. Every OpenFile ends with close() or abort(); one dropped
+// without either is closed in the background (its errors are only logged). Must be used
+// and destroyed on the Client's loop.
+class OpenFile {
+ public:
+  // Where an atomic file's temporary goes on close().
+  struct Rename {
+    uint64_t tempParent = 0;
+    std::string tempName;
+    uint64_t parent = 0;
+    std::string name;
+    bool noReplace = false;
+  };
+  // Made by FileCache::open() and create() only.
+  OpenFile(FileCache& cache, FileAttr attr, std::optional<Rename> rename, bool syncOnClose);
+  ~OpenFile();
+  uint64_t inode() const { return attr_.inode; }
+  // The attributes when opened.
+  const FileAttr& attr() const { return attr_; }
+  // Buffers `data` at `offset`. A failure of an earlier buffered write is returned here or
+  // by the next flush.
+  kj::Promise<Status> write(uint64_t offset, std::string data);
+  kj::Promise<Result<std::string>> read(uint64_t offset, uint32_t size);
+  // Writes out everything buffered and records the file's new size at the master.
+  kj::Promise<Status> flush();
+  // flush(), then every replica of every chunk written since the last fsync syncs to disk.
+  kj::Promise<Status> fsync();
+  // flush() (fsync() with syncOnClose), the rename of an atomic file, and the end of the
+  // open; the first failure is returned, and the open is over either way.
+  kj::Promise<Status> close();
+  // The end of the open, keeping nothing that is not written yet; an atomic file's
+  // temporary is removed.
+  kj::Promise<void> abort();
+
+ private:
+  FileCache& cache;
+  FileAttr attr_;
+  std::optional<Rename> rename;
+  bool syncOnClose;
+  bool done = false;
+};
+
+class FileCache final : private kj::TaskSet::ErrorHandler {
  public:
   FileCache(Client& client, FileCacheOptions options = {});
 
-  // Every open() is matched by one release(), which flushes. open() forgets what this
-  // client cached about the file, so that it reads what others wrote before (close-to-open).
-  void open(uint64_t inode, uint64_t size);
-  kj::Promise<Status> release(uint64_t inode);
+  // Opens a regular file: it forgets what this client cached about it, so that it reads
+  // what others wrote before (close-to-open). The master holds it open (it outlives its
+  // last name) until the OpenFile ends.
+  kj::Promise<Result<kj::Own<OpenFile>>> open(uint64_t inode);
+  // Creates `name` in `parent` (or opens it, without `exclusive`) and opens it.
+  kj::Promise<Result<kj::Own<OpenFile>>> create(uint64_t parent, std::string name,
+                                                CreateOptions options);
 
-  // Buffers `data` at `offset`. A failure of an earlier buffered write is returned here or
-  // by the next flush.
-  kj::Promise<Status> write(uint64_t inode, uint64_t offset, std::string data);
-  kj::Promise<Result<std::string>> read(uint64_t inode, uint64_t offset, uint32_t size);
-  // Writes out everything buffered and records the file's new size at the master.
-  kj::Promise<Status> flush(uint64_t inode);
-  // flush(), then every replica of every chunk written since the last fsync syncs to disk.
-  kj::Promise<Status> fsync(uint64_t inode);
+  // Calls by inode, for what arrives without an open file (the mount's setattr, getattr,
+  // fallocate, lseek and copy_file_range name inodes).
+  //
   // Changes attributes at the master; a size change first writes out what is buffered
   // (so that a cut applies to it too) and then drops cached bytes.
   kj::Promise<Result<FileAttr>> setattr(uint64_t inode, SetAttrRequest request);
-  // Extends the file to at least `end` bytes (fallocate mode 0: holes read as zeros).
-  kj::Promise<Status> extend(uint64_t inode, uint64_t end);
   // The size including buffered writes, when this client has any.
   std::optional<uint64_t> localSize(uint64_t inode);
-  // The file was cut or extended to `size` (after flush() and the master's setattr).
-  void resized(uint64_t inode, uint64_t size);
+  // fallocate(2) over [offset, offset+length): reserves disk on every replica (and grows
+  // the file unless keepSize), or makes the range zeros (punchHole frees whole blocks).
+  kj::Promise<Status> fallocate(uint64_t inode, AllocateMode mode, uint64_t offset,
+                                uint64_t length);
+  // lseek(SEEK_DATA / SEEK_HOLE), after what is buffered is written out.
+  kj::Promise<Result<uint64_t>> seek(uint64_t inode, uint64_t offset, bool hole);
+  // copy_file_range(2): copies up to `length` bytes (fewer past the source's end) on the
+  // chunkservers and grows the destination to cover them. Returns the bytes copied.
+  kj::Promise<Result<uint64_t>> copyRange(uint64_t srcInode, uint64_t srcOffset, uint64_t dstInode,
+                                          uint64_t dstOffset, uint64_t length);
 
  private:
+  friend class OpenFile;
   struct Flush {
     uint64_t offset;
     uint64_t end;
@@ -60,7 +137,8 @@ class FileCache {
   };
   struct State {
     size_t refs = 0;
-    uint64_t size = 0;
+    uint64_t size = 0;       // as this client sees it, buffered writes included
+    uint64_t confirmed = 0;  // backed by writes that reached the chunkservers, or the master
     bool sizeDirty = false;
     std::string buffer;
     uint64_t bufferOffset = 0;
@@ -78,6 +156,19 @@ class FileCache {
     bool prefetching = false;
     uint64_t prefetchEnd = 0;
   };
+  // One more open of `inode` (the master already holds it open for this client).
+  void attach(uint64_t inode, uint64_t size);
+  // Ends one open: flushes, and the master is told once the last open ends.
+  kj::Promise<Status> release(uint64_t inode);
+  kj::Promise<Status> write(uint64_t inode, uint64_t offset, std::string data);
+  kj::Promise<Result<std::string>> read(uint64_t inode, uint64_t offset, uint32_t size);
+  kj::Promise<Status> flush(uint64_t inode);
+  kj::Promise<Status> fsync(uint64_t inode);
+  // The file was cut or extended to `size` (after flush() and the master's change).
+  void resized(uint64_t inode, uint64_t size);
+  // The file grew to at least `end` at the master (a copy or an allocation).
+  void grew(uint64_t inode, uint64_t end);
+
   State& state(uint64_t inode);
   void invalidate(State& st);
   void startFlush(uint64_t inode, State& st);
@@ -87,10 +178,12 @@ class FileCache {
   Status takeError(State& st);
   kj::Promise<Result<std::string>> readCached(uint64_t inode, uint64_t offset, uint32_t size);
   void maybePrefetch(uint64_t inode, State& st);
+  void taskFailed(kj::Exception&& exception) override;
 
   Client& client;
   FileCacheOptions opts;
   std::map<uint64_t, State> files;
+  kj::TaskSet background;  // closes of OpenFiles dropped without close()
 };
 
 }  // namespace cairn

@@ -7,6 +7,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -16,11 +17,15 @@ namespace {
 Status errnoStatus(const std::string& what, const std::string& path, int err) {
   std::string m = fmt::format("{} {}: {}", what, path, strerror(err));
   switch (err) {
-    case ENOENT: return Status::notFound(m);
+    case ENOENT:
+      return Status::notFound(m);
     case ENOSPC:
-    case EDQUOT: return Status::noSpace(m);
-    case EEXIST: return Status::alreadyExists(m);
-    default: return Status::ioError(m);
+    case EDQUOT:
+      return Status::noSpace(m);
+    case EEXIST:
+      return Status::alreadyExists(m);
+    default:
+      return Status::ioError(m);
   }
 }
 
@@ -78,6 +83,45 @@ Status PosixDisk::truncate(const std::string& path, uint64_t size) {
   return Status::OK();
 }
 
+Status PosixDisk::allocate(const std::string& path, uint64_t offset, uint64_t size) {
+  if (size == 0) return Status::OK();
+  Fd fd(open(path.c_str(), O_WRONLY | O_CLOEXEC));
+  if (fd.get() < 0) return errnoStatus("open", path, errno);
+  int rc;
+  do {
+    rc = fallocate(fd.get(), FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+                   static_cast<off_t>(size));
+  } while (rc != 0 && errno == EINTR);
+  if (rc != 0 && errno != EOPNOTSUPP) return errnoStatus("fallocate", path, errno);
+  return Status::OK();
+}
+
+Status PosixDisk::punchHole(const std::string& path, uint64_t offset, uint64_t size) {
+  if (size == 0) return Status::OK();
+  Fd fd(open(path.c_str(), O_WRONLY | O_CLOEXEC));
+  if (fd.get() < 0) return errnoStatus("open", path, errno);
+  int rc;
+  do {
+    rc = fallocate(fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+                   static_cast<off_t>(size));
+  } while (rc != 0 && errno == EINTR);
+  if (rc == 0) return Status::OK();
+  if (errno != EOPNOTSUPP) return errnoStatus("punch", path, errno);
+  // A file system without holes: write the zeros, up to the end of the file.
+  struct stat st;
+  if (fstat(fd.get(), &st) != 0) return errnoStatus("stat", path, errno);
+  uint64_t end = std::min<uint64_t>(offset + size, static_cast<uint64_t>(st.st_size));
+  static const std::string zeros(1 << 16, '\0');
+  for (uint64_t pos = offset; pos < end;) {
+    size_t n = static_cast<size_t>(std::min<uint64_t>(zeros.size(), end - pos));
+    ssize_t w = pwrite(fd.get(), zeros.data(), n, static_cast<off_t>(pos));
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) return errnoStatus("write", path, errno);
+    pos += static_cast<uint64_t>(w);
+  }
+  return Status::OK();
+}
+
 Status PosixDisk::sync(const std::string& path) {
   Fd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) return errnoStatus("open", path, errno);
@@ -94,6 +138,12 @@ Result<uint64_t> PosixDisk::size(const std::string& path) {
   struct stat st;
   if (stat(path.c_str(), &st) != 0) return errnoStatus("stat", path, errno);
   return static_cast<uint64_t>(st.st_size);
+}
+
+Result<uint64_t> PosixDisk::allocated(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) return errnoStatus("stat", path, errno);
+  return static_cast<uint64_t>(st.st_blocks) * 512;
 }
 
 Status PosixDisk::makeDirs(const std::string& path) {
@@ -127,17 +177,38 @@ Result<DiskSpace> PosixDisk::space(const std::string& path) {
                    static_cast<uint64_t>(st.f_bavail) * st.f_frsize};
 }
 
-uint64_t MemDisk::used() const {
-  uint64_t total = 0;
-  for (auto& [path, data] : files) total += data.size();
-  return total;
+// --- MemDisk ---
+
+uint64_t MemDisk::missingPages(const File& f, uint64_t offset, uint64_t size) {
+  if (size == 0) return 0;
+  uint64_t missing = 0;
+  for (uint64_t p = offset / PAGE; p <= (offset + size - 1) / PAGE; ++p) {
+    missing += f.pages.count(p) == 0;
+  }
+  return missing;
+}
+
+void MemDisk::setCapacity(uint64_t bytes) {
+  std::lock_guard<std::mutex> lock(mutex);
+  capacity = bytes;
 }
 
 Status MemDisk::read(const std::string& path, uint64_t offset, size_t size, std::string& out) {
   std::lock_guard<std::mutex> lock(mutex);
   auto it = files.find(path);
   if (it == files.end()) return Status::notFound(path);
-  out = offset >= it->second.size() ? std::string() : it->second.substr(offset, size);
+  const File& f = it->second;
+  out.clear();
+  if (offset >= f.size) return Status::OK();
+  uint64_t end = std::min<uint64_t>(offset + size, f.size);
+  out.assign(end - offset, '\0');
+  for (uint64_t pos = offset; pos < end;) {
+    uint64_t page = pos / PAGE, in = pos % PAGE;
+    uint64_t n = std::min(PAGE - in, end - pos);
+    auto p = f.pages.find(page);
+    if (p != f.pages.end()) memcpy(out.data() + (pos - offset), p->second.data() + in, n);
+    pos += n;
+  }
   return Status::OK();
 }
 
@@ -147,14 +218,23 @@ Status MemDisk::write(const std::string& path, uint64_t offset, const void* data
   auto it = files.find(path);
   if (it == files.end()) {
     if (!create) return Status::notFound(path);
-    it = files.emplace(path, std::string()).first;
+    it = files.emplace(path, File()).first;
   }
-  uint64_t end = offset + size;
-  if (end > it->second.size() && used() + (end - it->second.size()) > capacity) {
+  File& f = it->second;
+  uint64_t missing = missingPages(f, offset, size);
+  if ((pagesInUse + missing) * PAGE > capacity) {
     return Status::noSpace(fmt::format("write {}: disk full", path));
   }
-  if (end > it->second.size()) it->second.resize(end, '\0');
-  memcpy(it->second.data() + offset, data, size);
+  auto bytes = static_cast<const char*>(data);
+  for (uint64_t pos = offset; pos < offset + size;) {
+    uint64_t page = pos / PAGE, in = pos % PAGE;
+    uint64_t n = std::min(PAGE - in, offset + size - pos);
+    auto [p, added] = f.pages.try_emplace(page, std::string(PAGE, '\0'));
+    pagesInUse += added;
+    memcpy(p->second.data() + in, bytes + (pos - offset), n);
+    pos += n;
+  }
+  f.size = std::max<uint64_t>(f.size, offset + size);
   return Status::OK();
 }
 
@@ -162,7 +242,58 @@ Status MemDisk::truncate(const std::string& path, uint64_t size) {
   std::lock_guard<std::mutex> lock(mutex);
   auto it = files.find(path);
   if (it == files.end()) return Status::notFound(path);
-  it->second.resize(size, '\0');
+  File& f = it->second;
+  if (size < f.size) {
+    uint64_t keep = (size + PAGE - 1) / PAGE;
+    for (auto p = f.pages.lower_bound(keep); p != f.pages.end();) {
+      p = f.pages.erase(p);
+      --pagesInUse;
+    }
+    if (size % PAGE != 0) {
+      auto last = f.pages.find(size / PAGE);
+      if (last != f.pages.end()) {
+        std::fill(last->second.begin() + static_cast<long>(size % PAGE), last->second.end(), '\0');
+      }
+    }
+  }
+  f.size = size;
+  return Status::OK();
+}
+
+Status MemDisk::allocate(const std::string& path, uint64_t offset, uint64_t size) {
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = files.find(path);
+  if (it == files.end()) return Status::notFound(path);
+  File& f = it->second;
+  if ((pagesInUse + missingPages(f, offset, size)) * PAGE > capacity) {
+    return Status::noSpace(fmt::format("allocate {}: disk full", path));
+  }
+  if (size == 0) return Status::OK();
+  for (uint64_t p = offset / PAGE; p <= (offset + size - 1) / PAGE; ++p) {
+    pagesInUse += f.pages.try_emplace(p, std::string(PAGE, '\0')).second;
+  }
+  return Status::OK();
+}
+
+Status MemDisk::punchHole(const std::string& path, uint64_t offset, uint64_t size) {
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = files.find(path);
+  if (it == files.end()) return Status::notFound(path);
+  File& f = it->second;
+  for (uint64_t pos = offset; pos < offset + size;) {
+    uint64_t page = pos / PAGE, in = pos % PAGE;
+    uint64_t n = std::min(PAGE - in, offset + size - pos);
+    auto p = f.pages.find(page);
+    if (p != f.pages.end()) {
+      if (n == PAGE) {
+        f.pages.erase(p);
+        --pagesInUse;
+      } else {
+        std::fill_n(p->second.begin() + static_cast<long>(in), n, '\0');
+      }
+    }
+    pos += n;
+  }
   return Status::OK();
 }
 
@@ -173,14 +304,25 @@ Status MemDisk::sync(const std::string& path) {
 
 Status MemDisk::remove(const std::string& path) {
   std::lock_guard<std::mutex> lock(mutex);
-  return files.erase(path) ? Status::OK() : Status::notFound(path);
+  auto it = files.find(path);
+  if (it == files.end()) return Status::notFound(path);
+  pagesInUse -= it->second.pages.size();
+  files.erase(it);
+  return Status::OK();
 }
 
 Result<uint64_t> MemDisk::size(const std::string& path) {
   std::lock_guard<std::mutex> lock(mutex);
   auto it = files.find(path);
   if (it == files.end()) return Status::notFound(path);
-  return static_cast<uint64_t>(it->second.size());
+  return it->second.size;
+}
+
+Result<uint64_t> MemDisk::allocated(const std::string& path) {
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = files.find(path);
+  if (it == files.end()) return Status::notFound(path);
+  return static_cast<uint64_t>(it->second.pages.size()) * PAGE;
 }
 
 Status MemDisk::makeDirs(const std::string&) { return Status::OK(); }
@@ -201,8 +343,77 @@ Status MemDisk::list(const std::string& path, std::vector<std::string>& names) {
 
 Result<DiskSpace> MemDisk::space(const std::string&) {
   std::lock_guard<std::mutex> lock(mutex);
-  uint64_t u = used();
-  return DiskSpace{capacity, capacity > u ? capacity - u : 0};
+  uint64_t used = pagesInUse * PAGE;
+  return DiskSpace{capacity, capacity > used ? capacity - used : 0};
+}
+
+// --- FaultyDisk ---
+
+void FaultyDisk::failNext(Op op, int count, ErrorCode code, std::string pathPart,
+                          size_t prefixBytes) {
+  std::lock_guard<std::mutex> lock(mutex);
+  rules.push_back({op, count, code, std::move(pathPart), prefixBytes});
+}
+
+void FaultyDisk::clear() {
+  std::lock_guard<std::mutex> lock(mutex);
+  rules.clear();
+}
+
+std::optional<FaultyDisk::Rule> FaultyDisk::take(Op op, const std::string& path) {
+  std::lock_guard<std::mutex> lock(mutex);
+  for (auto it = rules.begin(); it != rules.end(); ++it) {
+    if (it->op != op || path.find(it->pathPart) == std::string::npos) continue;
+    Rule r = *it;
+    if (--it->count <= 0) rules.erase(it);
+    return r;
+  }
+  return std::nullopt;
+}
+
+namespace {
+Status injected(const char* what, const std::string& path, ErrorCode code) {
+  return Status(code, fmt::format("{} {}: injected failure", what, path));
+}
+}  // namespace
+
+Status FaultyDisk::read(const std::string& path, uint64_t offset, size_t size, std::string& out) {
+  if (auto r = take(Op::READ, path)) return injected("read", path, r->code);
+  return base.read(path, offset, size, out);
+}
+
+Status FaultyDisk::write(const std::string& path, uint64_t offset, const void* data, size_t size,
+                         bool create) {
+  if (auto r = take(Op::WRITE, path)) {
+    if (r->prefixBytes > 0) base.write(path, offset, data, std::min(size, r->prefixBytes), create);
+    return injected("write", path, r->code);
+  }
+  return base.write(path, offset, data, size, create);
+}
+
+Status FaultyDisk::truncate(const std::string& path, uint64_t size) {
+  if (auto r = take(Op::TRUNCATE, path)) return injected("truncate", path, r->code);
+  return base.truncate(path, size);
+}
+
+Status FaultyDisk::allocate(const std::string& path, uint64_t offset, uint64_t size) {
+  if (auto r = take(Op::ALLOCATE, path)) return injected("allocate", path, r->code);
+  return base.allocate(path, offset, size);
+}
+
+Status FaultyDisk::punchHole(const std::string& path, uint64_t offset, uint64_t size) {
+  if (auto r = take(Op::PUNCH, path)) return injected("punch", path, r->code);
+  return base.punchHole(path, offset, size);
+}
+
+Status FaultyDisk::sync(const std::string& path) {
+  if (auto r = take(Op::SYNC, path)) return injected("sync", path, r->code);
+  return base.sync(path);
+}
+
+Status FaultyDisk::remove(const std::string& path) {
+  if (auto r = take(Op::REMOVE, path)) return injected("remove", path, r->code);
+  return base.remove(path);
 }
 
 }  // namespace cairn

@@ -1,12 +1,18 @@
 #pragma once
 // The narrow file interface a chunkserver stores chunks through (after leveldb's Env).
-// PosixDisk is the real one; MemDisk keeps files in memory for tests; tests wrap either to
-// inject faults. Every call is synchronous and must run on a DiskPool thread, never on an
-// event loop. Implementations are thread-safe.
+// PosixDisk is the real one; MemDisk keeps sparse files in memory for tests; FaultyDisk
+// wraps either to fail calls on demand. Every call is synchronous and must run on a
+// DiskPool thread, never on an event loop. Implementations are thread-safe.
+//
+// Files are sparse: bytes never written read as zeros and take no space. A call that
+// fails with noSpace changed nothing (a write reserves its blocks before it copies a
+// byte, see allocate()); any other failed write may have written a prefix.
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,15 +29,24 @@ class Disk {
  public:
   virtual ~Disk() = default;
   // Reads up to `size` bytes at `offset`; fewer at end of file. notFound if no file.
-  virtual Status read(const std::string& path, uint64_t offset, size_t size,
-                      std::string& out) = 0;
+  virtual Status read(const std::string& path, uint64_t offset, size_t size, std::string& out) = 0;
   // Writes at `offset`, creating the file if `create`; noSpace when the disk is full.
   virtual Status write(const std::string& path, uint64_t offset, const void* data, size_t size,
                        bool create) = 0;
+  // Sets the file's size: cut, or extended with a hole.
   virtual Status truncate(const std::string& path, uint64_t size) = 0;
+  // Reserves the blocks of [offset, offset+size) without changing the file's size or
+  // contents (fallocate with KEEP_SIZE), so that a later write there cannot fail for
+  // space. noSpace if the disk cannot hold them; OK (reserving nothing) where the file
+  // system cannot reserve.
+  virtual Status allocate(const std::string& path, uint64_t offset, uint64_t size) = 0;
+  // Makes [offset, offset+size) read as zeros and frees its whole blocks; the size stays.
+  virtual Status punchHole(const std::string& path, uint64_t offset, uint64_t size) = 0;
   virtual Status sync(const std::string& path) = 0;
   virtual Status remove(const std::string& path) = 0;
   virtual Result<uint64_t> size(const std::string& path) = 0;
+  // Bytes of disk the file occupies (st_blocks), which a sparse file keeps below its size.
+  virtual Result<uint64_t> allocated(const std::string& path) = 0;
   virtual Status makeDirs(const std::string& path) = 0;
   // Names (not paths) in directory `path`; notFound if it does not exist.
   virtual Status list(const std::string& path, std::vector<std::string>& names) = 0;
@@ -44,34 +59,92 @@ class PosixDisk final : public Disk {
   Status write(const std::string& path, uint64_t offset, const void* data, size_t size,
                bool create) override;
   Status truncate(const std::string& path, uint64_t size) override;
+  Status allocate(const std::string& path, uint64_t offset, uint64_t size) override;
+  Status punchHole(const std::string& path, uint64_t offset, uint64_t size) override;
   Status sync(const std::string& path) override;
   Status remove(const std::string& path) override;
   Result<uint64_t> size(const std::string& path) override;
+  Result<uint64_t> allocated(const std::string& path) override;
   Status makeDirs(const std::string& path) override;
   Status list(const std::string& path, std::vector<std::string>& names) override;
   Result<DiskSpace> space(const std::string& path) override;
 };
 
-// Files in memory, directories implied by paths. capacityBytes bounds the total size.
+// Sparse files in memory, in 4 KiB pages, directories implied by paths. capacityBytes
+// bounds the pages in use.
 class MemDisk final : public Disk {
  public:
+  static constexpr uint64_t PAGE = 4096;
   explicit MemDisk(uint64_t capacityBytes = uint64_t{1} << 40) : capacity(capacityBytes) {}
   Status read(const std::string& path, uint64_t offset, size_t size, std::string& out) override;
   Status write(const std::string& path, uint64_t offset, const void* data, size_t size,
                bool create) override;
   Status truncate(const std::string& path, uint64_t size) override;
+  Status allocate(const std::string& path, uint64_t offset, uint64_t size) override;
+  Status punchHole(const std::string& path, uint64_t offset, uint64_t size) override;
   Status sync(const std::string& path) override;
   Status remove(const std::string& path) override;
   Result<uint64_t> size(const std::string& path) override;
+  Result<uint64_t> allocated(const std::string& path) override;
   Status makeDirs(const std::string& path) override;
   Status list(const std::string& path, std::vector<std::string>& names) override;
   Result<DiskSpace> space(const std::string& path) override;
+  // Changes the capacity (a disk that fills up or is cleaned).
+  void setCapacity(uint64_t bytes);
 
  private:
-  uint64_t used() const;
+  struct File {
+    uint64_t size = 0;
+    std::map<uint64_t, std::string> pages;  // page index -> PAGE bytes
+  };
+  // Pages of [offset, offset+size) that `f` lacks.
+  static uint64_t missingPages(const File& f, uint64_t offset, uint64_t size);
   std::mutex mutex;
   uint64_t capacity;
-  std::map<std::string, std::string> files;
+  uint64_t pagesInUse = 0;
+  std::map<std::string, File> files;
+};
+
+// Wraps a Disk and fails chosen calls, for tests of the paths that handle them.
+class FaultyDisk final : public Disk {
+ public:
+  enum class Op { READ, WRITE, ALLOCATE, PUNCH, TRUNCATE, SYNC, REMOVE };
+  explicit FaultyDisk(Disk& base) : base(base) {}
+  // The next `count` calls of `op` whose path contains `pathPart` fail with `code`. A
+  // failing WRITE first writes `prefixBytes` of its data (a torn write).
+  void failNext(Op op, int count, ErrorCode code, std::string pathPart = "",
+                size_t prefixBytes = 0);
+  void clear();
+
+  Status read(const std::string& path, uint64_t offset, size_t size, std::string& out) override;
+  Status write(const std::string& path, uint64_t offset, const void* data, size_t size,
+               bool create) override;
+  Status truncate(const std::string& path, uint64_t size) override;
+  Status allocate(const std::string& path, uint64_t offset, uint64_t size) override;
+  Status punchHole(const std::string& path, uint64_t offset, uint64_t size) override;
+  Status sync(const std::string& path) override;
+  Status remove(const std::string& path) override;
+  Result<uint64_t> size(const std::string& path) override { return base.size(path); }
+  Result<uint64_t> allocated(const std::string& path) override { return base.allocated(path); }
+  Status makeDirs(const std::string& path) override { return base.makeDirs(path); }
+  Status list(const std::string& path, std::vector<std::string>& names) override {
+    return base.list(path, names);
+  }
+  Result<DiskSpace> space(const std::string& path) override { return base.space(path); }
+
+ private:
+  struct Rule {
+    Op op;
+    int count;
+    ErrorCode code;
+    std::string pathPart;
+    size_t prefixBytes;
+  };
+  // The rule that fails this call, consumed; null if none.
+  std::optional<Rule> take(Op op, const std::string& path);
+  Disk& base;
+  std::mutex mutex;
+  std::vector<Rule> rules;
 };
 
 }  // namespace cairn

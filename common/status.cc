@@ -30,4 +30,14 @@ Status fromWire(wire::Status::Reader in) {
   return Status(in.getCode(), std::string(in.getMessage().cStr(), in.getMessage().size()));
 }
 
+std::vector<ReplicaFailure> fromWire(capnp::List<wire::ReplicaFailure>::Reader in) {
+  std::vector<ReplicaFailure> out;
+  out.reserve(in.size());
+  for (auto f : in) {
+    out.push_back(
+        {std::string(f.getAddress().cStr(), f.getAddress().size()), fromWire(f.getStatus())});
+  }
+  return out;
+}
+
 }  // namespace cairn

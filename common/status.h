@@ -4,6 +4,7 @@
 
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "common.capnp.h"
 
@@ -43,11 +44,44 @@ class Status {
   std::string message_;
 };
 
+// One replica's part in a failed data operation (see wire::ReplicaFailure).
+struct ReplicaFailure {
+  std::string address;
+  Status status;
+};
+
+// The outcome of a data operation over a chain of replicas: when it failed, which of them
+// failed and why, so that the master (not the message text) decides what follows.
+struct DataOutcome {
+  Status status;
+  std::vector<ReplicaFailure> failures;
+  DataOutcome() = default;
+  DataOutcome(Status s) : status(std::move(s)) {}
+  DataOutcome(Status s, std::vector<ReplicaFailure> f)
+      : status(std::move(s)), failures(std::move(f)) {}
+  // A failure of one replica, which is named.
+  static DataOutcome of(std::string address, Status s) {
+    return DataOutcome(s, {{std::move(address), s}});
+  }
+  bool ok() const { return status.ok(); }
+};
+
 // The schema's name of a code, e.g. "notFound".
 const char* errorName(ErrorCode code);
 
 void toWire(const Status& status, wire::Status::Builder out);
 Status fromWire(wire::Status::Reader in);
+std::vector<ReplicaFailure> fromWire(capnp::List<wire::ReplicaFailure>::Reader in);
+// Fills a result that has `status` and `failures` fields.
+template <typename Builder>
+void toWire(const DataOutcome& outcome, Builder results) {
+  toWire(outcome.status, results.initStatus());
+  auto list = results.initFailures(static_cast<unsigned>(outcome.failures.size()));
+  for (size_t i = 0; i < outcome.failures.size(); ++i) {
+    list[static_cast<unsigned>(i)].setAddress(outcome.failures[i].address);
+    toWire(outcome.failures[i].status, list[static_cast<unsigned>(i)].initStatus());
+  }
+}
 
 // A value or the Status that explains its absence.
 template <typename T>

@@ -1,6 +1,7 @@
 #include "cairn_fs.h"
 
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <linux/fs.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
@@ -23,8 +24,7 @@ CairnFs& fsOf(fuse_req_t req) { return *static_cast<CairnFs*>(fuse_req_userdata(
 // Runs a libcairn call; an exception (a bug or a lost loop) becomes EIO, logged, and never
 // unwinds into libfuse.
 template <typename Func>
-auto call(fuse_req_t req, const char* op, Func&& func)
-    -> decltype(fsOf(req).client->run(func)) {
+auto call(fuse_req_t req, const char* op, Func&& func) -> decltype(fsOf(req).client->run(func)) {
   using T = decltype(fsOf(req).client->run(func));
   try {
     return fsOf(req).client->run(kj::fwd<Func>(func));
@@ -36,13 +36,20 @@ auto call(fuse_req_t req, const char* op, Func&& func)
 
 mode_t typeBits(FileType t) {
   switch (t) {
-    case FileType::REGULAR: return S_IFREG;
-    case FileType::DIRECTORY: return S_IFDIR;
-    case FileType::SYMLINK: return S_IFLNK;
-    case FileType::FIFO: return S_IFIFO;
-    case FileType::SOCKET: return S_IFSOCK;
-    case FileType::CHAR_DEVICE: return S_IFCHR;
-    case FileType::BLOCK_DEVICE: return S_IFBLK;
+    case FileType::REGULAR:
+      return S_IFREG;
+    case FileType::DIRECTORY:
+      return S_IFDIR;
+    case FileType::SYMLINK:
+      return S_IFLNK;
+    case FileType::FIFO:
+      return S_IFIFO;
+    case FileType::SOCKET:
+      return S_IFSOCK;
+    case FileType::CHAR_DEVICE:
+      return S_IFCHR;
+    case FileType::BLOCK_DEVICE:
+      return S_IFBLK;
   }
   return S_IFREG;
 }
@@ -142,9 +149,8 @@ void cfsForget(fuse_req_t req, fuse_ino_t, uint64_t) {
 void cfsForgetMulti(fuse_req_t req, size_t, fuse_forget_data*) { fuse_reply_none(req); }
 
 void cfsGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
-  replyAttr(req, call(req, "getattr", [&](Client& c, FileCache& fc) {
-              return freshAttr(c, fc, ino);
-            }));
+  replyAttr(req,
+            call(req, "getattr", [&](Client& c, FileCache& fc) { return freshAttr(c, fc, ino); }));
 }
 
 void cfsSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int toSet, fuse_file_info*) {
@@ -163,9 +169,7 @@ void cfsSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int toSet, fu
   } else if (toSet & FUSE_SET_ATTR_MTIME) {
     r.mtimeNs = toNs(attr->st_mtim);
   }
-  replyAttr(req, call(req, "setattr", [&](Client&, FileCache& fc) {
-              return fc.setattr(ino, r);
-            }));
+  replyAttr(req, call(req, "setattr", [&](Client&, FileCache& fc) { return fc.setattr(ino, r); }));
 }
 
 void cfsReadlink(fuse_req_t req, fuse_ino_t ino) {
@@ -182,12 +186,24 @@ void cfsMknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, 
   std::string n = name;
   FileType type;
   switch (mode & S_IFMT) {
-    case S_IFREG: type = FileType::REGULAR; break;
-    case S_IFIFO: type = FileType::FIFO; break;
-    case S_IFSOCK: type = FileType::SOCKET; break;
-    case S_IFCHR: type = FileType::CHAR_DEVICE; break;
-    case S_IFBLK: type = FileType::BLOCK_DEVICE; break;
-    default: fuse_reply_err(req, EINVAL); return;
+    case S_IFREG:
+      type = FileType::REGULAR;
+      break;
+    case S_IFIFO:
+      type = FileType::FIFO;
+      break;
+    case S_IFSOCK:
+      type = FileType::SOCKET;
+      break;
+    case S_IFCHR:
+      type = FileType::CHAR_DEVICE;
+      break;
+    case S_IFBLK:
+      type = FileType::BLOCK_DEVICE;
+      break;
+    default:
+      fuse_reply_err(req, EINVAL);
+      return;
   }
   replyEntry(req, call(req, "mknod", [&](Client& c, FileCache&) {
                return c.mknod(parent, n, type, mode & 07777, ctx->uid, ctx->gid, rdev);
@@ -235,54 +251,73 @@ void cfsRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t n
 
 void cfsLink(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* newname) {
   std::string n = newname;
-  replyEntry(req, call(req, "link", [&](Client& c, FileCache&) { return c.link(ino, newparent, n); }));
+  replyEntry(req,
+             call(req, "link", [&](Client& c, FileCache&) { return c.link(ino, newparent, n); }));
+}
+
+// An open file: fi->fh holds one. Made and destroyed on the client's loop.
+struct FileHandle {
+  kj::Own<OpenFile> file;
+};
+
+FileHandle* handleOf(fuse_file_info* fi) { return reinterpret_cast<FileHandle*>(fi->fh); }
+
+kj::Promise<Result<FileHandle*>> wrap(kj::Promise<Result<kj::Own<OpenFile>>> opening) {
+  return opening.then([](Result<kj::Own<OpenFile>> f) -> Result<FileHandle*> {
+    if (!f.ok()) return f.status;
+    return new FileHandle{kj::mv(f.value)};
+  });
 }
 
 void cfsOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-  auto r = call(req, "open", [&](Client& c, FileCache& fc) {
-    return c.getattr(ino).then([&fc, ino](Result<FileAttr> a) {
-      if (a.ok() && a.value.type == FileType::REGULAR) fc.open(ino, a.value.size);
-      return a;
-    });
-  });
+  auto r = call(req, "open", [&](Client&, FileCache& fc) { return wrap(fc.open(ino)); });
   if (!r.ok()) {
     replyStatus(req, r.status);
     return;
   }
-  if (r.value.type == FileType::DIRECTORY) {
-    fuse_reply_err(req, EISDIR);
-    return;
-  }
   fi->keep_cache = 0;  // close-to-open: drop pages cached from before this open
-  fi->fh = 0;
-  fuse_reply_open(req, fi);
+  fi->fh = reinterpret_cast<uint64_t>(r.value);
+  if (fuse_reply_open(req, fi) != 0) {
+    call(req, "open", [&](Client&, FileCache&) {
+      return r.value->file->close().then([h = r.value](Status s) {
+        delete h;
+        return s;
+      });
+    });
+  }
 }
 
 void cfsCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
                fuse_file_info* fi) {
   const fuse_ctx* ctx = fuse_req_ctx(req);
+  CreateOptions o;
+  o.mode = mode & 07777;
+  o.uid = ctx->uid;
+  o.gid = ctx->gid;
+  o.exclusive = fi->flags & O_EXCL;
   std::string n = name;
-  bool exclusive = fi->flags & O_EXCL;
-  auto r = call(req, "create", [&](Client& c, FileCache& fc) {
-    return c.create(parent, n, mode & 07777, ctx->uid, ctx->gid, 0, exclusive)
-        .then([&fc](Result<FileAttr> a) {
-          if (a.ok()) fc.open(a.value.inode, a.value.size);
-          return a;
-        });
-  });
+  auto r =
+      call(req, "create", [&](Client&, FileCache& fc) { return wrap(fc.create(parent, n, o)); });
   if (!r.ok()) {
     replyStatus(req, r.status);
     return;
   }
-  fuse_entry_param e = entryOf(req, r.value);
+  fuse_entry_param e = entryOf(req, r.value->file->attr());
   fi->keep_cache = 0;
-  fi->fh = 0;
-  fuse_reply_create(req, &e, fi);
+  fi->fh = reinterpret_cast<uint64_t>(r.value);
+  if (fuse_reply_create(req, &e, fi) != 0) {
+    call(req, "create", [&](Client&, FileCache&) {
+      return r.value->file->close().then([h = r.value](Status s) {
+        delete h;
+        return s;
+      });
+    });
+  }
 }
 
-void cfsRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
-  auto r = call(req, "read", [&](Client&, FileCache& fc) {
-    return fc.read(ino, static_cast<uint64_t>(off), static_cast<uint32_t>(size));
+void cfsRead(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
+  auto r = call(req, "read", [&](Client&, FileCache&) {
+    return handleOf(fi)->file->read(static_cast<uint64_t>(off), static_cast<uint32_t>(size));
   });
   if (!r.ok()) {
     replyStatus(req, r.status);
@@ -291,11 +326,11 @@ void cfsRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_i
   fuse_reply_buf(req, r.value.data(), r.value.size());
 }
 
-void cfsWrite(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off,
-              fuse_file_info*) {
+void cfsWrite(fuse_req_t req, fuse_ino_t, const char* buf, size_t size, off_t off,
+              fuse_file_info* fi) {
   std::string data(buf, size);
-  Status s = call(req, "write", [&](Client&, FileCache& fc) {
-    return fc.write(ino, static_cast<uint64_t>(off), std::move(data));
+  Status s = call(req, "write", [&](Client&, FileCache&) {
+    return handleOf(fi)->file->write(static_cast<uint64_t>(off), std::move(data));
   });
   if (!s.ok()) {
     replyStatus(req, s);
@@ -304,16 +339,24 @@ void cfsWrite(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_
   fuse_reply_write(req, size);
 }
 
-void cfsFlush(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
-  replyStatus(req, call(req, "flush", [&](Client&, FileCache& fc) { return fc.flush(ino); }));
+void cfsFlush(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  replyStatus(req,
+              call(req, "flush", [&](Client&, FileCache&) { return handleOf(fi)->file->flush(); }));
 }
 
-void cfsRelease(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
-  replyStatus(req, call(req, "release", [&](Client&, FileCache& fc) { return fc.release(ino); }));
+void cfsRelease(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  FileHandle* h = handleOf(fi);
+  replyStatus(req, call(req, "release", [&](Client&, FileCache&) {
+                return h->file->close().then([h](Status s) {
+                  delete h;
+                  return s;
+                });
+              }));
 }
 
-void cfsFsync(fuse_req_t req, fuse_ino_t ino, int, fuse_file_info*) {
-  replyStatus(req, call(req, "fsync", [&](Client&, FileCache& fc) { return fc.fsync(ino); }));
+void cfsFsync(fuse_req_t req, fuse_ino_t, int, fuse_file_info* fi) {
+  replyStatus(req,
+              call(req, "fsync", [&](Client&, FileCache&) { return handleOf(fi)->file->fsync(); }));
 }
 
 // An open directory: the entries read so far, fetched from the master a page at a time.
@@ -348,9 +391,8 @@ void readdirCommon(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_
   while (dir->more && dir->entries.size() + 2 < want) {
     std::string after = dir->entries.empty() ? std::string() : dir->entries.back().name;
     bool more = false;
-    auto page = call(req, "readdir", [&](Client& c, FileCache&) {
-      return c.readdir(ino, after, 1024, &more);
-    });
+    auto page = call(req, "readdir",
+                     [&](Client& c, FileCache&) { return c.readdir(ino, after, 1024, &more); });
     if (!page.ok()) {
       replyStatus(req, page.status);
       return;
@@ -377,8 +419,8 @@ void readdirCommon(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_
       st = e.attr;
     }
     e.attr = st;
-    size_t n = plus ? fuse_add_direntry_plus(req, buf.data() + used, size - used, name.c_str(),
-                                             &e, static_cast<off_t>(i + 1))
+    size_t n = plus ? fuse_add_direntry_plus(req, buf.data() + used, size - used, name.c_str(), &e,
+                                             static_cast<off_t>(i + 1))
                     : fuse_add_direntry(req, buf.data() + used, size - used, name.c_str(), &st,
                                         static_cast<off_t>(i + 1));
     if (n > size - used) break;
@@ -423,8 +465,8 @@ void cfsStatfs(fuse_req_t req, fuse_ino_t) {
   fuse_reply_statfs(req, &st);
 }
 
-void cfsSetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value,
-                 size_t size, int flags) {
+void cfsSetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
+                 int flags) {
   std::string n = name, v(value, size);
   replyStatus(req, call(req, "setxattr", [&](Client& c, FileCache&) {
                 return c.setxattr(ino, n, v, static_cast<uint32_t>(flags));
@@ -464,9 +506,8 @@ void cfsListxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
 
 void cfsRemovexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
   std::string n = name;
-  replyStatus(req, call(req, "removexattr", [&](Client& c, FileCache&) {
-                return c.removexattr(ino, n);
-              }));
+  replyStatus(
+      req, call(req, "removexattr", [&](Client& c, FileCache&) { return c.removexattr(ino, n); }));
 }
 
 void cfsAccess(fuse_req_t req, fuse_ino_t ino, int) {
@@ -477,14 +518,50 @@ void cfsAccess(fuse_req_t req, fuse_ino_t ino, int) {
 
 void cfsFallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
                   fuse_file_info*) {
-  if (mode != 0) {
-    fuse_reply_err(req, EOPNOTSUPP);
+  if (mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) {
+    fuse_reply_err(req, EOPNOTSUPP);  // collapse and insert ranges are not supported
     return;
   }
-  uint64_t end = static_cast<uint64_t>(offset) + static_cast<uint64_t>(length);
+  AllocateMode m;
+  m.keepSize = mode & FALLOC_FL_KEEP_SIZE;
+  m.punchHole = mode & FALLOC_FL_PUNCH_HOLE;
+  m.zeroRange = mode & FALLOC_FL_ZERO_RANGE;
   replyStatus(req, call(req, "fallocate", [&](Client&, FileCache& fc) {
-                return fc.extend(ino, end);
+                return fc.fallocate(ino, m, static_cast<uint64_t>(offset),
+                                    static_cast<uint64_t>(length));
               }));
+}
+
+void cfsLseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info*) {
+  if (whence != SEEK_DATA && whence != SEEK_HOLE) {
+    fuse_reply_err(req, EINVAL);  // the kernel handles the others itself
+    return;
+  }
+  auto r = call(req, "lseek", [&](Client&, FileCache& fc) {
+    return fc.seek(ino, static_cast<uint64_t>(off), whence == SEEK_HOLE);
+  });
+  if (!r.ok()) {
+    replyStatus(req, r.status);
+    return;
+  }
+  fuse_reply_lseek(req, static_cast<off_t>(r.value));
+}
+
+void cfsCopyFileRange(fuse_req_t req, fuse_ino_t inIno, off_t inOff, fuse_file_info*,
+                      fuse_ino_t outIno, off_t outOff, fuse_file_info*, size_t len, int flags) {
+  if (flags != 0) {
+    fuse_reply_err(req, EINVAL);
+    return;
+  }
+  auto r = call(req, "copy_file_range", [&](Client&, FileCache& fc) {
+    return fc.copyRange(inIno, static_cast<uint64_t>(inOff), outIno, static_cast<uint64_t>(outOff),
+                        len);
+  });
+  if (!r.ok()) {
+    replyStatus(req, r.status);
+    return;
+  }
+  fuse_reply_write(req, static_cast<size_t>(r.value));
 }
 
 }  // namespace
@@ -525,6 +602,8 @@ fuse_lowlevel_ops cairnOperations() {
   ops.removexattr = cfsRemovexattr;
   ops.access = cfsAccess;
   ops.fallocate = cfsFallocate;
+  ops.lseek = cfsLseek;
+  ops.copy_file_range = cfsCopyFileRange;
   return ops;
 }
 

@@ -20,6 +20,7 @@ int toErrno(ErrorCode code) {
     case ErrorCode::NO_ATTRIBUTE: return ENODATA;
     case ErrorCode::NOT_SUPPORTED: return EOPNOTSUPP;
     case ErrorCode::NOT_PERMITTED: return EPERM;
+    case ErrorCode::END_OF_DATA: return ENXIO;
     // What is left is transient or a failure of the cluster: the caller sees an I/O error,
     // never ENOSYS (which would make the kernel stop asking).
     case ErrorCode::STALE_VERSION:
@@ -30,6 +31,7 @@ int toErrno(ErrorCode code) {
     case ErrorCode::IO_ERROR:
     case ErrorCode::SAFE_MODE:
     case ErrorCode::BUSY:
+    case ErrorCode::DATA_NOT_PUSHED:
       return EIO;
   }
   return EIO;

@@ -60,25 +60,40 @@ Result<std::string> CairnIo::read(uint64_t inode, uint64_t offset, uint64_t leng
   return out;
 }
 
-Result<FileAttr> CairnIo::create(uint64_t parent, const std::string& name, uint32_t uid,
-                                 uint32_t gid) {
-  return client.run([&](Client& c, FileCache& cache) {
-    return c.create(parent, name, 0644, uid, gid, 0, true).then([&cache](Result<FileAttr> r) {
-      if (r.ok()) cache.open(r.value.inode, 0);
-      return r;
-    });
-  });
+Result<std::unique_ptr<CairnIo::Writer>> CairnIo::createAtomically(uint64_t dir,
+                                                                   const std::string& name,
+                                                                   uint64_t tempDir,
+                                                                   const std::string& tempName,
+                                                                   uint32_t uid, uint32_t gid) {
+  CreateOptions o;
+  o.uid = uid;
+  o.gid = gid;
+  o.atomic = true;
+  o.tempParent = tempDir;
+  o.tempName = tempName;
+  o.noReplace = true;
+  o.syncOnClose = true;
+  auto file = client.run([&](Client&, FileCache& cache) { return cache.create(dir, name, o); });
+  if (!file.ok()) return file.status;
+  return std::unique_ptr<Writer>(new Writer(client, kj::mv(file.value)));
 }
 
-Status CairnIo::append(uint64_t inode, uint64_t offset, std::string data) {
-  return client.run(
-      [&](Client&, FileCache& cache) { return cache.write(inode, offset, std::move(data)); });
+CairnIo::Writer::~Writer() {
+  if (file.get() == nullptr) return;
+  client.run([&](Client&, FileCache&) { return file->abort().then([this]() { file = nullptr; }); });
 }
 
-Status CairnIo::close(uint64_t inode) {
-  return client.run([&](Client&, FileCache& cache) {
-    return cache.fsync(inode).then([&cache, inode](Status s) {
-      return cache.release(inode).then([s](Status released) { return s.ok() ? released : s; });
+Status CairnIo::Writer::append(std::string data) {
+  uint64_t at = offset;
+  offset += data.size();
+  return client.run([&](Client&, FileCache&) { return file->write(at, std::move(data)); });
+}
+
+Status CairnIo::Writer::commit() {
+  return client.run([&](Client&, FileCache&) {
+    return file->close().then([this](Status s) {
+      file = nullptr;
+      return s;
     });
   });
 }

@@ -2,6 +2,7 @@
 // Blocking Cairn calls for the coordinator's planning and commit and for the workers'
 // tasks, over one BlockingClient. Safe to call from any thread but the client's own.
 
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -29,11 +30,28 @@ class CairnIo {
                 bool noReplace);
   Result<std::string> read(uint64_t inode, uint64_t offset, uint64_t length);
 
-  // A new file (it must not exist), written front to back through the write-back cache.
-  Result<FileAttr> create(uint64_t parent, const std::string& name, uint32_t uid, uint32_t gid);
-  Status append(uint64_t inode, uint64_t offset, std::string data);
-  // Writes out what is buffered, syncs every replica, records the size.
-  Status close(uint64_t inode);
+  // A new file written front to back through libcairn's open-file path, under a
+  // temporary name, and put in place whole by commit().
+  class Writer {
+   public:
+    ~Writer();  // a writer not committed is abandoned: its temporary goes
+    Status append(std::string data);
+    // Syncs every replica, then renames the temporary to the file's name, never replacing
+    // one: alreadyExists when it exists by then (the temporary is gone either way).
+    Status commit();
+    uint64_t written() const { return offset; }
+
+   private:
+    friend class CairnIo;
+    Writer(BlockingClient& client, kj::Own<OpenFile> file) : client(client), file(kj::mv(file)) {}
+    BlockingClient& client;
+    kj::Own<OpenFile> file;  // used and destroyed on the client's loop
+    uint64_t offset = 0;
+  };
+  // `name` in `dir`, written as `tempName` in `tempDir` until committed.
+  Result<std::unique_ptr<Writer>> createAtomically(uint64_t dir, const std::string& name,
+                                                   uint64_t tempDir, const std::string& tempName,
+                                                   uint32_t uid, uint32_t gid);
 
  private:
   BlockingClient client;

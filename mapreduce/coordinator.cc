@@ -300,9 +300,12 @@ Status Coordinator::commit(const JobSpec& spec) {
   if (!removed.ok() && removed.code() != ErrorCode::NOT_FOUND) {
     logWarn("could not remove {}/_temporary: {}", spec.output, removed.toString());
   }
-  auto success = io.create(out.value.inode, "_SUCCESS", spec.uid, spec.gid);
+  auto success =
+      io.createAtomically(out.value.inode, "_SUCCESS", out.value.inode, "._SUCCESS._COPYING_",
+                          spec.uid, spec.gid);
   if (!success.ok()) return withContext("creating _SUCCESS", success.status);
-  return io.close(success.value.inode);
+  Status s = success.value->commit();
+  return s.ok() ? s : withContext("creating _SUCCESS", s);
 }
 
 void Coordinator::removeOutput(const JobSpec& spec) {

@@ -283,25 +283,19 @@ Status Worker::runReduceTask(const TaskOrder& order, CairnIo& fs, AttemptResult&
   if (!temp.ok()) return temp.status;
   std::string name = fmt::format("part-{:05}", order.task);
   std::string tempName = fmt::format("{}.attempt-{}", name, order.attempt);
-  auto file = fs.create(temp.value.inode, tempName, spec.uid, spec.gid);
-  if (file.status.code() == ErrorCode::ALREADY_EXISTS) {
-    fs.unlink(temp.value.inode, tempName);
-    file = fs.create(temp.value.inode, tempName, spec.uid, spec.gid);
-  }
+  auto file = fs.createAtomically(out.value.inode, name, temp.value.inode, tempName, spec.uid,
+                                  spec.gid);
   if (!file.ok()) return file.status;
-  uint64_t inode = file.value.inode;
+  auto& writer = *file.value;
 
   std::string sortDir = fmt::format("{}/reduce-{}-{}", jobScratchDir(opts.scratch, order.jobId),
                                     order.task, order.attempt);
   std::error_code ec;
   std::filesystem::create_directories(sortDir, ec);
-  uint64_t written = 0;
   std::string batch;
   auto flush = [&]() {
     if (batch.empty()) return Status::OK();
-    uint64_t at = written;
-    written += batch.size();
-    return fs.append(inode, at, std::exchange(batch, std::string()));
+    return writer.append(std::exchange(batch, std::string()));
   };
   ReduceStats stats;
   Status s = runReduce(
@@ -319,19 +313,14 @@ Status Worker::runReduceTask(const TaskOrder& order, CairnIo& fs, AttemptResult&
   result.lostMaps = stats.lost;
   result.shuffleBytes = stats.shuffleBytes;
   if (s.ok()) s = flush();
-  Status closed = fs.close(inode);
-  if (s.ok()) s = closed;
   if (s.ok()) {
-    s = fs.rename(temp.value.inode, tempName, out.value.inode, name, true);
+    s = writer.commit();
     if (s.code() == ErrorCode::ALREADY_EXISTS) {
       // Another attempt of this reduce (a backup) finished first with the same output.
       s = Status::OK();
-      fs.unlink(temp.value.inode, tempName);
     }
-  } else {
-    fs.unlink(temp.value.inode, tempName);
   }
-  result.bytesWritten = written;
+  result.bytesWritten = writer.written();
   return s;
 }
 

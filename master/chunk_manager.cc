@@ -32,7 +32,8 @@ void ChunkManager::loadFromNamespace() {
 
 uint64_t ChunkManager::registerServer(const std::string& address, const std::string& rack,
                                       uint64_t capacityBytes, uint64_t usedBytes,
-                                      const std::vector<ChunkReportEntry>& report) {
+                                      const std::vector<ChunkReportEntry>& report,
+                                      std::optional<uint64_t> availableBytes) {
   uint64_t id;
   auto known = serverByAddress.find(address);
   if (known != serverByAddress.end()) {
@@ -52,6 +53,8 @@ uint64_t ChunkManager::registerServer(const std::string& address, const std::str
   s.rack = rack;
   s.capacityBytes = capacityBytes;
   s.usedBytes = usedBytes;
+  s.availableBytes =
+      availableBytes.value_or(capacityBytes > usedBytes ? capacityBytes - usedBytes : 0);
   s.lastHeartbeat = timer.now();
   s.live = true;
   s.chunks.clear();
@@ -88,24 +91,38 @@ uint64_t ChunkManager::registerServer(const std::string& address, const std::str
     c.replicas.insert(id);
     s.chunks.insert(entry.handle);
   }
-  logInfo("chunkserver {} (id {}, rack '{}') registered: {} chunks, {} stale, {} orphaned",
-          address, id, rack, report.size(), stale, orphans);
+  logInfo("chunkserver {} (id {}, rack '{}') registered: {} chunks, {} stale, {} orphaned", address,
+          id, rack, report.size(), stale, orphans);
   updateSafeMode();
   return id;
 }
 
 bool ChunkManager::heartbeat(uint64_t id, uint64_t capacityBytes, uint64_t usedBytes,
-                             std::vector<uint64_t>& deleteHandles) {
+                             std::vector<uint64_t>& deleteHandles,
+                             std::optional<uint64_t> availableBytes) {
   auto it = serversById.find(id);
   if (it == serversById.end() || !it->second.live) return false;
   Server& s = it->second;
   s.capacityBytes = capacityBytes;
   s.usedBytes = usedBytes;
+  s.availableBytes =
+      availableBytes.value_or(capacityBytes > usedBytes ? capacityBytes - usedBytes : 0);
   s.lastHeartbeat = timer.now();
   s.recentCreations = 0;
   if (safeMode) return true;  // nothing is deleted until the reports cover the namespace
-  deleteHandles = std::move(s.pendingDeletes);
-  s.pendingDeletes.clear();
+  // A copy goes only while the rule allows it: a stale replica of a chunk whose current
+  // replicas are all away waits for them (it is the best copy left until then).
+  std::vector<uint64_t> waiting;
+  for (uint64_t h : s.pendingDeletes) {
+    auto c = chunks.find(h);
+    bool exists = c != chunks.end();
+    if (mayDelete(id, exists, exists ? liveReplicas(c->second) : std::vector<uint64_t>{})) {
+      deleteHandles.push_back(h);
+    } else {
+      waiting.push_back(h);
+    }
+  }
+  s.pendingDeletes = std::move(waiting);
   return true;
 }
 
@@ -128,6 +145,7 @@ size_t ChunkManager::sweepDeadServers() {
 
 void ChunkManager::removeReplica(Chunk& c, uint64_t server) {
   c.replicas.erase(server);
+  c.corrupt.erase(server);
   // Whichever replica leaves, the lease ends: the next write needs a new lease, and so a
   // new version, so that the replica that left (which may come back) is recognisably stale
   // rather than silently missing the writes made without it.
@@ -183,11 +201,12 @@ std::vector<ChunkView> ChunkManager::locate(uint64_t inode, uint32_t first, uint
   return out;
 }
 
-kj::Promise<void> ChunkManager::serialize(uint64_t handle,
-                                          kj::Function<kj::Promise<void>()> step) {
+kj::Promise<void> ChunkManager::serialize(uint64_t handle, kj::Function<kj::Promise<void>()> step) {
   Chunk& c = chunks[handle];
   kj::Promise<void> before = kj::READY_NOW;
-  KJ_IF_MAYBE(busy, c.busy) { before = busy->addBranch(); }
+  KJ_IF_MAYBE (busy, c.busy) {
+    before = busy->addBranch();
+  }
   auto run = before.then([step = kj::mv(step)]() mutable { return step(); }).fork();
   c.busy = run.addBranch()
                .catch_([](kj::Exception&&) {})  // the next step runs whatever this one did
@@ -195,30 +214,114 @@ kj::Promise<void> ChunkManager::serialize(uint64_t handle,
   return run.addBranch();
 }
 
-kj::Promise<std::vector<uint64_t>> ChunkManager::setVersionOn(std::vector<uint64_t> servers,
-                                                              uint64_t handle, uint64_t version,
-                                                              bool create) {
+kj::Promise<std::vector<ServerFailure>> ChunkManager::setVersionOn(std::vector<uint64_t> servers,
+                                                                   uint64_t handle,
+                                                                   uint64_t version, bool create) {
   kj::Vector<kj::Promise<Status>> calls;
   for (uint64_t s : servers) calls.add(control.setVersion(s, handle, version, create));
   return kj::joinPromises(calls.releaseAsArray())
       .then([this, servers = std::move(servers), handle](kj::Array<Status> results) {
-        std::vector<uint64_t> ok;
+        std::vector<ServerFailure> out;
         for (size_t i = 0; i < servers.size(); ++i) {
-          if (results[i].ok()) {
-            ok.push_back(servers[i]);
-          } else {
+          if (!results[i].ok()) {
             auto s = serversById.find(servers[i]);
             logWarn("chunk {:x}: setVersion on {} failed: {}", handle,
                     s == serversById.end() ? std::string("?") : s->second.address,
                     results[i].toString());
           }
+          out.push_back({servers[i], results[i]});
         }
-        return ok;
+        return out;
       });
 }
 
+namespace {
+std::vector<uint64_t> succeeded(const std::vector<ServerFailure>& results) {
+  std::vector<uint64_t> out;
+  for (auto& r : results) {
+    if (r.status.ok()) out.push_back(r.server);
+  }
+  return out;
+}
+}  // namespace
+
+kj::Promise<std::vector<uint64_t>> ChunkManager::bumpVersion(uint64_t handle) {
+  Chunk& c = chunks.at(handle);
+  auto live = liveReplicas(c);
+  if (live.empty()) return std::vector<uint64_t>{};
+  uint64_t oldVersion = c.record.version;
+  auto oldPrimary = c.primary;
+  // GFS: record the new version before any replica learns it, so that a replica that
+  // misses it is recognisably stale after any crash.
+  c.record.version = oldVersion + 1;
+  c.primary.reset();
+  return ns.setChunkVersion(c.inode, c.record)
+      .then([this, live, handle]() {
+        return setVersionOn(live, handle, chunks.at(handle).record.version, false);
+      })
+      .then([this, handle, oldVersion,
+             oldPrimary](std::vector<ServerFailure> results) -> kj::Promise<std::vector<uint64_t>> {
+        auto it = chunks.find(handle);
+        if (it == chunks.end()) return std::vector<uint64_t>{};
+        Chunk& c = it->second;
+        auto current = succeeded(results);
+        if (current.empty()) {
+          // Nobody moved: keep the old version so that the replicas stay current, and the
+          // old lease as the primary may still hold it (no copy starts under it).
+          c.record.version = oldVersion;
+          c.primary = oldPrimary;
+          return ns.setChunkVersion(c.inode, c.record).then([]() {
+            return std::vector<uint64_t>{};
+          });
+        }
+        for (auto& r : results) {
+          if (!r.status.ok()) removeReplica(c, r.server);  // stale now; deleted when it reports
+        }
+        return current;
+      });
+}
+
+bool ChunkManager::roomElsewhere(const Chunk& c) {
+  for (auto& [id, s] : serversById) {
+    if (!s.live || s.decommissioning || c.replicas.count(id)) continue;
+    uint64_t free = s.capacityBytes > s.usedBytes ? s.capacityBytes - s.usedBytes : 0;
+    if (std::min(free, s.availableBytes) >= std::max<uint64_t>(options.minFreeBytes, 1)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+PlacementCandidate ChunkManager::candidate(const Server& s) const {
+  return {s.id, s.rack, s.capacityBytes, s.usedBytes, s.recentCreations, s.availableBytes};
+}
+
+Status ChunkManager::applyWriteFailures(Chunk& c, const std::vector<ReplicaFailure>& failures) {
+  std::vector<ServerFailure> byServer;
+  for (auto& f : failures) {
+    auto s = serverByAddress.find(f.address);
+    if (s != serverByAddress.end()) byServer.push_back({s->second, f.status});
+  }
+  auto decision = afterFailedWrite(liveReplicas(c), byServer, roomElsewhere(c));
+  for (uint64_t id : decision.drop) {
+    // The replica missed a write that the others hold: it leaves, and the new version of
+    // the next lease fences it off (re-replication restores the goal).
+    logWarn("chunk {:x}: a write through {} failed; dropping that replica", c.record.handle,
+            serversById[id].address);
+    removeReplica(c, id);
+    queueDelete(id, c.record.handle);
+  }
+  if (decision.newLease) c.primary.reset();
+  if (!decision.error.ok()) {
+    logInfo("chunk {:x}: a write failed on every replica it could go to ({}); no replica dropped",
+            c.record.handle, decision.error.toString());
+  }
+  return decision.error;
+}
+
 kj::Promise<Result<ChunkView>> ChunkManager::prepareWrite(uint64_t inode, uint32_t index,
-                                                          const std::string& failedReplica) {
+                                                          std::vector<ReplicaFailure> failures,
+                                                          uint64_t failedVersion) {
   if (safeMode) return Result<ChunkView>(Status(ErrorCode::SAFE_MODE, "master in safe mode"));
   auto record = ns.getChunk(inode, index);
   if (!record) {
@@ -237,22 +340,21 @@ kj::Promise<Result<ChunkView>> ChunkManager::prepareWrite(uint64_t inode, uint32
   auto result = kj::heap<Result<ChunkView>>();
   auto& out = *result;
   return serialize(handle,
-                   [this, handle, &out, failedReplica]() -> kj::Promise<void> {
+                   [this, handle, &out, failures = std::move(failures),
+                    failedVersion]() -> kj::Promise<void> {
                      auto it = chunks.find(handle);
                      if (it == chunks.end()) {
                        out = Status::notFound("chunk deleted");
                        return kj::READY_NOW;
                      }
                      Chunk& c = it->second;
-                     auto failed = serverByAddress.find(failedReplica);
-                     if (failed != serverByAddress.end() && c.replicas.count(failed->second)) {
-                       // A write through this replica failed: drop it, and fence it off
-                       // with a new version on the others (re-replication restores the goal).
-                       logWarn("chunk {:x}: write through {} failed; dropping that replica",
-                               handle, failedReplica);
-                       removeReplica(c, failed->second);
-                       queueDelete(failed->second, handle);
-                       c.primary.reset();
+                     // A report about an older version is stale: the set moved on since.
+                     if (!failures.empty() && failedVersion == c.record.version) {
+                       Status s = applyWriteFailures(c, failures);
+                       if (!s.ok()) {
+                         out = s;
+                         return kj::READY_NOW;
+                       }
                      }
                      if (!leaseValid(c)) {
                        return grantNewLease(handle).then(
@@ -275,7 +377,12 @@ kj::Promise<Result<ChunkView>> ChunkManager::prepareWrite(uint64_t inode, uint32
                              it->second.leaseExpiry = timer.now() + options.leaseDuration;
                              out = view(it->second);
                            } else {
-                             removeReplica(it->second, primary);
+                             // The primary cannot take the lease: it leaves if the rule
+                             // allows; either way the next call grants a new lease.
+                             if (mayLeave(primary, liveReplicas(it->second))) {
+                               removeReplica(it->second, primary);
+                             }
+                             it->second.primary.reset();
                              out = s;
                            }
                          });
@@ -287,9 +394,7 @@ kj::Promise<Result<ChunkView>> ChunkManager::allocate(uint64_t inode, uint32_t i
                                                       uint8_t goal) {
   std::vector<PlacementCandidate> candidates;
   for (auto& [id, s] : serversById) {
-    if (s.live && !s.decommissioning) {
-      candidates.push_back({id, s.rack, s.capacityBytes, s.usedBytes, s.recentCreations});
-    }
+    if (s.live && !s.decommissioning) candidates.push_back(candidate(s));
   }
   auto targets = choosePlacement(candidates, goal, {}, options.minFreeBytes, rng);
   if (targets.empty()) {
@@ -317,62 +422,42 @@ kj::Promise<Result<ChunkView>> ChunkManager::allocate(uint64_t inode, uint32_t i
                      KJ_REQUIRE(r.ok(), r.status.toString());
                      return setVersionOn(targets, handle, r.value.version, true);
                    })
-                   .then([this, handle, &out](std::vector<uint64_t> created) {
+                   .then([this, handle, &out](std::vector<ServerFailure> results) {
                      auto it = chunks.find(handle);
                      if (it == chunks.end()) {
                        out = Status::notFound("chunk deleted");
                        return kj::Promise<void>(kj::READY_NOW);
                      }
+                     auto created = succeeded(results);
                      for (uint64_t s : created) {
                        it->second.replicas.insert(s);
                        serversById[s].chunks.insert(handle);
                      }
                      if (created.empty()) {
-                       out = Status::unavailable("no chunkserver could create the chunk");
+                       bool full = std::all_of(results.begin(), results.end(), [](auto& r) {
+                         return r.status.code() == ErrorCode::NO_SPACE;
+                       });
+                       out = full ? Status::noSpace("no chunkserver has room for a new chunk")
+                                  : Status::unavailable("no chunkserver could create the chunk");
                        return kj::Promise<void>(kj::READY_NOW);
                      }
                      // A new chunk has no stale replicas to fence off: its first lease
                      // keeps version 1.
-                     return grantLeaseTo(handle, created[0]).then(
-                         [&out](Result<ChunkView> r) { out = std::move(r); });
+                     return grantLeaseTo(handle, created[0]).then([&out](Result<ChunkView> r) {
+                       out = std::move(r);
+                     });
                    });
              })
       .then([result = kj::mv(result)]() mutable { return std::move(*result); });
 }
 
 kj::Promise<Result<ChunkView>> ChunkManager::grantNewLease(uint64_t handle) {
-  Chunk& c = chunks.at(handle);
-  auto live = liveReplicas(c);
-  if (live.empty()) {
-    return Result<ChunkView>(
-        Status::unavailable(fmt::format("no live replica of chunk {:x}", handle)));
-  }
-  uint64_t oldVersion = c.record.version;
-  // GFS: record the new version before any replica learns it, so that a replica that
-  // misses it is recognisably stale after any crash.
-  c.record.version = oldVersion + 1;
-  c.primary.reset();
-  return ns.setChunkVersion(c.inode, c.record)
-      .then([this, live, handle]() {
-        return setVersionOn(live, handle, chunks.at(handle).record.version, false);
-      })
-      .then([this, handle, live, oldVersion](std::vector<uint64_t> current)
-                -> kj::Promise<Result<ChunkView>> {
-        auto it = chunks.find(handle);
-        if (it == chunks.end()) return Result<ChunkView>(Status::notFound("chunk deleted"));
-        Chunk& c = it->second;
+  return bumpVersion(handle).then(
+      [this, handle](std::vector<uint64_t> current) -> kj::Promise<Result<ChunkView>> {
+        if (!chunks.count(handle)) return Result<ChunkView>(Status::notFound("chunk deleted"));
         if (current.empty()) {
-          // Nobody moved: keep the old version so that the replicas stay current.
-          c.record.version = oldVersion;
-          return ns.setChunkVersion(c.inode, c.record).then([handle]() {
-            return Result<ChunkView>(
-                Status::unavailable(fmt::format("no replica of chunk {:x} answered", handle)));
-          });
-        }
-        for (uint64_t s : live) {
-          if (std::find(current.begin(), current.end(), s) == current.end()) {
-            removeReplica(c, s);  // now stale; deleted when it reports again
-          }
+          return Result<ChunkView>(
+              Status::unavailable(fmt::format("no live replica of chunk {:x} answered", handle)));
         }
         return grantLeaseTo(handle, current[0]);
       });
@@ -415,6 +500,7 @@ kj::Promise<Status> ChunkManager::truncateChunk(uint64_t inode, uint64_t size) {
                            fmt::format("no live replica of chunk {:x} to truncate", handle));
                        return kj::READY_NOW;
                      }
+                     uint64_t oldVersion = c.record.version;
                      c.record.version += 1;
                      c.primary.reset();
                      uint64_t version = c.record.version;
@@ -426,20 +512,24 @@ kj::Promise<Status> ChunkManager::truncateChunk(uint64_t inode, uint64_t size) {
                            }
                            return kj::joinPromises(calls.releaseAsArray());
                          })
-                         .then([this, live, handle, &out](kj::Array<Status> results) {
+                         .then([this, live, handle, oldVersion,
+                                &out](kj::Array<Status> results) -> kj::Promise<void> {
                            auto it = chunks.find(handle);
-                           if (it == chunks.end()) return;
+                           if (it == chunks.end()) return kj::READY_NOW;
+                           Chunk& c = it->second;
                            size_t ok = 0;
-                           for (size_t i = 0; i < live.size(); ++i) {
-                             if (results[i].ok()) {
-                               ++ok;
-                             } else {
-                               removeReplica(it->second, live[i]);
-                             }
-                           }
+                           for (auto& r : results) ok += r.ok();
                            if (ok == 0) {
-                             out = Status::unavailable("no replica could be truncated");
+                             // Nobody moved: the replicas stay current at the old version.
+                             out = results.size() > 0 ? results[0]
+                                                      : Status::unavailable("no replica");
+                             c.record.version = oldVersion;
+                             return ns.setChunkVersion(c.inode, c.record);
                            }
+                           for (size_t i = 0; i < live.size(); ++i) {
+                             if (!results[i].ok()) removeReplica(c, live[i]);
+                           }
+                           return kj::READY_NOW;
                          });
                    })
       .then([result = kj::mv(result)]() mutable { return std::move(*result); });
@@ -454,22 +544,35 @@ void ChunkManager::release(const std::vector<uint64_t>& handles) {
   }
 }
 
-void ChunkManager::reportBadReplica(uint64_t handle, uint64_t version,
-                                    const std::string& address) {
+void ChunkManager::reportBadReplica(uint64_t handle, uint64_t version, const std::string& address) {
   auto s = serverByAddress.find(address);
   auto c = chunks.find(handle);
   if (s == serverByAddress.end() || c == chunks.end()) return;
-  if (version != c->second.record.version || !c->second.replicas.count(s->second)) return;
-  logWarn("chunk {:x}: replica on {} reported bad; dropping it", handle, address);
-  removeReplica(c->second, s->second);
-  queueDelete(s->second, handle);
+  if (version != c->second.record.version) return;
+  dropCorrupt(c->second, s->second, "a reader");
+}
+
+void ChunkManager::dropCorrupt(Chunk& c, uint64_t server, const char* finder) {
+  if (!c.replicas.count(server)) return;
+  const std::string& address = serversById[server].address;
+  if (!mayLeave(server, liveReplicas(c))) {
+    if (c.corrupt.insert(server).second) {
+      logError("chunk {:x}: {} found the replica on {} bad, but it is the last copy: kept",
+               c.record.handle, finder, address);
+    }
+    return;
+  }
+  logWarn("chunk {:x}: {} found the replica on {} bad; dropping it", c.record.handle, finder,
+          address);
+  removeReplica(c, server);
+  queueDelete(server, c.record.handle);
 }
 
 std::vector<ServerView> ChunkManager::servers() const {
   std::vector<ServerView> out;
   for (auto& [id, s] : serversById) {
     out.push_back({id, s.address, s.rack, s.capacityBytes, s.usedBytes, s.chunks.size(), s.live,
-                   s.decommissioning});
+                   s.decommissioning, s.availableBytes});
   }
   return out;
 }

@@ -17,6 +17,7 @@
 
 #include "namespace.h"
 #include "placement.h"
+#include "replica_rule.h"
 #include "status.h"
 
 namespace cairn {
@@ -43,6 +44,7 @@ struct ClusterHealth {
   uint64_t missing = 0;          // no live replica at all
   uint64_t overReplicated = 0;
   uint64_t copiesInFlight = 0;
+  uint64_t corrupt = 0;  // kept although found bad: the last copy of its chunk
 };
 
 struct ChunkReportEntry {
@@ -72,6 +74,7 @@ struct ServerView {
   uint64_t chunkCount = 0;
   bool live = false;
   bool decommissioning = false;
+  uint64_t availableBytes = 0;  // free space above its reserve
 };
 
 struct ChunkManagerOptions {
@@ -97,13 +100,17 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   void loadFromNamespace();
 
   // A chunkserver (re)registers with a full chunk report. Stale and unknown replicas are
-  // queued for deletion at its next heartbeat. Returns the server id.
+  // queued for deletion at its next heartbeat. Returns the server id. `availableBytes`
+  // (free space above its reserve) defaults to capacity - used.
   uint64_t registerServer(const std::string& address, const std::string& rack,
                           uint64_t capacityBytes, uint64_t usedBytes,
-                          const std::vector<ChunkReportEntry>& chunks);
-  // Returns false if `id` is unknown (the chunkserver must register again).
+                          const std::vector<ChunkReportEntry>& chunks,
+                          std::optional<uint64_t> availableBytes = std::nullopt);
+  // Returns false if `id` is unknown (the chunkserver must register again). The deletes
+  // handed out are those the replica rule allows now (mayDelete); others wait.
   bool heartbeat(uint64_t id, uint64_t capacityBytes, uint64_t usedBytes,
-                 std::vector<uint64_t>& deleteHandles);
+                 std::vector<uint64_t>& deleteHandles,
+                 std::optional<uint64_t> availableBytes = std::nullopt);
   // Marks servers silent for longer than deadAfter as dead; returns how many.
   size_t sweepDeadServers();
 
@@ -112,17 +119,23 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
 
   // Makes sure chunk `index` of `inode` exists and that a live primary holds a lease on
   // it, bumping the version first when a new lease is granted. Calls for one chunk are
-  // serialized.
+  // serialized. `failures` are what each replica said when the caller's write at
+  // `failedVersion` failed: afterFailedWrite() decides which replicas leave, or that the
+  // write fails (its error is returned, and no replica leaves).
   kj::Promise<Result<ChunkView>> prepareWrite(uint64_t inode, uint32_t index,
-                                              const std::string& failedReplica = "");
+                                              std::vector<ReplicaFailure> failures = {},
+                                              uint64_t failedVersion = 0);
 
   // Cuts the chunk holding byte `size` of `inode` to end there (a truncate within a
-  // chunk), under a new version.
+  // chunk), under a new version. Replicas that fail the cut leave the chunk, unless all
+  // fail: then none does and the version stays.
   kj::Promise<Status> truncateChunk(uint64_t inode, uint64_t size);
 
   // Chunks no longer referenced: their replicas are deleted at the next heartbeats.
   void release(const std::vector<uint64_t>& handles);
 
+  // A reader found the replica on `address` corrupt. It leaves the chunk unless it is the
+  // last current replica (its other blocks are still the best copy there is).
   void reportBadReplica(uint64_t handle, uint64_t version, const std::string& address);
 
   // Runs once a second on the master's loop: dead servers, safe mode, re-replication,
@@ -149,6 +162,7 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
     std::string rack;
     uint64_t capacityBytes = 0;
     uint64_t usedBytes = 0;
+    uint64_t availableBytes = 0;
     kj::TimePoint lastHeartbeat = kj::origin<kj::TimePoint>();
     bool live = true;
     uint32_t recentCreations = 0;
@@ -166,6 +180,7 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
     kj::Maybe<kj::ForkedPromise<void>> busy;  // a lease or truncate in progress
     uint8_t goal = 0;                         // the file's replication goal; 0 = unknown
     bool copying = false;                     // a re-replication copy is in flight
+    std::set<uint64_t> corrupt;               // current replicas found bad but kept (last copy)
     kj::TimePoint lastWrite = kj::origin<kj::TimePoint>();  // last prepareWrite
   };
   struct Counts {
@@ -181,11 +196,23 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   kj::Promise<Result<ChunkView>> allocate(uint64_t inode, uint32_t index, uint8_t goal);
   kj::Promise<Result<ChunkView>> grantNewLease(uint64_t handle);
   kj::Promise<Result<ChunkView>> grantLeaseTo(uint64_t handle, uint64_t primary);
-  // Calls setVersion on `servers`; resolves to those that succeeded.
-  kj::Promise<std::vector<uint64_t>> setVersionOn(std::vector<uint64_t> servers,
-                                                  uint64_t handle, uint64_t version,
-                                                  bool create);
+  // Calls setVersion on `servers`; resolves to what each answered, in order.
+  kj::Promise<std::vector<ServerFailure>> setVersionOn(std::vector<uint64_t> servers,
+                                                       uint64_t handle, uint64_t version,
+                                                       bool create);
+  // Moves the chunk to a new version on its live replicas (recorded first, GFS's order).
+  // Replicas that do not follow leave; if none follows, the old version stays and
+  // nothing leaves. Resolves to the replicas now current.
+  kj::Promise<std::vector<uint64_t>> bumpVersion(uint64_t handle);
   void removeReplica(Chunk& c, uint64_t server);
+  // A replica found bad leaves the chunk, unless it is the last current one (then it is
+  // kept and counted as corrupt).
+  void dropCorrupt(Chunk& c, uint64_t server, const char* finder);
+  // Drops the replicas that afterFailedWrite() names; the error it gives, if any.
+  Status applyWriteFailures(Chunk& c, const std::vector<ReplicaFailure>& failures);
+  // Some live chunkserver without a replica of `c` has room for a copy.
+  bool roomElsewhere(const Chunk& c);
+  PlacementCandidate candidate(const Server& s) const;
   uint8_t goalOf(Chunk& c);
   Counts counts(const Chunk& c);
   bool canCopy(uint64_t server);

@@ -55,11 +55,7 @@ void ChunkManager::goalChanged(uint64_t inode, uint8_t goal) {
 
 void ChunkManager::reportCorrupt(uint64_t server, uint64_t handle) {
   auto c = chunks.find(handle);
-  if (c == chunks.end() || !c->second.replicas.count(server)) return;
-  logWarn("chunk {:x}: the scrubber on server {} found its replica bad; dropping it", handle,
-          server);
-  removeReplica(c->second, server);
-  queueDelete(server, handle);
+  if (c != chunks.end()) dropCorrupt(c->second, server, "the scrubber");
 }
 
 void ChunkManager::updateSafeMode() {
@@ -96,26 +92,11 @@ bool ChunkManager::readyForRepair(uint64_t handle, Chunk& c) {
   if (timer.now() - c.lastWrite < IDLE_LEASE) return false;
   c.copying = true;  // nothing else touches it until the revocation is done
   copies.add(serialize(handle, [this, handle]() -> kj::Promise<void> {
-    auto it = chunks.find(handle);
-    if (it == chunks.end()) return kj::READY_NOW;
-    Chunk& c = it->second;
-    c.primary.reset();
-    c.record.version += 1;
-    auto live = liveReplicas(c);
-    return ns.setChunkVersion(c.inode, c.record)
-        .then([this, live, handle]() {
-          return setVersionOn(live, handle, chunks.at(handle).record.version, false);
-        })
-        .then([this, live, handle](std::vector<uint64_t> current) {
-          auto it = chunks.find(handle);
-          if (it == chunks.end()) return;
-          for (uint64_t s : live) {
-            if (std::find(current.begin(), current.end(), s) == current.end()) {
-              removeReplica(it->second, s);
-            }
-          }
-          it->second.copying = false;
-        });
+    if (!chunks.count(handle)) return kj::READY_NOW;
+    return bumpVersion(handle).then([this, handle](std::vector<uint64_t>) {
+      auto it = chunks.find(handle);
+      if (it != chunks.end()) it->second.copying = false;
+    });
   }));
   return false;
 }
@@ -154,7 +135,7 @@ void ChunkManager::scheduleRepairs() {
     for (auto& [id, s] : serversById) {
       if (s.live && !s.decommissioning && canCopy(id) && !c.replicas.count(id) &&
           !deletePending(s, need.handle)) {
-        candidates.push_back({id, s.rack, s.capacityBytes, s.usedBytes, s.recentCreations});
+        candidates.push_back(candidate(s));
       }
     }
     std::vector<uint64_t> exclude(c.replicas.begin(), c.replicas.end());
@@ -311,6 +292,7 @@ ClusterHealth ChunkManager::health() {
     if (n.effective < goal) out.underReplicated++;
     if (n.live > goal) out.overReplicated++;
     out.copiesInFlight += c.copying;
+    out.corrupt += c.corrupt.size();
   }
   return out;
 }

@@ -92,7 +92,8 @@ class RegistryImpl final : public wire::ChunkserverRegistry::Server {
     entries.reserve(report.size());
     for (auto c : report) entries.push_back({c.getHandle(), c.getVersion(), c.getSize()});
     uint64_t id = master.chunkManager().registerServer(
-        address, params.getRack(), params.getCapacityBytes(), params.getUsedBytes(), entries);
+        address, params.getRack(), params.getCapacityBytes(), params.getUsedBytes(), entries,
+        params.getAvailableBytes());
     master.control().setServer(id, params.getServer());
     results.setId(id);
     results.setChunkSize(master.names().chunkSize());
@@ -110,7 +111,8 @@ class RegistryImpl final : public wire::ChunkserverRegistry::Server {
     KJ_REQUIRE(corrupt.size() <= 1'000'000, "corrupt report too large");
     for (uint64_t h : corrupt) master.chunkManager().reportCorrupt(params.getId(), h);
     if (!master.chunkManager().heartbeat(params.getId(), params.getCapacityBytes(),
-                                         params.getUsedBytes(), deletes)) {
+                                         params.getUsedBytes(), deletes,
+                                         params.getAvailableBytes())) {
       toWire(Status::notFound("unknown chunkserver; register again"), results.initStatus());
       return kj::READY_NOW;
     }

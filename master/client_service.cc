@@ -4,7 +4,7 @@
 #include <fmt/format.h>
 #include <kj/debug.h>
 
-#include <nlohmann/json.hpp>
+#include <set>
 
 #include "chunkserver_service.h"
 #include "log.h"
@@ -31,10 +31,15 @@ void fillChunk(const ChunkView& v, wire::ChunkLocation::Builder out) {
   out.setLeaseRemainingMs(v.leaseRemainingMs);
 }
 
+// One client session: the calls of one connection, and the files it holds open.
 class ClientServiceImpl final : public wire::ClientService::Server {
  public:
   explicit ClientServiceImpl(Master& master)
       : master(master), ns(master.names()), chunks(master.chunkManager()) {}
+  ~ClientServiceImpl() noexcept(false) {
+    // The connection is gone: its opens end (an orphan nobody else holds is deleted).
+    master.endSession(opens);
+  }
 
   kj::Promise<void> lookup(LookupContext context) override {
     auto p = context.getParams();
@@ -60,15 +65,43 @@ class ClientServiceImpl final : public wire::ClientService::Server {
 
   kj::Promise<void> create(CreateContext context) override {
     auto p = context.getParams();
+    bool open = p.getOpen();
     return replyLater(context,
                       ns.create(p.getParent(), text(p.getName()), p.getMode(), p.getUid(),
-                                p.getGid(), p.getReplication(), p.getExclusive()));
+                                p.getGid(), p.getReplication(), p.getExclusive())
+                          .then([this, open](MutationResult r) {
+                            if (open && r.status.ok()) hold(r.inode.inode);
+                            return r;
+                          }));
+  }
+
+  kj::Promise<void> open(OpenContext context) override {
+    auto r = ns.getattr(context.getParams().getInode());
+    if (r.ok() && r.value.type == InodeType::REGULAR) hold(r.value.inode);
+    reply(context, r);
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> close(CloseContext context) override {
+    uint64_t inode = context.getParams().getInode();
+    if (opens.erase(inode)) master.close(inode);
+    toWire(Status::OK(), context.getResults().initStatus());
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> session(SessionContext context) override {
+    auto inodes = context.getParams().getOpenInodes();
+    KJ_REQUIRE(inodes.size() <= 1'000'000, "too many open files");
+    for (uint64_t inode : inodes) {
+      auto n = ns.getattr(inode);
+      if (n.ok() && n.value.type == InodeType::REGULAR) hold(inode);
+    }
+    return kj::READY_NOW;
   }
 
   kj::Promise<void> setattr(SetattrContext context) override {
     auto p = context.getParams();
     auto set = p.getSet();
-    uint64_t inode = p.getInode();
     SetAttrArgs args;
     if (set.getSetMode()) args.mode = set.getMode();
     if (set.getSetUid()) args.uid = set.getUid();
@@ -76,24 +109,7 @@ class ClientServiceImpl final : public wire::ClientService::Server {
     if (set.getSetSize()) args.size = set.getSize();
     if (set.getSetAtime()) args.atimeNs = set.getAtimeNs();
     if (set.getSetMtime()) args.mtimeNs = set.getMtimeNs();
-    auto current = ns.getattr(inode);
-    kj::Promise<Status> cut = Status::OK();
-    if (args.size && current.ok() && current.value.type == InodeType::REGULAR &&
-        *args.size < current.value.size) {
-      if (chunks.inSafeMode()) {
-        return fail(context, Status(ErrorCode::SAFE_MODE, "master in safe mode; retry"));
-      }
-      // Cut the partial last chunk first: a crash in between then leaves zeros where the
-      // file was being shortened, never old bytes inside a later extension.
-      cut = chunks.truncateChunk(inode, *args.size);
-    }
-    return cut.then([this, context, inode, args](Status s) mutable -> kj::Promise<void> {
-      if (!s.ok()) {
-        toWire(s, context.getResults().initStatus());
-        return kj::READY_NOW;
-      }
-      return replyLater(context, ns.setattr(inode, args));
-    });
+    return replyLater(context, master.setattr(p.getInode(), args));
   }
 
   kj::Promise<void> readdir(ReaddirContext context) override {
@@ -133,13 +149,7 @@ class ClientServiceImpl final : public wire::ClientService::Server {
 
   kj::Promise<void> setReplication(SetReplicationContext context) override {
     auto p = context.getParams();
-    uint64_t inode = p.getInode();
-    uint8_t goal = p.getReplication();
-    return replyLater(context, ns.setReplication(inode, goal).then([this, inode, goal](
-                                                                       MutationResult r) {
-      if (r.status.ok()) chunks.goalChanged(inode, goal);
-      return r;
-    }));
+    return replyLater(context, master.setReplication(p.getInode(), p.getReplication()));
   }
 
   kj::Promise<void> trashList(TrashListContext context) override {
@@ -193,6 +203,7 @@ class ClientServiceImpl final : public wire::ClientService::Server {
     results.setMissing(h.missing);
     results.setOverReplicated(h.overReplicated);
     results.setCopiesInFlight(h.copiesInFlight);
+    results.setCorrupt(h.corrupt);
     return kj::READY_NOW;
   }
 
@@ -222,7 +233,13 @@ class ClientServiceImpl final : public wire::ClientService::Server {
              context.getResults().initStatus());
       return kj::READY_NOW;
     }
-    return chunks.prepareWrite(p.getInode(), p.getIndex(), text(p.getFailedReplica()))
+    if (p.getFailures().size() > 64) {
+      toWire(Status::invalidArgument("more failures than replicas"),
+             context.getResults().initStatus());
+      return kj::READY_NOW;
+    }
+    return chunks.prepareWrite(p.getInode(), p.getIndex(), fromWire(p.getFailures()),
+                               p.getFailedVersion())
         .then([context](Result<ChunkView> r) mutable {
           auto results = context.getResults();
           toWire(r.status, results.initStatus());
@@ -259,6 +276,7 @@ class ClientServiceImpl final : public wire::ClientService::Server {
       list[i].setChunkCount(servers[i].chunkCount);
       list[i].setLive(servers[i].live);
       list[i].setDecommissioning(servers[i].decommissioning);
+      list[i].setAvailableBytes(servers[i].availableBytes);
     }
     return kj::READY_NOW;
   }
@@ -295,45 +313,18 @@ class ClientServiceImpl final : public wire::ClientService::Server {
 
   kj::Promise<void> setxattr(SetxattrContext context) override {
     auto p = context.getParams();
-    std::string name = text(p.getName());
     auto value = p.getValue();
-    std::string v(reinterpret_cast<const char*>(value.begin()), value.size());
-    Status s = checkXattrName(name);
-    if (!s.ok()) return fail(context, s);
-    if (name == REPLICATION_XATTR) {
-      int goal = 0;
-      try {
-        goal = std::stoi(v);
-      } catch (...) {
-        return fail(context, Status::invalidArgument("replication must be a number"));
-      }
-      if (goal < 1 || goal > MAX_REPLICATION) {
-        return fail(context, Status::invalidArgument("replication must be 1 to 32"));
-      }
-      return ns.setReplication(p.getInode(), static_cast<uint8_t>(goal))
-          .then([context](MutationResult r) mutable {
-            toWire(r.status, context.getResults().initStatus());
-          });
-    }
-    if (name == CHUNKS_XATTR) return fail(context, Status(ErrorCode::NOT_PERMITTED, "read-only"));
-    return ns.setxattr(p.getInode(), name, v, p.getFlags()).then([context](Status s) mutable {
-      toWire(s, context.getResults().initStatus());
-    });
+    return master
+        .setxattr(p.getInode(), text(p.getName()),
+                  std::string(reinterpret_cast<const char*>(value.begin()), value.size()),
+                  p.getFlags())
+        .then([context](Status s) mutable { toWire(s, context.getResults().initStatus()); });
   }
 
   kj::Promise<void> getxattr(GetxattrContext context) override {
     auto p = context.getParams();
-    std::string name = text(p.getName());
+    auto r = master.getxattr(p.getInode(), text(p.getName()));
     auto results = context.getResults();
-    Result<std::string> r;
-    Status s = checkXattrName(name);
-    if (!s.ok()) {
-      r = s;
-    } else if (name == REPLICATION_XATTR || name == CHUNKS_XATTR) {
-      r = virtualXattr(p.getInode(), name);
-    } else {
-      r = ns.getxattr(p.getInode(), name);
-    }
     toWire(r.status, results.initStatus());
     if (r.ok()) {
       results.setValue(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(r.value.data()),
@@ -343,15 +334,10 @@ class ClientServiceImpl final : public wire::ClientService::Server {
   }
 
   kj::Promise<void> listxattr(ListxattrContext context) override {
-    uint64_t inode = context.getParams().getInode();
+    auto r = master.listxattr(context.getParams().getInode());
     auto results = context.getResults();
-    auto r = ns.listxattr(inode);
     toWire(r.status, results.initStatus());
     if (!r.ok()) return kj::READY_NOW;
-    if (ns.getattr(inode).value.type == InodeType::REGULAR) {
-      r.value.push_back(REPLICATION_XATTR);
-      r.value.push_back(CHUNKS_XATTR);
-    }
     auto names = results.initNames(static_cast<uint>(r.value.size()));
     for (size_t i = 0; i < r.value.size(); ++i) names.set(static_cast<uint>(i), r.value[i]);
     return kj::READY_NOW;
@@ -359,24 +345,21 @@ class ClientServiceImpl final : public wire::ClientService::Server {
 
   kj::Promise<void> removexattr(RemovexattrContext context) override {
     auto p = context.getParams();
-    std::string name = text(p.getName());
-    Status s = checkXattrName(name);
-    if (!s.ok()) return fail(context, s);
-    if (name == REPLICATION_XATTR || name == CHUNKS_XATTR) {
-      return fail(context, Status(ErrorCode::NOT_PERMITTED, "cannot remove " + name));
-    }
-    return ns.removexattr(p.getInode(), name).then([context](Status s) mutable {
+    return master.removexattr(p.getInode(), text(p.getName())).then([context](Status s) mutable {
       toWire(s, context.getResults().initStatus());
     });
   }
 
   kj::Promise<void> statfs(StatfsContext context) override {
     auto results = context.getResults();
+    // Free space is what new chunks may still use (above each chunkserver's reserve), so
+    // that df shows the cluster full when writes would find no room.
     uint64_t capacity = 0, free = 0;
     for (auto& s : chunks.servers()) {
       if (!s.live) continue;
       capacity += s.capacityBytes;
-      free += s.capacityBytes > s.usedBytes ? s.capacityBytes - s.usedBytes : 0;
+      uint64_t unused = s.capacityBytes > s.usedBytes ? s.capacityBytes - s.usedBytes : 0;
+      free += std::min(unused, s.availableBytes);
     }
     results.setCapacityBytes(capacity);
     results.setFreeBytes(free);
@@ -385,39 +368,9 @@ class ClientServiceImpl final : public wire::ClientService::Server {
   }
 
  private:
-  static constexpr const char* REPLICATION_XATTR = "user.cairn.replication";
-  static constexpr const char* CHUNKS_XATTR = "user.cairn.chunks";
-
-  static Status checkXattrName(const std::string& name) {
-    if (name.rfind("user.", 0) != 0) {
-      return Status(ErrorCode::NOT_SUPPORTED, "only user.* attributes are supported");
-    }
-    if (name.size() > 255) return Status::nameTooLong("attribute name over 255 bytes");
-    return Status::OK();
-  }
-
-  Result<std::string> virtualXattr(uint64_t inode, const std::string& name) {
-    auto n = ns.getattr(inode);
-    if (!n.ok()) return n.status;
-    if (name == REPLICATION_XATTR) return std::to_string(n.value.replication);
-    if (n.value.type != InodeType::REGULAR) return Status(ErrorCode::NO_ATTRIBUTE, name);
-    // The chunk map with the replicas' addresses, for schedulers that place work by data.
-    nlohmann::json chunksJson = nlohmann::json::array();
-    uint64_t chunkSize = ns.chunkSize();
-    uint32_t count = static_cast<uint32_t>((n.value.size + chunkSize - 1) / chunkSize);
-    for (auto& v : chunks.locate(inode, 0, count)) {
-      auto replicas = nlohmann::json::array();
-      for (auto& r : v.replicas) replicas.push_back({{"address", r.address}, {"rack", r.rack}});
-      uint64_t start = uint64_t{v.record.index} * chunkSize;
-      chunksJson.push_back({{"index", v.record.index},
-                            {"handle", fmt::format("{:x}", v.record.handle)},
-                            {"version", v.record.version},
-                            {"offset", start},
-                            {"size", std::min(chunkSize, n.value.size - start)},
-                            {"replicas", replicas}});
-    }
-    nlohmann::json j = {{"size", n.value.size}, {"chunk_size", chunkSize}, {"chunks", chunksJson}};
-    return j.dump();
+  // This session holds `inode` open.
+  void hold(uint64_t inode) {
+    if (opens.insert(inode).second) ns.opened(inode);
   }
 
   template <typename Context>
@@ -436,7 +389,7 @@ class ClientServiceImpl final : public wire::ClientService::Server {
   template <typename Context>
   kj::Promise<void> replyLater(Context& context, kj::Promise<MutationResult> pending) {
     return pending.then([this, context](MutationResult r) mutable {
-      chunks.release(r.releasedHandles);
+      r = master.finish(std::move(r));
       auto results = context.getResults();
       toWire(r.status, results.initStatus());
       if (r.status.ok()) fillAttr(r.inode, ns.chunkSize(), results.initAttr());
@@ -446,7 +399,7 @@ class ClientServiceImpl final : public wire::ClientService::Server {
   template <typename Context>
   kj::Promise<void> replyStatus(Context& context, kj::Promise<MutationResult> pending) {
     return pending.then([this, context](MutationResult r) mutable {
-      chunks.release(r.releasedHandles);
+      r = master.finish(std::move(r));
       toWire(r.status, context.getResults().initStatus());
     });
   }
@@ -454,6 +407,7 @@ class ClientServiceImpl final : public wire::ClientService::Server {
   Master& master;
   Namespace& ns;
   ChunkManager& chunks;
+  std::set<uint64_t> opens;  // files this session holds open
 };
 
 }  // namespace

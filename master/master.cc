@@ -1,5 +1,9 @@
 #include "master.h"
 
+#include <fmt/format.h>
+
+#include <nlohmann/json.hpp>
+
 #include "chunkserver_service.h"
 #include "log.h"
 
@@ -8,11 +12,11 @@ namespace {
 
 class MasterImpl final : public wire::Master::Server {
  public:
-  explicit MasterImpl(Master& master)
-      : clientService(newClientService(master)), registry(newChunkserverRegistry(master)) {}
+  explicit MasterImpl(Master& master) : master(master), registry(newChunkserverRegistry(master)) {}
 
   kj::Promise<void> client(ClientContext context) override {
-    context.getResults().setService(clientService);
+    // One service per call: each is a client session, which holds that client's opens.
+    context.getResults().setService(newClientService(master));
     return kj::READY_NOW;
   }
   kj::Promise<void> chunkserver(ChunkserverContext context) override {
@@ -21,19 +25,19 @@ class MasterImpl final : public wire::Master::Server {
   }
 
  private:
-  wire::ClientService::Client clientService;
+  Master& master;
   wire::ChunkserverRegistry::Client registry;
 };
 
 }  // namespace
 
 Master::Master(MasterOptions options, kj::Timer& timer, const kj::Clock& clock)
-    : opts(std::move(options)), timer_(timer) {
+    : opts(std::move(options)), timer_(timer), startedAt(timer.now()), background(*this) {
   store = std::make_unique<NamespaceStore>(opts.dataDir + "/meta", opts.metaEnv);
   ns = std::make_unique<Namespace>(*store, clock, opts.chunkSize);
   if (ns->chunkSize() != opts.chunkSize) {
-    logWarn("chunk size is {} (fixed when {} was created), not {}", ns->chunkSize(),
-            opts.dataDir, opts.chunkSize);
+    logWarn("chunk size is {} (fixed when {} was created), not {}", ns->chunkSize(), opts.dataDir,
+            opts.chunkSize);
   }
   control_ = kj::heap<ChunkserverControl>(timer, opts.chunks.rpcTimeout);
   chunks = std::make_unique<ChunkManager>(*ns, *control_, timer, opts.chunks);
@@ -48,20 +52,151 @@ Master::~Master() = default;
 
 wire::Master::Client Master::bootstrap() { return kj::heap<MasterImpl>(*this); }
 
+void Master::taskFailed(kj::Exception&& exception) {
+  logError("master task failed: {}", exception.getDescription().cStr());
+}
+
 kj::Promise<void> Master::tickLoop() {
   return timer_.afterDelay(kj::SECONDS)
       .then([this]() {
         chunks->tick();
         if (chunks->inSafeMode()) return kj::Promise<void>(kj::READY_NOW);
         // Trashed files past their period: their chunks go at the next heartbeats.
-        return ns->expireTrash().then([this](MutationResult r) {
+        auto trash = ns->expireTrash().then([this](MutationResult r) {
           if (!r.releasedHandles.empty()) {
             logInfo("trash: {} chunks of expired files released", r.releasedHandles.size());
           }
-          chunks->release(r.releasedHandles);
+          finish(std::move(r));
+        });
+        if (timer_.now() - startedAt < opts.orphanGrace) return trash;
+        // Unlinked files that were open before a restart and that nobody opened again.
+        return trash.then([this]() { return ns->expireOrphans(); }).then([this](MutationResult r) {
+          finish(std::move(r));
         });
       })
       .then([this]() { return tickLoop(); });
+}
+
+MutationResult Master::finish(MutationResult r) {
+  chunks->release(r.releasedHandles);
+  return r;
+}
+
+kj::Promise<MutationResult> Master::setattr(uint64_t inode, SetAttrArgs args) {
+  auto current = ns->getattr(inode);
+  kj::Promise<Status> cut = Status::OK();
+  if (args.size && current.ok() && current.value.type == InodeType::REGULAR &&
+      *args.size < current.value.size) {
+    if (chunks->inSafeMode()) {
+      return MutationResult{Status(ErrorCode::SAFE_MODE, "master in safe mode; retry"), {}, {}};
+    }
+    cut = chunks->truncateChunk(inode, *args.size);
+  }
+  return cut.then([this, inode, args](Status s) -> kj::Promise<MutationResult> {
+    if (!s.ok()) return MutationResult{s, {}, {}};
+    return ns->setattr(inode, args).then([this](MutationResult r) { return finish(std::move(r)); });
+  });
+}
+
+kj::Promise<MutationResult> Master::setReplication(uint64_t inode, uint8_t goal) {
+  return ns->setReplication(inode, goal).then([this, inode, goal](MutationResult r) {
+    if (r.status.ok() && r.inode.type == InodeType::REGULAR) chunks->goalChanged(inode, goal);
+    return r;
+  });
+}
+
+namespace {
+constexpr const char* REPLICATION_XATTR = "user.cairn.replication";
+constexpr const char* CHUNKS_XATTR = "user.cairn.chunks";
+
+Status checkXattrName(const std::string& name) {
+  if (name.rfind("user.", 0) != 0) {
+    return Status(ErrorCode::NOT_SUPPORTED, "only user.* attributes are supported");
+  }
+  if (name.size() > 255) return Status::nameTooLong("attribute name over 255 bytes");
+  return Status::OK();
+}
+}  // namespace
+
+kj::Promise<Status> Master::setxattr(uint64_t inode, const std::string& name,
+                                     const std::string& value, uint32_t flags) {
+  Status s = checkXattrName(name);
+  if (!s.ok()) return s;
+  if (name == REPLICATION_XATTR) {
+    int goal = 0;
+    try {
+      size_t used = 0;
+      goal = std::stoi(value, &used);
+      if (used != value.size() && value.find_first_not_of(" \n", used) != std::string::npos) {
+        goal = 0;
+      }
+    } catch (...) {
+      goal = 0;
+    }
+    if (goal < 1 || goal > MAX_REPLICATION) {
+      return Status::invalidArgument(
+          fmt::format("replication must be a number from 1 to {}", MAX_REPLICATION));
+    }
+    return setReplication(inode, static_cast<uint8_t>(goal)).then([](MutationResult r) {
+      return r.status;
+    });
+  }
+  if (name == CHUNKS_XATTR)
+    return Status(ErrorCode::NOT_PERMITTED, "user.cairn.chunks is read-only");
+  return ns->setxattr(inode, name, value, flags);
+}
+
+Result<std::string> Master::getxattr(uint64_t inode, const std::string& name) {
+  Status s = checkXattrName(name);
+  if (!s.ok()) return s;
+  if (name != REPLICATION_XATTR && name != CHUNKS_XATTR) return ns->getxattr(inode, name);
+  auto n = ns->getattr(inode);
+  if (!n.ok()) return n.status;
+  if (name == REPLICATION_XATTR) return std::to_string(n.value.replication);
+  if (n.value.type != InodeType::REGULAR) return Status(ErrorCode::NO_ATTRIBUTE, name);
+  // The chunk map with the replicas' addresses, for schedulers that place work by data.
+  nlohmann::json chunksJson = nlohmann::json::array();
+  uint64_t chunkSize = ns->chunkSize();
+  uint32_t count = static_cast<uint32_t>((n.value.size + chunkSize - 1) / chunkSize);
+  for (auto& v : chunks->locate(inode, 0, count)) {
+    auto replicas = nlohmann::json::array();
+    for (auto& r : v.replicas) replicas.push_back({{"address", r.address}, {"rack", r.rack}});
+    uint64_t start = uint64_t{v.record.index} * chunkSize;
+    chunksJson.push_back(
+        {{"index", v.record.index},
+         {"handle", fmt::format("{:x}", v.record.handle)},
+         {"version", v.record.version},
+         {"offset", start},
+         {"size", n.value.size > start ? std::min(chunkSize, n.value.size - start) : uint64_t{0}},
+         {"replicas", replicas}});
+  }
+  nlohmann::json j = {{"size", n.value.size}, {"chunk_size", chunkSize}, {"chunks", chunksJson}};
+  return j.dump();
+}
+
+Result<std::vector<std::string>> Master::listxattr(uint64_t inode) {
+  auto r = ns->listxattr(inode);
+  if (!r.ok()) return r;
+  r.value.push_back(REPLICATION_XATTR);
+  if (ns->getattr(inode).value.type == InodeType::REGULAR) r.value.push_back(CHUNKS_XATTR);
+  return r;
+}
+
+kj::Promise<Status> Master::removexattr(uint64_t inode, const std::string& name) {
+  Status s = checkXattrName(name);
+  if (!s.ok()) return s;
+  if (name == REPLICATION_XATTR || name == CHUNKS_XATTR) {
+    return Status(ErrorCode::NOT_PERMITTED, "cannot remove " + name);
+  }
+  return ns->removexattr(inode, name);
+}
+
+void Master::close(uint64_t inode) {
+  background.add(ns->closed(inode).then([this](MutationResult r) { finish(std::move(r)); }));
+}
+
+void Master::endSession(const std::set<uint64_t>& inodes) {
+  for (uint64_t inode : inodes) close(inode);
 }
 
 static_assert(static_cast<int>(wire::FileType::BLOCK_DEVICE) ==

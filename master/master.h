@@ -6,6 +6,7 @@
 #include <kj/timer.h>
 
 #include <memory>
+#include <set>
 #include <string>
 
 #include "chunk_manager.h"
@@ -17,6 +18,9 @@ namespace cairn {
 
 struct MasterOptions {
   std::string dataDir;
+  // After a start, orphans (unlinked files that were open) that no client opens again
+  // within this time are deleted.
+  kj::Duration orphanGrace = 60 * kj::SECONDS;
   leveldb::Env* metaEnv = nullptr;  // null: the real disk
   uint64_t chunkSize = 64ull << 20;
   ChunkManagerOptions chunks;
@@ -26,13 +30,37 @@ struct MasterOptions {
 
 class ChunkserverControl;
 
-class Master {
+// The master's core: the namespace, the chunk map, and the rules that span both, which
+// every service calls (so that each rule is written once, where tests reach it).
+class Master final : private kj::TaskSet::ErrorHandler {
  public:
   Master(MasterOptions options, kj::Timer& timer, const kj::Clock& clock);
   ~Master();
 
   // The bootstrap capability served to every peer.
   wire::Master::Client bootstrap();
+
+  // Chunks a mutation released (no file refers to them) are deleted from the
+  // chunkservers; every mutation's result passes through here.
+  MutationResult finish(MutationResult r);
+  // Attributes. A smaller size first cuts the chunk holding the new end on its replicas,
+  // then records the size: a crash in between leaves zeros where the file was being
+  // shortened, never old bytes inside a later extension.
+  kj::Promise<MutationResult> setattr(uint64_t inode, SetAttrArgs args);
+  // The replication goal of a file (its chunks gain or lose replicas at the next ticks)
+  // or the default goal of new files in a directory. Every way of setting it comes here.
+  kj::Promise<MutationResult> setReplication(uint64_t inode, uint8_t goal);
+  // Extended attributes: user.cairn.replication is the goal (setReplication), and
+  // user.cairn.chunks the chunk map as JSON (read-only); other user.* ones are stored.
+  kj::Promise<Status> setxattr(uint64_t inode, const std::string& name, const std::string& value,
+                               uint32_t flags);
+  Result<std::string> getxattr(uint64_t inode, const std::string& name);
+  Result<std::vector<std::string>> listxattr(uint64_t inode);
+  kj::Promise<Status> removexattr(uint64_t inode, const std::string& name);
+  // A client session ended with `inodes` open: they are closed.
+  void endSession(const std::set<uint64_t>& inodes);
+  // One session closes one file.
+  void close(uint64_t inode);
 
   Namespace& names() { return *ns; }
   ChunkManager& chunkManager() { return *chunks; }
@@ -42,14 +70,17 @@ class Master {
 
  private:
   kj::Promise<void> tickLoop();
+  void taskFailed(kj::Exception&& exception) override;
 
   MasterOptions opts;
   kj::Timer& timer_;
+  kj::TimePoint startedAt;
   std::unique_ptr<NamespaceStore> store;
   std::unique_ptr<Namespace> ns;
   kj::Own<ChunkserverControl> control_;
   std::unique_ptr<ChunkManager> chunks;
   kj::Promise<void> ticker = nullptr;
+  kj::TaskSet background;
 };
 
 // Converts the namespace's attributes to the wire form.

@@ -105,6 +105,12 @@ std::string xattrKey(uint64_t inode, std::string_view name) {
   return k;
 }
 
+std::string orphanKey(uint64_t inode) {
+  std::string k = "o";
+  putBe64(k, inode);
+  return k;
+}
+
 std::string trashKey(int64_t deletedNs, uint64_t inode) {
   std::string k = "t";
   putBe64(k, static_cast<uint64_t>(deletedNs));
@@ -513,21 +519,68 @@ kj::Promise<MutationResult> Namespace::setattr(uint64_t inode, const SetAttrArgs
 
 void Namespace::dropLink(Mutation& m, Inode victim, int64_t now,
                          std::vector<uint64_t>& released) {
-  if (victim.type == InodeType::DIRECTORY || victim.nlink <= 1) {
-    m.del(inodeKey(victim.inode));
-    if (victim.type == InodeType::SYMLINK) m.del(symlinkKey(victim.inode));
-    for (auto& [key, value] : store.scan(xattrKey(victim.inode, ""), "", MAX_XATTRS_PER_INODE)) {
-      m.del(key);
-    }
-    for (auto& c : listChunks(victim.inode, 0, UINT32_MAX)) {
-      m.del(chunkKey(victim.inode, c.index));
-      released.push_back(c.handle);
-    }
+  if (victim.type != InodeType::DIRECTORY && victim.nlink > 1) {
+    victim.nlink -= 1;
+    victim.ctimeNs = now;
+    m.put(inodeKey(victim.inode), encodeInode(victim));
     return;
   }
-  victim.nlink -= 1;
-  victim.ctimeNs = now;
-  m.put(inodeKey(victim.inode), encodeInode(victim));
+  if (victim.type == InodeType::REGULAR && isOpen(victim.inode)) {
+    // POSIX: a file unlinked while open lives, nameless, until its last close.
+    victim.nlink = 0;
+    victim.ctimeNs = now;
+    m.put(inodeKey(victim.inode), encodeInode(victim));
+    m.put(orphanKey(victim.inode), "");
+    return;
+  }
+  deleteInode(m, victim, released);
+}
+
+void Namespace::deleteInode(Mutation& m, const Inode& victim, std::vector<uint64_t>& released) {
+  m.del(inodeKey(victim.inode));
+  m.del(orphanKey(victim.inode));
+  if (victim.type == InodeType::SYMLINK) m.del(symlinkKey(victim.inode));
+  for (auto& [key, value] : store.scan(xattrKey(victim.inode, ""), "", MAX_XATTRS_PER_INODE)) {
+    m.del(key);
+  }
+  for (auto& c : listChunks(victim.inode, 0, UINT32_MAX)) {
+    m.del(chunkKey(victim.inode, c.index));
+    released.push_back(c.handle);
+  }
+}
+
+void Namespace::opened(uint64_t inode) { opens[inode]++; }
+
+kj::Promise<MutationResult> Namespace::closed(uint64_t inode) {
+  MutationResult r;
+  auto it = opens.find(inode);
+  if (it == opens.end()) return r;
+  if (--it->second > 0) return r;
+  opens.erase(it);
+  if (!store.get(orphanKey(inode))) return r;
+  // The last close of a file that lost its last name: now it goes.
+  Mutation m;
+  if (auto n = readInode(inode)) {
+    deleteInode(m, *n, r.releasedHandles);
+  } else {
+    m.del(orphanKey(inode));
+  }
+  return finish(std::move(m), std::move(r));
+}
+
+kj::Promise<MutationResult> Namespace::expireOrphans() {
+  MutationResult r;
+  Mutation m;
+  for (auto& [key, value] : store.scan("o", "", 4096)) {
+    uint64_t inode = getBe(key, 1, 8);
+    if (isOpen(inode)) continue;
+    if (auto n = readInode(inode)) {
+      deleteInode(m, *n, r.releasedHandles);
+    } else {
+      m.del(key);
+    }
+  }
+  return finish(std::move(m), std::move(r));
 }
 
 kj::Promise<MutationResult> Namespace::unlink(uint64_t parent, std::string_view name) {
@@ -546,10 +599,15 @@ kj::Promise<MutationResult> Namespace::unlink(uint64_t parent, std::string_view 
   m.del(direntKey(parent, name));
   if (trashPeriod > 0 * kj::SECONDS && child.value.type == InodeType::REGULAR &&
       child.value.nlink <= 1) {
-    // Lazy deletion: the file leaves the namespace but keeps its inode and chunks.
+    // Lazy deletion: the file leaves the namespace but keeps its inode and chunks; it has
+    // no link left (fstat on a descriptor still open says so).
     std::string dir = pathOf(parent);
     std::string path = (dir == "/" ? "" : dir) + "/" + std::string(name);
     m.put(trashKey(now, child.value.inode), path);
+    Inode trashed = child.value;
+    trashed.nlink = 0;
+    trashed.ctimeNs = now;
+    m.put(inodeKey(trashed.inode), encodeInode(trashed));
     return finish(std::move(m), std::move(r));
   }
   dropLink(m, child.value, now, r.releasedHandles);
@@ -631,6 +689,7 @@ kj::Promise<MutationResult> Namespace::restore(std::string_view path) {
   Inode p = *readInode(dir);
   p.mtimeNs = p.ctimeNs = now;
   n->ctimeNs = now;
+  n->nlink = 1;
   m.put(inodeKey(dir), encodeInode(p));
   m.put(inodeKey(n->inode), encodeInode(*n));
   m.put(direntKey(dir, name), encodeU64(n->inode));

@@ -9,6 +9,7 @@
 #include <kj/time.h>
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -142,6 +143,16 @@ class Namespace {
   // The absolute path of directory `inode`.
   std::string pathOf(uint64_t directory);
 
+  // Open files. A regular file that some client has open keeps its inode and chunks when
+  // its last name goes (POSIX: an unlinked file lives until its last close): it becomes
+  // an orphan, with no link, deleted by the last closed(); orphans nobody opens again
+  // after a master restart are deleted by expireOrphans(). Opens are counted per client
+  // session, in memory: a session that ends (its connection drops) closes its files.
+  void opened(uint64_t inode);
+  kj::Promise<MutationResult> closed(uint64_t inode);
+  bool isOpen(uint64_t inode) const { return opens.count(inode) != 0; }
+  kj::Promise<MutationResult> expireOrphans();
+
   // Files and directories in the namespace (for statfs).
   uint64_t inodeCount() { return nextInode - 1; }
   // size = max(size, current); mtime set when size or data changed.
@@ -169,6 +180,8 @@ class Namespace {
   // Removes one link to `victim` (already unlinked from its directory), deleting it and
   // its chunks when none remain.
   void dropLink(Mutation& m, Inode victim, int64_t now, std::vector<uint64_t>& released);
+  // Removes the inode and everything it owns; its chunks are released.
+  void deleteInode(Mutation& m, const Inode& victim, std::vector<uint64_t>& released);
   bool isAncestor(uint64_t ancestor, uint64_t inode);
   kj::Promise<MutationResult> finish(Mutation m, MutationResult result);
 
@@ -178,6 +191,7 @@ class Namespace {
   uint64_t nextInode;
   uint64_t nextHandle;
   kj::Duration trashPeriod = 0 * kj::SECONDS;
+  std::map<uint64_t, uint32_t> opens;  // inode -> sessions that have it open
 };
 
 // Key layout, exposed for tests and tools.
@@ -187,6 +201,7 @@ std::string chunkKey(uint64_t inode, uint32_t index);
 std::string symlinkKey(uint64_t inode);
 std::string xattrKey(uint64_t inode, std::string_view name);
 std::string trashKey(int64_t deletedNs, uint64_t inode);
+std::string orphanKey(uint64_t inode);
 std::string encodeInode(const Inode& inode);
 std::optional<Inode> decodeInode(std::string_view bytes);
 

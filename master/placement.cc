@@ -22,6 +22,7 @@ std::vector<uint64_t> choosePlacement(const std::vector<PlacementCandidate>& can
   for (auto& c : candidates) {
     if (taken.count(c.id)) continue;
     uint64_t free = c.capacityBytes > c.usedBytes ? c.capacityBytes - c.usedBytes : 0;
+    free = std::min(free, c.availableBytes);
     if (free < minFreeBytes) continue;
     double use = c.capacityBytes == 0 ? 1.0
                                       : static_cast<double>(c.usedBytes) / c.capacityBytes;

@@ -3,6 +3,7 @@
 // be tested against an emulated cluster.
 
 #include <cstdint>
+#include <climits>
 #include <random>
 #include <string>
 #include <vector>
@@ -15,12 +16,13 @@ struct PlacementCandidate {
   uint64_t capacityBytes = 0;
   uint64_t usedBytes = 0;
   uint32_t recentCreations = 0;
+  uint64_t availableBytes = UINT64_MAX;  // free space above the reserve, as reported
 };
 
 // Chooses up to `count` distinct candidates, never one in `exclude`: first spread over
 // racks (a rack not yet used, counting `exclude`'s racks, wins), then lower disk use and
 // fewer recent creations, with `rng` breaking ties. Candidates with less than
-// `minFreeBytes` free are never chosen. Returns fewer when there are not enough.
+// `minFreeBytes` free (and available above their reserve) are never chosen. Returns fewer when there are not enough.
 std::vector<uint64_t> choosePlacement(const std::vector<PlacementCandidate>& candidates,
                                       size_t count, const std::vector<uint64_t>& exclude,
                                       uint64_t minFreeBytes, std::mt19937_64& rng);

@@ -6,6 +6,19 @@ $Cxx.namespace("cairn::wire");
 
 using Common = import "common.capnp";
 using Status = Common.Status;
+using ReplicaFailure = Common.ReplicaFailure;
+
+enum Mutation {
+  # What a write applies at its range, in the primary's order.
+  data @0;       # the pushed buffer `dataId`
+  punch @1;      # zeros; whole blocks become holes (fallocate PUNCH_HOLE)
+  allocate @2;   # reserve disk without changing a byte (fallocate KEEP_SIZE)
+}
+
+struct Extent {
+  offset @0 :UInt32;
+  data @1 :Data;
+}
 
 interface ChunkServer {
   read @0 (handle :UInt64, version :UInt64, offset :UInt32, length :UInt32)
@@ -14,18 +27,20 @@ interface ChunkServer {
   # reads them as zeros. At most 4 MiB per call. Every 64 KiB block touched is verified.
 
   pushData @1 (dataId :UInt64, totalLength :UInt32, offset :UInt32, data :Data,
-               chain :List(Text)) -> (status :Status);
+               chain :List(Text)) -> (status :Status, failures :List(ReplicaFailure));
   # Stores one piece of a pending write in the buffer `dataId` and forwards it to
   # chain[0] with the rest of the chain; answers when this replica and all down the
-  # chain hold the piece.
+  # chain hold the piece. `failures` names each replica on the chain that failed.
 
   write @2 (handle :UInt64, version :UInt64, offset :UInt32, dataId :UInt64,
-            length :UInt32, secondaries :List(Text)) -> (status :Status);
-  # To the primary: apply the pushed buffer at `offset`, then have every secondary apply
-  # it in the same order. Answers once all applied.
+            length :UInt32, secondaries :List(Text), mutation :Mutation)
+      -> (status :Status, failures :List(ReplicaFailure));
+  # To the primary: apply the mutation (by default the pushed buffer) at `offset`, then
+  # have every secondary apply it in the same order. Answers once all applied; on
+  # failure, `failures` names every replica that failed (this one included) and why.
 
   applyWrite @3 (handle :UInt64, version :UInt64, offset :UInt32, dataId :UInt64,
-                 length :UInt32) -> (status :Status);
+                 length :UInt32, mutation :Mutation) -> (status :Status);
   # From the primary to a secondary.
 
   setVersion @4 (handle :UInt64, version :UInt64, create :Bool) -> (status :Status);
@@ -37,5 +52,20 @@ interface ChunkServer {
 
   replicate @8 (handle :UInt64, version :UInt64, source :Text) -> (status :Status, size :UInt64);
   # From the master: copy the replica at `version` from the chunkserver `source` and keep
-  # it here at that version. Answers once the copy is complete and verified.
+  # it here at that version, holes kept. Answers once the copy is complete and verified.
+
+  readExtents @9 (handle :UInt64, version :UInt64, offset :UInt32, length :UInt32)
+      -> (status :Status, chunkLength :UInt64, extents :List(Extent));
+  # The written parts of the range (at most 4 MiB), verified; holes are left out.
+
+  blockMap @10 (handle :UInt64, version :UInt64)
+      -> (status :Status, length :UInt64, bitmap :Data);
+  # One bit per 64 KiB block (least significant bit first), set where the block holds data.
+
+  pushFrom @11 (dataId :UInt64, source :Text, sourceHandle :UInt64, sourceVersion :UInt64,
+                sourceOffset :UInt32, length :UInt32, chain :List(Text))
+      -> (status :Status, failures :List(ReplicaFailure));
+  # Server-side copy: fills the buffer `dataId` with `length` bytes of the replica at
+  # `source` (read locally when `source` is this chunkserver) and pushes them down
+  # `chain` as pushData does, so that a write can then apply them.
 }

@@ -28,11 +28,21 @@ enum ErrorCode {
   noAttribute @18;       # no such extended attribute
   notSupported @19;
   notPermitted @20;      # e.g. a hard link to a directory
+  dataNotPushed @21;     # a write names pushed data that this replica does not hold in full
+  endOfData @22;         # no data at or after an offset (SEEK_DATA past the last data)
 }
 
 struct Status {
   code @0 :ErrorCode;
   message @1 :Text;
+}
+
+struct ReplicaFailure {
+  # One replica's part in a failed data operation: which replica, and what it said (or
+  # unavailable when it could not be reached). The master decides from these what the
+  # failure means for the chunk's replicas.
+  address @0 :Text;
+  status @1 :Status;
 }
 
 enum FileType {

@@ -43,6 +43,7 @@ struct ServerInfo {
   chunkCount @4 :UInt64;
   live @5 :Bool;
   decommissioning @6 :Bool;
+  availableBytes @7 :UInt64;   # free space above the chunkserver's reserve
 }
 
 interface ClientService {
@@ -53,9 +54,9 @@ interface ClientService {
   mkdir @2 (parent :UInt64, name :Text, mode :UInt32, uid :UInt32, gid :UInt32)
       -> (status :Status, attr :Attr);
   create @3 (parent :UInt64, name :Text, mode :UInt32, uid :UInt32, gid :UInt32,
-             replication :UInt8, exclusive :Bool) -> (status :Status, attr :Attr);
+             replication :UInt8, exclusive :Bool, open :Bool) -> (status :Status, attr :Attr);
   # replication 0 means the default goal. Without `exclusive`, an existing regular
-  # file is returned as it is.
+  # file is returned as it is. With `open`, the file is opened as by open().
   setattr @4 (inode :UInt64, set :SetAttr) -> (status :Status, attr :Attr);
   readdir @5 (inode :UInt64, after :Text, limit :UInt32)
       -> (status :Status, entries :List(DirEntry), more :Bool);
@@ -74,11 +75,15 @@ interface ClientService {
       -> (status :Status, chunkSize :UInt64, fileSize :UInt64, chunks :List(ChunkLocation));
   # Chunks that exist in [firstIndex, firstIndex+count); holes are absent. Only replicas
   # at the current version are listed.
-  prepareWrite @12 (inode :UInt64, index :UInt32, failedReplica :Text)
+  prepareWrite @12 (inode :UInt64, index :UInt32, failedReplica :Text,
+                    failures :List(Common.ReplicaFailure), failedVersion :UInt64)
       -> (status :Status, chunk :ChunkLocation);
   # Allocates the chunk if needed and makes sure a primary holds a lease on it. A client
-  # whose write failed names the replica that failed: it is dropped (now stale) and a new
-  # lease is granted, under a new version, on the others.
+  # whose write at `failedVersion` failed reports what each replica said (`failedReplica`
+  # is no longer read): the master drops the replicas at fault as long as another
+  # current replica stays, and grants a new lease, under a new version, on the others;
+  # when every replica failed it drops none and answers with the failure (noSpace when
+  # every replica is out of space).
   commitSize @13 (inode :UInt64, size :UInt64, mtimeNs :Int64) -> (status :Status, attr :Attr);
   # After a write: the file's size becomes max(size, current).
   reportBadReplica @14 (handle :UInt64, version :UInt64, address :Text) -> ();
@@ -112,7 +117,18 @@ interface ClientService {
   # (largest minus smallest share of chunks) is within `threshold`; returns moves queued
   # and the spread now.
   clusterHealth @29 () -> (safeMode :Bool, chunks :UInt64, underReplicated :UInt64,
-                           missing :UInt64, overReplicated :UInt64, copiesInFlight :UInt64);
+                           missing :UInt64, overReplicated :UInt64, copiesInFlight :UInt64,
+                           corrupt :UInt64);
+
+  # Open files. Each ClientService capability is one client session (one connection): a
+  # regular file it has open outlives its last name until the session closes it or ends.
+  open @30 (inode :UInt64) -> (status :Status, attr :Attr);
+  # The attributes of a file being opened; the session holds it open (once, however
+  # often it is opened).
+  close @31 (inode :UInt64) -> (status :Status);
+  session @32 (openInodes :List(UInt64)) -> ();
+  # Files this client holds open, sent again on a new connection (at most 1,000,000);
+  # with none, a keepalive.
 }
 
 struct TrashEntry {
@@ -131,13 +147,14 @@ struct ChunkReport {
 
 interface ChunkserverRegistry {
   register @0 (address :Text, rack :Text, capacityBytes :UInt64, usedBytes :UInt64,
-               chunks :List(ChunkReport), server :ChunkServer)
+               chunks :List(ChunkReport), server :ChunkServer, availableBytes :UInt64)
       -> (status :Status, id :UInt64, heartbeatMs :UInt32, chunkSize :UInt64);
   # A full chunk report. The master answers what the chunkserver should delete in the
   # first heartbeat.
   heartbeat @1 (id :UInt64, capacityBytes :UInt64, usedBytes :UInt64,
-                corruptHandles :List(UInt64))
+                corruptHandles :List(UInt64), availableBytes :UInt64)
       -> (status :Status, deleteHandles :List(UInt64));
   # corruptHandles: replicas the scrubber found bad since the last heartbeat.
+  # availableBytes: free space above the reserve, which new chunks and copies may use.
   # status notFound means: register again.
 }

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "cluster.h"
+#include "crc32c.h"
 
 namespace cairn {
 namespace {
@@ -32,10 +33,10 @@ TEST_F(ChunkStoreTest, RoundTripAtAnyOffset) {
     model.replace(off, data.size(), data);
   };
   apply(0, testing::randomBytes(100000, 1));
-  apply(65530, testing::randomBytes(20, 2));          // across a block boundary
-  apply(300000, testing::randomBytes(1000, 3));       // leaves a gap of zeros
-  apply(10, "x");                                      // a single byte inside a block
-  apply(CHUNK - 5, "tail!");                           // the very end of the chunk
+  apply(65530, testing::randomBytes(20, 2));     // across a block boundary
+  apply(300000, testing::randomBytes(1000, 3));  // leaves a gap of zeros
+  apply(10, "x");                                // a single byte inside a block
+  apply(CHUNK - 5, "tail!");                     // the very end of the chunk
   EXPECT_EQ(read(1, 7, 0, CHUNK), model);
   EXPECT_EQ(read(1, 7, 65000, 2000), model.substr(65000, 2000));
   EXPECT_EQ(read(1, 7, 150000, 10), std::string(10, '\0'));
@@ -113,28 +114,168 @@ TEST_F(ChunkStoreTest, RemoveDeletesBothFiles) {
 }
 
 TEST_F(ChunkStoreTest, AFullDiskRefusesNewChunksAndKeepsOldOnes) {
-  MemDisk small(2 << 20);
-  ChunkStore tiny(small, {"/d"}, 1 << 20);
+  MemDisk small(3 << 20);
+  ChunkStore tiny(small, {"/d"}, 1 << 20, /*reserveBytes=*/1 << 20);
   ASSERT_TRUE(tiny.open().ok());
   ASSERT_TRUE(tiny.create(1, 1).ok());
   std::string full = testing::randomBytes(1 << 20, 12);
   ASSERT_TRUE(tiny.write(1, 1, 0, full).ok());
-  // Less than a chunk of room is left: a new chunk is refused, not started.
-  EXPECT_EQ(tiny.create(2, 1).code(), ErrorCode::NO_SPACE);
-  EXPECT_FALSE(tiny.has(2));
+  ASSERT_TRUE(tiny.create(2, 1).ok());
+  ASSERT_TRUE(tiny.write(2, 1, 0, full).ok());
+  // Less than the reserve is left: a new chunk is refused, not started.
+  EXPECT_EQ(tiny.create(3, 1).code(), ErrorCode::NO_SPACE);
+  EXPECT_FALSE(tiny.has(3));
+  EXPECT_LT(tiny.available(), 1u << 20);
   std::string out;
   ASSERT_TRUE(tiny.read(1, 1, 0, 1 << 20, out).ok());
   EXPECT_TRUE(out == full);
-  // A write that finds no room fails and leaves the bytes before it alone.
-  MemDisk tight((1 << 20) + 4096);
-  ChunkStore store2(tight, {"/d"}, 1 << 20);
+}
+
+TEST_F(ChunkStoreTest, AWriteThatFindsNoRoomChangesNothing) {
+  MemDisk tight(1 << 20);
+  ChunkStore store2(tight, {"/d"}, 1 << 20, /*reserveBytes=*/0);
   ASSERT_TRUE(store2.open().ok());
   ASSERT_TRUE(store2.create(1, 1).ok());
-  ASSERT_TRUE(store2.write(1, 1, 0, "kept").ok());
-  ASSERT_TRUE(tight.write("/filler", 0, std::string(1 << 20, 'f').data(), 1 << 20, true).ok());
-  EXPECT_EQ(store2.write(1, 1, 4, std::string(64 << 10, 'y')).code(), ErrorCode::NO_SPACE);
-  ASSERT_TRUE(store2.read(1, 1, 0, 4, out).ok());
-  EXPECT_EQ(out, "kept");
+  std::string first = testing::randomBytes(100000, 3);
+  ASSERT_TRUE(store2.write(1, 1, 0, first).ok());
+  auto used = tight.space("/d").value;
+  tight.setCapacity(tight.space("/d").value.capacityBytes - used.freeBytes + 8192);
+  // Overwrites part of the old bytes and runs past them: no room for the new blocks.
+  std::string second = testing::randomBytes(300000, 4);
+  EXPECT_EQ(store2.write(1, 1, 50000, second).code(), ErrorCode::NO_SPACE);
+  std::string out;
+  ASSERT_TRUE(store2.read(1, 1, 0, 1 << 20, out).ok());
+  EXPECT_TRUE(out == first) << "a failed write changed the replica";
+  EXPECT_TRUE(store2.verify(1).ok());
+  // Once there is room again, the same write works.
+  tight.setCapacity(8 << 20);
+  ASSERT_TRUE(store2.write(1, 1, 50000, second).ok());
+  ASSERT_TRUE(store2.read(1, 1, 0, 1 << 20, out).ok());
+  EXPECT_TRUE(out == first.substr(0, 50000) + second);
+}
+
+TEST_F(ChunkStoreTest, HolesTakeNoDiskAndReadAsZeros) {
+  ASSERT_TRUE(store.create(7, 1).ok());
+  ASSERT_TRUE(store.write(7, 1, CHUNK - 100, "x").ok());
+  EXPECT_EQ(store.list()[0].length, CHUNK - 99);
+  // One byte near the end of the chunk: one page of data, the sidecar, nothing else.
+  EXPECT_LE(disk.allocated(store.dataPath(7)).value, MemDisk::PAGE);
+  std::string out = read(7, 1, 0, CHUNK);
+  std::string expected(CHUNK - 99, '\0');
+  expected[CHUNK - 100] = 'x';
+  EXPECT_TRUE(out == expected);
+  // Blocks of zeros written over data become holes again.
+  ASSERT_TRUE(store.write(7, 1, 0, testing::randomBytes(3 * CHECKSUM_BLOCK, 5)).ok());
+  uint64_t before = disk.allocated(store.dataPath(7)).value;
+  ASSERT_TRUE(store.write(7, 1, CHECKSUM_BLOCK, std::string(CHECKSUM_BLOCK, '\0')).ok());
+  EXPECT_EQ(disk.allocated(store.dataPath(7)).value, before - CHECKSUM_BLOCK);
+  std::string map;
+  uint64_t length = 0;
+  ASSERT_TRUE(store.blockMap(7, 1, map, length).ok());
+  EXPECT_EQ(map[0] & 7, 5);  // blocks 0 and 2 hold data, block 1 is a hole
+  EXPECT_TRUE(store.verify(7).ok());
+}
+
+TEST_F(ChunkStoreTest, PunchFreesWholeBlocksAndZerosTheEdges) {
+  ASSERT_TRUE(store.create(8, 1).ok());
+  std::string data = testing::randomBytes(6 * CHECKSUM_BLOCK, 6);
+  ASSERT_TRUE(store.write(8, 1, 0, data).ok());
+  uint64_t before = disk.allocated(store.dataPath(8)).value;
+  // From the middle of block 1 to the middle of block 4: blocks 2 and 3 are freed.
+  uint64_t from = CHECKSUM_BLOCK + 1000, to = 4 * CHECKSUM_BLOCK + 500;
+  ASSERT_TRUE(store.punch(8, 1, from, to - from).ok());
+  EXPECT_EQ(disk.allocated(store.dataPath(8)).value, before - 2 * CHECKSUM_BLOCK);
+  std::string expected = data;
+  std::fill(expected.begin() + static_cast<long>(from), expected.begin() + static_cast<long>(to),
+            '\0');
+  EXPECT_TRUE(read(8, 1, 0, CHUNK) == expected);
+  EXPECT_EQ(store.list()[0].length, data.size());  // the length stays
+  EXPECT_TRUE(store.verify(8).ok());
+  // A punch past the length changes nothing.
+  ASSERT_TRUE(store.punch(8, 1, 7 * CHECKSUM_BLOCK, 100).ok());
+  EXPECT_EQ(store.list()[0].length, data.size());
+}
+
+TEST_F(ChunkStoreTest, ExtentsLeaveHolesOut) {
+  ASSERT_TRUE(store.create(9, 1).ok());
+  ASSERT_TRUE(store.write(9, 1, 10, "head").ok());
+  ASSERT_TRUE(store.write(9, 1, 3 * CHECKSUM_BLOCK + 7, "tail").ok());
+  std::vector<Extent> extents;
+  uint64_t length = 0;
+  ASSERT_TRUE(store.readExtents(9, 1, 0, CHUNK, extents, length).ok());
+  EXPECT_EQ(length, 3 * CHECKSUM_BLOCK + 11);
+  ASSERT_EQ(extents.size(), 2u);
+  EXPECT_EQ(extents[0].offset, 0u);
+  EXPECT_EQ(extents[0].bytes.size(), CHECKSUM_BLOCK);
+  EXPECT_EQ(extents[0].bytes.substr(10, 4), "head");
+  EXPECT_EQ(extents[1].offset, 3 * CHECKSUM_BLOCK);
+  EXPECT_EQ(extents[1].bytes.size(), 11u);  // clipped to the length
+  // A copy made from the extents is the same chunk, and as sparse.
+  ASSERT_TRUE(store.create(10, 1).ok());
+  for (auto& x : extents) ASSERT_TRUE(store.write(10, 1, x.offset, x.bytes).ok());
+  ASSERT_TRUE(store.truncate(10, 1, length).ok());
+  EXPECT_EQ(read(10, 1, 0, CHUNK), read(9, 1, 0, CHUNK));
+  EXPECT_EQ(disk.allocated(store.dataPath(10)).value, disk.allocated(store.dataPath(9)).value);
+}
+
+TEST_F(ChunkStoreTest, ATornWriteLeavesOtherBytesReadable) {
+  FaultyDisk faulty(disk);
+  ChunkStore s2(faulty, {"/t"}, CHUNK, 0);
+  ASSERT_TRUE(s2.open().ok());
+  ASSERT_TRUE(s2.create(11, 1).ok());
+  std::string data = testing::randomBytes(4 * CHECKSUM_BLOCK, 7);
+  ASSERT_TRUE(s2.write(11, 1, 0, data).ok());
+  // An I/O error after half of a write that starts and ends inside blocks.
+  std::string update = testing::randomBytes(2 * CHECKSUM_BLOCK, 8);
+  uint64_t at = CHECKSUM_BLOCK / 2;
+  faulty.failNext(FaultyDisk::Op::WRITE, 1, ErrorCode::IO_ERROR, "/t/chunks/0b/0b", CHECKSUM_BLOCK);
+  EXPECT_EQ(s2.write(11, 1, at, update).code(), ErrorCode::IO_ERROR);
+  std::string out;
+  ASSERT_TRUE(s2.read(11, 1, 0, CHUNK, out).ok()) << "the replica must stay readable";
+  // Bytes outside the failed write are what they were.
+  EXPECT_TRUE(out.substr(0, at) == data.substr(0, at));
+  EXPECT_TRUE(out.substr(at + update.size()) == data.substr(at + update.size()));
+  EXPECT_TRUE(s2.verify(11).ok());
+}
+
+TEST_F(ChunkStoreTest, AWriteIntoACorruptBlockIsRefused) {
+  ASSERT_TRUE(store.create(12, 1).ok());
+  std::string data = testing::randomBytes(CHECKSUM_BLOCK, 9);
+  ASSERT_TRUE(store.write(12, 1, 0, data).ok());
+  std::string byte = "\x55";
+  ASSERT_TRUE(disk.write(store.dataPath(12), 60000, byte.data(), 1, false).ok());
+  // Merging the block's other bytes would give the flipped byte a good checksum.
+  EXPECT_EQ(store.write(12, 1, 10, "abc").code(), ErrorCode::REPLICA_CORRUPT);
+  EXPECT_EQ(store.truncate(12, 1, 30000 + 70000).code(), ErrorCode::OK);  // extends: no merge
+  EXPECT_EQ(store.truncate(12, 1, 1000).code(), ErrorCode::REPLICA_CORRUPT);
+}
+
+TEST_F(ChunkStoreTest, FirstFormatSidecarsAreConverted) {
+  // A chunk as format 1 wrote it: gaps written as zeros, 4-byte CRCs of partial blocks.
+  std::string data = testing::randomBytes(1000, 10) + std::string(2 * CHECKSUM_BLOCK, '\0') + "end";
+  std::string path = "/d0/chunks/2a/2a";
+  ASSERT_TRUE(disk.write(path, 0, data.data(), data.size(), true).ok());
+  std::string meta(32, '\0');
+  memcpy(meta.data(), "CAIRNCHK", 8);
+  uint32_t format = 1;
+  uint64_t version = 4;
+  memcpy(meta.data() + 8, &format, 4);
+  memcpy(meta.data() + 16, &version, 8);
+  for (size_t off = 0; off < data.size(); off += CHECKSUM_BLOCK) {
+    size_t n = std::min<size_t>(CHECKSUM_BLOCK, data.size() - off);
+    uint32_t crc = crc32c(0, data.data() + off, n);
+    meta.append(reinterpret_cast<const char*>(&crc), 4);
+  }
+  ASSERT_TRUE(disk.write(path + ".meta", 0, meta.data(), meta.size(), true).ok());
+  ChunkStore again(disk, {"/d0"}, CHUNK);
+  ASSERT_TRUE(again.open().ok());
+  EXPECT_EQ(again.versionOf(0x2a), 4u);
+  std::string out;
+  ASSERT_TRUE(again.read(0x2a, 4, 0, CHUNK, out).ok());
+  EXPECT_TRUE(out == data);
+  EXPECT_TRUE(again.verify(0x2a).ok());
+  // The zero block in the middle was given back.
+  EXPECT_LE(disk.allocated(path).value, data.size() - CHECKSUM_BLOCK + MemDisk::PAGE);
 }
 
 }  // namespace

@@ -28,6 +28,10 @@ TempDir::TempDir() {
 }
 
 TempDir::~TempDir() {
+  if (getenv("CAIRN_KEEP_TEST_DIR") != nullptr) {
+    fprintf(stderr, "kept %s (CAIRN_KEEP_TEST_DIR)\n", dir.c_str());
+    return;
+  }
   std::error_code ec;
   std::filesystem::remove_all(dir, ec);
 }
