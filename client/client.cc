@@ -131,11 +131,14 @@ kj::Promise<void> Client::keepSession() {
 }
 
 kj::Promise<Result<FileAttr>> Client::open(uint64_t inode) {
+  // Counted before the request goes: a close() of an earlier open, made while this one is
+  // on its way, must not tell the master that nothing holds the file.
+  openCounts[inode]++;
   auto req = master().openRequest();
   req.setInode(inode);
-  return callMaster<Result<FileAttr>>(kj::mv(req), [this](auto& r) {
+  return callMaster<Result<FileAttr>>(kj::mv(req), [this, inode](auto& r) {
     auto a = attrResult(r);
-    if (a.ok() && a.value.type == FileType::REGULAR) openCounts[a.value.inode]++;
+    if (!a.ok() || a.value.type != FileType::REGULAR) close(inode);
     return a;
   });
 }

@@ -277,6 +277,11 @@ void cfsOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   }
   fi->keep_cache = 0;  // close-to-open: drop pages cached from before this open
   fi->fh = reinterpret_cast<uint64_t>(r.value);
+  // ... and attributes: another mount may have changed the file since this kernel cached
+  // them (only attributes are dropped, which takes no inode lock, so this is safe here).
+  if (fsOf(req).session != nullptr) {
+    fuse_lowlevel_notify_inval_inode(fsOf(req).session, ino, -1, 0);
+  }
   if (fuse_reply_open(req, fi) != 0) {
     call(req, "open", [&](Client&, FileCache&) {
       return r.value->file->close().then([h = r.value](Status s) {

@@ -17,6 +17,7 @@ struct MountOptions {
 
 struct CairnFs {
   BlockingClient* client = nullptr;  // set before the session loop starts
+  fuse_session* session = nullptr;   // for notifications to the kernel
   MountOptions options;
 };
 

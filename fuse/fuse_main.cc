@@ -130,6 +130,7 @@ int main(int argc, char** argv) {
         // The client's loop thread starts after daemonizing: fork keeps no threads.
         BlockingClient client(clientOptions);
         fs.client = &client;
+        fs.session = se;
         logInfo("mounted {} at {}", args.master, args.mountpoint);
         fuse_loop_config config;
         memset(&config, 0, sizeof(config));

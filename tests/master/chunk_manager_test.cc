@@ -77,6 +77,24 @@ class ChunkManagerTest : public ::testing::Test {
       manager.heartbeat(id, 1 << 30, 0, deletes);
     }
   }
+  uint64_t idOf(const std::string& address) {
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (address == "127.0.0." + std::to_string(i + 2) + ":1") return ids[i];
+    }
+    return 0;
+  }
+  std::vector<ReplicaFailure> failing(const ChunkView& v, std::vector<ErrorCode> codes) {
+    std::vector<ReplicaFailure> out;
+    for (size_t i = 0; i < codes.size(); ++i) {
+      if (codes[i] != ErrorCode::OK) out.push_back({v.replicas[i].address, Status(codes[i], "x")});
+    }
+    return out;
+  }
+  std::vector<uint64_t> deletesFor(uint64_t id, std::optional<uint64_t> available = std::nullopt) {
+    std::vector<uint64_t> d;
+    manager.heartbeat(id, 1 << 30, 0, d, available);
+    return d;
+  }
 
   kj::AsyncIoContext io;
   std::unique_ptr<leveldb::Env> env;
@@ -298,6 +316,128 @@ TEST_F(ChunkManagerTest, AnIdleLeaseIsRevokedUnderANewVersionBeforeACopy) {
   settle();
   EXPECT_EQ(control.copies, 1);
   EXPECT_EQ(manager.locate(file, 0, 1)[0].replicas.size(), 4u);
+}
+
+TEST_F(ChunkManagerTest, AWriteThatFailsOnEveryReplicaDropsNone) {
+  auto r = prepare(0);
+  ASSERT_TRUE(r.ok());
+  auto after = manager
+                   .prepareWrite(file, 0, failing(r.value, {ErrorCode::NO_SPACE, ErrorCode::NO_SPACE,
+                                                            ErrorCode::NO_SPACE}),
+                                 r.value.record.version)
+                   .wait(io.waitScope);
+  EXPECT_EQ(after.status.code(), ErrorCode::NO_SPACE);
+  auto view = manager.locate(file, 0, 1)[0];
+  EXPECT_EQ(view.replicas.size(), 3u);
+  EXPECT_EQ(view.record.version, r.value.record.version);
+  for (auto id : ids) EXPECT_TRUE(deletesFor(id).empty());
+  // The same with I/O errors: nothing leaves, the writer hears of it.
+  after = manager
+              .prepareWrite(file, 0,
+                            failing(r.value, {ErrorCode::IO_ERROR, ErrorCode::UNAVAILABLE,
+                                              ErrorCode::IO_ERROR}),
+                            r.value.record.version)
+              .wait(io.waitScope);
+  EXPECT_FALSE(after.ok());
+  EXPECT_EQ(manager.locate(file, 0, 1)[0].replicas.size(), 3u);
+}
+
+TEST_F(ChunkManagerTest, AFailedReplicaLeavesUnderANewVersion) {
+  auto r = prepare(0);
+  ASSERT_TRUE(r.ok());
+  std::string bad = r.value.replicas[1].address;
+  auto after = manager
+                   .prepareWrite(file, 0, failing(r.value, {ErrorCode::OK, ErrorCode::IO_ERROR}),
+                                 r.value.record.version)
+                   .wait(io.waitScope);
+  ASSERT_TRUE(after.ok()) << after.status.toString();
+  EXPECT_EQ(after.value.replicas.size(), 2u);
+  EXPECT_GT(after.value.record.version, r.value.record.version);
+  for (auto& rep : after.value.replicas) EXPECT_NE(rep.address, bad);
+  EXPECT_EQ(deletesFor(idOf(bad)), std::vector<uint64_t>{r.value.record.handle});
+  // A report about the old version, arriving late, changes nothing more.
+  auto late = manager
+                  .prepareWrite(file, 0, failing(after.value, {ErrorCode::IO_ERROR}),
+                                r.value.record.version)
+                  .wait(io.waitScope);
+  ASSERT_TRUE(late.ok());
+  EXPECT_EQ(late.value.replicas.size(), 2u);
+}
+
+TEST_F(ChunkManagerTest, AFullReplicaStaysWhileNoOtherServerHasRoom) {
+  auto r = prepare(0);
+  ASSERT_TRUE(r.ok());
+  std::string full = r.value.replicas[0].address;
+  // The one server without a replica is full too.
+  for (auto id : ids) deletesFor(id, 0);
+  auto after = manager
+                   .prepareWrite(file, 0, failing(r.value, {ErrorCode::NO_SPACE}),
+                                 r.value.record.version)
+                   .wait(io.waitScope);
+  EXPECT_EQ(after.status.code(), ErrorCode::NO_SPACE);
+  EXPECT_EQ(manager.locate(file, 0, 1)[0].replicas.size(), 3u);
+  // With room elsewhere, the full replica leaves and re-replication can put it there.
+  for (auto id : ids) deletesFor(id, 1 << 30);
+  after = manager
+              .prepareWrite(file, 0, failing(r.value, {ErrorCode::NO_SPACE}),
+                            r.value.record.version)
+              .wait(io.waitScope);
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after.value.replicas.size(), 2u);
+  for (auto& rep : after.value.replicas) EXPECT_NE(rep.address, full);
+}
+
+TEST_F(ChunkManagerTest, AStaleCopyIsKeptWhileNoCurrentReplicaIsLive) {
+  auto r = prepare(0);
+  ASSERT_TRUE(r.ok());
+  uint64_t handle = r.value.record.handle;
+  uint64_t a = idOf(r.value.replicas[0].address), b = idOf(r.value.replicas[1].address),
+           c = idOf(r.value.replicas[2].address);
+  // A write fails through `a`: it leaves, and b and c move to a new version.
+  auto after = manager.prepareWrite(file, 0, failing(r.value, {ErrorCode::IO_ERROR}),
+                                    r.value.record.version)
+                   .wait(io.waitScope);
+  ASSERT_TRUE(after.ok());
+  // All three go silent; a comes back first, with its stale copy, which is now all there is.
+  timer.advanceTo(timer.now() + 31 * kj::SECONDS);
+  for (auto id : ids) {
+    if (id != a && id != b && id != c) deletesFor(id);
+  }
+  manager.sweepDeadServers();
+  manager.registerServer(r.value.replicas[0].address, "r", 1 << 30, 0,
+                         {{handle, r.value.record.version, 10}});
+  EXPECT_TRUE(deletesFor(a).empty()) << "the last copy of a chunk was deleted";
+  // b comes back current: now the stale copy may go.
+  manager.registerServer(r.value.replicas[1].address, "r", 1 << 30, 0,
+                         {{handle, after.value.record.version, 10}});
+  EXPECT_EQ(deletesFor(a), std::vector<uint64_t>{handle});
+}
+
+TEST_F(ChunkManagerTest, TheLastCorruptReplicaIsKept) {
+  auto r = prepare(0);
+  ASSERT_TRUE(r.ok());
+  auto& v = r.value;
+  manager.reportBadReplica(v.record.handle, v.record.version, v.replicas[0].address);
+  manager.reportBadReplica(v.record.handle, v.record.version, v.replicas[1].address);
+  EXPECT_EQ(manager.locate(file, 0, 1)[0].replicas.size(), 1u);
+  manager.reportCorrupt(idOf(v.replicas[2].address), v.record.handle);
+  auto view = manager.locate(file, 0, 1)[0];
+  ASSERT_EQ(view.replicas.size(), 1u) << "the last replica must stay, however bad";
+  EXPECT_EQ(manager.health().corrupt, 1u);
+  EXPECT_TRUE(deletesFor(idOf(v.replicas[2].address)).empty());
+}
+
+TEST_F(ChunkManagerTest, ATruncateThatFailsEverywhereKeepsTheVersion) {
+  auto r = prepare(0);
+  ASSERT_TRUE(r.ok());
+  control.down = {ids[0], ids[1], ids[2], ids[3]};
+  Status s = manager.truncateChunk(file, 1000).wait(io.waitScope);
+  EXPECT_FALSE(s.ok());
+  control.down.clear();
+  auto view = manager.locate(file, 0, 1)[0];
+  EXPECT_EQ(view.replicas.size(), 3u);
+  EXPECT_EQ(view.record.version, r.value.record.version);
+  EXPECT_EQ(ns.getChunk(file, 0)->version, r.value.record.version);
 }
 
 }  // namespace
