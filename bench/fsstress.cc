@@ -306,8 +306,18 @@ class Stress {
     uint64_t len = std::min(length(), opts.maxSize / 2);
     off_t inA = static_cast<off_t>(below(opts.maxSize / 2)), inB = inA;
     off_t outA = static_cast<off_t>(below(opts.maxSize - len)), outB = outA;
+    struct statx cached {};
+    if (getenv("FSSTRESS_DEBUG")) {
+      statx(s.fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_SIZE | STATX_INO, &cached);
+    }
     ssize_t a = copy_file_range(s.fd, &inA, d.fd, &outA, len, 0);
     int ea = errno;
+    if (getenv("FSSTRESS_DEBUG")) {
+      fprintf(stderr, "%llu copy: src ino %llu cached size %llu from %lld, mounts %d -> %d: %zd\n",
+              (unsigned long long)step, (unsigned long long)cached.stx_ino,
+              (unsigned long long)cached.stx_size, (long long)(inA - (a > 0 ? a : 0)), s.mount,
+              d.mount, a);
+    }
     ssize_t b = checking() ? copy_file_range(s.model, &inB, d.model, &outB, len, 0) : a;
     return same(("copy_file_range obj " + std::to_string(*from) + " -> " + std::to_string(*to) + " " + std::to_string(len)).c_str(), a, ea, b, errno);
   }

@@ -640,15 +640,16 @@ int cmdHealth(CliContext& c, bool json) {
                                {"under_replicated", v.underReplicated},
                                {"missing", v.missing},
                                {"over_replicated", v.overReplicated},
-                               {"copies_in_flight", v.copiesInFlight}})
+                               {"copies_in_flight", v.copiesInFlight},
+                               {"corrupt", v.corrupt}})
                    .dump(2));
     return 0;
   }
   fmt::print(c.out,
              "{}chunks {}, under-replicated {}, missing {}, over-replicated {}, copies in "
-             "flight {}\n",
+             "flight {}, corrupt {}\n",
              v.safeMode ? "SAFE MODE; " : "", v.chunks, v.underReplicated, v.missing,
-             v.overReplicated, v.copiesInFlight);
+             v.overReplicated, v.copiesInFlight, v.corrupt);
   return 0;
 }
 

@@ -177,7 +177,6 @@ kj::Promise<T> Client::callMaster(Req&& request, Fn&& onResponse, kj::Duration t
             });
 }
 
-
 kj::Promise<Result<FileAttr>> Client::resolve(std::string path) {
   auto req = master().resolveRequest();
   req.setPath(path);
@@ -566,8 +565,9 @@ kj::Promise<Result<double>> Client::balance(double threshold) {
 kj::Promise<Result<HealthInfo>> Client::health() {
   auto req = master().clusterHealthRequest();
   return callMaster<Result<HealthInfo>>(kj::mv(req), [](auto& r) -> Result<HealthInfo> {
-    return HealthInfo{r.getSafeMode(), r.getChunks(),         r.getUnderReplicated(),
-                      r.getMissing(),  r.getOverReplicated(), r.getCopiesInFlight()};
+    return HealthInfo{r.getSafeMode(),      r.getChunks(),         r.getUnderReplicated(),
+                      r.getMissing(),       r.getOverReplicated(), r.getCopiesInFlight(),
+                      r.getCorrupt()};
   });
 }
 
@@ -670,58 +670,71 @@ kj::Promise<Result<FileLayout>> Client::cachedLayout(uint64_t inode, uint32_t fi
 }
 
 kj::Promise<Status> Client::read(uint64_t inode, uint64_t offset, uint64_t length,
-                                 std::string& out) {
+                                 std::string& out, std::optional<uint64_t> needed) {
   out.clear();
   if (length == 0) return Status::OK();
   auto deadline = timer.now() + opts.retryFor;
   return ensureChunkSize(inode).then(
-      [this, inode, offset, length, &out, deadline](uint64_t cs) -> kj::Promise<Status> {
+      [this, inode, offset, length, &out, deadline, needed](uint64_t cs) -> kj::Promise<Status> {
         if (cs == 0) {
           return getattr(inode).then([](Result<FileAttr> r) {
             return r.ok() ? Status::unavailable("master gave no chunk size") : r.status;
           });
         }
-        uint32_t first = static_cast<uint32_t>(offset / cs);
-        uint32_t count = static_cast<uint32_t>((offset + length - 1) / cs - first + 1);
-        return cachedLayout(inode, first, count)
-            .then([this, inode, offset, length, &out,
-                   deadline](Result<FileLayout> r) -> kj::Promise<Status> {
-              if (!r.ok()) return r.status;
-              FileLayout& l = r.value;
-              if (offset >= l.fileSize) return Status::OK();
-              uint64_t n = std::min(length, l.fileSize - offset);
-              out.assign(n, '\0');  // holes and bytes past a replica's end read as zeros
-              struct Piece {
-                ChunkInfo chunk;
-                uint64_t chunkOffset;
-                uint32_t length;
-                kj::byte* dst;
-              };
-              auto pieces = kj::heap<std::vector<Piece>>();
-              std::map<uint32_t, const ChunkInfo*> byIndex;
-              for (auto& c : l.chunks) byIndex[c.index] = &c;
-              for (uint64_t pos = offset; pos < offset + n;) {
-                uint32_t index = static_cast<uint32_t>(pos / l.chunkSize);
-                uint64_t inChunk = pos % l.chunkSize;
-                uint64_t chunkEnd = (uint64_t{index} + 1) * l.chunkSize;
-                uint32_t len = static_cast<uint32_t>(
-                    std::min<uint64_t>({opts.pieceBytes, chunkEnd - pos, offset + n - pos}));
-                auto it = byIndex.find(index);
-                if (it != byIndex.end()) {
-                  pieces->push_back({*it->second, inChunk, len,
-                                     reinterpret_cast<kj::byte*>(out.data()) + (pos - offset)});
-                }
-                pos += len;
-              }
-              auto& ref = *pieces;
-              return runLimited(ref.size(), opts.parallelPieces,
-                                [this, inode, &ref, deadline](size_t i) {
-                                  auto& p = ref[i];
-                                  return readPiece(inode, p.chunk, p.chunkOffset, p.length, p.dst,
-                                                   deadline);
-                                })
-                  .attach(kj::mv(pieces));
-            });
+        return readWith(inode, offset, length, out, std::min(length, needed.value_or(length)),
+                        deadline, cs, false);
+      });
+}
+
+kj::Promise<Status> Client::readWith(uint64_t inode, uint64_t offset, uint64_t length,
+                                     std::string& out, uint64_t needed, kj::TimePoint deadline,
+                                     uint64_t cs, bool fresh) {
+  uint32_t first = static_cast<uint32_t>(offset / cs);
+  uint32_t count = static_cast<uint32_t>((offset + length - 1) / cs - first + 1);
+  if (fresh) forgetLayout(inode);
+  return cachedLayout(inode, first, count)
+      .then([this, inode, offset, length, &out, needed, deadline, cs,
+             fresh](Result<FileLayout> r) -> kj::Promise<Status> {
+        if (!r.ok()) return r.status;
+        FileLayout& l = r.value;
+        // A short read ends the caller's view of the file (the kernel cuts its size
+        // to it): never on the word of a cached layout, which may predate growth.
+        if (offset + needed > l.fileSize && !fresh) {
+          return readWith(inode, offset, length, out, needed, deadline, cs, true);
+        }
+        if (offset >= l.fileSize) return Status::OK();
+        uint64_t n = std::min(length, l.fileSize - offset);
+        out.assign(n, '\0');  // holes and bytes past a replica's end read as zeros
+        struct Piece {
+          ChunkInfo chunk;
+          uint64_t chunkOffset;
+          uint32_t length;
+          kj::byte* dst;
+        };
+        auto pieces = kj::heap<std::vector<Piece>>();
+        std::map<uint32_t, const ChunkInfo*> byIndex;
+        for (auto& c : l.chunks) byIndex[c.index] = &c;
+        for (uint64_t pos = offset; pos < offset + n;) {
+          uint32_t index = static_cast<uint32_t>(pos / l.chunkSize);
+          uint64_t inChunk = pos % l.chunkSize;
+          uint64_t chunkEnd = (uint64_t{index} + 1) * l.chunkSize;
+          uint32_t len = static_cast<uint32_t>(
+              std::min<uint64_t>({opts.pieceBytes, chunkEnd - pos, offset + n - pos}));
+          auto it = byIndex.find(index);
+          if (it != byIndex.end()) {
+            pieces->push_back({*it->second, inChunk, len,
+                               reinterpret_cast<kj::byte*>(out.data()) + (pos - offset)});
+          }
+          pos += len;
+        }
+        auto& ref = *pieces;
+        return runLimited(ref.size(), opts.parallelPieces,
+                          [this, inode, &ref, deadline](size_t i) {
+                            auto& p = ref[i];
+                            return readPiece(inode, p.chunk, p.chunkOffset, p.length, p.dst,
+                                             deadline);
+                          })
+            .attach(kj::mv(pieces));
       });
 }
 
@@ -888,21 +901,21 @@ kj::Promise<Result<std::string>> Client::blockMapOf(ChunkInfo chunk, size_t repl
 kj::Promise<Status> Client::write(uint64_t inode, uint64_t offset,
                                   kj::ArrayPtr<const kj::byte> data) {
   if (data.size() == 0) return Status::OK();
-  return forEachPortion(inode, offset, data.size(), MAX_WRITE_PORTION,
-                        [data, offset](uint32_t, uint32_t chunkOffset, uint64_t at,
-                                       uint64_t length) {
-                          ChunkMutation m;
-                          m.chunkOffset = chunkOffset;
-                          m.length = static_cast<uint32_t>(length);
-                          m.data = data.slice(at - offset, at - offset + length);
-                          return m;
-                        });
+  return forEachPortion(
+      inode, offset, data.size(), MAX_WRITE_PORTION,
+      [data, offset](uint32_t, uint32_t chunkOffset, uint64_t at, uint64_t length) {
+        ChunkMutation m;
+        m.chunkOffset = chunkOffset;
+        m.length = static_cast<uint32_t>(length);
+        m.data = data.slice(at - offset, at - offset + length);
+        return m;
+      });
 }
 
 kj::Promise<Status> Client::punch(uint64_t inode, uint64_t offset, uint64_t length) {
   if (length == 0) return Status::OK();
-  return ensureChunkSize(inode).then([this, inode, offset, length](uint64_t cs)
-                                         -> kj::Promise<Status> {
+  return ensureChunkSize(inode).then([this, inode, offset,
+                                      length](uint64_t cs) -> kj::Promise<Status> {
     if (cs == 0) return Status::unavailable("master gave no chunk size");
     uint32_t first = static_cast<uint32_t>(offset / cs);
     uint32_t last = static_cast<uint32_t>((offset + length - 1) / cs);
@@ -913,16 +926,15 @@ kj::Promise<Status> Client::punch(uint64_t inode, uint64_t offset, uint64_t leng
           auto present = kj::heap<std::set<uint32_t>>();
           for (auto& c : l.value.chunks) present->insert(c.index);
           auto& ref = *present;
-          return forEachPortion(
-                     inode, offset, length, cs,
-                     [&ref](uint32_t index, uint32_t chunkOffset, uint64_t, uint64_t n) {
-                       ChunkMutation m;
-                       m.kind = wire::Mutation::PUNCH;
-                       m.chunkOffset = chunkOffset;
-                       m.length = static_cast<uint32_t>(n);
-                       m.skip = !ref.count(index);
-                       return m;
-                     })
+          return forEachPortion(inode, offset, length, cs,
+                                [&ref](uint32_t index, uint32_t chunkOffset, uint64_t, uint64_t n) {
+                                  ChunkMutation m;
+                                  m.kind = wire::Mutation::PUNCH;
+                                  m.chunkOffset = chunkOffset;
+                                  m.length = static_cast<uint32_t>(n);
+                                  m.skip = !ref.count(index);
+                                  return m;
+                                })
               .attach(kj::mv(present));
         });
   });
@@ -987,40 +999,40 @@ kj::Promise<Status> Client::forEachPortion(
         make) {
   forgetLayout(inode);  // new chunks and versions are coming
   auto deadline = timer.now() + opts.retryFor;
-  return ensureChunkSize(inode).then([this, inode, offset, length, maxPortion, deadline,
-                                      make = kj::mv(make)](uint64_t cs) mutable
-                                     -> kj::Promise<Status> {
-    if (cs == 0) {
-      return getattr(inode).then([](Result<FileAttr> r) {
-        return r.ok() ? Status::unavailable("master gave no chunk size") : r.status;
+  return ensureChunkSize(inode).then(
+      [this, inode, offset, length, maxPortion, deadline,
+       make = kj::mv(make)](uint64_t cs) mutable -> kj::Promise<Status> {
+        if (cs == 0) {
+          return getattr(inode).then([](Result<FileAttr> r) {
+            return r.ok() ? Status::unavailable("master gave no chunk size") : r.status;
+          });
+        }
+        struct Portion {
+          uint32_t index;
+          ChunkMutation mutation;
+        };
+        auto portions = kj::heap<std::vector<Portion>>();
+        for (uint64_t at = offset; at < offset + length;) {
+          uint32_t index = static_cast<uint32_t>(at / cs);
+          uint64_t inChunk = at % cs;
+          uint64_t n = std::min<uint64_t>({cs - inChunk, offset + length - at, maxPortion});
+          ChunkMutation m = make(index, static_cast<uint32_t>(inChunk), at, n);
+          KJ_ASSERT(m.length > 0 && m.length <= n, "a portion must make progress", m.length, n);
+          at += m.length;
+          if (!m.skip) portions->push_back({index, std::move(m)});
+        }
+        auto& ref = *portions;
+        return runLimited(ref.size(), 4,
+                          [this, inode, &ref, deadline](size_t i) {
+                            return mutateChunk(inode, ref[i].index, ref[i].mutation, deadline, 0,
+                                               {}, 0);
+                          })
+            .attach(kj::mv(portions))
+            .then([this, inode](Status s) {
+              forgetLayout(inode);  // a read may have cached locations while this was under way
+              return s;
+            });
       });
-    }
-    struct Portion {
-      uint32_t index;
-      ChunkMutation mutation;
-    };
-    auto portions = kj::heap<std::vector<Portion>>();
-    for (uint64_t at = offset; at < offset + length;) {
-      uint32_t index = static_cast<uint32_t>(at / cs);
-      uint64_t inChunk = at % cs;
-      uint64_t n = std::min<uint64_t>({cs - inChunk, offset + length - at, maxPortion});
-      ChunkMutation m = make(index, static_cast<uint32_t>(inChunk), at, n);
-      KJ_ASSERT(m.length > 0 && m.length <= n, "a portion must make progress", m.length, n);
-      at += m.length;
-      if (!m.skip) portions->push_back({index, std::move(m)});
-    }
-    auto& ref = *portions;
-    return runLimited(ref.size(), 4,
-                      [this, inode, &ref, deadline](size_t i) {
-                        return mutateChunk(inode, ref[i].index, ref[i].mutation, deadline, 0, {},
-                                           0);
-                      })
-        .attach(kj::mv(portions))
-        .then([this, inode](Status s) {
-          forgetLayout(inode);  // a read may have cached locations while this was under way
-          return s;
-        });
-  });
 }
 
 kj::Promise<Status> Client::mutateChunk(uint64_t inode, uint32_t index, const ChunkMutation& m,
@@ -1077,29 +1089,29 @@ kj::Promise<DataOutcome> Client::applyMutation(ChunkInfo chunk, const ChunkMutat
   uint64_t dataId = rng() | 1;
   kj::Promise<DataOutcome> pushed = DataOutcome();
   if (m.kind == wire::Mutation::DATA) {
-    pushed = m.source ? pullInto(chunk, dataId, *m.source, m.length)
-                      : pushInto(chunk, dataId, m.data);
+    pushed =
+        m.source ? pullInto(chunk, dataId, *m.source, m.length) : pushInto(chunk, dataId, m.data);
   }
   // Control flow: the primary orders and applies, then has the secondaries apply.
-  return pushed.then([this, chunk = kj::mv(chunk), &m,
-                      dataId](DataOutcome o) -> kj::Promise<DataOutcome> {
-    if (!o.ok()) return o;
-    auto req = peers.get<wire::ChunkServer>(chunk.primary).writeRequest();
-    req.setHandle(chunk.handle);
-    req.setVersion(chunk.version);
-    req.setOffset(m.chunkOffset);
-    req.setDataId(dataId);
-    req.setLength(m.length);
-    req.setMutation(m.kind);
-    size_t n = 0;
-    for (auto& r : chunk.replicas) n += r.address != chunk.primary;
-    auto secondaries = req.initSecondaries(static_cast<uint>(n));
-    size_t k = 0;
-    for (auto& r : chunk.replicas) {
-      if (r.address != chunk.primary) secondaries.set(static_cast<uint>(k++), r.address);
-    }
-    return dataCall(kj::mv(req), chunk.primary);
-  });
+  return pushed.then(
+      [this, chunk = kj::mv(chunk), &m, dataId](DataOutcome o) -> kj::Promise<DataOutcome> {
+        if (!o.ok()) return o;
+        auto req = peers.get<wire::ChunkServer>(chunk.primary).writeRequest();
+        req.setHandle(chunk.handle);
+        req.setVersion(chunk.version);
+        req.setOffset(m.chunkOffset);
+        req.setDataId(dataId);
+        req.setLength(m.length);
+        req.setMutation(m.kind);
+        size_t n = 0;
+        for (auto& r : chunk.replicas) n += r.address != chunk.primary;
+        auto secondaries = req.initSecondaries(static_cast<uint>(n));
+        size_t k = 0;
+        for (auto& r : chunk.replicas) {
+          if (r.address != chunk.primary) secondaries.set(static_cast<uint>(k++), r.address);
+        }
+        return dataCall(kj::mv(req), chunk.primary);
+      });
 }
 
 kj::Promise<DataOutcome> Client::pushInto(const ChunkInfo& chunk, uint64_t dataId,
@@ -1120,9 +1132,9 @@ kj::Promise<DataOutcome> Client::pushInto(const ChunkInfo& chunk, uint64_t dataI
                       req.setOffset(static_cast<uint32_t>(start));
                       // The caller's bytes outlive the push (write() resolves after every
                       // piece answered).
-                      setDataNoCopy(wire::ChunkServer::PushDataParams::Builder(req),
-                                    data.slice(start, end),
-                                    [&](capnp::Orphan<capnp::Data>&& o) { req.adoptData(kj::mv(o)); });
+                      setDataNoCopy(
+                          wire::ChunkServer::PushDataParams::Builder(req), data.slice(start, end),
+                          [&](capnp::Orphan<capnp::Data>&& o) { req.adoptData(kj::mv(o)); });
                       auto rest = req.initChain(static_cast<uint>(c.size() - 1));
                       for (size_t k = 1; k < c.size(); ++k) {
                         rest.set(static_cast<uint>(k - 1), c[k].address);
@@ -1141,15 +1153,16 @@ kj::Promise<DataOutcome> Client::pullInto(const ChunkInfo& chunk, uint64_t dataI
   // The source chunk's replicas, asked afresh: copies are rare and must see the latest
   // version.
   return layout(source.inode, source.index, 1)
-      .then([this, chunk, dataId, source, length](Result<FileLayout> l) -> kj::Promise<DataOutcome> {
-        if (!l.ok()) return DataOutcome(l.status);
-        if (l.value.chunks.empty()) {
-          return DataOutcome(Status::notFound("the source chunk is gone"));
-        }
-        auto sources = kj::heap<std::vector<ReplicaInfo>>(orderReplicas(l.value.chunks[0]));
-        ChunkInfo from = l.value.chunks[0];
-        return pullFrom(chunk, dataId, from, kj::mv(sources), 0, source.chunkOffset, length);
-      });
+      .then(
+          [this, chunk, dataId, source, length](Result<FileLayout> l) -> kj::Promise<DataOutcome> {
+            if (!l.ok()) return DataOutcome(l.status);
+            if (l.value.chunks.empty()) {
+              return DataOutcome(Status::notFound("the source chunk is gone"));
+            }
+            auto sources = kj::heap<std::vector<ReplicaInfo>>(orderReplicas(l.value.chunks[0]));
+            ChunkInfo from = l.value.chunks[0];
+            return pullFrom(chunk, dataId, from, kj::mv(sources), 0, source.chunkOffset, length);
+          });
 }
 
 kj::Promise<DataOutcome> Client::pullFrom(ChunkInfo chunk, uint64_t dataId, ChunkInfo from,
@@ -1164,7 +1177,8 @@ kj::Promise<DataOutcome> Client::pullFrom(ChunkInfo chunk, uint64_t dataId, Chun
   // the first copy is a local read.
   auto chain = orderReplicas(chunk);
   for (size_t i = 0; i < chain.size(); ++i) {
-    if (chain[i].address == source) std::rotate(chain.begin(), chain.begin() + i, chain.begin() + i + 1);
+    if (chain[i].address == source)
+      std::rotate(chain.begin(), chain.begin() + i, chain.begin() + i + 1);
   }
   auto req = peers.get<wire::ChunkServer>(chain[0].address).pushFromRequest();
   req.setDataId(dataId);
@@ -1201,9 +1215,9 @@ kj::Promise<DataOutcome> Client::dataCall(Req&& request, std::string address) {
           },
           [this, address](kj::Exception&& e) {
             peers.drop(address);
-            return DataOutcome::of(address, Status::unavailable(fmt::format(
-                                                "chunkserver {}: {}", address,
-                                                e.getDescription().cStr())));
+            return DataOutcome::of(address,
+                                   Status::unavailable(fmt::format("chunkserver {}: {}", address,
+                                                                   e.getDescription().cStr())));
           });
 }
 

@@ -90,6 +90,7 @@ struct HealthInfo {
   uint64_t missing = 0;
   uint64_t overReplicated = 0;
   uint64_t copiesInFlight = 0;
+  uint64_t corrupt = 0;  // replicas found bad, kept as the last copy of their chunk
 };
 
 struct SetAttrRequest {
@@ -204,7 +205,10 @@ class Client {
   // Reads up to `length` bytes at `offset` into `out` (resized to what the file holds:
   // shorter at its end; holes read as zeros). Chunks are read in parallel, each from the
   // closest replica, failing over to others.
-  kj::Promise<Status> read(uint64_t inode, uint64_t offset, uint64_t length, std::string& out);
+  // A read shorter than `needed` bytes (default: all of `length`) is made only on a fresh
+  // word of the master about the file's size, never on cached chunk locations alone.
+  kj::Promise<Status> read(uint64_t inode, uint64_t offset, uint64_t length, std::string& out,
+                           std::optional<uint64_t> needed = std::nullopt);
   // Writes `data` at `offset` through the GFS write path. The file's size is not
   // changed: call commitSize once the writes are done. On failure nothing acknowledged
   // before is lost and the replicas stay (see master/replica_rule.h); noSpace when the
@@ -253,6 +257,10 @@ class Client {
   kj::Promise<Status> removeEntries(uint64_t dir, std::vector<DirEntryInfo> entries, size_t next);
 
   kj::Promise<uint64_t> ensureChunkSize(uint64_t inode);
+  // read() over the layout of the chunks involved, cached unless `fresh`.
+  kj::Promise<Status> readWith(uint64_t inode, uint64_t offset, uint64_t length, std::string& out,
+                               uint64_t needed, kj::TimePoint deadline, uint64_t chunkSize,
+                               bool fresh);
   kj::Promise<Status> readPiece(uint64_t inode, ChunkInfo chunk, uint64_t chunkOffset,
                                 uint32_t length, kj::byte* out, kj::TimePoint deadline);
   kj::Promise<Status> readChunk(ChunkInfo chunk, uint64_t chunkOffset, uint32_t length,

@@ -378,6 +378,13 @@ std::optional<uint64_t> FileCache::localSize(uint64_t inode) {
   return it->second.size;
 }
 
+FileAttr FileCache::asSeenHere(FileAttr attr) {
+  if (attr.type == FileType::REGULAR) {
+    if (auto local = localSize(attr.inode)) attr.size = std::max(attr.size, *local);
+  }
+  return attr;
+}
+
 void FileCache::resized(uint64_t inode, uint64_t size) {
   auto it = files.find(inode);
   if (it == files.end()) return;
@@ -422,7 +429,7 @@ kj::Promise<Result<std::string>> FileCache::readCached(uint64_t inode, uint64_t 
   uint64_t generation = st.generation;
   auto out = kj::heap<std::string>();
   auto& ref = *out;
-  return client.read(inode, offset, fetch, ref)
+  return client.read(inode, offset, fetch, ref, size)
       .then([this, inode, offset, size, generation, &ref](Status s) -> Result<std::string> {
         if (!s.ok()) return s;
         auto it = files.find(inode);
@@ -453,7 +460,7 @@ void FileCache::maybePrefetch(uint64_t inode, State& st) {
   st.prefetching = true;
   auto out = kj::heap<std::string>();
   auto& ref = *out;
-  st.prefetch = client.read(inode, aheadEnd, window, ref)
+  st.prefetch = client.read(inode, aheadEnd, window, ref, 0)
                     .then([this, inode, generation, aheadEnd, &ref](Status s) {
                       auto it = files.find(inode);
                       if (it == files.end() || it->second.generation != generation) return;

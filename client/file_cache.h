@@ -116,6 +116,10 @@ class FileCache final : private kj::TaskSet::ErrorHandler {
   kj::Promise<Result<FileAttr>> setattr(uint64_t inode, SetAttrRequest request);
   // The size including buffered writes, when this client has any.
   std::optional<uint64_t> localSize(uint64_t inode);
+  // Attributes from the master as this client sees the file: its buffered writes count
+  // in the size. Every attribute this client reports must pass through here (a size
+  // smaller than what it wrote would make its kernel cut the file short).
+  FileAttr asSeenHere(FileAttr attr);
   // fallocate(2) over [offset, offset+length): reserves disk on every replica (and grows
   // the file unless keepSize), or makes the range zeros (punchHole frees whole blocks).
   kj::Promise<Status> fallocate(uint64_t inode, AllocateMode mode, uint64_t offset,

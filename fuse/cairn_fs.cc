@@ -111,12 +111,10 @@ int64_t nowNs() {
 
 int64_t toNs(const timespec& t) { return int64_t{t.tv_sec} * 1000000000 + t.tv_nsec; }
 
-// Attributes with the size this mount knows of, when it has unwritten data.
-kj::Promise<Result<FileAttr>> freshAttr(Client& c, FileCache& fc, uint64_t ino) {
-  return c.getattr(ino).then([&fc, ino](Result<FileAttr> r) {
-    if (r.ok()) {
-      if (auto local = fc.localSize(ino)) r.value.size = std::max(r.value.size, *local);
-    }
+// Attributes as this mount sees the file (its unwritten data counts in the size).
+kj::Promise<Result<FileAttr>> seenHere(FileCache& fc, kj::Promise<Result<FileAttr>> attr) {
+  return attr.then([&fc](Result<FileAttr> r) {
+    if (r.ok()) r.value = fc.asSeenHere(r.value);
     return r;
   });
 }
@@ -138,7 +136,9 @@ void cfsInit(void*, fuse_conn_info* conn) {
 
 void cfsLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   std::string n = name;
-  replyEntry(req, call(req, "lookup", [&](Client& c, FileCache&) { return c.lookup(parent, n); }));
+  replyEntry(req, call(req, "lookup", [&](Client& c, FileCache& fc) {
+               return seenHere(fc, c.lookup(parent, n));
+             }));
 }
 
 void cfsForget(fuse_req_t req, fuse_ino_t, uint64_t) {
@@ -149,8 +149,8 @@ void cfsForget(fuse_req_t req, fuse_ino_t, uint64_t) {
 void cfsForgetMulti(fuse_req_t req, size_t, fuse_forget_data*) { fuse_reply_none(req); }
 
 void cfsGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
-  replyAttr(req,
-            call(req, "getattr", [&](Client& c, FileCache& fc) { return freshAttr(c, fc, ino); }));
+  replyAttr(req, call(req, "getattr",
+                      [&](Client& c, FileCache& fc) { return seenHere(fc, c.getattr(ino)); }));
 }
 
 void cfsSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int toSet, fuse_file_info*) {
@@ -251,8 +251,9 @@ void cfsRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t n
 
 void cfsLink(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* newname) {
   std::string n = newname;
-  replyEntry(req,
-             call(req, "link", [&](Client& c, FileCache&) { return c.link(ino, newparent, n); }));
+  replyEntry(req, call(req, "link", [&](Client& c, FileCache& fc) {
+               return seenHere(fc, c.link(ino, newparent, n));
+             }));
 }
 
 // An open file: fi->fh holds one. Made and destroyed on the client's loop.
@@ -396,8 +397,14 @@ void readdirCommon(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_
   while (dir->more && dir->entries.size() + 2 < want) {
     std::string after = dir->entries.empty() ? std::string() : dir->entries.back().name;
     bool more = false;
-    auto page = call(req, "readdir",
-                     [&](Client& c, FileCache&) { return c.readdir(ino, after, 1024, &more); });
+    auto page = call(req, "readdir", [&](Client& c, FileCache& fc) {
+      return c.readdir(ino, after, 1024, &more).then([&fc](Result<std::vector<DirEntryInfo>> r) {
+        if (r.ok()) {
+          for (auto& e : r.value) e.attr = fc.asSeenHere(e.attr);
+        }
+        return r;
+      });
+    });
     if (!page.ok()) {
       replyStatus(req, page.status);
       return;

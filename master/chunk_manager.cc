@@ -439,7 +439,12 @@ kj::Promise<Result<ChunkView>> ChunkManager::allocate(uint64_t inode, uint32_t i
                        });
                        out = full ? Status::noSpace("no chunkserver has room for a new chunk")
                                   : Status::unavailable("no chunkserver could create the chunk");
-                       return kj::Promise<void>(kj::READY_NOW);
+                       // Not one replica exists: the chunk never held a byte, and left
+                       // behind it would read as missing rather than as a hole.
+                       Chunk& c = it->second;
+                       auto forget = ns.forgetChunk(c.inode, c.record);
+                       chunks.erase(it);
+                       return forget;
                      }
                      // A new chunk has no stale replicas to fence off: its first lease
                      // keeps version 1.

@@ -909,6 +909,14 @@ kj::Promise<Result<ChunkRecord>> Namespace::allocateChunk(uint64_t inode, uint32
   return store.commit(std::move(m)).then([record]() { return Result<ChunkRecord>(record); });
 }
 
+kj::Promise<void> Namespace::forgetChunk(uint64_t inode, const ChunkRecord& record) {
+  auto current = getChunk(inode, record.index);
+  if (!current || current->handle != record.handle) return kj::READY_NOW;
+  Mutation m;
+  m.del(chunkKey(inode, record.index));
+  return store.commit(std::move(m));
+}
+
 kj::Promise<void> Namespace::setChunkVersion(uint64_t inode, const ChunkRecord& record) {
   Mutation m;
   m.put(chunkKey(inode, record.index), encodeChunk(record));

@@ -165,6 +165,9 @@ class Namespace {
   std::vector<std::pair<uint64_t, ChunkRecord>> allChunks();
   // Records a new chunk at version 1 with a fresh handle.
   kj::Promise<Result<ChunkRecord>> allocateChunk(uint64_t inode, uint32_t index);
+  // Forgets a chunk that no replica was ever made of (it held no byte), if `inode` still
+  // has it at that index: the range is a hole again.
+  kj::Promise<void> forgetChunk(uint64_t inode, const ChunkRecord& record);
   kj::Promise<void> setChunkVersion(uint64_t inode, const ChunkRecord& record);
 
  private:

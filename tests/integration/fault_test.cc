@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "cluster.h"
+#include "fixture.h"
 
 namespace cairn {
 namespace {
@@ -28,69 +29,7 @@ using Clock = std::chrono::steady_clock;
 
 constexpr uint64_t MIB = 1 << 20;
 
-class FaultTest : public ::testing::Test {
- protected:
-  void start(size_t chunkservers, std::vector<std::string> masterFlags = {}) {
-    std::vector<std::string> flags = {"--dead-after", "2", "--safe-mode-timeout", "20"};
-    flags.insert(flags.end(), masterFlags.begin(), masterFlags.end());
-    cluster = std::make_unique<ProcessCluster>(MIB, flags);
-    cluster->setChunkserverFlags({"--scrub-interval", "0.2"});
-    cluster->startMaster();
-    for (size_t i = 0; i < chunkservers; ++i) cluster->startChunkserver(i);
-    cluster->waitForLiveChunkservers(chunkservers);
-  }
-  std::string local(const std::string& name) { return cluster->dir() + "/" + name; }
-  nlohmann::json json(const std::vector<std::string>& args) {
-    std::string out, err;
-    if (cluster->cli(args, &out, &err) != 0) return nullptr;
-    return nlohmann::json::parse(out);
-  }
-  // Polls `done` every 200 ms until it holds or `seconds` pass.
-  bool waitFor(double seconds, const std::function<bool()>& done) {
-    auto end = Clock::now() + std::chrono::duration<double>(seconds);
-    while (Clock::now() < end) {
-      if (done()) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    }
-    return done();
-  }
-  bool isLive(const std::string& address) {
-    auto servers = json({"servers", "--json"});
-    if (servers.is_null()) return false;
-    for (auto& s : servers["servers"]) {
-      if (s["address"] == address) return s["live"].get<bool>();
-    }
-    return false;
-  }
-  bool healthy() {
-    auto h = json({"admin", "health", "--json"});
-    return !h.is_null() && h["safe_mode"] == false && h["under_replicated"] == 0 &&
-           h["over_replicated"] == 0 && h["missing"] == 0 && h["copies_in_flight"] == 0;
-  }
-  std::set<std::string> holders(const std::string& path, size_t index) {
-    std::set<std::string> out;
-    auto l = json({"locate", "--json", path});
-    if (l.is_null()) return out;
-    for (auto& c : l["chunks"]) {
-      if (c["index"] == index) {
-        for (auto& r : c["replicas"]) out.insert(r["address"].get<std::string>());
-      }
-    }
-    return out;
-  }
-  size_t indexOf(const std::string& address) {
-    for (size_t i = 0;; ++i) {
-      if (cluster->chunkserverAddress(i) == address) return i;
-    }
-  }
-  // The files of one chunk in chunkserver i's data directory.
-  std::string chunkFile(size_t i, const std::string& handleHex) {
-    std::string name = handleHex.size() < 2 ? "0" + handleHex : handleHex;
-    return cluster->chunkserverDataDir(i) + "/chunks/" + name.substr(0, 2) + "/" + name;
-  }
-
-  std::unique_ptr<ProcessCluster> cluster;
-};
+using FaultTest = testing::ClusterFixture;
 
 TEST_F(FaultTest, AKilledChunkserversChunksReturnToGoal) {
   start(4);
