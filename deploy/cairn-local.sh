@@ -10,7 +10,8 @@
 # Environment: CAIRN_BUILD (binaries, default ./build), CAIRN_MASTER_PORT (7700),
 # CAIRN_CHUNK_SIZE (bytes, default 64 MiB; fixed when DATA_DIR is first used),
 # CAIRN_MOUNT (mount point, default DATA_DIR/mnt; "none" for no mount),
-# CAIRN_COORDINATOR_PORT (7800), CAIRN_WORKER_SLOTS (tasks per worker, default 1).
+# CAIRN_COORDINATOR_PORT (7800), CAIRN_WORKER_SLOTS (tasks per worker, default 1),
+# CAIRN_MASTER_FLAGS (more flags for the master, e.g. "--trash-seconds 0").
 # Every PID started is written to DATA_DIR/pids; stop ends exactly those.
 set -euo pipefail
 
@@ -46,8 +47,9 @@ start() {
   mkdir -p "$DATA/logs"
   echo "$MASTER" >"$DATA/master-address"
   : >"$PIDS"
+  # shellcheck disable=SC2086  # the extra flags are words
   "$BUILD/master/cairn-master" --listen "$MASTER" --data "$DATA/master" \
-    --chunk-size "$CHUNK_SIZE" >>"$DATA/logs/master.log" 2>&1 &
+    --chunk-size "$CHUNK_SIZE" ${CAIRN_MASTER_FLAGS:-} >>"$DATA/logs/master.log" 2>&1 &
   echo "master $!" >>"$PIDS"
   for i in 1 2 3; do
     host=127.0.0.$((i + 1))

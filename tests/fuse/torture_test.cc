@@ -4,7 +4,7 @@
 // either mount) over files that cross chunk boundaries, every result compared with the
 // same operations on a local directory. A failure names the seed and the step.
 //
-// CAIRN_TORTURE_OPS (default 600 per process) and CAIRN_TORTURE_SEED (default 1) make
+// CAIRN_TORTURE_OPS (default 1500 per process) and CAIRN_TORTURE_SEED (default 1) make
 // longer or other runs; CAIRN_TORTURE_PROCS sets the number of processes (default 4).
 
 #include <gtest/gtest.h>
@@ -29,7 +29,7 @@ uint64_t envOr(const char* name, uint64_t fallback) {
 }
 
 TEST(TortureTest, RandomOperationsOnTwoMountsMatchTheLocalDisk) {
-  uint64_t ops = envOr("CAIRN_TORTURE_OPS", 600);
+  uint64_t ops = envOr("CAIRN_TORTURE_OPS", 1500);
   uint64_t seed = envOr("CAIRN_TORTURE_SEED", 1);
   uint64_t procs = envOr("CAIRN_TORTURE_PROCS", 4);
   ProcessCluster cluster(1 << 20, {"--trash-seconds", "0"});
