@@ -44,9 +44,9 @@ run() {
   done
   for pid in "${pids[@]}"; do wait "$pid" || { echo "$0: $1: cairn-fsstress failed:" >&2; tail -3 "$WORK/$1.log" >&2; exit 1; }; done
   end=$(date +%s.%N)
-  echo "$end - $start" | bc
+  echo "$end - $start" | bc | tee -a "$WORK/times"
 }
-used() { du -s --block-size=1 "$@" | awk '{s += $1} END {print s}'; }
+used() { du -s --block-size=1 "$@" 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'; }
 # settle DIRS...: waits until the disk used under DIRS stops shrinking (lazy deletion).
 settle() {
   local last=-1 now
@@ -64,7 +64,9 @@ LOCAL_T=$(run local "$WORK/local")
 LOCAL_USE=$(used "$WORK/local")
 
 "$SHARED/moosefs-up.sh" "$WORK/mfs" "$WORK/mfs-mnt" 3 3 >/dev/null
-mfssettrashtime -r 0 "$WORK/mfs-mnt" >/dev/null
+# MooseFS's own tools run inside its network namespace (see ../shared/bench/README.md).
+nsenter -t "$(awk '$1 == "netns" {print $2}' "$WORK/mfs/pids")" -n \
+  mfssettrashtime -r 0 "$WORK/mfs-mnt" >/dev/null
 MFS_BASE=$(used "$WORK"/mfs/cs*/hdd)
 MFS_T=$(run moosefs "$WORK/mfs-mnt")
 MFS_USE=$(( $(settle "$WORK"/mfs/cs*/hdd) - MFS_BASE ))

@@ -12,14 +12,21 @@
 namespace cairn {
 namespace {
 
-// Sidecar layout: a 32-byte header (magic, format, block size, version), then one 8-byte
-// record per block: CRC32C of the whole block (LE), then flags (LE; bit 0: written).
-// Format 1 had 4-byte records (a CRC over the block's bytes up to the length) and no holes.
+// One file per chunk: a 32-byte header (magic, format, block size, version) at 0, one
+// 8-byte record per block from RECORDS_AT (CRC32C of the whole block, then flags with bit
+// 0 "written", both little-endian), and the data from CHUNK_DATA_OFFSET; the file's size
+// is CHUNK_DATA_OFFSET + the chunk's length, and everything never written is a hole.
+// Format 1 kept the data alone in the file and a sidecar "<hex>.meta" with the header
+// and 4-byte CRCs over each block's bytes up to the length; gaps were written as zeros.
 constexpr char MAGIC[8] = {'C', 'A', 'I', 'R', 'N', 'C', 'H', 'K'};
 constexpr uint32_t FORMAT_1 = 1;
 constexpr uint32_t FORMAT = 2;
 constexpr uint64_t HEADER_SIZE = 32;
+constexpr uint64_t RECORDS_AT = 4096;
 constexpr uint64_t RECORD_SIZE = 8;
+constexpr uint64_t D = CHUNK_DATA_OFFSET;
+static_assert(RECORDS_AT + RECORD_SIZE * ((uint64_t{2} << 30) / CHECKSUM_BLOCK) <= D,
+              "the records of a 2 GiB chunk fit before the data");
 constexpr uint32_t WRITTEN = 1;
 constexpr uint64_t B = CHECKSUM_BLOCK;
 constexpr uint64_t PAGE = 4096;  // the smallest hole a file system keeps
@@ -96,11 +103,6 @@ std::string ChunkStore::dataPath(uint64_t handle) {
   return pathIn(e ? e->dir : 0, handle, "");
 }
 
-std::string ChunkStore::metaPath(uint64_t handle) {
-  auto e = find(handle);
-  return pathIn(e ? e->dir : 0, handle, ".meta");
-}
-
 uint64_t ChunkStore::reserveOf(size_t, const DiskSpace& space) const {
   if (reserveBytes) return *reserveBytes;
   return std::min<uint64_t>(uint64_t{1} << 30, space.capacityBytes / 50);
@@ -118,7 +120,13 @@ Status ChunkStore::open() {
       std::vector<std::string> names;
       if (!disk.list(top + "/" + bucket, names).ok()) continue;
       for (auto& name : names) {
-        if (name.size() > 16 || name.find('.') != std::string::npos) continue;
+        if (name.size() > 16 || name.find('.') != std::string::npos) {
+          // A conversion that did not finish: the chunk's own file is still there.
+          if (name.size() > 8 && name.compare(name.size() - 8, 8, ".convert") == 0) {
+            disk.remove(top + "/" + bucket + "/" + name);
+          }
+          continue;
+        }
         uint64_t handle = 0;
         try {
           handle = std::stoull(name, nullptr, 16);
@@ -127,24 +135,28 @@ Status ChunkStore::open() {
         }
         auto entry = std::make_shared<Entry>();
         entry->dir = d;
-        auto length = disk.size(pathIn(d, handle, ""));
-        entry->length = length.ok() ? length.value : 0;
-        std::string header;
-        Status hs = disk.read(pathIn(d, handle, ".meta"), 0, HEADER_SIZE, header);
-        uint32_t format = 0;
-        if (hs.ok() && header.size() == HEADER_SIZE && memcmp(header.data(), MAGIC, 8) == 0) {
-          memcpy(&format, header.data() + 8, 4);
-          memcpy(&entry->version, header.data() + 16, 8);
-        }
-        if (format == FORMAT_1) {
+        std::string path = pathIn(d, handle, "");
+        if (disk.size(path + ".meta").ok()) {
           Status cs = convertFormat1(handle, *entry);
           if (!cs.ok()) {
-            logWarn("chunk {:x}: cannot convert its sidecar: {}", handle, cs.toString());
+            logWarn("chunk {:x}: cannot convert from format 1: {}; reporting it stale", handle,
+                    cs.toString());
             entry->version = 0;
           }
-        } else if (format != FORMAT) {
-          logWarn("chunk {:x}: unreadable sidecar; reporting it stale", handle);
-          entry->version = 0;
+        } else {
+          auto size = disk.size(path);
+          entry->length = size.ok() && size.value > D ? size.value - D : 0;
+          std::string header;
+          Status hs = disk.read(path, 0, HEADER_SIZE, header);
+          uint32_t format = 0;
+          if (hs.ok() && header.size() == HEADER_SIZE && memcmp(header.data(), MAGIC, 8) == 0) {
+            memcpy(&format, header.data() + 8, 4);
+            memcpy(&entry->version, header.data() + 16, 8);
+          }
+          if (format != FORMAT) {
+            logWarn("chunk {:x}: unreadable header; reporting it stale", handle);
+            entry->version = 0;
+          }
         }
         std::lock_guard<std::mutex> guard(mutex);
         chunks[handle] = std::move(entry);
@@ -156,40 +168,56 @@ Status ChunkStore::open() {
 }
 
 Status ChunkStore::convertFormat1(uint64_t handle, Entry& e) {
-  // Format 1 stored a CRC over each block's bytes up to the length, and wrote gaps out as
-  // zeros. Each block is checked against its old CRC; zero blocks become holes (their
-  // disk is freed); a block that fails keeps a record that fails too.
+  // Each block is checked against its old CRC and copied into a new file, which then
+  // replaces the old two; zero blocks become holes; a block that fails keeps a record
+  // that fails too.
   std::string path = pathIn(e.dir, handle, "");
-  std::string meta = pathIn(e.dir, handle, ".meta");
+  std::string meta = path + ".meta";
+  std::string next = path + ".convert";
+  std::string header;
+  Status s = disk.read(meta, 0, HEADER_SIZE, header);
+  if (!s.ok()) return s;
+  uint32_t format = 0;
+  if (header.size() == HEADER_SIZE && memcmp(header.data(), MAGIC, 8) == 0) {
+    memcpy(&format, header.data() + 8, 4);
+    memcpy(&e.version, header.data() + 16, 8);
+  }
+  if (format != FORMAT_1) return Status::corrupt("unreadable format 1 sidecar");
+  auto size = disk.size(path);
+  if (!size.ok()) return size.status;
+  e.length = size.value;
   uint64_t count = blocksFor(e.length);
   std::string oldCrcs;
-  Status s = disk.read(meta, HEADER_SIZE, 4 * count, oldCrcs);
+  s = disk.read(meta, HEADER_SIZE, 4 * count, oldCrcs);
   if (!s.ok()) return s;
   oldCrcs.resize(4 * count, '\0');
+  disk.remove(next);
+  s = writeHeaderAt(next, e, true);
+  if (s.ok()) s = disk.truncate(next, D + e.length);
   std::vector<Block> blocks(count);
   std::string block;
-  for (uint64_t b = 0; b < count; ++b) {
+  for (uint64_t b = 0; s.ok() && b < count; ++b) {
     uint64_t n = std::min<uint64_t>(B, e.length - b * B);
     s = disk.read(path, b * B, n, block);
-    if (!s.ok()) return s;
+    if (!s.ok()) break;
     uint32_t expected;
     memcpy(&expected, oldCrcs.data() + 4 * b, 4);
     bool good = block.size() == n && crc32c(0, block.data(), n) == expected;
     block.resize(B, '\0');
-    if (good && allZero(block.data(), B)) {
-      s = disk.punchHole(path, b * B, n);
-      if (!s.ok()) return s;
-      continue;
-    }
+    if (good && allZero(block.data(), B)) continue;
     uint32_t crc = blockCrc(block.data());
     blocks[b] = {good ? crc : ~crc, true};
+    s = disk.write(next, D + b * B, block.data(), n, false);
   }
-  s = writeHeader(handle, e, false);
-  if (!s.ok()) return s;
-  s = disk.truncate(meta, HEADER_SIZE);
-  if (s.ok()) s = writeBlocks(handle, e, 0, blocks);
-  if (s.ok()) logInfo("chunk {:x}: sidecar moved to format {}", handle, FORMAT);
-  return s;
+  if (s.ok()) s = writeRecordsAt(next, 0, blocks);
+  if (s.ok()) s = disk.rename(next, path);
+  if (!s.ok()) {
+    disk.remove(next);
+    return s;
+  }
+  disk.remove(meta);
+  logInfo("chunk {:x}: converted from format 1 to {}", handle, FORMAT);
+  return Status::OK();
 }
 
 std::vector<StoredChunk> ChunkStore::list() {
@@ -209,19 +237,23 @@ uint64_t ChunkStore::versionOf(uint64_t handle) {
 }
 
 Status ChunkStore::writeHeader(uint64_t handle, Entry& e, bool create) {
+  return writeHeaderAt(pathIn(e.dir, handle, ""), e, create);
+}
+
+Status ChunkStore::writeHeaderAt(const std::string& path, Entry& e, bool create) {
   char header[HEADER_SIZE] = {};
   memcpy(header, MAGIC, 8);
   memcpy(header + 8, &FORMAT, 4);
   uint32_t blockSize = CHECKSUM_BLOCK;
   memcpy(header + 12, &blockSize, 4);
   memcpy(header + 16, &e.version, 8);
-  return disk.write(pathIn(e.dir, handle, ".meta"), 0, header, HEADER_SIZE, create);
+  return disk.write(path, 0, header, HEADER_SIZE, create);
 }
 
 Status ChunkStore::readBlocks(uint64_t handle, Entry& e, uint64_t first, uint64_t count,
                               std::vector<Block>& out) {
   std::string raw;
-  Status s = disk.read(pathIn(e.dir, handle, ".meta"), HEADER_SIZE + RECORD_SIZE * first,
+  Status s = disk.read(pathIn(e.dir, handle, ""), RECORDS_AT + RECORD_SIZE * first,
                        RECORD_SIZE * count, raw);
   if (!s.ok()) return Status::corrupt(fmt::format("chunk {:x}: {}", handle, s.message()));
   raw.resize(RECORD_SIZE * count, '\0');  // records never written are holes
@@ -237,14 +269,18 @@ Status ChunkStore::readBlocks(uint64_t handle, Entry& e, uint64_t first, uint64_
 
 Status ChunkStore::writeBlocks(uint64_t handle, Entry& e, uint64_t first,
                                const std::vector<Block>& blocks) {
+  return writeRecordsAt(pathIn(e.dir, handle, ""), first, blocks);
+}
+
+Status ChunkStore::writeRecordsAt(const std::string& path, uint64_t first,
+                                  const std::vector<Block>& blocks) {
   std::string raw(RECORD_SIZE * blocks.size(), '\0');
   for (size_t i = 0; i < blocks.size(); ++i) {
     uint32_t flags = blocks[i].written ? WRITTEN : 0;
     memcpy(raw.data() + RECORD_SIZE * i, &blocks[i].crc, 4);
     memcpy(raw.data() + RECORD_SIZE * i + 4, &flags, 4);
   }
-  return disk.write(pathIn(e.dir, handle, ".meta"), HEADER_SIZE + RECORD_SIZE * first, raw.data(),
-                    raw.size(), false);
+  return disk.write(path, RECORDS_AT + RECORD_SIZE * first, raw.data(), raw.size(), false);
 }
 
 Status ChunkStore::create(uint64_t handle, uint64_t version) {
@@ -261,24 +297,19 @@ Status ChunkStore::create(uint64_t handle, uint64_t version) {
       bestAvailable = available;
     }
   }
-  uint64_t metaBytes = HEADER_SIZE + RECORD_SIZE * blocksFor(chunkSize);
-  if (bestAvailable <= metaBytes) {
+  if (bestAvailable < RECORDS_AT) {
     return Status::noSpace(
         fmt::format("every data directory is within its reserve; no room for chunk {:x}", handle));
   }
   auto entry = std::make_shared<Entry>();
   entry->dir = best;
   entry->version = version;
-  std::string data = pathIn(best, handle, "");
-  std::string meta = pathIn(best, handle, ".meta");
-  Status s = disk.makeDirs(data.substr(0, data.rfind('/')));
-  if (s.ok()) s = disk.write(data, 0, "", 0, true);
+  std::string path = pathIn(best, handle, "");
+  Status s = disk.makeDirs(path.substr(0, path.rfind('/')));
   if (s.ok()) s = writeHeader(handle, *entry, true);
-  // The records get their disk now, so that no later write fails for want of it.
-  if (s.ok()) s = disk.allocate(meta, 0, metaBytes);
+  if (s.ok()) s = disk.truncate(path, D);  // empty: the data starts there
   if (!s.ok()) {
-    disk.remove(data);
-    disk.remove(meta);
+    disk.remove(path);
     return s;
   }
   std::lock_guard<std::mutex> guard(mutex);
@@ -319,7 +350,7 @@ Status ChunkStore::forWrittenRuns(uint64_t handle, Entry& e, uint64_t first, uin
     if (start >= e.length) break;  // records past the length are never set; ignore any
     uint64_t stop = std::min((first + j) * B, e.length);
     std::string bytes;
-    s = disk.read(path, start, stop - start, bytes);
+    s = disk.read(path, D + start, stop - start, bytes);
     if (!s.ok()) return s;
     if (bytes.size() != stop - start) {
       return Status::corrupt(fmt::format("chunk {:x}: file shorter than recorded", handle));
@@ -400,7 +431,7 @@ void ChunkStore::resync(uint64_t handle, Entry& e, uint64_t first, uint64_t coun
   for (uint64_t i = 0; i < count; ++i) {
     uint64_t start = (first + i) * B;
     if (start >= e.length) break;
-    if (!disk.read(path, start, B, block).ok()) return;
+    if (!disk.read(path, D + start, B, block).ok()) return;
     block.resize(B, '\0');
     if (!allZero(block.data(), B)) blocks[i] = {blockCrc(block.data()), true};
   }
@@ -446,7 +477,7 @@ Status ChunkStore::applyRange(uint64_t handle, Entry& e, uint64_t offset, uint64
     // Part of a block: the rest of it as it is now.
     std::string block;
     if (start < e.length) {
-      s = disk.read(path, start, std::min<uint64_t>(B, e.length - start), block);
+      s = disk.read(path, D + start, std::min<uint64_t>(B, e.length - start), block);
       if (!s.ok()) return s;
     }
     block.resize(B, '\0');
@@ -477,22 +508,24 @@ Status ChunkStore::applyRange(uint64_t handle, Entry& e, uint64_t offset, uint64
       addPiece(pieces, {from, std::string_view(m.data() + (from - start), to - from)});
     }
   }
-  // Reserve first: a full disk then fails the write before any byte changed.
-  for (auto& p : pieces) {
-    s = disk.allocate(path, p.offset, p.bytes.size());
-    if (!s.ok()) return s;
+  // Reserve first, the records too: a full disk then fails the write before any byte
+  // changed.
+  s = disk.allocate(path, RECORDS_AT + RECORD_SIZE * first, RECORD_SIZE * count);
+  for (size_t k = 0; s.ok() && k < pieces.size(); ++k) {
+    s = disk.allocate(path, D + pieces[k].offset, pieces[k].bytes.size());
   }
+  if (!s.ok()) return s;
   if (end > e.length) {
-    s = disk.truncate(path, end);  // a size change alone takes no disk
+    s = disk.truncate(path, D + end);  // a size change alone takes no disk
     if (!s.ok()) return s;
     e.length = end;
   }
   for (auto& p : pieces) {
-    s = disk.write(path, p.offset, p.bytes.data(), p.bytes.size(), false);
+    s = disk.write(path, D + p.offset, p.bytes.data(), p.bytes.size(), false);
     if (!s.ok()) break;
   }
   for (size_t h = 0; s.ok() && h < holes.size(); ++h) {
-    s = disk.punchHole(path, holes[h].first, holes[h].second - holes[h].first);
+    s = disk.punchHole(path, D + holes[h].first, holes[h].second - holes[h].first);
   }
   if (s.ok()) s = writeBlocks(handle, e, first, next);
   if (!s.ok()) {
@@ -545,7 +578,7 @@ Status ChunkStore::allocate(uint64_t handle, uint64_t version, uint64_t offset, 
     return Status::staleVersion(fmt::format("chunk {:x} is at version {}, allocation is for {}",
                                             handle, e->version, version));
   }
-  return disk.allocate(pathIn(e->dir, handle, ""), offset, length);
+  return disk.allocate(pathIn(e->dir, handle, ""), D + offset, length);
 }
 
 Status ChunkStore::truncate(uint64_t handle, uint64_t version, uint64_t length) {
@@ -566,7 +599,7 @@ Status ChunkStore::truncate(uint64_t handle, uint64_t version, uint64_t length) 
     if (!s.ok()) return s;
     std::string head;
     if (length % B != 0 && blocks[0].written) {
-      s = disk.read(path, first * B, std::min<uint64_t>(B, e->length - first * B), head);
+      s = disk.read(path, D + first * B, std::min<uint64_t>(B, e->length - first * B), head);
       if (!s.ok()) return s;
       head.resize(B, '\0');
       if (blockCrc(head.data()) != blocks[0].crc) {
@@ -575,7 +608,7 @@ Status ChunkStore::truncate(uint64_t handle, uint64_t version, uint64_t length) 
       }
       std::fill(head.begin() + static_cast<long>(length % B), head.end(), '\0');
     }
-    s = disk.truncate(path, length);
+    s = disk.truncate(path, D + length);
     if (!s.ok()) return s;
     e->length = length;
     std::vector<Block> cut(count);
@@ -583,7 +616,7 @@ Status ChunkStore::truncate(uint64_t handle, uint64_t version, uint64_t length) 
     s = writeBlocks(handle, *e, first, cut);
     if (!s.ok()) return s;
   } else if (length > e->length) {
-    Status s = disk.truncate(path, length);  // the new part is a hole
+    Status s = disk.truncate(path, D + length);  // the new part is a hole
     if (!s.ok()) return s;
     e->length = length;
   }
@@ -624,9 +657,7 @@ Status ChunkStore::sync(uint64_t handle) {
   auto e = find(handle);
   if (e == nullptr) return Status::notFound(fmt::format("no chunk {:x}", handle));
   std::shared_lock<std::shared_mutex> lock(e->lock);
-  Status s = disk.sync(pathIn(e->dir, handle, ""));
-  if (s.ok()) s = disk.sync(pathIn(e->dir, handle, ".meta"));
-  return s;
+  return disk.sync(pathIn(e->dir, handle, ""));
 }
 
 Status ChunkStore::remove(uint64_t handle) {
@@ -641,9 +672,8 @@ Status ChunkStore::remove(uint64_t handle) {
     entry = std::move(it->second);
     chunks.erase(it);
   }
-  Status a = disk.remove(pathIn(entry->dir, handle, ""));
-  Status b = disk.remove(pathIn(entry->dir, handle, ".meta"));
-  return a.ok() ? b : a;
+  disk.remove(pathIn(entry->dir, handle, ".meta"));  // of format 1, if unconverted
+  return disk.remove(pathIn(entry->dir, handle, ""));
 }
 
 Status ChunkStore::verify(uint64_t handle) {

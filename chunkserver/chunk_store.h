@@ -1,10 +1,10 @@
 #pragma once
-// Chunk replicas on local disks. Each chunk is a sparse file DATA/chunks/<first two hex
-// digits>/<hex handle> whose size is the chunk's length, with a sidecar "<hex handle>.meta"
-// holding its version and, per 64 KiB block, whether the block was ever written and the
-// CRC32C of its 64 KiB (zeros past the length). Blocks never written are holes: they take
-// no disk, read as zeros without a disk read, and are left out of copies. A write whose
-// blocks come out all zeros leaves holes too.
+// Chunk replicas on local disks. Each chunk is one sparse file DATA/chunks/<first two hex
+// digits>/<hex handle>: a header with its version, then per 64 KiB block whether the block
+// was ever written and the CRC32C of its 64 KiB (zeros past the length), then from
+// CHUNK_DATA_OFFSET the data; the file's size is that offset plus the chunk's length. Blocks never
+// written are holes: they take no disk, read as zeros without a disk read, and are left out of
+// copies. A write whose blocks come out all zeros leaves holes too.
 //
 // Every read verifies the written blocks it touches. A write reserves its disk blocks
 // before it writes a byte, so that a full disk fails it (noSpace) with nothing changed;
@@ -28,6 +28,8 @@
 namespace cairn {
 
 constexpr uint32_t CHECKSUM_BLOCK = 64 * 1024;
+// Where a chunk file's data starts (room for the records of a 2 GiB chunk before it).
+constexpr uint64_t CHUNK_DATA_OFFSET = 512 * 1024;
 
 struct StoredChunk {
   uint64_t handle = 0;
@@ -49,9 +51,9 @@ class ChunkStore {
   ChunkStore(Disk& disk, std::vector<std::string> dirs, uint64_t chunkSize,
              std::optional<uint64_t> reserveBytes = std::nullopt);
 
-  // Finds the chunks already on disk (and moves sidecars of the first format to the
-  // current one). A chunk whose sidecar is unreadable is reported at version 0, so that
-  // the master treats it as stale.
+  // Finds the chunks already on disk (and converts those of the first format, a data
+  // file and a sidecar, to the current one). A chunk whose sidecar is unreadable is reported at
+  // version 0, so that the master treats it as stale.
   Status open();
   void setChunkSize(uint64_t size) { chunkSize = size; }
   uint64_t maxChunkSize() const { return chunkSize; }
@@ -96,9 +98,8 @@ class ChunkStore {
   DiskSpace space();
   uint64_t available();
 
-  // Paths, for tests and tools.
+  // The chunk's file, for tests and tools.
   std::string dataPath(uint64_t handle);
-  std::string metaPath(uint64_t handle);
 
  private:
   struct Entry {
@@ -118,9 +119,11 @@ class ChunkStore {
   std::string pathIn(size_t dir, uint64_t handle, const char* suffix);
   uint64_t reserveOf(size_t dir, const DiskSpace& space) const;
   Status writeHeader(uint64_t handle, Entry& e, bool create);
+  Status writeHeaderAt(const std::string& path, Entry& e, bool create);
   Status readBlocks(uint64_t handle, Entry& e, uint64_t first, uint64_t count,
                     std::vector<Block>& out);
   Status writeBlocks(uint64_t handle, Entry& e, uint64_t first, const std::vector<Block>& blocks);
+  Status writeRecordsAt(const std::string& path, uint64_t first, const std::vector<Block>& blocks);
   // Calls `visit` for each run of written blocks in [first, first+count) with their bytes
   // (whole blocks, zeros past the length), after verifying them.
   Status forWrittenRuns(uint64_t handle, Entry& e, uint64_t first, uint64_t count,

@@ -345,7 +345,11 @@ kj::Promise<Result<uint64_t>> FileCache::copyRange(uint64_t srcInode, uint64_t s
         if (src.value.type != FileType::REGULAR) {
           return Result<uint64_t>(Status::invalidArgument("the source is not a regular file"));
         }
-        uint64_t n = srcOffset >= src.value.size ? 0 : std::min(length, src.value.size - srcOffset);
+        // At most 1 GiB per call (callers loop on short copies, as cp does), so that one
+        // call stays within the write path's retry bound.
+        uint64_t n = srcOffset >= src.value.size
+                         ? 0
+                         : std::min({length, src.value.size - srcOffset, uint64_t{1} << 30});
         if (n == 0) return Result<uint64_t>(uint64_t{0});
         auto it = files.find(dstInode);
         if (it != files.end()) invalidate(it->second);

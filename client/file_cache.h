@@ -126,8 +126,9 @@ class FileCache final : private kj::TaskSet::ErrorHandler {
                                 uint64_t length);
   // lseek(SEEK_DATA / SEEK_HOLE), after what is buffered is written out.
   kj::Promise<Result<uint64_t>> seek(uint64_t inode, uint64_t offset, bool hole);
-  // copy_file_range(2): copies up to `length` bytes (fewer past the source's end) on the
-  // chunkservers and grows the destination to cover them. Returns the bytes copied.
+  // copy_file_range(2): copies up to `length` bytes (fewer past the source's end, and at
+  // most 1 GiB) on the chunkservers and grows the destination to cover them. Returns the
+  // bytes copied.
   kj::Promise<Result<uint64_t>> copyRange(uint64_t srcInode, uint64_t srcOffset, uint64_t dstInode,
                                           uint64_t dstOffset, uint64_t length);
 

@@ -134,6 +134,11 @@ Status PosixDisk::remove(const std::string& path) {
   return Status::OK();
 }
 
+Status PosixDisk::rename(const std::string& from, const std::string& to) {
+  if (::rename(from.c_str(), to.c_str()) != 0) return errnoStatus("rename", from, errno);
+  return Status::OK();
+}
+
 Result<uint64_t> PosixDisk::size(const std::string& path) {
   struct stat st;
   if (stat(path.c_str(), &st) != 0) return errnoStatus("stat", path, errno);
@@ -308,6 +313,21 @@ Status MemDisk::remove(const std::string& path) {
   if (it == files.end()) return Status::notFound(path);
   pagesInUse -= it->second.pages.size();
   files.erase(it);
+  return Status::OK();
+}
+
+Status MemDisk::rename(const std::string& from, const std::string& to) {
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = files.find(from);
+  if (it == files.end()) return Status::notFound(from);
+  auto old = files.find(to);
+  if (old != files.end()) {
+    pagesInUse -= old->second.pages.size();
+    files.erase(old);
+  }
+  File f = std::move(it->second);
+  files.erase(from);
+  files[to] = std::move(f);
   return Status::OK();
 }
 

@@ -44,6 +44,8 @@ class Disk {
   virtual Status punchHole(const std::string& path, uint64_t offset, uint64_t size) = 0;
   virtual Status sync(const std::string& path) = 0;
   virtual Status remove(const std::string& path) = 0;
+  // Atomically replaces `to` with `from`.
+  virtual Status rename(const std::string& from, const std::string& to) = 0;
   virtual Result<uint64_t> size(const std::string& path) = 0;
   // Bytes of disk the file occupies (st_blocks), which a sparse file keeps below its size.
   virtual Result<uint64_t> allocated(const std::string& path) = 0;
@@ -63,6 +65,7 @@ class PosixDisk final : public Disk {
   Status punchHole(const std::string& path, uint64_t offset, uint64_t size) override;
   Status sync(const std::string& path) override;
   Status remove(const std::string& path) override;
+  Status rename(const std::string& from, const std::string& to) override;
   Result<uint64_t> size(const std::string& path) override;
   Result<uint64_t> allocated(const std::string& path) override;
   Status makeDirs(const std::string& path) override;
@@ -84,6 +87,7 @@ class MemDisk final : public Disk {
   Status punchHole(const std::string& path, uint64_t offset, uint64_t size) override;
   Status sync(const std::string& path) override;
   Status remove(const std::string& path) override;
+  Status rename(const std::string& from, const std::string& to) override;
   Result<uint64_t> size(const std::string& path) override;
   Result<uint64_t> allocated(const std::string& path) override;
   Status makeDirs(const std::string& path) override;
@@ -124,6 +128,9 @@ class FaultyDisk final : public Disk {
   Status punchHole(const std::string& path, uint64_t offset, uint64_t size) override;
   Status sync(const std::string& path) override;
   Status remove(const std::string& path) override;
+  Status rename(const std::string& from, const std::string& to) override {
+    return base.rename(from, to);
+  }
   Result<uint64_t> size(const std::string& path) override { return base.size(path); }
   Result<uint64_t> allocated(const std::string& path) override { return base.allocated(path); }
   Status makeDirs(const std::string& path) override { return base.makeDirs(path); }

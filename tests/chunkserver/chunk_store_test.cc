@@ -56,9 +56,9 @@ TEST_F(ChunkStoreTest, DetectsAFlippedByte) {
   ASSERT_TRUE(store.write(3, 1, 0, data).ok());
   // Flip one byte in the second block on "disk".
   std::string byte;
-  ASSERT_TRUE(disk.read(store.dataPath(3), 70000, 1, byte).ok());
+  ASSERT_TRUE(disk.read(store.dataPath(3), CHUNK_DATA_OFFSET + 70000, 1, byte).ok());
   byte[0] ^= 0x40;
-  ASSERT_TRUE(disk.write(store.dataPath(3), 70000, byte.data(), 1, false).ok());
+  ASSERT_TRUE(disk.write(store.dataPath(3), CHUNK_DATA_OFFSET + 70000, byte.data(), 1, false).ok());
   std::string out;
   EXPECT_EQ(store.read(3, 1, 69000, 2000, out).code(), ErrorCode::REPLICA_CORRUPT);
   EXPECT_TRUE(out.empty());
@@ -104,12 +104,11 @@ TEST_F(ChunkStoreTest, ChunksSurviveReopenWithTheirVersions) {
   EXPECT_EQ(out, "persist");
 }
 
-TEST_F(ChunkStoreTest, RemoveDeletesBothFiles) {
+TEST_F(ChunkStoreTest, RemoveDeletesTheFile) {
   ASSERT_TRUE(store.create(6, 1).ok());
-  std::string data = store.dataPath(6), meta = store.metaPath(6);
+  std::string data = store.dataPath(6);
   ASSERT_TRUE(store.remove(6).ok());
   EXPECT_EQ(disk.size(data).status.code(), ErrorCode::NOT_FOUND);
-  EXPECT_EQ(disk.size(meta).status.code(), ErrorCode::NOT_FOUND);
   EXPECT_FALSE(store.has(6));
 }
 
@@ -158,8 +157,8 @@ TEST_F(ChunkStoreTest, HolesTakeNoDiskAndReadAsZeros) {
   ASSERT_TRUE(store.create(7, 1).ok());
   ASSERT_TRUE(store.write(7, 1, CHUNK - 100, "x").ok());
   EXPECT_EQ(store.list()[0].length, CHUNK - 99);
-  // One byte near the end of the chunk: one page of data, the sidecar, nothing else.
-  EXPECT_LE(disk.allocated(store.dataPath(7)).value, MemDisk::PAGE);
+  // One byte near the end of the chunk: one page of data, the header and records.
+  EXPECT_LE(disk.allocated(store.dataPath(7)).value, 3 * MemDisk::PAGE);
   std::string out = read(7, 1, 0, CHUNK);
   std::string expected(CHUNK - 99, '\0');
   expected[CHUNK - 100] = 'x';
@@ -243,7 +242,7 @@ TEST_F(ChunkStoreTest, AWriteIntoACorruptBlockIsRefused) {
   std::string data = testing::randomBytes(CHECKSUM_BLOCK, 9);
   ASSERT_TRUE(store.write(12, 1, 0, data).ok());
   std::string byte = "\x55";
-  ASSERT_TRUE(disk.write(store.dataPath(12), 60000, byte.data(), 1, false).ok());
+  ASSERT_TRUE(disk.write(store.dataPath(12), CHUNK_DATA_OFFSET + 60000, byte.data(), 1, false).ok());
   // Merging the block's other bytes would give the flipped byte a good checksum.
   EXPECT_EQ(store.write(12, 1, 10, "abc").code(), ErrorCode::REPLICA_CORRUPT);
   EXPECT_EQ(store.truncate(12, 1, 30000 + 70000).code(), ErrorCode::OK);  // extends: no merge
@@ -274,8 +273,9 @@ TEST_F(ChunkStoreTest, FirstFormatSidecarsAreConverted) {
   ASSERT_TRUE(again.read(0x2a, 4, 0, CHUNK, out).ok());
   EXPECT_TRUE(out == data);
   EXPECT_TRUE(again.verify(0x2a).ok());
-  // The zero block in the middle was given back.
-  EXPECT_LE(disk.allocated(path).value, data.size() - CHECKSUM_BLOCK + MemDisk::PAGE);
+  // One file now, and the zero blocks in the middle are holes in it.
+  EXPECT_EQ(disk.size(path + ".meta").status.code(), ErrorCode::NOT_FOUND);
+  EXPECT_LE(disk.allocated(path).value, data.size() - CHECKSUM_BLOCK + 3 * MemDisk::PAGE);
 }
 
 }  // namespace

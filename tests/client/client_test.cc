@@ -114,9 +114,9 @@ TEST_F(ClientTest, ReadsFailOverOnACorruptReplica) {
     if (cluster.chunkserverAddress(i) != first) continue;
     auto path = cluster.chunkserver(i).store().dataPath(chunk.handle);
     std::string b;
-    ASSERT_TRUE(cluster.disk(i).read(path, 1000, 1, b).ok());
+    ASSERT_TRUE(cluster.disk(i).read(path, CHUNK_DATA_OFFSET + 1000, 1, b).ok());
     b[0] ^= 1;
-    ASSERT_TRUE(cluster.disk(i).write(path, 1000, b.data(), 1, false).ok());
+    ASSERT_TRUE(cluster.disk(i).write(path, CHUNK_DATA_OFFSET + 1000, b.data(), 1, false).ok());
   }
   EXPECT_EQ(read(f, 0, data.size()), data);
   // The master dropped the bad replica once the client reported it.

@@ -53,11 +53,18 @@ TEST(TortureTest, RandomOperationsOnTwoMountsMatchTheLocalDisk) {
     uint64_t s = seed + p;
     std::string log = cluster.dir() + "/fsstress" + std::to_string(p) + ".log";
     std::vector<std::string> argv = {ProcessCluster::binary("bench/cairn-fsstress"),
-                                     "--dir", a + sub, "--dir", b + sub,
-                                     "--check", local + sub,
-                                     "--ops", std::to_string(ops),
-                                     "--seed", std::to_string(s),
-                                     "--max-size", std::to_string(12 << 20)};
+                                     "--dir",
+                                     a + sub,
+                                     "--dir",
+                                     b + sub,
+                                     "--check",
+                                     local + sub,
+                                     "--ops",
+                                     std::to_string(ops),
+                                     "--seed",
+                                     std::to_string(s),
+                                     "--max-size",
+                                     std::to_string(12 << 20)};
     pid_t pid = fork();
     if (pid == 0) {
       FILE* f = freopen(log.c_str(), "w", stderr);

@@ -12,9 +12,9 @@
 #include <unistd.h>
 
 #include <filesystem>
-#include <thread>
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cluster.h"
@@ -62,8 +62,8 @@ struct Tmpfs {
 // Writes all of `data` at `offset`; the errno of the first failure, or 0.
 int writeAll(int fd, const std::string& data, uint64_t offset) {
   for (size_t done = 0; done < data.size();) {
-    ssize_t n = pwrite(fd, data.data() + done, data.size() - done,
-                       static_cast<off_t>(offset + done));
+    ssize_t n =
+        pwrite(fd, data.data() + done, data.size() - done, static_cast<off_t>(offset + done));
     if (n < 0) return errno;
     done += static_cast<size_t>(n);
   }
@@ -120,10 +120,13 @@ TEST_P(FullDiskTest, WritesFailWithEnospcAndLoseNothing) {
   }
   ASSERT_EQ(failure, ENOSPC) << strerror(failure);
   // df shows the cluster full once the chunkservers have reported (a heartbeat).
-  EXPECT_TRUE(waitFor(5, [&]() {
-    struct statvfs vfs;
-    return statvfs(mnt.c_str(), &vfs) == 0 && vfs.f_bavail * vfs.f_frsize < 6 * MIB;
-  })) << "df does not show the cluster full: " << json({"servers", "--json"}).dump();
+  EXPECT_TRUE(waitFor(5,
+                      [&]() {
+                        struct statvfs vfs;
+                        return statvfs(mnt.c_str(), &vfs) == 0 &&
+                               vfs.f_bavail * vfs.f_frsize < 6 * MIB;
+                      }))
+      << "df does not show the cluster full: " << json({"servers", "--json"}).dump();
   for (auto& [path, data] : acked) {
     EXPECT_TRUE(readFile(path) == data) << path << " lost acknowledged bytes";
   }

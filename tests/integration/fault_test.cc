@@ -15,6 +15,7 @@
 #include <set>
 #include <thread>
 
+#include "chunk_store.h"
 #include "cluster.h"
 #include "fixture.h"
 
@@ -100,9 +101,9 @@ TEST_F(FaultTest, AFlippedByteIsCaughtAndTheReplicaReplaced) {
   {
     int fd = open(path.c_str(), O_RDWR);
     char b;
-    ASSERT_EQ(pread(fd, &b, 1, 4321), 1);
+    ASSERT_EQ(pread(fd, &b, 1, CHUNK_DATA_OFFSET + 4321), 1);
     b ^= 0x10;
-    ASSERT_EQ(pwrite(fd, &b, 1, 4321), 1);
+    ASSERT_EQ(pwrite(fd, &b, 1, CHUNK_DATA_OFFSET + 4321), 1);
     close(fd);
   }
   // Every read returns the right bytes, whichever replica it tries first.
@@ -114,7 +115,7 @@ TEST_F(FaultTest, AFlippedByteIsCaughtAndTheReplicaReplaced) {
     auto h = holders("/f", 0);
     if (h.size() != 3 || !healthy()) return false;
     if (!h.count(cluster->chunkserverAddress(victim))) return true;
-    return readFile(path) == data.substr(0, MIB);
+    return readFile(path).substr(CHUNK_DATA_OFFSET) == data.substr(0, MIB);
   });
   EXPECT_TRUE(replaced) << json({"admin", "health", "--json"}) << " "
                         << json({"locate", "--json", "/f"});

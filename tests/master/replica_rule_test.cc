@@ -10,11 +10,11 @@
 namespace cairn {
 namespace {
 
-const ErrorCode OUTCOMES[] = {ErrorCode::OK,           ErrorCode::NO_SPACE,
-                              ErrorCode::IO_ERROR,     ErrorCode::UNAVAILABLE,
-                              ErrorCode::STALE_VERSION, ErrorCode::REPLICA_CORRUPT,
-                              ErrorCode::BUSY,         ErrorCode::DATA_NOT_PUSHED,
-                              ErrorCode::NOT_PRIMARY,  ErrorCode::LEASE_EXPIRED};
+const ErrorCode OUTCOMES[] = {
+    ErrorCode::OK,           ErrorCode::NO_SPACE,        ErrorCode::IO_ERROR,
+    ErrorCode::UNAVAILABLE,  ErrorCode::STALE_VERSION,   ErrorCode::REPLICA_CORRUPT,
+    ErrorCode::BUSY,         ErrorCode::DATA_NOT_PUSHED, ErrorCode::NOT_PRIMARY,
+    ErrorCode::LEASE_EXPIRED};
 
 TEST(ReplicaRuleTest, EveryFailureCombinationOfThreeReplicas) {
   const std::vector<uint64_t> current = {1, 2, 3};
@@ -61,7 +61,8 @@ TEST(ReplicaRuleTest, EveryFailureCombinationOfThreeReplicas) {
             EXPECT_TRUE(d.newLease) << what;
           }
           bool leaseLost = std::count(codes, codes + 3, ErrorCode::NOT_PRIMARY) +
-                               std::count(codes, codes + 3, ErrorCode::LEASE_EXPIRED) > 0;
+                               std::count(codes, codes + 3, ErrorCode::LEASE_EXPIRED) >
+                           0;
           if (d.error.ok() && leaseLost) {
             EXPECT_TRUE(d.newLease) << what;
           }
