@@ -13,9 +13,15 @@ namespace cairn {
 namespace {
 
 // One file per chunk: a 32-byte header (magic, format, block size, version) at 0, one
-// 8-byte record per block from RECORDS_AT (CRC32C of the whole block, then flags with bit
-// 0 "written", both little-endian), and the data from CHUNK_DATA_OFFSET; the file's size
-// is CHUNK_DATA_OFFSET + the chunk's length, and everything never written is a hole.
+// 16-byte record per block from RECORDS_AT (little-endian: CRC32C of the whole block, the
+// CRC of its content before an unfinished change, flags: bit 0 written, bit 1 that
+// previous CRC is valid; 4 bytes reserved), and the data from CHUNK_DATA_OFFSET; the
+// file's size is CHUNK_DATA_OFFSET + the chunk's length, and everything never written is
+// a hole.
+//
+// A change of blocks goes: records naming both the new and the old CRC, then the data,
+// then the records with the new CRC alone. A crash (kill -9) at any point leaves each
+// block matching one of its record's CRCs, so no byte outside the change is lost.
 // Format 1 kept the data alone in the file and a sidecar "<hex>.meta" with the header
 // and 4-byte CRCs over each block's bytes up to the length; gaps were written as zeros.
 constexpr char MAGIC[8] = {'C', 'A', 'I', 'R', 'N', 'C', 'H', 'K'};
@@ -23,11 +29,12 @@ constexpr uint32_t FORMAT_1 = 1;
 constexpr uint32_t FORMAT = 2;
 constexpr uint64_t HEADER_SIZE = 32;
 constexpr uint64_t RECORDS_AT = 4096;
-constexpr uint64_t RECORD_SIZE = 8;
+constexpr uint64_t RECORD_SIZE = 16;
 constexpr uint64_t D = CHUNK_DATA_OFFSET;
 static_assert(RECORDS_AT + RECORD_SIZE * ((uint64_t{2} << 30) / CHECKSUM_BLOCK) <= D,
               "the records of a 2 GiB chunk fit before the data");
 constexpr uint32_t WRITTEN = 1;
+constexpr uint32_t HAS_PREV = 2;
 constexpr uint64_t B = CHECKSUM_BLOCK;
 constexpr uint64_t PAGE = 4096;  // the smallest hole a file system keeps
 
@@ -52,6 +59,12 @@ bool allZero(const char* p, size_t n) {
 }
 
 uint32_t blockCrc(const char* p) { return crc32c(0, p, B); }
+
+// The CRC of a block of zeros: what a hole holds.
+uint32_t zeroCrc() {
+  static const uint32_t crc = blockCrc(zeros());
+  return crc;
+}
 
 // A piece of a write: `bytes` go to `offset` in the data file.
 struct Piece {
@@ -175,9 +188,21 @@ Status ChunkStore::convertFormat1(uint64_t handle, Entry& e) {
   std::string meta = path + ".meta";
   std::string next = path + ".convert";
   std::string header;
-  Status s = disk.read(meta, 0, HEADER_SIZE, header);
-  if (!s.ok()) return s;
+  // Converted already, and stopped before the old sidecar went.
+  Status s = disk.read(path, 0, HEADER_SIZE, header);
   uint32_t format = 0;
+  if (s.ok() && header.size() == HEADER_SIZE && memcmp(header.data(), MAGIC, 8) == 0) {
+    memcpy(&format, header.data() + 8, 4);
+  }
+  if (format == FORMAT) {
+    memcpy(&e.version, header.data() + 16, 8);
+    auto size = disk.size(path);
+    e.length = size.ok() && size.value > D ? size.value - D : 0;
+    return disk.remove(meta);
+  }
+  s = disk.read(meta, 0, HEADER_SIZE, header);
+  if (!s.ok()) return s;
+  format = 0;
   if (header.size() == HEADER_SIZE && memcmp(header.data(), MAGIC, 8) == 0) {
     memcpy(&format, header.data() + 8, 4);
     memcpy(&e.version, header.data() + 16, 8);
@@ -206,7 +231,8 @@ Status ChunkStore::convertFormat1(uint64_t handle, Entry& e) {
     block.resize(B, '\0');
     if (good && allZero(block.data(), B)) continue;
     uint32_t crc = blockCrc(block.data());
-    blocks[b] = {good ? crc : ~crc, true};
+    blocks[b].crc = good ? crc : ~crc;
+    blocks[b].written = true;
     s = disk.write(next, D + b * B, block.data(), n, false);
   }
   if (s.ok()) s = writeRecordsAt(next, 0, blocks);
@@ -261,8 +287,10 @@ Status ChunkStore::readBlocks(uint64_t handle, Entry& e, uint64_t first, uint64_
   for (uint64_t i = 0; i < count; ++i) {
     uint32_t flags;
     memcpy(&out[i].crc, raw.data() + RECORD_SIZE * i, 4);
-    memcpy(&flags, raw.data() + RECORD_SIZE * i + 4, 4);
+    memcpy(&out[i].prev, raw.data() + RECORD_SIZE * i + 4, 4);
+    memcpy(&flags, raw.data() + RECORD_SIZE * i + 8, 4);
     out[i].written = flags & WRITTEN;
+    out[i].hasPrev = flags & HAS_PREV;
   }
   return Status::OK();
 }
@@ -276,9 +304,10 @@ Status ChunkStore::writeRecordsAt(const std::string& path, uint64_t first,
                                   const std::vector<Block>& blocks) {
   std::string raw(RECORD_SIZE * blocks.size(), '\0');
   for (size_t i = 0; i < blocks.size(); ++i) {
-    uint32_t flags = blocks[i].written ? WRITTEN : 0;
+    uint32_t flags = (blocks[i].written ? WRITTEN : 0) | (blocks[i].hasPrev ? HAS_PREV : 0);
     memcpy(raw.data() + RECORD_SIZE * i, &blocks[i].crc, 4);
-    memcpy(raw.data() + RECORD_SIZE * i + 4, &flags, 4);
+    memcpy(raw.data() + RECORD_SIZE * i + 4, &blocks[i].prev, 4);
+    memcpy(raw.data() + RECORD_SIZE * i + 8, &flags, 4);
   }
   return disk.write(path, RECORDS_AT + RECORD_SIZE * first, raw.data(), raw.size(), false);
 }
@@ -357,7 +386,7 @@ Status ChunkStore::forWrittenRuns(uint64_t handle, Entry& e, uint64_t first, uin
     }
     bytes.resize((j - i) * B, '\0');
     for (uint64_t k = i; k < j && (first + k) * B < e.length; ++k) {
-      if (blockCrc(bytes.data() + (k - i) * B) != blocks[k].crc) {
+      if (!blocks[k].matches(blockCrc(bytes.data() + (k - i) * B))) {
         return Status::corrupt(
             fmt::format("chunk {:x}: checksum mismatch in block {}", handle, first + k));
       }
@@ -433,7 +462,10 @@ void ChunkStore::resync(uint64_t handle, Entry& e, uint64_t first, uint64_t coun
     if (start >= e.length) break;
     if (!disk.read(path, D + start, B, block).ok()) return;
     block.resize(B, '\0');
-    if (!allZero(block.data(), B)) blocks[i] = {blockCrc(block.data()), true};
+    if (!allZero(block.data(), B)) {
+      blocks[i].crc = blockCrc(block.data());
+      blocks[i].written = true;
+    }
   }
   writeBlocks(handle, e, first, blocks);
 }
@@ -447,7 +479,8 @@ Status ChunkStore::applyRange(uint64_t handle, Entry& e, uint64_t offset, uint64
   Status s = readBlocks(handle, e, first, count, old);
   if (!s.ok()) return s;
   std::string path = pathIn(e.dir, handle, "");
-  std::vector<Block> next(count);
+  std::vector<Block> next(count);    // the records once the change is done
+  std::vector<Block> during(count);  // while it is made: the new CRC, and the old one
   std::vector<Piece> pieces;
   std::vector<std::pair<uint64_t, uint64_t>> holes;
   std::deque<std::string> merged;  // whole blocks built here, kept until written
@@ -455,56 +488,62 @@ Status ChunkStore::applyRange(uint64_t handle, Entry& e, uint64_t offset, uint64
     uint64_t start = (first + i) * B;
     uint64_t from = std::max(offset, start), to = std::min(end, start + B);
     const char* src = data ? data + (from - offset) : zeros();
-    if (from == start && to == start + B) {
-      // A whole block: its new bytes are all there is.
-      if (data == nullptr || allZero(src, B)) {
-        next[i] = {};
-        if (old[i].written) addRange(holes, start, start + B);
-      } else {
-        next[i] = {blockCrc(src), true};
-        if (old[i].written) {
-          addPiece(pieces, {start, std::string_view(src, B)});
-        } else {
-          // Over a hole, pages of zeros need not be written: they stay holes on disk too.
-          for (uint64_t p = 0; p < B; p += PAGE) {
-            if (!allZero(src + p, PAGE))
-              addPiece(pieces, {start + p, std::string_view(src + p, PAGE)});
-          }
-        }
-      }
-      continue;
-    }
-    // Part of a block: the rest of it as it is now.
+    bool whole = from == start && to == start + B;
     std::string block;
-    if (start < e.length) {
-      s = disk.read(path, D + start, std::min<uint64_t>(B, e.length - start), block);
-      if (!s.ok()) return s;
-    }
-    block.resize(B, '\0');
     bool rewriteAll = false;
-    if (old[i].written) {
-      // Merging into a bad block would give its bad bytes a good checksum.
-      if (blockCrc(block.data()) != old[i].crc) {
-        return Status::corrupt(
-            fmt::format("chunk {:x}: checksum mismatch in block {}", handle, first + i));
+    uint32_t before = zeroCrc();  // the CRC of the block as it is now (a hole: zeros)
+    if (!whole || (old[i].written && old[i].hasPrev)) {
+      // The block as it is now: for its other bytes, or to learn which of its two CRCs an
+      // unfinished earlier change left it at.
+      if (start < e.length) {
+        s = disk.read(path, D + start, std::min<uint64_t>(B, e.length - start), block);
+        if (!s.ok()) return s;
       }
-    } else if (!allZero(block.data(), B)) {
-      // Bytes of an earlier write that failed before its record was made: not data.
-      std::fill(block.begin(), block.end(), '\0');
-      rewriteAll = true;
+      block.resize(B, '\0');
+      if (old[i].written) {
+        before = blockCrc(block.data());
+        // Merging into a bad block would give its bad bytes a good checksum.
+        if (!old[i].matches(before)) {
+          return Status::corrupt(
+              fmt::format("chunk {:x}: checksum mismatch in block {}", handle, first + i));
+        }
+      } else if (!allZero(block.data(), B)) {
+        // Left by a change made before records came first: not data. The whole block is
+        // written (or punched) anew.
+        std::fill(block.begin(), block.end(), '\0');
+        rewriteAll = true;
+      }
+    } else if (old[i].written) {
+      before = old[i].crc;
     }
-    memcpy(block.data() + (from - start), src, to - from);
-    if (allZero(block.data(), B)) {
+    bool zero;
+    if (whole) {
+      zero = data == nullptr || allZero(src, B);
+    } else {
+      memcpy(block.data() + (from - start), src, to - from);
+      zero = allZero(block.data(), B);
+    }
+    uint32_t after = zero ? zeroCrc() : blockCrc(whole ? src : block.data());
+    during[i] = {after, true, before, true};
+    if (zero) {
       next[i] = {};
       if (old[i].written || rewriteAll) addRange(holes, start, start + B);
       continue;
     }
-    next[i] = {blockCrc(block.data()), true};
-    merged.push_back(std::move(block));
-    const std::string& m = merged.back();
+    next[i] = {after, true};
     if (rewriteAll) {
-      addPiece(pieces, {start, std::string_view(m.data(), B)});
+      merged.push_back(std::move(block));
+      addPiece(pieces, {start, std::string_view(merged.back().data(), B)});
+    } else if (whole && old[i].written) {
+      addPiece(pieces, {start, std::string_view(src, B)});
+    } else if (whole) {
+      // Over a hole, pages of zeros need not be written: they stay holes on disk too.
+      for (uint64_t p = 0; p < B; p += PAGE) {
+        if (!allZero(src + p, PAGE)) addPiece(pieces, {start + p, std::string_view(src + p, PAGE)});
+      }
     } else {
+      merged.push_back(std::move(block));
+      const std::string& m = merged.back();
       addPiece(pieces, {from, std::string_view(m.data() + (from - start), to - from)});
     }
   }
@@ -515,14 +554,15 @@ Status ChunkStore::applyRange(uint64_t handle, Entry& e, uint64_t offset, uint64
     s = disk.allocate(path, D + pieces[k].offset, pieces[k].bytes.size());
   }
   if (!s.ok()) return s;
+  s = writeBlocks(handle, e, first, during);
+  if (!s.ok()) return s;
   if (end > e.length) {
     s = disk.truncate(path, D + end);  // a size change alone takes no disk
-    if (!s.ok()) return s;
-    e.length = end;
+    if (s.ok()) e.length = end;
   }
-  for (auto& p : pieces) {
-    s = disk.write(path, D + p.offset, p.bytes.data(), p.bytes.size(), false);
-    if (!s.ok()) break;
+  for (size_t k = 0; s.ok() && k < pieces.size(); ++k) {
+    s = disk.write(path, D + pieces[k].offset, pieces[k].bytes.data(), pieces[k].bytes.size(),
+                   false);
   }
   for (size_t h = 0; s.ok() && h < holes.size(); ++h) {
     s = disk.punchHole(path, D + holes[h].first, holes[h].second - holes[h].first);
@@ -591,28 +631,34 @@ Status ChunkStore::truncate(uint64_t handle, uint64_t version, uint64_t length) 
   }
   std::string path = pathIn(e->dir, handle, "");
   if (length < e->length) {
-    // The block that the new end cuts keeps its head: check it, then record it anew.
+    // The block that the new end cuts keeps its head: check it, then record it anew. The
+    // records of the blocks past the new end go first (they then read as holes), then
+    // the cut, as in applyRange().
     uint64_t first = length / B;
     uint64_t count = blocksFor(e->length) - first;
     std::vector<Block> blocks;
     Status s = readBlocks(handle, *e, first, count, blocks);
     if (!s.ok()) return s;
-    std::string head;
+    std::vector<Block> during(count), cut(count);
     if (length % B != 0 && blocks[0].written) {
+      std::string head;
       s = disk.read(path, D + first * B, std::min<uint64_t>(B, e->length - first * B), head);
       if (!s.ok()) return s;
       head.resize(B, '\0');
-      if (blockCrc(head.data()) != blocks[0].crc) {
+      uint32_t before = blockCrc(head.data());
+      if (!blocks[0].matches(before)) {
         return Status::corrupt(
             fmt::format("chunk {:x}: checksum mismatch in block {}", handle, first));
       }
       std::fill(head.begin() + static_cast<long>(length % B), head.end(), '\0');
+      uint32_t after = blockCrc(head.data());
+      during[0] = {after, true, before, true};
+      if (!allZero(head.data(), B)) cut[0] = {after, true};
     }
-    s = disk.truncate(path, D + length);
+    s = writeBlocks(handle, *e, first, during);
+    if (s.ok()) s = disk.truncate(path, D + length);
     if (!s.ok()) return s;
     e->length = length;
-    std::vector<Block> cut(count);
-    if (!head.empty() && !allZero(head.data(), B)) cut[0] = {blockCrc(head.data()), true};
     s = writeBlocks(handle, *e, first, cut);
     if (!s.ok()) return s;
   } else if (length > e->length) {

@@ -29,7 +29,7 @@ namespace cairn {
 
 constexpr uint32_t CHECKSUM_BLOCK = 64 * 1024;
 // Where a chunk file's data starts (room for the records of a 2 GiB chunk before it).
-constexpr uint64_t CHUNK_DATA_OFFSET = 512 * 1024;
+constexpr uint64_t CHUNK_DATA_OFFSET = 1024 * 1024;
 
 struct StoredChunk {
   uint64_t handle = 0;
@@ -108,10 +108,13 @@ class ChunkStore {
     uint64_t length = 0;
     std::shared_mutex lock;  // shared for reads, exclusive for changes
   };
-  // A block's sidecar record.
+  // A block's record.
   struct Block {
     uint32_t crc = 0;
     bool written = false;
+    uint32_t prev = 0;     // with hasPrev: the CRC before a change that may not have landed
+    bool hasPrev = false;
+    bool matches(uint32_t c) const { return c == crc || (hasPrev && c == prev); }
   };
   using Visit = std::function<Status(uint64_t start, std::string_view blocks)>;
 

@@ -27,7 +27,9 @@ struct ChunkserverOptions {
   size_t diskThreads = 4;
   uint64_t bufferLimitBytes = 512ull << 20;  // pushed data waiting for a write
   kj::Duration bufferIdleLimit = 60 * kj::SECONDS;
-  kj::Duration rpcTimeout = 20 * kj::SECONDS;
+  // Calls to other chunkservers; shorter than a client's (15 s), so that a slow replica
+  // down the chain is named as such before the client gives up on the one it called.
+  kj::Duration rpcTimeout = 10 * kj::SECONDS;
   kj::Duration reconnectDelay = kj::SECONDS;
   kj::Duration scrubInterval = 10 * kj::SECONDS;  // one idle chunk re-verified per interval
   // Free space per data directory below which no new chunk or copy is taken; unset: the

@@ -390,7 +390,14 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
               return Status(ErrorCode::DATA_NOT_PUSHED, "copy buffer expired while filling");
             }
             Buffer& b = it->second;
-            // The buffer is zeros where the source has holes.
+            // The buffer is zeros where the source has holes. What the source sent must lie
+            // in the piece asked for.
+            uint64_t pieceStart = uint64_t{offset} + at, pieceEnd = pieceStart + n;
+            for (auto& x : r.value.extents) {
+              if (x.offset < pieceStart || x.offset + x.bytes.size() > pieceEnd) {
+                return Status::invalidArgument("the source sent bytes outside the range asked for");
+              }
+            }
             for (auto& x : r.value.extents) {
               memcpy(b.bytes.data() + (x.offset - offset), x.bytes.data(), x.bytes.size());
             }
@@ -409,6 +416,9 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
     DataOutcome* out = outcome.get();
     std::string next = chain[0];
     std::vector<std::string> rest(chain.begin() + 1, chain.end());
+    // Pinned while its pieces are on their way (they are sent from it without a copy).
+    auto pinned = buffers.find(dataId);
+    if (pinned != buffers.end()) pinned->second.pins++;
     return runLimited(pieces, 4,
                       [this, dataId, length, next, rest, out](size_t i) -> kj::Promise<Status> {
                         auto it = buffers.find(dataId);
@@ -425,7 +435,9 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
                               return r.status;
                             });
                       })
-        .then([outcome = kj::mv(outcome)](Status s) mutable {
+        .then([this, dataId, outcome = kj::mv(outcome)](Status s) mutable {
+          auto it = buffers.find(dataId);
+          if (it != buffers.end() && it->second.pins > 0) it->second.pins--;
           if (!s.ok() && outcome->ok()) return DataOutcome(s);
           return kj::mv(*outcome);
         });
@@ -463,6 +475,7 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
     std::string bytes;
     std::map<uint32_t, uint32_t> pieces;  // offset -> length received
     kj::TimePoint touched = kj::origin<kj::TimePoint>();
+    uint32_t pins = 0;  // forwards reading from it: it does not expire while any runs
     bool complete() const {
       uint64_t covered = 0;
       for (auto& [off, len] : pieces) {
@@ -566,7 +579,8 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
   kj::Promise<Status> applyBuffer(uint64_t handle, uint64_t version, uint32_t offset,
                                   uint64_t dataId, uint32_t length) {
     auto it = buffers.find(dataId);
-    if (it == buffers.end() || !it->second.complete() || it->second.bytes.size() != length) {
+    if (it == buffers.end() || !it->second.complete() || it->second.bytes.size() != length ||
+        it->second.pins > 0) {
       return Status(
           ErrorCode::DATA_NOT_PUSHED,
           fmt::format("data {:x} for chunk {:x} was not pushed here in full", dataId, handle));
@@ -625,7 +639,7 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
     return cs.timer().afterDelay(5 * kj::SECONDS).then([this]() {
       auto now = cs.timer().now();
       for (auto it = buffers.begin(); it != buffers.end();) {
-        if (now - it->second.touched > cs.options().bufferIdleLimit) {
+        if (it->second.pins == 0 && now - it->second.touched > cs.options().bufferIdleLimit) {
           buffered -= it->second.bytes.size();
           it = buffers.erase(it);
         } else {

@@ -277,20 +277,24 @@ int cmdPut(CliContext& c, const std::string& local, const std::string& path, uin
   uint64_t total = 0;
   Status s;
   auto next = readBlock();
+  bool reading = true;  // `next` is a read still to be waited for
   for (;;) {
     auto block = next.wait(c.waitScope);
+    reading = false;
     if (!block.ok()) {
       s = Status::ioError(fmt::format("reading {}: {}", local, block.status.message()));
       break;
     }
     if (block.value.empty()) break;
     next = readBlock();
+    reading = true;
     uint64_t at = total;
     total += block.value.size();
     s = file.value->write(at, std::move(block.value)).wait(c.waitScope);
     if (!s.ok()) break;
     progress.update(total);
   }
+  if (reading) next.wait(c.waitScope);  // the reader is done with the descriptor
   close(fd);
   if (!s.ok()) {
     file.value->abort().wait(c.waitScope);
@@ -327,8 +331,9 @@ int cmdCp(CliContext& c, const std::string& src, const std::string& dst, bool fo
   Progress progress(c, "cp " + src, size);
   Status s;
   for (uint64_t off = 0; off < size;) {
-    auto n = c.files.copyRange(from.value.inode, off, out.value->inode(), off,
-                               std::min<uint64_t>(TRANSFER_BLOCK * 8, size - off))
+    auto n = c.files
+                 .copyRange(from.value.inode, off, out.value->inode(), off,
+                            std::min<uint64_t>(TRANSFER_BLOCK * 8, size - off))
                  .wait(c.waitScope);
     if (!n.ok()) {
       s = n.status;

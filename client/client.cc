@@ -110,9 +110,13 @@ wire::ClientService::Client Client::master() {
     // A new session: the master learns again which files this client holds open, before
     // any other call on it (calls on one connection arrive in order).
     auto req = service.sessionRequest();
-    auto list = req.initOpenInodes(static_cast<uint>(openCounts.size()));
+    size_t opens = 0;
+    for (auto& [inode, count] : openCounts) opens += count;
+    auto list = req.initOpenInodes(static_cast<uint>(opens));
     uint i = 0;
-    for (auto& [inode, count] : openCounts) list.set(i++, inode);
+    for (auto& [inode, count] : openCounts) {
+      for (uint32_t k = 0; k < count; ++k) list.set(i++, inode);
+    }
     req.send().detach([](kj::Exception&&) {});
   }
   return service;
@@ -138,18 +142,27 @@ kj::Promise<Result<FileAttr>> Client::open(uint64_t inode) {
   req.setInode(inode);
   return callMaster<Result<FileAttr>>(kj::mv(req), [this, inode](auto& r) {
     auto a = attrResult(r);
-    if (!a.ok() || a.value.type != FileType::REGULAR) close(inode);
+    if (!a.ok() || a.value.type != FileType::REGULAR) {
+      // The master holds nothing for this one: only the count made above goes.
+      auto it = openCounts.find(inode);
+      if (it != openCounts.end() && --it->second == 0) openCounts.erase(it);
+    }
     return a;
   });
 }
 
-void Client::close(uint64_t inode) {
+kj::Promise<void> Client::close(uint64_t inode) {
   auto it = openCounts.find(inode);
-  if (it == openCounts.end() || --it->second > 0) return;
-  openCounts.erase(it);
+  if (it == openCounts.end()) return kj::READY_NOW;
+  if (--it->second == 0) openCounts.erase(it);
+  // Every open is closed at the master too (it counts them per session), so that a close
+  // and an open of one file crossing on the way cannot end its hold. Waited for, so that a
+  // process that exits next has closed its files (a lost session closes them only after a
+  // grace period); a failure is not the caller's: the session's end closes it.
   auto req = master().closeRequest();
   req.setInode(inode);
-  req.send().detach([](kj::Exception&&) {});  // a lost session closes it anyway
+  return timer.timeoutAfter(opts.metaTimeout, req.send())
+      .then([](auto&&) {}, [](kj::Exception&&) {});
 }
 
 void Client::masterFailed() {
@@ -565,8 +578,8 @@ kj::Promise<Result<double>> Client::balance(double threshold) {
 kj::Promise<Result<HealthInfo>> Client::health() {
   auto req = master().clusterHealthRequest();
   return callMaster<Result<HealthInfo>>(kj::mv(req), [](auto& r) -> Result<HealthInfo> {
-    return HealthInfo{r.getSafeMode(),      r.getChunks(),         r.getUnderReplicated(),
-                      r.getMissing(),       r.getOverReplicated(), r.getCopiesInFlight(),
+    return HealthInfo{r.getSafeMode(), r.getChunks(),         r.getUnderReplicated(),
+                      r.getMissing(),  r.getOverReplicated(), r.getCopiesInFlight(),
                       r.getCorrupt()};
   });
 }
@@ -669,8 +682,8 @@ kj::Promise<Result<FileLayout>> Client::cachedLayout(uint64_t inode, uint32_t fi
       });
 }
 
-kj::Promise<Status> Client::read(uint64_t inode, uint64_t offset, uint64_t length,
-                                 std::string& out, std::optional<uint64_t> needed) {
+kj::Promise<Status> Client::read(uint64_t inode, uint64_t offset, uint64_t length, std::string& out,
+                                 std::optional<uint64_t> needed) {
   out.clear();
   if (length == 0) return Status::OK();
   auto deadline = timer.now() + opts.retryFor;
@@ -920,11 +933,11 @@ kj::Promise<Status> Client::punch(uint64_t inode, uint64_t offset, uint64_t leng
     uint32_t first = static_cast<uint32_t>(offset / cs);
     uint32_t last = static_cast<uint32_t>((offset + length - 1) / cs);
     // Only chunks that exist are cut; the others read as zeros already.
-    return layout(inode, first, last - first + 1)
-        .then([this, inode, offset, length, cs](Result<FileLayout> l) -> kj::Promise<Status> {
+    return presentChunks(inode, first, last, {})
+        .then([this, inode, offset, length,
+               cs](Result<std::set<uint32_t>> l) -> kj::Promise<Status> {
           if (!l.ok()) return l.status;
-          auto present = kj::heap<std::set<uint32_t>>();
-          for (auto& c : l.value.chunks) present->insert(c.index);
+          auto present = kj::heap<std::set<uint32_t>>(std::move(l.value));
           auto& ref = *present;
           return forEachPortion(inode, offset, length, cs,
                                 [&ref](uint32_t index, uint32_t chunkOffset, uint64_t, uint64_t n) {
@@ -938,6 +951,20 @@ kj::Promise<Status> Client::punch(uint64_t inode, uint64_t offset, uint64_t leng
               .attach(kj::mv(present));
         });
   });
+}
+
+kj::Promise<Result<std::set<uint32_t>>> Client::presentChunks(uint64_t inode, uint32_t first,
+                                                              uint32_t last,
+                                                              std::set<uint32_t> sofar) {
+  uint32_t count = std::min<uint32_t>(last - first + 1, 4096);  // a page of the master's
+  return layout(inode, first, count)
+      .then([this, inode, first, last, count, sofar = std::move(sofar)](
+                Result<FileLayout> l) mutable -> kj::Promise<Result<std::set<uint32_t>>> {
+        if (!l.ok()) return Result<std::set<uint32_t>>(l.status);
+        for (auto& c : l.value.chunks) sofar.insert(c.index);
+        if (uint64_t{first} + count > last) return Result<std::set<uint32_t>>(std::move(sofar));
+        return presentChunks(inode, first + count, last, std::move(sofar));
+      });
 }
 
 kj::Promise<Status> Client::allocate(uint64_t inode, uint64_t offset, uint64_t length) {
@@ -963,12 +990,11 @@ kj::Promise<Status> Client::copyRange(uint64_t srcInode, uint64_t srcOffset, uin
     if (cs == 0) return Status::unavailable("master gave no chunk size");
     uint32_t first = static_cast<uint32_t>(srcOffset / cs);
     uint32_t last = static_cast<uint32_t>((srcOffset + length - 1) / cs);
-    return layout(srcInode, first, last - first + 1)
+    return presentChunks(srcInode, first, last, {})
         .then([this, srcInode, srcOffset, dstInode, dstOffset, length,
-               cs](Result<FileLayout> l) -> kj::Promise<Status> {
+               cs](Result<std::set<uint32_t>> l) -> kj::Promise<Status> {
           if (!l.ok()) return l.status;
-          auto present = kj::heap<std::set<uint32_t>>();
-          for (auto& c : l.value.chunks) present->insert(c.index);
+          auto present = kj::heap<std::set<uint32_t>>(std::move(l.value));
           auto& ref = *present;
           return forEachPortion(
                      dstInode, dstOffset, length, MAX_COPY_PORTION,

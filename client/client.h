@@ -155,7 +155,7 @@ class Client {
   // close(). Every successful open() (or create with `open`) is matched by one close().
   // The master learns again of the files held open whenever the client reconnects.
   kj::Promise<Result<FileAttr>> open(uint64_t inode);
-  void close(uint64_t inode);
+  kj::Promise<void> close(uint64_t inode);
   kj::Promise<Result<FileAttr>> setattr(uint64_t inode, SetAttrRequest request);
   // One page of a directory: entries after `after`; `more` says whether others follow.
   kj::Promise<Result<std::vector<DirEntryInfo>>> readdir(uint64_t inode, std::string after,
@@ -265,6 +265,9 @@ class Client {
                                 uint32_t length, kj::byte* out, kj::TimePoint deadline);
   kj::Promise<Status> readChunk(ChunkInfo chunk, uint64_t chunkOffset, uint32_t length,
                                 kj::byte* out, size_t replicaIndex);
+  // The indices of the chunks that exist in [first, last], page after page.
+  kj::Promise<Result<std::set<uint32_t>>> presentChunks(uint64_t inode, uint32_t first,
+                                                        uint32_t last, std::set<uint32_t> sofar);
   // Splits [offset, offset+length) at chunk boundaries and at most `maxPortion` bytes;
   // `make` describes each portion's mutation (it may take less than offered), and each is
   // applied with mutateChunk().

@@ -26,6 +26,7 @@ void FileCache::invalidate(State& st) {
 
 void FileCache::attach(uint64_t inode, uint64_t size) {
   State& st = state(inode);
+  if (st.refs == 0) st.error = Status::OK();  // a failure nobody is left to hear of
   if (st.refs++ == 0 || idle(st)) st.size = st.confirmed = size;
   invalidate(st);
   client.forgetLayout(inode);
@@ -35,8 +36,7 @@ kj::Promise<Status> FileCache::release(uint64_t inode) {
   return flush(inode).then([this, inode](Status s) {
     auto it = files.find(inode);
     if (it != files.end() && --it->second.refs == 0 && idle(it->second)) files.erase(it);
-    client.close(inode);
-    return s;
+    return client.close(inode).then([s]() { return s; });
   });
 }
 
@@ -248,14 +248,20 @@ kj::Promise<Status> FileCache::flush(uint64_t inode) {
     if (it == files.end()) return Status::OK();
     State& st = it->second;
     Status s = takeError(st);
-    // Everything buffered has gone out: the file is as large as the writes that reached
-    // the chunkservers made it. A failed write does not grow it.
-    if (st.size != st.confirmed) {
-      st.size = st.confirmed;
+    // What was buffered when this flush began has gone out: the file is as large as the
+    // writes that reached the chunkservers made it (a failed write does not grow it), and
+    // as the writes still on their way (made since) will make it.
+    dropFinished(st);
+    uint64_t pending = st.buffer.empty() ? 0 : st.bufferOffset + st.buffer.size();
+    for (auto& f : st.flushes) pending = std::max(pending, f.end);
+    uint64_t size = std::max(st.confirmed, pending);
+    if (st.size != size) {
+      st.size = size;
       invalidate(st);
     }
     if (!st.sizeDirty) return s;
-    st.sizeDirty = false;
+    // Writes made since stay to be recorded by a later flush.
+    st.sizeDirty = !st.buffer.empty() || !st.flushes.empty();
     return client.commitSize(inode, st.confirmed).then([this, inode, s](Result<FileAttr> r) {
       auto it = files.find(inode);
       if (!r.ok() && it != files.end()) it->second.sizeDirty = true;

@@ -370,9 +370,9 @@ Result<DiskSpace> MemDisk::space(const std::string&) {
 // --- FaultyDisk ---
 
 void FaultyDisk::failNext(Op op, int count, ErrorCode code, std::string pathPart,
-                          size_t prefixBytes) {
+                          size_t prefixBytes, int skip) {
   std::lock_guard<std::mutex> lock(mutex);
-  rules.push_back({op, count, code, std::move(pathPart), prefixBytes});
+  rules.push_back({op, count, code, std::move(pathPart), prefixBytes, skip});
 }
 
 void FaultyDisk::clear() {
@@ -384,6 +384,10 @@ std::optional<FaultyDisk::Rule> FaultyDisk::take(Op op, const std::string& path)
   std::lock_guard<std::mutex> lock(mutex);
   for (auto it = rules.begin(); it != rules.end(); ++it) {
     if (it->op != op || path.find(it->pathPart) == std::string::npos) continue;
+    if (it->skip > 0) {
+      --it->skip;
+      return std::nullopt;
+    }
     Rule r = *it;
     if (--it->count <= 0) rules.erase(it);
     return r;

@@ -114,10 +114,11 @@ class FaultyDisk final : public Disk {
  public:
   enum class Op { READ, WRITE, ALLOCATE, PUNCH, TRUNCATE, SYNC, REMOVE };
   explicit FaultyDisk(Disk& base) : base(base) {}
-  // The next `count` calls of `op` whose path contains `pathPart` fail with `code`. A
-  // failing WRITE first writes `prefixBytes` of its data (a torn write).
-  void failNext(Op op, int count, ErrorCode code, std::string pathPart = "",
-                size_t prefixBytes = 0);
+  // After `skip` more calls of `op` whose path contains `pathPart` succeed, the next
+  // `count` fail with `code`. A failing WRITE first writes `prefixBytes` of its data (a
+  // torn write).
+  void failNext(Op op, int count, ErrorCode code, std::string pathPart = "", size_t prefixBytes = 0,
+                int skip = 0);
   void clear();
 
   Status read(const std::string& path, uint64_t offset, size_t size, std::string& out) override;
@@ -146,6 +147,7 @@ class FaultyDisk final : public Disk {
     ErrorCode code;
     std::string pathPart;
     size_t prefixBytes;
+    int skip;
   };
   // The rule that fails this call, consumed; null if none.
   std::optional<Rule> take(Op op, const std::string& path);

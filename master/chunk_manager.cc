@@ -116,7 +116,7 @@ bool ChunkManager::heartbeat(uint64_t id, uint64_t capacityBytes, uint64_t usedB
   for (uint64_t h : s.pendingDeletes) {
     auto c = chunks.find(h);
     bool exists = c != chunks.end();
-    if (mayDelete(id, exists, exists ? liveReplicas(c->second) : std::vector<uint64_t>{})) {
+    if (mayDelete(id, exists, exists ? goodReplicas(c->second) : std::vector<uint64_t>{})) {
       deleteHandles.push_back(h);
     } else {
       waiting.push_back(h);
@@ -163,6 +163,14 @@ bool ChunkManager::leaseValid(const Chunk& c) {
   if (!c.primary || timer.now() >= c.leaseExpiry) return false;
   auto s = serversById.find(*c.primary);
   return s != serversById.end() && s->second.live && c.replicas.count(*c.primary);
+}
+
+std::vector<uint64_t> ChunkManager::goodReplicas(const Chunk& c) {
+  std::vector<uint64_t> out;
+  for (uint64_t id : liveReplicas(c)) {
+    if (!c.corrupt.count(id)) out.push_back(id);
+  }
+  return out;
 }
 
 std::vector<uint64_t> ChunkManager::liveReplicas(const Chunk& c) {
@@ -252,8 +260,9 @@ kj::Promise<std::vector<uint64_t>> ChunkManager::bumpVersion(uint64_t handle) {
   uint64_t oldVersion = c.record.version;
   auto oldPrimary = c.primary;
   // GFS: record the new version before any replica learns it, so that a replica that
-  // misses it is recognisably stale after any crash.
-  c.record.version = oldVersion + 1;
+  // misses it is recognisably stale after any crash. A number is never handed out twice:
+  // a replica may have taken a bump whose answer was lost.
+  c.record.version = nextVersion(c);
   c.primary.reset();
   return ns.setChunkVersion(c.inode, c.record)
       .then([this, live, handle]() {
@@ -275,21 +284,30 @@ kj::Promise<std::vector<uint64_t>> ChunkManager::bumpVersion(uint64_t handle) {
           });
         }
         for (auto& r : results) {
-          if (!r.status.ok()) removeReplica(c, r.server);  // stale now; deleted when it reports
+          if (!r.status.ok()) {
+            removeReplica(c, r.server);  // stale now
+            queueDelete(r.server, handle);
+          }
         }
+        // Every replica that stays moved to the new version, which ends any lease there.
+        c.leaseExpiry = timer.now();
         return current;
       });
 }
 
-bool ChunkManager::roomElsewhere(const Chunk& c) {
+size_t ChunkManager::roomElsewhere(const Chunk& c) {
+  size_t n = 0;
   for (auto& [id, s] : serversById) {
     if (!s.live || s.decommissioning || c.replicas.count(id)) continue;
     uint64_t free = s.capacityBytes > s.usedBytes ? s.capacityBytes - s.usedBytes : 0;
-    if (std::min(free, s.availableBytes) >= std::max<uint64_t>(options.minFreeBytes, 1)) {
-      return true;
-    }
+    n += std::min(free, s.availableBytes) >= std::max<uint64_t>(options.minFreeBytes, 1);
   }
-  return false;
+  return n;
+}
+
+uint64_t ChunkManager::nextVersion(Chunk& c) {
+  c.issued = std::max(c.issued, c.record.version) + 1;
+  return c.issued;
 }
 
 PlacementCandidate ChunkManager::candidate(const Server& s) const {
@@ -302,7 +320,7 @@ Status ChunkManager::applyWriteFailures(Chunk& c, const std::vector<ReplicaFailu
     auto s = serverByAddress.find(f.address);
     if (s != serverByAddress.end()) byServer.push_back({s->second, f.status});
   }
-  auto decision = afterFailedWrite(liveReplicas(c), byServer, roomElsewhere(c));
+  auto decision = afterFailedWrite(goodReplicas(c), byServer, roomElsewhere(c));
   for (uint64_t id : decision.drop) {
     // The replica missed a write that the others hold: it leaves, and the new version of
     // the next lease fences it off (re-replication restores the goal).
@@ -379,8 +397,9 @@ kj::Promise<Result<ChunkView>> ChunkManager::prepareWrite(uint64_t inode, uint32
                            } else {
                              // The primary cannot take the lease: it leaves if the rule
                              // allows; either way the next call grants a new lease.
-                             if (mayLeave(primary, liveReplicas(it->second))) {
+                             if (mayLeave(primary, goodReplicas(it->second))) {
                                removeReplica(it->second, primary);
+                               queueDelete(primary, handle);
                              }
                              it->second.primary.reset();
                              out = s;
@@ -506,7 +525,7 @@ kj::Promise<Status> ChunkManager::truncateChunk(uint64_t inode, uint64_t size) {
                        return kj::READY_NOW;
                      }
                      uint64_t oldVersion = c.record.version;
-                     c.record.version += 1;
+                     c.record.version = nextVersion(c);
                      c.primary.reset();
                      uint64_t version = c.record.version;
                      return ns.setChunkVersion(c.inode, c.record)
@@ -532,8 +551,12 @@ kj::Promise<Status> ChunkManager::truncateChunk(uint64_t inode, uint64_t size) {
                              return ns.setChunkVersion(c.inode, c.record);
                            }
                            for (size_t i = 0; i < live.size(); ++i) {
-                             if (!results[i].ok()) removeReplica(c, live[i]);
+                             if (!results[i].ok()) {
+                               removeReplica(c, live[i]);
+                               queueDelete(live[i], handle);
+                             }
                            }
+                           c.leaseExpiry = timer.now();  // the cut ended every lease
                            return kj::READY_NOW;
                          });
                    })
@@ -560,7 +583,7 @@ void ChunkManager::reportBadReplica(uint64_t handle, uint64_t version, const std
 void ChunkManager::dropCorrupt(Chunk& c, uint64_t server, const char* finder) {
   if (!c.replicas.count(server)) return;
   const std::string& address = serversById[server].address;
-  if (!mayLeave(server, liveReplicas(c))) {
+  if (!mayLeave(server, goodReplicas(c))) {
     if (c.corrupt.insert(server).second) {
       logError("chunk {:x}: {} found the replica on {} bad, but it is the last copy: kept",
                c.record.handle, finder, address);

@@ -181,6 +181,7 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
     uint8_t goal = 0;                         // the file's replication goal; 0 = unknown
     bool copying = false;                     // a re-replication copy is in flight
     std::set<uint64_t> corrupt;               // current replicas found bad but kept (last copy)
+    uint64_t issued = 0;                      // the highest version ever sent to a replica
     kj::TimePoint lastWrite = kj::origin<kj::TimePoint>();  // last prepareWrite
   };
   struct Counts {
@@ -191,6 +192,10 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   ChunkView view(const Chunk& c);
   bool leaseValid(const Chunk& c);
   std::vector<uint64_t> liveReplicas(const Chunk& c);
+  // Live replicas not known to be corrupt: those that hold every acknowledged byte.
+  std::vector<uint64_t> goodReplicas(const Chunk& c);
+  // A version number for a bump, never one handed out before.
+  uint64_t nextVersion(Chunk& c);
   // Runs `step` for chunk `handle` once no other step for it is in progress.
   kj::Promise<void> serialize(uint64_t handle, kj::Function<kj::Promise<void>()> step);
   kj::Promise<Result<ChunkView>> allocate(uint64_t inode, uint32_t index, uint8_t goal);
@@ -210,8 +215,8 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   void dropCorrupt(Chunk& c, uint64_t server, const char* finder);
   // Drops the replicas that afterFailedWrite() names; the error it gives, if any.
   Status applyWriteFailures(Chunk& c, const std::vector<ReplicaFailure>& failures);
-  // Some live chunkserver without a replica of `c` has room for a copy.
-  bool roomElsewhere(const Chunk& c);
+  // Live chunkservers without a replica of `c` that have room for a copy.
+  size_t roomElsewhere(const Chunk& c);
   PlacementCandidate candidate(const Server& s) const;
   uint8_t goalOf(Chunk& c);
   Counts counts(const Chunk& c);

@@ -30,7 +30,7 @@ ChunkManager::Counts ChunkManager::counts(const Chunk& c) {
     auto s = serversById.find(id);
     if (s == serversById.end() || !s->second.live) continue;
     ++n.live;
-    if (!s->second.decommissioning) ++n.effective;
+    if (!s->second.decommissioning && !c.corrupt.count(id)) ++n.effective;
   }
   return n;
 }
@@ -88,7 +88,9 @@ constexpr kj::Duration IDLE_LEASE = 3 * kj::SECONDS;
 
 bool ChunkManager::readyForRepair(uint64_t handle, Chunk& c) {
   if (c.copying) return false;
-  if (!leaseValid(c)) return true;
+  // A chunkserver may hold a lease until the last one granted expires, whether or not the
+  // master still names it primary: a write under it could slip past a copy.
+  if (timer.now() >= c.leaseExpiry) return true;
   if (timer.now() - c.lastWrite < IDLE_LEASE) return false;
   c.copying = true;  // nothing else touches it until the revocation is done
   copies.add(serialize(handle, [this, handle]() -> kj::Promise<void> {
@@ -125,7 +127,7 @@ void ChunkManager::scheduleRepairs() {
     Chunk& c = chunks.at(need.handle);
     std::optional<uint64_t> source;
     for (uint64_t id : c.replicas) {
-      if (canCopy(id)) {
+      if (canCopy(id) && !c.corrupt.count(id)) {
         source = id;
         break;
       }
@@ -153,46 +155,43 @@ void ChunkManager::startCopy(uint64_t handle, uint64_t source, uint64_t target,
   serversById[target].copiesInFlight++;
   uint64_t version = c.record.version;
   std::string sourceAddress = serversById[source].address;
-  logInfo("chunk {:x}: copying from {} to {}", handle, sourceAddress,
-          serversById[target].address);
-  copies.add(control.replicate(target, handle, version, sourceAddress)
-                 .then([this, handle, source, target, version, moveFrom](Status s) {
-                   for (uint64_t id : {source, target}) {
-                     auto it = serversById.find(id);
-                     if (it != serversById.end() && it->second.copiesInFlight > 0) {
-                       it->second.copiesInFlight--;
-                     }
-                   }
-                   auto it = chunks.find(handle);
-                   if (it == chunks.end()) {
-                     if (s.ok()) queueDelete(target, handle);  // deleted meanwhile
-                     return;
-                   }
-                   Chunk& c = it->second;
-                   c.copying = false;
-                   if (!s.ok()) {
-                     logWarn("chunk {:x}: copy to server {} failed: {}", handle, target,
-                             s.toString());
-                     return;
-                   }
-                   auto t = serversById.find(target);
-                   if (c.record.version != version || t == serversById.end() ||
-                       !t->second.live) {
-                     // A new lease moved the chunk on while it was copied: the copy is stale.
-                     queueDelete(target, handle);
-                     return;
-                   }
-                   c.replicas.insert(target);
-                   t->second.chunks.insert(handle);
-                   // A delete queued for an older replica there must not take this one.
-                   auto& pending = t->second.pendingDeletes;
-                   pending.erase(std::remove(pending.begin(), pending.end(), handle),
-                                 pending.end());
-                   if (moveFrom && c.replicas.count(*moveFrom)) {
-                     removeReplica(c, *moveFrom);
-                     queueDelete(*moveFrom, handle);
-                   }
-                 }));
+  logInfo("chunk {:x}: copying from {} to {}", handle, sourceAddress, serversById[target].address);
+  copies.add(
+      control.replicate(target, handle, version, sourceAddress)
+          .then([this, handle, source, target, version, moveFrom](Status s) {
+            for (uint64_t id : {source, target}) {
+              auto it = serversById.find(id);
+              if (it != serversById.end() && it->second.copiesInFlight > 0) {
+                it->second.copiesInFlight--;
+              }
+            }
+            auto it = chunks.find(handle);
+            if (it == chunks.end()) {
+              if (s.ok()) queueDelete(target, handle);  // deleted meanwhile
+              return;
+            }
+            Chunk& c = it->second;
+            c.copying = false;
+            if (!s.ok()) {
+              logWarn("chunk {:x}: copy to server {} failed: {}", handle, target, s.toString());
+              return;
+            }
+            auto t = serversById.find(target);
+            if (c.record.version != version || t == serversById.end() || !t->second.live) {
+              // A new lease moved the chunk on while it was copied: the copy is stale.
+              queueDelete(target, handle);
+              return;
+            }
+            c.replicas.insert(target);
+            t->second.chunks.insert(handle);
+            // A delete queued for an older replica there must not take this one.
+            auto& pending = t->second.pendingDeletes;
+            pending.erase(std::remove(pending.begin(), pending.end(), handle), pending.end());
+            if (moveFrom && c.replicas.count(*moveFrom)) {
+              removeReplica(c, *moveFrom);
+              queueDelete(*moveFrom, handle);
+            }
+          }));
 }
 
 void ChunkManager::removeSurplus() {
@@ -202,20 +201,21 @@ void ChunkManager::removeSurplus() {
     size_t goal = goalOf(c);
     if (n.live <= goal && (n.effective < goal || n.live == n.effective)) continue;
     if (!readyForRepair(h, c)) continue;
-    // Remove decommissioning replicas first (once the others meet the goal), then those on
-    // the servers holding the most chunks.
+    // Remove replicas that are retiring (decommissioning, or found corrupt and kept only as
+    // the last copy) once the others meet the goal, then those on the servers holding the
+    // most chunks.
+    auto retiring = [this, &c](uint64_t id) {
+      return serversById[id].decommissioning || c.corrupt.count(id) != 0;
+    };
     std::vector<uint64_t> order(c.replicas.begin(), c.replicas.end());
-    std::sort(order.begin(), order.end(), [this](uint64_t a, uint64_t b) {
-      auto& sa = serversById[a];
-      auto& sb = serversById[b];
-      if (sa.decommissioning != sb.decommissioning) return sa.decommissioning;
-      return sa.chunks.size() > sb.chunks.size();
+    std::sort(order.begin(), order.end(), [this, &retiring](uint64_t a, uint64_t b) {
+      if (retiring(a) != retiring(b)) return retiring(a);
+      return serversById[a].chunks.size() > serversById[b].chunks.size();
     });
     for (uint64_t id : order) {
       Counts now = counts(c);
-      auto& s = serversById[id];
-      if (!s.live) continue;
-      bool surplus = s.decommissioning ? now.effective >= goal : now.effective > goal;
+      if (!serversById[id].live) continue;
+      bool surplus = retiring(id) ? now.effective >= goal : now.effective > goal;
       if (!surplus) continue;
       removeReplica(c, id);
       queueDelete(id, h);

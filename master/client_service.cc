@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <kj/debug.h>
 
+#include <map>
 #include <set>
 
 #include "chunkserver_service.h"
@@ -37,8 +38,11 @@ class ClientServiceImpl final : public wire::ClientService::Server {
   explicit ClientServiceImpl(Master& master)
       : master(master), ns(master.names()), chunks(master.chunkManager()) {}
   ~ClientServiceImpl() noexcept(false) {
-    // The connection is gone: its opens end (an orphan nobody else holds is deleted).
-    master.endSession(opens);
+    // The connection is gone: its opens end after a grace period (the client may be
+    // reconnecting, and will hold them again).
+    std::set<uint64_t> inodes;
+    for (auto& [inode, count] : opens) inodes.insert(inode);
+    master.endSession(inodes);
   }
 
   kj::Promise<void> lookup(LookupContext context) override {
@@ -59,20 +63,19 @@ class ClientServiceImpl final : public wire::ClientService::Server {
 
   kj::Promise<void> mkdir(MkdirContext context) override {
     auto p = context.getParams();
-    return replyLater(context, ns.mkdir(p.getParent(), text(p.getName()), p.getMode(),
-                                        p.getUid(), p.getGid()));
+    return replyLater(
+        context, ns.mkdir(p.getParent(), text(p.getName()), p.getMode(), p.getUid(), p.getGid()));
   }
 
   kj::Promise<void> create(CreateContext context) override {
     auto p = context.getParams();
     bool open = p.getOpen();
-    return replyLater(context,
-                      ns.create(p.getParent(), text(p.getName()), p.getMode(), p.getUid(),
-                                p.getGid(), p.getReplication(), p.getExclusive())
-                          .then([this, open](MutationResult r) {
-                            if (open && r.status.ok()) hold(r.inode.inode);
-                            return r;
-                          }));
+    return replyLater(context, ns.create(p.getParent(), text(p.getName()), p.getMode(), p.getUid(),
+                                         p.getGid(), p.getReplication(), p.getExclusive())
+                                   .then([this, open](MutationResult r) {
+                                     if (open && r.status.ok()) hold(r.inode.inode);
+                                     return r;
+                                   }));
   }
 
   kj::Promise<void> open(OpenContext context) override {
@@ -84,14 +87,18 @@ class ClientServiceImpl final : public wire::ClientService::Server {
 
   kj::Promise<void> close(CloseContext context) override {
     uint64_t inode = context.getParams().getInode();
-    if (opens.erase(inode)) master.close(inode);
+    auto it = opens.find(inode);
+    if (it != opens.end() && --it->second == 0) {
+      opens.erase(it);
+      master.close(inode);
+    }
     toWire(Status::OK(), context.getResults().initStatus());
     return kj::READY_NOW;
   }
 
   kj::Promise<void> session(SessionContext context) override {
     auto inodes = context.getParams().getOpenInodes();
-    KJ_REQUIRE(inodes.size() <= 1'000'000, "too many open files");
+    KJ_REQUIRE(inodes.size() <= 100'000, "too many open files");
     for (uint64_t inode : inodes) {
       auto n = ns.getattr(inode);
       if (n.ok() && n.value.type == InodeType::REGULAR) hold(inode);
@@ -142,9 +149,8 @@ class ClientServiceImpl final : public wire::ClientService::Server {
 
   kj::Promise<void> rename(RenameContext context) override {
     auto p = context.getParams();
-    return replyStatus(context, ns.rename(p.getSrcParent(), text(p.getSrcName()),
-                                          p.getDstParent(), text(p.getDstName()),
-                                          p.getNoReplace()));
+    return replyStatus(context, ns.rename(p.getSrcParent(), text(p.getSrcName()), p.getDstParent(),
+                                          text(p.getDstName()), p.getNoReplace()));
   }
 
   kj::Promise<void> setReplication(SetReplicationContext context) override {
@@ -238,8 +244,8 @@ class ClientServiceImpl final : public wire::ClientService::Server {
              context.getResults().initStatus());
       return kj::READY_NOW;
     }
-    return chunks.prepareWrite(p.getInode(), p.getIndex(), fromWire(p.getFailures()),
-                               p.getFailedVersion())
+    return chunks
+        .prepareWrite(p.getInode(), p.getIndex(), fromWire(p.getFailures()), p.getFailedVersion())
         .then([context](Result<ChunkView> r) mutable {
           auto results = context.getResults();
           toWire(r.status, results.initStatus());
@@ -368,9 +374,9 @@ class ClientServiceImpl final : public wire::ClientService::Server {
   }
 
  private:
-  // This session holds `inode` open.
+  // This session holds `inode` open once more.
   void hold(uint64_t inode) {
-    if (opens.insert(inode).second) ns.opened(inode);
+    if (opens[inode]++ == 0) ns.opened(inode);
   }
 
   template <typename Context>
@@ -407,7 +413,7 @@ class ClientServiceImpl final : public wire::ClientService::Server {
   Master& master;
   Namespace& ns;
   ChunkManager& chunks;
-  std::set<uint64_t> opens;  // files this session holds open
+  std::map<uint64_t, uint32_t> opens;  // files this session holds open, and how often
 };
 
 }  // namespace

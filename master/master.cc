@@ -196,7 +196,10 @@ void Master::close(uint64_t inode) {
 }
 
 void Master::endSession(const std::set<uint64_t>& inodes) {
-  for (uint64_t inode : inodes) close(inode);
+  if (inodes.empty()) return;
+  background.add(timer_.afterDelay(opts.orphanGrace).then([this, inodes]() {
+    for (uint64_t inode : inodes) close(inode);
+  }));
 }
 
 static_assert(static_cast<int>(wire::FileType::BLOCK_DEVICE) ==

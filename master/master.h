@@ -19,7 +19,7 @@ namespace cairn {
 struct MasterOptions {
   std::string dataDir;
   // After a start, orphans (unlinked files that were open) that no client opens again
-  // within this time are deleted.
+  // within this time are deleted; the opens of a session that ends last this long.
   kj::Duration orphanGrace = 60 * kj::SECONDS;
   leveldb::Env* metaEnv = nullptr;  // null: the real disk
   uint64_t chunkSize = 64ull << 20;
@@ -57,7 +57,8 @@ class Master final : private kj::TaskSet::ErrorHandler {
   Result<std::string> getxattr(uint64_t inode, const std::string& name);
   Result<std::vector<std::string>> listxattr(uint64_t inode);
   kj::Promise<Status> removexattr(uint64_t inode, const std::string& name);
-  // A client session ended with `inodes` open: they are closed.
+  // A client session ended with `inodes` open: they are closed `orphanGrace` later, so
+  // that a client that reconnects (and holds them again) keeps its unlinked files.
   void endSession(const std::set<uint64_t>& inodes);
   // One session closes one file.
   void close(uint64_t inode);

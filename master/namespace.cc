@@ -147,8 +147,8 @@ std::optional<Inode> decodeInode(std::string_view s) {
             getLe(s, pos, type) && getLe(s, pos, n.mode) && getLe(s, pos, n.uid) &&
             getLe(s, pos, n.gid) && getLe(s, pos, n.nlink) && getLe(s, pos, n.size) &&
             getLe(s, pos, n.atimeNs) && getLe(s, pos, n.mtimeNs) && getLe(s, pos, n.ctimeNs) &&
-            getLe(s, pos, n.replication) && getLe(s, pos, n.parent) &&
-            getLe(s, pos, n.rdev) && type <= static_cast<uint8_t>(InodeType::BLOCK_DEVICE);
+            getLe(s, pos, n.replication) && getLe(s, pos, n.parent) && getLe(s, pos, n.rdev) &&
+            type <= static_cast<uint8_t>(InodeType::BLOCK_DEVICE);
   if (!ok) return std::nullopt;
   n.type = static_cast<InodeType>(type);
   uint16_t nameLength = 0;
@@ -169,9 +169,9 @@ Namespace::Namespace(NamespaceStore& store, const kj::Clock& clock, uint64_t chu
     nextHandle = storedHandle ? decodeU64(*storedHandle) : 1;
     return;
   }
-  KJ_REQUIRE(chunkSize >= 64 * 1024 && chunkSize % (64 * 1024) == 0 &&
-                 chunkSize <= (uint64_t{1} << 31),
-             "chunk size must be a multiple of 64 KiB, at most 2 GiB", chunkSize);
+  KJ_REQUIRE(
+      chunkSize >= 64 * 1024 && chunkSize % (64 * 1024) == 0 && chunkSize <= (uint64_t{1} << 31),
+      "chunk size must be a multiple of 64 KiB, at most 2 GiB", chunkSize);
   chunkSize_ = chunkSize;
   nextInode = ROOT_INODE + 1;
   nextHandle = 1;
@@ -245,8 +245,8 @@ Result<Inode> Namespace::resolve(std::string_view path) {
       return Status::notDirectory(fmt::format("a component of '{}' is not a directory", path));
     }
     current = lookup(current.value.inode, part);
-    if (!current.ok()) return Status(current.status.code(), fmt::format("{}: {}", path,
-                                                          current.status.message()));
+    if (!current.ok())
+      return Status(current.status.code(), fmt::format("{}: {}", path, current.status.message()));
   }
   return current;
 }
@@ -282,7 +282,7 @@ kj::Promise<MutationResult> Namespace::finish(Mutation m, MutationResult result)
 }
 
 Result<Inode> Namespace::newEntry(Mutation& m, uint64_t parent, std::string_view name,
-                                 InodeType type, uint32_t mode, uint32_t uid, uint32_t gid) {
+                                  InodeType type, uint32_t mode, uint32_t uid, uint32_t gid) {
   Status valid = validateName(name);
   if (!valid.ok()) return valid;
   auto dir = requireDirectory(parent);
@@ -316,20 +316,20 @@ Result<Inode> Namespace::newEntry(Mutation& m, uint64_t parent, std::string_view
   return n;
 }
 
-kj::Promise<MutationResult> Namespace::mkdir(uint64_t parent, std::string_view name,
-                                             uint32_t mode, uint32_t uid, uint32_t gid) {
+kj::Promise<MutationResult> Namespace::mkdir(uint64_t parent, std::string_view name, uint32_t mode,
+                                             uint32_t uid, uint32_t gid) {
   Mutation m;
   auto n = newEntry(m, parent, name, InodeType::DIRECTORY, mode, uid, gid);
   return finish(std::move(m), MutationResult{n.status, n.value, {}});
 }
 
-kj::Promise<MutationResult> Namespace::create(uint64_t parent, std::string_view name,
-                                              uint32_t mode, uint32_t uid, uint32_t gid,
-                                              uint8_t replication, bool exclusive) {
+kj::Promise<MutationResult> Namespace::create(uint64_t parent, std::string_view name, uint32_t mode,
+                                              uint32_t uid, uint32_t gid, uint8_t replication,
+                                              bool exclusive) {
   MutationResult r;
   if (replication > MAX_REPLICATION) {
-    r.status = Status::invalidArgument(fmt::format("replication {} (at most {})", replication,
-                                                   MAX_REPLICATION));
+    r.status = Status::invalidArgument(
+        fmt::format("replication {} (at most {})", replication, MAX_REPLICATION));
     return r;
   }
   if (validateName(name).ok() && requireDirectory(parent).ok()) {
@@ -360,8 +360,8 @@ kj::Promise<MutationResult> Namespace::symlink(uint64_t parent, std::string_view
                                                uint32_t gid) {
   if (target.empty() || target.size() > MAX_SYMLINK_BYTES ||
       target.find('\0') != std::string_view::npos) {
-    return MutationResult{Status::invalidArgument("symlink target must be 1 to 4095 bytes, no NUL"),
-                          {}, {}};
+    return MutationResult{
+        Status::invalidArgument("symlink target must be 1 to 4095 bytes, no NUL"), {}, {}};
   }
   Mutation m;
   auto n = newEntry(m, parent, name, InodeType::SYMLINK, 0777, uid, gid);
@@ -414,13 +414,13 @@ kj::Promise<MutationResult> Namespace::link(uint64_t inode, uint64_t newParent,
   return finish(std::move(m), std::move(r));
 }
 
-kj::Promise<MutationResult> Namespace::mknod(uint64_t parent, std::string_view name,
-                                             InodeType type, uint32_t mode, uint32_t uid,
-                                             uint32_t gid, uint64_t rdev) {
+kj::Promise<MutationResult> Namespace::mknod(uint64_t parent, std::string_view name, InodeType type,
+                                             uint32_t mode, uint32_t uid, uint32_t gid,
+                                             uint64_t rdev) {
   if (type == InodeType::REGULAR) return create(parent, name, mode, uid, gid, 0, true);
   if (type == InodeType::DIRECTORY || type == InodeType::SYMLINK) {
-    return MutationResult{Status::invalidArgument("mknod makes FIFOs, sockets and devices"), {},
-                          {}};
+    return MutationResult{
+        Status::invalidArgument("mknod makes FIFOs, sockets and devices"), {}, {}};
   }
   Mutation m;
   auto n = newEntry(m, parent, name, type, mode, uid, gid);
@@ -442,8 +442,8 @@ kj::Promise<Status> Namespace::setxattr(uint64_t inode, std::string_view name,
   bool exists = store.get(xattrKey(inode, name)).has_value();
   if ((flags & 1) && exists) return Status::alreadyExists(fmt::format("attribute {} exists", name));
   if ((flags & 2) && !exists) return Status(ErrorCode::NO_ATTRIBUTE, std::string(name));
-  if (!exists && store.scan(xattrKey(inode, ""), "", MAX_XATTRS_PER_INODE).size() >=
-                     MAX_XATTRS_PER_INODE) {
+  if (!exists &&
+      store.scan(xattrKey(inode, ""), "", MAX_XATTRS_PER_INODE).size() >= MAX_XATTRS_PER_INODE) {
     return Status::noSpace("too many attributes on one inode");
   }
   n->ctimeNs = nowNs();
@@ -517,8 +517,7 @@ kj::Promise<MutationResult> Namespace::setattr(uint64_t inode, const SetAttrArgs
   return finish(std::move(m), std::move(r));
 }
 
-void Namespace::dropLink(Mutation& m, Inode victim, int64_t now,
-                         std::vector<uint64_t>& released) {
+void Namespace::dropLink(Mutation& m, Inode victim, int64_t now, std::vector<uint64_t>& released) {
   if (victim.type != InodeType::DIRECTORY && victim.nlink > 1) {
     victim.nlink -= 1;
     victim.ctimeNs = now;
@@ -571,14 +570,23 @@ kj::Promise<MutationResult> Namespace::closed(uint64_t inode) {
 kj::Promise<MutationResult> Namespace::expireOrphans() {
   MutationResult r;
   Mutation m;
-  for (auto& [key, value] : store.scan("o", "", 4096)) {
-    uint64_t inode = getBe(key, 1, 8);
-    if (isOpen(inode)) continue;
-    if (auto n = readInode(inode)) {
-      deleteInode(m, *n, r.releasedHandles);
-    } else {
-      m.del(key);
+  size_t deleted = 0;
+  std::string after;
+  // Page through every orphan (most are open; at most 1024 deletions per call).
+  for (;;) {
+    auto rows = store.scan("o", after, 4096);
+    if (rows.empty()) break;
+    for (auto& [key, value] : rows) {
+      uint64_t inode = getBe(key, 1, 8);
+      if (isOpen(inode) || deleted >= 1024) continue;
+      ++deleted;
+      if (auto n = readInode(inode)) {
+        deleteInode(m, *n, r.releasedHandles);
+      } else {
+        m.del(key);
+      }
     }
+    after = rows.back().first;
   }
   return finish(std::move(m), std::move(r));
 }
@@ -643,15 +651,16 @@ std::vector<TrashEntry> Namespace::listTrash(size_t limit) {
 kj::Promise<MutationResult> Namespace::restore(std::string_view path) {
   auto parts = splitPath(path);
   if (!parts.ok()) return MutationResult{parts.status, {}, {}};
-  if (parts.value.empty()) return MutationResult{Status::invalidArgument("not a file path"), {}, {}};
+  if (parts.value.empty())
+    return MutationResult{Status::invalidArgument("not a file path"), {}, {}};
   std::optional<TrashEntry> newest;
   std::string after;
   for (;;) {
     auto rows = store.scan("t", after, 4096);
     if (rows.empty()) break;
     for (auto& [key, value] : rows) {
-      if (value == path) newest = TrashEntry{value, getBe(key, 9, 8), 0,
-                                             static_cast<int64_t>(getBe(key, 1, 8))};
+      if (value == path)
+        newest = TrashEntry{value, getBe(key, 9, 8), 0, static_cast<int64_t>(getBe(key, 1, 8))};
     }
     after = rows.back().first;
   }
@@ -666,8 +675,8 @@ kj::Promise<MutationResult> Namespace::restore(std::string_view path) {
     if (auto child = readDirent(dir, parts.value[i])) {
       auto n = readInode(*child);
       if (n->type != InodeType::DIRECTORY) {
-        return MutationResult{Status::notDirectory(fmt::format("'{}' is not a directory",
-                                                               parts.value[i])), {}, {}};
+        return MutationResult{
+            Status::notDirectory(fmt::format("'{}' is not a directory", parts.value[i])), {}, {}};
       }
       dir = *child;
       continue;
@@ -757,8 +766,8 @@ kj::Promise<MutationResult> Namespace::rename(uint64_t srcParent, std::string_vi
   if (!dstDir.ok()) return MutationResult{dstDir.status, {}, {}};
   bool srcIsDir = src.value.type == InodeType::DIRECTORY;
   if (srcIsDir && isAncestor(src.value.inode, dstParent)) {
-    r.status = Status::invalidArgument(
-        fmt::format("cannot move directory '{}' into itself", srcName));
+    r.status =
+        Status::invalidArgument(fmt::format("cannot move directory '{}' into itself", srcName));
     return r;
   }
   Mutation m;
@@ -839,8 +848,7 @@ kj::Promise<MutationResult> Namespace::setReplication(uint64_t inode, uint8_t re
   return finish(std::move(m), std::move(r));
 }
 
-kj::Promise<MutationResult> Namespace::commitSize(uint64_t inode, uint64_t size,
-                                                  int64_t mtimeNs) {
+kj::Promise<MutationResult> Namespace::commitSize(uint64_t inode, uint64_t size, int64_t mtimeNs) {
   MutationResult r;
   auto n = readInode(inode);
   if (!n) {

@@ -26,10 +26,10 @@ bool contains(const std::vector<uint64_t>& v, uint64_t x) {
 
 FailedWriteDecision afterFailedWrite(const std::vector<uint64_t>& current,
                                      const std::vector<ServerFailure>& failures,
-                                     bool roomElsewhere) {
+                                     size_t roomElsewhere) {
   FailedWriteDecision d;
   std::vector<uint64_t> atFault;
-  bool noSpace = false;
+  size_t noSpace = 0;
   Status firstFault;
   for (auto& f : failures) {
     if (!contains(current, f.server)) continue;
@@ -39,17 +39,17 @@ FailedWriteDecision afterFailedWrite(const std::vector<uint64_t>& current,
     if (!contains(atFault, f.server)) atFault.push_back(f.server);
     if (firstFault.ok()) firstFault = f.status;
     if (code == ErrorCode::NO_SPACE) {
-      noSpace = true;
+      ++noSpace;
       firstFault = f.status;
     }
   }
   if (atFault.empty()) return d;
   size_t survivors = 0;
   for (uint64_t s : current) survivors += !contains(atFault, s);
-  if (survivors == 0 || (noSpace && !roomElsewhere)) {
+  if (survivors == 0 || noSpace > roomElsewhere) {
     // Nothing is dropped: every replica keeps every acknowledged byte, and the writer
     // learns why the write cannot be done.
-    d.error = noSpace ? Status::noSpace(firstFault.message()) : firstFault;
+    d.error = noSpace > 0 ? Status::noSpace(firstFault.message()) : firstFault;
     d.newLease = false;
     return d;
   }

@@ -12,9 +12,9 @@
 //     itself is gone (its file deleted);
 //   - a write that fails on every replica drops none of them: the bytes acknowledged
 //     before it are still on all of them, and the writer gets the error;
-//   - a full disk is an ordinary condition, not a bad replica: while no other chunkserver
-//     has room to take over its copy, a replica that ran out of space stays and the write
-//     fails with noSpace, rather than the chunk losing copies.
+//   - a full disk is an ordinary condition, not a bad replica: unless other chunkservers
+//     have room to take over every copy that ran out of space, those replicas stay and the
+//     write fails with noSpace, rather than the chunk losing copies.
 
 #include <cstdint>
 #include <vector>
@@ -40,11 +40,11 @@ struct FailedWriteDecision {
 };
 
 // A write at the current version failed with `failures` (by chunkserver; those not in
-// `current` are ignored). `current`: the live current replicas. `roomElsewhere`: some live
-// chunkserver that holds no replica could take a new copy.
+// `current` are ignored). `current`: the live current replicas not known to be corrupt.
+// `roomElsewhere`: live chunkservers holding no replica that could take a new copy.
 FailedWriteDecision afterFailedWrite(const std::vector<uint64_t>& current,
                                      const std::vector<ServerFailure>& failures,
-                                     bool roomElsewhere);
+                                     size_t roomElsewhere);
 
 // May `server` leave the set of live current replicas `current`?
 bool mayLeave(uint64_t server, const std::vector<uint64_t>& current);

@@ -123,12 +123,13 @@ interface ClientService {
   # Open files. Each ClientService capability is one client session (one connection): a
   # regular file it has open outlives its last name until the session closes it or ends.
   open @30 (inode :UInt64) -> (status :Status, attr :Attr);
-  # The attributes of a file being opened; the session holds it open (once, however
-  # often it is opened).
+  # The attributes of a file being opened; the session holds it open once more.
   close @31 (inode :UInt64) -> (status :Status);
+  # Ends one open of the session. When a session ends, its opens end a grace period
+  # later (a reconnecting client holds them again first).
   session @32 (openInodes :List(UInt64)) -> ();
-  # Files this client holds open, sent again on a new connection (at most 1,000,000);
-  # with none, a keepalive.
+  # Opens this client holds (an inode once per open), sent again on a new connection (at
+  # most 100,000); with none, a keepalive.
 }
 
 struct TrashEntry {

@@ -237,12 +237,53 @@ TEST_F(ChunkStoreTest, ATornWriteLeavesOtherBytesReadable) {
   EXPECT_TRUE(s2.verify(11).ok());
 }
 
+// A chunkserver killed in the middle of a write: the disk keeps what reached it and
+// nothing after. Bytes outside the write read back after a restart, whatever step it
+// stopped at; bytes inside are the old or the new ones, each whole block one or the other.
+TEST_F(ChunkStoreTest, AKillAtAnyStepOfAWriteLosesNoOtherByte) {
+  std::string data = testing::randomBytes(4 * CHECKSUM_BLOCK, 21);
+  std::string update = testing::randomBytes(CHECKSUM_BLOCK + 5000, 22);
+  uint64_t at = CHECKSUM_BLOCK / 2;
+  for (int step = 0; step < 4; ++step) {
+    SCOPED_TRACE("killed before write number " + std::to_string(step + 1));
+    MemDisk mem;
+    FaultyDisk faulty(mem);
+    {
+      ChunkStore live(faulty, {"/k"}, CHUNK, 0);
+      ASSERT_TRUE(live.open().ok());
+      ASSERT_TRUE(live.create(1, 1).ok());
+      ASSERT_TRUE(live.write(1, 1, 0, data).ok());
+      // From this write on, nothing more reaches the disk (the process is gone).
+      faulty.failNext(FaultyDisk::Op::WRITE, 1000, ErrorCode::IO_ERROR, "", 0, step);
+      faulty.failNext(FaultyDisk::Op::PUNCH, 1000, ErrorCode::IO_ERROR);
+      faulty.failNext(FaultyDisk::Op::TRUNCATE, 1000, ErrorCode::IO_ERROR);
+      live.write(1, 1, at, update);
+    }
+    faulty.clear();
+    ChunkStore restarted(mem, {"/k"}, CHUNK, 0);
+    ASSERT_TRUE(restarted.open().ok());
+    std::string out;
+    ASSERT_TRUE(restarted.read(1, 1, 0, CHUNK, out).ok());
+    EXPECT_TRUE(out.substr(0, at) == data.substr(0, at));
+    EXPECT_TRUE(out.substr(at + update.size()) == data.substr(at + update.size()));
+    for (uint64_t b = at / CHECKSUM_BLOCK; b * CHECKSUM_BLOCK < at + update.size(); ++b) {
+      uint64_t from = std::max<uint64_t>(at, b * CHECKSUM_BLOCK);
+      uint64_t to = std::min<uint64_t>(at + update.size(), (b + 1) * CHECKSUM_BLOCK);
+      std::string got = out.substr(from, to - from);
+      EXPECT_TRUE(got == data.substr(from, to - from) || got == update.substr(from - at, to - from))
+          << "block " << b << " is neither the old nor the new";
+    }
+    EXPECT_TRUE(restarted.verify(1).ok());
+  }
+}
+
 TEST_F(ChunkStoreTest, AWriteIntoACorruptBlockIsRefused) {
   ASSERT_TRUE(store.create(12, 1).ok());
   std::string data = testing::randomBytes(CHECKSUM_BLOCK, 9);
   ASSERT_TRUE(store.write(12, 1, 0, data).ok());
   std::string byte = "\x55";
-  ASSERT_TRUE(disk.write(store.dataPath(12), CHUNK_DATA_OFFSET + 60000, byte.data(), 1, false).ok());
+  ASSERT_TRUE(
+      disk.write(store.dataPath(12), CHUNK_DATA_OFFSET + 60000, byte.data(), 1, false).ok());
   // Merging the block's other bytes would give the flipped byte a good checksum.
   EXPECT_EQ(store.write(12, 1, 10, "abc").code(), ErrorCode::REPLICA_CORRUPT);
   EXPECT_EQ(store.truncate(12, 1, 30000 + 70000).code(), ErrorCode::OK);  // extends: no merge

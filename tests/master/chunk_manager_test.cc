@@ -61,8 +61,8 @@ class ChunkManagerTest : public ::testing::Test {
         timer(kj::origin<kj::TimePoint>()),
         manager(ns, control, timer, ChunkManagerOptions{}) {
     for (int i = 0; i < 4; ++i) {
-      ids.push_back(manager.registerServer("127.0.0." + std::to_string(i + 2) + ":1", "r", 1 << 30,
-                                           0, {}));
+      ids.push_back(
+          manager.registerServer("127.0.0." + std::to_string(i + 2) + ":1", "r", 1 << 30, 0, {}));
     }
     file = ns.create(ROOT_INODE, "f", 0644, 0, 0, 3, true).wait(io.waitScope).inode.inode;
   }
@@ -246,10 +246,11 @@ TEST_F(ChunkManagerTest, ADeadServersChunksAreCopiedMostUrgentFirstWithinLimits)
   ChunkManager limited(ns, control, timer, options);
   std::vector<uint64_t> sids;
   for (int i = 0; i < 4; ++i) {
-    sids.push_back(limited.registerServer("10.0.0." + std::to_string(i) + ":1", "r", 1 << 30, 0,
-                                          {}));
+    sids.push_back(
+        limited.registerServer("10.0.0." + std::to_string(i) + ":1", "r", 1 << 30, 0, {}));
   }
-  for (uint32_t i = 0; i < 6; ++i) ASSERT_TRUE(limited.prepareWrite(file, i).wait(io.waitScope).ok());
+  for (uint32_t i = 0; i < 6; ++i)
+    ASSERT_TRUE(limited.prepareWrite(file, i).wait(io.waitScope).ok());
   // Let the leases lapse, then lose server 0.
   timer.advanceTo(timer.now() + 61 * kj::SECONDS);
   for (size_t k = 1; k < 4; ++k) {
@@ -290,8 +291,7 @@ TEST_F(ChunkManagerTest, SafeModeHoldsDeletionsUntilTheReportsCoverTheNamespace)
   ChunkManager restarted(ns, control, timer, ChunkManagerOptions{});
   restarted.loadFromNamespace();
   EXPECT_TRUE(restarted.inSafeMode());
-  EXPECT_EQ(restarted.prepareWrite(file, 0).wait(io.waitScope).status.code(),
-            ErrorCode::SAFE_MODE);
+  EXPECT_EQ(restarted.prepareWrite(file, 0).wait(io.waitScope).status.code(), ErrorCode::SAFE_MODE);
   uint64_t id = restarted.registerServer("10.1.0.1:1", "r", 1 << 30, 0,
                                          {{handle, r.value.record.version, 5}, {777, 1, 0}});
   EXPECT_FALSE(restarted.inSafeMode());  // its one chunk is reported
@@ -321,23 +321,26 @@ TEST_F(ChunkManagerTest, AnIdleLeaseIsRevokedUnderANewVersionBeforeACopy) {
 TEST_F(ChunkManagerTest, AWriteThatFailsOnEveryReplicaDropsNone) {
   auto r = prepare(0);
   ASSERT_TRUE(r.ok());
-  auto after = manager
-                   .prepareWrite(file, 0, failing(r.value, {ErrorCode::NO_SPACE, ErrorCode::NO_SPACE,
-                                                            ErrorCode::NO_SPACE}),
-                                 r.value.record.version)
-                   .wait(io.waitScope);
+  auto after =
+      manager
+          .prepareWrite(
+              file, 0,
+              failing(r.value, {ErrorCode::NO_SPACE, ErrorCode::NO_SPACE, ErrorCode::NO_SPACE}),
+              r.value.record.version)
+          .wait(io.waitScope);
   EXPECT_EQ(after.status.code(), ErrorCode::NO_SPACE);
   auto view = manager.locate(file, 0, 1)[0];
   EXPECT_EQ(view.replicas.size(), 3u);
   EXPECT_EQ(view.record.version, r.value.record.version);
   for (auto id : ids) EXPECT_TRUE(deletesFor(id).empty());
   // The same with I/O errors: nothing leaves, the writer hears of it.
-  after = manager
-              .prepareWrite(file, 0,
-                            failing(r.value, {ErrorCode::IO_ERROR, ErrorCode::UNAVAILABLE,
-                                              ErrorCode::IO_ERROR}),
-                            r.value.record.version)
-              .wait(io.waitScope);
+  after =
+      manager
+          .prepareWrite(
+              file, 0,
+              failing(r.value, {ErrorCode::IO_ERROR, ErrorCode::UNAVAILABLE, ErrorCode::IO_ERROR}),
+              r.value.record.version)
+          .wait(io.waitScope);
   EXPECT_FALSE(after.ok());
   EXPECT_EQ(manager.locate(file, 0, 1)[0].replicas.size(), 3u);
 }
@@ -370,18 +373,16 @@ TEST_F(ChunkManagerTest, AFullReplicaStaysWhileNoOtherServerHasRoom) {
   std::string full = r.value.replicas[0].address;
   // The one server without a replica is full too.
   for (auto id : ids) deletesFor(id, 0);
-  auto after = manager
-                   .prepareWrite(file, 0, failing(r.value, {ErrorCode::NO_SPACE}),
-                                 r.value.record.version)
-                   .wait(io.waitScope);
+  auto after =
+      manager.prepareWrite(file, 0, failing(r.value, {ErrorCode::NO_SPACE}), r.value.record.version)
+          .wait(io.waitScope);
   EXPECT_EQ(after.status.code(), ErrorCode::NO_SPACE);
   EXPECT_EQ(manager.locate(file, 0, 1)[0].replicas.size(), 3u);
   // With room elsewhere, the full replica leaves and re-replication can put it there.
   for (auto id : ids) deletesFor(id, 1 << 30);
-  after = manager
-              .prepareWrite(file, 0, failing(r.value, {ErrorCode::NO_SPACE}),
-                            r.value.record.version)
-              .wait(io.waitScope);
+  after =
+      manager.prepareWrite(file, 0, failing(r.value, {ErrorCode::NO_SPACE}), r.value.record.version)
+          .wait(io.waitScope);
   ASSERT_TRUE(after.ok());
   EXPECT_EQ(after.value.replicas.size(), 2u);
   for (auto& rep : after.value.replicas) EXPECT_NE(rep.address, full);
@@ -394,9 +395,9 @@ TEST_F(ChunkManagerTest, AStaleCopyIsKeptWhileNoCurrentReplicaIsLive) {
   uint64_t a = idOf(r.value.replicas[0].address), b = idOf(r.value.replicas[1].address),
            c = idOf(r.value.replicas[2].address);
   // A write fails through `a`: it leaves, and b and c move to a new version.
-  auto after = manager.prepareWrite(file, 0, failing(r.value, {ErrorCode::IO_ERROR}),
-                                    r.value.record.version)
-                   .wait(io.waitScope);
+  auto after =
+      manager.prepareWrite(file, 0, failing(r.value, {ErrorCode::IO_ERROR}), r.value.record.version)
+          .wait(io.waitScope);
   ASSERT_TRUE(after.ok());
   // All three go silent; a comes back first, with its stale copy, which is now all there is.
   timer.advanceTo(timer.now() + 31 * kj::SECONDS);
@@ -438,6 +439,74 @@ TEST_F(ChunkManagerTest, ATruncateThatFailsEverywhereKeepsTheVersion) {
   EXPECT_EQ(view.replicas.size(), 3u);
   EXPECT_EQ(view.record.version, r.value.record.version);
   EXPECT_EQ(ns.getChunk(file, 0)->version, r.value.record.version);
+}
+
+TEST_F(ChunkManagerTest, AVersionIsNeverHandedOutTwice) {
+  auto r = prepare(0);
+  ASSERT_TRUE(r.ok());
+  uint64_t v = r.value.record.version;
+  // A bump that no replica answers (their answers lost): the chunk stays at v...
+  control.down = {ids[0], ids[1], ids[2], ids[3]};
+  timer.advanceTo(timer.now() + 61 * kj::SECONDS);
+  heartbeatAll();
+  EXPECT_FALSE(prepare(0).ok());
+  EXPECT_EQ(manager.locate(file, 0, 1)[0].record.version, v);
+  // ...and the next bump skips v+1, which a replica may have taken without saying so.
+  control.down.clear();
+  auto again = prepare(0);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again.value.record.version, v + 2);
+}
+
+TEST_F(ChunkManagerTest, ACopyWaitsForALeaseTheMasterNoLongerNames) {
+  auto r = prepare(0);
+  ASSERT_TRUE(r.ok());
+  uint64_t version = r.value.record.version;
+  // The primary leaves the set; its chunkserver still holds the lease it was granted.
+  auto& v = r.value;
+  manager.reportBadReplica(v.record.handle, v.record.version, v.primary);
+  ASSERT_EQ(manager.locate(file, 0, 1)[0].replicas.size(), 2u);
+  heartbeatAll();
+  manager.tick();  // under-replicated, but a write under that lease could slip past a copy
+  EXPECT_EQ(control.copies, 0);
+  timer.advanceTo(timer.now() + 5 * kj::SECONDS);
+  heartbeatAll();
+  manager.tick();  // idle: revoked under a new version first
+  settle();
+  EXPECT_GT(ns.getChunk(file, 0)->version, version);
+  manager.tick();
+  settle();
+  EXPECT_EQ(control.copies, 1);
+}
+
+TEST_F(ChunkManagerTest, ACorruptReplicaIsNeitherASourceNorAGoodCopy) {
+  ASSERT_TRUE(ns.setReplication(file, 1).wait(io.waitScope).status.ok());
+  manager.goalChanged(file, 1);
+  auto r = prepare(0);
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(r.value.replicas.size(), 1u);
+  std::string bad = r.value.replicas[0].address;
+  manager.reportBadReplica(r.value.record.handle, r.value.record.version, bad);
+  ASSERT_EQ(manager.health().corrupt, 1u);
+  timer.advanceTo(timer.now() + 61 * kj::SECONDS);
+  heartbeatAll();
+  manager.tick();
+  settle();
+  EXPECT_EQ(control.copies, 0) << "a copy was made from a replica known to be bad";
+  EXPECT_EQ(manager.health().underReplicated, 1u);
+  // A good copy turns up (a chunkserver back with it): the bad one is the one that goes.
+  std::string good;
+  for (size_t i = 0; i < ids.size() && good.empty(); ++i) {
+    std::string a = "127.0.0." + std::to_string(i + 2) + ":1";
+    if (a != bad) good = a;
+  }
+  manager.registerServer(good, "r", 1 << 30, 0,
+                         {{r.value.record.handle, r.value.record.version, 10}});
+  manager.tick();
+  auto view = manager.locate(file, 0, 1)[0];
+  ASSERT_EQ(view.replicas.size(), 1u);
+  EXPECT_EQ(view.replicas[0].address, good);
+  EXPECT_EQ(deletesFor(idOf(bad)), std::vector<uint64_t>{r.value.record.handle});
 }
 
 }  // namespace

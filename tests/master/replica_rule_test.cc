@@ -22,7 +22,7 @@ TEST(ReplicaRuleTest, EveryFailureCombinationOfThreeReplicas) {
   for (size_t a = 0; a < n; ++a) {
     for (size_t b = 0; b < n; ++b) {
       for (size_t c = 0; c < n; ++c) {
-        for (bool room : {false, true}) {
+        for (size_t room : {0, 1, 2, 3}) {
           std::vector<ServerFailure> failures;
           ErrorCode codes[3] = {OUTCOMES[a], OUTCOMES[b], OUTCOMES[c]};
           for (uint64_t s = 1; s <= 3; ++s) {
@@ -32,7 +32,7 @@ TEST(ReplicaRuleTest, EveryFailureCombinationOfThreeReplicas) {
           failures.push_back({9, Status::ioError("not a replica")});
           auto d = afterFailedWrite(current, failures, room);
           std::string what = std::string(errorName(codes[0])) + "," + errorName(codes[1]) + "," +
-                             errorName(codes[2]) + (room ? " room" : " full");
+                             errorName(codes[2]) + " room for " + std::to_string(room);
           size_t atFault = 0, noSpace = 0;
           for (auto code : codes) {
             atFault += replicaAtFault(code);
@@ -48,8 +48,8 @@ TEST(ReplicaRuleTest, EveryFailureCombinationOfThreeReplicas) {
           EXPECT_TRUE(std::find(d.drop.begin(), d.drop.end(), 9) == d.drop.end()) << what;
           if (atFault == 0) {
             EXPECT_TRUE(d.drop.empty() && d.error.ok()) << what;  // retry as it was
-          } else if (atFault == 3 || (noSpace > 0 && !room)) {
-            // Every replica failed, or a full disk has nowhere to move to: the write fails,
+          } else if (atFault == 3 || noSpace > room) {
+            // Every replica failed, or full disks have nowhere to move to: the write fails,
             // with noSpace when a disk was full.
             EXPECT_FALSE(d.error.ok()) << what;
             if (noSpace > 0) {
@@ -74,7 +74,7 @@ TEST(ReplicaRuleTest, EveryFailureCombinationOfThreeReplicas) {
 
 TEST(ReplicaRuleTest, ASingleReplicaIsNeverDropped) {
   for (auto code : OUTCOMES) {
-    auto d = afterFailedWrite({7}, {{7, Status(code, "x")}}, true);
+    auto d = afterFailedWrite({7}, {{7, Status(code, "x")}}, 5);
     EXPECT_TRUE(d.drop.empty()) << errorName(code);
   }
 }
