@@ -46,6 +46,7 @@ BYTES=$(stat -c %s "$WORK/input.txt")
 echo "input: $((BYTES >> 20)) MiB"
 
 "$ROOT/deploy/cairn-local.sh" start "$WORK/cluster" >/dev/null
+eval "$("$ROOT/deploy/cairn-local.sh" env "$WORK/cluster")"
 M=127.0.0.1:$CAIRN_MASTER_PORT
 C=127.0.0.1:$CAIRN_COORDINATOR_PORT
 "$B/cli/cairn" --master "$M" put -r 1 "$WORK/input.txt" /input.txt

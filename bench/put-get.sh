@@ -20,6 +20,7 @@ now() { date +%s.%N; }
 rate() { python3 -c "print(f'{$SIZE_MIB * 1048576 / 1e6 / ($2 - $1):.1f}')"; }
 
 "$ROOT/deploy/cairn-local.sh" start "$WORK/cluster" >/dev/null
+eval "$("$ROOT/deploy/cairn-local.sh" env "$WORK/cluster")"
 head -c $((SIZE_MIB * 1048576)) /dev/urandom >"$WORK/src"
 
 drop; t0=$(now); cp "$WORK/src" "$WORK/copy"; sync; t1=$(now)

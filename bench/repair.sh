@@ -6,6 +6,7 @@
 #
 #   bench/repair.sh [SIZE_MIB=2048]
 set -euo pipefail
+export CAIRN_INSECURE=1  # plaintext: this measures repair, not TLS
 SIZE_MIB=${1:-2048}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 B=$ROOT/build

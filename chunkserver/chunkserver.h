@@ -16,6 +16,7 @@
 #include "disk_pool.h"
 #include "master.capnp.h"
 #include "rpc.h"
+#include "tokens.h"
 
 namespace cairn {
 
@@ -35,7 +36,11 @@ struct ChunkserverOptions {
   // Free space per data directory below which no new chunk or copy is taken; unset: the
   // smaller of 1 GiB and 2 % of the directory's file system.
   std::optional<uint64_t> reserveBytes;
+  RpcSecurity security;              // of connections to the master and to other chunkservers
+  const kj::Clock* clock = nullptr;  // for chunk tokens' expiry; null: the system's
 };
+
+class ChunkServerImpl;
 
 class Chunkserver {
  public:
@@ -44,8 +49,12 @@ class Chunkserver {
 
   // Opens the store, then keeps registered with the master until destroyed.
   kj::Promise<void> start();
-  // The capability served to clients, peers and the master.
-  wire::ChunkServer::Client capability() { return cap; }
+  // The capability served to a peer: what its certificate's role allows (see
+  // schema/chunkserver.capnp).
+  wire::ChunkServer::Client capabilityFor(const Identity& peer);
+  // Checks a chunk token with the keys the master sent.
+  Status checkToken(wire::ChunkToken::Reader token, uint64_t handle, uint64_t version,
+                    TokenMode mode);
 
   ChunkStore& store() { return chunkStore; }
   DiskPool& pool() { return diskPool; }
@@ -73,7 +82,9 @@ class Chunkserver {
   DiskPool diskPool;
   ChunkStore chunkStore;
   PeerPool peerPool;
+  ChunkServerImpl* impl = nullptr;  // owned by `cap`
   wire::ChunkServer::Client cap;
+  TokenKeys tokenKeys;
   uint64_t registrationId = 0;
   kj::Maybe<kj::Promise<void>> link;
   kj::Maybe<kj::Promise<void>> scrubber;

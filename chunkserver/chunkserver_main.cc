@@ -1,14 +1,15 @@
 // cairn-chunkserver: parses flags, builds the real environment, serves until killed.
 
-#include <CLI/CLI.hpp>
 #include <kj/async-io.h>
 #include <signal.h>
 
+#include <CLI/CLI.hpp>
 #include <fstream>
 
 #include "address.h"
 #include "chunkserver.h"
 #include "log.h"
+#include "security.h"
 #include "units.h"
 
 int main(int argc, char** argv) {
@@ -21,7 +22,8 @@ int main(int argc, char** argv) {
   std::string rack = "default";
   std::string portFile;
   app.add_option("--listen", listen, "HOST:PORT to serve RPC on")->capture_default_str();
-  app.add_option("--advertise", advertise, "HOST:PORT the master and clients use "
+  app.add_option("--advertise", advertise,
+                 "HOST:PORT the master and clients use "
                  "(default: the listen address)");
   app.add_option("--data", dataDirs, "data directory (repeat for several disks)")
       ->required()
@@ -34,12 +36,21 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--port-file", portFile, "write the bound HOST:PORT here once listening");
   std::string reserve;
-  app.add_option("--reserve", reserve, "free space kept per data directory: no new chunks or "
+  app.add_option("--reserve", reserve,
+                 "free space kept per data directory: no new chunks or "
                  "copies below it (bytes, or with K/M/G suffix; default: 1G or 2% of the disk, "
                  "whichever is smaller)");
+  SecurityFlags securityFlags;
+  addSecurityFlags(app, securityFlags, /*server=*/true);
   CLI11_PARSE(app, argc, argv);
   setLogComponent("chunkserver");
   signal(SIGPIPE, SIG_IGN);
+  captureSighup();
+  auto security = loadSecurity(securityFlags);
+  if (!security.ok()) {
+    logError("{}", security.status.message());
+    return 2;
+  }
 
   auto addr = parseHostPort(listen);
   auto masterAddr = parseHostPort(master);
@@ -77,8 +88,12 @@ int main(int argc, char** argv) {
     options.master = master;
     options.scrubInterval = static_cast<int64_t>(scrubSeconds * 1000) * kj::MILLISECONDS;
     if (!reserve.empty()) options.reserveBytes = reserveBytes.value;
+    options.security = security.value;
     Chunkserver chunkserver(options, disk, io.provider->getTimer(), network);
-    RpcServer server(chunkserver.capability(), kj::mv(listener));
+    RpcServer server(
+        [&chunkserver](const Identity& peer) { return chunkserver.capabilityFor(peer); },
+        kj::mv(listener), io.provider->getTimer(), security.value);
+    auto reloader = reloadOnSighup(io.unixEventPort, security.value.tls).eagerlyEvaluate(nullptr);
     chunkserver.start().wait(io.waitScope);
     logInfo("listening on {} (master {}, rack '{}')", bound, master, rack);
     if (!portFile.empty()) std::ofstream(portFile) << advertise << "\n";

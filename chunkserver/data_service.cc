@@ -307,7 +307,7 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
         return r;
       });
     }
-    auto req = cs.peers().get<wire::ChunkServer>(source).readExtentsRequest();
+    auto req = cs.peers().get<wire::ChunkServer>(source, Role::CHUNKSERVER).readExtentsRequest();
     req.setHandle(handle);
     req.setVersion(version);
     req.setOffset(static_cast<uint32_t>(offset));
@@ -448,7 +448,7 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
   kj::Promise<DataOutcome> forwardPiece(const std::string& next, std::vector<std::string> rest,
                                         uint64_t dataId, uint32_t total, uint32_t offset,
                                         capnp::Data::Reader data) {
-    auto req = cs.peers().get<wire::ChunkServer>(next).pushDataRequest();
+    auto req = cs.peers().get<wire::ChunkServer>(next, Role::CHUNKSERVER).pushDataRequest();
     req.setDataId(dataId);
     req.setTotalLength(total);
     req.setOffset(offset);
@@ -603,7 +603,7 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
                                                         uint32_t length, wire::Mutation mutation) {
     kj::Vector<kj::Promise<Status>> calls;
     for (auto& address : secondaries) {
-      auto req = cs.peers().get<wire::ChunkServer>(address).applyWriteRequest();
+      auto req = cs.peers().get<wire::ChunkServer>(address, Role::CHUNKSERVER).applyWriteRequest();
       req.setHandle(handle);
       req.setVersion(version);
       req.setOffset(offset);
@@ -667,8 +667,137 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
   kj::TaskSet tasks;
 };
 
-kj::Own<wire::ChunkServer::Server> newChunkServerImpl(Chunkserver& cs) {
-  return kj::heap<ChunkServerImpl>(cs);
+// What one peer may call (see schema/chunkserver.capnp): checks, then hands the call to
+// the one ChunkServerImpl. Peers are known by their certificates; without TLS
+// (--insecure) every peer is trusted.
+class ChunkServerGate final : public wire::ChunkServer::Server {
+ public:
+  ChunkServerGate(Chunkserver& cs, ChunkServerImpl& impl, wire::ChunkServer::Client keep,
+                  Identity peer)
+      : cs(cs), impl(impl), keep(kj::mv(keep)), peer(std::move(peer)) {}
+
+  kj::Promise<void> read(ReadContext context) override {
+    auto p = context.getParams();
+    if (refused(context, reading(p.getToken(), p.getHandle(), p.getVersion())))
+      return kj::READY_NOW;
+    return impl.read(context);
+  }
+  kj::Promise<void> readExtents(ReadExtentsContext context) override {
+    auto p = context.getParams();
+    if (refused(context, reading(p.getToken(), p.getHandle(), p.getVersion())))
+      return kj::READY_NOW;
+    return impl.readExtents(context);
+  }
+  kj::Promise<void> blockMap(BlockMapContext context) override {
+    auto p = context.getParams();
+    if (refused(context, reading(p.getToken(), p.getHandle(), p.getVersion())))
+      return kj::READY_NOW;
+    return impl.blockMap(context);
+  }
+  kj::Promise<void> pushData(PushDataContext context) override {
+    // Pushed bytes wait in memory for a write: only a writer of some chunk may push.
+    auto t = context.getParams().getToken();
+    if (refused(context, writing(t, t.getHandle(), t.getVersion()))) return kj::READY_NOW;
+    return impl.pushData(context);
+  }
+  kj::Promise<void> pushFrom(PushFromContext context) override {
+    auto p = context.getParams();
+    auto t = p.getToken();
+    Status s = writing(t, t.getHandle(), t.getVersion());
+    if (s.ok()) s = reading(p.getSourceToken(), p.getSourceHandle(), p.getSourceVersion());
+    if (refused(context, s)) return kj::READY_NOW;
+    return impl.pushFrom(context);
+  }
+  kj::Promise<void> write(WriteContext context) override {
+    auto p = context.getParams();
+    if (refused(context, writing(p.getToken(), p.getHandle(), p.getVersion())))
+      return kj::READY_NOW;
+    return impl.write(context);
+  }
+  kj::Promise<void> sync(SyncContext context) override {
+    auto p = context.getParams();
+    auto t = p.getToken();
+    Status s = t.getHandle() == p.getHandle()
+                   ? reading(t, t.getHandle(), t.getVersion())
+                   : Status::tokenInvalid("chunk token for another chunk");
+    if (refused(context, trusted() ? Status::OK() : s)) return kj::READY_NOW;
+    return impl.sync(context);
+  }
+  kj::Promise<void> applyWrite(ApplyWriteContext context) override {
+    if (refused(context, fromChunkserver("applyWrite"))) return kj::READY_NOW;
+    return impl.applyWrite(context);
+  }
+  kj::Promise<void> setVersion(SetVersionContext context) override {
+    if (refused(context, fromMaster("setVersion"))) return kj::READY_NOW;
+    return impl.setVersion(context);
+  }
+  kj::Promise<void> grantLease(GrantLeaseContext context) override {
+    if (refused(context, fromMaster("grantLease"))) return kj::READY_NOW;
+    return impl.grantLease(context);
+  }
+  kj::Promise<void> truncate(TruncateContext context) override {
+    if (refused(context, fromMaster("truncate"))) return kj::READY_NOW;
+    return impl.truncate(context);
+  }
+  kj::Promise<void> replicate(ReplicateContext context) override {
+    if (refused(context, fromMaster("replicate"))) return kj::READY_NOW;
+    return impl.replicate(context);
+  }
+
+ private:
+  // The master (on the link this chunkserver made to it), or anyone without TLS.
+  bool trusted() const { return !peer.authenticated || peer.role == Role::MASTER; }
+  // Chunkservers copy and forward among themselves without tokens.
+  bool infrastructure() const { return trusted() || peer.role == Role::CHUNKSERVER; }
+
+  Status reading(wire::ChunkToken::Reader t, uint64_t handle, uint64_t version) {
+    if (infrastructure()) return Status::OK();
+    return cs.checkToken(t, handle, version, TokenMode::READ);
+  }
+  Status writing(wire::ChunkToken::Reader t, uint64_t handle, uint64_t version) {
+    if (infrastructure()) return Status::OK();
+    return cs.checkToken(t, handle, version, TokenMode::WRITE);
+  }
+  Status fromChunkserver(const char* call) {
+    if (infrastructure()) return Status::OK();
+    return Status::notPermitted(
+        fmt::format("{} is for chunkservers, not a {} certificate", call, roleName(peer.role)));
+  }
+  Status fromMaster(const char* call) {
+    if (trusted()) return Status::OK();
+    return Status::notPermitted(
+        fmt::format("{} is for the master, not a {} certificate", call, roleName(peer.role)));
+  }
+  template <typename Context>
+  bool refused(Context& context, const Status& s) {
+    if (s.ok()) return false;
+    logDebug("refused a call from {} {}: {}", roleName(peer.role), peer.name, s.toString());
+    toWire(s, context.getResults().initStatus());
+    return true;
+  }
+
+  Chunkserver& cs;
+  ChunkServerImpl& impl;
+  wire::ChunkServer::Client keep;  // keeps `impl` alive
+  Identity peer;
+};
+
+wire::ChunkServer::Client newChunkServerImpl(Chunkserver& cs, ChunkServerImpl*& raw) {
+  auto impl = kj::heap<ChunkServerImpl>(cs);
+  raw = impl.get();
+  return kj::mv(impl);
+}
+
+wire::ChunkServer::Client Chunkserver::capabilityFor(const Identity& peer) {
+  return kj::heap<ChunkServerGate>(*this, *impl, cap, peer);
+}
+
+Status Chunkserver::checkToken(wire::ChunkToken::Reader token, uint64_t handle, uint64_t version,
+                               TokenMode mode) {
+  if (!token.hasMac()) return Status::tokenInvalid("no chunk token: ask the master for one");
+  const kj::Clock& clock = opts.clock != nullptr ? *opts.clock : kj::systemPreciseCalendarClock();
+  int64_t nowMs = (clock.now() - kj::UNIX_EPOCH) / kj::MILLISECONDS;
+  return tokenKeys.verify(fromWire(token), handle, version, mode, nowMs);
 }
 
 }  // namespace cairn

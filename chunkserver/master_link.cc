@@ -9,7 +9,7 @@
 
 namespace cairn {
 
-kj::Own<wire::ChunkServer::Server> newChunkServerImpl(Chunkserver& cs);
+wire::ChunkServer::Client newChunkServerImpl(Chunkserver& cs, ChunkServerImpl*& raw);
 
 Chunkserver::Chunkserver(ChunkserverOptions options, Disk& disk, kj::Timer& timer,
                          kj::Network& network)
@@ -17,20 +17,18 @@ Chunkserver::Chunkserver(ChunkserverOptions options, Disk& disk, kj::Timer& time
       timer_(timer),
       diskPool(opts.diskThreads),
       chunkStore(disk, opts.dataDirs, uint64_t{1} << 31, opts.reserveBytes),
-      peerPool(network, timer),
-      cap(newChunkServerImpl(*this)) {}
+      peerPool(network, timer, opts.security),
+      cap(newChunkServerImpl(*this, impl)) {}
 
 Chunkserver::~Chunkserver() = default;
 
 kj::Promise<void> Chunkserver::start() {
   return diskPool.run([this]() { return chunkStore.open(); }).then([this](Status s) {
     KJ_REQUIRE(s.ok(), "cannot open the chunk store", s.toString());
-    link = linkLoop().eagerlyEvaluate([](kj::Exception&& e) {
-      logError("master link stopped: {}", e.getDescription().cStr());
-    });
-    scrubber = scrubLoop(0).eagerlyEvaluate([](kj::Exception&& e) {
-      logError("scrubber stopped: {}", e.getDescription().cStr());
-    });
+    link = linkLoop().eagerlyEvaluate(
+        [](kj::Exception&& e) { logError("master link stopped: {}", e.getDescription().cStr()); });
+    scrubber = scrubLoop(0).eagerlyEvaluate(
+        [](kj::Exception&& e) { logError("scrubber stopped: {}", e.getDescription().cStr()); });
   });
 }
 
@@ -40,6 +38,10 @@ kj::Promise<void> Chunkserver::linkLoop() {
       [this](kj::Exception&& e) {
         if (registrationId != 0) {
           logWarn("lost the master at {}: {}", opts.master, e.getDescription().cStr());
+        } else if (e.getType() == kj::Exception::Type::FAILED) {
+          // Reached, but refused (this certificate is not a chunkserver's, say).
+          logError("master {} refused this chunkserver: {}", opts.master,
+                   e.getDescription().cStr());
         } else {
           logDebug("master {} not reachable: {}", opts.master, e.getDescription().cStr());
         }
@@ -52,7 +54,9 @@ kj::Promise<void> Chunkserver::linkLoop() {
 kj::Promise<void> Chunkserver::registerWithMaster() {
   return diskPool.run([this]() { return std::make_pair(chunkStore.list(), spaceNow()); })
       .then([this](std::pair<std::vector<StoredChunk>, SpaceReport> state) {
-        auto registry = peerPool.get<wire::Master>(opts.master).chunkserverRequest().send()
+        auto registry = peerPool.get<wire::Master>(opts.master, Role::MASTER)
+                            .chunkserverRequest()
+                            .send()
                             .getService();
         auto req = registry.registerRequest();
         req.setAddress(opts.address);
@@ -66,13 +70,16 @@ kj::Promise<void> Chunkserver::registerWithMaster() {
           list[i].setVersion(state.first[i].version);
           list[i].setSize(state.first[i].length);
         }
-        req.setServer(cap);
+        // The master calls back over this connection, which reached the master's certificate.
+        Identity master{Role::MASTER, "master", NOBODY, {}, false, true};
+        req.setServer(capabilityFor(master));
         return timer_.timeoutAfter(opts.rpcTimeout, req.send())
             .then([this, registry](auto response) mutable -> kj::Promise<void> {
               Status s = fromWire(response.getStatus());
               KJ_REQUIRE(s.ok(), "registration refused", s.toString());
               registrationId = response.getId();
               if (response.getChunkSize() != 0) chunkStore.setChunkSize(response.getChunkSize());
+              fromWire(response.getTokenKeys(), tokenKeys);
               logInfo("registered with master {} as id {}", opts.master, registrationId);
               uint32_t ms = std::max<uint32_t>(response.getHeartbeatMs(), 100);
               return heartbeatLoop(kj::mv(registry), ms);
@@ -108,6 +115,7 @@ kj::Promise<void> Chunkserver::heartbeatLoop(wire::ChunkserverRegistry::Client r
                 return kj::READY_NOW;  // linkLoop registers again
               }
               KJ_REQUIRE(s.ok(), "heartbeat refused", s.toString());
+              fromWire(response.getTokenKeys(), tokenKeys);
               auto handles = response.getDeleteHandles();
               auto copy = kj::heapArray<uint64_t>(handles.size());
               for (uint i = 0; i < handles.size(); ++i) copy[i] = handles[i];

@@ -12,6 +12,7 @@
 
 #include "commands.h"
 #include "log.h"
+#include "security.h"
 
 namespace {
 
@@ -117,15 +118,90 @@ int main(int argc, char** argv) {
   bal->add_option("--timeout", timeout, "seconds to wait at most")->capture_default_str();
   auto health = admin->add_subcommand("health", "safe mode and replication state");
   health->add_flag("--json", json, "JSON output");
+  auto ca = admin->add_subcommand("ca", "the cluster's certificate authority");
+  ca->require_subcommand(1);
+  int days = 0;
+  auto caInit = ca->add_subcommand("init", "make a new cluster CA in DIR (ca.pem, ca-key.pem)");
+  caInit->add_option("DIR", a)->required();
+  caInit->add_option("--days", days, "validity of the CA certificate (default 3650)");
+  auto cert = admin->add_subcommand("cert", "certificates of the cluster's hosts and users");
+  cert->require_subcommand(1);
+  auto issue = cert->add_subcommand(
+      "issue", "issue a certificate into --out (cert.pem, key.pem 0600, ca.pem)");
+  std::string caDir, role, name, out, gidList;
+  std::vector<std::string> hosts;
+  uint32_t uid = NOBODY;
+  bool allowRoot = false;
+  issue->add_option("--ca", caDir, "the CA's directory")->required();
+  issue->add_option("--role", role, "master, chunkserver, mount, worker, admin or user")
+      ->required();
+  issue->add_option("--name", name, "the holder's name (a host or a user)")->required();
+  issue->add_option("--uid", uid, "user and worker certificates: the uid calls are made as");
+  issue->add_option("--gids", gidList, "their groups, comma-separated, the primary first");
+  issue->add_option("--host", hosts, "an address or DNS name the holder serves at (repeat)")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  issue->add_flag("--allow-root", allowRoot,
+                  "mounts and workers: root on the holder's host is root (default: nobody)");
+  issue->add_option("--days", days, "validity (default 365)");
+  issue->add_option("--out", out, "directory to write into")->required();
+  SecurityFlags securityFlags;
+  addSecurityFlags(app, securityFlags);
   CLI11_PARSE(app, argc, argv);
+
+  if (*caInit) return cmdCaInit(a, days > 0 ? days : 3650);
+  if (*issue) {
+    CertRequest request;
+    auto parsed = parseRole(role);
+    if (!parsed) {
+      fprintf(stderr, "cairn: unknown role '%s'\n", role.c_str());
+      return 2;
+    }
+    request.identity.role = *parsed;
+    request.identity.name = name;
+    request.identity.uid = uid;
+    request.identity.allowRoot = allowRoot;
+    for (size_t at = 0; at < gidList.size();) {
+      size_t comma = gidList.find(',', at);
+      if (comma == std::string::npos) comma = gidList.size();
+      try {
+        request.identity.gids.push_back(
+            static_cast<uint32_t>(std::stoul(gidList.substr(at, comma - at))));
+      } catch (const std::exception&) {
+        fprintf(stderr, "cairn: --gids: '%s' is not a list of numbers\n", gidList.c_str());
+        return 2;
+      }
+      at = comma + 1;
+    }
+    if (*parsed == Role::ADMIN) request.identity.uid = 0;
+    request.hosts = hosts;
+    request.days = days > 0 ? days : 365;
+    return cmdCertIssue(caDir, request, out);
+  }
 
   signal(SIGPIPE, SIG_IGN);
   setLogLevel(LogLevel::WARN);
   setLogComponent("cairn");
   try {
     auto io = kj::setupAsyncIo();
+    auto security = loadSecurity(securityFlags);
+    if (!security.ok()) {
+      fprintf(stderr, "cairn: %s\n", security.status.message().c_str());
+      return 2;
+    }
     ClientOptions options;
     options.master = master;
+    options.security = security.value;
+    if (!security.value.tls) {
+      // Plaintext on a trusted host: calls are made for whoever runs this.
+      Caller me{static_cast<uint32_t>(getuid()), {static_cast<uint32_t>(getgid())}};
+      gid_t groups[64];
+      int n = getgroups(64, groups);
+      for (int i = 0; i < n; ++i) {
+        if (groups[i] != getgid()) me.gids.push_back(groups[i]);
+      }
+      options.defaultCaller = me;
+    }
     options.localHosts = localHosts();
     if (!host.empty()) options.localHosts.push_back(host);
     if (const char* h = getenv("CAIRN_HOST")) options.localHosts.push_back(h);
@@ -135,8 +211,6 @@ int main(int argc, char** argv) {
     FileCache files(client);
     CliContext c{client, files, io.waitScope};
     c.progress = isatty(STDERR_FILENO);
-    c.uid = getuid();
-    c.gid = getgid();
     auto path = [](const std::string& p) { return p.empty() || p[0] != '/' ? "/" + p : p; };
     if (*put) return cmdPut(c, a, path(b), static_cast<uint8_t>(replication), flagF);
     if (*get) return cmdGet(c, path(a), b);

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
+#include "certs.h"
 #include "disk_pool.h"
 #include "names.h"
 #include "units.h"
@@ -248,8 +249,6 @@ int cmdPut(CliContext& c, const std::string& local, const std::string& path, uin
   // nothing behind, readers never see a partial file, and a put reported done is on disk.
   CreateOptions o;
   o.mode = st.st_mode & 0777;
-  o.uid = c.uid;
-  o.gid = c.gid;
   o.replication = replication;
   o.atomic = true;
   o.noReplace = !force;
@@ -316,8 +315,6 @@ int cmdCp(CliContext& c, const std::string& src, const std::string& dst, bool fo
   if (!in.ok()) return fail(c, src, in.status);
   CreateOptions o;
   o.mode = from.value.mode;
-  o.uid = c.uid;
-  o.gid = c.gid;
   o.replication = from.value.replication;
   o.atomic = true;
   o.noReplace = !force;
@@ -438,13 +435,13 @@ int cmdMkdir(CliContext& c, const std::string& path, bool parents) {
     return parents ? 0 : fail(c, path, Status::alreadyExists("the root exists"));
   }
   if (parents) {
-    auto made = c.client.makeDirs(path, c.uid, c.gid).wait(c.waitScope);
+    auto made = c.client.makeDirs(path).wait(c.waitScope);
     return made.ok() ? 0 : fail(c, path, made.status);
   }
   auto [parentPath, name] = splitParent(path);
   auto parent = resolve(c, parentPath);
   if (!parent.ok()) return fail(c, path, parent.status);
-  auto made = c.client.mkdir(parent.value.inode, name, 0755, c.uid, c.gid).wait(c.waitScope);
+  auto made = c.client.mkdir(parent.value.inode, name, 0755).wait(c.waitScope);
   return made.ok() ? 0 : fail(c, path, made.status);
 }
 
@@ -687,6 +684,34 @@ int cmdServers(CliContext& c, bool json) {
                s.chunkCount, humanBytes(static_cast<double>(s.usedBytes)),
                humanBytes(static_cast<double>(s.capacityBytes)));
   }
+  return 0;
+}
+
+}  // namespace cairn
+
+namespace cairn {
+
+int cmdCaInit(const std::string& dir, int days) {
+  Status s = initCa(dir, days);
+  if (!s.ok()) {
+    fprintf(stderr, "cairn: %s\n", s.message().c_str());
+    return 1;
+  }
+  printf(
+      "cluster CA made in %s (ca.pem; ca-key.pem is secret: keep it off the cluster's "
+      "hosts)\n",
+      dir.c_str());
+  return 0;
+}
+
+int cmdCertIssue(const std::string& caDir, const CertRequest& request, const std::string& out) {
+  Status s = issueCert(caDir, request, out);
+  if (!s.ok()) {
+    fprintf(stderr, "cairn: %s\n", s.message().c_str());
+    return 1;
+  }
+  printf("%s certificate '%s' in %s (cert.pem, key.pem, ca.pem), valid %d days\n",
+         roleName(request.identity.role), request.identity.name.c_str(), out.c_str(), request.days);
   return 0;
 }
 

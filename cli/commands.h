@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "certs.h"
 #include "client.h"
 #include "file_cache.h"
 #include "units.h"
@@ -22,9 +23,11 @@ struct CliContext {
   FILE* out = stdout;
   FILE* err = stderr;
   bool progress = false;  // draw progress for long transfers (a terminal is attached)
-  uint32_t uid = 0;
-  uint32_t gid = 0;
 };
+
+// `cairn admin ca init DIR` and `cairn admin cert issue`: no cluster needed.
+int cmdCaInit(const std::string& dir, int days);
+int cmdCertIssue(const std::string& caDir, const CertRequest& request, const std::string& out);
 
 int cmdPut(CliContext& c, const std::string& local, const std::string& path, uint8_t replication,
            bool force);

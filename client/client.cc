@@ -28,6 +28,7 @@ ChunkInfo chunkFromWire(wire::ChunkLocation::Reader c) {
   for (auto r : c.getReplicas()) out.replicas.push_back({text(r.getAddress()), text(r.getRack())});
   out.primary = text(c.getPrimary());
   out.leaseRemainingMs = c.getLeaseRemainingMs();
+  out.token = fromWire(c.getToken());
   return out;
 }
 
@@ -42,6 +43,7 @@ bool retryable(ErrorCode code) {
     case ErrorCode::IO_ERROR:
     case ErrorCode::SAFE_MODE:
     case ErrorCode::DATA_NOT_PUSHED:
+    case ErrorCode::TOKEN_INVALID:  // expired, or signed by a key the chunkserver lacks yet
       return true;
     default:
       return false;
@@ -80,7 +82,7 @@ static uint64_t systemSeed() {
 Client::Client(ClientOptions options, kj::Network& network, kj::Timer& timer)
     : opts(std::move(options)),
       timer(timer),
-      peers(network, timer, opts.connectTimeout),
+      peers(network, timer, opts.security, opts.connectTimeout),
       rng(opts.seed != 0 ? opts.seed : systemSeed()) {
   keepalive = keepSession().eagerlyEvaluate(nullptr);
 }
@@ -100,33 +102,43 @@ Status statusOf(Response& r) {
 }
 }  // namespace
 
-wire::ClientService::Client Client::master() {
+wire::ClientService::Client Client::master(const std::optional<Caller>& caller) {
+  const std::optional<Caller>& as = caller ? caller : opts.defaultCaller;
   KJ_IF_MAYBE (s, masterService) {
-    return *s;
+    if (!as) return *s;
+    auto found = callerServices.find(*as);
+    if (found != callerServices.end()) return found->second;
+    if (callerServices.size() >= 4096) callerServices.clear();
+    auto req = s->asCallerRequest();
+    req.setUid(as->uid);
+    auto gids = req.initGids(static_cast<uint>(std::min<size_t>(as->gids.size(), 64)));
+    for (uint i = 0; i < gids.size(); ++i) gids.set(i, as->gids[i]);
+    auto service = req.send().getService();
+    callerServices.emplace(*as, service);
+    return service;
   }
-  auto service = peers.get<wire::Master>(opts.master).clientRequest().send().getService();
-  masterService = service;
-  if (!openCounts.empty()) {
-    // A new session: the master learns again which files this client holds open, before
-    // any other call on it (calls on one connection arrive in order).
-    auto req = service.sessionRequest();
-    size_t opens = 0;
-    for (auto& [inode, count] : openCounts) opens += count;
-    auto list = req.initOpenInodes(static_cast<uint>(opens));
-    uint i = 0;
-    for (auto& [inode, count] : openCounts) {
-      for (uint32_t k = 0; k < count; ++k) list.set(i++, inode);
+  masterService =
+      peers.get<wire::Master>(opts.master, Role::MASTER).clientRequest().send().getService();
+  if (!held.empty()) {
+    // A new session: the files this client holds are opened again, each for whom it was
+    // opened, before any other call (calls on one connection arrive in order).
+    for (auto& [inode, opens] : held) {
+      for (auto& o : opens) {
+        auto req = master(o.as).openRequest();
+        req.setInode(inode);
+        req.setAccess(static_cast<uint8_t>(o.access));
+        req.send().detach([](kj::Exception&&) {});
+      }
     }
-    req.send().detach([](kj::Exception&&) {});
   }
-  return service;
+  return master(as);
 }
 
 kj::Promise<void> Client::keepSession() {
   // While files are held open, the session is kept up: a lost connection is noticed and
   // the opens sent again, even when the client is otherwise idle.
   return timer.afterDelay(10 * kj::SECONDS).then([this]() -> kj::Promise<void> {
-    if (openCounts.empty()) return keepSession();
+    if (held.empty()) return keepSession();
     auto req = master().sessionRequest();
     return timer.timeoutAfter(opts.metaTimeout, req.send())
         .then([](auto&&) {}, [this](kj::Exception&&) { masterFailed(); })
@@ -134,27 +146,31 @@ kj::Promise<void> Client::keepSession() {
   });
 }
 
-kj::Promise<Result<FileAttr>> Client::open(uint64_t inode) {
+void Client::unhold(uint64_t inode) {
+  auto it = held.find(inode);
+  if (it == held.end()) return;
+  it->second.pop_back();
+  if (it->second.empty()) held.erase(it);
+}
+
+kj::Promise<Result<FileAttr>> Client::open(uint64_t inode, int access, std::optional<Caller> as) {
   // Counted before the request goes: a close() of an earlier open, made while this one is
   // on its way, must not tell the master that nothing holds the file.
-  openCounts[inode]++;
-  auto req = master().openRequest();
+  held[inode].push_back(HeldOpen{as, access});
+  auto req = master(as).openRequest();
   req.setInode(inode);
+  req.setAccess(static_cast<uint8_t>(access));
   return callMaster<Result<FileAttr>>(kj::mv(req), [this, inode](auto& r) {
     auto a = attrResult(r);
-    if (!a.ok() || a.value.type != FileType::REGULAR) {
-      // The master holds nothing for this one: only the count made above goes.
-      auto it = openCounts.find(inode);
-      if (it != openCounts.end() && --it->second == 0) openCounts.erase(it);
-    }
+    // The master holds nothing for this one: only the count made above goes.
+    if (!a.ok() || a.value.type != FileType::REGULAR) unhold(inode);
     return a;
   });
 }
 
 kj::Promise<void> Client::close(uint64_t inode) {
-  auto it = openCounts.find(inode);
-  if (it == openCounts.end()) return kj::READY_NOW;
-  if (--it->second == 0) openCounts.erase(it);
+  if (held.count(inode) == 0) return kj::READY_NOW;
+  unhold(inode);
   // Every open is closed at the master too (it counts them per session), so that a close
   // and an open of one file crossing on the way cannot end its hold. Waited for, so that a
   // process that exits next has closed its files (a lost session closes them only after a
@@ -167,6 +183,7 @@ kj::Promise<void> Client::close(uint64_t inode) {
 
 void Client::masterFailed() {
   masterService = nullptr;
+  callerServices.clear();
   peers.drop(opts.master);
 }
 
@@ -190,58 +207,56 @@ kj::Promise<T> Client::callMaster(Req&& request, Fn&& onResponse, kj::Duration t
             });
 }
 
-kj::Promise<Result<FileAttr>> Client::resolve(std::string path) {
-  auto req = master().resolveRequest();
+kj::Promise<Result<FileAttr>> Client::resolve(std::string path, std::optional<Caller> as) {
+  auto req = master(as).resolveRequest();
   req.setPath(path);
   return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
 }
 
-kj::Promise<Result<FileAttr>> Client::lookup(uint64_t parent, std::string name) {
-  auto req = master().lookupRequest();
+kj::Promise<Result<FileAttr>> Client::lookup(uint64_t parent, std::string name,
+                                             std::optional<Caller> as) {
+  auto req = master(as).lookupRequest();
   req.setParent(parent);
   req.setName(name);
   return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
 }
 
-kj::Promise<Result<FileAttr>> Client::getattr(uint64_t inode) {
-  auto req = master().getattrRequest();
+kj::Promise<Result<FileAttr>> Client::getattr(uint64_t inode, std::optional<Caller> as) {
+  auto req = master(as).getattrRequest();
   req.setInode(inode);
   return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
 }
 
 kj::Promise<Result<FileAttr>> Client::mkdir(uint64_t parent, std::string name, uint32_t mode,
-                                            uint32_t uid, uint32_t gid) {
-  auto req = master().mkdirRequest();
+                                            std::optional<Caller> as) {
+  auto req = master(as).mkdirRequest();
   req.setParent(parent);
   req.setName(name);
   req.setMode(mode);
-  req.setUid(uid);
-  req.setGid(gid);
   return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
 }
 
 kj::Promise<Result<FileAttr>> Client::create(uint64_t parent, std::string name, uint32_t mode,
-                                             uint32_t uid, uint32_t gid, uint8_t replication,
-                                             bool exclusive, bool open) {
-  auto req = master().createRequest();
+                                             uint8_t replication, bool exclusive, bool open,
+                                             std::optional<Caller> as) {
+  auto req = master(as).createRequest();
   req.setParent(parent);
   req.setName(name);
   req.setMode(mode);
-  req.setUid(uid);
-  req.setGid(gid);
   req.setReplication(replication);
   req.setExclusive(exclusive);
   req.setOpen(open);
-  return callMaster<Result<FileAttr>>(kj::mv(req), [this, open](auto& r) {
+  return callMaster<Result<FileAttr>>(kj::mv(req), [this, open, as](auto& r) {
     auto a = attrResult(r);
-    if (open && a.ok()) openCounts[a.value.inode]++;
+    if (open && a.ok()) held[a.value.inode].push_back(HeldOpen{as, ACCESS_WRITE});
     return a;
   });
 }
 
-kj::Promise<Result<FileAttr>> Client::setattr(uint64_t inode, SetAttrRequest a) {
+kj::Promise<Result<FileAttr>> Client::setattr(uint64_t inode, SetAttrRequest a,
+                                              std::optional<Caller> as) {
   forgetLayout(inode);
-  auto req = master().setattrRequest();
+  auto req = master(as).setattrRequest();
   req.setInode(inode);
   auto set = req.initSet();
   if (a.mode) {
@@ -272,8 +287,9 @@ kj::Promise<Result<FileAttr>> Client::setattr(uint64_t inode, SetAttrRequest a) 
 }
 
 kj::Promise<Result<std::vector<DirEntryInfo>>> Client::readdir(uint64_t inode, std::string after,
-                                                               uint32_t limit, bool* more) {
-  auto req = master().readdirRequest();
+                                                               uint32_t limit, bool* more,
+                                                               std::optional<Caller> as) {
+  auto req = master(as).readdirRequest();
   req.setInode(inode);
   req.setAfter(after);
   req.setLimit(limit);
@@ -288,39 +304,41 @@ kj::Promise<Result<std::vector<DirEntryInfo>>> Client::readdir(uint64_t inode, s
       });
 }
 
-kj::Promise<Result<std::vector<DirEntryInfo>>> Client::listAll(uint64_t dir) {
-  return listFrom(dir, {});
+kj::Promise<Result<std::vector<DirEntryInfo>>> Client::listAll(uint64_t dir,
+                                                               std::optional<Caller> as) {
+  return listFrom(dir, {}, std::move(as));
 }
 
 kj::Promise<Result<std::vector<DirEntryInfo>>> Client::listFrom(uint64_t dir,
-                                                                std::vector<DirEntryInfo> sofar) {
+                                                                std::vector<DirEntryInfo> sofar,
+                                                                std::optional<Caller> as) {
   std::string after = sofar.empty() ? "" : sofar.back().name;
   auto more = kj::heap<bool>(false);
   bool* morePtr = more.get();
-  return readdir(dir, after, 4096, morePtr)
-      .then([this, dir, sofar = std::move(sofar),
-             more = kj::mv(more)](Result<std::vector<DirEntryInfo>> page) mutable
+  return readdir(dir, after, 4096, morePtr, as)
+      .then([this, dir, sofar = std::move(sofar), more = kj::mv(more),
+             as](Result<std::vector<DirEntryInfo>> page) mutable
             -> kj::Promise<Result<std::vector<DirEntryInfo>>> {
         if (!page.ok()) return Result<std::vector<DirEntryInfo>>(page.status);
         bool last = !*more || page.value.empty();
         for (auto& e : page.value) sofar.push_back(std::move(e));
         if (last) return Result<std::vector<DirEntryInfo>>(std::move(sofar));
-        return listFrom(dir, std::move(sofar));
+        return listFrom(dir, std::move(sofar), as);
       });
 }
 
-kj::Promise<Result<FileAttr>> Client::makeDirs(std::string path, uint32_t uid, uint32_t gid) {
+kj::Promise<Result<FileAttr>> Client::makeDirs(std::string path, std::optional<Caller> as) {
   auto names = splitPath(path);
   if (!names.ok()) return Result<FileAttr>(names.status);
-  return resolve("/").then([this, names = std::move(names.value), uid,
-                            gid](Result<FileAttr> root) mutable -> kj::Promise<Result<FileAttr>> {
+  return resolve("/", as).then([this, names = std::move(names.value), as](
+                                   Result<FileAttr> root) mutable -> kj::Promise<Result<FileAttr>> {
     if (!root.ok()) return root;
-    return makeDirsFrom(std::move(root.value), std::move(names), 0, uid, gid);
+    return makeDirsFrom(std::move(root.value), std::move(names), 0, as);
   });
 }
 
 kj::Promise<Result<FileAttr>> Client::makeDirsFrom(FileAttr dir, std::vector<std::string> names,
-                                                   size_t next, uint32_t uid, uint32_t gid) {
+                                                   size_t next, std::optional<Caller> as) {
   if (next == names.size()) return Result<FileAttr>(std::move(dir));
   if (dir.type != FileType::DIRECTORY) {
     return Result<FileAttr>(
@@ -328,71 +346,72 @@ kj::Promise<Result<FileAttr>> Client::makeDirsFrom(FileAttr dir, std::vector<std
   }
   uint64_t parent = dir.inode;
   std::string name = names[next];
-  return lookup(parent, name)
-      .then(
-          [this, parent, name, uid, gid](Result<FileAttr> found) -> kj::Promise<Result<FileAttr>> {
-            if (found.status.code() != ErrorCode::NOT_FOUND) return found;
-            return mkdir(parent, name, 0755, uid, gid)
-                .then([this, parent, name](Result<FileAttr> made) {
-                  // Another client made it first: use theirs.
-                  if (made.status.code() == ErrorCode::ALREADY_EXISTS) return lookup(parent, name);
-                  return kj::Promise<Result<FileAttr>>(std::move(made));
-                });
-          })
-      .then([this, names = std::move(names), next, uid,
-             gid](Result<FileAttr> got) mutable -> kj::Promise<Result<FileAttr>> {
+  return lookup(parent, name, as)
+      .then([this, parent, name, as](Result<FileAttr> found) -> kj::Promise<Result<FileAttr>> {
+        if (found.status.code() != ErrorCode::NOT_FOUND) return found;
+        return mkdir(parent, name, 0755, as).then([this, parent, name, as](Result<FileAttr> made) {
+          // Another client made it first: use theirs.
+          if (made.status.code() == ErrorCode::ALREADY_EXISTS) return lookup(parent, name, as);
+          return kj::Promise<Result<FileAttr>>(std::move(made));
+        });
+      })
+      .then([this, names = std::move(names), next,
+             as](Result<FileAttr> got) mutable -> kj::Promise<Result<FileAttr>> {
         if (!got.ok()) return got;
-        return makeDirsFrom(std::move(got.value), std::move(names), next + 1, uid, gid);
+        return makeDirsFrom(std::move(got.value), std::move(names), next + 1, as);
       });
 }
 
-kj::Promise<Status> Client::removeTree(uint64_t parent, std::string name) {
-  return lookup(parent, name)
-      .then([this, parent, name](Result<FileAttr> attr) -> kj::Promise<Status> {
+kj::Promise<Status> Client::removeTree(uint64_t parent, std::string name,
+                                       std::optional<Caller> as) {
+  return lookup(parent, name, as)
+      .then([this, parent, name, as](Result<FileAttr> attr) -> kj::Promise<Status> {
         if (!attr.ok()) return attr.status;
-        if (attr.value.type != FileType::DIRECTORY) return unlink(parent, name);
+        if (attr.value.type != FileType::DIRECTORY) return unlink(parent, name, as);
         uint64_t dir = attr.value.inode;
-        return listAll(dir)
-            .then([this, dir](Result<std::vector<DirEntryInfo>> entries) -> kj::Promise<Status> {
-              if (!entries.ok()) return entries.status;
-              return removeEntries(dir, std::move(entries.value), 0);
-            })
-            .then([this, parent, name](Status s) -> kj::Promise<Status> {
+        return listAll(dir, as)
+            .then(
+                [this, dir, as](Result<std::vector<DirEntryInfo>> entries) -> kj::Promise<Status> {
+                  if (!entries.ok()) return entries.status;
+                  return removeEntries(dir, std::move(entries.value), 0, as);
+                })
+            .then([this, parent, name, as](Status s) -> kj::Promise<Status> {
               if (!s.ok()) return s;
-              return rmdir(parent, name);
+              return rmdir(parent, name, as);
             });
       });
 }
 
 kj::Promise<Status> Client::removeEntries(uint64_t dir, std::vector<DirEntryInfo> entries,
-                                          size_t next) {
+                                          size_t next, std::optional<Caller> as) {
   if (next == entries.size()) return Status::OK();
   std::string name = entries[next].name;
-  return removeTree(dir, name).then(
-      [this, dir, entries = std::move(entries), next](Status s) mutable -> kj::Promise<Status> {
+  return removeTree(dir, name, as)
+      .then([this, dir, entries = std::move(entries), next,
+             as](Status s) mutable -> kj::Promise<Status> {
         // Gone already (another remover): fine.
         if (!s.ok() && s.code() != ErrorCode::NOT_FOUND) return s;
-        return removeEntries(dir, std::move(entries), next + 1);
+        return removeEntries(dir, std::move(entries), next + 1, as);
       });
 }
 
-kj::Promise<Status> Client::unlink(uint64_t parent, std::string name) {
-  auto req = master().unlinkRequest();
+kj::Promise<Status> Client::unlink(uint64_t parent, std::string name, std::optional<Caller> as) {
+  auto req = master(as).unlinkRequest();
   req.setParent(parent);
   req.setName(name);
   return callMaster<Status>(kj::mv(req), [](auto& r) { return statusOf(r); });
 }
 
-kj::Promise<Status> Client::rmdir(uint64_t parent, std::string name) {
-  auto req = master().rmdirRequest();
+kj::Promise<Status> Client::rmdir(uint64_t parent, std::string name, std::optional<Caller> as) {
+  auto req = master(as).rmdirRequest();
   req.setParent(parent);
   req.setName(name);
   return callMaster<Status>(kj::mv(req), [](auto& r) { return statusOf(r); });
 }
 
 kj::Promise<Status> Client::rename(uint64_t srcParent, std::string srcName, uint64_t dstParent,
-                                   std::string dstName, bool noReplace) {
-  auto req = master().renameRequest();
+                                   std::string dstName, bool noReplace, std::optional<Caller> as) {
+  auto req = master(as).renameRequest();
   req.setSrcParent(srcParent);
   req.setSrcName(srcName);
   req.setDstParent(dstParent);
@@ -402,18 +421,16 @@ kj::Promise<Status> Client::rename(uint64_t srcParent, std::string srcName, uint
 }
 
 kj::Promise<Result<FileAttr>> Client::symlink(uint64_t parent, std::string name, std::string target,
-                                              uint32_t uid, uint32_t gid) {
-  auto req = master().symlinkRequest();
+                                              std::optional<Caller> as) {
+  auto req = master(as).symlinkRequest();
   req.setParent(parent);
   req.setName(name);
   req.setTarget(target);
-  req.setUid(uid);
-  req.setGid(gid);
   return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
 }
 
-kj::Promise<Result<std::string>> Client::readlink(uint64_t inode) {
-  auto req = master().readlinkRequest();
+kj::Promise<Result<std::string>> Client::readlink(uint64_t inode, std::optional<Caller> as) {
+  auto req = master(as).readlinkRequest();
   req.setInode(inode);
   return callMaster<Result<std::string>>(kj::mv(req), [](auto& r) -> Result<std::string> {
     Status s = fromWire(r.getStatus());
@@ -422,9 +439,9 @@ kj::Promise<Result<std::string>> Client::readlink(uint64_t inode) {
   });
 }
 
-kj::Promise<Result<FileAttr>> Client::link(uint64_t inode, uint64_t newParent,
-                                           std::string newName) {
-  auto req = master().linkRequest();
+kj::Promise<Result<FileAttr>> Client::link(uint64_t inode, uint64_t newParent, std::string newName,
+                                           std::optional<Caller> as) {
+  auto req = master(as).linkRequest();
   req.setInode(inode);
   req.setNewParent(newParent);
   req.setNewName(newName);
@@ -432,22 +449,20 @@ kj::Promise<Result<FileAttr>> Client::link(uint64_t inode, uint64_t newParent,
 }
 
 kj::Promise<Result<FileAttr>> Client::mknod(uint64_t parent, std::string name, FileType type,
-                                            uint32_t mode, uint32_t uid, uint32_t gid,
-                                            uint64_t rdev) {
-  auto req = master().mknodRequest();
+                                            uint32_t mode, uint64_t rdev,
+                                            std::optional<Caller> as) {
+  auto req = master(as).mknodRequest();
   req.setParent(parent);
   req.setName(name);
   req.setType(type);
   req.setMode(mode);
-  req.setUid(uid);
-  req.setGid(gid);
   req.setRdev(rdev);
   return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
 }
 
 kj::Promise<Status> Client::setxattr(uint64_t inode, std::string name, std::string value,
-                                     uint32_t flags) {
-  auto req = master().setxattrRequest();
+                                     uint32_t flags, std::optional<Caller> as) {
+  auto req = master(as).setxattrRequest();
   req.setInode(inode);
   req.setName(name);
   req.setValue(
@@ -456,13 +471,14 @@ kj::Promise<Status> Client::setxattr(uint64_t inode, std::string name, std::stri
   return callMaster<Status>(kj::mv(req), [](auto& r) { return statusOf(r); });
 }
 
-kj::Promise<Result<std::string>> Client::getxattr(uint64_t inode, std::string name) {
+kj::Promise<Result<std::string>> Client::getxattr(uint64_t inode, std::string name,
+                                                  std::optional<Caller> as) {
   // The kernel asks for security.* attributes on every write; only user.* exist, so those
   // are answered here rather than by a round trip to the master.
   if (name.rfind("user.", 0) != 0) {
     return Result<std::string>(Status(ErrorCode::NOT_SUPPORTED, "only user.* attributes"));
   }
-  auto req = master().getxattrRequest();
+  auto req = master(as).getxattrRequest();
   req.setInode(inode);
   req.setName(name);
   return callMaster<Result<std::string>>(kj::mv(req), [](auto& r) -> Result<std::string> {
@@ -473,8 +489,9 @@ kj::Promise<Result<std::string>> Client::getxattr(uint64_t inode, std::string na
   });
 }
 
-kj::Promise<Result<std::vector<std::string>>> Client::listxattr(uint64_t inode) {
-  auto req = master().listxattrRequest();
+kj::Promise<Result<std::vector<std::string>>> Client::listxattr(uint64_t inode,
+                                                                std::optional<Caller> as) {
+  auto req = master(as).listxattrRequest();
   req.setInode(inode);
   return callMaster<Result<std::vector<std::string>>>(
       kj::mv(req), [](auto& r) -> Result<std::vector<std::string>> {
@@ -486,8 +503,9 @@ kj::Promise<Result<std::vector<std::string>>> Client::listxattr(uint64_t inode) 
       });
 }
 
-kj::Promise<Status> Client::removexattr(uint64_t inode, std::string name) {
-  auto req = master().removexattrRequest();
+kj::Promise<Status> Client::removexattr(uint64_t inode, std::string name,
+                                        std::optional<Caller> as) {
+  auto req = master(as).removexattrRequest();
   req.setInode(inode);
   req.setName(name);
   return callMaster<Status>(kj::mv(req), [](auto& r) { return statusOf(r); });
@@ -500,8 +518,9 @@ kj::Promise<Result<Client::FsStats>> Client::statfs() {
   });
 }
 
-kj::Promise<Result<FileAttr>> Client::setReplication(uint64_t inode, uint8_t replication) {
-  auto req = master().setReplicationRequest();
+kj::Promise<Result<FileAttr>> Client::setReplication(uint64_t inode, uint8_t replication,
+                                                     std::optional<Caller> as) {
+  auto req = master(as).setReplicationRequest();
   req.setInode(inode);
   req.setReplication(replication);
   return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
@@ -534,8 +553,8 @@ kj::Promise<Result<FileLayout>> Client::layout(uint64_t inode, uint32_t firstInd
   });
 }
 
-kj::Promise<Result<std::vector<TrashInfo>>> Client::trashList() {
-  auto req = master().trashListRequest();
+kj::Promise<Result<std::vector<TrashInfo>>> Client::trashList(std::optional<Caller> as) {
+  auto req = master(as).trashListRequest();
   return callMaster<Result<std::vector<TrashInfo>>>(
       kj::mv(req), [](auto& r) -> Result<std::vector<TrashInfo>> {
         Status s = fromWire(r.getStatus());
@@ -549,8 +568,8 @@ kj::Promise<Result<std::vector<TrashInfo>>> Client::trashList() {
       });
 }
 
-kj::Promise<Result<FileAttr>> Client::trashRestore(std::string path) {
-  auto req = master().trashRestoreRequest();
+kj::Promise<Result<FileAttr>> Client::trashRestore(std::string path, std::optional<Caller> as) {
+  auto req = master(as).trashRestoreRequest();
   req.setPath(path);
   return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
 }
@@ -641,19 +660,22 @@ kj::Promise<Status> Client::syncChunks(uint64_t inode, std::vector<uint32_t> ind
   return layout(inode, first, std::min<uint32_t>(count, 4096))
       .then([this, indices = std::move(indices)](Result<FileLayout> r) -> kj::Promise<Status> {
         if (!r.ok()) return r.status;
-        auto targets = kj::heap<std::vector<std::pair<uint64_t, std::string>>>();
+        auto targets = kj::heap<std::vector<std::pair<ChunkToken, std::string>>>();
         for (auto& c : r.value.chunks) {
           if (!indices.empty() &&
               std::find(indices.begin(), indices.end(), c.index) == indices.end()) {
             continue;
           }
-          for (auto& rep : c.replicas) targets->push_back({c.handle, rep.address});
+          for (auto& rep : c.replicas) targets->push_back({c.token, rep.address});
         }
         auto& ref = *targets;
         return runLimited(ref.size(), 16,
                           [this, &ref](size_t i) {
-                            auto req = peers.get<wire::ChunkServer>(ref[i].second).syncRequest();
-                            req.setHandle(ref[i].first);
+                            auto req =
+                                peers.get<wire::ChunkServer>(ref[i].second, Role::CHUNKSERVER)
+                                    .syncRequest();
+                            req.setHandle(ref[i].first.handle);
+                            toWire(ref[i].first, req.initToken());
                             return callChunkserver(kj::mv(req), ref[i].second);
                           })
             .attach(kj::mv(targets));
@@ -779,9 +801,10 @@ kj::Promise<Status> Client::readChunk(ChunkInfo chunk, uint64_t chunkOffset, uin
                                            chunk.handle, ordered.size()));
   }
   std::string address = ordered[replicaIndex].address;
-  auto req = peers.get<wire::ChunkServer>(address).readRequest();
+  auto req = peers.get<wire::ChunkServer>(address, Role::CHUNKSERVER).readRequest();
   req.setHandle(chunk.handle);
   req.setVersion(chunk.version);
+  toWire(chunk.token, req.initToken());
   req.setOffset(static_cast<uint32_t>(chunkOffset));
   req.setLength(length);
   return timer.timeoutAfter(opts.rpcTimeout, req.send())
@@ -882,9 +905,10 @@ kj::Promise<Result<std::string>> Client::blockMapOf(ChunkInfo chunk, size_t repl
         fmt::format("no replica of chunk {:x} answered for its block map", chunk.handle)));
   }
   std::string address = ordered[replicaIndex].address;
-  auto req = peers.get<wire::ChunkServer>(address).blockMapRequest();
+  auto req = peers.get<wire::ChunkServer>(address, Role::CHUNKSERVER).blockMapRequest();
   req.setHandle(chunk.handle);
   req.setVersion(chunk.version);
+  toWire(chunk.token, req.initToken());
   return timer.timeoutAfter(opts.rpcTimeout, req.send())
       .then(
           [](auto&& response) -> Result<std::string> {
@@ -1122,13 +1146,14 @@ kj::Promise<DataOutcome> Client::applyMutation(ChunkInfo chunk, const ChunkMutat
   return pushed.then(
       [this, chunk = kj::mv(chunk), &m, dataId](DataOutcome o) -> kj::Promise<DataOutcome> {
         if (!o.ok()) return o;
-        auto req = peers.get<wire::ChunkServer>(chunk.primary).writeRequest();
+        auto req = peers.get<wire::ChunkServer>(chunk.primary, Role::CHUNKSERVER).writeRequest();
         req.setHandle(chunk.handle);
         req.setVersion(chunk.version);
         req.setOffset(m.chunkOffset);
         req.setDataId(dataId);
         req.setLength(m.length);
         req.setMutation(m.kind);
+        toWire(chunk.token, req.initToken());
         size_t n = 0;
         for (auto& r : chunk.replicas) n += r.address != chunk.primary;
         auto secondaries = req.initSecondaries(static_cast<uint>(n));
@@ -1148,28 +1173,31 @@ kj::Promise<DataOutcome> Client::pushInto(const ChunkInfo& chunk, uint64_t dataI
   DataOutcome* out = outcome.get();
   size_t pieces = (data.size() + opts.pieceBytes - 1) / opts.pieceBytes;
   // Data flow: to the closest replica, which forwards down the chain while receiving.
-  return runLimited(pieces, opts.parallelPieces,
-                    [this, &c, dataId, data, out](size_t i) {
-                      size_t start = i * opts.pieceBytes;
-                      size_t end = std::min<size_t>(start + opts.pieceBytes, data.size());
-                      auto req = peers.get<wire::ChunkServer>(c[0].address).pushDataRequest();
-                      req.setDataId(dataId);
-                      req.setTotalLength(static_cast<uint32_t>(data.size()));
-                      req.setOffset(static_cast<uint32_t>(start));
-                      // The caller's bytes outlive the push (write() resolves after every
-                      // piece answered).
-                      setDataNoCopy(
-                          wire::ChunkServer::PushDataParams::Builder(req), data.slice(start, end),
-                          [&](capnp::Orphan<capnp::Data>&& o) { req.adoptData(kj::mv(o)); });
-                      auto rest = req.initChain(static_cast<uint>(c.size() - 1));
-                      for (size_t k = 1; k < c.size(); ++k) {
-                        rest.set(static_cast<uint>(k - 1), c[k].address);
-                      }
-                      return dataCall(kj::mv(req), c[0].address).then([out](DataOutcome o) {
-                        if (!o.ok() && out->ok()) *out = o;
-                        return o.status;
-                      });
-                    })
+  return runLimited(
+             pieces, opts.parallelPieces,
+             [this, &c, dataId, data, out, token = chunk.token](size_t i) {
+               size_t start = i * opts.pieceBytes;
+               size_t end = std::min<size_t>(start + opts.pieceBytes, data.size());
+               auto req =
+                   peers.get<wire::ChunkServer>(c[0].address, Role::CHUNKSERVER).pushDataRequest();
+               req.setDataId(dataId);
+               req.setTotalLength(static_cast<uint32_t>(data.size()));
+               req.setOffset(static_cast<uint32_t>(start));
+               toWire(token, req.initToken());
+               // The caller's bytes outlive the push (write() resolves after every
+               // piece answered).
+               setDataNoCopy(wire::ChunkServer::PushDataParams::Builder(req),
+                             data.slice(start, end),
+                             [&](capnp::Orphan<capnp::Data>&& o) { req.adoptData(kj::mv(o)); });
+               auto rest = req.initChain(static_cast<uint>(c.size() - 1));
+               for (size_t k = 1; k < c.size(); ++k) {
+                 rest.set(static_cast<uint>(k - 1), c[k].address);
+               }
+               return dataCall(kj::mv(req), c[0].address).then([out](DataOutcome o) {
+                 if (!o.ok() && out->ok()) *out = o;
+                 return o.status;
+               });
+             })
       .then([outcome = kj::mv(outcome)](Status) mutable { return kj::mv(*outcome); })
       .attach(kj::mv(chain));
 }
@@ -1206,13 +1234,15 @@ kj::Promise<DataOutcome> Client::pullFrom(ChunkInfo chunk, uint64_t dataId, Chun
     if (chain[i].address == source)
       std::rotate(chain.begin(), chain.begin() + i, chain.begin() + i + 1);
   }
-  auto req = peers.get<wire::ChunkServer>(chain[0].address).pushFromRequest();
+  auto req = peers.get<wire::ChunkServer>(chain[0].address, Role::CHUNKSERVER).pushFromRequest();
   req.setDataId(dataId);
   req.setSource(source);
   req.setSourceHandle(from.handle);
   req.setSourceVersion(from.version);
   req.setSourceOffset(fromOffset);
   req.setLength(length);
+  toWire(chunk.token, req.initToken());
+  toWire(from.token, req.initSourceToken());
   auto rest = req.initChain(static_cast<uint>(chain.size() - 1));
   for (size_t k = 1; k < chain.size(); ++k) rest.set(static_cast<uint>(k - 1), chain[k].address);
   return dataCall(kj::mv(req), chain[0].address)

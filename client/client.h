@@ -19,6 +19,7 @@
 #include "master.capnp.h"
 #include "rpc.h"
 #include "status.h"
+#include "tokens.h"
 
 namespace cairn {
 
@@ -57,6 +58,7 @@ struct ChunkInfo {
   std::vector<ReplicaInfo> replicas;
   std::string primary;
   uint32_t leaseRemainingMs = 0;
+  ChunkToken token;  // what the chunkservers ask for (read, or write after prepareWrite)
 };
 
 struct FileLayout {
@@ -116,6 +118,19 @@ struct ChunkMutation {
   bool skip = false;                  // nothing to do for this range
 };
 
+// Whom a namespace call is made for, as the calling process is known: its uid and groups
+// (the first is its primary group). Without one, calls are made for this client's identity
+// (the user of its certificate; root for an admin's). The master accepts stated
+// credentials from mounts, workers and admins only (see ClientService.asCaller).
+constexpr int ACCESS_READ = 4;
+constexpr int ACCESS_WRITE = 2;
+
+struct Caller {
+  uint32_t uid = 0;
+  std::vector<uint32_t> gids;
+  bool operator<(const Caller& o) const { return uid != o.uid ? uid < o.uid : gids < o.gids; }
+};
+
 struct ClientOptions {
   std::string master;  // HOST:PORT
   // This host's names as chunkservers advertise them (addresses or a --host name); reads
@@ -131,6 +146,9 @@ struct ClientOptions {
   // Seeds write buffer ids and replica choice; 0 draws one from the system, so that no two
   // clients (which share chunkservers' buffer-id space) pick the same ids.
   uint64_t seed = 0;
+  RpcSecurity security;  // TLS credentials (null: plaintext, --insecure)
+  // Whom calls without a Caller are made for; unset: this client's identity.
+  std::optional<Caller> defaultCaller;
 };
 
 class Client {
@@ -141,53 +159,71 @@ class Client {
   const std::string& masterAddress() const { return opts.master; }
 
   // Namespace.
-  kj::Promise<Result<FileAttr>> resolve(std::string path);
-  kj::Promise<Result<FileAttr>> lookup(uint64_t parent, std::string name);
-  kj::Promise<Result<FileAttr>> getattr(uint64_t inode);
+  kj::Promise<Result<FileAttr>> resolve(std::string path, std::optional<Caller> as = std::nullopt);
+  kj::Promise<Result<FileAttr>> lookup(uint64_t parent, std::string name,
+                                       std::optional<Caller> as = std::nullopt);
+  kj::Promise<Result<FileAttr>> getattr(uint64_t inode, std::optional<Caller> as = std::nullopt);
   kj::Promise<Result<FileAttr>> mkdir(uint64_t parent, std::string name, uint32_t mode,
-                                      uint32_t uid, uint32_t gid);
-  // With `open`, the new (or existing) file is also opened, as by open().
+                                      std::optional<Caller> as = std::nullopt);
+  // With `open`, the new (or existing) file is also opened, as by open() for writing.
   kj::Promise<Result<FileAttr>> create(uint64_t parent, std::string name, uint32_t mode,
-                                       uint32_t uid, uint32_t gid, uint8_t replication,
-                                       bool exclusive, bool open = false);
+                                       uint8_t replication, bool exclusive, bool open = false,
+                                       std::optional<Caller> as = std::nullopt);
   // Open files: open() is a getattr that also has the master hold the file open for this
   // client, so that it outlives its last name (unlink of an open file) until the matching
   // close(). Every successful open() (or create with `open`) is matched by one close().
   // The master learns again of the files held open whenever the client reconnects.
-  kj::Promise<Result<FileAttr>> open(uint64_t inode);
+  // `access`: 4 read, 2 write, or both (checked by the master for the caller).
+  kj::Promise<Result<FileAttr>> open(uint64_t inode, int access,
+                                     std::optional<Caller> as = std::nullopt);
   kj::Promise<void> close(uint64_t inode);
-  kj::Promise<Result<FileAttr>> setattr(uint64_t inode, SetAttrRequest request);
+  kj::Promise<Result<FileAttr>> setattr(uint64_t inode, SetAttrRequest request,
+                                        std::optional<Caller> as = std::nullopt);
   // One page of a directory: entries after `after`; `more` says whether others follow.
   kj::Promise<Result<std::vector<DirEntryInfo>>> readdir(uint64_t inode, std::string after,
-                                                         uint32_t limit, bool* more);
+                                                         uint32_t limit, bool* more,
+                                                         std::optional<Caller> as = std::nullopt);
   // Every entry of a directory, page after page.
-  kj::Promise<Result<std::vector<DirEntryInfo>>> listAll(uint64_t dir);
+  kj::Promise<Result<std::vector<DirEntryInfo>>> listAll(uint64_t dir,
+                                                         std::optional<Caller> as = std::nullopt);
   // Like `mkdir -p`: makes the missing directories of an absolute path; returns the last.
-  kj::Promise<Result<FileAttr>> makeDirs(std::string path, uint32_t uid, uint32_t gid);
+  kj::Promise<Result<FileAttr>> makeDirs(std::string path, std::optional<Caller> as = std::nullopt);
   // Like `rm -r`: removes `name` in `parent` and, for a directory, everything under it.
-  kj::Promise<Status> removeTree(uint64_t parent, std::string name);
-  kj::Promise<Status> unlink(uint64_t parent, std::string name);
-  kj::Promise<Status> rmdir(uint64_t parent, std::string name);
+  kj::Promise<Status> removeTree(uint64_t parent, std::string name,
+                                 std::optional<Caller> as = std::nullopt);
+  kj::Promise<Status> unlink(uint64_t parent, std::string name,
+                             std::optional<Caller> as = std::nullopt);
+  kj::Promise<Status> rmdir(uint64_t parent, std::string name,
+                            std::optional<Caller> as = std::nullopt);
   kj::Promise<Status> rename(uint64_t srcParent, std::string srcName, uint64_t dstParent,
-                             std::string dstName, bool noReplace = false);
+                             std::string dstName, bool noReplace = false,
+                             std::optional<Caller> as = std::nullopt);
   kj::Promise<Result<FileAttr>> symlink(uint64_t parent, std::string name, std::string target,
-                                        uint32_t uid, uint32_t gid);
-  kj::Promise<Result<std::string>> readlink(uint64_t inode);
-  kj::Promise<Result<FileAttr>> link(uint64_t inode, uint64_t newParent, std::string newName);
+                                        std::optional<Caller> as = std::nullopt);
+  kj::Promise<Result<std::string>> readlink(uint64_t inode,
+                                            std::optional<Caller> as = std::nullopt);
+  kj::Promise<Result<FileAttr>> link(uint64_t inode, uint64_t newParent, std::string newName,
+                                     std::optional<Caller> as = std::nullopt);
   kj::Promise<Result<FileAttr>> mknod(uint64_t parent, std::string name, FileType type,
-                                      uint32_t mode, uint32_t uid, uint32_t gid, uint64_t rdev);
+                                      uint32_t mode, uint64_t rdev,
+                                      std::optional<Caller> as = std::nullopt);
   // flags: 1 create only, 2 replace only.
-  kj::Promise<Status> setxattr(uint64_t inode, std::string name, std::string value, uint32_t flags);
-  kj::Promise<Result<std::string>> getxattr(uint64_t inode, std::string name);
-  kj::Promise<Result<std::vector<std::string>>> listxattr(uint64_t inode);
-  kj::Promise<Status> removexattr(uint64_t inode, std::string name);
+  kj::Promise<Status> setxattr(uint64_t inode, std::string name, std::string value, uint32_t flags,
+                               std::optional<Caller> as = std::nullopt);
+  kj::Promise<Result<std::string>> getxattr(uint64_t inode, std::string name,
+                                            std::optional<Caller> as = std::nullopt);
+  kj::Promise<Result<std::vector<std::string>>> listxattr(uint64_t inode,
+                                                          std::optional<Caller> as = std::nullopt);
+  kj::Promise<Status> removexattr(uint64_t inode, std::string name,
+                                  std::optional<Caller> as = std::nullopt);
   struct FsStats {
     uint64_t capacityBytes = 0;
     uint64_t freeBytes = 0;
     uint64_t files = 0;
   };
   kj::Promise<Result<FsStats>> statfs();
-  kj::Promise<Result<FileAttr>> setReplication(uint64_t inode, uint8_t replication);
+  kj::Promise<Result<FileAttr>> setReplication(uint64_t inode, uint8_t replication,
+                                               std::optional<Caller> as = std::nullopt);
   // The first offset at or after `offset` that holds data (or, with `hole`, is in a hole;
   // the end of the file counts as a hole), as lseek(SEEK_DATA / SEEK_HOLE) answers.
   // endOfData when `offset` is at or past the end, or no data follows it.
@@ -196,8 +232,9 @@ class Client {
   // Chunks.
   kj::Promise<Result<FileLayout>> layout(uint64_t inode, uint32_t firstIndex, uint32_t count);
   kj::Promise<Result<std::vector<ServerStatus>>> servers(uint64_t* chunkSize);
-  kj::Promise<Result<std::vector<TrashInfo>>> trashList();
-  kj::Promise<Result<FileAttr>> trashRestore(std::string path);
+  kj::Promise<Result<std::vector<TrashInfo>>> trashList(std::optional<Caller> as = std::nullopt);
+  kj::Promise<Result<FileAttr>> trashRestore(std::string path,
+                                             std::optional<Caller> as = std::nullopt);
   kj::Promise<Status> decommission(std::string address, uint64_t* remaining, bool* done);
   kj::Promise<Result<double>> balance(double threshold);
   kj::Promise<Result<HealthInfo>> health();
@@ -243,18 +280,22 @@ class Client {
   std::vector<ReplicaInfo> orderReplicas(const ChunkInfo& chunk);
 
  private:
-  wire::ClientService::Client master();
+  // The master session's service, making calls for `as` (else for this client's identity).
+  wire::ClientService::Client master(const std::optional<Caller>& as = std::nullopt);
   void masterFailed();
+  void unhold(uint64_t inode);  // forgets one open of `inode`
   kj::Promise<void> keepSession();
   template <typename T, typename Req, typename Fn>
   kj::Promise<T> callMaster(Req&& request, Fn&& onResponse, kj::Duration timeout = 0 * kj::SECONDS);
   Status masterError(const kj::Exception& e, kj::Duration timeout);
 
   kj::Promise<Result<std::vector<DirEntryInfo>>> listFrom(uint64_t dir,
-                                                          std::vector<DirEntryInfo> sofar);
+                                                          std::vector<DirEntryInfo> sofar,
+                                                          std::optional<Caller> as = std::nullopt);
   kj::Promise<Result<FileAttr>> makeDirsFrom(FileAttr dir, std::vector<std::string> names,
-                                             size_t next, uint32_t uid, uint32_t gid);
-  kj::Promise<Status> removeEntries(uint64_t dir, std::vector<DirEntryInfo> entries, size_t next);
+                                             size_t next, std::optional<Caller> as = std::nullopt);
+  kj::Promise<Status> removeEntries(uint64_t dir, std::vector<DirEntryInfo> entries, size_t next,
+                                    std::optional<Caller> as = std::nullopt);
 
   kj::Promise<uint64_t> ensureChunkSize(uint64_t inode);
   // read() over the layout of the chunks involved, cached unless `fresh`.
@@ -295,8 +336,8 @@ class Client {
   kj::Promise<Status> readRange(uint64_t inode, uint64_t offset, uint64_t length, kj::byte* out,
                                 kj::TimePoint deadline);
   // seek() from chunk `index` on.
-  kj::Promise<Result<uint64_t>> seekFrom(uint64_t inode, uint64_t offset, bool hole,
-                                         uint64_t size, uint64_t chunkSize, uint32_t index);
+  kj::Promise<Result<uint64_t>> seekFrom(uint64_t inode, uint64_t offset, bool hole, uint64_t size,
+                                         uint64_t chunkSize, uint32_t index);
   // The chunk's length (8 bytes) and its block bitmap, from the first replica that answers.
   kj::Promise<Result<std::string>> blockMapOf(ChunkInfo chunk, size_t replicaIndex);
   template <typename Req>
@@ -307,7 +348,14 @@ class Client {
   PeerPool peers;
   std::mt19937_64 rng;
   kj::Maybe<wire::ClientService::Client> masterService;
-  std::map<uint64_t, uint32_t> openCounts;  // files this client holds open
+  // Files this client holds open: each open's caller and access, opened again on a new
+  // session.
+  struct HeldOpen {
+    std::optional<Caller> as;
+    int access = 0;
+  };
+  std::map<uint64_t, std::vector<HeldOpen>> held;
+  std::map<Caller, wire::ClientService::Client> callerServices;  // of this session
   kj::Promise<void> keepalive = nullptr;
   uint64_t chunkSize = 0;  // learnt from the master; fixed for a cluster
   struct CachedLayout {

@@ -40,18 +40,21 @@ kj::Promise<Status> FileCache::release(uint64_t inode) {
   });
 }
 
-kj::Promise<Result<kj::Own<OpenFile>>> FileCache::open(uint64_t inode) {
-  return client.open(inode).then([this](Result<FileAttr> a) -> Result<kj::Own<OpenFile>> {
-    if (!a.ok()) return a.status;
-    if (a.value.type == FileType::DIRECTORY) {
-      return Status::isDirectory(fmt::format("inode {} is a directory", a.value.inode));
-    }
-    if (a.value.type != FileType::REGULAR) {
-      return Status::invalidArgument(fmt::format("inode {} is not a regular file", a.value.inode));
-    }
-    attach(a.value.inode, a.value.size);
-    return kj::heap<OpenFile>(*this, a.value, std::nullopt, false);
-  });
+kj::Promise<Result<kj::Own<OpenFile>>> FileCache::open(uint64_t inode, int access,
+                                                       std::optional<Caller> as) {
+  return client.open(inode, access, std::move(as))
+      .then([this](Result<FileAttr> a) -> Result<kj::Own<OpenFile>> {
+        if (!a.ok()) return a.status;
+        if (a.value.type == FileType::DIRECTORY) {
+          return Status::isDirectory(fmt::format("inode {} is a directory", a.value.inode));
+        }
+        if (a.value.type != FileType::REGULAR) {
+          return Status::invalidArgument(
+              fmt::format("inode {} is not a regular file", a.value.inode));
+        }
+        attach(a.value.inode, a.value.size);
+        return kj::heap<OpenFile>(*this, a.value, std::nullopt, false);
+      });
 }
 
 kj::Promise<Result<kj::Own<OpenFile>>> FileCache::create(uint64_t parent, std::string name,
@@ -62,23 +65,26 @@ kj::Promise<Result<kj::Own<OpenFile>>> FileCache::create(uint64_t parent, std::s
   if (o.atomic) {
     rename = OpenFile::Rename{
         o.tempParent != 0 ? o.tempParent : parent,
-        o.tempName.empty() ? fmt::format(".{}._COPYING_", name.substr(0, 200)) : o.tempName, parent,
-        name, o.noReplace};
+        o.tempName.empty() ? fmt::format(".{}._COPYING_", name.substr(0, 200)) : o.tempName,
+        parent,
+        name,
+        o.noReplace,
+        o.caller};
     at = rename->tempParent;
     as = rename->tempName;
   }
   auto make = [this, at, as, o]() {
-    return client.create(at, as, o.mode, o.uid, o.gid, o.replication, o.exclusive || o.atomic,
-                         /*open=*/true);
+    return client.create(at, as, o.mode, o.replication, o.exclusive || o.atomic,
+                         /*open=*/true, o.caller);
   };
   kj::Promise<Result<FileAttr>> created = make();
   if (o.atomic) {
     // A temporary left by an earlier attempt that died is replaced.
-    created =
-        created.then([this, at, as, make](Result<FileAttr> r) -> kj::Promise<Result<FileAttr>> {
-          if (r.status.code() != ErrorCode::ALREADY_EXISTS) return r;
-          return client.unlink(at, as).then([make](Status) { return make(); });
-        });
+    created = created.then([this, at, as, make, caller = o.caller](
+                               Result<FileAttr> r) -> kj::Promise<Result<FileAttr>> {
+      if (r.status.code() != ErrorCode::ALREADY_EXISTS) return r;
+      return client.unlink(at, as, caller).then([make](Status) { return make(); });
+    });
   }
   return created.then([this, rename = std::move(rename), sync = o.syncOnClose](
                           Result<FileAttr> a) mutable -> Result<kj::Own<OpenFile>> {
@@ -118,11 +124,11 @@ kj::Promise<Status> OpenFile::close() {
   auto placed = written.then([&fc, r = rename](Status s) -> kj::Promise<Status> {
     if (!r) return s;
     if (!s.ok())
-      return fc.client.unlink(r->tempParent, r->tempName).then([s](Status) { return s; });
-    return fc.client.rename(r->tempParent, r->tempName, r->parent, r->name, r->noReplace)
+      return fc.client.unlink(r->tempParent, r->tempName, r->as).then([s](Status) { return s; });
+    return fc.client.rename(r->tempParent, r->tempName, r->parent, r->name, r->noReplace, r->as)
         .then([&fc, r](Status renamed) -> kj::Promise<Status> {
           if (renamed.ok()) return renamed;
-          return fc.client.unlink(r->tempParent, r->tempName).then([renamed](Status) {
+          return fc.client.unlink(r->tempParent, r->tempName, r->as).then([renamed](Status) {
             return renamed;
           });
         });
@@ -140,7 +146,7 @@ kj::Promise<void> OpenFile::abort() {
   auto r = rename;
   return fc.release(inode).then([&fc, r](Status) -> kj::Promise<void> {
     if (!r) return kj::READY_NOW;
-    return fc.client.unlink(r->tempParent, r->tempName).ignoreResult();
+    return fc.client.unlink(r->tempParent, r->tempName, r->as).ignoreResult();
   });
 }
 
@@ -284,12 +290,13 @@ kj::Promise<Status> FileCache::fsync(uint64_t inode) {
   });
 }
 
-kj::Promise<Result<FileAttr>> FileCache::setattr(uint64_t inode, SetAttrRequest request) {
+kj::Promise<Result<FileAttr>> FileCache::setattr(uint64_t inode, SetAttrRequest request,
+                                                 std::optional<Caller> as) {
   kj::Promise<Status> before = Status::OK();
   if (request.size) before = flush(inode);
-  return before.then([this, inode, request](Status s) -> kj::Promise<Result<FileAttr>> {
+  return before.then([this, inode, request, as](Status s) -> kj::Promise<Result<FileAttr>> {
     if (!s.ok()) return Result<FileAttr>(s);
-    return client.setattr(inode, request).then([this, inode, request](Result<FileAttr> a) {
+    return client.setattr(inode, request, as).then([this, inode, request](Result<FileAttr> a) {
       if (a.ok() && request.size) resized(inode, *request.size);
       return a;
     });

@@ -29,10 +29,9 @@ struct FileCacheOptions {
 
 struct CreateOptions {
   uint32_t mode = 0644;
-  uint32_t uid = 0;
-  uint32_t gid = 0;
-  uint8_t replication = 0;  // 0: the directory's goal
-  bool exclusive = false;   // alreadyExists if the name exists
+  std::optional<Caller> caller;  // for whom (see Client); the file is theirs
+  uint8_t replication = 0;       // 0: the directory's goal
+  bool exclusive = false;        // alreadyExists if the name exists
   // Write under a temporary name and rename it to the file's name on close(), so that
   // readers never see a partial file and a failure leaves nothing behind. The temporary
   // is `tempName` in `tempParent` (defaults: ".NAME._COPYING_" beside the file); an old
@@ -66,6 +65,7 @@ class OpenFile {
     uint64_t parent = 0;
     std::string name;
     bool noReplace = false;
+    std::optional<Caller> as;
   };
   // Made by FileCache::open() and create() only.
   OpenFile(FileCache& cache, FileAttr attr, std::optional<Rename> rename, bool syncOnClose);
@@ -103,7 +103,9 @@ class FileCache final : private kj::TaskSet::ErrorHandler {
   // Opens a regular file: it forgets what this client cached about it, so that it reads
   // what others wrote before (close-to-open). The master holds it open (it outlives its
   // last name) until the OpenFile ends.
-  kj::Promise<Result<kj::Own<OpenFile>>> open(uint64_t inode);
+  // `access`: ACCESS_READ and/or ACCESS_WRITE, checked by the master for `as`.
+  kj::Promise<Result<kj::Own<OpenFile>>> open(uint64_t inode, int access = ACCESS_READ,
+                                              std::optional<Caller> as = std::nullopt);
   // Creates `name` in `parent` (or opens it, without `exclusive`) and opens it.
   kj::Promise<Result<kj::Own<OpenFile>>> create(uint64_t parent, std::string name,
                                                 CreateOptions options);
@@ -113,7 +115,8 @@ class FileCache final : private kj::TaskSet::ErrorHandler {
   //
   // Changes attributes at the master; a size change first writes out what is buffered
   // (so that a cut applies to it too) and then drops cached bytes.
-  kj::Promise<Result<FileAttr>> setattr(uint64_t inode, SetAttrRequest request);
+  kj::Promise<Result<FileAttr>> setattr(uint64_t inode, SetAttrRequest request,
+                                        std::optional<Caller> as = std::nullopt);
   // The size including buffered writes, when this client has any.
   std::optional<uint64_t> localSize(uint64_t inode);
   // Attributes from the master as this client sees the file: its buffered writes count

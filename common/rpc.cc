@@ -1,10 +1,37 @@
 #include "rpc.h"
 
+#include <arpa/inet.h>
 #include <capnp/rpc.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
+#include "address.h"
 #include "log.h"
 
 namespace cairn {
+
+namespace {
+
+// The address of the peer at the other end of `stream`, for per-peer limits and logs.
+std::string peerHost(kj::AsyncIoStream& stream) {
+  sockaddr_storage addr;
+  uint len = sizeof(addr);
+  memset(&addr, 0, sizeof(addr));
+  try {
+    stream.getpeername(reinterpret_cast<sockaddr*>(&addr), &len);
+  } catch (const kj::Exception&) {
+    return "unknown";
+  }
+  char text[INET6_ADDRSTRLEN] = "unknown";
+  if (addr.ss_family == AF_INET) {
+    inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(&addr)->sin_addr, text, sizeof(text));
+  } else if (addr.ss_family == AF_INET6) {
+    inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(&addr)->sin6_addr, text, sizeof(text));
+  }
+  return text;
+}
+
+}  // namespace
 
 struct RpcServer::Connection {
   Connection(kj::Own<kj::AsyncIoStream>&& s, capnp::Capability::Client bootstrap)
@@ -16,17 +43,36 @@ struct RpcServer::Connection {
   capnp::RpcSystem<capnp::rpc::twoparty::VatId> rpcSystem;
 };
 
-RpcServer::RpcServer(capnp::Capability::Client bootstrap, kj::Own<kj::ConnectionReceiver> l)
-    : bootstrap(kj::mv(bootstrap)), listener(kj::mv(l)), tasks(*this) {
+RpcServer::RpcServer(BootstrapFactory factory, kj::Own<kj::ConnectionReceiver> l, kj::Timer& timer,
+                     RpcSecurity security)
+    : factory(std::move(factory)),
+      listener(kj::mv(l)),
+      timer(timer),
+      security(std::move(security)),
+      tasks(*this) {
   tasks.add(acceptLoop());
 }
+
+RpcServer::RpcServer(capnp::Capability::Client bootstrap, kj::Own<kj::ConnectionReceiver> l,
+                     kj::Timer& timer, RpcSecurity security)
+    : RpcServer([cap = std::make_shared<capnp::Capability::Client>(kj::mv(bootstrap))](
+                    const Identity&) { return *cap; },
+                kj::mv(l), timer, std::move(security)) {}
+
+RpcServer::~RpcServer() = default;
 
 kj::Promise<void> RpcServer::acceptLoop() {
   return listener->accept().then(
       [this](kj::Own<kj::AsyncIoStream>&& stream) {
-        auto connection = kj::heap<Connection>(kj::mv(stream), bootstrap);
-        auto done = connection->network.onDisconnect();
-        tasks.add(done.attach(kj::mv(connection)));
+        std::string host = peerHost(*stream);
+        size_t& open = perPeer[host];
+        if (open >= security.maxConnectionsPerPeer) {
+          logWarn("{} holds {} connections already: refused another", host, open);
+          if (open == 0) perPeer.erase(host);
+        } else {
+          ++open;
+          tasks.add(serve(kj::mv(stream), host));
+        }
         return acceptLoop();
       },
       [this](kj::Exception&& e) {
@@ -35,6 +81,34 @@ kj::Promise<void> RpcServer::acceptLoop() {
         logWarn("accept failed: {}", e.getDescription().cStr());
         return kj::evalLater([this]() { return acceptLoop(); });
       });
+}
+
+kj::Promise<void> RpcServer::serve(kj::Own<kj::AsyncIoStream> stream, std::string host) {
+  auto release = kj::defer([this, host]() {
+    auto it = perPeer.find(host);
+    if (it != perPeer.end() && --it->second == 0) perPeer.erase(it);
+  });
+  kj::Promise<SecureStream> secured = nullptr;
+  if (security.tls) {
+    secured = security.tls->accept(kj::mv(stream), timer, security.handshakeTimeout)
+                  .catch_([host](kj::Exception&& e) -> kj::Promise<SecureStream> {
+                    auto type = e.getType() == kj::Exception::Type::OVERLOADED
+                                    ? kj::Exception::Type::DISCONNECTED
+                                    : e.getType();
+                    return kj::Exception(type, __FILE__, __LINE__,
+                                         kj::str("TLS handshake with ", host.c_str(),
+                                                 " failed: ", e.getDescription()));
+                  });
+  } else {
+    secured = SecureStream{kj::mv(stream), Identity{}};
+  }
+  return secured
+      .then([this](SecureStream s) {
+        auto connection = kj::heap<Connection>(kj::mv(s.stream), factory(s.peer));
+        auto done = connection->network.onDisconnect();
+        return done.attach(kj::mv(connection));
+      })
+      .attach(kj::mv(release));
 }
 
 void RpcServer::taskFailed(kj::Exception&& exception) {
@@ -49,27 +123,39 @@ struct PeerPool::Connection {
   kj::Maybe<capnp::Capability::Client> cap;
 };
 
-PeerPool::PeerPool(kj::Network& network, kj::Timer& timer, kj::Duration connectTimeout)
-    : network(network), timer(timer), connectTimeout(connectTimeout), tasks(*this) {}
+PeerPool::PeerPool(kj::Network& network, kj::Timer& timer, RpcSecurity security,
+                   kj::Duration connectTimeout)
+    : network(network),
+      timer(timer),
+      security(std::move(security)),
+      connectTimeout(connectTimeout),
+      tasks(*this) {}
 
 PeerPool::~PeerPool() = default;
 
-capnp::Capability::Client PeerPool::bootstrap(kj::StringPtr address) {
-  KJ_IF_MAYBE(existing, connections.find(address)) {
-    KJ_IF_MAYBE(cap, (*existing)->cap) { return *cap; }
+capnp::Capability::Client PeerPool::bootstrap(kj::StringPtr address, Role role) {
+  KJ_IF_MAYBE (existing, connections.find(address)) {
+    KJ_IF_MAYBE (cap, (*existing)->cap) {
+      return *cap;
+    }
   }
   auto connection = kj::heap<Connection>();
   uint64_t generation = nextGeneration++;
   connection->generation = generation;
   Connection* entry = connection.get();
   kj::String key = kj::str(address);
-  connections.upsert(kj::str(address), kj::mv(connection),
-                     [](kj::Own<Connection>& old, kj::Own<Connection>&& repl) {
-                       old = kj::mv(repl);
-                     });
+  connections.upsert(
+      kj::str(address), kj::mv(connection),
+      [](kj::Own<Connection>& old, kj::Own<Connection>&& repl) { old = kj::mv(repl); });
 
-  auto dial = network.parseAddress(address)
-                  .then([](kj::Own<kj::NetworkAddress> addr) { return addr->connect(); });
+  auto dial = network.parseAddress(address).then(
+      [](kj::Own<kj::NetworkAddress> addr) { return addr->connect(); });
+  if (security.tls) {
+    dial = dial.then([this, host = hostOf(address.cStr()), role](kj::Own<kj::AsyncIoStream> s) {
+      return security.tls->connect(kj::mv(s), host, role, timer, connectTimeout)
+          .then([](SecureStream secured) { return kj::mv(secured.stream); });
+    });
+  }
   auto connected =
       timer
           .timeoutAfter(connectTimeout,
@@ -79,7 +165,7 @@ capnp::Capability::Client PeerPool::bootstrap(kj::StringPtr address) {
                generation](kj::Own<kj::AsyncIoStream> stream) -> capnp::Capability::Client {
                 // The entry may have been dropped while connecting: then so is this stream.
                 Connection* raw = nullptr;
-                KJ_IF_MAYBE(entry, connections.find(address)) {
+                KJ_IF_MAYBE (entry, connections.find(address)) {
                   if ((*entry)->generation == generation) raw = entry->get();
                 }
                 if (raw == nullptr) {
@@ -105,16 +191,19 @@ capnp::Capability::Client PeerPool::bootstrap(kj::StringPtr address) {
                       victim = kj::str(entry.key);
                     }
                   }
-                  KJ_IF_MAYBE(v, victim) { drop(*v); }
+                  KJ_IF_MAYBE (v, victim) {
+                    drop(*v);
+                  }
                 }));
                 return cap;
               },
-              [this, key = kj::mv(key), generation](kj::Exception&& e) -> capnp::Capability::Client {
-                KJ_IF_MAYBE(existing, connections.find(key)) {
+              [this, key = kj::mv(key),
+               generation](kj::Exception&& e) -> capnp::Capability::Client {
+                KJ_IF_MAYBE (existing, connections.find(key)) {
                   if ((*existing)->generation == generation) {
                     // Dropping later: this very lambda belongs to the entry's promise.
                     tasks.add(kj::evalLater([this, k = kj::str(key), generation]() {
-                      KJ_IF_MAYBE(e2, connections.find(k)) {
+                      KJ_IF_MAYBE (e2, connections.find(k)) {
                         if ((*e2)->generation == generation) connections.erase(k);
                       }
                     }));
@@ -131,7 +220,7 @@ capnp::Capability::Client PeerPool::bootstrap(kj::StringPtr address) {
 }
 
 void PeerPool::drop(kj::StringPtr address) {
-  KJ_IF_MAYBE(existing, connections.find(address)) {
+  KJ_IF_MAYBE (existing, connections.find(address)) {
     // The connection may be what is running now (an onDisconnect continuation); destroy
     // it on a later turn of the loop.
     auto victim = kj::mv(*existing);

@@ -12,26 +12,55 @@
 #include <kj/map.h>
 #include <kj/timer.h>
 
+#include <functional>
+#include <map>
+#include <memory>
 #include <string>
+
+#include "tls.h"
 
 namespace cairn {
 
 // 24 MiB per message: the largest legitimate message is a 4 MiB read or push.
 constexpr capnp::ReaderOptions RPC_READER_OPTIONS = {24ull * 1024 * 1024 / 8, 64};
 
-// Accepts connections on `listener` and serves `bootstrap` on each until `this` dies.
+// How connections are secured. With `tls` (the default everywhere but --insecure), every
+// connection is TLS 1.3 with a certificate from the cluster's CA on both sides; without,
+// it is plaintext and peers are unauthenticated.
+struct RpcSecurity {
+  std::shared_ptr<TlsCredentials> tls;  // null: plaintext
+  kj::Duration handshakeTimeout = 10 * kj::SECONDS;
+  // Open connections one peer address may hold; more are closed at once.
+  size_t maxConnectionsPerPeer = 512;
+};
+
+// The capability a connection is served: made for the peer its handshake authenticated.
+using BootstrapFactory = std::function<capnp::Capability::Client(const Identity& peer)>;
+
+// Accepts connections on `listener` and serves each the capability `factory` makes for its
+// peer, until `this` dies. A peer that does not finish its handshake within the timeout,
+// or holds too many connections, is cut off.
 class RpcServer final : private kj::TaskSet::ErrorHandler {
  public:
-  RpcServer(capnp::Capability::Client bootstrap, kj::Own<kj::ConnectionReceiver> listener);
+  RpcServer(BootstrapFactory factory, kj::Own<kj::ConnectionReceiver> listener, kj::Timer& timer,
+            RpcSecurity security);
+  // The same capability for every peer.
+  RpcServer(capnp::Capability::Client bootstrap, kj::Own<kj::ConnectionReceiver> listener,
+            kj::Timer& timer, RpcSecurity security);
+  ~RpcServer();
   uint16_t port() { return listener->getPort(); }
 
  private:
   struct Connection;
   kj::Promise<void> acceptLoop();
+  kj::Promise<void> serve(kj::Own<kj::AsyncIoStream> stream, std::string peerHost);
   void taskFailed(kj::Exception&& exception) override;
 
-  capnp::Capability::Client bootstrap;
+  BootstrapFactory factory;
   kj::Own<kj::ConnectionReceiver> listener;
+  kj::Timer& timer;
+  RpcSecurity security;
+  std::map<std::string, size_t> perPeer;  // open connections by peer address
   kj::TaskSet tasks;
 };
 
@@ -52,17 +81,20 @@ void setDataNoCopy(Builder builder, kj::ArrayPtr<const kj::byte> data, Adopt&& a
 // Outgoing connections, one per address, made on first use and dropped when they fail.
 class PeerPool final : private kj::TaskSet::ErrorHandler {
  public:
-  PeerPool(kj::Network& network, kj::Timer& timer,
+  // With `security.tls`, every connection is TLS and the server's certificate must be the
+  // cluster's and valid for the address dialled.
+  PeerPool(kj::Network& network, kj::Timer& timer, RpcSecurity security,
            kj::Duration connectTimeout = 3 * kj::SECONDS);
   ~PeerPool();
 
   // The peer's bootstrap capability. Calls on it fail with DISCONNECTED if the peer
   // cannot be reached within the connect timeout; the next call dials again.
+  // With a `role`, the server's certificate must name it.
   template <typename T>
-  typename T::Client get(kj::StringPtr address) {
-    return bootstrap(address).castAs<T>();
+  typename T::Client get(kj::StringPtr address, Role role = Role::NONE) {
+    return bootstrap(address, role).castAs<T>();
   }
-  capnp::Capability::Client bootstrap(kj::StringPtr address);
+  capnp::Capability::Client bootstrap(kj::StringPtr address, Role role = Role::NONE);
 
   // Forgets the connection to `address` (the next get() dials again).
   void drop(kj::StringPtr address);
@@ -73,6 +105,7 @@ class PeerPool final : private kj::TaskSet::ErrorHandler {
 
   kj::Network& network;
   kj::Timer& timer;
+  RpcSecurity security;
   kj::Duration connectTimeout;
   uint64_t nextGeneration = 1;
   kj::HashMap<kj::String, kj::Own<Connection>> connections;

@@ -32,6 +32,11 @@ class Status {
   static Status ioError(std::string m) { return {ErrorCode::IO_ERROR, std::move(m)}; }
   static Status corrupt(std::string m) { return {ErrorCode::REPLICA_CORRUPT, std::move(m)}; }
   static Status staleVersion(std::string m) { return {ErrorCode::STALE_VERSION, std::move(m)}; }
+  static Status permissionDenied(std::string m) {
+    return {ErrorCode::PERMISSION_DENIED, std::move(m)};
+  }
+  static Status notPermitted(std::string m) { return {ErrorCode::NOT_PERMITTED, std::move(m)}; }
+  static Status tokenInvalid(std::string m) { return {ErrorCode::TOKEN_INVALID, std::move(m)}; }
 
   bool ok() const { return code_ == ErrorCode::OK; }
   ErrorCode code() const { return code_; }

@@ -6,6 +6,13 @@
 #   deploy/cairn-local.sh start  [DATA_DIR]   default ./cairn-data
 #   deploy/cairn-local.sh stop   [DATA_DIR]
 #   deploy/cairn-local.sh status [DATA_DIR]
+#   deploy/cairn-local.sh env    [DATA_DIR]   the export lines a root shell needs:
+#                                             eval "$(deploy/cairn-local.sh env)"
+#
+# Secure by default: the first start makes a cluster CA and a certificate for every
+# daemon, the mount and an admin in DATA_DIR/tls (keys 0600; the CA's key stays there
+# too, so keep DATA_DIR private), and every connection is TLS 1.3 with client
+# certificates. CAIRN_INSECURE=1 starts everything in plaintext instead (one trusted host).
 #
 # Environment: CAIRN_BUILD (binaries, default ./build), CAIRN_MASTER_PORT (7700),
 # CAIRN_CHUNK_SIZE (bytes, default 64 MiB; fixed when DATA_DIR is first used),
@@ -15,7 +22,7 @@
 # Every PID started is written to DATA_DIR/pids; stop ends exactly those.
 set -euo pipefail
 
-usage() { echo "usage: $0 start|stop|status [DATA_DIR]" >&2; exit 2; }
+usage() { echo "usage: $0 start|stop|status|env [DATA_DIR]" >&2; exit 2; }
 [ $# -ge 1 ] && [ $# -le 2 ] || usage
 CMD=$1
 DATA=$(realpath -m "${2:-./cairn-data}")
@@ -32,7 +39,36 @@ if [ "$1" != start ] && [ -f "$DATA/coordinator-address" ]; then COORDINATOR=$(c
 SLOTS=${CAIRN_WORKER_SLOTS:-1}
 MOUNT=${CAIRN_MOUNT:-$DATA/mnt}
 
+TLS=$DATA/tls
 alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
+
+# The credentials flag of a component, or --insecure.
+creds() { if [ "${CAIRN_INSECURE:-0}" = 1 ]; then echo --insecure; else echo "--credentials $TLS/$1"; fi; }
+
+# A CA and every certificate the local cluster uses, made once.
+make_certs() {
+  [ "${CAIRN_INSECURE:-0}" = 1 ] && return 0
+  local cairn=$BUILD/cli/cairn
+  if [ ! -f "$TLS/ca/ca.pem" ]; then
+    mkdir -p "$TLS"
+    chmod 700 "$TLS"
+    "$cairn" admin ca init "$TLS/ca" >/dev/null
+  fi
+  issue() {  # NAME ROLE [FLAGS...]
+    local name=$1 role=$2
+    shift 2
+    [ -f "$TLS/$name/cert.pem" ] ||
+      "$cairn" admin cert issue --ca "$TLS/ca" --role "$role" --name "$name" --out "$TLS/$name" "$@" >/dev/null
+  }
+  issue master master --host 127.0.0.1
+  for i in 1 2 3; do
+    issue "chunkserver$i" chunkserver --host "127.0.0.$((i + 1))"
+    issue "worker$i" worker --host "127.0.0.$((i + 1))" --uid 0 --gids 0 --allow-root
+  done
+  issue coordinator worker --host 127.0.0.1 --uid 0 --gids 0 --allow-root
+  issue mount mount --allow-root
+  issue admin admin
+}
 
 start() {
   for b in master/cairn-master chunkserver/cairn-chunkserver cli/cairn fuse/cairn-mount \
@@ -45,16 +81,25 @@ start() {
     done <"$PIDS"
   fi
   mkdir -p "$DATA/logs"
+  make_certs
   echo "$MASTER" >"$DATA/master-address"
   : >"$PIDS"
-  # shellcheck disable=SC2086  # the extra flags are words
-  "$BUILD/master/cairn-master" --listen "$MASTER" --data "$DATA/master" \
+  # The CLI below acts as the admin.
+  if [ "${CAIRN_INSECURE:-0}" = 1 ]; then
+    export CAIRN_INSECURE=1
+    touch "$DATA/insecure"
+  else
+    export CAIRN_CREDENTIALS=$TLS/admin
+    rm -f "$DATA/insecure"
+  fi
+  # shellcheck disable=SC2086,SC2046  # the extra flags are words
+  "$BUILD/master/cairn-master" --listen "$MASTER" --data "$DATA/master" $(creds master) \
     --chunk-size "$CHUNK_SIZE" ${CAIRN_MASTER_FLAGS:-} >>"$DATA/logs/master.log" 2>&1 &
   echo "master $!" >>"$PIDS"
   for i in 1 2 3; do
     host=127.0.0.$((i + 1))
     "$BUILD/chunkserver/cairn-chunkserver" --listen "$host:$((PORT + 9 + i))" \
-      --data "$DATA/chunkserver$i" --master "$MASTER" --rack "rack$i" \
+      --data "$DATA/chunkserver$i" --master "$MASTER" --rack "rack$i" $(creds "chunkserver$i") \
       >>"$DATA/logs/chunkserver$i.log" 2>&1 &
     echo "chunkserver$i $!" >>"$PIDS"
   done
@@ -65,14 +110,16 @@ start() {
   done
   [ "${live:-0}" -ge 3 ] || { echo "$0: only ${live:-0} of 3 chunkservers registered; logs in $DATA/logs" >&2; exit 1; }
   echo "$COORDINATOR" >"$DATA/coordinator-address"
-  "$BUILD/mapreduce/cairn-mapreduce" coordinator --master "$MASTER" --listen "$COORDINATOR" \
+  # shellcheck disable=SC2046
+  "$BUILD/mapreduce/cairn-mapreduce" $(creds coordinator) coordinator --master "$MASTER" --listen "$COORDINATOR" \
     >>"$DATA/logs/coordinator.log" 2>&1 &
   echo "coordinator $!" >>"$PIDS"
   # One worker beside each chunkserver, named as its host, so that maps read local replicas.
   for i in 1 2 3; do
     host=127.0.0.$((i + 1))
     rm -f "$DATA/worker$i.port"
-    "$BUILD/mapreduce/cairn-mapreduce" worker --coordinator "$COORDINATOR" --host "$host" \
+    # shellcheck disable=SC2046
+    "$BUILD/mapreduce/cairn-mapreduce" $(creds "worker$i") worker --coordinator "$COORDINATOR" --host "$host" \
       --scratch "$DATA/worker$i" --slots "$SLOTS" --port-file "$DATA/worker$i.port" \
       >>"$DATA/logs/worker$i.log" 2>&1 &
     echo "worker$i $!" >>"$PIDS"
@@ -88,7 +135,8 @@ start() {
       echo "$0: $MOUNT is already a mount point" >&2
       exit 1
     fi
-    "$BUILD/fuse/cairn-mount" --master "$MASTER" "$MOUNT" -f >>"$DATA/logs/mount.log" 2>&1 &
+    # shellcheck disable=SC2046
+    "$BUILD/fuse/cairn-mount" --master "$MASTER" $(creds mount) "$MOUNT" -f >>"$DATA/logs/mount.log" 2>&1 &
     echo "mount $!" >>"$PIDS"
     for _ in $(seq 1 100); do mountpoint -q "$MOUNT" && break; sleep 0.1; done
     mountpoint -q "$MOUNT" || { echo "$0: mount did not appear at $MOUNT; see $DATA/logs" >&2; exit 1; }
@@ -97,8 +145,25 @@ start() {
   echo "Cairn is running: master $MASTER, 3 chunkservers, data in $DATA"
   echo "  MapReduce coordinator $COORDINATOR with 3 workers"
   [ "$MOUNT" = none ] || echo "  mounted at $MOUNT"
-  echo "  export CAIRN_MASTER=$MASTER; $BUILD/cli/cairn ls /"
-  echo "  export CAIRN_COORDINATOR=$COORDINATOR; $BUILD/mapreduce/cairn-mapreduce run --input /in --output /out --job wordcount"
+  if [ "${CAIRN_INSECURE:-0}" = 1 ]; then
+    echo "  INSECURE: plaintext, no authentication (CAIRN_INSECURE=1)"
+  else
+    echo "  TLS on every connection; CA and certificates in $TLS"
+  fi
+  echo "  eval \"\$($0 env $DATA)\"; $BUILD/cli/cairn ls /"
+  echo "  $BUILD/mapreduce/cairn-mapreduce run --input /in --output /out --job wordcount"
+}
+
+env_lines() {
+  echo "export CAIRN_MASTER=$MASTER"
+  echo "export CAIRN_COORDINATOR=$COORDINATOR"
+  if [ ! -f "$DATA/insecure" ]; then
+    echo "export CAIRN_CREDENTIALS=$TLS/admin"
+    echo "unset CAIRN_INSECURE"
+  else
+    echo "export CAIRN_INSECURE=1"
+    echo "unset CAIRN_CREDENTIALS"
+  fi
 }
 
 stop() {
@@ -128,6 +193,7 @@ status() {
   while read -r name pid; do
     if alive "$pid"; then echo "$name: running (pid $pid)"; else echo "$name: STOPPED"; rc=3; fi
   done <"$PIDS"
+  eval "$(env_lines)"
   "$BUILD/cli/cairn" --master "$MASTER" servers || rc=3
   return $rc
 }
@@ -136,5 +202,6 @@ case "$CMD" in
   start) start ;;
   stop) stop ;;
   status) status ;;
+  env) env_lines ;;
   *) usage ;;
 esac

@@ -48,11 +48,18 @@ case "$CMD" in
     ip -n "$SW" link set br0 up
     add_host m
     for i in $(seq 0 $((N - 1))); do add_host "c$i"; done
+    # TLS as everywhere: a CA, and a certificate per host naming its address.
+    "$BUILD/cli/cairn" admin ca init "$WORK/tls/ca" >/dev/null
+    issue() { "$BUILD/cli/cairn" admin cert issue --ca "$WORK/tls/ca" --out "$WORK/tls/$1" --name "$@" >/dev/null; }
+    issue master --role master --host 10.213.77.1
+    issue admin --role admin
     start master m "$WORK/master.log" "$BUILD/master/cairn-master" --listen 10.213.77.1:7700 \
-      --data "$WORK/master" --chunk-size 1048576 --heartbeat 0.5 "$@"
+      --data "$WORK/master" --chunk-size 1048576 --heartbeat 0.5 --credentials "$WORK/tls/master" "$@"
     for i in $(seq 0 $((N - 1))); do
+      issue "c$i" --role chunkserver --host "$(addr "c$i")"
       start "chunkserver$i" "c$i" "$WORK/c$i.log" "$BUILD/chunkserver/cairn-chunkserver" \
-        --listen "$(addr "c$i"):7710" --data "$WORK/c$i" --master 10.213.77.1:7700 --rack "rack$i"
+        --listen "$(addr "c$i"):7710" --data "$WORK/c$i" --master 10.213.77.1:7700 --rack "rack$i" \
+        --credentials "$WORK/tls/c$i"
     done
     for _ in $(seq 1 100); do
       live=$("$0" cli "$WORK" servers --json 2>/dev/null | grep -c '"live": true' || true)
@@ -62,7 +69,8 @@ case "$CMD" in
     echo "netns-cluster: only $live of $N chunkservers registered" >&2; exit 1 ;;
   cut) ip -n "$SW" link set "v$TAG$1" down ;;
   heal) ip -n "$SW" link set "v$TAG$1" up ;;
-  cli) exec ip netns exec "$(ns m)" "$BUILD/cli/cairn" --master 10.213.77.1:7700 "$@" ;;
+  cli) exec ip netns exec "$(ns m)" "$BUILD/cli/cairn" --master 10.213.77.1:7700 \
+    --credentials "$WORK/tls/admin" "$@" ;;
   down)
     [ -f "$STATE" ] || exit 0
     tac "$STATE" | while read -r kind name pid; do

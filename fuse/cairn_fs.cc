@@ -119,6 +119,19 @@ kj::Promise<Result<FileAttr>> seenHere(FileCache& fc, kj::Promise<Result<FileAtt
   });
 }
 
+// The calling process, for the master's permission checks: its uid, its group first, then
+// its supplementary groups.
+Caller callerOf(fuse_req_t req) {
+  const fuse_ctx* ctx = fuse_req_ctx(req);
+  Caller who{ctx->uid, {ctx->gid}};
+  gid_t groups[64];
+  int n = fuse_req_getgroups(req, 64, groups);
+  for (int i = 0; i < n && i < 64; ++i) {
+    if (groups[i] != ctx->gid) who.gids.push_back(groups[i]);
+  }
+  return who;
+}
+
 // --- operations ---
 
 void cfsInit(void*, fuse_conn_info* conn) {
@@ -135,9 +148,10 @@ void cfsInit(void*, fuse_conn_info* conn) {
 }
 
 void cfsLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  Caller who = callerOf(req);
   std::string n = name;
   replyEntry(req, call(req, "lookup", [&](Client& c, FileCache& fc) {
-               return seenHere(fc, c.lookup(parent, n));
+               return seenHere(fc, c.lookup(parent, n, who));
              }));
 }
 
@@ -169,7 +183,9 @@ void cfsSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int toSet, fu
   } else if (toSet & FUSE_SET_ATTR_MTIME) {
     r.mtimeNs = toNs(attr->st_mtim);
   }
-  replyAttr(req, call(req, "setattr", [&](Client&, FileCache& fc) { return fc.setattr(ino, r); }));
+  Caller who = callerOf(req);
+  replyAttr(req,
+            call(req, "setattr", [&](Client&, FileCache& fc) { return fc.setattr(ino, r, who); }));
 }
 
 void cfsReadlink(fuse_req_t req, fuse_ino_t ino) {
@@ -182,7 +198,7 @@ void cfsReadlink(fuse_req_t req, fuse_ino_t ino) {
 }
 
 void cfsMknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
-  const fuse_ctx* ctx = fuse_req_ctx(req);
+  Caller who = callerOf(req);
   std::string n = name;
   FileType type;
   switch (mode & S_IFMT) {
@@ -206,38 +222,42 @@ void cfsMknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, 
       return;
   }
   replyEntry(req, call(req, "mknod", [&](Client& c, FileCache&) {
-               return c.mknod(parent, n, type, mode & 07777, ctx->uid, ctx->gid, rdev);
+               return c.mknod(parent, n, type, mode & 07777, rdev, who);
              }));
 }
 
 void cfsMkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
-  const fuse_ctx* ctx = fuse_req_ctx(req);
+  Caller who = callerOf(req);
   std::string n = name;
   replyEntry(req, call(req, "mkdir", [&](Client& c, FileCache&) {
-               return c.mkdir(parent, n, mode & 07777, ctx->uid, ctx->gid);
+               return c.mkdir(parent, n, mode & 07777, who);
              }));
 }
 
 void cfsUnlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
   std::string n = name;
-  replyStatus(req, call(req, "unlink", [&](Client& c, FileCache&) { return c.unlink(parent, n); }));
+  Caller who = callerOf(req);
+  replyStatus(req,
+              call(req, "unlink", [&](Client& c, FileCache&) { return c.unlink(parent, n, who); }));
 }
 
 void cfsRmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
   std::string n = name;
-  replyStatus(req, call(req, "rmdir", [&](Client& c, FileCache&) { return c.rmdir(parent, n); }));
+  Caller who = callerOf(req);
+  replyStatus(req,
+              call(req, "rmdir", [&](Client& c, FileCache&) { return c.rmdir(parent, n, who); }));
 }
 
 void cfsSymlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* name) {
-  const fuse_ctx* ctx = fuse_req_ctx(req);
+  Caller who = callerOf(req);
   std::string target = link, n = name;
-  replyEntry(req, call(req, "symlink", [&](Client& c, FileCache&) {
-               return c.symlink(parent, n, target, ctx->uid, ctx->gid);
-             }));
+  replyEntry(req, call(req, "symlink",
+                       [&](Client& c, FileCache&) { return c.symlink(parent, n, target, who); }));
 }
 
 void cfsRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
                const char* newname, unsigned int flags) {
+  Caller who = callerOf(req);
   if (flags & ~RENAME_NOREPLACE) {
     fuse_reply_err(req, EINVAL);  // RENAME_EXCHANGE and RENAME_WHITEOUT are not supported
     return;
@@ -245,14 +265,15 @@ void cfsRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t n
   std::string from = name, to = newname;
   bool noReplace = flags & RENAME_NOREPLACE;
   replyStatus(req, call(req, "rename", [&](Client& c, FileCache&) {
-                return c.rename(parent, from, newparent, to, noReplace);
+                return c.rename(parent, from, newparent, to, noReplace, who);
               }));
 }
 
 void cfsLink(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* newname) {
+  Caller who = callerOf(req);
   std::string n = newname;
   replyEntry(req, call(req, "link", [&](Client& c, FileCache& fc) {
-               return seenHere(fc, c.link(ino, newparent, n));
+               return seenHere(fc, c.link(ino, newparent, n, who));
              }));
 }
 
@@ -271,7 +292,12 @@ kj::Promise<Result<FileHandle*>> wrap(kj::Promise<Result<kj::Own<OpenFile>>> ope
 }
 
 void cfsOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-  auto r = call(req, "open", [&](Client&, FileCache& fc) { return wrap(fc.open(ino)); });
+  int access = (fi->flags & O_ACCMODE) == O_RDONLY   ? ACCESS_READ
+               : (fi->flags & O_ACCMODE) == O_WRONLY ? ACCESS_WRITE
+                                                     : ACCESS_READ | ACCESS_WRITE;
+  Caller who = callerOf(req);
+  auto r =
+      call(req, "open", [&](Client&, FileCache& fc) { return wrap(fc.open(ino, access, who)); });
   if (!r.ok()) {
     replyStatus(req, r.status);
     return;
@@ -295,11 +321,9 @@ void cfsOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 
 void cfsCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
                fuse_file_info* fi) {
-  const fuse_ctx* ctx = fuse_req_ctx(req);
   CreateOptions o;
   o.mode = mode & 07777;
-  o.uid = ctx->uid;
-  o.gid = ctx->gid;
+  o.caller = callerOf(req);
   o.exclusive = fi->flags & O_EXCL;
   std::string n = name;
   auto r =
@@ -391,6 +415,7 @@ void cfsOpendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 
 void readdirCommon(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
                    bool plus) {
+  Caller who = callerOf(req);
   auto* dir = reinterpret_cast<DirHandle*>(fi->fh);
   // Offsets: 0 is ".", 1 is "..", 2 + i is entries[i]; each entry's offset is the next one's.
   size_t want = static_cast<size_t>(off) + 64;
@@ -398,12 +423,13 @@ void readdirCommon(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_
     std::string after = dir->entries.empty() ? std::string() : dir->entries.back().name;
     bool more = false;
     auto page = call(req, "readdir", [&](Client& c, FileCache& fc) {
-      return c.readdir(ino, after, 1024, &more).then([&fc](Result<std::vector<DirEntryInfo>> r) {
-        if (r.ok()) {
-          for (auto& e : r.value) e.attr = fc.asSeenHere(e.attr);
-        }
-        return r;
-      });
+      return c.readdir(ino, after, 1024, &more, who)
+          .then([&fc](Result<std::vector<DirEntryInfo>> r) {
+            if (r.ok()) {
+              for (auto& e : r.value) e.attr = fc.asSeenHere(e.attr);
+            }
+            return r;
+          });
     });
     if (!page.ok()) {
       replyStatus(req, page.status);
@@ -479,9 +505,10 @@ void cfsStatfs(fuse_req_t req, fuse_ino_t) {
 
 void cfsSetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
                  int flags) {
+  Caller who = callerOf(req);
   std::string n = name, v(value, size);
   replyStatus(req, call(req, "setxattr", [&](Client& c, FileCache&) {
-                return c.setxattr(ino, n, v, static_cast<uint32_t>(flags));
+                return c.setxattr(ino, n, v, static_cast<uint32_t>(flags), who);
               }));
 }
 
@@ -497,7 +524,8 @@ void replySized(fuse_req_t req, const std::string& data, size_t size) {
 
 void cfsGetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
   std::string n = name;
-  auto r = call(req, "getxattr", [&](Client& c, FileCache&) { return c.getxattr(ino, n); });
+  Caller who = callerOf(req);
+  auto r = call(req, "getxattr", [&](Client& c, FileCache&) { return c.getxattr(ino, n, who); });
   if (!r.ok()) {
     replyStatus(req, r.status);
     return;
@@ -506,7 +534,8 @@ void cfsGetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) 
 }
 
 void cfsListxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
-  auto r = call(req, "listxattr", [&](Client& c, FileCache&) { return c.listxattr(ino); });
+  Caller who = callerOf(req);
+  auto r = call(req, "listxattr", [&](Client& c, FileCache&) { return c.listxattr(ino, who); });
   if (!r.ok()) {
     replyStatus(req, r.status);
     return;
@@ -517,9 +546,10 @@ void cfsListxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
 }
 
 void cfsRemovexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
+  Caller who = callerOf(req);
   std::string n = name;
-  replyStatus(
-      req, call(req, "removexattr", [&](Client& c, FileCache&) { return c.removexattr(ino, n); }));
+  replyStatus(req, call(req, "removexattr",
+                        [&](Client& c, FileCache&) { return c.removexattr(ino, n, who); }));
 }
 
 void cfsAccess(fuse_req_t req, fuse_ino_t ino, int) {

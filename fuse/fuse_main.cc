@@ -8,17 +8,22 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "blocking_client.h"
 #include "cairn_fs.h"
 #include "log.h"
+#include "security.h"
 
 namespace {
 
 const char* USAGE =
     "usage: cairn-mount --master HOST:PORT MOUNTPOINT [-f] [-d] [-o OPTION[,OPTION…]]\n"
     "  [--host NAME]   this host as chunkservers advertise it (reads prefer its replicas)\n"
+    "  [--credentials DIR]  the mount's certificate (default: $CAIRN_CREDENTIALS); SIGHUP\n"
+    "                  reloads it\n"
+    "  [--insecure]    plaintext, for one trusted host (or CAIRN_INSECURE=1)\n"
     "options (-o): entry_timeout=SECONDS, attr_timeout=SECONDS (default 1), and any\n"
     "  FUSE mount option. The mount always has allow_other and default_permissions.\n";
 
@@ -30,14 +35,15 @@ struct Args {
   bool debug = false;
   std::vector<std::string> fuseOptions;
   cairn::MountOptions mount;
+  cairn::SecurityFlags security;
 };
 
 bool parseOptions(const std::string& list, Args& a) {
   size_t start = 0;
   while (start <= list.size()) {
     size_t comma = list.find(',', start);
-    std::string opt = list.substr(start, comma == std::string::npos ? std::string::npos
-                                                                   : comma - start);
+    std::string opt =
+        list.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
     if (opt.rfind("entry_timeout=", 0) == 0) {
       a.mount.entryTimeout = atof(opt.c_str() + 14);
     } else if (opt.rfind("attr_timeout=", 0) == 0) {
@@ -64,6 +70,12 @@ bool parseArgs(int argc, char** argv, Args& a) {
       const char* v = next();
       if (!v) return false;
       a.host = v;
+    } else if (arg == "--credentials") {
+      const char* v = next();
+      if (!v) return false;
+      a.security.credentials = v;
+    } else if (arg == "--insecure") {
+      a.security.insecure = true;
     } else if (arg == "-f") {
       a.foreground = true;
     } else if (arg == "-d") {
@@ -92,8 +104,14 @@ int main(int argc, char** argv) {
     return 2;
   }
   setLogComponent("cairn-mount");
+  auto security = loadSecurity(args.security);
+  if (!security.ok()) {
+    fprintf(stderr, "cairn-mount: %s\n", security.status.message().c_str());
+    return 2;
+  }
   ClientOptions clientOptions;
   clientOptions.master = args.master;
+  clientOptions.security = security.value;
   if (!args.host.empty()) clientOptions.localHosts.push_back(args.host);
   clientOptions.localHosts.push_back("127.0.0.1");
   clientOptions.seed = static_cast<uint64_t>(getpid());
@@ -108,8 +126,8 @@ int main(int argc, char** argv) {
     }
   }
 
-  std::string fuseOpts = "fsname=cairn:" + args.master +
-                         ",subtype=cairn,allow_other,default_permissions";
+  std::string fuseOpts =
+      "fsname=cairn:" + args.master + ",subtype=cairn,allow_other,default_permissions";
   for (auto& o : args.fuseOptions) fuseOpts += "," + o;
   std::vector<std::string> fuseArgv = {argv[0], "-o", fuseOpts};
   if (args.debug) fuseArgv.push_back("-d");
@@ -128,6 +146,22 @@ int main(int argc, char** argv) {
       fuse_daemonize(args.foreground ? 1 : 0);
       {
         // The client's loop thread starts after daemonizing: fork keeps no threads.
+        // SIGHUP reloads the certificate (blocked in every thread but the one waiting).
+        sigset_t hup;
+        sigemptyset(&hup);
+        sigaddset(&hup, SIGHUP);
+        pthread_sigmask(SIG_BLOCK, &hup, nullptr);
+        std::thread([hup, tls = security.value.tls]() {
+          for (int sig = 0; sigwait(&hup, &sig) == 0;) {
+            if (!tls) continue;
+            Status s = tls->reload();
+            if (s.ok()) {
+              logInfo("SIGHUP: credentials in {} reloaded", tls->directory());
+            } else {
+              logError("SIGHUP: credentials not reloaded, the old ones stay: {}", s.message());
+            }
+          }
+        }).detach();
         BlockingClient client(clientOptions);
         fs.client = &client;
         fs.session = se;

@@ -32,11 +32,13 @@ Result<FileLayout> CairnIo::layout(uint64_t inode) {
 
 Result<FileAttr> CairnIo::mkdir(uint64_t parent, const std::string& name, uint32_t uid,
                                 uint32_t gid) {
-  return client.run([&](Client& c, FileCache&) { return c.mkdir(parent, name, 0755, uid, gid); });
+  return client.run([&](Client& c, FileCache&) {
+    return c.mkdir(parent, name, 0755, Caller{uid, {gid}});
+  });
 }
 
 Result<FileAttr> CairnIo::makeDirs(const std::string& path, uint32_t uid, uint32_t gid) {
-  return client.run([&](Client& c, FileCache&) { return c.makeDirs(path, uid, gid); });
+  return client.run([&](Client& c, FileCache&) { return c.makeDirs(path, Caller{uid, {gid}}); });
 }
 
 Status CairnIo::removeTree(uint64_t parent, const std::string& name) {
@@ -66,8 +68,7 @@ Result<std::unique_ptr<CairnIo::Writer>> CairnIo::createAtomically(uint64_t dir,
                                                                    const std::string& tempName,
                                                                    uint32_t uid, uint32_t gid) {
   CreateOptions o;
-  o.uid = uid;
-  o.gid = gid;
+  o.caller = Caller{uid, {gid}};
   o.atomic = true;
   o.tempParent = tempDir;
   o.tempName = tempName;

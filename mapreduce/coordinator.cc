@@ -10,9 +10,10 @@
 namespace cairn::mapreduce {
 namespace {
 
-ClientOptions clientOptions(const std::string& master) {
+ClientOptions clientOptions(const std::string& master, const RpcSecurity& security) {
   ClientOptions o;
   o.master = master;
+  o.security = security;
   return o;
 }
 
@@ -175,7 +176,7 @@ Coordinator::Coordinator(CoordinatorOptions options, kj::Timer& timer)
     : opts(std::move(options)),
       timer(timer),
       scheduler(opts.scheduler),
-      io(clientOptions(opts.master)),
+      io(clientOptions(opts.master, opts.security)),
       tasks(*this) {
   scheduler.onReducesDone = [this](uint64_t jobId) {
     JobSpec spec = *scheduler.spec(jobId);
@@ -300,9 +301,8 @@ Status Coordinator::commit(const JobSpec& spec) {
   if (!removed.ok() && removed.code() != ErrorCode::NOT_FOUND) {
     logWarn("could not remove {}/_temporary: {}", spec.output, removed.toString());
   }
-  auto success =
-      io.createAtomically(out.value.inode, "_SUCCESS", out.value.inode, "._SUCCESS._COPYING_",
-                          spec.uid, spec.gid);
+  auto success = io.createAtomically(out.value.inode, "_SUCCESS", out.value.inode,
+                                     "._SUCCESS._COPYING_", spec.uid, spec.gid);
   if (!success.ok()) return withContext("creating _SUCCESS", success.status);
   Status s = success.value->commit();
   return s.ok() ? s : withContext("creating _SUCCESS", s);

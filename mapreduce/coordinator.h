@@ -21,6 +21,7 @@ struct CoordinatorOptions {
   SchedulerOptions scheduler;
   kj::Duration tickInterval = 500 * kj::MILLISECONDS;
   kj::Duration pollWait = 1 * kj::SECONDS;  // how long nextTask waits for work
+  RpcSecurity security;                     // of the connection to the master
 };
 
 class Coordinator final : private kj::TaskSet::ErrorHandler {

@@ -20,12 +20,15 @@
 #include "log.h"
 #include "protocol.h"
 #include "rpc.h"
+#include "security.h"
 #include "worker.h"
 
 namespace {
 
 using namespace cairn;
 using namespace cairn::mapreduce;
+
+RpcSecurity security;  // of every connection this process makes and serves
 
 // The local address this host uses to reach `target` (no packet is sent).
 Result<std::string> localAddressTowards(const HostPort& target) {
@@ -82,8 +85,10 @@ int runCoordinator(const std::string& master, const std::string& listen,
     CoordinatorOptions options;
     options.master = master;
     options.scheduler.localityWaitMs = static_cast<int64_t>(localityWait * 1000);
+    options.security = security;
     Coordinator coordinator(options, io.provider->getTimer());
-    RpcServer server(coordinator.capability(), kj::mv(listener));
+    RpcServer server(coordinator.capability(), kj::mv(listener), io.provider->getTimer(), security);
+    auto reloader = reloadOnSighup(io.unixEventPort, security.tls).eagerlyEvaluate(nullptr);
     logInfo("listening on {} (master {})", bound, master);
     if (!portFile.empty()) std::ofstream(portFile) << bound << "\n";
     coordinator.run().wait(io.waitScope);
@@ -125,8 +130,10 @@ int runWorker(WorkerOptions options, std::string listen, const std::string& port
       if (!written && !portFile.empty()) std::ofstream(portFile) << options.address << "\n";
       written = true;
     };
+    options.security = security;
     Worker worker(options, io.provider->getNetwork(), io.provider->getTimer());
-    RpcServer server(worker.capability(), kj::mv(listener));
+    RpcServer server(worker.capability(), kj::mv(listener), io.provider->getTimer(), security);
+    auto reloader = reloadOnSighup(io.unixEventPort, security.tls).eagerlyEvaluate(nullptr);
     logInfo("serving map output on {}, scratch {}", options.address, options.scratch);
     worker.start().wait(io.waitScope);
     kj::NEVER_DONE.wait(io.waitScope);
@@ -176,7 +183,7 @@ void printReport(const JobReport& r) {
 
 struct Session {
   kj::AsyncIoContext io = kj::setupAsyncIo();
-  PeerPool peers{io.provider->getNetwork(), io.provider->getTimer()};
+  PeerPool peers{io.provider->getNetwork(), io.provider->getTimer(), security};
   wire::Coordinator::Client coordinator;
   std::string address;
   explicit Session(std::string addr)
@@ -370,7 +377,16 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   kill->add_option("JOB", killId, "the job's number (see `jobs`)")->required();
 
+  SecurityFlags securityFlags;
+  addSecurityFlags(app, securityFlags, /*server=*/true);
   CLI11_PARSE(app, argc, argv);
+  captureSighup();
+  auto loaded = loadSecurity(securityFlags);
+  if (!loaded.ok()) {
+    logError("{}", loaded.status.message());
+    return 2;
+  }
+  security = loaded.value;
 
   if (coordinator->parsed()) return runCoordinator(master, listen, portFile, localityWait);
   if (worker->parsed()) {

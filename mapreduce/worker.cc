@@ -103,7 +103,7 @@ Worker::Worker(WorkerOptions options, kj::Network& network, kj::Timer& timer)
     : opts(std::move(options)),
       timer(timer),
       executor(kj::getCurrentThreadExecutor()),
-      peers(network, timer),
+      peers(network, timer, opts.security),
       taskPool(std::max(opts.slots, 1u)),
       tasks(*this) {
   std::error_code ec;
@@ -150,6 +150,7 @@ kj::Promise<void> Worker::join() {
               ClientOptions o;
               o.master = master;
               o.localHosts = {opts.host};
+              o.security = opts.security;
               io = std::make_shared<CairnIo>(o);
             }
             session = response.getSession();
@@ -283,8 +284,8 @@ Status Worker::runReduceTask(const TaskOrder& order, CairnIo& fs, AttemptResult&
   if (!temp.ok()) return temp.status;
   std::string name = fmt::format("part-{:05}", order.task);
   std::string tempName = fmt::format("{}.attempt-{}", name, order.attempt);
-  auto file = fs.createAtomically(out.value.inode, name, temp.value.inode, tempName, spec.uid,
-                                  spec.gid);
+  auto file =
+      fs.createAtomically(out.value.inode, name, temp.value.inode, tempName, spec.uid, spec.gid);
   if (!file.ok()) return file.status;
   auto& writer = *file.value;
 

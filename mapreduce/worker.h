@@ -30,6 +30,7 @@ struct WorkerOptions {
   size_t sortMemory = 128 << 20;  // per reduce task, before sorted runs spill
   kj::Duration heartbeat = 1 * kj::SECONDS;
   std::function<void()> joined;  // called after each successful join
+  RpcSecurity security;          // of every connection this worker makes
 };
 
 class Worker final : private kj::TaskSet::ErrorHandler {

@@ -19,8 +19,8 @@ kj::Promise<Status> ChunkserverControl::send(uint64_t server, Request&& request,
   return timer.timeoutAfter(timeout * timeoutMultiple, request.send())
       .then([](auto response) { return fromWire(response.getStatus()); },
             [server](kj::Exception&& e) {
-              return Status::unavailable(fmt::format("chunkserver {}: {}", server,
-                                                     e.getDescription().cStr()));
+              return Status::unavailable(
+                  fmt::format("chunkserver {}: {}", server, e.getDescription().cStr()));
             });
 }
 
@@ -46,8 +46,8 @@ kj::Promise<Status> ChunkserverControl::grantLease(uint64_t server, uint64_t han
   return send(server, kj::mv(req));
 }
 
-kj::Promise<Status> ChunkserverControl::truncate(uint64_t server, uint64_t handle,
-                                                 uint64_t version, uint32_t length) {
+kj::Promise<Status> ChunkserverControl::truncate(uint64_t server, uint64_t handle, uint64_t version,
+                                                 uint32_t length) {
   auto it = servers.find(server);
   if (it == servers.end()) return Status::unavailable("chunkserver not connected");
   auto req = it->second.truncateRequest();
@@ -99,6 +99,8 @@ class RegistryImpl final : public wire::ChunkserverRegistry::Server {
     results.setChunkSize(master.names().chunkSize());
     results.setHeartbeatMs(
         static_cast<uint32_t>(master.options().heartbeatInterval / kj::MILLISECONDS));
+    toWire(master.tokenKeys(),
+           results.initTokenKeys(static_cast<uint>(master.tokenKeys().all().size())));
     toWire(Status::OK(), results.initStatus());
     return kj::READY_NOW;
   }
@@ -118,6 +120,8 @@ class RegistryImpl final : public wire::ChunkserverRegistry::Server {
     }
     auto list = results.initDeleteHandles(static_cast<uint>(deletes.size()));
     for (size_t i = 0; i < deletes.size(); ++i) list.set(static_cast<uint>(i), deletes[i]);
+    toWire(master.tokenKeys(),
+           results.initTokenKeys(static_cast<uint>(master.tokenKeys().all().size())));
     toWire(Status::OK(), results.initStatus());
     return kj::READY_NOW;
   }

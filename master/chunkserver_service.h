@@ -7,6 +7,7 @@
 #include "chunk_manager.h"
 #include "chunkserver.capnp.h"
 #include "master.capnp.h"
+#include "tls.h"
 
 namespace cairn {
 
@@ -38,6 +39,6 @@ class ChunkserverControl final : public ReplicaControl {
 };
 
 kj::Own<wire::ChunkserverRegistry::Server> newChunkserverRegistry(Master& master);
-kj::Own<wire::ClientService::Server> newClientService(Master& master);
+kj::Own<wire::ClientService::Server> newClientService(Master& master, const Identity& peer);
 
 }  // namespace cairn

@@ -7,6 +7,7 @@
 #include <map>
 #include <set>
 
+#include "authorizer.h"
 #include "chunkserver_service.h"
 #include "log.h"
 #include "master.h"
@@ -19,7 +20,10 @@ constexpr uint32_t MAX_CHUNKS_PER_CALL = 4096;
 
 std::string text(capnp::Text::Reader t) { return std::string(t.cStr(), t.size()); }
 
-void fillChunk(const ChunkView& v, wire::ChunkLocation::Builder out) {
+// A chunk's location, with a token for reading it (or, from prepareWrite, writing it).
+void fillChunk(Master& master, const ChunkView& v, TokenMode mode,
+               wire::ChunkLocation::Builder out) {
+  toWire(master.issueToken(v.record.handle, v.record.version, mode), out.initToken());
   out.setIndex(v.record.index);
   out.setHandle(v.record.handle);
   out.setVersion(v.record.version);
@@ -32,63 +36,88 @@ void fillChunk(const ChunkView& v, wire::ChunkLocation::Builder out) {
   out.setLeaseRemainingMs(v.leaseRemainingMs);
 }
 
-// One client session: the calls of one connection, and the files it holds open.
-class ClientServiceImpl final : public wire::ClientService::Server {
- public:
-  explicit ClientServiceImpl(Master& master)
-      : master(master), ns(master.names()), chunks(master.chunkManager()) {}
-  ~ClientServiceImpl() noexcept(false) {
+// One client session (one connection): the files it holds open, shared by the services
+// that make its calls for different callers (asCaller), and ended when the last goes.
+struct Session {
+  explicit Session(Master& master) : master(master) {}
+  ~Session() {
     // The connection is gone: its opens end after a grace period (the client may be
     // reconnecting, and will hold them again).
     std::set<uint64_t> inodes;
-    for (auto& [inode, count] : opens) inodes.insert(inode);
+    for (auto& [inode, o] : opens.byInode) inodes.insert(inode);
     master.endSession(inodes);
   }
+  Master& master;
+  OpenFiles opens;
+};
+
+// The calls of one session for one caller. Every namespace call goes through the
+// Authorizer with the caller's credentials; this class only translates.
+class ClientServiceImpl final : public wire::ClientService::Server {
+ public:
+  ClientServiceImpl(Master& master, Identity peer, std::shared_ptr<Session> session,
+                    Result<Credentials> who)
+      : master(master),
+        ns(master.names()),
+        chunks(master.chunkManager()),
+        auth(master),
+        peer(std::move(peer)),
+        state(std::move(session)),
+        who(std::move(who)) {}
 
   kj::Promise<void> lookup(LookupContext context) override {
+    if (refused(context)) return kj::READY_NOW;
     auto p = context.getParams();
-    reply(context, ns.lookup(p.getParent(), text(p.getName())));
+    reply(context, auth.lookup(who.value, p.getParent(), text(p.getName())));
     return kj::READY_NOW;
   }
 
   kj::Promise<void> getattr(GetattrContext context) override {
+    if (refused(context)) return kj::READY_NOW;
     reply(context, ns.getattr(context.getParams().getInode()));
     return kj::READY_NOW;
   }
 
   kj::Promise<void> resolve(ResolveContext context) override {
-    reply(context, ns.resolve(text(context.getParams().getPath())));
+    if (refused(context)) return kj::READY_NOW;
+    reply(context, auth.resolve(who.value, text(context.getParams().getPath())));
     return kj::READY_NOW;
   }
 
   kj::Promise<void> mkdir(MkdirContext context) override {
+    if (refused(context)) return kj::READY_NOW;
     auto p = context.getParams();
-    return replyLater(
-        context, ns.mkdir(p.getParent(), text(p.getName()), p.getMode(), p.getUid(), p.getGid()));
+    return replyLater(context,
+                      auth.mkdir(who.value, p.getParent(), text(p.getName()), p.getMode()));
   }
 
   kj::Promise<void> create(CreateContext context) override {
+    if (refused(context)) return kj::READY_NOW;
     auto p = context.getParams();
     bool open = p.getOpen();
-    return replyLater(context, ns.create(p.getParent(), text(p.getName()), p.getMode(), p.getUid(),
-                                         p.getGid(), p.getReplication(), p.getExclusive())
+    return replyLater(context, auth.create(who.value, p.getParent(), text(p.getName()), p.getMode(),
+                                           p.getReplication(), p.getExclusive(), open)
                                    .then([this, open](MutationResult r) {
-                                     if (open && r.status.ok()) hold(r.inode.inode);
+                                     if (open && r.status.ok()) hold(r.inode.inode, MAY_WRITE);
                                      return r;
                                    }));
   }
 
   kj::Promise<void> open(OpenContext context) override {
-    auto r = ns.getattr(context.getParams().getInode());
-    if (r.ok() && r.value.type == InodeType::REGULAR) hold(r.value.inode);
+    if (refused(context)) return kj::READY_NOW;
+    auto p = context.getParams();
+    int access = p.getAccess() & (MAY_READ | MAY_WRITE);
+    auto r = auth.open(who.value, p.getInode(), access);
+    if (r.ok() && r.value.type == InodeType::REGULAR) hold(r.value.inode, access);
     reply(context, r);
     return kj::READY_NOW;
   }
 
   kj::Promise<void> close(CloseContext context) override {
     uint64_t inode = context.getParams().getInode();
+    auto& opens = state->opens.byInode;
     auto it = opens.find(inode);
-    if (it != opens.end() && --it->second == 0) {
+    if (it != opens.end() && --it->second.count == 0) {
       opens.erase(it);
       master.close(inode);
     }
@@ -96,17 +125,20 @@ class ClientServiceImpl final : public wire::ClientService::Server {
     return kj::READY_NOW;
   }
 
-  kj::Promise<void> session(SessionContext context) override {
-    auto inodes = context.getParams().getOpenInodes();
-    KJ_REQUIRE(inodes.size() <= 100'000, "too many open files");
-    for (uint64_t inode : inodes) {
-      auto n = ns.getattr(inode);
-      if (n.ok() && n.value.type == InodeType::REGULAR) hold(inode);
-    }
+  kj::Promise<void> session(SessionContext) override { return kj::READY_NOW; }
+
+  kj::Promise<void> asCaller(AsCallerContext context) override {
+    auto p = context.getParams();
+    auto gids = p.getGids();
+    Credentials stated{p.getUid(), {}};
+    for (size_t i = 0; i < gids.size() && i < 64; ++i) stated.gids.push_back(gids[i]);
+    context.getResults().setService(
+        kj::heap<ClientServiceImpl>(master, peer, state, credentialsFor(peer, stated)));
     return kj::READY_NOW;
   }
 
   kj::Promise<void> setattr(SetattrContext context) override {
+    if (refused(context)) return kj::READY_NOW;
     auto p = context.getParams();
     auto set = p.getSet();
     SetAttrArgs args;
@@ -116,16 +148,17 @@ class ClientServiceImpl final : public wire::ClientService::Server {
     if (set.getSetSize()) args.size = set.getSize();
     if (set.getSetAtime()) args.atimeNs = set.getAtimeNs();
     if (set.getSetMtime()) args.mtimeNs = set.getMtimeNs();
-    return replyLater(context, master.setattr(p.getInode(), args));
+    return replyLater(context, auth.setattr(who.value, state->opens, p.getInode(), args));
   }
 
   kj::Promise<void> readdir(ReaddirContext context) override {
+    if (refused(context)) return kj::READY_NOW;
     auto p = context.getParams();
     auto results = context.getResults();
     std::vector<Namespace::Entry> entries;
     bool more = false;
     uint32_t limit = std::min(std::max(p.getLimit(), 1u), MAX_READDIR);
-    Status s = ns.readdir(p.getInode(), text(p.getAfter()), limit, entries, more);
+    Status s = auth.readdir(who.value, p.getInode(), text(p.getAfter()), limit, entries, more);
     toWire(s, results.initStatus());
     if (!s.ok()) return kj::READY_NOW;
     auto list = results.initEntries(static_cast<uint>(entries.size()));
@@ -138,28 +171,34 @@ class ClientServiceImpl final : public wire::ClientService::Server {
   }
 
   kj::Promise<void> unlink(UnlinkContext context) override {
+    if (refused(context)) return kj::READY_NOW;
     auto p = context.getParams();
-    return replyStatus(context, ns.unlink(p.getParent(), text(p.getName())));
+    return replyStatus(context, auth.unlink(who.value, p.getParent(), text(p.getName())));
   }
 
   kj::Promise<void> rmdir(RmdirContext context) override {
+    if (refused(context)) return kj::READY_NOW;
     auto p = context.getParams();
-    return replyStatus(context, ns.rmdir(p.getParent(), text(p.getName())));
+    return replyStatus(context, auth.rmdir(who.value, p.getParent(), text(p.getName())));
   }
 
   kj::Promise<void> rename(RenameContext context) override {
+    if (refused(context)) return kj::READY_NOW;
     auto p = context.getParams();
-    return replyStatus(context, ns.rename(p.getSrcParent(), text(p.getSrcName()), p.getDstParent(),
-                                          text(p.getDstName()), p.getNoReplace()));
+    return replyStatus(
+        context, auth.rename(who.value, p.getSrcParent(), text(p.getSrcName()), p.getDstParent(),
+                             text(p.getDstName()), p.getNoReplace()));
   }
 
   kj::Promise<void> setReplication(SetReplicationContext context) override {
+    if (refused(context)) return kj::READY_NOW;
     auto p = context.getParams();
-    return replyLater(context, master.setReplication(p.getInode(), p.getReplication()));
+    return replyLater(context, auth.setReplication(who.value, p.getInode(), p.getReplication()));
   }
 
   kj::Promise<void> trashList(TrashListContext context) override {
-    auto entries = ns.listTrash(100000);
+    if (refused(context)) return kj::READY_NOW;
+    auto entries = auth.listTrash(who.value, 100000);
     auto results = context.getResults();
     toWire(Status::OK(), results.initStatus());
     auto list = results.initEntries(static_cast<uint>(entries.size()));
@@ -175,10 +214,12 @@ class ClientServiceImpl final : public wire::ClientService::Server {
   }
 
   kj::Promise<void> trashRestore(TrashRestoreContext context) override {
-    return replyLater(context, ns.restore(text(context.getParams().getPath())));
+    if (refused(context)) return kj::READY_NOW;
+    return replyLater(context, auth.restore(who.value, text(context.getParams().getPath())));
   }
 
   kj::Promise<void> decommission(DecommissionContext context) override {
+    if (!isAdmin(peer)) return fail(context, notAdmin("decommission"));
     uint64_t remaining = 0;
     bool done = false;
     Status s = chunks.decommission(text(context.getParams().getAddress()), remaining, done);
@@ -190,6 +231,7 @@ class ClientServiceImpl final : public wire::ClientService::Server {
   }
 
   kj::Promise<void> balance(BalanceContext context) override {
+    if (!isAdmin(peer)) return fail(context, notAdmin("balance"));
     double threshold = context.getParams().getThreshold();
     if (!(threshold >= 0 && threshold <= 10)) {
       return fail(context, Status::invalidArgument("threshold must be from 0 to 10"));
@@ -214,9 +256,11 @@ class ClientServiceImpl final : public wire::ClientService::Server {
   }
 
   kj::Promise<void> getChunks(GetChunksContext context) override {
+    if (refused(context)) return kj::READY_NOW;
     auto p = context.getParams();
     auto results = context.getResults();
     auto n = ns.getattr(p.getInode());
+    if (n.ok()) n.status = auth.mayReadChunks(who.value, state->opens, p.getInode());
     if (!n.ok()) {
       toWire(n.status, results.initStatus());
       return kj::READY_NOW;
@@ -227,12 +271,15 @@ class ClientServiceImpl final : public wire::ClientService::Server {
     results.setChunkSize(ns.chunkSize());
     results.setFileSize(n.value.size);
     auto list = results.initChunks(static_cast<uint>(views.size()));
-    for (size_t i = 0; i < views.size(); ++i) fillChunk(views[i], list[i]);
+    for (size_t i = 0; i < views.size(); ++i) fillChunk(master, views[i], TokenMode::READ, list[i]);
     return kj::READY_NOW;
   }
 
   kj::Promise<void> prepareWrite(PrepareWriteContext context) override {
+    if (refused(context)) return kj::READY_NOW;
     auto p = context.getParams();
+    Status allowed = auth.mayWriteChunks(who.value, state->opens, p.getInode());
+    if (!allowed.ok()) return fail(context, allowed);
     uint64_t maxIndex = (uint64_t{1} << 46) / ns.chunkSize();  // 64 TiB files
     if (p.getIndex() >= maxIndex) {
       toWire(Status::invalidArgument("write past the largest file size (64 TiB)"),
@@ -246,15 +293,18 @@ class ClientServiceImpl final : public wire::ClientService::Server {
     }
     return chunks
         .prepareWrite(p.getInode(), p.getIndex(), fromWire(p.getFailures()), p.getFailedVersion())
-        .then([context](Result<ChunkView> r) mutable {
+        .then([this, context](Result<ChunkView> r) mutable {
           auto results = context.getResults();
           toWire(r.status, results.initStatus());
-          if (r.ok()) fillChunk(r.value, results.initChunk());
+          if (r.ok()) fillChunk(master, r.value, TokenMode::WRITE, results.initChunk());
         });
   }
 
   kj::Promise<void> commitSize(CommitSizeContext context) override {
+    if (refused(context)) return kj::READY_NOW;
     auto p = context.getParams();
+    Status allowed = auth.mayWriteChunks(who.value, state->opens, p.getInode());
+    if (!allowed.ok()) return fail(context, allowed);
     if (p.getSize() > (uint64_t{1} << 46)) {
       toWire(Status::invalidArgument("size past 64 TiB"), context.getResults().initStatus());
       return kj::READY_NOW;
@@ -263,6 +313,7 @@ class ClientServiceImpl final : public wire::ClientService::Server {
   }
 
   kj::Promise<void> reportBadReplica(ReportBadReplicaContext context) override {
+    if (!who.ok()) return kj::READY_NOW;
     auto p = context.getParams();
     chunks.reportBadReplica(p.getHandle(), p.getVersion(), text(p.getAddress()));
     return kj::READY_NOW;
@@ -288,12 +339,14 @@ class ClientServiceImpl final : public wire::ClientService::Server {
   }
 
   kj::Promise<void> symlink(SymlinkContext context) override {
+    if (refused(context)) return kj::READY_NOW;
     auto p = context.getParams();
-    return replyLater(context, ns.symlink(p.getParent(), text(p.getName()), text(p.getTarget()),
-                                          p.getUid(), p.getGid()));
+    return replyLater(
+        context, auth.symlink(who.value, p.getParent(), text(p.getName()), text(p.getTarget())));
   }
 
   kj::Promise<void> readlink(ReadlinkContext context) override {
+    if (refused(context)) return kj::READY_NOW;
     auto r = ns.readlink(context.getParams().getInode());
     auto results = context.getResults();
     toWire(r.status, results.initStatus());
@@ -302,34 +355,39 @@ class ClientServiceImpl final : public wire::ClientService::Server {
   }
 
   kj::Promise<void> link(LinkContext context) override {
+    if (refused(context)) return kj::READY_NOW;
     auto p = context.getParams();
-    return replyLater(context, ns.link(p.getInode(), p.getNewParent(), text(p.getNewName())));
+    return replyLater(context,
+                      auth.link(who.value, p.getInode(), p.getNewParent(), text(p.getNewName())));
   }
 
   kj::Promise<void> mknod(MknodContext context) override {
+    if (refused(context)) return kj::READY_NOW;
     auto p = context.getParams();
     auto type = static_cast<InodeType>(p.getType());
     if (static_cast<uint16_t>(p.getType()) > static_cast<uint16_t>(InodeType::BLOCK_DEVICE)) {
       toWire(Status::invalidArgument("unknown file type"), context.getResults().initStatus());
       return kj::READY_NOW;
     }
-    return replyLater(context, ns.mknod(p.getParent(), text(p.getName()), type, p.getMode(),
-                                        p.getUid(), p.getGid(), p.getRdev()));
+    return replyLater(context, auth.mknod(who.value, p.getParent(), text(p.getName()), type,
+                                          p.getMode(), p.getRdev()));
   }
 
   kj::Promise<void> setxattr(SetxattrContext context) override {
+    if (refused(context)) return kj::READY_NOW;
     auto p = context.getParams();
     auto value = p.getValue();
-    return master
-        .setxattr(p.getInode(), text(p.getName()),
+    return auth
+        .setxattr(who.value, p.getInode(), text(p.getName()),
                   std::string(reinterpret_cast<const char*>(value.begin()), value.size()),
                   p.getFlags())
         .then([context](Status s) mutable { toWire(s, context.getResults().initStatus()); });
   }
 
   kj::Promise<void> getxattr(GetxattrContext context) override {
+    if (refused(context)) return kj::READY_NOW;
     auto p = context.getParams();
-    auto r = master.getxattr(p.getInode(), text(p.getName()));
+    auto r = auth.getxattr(who.value, p.getInode(), text(p.getName()));
     auto results = context.getResults();
     toWire(r.status, results.initStatus());
     if (r.ok()) {
@@ -340,7 +398,8 @@ class ClientServiceImpl final : public wire::ClientService::Server {
   }
 
   kj::Promise<void> listxattr(ListxattrContext context) override {
-    auto r = master.listxattr(context.getParams().getInode());
+    if (refused(context)) return kj::READY_NOW;
+    auto r = auth.listxattr(who.value, context.getParams().getInode());
     auto results = context.getResults();
     toWire(r.status, results.initStatus());
     if (!r.ok()) return kj::READY_NOW;
@@ -350,10 +409,10 @@ class ClientServiceImpl final : public wire::ClientService::Server {
   }
 
   kj::Promise<void> removexattr(RemovexattrContext context) override {
+    if (refused(context)) return kj::READY_NOW;
     auto p = context.getParams();
-    return master.removexattr(p.getInode(), text(p.getName())).then([context](Status s) mutable {
-      toWire(s, context.getResults().initStatus());
-    });
+    return auth.removexattr(who.value, p.getInode(), text(p.getName()))
+        .then([context](Status s) mutable { toWire(s, context.getResults().initStatus()); });
   }
 
   kj::Promise<void> statfs(StatfsContext context) override {
@@ -375,8 +434,23 @@ class ClientServiceImpl final : public wire::ClientService::Server {
 
  private:
   // This session holds `inode` open once more.
-  void hold(uint64_t inode) {
-    if (opens[inode]++ == 0) ns.opened(inode);
+  void hold(uint64_t inode, int access) {
+    auto& o = state->opens.byInode[inode];
+    if (o.count++ == 0) ns.opened(inode);
+    if (access & MAY_WRITE) o.write = true;
+  }
+
+  // Fails the call when this service's caller may not make namespace calls at all.
+  template <typename Context>
+  bool refused(Context& context) {
+    if (who.ok()) return false;
+    toWire(who.status, context.getResults().initStatus());
+    return true;
+  }
+
+  Status notAdmin(const char* what) {
+    return Status::notPermitted(fmt::format(
+        "only an admin certificate may {} (this is a {} certificate)", what, roleName(peer.role)));
   }
 
   template <typename Context>
@@ -413,13 +487,17 @@ class ClientServiceImpl final : public wire::ClientService::Server {
   Master& master;
   Namespace& ns;
   ChunkManager& chunks;
-  std::map<uint64_t, uint32_t> opens;  // files this session holds open, and how often
+  Authorizer auth;
+  Identity peer;
+  std::shared_ptr<Session> state;
+  Result<Credentials> who;
 };
 
 }  // namespace
 
-kj::Own<wire::ClientService::Server> newClientService(Master& master) {
-  return kj::heap<ClientServiceImpl>(master);
+kj::Own<wire::ClientService::Server> newClientService(Master& master, const Identity& peer) {
+  return kj::heap<ClientServiceImpl>(master, peer, std::make_shared<Session>(master),
+                                     credentialsFor(peer, std::nullopt));
 }
 
 }  // namespace cairn

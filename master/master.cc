@@ -1,6 +1,7 @@
 #include "master.h"
 
 #include <fmt/format.h>
+#include <kj/debug.h>
 
 #include <nlohmann/json.hpp>
 
@@ -10,29 +11,43 @@
 namespace cairn {
 namespace {
 
+// What one connection is served: the services its peer's role may use.
 class MasterImpl final : public wire::Master::Server {
  public:
-  explicit MasterImpl(Master& master) : master(master), registry(newChunkserverRegistry(master)) {}
+  MasterImpl(Master& master, Identity peer) : master(master), peer(std::move(peer)) {}
 
   kj::Promise<void> client(ClientContext context) override {
     // One service per call: each is a client session, which holds that client's opens.
-    context.getResults().setService(newClientService(master));
+    // Peers whose role makes no namespace calls get one that refuses every call.
+    context.getResults().setService(newClientService(master, peer));
     return kj::READY_NOW;
   }
   kj::Promise<void> chunkserver(ChunkserverContext context) override {
-    context.getResults().setService(registry);
+    if (peer.authenticated && peer.role != Role::CHUNKSERVER) {
+      return KJ_EXCEPTION(FAILED,
+                          "permission denied: only a chunkserver certificate registers "
+                          "as a chunkserver",
+                          roleName(peer.role), peer.name);
+    }
+    context.getResults().setService(newChunkserverRegistry(master));
     return kj::READY_NOW;
   }
 
  private:
   Master& master;
-  wire::ChunkserverRegistry::Client registry;
+  Identity peer;
 };
 
 }  // namespace
 
 Master::Master(MasterOptions options, kj::Timer& timer, const kj::Clock& clock)
-    : opts(std::move(options)), timer_(timer), startedAt(timer.now()), background(*this) {
+    : opts(std::move(options)),
+      timer_(timer),
+      clock_(clock),
+      startedAt(timer.now()),
+      rotatedAt(timer.now()),
+      background(*this) {
+  signingKey = keys.rotate();
   store = std::make_unique<NamespaceStore>(opts.dataDir + "/meta", opts.metaEnv);
   ns = std::make_unique<Namespace>(*store, clock, opts.chunkSize);
   if (ns->chunkSize() != opts.chunkSize) {
@@ -50,7 +65,26 @@ Master::Master(MasterOptions options, kj::Timer& timer, const kj::Clock& clock)
 
 Master::~Master() = default;
 
-wire::Master::Client Master::bootstrap() { return kj::heap<MasterImpl>(*this); }
+wire::Master::Client Master::bootstrap(const Identity& peer) {
+  return kj::heap<MasterImpl>(*this, peer);
+}
+
+int64_t Master::nowMs() const { return (clock_.now() - kj::UNIX_EPOCH) / kj::MILLISECONDS; }
+
+ChunkToken Master::issueToken(uint64_t handle, uint64_t version, TokenMode mode) {
+  return keys.issue(handle, version, mode, nowMs() + opts.tokenLifetime / kj::MILLISECONDS,
+                    signingKey);
+}
+
+void Master::rotateTokenKeys() {
+  // The key made at the last rotation has long reached every chunkserver.
+  signingKey = keys.newest();
+  keys.rotate();
+  // Tokens last a lifetime; the key before the signing one may have signed some that
+  // still live. Older ones retire.
+  keys.keepNewest(3);
+  rotatedAt = timer_.now();
+}
 
 void Master::taskFailed(kj::Exception&& exception) {
   logError("master task failed: {}", exception.getDescription().cStr());
@@ -59,6 +93,11 @@ void Master::taskFailed(kj::Exception&& exception) {
 kj::Promise<void> Master::tickLoop() {
   return timer_.afterDelay(kj::SECONDS)
       .then([this]() {
+        if (timer_.now() - rotatedAt >= opts.tokenLifetime) rotateTokenKeys();
+        // A new key signs once every live chunkserver has heard of it.
+        if (signingKey != keys.newest() && timer_.now() - rotatedAt >= 3 * opts.heartbeatInterval) {
+          signingKey = keys.newest();
+        }
         chunks->tick();
         if (chunks->inSafeMode()) return kj::Promise<void>(kj::READY_NOW);
         // Trashed files past their period: their chunks go at the next heartbeats.

@@ -13,6 +13,8 @@
 #include "master.capnp.h"
 #include "namespace.h"
 #include "namespace_store.h"
+#include "tls.h"
+#include "tokens.h"
 
 namespace cairn {
 
@@ -26,6 +28,9 @@ struct MasterOptions {
   ChunkManagerOptions chunks;
   kj::Duration heartbeatInterval = 3 * kj::SECONDS;
   kj::Duration trashPeriod = 86400 * kj::SECONDS;  // 0: unlink deletes at once
+  // Chunk tokens live this long; their keys are replaced as often, and a key is kept
+  // until every token it signed has expired.
+  kj::Duration tokenLifetime = 3600 * kj::SECONDS;
 };
 
 class ChunkserverControl;
@@ -37,8 +42,8 @@ class Master final : private kj::TaskSet::ErrorHandler {
   Master(MasterOptions options, kj::Timer& timer, const kj::Clock& clock);
   ~Master();
 
-  // The bootstrap capability served to every peer.
-  wire::Master::Client bootstrap();
+  // The bootstrap capability served to a peer: what its certificate's role allows.
+  wire::Master::Client bootstrap(const Identity& peer);
 
   // Chunks a mutation released (no file refers to them) are deleted from the
   // chunkservers; every mutation's result passes through here.
@@ -63,6 +68,14 @@ class Master final : private kj::TaskSet::ErrorHandler {
   // One session closes one file.
   void close(uint64_t inode);
 
+  // Chunk tokens: one for a chunk location handed out, and the keys chunkservers check them
+  // with (sent with every heartbeat reply). A new key signs only once chunkservers have had
+  // it for a few heartbeats.
+  ChunkToken issueToken(uint64_t handle, uint64_t version, TokenMode mode);
+  const TokenKeys& tokenKeys() const { return keys; }
+  // A new signing key now (tests; the tick does it every tokenLifetime).
+  void rotateTokenKeys();
+
   Namespace& names() { return *ns; }
   ChunkManager& chunkManager() { return *chunks; }
   const MasterOptions& options() const { return opts; }
@@ -71,11 +84,16 @@ class Master final : private kj::TaskSet::ErrorHandler {
 
  private:
   kj::Promise<void> tickLoop();
+  int64_t nowMs() const;
   void taskFailed(kj::Exception&& exception) override;
 
   MasterOptions opts;
   kj::Timer& timer_;
+  const kj::Clock& clock_;
   kj::TimePoint startedAt;
+  TokenKeys keys;
+  uint32_t signingKey = 0;
+  kj::TimePoint rotatedAt;
   std::unique_ptr<NamespaceStore> store;
   std::unique_ptr<Namespace> ns;
   kj::Own<ChunkserverControl> control_;

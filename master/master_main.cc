@@ -1,9 +1,9 @@
 // cairn-master: parses flags, builds the real environment, serves until killed.
 
-#include <CLI/CLI.hpp>
 #include <kj/async-io.h>
 #include <signal.h>
 
+#include <CLI/CLI.hpp>
 #include <filesystem>
 #include <fstream>
 
@@ -11,6 +11,7 @@
 #include "log.h"
 #include "master.h"
 #include "rpc.h"
+#include "security.h"
 
 int main(int argc, char** argv) {
   using namespace cairn;
@@ -25,20 +26,40 @@ int main(int argc, char** argv) {
   app.add_option("--data", dataDir, "metadata directory")->required();
   app.add_option("--chunk-size", chunkSize, "chunk size in bytes, fixed at first start")
       ->capture_default_str();
-  app.add_option("--dead-after", deadAfter, "seconds without heartbeat before a chunkserver "
-                 "is dead")->capture_default_str();
+  app.add_option("--dead-after", deadAfter,
+                 "seconds without heartbeat before a chunkserver "
+                 "is dead")
+      ->capture_default_str();
   app.add_option("--heartbeat", heartbeat, "chunkserver heartbeat interval, seconds")
       ->capture_default_str();
   double trashSeconds = 86400;
   double safeModeSeconds = 60;
-  app.add_option("--trash-seconds", trashSeconds, "how long deleted files stay restorable "
-                 "(0: delete at once)")->capture_default_str();
-  app.add_option("--safe-mode-timeout", safeModeSeconds, "leave safe mode after this long even "
-                 "if chunks are missing")->capture_default_str();
+  app.add_option("--trash-seconds", trashSeconds,
+                 "how long deleted files stay restorable "
+                 "(0: delete at once)")
+      ->capture_default_str();
+  app.add_option("--safe-mode-timeout", safeModeSeconds,
+                 "leave safe mode after this long even "
+                 "if chunks are missing")
+      ->capture_default_str();
   app.add_option("--port-file", portFile, "write the bound HOST:PORT here once listening");
+  double tokenLifetime = 3600;
+  app.add_option("--token-lifetime", tokenLifetime,
+                 "seconds a chunk token is valid; its signing "
+                 "key is replaced as often")
+      ->capture_default_str()
+      ->check(CLI::Range(2.0, 86400.0 * 7));
+  SecurityFlags securityFlags;
+  addSecurityFlags(app, securityFlags, /*server=*/true);
   CLI11_PARSE(app, argc, argv);
   setLogComponent("master");
   signal(SIGPIPE, SIG_IGN);
+  captureSighup();
+  auto security = loadSecurity(securityFlags);
+  if (!security.ok()) {
+    logError("{}", security.status.message());
+    return 2;
+  }
 
   auto addr = parseHostPort(listen);
   if (!addr.ok()) {
@@ -63,16 +84,18 @@ int main(int argc, char** argv) {
     options.chunks.safeModeTimeout =
         static_cast<int64_t>(safeModeSeconds * 1000) * kj::MILLISECONDS;
     options.chunks.minFreeBytes = chunkSize;
+    options.tokenLifetime = static_cast<int64_t>(tokenLifetime * 1000) * kj::MILLISECONDS;
     Master master(options, io.provider->getTimer(), kj::systemPreciseCalendarClock());
     auto listener = io.provider->getNetwork()
                         .parseAddress(addr.value.host, addr.value.port)
                         .wait(io.waitScope)
                         ->listen();
     uint16_t port = listener->getPort();
-    RpcServer server(master.bootstrap(), kj::mv(listener));
+    RpcServer server([&master](const Identity& peer) { return master.bootstrap(peer); },
+                     kj::mv(listener), io.provider->getTimer(), security.value);
+    auto reloader = reloadOnSighup(io.unixEventPort, security.value.tls).eagerlyEvaluate(nullptr);
     std::string bound = HostPort{addr.value.host, port}.toString();
-    logInfo("listening on {} (data {}, chunk size {})", bound, dataDir,
-            master.names().chunkSize());
+    logInfo("listening on {} (data {}, chunk size {})", bound, dataDir, master.names().chunkSize());
     if (!portFile.empty()) std::ofstream(portFile) << bound << "\n";
     kj::NEVER_DONE.wait(io.waitScope);
   } catch (const kj::Exception& e) {

@@ -21,19 +21,26 @@ struct Extent {
 }
 
 interface ChunkServer {
-  read @0 (handle :UInt64, version :UInt64, offset :UInt32, length :UInt32)
-      -> (status :Status, data :Data);
+  # Who may call what (chunkserver/data_service.cc, ChunkServerGate): reads, pushes,
+  # writes, syncs and copies need a chunk token from the master for that chunk (a write
+  # token to change it), except from other chunkservers; applyWrite comes from
+  # chunkservers only; setVersion, grantLease, truncate and replicate from the master only
+  # (over the connection the chunkserver made to it). A token refused is `tokenInvalid`.
+  read @0 (handle :UInt64, version :UInt64, offset :UInt32, length :UInt32,
+           token :Common.ChunkToken) -> (status :Status, data :Data);
   # Bytes past the chunk's stored length are returned as a shorter `data`; the caller
   # reads them as zeros. At most 4 MiB per call. Every 64 KiB block touched is verified.
 
   pushData @1 (dataId :UInt64, totalLength :UInt32, offset :UInt32, data :Data,
-               chain :List(Text)) -> (status :Status, failures :List(ReplicaFailure));
+               chain :List(Text), token :Common.ChunkToken)
+      -> (status :Status, failures :List(ReplicaFailure));
   # Stores one piece of a pending write in the buffer `dataId` and forwards it to
   # chain[0] with the rest of the chain; answers when this replica and all down the
   # chain hold the piece. `failures` names each replica on the chain that failed.
 
   write @2 (handle :UInt64, version :UInt64, offset :UInt32, dataId :UInt64,
-            length :UInt32, secondaries :List(Text), mutation :Mutation)
+            length :UInt32, secondaries :List(Text), mutation :Mutation,
+            token :Common.ChunkToken)
       -> (status :Status, failures :List(ReplicaFailure));
   # To the primary: apply the mutation (by default the pushed buffer) at `offset`, then
   # have every secondary apply it in the same order. Answers once all applied; on
@@ -48,22 +55,24 @@ interface ChunkServer {
   grantLease @5 (handle :UInt64, version :UInt64, durationMs :UInt32) -> (status :Status);
   truncate @6 (handle :UInt64, version :UInt64, length :UInt32) -> (status :Status);
   # From the master: cut the replica to `length` and move it to `version`.
-  sync @7 (handle :UInt64) -> (status :Status);
+  sync @7 (handle :UInt64, token :Common.ChunkToken) -> (status :Status);
 
   replicate @8 (handle :UInt64, version :UInt64, source :Text) -> (status :Status, size :UInt64);
   # From the master: copy the replica at `version` from the chunkserver `source` and keep
   # it here at that version, holes kept. Answers once the copy is complete and verified.
 
-  readExtents @9 (handle :UInt64, version :UInt64, offset :UInt32, length :UInt32)
+  readExtents @9 (handle :UInt64, version :UInt64, offset :UInt32, length :UInt32,
+                  token :Common.ChunkToken)
       -> (status :Status, chunkLength :UInt64, extents :List(Extent));
   # The written parts of the range (at most 4 MiB), verified; holes are left out.
 
-  blockMap @10 (handle :UInt64, version :UInt64)
+  blockMap @10 (handle :UInt64, version :UInt64, token :Common.ChunkToken)
       -> (status :Status, length :UInt64, bitmap :Data);
   # One bit per 64 KiB block (least significant bit first), set where the block holds data.
 
   pushFrom @11 (dataId :UInt64, source :Text, sourceHandle :UInt64, sourceVersion :UInt64,
-                sourceOffset :UInt32, length :UInt32, chain :List(Text))
+                sourceOffset :UInt32, length :UInt32, chain :List(Text),
+                token :Common.ChunkToken, sourceToken :Common.ChunkToken)
       -> (status :Status, failures :List(ReplicaFailure));
   # Server-side copy: fills the buffer `dataId` with `length` bytes of the replica at
   # `source` (read locally when `source` is this chunkserver) and pushes them down

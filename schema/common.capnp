@@ -30,6 +30,9 @@ enum ErrorCode {
   notPermitted @20;      # e.g. a hard link to a directory
   dataNotPushed @21;     # a write names pushed data that this replica does not hold in full
   endOfData @22;         # no data at or after an offset (SEEK_DATA past the last data)
+  tokenInvalid @23;      # a chunk token that is forged, expired, for another chunk or mode,
+                         # or signed by a key the chunkserver does not hold: ask the master
+                         # for the chunk's location (and a new token) again
 }
 
 struct Status {
@@ -83,4 +86,21 @@ struct ChunkLocation {
   replicas @3 :List(ChunkReplica);
   primary @4 :Text;              # empty unless a lease is held
   leaseRemainingMs @5 :UInt32;
+  token @6 :ChunkToken;          # what the chunkservers ask for: read, or write from prepareWrite
+}
+
+struct ChunkToken {
+  # Issued by the master, checked by chunkservers (common/tokens.h): an HMAC-SHA256 under
+  # key `keyId` of the other fields.
+  handle @0 :UInt64;
+  version @1 :UInt64;
+  write @2 :Bool;                # else read only
+  expiresMs @3 :Int64;           # wall clock, milliseconds since the epoch
+  keyId @4 :UInt32;
+  mac @5 :Data;
+}
+
+struct TokenKey {
+  id @0 :UInt32;
+  key @1 :Data;                  # 32 bytes
 }

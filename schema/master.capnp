@@ -51,12 +51,12 @@ interface ClientService {
   # most 255 bytes. Inode 1 is the root directory.
   lookup @0 (parent :UInt64, name :Text) -> (status :Status, attr :Attr);
   getattr @1 (inode :UInt64) -> (status :Status, attr :Attr);
-  mkdir @2 (parent :UInt64, name :Text, mode :UInt32, uid :UInt32, gid :UInt32)
-      -> (status :Status, attr :Attr);
-  create @3 (parent :UInt64, name :Text, mode :UInt32, uid :UInt32, gid :UInt32,
-             replication :UInt8, exclusive :Bool, open :Bool) -> (status :Status, attr :Attr);
+  mkdir @2 (parent :UInt64, name :Text, mode :UInt32) -> (status :Status, attr :Attr);
+  create @3 (parent :UInt64, name :Text, mode :UInt32, replication :UInt8, exclusive :Bool,
+             open :Bool) -> (status :Status, attr :Attr);
   # replication 0 means the default goal. Without `exclusive`, an existing regular
-  # file is returned as it is. With `open`, the file is opened as by open().
+  # file is returned as it is. With `open`, the file is opened for writing as by open().
+  # New entries belong to the caller (see asCaller).
   setattr @4 (inode :UInt64, set :SetAttr) -> (status :Status, attr :Attr);
   readdir @5 (inode :UInt64, after :Text, limit :UInt32)
       -> (status :Status, entries :List(DirEntry), more :Bool);
@@ -90,12 +90,11 @@ interface ClientService {
   clusterInfo @15 () -> (chunkSize :UInt64, servers :List(ServerInfo), defaultReplication :UInt8);
 
   # More namespace.
-  symlink @16 (parent :UInt64, name :Text, target :Text, uid :UInt32, gid :UInt32)
-      -> (status :Status, attr :Attr);
+  symlink @16 (parent :UInt64, name :Text, target :Text) -> (status :Status, attr :Attr);
   readlink @17 (inode :UInt64) -> (status :Status, target :Text);
   link @18 (inode :UInt64, newParent :UInt64, newName :Text) -> (status :Status, attr :Attr);
-  mknod @19 (parent :UInt64, name :Text, type :Common.FileType, mode :UInt32, uid :UInt32,
-             gid :UInt32, rdev :UInt64) -> (status :Status, attr :Attr);
+  mknod @19 (parent :UInt64, name :Text, type :Common.FileType, mode :UInt32, rdev :UInt64)
+      -> (status :Status, attr :Attr);
   # Extended attributes: names under "user."; user.cairn.replication and user.cairn.chunks
   # are the replication goal and the chunk map (JSON), computed by the master.
   setxattr @20 (inode :UInt64, name :Text, value :Data, flags :UInt32) -> (status :Status);
@@ -122,14 +121,21 @@ interface ClientService {
 
   # Open files. Each ClientService capability is one client session (one connection): a
   # regular file it has open outlives its last name until the session closes it or ends.
-  open @30 (inode :UInt64) -> (status :Status, attr :Attr);
-  # The attributes of a file being opened; the session holds it open once more.
+  open @30 (inode :UInt64, access :UInt8) -> (status :Status, attr :Attr);
+  # The attributes of a file being opened for `access` (4 read, 2 write, or both); the
+  # session holds it open once more.
   close @31 (inode :UInt64) -> (status :Status);
   # Ends one open of the session. When a session ends, its opens end a grace period
   # later (a reconnecting client holds them again first).
-  session @32 (openInodes :List(UInt64)) -> ();
-  # Opens this client holds (an inode once per open), sent again on a new connection (at
-  # most 100,000); with none, a keepalive.
+  session @32 () -> ();
+  # A keepalive. A client on a new connection opens its files again.
+
+  asCaller @33 (uid :UInt32, gids :List(UInt32)) -> (service :ClientService);
+  # The same session, making calls for a process with these credentials (the first gid
+  # is its group), as a mount does for each process. The master checks every call with
+  # them. Who may state credentials: a mount (root squashed to nobody unless its
+  # certificate allows root) and an admin; a user or worker only its own uid. Calls of a
+  # service for credentials the peer may not state fail with notPermitted.
 }
 
 struct TrashEntry {
@@ -149,13 +155,15 @@ struct ChunkReport {
 interface ChunkserverRegistry {
   register @0 (address :Text, rack :Text, capacityBytes :UInt64, usedBytes :UInt64,
                chunks :List(ChunkReport), server :ChunkServer, availableBytes :UInt64)
-      -> (status :Status, id :UInt64, heartbeatMs :UInt32, chunkSize :UInt64);
+      -> (status :Status, id :UInt64, heartbeatMs :UInt32, chunkSize :UInt64,
+          tokenKeys :List(Common.TokenKey));
   # A full chunk report. The master answers what the chunkserver should delete in the
   # first heartbeat.
   heartbeat @1 (id :UInt64, capacityBytes :UInt64, usedBytes :UInt64,
                 corruptHandles :List(UInt64), availableBytes :UInt64)
-      -> (status :Status, deleteHandles :List(UInt64));
+      -> (status :Status, deleteHandles :List(UInt64), tokenKeys :List(Common.TokenKey));
   # corruptHandles: replicas the scrubber found bad since the last heartbeat.
   # availableBytes: free space above the reserve, which new chunks and copies may use.
   # status notFound means: register again.
+  # tokenKeys: every key chunk tokens are signed with now; they replace those held.
 }

@@ -23,7 +23,7 @@ class ClientTest : public ::testing::Test {
     return p.wait(io.waitScope);
   }
   uint64_t createFile(const std::string& name, uint8_t replication = 3) {
-    auto r = wait(client().create(1, name, 0644, 0, 0, replication, true));
+    auto r = wait(client().create(1, name, 0644, replication, true));
     EXPECT_TRUE(r.ok()) << r.status.toString();
     return r.value.inode;
   }
@@ -130,33 +130,31 @@ TEST_F(ClientTest, ReadsFailOverOnACorruptReplica) {
 
 TEST_F(ClientTest, NamespaceErrorsComeBackAsValues) {
   createFile("f");
-  EXPECT_EQ(wait(client().create(1, "f", 0644, 0, 0, 0, true)).status.code(),
-            ErrorCode::ALREADY_EXISTS);
+  EXPECT_EQ(wait(client().create(1, "f", 0644, 0, true)).status.code(), ErrorCode::ALREADY_EXISTS);
   EXPECT_EQ(wait(client().resolve("/nope")).status.code(), ErrorCode::NOT_FOUND);
-  EXPECT_EQ(wait(client().mkdir(1, std::string(300, 'x'), 0755, 0, 0)).status.code(),
+  EXPECT_EQ(wait(client().mkdir(1, std::string(300, 'x'), 0755)).status.code(),
             ErrorCode::NAME_TOO_LONG);
-  EXPECT_EQ(wait(client().mkdir(1, "a/b", 0755, 0, 0)).status.code(),
-            ErrorCode::INVALID_ARGUMENT);
+  EXPECT_EQ(wait(client().mkdir(1, "a/b", 0755)).status.code(), ErrorCode::INVALID_ARGUMENT);
 }
 
 TEST_F(ClientTest, TreeHelpersListMakeAndRemoveWholeTrees) {
-  auto made = wait(client().makeDirs("/a/b/c", 0, 0));
+  auto made = wait(client().makeDirs("/a/b/c"));
   ASSERT_TRUE(made.ok()) << made.status.toString();
   EXPECT_EQ(made.value.type, FileType::DIRECTORY);
   // Existing directories are fine; the result is the same directory.
-  auto again = wait(client().makeDirs("/a/b/c/", 0, 0));
+  auto again = wait(client().makeDirs("/a/b/c/"));
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again.value.inode, made.value.inode);
   // More entries than one readdir page (4096).
   uint64_t b = wait(client().resolve("/a/b")).value.inode;
   for (int i = 0; i < 4200; ++i) {
-    ASSERT_TRUE(wait(client().create(b, "f" + std::to_string(i), 0644, 0, 0, 1, true)).ok());
+    ASSERT_TRUE(wait(client().create(b, "f" + std::to_string(i), 0644, 1, true)).ok());
   }
   auto all = wait(client().listAll(b));
   ASSERT_TRUE(all.ok());
   EXPECT_EQ(all.value.size(), 4201u);
   // A file in the way is an error, not a directory.
-  EXPECT_EQ(wait(client().makeDirs("/a/b/f7/x", 0, 0)).status.code(), ErrorCode::NOT_DIRECTORY);
+  EXPECT_EQ(wait(client().makeDirs("/a/b/f7/x")).status.code(), ErrorCode::NOT_DIRECTORY);
   ASSERT_TRUE(wait(client().removeTree(1, "a")).ok());
   EXPECT_EQ(wait(client().resolve("/a")).status.code(), ErrorCode::NOT_FOUND);
   EXPECT_EQ(wait(client().removeTree(1, "a")).code(), ErrorCode::NOT_FOUND);

@@ -58,6 +58,40 @@ std::string randomBytes(size_t n, uint64_t seed) {
   return s;
 }
 
+// --- certificates ---
+
+TestCa::TestCa() : caDir(temp.path() + "/ca") {
+  Status s = initCa(caDir, 30);
+  if (!s.ok()) ADD_FAILURE() << "test CA: " << s.toString();
+}
+
+std::string TestCa::issue(Role role, const std::string& name, std::vector<std::string> hosts,
+                          uint32_t uid, std::vector<uint32_t> gids, bool allowRoot, int days) {
+  CertRequest r;
+  r.identity.role = role;
+  r.identity.name = name;
+  r.identity.uid = uid;
+  r.identity.gids = std::move(gids);
+  r.identity.allowRoot = allowRoot;
+  r.hosts = std::move(hosts);
+  r.days = days;
+  std::string out = temp.path() + "/cert" + std::to_string(issued++) + "-" + name;
+  Status s = issueCert(caDir, r, out);
+  if (!s.ok()) ADD_FAILURE() << "issuing a test certificate: " << s.toString();
+  return out;
+}
+
+RpcSecurity TestCa::security(Role role, const std::string& name, std::vector<std::string> hosts) {
+  RpcSecurity security;
+  auto tls = TlsCredentials::load(issue(role, name, std::move(hosts)));
+  if (!tls.ok()) {
+    ADD_FAILURE() << "loading a test certificate: " << tls.status.toString();
+    return security;
+  }
+  security.tls = std::shared_ptr<TlsCredentials>(std::move(tls.value));
+  return security;
+}
+
 // --- in-process cluster ---
 
 InProcessCluster::InProcessCluster(kj::AsyncIoContext& io, size_t count, uint64_t chunkSize)
@@ -71,7 +105,9 @@ InProcessCluster::InProcessCluster(kj::AsyncIoContext& io, size_t count, uint64_
   masterPtr = std::make_unique<Master>(options, io.provider->getTimer(), clock);
   auto listener = network.parseAddress("127.0.0.1", 0).wait(io.waitScope)->listen();
   masterAddr = "127.0.0.1:" + std::to_string(listener->getPort());
-  masterRpc = kj::heap<RpcServer>(masterPtr->bootstrap(), kj::mv(listener));
+  masterRpc = kj::heap<RpcServer>(
+      [this](const Identity& peer) { return masterPtr->bootstrap(peer); }, kj::mv(listener),
+      io.provider->getTimer(), ca.security(Role::MASTER, "master", {"127.0.0.1"}));
   for (size_t i = 0; i < count; ++i) {
     auto s = std::make_unique<Server>();
     std::string host = "127.0.0." + std::to_string(i + 2);
@@ -83,8 +119,12 @@ InProcessCluster::InProcessCluster(kj::AsyncIoContext& io, size_t count, uint64_
     co.dataDirs = {"/data"};
     co.master = masterAddr;
     co.reconnectDelay = 100 * kj::MILLISECONDS;
+    co.clock = &clock;  // the master's: tokens expire by it
+    co.security = ca.security(Role::CHUNKSERVER, "cs" + std::to_string(i), {host});
     s->node = std::make_unique<Chunkserver>(co, *s->disk, io.provider->getTimer(), network);
-    s->rpc = kj::heap<RpcServer>(s->node->capability(), kj::mv(l));
+    Chunkserver* node = s->node.get();
+    s->rpc = kj::heap<RpcServer>([node](const Identity& peer) { return node->capabilityFor(peer); },
+                                 kj::mv(l), io.provider->getTimer(), co.security);
     s->node->start().wait(io.waitScope);
     servers.push_back(std::move(s));
   }
@@ -97,6 +137,7 @@ InProcessCluster::InProcessCluster(kj::AsyncIoContext& io, size_t count, uint64_
   ClientOptions copts;
   copts.master = masterAddr;
   copts.retryFor = 5 * kj::SECONDS;
+  copts.security = ca.security(Role::ADMIN, "admin");
   clientPtr = std::make_unique<Client>(copts, network, io.provider->getTimer());
 }
 
@@ -131,7 +172,16 @@ std::string ProcessCluster::binary(const std::string& name) {
 static void killAndReap(pid_t& pid, int signal);
 
 ProcessCluster::ProcessCluster(uint64_t chunkSize, std::vector<std::string> masterFlags)
-    : chunkSize(chunkSize), masterFlags(std::move(masterFlags)) {}
+    : chunkSize(chunkSize), masterFlags(std::move(masterFlags)) {
+  // Tools started by tests (workers, coordinators) serve on loopback addresses too.
+  std::vector<std::string> loopback;
+  for (int i = 1; i <= 16; ++i) loopback.push_back("127.0.0." + std::to_string(i));
+  adminCreds = ca.issue(Role::ADMIN, "admin", loopback, 0, {0});
+  masterCreds = ca.issue(Role::MASTER, "master", {"127.0.0.1"});
+  mountCreds = ca.issue(Role::MOUNT, "mount", {}, NOBODY, {}, /*allowRoot=*/true);
+  // Tools run by tests (cairn, cairn-mapreduce, workers) act as an admin.
+  setenv("CAIRN_CREDENTIALS", adminCreds.c_str(), 1);
+}
 
 ProcessCluster::~ProcessCluster() {
   while (!mounts.empty()) unmount(mounts.back().address);
@@ -201,7 +251,9 @@ void ProcessCluster::startMaster() {
                                    "--port-file",
                                    portFile,
                                    "--heartbeat",
-                                   "0.5"};
+                                   "0.5",
+                                   "--credentials",
+                                   masterCreds};
   argv.insert(argv.end(), masterFlags.begin(), masterFlags.end());
   masterProc.pid = spawn(argv, dir() + "/master.log");
   masterAddr = waitForPortFile(portFile, masterProc.pid);
@@ -210,6 +262,10 @@ void ProcessCluster::startMaster() {
 
 void ProcessCluster::startChunkserver(size_t i) {
   if (chunkservers.size() <= i) chunkservers.resize(i + 1);
+  if (chunkservers[i].credentials.empty()) {
+    chunkservers[i].credentials =
+        ca.issue(Role::CHUNKSERVER, "cs" + std::to_string(i), {"127.0.0." + std::to_string(i + 2)});
+  }
   std::string portFile = dir() + "/cs" + std::to_string(i) + ".port";
   unlink(portFile.c_str());
   std::string listen = chunkservers[i].address.empty() ? "127.0.0." + std::to_string(i + 2) + ":0"
@@ -222,7 +278,9 @@ void ProcessCluster::startChunkserver(size_t i) {
                                    "--master",
                                    masterAddr,
                                    "--port-file",
-                                   portFile};
+                                   portFile,
+                                   "--credentials",
+                                   chunkservers[i].credentials};
   argv.insert(argv.end(), chunkserverFlags.begin(), chunkserverFlags.end());
   chunkservers[i].pid = spawn(argv, dir() + "/cs" + std::to_string(i) + ".log");
   chunkservers[i].address = waitForPortFile(portFile, chunkservers[i].pid);
@@ -329,13 +387,15 @@ static bool isMountPoint(const std::string& path) {
 std::string ProcessCluster::mount(const std::string& options) {
   std::string path = dir() + "/mnt" + std::to_string(mounts.size());
   std::filesystem::create_directories(path);
-  std::vector<std::string> argv = {binary("cairn-mount"), "--master", masterAddr, path, "-f"};
+  std::vector<std::string> argv = {binary("cairn-mount"), "--master", masterAddr, path, "-f",
+                                   "--credentials",       mountCreds};
+  argv.insert(argv.end(), mountFlags.begin(), mountFlags.end());
   if (!options.empty()) {
     argv.push_back("-o");
     argv.push_back(options);
   }
   pid_t pid = spawn(argv, path + ".log");
-  mounts.push_back({pid, path});
+  mounts.push_back({pid, path, ""});
   for (int i = 0; i < 500 && !isMountPoint(path); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }

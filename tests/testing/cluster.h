@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "certs.h"
 #include "chunkserver.h"
 #include "client.h"
 #include "disk.h"
@@ -40,6 +41,25 @@ class TempDir {
   std::string dir;
 };
 
+// A cluster CA in a temporary directory, and certificates it issues (TLS is on in every
+// test, as it is by default).
+class TestCa {
+ public:
+  TestCa();
+  const std::string& dir() const { return caDir; }
+  // Issues a certificate into a new directory under the CA's and returns the directory.
+  std::string issue(Role role, const std::string& name, std::vector<std::string> hosts = {},
+                    uint32_t uid = NOBODY, std::vector<uint32_t> gids = {}, bool allowRoot = false,
+                    int days = 30);
+  // RpcSecurity with a new certificate.
+  RpcSecurity security(Role role, const std::string& name, std::vector<std::string> hosts = {});
+
+ private:
+  TempDir temp;
+  std::string caDir;
+  int issued = 0;
+};
+
 // Master and chunkservers on one event loop, talking over real loopback sockets.
 class InProcessCluster {
  public:
@@ -63,6 +83,7 @@ class InProcessCluster {
     kj::Own<RpcServer> rpc;
   };
   kj::AsyncIoContext& io;
+  TestCa ca;
   std::unique_ptr<leveldb::Env> memEnv;
   FakeClock clock;
   std::unique_ptr<Master> masterPtr;
@@ -94,6 +115,13 @@ class ProcessCluster {
   std::string chunkserverAddress(size_t i) const { return chunkservers.at(i).address; }
   std::string chunkserverDataDir(size_t i) const;
   const std::string& dir() const { return temp.path(); }
+  // The cluster's CA: tests issue certificates of other roles with it. Daemons, mounts and
+  // cli() use their own certificates; tools started with run() inherit an admin's (through
+  // CAIRN_CREDENTIALS).
+  TestCa& certificates() { return ca; }
+  const std::string& adminCredentials() const { return adminCreds; }
+  // Mount flags (after the mount point) for every mount made from now on.
+  void setMountFlags(std::vector<std::string> flags) { mountFlags = std::move(flags); }
 
   // Runs `cairn --master ADDR args...`; returns its exit status, with its output.
   int cli(const std::vector<std::string>& args, std::string* out = nullptr,
@@ -129,6 +157,7 @@ class ProcessCluster {
   struct Proc {
     pid_t pid = 0;
     std::string address;
+    std::string credentials;  // chunkservers: their certificate's directory
   };
   pid_t spawn(const std::vector<std::string>& argv, const std::string& logFile);
   // A new local file name in dir(), unique across threads.
@@ -136,6 +165,11 @@ class ProcessCluster {
   std::string waitForPortFile(const std::string& path, pid_t pid);
 
   TempDir temp;
+  TestCa ca;
+  std::string adminCreds;
+  std::string masterCreds;
+  std::string mountCreds;
+  std::vector<std::string> mountFlags;
   uint64_t chunkSize;
   std::vector<std::string> masterFlags;
   std::vector<std::string> chunkserverFlags;

@@ -1,0 +1,230 @@
+// The master's permission checks, called as the RPC service calls them: who may look up,
+// read, write, create, remove, rename, chmod, chown and restore, by POSIX rules; and which
+// credentials each kind of certificate gets.
+
+#include "authorizer.h"
+
+#include <gtest/gtest.h>
+#include <kj/async-io.h>
+#include <leveldb/helpers/memenv.h>
+
+#include "cluster.h"
+#include "master.h"
+
+namespace cairn {
+namespace {
+
+const Credentials ROOT = Credentials::root();
+const Credentials ALICE{1000, {1000}};
+const Credentials BOB{1001, {1001, 50}};  // also in group 50
+const Credentials CAROL{1002, {1002}};
+
+class AuthorizerTest : public ::testing::Test {
+ protected:
+  ~AuthorizerTest() noexcept override {}
+  AuthorizerTest() : io(kj::setupAsyncIo()), env(leveldb::NewMemEnv(leveldb::Env::Default())) {
+    MasterOptions o;
+    o.dataDir = "/m";
+    o.metaEnv = env.get();
+    o.chunkSize = 1 << 20;
+    o.trashPeriod = 3600 * kj::SECONDS;
+    master = std::make_unique<Master>(o, io.provider->getTimer(), clock);
+    auth = std::make_unique<Authorizer>(*master);
+  }
+
+  MutationResult run(kj::Promise<MutationResult> p) { return p.wait(io.waitScope); }
+  ErrorCode code(kj::Promise<MutationResult> p) { return run(kj::mv(p)).status.code(); }
+  Inode ok(kj::Promise<MutationResult> p) {
+    auto r = run(kj::mv(p));
+    EXPECT_TRUE(r.status.ok()) << r.status.toString();
+    return r.inode;
+  }
+  Inode chmod(const Credentials& who, uint64_t inode, uint32_t mode) {
+    SetAttrArgs a;
+    a.mode = mode;
+    return ok(auth->setattr(who, none, inode, a));
+  }
+
+  kj::AsyncIoContext io;
+  std::unique_ptr<leveldb::Env> env;
+  testing::FakeClock clock;
+  std::unique_ptr<Master> master;
+  std::unique_ptr<Authorizer> auth;
+  OpenFiles none;
+};
+
+TEST_F(AuthorizerTest, ASecretFileInAPrivateDirectoryIsRoots) {
+  Inode secret = ok(auth->mkdir(ROOT, ROOT_INODE, "secret", 0700));
+  Inode key = ok(auth->create(ROOT, secret.inode, "key", 0600, 0, true, false));
+  EXPECT_EQ(auth->resolve(ALICE, "/secret/key").status.code(), ErrorCode::PERMISSION_DENIED);
+  // Not even whether a name exists leaks out of a directory one cannot search.
+  EXPECT_EQ(auth->resolve(ALICE, "/secret/nothing").status.code(), ErrorCode::PERMISSION_DENIED);
+  EXPECT_EQ(auth->lookup(ALICE, secret.inode, "key").status.code(), ErrorCode::PERMISSION_DENIED);
+  EXPECT_EQ(code(auth->unlink(ALICE, secret.inode, "key")), ErrorCode::PERMISSION_DENIED);
+  EXPECT_EQ(auth->open(ALICE, key.inode, MAY_READ).status.code(), ErrorCode::PERMISSION_DENIED);
+  EXPECT_EQ(auth->mayReadChunks(ALICE, none, key.inode).code(), ErrorCode::PERMISSION_DENIED);
+  EXPECT_EQ(auth->mayWriteChunks(ALICE, none, key.inode).code(), ErrorCode::PERMISSION_DENIED);
+  EXPECT_TRUE(auth->resolve(ROOT, "/secret/key").ok());
+  EXPECT_TRUE(auth->mayReadChunks(ROOT, none, key.inode).ok());
+
+  // A file opened before its mode changed stays readable to that session (POSIX).
+  chmod(ROOT, key.inode, 0644);
+  ASSERT_TRUE(auth->open(ALICE, key.inode, MAY_READ).ok());
+  OpenFiles session;
+  session.byInode[key.inode] = {1, false};
+  chmod(ROOT, key.inode, 0600);
+  EXPECT_TRUE(auth->mayReadChunks(ALICE, session, key.inode).ok());
+  EXPECT_EQ(auth->mayWriteChunks(ALICE, session, key.inode).code(), ErrorCode::PERMISSION_DENIED);
+}
+
+TEST_F(AuthorizerTest, OwnerGroupAndOtherBitsDecide) {
+  chmod(ROOT, ROOT_INODE, 0777);
+  Inode f = ok(auth->create(ALICE, ROOT_INODE, "f", 0640, 0, true, false));
+  EXPECT_EQ(f.uid, ALICE.uid);
+  EXPECT_EQ(f.gid, ALICE.gids[0]);
+  SetAttrArgs group;
+  group.gid = 50;
+  // Alice is not in group 50: she cannot give the file to it.
+  EXPECT_EQ(code(auth->setattr(ALICE, none, f.inode, group)), ErrorCode::NOT_PERMITTED);
+  ok(auth->setattr(ROOT, none, f.inode, group));
+  EXPECT_TRUE(auth->open(BOB, f.inode, MAY_READ).ok());  // group read
+  EXPECT_EQ(auth->open(BOB, f.inode, MAY_WRITE).status.code(), ErrorCode::PERMISSION_DENIED);
+  EXPECT_EQ(auth->open(CAROL, f.inode, MAY_READ).status.code(), ErrorCode::PERMISSION_DENIED);
+  EXPECT_TRUE(auth->open(ALICE, f.inode, MAY_READ | MAY_WRITE).ok());
+
+  // chmod only by the owner or root; chown to another user only by root.
+  SetAttrArgs mode;
+  mode.mode = 0666;
+  EXPECT_EQ(code(auth->setattr(BOB, none, f.inode, mode)), ErrorCode::NOT_PERMITTED);
+  SetAttrArgs give;
+  give.uid = BOB.uid;
+  EXPECT_EQ(code(auth->setattr(ALICE, none, f.inode, give)), ErrorCode::NOT_PERMITTED);
+  EXPECT_EQ(ok(auth->setattr(ROOT, none, f.inode, give)).uid, BOB.uid);
+
+  // Truncation needs write permission (or a session holding the file open for writing).
+  SetAttrArgs cut;
+  cut.size = 0;
+  EXPECT_EQ(code(auth->setattr(CAROL, none, f.inode, cut)), ErrorCode::PERMISSION_DENIED);
+  OpenFiles writer;
+  writer.byInode[f.inode] = {1, true};
+  ok(auth->setattr(CAROL, writer, f.inode, cut));
+}
+
+TEST_F(AuthorizerTest, CreatingAndRemovingNeedWriteAndSearchOnTheDirectory) {
+  Inode pub = ok(auth->mkdir(ROOT, ROOT_INODE, "pub", 0755));
+  EXPECT_EQ(code(auth->create(ALICE, pub.inode, "x", 0644, 0, true, false)),
+            ErrorCode::PERMISSION_DENIED);
+  EXPECT_EQ(code(auth->mkdir(ALICE, pub.inode, "d", 0755)), ErrorCode::PERMISSION_DENIED);
+  EXPECT_EQ(code(auth->symlink(ALICE, pub.inode, "l", "/x")), ErrorCode::PERMISSION_DENIED);
+  Inode f = ok(auth->create(ROOT, pub.inode, "f", 0666, 0, true, false));
+  // A world-writable file in a directory one cannot write: writable, not removable.
+  EXPECT_TRUE(auth->open(ALICE, f.inode, MAY_WRITE).ok());
+  EXPECT_EQ(code(auth->unlink(ALICE, pub.inode, "f")), ErrorCode::PERMISSION_DENIED);
+  EXPECT_EQ(code(auth->rename(ALICE, pub.inode, "f", ROOT_INODE, "g", false)),
+            ErrorCode::PERMISSION_DENIED);
+  // An existing file is opened through O_CREAT when it is writable.
+  EXPECT_TRUE(run(auth->create(ALICE, pub.inode, "f", 0644, 0, false, true)).status.ok());
+  chmod(ROOT, f.inode, 0644);
+  EXPECT_EQ(code(auth->create(ALICE, pub.inode, "f", 0644, 0, false, true)),
+            ErrorCode::PERMISSION_DENIED);
+  // Device nodes are root's to make.
+  chmod(ROOT, pub.inode, 0777);
+  EXPECT_EQ(code(auth->mknod(ALICE, pub.inode, "dev", InodeType::CHAR_DEVICE, 0600, 0x0101)),
+            ErrorCode::NOT_PERMITTED);
+  ok(auth->mknod(ALICE, pub.inode, "fifo", InodeType::FIFO, 0600, 0));
+}
+
+TEST_F(AuthorizerTest, InAStickyDirectoryOnlyOwnersRemove) {
+  Inode tmp = ok(auth->mkdir(ROOT, ROOT_INODE, "tmp", 0777));
+  chmod(ROOT, tmp.inode, 01777);
+  ok(auth->create(ALICE, tmp.inode, "alices", 0666, 0, true, false));
+  EXPECT_EQ(code(auth->unlink(BOB, tmp.inode, "alices")), ErrorCode::PERMISSION_DENIED);
+  EXPECT_EQ(code(auth->rename(BOB, tmp.inode, "alices", tmp.inode, "mine", false)),
+            ErrorCode::PERMISSION_DENIED);
+  // Nor replace it by a rename onto its name.
+  ok(auth->create(BOB, tmp.inode, "bobs", 0666, 0, true, false));
+  EXPECT_EQ(code(auth->rename(BOB, tmp.inode, "bobs", tmp.inode, "alices", false)),
+            ErrorCode::PERMISSION_DENIED);
+  EXPECT_TRUE(run(auth->unlink(ALICE, tmp.inode, "alices")).status.ok());
+  EXPECT_TRUE(run(auth->unlink(ROOT, tmp.inode, "bobs")).status.ok());
+}
+
+TEST_F(AuthorizerTest, ASetgidDirectoryPassesItsGroupDown) {
+  Inode shared = ok(auth->mkdir(ROOT, ROOT_INODE, "shared", 0775));
+  SetAttrArgs a;
+  a.gid = 50;
+  a.mode = 02775;
+  ok(auth->setattr(ROOT, none, shared.inode, a));
+  Inode f = ok(auth->create(BOB, shared.inode, "f", 0644, 0, true, false));
+  EXPECT_EQ(f.uid, BOB.uid);
+  EXPECT_EQ(f.gid, 50u);
+  Inode d = ok(auth->mkdir(BOB, shared.inode, "d", 0755));
+  EXPECT_EQ(d.gid, 50u);
+  EXPECT_TRUE(d.mode & MODE_SETGID);
+  // Not a member of the directory's group: no entry.
+  EXPECT_EQ(code(auth->create(ALICE, shared.inode, "g", 0644, 0, true, false)),
+            ErrorCode::PERMISSION_DENIED);
+}
+
+TEST_F(AuthorizerTest, OnlyRootRestoresAnotherUsersTrash) {
+  chmod(ROOT, ROOT_INODE, 0777);
+  ok(auth->create(ALICE, ROOT_INODE, "a", 0644, 0, true, false));
+  ok(auth->create(BOB, ROOT_INODE, "b", 0644, 0, true, false));
+  ASSERT_TRUE(run(auth->unlink(ALICE, ROOT_INODE, "a")).status.ok());
+  ASSERT_TRUE(run(auth->unlink(BOB, ROOT_INODE, "b")).status.ok());
+  auto mine = auth->listTrash(ALICE, 100);
+  ASSERT_EQ(mine.size(), 1u);
+  EXPECT_EQ(mine[0].path, "/a");
+  EXPECT_EQ(auth->listTrash(ROOT, 100).size(), 2u);
+  EXPECT_EQ(code(auth->restore(ALICE, "/b")), ErrorCode::NOT_PERMITTED);
+  EXPECT_TRUE(run(auth->restore(ALICE, "/a")).status.ok());
+  EXPECT_TRUE(run(auth->restore(ROOT, "/b")).status.ok());
+}
+
+TEST_F(AuthorizerTest, TokensVerifyWithTheKeysSentAcrossManyRotations) {
+  for (int i = 0; i < 10; ++i) {
+    ChunkToken t = master->issueToken(9, 4, TokenMode::WRITE);
+    int64_t now = (clock.now() - kj::UNIX_EPOCH) / kj::MILLISECONDS;
+    // What a chunkserver holds after a heartbeat: every key the master has.
+    EXPECT_TRUE(master->tokenKeys().verify(t, 9, 4, TokenMode::WRITE, now).ok()) << i;
+    master->rotateTokenKeys();
+    // A token made before the rotation still verifies with the keys after it.
+    EXPECT_TRUE(master->tokenKeys().verify(t, 9, 4, TokenMode::READ, now).ok()) << i;
+  }
+}
+
+TEST_F(AuthorizerTest, CertificatesDecideWhoCallsAre) {
+  Identity user{Role::USER, "alice", 1000, {1000, 27}, false, true};
+  auto u = credentialsFor(user, std::nullopt);
+  ASSERT_TRUE(u.ok());
+  EXPECT_EQ(u.value.uid, 1000u);
+  EXPECT_EQ(u.value.gids, (std::vector<uint32_t>{1000, 27}));
+  // A user may not claim to be another.
+  EXPECT_EQ(credentialsFor(user, Credentials{0, {0}}).status.code(), ErrorCode::NOT_PERMITTED);
+  EXPECT_TRUE(credentialsFor(user, Credentials{1000, {1000}}).ok());
+
+  // A mount states each caller; root is squashed to nobody unless allowed.
+  Identity mount{Role::MOUNT, "host1", NOBODY, {}, false, true};
+  EXPECT_EQ(credentialsFor(mount, Credentials{1000, {1000}}).value.uid, 1000u);
+  auto squashed = credentialsFor(mount, Credentials{0, {0}});
+  EXPECT_EQ(squashed.value.uid, NOBODY);
+  EXPECT_FALSE(squashed.value.isRoot());
+  mount.allowRoot = true;
+  EXPECT_TRUE(credentialsFor(mount, Credentials{0, {0}}).value.isRoot());
+
+  // Admins are root; chunkservers and masters make no namespace calls.
+  Identity admin{Role::ADMIN, "ops", 0, {0}, false, true};
+  EXPECT_TRUE(credentialsFor(admin, std::nullopt).value.isRoot());
+  EXPECT_TRUE(isAdmin(admin));
+  EXPECT_FALSE(isAdmin(user));
+  Identity cs{Role::CHUNKSERVER, "cs1", NOBODY, {}, false, true};
+  EXPECT_EQ(credentialsFor(cs, std::nullopt).status.code(), ErrorCode::NOT_PERMITTED);
+  EXPECT_FALSE(isAdmin(cs));
+  // Without TLS (--insecure), callers are who they say.
+  Identity anyone;
+  EXPECT_EQ(credentialsFor(anyone, Credentials{5, {5}}).value.uid, 5u);
+  EXPECT_TRUE(isAdmin(anyone));
+}
+
+}  // namespace
+}  // namespace cairn
