@@ -535,9 +535,9 @@ kj::Promise<Result<FileAttr>> Client::commitSize(uint64_t inode, uint64_t size, 
   return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
 }
 
-kj::Promise<Result<FileLayout>> Client::layout(uint64_t inode, uint32_t firstIndex,
-                                               uint32_t count) {
-  auto req = master().getChunksRequest();
+kj::Promise<Result<FileLayout>> Client::layout(uint64_t inode, uint32_t firstIndex, uint32_t count,
+                                               std::optional<Caller> as) {
+  auto req = master(as).getChunksRequest();
   req.setInode(inode);
   req.setFirstIndex(firstIndex);
   req.setCount(count);

@@ -230,7 +230,9 @@ class Client {
   kj::Promise<Result<uint64_t>> seek(uint64_t inode, uint64_t offset, bool hole);
 
   // Chunks.
-  kj::Promise<Result<FileLayout>> layout(uint64_t inode, uint32_t firstIndex, uint32_t count);
+  // Chunk locations (with read tokens); the caller must be able to read the file.
+  kj::Promise<Result<FileLayout>> layout(uint64_t inode, uint32_t firstIndex, uint32_t count,
+                                         std::optional<Caller> as = std::nullopt);
   kj::Promise<Result<std::vector<ServerStatus>>> servers(uint64_t* chunkSize);
   kj::Promise<Result<std::vector<TrashInfo>>> trashList(std::optional<Caller> as = std::nullopt);
   kj::Promise<Result<FileAttr>> trashRestore(std::string path,

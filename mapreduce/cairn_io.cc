@@ -2,24 +2,25 @@
 
 namespace cairn::mapreduce {
 
-Result<FileAttr> CairnIo::resolve(const std::string& path) {
-  return client.run([&](Client& c, FileCache&) { return c.resolve(path); });
+Result<FileAttr> CairnIo::resolve(const std::string& path, std::optional<Caller> as) {
+  return client.run([&](Client& c, FileCache&) { return c.resolve(path, as); });
 }
 
 Result<FileAttr> CairnIo::lookup(uint64_t parent, const std::string& name) {
   return client.run([&](Client& c, FileCache&) { return c.lookup(parent, name); });
 }
 
-Result<std::vector<DirEntryInfo>> CairnIo::list(uint64_t dir) {
-  return client.run([&](Client& c, FileCache&) { return c.listAll(dir); });
+Result<std::vector<DirEntryInfo>> CairnIo::list(uint64_t dir, std::optional<Caller> as) {
+  return client.run([&](Client& c, FileCache&) { return c.listAll(dir, as); });
 }
 
-Result<FileLayout> CairnIo::layout(uint64_t inode) {
+Result<FileLayout> CairnIo::layout(uint64_t inode, std::optional<Caller> as) {
   FileLayout all;
   constexpr uint32_t PAGE = 4096;
   for (uint64_t first = 0;; first += PAGE) {
-    auto page = client.run(
-        [&](Client& c, FileCache&) { return c.layout(inode, static_cast<uint32_t>(first), PAGE); });
+    auto page = client.run([&](Client& c, FileCache&) {
+      return c.layout(inode, static_cast<uint32_t>(first), PAGE, as);
+    });
     if (!page.ok()) return page.status;
     all.chunkSize = page.value.chunkSize;
     all.fileSize = page.value.fileSize;

@@ -16,11 +16,12 @@ class CairnIo {
  public:
   explicit CairnIo(ClientOptions options) : client(std::move(options)) {}
 
-  Result<FileAttr> resolve(const std::string& path);
+  // `as`: for whom (the job's submitter); else the worker's or coordinator's certificate.
+  Result<FileAttr> resolve(const std::string& path, std::optional<Caller> as = std::nullopt);
   Result<FileAttr> lookup(uint64_t parent, const std::string& name);
-  Result<std::vector<DirEntryInfo>> list(uint64_t dir);
+  Result<std::vector<DirEntryInfo>> list(uint64_t dir, std::optional<Caller> as = std::nullopt);
   // Every chunk of a file (holes absent).
-  Result<FileLayout> layout(uint64_t inode);
+  Result<FileLayout> layout(uint64_t inode, std::optional<Caller> as = std::nullopt);
   // Like `mkdir -p`; returns the directory's attributes.
   Result<FileAttr> makeDirs(const std::string& path, uint32_t uid, uint32_t gid);
   Result<FileAttr> mkdir(uint64_t parent, const std::string& name, uint32_t uid, uint32_t gid);

@@ -83,13 +83,26 @@ class Coordinator::Session final : public wire::WorkerSession::Server {
   uint64_t id;
 };
 
+// The coordinator as one peer sees it: its certificate decides whose job it submits (a
+// user's own; an admin's as stated) and whether it may join as a worker.
 class Coordinator::Service final : public wire::Coordinator::Server {
  public:
-  explicit Service(Coordinator& c) : c(c) {}
+  Service(Coordinator& c, Identity peer) : c(c), peer(std::move(peer)) {}
 
   kj::Promise<void> submit(SubmitContext context) override {
     JobSpec spec = fromWire(context.getParams().getSpec());
     Status valid = validateSpec(spec);
+    if (valid.ok() && peer.authenticated) {
+      if (peer.role == Role::USER) {
+        // Outputs are made, and inputs read, as the submitter and nobody else.
+        spec.uid = peer.uid;
+        spec.gid = peer.gids.empty() ? peer.uid : peer.gids[0];
+      } else if (peer.role != Role::ADMIN) {
+        valid = Status::notPermitted(
+            fmt::format("jobs are submitted with a user or admin certificate, not a {} one",
+                        roleName(peer.role)));
+      }
+    }
     if (!valid.ok()) {
       cairn::toWire(valid, context.getResults().initStatus());
       return kj::READY_NOW;
@@ -130,7 +143,14 @@ class Coordinator::Service final : public wire::Coordinator::Server {
 
   kj::Promise<void> kill(KillContext context) override {
     uint64_t id = context.getParams().getJobId();
-    Status s = c.scheduler.kill(id, c.nowMs());
+    Status s;
+    if (peer.authenticated && peer.role != Role::ADMIN) {
+      const JobSpec* spec = c.scheduler.spec(id);
+      if (peer.role != Role::USER || (spec != nullptr && spec->uid != peer.uid)) {
+        s = Status::notPermitted("only an admin or the job's submitter kills a job");
+      }
+    }
+    if (s.ok()) s = c.scheduler.kill(id, c.nowMs());
     if (s.ok()) logInfo("job {} killed on request", id);
     cairn::toWire(s, context.getResults().initStatus());
     c.wakeWaiters();
@@ -151,6 +171,10 @@ class Coordinator::Service final : public wire::Coordinator::Server {
     std::string address = p.getAddress().cStr();
     uint32_t slots = p.getSlots();
     Status bad;
+    if (peer.authenticated && peer.role != Role::WORKER && peer.role != Role::ADMIN) {
+      bad = Status::notPermitted(
+          fmt::format("workers join with a worker certificate, not a {} one", roleName(peer.role)));
+    }
     if (host.empty() || host.size() > 255)
       bad = Status::invalidArgument("a worker host of 1..255 bytes");
     if (!parseHostPort(address).ok())
@@ -170,6 +194,7 @@ class Coordinator::Service final : public wire::Coordinator::Server {
 
  private:
   Coordinator& c;
+  Identity peer;
 };
 
 Coordinator::Coordinator(CoordinatorOptions options, kj::Timer& timer)
@@ -193,7 +218,9 @@ Coordinator::Coordinator(CoordinatorOptions options, kj::Timer& timer)
 
 Coordinator::~Coordinator() noexcept(false) {}
 
-wire::Coordinator::Client Coordinator::capability() { return kj::heap<Service>(*this); }
+wire::Coordinator::Client Coordinator::capabilityFor(const Identity& peer) {
+  return kj::heap<Service>(*this, peer);
+}
 
 kj::Promise<void> Coordinator::run() {
   return timer.afterDelay(opts.tickInterval).then([this]() {
@@ -218,7 +245,10 @@ void Coordinator::taskFailed(kj::Exception&& e) {
 }
 
 Result<Coordinator::Plan> Coordinator::plan(const JobSpec& spec) {
-  auto existing = io.resolve(spec.output);
+  // Whatever the job reads is checked as its submitter: search on every directory of the
+  // paths, read on every input file (workers then read by chunk token).
+  Caller who{spec.uid, {spec.gid}};
+  auto existing = io.resolve(spec.output, who);
   if (existing.ok()) {
     return Status::alreadyExists(fmt::format("output directory {} exists", spec.output));
   }
@@ -227,9 +257,9 @@ Result<Coordinator::Plan> Coordinator::plan(const JobSpec& spec) {
   }
   Plan plan;
   for (auto& input : spec.inputs) {
-    auto attr = io.resolve(input);
+    auto attr = io.resolve(input, who);
     if (!attr.ok()) return withContext("input " + input, attr.status);
-    Status s = addInput(input, attr.value, plan);
+    Status s = addInput(input, attr.value, who, plan);
     if (!s.ok()) return s;
   }
   if (plan.inputFiles == 0) {
@@ -252,14 +282,15 @@ Result<Coordinator::Plan> Coordinator::plan(const JobSpec& spec) {
   return plan;
 }
 
-Status Coordinator::addInput(const std::string& path, const FileAttr& attr, Plan& plan) {
+Status Coordinator::addInput(const std::string& path, const FileAttr& attr, const Caller& who,
+                             Plan& plan) {
   if (attr.type == FileType::DIRECTORY) {
-    auto entries = io.list(attr.inode);
+    auto entries = io.list(attr.inode, who);
     if (!entries.ok()) return withContext("listing " + path, entries.status);
     for (auto& e : entries.value) {
       // Like Hadoop: `_SUCCESS`, `_temporary` and hidden files are not input.
       if (e.name.empty() || e.name[0] == '_' || e.name[0] == '.') continue;
-      Status s = addInput(path == "/" ? "/" + e.name : path + "/" + e.name, e.attr, plan);
+      Status s = addInput(path == "/" ? "/" + e.name : path + "/" + e.name, e.attr, who, plan);
       if (!s.ok()) return s;
     }
     return Status::OK();
@@ -267,7 +298,7 @@ Status Coordinator::addInput(const std::string& path, const FileAttr& attr, Plan
   if (attr.type != FileType::REGULAR) return Status::OK();
   ++plan.inputFiles;
   if (attr.size == 0) return Status::OK();
-  auto layout = io.layout(attr.inode);
+  auto layout = io.layout(attr.inode, who);
   if (!layout.ok()) return withContext("locating the chunks of " + path, layout.status);
   uint64_t cs = layout.value.chunkSize;
   uint64_t size = layout.value.fileSize;

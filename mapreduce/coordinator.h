@@ -29,7 +29,9 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   Coordinator(CoordinatorOptions options, kj::Timer& timer);
   ~Coordinator() noexcept(false);
 
-  wire::Coordinator::Client capability();
+  // What a peer is served: its certificate decides whose jobs it submits and whether it
+  // may join as a worker.
+  wire::Coordinator::Client capabilityFor(const Identity& peer);
   // Declares silent workers lost, on a timer; never resolves.
   kj::Promise<void> run();
 
@@ -43,7 +45,7 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
 
   // Blocking, on the pool.
   Result<Plan> plan(const JobSpec& spec);
-  Status addInput(const std::string& path, const FileAttr& attr, Plan& plan);
+  Status addInput(const std::string& path, const FileAttr& attr, const Caller& who, Plan& plan);
   Status commit(const JobSpec& spec);
   void removeOutput(const JobSpec& spec);
 

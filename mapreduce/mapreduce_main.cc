@@ -87,7 +87,9 @@ int runCoordinator(const std::string& master, const std::string& listen,
     options.scheduler.localityWaitMs = static_cast<int64_t>(localityWait * 1000);
     options.security = security;
     Coordinator coordinator(options, io.provider->getTimer());
-    RpcServer server(coordinator.capability(), kj::mv(listener), io.provider->getTimer(), security);
+    RpcServer server(
+        [&coordinator](const Identity& peer) { return coordinator.capabilityFor(peer); },
+        kj::mv(listener), io.provider->getTimer(), security);
     auto reloader = reloadOnSighup(io.unixEventPort, security.tls).eagerlyEvaluate(nullptr);
     logInfo("listening on {} (master {})", bound, master);
     if (!portFile.empty()) std::ofstream(portFile) << bound << "\n";
@@ -132,7 +134,8 @@ int runWorker(WorkerOptions options, std::string listen, const std::string& port
     };
     options.security = security;
     Worker worker(options, io.provider->getNetwork(), io.provider->getTimer());
-    RpcServer server(worker.capability(), kj::mv(listener), io.provider->getTimer(), security);
+    RpcServer server([&worker](const Identity& peer) { return worker.capabilityFor(peer); },
+                     kj::mv(listener), io.provider->getTimer(), security);
     auto reloader = reloadOnSighup(io.unixEventPort, security.tls).eagerlyEvaluate(nullptr);
     logInfo("serving map output on {}, scratch {}", options.address, options.scratch);
     worker.start().wait(io.waitScope);

@@ -55,10 +55,18 @@ Result<std::string> readPiece(const std::string& path, uint64_t offset, uint32_t
 // Serves map output to reducers.
 class Worker::Service final : public wire::Worker::Server {
  public:
-  explicit Service(Worker& w) : w(w) {}
+  Service(Worker& w, Identity peer) : w(w), peer(std::move(peer)) {}
 
   kj::Promise<void> fetchPartition(FetchPartitionContext context) override {
     auto p = context.getParams();
+    // Map output is job data: only other workers (and admins) fetch it.
+    if (peer.authenticated && peer.role != Role::WORKER && peer.role != Role::ADMIN) {
+      cairn::toWire(Status::notPermitted(fmt::format("map output is for workers, not a {} "
+                                                     "certificate",
+                                                     roleName(peer.role))),
+                    context.getResults().initStatus());
+      return kj::READY_NOW;
+    }
     if (p.getPartition() >= MAX_REDUCERS) {
       cairn::toWire(Status::invalidArgument("partition out of range"),
                     context.getResults().initStatus());
@@ -97,6 +105,7 @@ class Worker::Service final : public wire::Worker::Server {
 
  private:
   Worker& w;
+  Identity peer;
 };
 
 Worker::Worker(WorkerOptions options, kj::Network& network, kj::Timer& timer)
@@ -116,7 +125,9 @@ Worker::Worker(WorkerOptions options, kj::Network& network, kj::Timer& timer)
 
 Worker::~Worker() noexcept(false) {}
 
-wire::Worker::Client Worker::capability() { return kj::heap<Service>(*this); }
+wire::Worker::Client Worker::capabilityFor(const Identity& peer) {
+  return kj::heap<Service>(*this, peer);
+}
 
 void Worker::taskFailed(kj::Exception&& e) {
   logError("worker task failed: {}", e.getDescription().cStr());

@@ -39,7 +39,8 @@ class Worker final : private kj::TaskSet::ErrorHandler {
   Worker(WorkerOptions options, kj::Network& network, kj::Timer& timer);
   ~Worker() noexcept(false);
 
-  wire::Worker::Client capability();
+  // What a peer is served: map output goes to other workers and admins only.
+  wire::Worker::Client capabilityFor(const Identity& peer);
   // Joins (retrying until the coordinator answers) and starts working; the work goes on
   // in the background, joining again whenever the coordinator loses this worker.
   kj::Promise<void> start();

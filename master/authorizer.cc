@@ -22,8 +22,11 @@ Result<Credentials> credentialsFor(const Identity& peer, std::optional<Credentia
     case Role::MOUNT:
       who = stated ? *stated : nobody();
       break;
-    case Role::USER:
     case Role::WORKER:
+      // Workers and the coordinator act for a job's submitter, or as themselves.
+      who = stated ? *stated : Credentials{peer.uid, peer.gids};
+      break;
+    case Role::USER:
       if (stated && stated->uid != peer.uid) {
         return Status::notPermitted(
             fmt::format("a {} certificate acts as uid {} only", roleName(peer.role), peer.uid));

@@ -37,11 +37,11 @@ struct OpenFiles {
   }
 };
 
-// The credentials calls on a connection are made with. `stated` is what a mount (or an
-// admin, or anyone on an insecure cluster) says of the calling process; users and workers
-// are who their certificates say. Root is root only where the certificate allows it (an
-// admin's always); otherwise squashed to nobody, as NFS's root_squash does. notPermitted
-// when the peer may not state credentials (a user claiming another uid), or its role
+// The credentials calls on a connection are made with. `stated` is what a mount, a
+// MapReduce worker (for a job's submitter), an admin, or anyone on an insecure cluster says
+// of the caller; users are who their certificates say. Root is root only where the certificate
+// allows it (an admin's always); otherwise squashed to nobody, as NFS's root_squash does.
+// notPermitted when the peer may not state credentials (a user claiming another uid), or its role
 // makes no namespace calls at all.
 Result<Credentials> credentialsFor(const Identity& peer, std::optional<Credentials> stated);
 // Whether the peer may administer the cluster (decommission, balance, safe mode, others'

@@ -204,8 +204,9 @@ void ChunkManager::removeSurplus() {
     // Remove replicas that are retiring (decommissioning, or found corrupt and kept only as
     // the last copy) once the others meet the goal, then those on the servers holding the
     // most chunks.
-    auto retiring = [this, &c](uint64_t id) {
-      return serversById[id].decommissioning || c.corrupt.count(id) != 0;
+    const auto& corrupt = c.corrupt;
+    auto retiring = [this, &corrupt](uint64_t id) {
+      return serversById[id].decommissioning || corrupt.count(id) != 0;
     };
     std::vector<uint64_t> order(c.replicas.begin(), c.replicas.end());
     std::sort(order.begin(), order.end(), [this, &retiring](uint64_t a, uint64_t b) {

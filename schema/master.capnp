@@ -133,8 +133,8 @@ interface ClientService {
   asCaller @33 (uid :UInt32, gids :List(UInt32)) -> (service :ClientService);
   # The same session, making calls for a process with these credentials (the first gid
   # is its group), as a mount does for each process. The master checks every call with
-  # them. Who may state credentials: a mount (root squashed to nobody unless its
-  # certificate allows root) and an admin; a user or worker only its own uid. Calls of a
+  # them. Who may state credentials: a mount or a MapReduce worker (root squashed to nobody
+  # unless its certificate allows root) and an admin; a user only its own uid. Calls of a
   # service for credentials the peer may not state fail with notPermitted.
 }
 

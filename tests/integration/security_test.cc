@@ -2,9 +2,12 @@
 // call, the master checks POSIX permissions for every caller, mounts have root squashed
 // unless allowed, and chunkservers serve only holders of the master's chunk tokens.
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <kj/async-io.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -13,6 +16,7 @@
 #include <fstream>
 #include <thread>
 
+#include "address.h"
 #include "chunkserver.capnp.h"
 #include "cluster.h"
 #include "tokens.h"
@@ -280,6 +284,84 @@ TEST_F(SecurityTest, ReadsGoOnWhileTokenKeysRotate) {
   }
   EXPECT_GT(reads, 10);
   EXPECT_EQ(cluster->get("/f"), data);
+}
+
+TEST_F(SecurityTest, ADaemonReloadsItsCertificateOnSighupWithoutDroppingTheCluster) {
+  start();
+  std::string data = randomBytes(300000, 9);
+  cluster->put(data, "/f");
+  // A new certificate (as when the old one nears its end) in place of the master's.
+  std::string fresh = cluster->certificates().issue(Role::MASTER, "master-renewed", {"127.0.0.1"});
+  for (auto f : {"cert.pem", "key.pem"}) {
+    writeFile(cluster->masterCredentials() + "/" + f, readFile(fresh + "/" + f));
+  }
+  ASSERT_EQ(kill(cluster->masterPid(), SIGHUP), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_NE(readFile(cluster->dir() + "/master.log").find("reloaded"), std::string::npos);
+  EXPECT_EQ(cluster->get("/f"), data);
+  cluster->waitForLiveChunkservers(3);
+  // A broken file is refused, and the master goes on with what it had.
+  writeFile(cluster->masterCredentials() + "/key.pem", "garbage");
+  ASSERT_EQ(kill(cluster->masterPid(), SIGHUP), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_NE(readFile(cluster->dir() + "/master.log").find("not reloaded"), std::string::npos);
+  EXPECT_EQ(cluster->get("/f"), data);
+  std::string out, err;
+  EXPECT_EQ(cluster->cli({"ls", "/"}, &out, &err), 0) << err;
+}
+
+// Opens a TCP connection from `source` and sends nothing.
+int idleConnection(const std::string& address, const char* source) {
+  auto hp = parseHostPort(address);
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in from{};
+  from.sin_family = AF_INET;
+  inet_pton(AF_INET, source, &from.sin_addr);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&from), sizeof(from)) != 0) return -1;
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(hp.value.port);
+  inet_pton(AF_INET, hp.value.host.c_str(), &sa.sin_addr);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Whether the server closes `fd` (end of file or a reset) within `seconds`.
+bool closedWithin(int fd, int seconds) {
+  timeval tv{seconds, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  char b;
+  ssize_t n = read(fd, &b, 1);
+  return n == 0 || (n < 0 && errno == ECONNRESET);
+}
+
+TEST_F(SecurityTest, SilentConnectionsAreCutAndEachPeerHoldsBoundedConnections) {
+  start({"--handshake-timeout", "2", "--max-connections-per-peer", "4"});
+  // From an address of its own, so that only these count against its bound.
+  std::vector<int> idle;
+  for (int i = 0; i < 4; ++i) {
+    idle.push_back(idleConnection(cluster->masterAddress(), "127.0.0.50"));
+    ASSERT_GE(idle.back(), 0);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  int extra = idleConnection(cluster->masterAddress(), "127.0.0.50");
+  ASSERT_GE(extra, 0);
+  EXPECT_TRUE(closedWithin(extra, 1));  // over the bound: closed at once
+  close(extra);
+  // Another peer is not held back by this one.
+  int other = idleConnection(cluster->masterAddress(), "127.0.0.51");
+  EXPECT_FALSE(closedWithin(other, 1));  // still open: its handshake time is not up
+  close(other);
+  // Silent ones are cut once the handshake time is up.
+  for (int fd : idle) {
+    EXPECT_TRUE(closedWithin(fd, 5));
+    close(fd);
+  }
+  std::string out, err;
+  EXPECT_EQ(cluster->cli({"ls", "/"}, &out, &err), 0) << err;
 }
 
 }  // namespace

@@ -212,6 +212,12 @@ TEST_F(AuthorizerTest, CertificatesDecideWhoCallsAre) {
   mount.allowRoot = true;
   EXPECT_TRUE(credentialsFor(mount, Credentials{0, {0}}).value.isRoot());
 
+  // A worker acts for a job's submitter (root only if allowed), else as itself.
+  Identity worker{Role::WORKER, "w1", 500, {500}, false, true};
+  EXPECT_EQ(credentialsFor(worker, std::nullopt).value.uid, 500u);
+  EXPECT_EQ(credentialsFor(worker, Credentials{1000, {1000}}).value.uid, 1000u);
+  EXPECT_EQ(credentialsFor(worker, Credentials{0, {0}}).value.uid, NOBODY);
+
   // Admins are root; chunkservers and masters make no namespace calls.
   Identity admin{Role::ADMIN, "ops", 0, {0}, false, true};
   EXPECT_TRUE(credentialsFor(admin, std::nullopt).value.isRoot());

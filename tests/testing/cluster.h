@@ -120,6 +120,8 @@ class ProcessCluster {
   // CAIRN_CREDENTIALS).
   TestCa& certificates() { return ca; }
   const std::string& adminCredentials() const { return adminCreds; }
+  const std::string& masterCredentials() const { return masterCreds; }
+  pid_t masterPid() const { return masterProc.pid; }
   // Mount flags (after the mount point) for every mount made from now on.
   void setMountFlags(std::vector<std::string> flags) { mountFlags = std::move(flags); }
 
