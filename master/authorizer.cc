@@ -104,9 +104,10 @@ kj::Promise<MutationResult> Authorizer::create(const Credentials& who, uint64_t 
   auto dir = directoryFor(who, parent, MAY_EXEC);
   if (!dir.ok()) return refused(dir.status);
   auto existing = ns.lookup(parent, name);
-  if (existing.ok() && !exclusive) {
-    // open(O_CREAT) of a file that is there opens it.
-    if (open) {
+  if (existing.ok()) {
+    // open(O_CREAT) of a file that is there opens it (O_EXCL: EEXIST, as Linux answers
+    // before checking the directory).
+    if (open && !exclusive) {
       Status s = checkAccess(existing.value, who, MAY_WRITE);
       if (!s.ok()) return refused(s);
     }

@@ -117,6 +117,9 @@ TEST_F(AuthorizerTest, CreatingAndRemovingNeedWriteAndSearchOnTheDirectory) {
   EXPECT_EQ(code(auth->mkdir(ALICE, pub.inode, "d", 0755)), ErrorCode::PERMISSION_DENIED);
   EXPECT_EQ(code(auth->symlink(ALICE, pub.inode, "l", "/x")), ErrorCode::PERMISSION_DENIED);
   Inode f = ok(auth->create(ROOT, pub.inode, "f", 0666, 0, true, false));
+  // O_CREAT|O_EXCL of a name that exists is EEXIST, writable directory or not.
+  EXPECT_EQ(code(auth->create(ALICE, pub.inode, "f", 0644, 0, true, true)),
+            ErrorCode::ALREADY_EXISTS);
   // A world-writable file in a directory one cannot write: writable, not removable.
   EXPECT_TRUE(auth->open(ALICE, f.inode, MAY_WRITE).ok());
   EXPECT_EQ(code(auth->unlink(ALICE, pub.inode, "f")), ErrorCode::PERMISSION_DENIED);
