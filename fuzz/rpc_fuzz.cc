@@ -70,17 +70,39 @@ void fill(capnp::DynamicStruct::Builder b, Choices& c, int depth) {
                    using T = capnp::schema::Type;
                    uint64_t n = c.number();
                    switch (type.which()) {
-                     case T::BOOL: b.set(field, (n & 1) != 0); break;
-                     case T::INT8: b.set(field, static_cast<int8_t>(n)); break;
-                     case T::INT16: b.set(field, static_cast<int16_t>(n)); break;
-                     case T::INT32: b.set(field, static_cast<int32_t>(n)); break;
-                     case T::INT64: b.set(field, static_cast<int64_t>(n)); break;
-                     case T::UINT8: b.set(field, static_cast<uint8_t>(n)); break;
-                     case T::UINT16: b.set(field, static_cast<uint16_t>(n)); break;
-                     case T::UINT32: b.set(field, static_cast<uint32_t>(n)); break;
-                     case T::UINT64: b.set(field, n); break;
-                     case T::FLOAT32: b.set(field, static_cast<float>(static_cast<int64_t>(n))); break;
-                     case T::FLOAT64: b.set(field, static_cast<double>(static_cast<int64_t>(n)) / 7); break;
+                     case T::BOOL:
+                       b.set(field, (n & 1) != 0);
+                       break;
+                     case T::INT8:
+                       b.set(field, static_cast<int8_t>(n));
+                       break;
+                     case T::INT16:
+                       b.set(field, static_cast<int16_t>(n));
+                       break;
+                     case T::INT32:
+                       b.set(field, static_cast<int32_t>(n));
+                       break;
+                     case T::INT64:
+                       b.set(field, static_cast<int64_t>(n));
+                       break;
+                     case T::UINT8:
+                       b.set(field, static_cast<uint8_t>(n));
+                       break;
+                     case T::UINT16:
+                       b.set(field, static_cast<uint16_t>(n));
+                       break;
+                     case T::UINT32:
+                       b.set(field, static_cast<uint32_t>(n));
+                       break;
+                     case T::UINT64:
+                       b.set(field, n);
+                       break;
+                     case T::FLOAT32:
+                       b.set(field, static_cast<float>(static_cast<int64_t>(n)));
+                       break;
+                     case T::FLOAT64:
+                       b.set(field, static_cast<double>(static_cast<int64_t>(n)) / 7);
+                       break;
                      case T::TEXT: {
                        std::string s = c.text(c.below(8) == 0 ? 5000 : 300);
                        b.set(field, capnp::Text::Reader(s.c_str(), s.size()));
@@ -88,17 +110,20 @@ void fill(capnp::DynamicStruct::Builder b, Choices& c, int depth) {
                      }
                      case T::DATA: {
                        std::string s = c.text(c.below(8) == 0 ? (5 << 20) : 4096);
-                       b.set(field, capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(s.data()), s.size()));
+                       b.set(field, capnp::Data::Reader(
+                                        reinterpret_cast<const capnp::byte*>(s.data()), s.size()));
                        break;
                      }
                      case T::ENUM:
-                       b.set(field, capnp::DynamicEnum(type.asEnum(), static_cast<uint16_t>(c.below(40))));
+                       b.set(field,
+                             capnp::DynamicEnum(type.asEnum(), static_cast<uint16_t>(c.below(40))));
                        break;
                      case T::STRUCT:
                        if (depth < 3) fill(b.init(field).as<capnp::DynamicStruct>(), c, depth + 1);
                        break;
                      case T::LIST: {
-                       uint32_t size = static_cast<uint32_t>(c.below(8) == 0 ? c.below(5000) : c.below(6));
+                       uint32_t size =
+                           static_cast<uint32_t>(c.below(8) == 0 ? c.below(5000) : c.below(6));
                        auto list = b.init(field, size).as<capnp::DynamicList>();
                        auto element = type.asList().getElementType();
                        for (uint32_t i = 0; i < size && i < 64; ++i) {
@@ -179,17 +204,22 @@ uint64_t Choices::below(uint64_t n) {
 
 uint64_t Choices::number() {
   switch (below(4)) {
-    case 0: return INTERESTING[below(sizeof(INTERESTING) / sizeof(INTERESTING[0]))];
-    case 1: return below(16);  // inodes, handles and versions that exist
-    case 2: return INTERESTING[below(sizeof(INTERESTING) / sizeof(INTERESTING[0]))] - 1;
-    default: return raw();
+    case 0:
+      return INTERESTING[below(sizeof(INTERESTING) / sizeof(INTERESTING[0]))];
+    case 1:
+      return below(16);  // inodes, handles and versions that exist
+    case 2:
+      return INTERESTING[below(sizeof(INTERESTING) / sizeof(INTERESTING[0]))] - 1;
+    default:
+      return raw();
   }
 }
 
 std::string Choices::text(size_t max) {
-  static const char* const WORDS[] = {"", ".", "..", "/", "a/b", "d", "f", "secret", "k",
-                                      "user.cairn.replication", "user.x", "127.0.0.1:1",
-                                      "::", "\xff\xfe", "trash"};
+  static const char* const WORDS[] = {
+      "",       ".",           "..",     "/",        "a/b",
+      "d",      "f",           "secret", "k",        "user.cairn.replication",
+      "user.x", "127.0.0.1:1", "::",     "\xff\xfe", "trash"};
   if (below(3) == 0) return WORDS[below(sizeof(WORDS) / sizeof(WORDS[0]))];
   size_t n = below(max + 1);
   std::string s(n, '\0');
@@ -227,7 +257,8 @@ Harness::Harness() : parts(std::make_unique<Parts>()) {
   o.dataDir = "/fuzz";
   o.metaEnv = p.env.get();
   o.chunkSize = 1 << 20;
-  p.master = std::make_unique<Master>(o, p.io.provider->getTimer(), kj::systemPreciseCalendarClock());
+  p.master =
+      std::make_unique<Master>(o, p.io.provider->getTimer(), kj::systemPreciseCalendarClock());
   auto& ns = p.master->names();
   auto wait = [&](kj::Promise<MutationResult> m) { KJ_ASSERT(m.wait(p.io.waitScope).status.ok()); };
   wait(ns.mkdir(ROOT_INODE, "d", 0755, 0, 0));
@@ -242,7 +273,8 @@ Harness::Harness() : parts(std::make_unique<Parts>()) {
   KJ_ASSERT(p.chunkserver->store().open().ok());
   for (uint64_t h = 1; h <= 3; ++h) {
     KJ_ASSERT(p.chunkserver->store().create(h, 1).ok());
-    KJ_ASSERT(p.chunkserver->store().write(h, 1, 0, std::string(70000, static_cast<char>('a' + h))).ok());
+    KJ_ASSERT(
+        p.chunkserver->store().write(h, 1, 0, std::string(70000, static_cast<char>('a' + h))).ok());
   }
   // A certificate for the TLS side of handshake().
   char tmpl[] = "/tmp/cairn-fuzz-XXXXXX";
@@ -267,7 +299,8 @@ Harness::~Harness() {
 std::string Harness::state() {
   auto& ns = parts->master->names();
   std::string out;
-  std::function<void(uint64_t, const std::string&)> walk = [&](uint64_t dir, const std::string& path) {
+  std::function<void(uint64_t, const std::string&)> walk = [&](uint64_t dir,
+                                                               const std::string& path) {
     std::vector<Namespace::Entry> entries;
     bool more = false;
     KJ_ASSERT(ns.readdir(dir, "", 100000, entries, more).ok());
@@ -279,7 +312,8 @@ std::string Harness::state() {
     }
   };
   auto root = ns.getattr(ROOT_INODE);
-  out += fmt::format("/ {:o} {}:{} {}\n", root.value.mode, root.value.uid, root.value.gid, root.value.mtimeNs);
+  out += fmt::format("/ {:o} {}:{} {}\n", root.value.mode, root.value.uid, root.value.gid,
+                     root.value.mtimeNs);
   walk(ROOT_INODE, "");
   for (auto& t : ns.listTrash(100000)) out += fmt::format("trash {} {}\n", t.path, t.inode);
   out += fmt::format("chunkservers {}\n", parts->master->chunkManager().servers().size());
@@ -297,11 +331,11 @@ void Harness::session(Service service, const Identity& peer, Choices& c) {
   auto& ws = p.io.waitScope;
   auto& timer = p.io.provider->getTimer();
   auto pipe = kj::newTwoWayPipe();
-  capnp::Capability::Client bootstrap = service == Service::MASTER
-                                            ? capnp::Capability::Client(p.master->bootstrap(peer))
-                                            : capnp::Capability::Client(p.chunkserver->capabilityFor(peer));
-  auto network = kj::heap<capnp::TwoPartyVatNetwork>(*pipe.ends[0], capnp::rpc::twoparty::Side::SERVER,
-                                                     RPC_READER_OPTIONS);
+  capnp::Capability::Client bootstrap =
+      service == Service::MASTER ? capnp::Capability::Client(p.master->bootstrap(peer))
+                                 : capnp::Capability::Client(p.chunkserver->capabilityFor(peer));
+  auto network = kj::heap<capnp::TwoPartyVatNetwork>(
+      *pipe.ends[0], capnp::rpc::twoparty::Side::SERVER, RPC_READER_OPTIONS);
   auto rpc = kj::heap(capnp::makeRpcServer(*network, kj::mv(bootstrap)));
   auto disconnected = network->onDisconnect().fork();
 
@@ -309,13 +343,14 @@ void Harness::session(Service service, const Identity& peer, Choices& c) {
   auto& client = *pipe.ends[1];
   uint32_t returns = 0;
   std::function<kj::Promise<void>()> drain = [&]() -> kj::Promise<void> {
-    return capnp::tryReadMessage(client, RPC_READER_OPTIONS).then([&](kj::Maybe<kj::Own<capnp::MessageReader>> m) -> kj::Promise<void> {
-      KJ_IF_MAYBE (message, m) {
-        if ((*message)->getRoot<capnp::rpc::Message>().isReturn()) ++returns;
-        return drain();
-      }
-      return kj::READY_NOW;
-    });
+    return capnp::tryReadMessage(client, RPC_READER_OPTIONS)
+        .then([&](kj::Maybe<kj::Own<capnp::MessageReader>> m) -> kj::Promise<void> {
+          KJ_IF_MAYBE (message, m) {
+            if ((*message)->getRoot<capnp::rpc::Message>().isReturn()) ++returns;
+            return drain();
+          }
+          return kj::READY_NOW;
+        });
   };
   auto draining = drain().eagerlyEvaluate([](kj::Exception&&) {});
 
@@ -405,15 +440,16 @@ void Harness::session(Service service, const Identity& peer, Choices& c) {
     call.setMethodId(static_cast<uint16_t>(c.number()));
     auto params = call.initParams().initContent();
     if (!methods.size()) continue;
-    fill(params.initAs<capnp::DynamicStruct>(methods[c.below(methods.size())].getParamType()), c, 0);
+    fill(params.initAs<capnp::DynamicStruct>(methods[c.below(methods.size())].getParamType()), c,
+         0);
     alive = send(m, true);
   }
   client.shutdownWrite();
-  bool ended = timer.timeoutAfter(ANSWER_WITHIN, disconnected.addBranch())
-                   .then([]() { return true; }, [](kj::Exception&& e) {
-                     return e.getType() != kj::Exception::Type::OVERLOADED;
-                   })
-                   .wait(ws);
+  bool ended =
+      timer.timeoutAfter(ANSWER_WITHIN, disconnected.addBranch())
+          .then([]() { return true; },
+                [](kj::Exception&& e) { return e.getType() != kj::Exception::Type::OVERLOADED; })
+          .wait(ws);
   KJ_REQUIRE(ended, "the connection did not end after its peer stopped (a hang)");
   rpc = nullptr;
   network = nullptr;
@@ -426,15 +462,17 @@ void Harness::handshake(Choices& c) {
   auto& ws = p.io.waitScope;
   auto& timer = p.io.provider->getTimer();
   auto pipe = kj::newTwoWayPipe();
-  auto accepted = p.tls->accept(kj::mv(pipe.ends[0]), timer, 200 * kj::MILLISECONDS)
-                      .then([](SecureStream) { return true; }, [](kj::Exception&&) { return false; });
+  auto accepted =
+      p.tls->accept(kj::mv(pipe.ends[0]), timer, 200 * kj::MILLISECONDS)
+          .then([](SecureStream) { return true; }, [](kj::Exception&&) { return false; });
   std::string bytes;
   if (c.below(2) == 0) {
     bytes = c.text(4096);
   } else {
     // A TLS record header for a handshake, then junk of the length it claims, or less.
     uint16_t length = static_cast<uint16_t>(c.number());
-    bytes = std::string("\x16\x03\x01", 3) + static_cast<char>(length >> 8) + static_cast<char>(length & 0xff);
+    bytes = std::string("\x16\x03\x01", 3) + static_cast<char>(length >> 8) +
+            static_cast<char>(length & 0xff);
     bytes += c.text(length);
   }
   kj::runCatchingExceptions([&]() { pipe.ends[1]->write(bytes.data(), bytes.size()).wait(ws); });
@@ -443,15 +481,37 @@ void Harness::handshake(Choices& c) {
   KJ_REQUIRE(!accepted.wait(ws), "a handshake of noise succeeded");
 }
 
+void fuzzOneInput(Service service, const uint8_t* data, size_t size) {
+  static Harness* unprivileged = new Harness();
+  static Harness* privileged = new Harness();
+  static const std::string before = unprivileged->state();
+  if (size == 0) return;
+  Choices choices(data + 1, size - 1);
+  if (data[0] % 2 == 0) {
+    unprivileged->session(service, unprivilegedUser(), choices);
+    if (unprivileged->state() != before) abort();  // a peer without rights changed something
+  } else {
+    privileged->session(service, peerFor(service, choices), choices);
+  }
+}
+
 Identity unprivilegedUser() { return Identity{Role::USER, "mallory", 4242, {4242}, false, true}; }
 
 Identity peerFor(Service service, Choices& c) {
   switch (c.below(4)) {
-    case 0: return unprivilegedUser();
-    case 1: return Identity{Role::ADMIN, "admin", 0, {0}, false, true};
-    case 2: return Identity{service == Service::MASTER ? Role::MOUNT : Role::CHUNKSERVER, "peer",
-                            NOBODY, {}, true, true};
-    default: return Identity{};  // --insecure: trusted
+    case 0:
+      return unprivilegedUser();
+    case 1:
+      return Identity{Role::ADMIN, "admin", 0, {0}, false, true};
+    case 2:
+      return Identity{service == Service::MASTER ? Role::MOUNT : Role::CHUNKSERVER,
+                      "peer",
+                      NOBODY,
+                      {},
+                      true,
+                      true};
+    default:
+      return Identity{};  // --insecure: trusted
   }
 }
 

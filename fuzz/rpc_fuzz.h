@@ -62,6 +62,12 @@ class Harness {
   std::unique_ptr<Parts> parts;
 };
 
+// One libFuzzer input for `service`: its first byte picks a peer without rights (whose
+// session must change nothing; aborts otherwise) or a privileged one; the rest are choices.
+// Each kind of peer has a harness of its own, so that what a privileged session set going
+// cannot change what the other is compared with.
+void fuzzOneInput(Service service, const uint8_t* data, size_t size);
+
 // The peers a fuzzer plays: without rights, a user with no files; and the privileged
 // ones, which reach deeper code.
 Identity unprivilegedUser();

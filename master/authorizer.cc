@@ -143,27 +143,24 @@ kj::Promise<MutationResult> Authorizer::link(const Credentials& who, uint64_t in
   return ns.link(inode, newParent, newName);
 }
 
+Status Authorizer::mayRemove(const Credentials& who, uint64_t parent, std::string_view name) {
+  auto dir = directoryFor(who, parent, MAY_WRITE | MAY_EXEC);
+  if (!dir.ok()) return dir.status;
+  auto victim = ns.lookup(parent, name);
+  return victim.ok() ? checkRemove(dir.value, victim.value, who) : Status::OK();
+}
+
 kj::Promise<MutationResult> Authorizer::unlink(const Credentials& who, uint64_t parent,
                                                std::string_view name) {
-  auto dir = directoryFor(who, parent, MAY_WRITE | MAY_EXEC);
-  if (!dir.ok()) return refused(dir.status);
-  auto victim = ns.lookup(parent, name);
-  if (victim.ok()) {
-    Status s = checkRemove(dir.value, victim.value, who);
-    if (!s.ok()) return refused(s);
-  }
+  Status s = mayRemove(who, parent, name);
+  if (!s.ok()) return refused(s);
   return ns.unlink(parent, name);
 }
 
 kj::Promise<MutationResult> Authorizer::rmdir(const Credentials& who, uint64_t parent,
                                               std::string_view name) {
-  auto dir = directoryFor(who, parent, MAY_WRITE | MAY_EXEC);
-  if (!dir.ok()) return refused(dir.status);
-  auto victim = ns.lookup(parent, name);
-  if (victim.ok()) {
-    Status s = checkRemove(dir.value, victim.value, who);
-    if (!s.ok()) return refused(s);
-  }
+  Status s = mayRemove(who, parent, name);
+  if (!s.ok()) return refused(s);
   return ns.rmdir(parent, name);
 }
 

@@ -95,6 +95,8 @@ class Authorizer {
 
  private:
   Result<Inode> directoryFor(const Credentials& who, uint64_t dir, int mask);
+  // Removing `name` from `parent` (a missing name is left to the namespace to report).
+  Status mayRemove(const Credentials& who, uint64_t parent, std::string_view name);
 
   Master& master;
   Namespace& ns;
