@@ -20,13 +20,13 @@ cleanup() {
 trap cleanup EXIT
 
 "$B/master/cairn-master" --listen 127.0.0.1:0 --data "$WORK/m" --port-file "$WORK/mport" \
-  --heartbeat 0.5 --dead-after 3 >"$WORK/master.log" 2>&1 &
+  --heartbeat 0.5 --dead-after 3 --http none >"$WORK/master.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 100); do [ -s "$WORK/mport" ] && break; sleep 0.05; done
 M=$(cat "$WORK/mport")
 for i in 0 1 2 3; do
   "$B/chunkserver/cairn-chunkserver" --listen "127.0.0.$((i + 2)):0" --data "$WORK/c$i" \
-    --master "$M" --port-file "$WORK/c$i.port" >"$WORK/c$i.log" 2>&1 &
+    --master "$M" --port-file "$WORK/c$i.port" --http none >"$WORK/c$i.log" 2>&1 &
   PIDS+=($!)
 done
 cairn() { "$B/cli/cairn" --master "$M" "$@"; }

@@ -253,6 +253,11 @@ std::vector<StoredChunk> ChunkStore::list() {
   return out;
 }
 
+size_t ChunkStore::count() {
+  std::lock_guard<std::mutex> guard(mutex);
+  return chunks.size();
+}
+
 bool ChunkStore::has(uint64_t handle) { return find(handle) != nullptr; }
 
 uint64_t ChunkStore::versionOf(uint64_t handle) {

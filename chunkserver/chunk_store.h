@@ -59,6 +59,7 @@ class ChunkStore {
   uint64_t maxChunkSize() const { return chunkSize; }
 
   std::vector<StoredChunk> list();
+  size_t count();
   bool has(uint64_t handle);
   uint64_t versionOf(uint64_t handle);  // 0 if absent
 
@@ -112,7 +113,7 @@ class ChunkStore {
   struct Block {
     uint32_t crc = 0;
     bool written = false;
-    uint32_t prev = 0;     // with hasPrev: the CRC before a change that may not have landed
+    uint32_t prev = 0;  // with hasPrev: the CRC before a change that may not have landed
     bool hasPrev = false;
     bool matches(uint32_t c) const { return c == crc || (hasPrev && c == prev); }
   };

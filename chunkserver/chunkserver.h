@@ -15,6 +15,7 @@
 #include "chunkserver.capnp.h"
 #include "disk_pool.h"
 #include "master.capnp.h"
+#include "metrics.h"
 #include "rpc.h"
 #include "tokens.h"
 
@@ -63,6 +64,13 @@ class Chunkserver {
   const ChunkserverOptions& options() const { return opts; }
   bool registered() const { return registrationId != 0; }
 
+  // What /metrics shows, and the calls counted into it.
+  Metrics& metrics() { return metrics_; }
+  CallMetrics& calls() { return *calls_; }
+  // The status page (chunkserver/status_page.cc): this chunkserver's disk, chunks, link
+  // to the master. Read only; no file name.
+  std::string statusPage();
+
  private:
   friend class ChunkServerImpl;
   struct SpaceReport {
@@ -79,6 +87,7 @@ class Chunkserver {
 
   ChunkserverOptions opts;
   kj::Timer& timer_;
+  Metrics metrics_;  // first in, last out: everything below may record into it
   DiskPool diskPool;
   ChunkStore chunkStore;
   PeerPool peerPool;
@@ -89,6 +98,11 @@ class Chunkserver {
   kj::Maybe<kj::Promise<void>> link;
   kj::Maybe<kj::Promise<void>> scrubber;
   std::vector<uint64_t> corruptFound;  // reported with the next heartbeat
+  std::unique_ptr<CallMetrics> calls_;
+  SpaceReport lastSpace;             // as of the last heartbeat
+  kj::TimePoint lastHeartbeatReply;  // the master's last answer
+  kj::TimePoint startedAt;
+  uint64_t scrubbed = 0, corruptTotal = 0;
 };
 
 }  // namespace cairn

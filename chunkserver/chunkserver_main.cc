@@ -10,6 +10,7 @@
 #include "chunkserver.h"
 #include "log.h"
 #include "security.h"
+#include "status_http.h"
 #include "units.h"
 
 int main(int argc, char** argv) {
@@ -42,6 +43,8 @@ int main(int argc, char** argv) {
                  "whichever is smaller)");
   SecurityFlags securityFlags;
   addSecurityFlags(app, securityFlags, /*server=*/true);
+  HttpFlags httpFlags;
+  addHttpFlags(app, httpFlags, "0.0.0.0:7790");
   CLI11_PARSE(app, argc, argv);
   setLogComponent("chunkserver");
   signal(SIGPIPE, SIG_IGN);
@@ -93,6 +96,10 @@ int main(int argc, char** argv) {
     RpcServer server(
         [&chunkserver](const Identity& peer) { return chunkserver.capabilityFor(peer); },
         kj::mv(listener), io.provider->getTimer(), security.value);
+    server.exportMetrics(chunkserver.metrics());
+    auto pages = startStatusPages(
+        io, httpFlags, security.value.tls, [&chunkserver]() { return chunkserver.statusPage(); },
+        chunkserver.metrics());
     auto reloader = reloadOnSighup(io.unixEventPort, security.value.tls).eagerlyEvaluate(nullptr);
     chunkserver.start().wait(io.waitScope);
     logInfo("listening on {} (master {}, rack '{}')", bound, master, rack);

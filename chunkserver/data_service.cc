@@ -42,7 +42,7 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
           r.status = store.read(handle, version, offset, length, r.value);
           return r;
         })
-        .then([context, handle](Result<std::string> r) mutable {
+        .then([this, context, handle](Result<std::string> r) mutable {
           auto results = context.getResults();
           if (r.status.code() == ErrorCode::REPLICA_CORRUPT) {
             logError("chunk {:x}: {}", handle, r.status.message());
@@ -51,6 +51,8 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
           if (r.ok()) {
             results.setData(capnp::Data::Reader(
                 reinterpret_cast<const capnp::byte*>(r.value.data()), r.value.size()));
+            cs.metrics().add("cairn_chunkserver_read_bytes_total", {},
+                             static_cast<double>(r.value.size()));
           }
         });
   }
@@ -108,6 +110,8 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
     }
     Status stored = storePiece(dataId, total, offset, data);
     if (!stored.ok()) return failData(context, stored);
+    cs.metrics().add("cairn_chunkserver_received_bytes_total", {},
+                     static_cast<double>(data.size()));
     if (chain.size() == 0) {
       toWire(DataOutcome(), context.getResults());
       return kj::READY_NOW;
@@ -675,6 +679,14 @@ class ChunkServerGate final : public wire::ChunkServer::Server {
   ChunkServerGate(Chunkserver& cs, ChunkServerImpl& impl, wire::ChunkServer::Client keep,
                   Identity peer)
       : cs(cs), impl(impl), keep(kj::mv(keep)), peer(std::move(peer)) {}
+
+  DispatchCallResult dispatchCall(
+      uint64_t interfaceId, uint16_t methodId,
+      capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer> context) override {
+    return cs.calls().measure(methodId, context, [&]() {
+      return wire::ChunkServer::Server::dispatchCall(interfaceId, methodId, context);
+    });
+  }
 
   kj::Promise<void> read(ReadContext context) override {
     auto p = context.getParams();

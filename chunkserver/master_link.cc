@@ -18,7 +18,36 @@ Chunkserver::Chunkserver(ChunkserverOptions options, Disk& disk, kj::Timer& time
       diskPool(opts.diskThreads),
       chunkStore(disk, opts.dataDirs, uint64_t{1} << 31, opts.reserveBytes),
       peerPool(network, timer, opts.security),
-      cap(newChunkServerImpl(*this, impl)) {}
+      cap(newChunkServerImpl(*this, impl)),
+      lastHeartbeatReply(timer.now()),
+      startedAt(timer.now()) {
+  calls_ = std::make_unique<CallMetrics>(metrics_, "cairn_chunkserver",
+                                         capnp::Schema::from<wire::ChunkServer>(), timer);
+  using T = Metrics::Type;
+  auto& m = metrics_;
+  m.describe("cairn_chunkserver_read_bytes_total", T::COUNTER, "chunk bytes served to readers");
+  m.describe("cairn_chunkserver_received_bytes_total", T::COUNTER,
+             "bytes pushed to this chunkserver for writes");
+  m.describe("cairn_chunkserver_stored_chunks", T::GAUGE, "chunk replicas on this chunkserver");
+  m.describe("cairn_chunkserver_disk_capacity_bytes", T::GAUGE, "size of the data disks");
+  m.describe("cairn_chunkserver_disk_free_bytes", T::GAUGE, "free space on the data disks");
+  m.describe("cairn_chunkserver_disk_available_bytes", T::GAUGE,
+             "room for new chunks (free space above the reserve)");
+  m.describe("cairn_chunkserver_scrubbed_chunks_total", T::COUNTER, "replicas the scrubber read");
+  m.describe("cairn_chunkserver_corrupt_chunks_total", T::COUNTER,
+             "replicas the scrubber found corrupt");
+  m.describe("cairn_chunkserver_registered", T::GAUGE, "1 while registered with the master");
+  m.collect([this](const Metrics::GaugeSink& set) {
+    set("cairn_chunkserver_stored_chunks", {}, static_cast<double>(chunkStore.count()));
+    set("cairn_chunkserver_disk_capacity_bytes", {}, static_cast<double>(lastSpace.capacityBytes));
+    set("cairn_chunkserver_disk_free_bytes", {}, static_cast<double>(lastSpace.freeBytes));
+    set("cairn_chunkserver_disk_available_bytes", {},
+        static_cast<double>(lastSpace.availableBytes));
+    set("cairn_chunkserver_scrubbed_chunks_total", {}, static_cast<double>(scrubbed));
+    set("cairn_chunkserver_corrupt_chunks_total", {}, static_cast<double>(corruptTotal));
+    set("cairn_chunkserver_registered", {}, registered() ? 1 : 0);
+  });
+}
 
 Chunkserver::~Chunkserver() = default;
 
@@ -54,6 +83,7 @@ kj::Promise<void> Chunkserver::linkLoop() {
 kj::Promise<void> Chunkserver::registerWithMaster() {
   return diskPool.run([this]() { return std::make_pair(chunkStore.list(), spaceNow()); })
       .then([this](std::pair<std::vector<StoredChunk>, SpaceReport> state) {
+        lastSpace = state.second;
         auto registry = peerPool.get<wire::Master>(opts.master, Role::MASTER)
                             .chunkserverRequest()
                             .send()
@@ -97,6 +127,7 @@ kj::Promise<void> Chunkserver::heartbeatLoop(wire::ChunkserverRegistry::Client r
   return timer_.afterDelay(ms * kj::MILLISECONDS)
       .then([this]() { return diskPool.run([this]() { return spaceNow(); }); })
       .then([this, registry, ms](SpaceReport space) mutable {
+        lastSpace = space;
         auto req = registry.heartbeatRequest();
         req.setId(registrationId);
         req.setCapacityBytes(space.capacityBytes);
@@ -115,6 +146,7 @@ kj::Promise<void> Chunkserver::heartbeatLoop(wire::ChunkserverRegistry::Client r
                 return kj::READY_NOW;  // linkLoop registers again
               }
               KJ_REQUIRE(s.ok(), "heartbeat refused", s.toString());
+              lastHeartbeatReply = timer_.now();
               fromWire(response.getTokenKeys(), tokenKeys);
               auto handles = response.getDeleteHandles();
               auto copy = kj::heapArray<uint64_t>(handles.size());
@@ -143,9 +175,11 @@ kj::Promise<void> Chunkserver::scrubLoop(uint64_t after) {
         });
       })
       .then([this](std::pair<uint64_t, Status> r) {
+        scrubbed += r.first != 0;
         if (r.second.code() == ErrorCode::REPLICA_CORRUPT) {
           logError("scrubber: chunk {:x}: {}", r.first, r.second.message());
           corruptFound.push_back(r.first);
+          ++corruptTotal;
         }
         return scrubLoop(r.first);
       });

@@ -8,7 +8,9 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
+#include <system_error>
 
 #include "commands.h"
 #include "log.h"
@@ -91,6 +93,18 @@ int main(int argc, char** argv) {
   auto locate = app.add_subcommand("locate", "show where a file's chunks are");
   locate->add_flag("--json", json, "JSON output");
   locate->add_option("PATH", a)->required();
+  auto fsck = app.add_subcommand(
+      "fsck", "files under PATH whose chunks are missing, corrupt or under-replicated");
+  fsck->add_flag("--json", json, "JSON output");
+  fsck->add_option("PATH", a)->default_val("/");
+  auto df = app.add_subcommand("df", "the cluster's size, use and room");
+  df->add_flag("--json", json, "JSON output");
+  auto du = app.add_subcommand("du", "bytes under each entry of PATH, and with their replicas");
+  bool flagS = false, flagH = false;
+  du->add_flag("-s,--summary", flagS, "one line for PATH itself");
+  du->add_flag("-H,--human", flagH, "sizes as 1.5 GiB");
+  du->add_flag("--json", json, "JSON output");
+  du->add_option("PATH", a)->default_val("/");
   auto servers = app.add_subcommand("servers", "list the chunkservers");
   servers->add_flag("--json", json, "JSON output");
   auto trash = app.add_subcommand("trash", "deleted files, restorable until they expire");
@@ -116,8 +130,18 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   bal->add_flag("--wait", wait, "wait until balanced");
   bal->add_option("--timeout", timeout, "seconds to wait at most")->capture_default_str();
+  auto report = admin->add_subcommand(
+      "report", "capacity, files, chunk health, safe mode and every chunkserver");
+  report->add_flag("--json", json, "JSON output");
   auto health = admin->add_subcommand("health", "safe mode and replication state");
   health->add_flag("--json", json, "JSON output");
+  auto safemode = admin->add_subcommand(
+      "safemode", "get, enter or leave safe mode (entered: read only until left)");
+  std::string safeModeAction;
+  safemode->add_option("ACTION", safeModeAction, "get, enter or leave")
+      ->required()
+      ->check(CLI::IsMember({"get", "enter", "leave"}));
+  safemode->add_flag("--json", json, "JSON output");
   auto ca = admin->add_subcommand("ca", "the cluster's certificate authority");
   ca->require_subcommand(1);
   int days = 0;
@@ -228,13 +252,24 @@ int main(int argc, char** argv) {
     if (*setrep) return cmdSetrep(c, replication, path(a));
     if (*locate) return cmdLocate(c, path(a), json);
     if (*servers) return cmdServers(c, json);
+    if (*fsck) return cmdFsck(c, path(a), json);
+    if (*df) return cmdDf(c, json);
+    if (*du) return cmdDu(c, path(a), flagS, flagH, json);
+    if (*report) return cmdReport(c, json);
     if (*trashLs) return cmdTrashList(c, json);
     if (*trashRestore) return cmdTrashRestore(c, path(a));
     if (*decom) return cmdDecommission(c, a, wait, timeout);
     if (*bal) return cmdBalance(c, threshold, wait, timeout);
     if (*health) return cmdHealth(c, json);
+    if (*safemode) return cmdSafeMode(c, safeModeAction, json);
   } catch (const kj::Exception& e) {
     fprintf(stderr, "cairn: %s\n", e.getDescription().cStr());
+    return 1;
+  } catch (const std::system_error& e) {
+    // A reader that went away (`cairn ls / | head`) ends the command quietly, with the
+    // status a shell shows for a command that SIGPIPE ended.
+    if (e.code().value() == EPIPE) return PIPE_CLOSED;
+    fprintf(stderr, "cairn: %s\n", e.what());
     return 1;
   }
   return 2;

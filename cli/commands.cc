@@ -10,11 +10,14 @@
 #include <chrono>
 #include <cstring>
 #include <ctime>
+#include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
 
 #include "certs.h"
 #include "disk_pool.h"
+#include "errno_map.h"
 #include "names.h"
 #include "units.h"
 
@@ -23,8 +26,17 @@ namespace {
 
 constexpr size_t TRANSFER_BLOCK = 8 << 20;  // bytes handed to the client per call
 
+// Errors read as coreutils' do ("cairn: /nope: No such file or directory"): the errno a
+// local file system would give. Where that alone would not say why (the cluster failed, an
+// argument or a role was refused), the master's reason follows in parentheses.
 int fail(CliContext& c, const std::string& what, const Status& s) {
-  fmt::print(c.err, "cairn: {}: {}\n", what, s.toString());
+  int e = toErrno(s.code());
+  bool explain = (e == EIO || e == EINVAL || e == EPERM) && !s.message().empty();
+  if (explain) {
+    fmt::print(c.err, "cairn: {}: {} ({})\n", what, strerror(e), s.message());
+  } else {
+    fmt::print(c.err, "cairn: {}: {}\n", what, strerror(e));
+  }
   return 1;
 }
 
@@ -174,6 +186,7 @@ int copyOut(CliContext& c, const std::string& path, const FileAttr& attr, int fd
     Status s = c.client.read(attr.inode, off, n, buf).wait(c.waitScope);
     if (!s.ok()) return fail(c, path, s);
     if (!writeFully(fd, buf.data(), buf.size())) {
+      if (errno == EPIPE) return PIPE_CLOSED;
       return failText(c, fmt::format("{}: write failed: {}", path, strerror(errno)));
     }
     progress.update(off + buf.size());
@@ -211,7 +224,7 @@ std::optional<Target> targetOf(CliContext& c, const std::string& path, const std
     existing = resolve(c, target);
   }
   if (existing.ok() && !force) {
-    rc = failText(c, fmt::format("{}: exists (use -f to overwrite)", target));
+    rc = failText(c, fmt::format("{}: File exists (use -f to overwrite)", target));
     return std::nullopt;
   }
   if (!existing.ok() && existing.status.code() != ErrorCode::NOT_FOUND) {
@@ -236,7 +249,7 @@ int cmdPut(CliContext& c, const std::string& local, const std::string& path, uin
   fstat(fd, &st);
   if (S_ISDIR(st.st_mode)) {
     close(fd);
-    return failText(c, fmt::format("{}: is a directory", local));
+    return failText(c, fmt::format("{}: Is a directory", local));
   }
   int rc = 1;
   auto target = targetOf(c, path, baseName(local), force, rc);
@@ -306,7 +319,8 @@ int cmdPut(CliContext& c, const std::string& local, const std::string& path, uin
 int cmdCp(CliContext& c, const std::string& src, const std::string& dst, bool force) {
   auto from = resolve(c, src);
   if (!from.ok()) return fail(c, src, from.status);
-  if (from.value.type != FileType::REGULAR) return failText(c, fmt::format("{}: not a file", src));
+  if (from.value.type != FileType::REGULAR)
+    return failText(c, fmt::format("{}: Is not a regular file", src));
   int rc = 1;
   auto target = targetOf(c, dst, baseName(src), force, rc);
   if (!target) return rc;
@@ -352,7 +366,8 @@ int cmdCp(CliContext& c, const std::string& src, const std::string& dst, bool fo
 int cmdGet(CliContext& c, const std::string& path, const std::string& local) {
   auto attr = resolve(c, path);
   if (!attr.ok()) return fail(c, path, attr.status);
-  if (attr.value.type != FileType::REGULAR) return failText(c, fmt::format("{}: not a file", path));
+  if (attr.value.type != FileType::REGULAR)
+    return failText(c, fmt::format("{}: Is not a regular file", path));
   std::string target = local;
   struct stat st;
   if (stat(local.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) target = local + "/" + baseName(path);
@@ -369,7 +384,8 @@ int cmdGet(CliContext& c, const std::string& path, const std::string& local) {
 int cmdCat(CliContext& c, const std::string& path) {
   auto attr = resolve(c, path);
   if (!attr.ok()) return fail(c, path, attr.status);
-  if (attr.value.type != FileType::REGULAR) return failText(c, fmt::format("{}: not a file", path));
+  if (attr.value.type != FileType::REGULAR)
+    return failText(c, fmt::format("{}: Is not a regular file", path));
   fflush(c.out);
   return copyOut(c, path, attr.value, fileno(c.out));
 }
@@ -502,7 +518,8 @@ int cmdSetrep(CliContext& c, int replication, const std::string& path) {
 int cmdLocate(CliContext& c, const std::string& path, bool json) {
   auto attr = resolve(c, path);
   if (!attr.ok()) return fail(c, path, attr.status);
-  if (attr.value.type != FileType::REGULAR) return failText(c, fmt::format("{}: not a file", path));
+  if (attr.value.type != FileType::REGULAR)
+    return failText(c, fmt::format("{}: Is not a regular file", path));
   std::vector<ChunkInfo> chunks;
   uint64_t chunkSize = 0, fileSize = 0;
   for (uint32_t first = 0;;) {
@@ -653,6 +670,302 @@ int cmdHealth(CliContext& c, bool json) {
              v.safeMode ? "SAFE MODE; " : "", v.chunks, v.underReplicated, v.missing,
              v.overReplicated, v.copiesInFlight, v.corrupt);
   return 0;
+}
+
+int cmdSafeMode(CliContext& c, const std::string& action, bool json) {
+  auto a = action == "enter"   ? wire::SafeModeAction::ENTER
+           : action == "leave" ? wire::SafeModeAction::LEAVE
+                               : wire::SafeModeAction::GET;
+  if (action != "get" && action != "enter" && action != "leave") {
+    return failText(c, fmt::format("safemode: '{}' is not get, enter or leave", action));
+  }
+  auto state = c.client.safeMode(a).wait(c.waitScope);
+  if (!state.ok()) return fail(c, "safemode", state.status);
+  auto& v = state.value;
+  if (json) {
+    fmt::print(c.out, "{}\n", nlohmann::json({{"safe_mode", v.on}, {"manual", v.manual}}).dump(2));
+  } else {
+    fmt::print(c.out, "safe mode: {}\n",
+               !v.on      ? "off"
+               : v.manual ? "on (entered by an admin: the cluster is read only)"
+                          : "on (waiting for chunkservers to report)");
+  }
+  return 0;
+}
+
+namespace {
+
+std::string childPath(const std::string& dir, const std::string& name) {
+  return dir == "/" ? "/" + name : dir + "/" + name;
+}
+
+// Visits `path` and, below a directory, everything in it (depth first, by name). A
+// directory that cannot be listed is reported and skipped; false if any was.
+bool walk(CliContext& c, const std::string& path, const FileAttr& attr,
+          const std::function<void(const std::string&, const FileAttr&)>& visit) {
+  visit(path, attr);
+  if (attr.type != FileType::DIRECTORY) return true;
+  auto all = c.client.listAll(attr.inode).wait(c.waitScope);
+  if (!all.ok()) {
+    fail(c, path, all.status);
+    return false;
+  }
+  bool ok = true;
+  for (auto& e : all.value) ok = walk(c, childPath(path, e.name), e.attr, visit) && ok;
+  return ok;
+}
+
+const char* verdictName(wire::ChunkVerdict v) {
+  switch (v) {
+    case wire::ChunkVerdict::HEALTHY:
+      return "healthy";
+    case wire::ChunkVerdict::UNDER_REPLICATED:
+      return "under_replicated";
+    case wire::ChunkVerdict::CORRUPT:
+      return "corrupt";
+    case wire::ChunkVerdict::MISSING:
+      return "missing";
+  }
+  return "unknown";
+}
+
+const char* replicaStateName(wire::ReplicaState s) {
+  switch (s) {
+    case wire::ReplicaState::GOOD:
+      return "good";
+    case wire::ReplicaState::CORRUPT:
+      return "corrupt";
+    case wire::ReplicaState::DRAINING:
+      return "draining";
+    case wire::ReplicaState::DEAD:
+      return "dead";
+  }
+  return "unknown";
+}
+
+std::string percent(uint64_t part, uint64_t whole) {
+  return whole == 0 ? "0%" : fmt::format("{:.1f}%", 100.0 * static_cast<double>(part) / whole);
+}
+
+}  // namespace
+
+int cmdFsck(CliContext& c, const std::string& path, bool json) {
+  auto top = resolve(c, path);
+  if (!top.ok()) return fail(c, path, top.status);
+  uint64_t files = 0, chunks = 0, unchecked = 0;
+  std::map<wire::ChunkVerdict, uint64_t> byVerdict;
+  auto problems = nlohmann::json::array();
+  bool listed = walk(c, path, top.value, [&](const std::string& p, const FileAttr& a) {
+    if (a.type != FileType::REGULAR) return;
+    auto checks = c.client.fsck(a.inode).wait(c.waitScope);
+    if (!checks.ok()) {
+      fail(c, p, checks.status);
+      ++unchecked;
+      return;
+    }
+    ++files;
+    for (auto& k : checks.value) {
+      ++chunks;
+      ++byVerdict[k.verdict];
+      if (k.verdict == wire::ChunkVerdict::HEALTHY) continue;
+      auto replicas = nlohmann::json::array();
+      std::string shown;
+      for (auto& r : k.replicas) {
+        replicas.push_back({{"address", r.address}, {"state", replicaStateName(r.state)}});
+        shown +=
+            fmt::format("{}{} {}", shown.empty() ? "" : ", ", r.address, replicaStateName(r.state));
+      }
+      problems.push_back({{"path", p},
+                          {"index", k.index},
+                          {"handle", k.handle},
+                          {"version", k.version},
+                          {"goal", k.goal},
+                          {"verdict", verdictName(k.verdict)},
+                          {"replicas", replicas}});
+      if (!json) {
+        fmt::print(c.out, "{}: chunk {} (handle {}, version {}): {}, goal {}{}{}\n", p, k.index,
+                   k.handle, k.version, verdictName(k.verdict), k.goal, shown.empty() ? "" : ": ",
+                   shown.empty() ? "no replica" : shown);
+      }
+    }
+  });
+  uint64_t bad = byVerdict[wire::ChunkVerdict::MISSING] + byVerdict[wire::ChunkVerdict::CORRUPT];
+  std::string status = bad > 0 ? "CORRUPT" : "HEALTHY";
+  if (json) {
+    fmt::print(
+        c.out, "{}\n",
+        nlohmann::json({{"path", path},
+                        {"status", status},
+                        {"files", files},
+                        {"unchecked", unchecked},
+                        {"chunks", chunks},
+                        {"healthy", byVerdict[wire::ChunkVerdict::HEALTHY]},
+                        {"under_replicated", byVerdict[wire::ChunkVerdict::UNDER_REPLICATED]},
+                        {"corrupt", byVerdict[wire::ChunkVerdict::CORRUPT]},
+                        {"missing", byVerdict[wire::ChunkVerdict::MISSING]},
+                        {"problems", problems}})
+            .dump(2));
+  } else {
+    fmt::print(c.out,
+               "{} files, {} chunks: {} healthy, {} under-replicated, {} corrupt, {} missing{}\n"
+               "The file system under {} is {}\n",
+               files, chunks, byVerdict[wire::ChunkVerdict::HEALTHY],
+               byVerdict[wire::ChunkVerdict::UNDER_REPLICATED],
+               byVerdict[wire::ChunkVerdict::CORRUPT], byVerdict[wire::ChunkVerdict::MISSING],
+               unchecked > 0 ? fmt::format(" ({} files not checked)", unchecked) : "", path,
+               status);
+  }
+  return bad > 0 || unchecked > 0 || !listed ? 1 : 0;
+}
+
+int cmdReport(CliContext& c, bool json) {
+  auto stats = c.client.statfs().wait(c.waitScope);
+  if (!stats.ok()) return fail(c, "report", stats.status);
+  auto health = c.client.health().wait(c.waitScope);
+  if (!health.ok()) return fail(c, "report", health.status);
+  auto safe = c.client.safeMode(wire::SafeModeAction::GET).wait(c.waitScope);
+  if (!safe.ok()) return fail(c, "report", safe.status);
+  uint64_t chunkSize = 0;
+  auto servers = c.client.servers(&chunkSize).wait(c.waitScope);
+  if (!servers.ok()) return fail(c, "report", servers.status);
+  uint64_t used = 0, live = 0, draining = 0;
+  for (auto& s : servers.value) {
+    if (!s.live) continue;
+    ++live;
+    used += s.usedBytes;
+    draining += s.decommissioning;
+  }
+  auto& h = health.value;
+  auto& st = stats.value;
+  auto stateOf = [](const ServerStatus& s) {
+    return !s.live ? "dead" : s.decommissioning ? "decommissioning" : "live";
+  };
+  if (json) {
+    auto list = nlohmann::json::array();
+    for (auto& s : servers.value) {
+      list.push_back({{"address", s.address},
+                      {"rack", s.rack},
+                      {"state", stateOf(s)},
+                      {"capacity", s.capacityBytes},
+                      {"used", s.usedBytes},
+                      {"available", s.availableBytes},
+                      {"chunks", s.chunkCount},
+                      {"last_heartbeat_ms", s.heartbeatAgeMs}});
+    }
+    fmt::print(c.out, "{}\n",
+               nlohmann::json({{"master", c.client.masterAddress()},
+                               {"safe_mode", safe.value.on},
+                               {"manual_safe_mode", safe.value.manual},
+                               {"capacity", st.capacityBytes},
+                               {"used", used},
+                               {"available", st.freeBytes},
+                               {"files", st.files},
+                               {"chunk_size", chunkSize},
+                               {"chunks", h.chunks},
+                               {"under_replicated", h.underReplicated},
+                               {"missing", h.missing},
+                               {"corrupt", h.corrupt},
+                               {"over_replicated", h.overReplicated},
+                               {"copies_in_flight", h.copiesInFlight},
+                               {"live_chunkservers", live},
+                               {"dead_chunkservers", servers.value.size() - live},
+                               {"decommissioning_chunkservers", draining},
+                               {"chunkservers", list}})
+                   .dump(2));
+    return 0;
+  }
+  auto bytes = [](uint64_t n) { return humanBytes(static_cast<double>(n)); };
+  fmt::print(c.out,
+             "Master: {}\nSafe mode: {}\nCapacity: {}\nUsed: {} ({})\nAvailable: {}\n"
+             "Files and directories: {}\nChunks: {} ({} each at most)\n"
+             "Under-replicated chunks: {}\nMissing chunks: {}\nCorrupt replicas kept: {}\n"
+             "Over-replicated chunks: {}\nCopies in flight: {}\n"
+             "Chunkservers: {} live, {} dead, {} decommissioning\n",
+             c.client.masterAddress(),
+             !safe.value.on      ? "off"
+             : safe.value.manual ? "on (an admin's: read only)"
+                                 : "on",
+             bytes(st.capacityBytes), bytes(used), percent(used, st.capacityBytes),
+             bytes(st.freeBytes), st.files, h.chunks, bytes(chunkSize), h.underReplicated,
+             h.missing, h.corrupt, h.overReplicated, h.copiesInFlight, live,
+             servers.value.size() - live, draining);
+  for (auto& s : servers.value) {
+    fmt::print(c.out,
+               "\nChunkserver: {} (rack {})\n  State: {}, last heartbeat {:.1f} s ago\n"
+               "  Capacity: {}, used {} ({}), available {}\n  Chunks: {}\n",
+               s.address, s.rack, stateOf(s), s.heartbeatAgeMs / 1000.0, bytes(s.capacityBytes),
+               bytes(s.usedBytes), percent(s.usedBytes, s.capacityBytes), bytes(s.availableBytes),
+               s.chunkCount);
+  }
+  return 0;
+}
+
+int cmdDf(CliContext& c, bool json) {
+  auto stats = c.client.statfs().wait(c.waitScope);
+  if (!stats.ok()) return fail(c, "df", stats.status);
+  auto& st = stats.value;
+  uint64_t used = st.capacityBytes > st.freeBytes ? st.capacityBytes - st.freeBytes : 0;
+  std::string name = "cairn:" + c.client.masterAddress();
+  if (json) {
+    fmt::print(c.out, "{}\n",
+               nlohmann::json({{"filesystem", name},
+                               {"size", st.capacityBytes},
+                               {"used", used},
+                               {"available", st.freeBytes},
+                               {"files", st.files}})
+                   .dump(2));
+    return 0;
+  }
+  auto bytes = [](uint64_t n) { return humanBytes(static_cast<double>(n)); };
+  fmt::print(c.out, "{:<28} {:>10} {:>10} {:>10} {:>6} {:>10}\n", "Filesystem", "Size", "Used",
+             "Avail", "Use%", "Files");
+  fmt::print(c.out, "{:<28} {:>10} {:>10} {:>10} {:>6} {:>10}\n", name, bytes(st.capacityBytes),
+             bytes(used), bytes(st.freeBytes), percent(used, st.capacityBytes), st.files);
+  return 0;
+}
+
+int cmdDu(CliContext& c, const std::string& path, bool summary, bool human, bool json) {
+  auto top = resolve(c, path);
+  if (!top.ok()) return fail(c, path, top.status);
+  struct Usage {
+    std::string path;
+    uint64_t bytes = 0, withReplicas = 0;
+  };
+  std::vector<Usage> rows;
+  bool ok = true;
+  auto measure = [&](const std::string& p, const FileAttr& a) {
+    Usage u{p};
+    ok = walk(c, p, a,
+              [&u](const std::string&, const FileAttr& f) {
+                if (f.type != FileType::REGULAR) return;
+                u.bytes += f.size;
+                u.withReplicas += f.size * f.replication;
+              }) &&
+         ok;
+    rows.push_back(u);
+  };
+  if (summary || top.value.type != FileType::DIRECTORY) {
+    measure(path, top.value);
+  } else {
+    auto all = c.client.listAll(top.value.inode).wait(c.waitScope);
+    if (!all.ok()) return fail(c, path, all.status);
+    for (auto& e : all.value) measure(childPath(path, e.name), e.attr);
+  }
+  if (json) {
+    auto arr = nlohmann::json::array();
+    for (auto& u : rows) {
+      arr.push_back({{"path", u.path}, {"bytes", u.bytes}, {"with_replicas", u.withReplicas}});
+    }
+    fmt::print(c.out, "{}\n", arr.dump(2));
+  } else {
+    auto shown = [human](uint64_t n) {
+      return human ? humanBytes(static_cast<double>(n)) : std::to_string(n);
+    };
+    for (auto& u : rows) {
+      fmt::print(c.out, "{:<12} {:<12} {}\n", shown(u.bytes), shown(u.withReplicas), u.path);
+    }
+  }
+  return ok ? 0 : 1;
 }
 
 int cmdServers(CliContext& c, bool json) {

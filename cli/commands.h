@@ -16,6 +16,10 @@
 
 namespace cairn {
 
+// The exit status when standard output's reader went away (128 + SIGPIPE, as a shell
+// shows for a command that SIGPIPE ended); nothing is printed.
+constexpr int PIPE_CLOSED = 141;
+
 struct CliContext {
   Client& client;
   FileCache& files;
@@ -49,6 +53,19 @@ int cmdTrashRestore(CliContext& c, const std::string& path);
 int cmdDecommission(CliContext& c, const std::string& address, bool wait, double timeoutSeconds);
 int cmdBalance(CliContext& c, double threshold, bool wait, double timeoutSeconds);
 int cmdHealth(CliContext& c, bool json);
+// `cairn admin safemode get|enter|leave`: prints "safe mode: on|off" (and who put it on).
+int cmdSafeMode(CliContext& c, const std::string& action, bool json);
+
+// `cairn fsck PATH`: every file under PATH whose chunks lack replicas, with their replicas
+// and a summary; 1 when a chunk is missing or corrupt.
+int cmdFsck(CliContext& c, const std::string& path, bool json);
+// `cairn admin report`: capacity, files, chunk health, safe mode, and each chunkserver.
+int cmdReport(CliContext& c, bool json);
+// `cairn df`: the cluster's size, use and room, as df shows a file system.
+int cmdDf(CliContext& c, bool json);
+// `cairn du`: bytes under each entry of PATH (or PATH itself with `summary`), and what they
+// take with their replicas.
+int cmdDu(CliContext& c, const std::string& path, bool summary, bool human, bool json);
 
 // "/a/b/c" -> ("/a/b", "c"); "/" -> ("/", "").
 std::pair<std::string, std::string> splitParent(const std::string& path);

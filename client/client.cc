@@ -603,6 +603,37 @@ kj::Promise<Result<HealthInfo>> Client::health() {
   });
 }
 
+kj::Promise<Result<SafeModeState>> Client::safeMode(wire::SafeModeAction action) {
+  auto req = master().safeModeRequest();
+  req.setAction(action);
+  return callMaster<Result<SafeModeState>>(kj::mv(req), [](auto& r) -> Result<SafeModeState> {
+    Status s = fromWire(r.getStatus());
+    if (!s.ok()) return s;
+    return SafeModeState{r.getSafeMode(), r.getManual()};
+  });
+}
+
+kj::Promise<Result<std::vector<ChunkCheckInfo>>> Client::fsck(uint64_t inode,
+                                                              std::optional<Caller> as) {
+  auto req = master(as).fsckRequest();
+  req.setInode(inode);
+  return callMaster<Result<std::vector<ChunkCheckInfo>>>(
+      kj::mv(req), [](auto& r) -> Result<std::vector<ChunkCheckInfo>> {
+        Status s = fromWire(r.getStatus());
+        if (!s.ok()) return s;
+        std::vector<ChunkCheckInfo> out;
+        for (auto c : r.getChunks()) {
+          ChunkCheckInfo info{c.getIndex(), c.getHandle(),  c.getVersion(),
+                              c.getGoal(),  c.getVerdict(), {}};
+          for (auto rep : c.getReplicas()) {
+            info.replicas.push_back({text(rep.getAddress()), rep.getState()});
+          }
+          out.push_back(std::move(info));
+        }
+        return out;
+      });
+}
+
 kj::Promise<Result<std::vector<ServerStatus>>> Client::servers(uint64_t* chunkSizeOut) {
   auto req = master().clusterInfoRequest();
   return callMaster<Result<std::vector<ServerStatus>>>(
@@ -611,7 +642,8 @@ kj::Promise<Result<std::vector<ServerStatus>>> Client::servers(uint64_t* chunkSi
         std::vector<ServerStatus> out;
         for (auto s : r.getServers()) {
           out.push_back({text(s.getAddress()), text(s.getRack()), s.getCapacityBytes(),
-                         s.getUsedBytes(), s.getChunkCount(), s.getLive(), s.getDecommissioning()});
+                         s.getUsedBytes(), s.getChunkCount(), s.getLive(), s.getDecommissioning(),
+                         s.getAvailableBytes(), s.getHeartbeatAgeMs()});
         }
         return out;
       });

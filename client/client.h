@@ -75,6 +75,22 @@ struct ServerStatus {
   uint64_t chunkCount = 0;
   bool live = false;
   bool decommissioning = false;
+  uint64_t availableBytes = 0;  // free space above its reserve
+  uint64_t heartbeatAgeMs = 0;
+};
+
+// One chunk of a file as the master sees it (fsck).
+struct ChunkCheckInfo {
+  struct Replica {
+    std::string address;
+    wire::ReplicaState state;
+  };
+  uint32_t index = 0;
+  uint64_t handle = 0;
+  uint64_t version = 0;
+  uint8_t goal = 0;
+  wire::ChunkVerdict verdict = wire::ChunkVerdict::HEALTHY;
+  std::vector<Replica> replicas;
 };
 
 struct TrashInfo {
@@ -93,6 +109,11 @@ struct HealthInfo {
   uint64_t overReplicated = 0;
   uint64_t copiesInFlight = 0;
   uint64_t corrupt = 0;  // replicas found bad, kept as the last copy of their chunk
+};
+
+struct SafeModeState {
+  bool on = false;
+  bool manual = false;  // an admin's: the namespace is read only until an admin leaves it
 };
 
 struct SetAttrRequest {
@@ -240,6 +261,11 @@ class Client {
   kj::Promise<Status> decommission(std::string address, uint64_t* remaining, bool* done);
   kj::Promise<Result<double>> balance(double threshold);
   kj::Promise<Result<HealthInfo>> health();
+  // Safe mode after `action` (get, enter or leave; the last two for admins).
+  kj::Promise<Result<SafeModeState>> safeMode(wire::SafeModeAction action);
+  // Every chunk of a regular file with its replicas and the master's verdict.
+  kj::Promise<Result<std::vector<ChunkCheckInfo>>> fsck(uint64_t inode,
+                                                        std::optional<Caller> as = std::nullopt);
 
   // Reads up to `length` bytes at `offset` into `out` (resized to what the file holds:
   // shorter at its end; holes read as zeros). Chunks are read in parallel, each from the

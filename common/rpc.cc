@@ -1,6 +1,7 @@
 #include "rpc.h"
 
 #include <arpa/inet.h>
+#include <capnp/dynamic.h>
 #include <capnp/rpc.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -68,9 +69,11 @@ kj::Promise<void> RpcServer::acceptLoop() {
         size_t& open = perPeer[host];
         if (open >= security.maxConnectionsPerPeer) {
           logWarn("{} holds {} connections already: refused another", host, open);
+          ++counters.refused;
           if (open == 0) perPeer.erase(host);
         } else {
           ++open;
+          ++counters.accepted;
           tasks.add(serve(kj::mv(stream), host));
         }
         return acceptLoop();
@@ -91,7 +94,8 @@ kj::Promise<void> RpcServer::serve(kj::Own<kj::AsyncIoStream> stream, std::strin
   kj::Promise<SecureStream> secured = nullptr;
   if (security.tls) {
     secured = security.tls->accept(kj::mv(stream), timer, security.handshakeTimeout)
-                  .catch_([host](kj::Exception&& e) -> kj::Promise<SecureStream> {
+                  .catch_([this, host](kj::Exception&& e) -> kj::Promise<SecureStream> {
+                    ++counters.handshakeFailures;
                     auto type = e.getType() == kj::Exception::Type::OVERLOADED
                                     ? kj::Exception::Type::DISCONNECTED
                                     : e.getType();
@@ -109,6 +113,28 @@ kj::Promise<void> RpcServer::serve(kj::Own<kj::AsyncIoStream> stream, std::strin
         return done.attach(kj::mv(connection));
       })
       .attach(kj::mv(release));
+}
+
+size_t RpcServer::openConnections() const {
+  size_t n = 0;
+  for (auto& [host, open] : perPeer) n += open;
+  return n;
+}
+
+void RpcServer::exportMetrics(Metrics& metrics) {
+  metrics.describe("cairn_rpc_connections", Metrics::Type::GAUGE, "RPC connections open now");
+  metrics.describe("cairn_rpc_connections_total", Metrics::Type::COUNTER,
+                   "RPC connections accepted, refused (too many from one peer) and failed "
+                   "(TLS handshake)");
+  metrics.collect([this](const Metrics::GaugeSink& set) {
+    set("cairn_rpc_connections", {}, static_cast<double>(openConnections()));
+    set("cairn_rpc_connections_total", {{"result", "accepted"}},
+        static_cast<double>(counters.accepted));
+    set("cairn_rpc_connections_total", {{"result", "refused"}},
+        static_cast<double>(counters.refused));
+    set("cairn_rpc_connections_total", {{"result", "handshake_failed"}},
+        static_cast<double>(counters.handshakeFailures));
+  });
 }
 
 void RpcServer::taskFailed(kj::Exception&& exception) {
@@ -231,6 +257,58 @@ void PeerPool::drop(kj::StringPtr address) {
 
 void PeerPool::taskFailed(kj::Exception&& exception) {
   logDebug("peer connection: {}", exception.getDescription().cStr());
+}
+
+CallMetrics::CallMetrics(Metrics& metrics, std::string prefix, capnp::InterfaceSchema schema,
+                         kj::Timer& timer)
+    : metrics(metrics),
+      requests(prefix + "_requests_total"),
+      duration(prefix + "_request_duration_seconds"),
+      schema(schema),
+      timer(timer) {
+  std::string what = schema.getShortDisplayName().cStr();
+  metrics.describe(requests, Metrics::Type::COUNTER,
+                   fmt::format("{} calls answered, by method and result", what));
+  metrics.describe(duration, Metrics::Type::HISTOGRAM,
+                   fmt::format("time to answer a {} call", what), LATENCY_BUCKETS);
+}
+
+CallMetrics::DispatchCallResult CallMetrics::measure(uint16_t methodId, Context context,
+                                                     kj::FunctionParam<DispatchCallResult()> call) {
+  kj::TimePoint start = timer.now();
+  DispatchCallResult r = call();
+  r.promise =
+      r.promise.then([this, methodId, start,
+                      context]() mutable { record(methodId, start, resultOf(methodId, context)); },
+                     [this, methodId, start](kj::Exception&& e) {
+                       record(methodId, start, "exception");
+                       kj::throwFatalException(kj::mv(e));
+                     });
+  return r;
+}
+
+void CallMetrics::record(uint16_t methodId, kj::TimePoint start, const std::string& result) {
+  auto methods = schema.getMethods();
+  std::string method =
+      methodId < methods.size() ? methods[methodId].getProto().getName().cStr() : "unknown";
+  metrics.add(requests, {{"method", method}, {"result", result}});
+  metrics.observe(duration, {{"method", method}},
+                  static_cast<double>((timer.now() - start) / kj::NANOSECONDS) / 1e9);
+}
+
+std::string CallMetrics::resultOf(uint16_t methodId, Context& context) {
+  auto methods = schema.getMethods();
+  if (methodId >= methods.size()) return "ok";
+  auto type = methods[methodId].getResultType();
+  KJ_IF_MAYBE (field, type.findFieldByName("status")) {
+    auto results = context.getResults().getAs<capnp::DynamicStruct>(type);
+    if (!results.has(*field)) return "ok";
+    auto status = results.get(*field).as<capnp::DynamicStruct>();
+    KJ_IF_MAYBE (e, status.get("code").as<capnp::DynamicEnum>().getEnumerant()) {
+      return e->getProto().getName().cStr();
+    }
+  }
+  return "ok";
 }
 
 }  // namespace cairn

@@ -8,6 +8,7 @@
 #include <capnp/message.h>
 #include <capnp/orphan.h>
 #include <capnp/rpc-twoparty.h>
+#include <capnp/schema.h>
 #include <kj/async-io.h>
 #include <kj/map.h>
 #include <kj/timer.h>
@@ -17,6 +18,7 @@
 #include <memory>
 #include <string>
 
+#include "metrics.h"
 #include "tls.h"
 
 namespace cairn {
@@ -49,6 +51,10 @@ class RpcServer final : private kj::TaskSet::ErrorHandler {
             kj::Timer& timer, RpcSecurity security);
   ~RpcServer();
   uint16_t port() { return listener->getPort(); }
+  size_t openConnections() const;
+  // Connections open and accepted, refused and failed, into `metrics` (which must not
+  // outlive this server's loop).
+  void exportMetrics(Metrics& metrics);
 
  private:
   struct Connection;
@@ -61,7 +67,33 @@ class RpcServer final : private kj::TaskSet::ErrorHandler {
   kj::Timer& timer;
   RpcSecurity security;
   std::map<std::string, size_t> perPeer;  // open connections by peer address
+  struct {
+    uint64_t accepted = 0, refused = 0, handshakeFailures = 0;
+  } counters;
   kj::TaskSet tasks;
+};
+
+// Counts and times the calls a Cap'n Proto interface answers, for /metrics:
+// `PREFIX_requests_total{method, result}` (result: the Status code the call answered,
+// "ok" when its results carry none, "exception" when it failed) and
+// `PREFIX_request_duration_seconds{method}`. Servers call measure() from dispatchCall.
+class CallMetrics {
+ public:
+  CallMetrics(Metrics& metrics, std::string prefix, capnp::InterfaceSchema schema,
+              kj::Timer& timer);
+  using DispatchCallResult = capnp::Capability::Server::DispatchCallResult;
+  using Context = capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer>;
+  DispatchCallResult measure(uint16_t methodId, Context context,
+                             kj::FunctionParam<DispatchCallResult()> call);
+
+ private:
+  void record(uint16_t methodId, kj::TimePoint start, const std::string& result);
+  std::string resultOf(uint16_t methodId, Context& context);
+
+  Metrics& metrics;
+  std::string requests, duration;
+  capnp::InterfaceSchema schema;
+  kj::Timer& timer;
 };
 
 // Sets a Data field to `data` without copying it when it is word-aligned (a capnp

@@ -114,8 +114,14 @@ class TlsStream final : public kj::AsyncIoStream {
   }
   ~TlsStream() noexcept(false) { SSL_free(ssl); }
 
-  kj::Promise<Identity> handshakeAsServer() {
+  // Without `requireClientCertificate` (web pages), none is asked for and the peer is
+  // anonymous (not authenticated).
+  kj::Promise<Identity> handshakeAsServer(bool requireClientCertificate) {
     SSL_set_accept_state(ssl);
+    if (!requireClientCertificate) {
+      SSL_set_verify(ssl, SSL_VERIFY_NONE, nullptr);
+      return handshake().then([]() { return Identity{}; });
+    }
     return handshake().then([this]() { return peerIdentity(); });
   }
 
@@ -466,10 +472,11 @@ std::shared_ptr<ssl_ctx_st> TlsCredentials::context() const {
 }
 
 kj::Promise<SecureStream> TlsCredentials::accept(kj::Own<kj::AsyncIoStream> stream,
-                                                 kj::Timer& timer, kj::Duration timeout) {
+                                                 kj::Timer& timer, kj::Duration timeout,
+                                                 bool requireClientCertificate) {
   auto tls = kj::heap<TlsStream>(kj::mv(stream), context());
   auto& ref = *tls;
-  return timer.timeoutAfter(timeout, ref.handshakeAsServer())
+  return timer.timeoutAfter(timeout, ref.handshakeAsServer(requireClientCertificate))
       .then([tls = kj::mv(tls)](Identity peer) mutable {
         return SecureStream{kj::mv(tls), std::move(peer)};
       });

@@ -69,8 +69,10 @@ class TlsCredentials {
 
   // The server's side of a handshake. Fails (DISCONNECTED) for a peer without a valid,
   // unexpired certificate from the cluster's CA, or when it does not finish in `timeout`.
+  // Web pages (`requireClientCertificate` false) ask for no client certificate; their
+  // peer is anonymous.
   kj::Promise<SecureStream> accept(kj::Own<kj::AsyncIoStream> stream, kj::Timer& timer,
-                                   kj::Duration timeout);
+                                   kj::Duration timeout, bool requireClientCertificate = true);
   // The client's side: the server's certificate must be the cluster's, be valid for `host`
   // (an address or a name in its subject alternative names) and, unless `role` is NONE,
   // name that role.

@@ -18,7 +18,10 @@
 # CAIRN_CHUNK_SIZE (bytes, default 64 MiB; fixed when DATA_DIR is first used),
 # CAIRN_MOUNT (mount point, default DATA_DIR/mnt; "none" for no mount),
 # CAIRN_COORDINATOR_PORT (7800), CAIRN_WORKER_SLOTS (tasks per worker, default 1),
-# CAIRN_MASTER_FLAGS (more flags for the master, e.g. "--trash-seconds 0").
+# CAIRN_MASTER_FLAGS (more flags for the master, e.g. "--trash-seconds 0"),
+# CAIRN_HTTP_PORT (the master's status page and /metrics; default the master's port + 80,
+# i.e. 7780; each chunkserver's is that + 10 on its own address, the coordinator's its
+# port + 80). `status` prints the status page's URL.
 # Every PID started is written to DATA_DIR/pids; stop ends exactly those.
 set -euo pipefail
 
@@ -37,6 +40,8 @@ PIDS=$DATA/pids
 COORDINATOR=127.0.0.1:${CAIRN_COORDINATOR_PORT:-7800}
 if [ "$1" != start ] && [ -f "$DATA/coordinator-address" ]; then COORDINATOR=$(cat "$DATA/coordinator-address"); fi
 SLOTS=${CAIRN_WORKER_SLOTS:-1}
+HTTP_PORT=${CAIRN_HTTP_PORT:-$((PORT + 80))}
+COORDINATOR_HTTP=127.0.0.1:$((${COORDINATOR##*:} + 80))
 MOUNT=${CAIRN_MOUNT:-$DATA/mnt}
 
 TLS=$DATA/tls
@@ -83,6 +88,10 @@ start() {
   mkdir -p "$DATA/logs"
   make_certs
   echo "$MASTER" >"$DATA/master-address"
+  scheme=https
+  [ "${CAIRN_INSECURE:-0}" = 1 ] && scheme=http
+  echo "$scheme://127.0.0.1:$HTTP_PORT/" >"$DATA/status-url"
+  echo "$scheme://$COORDINATOR_HTTP/" >"$DATA/coordinator-status-url"
   : >"$PIDS"
   # The CLI below acts as the admin.
   if [ "${CAIRN_INSECURE:-0}" = 1 ]; then
@@ -94,12 +103,14 @@ start() {
   fi
   # shellcheck disable=SC2086,SC2046  # the extra flags are words
   "$BUILD/master/cairn-master" --listen "$MASTER" --data "$DATA/master" $(creds master) \
-    --chunk-size "$CHUNK_SIZE" ${CAIRN_MASTER_FLAGS:-} >>"$DATA/logs/master.log" 2>&1 &
+    --chunk-size "$CHUNK_SIZE" --http "127.0.0.1:$HTTP_PORT" ${CAIRN_MASTER_FLAGS:-} \
+    >>"$DATA/logs/master.log" 2>&1 &
   echo "master $!" >>"$PIDS"
   for i in 1 2 3; do
     host=127.0.0.$((i + 1))
     "$BUILD/chunkserver/cairn-chunkserver" --listen "$host:$((PORT + 9 + i))" \
       --data "$DATA/chunkserver$i" --master "$MASTER" --rack "rack$i" $(creds "chunkserver$i") \
+      --http "$host:$((HTTP_PORT + 10))" \
       >>"$DATA/logs/chunkserver$i.log" 2>&1 &
     echo "chunkserver$i $!" >>"$PIDS"
   done
@@ -112,7 +123,7 @@ start() {
   echo "$COORDINATOR" >"$DATA/coordinator-address"
   # shellcheck disable=SC2046
   "$BUILD/mapreduce/cairn-mapreduce" $(creds coordinator) coordinator --master "$MASTER" --listen "$COORDINATOR" \
-    >>"$DATA/logs/coordinator.log" 2>&1 &
+    --http "$COORDINATOR_HTTP" >>"$DATA/logs/coordinator.log" 2>&1 &
   echo "coordinator $!" >>"$PIDS"
   # One worker beside each chunkserver, named as its host, so that maps read local replicas.
   for i in 1 2 3; do
@@ -144,6 +155,7 @@ start() {
   fi
   echo "Cairn is running: master $MASTER, 3 chunkservers, data in $DATA"
   echo "  MapReduce coordinator $COORDINATOR with 3 workers"
+  echo "  status page: $(cat "$DATA/status-url") (metrics at /metrics)"
   [ "$MOUNT" = none ] || echo "  mounted at $MOUNT"
   if [ "${CAIRN_INSECURE:-0}" = 1 ]; then
     echo "  INSECURE: plaintext, no authentication (CAIRN_INSECURE=1)"
@@ -194,6 +206,8 @@ status() {
     if alive "$pid"; then echo "$name: running (pid $pid)"; else echo "$name: STOPPED"; rc=3; fi
   done <"$PIDS"
   eval "$(env_lines)"
+  [ -f "$DATA/status-url" ] && echo "status page: $(cat "$DATA/status-url")"
+  [ -f "$DATA/coordinator-status-url" ] && echo "coordinator status page: $(cat "$DATA/coordinator-status-url")"
   "$BUILD/cli/cairn" --master "$MASTER" servers || rc=3
   return $rc
 }

@@ -214,6 +214,37 @@ Coordinator::Coordinator(CoordinatorOptions options, kj::Timer& timer)
     JobSpec spec = *scheduler.spec(jobId);
     tasks.add(pool.run([this, spec]() { removeOutput(spec); }));
   };
+  using T = Metrics::Type;
+  metrics_.describe("cairn_mapreduce_tasks", T::GAUGE, "tasks of known jobs, by phase and state");
+  metrics_.describe("cairn_mapreduce_jobs", T::GAUGE, "jobs known, by state");
+  metrics_.describe("cairn_mapreduce_workers", T::GAUGE, "workers joined");
+  metrics_.describe("cairn_mapreduce_worker_slots", T::GAUGE, "task slots of joined workers");
+  metrics_.collect([this](const Metrics::GaugeSink& set) {
+    int64_t now = nowMs();
+    std::map<std::pair<std::string, std::string>, double> tasks;
+    std::map<std::string, double> jobs = {{"running", 0}, {"succeeded", 0}, {"failed", 0}};
+    for (auto& r : scheduler.reports(now)) {
+      jobs[r.state == JobState::RUNNING     ? "running"
+           : r.state == JobState::SUCCEEDED ? "succeeded"
+                                            : "failed"]++;
+      for (auto& t : scheduler.tasksOf(r.jobId, now)) {
+        tasks[{t.isMap ? "map" : "reduce", taskStateName(t.state)}]++;
+      }
+    }
+    for (const char* phase : {"map", "reduce"}) {
+      for (auto state :
+           {TaskView::State::PENDING, TaskView::State::RUNNING, TaskView::State::DONE}) {
+        set("cairn_mapreduce_tasks", {{"phase", phase}, {"state", taskStateName(state)}},
+            tasks[{phase, taskStateName(state)}]);
+      }
+    }
+    for (auto& [state, n] : jobs) set("cairn_mapreduce_jobs", {{"state", state}}, n);
+    double slots = 0;
+    auto workers = scheduler.workerViews(now);
+    for (auto& w : workers) slots += w.slots;
+    set("cairn_mapreduce_workers", {}, static_cast<double>(workers.size()));
+    set("cairn_mapreduce_worker_slots", {}, slots);
+  });
 }
 
 Coordinator::~Coordinator() noexcept(false) {}

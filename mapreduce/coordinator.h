@@ -12,6 +12,7 @@
 #include "cairn_io.h"
 #include "disk_pool.h"
 #include "mapreduce.capnp.h"
+#include "metrics.h"
 #include "scheduler.h"
 
 namespace cairn::mapreduce {
@@ -34,6 +35,12 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   wire::Coordinator::Client capabilityFor(const Identity& peer);
   // Declares silent workers lost, on a timer; never resolves.
   kj::Promise<void> run();
+
+  // The status page: jobs with their progress per phase, tasks with their worker and
+  // locality, workers. No file name (no input or output path) is on it.
+  std::string statusPage();
+  // /metrics: tasks by phase and state, jobs by state, workers.
+  Metrics& metrics() { return metrics_; }
 
  private:
   class Service;
@@ -59,6 +66,7 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   CairnIo io;
   DiskPool pool{2};
   std::vector<kj::Own<kj::PromiseFulfiller<void>>> waiters;
+  Metrics metrics_;
   kj::TaskSet tasks;
 };
 

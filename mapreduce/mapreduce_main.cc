@@ -21,6 +21,7 @@
 #include "protocol.h"
 #include "rpc.h"
 #include "security.h"
+#include "status_http.h"
 #include "worker.h"
 
 namespace {
@@ -71,7 +72,7 @@ kj::Own<kj::ConnectionReceiver> listenOn(kj::AsyncIoContext& io, const HostPort&
 }
 
 int runCoordinator(const std::string& master, const std::string& listen,
-                   const std::string& portFile, double localityWait) {
+                   const std::string& portFile, double localityWait, const HttpFlags& http) {
   setLogComponent("coordinator");
   auto addr = parseHostPort(listen);
   if (!addr.ok() || !parseHostPort(master).ok()) {
@@ -90,6 +91,10 @@ int runCoordinator(const std::string& master, const std::string& listen,
     RpcServer server(
         [&coordinator](const Identity& peer) { return coordinator.capabilityFor(peer); },
         kj::mv(listener), io.provider->getTimer(), security);
+    server.exportMetrics(coordinator.metrics());
+    auto pages = startStatusPages(
+        io, http, security.tls, [&coordinator]() { return coordinator.statusPage(); },
+        coordinator.metrics());
     auto reloader = reloadOnSighup(io.unixEventPort, security.tls).eagerlyEvaluate(nullptr);
     logInfo("listening on {} (master {})", bound, master);
     if (!portFile.empty()) std::ofstream(portFile) << bound << "\n";
@@ -317,6 +322,8 @@ int main(int argc, char** argv) {
                    "seconds a map waits for a free worker beside its data")
       ->capture_default_str();
   coordinator->add_option("--port-file", portFile, "write the bound HOST:PORT here");
+  HttpFlags http;
+  addHttpFlags(*coordinator, http, "0.0.0.0:7880");
 
   auto worker = app.add_subcommand("worker", "run a worker daemon");
   WorkerOptions wopts;
@@ -391,7 +398,7 @@ int main(int argc, char** argv) {
   }
   security = loaded.value;
 
-  if (coordinator->parsed()) return runCoordinator(master, listen, portFile, localityWait);
+  if (coordinator->parsed()) return runCoordinator(master, listen, portFile, localityWait, http);
   if (worker->parsed()) {
     wopts.mapMemory = mapMemoryMiB << 20;
     wopts.sortMemory = sortMemoryMiB << 20;

@@ -376,6 +376,57 @@ std::vector<JobReport> Scheduler::reports(int64_t nowMs) const {
   return out;
 }
 
+const char* taskStateName(TaskView::State state) {
+  switch (state) {
+    case TaskView::State::PENDING:
+      return "pending";
+    case TaskView::State::RUNNING:
+      return "running";
+    case TaskView::State::DONE:
+      return "done";
+  }
+  return "pending";
+}
+
+std::vector<TaskView> Scheduler::tasksOf(uint64_t jobId, int64_t nowMs) const {
+  std::vector<TaskView> out;
+  auto j = jobs.find(jobId);
+  if (j == jobs.end()) return out;
+  auto add = [&](const std::vector<Task>& tasks, bool isMap) {
+    for (size_t i = 0; i < tasks.size(); ++i) {
+      const Task& t = tasks[i];
+      TaskView v;
+      v.isMap = isMap;
+      v.index = static_cast<uint32_t>(i);
+      if (t.done) {
+        v.state = TaskView::State::DONE;
+        v.workers.push_back(t.doneAddress);
+        v.dataLocal = t.dataLocal;
+        v.durationMs = t.durationMs;
+      } else if (!t.running.empty()) {
+        v.state = TaskView::State::RUNNING;
+        for (auto& a : t.running) {
+          auto w = workers.find(a.worker);
+          v.workers.push_back(w == workers.end() ? "?" : w->second.address);
+          v.durationMs = std::max(v.durationMs, nowMs - a.startedMs);
+        }
+      }
+      out.push_back(std::move(v));
+    }
+  };
+  add(j->second.maps, true);
+  add(j->second.reduces, false);
+  return out;
+}
+
+std::vector<WorkerView> Scheduler::workerViews(int64_t nowMs) const {
+  std::vector<WorkerView> out;
+  for (auto& [id, w] : workers) {
+    out.push_back({w.host, w.address, w.slots, w.running, nowMs - w.lastHeartbeatMs});
+  }
+  return out;
+}
+
 std::vector<uint64_t> Scheduler::endedJobs() const {
   std::vector<uint64_t> out;
   for (auto& [id, job] : jobs) {

@@ -87,6 +87,24 @@ struct JobReport {
   int64_t wallMs = 0;
 };
 
+// One task as the status page shows it.
+struct TaskView {
+  bool isMap = true;
+  uint32_t index = 0;
+  enum class State { PENDING, RUNNING, DONE } state = State::PENDING;
+  std::vector<std::string> workers;  // running attempts', or the one that counted
+  bool dataLocal = false;            // a map that read a replica on its worker's host
+  int64_t durationMs = 0;            // done: its counted attempt's; running: so far
+};
+
+const char* taskStateName(TaskView::State state);  // "pending", "running", "done"
+
+struct WorkerView {
+  std::string host, address;
+  uint32_t slots = 0, running = 0;
+  int64_t sinceHeartbeatMs = 0;
+};
+
 struct SchedulerOptions {
   // A map waits this long for a free worker beside one of its replicas before it goes to
   // any free worker.
@@ -137,6 +155,8 @@ class Scheduler {
   std::optional<JobReport> report(uint64_t jobId, int64_t nowMs) const;
   const JobSpec* spec(uint64_t jobId) const;
   std::vector<JobReport> reports(int64_t nowMs) const;
+  std::vector<TaskView> tasksOf(uint64_t jobId, int64_t nowMs) const;
+  std::vector<WorkerView> workerViews(int64_t nowMs) const;
   // Jobs that ended recently: their scratch files can go.
   std::vector<uint64_t> endedJobs() const;
 

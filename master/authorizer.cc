@@ -46,6 +46,11 @@ bool isAdmin(const Identity& peer) { return !peer.authenticated || peer.role == 
 
 Authorizer::Authorizer(Master& master) : master(master), ns(master.names()) {}
 
+Status Authorizer::changesAllowed() const {
+  auto& chunks = master.chunkManager();
+  return chunks.inManualSafeMode() ? chunks.safeModeRefusal() : Status::OK();
+}
+
 Result<Inode> Authorizer::directoryFor(const Credentials& who, uint64_t dir, int mask) {
   auto n = ns.getattr(dir);
   if (!n.ok()) return n;
@@ -93,6 +98,7 @@ Status Authorizer::readdir(const Credentials& who, uint64_t inode, std::string_v
 
 kj::Promise<MutationResult> Authorizer::mkdir(const Credentials& who, uint64_t parent,
                                               std::string_view name, uint32_t mode) {
+  if (Status s = changesAllowed(); !s.ok()) return refused(s);
   auto dir = directoryFor(who, parent, MAY_WRITE | MAY_EXEC);
   if (!dir.ok()) return refused(dir.status);
   return ns.mkdir(parent, name, mode, who.uid, who.primaryGid());
@@ -101,6 +107,7 @@ kj::Promise<MutationResult> Authorizer::mkdir(const Credentials& who, uint64_t p
 kj::Promise<MutationResult> Authorizer::create(const Credentials& who, uint64_t parent,
                                                std::string_view name, uint32_t mode,
                                                uint8_t replication, bool exclusive, bool open) {
+  if (Status s = changesAllowed(); !s.ok()) return refused(s);
   auto dir = directoryFor(who, parent, MAY_EXEC);
   if (!dir.ok()) return refused(dir.status);
   auto existing = ns.lookup(parent, name);
@@ -120,6 +127,7 @@ kj::Promise<MutationResult> Authorizer::create(const Credentials& who, uint64_t 
 
 kj::Promise<MutationResult> Authorizer::symlink(const Credentials& who, uint64_t parent,
                                                 std::string_view name, std::string_view target) {
+  if (Status s = changesAllowed(); !s.ok()) return refused(s);
   auto dir = directoryFor(who, parent, MAY_WRITE | MAY_EXEC);
   if (!dir.ok()) return refused(dir.status);
   return ns.symlink(parent, name, target, who.uid, who.primaryGid());
@@ -128,6 +136,7 @@ kj::Promise<MutationResult> Authorizer::symlink(const Credentials& who, uint64_t
 kj::Promise<MutationResult> Authorizer::mknod(const Credentials& who, uint64_t parent,
                                               std::string_view name, InodeType type, uint32_t mode,
                                               uint64_t rdev) {
+  if (Status s = changesAllowed(); !s.ok()) return refused(s);
   if ((type == InodeType::CHAR_DEVICE || type == InodeType::BLOCK_DEVICE) && !who.isRoot()) {
     return refused(Status::notPermitted("only root makes device nodes"));
   }
@@ -138,6 +147,7 @@ kj::Promise<MutationResult> Authorizer::mknod(const Credentials& who, uint64_t p
 
 kj::Promise<MutationResult> Authorizer::link(const Credentials& who, uint64_t inode,
                                              uint64_t newParent, std::string_view newName) {
+  if (Status s = changesAllowed(); !s.ok()) return refused(s);
   auto dir = directoryFor(who, newParent, MAY_WRITE | MAY_EXEC);
   if (!dir.ok()) return refused(dir.status);
   return ns.link(inode, newParent, newName);
@@ -152,6 +162,7 @@ Status Authorizer::mayRemove(const Credentials& who, uint64_t parent, std::strin
 
 kj::Promise<MutationResult> Authorizer::unlink(const Credentials& who, uint64_t parent,
                                                std::string_view name) {
+  if (Status s = changesAllowed(); !s.ok()) return refused(s);
   Status s = mayRemove(who, parent, name);
   if (!s.ok()) return refused(s);
   return ns.unlink(parent, name);
@@ -159,6 +170,7 @@ kj::Promise<MutationResult> Authorizer::unlink(const Credentials& who, uint64_t 
 
 kj::Promise<MutationResult> Authorizer::rmdir(const Credentials& who, uint64_t parent,
                                               std::string_view name) {
+  if (Status s = changesAllowed(); !s.ok()) return refused(s);
   Status s = mayRemove(who, parent, name);
   if (!s.ok()) return refused(s);
   return ns.rmdir(parent, name);
@@ -167,6 +179,7 @@ kj::Promise<MutationResult> Authorizer::rmdir(const Credentials& who, uint64_t p
 kj::Promise<MutationResult> Authorizer::rename(const Credentials& who, uint64_t srcParent,
                                                std::string_view srcName, uint64_t dstParent,
                                                std::string_view dstName, bool noReplace) {
+  if (Status s = changesAllowed(); !s.ok()) return refused(s);
   auto src = directoryFor(who, srcParent, MAY_WRITE | MAY_EXEC);
   if (!src.ok()) return refused(src.status);
   auto dst = directoryFor(who, dstParent, MAY_WRITE | MAY_EXEC);
@@ -189,6 +202,9 @@ kj::Promise<MutationResult> Authorizer::rename(const Credentials& who, uint64_t 
 }
 
 Result<Inode> Authorizer::open(const Credentials& who, uint64_t inode, int mask) {
+  if (mask & MAY_WRITE) {
+    if (Status s = changesAllowed(); !s.ok()) return s;
+  }
   auto n = ns.getattr(inode);
   if (!n.ok()) return n;
   Status s = checkAccess(n.value, who, mask & (MAY_READ | MAY_WRITE));
@@ -198,6 +214,7 @@ Result<Inode> Authorizer::open(const Credentials& who, uint64_t inode, int mask)
 
 kj::Promise<MutationResult> Authorizer::setattr(const Credentials& who, const OpenFiles& session,
                                                 uint64_t inode, const SetAttrArgs& args) {
+  if (Status s = changesAllowed(); !s.ok()) return refused(s);
   auto n = ns.getattr(inode);
   if (!n.ok()) return refused(n.status);
   SetAttrArgs allowed = args;
@@ -223,6 +240,7 @@ kj::Promise<MutationResult> Authorizer::setattr(const Credentials& who, const Op
 
 kj::Promise<MutationResult> Authorizer::setReplication(const Credentials& who, uint64_t inode,
                                                        uint8_t goal) {
+  if (Status s = changesAllowed(); !s.ok()) return refused(s);
   auto n = ns.getattr(inode);
   if (!n.ok()) return refused(n.status);
   Status s = checkAccess(n.value, who, MAY_WRITE);
@@ -233,6 +251,7 @@ kj::Promise<MutationResult> Authorizer::setReplication(const Credentials& who, u
 kj::Promise<Status> Authorizer::setxattr(const Credentials& who, uint64_t inode,
                                          const std::string& name, const std::string& value,
                                          uint32_t flags) {
+  if (Status s = changesAllowed(); !s.ok()) return s;
   auto n = ns.getattr(inode);
   if (!n.ok()) return n.status;
   Status s = checkAccess(n.value, who, MAY_WRITE);
@@ -259,6 +278,7 @@ Result<std::vector<std::string>> Authorizer::listxattr(const Credentials& who, u
 
 kj::Promise<Status> Authorizer::removexattr(const Credentials& who, uint64_t inode,
                                             const std::string& name) {
+  if (Status s = changesAllowed(); !s.ok()) return s;
   auto n = ns.getattr(inode);
   if (!n.ok()) return n.status;
   Status s = checkAccess(n.value, who, MAY_WRITE);
@@ -278,6 +298,7 @@ std::vector<TrashEntry> Authorizer::listTrash(const Credentials& who, size_t lim
 }
 
 kj::Promise<MutationResult> Authorizer::restore(const Credentials& who, std::string_view path) {
+  if (Status s = changesAllowed(); !s.ok()) return refused(s);
   if (!who.isRoot()) {
     // The newest trashed file of that path is what comes back: it must be the caller's,
     // and go into a directory the caller may write.
@@ -310,6 +331,7 @@ Status Authorizer::mayReadChunks(const Credentials& who, const OpenFiles& sessio
 
 Status Authorizer::mayWriteChunks(const Credentials& who, const OpenFiles& session,
                                   uint64_t inode) {
+  if (Status s = changesAllowed(); !s.ok()) return s;
   if (session.holdsForWrite(inode)) return Status::OK();
   auto n = ns.getattr(inode);
   if (!n.ok()) return n.status;

@@ -48,6 +48,7 @@ Result<Credentials> credentialsFor(const Identity& peer, std::optional<Credentia
 // trash): admins, and anyone on an insecure cluster.
 bool isAdmin(const Identity& peer);
 
+// Every change is refused (readOnly) while an admin holds the cluster in safe mode.
 class Authorizer {
  public:
   explicit Authorizer(Master& master);
@@ -94,6 +95,9 @@ class Authorizer {
   Status mayWriteChunks(const Credentials& who, const OpenFiles& session, uint64_t inode);
 
  private:
+  // readOnly while an admin holds the cluster in safe mode (the automatic safe mode at start
+  // refuses only what needs chunkservers).
+  Status changesAllowed() const;
   Result<Inode> directoryFor(const Credentials& who, uint64_t dir, int mask);
   // Removing `name` from `parent` (a missing name is left to the namespace to report).
   Status mayRemove(const Credentials& who, uint64_t parent, std::string_view name);

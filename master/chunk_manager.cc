@@ -93,6 +93,8 @@ uint64_t ChunkManager::registerServer(const std::string& address, const std::str
   }
   logInfo("chunkserver {} (id {}, rack '{}') registered: {} chunks, {} stale, {} orphaned", address,
           id, rack, report.size(), stale, orphans);
+  note(fmt::format("chunkserver {} (rack {}) registered with {} chunks", address, rack,
+                   report.size()));
   updateSafeMode();
   return id;
 }
@@ -135,6 +137,8 @@ size_t ChunkManager::sweepDeadServers() {
     ++dead;
     logWarn("chunkserver {} (id {}) is dead: no heartbeat for {} s", s.address, id,
             (now - s.lastHeartbeat) / kj::SECONDS);
+    note(fmt::format("chunkserver {} is dead: no heartbeat for {} s; {} chunks to copy elsewhere",
+                     s.address, (now - s.lastHeartbeat) / kj::SECONDS, s.chunks.size()));
     for (uint64_t h : std::set<uint64_t>(s.chunks)) {
       auto it = chunks.find(h);
       if (it != chunks.end()) removeReplica(it->second, id);
@@ -340,7 +344,7 @@ Status ChunkManager::applyWriteFailures(Chunk& c, const std::vector<ReplicaFailu
 kj::Promise<Result<ChunkView>> ChunkManager::prepareWrite(uint64_t inode, uint32_t index,
                                                           std::vector<ReplicaFailure> failures,
                                                           uint64_t failedVersion) {
-  if (safeMode) return Result<ChunkView>(Status(ErrorCode::SAFE_MODE, "master in safe mode"));
+  if (safeMode) return Result<ChunkView>(safeModeRefusal());
   auto record = ns.getChunk(inode, index);
   if (!record) {
     auto n = ns.getattr(inode);
@@ -587,11 +591,16 @@ void ChunkManager::dropCorrupt(Chunk& c, uint64_t server, const char* finder) {
     if (c.corrupt.insert(server).second) {
       logError("chunk {:x}: {} found the replica on {} bad, but it is the last copy: kept",
                c.record.handle, finder, address);
+      note(
+          fmt::format("chunk {:x}: the last replica, on {}, is corrupt", c.record.handle, address));
     }
     return;
   }
   logWarn("chunk {:x}: {} found the replica on {} bad; dropping it", c.record.handle, finder,
           address);
+  note(fmt::format("chunk {:x}: {} found the replica on {} bad; it is replaced", c.record.handle,
+                   finder, address));
+  repairCounters.replicasDropped++;
   removeReplica(c, server);
   queueDelete(server, c.record.handle);
 }
@@ -600,9 +609,20 @@ std::vector<ServerView> ChunkManager::servers() const {
   std::vector<ServerView> out;
   for (auto& [id, s] : serversById) {
     out.push_back({id, s.address, s.rack, s.capacityBytes, s.usedBytes, s.chunks.size(), s.live,
-                   s.decommissioning, s.availableBytes});
+                   s.decommissioning, s.availableBytes, timer.now() - s.lastHeartbeat});
   }
   return out;
+}
+
+void ChunkManager::note(std::string text) {
+  recent.push_back({timer.now(), std::move(text)});
+  while (recent.size() > 50) recent.pop_front();
+}
+
+size_t ChunkManager::leasesHeld() {
+  size_t n = 0;
+  for (auto& [h, c] : chunks) n += c.primary.has_value() && leaseValid(c);
+  return n;
 }
 
 }  // namespace cairn

@@ -8,6 +8,7 @@
 #include <kj/timer.h>
 #include <kj/vector.h>
 
+#include <deque>
 #include <map>
 #include <optional>
 #include <random>
@@ -15,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "master.capnp.h"
 #include "namespace.h"
 #include "placement.h"
 #include "replica_rule.h"
@@ -39,6 +41,7 @@ class ReplicaControl {
 
 struct ClusterHealth {
   bool safeMode = false;
+  bool manualSafeMode = false;  // entered by an admin: the namespace is read only
   uint64_t chunks = 0;
   uint64_t underReplicated = 0;  // fewer live replicas than the goal
   uint64_t missing = 0;          // no live replica at all
@@ -75,6 +78,35 @@ struct ServerView {
   bool live = false;
   bool decommissioning = false;
   uint64_t availableBytes = 0;  // free space above its reserve
+  kj::Duration sinceHeartbeat = 0 * kj::SECONDS;
+};
+
+// What fsck says of one chunk of a file.
+struct ChunkCheck {
+  struct Replica {
+    std::string address;
+    wire::ReplicaState state;
+  };
+  uint32_t index = 0;
+  uint64_t handle = 0;
+  uint64_t version = 0;
+  uint8_t goal = 0;
+  wire::ChunkVerdict verdict = wire::ChunkVerdict::HEALTHY;
+  std::vector<Replica> replicas;
+};
+
+// Something an operator wants to know happened (a chunkserver died, a repair, a
+// decommission), for the status page. Never a file name.
+struct ClusterEvent {
+  kj::TimePoint at;
+  std::string text;
+};
+
+// Work done since the start, for /metrics.
+struct RepairCounters {
+  uint64_t copiesDone = 0;  // re-replication and balancing copies that landed
+  uint64_t copiesFailed = 0;
+  uint64_t replicasDropped = 0;  // found bad, or failed a write
 };
 
 struct ChunkManagerOptions {
@@ -142,6 +174,14 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   // surplus replicas, balancing.
   void tick();
   bool inSafeMode() const { return safeMode; }
+  // Safe mode by an admin's order: it lasts until leaveSafeMode, and the namespace is read
+  // only meanwhile. Leaving ends the automatic one too (HDFS's `-safemode leave`).
+  void enterSafeMode();
+  void leaveSafeMode();
+  bool inManualSafeMode() const { return manualSafeMode; }
+  // Why a change is refused now: readOnly in a manual safe mode (not retried), safeMode in
+  // the automatic one (retried until chunkservers have reported); OK outside safe mode.
+  Status safeModeRefusal() const;
   // A file's goal changed: its chunks gain or lose replicas at the next ticks.
   void goalChanged(uint64_t inode, uint8_t goal);
   // The scrubber on `server` found its replica of `handle` bad.
@@ -151,8 +191,15 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   // Starts balancing to within `threshold`; returns the spread of use now.
   double balance(double threshold);
   ClusterHealth health();
+  // Every chunk of `inode` with its replicas and a verdict (fsck).
+  std::vector<ChunkCheck> check(uint64_t inode);
 
   std::vector<ServerView> servers() const;
+  // The last events, oldest first.
+  const std::deque<ClusterEvent>& events() const { return recent; }
+  const RepairCounters& repairs() const { return repairCounters; }
+  // Chunks whose lease is valid now.
+  size_t leasesHeld();
   size_t knownChunks() const { return chunks.size(); }
 
  private:
@@ -247,7 +294,11 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   std::map<std::string, uint64_t> serverByAddress;
   std::map<uint64_t, Chunk> chunks;  // by handle
   bool safeMode = false;
+  bool manualSafeMode = false;
   kj::TimePoint startedAt;
+  std::deque<ClusterEvent> recent;
+  RepairCounters repairCounters;
+  void note(std::string text);
   double balanceThreshold = -1;  // < 0: not balancing
   kj::TaskSet copies;
 };

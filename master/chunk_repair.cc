@@ -58,8 +58,31 @@ void ChunkManager::reportCorrupt(uint64_t server, uint64_t handle) {
   if (c != chunks.end()) dropCorrupt(c->second, server, "the scrubber");
 }
 
+void ChunkManager::enterSafeMode() {
+  if (!manualSafeMode) {
+    logWarn("entering safe mode by an admin's order: the cluster is read only");
+    note("an admin put the cluster in safe mode (read only)");
+  }
+  safeMode = manualSafeMode = true;
+}
+
+void ChunkManager::leaveSafeMode() {
+  if (safeMode) {
+    logWarn("leaving safe mode by an admin's order");
+    note("an admin took the cluster out of safe mode");
+  }
+  safeMode = manualSafeMode = false;
+}
+
+Status ChunkManager::safeModeRefusal() const {
+  if (manualSafeMode)
+    return Status(ErrorCode::READ_ONLY, "the cluster is in safe mode (an admin's)");
+  if (safeMode) return Status(ErrorCode::SAFE_MODE, "master in safe mode; retry");
+  return Status::OK();
+}
+
 void ChunkManager::updateSafeMode() {
-  if (!safeMode) return;
+  if (!safeMode || manualSafeMode) return;
   size_t covered = 0;
   for (auto& [h, c] : chunks) covered += counts(c).live > 0;
   double share = chunks.empty() ? 1.0 : static_cast<double>(covered) / chunks.size();
@@ -71,6 +94,7 @@ void ChunkManager::updateSafeMode() {
               options.safeModeTimeout / kj::SECONDS, covered, chunks.size());
     } else {
       logInfo("leaving safe mode: {} of {} chunks have a live replica", covered, chunks.size());
+      note(fmt::format("left safe mode: {} of {} chunks reported", covered, chunks.size()));
     }
   }
 }
@@ -174,8 +198,10 @@ void ChunkManager::startCopy(uint64_t handle, uint64_t source, uint64_t target,
             c.copying = false;
             if (!s.ok()) {
               logWarn("chunk {:x}: copy to server {} failed: {}", handle, target, s.toString());
+              repairCounters.copiesFailed++;
               return;
             }
+            repairCounters.copiesDone++;
             auto t = serversById.find(target);
             if (c.record.version != version || t == serversById.end() || !t->second.live) {
               // A new lease moved the chunk on while it was copied: the copy is stale.
@@ -234,6 +260,8 @@ Status ChunkManager::decommission(const std::string& address, uint64_t& remainin
     s.decommissioning = true;
     logInfo("decommissioning chunkserver {}: copying its {} chunks elsewhere", address,
             s.chunks.size());
+    note(fmt::format("decommissioning chunkserver {}: {} chunks to copy elsewhere", address,
+                     s.chunks.size()));
   }
   remaining = s.chunks.size();
   done = remaining == 0;
@@ -282,9 +310,47 @@ void ChunkManager::balanceStep() {
   }
 }
 
+std::vector<ChunkCheck> ChunkManager::check(uint64_t inode) {
+  std::vector<ChunkCheck> out;
+  for (auto& record : ns.listChunks(inode, 0, UINT32_MAX)) {
+    ChunkCheck check;
+    check.index = record.index;
+    check.handle = record.handle;
+    check.version = record.version;
+    auto it = chunks.find(record.handle);
+    if (it == chunks.end()) {
+      check.verdict = wire::ChunkVerdict::MISSING;
+      out.push_back(std::move(check));
+      continue;
+    }
+    Chunk& c = it->second;
+    check.goal = static_cast<uint8_t>(goalOf(c));
+    size_t live = 0, readable = 0, good = 0;  // readable: good or draining
+    for (uint64_t id : c.replicas) {
+      auto s = serversById.find(id);
+      if (s == serversById.end()) continue;
+      auto state = !s->second.live             ? wire::ReplicaState::DEAD
+                   : c.corrupt.count(id)       ? wire::ReplicaState::CORRUPT
+                   : s->second.decommissioning ? wire::ReplicaState::DRAINING
+                                               : wire::ReplicaState::GOOD;
+      live += s->second.live;
+      readable += state == wire::ReplicaState::GOOD || state == wire::ReplicaState::DRAINING;
+      good += state == wire::ReplicaState::GOOD;
+      check.replicas.push_back({s->second.address, state});
+    }
+    check.verdict = live == 0           ? wire::ChunkVerdict::MISSING
+                    : readable == 0     ? wire::ChunkVerdict::CORRUPT
+                    : good < check.goal ? wire::ChunkVerdict::UNDER_REPLICATED
+                                        : wire::ChunkVerdict::HEALTHY;
+    out.push_back(std::move(check));
+  }
+  return out;
+}
+
 ClusterHealth ChunkManager::health() {
   ClusterHealth out;
   out.safeMode = safeMode;
+  out.manualSafeMode = manualSafeMode;
   out.chunks = chunks.size();
   for (auto& [h, c] : chunks) {
     Counts n = counts(c);

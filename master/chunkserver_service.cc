@@ -77,6 +77,14 @@ class RegistryImpl final : public wire::ChunkserverRegistry::Server {
  public:
   explicit RegistryImpl(Master& master) : master(master) {}
 
+  DispatchCallResult dispatchCall(
+      uint64_t interfaceId, uint16_t methodId,
+      capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer> context) override {
+    return master.registryCalls().measure(methodId, context, [&]() {
+      return wire::ChunkserverRegistry::Server::dispatchCall(interfaceId, methodId, context);
+    });
+  }
+
   kj::Promise<void> register_(RegisterContext context) override {
     auto params = context.getParams();
     auto results = context.getResults();

@@ -65,6 +65,14 @@ class ClientServiceImpl final : public wire::ClientService::Server {
         state(std::move(session)),
         who(std::move(who)) {}
 
+  DispatchCallResult dispatchCall(
+      uint64_t interfaceId, uint16_t methodId,
+      capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer> context) override {
+    return master.clientCalls().measure(methodId, context, [&]() {
+      return wire::ClientService::Server::dispatchCall(interfaceId, methodId, context);
+    });
+  }
+
   kj::Promise<void> lookup(LookupContext context) override {
     if (refused(context)) return kj::READY_NOW;
     auto p = context.getParams();
@@ -242,6 +250,50 @@ class ClientServiceImpl final : public wire::ClientService::Server {
     return kj::READY_NOW;
   }
 
+  kj::Promise<void> fsck(FsckContext context) override {
+    if (refused(context)) return kj::READY_NOW;
+    uint64_t inode = context.getParams().getInode();
+    auto n = ns.getattr(inode);
+    if (n.ok()) n.status = auth.mayReadChunks(who.value, state->opens, inode);
+    if (n.ok() && n.value.type != InodeType::REGULAR) {
+      n.status = Status::invalidArgument("fsck checks regular files");
+    }
+    if (!n.ok()) return fail(context, n.status);
+    auto checks = chunks.check(inode);
+    auto results = context.getResults();
+    toWire(Status::OK(), results.initStatus());
+    auto list = results.initChunks(static_cast<uint>(checks.size()));
+    for (size_t i = 0; i < checks.size(); ++i) {
+      auto& c = checks[i];
+      auto out = list[static_cast<uint>(i)];
+      out.setIndex(c.index);
+      out.setHandle(c.handle);
+      out.setVersion(c.version);
+      out.setGoal(c.goal);
+      out.setVerdict(c.verdict);
+      auto replicas = out.initReplicas(static_cast<uint>(c.replicas.size()));
+      for (size_t j = 0; j < c.replicas.size(); ++j) {
+        replicas[static_cast<uint>(j)].setAddress(c.replicas[j].address);
+        replicas[static_cast<uint>(j)].setState(c.replicas[j].state);
+      }
+    }
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> safeMode(SafeModeContext context) override {
+    auto action = context.getParams().getAction();
+    if (action != wire::SafeModeAction::GET && !isAdmin(peer)) {
+      return fail(context, notAdmin("safe mode"));
+    }
+    if (action == wire::SafeModeAction::ENTER) chunks.enterSafeMode();
+    if (action == wire::SafeModeAction::LEAVE) chunks.leaveSafeMode();
+    auto results = context.getResults();
+    toWire(Status::OK(), results.initStatus());
+    results.setSafeMode(chunks.inSafeMode());
+    results.setManual(chunks.inManualSafeMode());
+    return kj::READY_NOW;
+  }
+
   kj::Promise<void> clusterHealth(ClusterHealthContext context) override {
     auto h = chunks.health();
     auto results = context.getResults();
@@ -334,6 +386,8 @@ class ClientServiceImpl final : public wire::ClientService::Server {
       list[i].setLive(servers[i].live);
       list[i].setDecommissioning(servers[i].decommissioning);
       list[i].setAvailableBytes(servers[i].availableBytes);
+      list[i].setHeartbeatAgeMs(static_cast<uint64_t>(
+          std::max<int64_t>(servers[i].sinceHeartbeat / kj::MILLISECONDS, 0)));
     }
     return kj::READY_NOW;
   }

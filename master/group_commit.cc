@@ -2,6 +2,7 @@
 
 #include <kj/debug.h>
 
+#include <chrono>
 #include <vector>
 
 #include "log.h"
@@ -17,6 +18,14 @@ GroupCommitter::~GroupCommitter() {
   }
   wake.notify_all();
   writer.join();
+}
+
+void GroupCommitter::setMetrics(Metrics* m) {
+  m->describe("cairn_master_commit_batch_size", Metrics::Type::HISTOGRAM,
+              "mutations per synced metadata write", {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024});
+  m->describe("cairn_master_commit_sync_seconds", Metrics::Type::HISTOGRAM,
+              "time of one synced metadata write", LATENCY_BUCKETS);
+  metrics.store(m);
 }
 
 kj::Promise<void> GroupCommitter::submit(leveldb::WriteBatch batch) {
@@ -59,8 +68,14 @@ void GroupCommitter::run() {
     for (auto& p : group) combined.Append(p.batch);
     leveldb::WriteOptions options;
     options.sync = true;
+    auto started = std::chrono::steady_clock::now();
     leveldb::Status s = db.Write(options, &combined);
     writeCount.fetch_add(1);
+    if (Metrics* m = metrics.load()) {
+      m->observe("cairn_master_commit_batch_size", {}, static_cast<double>(group.size()));
+      m->observe("cairn_master_commit_sync_seconds", {},
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+    }
     if (s.ok()) {
       for (auto& p : group) p.fulfiller->fulfill();
       continue;

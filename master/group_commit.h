@@ -13,6 +13,8 @@
 #include <mutex>
 #include <thread>
 
+#include "metrics.h"
+
 namespace cairn {
 
 class GroupCommitter {
@@ -28,6 +30,8 @@ class GroupCommitter {
 
   // Synced LevelDB writes made so far (each may carry many submitted batches).
   uint64_t writes() const { return writeCount.load(); }
+  // Records each write's batch size and sync time into `metrics` from now on.
+  void setMetrics(Metrics* metrics);
 
  private:
   struct Pending {
@@ -43,6 +47,7 @@ class GroupCommitter {
   bool stopping = false;
   std::string latchedError;
   std::atomic<uint64_t> writeCount{0};
+  std::atomic<Metrics*> metrics{nullptr};
   std::thread writer;
 };
 

@@ -58,6 +58,7 @@ Master::Master(MasterOptions options, kj::Timer& timer, const kj::Clock& clock)
   chunks = std::make_unique<ChunkManager>(*ns, *control_, timer, opts.chunks);
   ns->setTrashPeriod(opts.trashPeriod);
   chunks->loadFromNamespace();
+  describeMetrics();
   ticker = tickLoop().eagerlyEvaluate([](kj::Exception&& e) {
     logError("background work stopped: {}", e.getDescription().cStr());
   });
@@ -126,9 +127,7 @@ kj::Promise<MutationResult> Master::setattr(uint64_t inode, SetAttrArgs args) {
   kj::Promise<Status> cut = Status::OK();
   if (args.size && current.ok() && current.value.type == InodeType::REGULAR &&
       *args.size < current.value.size) {
-    if (chunks->inSafeMode()) {
-      return MutationResult{Status(ErrorCode::SAFE_MODE, "master in safe mode; retry"), {}, {}};
-    }
+    if (chunks->inSafeMode()) return MutationResult{chunks->safeModeRefusal(), {}, {}};
     cut = chunks->truncateChunk(inode, *args.size);
   }
   return cut.then([this, inode, args](Status s) -> kj::Promise<MutationResult> {
@@ -260,6 +259,77 @@ void fillAttr(const Inode& n, uint64_t chunkSize, wire::Attr::Builder out) {
   out.setCtimeNs(n.ctimeNs);
   out.setReplication(n.replication);
   out.setChunkCount(static_cast<uint32_t>((n.size + chunkSize - 1) / chunkSize));
+}
+
+void Master::describeMetrics() {
+  clientCalls_ = std::make_unique<CallMetrics>(metrics_, "cairn_master",
+                                               capnp::Schema::from<wire::ClientService>(), timer_);
+  registryCalls_ = std::make_unique<CallMetrics>(
+      metrics_, "cairn_master_registry", capnp::Schema::from<wire::ChunkserverRegistry>(), timer_);
+  store->setMetrics(&metrics_);
+  using T = Metrics::Type;
+  auto& m = metrics_;
+  m.describe("cairn_chunkservers", T::GAUGE, "chunkservers known, by state");
+  m.describe("cairn_chunks", T::GAUGE, "chunks in the namespace, by replication state");
+  m.describe("cairn_chunk_copies_in_flight", T::GAUGE, "re-replication and balancing copies now");
+  m.describe("cairn_chunk_copies_total", T::COUNTER, "copies made by the master, by result");
+  m.describe("cairn_replicas_dropped_total", T::COUNTER,
+             "replicas dropped as corrupt or after a failed write");
+  m.describe("cairn_capacity_bytes", T::GAUGE, "disk of live chunkservers");
+  m.describe("cairn_used_bytes", T::GAUGE, "disk used on live chunkservers");
+  m.describe("cairn_available_bytes", T::GAUGE, "room for new chunks on live chunkservers");
+  m.describe("cairn_chunkserver_capacity_bytes", T::GAUGE, "disk of each chunkserver");
+  m.describe("cairn_chunkserver_used_bytes", T::GAUGE, "disk used on each chunkserver");
+  m.describe("cairn_chunkserver_available_bytes", T::GAUGE,
+             "room for new chunks on each chunkserver");
+  m.describe("cairn_chunkserver_chunks", T::GAUGE, "replicas on each chunkserver");
+  m.describe("cairn_chunkserver_heartbeat_age_seconds", T::GAUGE,
+             "time since each chunkserver's last heartbeat");
+  m.describe("cairn_inodes", T::GAUGE, "files, directories and other entries");
+  m.describe("cairn_safe_mode", T::GAUGE, "1 in safe mode (manual: entered by an admin)");
+  m.describe("cairn_leases", T::GAUGE, "chunks with a valid write lease");
+  m.collect([this](const Metrics::GaugeSink& set) {
+    auto h = chunks->health();
+    set("cairn_chunks", {{"state", "total"}}, static_cast<double>(h.chunks));
+    set("cairn_chunks", {{"state", "under_replicated"}}, static_cast<double>(h.underReplicated));
+    set("cairn_chunks", {{"state", "missing"}}, static_cast<double>(h.missing));
+    set("cairn_chunks", {{"state", "over_replicated"}}, static_cast<double>(h.overReplicated));
+    set("cairn_chunks", {{"state", "corrupt"}}, static_cast<double>(h.corrupt));
+    set("cairn_chunk_copies_in_flight", {}, static_cast<double>(h.copiesInFlight));
+    auto& r = chunks->repairs();
+    set("cairn_chunk_copies_total", {{"result", "ok"}}, static_cast<double>(r.copiesDone));
+    set("cairn_chunk_copies_total", {{"result", "failed"}}, static_cast<double>(r.copiesFailed));
+    set("cairn_replicas_dropped_total", {}, static_cast<double>(r.replicasDropped));
+    double live = 0, dead = 0, draining = 0, capacity = 0, used = 0, available = 0;
+    for (auto& s : chunks->servers()) {
+      Labels at = {{"chunkserver", s.address}};
+      set("cairn_chunkserver_capacity_bytes", at, static_cast<double>(s.capacityBytes));
+      set("cairn_chunkserver_used_bytes", at, static_cast<double>(s.usedBytes));
+      set("cairn_chunkserver_available_bytes", at, static_cast<double>(s.availableBytes));
+      set("cairn_chunkserver_chunks", at, static_cast<double>(s.chunkCount));
+      set("cairn_chunkserver_heartbeat_age_seconds", at,
+          static_cast<double>(s.sinceHeartbeat / kj::MILLISECONDS) / 1000);
+      if (!s.live) {
+        ++dead;
+        continue;
+      }
+      ++live;
+      draining += s.decommissioning;
+      capacity += static_cast<double>(s.capacityBytes);
+      used += static_cast<double>(s.usedBytes);
+      available += static_cast<double>(s.availableBytes);
+    }
+    set("cairn_chunkservers", {{"state", "live"}}, live);
+    set("cairn_chunkservers", {{"state", "dead"}}, dead);
+    set("cairn_chunkservers", {{"state", "decommissioning"}}, draining);
+    set("cairn_capacity_bytes", {}, capacity);
+    set("cairn_used_bytes", {}, used);
+    set("cairn_available_bytes", {}, available);
+    set("cairn_inodes", {}, static_cast<double>(ns->inodeCount()));
+    set("cairn_safe_mode", {{"manual", chunks->inManualSafeMode() ? "true" : "false"}},
+        chunks->inSafeMode() ? 1 : 0);
+    set("cairn_leases", {}, static_cast<double>(chunks->leasesHeld()));
+  });
 }
 
 }  // namespace cairn

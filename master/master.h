@@ -11,8 +11,10 @@
 
 #include "chunk_manager.h"
 #include "master.capnp.h"
+#include "metrics.h"
 #include "namespace.h"
 #include "namespace_store.h"
+#include "rpc.h"
 #include "tls.h"
 #include "tokens.h"
 
@@ -82,7 +84,16 @@ class Master final : private kj::TaskSet::ErrorHandler {
   kj::Timer& timer() { return timer_; }
   ChunkserverControl& control() { return *control_; }
 
+  // What /metrics shows, and the calls of each service counted into it.
+  Metrics& metrics() { return metrics_; }
+  CallMetrics& clientCalls() { return *clientCalls_; }
+  CallMetrics& registryCalls() { return *registryCalls_; }
+  // The status page: the cluster's state at a glance (master/status_page.cc). Read only,
+  // and no file name on it.
+  std::string statusPage();
+
  private:
+  void describeMetrics();
   kj::Promise<void> tickLoop();
   int64_t nowMs() const;
   void taskFailed(kj::Exception&& exception) override;
@@ -90,6 +101,8 @@ class Master final : private kj::TaskSet::ErrorHandler {
   MasterOptions opts;
   kj::Timer& timer_;
   const kj::Clock& clock_;
+  // Before the store: its committer thread records into it until the store is gone.
+  Metrics metrics_;
   kj::TimePoint startedAt;
   TokenKeys keys;
   uint32_t signingKey = 0;
@@ -100,6 +113,7 @@ class Master final : private kj::TaskSet::ErrorHandler {
   std::unique_ptr<ChunkManager> chunks;
   kj::Promise<void> ticker = nullptr;
   kj::TaskSet background;
+  std::unique_ptr<CallMetrics> clientCalls_, registryCalls_;
 };
 
 // Converts the namespace's attributes to the wire form.

@@ -12,6 +12,7 @@
 #include "master.h"
 #include "rpc.h"
 #include "security.h"
+#include "status_http.h"
 
 int main(int argc, char** argv) {
   using namespace cairn;
@@ -51,6 +52,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(2.0, 86400.0 * 7));
   SecurityFlags securityFlags;
   addSecurityFlags(app, securityFlags, /*server=*/true);
+  HttpFlags httpFlags;
+  addHttpFlags(app, httpFlags, "0.0.0.0:7780");
   CLI11_PARSE(app, argc, argv);
   setLogComponent("master");
   signal(SIGPIPE, SIG_IGN);
@@ -93,6 +96,10 @@ int main(int argc, char** argv) {
     uint16_t port = listener->getPort();
     RpcServer server([&master](const Identity& peer) { return master.bootstrap(peer); },
                      kj::mv(listener), io.provider->getTimer(), security.value);
+    server.exportMetrics(master.metrics());
+    auto pages = startStatusPages(
+        io, httpFlags, security.value.tls, [&master]() { return master.statusPage(); },
+        master.metrics());
     auto reloader = reloadOnSighup(io.unixEventPort, security.value.tls).eagerlyEvaluate(nullptr);
     std::string bound = HostPort{addr.value.host, port}.toString();
     logInfo("listening on {} (data {}, chunk size {})", bound, dataDir, master.names().chunkSize());

@@ -23,7 +23,9 @@ namespace cairn {
 // A set of puts and deletes applied atomically.
 struct Mutation {
   std::vector<std::pair<std::string, std::optional<std::string>>> ops;
-  void put(std::string key, std::string value) { ops.emplace_back(std::move(key), std::move(value)); }
+  void put(std::string key, std::string value) {
+    ops.emplace_back(std::move(key), std::move(value));
+  }
   void del(std::string key) { ops.emplace_back(std::move(key), std::nullopt); }
   bool empty() const { return ops.empty(); }
 };
@@ -40,13 +42,15 @@ class NamespaceStore {
   // Up to `limit` pairs whose keys start with `prefix` and sort after `after` (which,
   // when not empty, is a full key).
   std::vector<std::pair<std::string, std::string>> scan(const std::string& prefix,
-                                                         const std::string& after, size_t limit);
+                                                        const std::string& after, size_t limit);
 
   // Applies `m` to what reads see now; the promise resolves once it is durable.
   // Must be called on the event loop that owns this store.
   kj::Promise<void> commit(Mutation m);
 
   uint64_t syncedWrites() const { return committer->writes(); }
+  // Batch sizes and sync times of the group committer go to `metrics` from now on.
+  void setMetrics(Metrics* metrics) { committer->setMetrics(metrics); }
 
  private:
   struct Pending {

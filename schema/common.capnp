@@ -33,6 +33,8 @@ enum ErrorCode {
   tokenInvalid @23;      # a chunk token that is forged, expired, for another chunk or mode,
                          # or signed by a key the chunkserver does not hold: ask the master
                          # for the chunk's location (and a new token) again
+  readOnly @24;          # an admin put the cluster in safe mode: nothing changes until it
+                         # leaves (not retried; EROFS)
 }
 
 struct Status {

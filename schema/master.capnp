@@ -44,6 +44,36 @@ struct ServerInfo {
   live @5 :Bool;
   decommissioning @6 :Bool;
   availableBytes @7 :UInt64;   # free space above the chunkserver's reserve
+  heartbeatAgeMs @8 :UInt64;   # since its last heartbeat
+}
+
+struct ChunkCheck {
+  # One chunk of a file as the master sees it (fsck).
+  index @0 :UInt32;
+  handle @1 :UInt64;
+  version @2 :UInt64;
+  goal @3 :UInt8;
+  verdict @4 :ChunkVerdict;
+  replicas @5 :List(ReplicaCheck);
+}
+
+struct ReplicaCheck {
+  address @0 :Text;
+  state @1 :ReplicaState;
+}
+
+enum ReplicaState {
+  good @0;
+  corrupt @1;    # found bad, kept because it is the last copy
+  draining @2;   # on a decommissioning chunkserver: readable, not counted toward the goal
+  dead @3;       # its chunkserver stopped heartbeating
+}
+
+enum ChunkVerdict {
+  healthy @0;           # at least `goal` good replicas
+  underReplicated @1;   # some good replica, fewer than the goal (being repaired)
+  corrupt @2;           # replicas left, none good
+  missing @3;           # no replica on a live chunkserver
 }
 
 interface ClientService {
@@ -136,6 +166,22 @@ interface ClientService {
   # them. Who may state credentials: a mount or a MapReduce worker (root squashed to nobody
   # unless its certificate allows root) and an admin; a user only its own uid. Calls of a
   # service for credentials the peer may not state fail with notPermitted.
+
+  fsck @35 (inode :UInt64) -> (status :Status, chunks :List(ChunkCheck));
+  # Every chunk of a regular file, its replicas and a verdict; for those who may read it.
+
+  safeMode @34 (action :SafeModeAction) -> (status :Status, safeMode :Bool, manual :Bool);
+  # Safe mode now (after the action): `manual` when an admin entered it. In safe mode no
+  # replica is copied or deleted and no chunk is written; in a manual one the namespace is
+  # read only too (readOnly) until an admin leaves it. The master enters safe mode by itself
+  # at start until chunkservers have reported the chunks, and leaves it by itself. Entering
+  # and leaving are for admins; a manual safe mode does not outlive the master's process.
+}
+
+enum SafeModeAction {
+  get @0;
+  enter @1;
+  leave @2;
 }
 
 struct TrashEntry {

@@ -101,9 +101,9 @@ TEST_F(IntegrationTest, NamespaceCommandsAndTheirErrors) {
   EXPECT_EQ(cluster->cli({"mkdir", "-p", "/a/b/c"}, nullptr, &err), 0) << err;
   EXPECT_EQ(cluster->cli({"mkdir", "-p", "/a/b/c"}, nullptr, &err), 0) << err;
   EXPECT_NE(cluster->cli({"mkdir", "/a/b"}, nullptr, &err), 0);
-  EXPECT_NE(err.find("alreadyExists"), std::string::npos) << err;
+  EXPECT_NE(err.find("File exists"), std::string::npos) << err;
   EXPECT_NE(cluster->cli({"mkdir", "/x/y"}, nullptr, &err), 0);
-  EXPECT_NE(err.find("notFound"), std::string::npos) << err;
+  EXPECT_NE(err.find("No such file or directory"), std::string::npos) << err;
 
   writeFile(local("f"), "hello\n");
   ASSERT_EQ(cluster->cli({"put", local("f"), "/a/b/c/f"}, nullptr, &err), 0) << err;
@@ -117,15 +117,15 @@ TEST_F(IntegrationTest, NamespaceCommandsAndTheirErrors) {
   EXPECT_EQ(cluster->cli({"cat", "/a/f"}, &out, &err), 0) << err;
 
   EXPECT_NE(cluster->cli({"mkdir", "/a/b/c/f/g"}, nullptr, &err), 0);
-  EXPECT_NE(err.find("notDirectory"), std::string::npos) << err;
+  EXPECT_NE(err.find("Not a directory"), std::string::npos) << err;
   EXPECT_NE(cluster->cli({"mkdir", "/" + std::string(256, 'n')}, nullptr, &err), 0);
-  EXPECT_NE(err.find("nameTooLong"), std::string::npos) << err;
+  EXPECT_NE(err.find("File name too long"), std::string::npos) << err;
   EXPECT_NE(cluster->cli({"rm", "/a"}, nullptr, &err), 0);
-  EXPECT_NE(err.find("notEmpty"), std::string::npos) << err;
+  EXPECT_NE(err.find("Directory not empty"), std::string::npos) << err;
   EXPECT_NE(cluster->cli({"mv", "/a", "/a/b/c/inside"}, nullptr, &err), 0);
   EXPECT_NE(err.find("into itself"), std::string::npos) << err;
   EXPECT_NE(cluster->cli({"get", "/nope", local("x")}, nullptr, &err), 0);
-  EXPECT_NE(err.find("notFound"), std::string::npos) << err;
+  EXPECT_NE(err.find("No such file or directory"), std::string::npos) << err;
   EXPECT_EQ(err.find('\n'), err.size() - 1) << "one line: " << err;
 
   EXPECT_EQ(cluster->cli({"mv", "/a/b", "/moved"}, nullptr, &err), 0) << err;

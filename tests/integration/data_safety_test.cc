@@ -150,7 +150,7 @@ TEST_P(FullDiskTest, WritesFailWithEnospcAndLoseNothing) {
   std::string out, errText;
   testing::writeFile(local("one-mib"), randomBytes(MIB, 97));
   EXPECT_NE(cluster->cli({"put", local("one-mib"), "/p"}, &out, &errText), 0);
-  EXPECT_NE(errText.find("noSpace"), std::string::npos) << errText;
+  EXPECT_NE(errText.find("No space left on device"), std::string::npos) << errText;
 
   // A chunkserver killed and restarted while full comes back with everything.
   cluster->killChunkserver(1);

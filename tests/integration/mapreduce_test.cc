@@ -130,7 +130,8 @@ class MapReduceTest : public ::testing::Test {
         cluster->startDaemon("coordinator",
                              {ProcessCluster::binary("cairn-mapreduce"), "coordinator", "--master",
                               cluster->masterAddress(), "--listen", "127.0.0.1:0", "--port-file",
-                              cluster->dir() + "/coordinator.port"},
+                              cluster->dir() + "/coordinator.port", "--http", "127.0.0.1:0",
+                              "--http-port-file", cluster->dir() + "/coordinator.http"},
                              cluster->dir() + "/coordinator.port");
     ASSERT_FALSE(coordinator.empty());
   }
@@ -335,7 +336,7 @@ TEST_F(MapReduceTest, StreamingJobsAndTheirFailures) {
   std::string lonely = cluster->startDaemon(
       "lonely",
       {ProcessCluster::binary("cairn-mapreduce"), "coordinator", "--master", "127.0.0.1:1",
-       "--listen", "127.0.0.1:0", "--port-file", cluster->dir() + "/lonely.port"},
+       "--listen", "127.0.0.1:0", "--port-file", cluster->dir() + "/lonely.port", "--http", "none"},
       cluster->dir() + "/lonely.port");
   rc = cluster->run({ProcessCluster::binary("cairn-mapreduce"), "run", "--coordinator", lonely,
                      "--input", "/in", "--output", "/out/z", "--job", "wordcount"},

@@ -143,8 +143,8 @@ class ProcessCluster {
   static std::string binary(const std::string& name);
 
   // Starts another daemon (e.g. a MapReduce coordinator or worker) under `name`: `argv`
-  // must make it write its address to `portFile`. Returns that address. The cluster ends
-  // it with the rest.
+  // must make it write its address to `portFile` (unless that is ""). Returns that address. The
+  // cluster ends it with the rest.
   std::string startDaemon(const std::string& name, const std::vector<std::string>& argv,
                           const std::string& portFile);
   void killDaemon(const std::string& name, int signal = SIGKILL);

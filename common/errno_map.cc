@@ -37,6 +37,8 @@ int toErrno(ErrorCode code) {
       return EPERM;
     case ErrorCode::END_OF_DATA:
       return ENXIO;
+    case ErrorCode::READ_ONLY:
+      return EROFS;
     // What is left is transient or a failure of the cluster: the caller sees an I/O error,
     // never ENOSYS (which would make the kernel stop asking).
     case ErrorCode::STALE_VERSION:
