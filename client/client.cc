@@ -615,22 +615,44 @@ kj::Promise<Result<SafeModeState>> Client::safeMode(wire::SafeModeAction action)
 
 kj::Promise<Result<std::vector<ChunkCheckInfo>>> Client::fsck(uint64_t inode,
                                                               std::optional<Caller> as) {
+  return fsckFrom(inode, 0, {}, as);
+}
+
+kj::Promise<Result<std::vector<ChunkCheckInfo>>> Client::fsckFrom(uint64_t inode, uint32_t first,
+                                                                  std::vector<ChunkCheckInfo> got,
+                                                                  std::optional<Caller> as) {
+  constexpr uint32_t BATCH = 4096;  // what the master answers at most per call
   auto req = master(as).fsckRequest();
   req.setInode(inode);
-  return callMaster<Result<std::vector<ChunkCheckInfo>>>(
-      kj::mv(req), [](auto& r) -> Result<std::vector<ChunkCheckInfo>> {
-        Status s = fromWire(r.getStatus());
-        if (!s.ok()) return s;
-        std::vector<ChunkCheckInfo> out;
-        for (auto c : r.getChunks()) {
-          ChunkCheckInfo info{c.getIndex(), c.getHandle(),  c.getVersion(),
-                              c.getGoal(),  c.getVerdict(), {}};
-          for (auto rep : c.getReplicas()) {
-            info.replicas.push_back({text(rep.getAddress()), rep.getState()});
-          }
-          out.push_back(std::move(info));
-        }
-        return out;
+  req.setFirstIndex(first);
+  req.setCount(BATCH);
+  struct Page {
+    Page(Status s, std::optional<uint32_t> n = std::nullopt) : status(std::move(s)), next(n) {}
+    Status status;
+    std::optional<uint32_t> next;  // where the next call starts
+  };
+  auto page = kj::heap<std::vector<ChunkCheckInfo>>(std::move(got));
+  auto& out = *page;
+  return callMaster<Page>(kj::mv(req),
+                          [&out](auto& r) -> Page {
+                            Status s = fromWire(r.getStatus());
+                            if (!s.ok()) return {s, std::nullopt};
+                            for (auto c : r.getChunks()) {
+                              ChunkCheckInfo info{c.getIndex(), c.getHandle(),  c.getVersion(),
+                                                  c.getGoal(),  c.getVerdict(), {}};
+                              for (auto rep : c.getReplicas()) {
+                                info.replicas.push_back({text(rep.getAddress()), rep.getState()});
+                              }
+                              out.push_back(std::move(info));
+                            }
+                            if (!r.getMore()) return {s, std::nullopt};
+                            return {s, r.getNextIndex()};
+                          })
+      .then([this, inode, as, page = kj::mv(page)](
+                Page p) mutable -> kj::Promise<Result<std::vector<ChunkCheckInfo>>> {
+        if (!p.status.ok()) return Result<std::vector<ChunkCheckInfo>>(p.status);
+        if (!p.next) return Result<std::vector<ChunkCheckInfo>>(std::move(*page));
+        return fsckFrom(inode, *p.next, std::move(*page), as);
       });
 }
 

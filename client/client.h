@@ -263,7 +263,8 @@ class Client {
   kj::Promise<Result<HealthInfo>> health();
   // Safe mode after `action` (get, enter or leave; the last two for admins).
   kj::Promise<Result<SafeModeState>> safeMode(wire::SafeModeAction action);
-  // Every chunk of a regular file with its replicas and the master's verdict.
+  // Every chunk of a regular file (holes are absent), with its replicas and the master's
+  // verdict, asked for 4096 at a time.
   kj::Promise<Result<std::vector<ChunkCheckInfo>>> fsck(uint64_t inode,
                                                         std::optional<Caller> as = std::nullopt);
 
@@ -308,6 +309,10 @@ class Client {
   std::vector<ReplicaInfo> orderReplicas(const ChunkInfo& chunk);
 
  private:
+  // fsck() from chunk `first` on, after `got`.
+  kj::Promise<Result<std::vector<ChunkCheckInfo>>> fsckFrom(uint64_t inode, uint32_t first,
+                                                            std::vector<ChunkCheckInfo> got,
+                                                            std::optional<Caller> as);
   // The master session's service, making calls for `as` (else for this client's identity).
   wire::ClientService::Client master(const std::optional<Caller>& as = std::nullopt);
   void masterFailed();

@@ -191,8 +191,8 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   // Starts balancing to within `threshold`; returns the spread of use now.
   double balance(double threshold);
   ClusterHealth health();
-  // Every chunk of `inode` with its replicas and a verdict (fsck).
-  std::vector<ChunkCheck> check(uint64_t inode);
+  // The chunks of `inode` in [first, first+count) with their replicas and a verdict (fsck).
+  std::vector<ChunkCheck> check(uint64_t inode, uint32_t first, uint32_t count);
 
   std::vector<ServerView> servers() const;
   // The last events, oldest first.

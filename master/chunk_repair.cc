@@ -310,9 +310,9 @@ void ChunkManager::balanceStep() {
   }
 }
 
-std::vector<ChunkCheck> ChunkManager::check(uint64_t inode) {
+std::vector<ChunkCheck> ChunkManager::check(uint64_t inode, uint32_t first, uint32_t count) {
   std::vector<ChunkCheck> out;
-  for (auto& record : ns.listChunks(inode, 0, UINT32_MAX)) {
+  for (auto& record : ns.listChunks(inode, first, count)) {
     ChunkCheck check;
     check.index = record.index;
     check.handle = record.handle;

@@ -259,9 +259,18 @@ class ClientServiceImpl final : public wire::ClientService::Server {
       n.status = Status::invalidArgument("fsck checks regular files");
     }
     if (!n.ok()) return fail(context, n.status);
-    auto checks = chunks.check(inode);
+    auto p = context.getParams();
+    uint32_t count = std::min(p.getCount(), MAX_CHUNKS_PER_CALL);
+    auto checks = chunks.check(inode, p.getFirstIndex(), count);
     auto results = context.getResults();
     toWire(Status::OK(), results.initStatus());
+    uint64_t end = uint64_t{p.getFirstIndex()} + count;
+    if (end <= UINT32_MAX) {
+      if (auto next = ns.nextChunk(inode, static_cast<uint32_t>(end))) {
+        results.setMore(true);
+        results.setNextIndex(*next);
+      }
+    }
     auto list = results.initChunks(static_cast<uint>(checks.size()));
     for (size_t i = 0; i < checks.size(); ++i) {
       auto& c = checks[i];

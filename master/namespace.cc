@@ -874,6 +874,16 @@ std::optional<ChunkRecord> Namespace::getChunk(uint64_t inode, uint32_t index) {
   return decodeChunk(index, *bytes);
 }
 
+std::optional<uint32_t> Namespace::nextChunk(uint64_t inode, uint32_t from) {
+  std::string prefix = "c";
+  putBe64(prefix, inode);
+  std::string after = from == 0 ? std::string() : chunkKey(inode, from - 1);
+  for (auto& [key, value] : store.scan(prefix, after, 1)) {
+    return static_cast<uint32_t>(getBe(key, 9, 4));
+  }
+  return std::nullopt;
+}
+
 std::vector<ChunkRecord> Namespace::listChunks(uint64_t inode, uint32_t first, uint32_t count) {
   std::string prefix = "c";
   putBe64(prefix, inode);

@@ -98,8 +98,8 @@ class Namespace {
     Inode inode;
   };
   // Entries of directory `inode` after name `after`, at most `limit`; `more` if any remain.
-  Status readdir(uint64_t inode, std::string_view after, size_t limit,
-                 std::vector<Entry>& entries, bool& more);
+  Status readdir(uint64_t inode, std::string_view after, size_t limit, std::vector<Entry>& entries,
+                 bool& more);
 
   kj::Promise<MutationResult> mkdir(uint64_t parent, std::string_view name, uint32_t mode,
                                     uint32_t uid, uint32_t gid);
@@ -161,6 +161,8 @@ class Namespace {
   // Chunks.
   std::optional<ChunkRecord> getChunk(uint64_t inode, uint32_t index);
   std::vector<ChunkRecord> listChunks(uint64_t inode, uint32_t first, uint32_t count);
+  // The index of the first chunk of `inode` at or after `from`, if any.
+  std::optional<uint32_t> nextChunk(uint64_t inode, uint32_t from);
   // Every chunk of every file, for the chunk map at start: (owner inode, record).
   std::vector<std::pair<uint64_t, ChunkRecord>> allChunks();
   // Records a new chunk at version 1 with a fresh handle.

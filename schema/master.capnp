@@ -167,8 +167,12 @@ interface ClientService {
   # unless its certificate allows root) and an admin; a user only its own uid. Calls of a
   # service for credentials the peer may not state fail with notPermitted.
 
-  fsck @35 (inode :UInt64) -> (status :Status, chunks :List(ChunkCheck));
-  # Every chunk of a regular file, its replicas and a verdict; for those who may read it.
+  fsck @35 (inode :UInt64, firstIndex :UInt32, count :UInt32)
+      -> (status :Status, chunks :List(ChunkCheck), more :Bool, nextIndex :UInt32);
+  # The chunks of a regular file in [firstIndex, firstIndex+count) (at most 4096 a call;
+  # holes are absent), each with its replicas and a verdict; for those who may read it.
+  # `more`: the file has a chunk at `nextIndex`, past those (also past its size, as
+  # fallocate leaves them).
 
   safeMode @34 (action :SafeModeAction) -> (status :Status, safeMode :Bool, manual :Bool);
   # Safe mode now (after the action): `manual` when an admin entered it. In safe mode no

@@ -260,6 +260,25 @@ TEST_F(OperatorTest, FsckNamesAFileWhoseOnlyReplicaIsCorrupt) {
   for (auto& s : r["chunkservers"]) EXPECT_EQ(s["state"], "live");
 }
 
+TEST_F(OperatorTest, FsckChecksEveryChunkOfASparseFileInPages) {
+  start(3);
+  // Chunks 0, 5000 (past the master's 4096 per call) and 8000 (past the end of the file,
+  // as fallocate with KEEP_SIZE leaves it), with holes between.
+  std::string mnt = cluster->mount();
+  int fd = open((mnt + "/sparse").c_str(), O_CREAT | O_RDWR, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(pwrite(fd, "a", 1, 0), 1);
+  ASSERT_EQ(pwrite(fd, "b", 1, 5000 * MIB), 1);
+  ASSERT_EQ(fallocate(fd, FALLOC_FL_KEEP_SIZE, 8000 * MIB, 4096), 0);
+  ASSERT_EQ(close(fd), 0);
+  cluster->unmount(mnt);
+  auto report = json({"fsck", "--json", "/sparse"});
+  ASSERT_FALSE(report.is_null());
+  EXPECT_EQ(report["files"], 1);
+  EXPECT_EQ(report["chunks"], 3) << report.dump();
+  EXPECT_EQ(report["healthy"], 3) << report.dump();
+}
+
 TEST_F(OperatorTest, SafeModeByAnAdminMakesTheClusterReadOnlyUntilLeft) {
   start(3);
   std::string data = randomBytes(MIB + 7, 9);
