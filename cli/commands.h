@@ -67,6 +67,13 @@ int cmdDf(CliContext& c, bool json);
 // take with their replicas.
 int cmdDu(CliContext& c, const std::string& path, bool summary, bool human, bool json);
 
+// Shared by the command files: a one-line error as coreutils prints it (the errno a local
+// file system would give; the master's reason follows for cluster failures, bad arguments
+// and refused roles), returning 1; a plain one-line error; a path resolved by the master.
+int fail(CliContext& c, const std::string& what, const Status& s);
+int failText(CliContext& c, const std::string& text);
+Result<FileAttr> resolve(CliContext& c, const std::string& path);
+
 // "/a/b/c" -> ("/a/b", "c"); "/" -> ("/", "").
 std::pair<std::string, std::string> splitParent(const std::string& path);
 
