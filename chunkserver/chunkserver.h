@@ -25,7 +25,7 @@ struct ChunkserverOptions {
   std::string address;  // HOST:PORT as the master and clients reach this server
   std::string rack = "default";
   std::vector<std::string> dataDirs;
-  std::string master;  // HOST:PORT
+  std::string master;  // HOST:PORT, or several separated by commas (one per master)
   size_t diskThreads = 4;
   uint64_t bufferLimitBytes = 512ull << 20;  // pushed data waiting for a write
   kj::Duration bufferIdleLimit = 60 * kj::SECONDS;
@@ -53,16 +53,21 @@ class Chunkserver {
   // The capability served to a peer: what its certificate's role allows (see
   // schema/chunkserver.capnp).
   wire::ChunkServer::Client capabilityFor(const Identity& peer);
-  // Checks a chunk token with the keys the master sent.
+  // Checks a chunk token with the keys the masters sent.
   Status checkToken(wire::ChunkToken::Reader token, uint64_t handle, uint64_t version,
                     TokenMode mode);
+  // Whether the master on link `link` may give orders (versions, leases, truncation, copies,
+  // deletes): it says it is active, and no master has shown a higher epoch. A deposed
+  // master that does not know it yet is refused (notActive).
+  Status ordersFrom(size_t link) const;
 
   ChunkStore& store() { return chunkStore; }
   DiskPool& pool() { return diskPool; }
   PeerPool& peers() { return peerPool; }
   kj::Timer& timer() { return timer_; }
   const ChunkserverOptions& options() const { return opts; }
-  bool registered() const { return registrationId != 0; }
+  // Registered with some master.
+  bool registered() const;
 
   // What /metrics shows, and the calls counted into it.
   Metrics& metrics() { return metrics_; }
@@ -78,10 +83,26 @@ class Chunkserver {
     uint64_t freeBytes = 0;
     uint64_t availableBytes = 0;  // above the reserve
   };
+  // This chunkserver's relationship with one master (master_link.cc).
+  struct MasterLink {
+    std::string address;
+    uint64_t registrationId = 0;
+    bool active = false;  // as of its last answer
+    uint64_t epoch = 0;
+    TokenKeys tokenKeys;
+    std::vector<uint64_t> corruptFound;  // reported with the next heartbeat
+    kj::TimePoint lastReply = kj::origin<kj::TimePoint>();
+    kj::Maybe<kj::Promise<void>> loop;
+  };
   SpaceReport spaceNow();  // on the disk pool
-  kj::Promise<void> linkLoop();
-  kj::Promise<void> registerWithMaster();
-  kj::Promise<void> heartbeatLoop(wire::ChunkserverRegistry::Client registry, uint32_t ms);
+  kj::Promise<void> linkLoop(size_t link);
+  kj::Promise<void> registerWithMaster(size_t link);
+  kj::Promise<void> heartbeatLoop(size_t link, wire::ChunkserverRegistry::Client registry,
+                                  uint32_t ms);
+  // What a master's answer says of it: active or not, and its epoch.
+  void heardFrom(MasterLink& link, bool active, uint64_t epoch);
+  // The capability a master calls back on, tied to its link.
+  wire::ChunkServer::Client capabilityForMaster(size_t link);
   kj::Promise<void> deleteChunks(kj::Array<uint64_t> handles);
   kj::Promise<void> scrubLoop(uint64_t after);
 
@@ -93,14 +114,11 @@ class Chunkserver {
   PeerPool peerPool;
   ChunkServerImpl* impl = nullptr;  // owned by `cap`
   wire::ChunkServer::Client cap;
-  TokenKeys tokenKeys;
-  uint64_t registrationId = 0;
-  kj::Maybe<kj::Promise<void>> link;
+  std::vector<std::unique_ptr<MasterLink>> links;
+  uint64_t highestEpoch = 0;  // the highest any master has shown
   kj::Maybe<kj::Promise<void>> scrubber;
-  std::vector<uint64_t> corruptFound;  // reported with the next heartbeat
   std::unique_ptr<CallMetrics> calls_;
-  SpaceReport lastSpace;             // as of the last heartbeat
-  kj::TimePoint lastHeartbeatReply;  // the master's last answer
+  SpaceReport lastSpace;  // as of the last heartbeat
   kj::TimePoint startedAt;
   uint64_t scrubbed = 0, corruptTotal = 0;
 };

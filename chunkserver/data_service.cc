@@ -676,9 +676,10 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
 // (--insecure) every peer is trusted.
 class ChunkServerGate final : public wire::ChunkServer::Server {
  public:
+  // `masterLink`: the link to the master this capability was given to, if any.
   ChunkServerGate(Chunkserver& cs, ChunkServerImpl& impl, wire::ChunkServer::Client keep,
-                  Identity peer)
-      : cs(cs), impl(impl), keep(kj::mv(keep)), peer(std::move(peer)) {}
+                  Identity peer, std::optional<size_t> masterLink = std::nullopt)
+      : cs(cs), impl(impl), keep(kj::mv(keep)), peer(std::move(peer)), masterLink(masterLink) {}
 
   DispatchCallResult dispatchCall(
       uint64_t interfaceId, uint16_t methodId,
@@ -776,6 +777,8 @@ class ChunkServerGate final : public wire::ChunkServer::Server {
         fmt::format("{} is for chunkservers, not a {} certificate", call, roleName(peer.role)));
   }
   Status fromMaster(const char* call) {
+    // Fencing: of the masters, only the active one with the highest epoch gives orders.
+    if (masterLink) return cs.ordersFrom(*masterLink);
     if (trusted()) return Status::OK();
     return Status::notPermitted(
         fmt::format("{} is for the master, not a {} certificate", call, roleName(peer.role)));
@@ -792,6 +795,7 @@ class ChunkServerGate final : public wire::ChunkServer::Server {
   ChunkServerImpl& impl;
   wire::ChunkServer::Client keep;  // keeps `impl` alive
   Identity peer;
+  std::optional<size_t> masterLink;
 };
 
 wire::ChunkServer::Client newChunkServerImpl(Chunkserver& cs, ChunkServerImpl*& raw) {
@@ -804,12 +808,25 @@ wire::ChunkServer::Client Chunkserver::capabilityFor(const Identity& peer) {
   return kj::heap<ChunkServerGate>(*this, *impl, cap, peer);
 }
 
+wire::ChunkServer::Client Chunkserver::capabilityForMaster(size_t link) {
+  // Given over the connection this chunkserver made, which reached a master's certificate.
+  Identity master{Role::MASTER, "master", NOBODY, {}, false, true};
+  return kj::heap<ChunkServerGate>(*this, *impl, cap, master, link);
+}
+
 Status Chunkserver::checkToken(wire::ChunkToken::Reader token, uint64_t handle, uint64_t version,
                                TokenMode mode) {
   if (!token.hasMac()) return Status::tokenInvalid("no chunk token: ask the master for one");
   const kj::Clock& clock = opts.clock != nullptr ? *opts.clock : kj::systemPreciseCalendarClock();
   int64_t nowMs = (clock.now() - kj::UNIX_EPOCH) / kj::MILLISECONDS;
-  return tokenKeys.verify(fromWire(token), handle, version, mode, nowMs);
+  // Each master signs with keys of its own; the token is good if one of them made it.
+  ChunkToken t = fromWire(token);
+  Status s = Status::tokenInvalid("no master has sent this chunkserver its keys yet");
+  for (auto& link : links) {
+    s = link->tokenKeys.verify(t, handle, version, mode, nowMs);
+    if (s.ok()) return s;
+  }
+  return s;
 }
 
 }  // namespace cairn

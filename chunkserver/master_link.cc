@@ -1,6 +1,7 @@
-// The chunkserver's side of its relationship with the master: register with a full chunk
-// report, heartbeat, delete what the master says is garbage, and register again whenever
-// the master is lost.
+// The chunkserver's side of its relationship with the masters: register with each with a
+// full chunk report, heartbeat, delete what the active master says is garbage, and
+// register again whenever a master is lost. Orders are taken only from the active master
+// with the highest epoch seen (a deposed one may not know yet that it is).
 
 #include <kj/debug.h>
 
@@ -19,8 +20,19 @@ Chunkserver::Chunkserver(ChunkserverOptions options, Disk& disk, kj::Timer& time
       chunkStore(disk, opts.dataDirs, uint64_t{1} << 31, opts.reserveBytes),
       peerPool(network, timer, opts.security),
       cap(newChunkServerImpl(*this, impl)),
-      lastHeartbeatReply(timer.now()),
       startedAt(timer.now()) {
+  std::string list = opts.master;
+  for (size_t start = 0; start <= list.size();) {
+    size_t comma = list.find(',', start);
+    if (comma == std::string::npos) comma = list.size();
+    if (comma > start) {
+      auto link = std::make_unique<MasterLink>();
+      link->address = list.substr(start, comma - start);
+      link->lastReply = timer.now();
+      links.push_back(std::move(link));
+    }
+    start = comma + 1;
+  }
   calls_ = std::make_unique<CallMetrics>(metrics_, "cairn_chunkserver",
                                          capnp::Schema::from<wire::ChunkServer>(), timer);
   using T = Metrics::Type;
@@ -54,37 +66,74 @@ Chunkserver::~Chunkserver() = default;
 kj::Promise<void> Chunkserver::start() {
   return diskPool.run([this]() { return chunkStore.open(); }).then([this](Status s) {
     KJ_REQUIRE(s.ok(), "cannot open the chunk store", s.toString());
-    link = linkLoop().eagerlyEvaluate(
-        [](kj::Exception&& e) { logError("master link stopped: {}", e.getDescription().cStr()); });
+    for (size_t i = 0; i < links.size(); ++i) {
+      links[i]->loop = linkLoop(i).eagerlyEvaluate([](kj::Exception&& e) {
+        logError("master link stopped: {}", e.getDescription().cStr());
+      });
+    }
     scrubber = scrubLoop(0).eagerlyEvaluate(
         [](kj::Exception&& e) { logError("scrubber stopped: {}", e.getDescription().cStr()); });
   });
 }
 
-kj::Promise<void> Chunkserver::linkLoop() {
-  return registerWithMaster().then(
-      [this]() { return linkLoop(); },
-      [this](kj::Exception&& e) {
-        if (registrationId != 0) {
-          logWarn("lost the master at {}: {}", opts.master, e.getDescription().cStr());
+bool Chunkserver::registered() const {
+  for (auto& link : links) {
+    if (link->registrationId != 0) return true;
+  }
+  return false;
+}
+
+void Chunkserver::heardFrom(MasterLink& link, bool active, uint64_t epoch) {
+  link.lastReply = timer_.now();
+  if (epoch > highestEpoch) {
+    if (active) logInfo("master {} is active at epoch {}", link.address, epoch);
+    highestEpoch = epoch;
+  }
+  link.active = active;
+  link.epoch = epoch;
+}
+
+Status Chunkserver::ordersFrom(size_t index) const {
+  auto& link = *links.at(index);
+  if (!link.active) {
+    return Status(ErrorCode::NOT_ACTIVE, fmt::format("master {} is not active", link.address));
+  }
+  if (link.epoch < highestEpoch) {
+    return Status(ErrorCode::NOT_ACTIVE, fmt::format("master {} is at epoch {}, deposed at {}",
+                                                     link.address, link.epoch, highestEpoch));
+  }
+  return Status::OK();
+}
+
+kj::Promise<void> Chunkserver::linkLoop(size_t index) {
+  return registerWithMaster(index).then(
+      [this, index]() { return linkLoop(index); },
+      [this, index](kj::Exception&& e) {
+        auto& link = *links[index];
+        if (link.registrationId != 0) {
+          logWarn("lost the master at {}: {}", link.address, e.getDescription().cStr());
         } else if (e.getType() == kj::Exception::Type::FAILED) {
           // Reached, but refused (this certificate is not a chunkserver's, say).
-          logError("master {} refused this chunkserver: {}", opts.master,
+          logError("master {} refused this chunkserver: {}", link.address,
                    e.getDescription().cStr());
         } else {
-          logDebug("master {} not reachable: {}", opts.master, e.getDescription().cStr());
+          logDebug("master {} not reachable: {}", link.address, e.getDescription().cStr());
         }
-        registrationId = 0;
-        peerPool.drop(opts.master);
-        return timer_.afterDelay(opts.reconnectDelay).then([this]() { return linkLoop(); });
+        link.registrationId = 0;
+        link.active = false;
+        peerPool.drop(link.address);
+        return timer_.afterDelay(opts.reconnectDelay).then([this, index]() {
+          return linkLoop(index);
+        });
       });
 }
 
-kj::Promise<void> Chunkserver::registerWithMaster() {
+kj::Promise<void> Chunkserver::registerWithMaster(size_t index) {
   return diskPool.run([this]() { return std::make_pair(chunkStore.list(), spaceNow()); })
-      .then([this](std::pair<std::vector<StoredChunk>, SpaceReport> state) {
+      .then([this, index](std::pair<std::vector<StoredChunk>, SpaceReport> state) {
+        auto& link = *links[index];
         lastSpace = state.second;
-        auto registry = peerPool.get<wire::Master>(opts.master, Role::MASTER)
+        auto registry = peerPool.get<wire::Master>(link.address, Role::MASTER)
                             .chunkserverRequest()
                             .send()
                             .getService();
@@ -101,18 +150,20 @@ kj::Promise<void> Chunkserver::registerWithMaster() {
           list[i].setSize(state.first[i].length);
         }
         // The master calls back over this connection, which reached the master's certificate.
-        Identity master{Role::MASTER, "master", NOBODY, {}, false, true};
-        req.setServer(capabilityFor(master));
+        req.setServer(capabilityForMaster(index));
         return timer_.timeoutAfter(opts.rpcTimeout, req.send())
-            .then([this, registry](auto response) mutable -> kj::Promise<void> {
+            .then([this, index, registry](auto response) mutable -> kj::Promise<void> {
+              auto& link = *links[index];
               Status s = fromWire(response.getStatus());
               KJ_REQUIRE(s.ok(), "registration refused", s.toString());
-              registrationId = response.getId();
+              link.registrationId = response.getId();
               if (response.getChunkSize() != 0) chunkStore.setChunkSize(response.getChunkSize());
-              fromWire(response.getTokenKeys(), tokenKeys);
-              logInfo("registered with master {} as id {}", opts.master, registrationId);
+              fromWire(response.getTokenKeys(), link.tokenKeys);
+              heardFrom(link, response.getActive(), response.getEpoch());
+              logInfo("registered with master {} as id {}{}", link.address, link.registrationId,
+                      link.active ? " (active)" : " (standby)");
               uint32_t ms = std::max<uint32_t>(response.getHeartbeatMs(), 100);
-              return heartbeatLoop(kj::mv(registry), ms);
+              return heartbeatLoop(index, kj::mv(registry), ms);
             });
       });
 }
@@ -122,37 +173,46 @@ Chunkserver::SpaceReport Chunkserver::spaceNow() {
   return {space.capacityBytes, space.freeBytes, chunkStore.available()};
 }
 
-kj::Promise<void> Chunkserver::heartbeatLoop(wire::ChunkserverRegistry::Client registry,
+kj::Promise<void> Chunkserver::heartbeatLoop(size_t index,
+                                             wire::ChunkserverRegistry::Client registry,
                                              uint32_t ms) {
   return timer_.afterDelay(ms * kj::MILLISECONDS)
       .then([this]() { return diskPool.run([this]() { return spaceNow(); }); })
-      .then([this, registry, ms](SpaceReport space) mutable {
+      .then([this, index, registry, ms](SpaceReport space) mutable {
+        auto& link = *links[index];
         lastSpace = space;
         auto req = registry.heartbeatRequest();
-        req.setId(registrationId);
+        req.setId(link.registrationId);
         req.setCapacityBytes(space.capacityBytes);
         req.setUsedBytes(space.capacityBytes - space.freeBytes);
         req.setAvailableBytes(space.availableBytes);
-        auto corrupt = req.initCorruptHandles(static_cast<uint>(corruptFound.size()));
-        for (size_t i = 0; i < corruptFound.size(); ++i) {
-          corrupt.set(static_cast<uint>(i), corruptFound[i]);
-        }
-        corruptFound.clear();
+        // Each master hears of every corrupt replica found (a standby may be active next).
+        auto found = kj::mv(link.corruptFound);
+        link.corruptFound.clear();
+        auto corrupt = req.initCorruptHandles(static_cast<uint>(found.size()));
+        for (size_t i = 0; i < found.size(); ++i) corrupt.set(static_cast<uint>(i), found[i]);
         return timer_.timeoutAfter(opts.rpcTimeout, req.send())
-            .then([this, registry, ms](auto response) mutable -> kj::Promise<void> {
+            .then([this, index, registry, ms](auto response) mutable -> kj::Promise<void> {
+              auto& link = *links[index];
               Status s = fromWire(response.getStatus());
               if (s.code() == ErrorCode::NOT_FOUND) {
-                logWarn("master forgot this chunkserver; registering again");
+                logWarn("master {} forgot this chunkserver; registering again", link.address);
                 return kj::READY_NOW;  // linkLoop registers again
               }
               KJ_REQUIRE(s.ok(), "heartbeat refused", s.toString());
-              lastHeartbeatReply = timer_.now();
-              fromWire(response.getTokenKeys(), tokenKeys);
+              fromWire(response.getTokenKeys(), link.tokenKeys);
+              heardFrom(link, response.getActive(), response.getEpoch());
               auto handles = response.getDeleteHandles();
+              // Deletes only on the word of the master that may give orders.
+              if (handles.size() != 0 && !ordersFrom(index).ok()) {
+                logWarn("ignored {} deletes from master {}: {}", handles.size(), link.address,
+                        ordersFrom(index).toString());
+                handles = {};
+              }
               auto copy = kj::heapArray<uint64_t>(handles.size());
               for (uint i = 0; i < handles.size(); ++i) copy[i] = handles[i];
-              return deleteChunks(kj::mv(copy)).then([this, registry, ms]() mutable {
-                return heartbeatLoop(kj::mv(registry), ms);
+              return deleteChunks(kj::mv(copy)).then([this, index, registry, ms]() mutable {
+                return heartbeatLoop(index, kj::mv(registry), ms);
               });
             });
       });
@@ -178,7 +238,7 @@ kj::Promise<void> Chunkserver::scrubLoop(uint64_t after) {
         scrubbed += r.first != 0;
         if (r.second.code() == ErrorCode::REPLICA_CORRUPT) {
           logError("scrubber: chunk {:x}: {}", r.first, r.second.message());
-          corruptFound.push_back(r.first);
+          for (auto& link : links) link->corruptFound.push_back(r.first);
           ++corruptTotal;
         }
         return scrubLoop(r.first);

@@ -21,10 +21,13 @@ std::string Chunkserver::statusPage() {
   std::string body = "<table id=\"summary\">\n";
   body += row("Address", htmlEscape(opts.address));
   body += row("Rack", htmlEscape(opts.rack));
-  body += row("Master", htmlEscape(opts.master));
-  body += row("Registered", registered() ? fmt::format("yes, as id {}", registrationId)
-                                         : "<span class=\"warn\">no</span>");
-  body += row("Last heartbeat answered", seconds(timer_.now() - lastHeartbeatReply) + " ago");
+  for (auto& link : links) {
+    std::string state = link->registrationId == 0 ? "<span class=\"warn\">not registered</span>"
+                        : link->active            ? fmt::format("active, epoch {}", link->epoch)
+                                                  : "standby";
+    body += row("Master " + htmlEscape(link->address),
+                state + ", last answer " + seconds(timer_.now() - link->lastReply) + " ago");
+  }
   body += row("Up for", seconds(timer_.now() - startedAt));
   body += row("Chunk replicas", std::to_string(chunkStore.count()));
   body += row("Disk capacity", bytes(lastSpace.capacityBytes));

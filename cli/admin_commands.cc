@@ -92,6 +92,54 @@ int cmdHealth(CliContext& c, bool json) {
   return 0;
 }
 
+int cmdMasters(CliContext& c, bool json) {
+  auto all = c.client.masterStates().wait(c.waitScope);
+  uint64_t activeLsn = 0;
+  bool anyActive = false;
+  for (auto& m : all) {
+    if (m.role == "active") {
+      activeLsn = std::max(activeLsn, m.lsn);
+      anyActive = true;
+    }
+  }
+  auto behind = [&](const MasterInfo& m) -> int64_t {
+    if (!m.reachable || !anyActive) return -1;
+    return m.lsn >= activeLsn ? 0 : static_cast<int64_t>(activeLsn - m.lsn);
+  };
+  if (json) {
+    auto out = nlohmann::json::array();
+    for (auto& m : all) {
+      nlohmann::json j = {{"address", m.address},
+                          {"role", m.reachable ? m.role : "unreachable"},
+                          {"epoch", m.epoch},
+                          {"lsn", m.lsn}};
+      if (behind(m) >= 0) j["behind"] = behind(m);
+      if (!m.reachable) j["error"] = m.error;
+      out.push_back(j);
+    }
+    fmt::print(c.out, "{}\n", out.dump(2));
+  } else {
+    fmt::print(c.out, "{:<24} {:<12} {:>6} {:>10} {:>8}\n", "ADDRESS", "ROLE", "EPOCH", "LOG",
+               "BEHIND");
+    for (auto& m : all) {
+      if (!m.reachable) {
+        fmt::print(c.out, "{:<24} {:<12} ({})\n", m.address, "unreachable", m.error);
+        continue;
+      }
+      fmt::print(c.out, "{:<24} {:<12} {:>6} {:>10} {:>8}\n", m.address, m.role, m.epoch, m.lsn,
+                 behind(m) >= 0 ? std::to_string(behind(m)) : "-");
+    }
+  }
+  return anyActive ? 0 : 1;
+}
+
+int cmdFailover(CliContext& c) {
+  Status s = c.client.failover().wait(c.waitScope);
+  if (!s.ok()) return fail(c, "failover", s);
+  fmt::print(c.out, "the active master hands over; `cairn admin masters` shows the new one\n");
+  return 0;
+}
+
 int cmdSafeMode(CliContext& c, const std::string& action, bool json) {
   auto a = action == "enter"   ? wire::SafeModeAction::ENTER
            : action == "leave" ? wire::SafeModeAction::LEAVE

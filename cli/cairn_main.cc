@@ -142,6 +142,11 @@ int main(int argc, char** argv) {
       ->required()
       ->check(CLI::IsMember({"get", "enter", "leave"}));
   safemode->add_flag("--json", json, "JSON output");
+  auto mastersCmd = admin->add_subcommand(
+      "masters", "each master: address, role (active or standby), epoch, how far behind");
+  mastersCmd->add_flag("--json", json, "JSON output");
+  auto failoverCmd =
+      admin->add_subcommand("failover", "the active master hands over to a standby in sync");
   auto ca = admin->add_subcommand("ca", "the cluster's certificate authority");
   ca->require_subcommand(1);
   int days = 0;
@@ -262,6 +267,8 @@ int main(int argc, char** argv) {
     if (*bal) return cmdBalance(c, threshold, wait, timeout);
     if (*health) return cmdHealth(c, json);
     if (*safemode) return cmdSafeMode(c, safeModeAction, json);
+    if (*mastersCmd) return cmdMasters(c, json);
+    if (*failoverCmd) return cmdFailover(c);
   } catch (const kj::Exception& e) {
     fprintf(stderr, "cairn: %s\n", e.getDescription().cStr());
     return 1;

@@ -53,6 +53,12 @@ int cmdTrashRestore(CliContext& c, const std::string& path);
 int cmdDecommission(CliContext& c, const std::string& address, bool wait, double timeoutSeconds);
 int cmdBalance(CliContext& c, double threshold, bool wait, double timeoutSeconds);
 int cmdHealth(CliContext& c, bool json);
+// `cairn admin masters`: each master with its role, epoch and how far behind the active
+// one it is; JSON: an array of {address, role, epoch, lsn, behind}. Exit 1 when none is
+// active.
+int cmdMasters(CliContext& c, bool json);
+// `cairn admin failover`: the active master hands over to a standby in sync.
+int cmdFailover(CliContext& c);
 // `cairn admin safemode get|enter|leave`: prints "safe mode: on|off" (and who put it on).
 int cmdSafeMode(CliContext& c, const std::string& action, bool json);
 

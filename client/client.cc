@@ -84,6 +84,12 @@ Client::Client(ClientOptions options, kj::Network& network, kj::Timer& timer)
       timer(timer),
       peers(network, timer, opts.security, opts.connectTimeout),
       rng(opts.seed != 0 ? opts.seed : systemSeed()) {
+  for (size_t start = 0; start <= opts.master.size();) {
+    size_t comma = std::min(opts.master.find(',', start), opts.master.size());
+    if (comma > start) masters.push_back(opts.master.substr(start, comma - start));
+    start = comma + 1;
+  }
+  if (masters.empty()) masters.push_back(opts.master);
   keepalive = keepSession().eagerlyEvaluate(nullptr);
 }
 
@@ -118,7 +124,7 @@ wire::ClientService::Client Client::master(const std::optional<Caller>& caller) 
     return service;
   }
   masterService =
-      peers.get<wire::Master>(opts.master, Role::MASTER).clientRequest().send().getService();
+      peers.get<wire::Master>(currentMaster(), Role::MASTER).clientRequest().send().getService();
   if (!held.empty()) {
     // A new session: the files this client holds are opened again, each for whom it was
     // opened, before any other call (calls on one connection arrive in order).
@@ -160,7 +166,7 @@ kj::Promise<Result<FileAttr>> Client::open(uint64_t inode, int access, std::opti
   auto req = master(as).openRequest();
   req.setInode(inode);
   req.setAccess(static_cast<uint8_t>(access));
-  return callMaster<Result<FileAttr>>(kj::mv(req), [this, inode](auto& r) {
+  return callMaster<Result<FileAttr>>(as, kj::mv(req), [this, inode](auto& r) {
     auto a = attrResult(r);
     // The master holds nothing for this one: only the count made above goes.
     if (!a.ok() || a.value.type != FileType::REGULAR) unhold(inode);
@@ -184,7 +190,9 @@ kj::Promise<void> Client::close(uint64_t inode) {
 void Client::masterFailed() {
   masterService = nullptr;
   callerServices.clear();
-  peers.drop(opts.master);
+  peers.drop(currentMaster());
+  // The next call tries the next master: the active one may have changed.
+  masterIndex = (masterIndex + 1) % masters.size();
 }
 
 Status Client::masterError(const kj::Exception& e, kj::Duration timeout) {
@@ -196,21 +204,98 @@ Status Client::masterError(const kj::Exception& e, kj::Duration timeout) {
       fmt::format("cannot reach master at {}: {}", opts.master, e.getDescription().cStr()));
 }
 
-template <typename T, typename Req, typename Fn>
-kj::Promise<T> Client::callMaster(Req&& request, Fn&& onResponse, kj::Duration timeout) {
-  if (timeout == 0 * kj::SECONDS) timeout = opts.metaTimeout;
-  return timer.timeoutAfter(timeout, request.send())
-      .then([fn = kj::fwd<Fn>(onResponse)](auto&& response) mutable -> T { return fn(response); },
-            [this, timeout](kj::Exception&& e) -> T {
-              masterFailed();
-              return T(masterError(e, timeout));
-            });
+struct Client::MasterCall {
+  std::optional<Caller> as;
+  uint16_t method = 0;
+  capnp::MallocMessageBuilder params;
+  kj::Duration timeout = 0 * kj::SECONDS;
+  kj::TimePoint deadline = kj::origin<kj::TimePoint>();
+  uint32_t attempt = 0;
+};
+
+namespace {
+
+// The ordinal of the ClientService method whose parameters are `P`.
+template <typename P>
+uint16_t clientMethodOf() {
+  static const uint16_t ordinal = []() -> uint16_t {
+    for (auto m : capnp::Schema::from<wire::ClientService>().getMethods()) {
+      if (m.getParamType().getProto().getId() == capnp::typeId<P>()) return m.getOrdinal();
+    }
+    KJ_FAIL_ASSERT("not the parameters of a ClientService method");
+  }();
+  return ordinal;
+}
+
+}  // namespace
+
+kj::Promise<bool> Client::retryMaster(MasterCall& call, bool timedOut) {
+  // One master that timed out is not asked again (the call may be running there still);
+  // with several, the next is.
+  if ((timedOut && masters.size() == 1) || timer.now() >= call.deadline) return false;
+  uint32_t attempt = call.attempt++;
+  // Each master once at once, then with a growing pause: a failover takes seconds.
+  if (attempt + 1 < masters.size()) return true;
+  return timer.afterDelay(backoff(attempt + 1 - static_cast<uint32_t>(masters.size()))).then([]() {
+    return true;
+  });
+}
+
+template <typename T, typename R, typename Fn>
+kj::Promise<T> Client::attemptMaster(std::shared_ptr<MasterCall> call,
+                                     std::shared_ptr<Fn> onResponse) {
+  auto req =
+      master(call->as).typelessRequest(capnp::typeId<wire::ClientService>(), call->method, nullptr);
+  req.set(call->params.getRoot<capnp::AnyPointer>().asReader());
+  return timer.timeoutAfter(call->timeout, req.send())
+      .then(
+          [this, call,
+           onResponse](capnp::Response<capnp::AnyPointer>&& response) -> kj::Promise<T> {
+            auto r = response.getAs<R>();
+            if constexpr (requires { r.getStatus(); }) {
+              if (r.getStatus().getCode() == wire::ErrorCode::NOT_ACTIVE) {
+                masterFailed();
+                return retryMaster(*call, false)
+                    .then([this, call, onResponse,
+                           response = kj::mv(response)](bool again) mutable -> kj::Promise<T> {
+                      if (again) return attemptMaster<T, R>(call, onResponse);
+                      auto last = response.getAs<R>();
+                      return (*onResponse)(last);
+                    });
+              }
+            }
+            return (*onResponse)(r);
+          },
+          [this, call, onResponse](kj::Exception&& e) -> kj::Promise<T> {
+            masterFailed();
+            bool timedOut = e.getType() == kj::Exception::Type::OVERLOADED;
+            Status failure = masterError(e, call->timeout);
+            return retryMaster(*call, timedOut)
+                .then([this, call, onResponse, failure](bool again) -> kj::Promise<T> {
+                  if (again) return attemptMaster<T, R>(call, onResponse);
+                  return T(failure);
+                });
+          });
+}
+
+template <typename T, typename P, typename R, typename Fn>
+kj::Promise<T> Client::callMaster(std::optional<Caller> as, capnp::Request<P, R>&& request,
+                                  Fn&& onResponse, kj::Duration timeout) {
+  auto call = std::make_shared<MasterCall>();
+  call->as = std::move(as);
+  call->method = clientMethodOf<P>();
+  // Kept to be sent again, to another master after a failover.
+  call->params.setRoot(request.asReader());
+  call->timeout = timeout == 0 * kj::SECONDS ? opts.metaTimeout : timeout;
+  call->deadline = timer.now() + opts.masterRetryFor;
+  using F = std::decay_t<Fn>;
+  return attemptMaster<T, R>(std::move(call), std::make_shared<F>(kj::fwd<Fn>(onResponse)));
 }
 
 kj::Promise<Result<FileAttr>> Client::resolve(std::string path, std::optional<Caller> as) {
   auto req = master(as).resolveRequest();
   req.setPath(path);
-  return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
+  return callMaster<Result<FileAttr>>(as, kj::mv(req), [](auto& r) { return attrResult(r); });
 }
 
 kj::Promise<Result<FileAttr>> Client::lookup(uint64_t parent, std::string name,
@@ -218,13 +303,13 @@ kj::Promise<Result<FileAttr>> Client::lookup(uint64_t parent, std::string name,
   auto req = master(as).lookupRequest();
   req.setParent(parent);
   req.setName(name);
-  return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
+  return callMaster<Result<FileAttr>>(as, kj::mv(req), [](auto& r) { return attrResult(r); });
 }
 
 kj::Promise<Result<FileAttr>> Client::getattr(uint64_t inode, std::optional<Caller> as) {
   auto req = master(as).getattrRequest();
   req.setInode(inode);
-  return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
+  return callMaster<Result<FileAttr>>(as, kj::mv(req), [](auto& r) { return attrResult(r); });
 }
 
 kj::Promise<Result<FileAttr>> Client::mkdir(uint64_t parent, std::string name, uint32_t mode,
@@ -233,7 +318,7 @@ kj::Promise<Result<FileAttr>> Client::mkdir(uint64_t parent, std::string name, u
   req.setParent(parent);
   req.setName(name);
   req.setMode(mode);
-  return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
+  return callMaster<Result<FileAttr>>(as, kj::mv(req), [](auto& r) { return attrResult(r); });
 }
 
 kj::Promise<Result<FileAttr>> Client::create(uint64_t parent, std::string name, uint32_t mode,
@@ -246,7 +331,7 @@ kj::Promise<Result<FileAttr>> Client::create(uint64_t parent, std::string name, 
   req.setReplication(replication);
   req.setExclusive(exclusive);
   req.setOpen(open);
-  return callMaster<Result<FileAttr>>(kj::mv(req), [this, open, as](auto& r) {
+  return callMaster<Result<FileAttr>>(as, kj::mv(req), [this, open, as](auto& r) {
     auto a = attrResult(r);
     if (open && a.ok()) held[a.value.inode].push_back(HeldOpen{as, ACCESS_WRITE});
     return a;
@@ -283,7 +368,7 @@ kj::Promise<Result<FileAttr>> Client::setattr(uint64_t inode, SetAttrRequest a,
     set.setSetMtime(true);
     set.setMtimeNs(*a.mtimeNs);
   }
-  return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
+  return callMaster<Result<FileAttr>>(as, kj::mv(req), [](auto& r) { return attrResult(r); });
 }
 
 kj::Promise<Result<std::vector<DirEntryInfo>>> Client::readdir(uint64_t inode, std::string after,
@@ -294,7 +379,7 @@ kj::Promise<Result<std::vector<DirEntryInfo>>> Client::readdir(uint64_t inode, s
   req.setAfter(after);
   req.setLimit(limit);
   return callMaster<Result<std::vector<DirEntryInfo>>>(
-      kj::mv(req), [more](auto& r) -> Result<std::vector<DirEntryInfo>> {
+      as, kj::mv(req), [more](auto& r) -> Result<std::vector<DirEntryInfo>> {
         Status s = fromWire(r.getStatus());
         if (!s.ok()) return s;
         std::vector<DirEntryInfo> out;
@@ -399,14 +484,14 @@ kj::Promise<Status> Client::unlink(uint64_t parent, std::string name, std::optio
   auto req = master(as).unlinkRequest();
   req.setParent(parent);
   req.setName(name);
-  return callMaster<Status>(kj::mv(req), [](auto& r) { return statusOf(r); });
+  return callMaster<Status>(as, kj::mv(req), [](auto& r) { return statusOf(r); });
 }
 
 kj::Promise<Status> Client::rmdir(uint64_t parent, std::string name, std::optional<Caller> as) {
   auto req = master(as).rmdirRequest();
   req.setParent(parent);
   req.setName(name);
-  return callMaster<Status>(kj::mv(req), [](auto& r) { return statusOf(r); });
+  return callMaster<Status>(as, kj::mv(req), [](auto& r) { return statusOf(r); });
 }
 
 kj::Promise<Status> Client::rename(uint64_t srcParent, std::string srcName, uint64_t dstParent,
@@ -417,7 +502,7 @@ kj::Promise<Status> Client::rename(uint64_t srcParent, std::string srcName, uint
   req.setDstParent(dstParent);
   req.setDstName(dstName);
   req.setNoReplace(noReplace);
-  return callMaster<Status>(kj::mv(req), [](auto& r) { return statusOf(r); });
+  return callMaster<Status>(as, kj::mv(req), [](auto& r) { return statusOf(r); });
 }
 
 kj::Promise<Result<FileAttr>> Client::symlink(uint64_t parent, std::string name, std::string target,
@@ -426,13 +511,13 @@ kj::Promise<Result<FileAttr>> Client::symlink(uint64_t parent, std::string name,
   req.setParent(parent);
   req.setName(name);
   req.setTarget(target);
-  return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
+  return callMaster<Result<FileAttr>>(as, kj::mv(req), [](auto& r) { return attrResult(r); });
 }
 
 kj::Promise<Result<std::string>> Client::readlink(uint64_t inode, std::optional<Caller> as) {
   auto req = master(as).readlinkRequest();
   req.setInode(inode);
-  return callMaster<Result<std::string>>(kj::mv(req), [](auto& r) -> Result<std::string> {
+  return callMaster<Result<std::string>>(as, kj::mv(req), [](auto& r) -> Result<std::string> {
     Status s = fromWire(r.getStatus());
     if (!s.ok()) return s;
     return text(r.getTarget());
@@ -445,7 +530,7 @@ kj::Promise<Result<FileAttr>> Client::link(uint64_t inode, uint64_t newParent, s
   req.setInode(inode);
   req.setNewParent(newParent);
   req.setNewName(newName);
-  return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
+  return callMaster<Result<FileAttr>>(as, kj::mv(req), [](auto& r) { return attrResult(r); });
 }
 
 kj::Promise<Result<FileAttr>> Client::mknod(uint64_t parent, std::string name, FileType type,
@@ -457,7 +542,7 @@ kj::Promise<Result<FileAttr>> Client::mknod(uint64_t parent, std::string name, F
   req.setType(type);
   req.setMode(mode);
   req.setRdev(rdev);
-  return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
+  return callMaster<Result<FileAttr>>(as, kj::mv(req), [](auto& r) { return attrResult(r); });
 }
 
 kj::Promise<Status> Client::setxattr(uint64_t inode, std::string name, std::string value,
@@ -468,7 +553,7 @@ kj::Promise<Status> Client::setxattr(uint64_t inode, std::string name, std::stri
   req.setValue(
       capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(value.data()), value.size()));
   req.setFlags(flags);
-  return callMaster<Status>(kj::mv(req), [](auto& r) { return statusOf(r); });
+  return callMaster<Status>(as, kj::mv(req), [](auto& r) { return statusOf(r); });
 }
 
 kj::Promise<Result<std::string>> Client::getxattr(uint64_t inode, std::string name,
@@ -481,7 +566,7 @@ kj::Promise<Result<std::string>> Client::getxattr(uint64_t inode, std::string na
   auto req = master(as).getxattrRequest();
   req.setInode(inode);
   req.setName(name);
-  return callMaster<Result<std::string>>(kj::mv(req), [](auto& r) -> Result<std::string> {
+  return callMaster<Result<std::string>>(as, kj::mv(req), [](auto& r) -> Result<std::string> {
     Status s = fromWire(r.getStatus());
     if (!s.ok()) return s;
     auto v = r.getValue();
@@ -494,7 +579,7 @@ kj::Promise<Result<std::vector<std::string>>> Client::listxattr(uint64_t inode,
   auto req = master(as).listxattrRequest();
   req.setInode(inode);
   return callMaster<Result<std::vector<std::string>>>(
-      kj::mv(req), [](auto& r) -> Result<std::vector<std::string>> {
+      as, kj::mv(req), [](auto& r) -> Result<std::vector<std::string>> {
         Status s = fromWire(r.getStatus());
         if (!s.ok()) return s;
         std::vector<std::string> names;
@@ -508,12 +593,12 @@ kj::Promise<Status> Client::removexattr(uint64_t inode, std::string name,
   auto req = master(as).removexattrRequest();
   req.setInode(inode);
   req.setName(name);
-  return callMaster<Status>(kj::mv(req), [](auto& r) { return statusOf(r); });
+  return callMaster<Status>(as, kj::mv(req), [](auto& r) { return statusOf(r); });
 }
 
 kj::Promise<Result<Client::FsStats>> Client::statfs() {
   auto req = master().statfsRequest();
-  return callMaster<Result<FsStats>>(kj::mv(req), [](auto& r) -> Result<FsStats> {
+  return callMaster<Result<FsStats>>(std::nullopt, kj::mv(req), [](auto& r) -> Result<FsStats> {
     return FsStats{r.getCapacityBytes(), r.getFreeBytes(), r.getFiles()};
   });
 }
@@ -523,7 +608,7 @@ kj::Promise<Result<FileAttr>> Client::setReplication(uint64_t inode, uint8_t rep
   auto req = master(as).setReplicationRequest();
   req.setInode(inode);
   req.setReplication(replication);
-  return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
+  return callMaster<Result<FileAttr>>(as, kj::mv(req), [](auto& r) { return attrResult(r); });
 }
 
 kj::Promise<Result<FileAttr>> Client::commitSize(uint64_t inode, uint64_t size, int64_t mtimeNs) {
@@ -532,7 +617,8 @@ kj::Promise<Result<FileAttr>> Client::commitSize(uint64_t inode, uint64_t size, 
   req.setInode(inode);
   req.setSize(size);
   req.setMtimeNs(mtimeNs);
-  return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
+  return callMaster<Result<FileAttr>>(std::nullopt, kj::mv(req),
+                                      [](auto& r) { return attrResult(r); });
 }
 
 kj::Promise<Result<FileLayout>> Client::layout(uint64_t inode, uint32_t firstIndex, uint32_t count,
@@ -541,7 +627,7 @@ kj::Promise<Result<FileLayout>> Client::layout(uint64_t inode, uint32_t firstInd
   req.setInode(inode);
   req.setFirstIndex(firstIndex);
   req.setCount(count);
-  return callMaster<Result<FileLayout>>(kj::mv(req), [this](auto& r) -> Result<FileLayout> {
+  return callMaster<Result<FileLayout>>(as, kj::mv(req), [this](auto& r) -> Result<FileLayout> {
     Status s = fromWire(r.getStatus());
     if (!s.ok()) return s;
     FileLayout out;
@@ -556,7 +642,7 @@ kj::Promise<Result<FileLayout>> Client::layout(uint64_t inode, uint32_t firstInd
 kj::Promise<Result<std::vector<TrashInfo>>> Client::trashList(std::optional<Caller> as) {
   auto req = master(as).trashListRequest();
   return callMaster<Result<std::vector<TrashInfo>>>(
-      kj::mv(req), [](auto& r) -> Result<std::vector<TrashInfo>> {
+      as, kj::mv(req), [](auto& r) -> Result<std::vector<TrashInfo>> {
         Status s = fromWire(r.getStatus());
         if (!s.ok()) return s;
         std::vector<TrashInfo> out;
@@ -571,13 +657,13 @@ kj::Promise<Result<std::vector<TrashInfo>>> Client::trashList(std::optional<Call
 kj::Promise<Result<FileAttr>> Client::trashRestore(std::string path, std::optional<Caller> as) {
   auto req = master(as).trashRestoreRequest();
   req.setPath(path);
-  return callMaster<Result<FileAttr>>(kj::mv(req), [](auto& r) { return attrResult(r); });
+  return callMaster<Result<FileAttr>>(as, kj::mv(req), [](auto& r) { return attrResult(r); });
 }
 
 kj::Promise<Status> Client::decommission(std::string address, uint64_t* remaining, bool* done) {
   auto req = master().decommissionRequest();
   req.setAddress(address);
-  return callMaster<Status>(kj::mv(req), [remaining, done](auto& r) {
+  return callMaster<Status>(std::nullopt, kj::mv(req), [remaining, done](auto& r) {
     *remaining = r.getRemaining();
     *done = r.getDone();
     return fromWire(r.getStatus());
@@ -587,7 +673,7 @@ kj::Promise<Status> Client::decommission(std::string address, uint64_t* remainin
 kj::Promise<Result<double>> Client::balance(double threshold) {
   auto req = master().balanceRequest();
   req.setThreshold(threshold);
-  return callMaster<Result<double>>(kj::mv(req), [](auto& r) -> Result<double> {
+  return callMaster<Result<double>>(std::nullopt, kj::mv(req), [](auto& r) -> Result<double> {
     Status s = fromWire(r.getStatus());
     if (!s.ok()) return s;
     return r.getSpread();
@@ -596,20 +682,68 @@ kj::Promise<Result<double>> Client::balance(double threshold) {
 
 kj::Promise<Result<HealthInfo>> Client::health() {
   auto req = master().clusterHealthRequest();
-  return callMaster<Result<HealthInfo>>(kj::mv(req), [](auto& r) -> Result<HealthInfo> {
-    return HealthInfo{r.getSafeMode(), r.getChunks(),         r.getUnderReplicated(),
-                      r.getMissing(),  r.getOverReplicated(), r.getCopiesInFlight(),
-                      r.getCorrupt()};
-  });
+  return callMaster<Result<HealthInfo>>(
+      std::nullopt, kj::mv(req), [](auto& r) -> Result<HealthInfo> {
+        return HealthInfo{r.getSafeMode(), r.getChunks(),         r.getUnderReplicated(),
+                          r.getMissing(),  r.getOverReplicated(), r.getCopiesInFlight(),
+                          r.getCorrupt()};
+      });
 }
 
 kj::Promise<Result<SafeModeState>> Client::safeMode(wire::SafeModeAction action) {
   auto req = master().safeModeRequest();
   req.setAction(action);
-  return callMaster<Result<SafeModeState>>(kj::mv(req), [](auto& r) -> Result<SafeModeState> {
-    Status s = fromWire(r.getStatus());
-    if (!s.ok()) return s;
-    return SafeModeState{r.getSafeMode(), r.getManual()};
+  return callMaster<Result<SafeModeState>>(std::nullopt, kj::mv(req),
+                                           [](auto& r) -> Result<SafeModeState> {
+                                             Status s = fromWire(r.getStatus());
+                                             if (!s.ok()) return s;
+                                             return SafeModeState{r.getSafeMode(), r.getManual()};
+                                           });
+}
+
+kj::Promise<Status> Client::failover() {
+  auto req = master().failoverRequest();
+  return callMaster<Status>(std::nullopt, kj::mv(req), [](auto& r) { return statusOf(r); });
+}
+
+kj::Promise<std::vector<MasterInfo>> Client::masterStates() {
+  auto asks = kj::heapArrayBuilder<kj::Promise<MasterInfo>>(masters.size());
+  for (auto& address : masters) {
+    auto req = peers.get<wire::Master>(address, Role::MASTER).stateRequest();
+    asks.add(timer.timeoutAfter(opts.metaTimeout, req.send())
+                 .then(
+                     [address](auto response) {
+                       auto s = response.getState();
+                       MasterInfo m;
+                       m.address = address;
+                       m.reachable = true;
+                       switch (s.getRole()) {
+                         case wire::MasterRole::ACTIVE:
+                           m.role = "active";
+                           break;
+                         case wire::MasterRole::STANDBY:
+                           m.role = "standby";
+                           break;
+                         case wire::MasterRole::CATCHING_UP:
+                           m.role = "catching-up";
+                           break;
+                       }
+                       m.epoch = s.getEpoch();
+                       m.lsn = s.getLsn();
+                       m.active = s.getActive();
+                       return m;
+                     },
+                     [this, address](kj::Exception&& e) {
+                       peers.drop(address);
+                       MasterInfo m;
+                       m.address = address;
+                       m.error = e.getDescription().cStr();
+                       return m;
+                     }));
+  }
+  return kj::joinPromises(asks.finish()).then([](kj::Array<MasterInfo> all) {
+    return std::vector<MasterInfo>(std::make_move_iterator(all.begin()),
+                                   std::make_move_iterator(all.end()));
   });
 }
 
@@ -633,7 +767,7 @@ kj::Promise<Result<std::vector<ChunkCheckInfo>>> Client::fsckFrom(uint64_t inode
   };
   auto page = kj::heap<std::vector<ChunkCheckInfo>>(std::move(got));
   auto& out = *page;
-  return callMaster<Page>(kj::mv(req),
+  return callMaster<Page>(as, kj::mv(req),
                           [&out](auto& r) -> Page {
                             Status s = fromWire(r.getStatus());
                             if (!s.ok()) return {s, std::nullopt};
@@ -659,7 +793,7 @@ kj::Promise<Result<std::vector<ChunkCheckInfo>>> Client::fsckFrom(uint64_t inode
 kj::Promise<Result<std::vector<ServerStatus>>> Client::servers(uint64_t* chunkSizeOut) {
   auto req = master().clusterInfoRequest();
   return callMaster<Result<std::vector<ServerStatus>>>(
-      kj::mv(req), [chunkSizeOut](auto& r) -> Result<std::vector<ServerStatus>> {
+      std::nullopt, kj::mv(req), [chunkSizeOut](auto& r) -> Result<std::vector<ServerStatus>> {
         if (chunkSizeOut != nullptr) *chunkSizeOut = r.getChunkSize();
         std::vector<ServerStatus> out;
         for (auto s : r.getServers()) {
@@ -1153,7 +1287,7 @@ kj::Promise<Status> Client::mutateChunk(uint64_t inode, uint32_t index, const Ch
     toWire(failures[i].status, list[static_cast<uint>(i)].initStatus());
   }
   return callMaster<Result<ChunkInfo>>(
-             kj::mv(req),
+             std::nullopt, kj::mv(req),
              [](auto& r) -> Result<ChunkInfo> {
                Status s = fromWire(r.getStatus());
                if (!s.ok()) return s;

@@ -111,6 +111,17 @@ struct HealthInfo {
   uint64_t corrupt = 0;  // replicas found bad, kept as the last copy of their chunk
 };
 
+// One master as it describes itself (cairn admin masters).
+struct MasterInfo {
+  std::string address;  // as the client names it
+  bool reachable = false;
+  std::string role;  // active, standby, catching-up (unreachable: empty)
+  uint64_t epoch = 0;
+  uint64_t lsn = 0;    // last log entry applied
+  std::string active;  // the active master as ZooKeeper names it
+  std::string error;   // why it did not answer
+};
+
 struct SafeModeState {
   bool on = false;
   bool manual = false;  // an admin's: the namespace is read only until an admin leaves it
@@ -153,7 +164,9 @@ struct Caller {
 };
 
 struct ClientOptions {
-  std::string master;  // HOST:PORT
+  // HOST:PORT, or one per master separated by commas: namespace calls go to the active one,
+  // found by asking each in turn, and follow it through a failover.
+  std::string master;
   // This host's names as chunkservers advertise them (addresses or a --host name); reads
   // prefer replicas there.
   std::vector<std::string> localHosts;
@@ -161,6 +174,9 @@ struct ClientOptions {
   kj::Duration metaTimeout = 5 * kj::SECONDS;  // namespace calls to the master
   kj::Duration connectTimeout = 3 * kj::SECONDS;
   kj::Duration retryFor = 20 * kj::SECONDS;  // how long reads and writes keep retrying
+  // How long a namespace call keeps trying the masters while none answers as active (a
+  // failover takes a ZooKeeper session timeout and a moment).
+  kj::Duration masterRetryFor = 30 * kj::SECONDS;
   uint32_t pieceBytes = 1 << 20;             // size of one push or read RPC
   uint32_t parallelPieces = 8;               // pieces in flight per call
   kj::Duration layoutTtl = 2 * kj::SECONDS;  // how long read() trusts cached chunk locations
@@ -178,6 +194,8 @@ class Client {
   ~Client();
 
   const std::string& masterAddress() const { return opts.master; }
+  // The master calls go to now.
+  const std::string& currentMaster() const { return masters[masterIndex]; }
 
   // Namespace.
   kj::Promise<Result<FileAttr>> resolve(std::string path, std::optional<Caller> as = std::nullopt);
@@ -263,6 +281,10 @@ class Client {
   kj::Promise<Result<HealthInfo>> health();
   // Safe mode after `action` (get, enter or leave; the last two for admins).
   kj::Promise<Result<SafeModeState>> safeMode(wire::SafeModeAction action);
+  // Every master this client knows of, asked directly.
+  kj::Promise<std::vector<MasterInfo>> masterStates();
+  // Asks the active master to hand over to a standby in sync (admins).
+  kj::Promise<Status> failover();
   // Every chunk of a regular file (holes are absent), with its replicas and the master's
   // verdict, asked for 4096 at a time.
   kj::Promise<Result<std::vector<ChunkCheckInfo>>> fsck(uint64_t inode,
@@ -318,8 +340,16 @@ class Client {
   void masterFailed();
   void unhold(uint64_t inode);  // forgets one open of `inode`
   kj::Promise<void> keepSession();
-  template <typename T, typename Req, typename Fn>
-  kj::Promise<T> callMaster(Req&& request, Fn&& onResponse, kj::Duration timeout = 0 * kj::SECONDS);
+  // A namespace call: `request` (made on master(as)) is sent, and sent again to the next
+  // master while the one called is unreachable or not active, until masterRetryFor.
+  struct MasterCall;
+  template <typename T, typename P, typename R, typename Fn>
+  kj::Promise<T> callMaster(std::optional<Caller> as, capnp::Request<P, R>&& request,
+                            Fn&& onResponse, kj::Duration timeout = 0 * kj::SECONDS);
+  template <typename T, typename R, typename Fn>
+  kj::Promise<T> attemptMaster(std::shared_ptr<MasterCall> call, std::shared_ptr<Fn> onResponse);
+  // Whether `call` goes on (to the next master) after a failure; false once out of time.
+  kj::Promise<bool> retryMaster(MasterCall& call, bool timedOut);
   Status masterError(const kj::Exception& e, kj::Duration timeout);
 
   kj::Promise<Result<std::vector<DirEntryInfo>>> listFrom(uint64_t dir,
@@ -380,6 +410,8 @@ class Client {
   kj::Timer& timer;
   PeerPool peers;
   std::mt19937_64 rng;
+  std::vector<std::string> masters;  // from opts.master
+  size_t masterIndex = 0;            // the one called now
   kj::Maybe<wire::ClientService::Client> masterService;
   // Files this client holds open: each open's caller and access, opened again on a new
   // session.

@@ -50,6 +50,7 @@ int toErrno(ErrorCode code) {
     case ErrorCode::SAFE_MODE:
     case ErrorCode::BUSY:
     case ErrorCode::DATA_NOT_PUSHED:
+    case ErrorCode::NOT_ACTIVE:  // reached only when no master became active in time
       return EIO;
   }
   return EIO;

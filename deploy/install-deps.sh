@@ -6,6 +6,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential meson ninja-build pkg-config
   capnproto libcapnp-dev libleveldb-dev libfuse3-dev fuse3 libssl-dev
+  zookeeper libzookeeper-mt-dev
   libgtest-dev libgmock-dev libcli11-dev libfmt-dev nlohmann-json3-dev
   iproute2 procps python3
 )

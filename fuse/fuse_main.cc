@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -126,8 +127,11 @@ int main(int argc, char** argv) {
     }
   }
 
+  // Several masters are named with '+' between them: FUSE splits its options at commas.
+  std::string fsname = args.master;
+  std::replace(fsname.begin(), fsname.end(), ',', '+');
   std::string fuseOpts =
-      "fsname=cairn:" + args.master + ",subtype=cairn,allow_other,default_permissions";
+      "fsname=cairn:" + fsname + ",subtype=cairn,allow_other,default_permissions";
   for (auto& o : args.fuseOptions) fuseOpts += "," + o;
   std::vector<std::string> fuseArgv = {argv[0], "-o", fuseOpts};
   if (args.debug) fuseArgv.push_back("-d");

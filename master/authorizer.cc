@@ -47,6 +47,7 @@ bool isAdmin(const Identity& peer) { return !peer.authenticated || peer.role == 
 Authorizer::Authorizer(Master& master) : master(master), ns(master.names()) {}
 
 Status Authorizer::changesAllowed() const {
+  if (!master.isActive()) return Status(ErrorCode::NOT_ACTIVE, "this master is a standby");
   auto& chunks = master.chunkManager();
   return chunks.inManualSafeMode() ? chunks.safeModeRefusal() : Status::OK();
 }

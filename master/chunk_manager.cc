@@ -30,6 +30,13 @@ void ChunkManager::loadFromNamespace() {
           safeMode ? "; in safe mode until chunkservers report them" : "");
 }
 
+void ChunkManager::reload() {
+  serversById.clear();
+  serverByAddress.clear();
+  chunks.clear();
+  loadFromNamespace();
+}
+
 uint64_t ChunkManager::registerServer(const std::string& address, const std::string& rack,
                                       uint64_t capacityBytes, uint64_t usedBytes,
                                       const std::vector<ChunkReportEntry>& report,

@@ -130,6 +130,11 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
 
   // Loads the chunk records from the namespace (no replicas known until reports come).
   void loadFromNamespace();
+  // Forgets every chunkserver and chunk and loads the records again: a standby that became
+  // active. Chunkservers learn at their next heartbeat that they must register (with a full
+  // report); until enough have, the master is in safe mode. Only when nothing is in flight
+  // (a standby starts none).
+  void reload();
 
   // A chunkserver (re)registers with a full chunk report. Stale and unknown replicas are
   // queued for deletion at its next heartbeat. Returns the server id. `availableBytes`
@@ -197,6 +202,7 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   std::vector<ServerView> servers() const;
   // The last events, oldest first.
   const std::deque<ClusterEvent>& events() const { return recent; }
+  void noteEvent(std::string text) { note(std::move(text)); }
   const RepairCounters& repairs() const { return repairCounters; }
   // Chunks whose lease is valid now.
   size_t leasesHeld();

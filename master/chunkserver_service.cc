@@ -109,6 +109,8 @@ class RegistryImpl final : public wire::ChunkserverRegistry::Server {
         static_cast<uint32_t>(master.options().heartbeatInterval / kj::MILLISECONDS));
     toWire(master.tokenKeys(),
            results.initTokenKeys(static_cast<uint>(master.tokenKeys().all().size())));
+    results.setActive(master.isActive());
+    results.setEpoch(master.epoch());
     toWire(Status::OK(), results.initStatus());
     return kj::READY_NOW;
   }
@@ -119,13 +121,19 @@ class RegistryImpl final : public wire::ChunkserverRegistry::Server {
     std::vector<uint64_t> deletes;
     auto corrupt = params.getCorruptHandles();
     KJ_REQUIRE(corrupt.size() <= 1'000'000, "corrupt report too large");
-    for (uint64_t h : corrupt) master.chunkManager().reportCorrupt(params.getId(), h);
+    if (master.isActive()) {
+      for (uint64_t h : corrupt) master.chunkManager().reportCorrupt(params.getId(), h);
+    }
     if (!master.chunkManager().heartbeat(params.getId(), params.getCapacityBytes(),
                                          params.getUsedBytes(), deletes,
                                          params.getAvailableBytes())) {
       toWire(Status::notFound("unknown chunkserver; register again"), results.initStatus());
       return kj::READY_NOW;
     }
+    // A standby's chunk map lags the log: it orders no deletion.
+    if (!master.isActive()) deletes.clear();
+    results.setActive(master.isActive());
+    results.setEpoch(master.epoch());
     auto list = results.initDeleteHandles(static_cast<uint>(deletes.size()));
     for (size_t i = 0; i < deletes.size(); ++i) list.set(static_cast<uint>(i), deletes[i]);
     toWire(master.tokenKeys(),

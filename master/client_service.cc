@@ -1,6 +1,7 @@
 // The master's service for clients: reads capnp parameters, calls the namespace and the
 // chunk manager, fills in results. No policy lives here.
 
+#include <capnp/dynamic.h>
 #include <fmt/format.h>
 #include <kj/debug.h>
 
@@ -69,8 +70,27 @@ class ClientServiceImpl final : public wire::ClientService::Server {
       uint64_t interfaceId, uint16_t methodId,
       capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer> context) override {
     return master.clientCalls().measure(methodId, context, [&]() {
+      if (!master.isActive()) return notActive(methodId, context);
       return wire::ClientService::Server::dispatchCall(interfaceId, methodId, context);
     });
+  }
+
+  // A standby answers no client call: notActive in the results' status, or (for calls
+  // without one) a disconnected exception; either way the client goes on to the next master.
+  DispatchCallResult notActive(uint16_t methodId,
+                               capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer>& context) {
+    auto methods = capnp::Schema::from<wire::ClientService>().getMethods();
+    KJ_REQUIRE(methodId < methods.size(), "unknown method", methodId);
+    auto resultType = methods[methodId].getResultType();
+    KJ_IF_MAYBE (field, resultType.findFieldByName("status")) {
+      auto results = context.getResults().initAs<capnp::DynamicStruct>(resultType);
+      auto status = results.init(*field).as<capnp::DynamicStruct>();
+      status.set("code", capnp::DynamicEnum(capnp::Schema::from<wire::ErrorCode>(),
+                                            static_cast<uint16_t>(ErrorCode::NOT_ACTIVE)));
+      status.set("message", "this master is a standby");
+      return {kj::READY_NOW, false};
+    }
+    return {KJ_EXCEPTION(DISCONNECTED, "this master is a standby"), false};
   }
 
   kj::Promise<void> lookup(LookupContext context) override {
@@ -303,6 +323,11 @@ class ClientServiceImpl final : public wire::ClientService::Server {
     return kj::READY_NOW;
   }
 
+  kj::Promise<void> failover(FailoverContext context) override {
+    if (!isAdmin(peer)) return fail(context, notAdmin("hand the active role over"));
+    return fail(context, master.resign());
+  }
+
   kj::Promise<void> clusterHealth(ClusterHealthContext context) override {
     auto h = chunks.health();
     auto results = context.getResults();
@@ -374,7 +399,7 @@ class ClientServiceImpl final : public wire::ClientService::Server {
   }
 
   kj::Promise<void> reportBadReplica(ReportBadReplicaContext context) override {
-    if (!who.ok()) return kj::READY_NOW;
+    if (!who.ok() || !master.isActive()) return kj::READY_NOW;
     auto p = context.getParams();
     chunks.reportBadReplica(p.getHandle(), p.getVersion(), text(p.getAddress()));
     return kj::READY_NOW;

@@ -11,6 +11,23 @@
 namespace cairn {
 namespace {
 
+class ReplicationImpl final : public wire::Replication::Server {
+ public:
+  explicit ReplicationImpl(Master& master) : master(master) {}
+  kj::Promise<void> follow(FollowContext context) override {
+    auto p = context.getParams();
+    return master.follow(p.getId(), p.getLastEpoch(), p.getLastLsn(), p.getSink())
+        .then([this, context](Status s) mutable {
+          auto results = context.getResults();
+          toWire(s, results.initStatus());
+          results.setEpoch(master.epoch());
+        });
+  }
+
+ private:
+  Master& master;
+};
+
 // What one connection is served: the services its peer's role may use.
 class MasterImpl final : public wire::Master::Server {
  public:
@@ -20,6 +37,18 @@ class MasterImpl final : public wire::Master::Server {
     // One service per call: each is a client session, which holds that client's opens.
     // Peers whose role makes no namespace calls get one that refuses every call.
     context.getResults().setService(newClientService(master, peer));
+    return kj::READY_NOW;
+  }
+  kj::Promise<void> replication(ReplicationContext context) override {
+    if (peer.authenticated && peer.role != Role::MASTER) {
+      return KJ_EXCEPTION(FAILED, "permission denied: only a master certificate follows the log",
+                          roleName(peer.role), peer.name);
+    }
+    context.getResults().setService(kj::heap<ReplicationImpl>(master));
+    return kj::READY_NOW;
+  }
+  kj::Promise<void> state(StateContext context) override {
+    master.describeState(context.getResults().initState());
     return kj::READY_NOW;
   }
   kj::Promise<void> chunkserver(ChunkserverContext context) override {
@@ -49,6 +78,9 @@ Master::Master(MasterOptions options, kj::Timer& timer, const kj::Clock& clock)
       background(*this) {
   signingKey = keys.rotate();
   store = std::make_unique<NamespaceStore>(opts.dataDir + "/meta", opts.metaEnv);
+  // One of several masters starts as a standby: its store changes only by the active's log.
+  active_ = !haEnabled();
+  store->setWritable(active_);
   ns = std::make_unique<Namespace>(*store, clock, opts.chunkSize);
   if (ns->chunkSize() != opts.chunkSize) {
     logWarn("chunk size is {} (fixed when {} was created), not {}", ns->chunkSize(), opts.dataDir,
@@ -95,6 +127,8 @@ kj::Promise<void> Master::tickLoop() {
   return timer_.afterDelay(kj::SECONDS)
       .then([this]() {
         if (timer_.now() - rotatedAt >= opts.tokenLifetime) rotateTokenKeys();
+        // A standby changes nothing: the chunk map, trash and orphans are the active's.
+        if (!active_) return kj::Promise<void>(kj::READY_NOW);
         // A new key signs once every live chunkserver has heard of it.
         if (signingKey != keys.newest() && timer_.now() - rotatedAt >= 3 * opts.heartbeatInterval) {
           signingKey = keys.newest();
@@ -230,6 +264,7 @@ kj::Promise<Status> Master::removexattr(uint64_t inode, const std::string& name)
 }
 
 void Master::close(uint64_t inode) {
+  if (!active_) return;  // a standby holds no opens; a deposed master changes nothing
   background.add(ns->closed(inode).then([this](MutationResult r) { finish(std::move(r)); }));
 }
 

@@ -5,15 +5,18 @@
 #include <kj/async.h>
 #include <kj/timer.h>
 
+#include <functional>
 #include <memory>
 #include <set>
 #include <string>
 
 #include "chunk_manager.h"
+#include "election.h"
 #include "master.capnp.h"
 #include "metrics.h"
 #include "namespace.h"
 #include "namespace_store.h"
+#include "replication.h"
 #include "rpc.h"
 #include "tls.h"
 #include "tokens.h"
@@ -33,6 +36,15 @@ struct MasterOptions {
   // Chunk tokens live this long; their keys are replaced as often, and a key is kept
   // until every token it signed has expired.
   kj::Duration tokenLifetime = 3600 * kj::SECONDS;
+  // High availability. With ZooKeeper servers named, this master is one of several: it
+  // starts as a standby, follows the active one's log, and becomes active when elected.
+  // Without, it is the only master and always active.
+  ElectionOptions election;
+  ReplicationOptions replication;
+  bool standbyAckDurable = true;  // a standby acknowledges entries once synced (else applied)
+  // A master that loses the active role holds state no other master may share (entries it
+  // wrote that no standby acknowledged): main() starts it afresh, as a standby.
+  std::function<void(const std::string& why)> onDeposed;
 };
 
 class ChunkserverControl;
@@ -46,6 +58,21 @@ class Master final : private kj::TaskSet::ErrorHandler {
 
   // The bootstrap capability served to a peer: what its certificate's role allows.
   wire::Master::Client bootstrap(const Identity& peer);
+
+  // High availability (master/master_ha.cc). startHa() joins the election; before, and
+  // without ZooKeeper, nothing changes. `network` reaches the other masters.
+  void startHa(kj::Network& network, RpcSecurity security);
+  bool haEnabled() const { return !opts.election.servers.empty(); }
+  bool isActive() const { return active_; }
+  uint64_t epoch() const { return store->currentEpoch(); }
+  void describeState(wire::MasterState::Builder out);
+  // The active master's side of a standby's follow call.
+  kj::Promise<Status> follow(std::string id, uint64_t lastEpoch, uint64_t lastLsn,
+                             wire::LogSink::Client sink);
+  // Hands the active role to a standby (cairn admin failover).
+  Status resign();
+  // The followers of this (active) master.
+  std::vector<FollowerView> standbys() const;
 
   // Chunks a mutation released (no file refers to them) are deleted from the
   // chunkservers; every mutation's result passes through here.
@@ -94,6 +121,10 @@ class Master final : private kj::TaskSet::ErrorHandler {
 
  private:
   void describeMetrics();
+  void promote(uint64_t epoch);
+  void deposed(const std::string& why);
+  void activeChanged(const std::string& address);
+  kj::Promise<void> followLoop(std::string address);
   kj::Promise<void> tickLoop();
   int64_t nowMs() const;
   void taskFailed(kj::Exception&& exception) override;
@@ -114,6 +145,15 @@ class Master final : private kj::TaskSet::ErrorHandler {
   kj::Promise<void> ticker = nullptr;
   kj::TaskSet background;
   std::unique_ptr<CallMetrics> clientCalls_, registryCalls_;
+  // High availability: the election, the log sent to standbys (active) or the one followed
+  // (standby).
+  bool active_ = true;
+  std::string activeAddress;  // as ZooKeeper names it
+  std::unique_ptr<PeerPool> masters;
+  std::unique_ptr<LogShipper> shipper;
+  LogSinkImpl* sink = nullptr;  // the session followed now, owned by its capability
+  kj::Maybe<kj::Promise<void>> following;
+  std::unique_ptr<Election> election;  // last in: its events reach everything above
 };
 
 // Converts the namespace's attributes to the wire form.

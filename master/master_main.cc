@@ -2,6 +2,7 @@
 
 #include <kj/async-io.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <filesystem>
@@ -13,6 +14,39 @@
 #include "rpc.h"
 #include "security.h"
 #include "status_http.h"
+
+namespace {
+
+// Runs this program again in place, listening on `bound` (the port it had), so that a
+// deposed master comes back as a standby with nothing of its old state in memory.
+[[noreturn]] void restartAsStandby(int argc, char** argv, const std::string& bound) {
+  std::vector<std::string> args(argv, argv + argc);
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--listen" && i + 1 < args.size()) args[i + 1] = bound;
+    if (args[i].rfind("--listen=", 0) == 0) args[i] = "--listen=" + bound;
+  }
+  // The others get a head start.
+  bool set = false;
+  for (size_t i = 0; i + 1 < args.size(); ++i) {
+    if (args[i] == "--election-hold-off-ms") {
+      args[i + 1] = "5000";
+      set = true;
+    }
+  }
+  if (!set) {
+    args.push_back("--election-hold-off-ms");
+    args.push_back("5000");
+  }
+  std::vector<char*> cargs;
+  for (auto& a : args) cargs.push_back(a.data());
+  cargs.push_back(nullptr);
+  fflush(nullptr);
+  close_range(3, ~0U, 0);  // sockets, LevelDB's files and lock
+  execv("/proc/self/exe", cargs.data());
+  _exit(1);
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   using namespace cairn;
@@ -50,6 +84,44 @@ int main(int argc, char** argv) {
                  "key is replaced as often")
       ->capture_default_str()
       ->check(CLI::Range(2.0, 86400.0 * 7));
+  std::string zookeeper, masterId, zkRoot = "/cairn", standbyAck = "durable";
+  int sessionTimeoutMs = 4000;
+  uint32_t minSyncStandbys = 0;
+  double standbyTimeout = 5;
+  app.add_option("--zookeeper", zookeeper,
+                 "ZooKeeper HOST:PORT[,...]: run as one of several masters (active or standby)");
+  app.add_option("--id", masterId,
+                 "this master's HOST:PORT as clients and the other masters reach it "
+                 "(default: the bound --listen address)");
+  app.add_option("--zk-root", zkRoot, "ZooKeeper node under which the masters meet")
+      ->capture_default_str();
+  app.add_option("--zk-session-timeout-ms", sessionTimeoutMs,
+                 "ZooKeeper session timeout: an active master that cannot reach ZooKeeper for "
+                 "two thirds of it stops; a dead one is replaced after it")
+      ->capture_default_str()
+      ->check(CLI::Range(1000, 60000));
+  app.add_option("--min-sync-standbys", minSyncStandbys,
+                 "acknowledge mutations only while at least this many standbys are in sync "
+                 "(every standby in sync is always waited for)")
+      ->capture_default_str();
+  app.add_option("--standby-ack", standbyAck,
+                 "when a standby acknowledges a log entry: durable (synced) or applied")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"durable", "applied"}));
+  app.add_option("--standby-timeout", standbyTimeout,
+                 "seconds without an acknowledgement before a standby leaves the in-sync set")
+      ->capture_default_str();
+  int holdOffMs = 0;
+  app.add_option("--election-hold-off-ms", holdOffMs,
+                 "stay out of the election this long after starting (a deposed master "
+                 "restarting sets it, so that the standby it handed over to wins)")
+      ->capture_default_str();
+  size_t logKeepEntries = 100000;
+  app.add_option("--log-keep-entries", logKeepEntries,
+                 "log entries the active keeps in memory for standbys that reconnect (one away "
+                 "for longer copies a snapshot)")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{1}, size_t{100'000'000}));
   SecurityFlags securityFlags;
   addSecurityFlags(app, securityFlags, /*server=*/true);
   HttpFlags httpFlags;
@@ -88,12 +160,34 @@ int main(int argc, char** argv) {
         static_cast<int64_t>(safeModeSeconds * 1000) * kj::MILLISECONDS;
     options.chunks.minFreeBytes = chunkSize;
     options.tokenLifetime = static_cast<int64_t>(tokenLifetime * 1000) * kj::MILLISECONDS;
-    Master master(options, io.provider->getTimer(), kj::systemPreciseCalendarClock());
     auto listener = io.provider->getNetwork()
                         .parseAddress(addr.value.host, addr.value.port)
                         .wait(io.waitScope)
                         ->listen();
     uint16_t port = listener->getPort();
+    std::string bound = HostPort{addr.value.host, port}.toString();
+    options.election.servers = zookeeper;
+    options.election.id = masterId.empty() ? bound : masterId;
+    options.election.root = zkRoot;
+    options.election.sessionTimeoutMs = sessionTimeoutMs;
+    options.election.startHoldOffMs = holdOffMs;
+    options.replication.minSyncStandbys = minSyncStandbys;
+    options.replication.standbyTimeout =
+        static_cast<int64_t>(standbyTimeout * 1000) * kj::MILLISECONDS;
+    options.standbyAckDurable = standbyAck == "durable";
+    options.replication.keepEntries = logKeepEntries;
+    // A deposed master may hold entries no standby acknowledged: it starts afresh as a
+    // standby (same port), and the active's snapshot replaces what differs.
+    options.onDeposed = [argc, argv, bound](const std::string& why) {
+      logWarn("restarting as a standby ({})", why);
+      restartAsStandby(argc, argv, bound);
+    };
+    if (!zookeeper.empty() && (addr.value.host == "0.0.0.0" || addr.value.host == "::") &&
+        masterId.empty()) {
+      logError("--zookeeper needs --id HOST:PORT when listening on every address");
+      return 2;
+    }
+    Master master(options, io.provider->getTimer(), kj::systemPreciseCalendarClock());
     RpcServer server([&master](const Identity& peer) { return master.bootstrap(peer); },
                      kj::mv(listener), io.provider->getTimer(), security.value);
     server.exportMetrics(master.metrics());
@@ -101,7 +195,7 @@ int main(int argc, char** argv) {
         io, httpFlags, security.value.tls, [&master]() { return master.statusPage(); },
         master.metrics());
     auto reloader = reloadOnSighup(io.unixEventPort, security.value.tls).eagerlyEvaluate(nullptr);
-    std::string bound = HostPort{addr.value.host, port}.toString();
+    master.startHa(io.provider->getNetwork(), security.value);
     logInfo("listening on {} (data {}, chunk size {})", bound, dataDir, master.names().chunkSize());
     if (!portFile.empty()) std::ofstream(portFile) << bound << "\n";
     kj::NEVER_DONE.wait(io.waitScope);

@@ -159,7 +159,14 @@ std::optional<Inode> decodeInode(std::string_view s) {
 }
 
 Namespace::Namespace(NamespaceStore& store, const kj::Clock& clock, uint64_t chunkSize)
-    : store(store), clock(clock) {
+    : store(store), clock(clock), chunkSize_(chunkSize) {
+  KJ_REQUIRE(
+      chunkSize >= 64 * 1024 && chunkSize % (64 * 1024) == 0 && chunkSize <= (uint64_t{1} << 31),
+      "chunk size must be a multiple of 64 KiB, at most 2 GiB", chunkSize);
+  reload();
+}
+
+void Namespace::reload() {
   auto storedChunkSize = store.get(CHUNK_SIZE_KEY);
   auto storedInode = store.get(NEXT_INODE_KEY);
   auto storedHandle = store.get(NEXT_HANDLE_KEY);
@@ -169,12 +176,10 @@ Namespace::Namespace(NamespaceStore& store, const kj::Clock& clock, uint64_t chu
     nextHandle = storedHandle ? decodeU64(*storedHandle) : 1;
     return;
   }
-  KJ_REQUIRE(
-      chunkSize >= 64 * 1024 && chunkSize % (64 * 1024) == 0 && chunkSize <= (uint64_t{1} << 31),
-      "chunk size must be a multiple of 64 KiB, at most 2 GiB", chunkSize);
-  chunkSize_ = chunkSize;
   nextInode = ROOT_INODE + 1;
   nextHandle = 1;
+  // A standby's empty store stays empty: the active's log fills it.
+  if (!store.isWritable()) return;
   Inode root;
   root.inode = ROOT_INODE;
   root.type = InodeType::DIRECTORY;

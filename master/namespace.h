@@ -88,6 +88,10 @@ class Namespace {
   Namespace(NamespaceStore& store, const kj::Clock& clock, uint64_t chunkSize);
 
   uint64_t chunkSize() const { return chunkSize_; }
+  // Reads the counters kept in memory again (a standby that became active: the log changed
+  // the store under it), and makes the root of a new file system if the store is empty and
+  // writable.
+  void reload();
 
   Result<Inode> getattr(uint64_t inode);
   Result<Inode> lookup(uint64_t parent, std::string_view name);

@@ -5,6 +5,19 @@
 
 namespace cairn {
 
+const std::string LOG_LSN_KEY = "mlog_lsn";
+const std::string LOG_EPOCH_KEY = "mlog_epoch";
+const std::string LOG_INSTALLING_KEY = "mlog_installing";
+
+namespace {
+
+std::string encodeNumber(uint64_t v) { return std::to_string(v); }
+uint64_t decodeNumber(const std::optional<std::string>& v) {
+  return v ? std::strtoull(v->c_str(), nullptr, 10) : 0;
+}
+
+}  // namespace
+
 NamespaceStore::NamespaceStore(const std::string& dir, leveldb::Env* env) {
   leveldb::Options options;
   options.create_if_missing = true;
@@ -15,6 +28,8 @@ NamespaceStore::NamespaceStore(const std::string& dir, leveldb::Env* env) {
   if (!s.ok()) KJ_FAIL_REQUIRE("cannot open metadata store", dir, s.ToString());
   db.reset(raw);
   committer = std::make_unique<GroupCommitter>(*db);
+  lsn = decodeNumber(get(LOG_LSN_KEY));
+  entryEpoch = epoch = decodeNumber(get(LOG_EPOCH_KEY));
 }
 
 NamespaceStore::~NamespaceStore() {
@@ -64,6 +79,37 @@ std::vector<std::pair<std::string, std::string>> NamespaceStore::scan(const std:
 }
 
 kj::Promise<void> NamespaceStore::commit(Mutation m) {
+  if (!writable) {
+    return KJ_EXCEPTION(FAILED, "metadata store is read only (this master is not active)");
+  }
+  LogEntry entry{epoch, lsn + 1, std::move(m)};
+  entry.mutation.put(LOG_LSN_KEY, encodeNumber(entry.lsn));
+  entry.mutation.put(LOG_EPOCH_KEY, encodeNumber(entry.epoch));
+  lsn = entry.lsn;
+  entryEpoch = entry.epoch;
+  auto durable = write(entry.mutation);
+  KJ_IF_MAYBE (ship, shipper) {
+    auto shipped = (*ship)(entry);
+    auto both = kj::heapArrayBuilder<kj::Promise<void>>(2);
+    both.add(kj::mv(durable));
+    both.add(kj::mv(shipped));
+    return kj::joinPromises(both.finish());
+  }
+  return durable;
+}
+
+kj::Promise<void> NamespaceStore::apply(LogEntry entry) {
+  KJ_REQUIRE(entry.lsn == lsn + 1, "log entry out of order", entry.lsn, lsn);
+  KJ_REQUIRE(entry.epoch >= entryEpoch, "log entry from an older epoch", entry.epoch, entryEpoch);
+  entry.mutation.put(LOG_LSN_KEY, encodeNumber(entry.lsn));
+  entry.mutation.put(LOG_EPOCH_KEY, encodeNumber(entry.epoch));
+  lsn = entry.lsn;
+  entryEpoch = entry.epoch;
+  epoch = std::max(epoch, entry.epoch);
+  return write(entry.mutation);
+}
+
+kj::Promise<void> NamespaceStore::write(const Mutation& m) {
   uint64_t seq = nextSeq++;
   leveldb::WriteBatch batch;
   std::vector<std::string> keys;
@@ -76,14 +122,85 @@ kj::Promise<void> NamespaceStore::commit(Mutation m) {
     overlay[key] = Pending{value, seq};
     keys.push_back(key);
   }
-  return committer->submit(std::move(batch))
-      .then([this, seq, keys = std::move(keys)]() {
-        // Once durable, LevelDB answers for these keys, unless a later mutation is pending.
-        for (auto& key : keys) {
-          auto it = overlay.find(key);
-          if (it != overlay.end() && it->second.seq == seq) overlay.erase(it);
-        }
-      });
+  return committer->submit(std::move(batch)).then([this, seq, keys = std::move(keys)]() {
+    // Once durable, LevelDB answers for these keys, unless a later mutation is pending.
+    for (auto& key : keys) {
+      auto it = overlay.find(key);
+      if (it != overlay.end() && it->second.seq == seq) overlay.erase(it);
+    }
+  });
+}
+
+namespace {
+
+class LevelDbSnapshot final : public NamespaceStore::Snapshot {
+ public:
+  explicit LevelDbSnapshot(leveldb::DB& db) : db(db), snap(db.GetSnapshot()) {
+    leveldb::ReadOptions options;
+    options.snapshot = snap;
+    options.fill_cache = false;
+    std::string value;
+    if (db.Get(options, LOG_LSN_KEY, &value).ok()) lsn_ = decodeNumber(value);
+    if (db.Get(options, LOG_EPOCH_KEY, &value).ok()) epoch_ = decodeNumber(value);
+    it.reset(db.NewIterator(options));
+    it->SeekToFirst();
+  }
+  ~LevelDbSnapshot() override {
+    it.reset();
+    db.ReleaseSnapshot(snap);
+  }
+  uint64_t lsn() const override { return lsn_; }
+  uint64_t epoch() const override { return epoch_; }
+  bool next(size_t maxBytes, std::vector<std::pair<std::string, std::string>>& out) override {
+    size_t bytes = 0;
+    for (; it->Valid() && bytes < maxBytes; it->Next()) {
+      out.emplace_back(it->key().ToString(), it->value().ToString());
+      bytes += out.back().first.size() + out.back().second.size();
+    }
+    if (!it->status().ok()) KJ_FAIL_ASSERT("snapshot read failed", it->status().ToString());
+    return it->Valid();
+  }
+
+ private:
+  leveldb::DB& db;
+  const leveldb::Snapshot* snap;
+  std::unique_ptr<leveldb::Iterator> it;
+  uint64_t lsn_ = 0, epoch_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<NamespaceStore::Snapshot> NamespaceStore::snapshot() {
+  return std::make_unique<LevelDbSnapshot>(*db);
+}
+
+kj::Promise<void> NamespaceStore::install(
+    bool first, std::vector<std::pair<std::string, std::string>> pairs,
+    std::optional<std::pair<uint64_t, uint64_t>> lastEpochLsn) {
+  KJ_REQUIRE(!writable, "a snapshot goes only into a standby's store");
+  Mutation m;
+  if (first) {
+    // Everything goes, the log position first of all (it comes back with the last piece).
+    for (auto& [key, value] : scan("", "", SIZE_MAX)) m.del(key);
+    m.put(LOG_INSTALLING_KEY, "1");
+    lsn = entryEpoch = 0;
+  }
+  for (auto& [key, value] : pairs) {
+    if (key != LOG_LSN_KEY && key != LOG_EPOCH_KEY && key != LOG_INSTALLING_KEY) {
+      m.put(std::move(key), std::move(value));
+    }
+  }
+  if (lastEpochLsn) {
+    entryEpoch = lastEpochLsn->first;
+    epoch = std::max(epoch, entryEpoch);
+    lsn = lastEpochLsn->second;
+    m.put(LOG_LSN_KEY, encodeNumber(lsn));
+    m.put(LOG_EPOCH_KEY, encodeNumber(entryEpoch));
+    m.del(LOG_INSTALLING_KEY);
+  } else {
+    m.del(LOG_LSN_KEY);
+  }
+  return write(m);
 }
 
 }  // namespace cairn

@@ -5,6 +5,7 @@
 // group committer has synced it. Only this module touches LevelDB.
 
 #include <kj/async.h>
+#include <kj/function.h>
 #include <leveldb/db.h>
 #include <leveldb/env.h>
 
@@ -30,6 +31,19 @@ struct Mutation {
   bool empty() const { return ops.empty(); }
 };
 
+// One entry of the metadata log: a mutation, its place in the log and the epoch of the
+// active master that made it.
+struct LogEntry {
+  uint64_t epoch = 0;
+  uint64_t lsn = 0;
+  Mutation mutation;
+};
+
+// The log position and epoch are kept in the store itself, in the batch of each entry.
+extern const std::string LOG_LSN_KEY;
+extern const std::string LOG_EPOCH_KEY;
+extern const std::string LOG_INSTALLING_KEY;
+
 class NamespaceStore {
  public:
   // Opens (creating if missing) the store in `dir`. `env` may be null for the real disk.
@@ -44,9 +58,47 @@ class NamespaceStore {
   std::vector<std::pair<std::string, std::string>> scan(const std::string& prefix,
                                                         const std::string& after, size_t limit);
 
-  // Applies `m` to what reads see now; the promise resolves once it is durable.
-  // Must be called on the event loop that owns this store.
+  // Applies `m` to what reads see now, as the next entry of the metadata log; the promise
+  // resolves once it is durable and the shipper (if any) has it. Must be called on the
+  // event loop that owns this store. Fails while the store is read only.
   kj::Promise<void> commit(Mutation m);
+
+  // The log: the last entry applied, and the epoch it carried.
+  uint64_t lastLsn() const { return lsn; }
+  uint64_t lastEpoch() const { return entryEpoch; }
+  // Later commits carry `epoch` (the active master's).
+  void setEpoch(uint64_t value) { epoch = value; }
+  uint64_t currentEpoch() const { return epoch; }
+  // Each committed entry goes to `shipper` too (the active sends it to its standbys); the
+  // commit resolves when both the disk and the shipper's promise have it.
+  using Shipper = kj::Function<kj::Promise<void>(const LogEntry&)>;
+  void setShipper(kj::Maybe<Shipper> value) { shipper = kj::mv(value); }
+  // A standby's store changes only through apply() and install(); commit() fails.
+  void setWritable(bool value) { writable = value; }
+  bool isWritable() const { return writable; }
+  // A snapshot was being installed when the master stopped: the store holds part of one.
+  bool installing() { return get(LOG_INSTALLING_KEY).has_value(); }
+
+  // A standby applies an entry the active shipped; it must be the next one. Resolves once
+  // durable.
+  kj::Promise<void> apply(LogEntry entry);
+
+  // A consistent copy of what is durable now, read piece by piece (the active sends it to a
+  // standby that is too far behind for the log).
+  class Snapshot {
+   public:
+    virtual ~Snapshot() = default;
+    virtual uint64_t lsn() const = 0;
+    virtual uint64_t epoch() const = 0;
+    // The next pairs, about `maxBytes` of them; false once there are none left.
+    virtual bool next(size_t maxBytes, std::vector<std::pair<std::string, std::string>>& out) = 0;
+  };
+  std::unique_ptr<Snapshot> snapshot();
+  // Installing a snapshot on a standby: the first piece replaces everything (the log
+  // position is gone until the last piece, so a crash in between starts over), the last
+  // sets the position.
+  kj::Promise<void> install(bool first, std::vector<std::pair<std::string, std::string>> pairs,
+                            std::optional<std::pair<uint64_t, uint64_t>> lastEpochLsn);
 
   uint64_t syncedWrites() const { return committer->writes(); }
   // Batch sizes and sync times of the group committer go to `metrics` from now on.
@@ -58,10 +110,16 @@ class NamespaceStore {
     uint64_t seq;
   };
 
+  // Writes `m` (already stamped) to the overlay and the committer.
+  kj::Promise<void> write(const Mutation& m);
+
   std::unique_ptr<leveldb::DB> db;
   std::unique_ptr<GroupCommitter> committer;
   std::map<std::string, Pending> overlay;
   uint64_t nextSeq = 1;
+  uint64_t lsn = 0, entryEpoch = 0, epoch = 0;
+  kj::Maybe<Shipper> shipper;
+  bool writable = true;
 };
 
 }  // namespace cairn

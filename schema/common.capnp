@@ -35,6 +35,7 @@ enum ErrorCode {
                          # for the chunk's location (and a new token) again
   readOnly @24;          # an admin put the cluster in safe mode: nothing changes until it
                          # leaves (not retried; EROFS)
+  notActive @25;         # this master is a standby (or was deposed): ask the active one
 }
 
 struct Status {

@@ -13,6 +13,58 @@ using ChunkServer = import "chunkserver.capnp".ChunkServer;
 interface Master {
   client @0 () -> (service :ClientService);
   chunkserver @1 () -> (service :ChunkserverRegistry);
+  replication @2 () -> (service :Replication);
+  # Masters only: a standby follows the active's metadata log through it.
+  state @3 () -> (state :MasterState);
+  # Any authenticated peer: which role this master has now, for clients finding the active.
+}
+
+enum MasterRole {
+  standby @0;     # applies the active's log; answers no mutation (notActive)
+  active @1;      # won the election at `epoch`
+  catchingUp @2;  # a standby still copying a snapshot or the log: not eligible to be active
+}
+
+struct MasterState {
+  id @0 :Text;          # this master's address as the others reach it
+  role @1 :MasterRole;
+  epoch @2 :UInt64;     # the newest epoch this master knows of
+  lsn @3 :UInt64;       # the last metadata log entry it applied
+  active @4 :Text;      # the active master's address as ZooKeeper names it ("" if none)
+  activeLsn @5 :UInt64; # a standby: the last entry the active has sent it
+}
+
+struct LogOp {
+  key @0 :Data;
+  value @1 :Data;
+  delete @2 :Bool;
+}
+
+struct LogEntry {
+  # One committed mutation of the metadata: applied atomically, in lsn order.
+  epoch @0 :UInt64;
+  lsn @1 :UInt64;
+  ops @2 :List(LogOp);
+}
+
+interface Replication {
+  follow @0 (id :Text, lastEpoch :UInt64, lastLsn :UInt64, sink :LogSink)
+      -> (status :Status, epoch :UInt64);
+  # A standby asks the active for the log after (lastEpoch, lastLsn). The active sends it a
+  # snapshot first when that entry is not in its log (or differs), then every entry as it
+  # commits. Resolves when the active stops sending (status notActive: it is no longer
+  # active; unavailable: the standby fell behind). epoch: the active's.
+}
+
+interface LogSink {
+  # Served by a standby to the active it follows. Calls arrive in order.
+  append @0 (entries :List(LogEntry)) -> (status :Status, lsn :UInt64);
+  # Applies the entries (each must follow the last applied one) and answers once they are
+  # durable: lsn is the last entry applied.
+  snapshot @1 (epoch :UInt64, lsn :UInt64, first :Bool, last :Bool, ops :List(LogOp))
+      -> (status :Status);
+  # A consistent copy of the active's metadata as of (epoch, lsn), in pieces: the first
+  # replaces everything the standby held; after the last, the log follows from lsn + 1.
 }
 
 struct SetAttr {
@@ -180,6 +232,9 @@ interface ClientService {
   # read only too (readOnly) until an admin leaves it. The master enters safe mode by itself
   # at start until chunkservers have reported the chunks, and leaves it by itself. Entering
   # and leaving are for admins; a manual safe mode does not outlive the master's process.
+
+  failover @36 () -> (status :Status);
+  # Admins: the active master hands over to a standby in sync (and becomes a standby).
 }
 
 enum SafeModeAction {
@@ -206,14 +261,18 @@ interface ChunkserverRegistry {
   register @0 (address :Text, rack :Text, capacityBytes :UInt64, usedBytes :UInt64,
                chunks :List(ChunkReport), server :ChunkServer, availableBytes :UInt64)
       -> (status :Status, id :UInt64, heartbeatMs :UInt32, chunkSize :UInt64,
-          tokenKeys :List(Common.TokenKey));
+          tokenKeys :List(Common.TokenKey), active :Bool, epoch :UInt64);
   # A full chunk report. The master answers what the chunkserver should delete in the
   # first heartbeat.
   heartbeat @1 (id :UInt64, capacityBytes :UInt64, usedBytes :UInt64,
                 corruptHandles :List(UInt64), availableBytes :UInt64)
-      -> (status :Status, deleteHandles :List(UInt64), tokenKeys :List(Common.TokenKey));
+      -> (status :Status, deleteHandles :List(UInt64), tokenKeys :List(Common.TokenKey),
+          active :Bool, epoch :UInt64);
   # corruptHandles: replicas the scrubber found bad since the last heartbeat.
   # availableBytes: free space above the reserve, which new chunks and copies may use.
   # status notFound means: register again.
   # tokenKeys: every key chunk tokens are signed with now; they replace those held.
+  # active, epoch: whether this master is the active one, and its epoch. A chunkserver
+  # registers with every master but takes orders (deletes, versions, leases, copies) only
+  # from an active one whose epoch is the highest it has seen.
 }

@@ -160,13 +160,19 @@ TEST_F(ClientTest, TreeHelpersListMakeAndRemoveWholeTrees) {
   EXPECT_EQ(wait(client().removeTree(1, "a")).code(), ErrorCode::NOT_FOUND);
 }
 
-TEST_F(ClientTest, AMasterThatIsGoneFailsQuicklyNamingItsAddress) {
+TEST_F(ClientTest, AMasterThatIsGoneFailsAfterItsRetryTimeNamingItsAddress) {
   ClientOptions options;
-  options.master = "127.0.0.1:1";  // nothing listens on port 1
+  options.master = "127.0.0.1:1,127.0.0.1:2";  // nothing listens on ports 1 and 2
+  options.masterRetryFor = 1 * kj::SECONDS;
   Client lonely(options, io.provider->getNetwork(), io.provider->getTimer());
+  auto started = io.provider->getTimer().now();
   auto r = wait(lonely.resolve("/"));
+  auto took = io.provider->getTimer().now() - started;
   EXPECT_EQ(r.status.code(), ErrorCode::UNAVAILABLE);
   EXPECT_NE(r.status.message().find("127.0.0.1:1"), std::string::npos) << r.status.message();
+  // Both masters were tried, again and again, for the retry time and not much longer.
+  EXPECT_GE(took, 1 * kj::SECONDS);
+  EXPECT_LT(took, 4 * kj::SECONDS);
 }
 
 TEST_F(ClientTest, ReplicationGoalIsHonoured) {

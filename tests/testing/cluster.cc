@@ -1,10 +1,13 @@
 #include "cluster.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <leveldb/helpers/memenv.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -188,6 +191,8 @@ ProcessCluster::~ProcessCluster() {
   for (auto& [name, proc] : daemons) killAndReap(proc.pid, SIGKILL);
   for (size_t i = 0; i < chunkservers.size(); ++i) killChunkserver(i);
   killMaster();
+  for (size_t i = 0; i < haMasters.size(); ++i) killMasterAt(i);
+  killZooKeeper();
 }
 
 // Forks and execs argv with stdout and stderr to files (appended or truncated); the child
@@ -307,6 +312,115 @@ static void killAndReap(pid_t& pid, int signal) {
 }
 
 void ProcessCluster::killMaster(int signal) { killAndReap(masterProc.pid, signal); }
+
+void ProcessCluster::startZooKeeper() {
+  std::string zkDir = dir() + "/zk";
+  std::filesystem::create_directories(zkDir + "/data");
+  if (zkAddr.empty()) {
+    // A free port: bound and released (ZooKeeper takes its port from its configuration).
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(a);
+    bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+    getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+    zkAddr = "127.0.0.1:" + std::to_string(ntohs(a.sin_port));
+    close(fd);
+    writeFile(zkDir + "/zoo.cfg", "tickTime=500\ndataDir=" + zkDir +
+                                      "/data\nclientPort=" + std::to_string(ntohs(a.sin_port)) +
+                                      "\nclientPortAddress=127.0.0.1\nminSessionTimeout=1000\n"
+                                      "maxSessionTimeout=60000\nadmin.enableServer=false\n");
+  }
+  zk.pid = spawn(
+      {"/usr/bin/java", "-Xmx256m", "-cp", "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar",
+       "org.apache.zookeeper.server.quorum.QuorumPeerMain", zkDir + "/zoo.cfg"},
+      zkDir + "/zk.log");
+  // Ready once it accepts connections.
+  int port = std::stoi(zkAddr.substr(zkAddr.rfind(':') + 1));
+  for (int i = 0; i < 600; ++i) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(static_cast<uint16_t>(port));
+    bool up = connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
+    close(fd);
+    if (up) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ADD_FAILURE() << "ZooKeeper did not start: " << readFile(zkDir + "/zk.log");
+}
+
+void ProcessCluster::killZooKeeper(int signal) { killAndReap(zk.pid, signal); }
+
+void ProcessCluster::startHaMasters(size_t n, std::vector<std::string> flags) {
+  haFlags = std::move(flags);
+  if (zk.pid == 0) startZooKeeper();
+  haMasters.resize(n);
+  for (size_t i = 0; i < n; ++i) startMasterAt(i);
+}
+
+void ProcessCluster::startMasterAt(size_t i) {
+  std::string name = "master" + std::to_string(i);
+  std::string portFile = dir() + "/" + name + ".port";
+  unlink(portFile.c_str());
+  Proc& p = haMasters.at(i);
+  std::string listen = p.address.empty() ? "127.0.0.1:0" : p.address;
+  std::vector<std::string> argv = {binary("cairn-master"),
+                                   "--listen",
+                                   listen,
+                                   "--data",
+                                   dir() + "/" + name,
+                                   "--chunk-size",
+                                   std::to_string(chunkSize),
+                                   "--port-file",
+                                   portFile,
+                                   "--heartbeat",
+                                   "0.5",
+                                   "--credentials",
+                                   masterCreds,
+                                   "--http",
+                                   "127.0.0.1:0",
+                                   "--http-port-file",
+                                   dir() + "/" + name + ".http",
+                                   "--zookeeper",
+                                   zkAddr};
+  argv.insert(argv.end(), masterFlags.begin(), masterFlags.end());
+  argv.insert(argv.end(), haFlags.begin(), haFlags.end());
+  p.pid = spawn(argv, dir() + "/" + name + ".log");
+  p.address = waitForPortFile(portFile, p.pid);
+  masterAddr.clear();
+  for (auto& m : haMasters) {
+    if (m.address.empty()) continue;
+    masterAddr += (masterAddr.empty() ? "" : ",") + m.address;
+  }
+}
+
+void ProcessCluster::killMasterAt(size_t i, int signal) {
+  killAndReap(haMasters.at(i).pid, signal);
+}
+
+void ProcessCluster::signalMasterAt(size_t i, int signal) { kill(haMasters.at(i).pid, signal); }
+
+int ProcessCluster::waitForActiveMaster(int timeoutMs) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeoutMs);
+  do {
+    std::string out;
+    cli({"admin", "masters", "--json"}, &out);
+    for (size_t i = 0; i < haMasters.size(); ++i) {
+      // Each object lists address before role (keys sorted).
+      size_t at = out.find("\"" + haMasters[i].address + "\"");
+      size_t end = out.find('}', at);
+      if (at != std::string::npos &&
+          out.substr(at, end - at).find("\"role\": \"active\"") != std::string::npos) {
+        return static_cast<int>(i);
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  } while (std::chrono::steady_clock::now() < deadline);
+  return -1;
+}
 
 std::string ProcessCluster::startDaemon(const std::string& name,
                                         const std::vector<std::string>& argv,

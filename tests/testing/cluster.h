@@ -122,6 +122,22 @@ class ProcessCluster {
   const std::string& adminCredentials() const { return adminCreds; }
   const std::string& masterCredentials() const { return masterCreds; }
   pid_t masterPid() const { return masterProc.pid; }
+
+  // High availability: a ZooKeeper server (Debian's, run from its jar in dir()/zk) and `n`
+  // masters that elect one active. masterAddress() then names them all, comma separated,
+  // and the chunkservers, mounts and cli() use them all.
+  void startHaMasters(size_t n, std::vector<std::string> flags = {});
+  void startZooKeeper();
+  void killZooKeeper(int signal = SIGKILL);
+  const std::string& zooKeeperAddress() const { return zkAddr; }
+  // Master i of several: (re)started on its address, killed, signalled.
+  void startMasterAt(size_t i);
+  void killMasterAt(size_t i, int signal = SIGKILL);
+  void signalMasterAt(size_t i, int signal);
+  pid_t masterPidAt(size_t i) const { return haMasters.at(i).pid; }
+  std::string masterAddressAt(size_t i) const { return haMasters.at(i).address; }
+  // The index of the master that says it is active, waiting up to `timeoutMs`; -1 if none.
+  int waitForActiveMaster(int timeoutMs);
   // Mount flags (after the mount point) for every mount made from now on.
   void setMountFlags(std::vector<std::string> flags) { mountFlags = std::move(flags); }
 
@@ -177,6 +193,10 @@ class ProcessCluster {
   std::vector<std::string> chunkserverFlags;
   Proc masterProc;
   std::string masterAddr;
+  std::vector<Proc> haMasters;
+  std::vector<std::string> haFlags;
+  Proc zk;
+  std::string zkAddr;
   std::vector<Proc> chunkservers;
   std::vector<Proc> mounts;  // address holds the mount point
   std::map<std::string, Proc> daemons;
