@@ -221,6 +221,9 @@ int main(int argc, char** argv) {
     ClientOptions options;
     options.master = master;
     options.security = security.value;
+    // With several masters a command waits out a failover; with one, a master that is down
+    // is reported at once.
+    if (master.find(',') == std::string::npos) options.masterRetryFor = 2 * kj::SECONDS;
     if (!security.value.tls) {
       // Plaintext on a trusted host: calls are made for whoever runs this.
       Caller me{static_cast<uint32_t>(getuid()), {static_cast<uint32_t>(getgid())}};

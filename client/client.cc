@@ -90,6 +90,7 @@ Client::Client(ClientOptions options, kj::Network& network, kj::Timer& timer)
     start = comma + 1;
   }
   if (masters.empty()) masters.push_back(opts.master);
+  clientId = rng() | 1;
   keepalive = keepSession().eagerlyEvaluate(nullptr);
 }
 
@@ -284,10 +285,17 @@ kj::Promise<T> Client::callMaster(std::optional<Caller> as, capnp::Request<P, R>
   auto call = std::make_shared<MasterCall>();
   call->as = std::move(as);
   call->method = clientMethodOf<P>();
+  // A mutation gets an id, so that the master applies it once however often it is sent.
+  if constexpr (requires { request.initRequestId(); }) {
+    auto id = request.initRequestId();
+    id.setClient(clientId);
+    id.setSeq(nextRequest++);
+  }
   // Kept to be sent again, to another master after a failover.
   call->params.setRoot(request.asReader());
   call->timeout = timeout == 0 * kj::SECONDS ? opts.metaTimeout : timeout;
-  call->deadline = timer.now() + opts.masterRetryFor;
+  call->deadline = timer.now() + opts.masterRetryFor.value_or(masters.size() > 1 ? 30 * kj::SECONDS
+                                                                                 : 5 * kj::SECONDS);
   using F = std::decay_t<Fn>;
   return attemptMaster<T, R>(std::move(call), std::make_shared<F>(kj::fwd<Fn>(onResponse)));
 }

@@ -175,8 +175,9 @@ struct ClientOptions {
   kj::Duration connectTimeout = 3 * kj::SECONDS;
   kj::Duration retryFor = 20 * kj::SECONDS;  // how long reads and writes keep retrying
   // How long a namespace call keeps trying the masters while none answers as active (a
-  // failover takes a ZooKeeper session timeout and a moment).
-  kj::Duration masterRetryFor = 30 * kj::SECONDS;
+  // failover takes a ZooKeeper session timeout and a moment). Unset: 30 s with several
+  // masters, 5 s with one (enough for a restart; a master that is down is reported soon).
+  std::optional<kj::Duration> masterRetryFor;
   uint32_t pieceBytes = 1 << 20;             // size of one push or read RPC
   uint32_t parallelPieces = 8;               // pieces in flight per call
   kj::Duration layoutTtl = 2 * kj::SECONDS;  // how long read() trusts cached chunk locations
@@ -411,7 +412,9 @@ class Client {
   PeerPool peers;
   std::mt19937_64 rng;
   std::vector<std::string> masters;  // from opts.master
-  size_t masterIndex = 0;            // the one called now
+  uint64_t clientId = 0;             // names this client's mutations (retry cache)
+  uint64_t nextRequest = 1;
+  size_t masterIndex = 0;  // the one called now
   kj::Maybe<wire::ClientService::Client> masterService;
   // Files this client holds open: each open's caller and access, opened again on a new
   // session.

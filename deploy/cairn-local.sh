@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# A local Cairn cluster on this machine: one master, three chunkservers (each on its own
-# loopback address, as if on its own host), a MapReduce coordinator with one worker beside
-# each chunkserver, and a FUSE mount, all data under one directory.
+# A local Cairn cluster on this machine: two masters (one active, one hot standby, elected
+# through a single-node ZooKeeper that the script runs itself), three chunkservers (each on
+# its own loopback address, as if on its own host), a MapReduce coordinator with one worker
+# beside each chunkserver, and a FUSE mount, all data under one directory.
 #
 #   deploy/cairn-local.sh start  [DATA_DIR]   default ./cairn-data
 #   deploy/cairn-local.sh stop   [DATA_DIR]
@@ -14,7 +15,9 @@
 # too, so keep DATA_DIR private), and every connection is TLS 1.3 with client
 # certificates. CAIRN_INSECURE=1 starts everything in plaintext instead (one trusted host).
 #
-# Environment: CAIRN_BUILD (binaries, default ./build), CAIRN_MASTER_PORT (7700),
+# Environment: CAIRN_BUILD (binaries, default ./build), CAIRN_MASTER_PORT (7700; a second
+# master listens on the next port), CAIRN_MASTERS (2; 1 for a single master and no
+# ZooKeeper), CAIRN_ZK_PORT (ZooKeeper's client port, default the master's port + 99),
 # CAIRN_CHUNK_SIZE (bytes, default 64 MiB; fixed when DATA_DIR is first used),
 # CAIRN_MOUNT (mount point, default DATA_DIR/mnt; "none" for no mount),
 # CAIRN_COORDINATOR_PORT (7800), CAIRN_WORKER_SLOTS (tasks per worker, default 1),
@@ -32,7 +35,11 @@ DATA=$(realpath -m "${2:-./cairn-data}")
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=$(realpath -m "${CAIRN_BUILD:-$ROOT/build}")
 PORT=${CAIRN_MASTER_PORT:-7700}
+MASTERS=${CAIRN_MASTERS:-2}
+[[ "$MASTERS" =~ ^[1-9]$ ]] || { echo "$0: CAIRN_MASTERS must be 1 to 9" >&2; exit 2; }
+ZK=127.0.0.1:${CAIRN_ZK_PORT:-$((PORT + 99))}
 MASTER=127.0.0.1:$PORT
+for ((i = 1; i < MASTERS; i++)); do MASTER+=",127.0.0.1:$((PORT + i))"; done
 # A running cluster's master address is remembered, so that stop and status need no flags.
 if [ "$1" != start ] && [ -f "$DATA/master-address" ]; then MASTER=$(cat "$DATA/master-address"); fi
 CHUNK_SIZE=${CAIRN_CHUNK_SIZE:-67108864}
@@ -75,6 +82,27 @@ make_certs() {
   issue admin admin
 }
 
+# A single-node ZooKeeper from Debian's package, run from its jar with its own
+# configuration, data and port under DATA_DIR (not the system's service).
+start_zookeeper() {
+  command -v java >/dev/null && [ -f /usr/share/java/zookeeper.jar ] ||
+    { echo "$0: ZooKeeper is not installed (deploy/install-deps.sh installs it)" >&2; exit 1; }
+  mkdir -p "$DATA/zookeeper/data"
+  printf '%s\n' "tickTime=500" "dataDir=$DATA/zookeeper/data" "clientPort=${ZK##*:}" \
+    "clientPortAddress=${ZK%:*}" "minSessionTimeout=1000" "maxSessionTimeout=60000" \
+    "admin.enableServer=false" >"$DATA/zookeeper/zoo.cfg"
+  java -Xmx256m -cp /etc/zookeeper/conf:/usr/share/java/zookeeper.jar \
+    org.apache.zookeeper.server.quorum.QuorumPeerMain "$DATA/zookeeper/zoo.cfg" \
+    >>"$DATA/logs/zookeeper.log" 2>&1 &
+  echo "zookeeper $!" >>"$PIDS"
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/${ZK%:*}/${ZK##*:}") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "$0: ZooKeeper did not start on $ZK; see $DATA/logs/zookeeper.log" >&2
+  exit 1
+}
+
 start() {
   for b in master/cairn-master chunkserver/cairn-chunkserver cli/cairn fuse/cairn-mount \
            mapreduce/cairn-mapreduce; do
@@ -101,11 +129,20 @@ start() {
     export CAIRN_CREDENTIALS=$TLS/admin
     rm -f "$DATA/insecure"
   fi
-  # shellcheck disable=SC2086,SC2046  # the extra flags are words
-  "$BUILD/master/cairn-master" --listen "$MASTER" --data "$DATA/master" $(creds master) \
-    --chunk-size "$CHUNK_SIZE" --http "127.0.0.1:$HTTP_PORT" ${CAIRN_MASTER_FLAGS:-} \
-    >>"$DATA/logs/master.log" 2>&1 &
-  echo "master $!" >>"$PIDS"
+  ha=()
+  if [ "$MASTERS" -gt 1 ]; then
+    start_zookeeper
+    ha=(--zookeeper "$ZK")
+  fi
+  for ((i = 0; i < MASTERS; i++)); do
+    name=master
+    [ "$i" -gt 0 ] && name=master$((i + 1))
+    # shellcheck disable=SC2086,SC2046  # the extra flags are words
+    "$BUILD/master/cairn-master" --listen "127.0.0.1:$((PORT + i))" --data "$DATA/$name" \
+      $(creds master) --chunk-size "$CHUNK_SIZE" --http "127.0.0.1:$((HTTP_PORT + i))" \
+      "${ha[@]}" ${CAIRN_MASTER_FLAGS:-} >>"$DATA/logs/$name.log" 2>&1 &
+    echo "$name $!" >>"$PIDS"
+  done
   for i in 1 2 3; do
     host=127.0.0.$((i + 1))
     "$BUILD/chunkserver/cairn-chunkserver" --listen "$host:$((PORT + 9 + i))" \
@@ -153,7 +190,16 @@ start() {
     mountpoint -q "$MOUNT" || { echo "$0: mount did not appear at $MOUNT; see $DATA/logs" >&2; exit 1; }
     echo "$MOUNT" >"$DATA/mountpoint"
   fi
-  echo "Cairn is running: master $MASTER, 3 chunkservers, data in $DATA"
+  if [ "$MASTERS" -gt 1 ]; then
+    for _ in $(seq 1 100); do
+      "$BUILD/cli/cairn" --master "$MASTER" admin masters >/dev/null 2>&1 && break
+      sleep 0.1
+    done
+    echo "Cairn is running: masters $MASTER (one active, elected through ZooKeeper $ZK),"
+    echo "  3 chunkservers, data in $DATA"
+  else
+    echo "Cairn is running: master $MASTER, 3 chunkservers, data in $DATA"
+  fi
   echo "  MapReduce coordinator $COORDINATOR with 3 workers"
   echo "  status page: $(cat "$DATA/status-url") (metrics at /metrics)"
   [ "$MOUNT" = none ] || echo "  mounted at $MOUNT"
@@ -208,6 +254,7 @@ status() {
   eval "$(env_lines)"
   [ -f "$DATA/status-url" ] && echo "status page: $(cat "$DATA/status-url")"
   [ -f "$DATA/coordinator-status-url" ] && echo "coordinator status page: $(cat "$DATA/coordinator-status-url")"
+  "$BUILD/cli/cairn" --master "$MASTER" admin masters || rc=3
   "$BUILD/cli/cairn" --master "$MASTER" servers || rc=3
   return $rc
 }

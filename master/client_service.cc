@@ -71,8 +71,49 @@ class ClientServiceImpl final : public wire::ClientService::Server {
       capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer> context) override {
     return master.clientCalls().measure(methodId, context, [&]() {
       if (!master.isActive()) return notActive(methodId, context);
+      std::string key = requestKeyOf(methodId, context);
+      if (key.empty())
+        return wire::ClientService::Server::dispatchCall(interfaceId, methodId, context);
+      // A retry of a mutation already applied (its reply was lost, in a failover say) gets
+      // the outcome recorded then; a first attempt records it with its change.
+      if (auto done = ns.recordedOutcome(key)) return replay(methodId, context, *done);
+      master.metaStore().beginRequest(key);
+      KJ_DEFER(master.metaStore().endRequest());
       return wire::ClientService::Server::dispatchCall(interfaceId, methodId, context);
     });
+  }
+
+  // The retry-cache key of a call whose parameters carry a request id, else "".
+  static std::string requestKeyOf(
+      uint16_t methodId, capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer>& context) {
+    auto methods = capnp::Schema::from<wire::ClientService>().getMethods();
+    if (methodId >= methods.size()) return "";
+    auto paramType = methods[methodId].getParamType();
+    KJ_IF_MAYBE (field, paramType.findFieldByName("requestId")) {
+      auto params = context.getParams().getAs<capnp::DynamicStruct>(paramType);
+      if (!params.has(*field)) return "";
+      auto id = params.get(*field).as<wire::RequestId>();
+      if (id.getClient() == 0) return "";
+      return requestKey(id.getClient(), id.getSeq());
+    }
+    return "";
+  }
+
+  // Answers a call with a recorded outcome: ok, and the attributes where the results have
+  // them.
+  DispatchCallResult replay(uint16_t methodId,
+                            capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer>& context,
+                            const MutationResult& done) {
+    auto resultType =
+        capnp::Schema::from<wire::ClientService>().getMethods()[methodId].getResultType();
+    auto results = context.getResults().initAs<capnp::DynamicStruct>(resultType);
+    toWire(Status::OK(), results.init("status").as<wire::Status>());
+    KJ_IF_MAYBE (attr, resultType.findFieldByName("attr")) {
+      if (done.inode.inode != 0) {
+        fillAttr(done.inode, ns.chunkSize(), results.init(*attr).as<wire::Attr>());
+      }
+    }
+    return {kj::READY_NOW, false};
   }
 
   // A standby answers no client call: notActive in the results' status, or (for calls

@@ -134,6 +134,8 @@ kj::Promise<void> Master::tickLoop() {
           signingKey = keys.newest();
         }
         chunks->tick();
+        // Outcomes kept for retries: ten minutes outlasts any client's retrying.
+        background.add(ns->expireOutcomes(600 * kj::SECONDS));
         if (chunks->inSafeMode()) return kj::Promise<void>(kj::READY_NOW);
         // Trashed files past their period: their chunks go at the next heartbeats.
         auto trash = ns->expireTrash().then([this](MutationResult r) {

@@ -106,6 +106,7 @@ class Master final : private kj::TaskSet::ErrorHandler {
   void rotateTokenKeys();
 
   Namespace& names() { return *ns; }
+  NamespaceStore& metaStore() { return *store; }
   ChunkManager& chunkManager() { return *chunks; }
   const MasterOptions& options() const { return opts; }
   kj::Timer& timer() { return timer_; }

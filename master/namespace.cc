@@ -72,6 +72,10 @@ ChunkRecord decodeChunk(uint32_t index, std::string_view bytes) {
 
 }  // namespace
 
+std::string requestKey(uint64_t client, uint64_t seq) {
+  return fmt::format("r{:016x}{:016x}", client, seq);
+}
+
 std::string inodeKey(uint64_t inode) {
   std::string k = "i";
   putBe64(k, inode);
@@ -281,9 +285,42 @@ uint64_t Namespace::allocateInode(Mutation& m) {
 
 kj::Promise<MutationResult> Namespace::finish(Mutation m, MutationResult result) {
   if (!result.status.ok() || m.empty()) return result;
+  recordOutcome(m, result);
   return store.commit(std::move(m)).then([result = std::move(result)]() mutable {
     return std::move(result);
   });
+}
+
+// An outcome: when (ns), then the attributes (when there are some), as encodeInode has them.
+void Namespace::recordOutcome(Mutation& m, const MutationResult& result) {
+  auto key = store.takeRequestKey();
+  if (!key) return;
+  std::string value = encodeU64(static_cast<uint64_t>(nowNs()));
+  if (result.inode.inode != 0) value += encodeInode(result.inode);
+  m.put(*key, value);
+}
+
+std::optional<MutationResult> Namespace::recordedOutcome(const std::string& key) {
+  auto value = store.get(key);
+  if (!value || value->size() < 8) return std::nullopt;
+  MutationResult r;
+  if (value->size() > 8) {
+    auto n = decodeInode(std::string_view(*value).substr(8));
+    if (n) r.inode = *n;
+  }
+  return r;
+}
+
+kj::Promise<void> Namespace::expireOutcomes(kj::Duration maxAge) {
+  uint64_t cutoff = static_cast<uint64_t>(nowNs() - maxAge / kj::NANOSECONDS);
+  auto rows = store.scan("r", outcomeCursor, 4096);
+  outcomeCursor = rows.size() < 4096 ? std::string() : rows.back().first;
+  Mutation m;
+  for (auto& [key, value] : rows) {
+    if (value.size() >= 8 && decodeU64(value.substr(0, 8)) < cutoff) m.del(key);
+  }
+  if (m.empty()) return kj::READY_NOW;
+  return store.commit(std::move(m));
 }
 
 Result<Inode> Namespace::newEntry(Mutation& m, uint64_t parent, std::string_view name,
@@ -455,6 +492,7 @@ kj::Promise<Status> Namespace::setxattr(uint64_t inode, std::string_view name,
   Mutation m;
   m.put(xattrKey(inode, name), std::string(value));
   m.put(inodeKey(inode), encodeInode(*n));
+  recordOutcome(m, MutationResult{Status::OK(), {}, {}});
   return store.commit(std::move(m)).then([]() { return Status::OK(); });
 }
 
@@ -483,6 +521,7 @@ kj::Promise<Status> Namespace::removexattr(uint64_t inode, std::string_view name
   Mutation m;
   m.del(xattrKey(inode, name));
   m.put(inodeKey(inode), encodeInode(*n));
+  recordOutcome(m, MutationResult{Status::OK(), {}, {}});
   return store.commit(std::move(m)).then([]() { return Status::OK(); });
 }
 

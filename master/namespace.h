@@ -162,6 +162,11 @@ class Namespace {
   // size = max(size, current); mtime set when size or data changed.
   kj::Promise<MutationResult> commitSize(uint64_t inode, uint64_t size, int64_t mtimeNs);
 
+  // The retry cache (see NamespaceStore::beginRequest): the outcome recorded for a
+  // request, and the pruning of those older than `maxAge` (a page at a time).
+  std::optional<MutationResult> recordedOutcome(const std::string& key);
+  kj::Promise<void> expireOutcomes(kj::Duration maxAge);
+
   // Chunks.
   std::optional<ChunkRecord> getChunk(uint64_t inode, uint32_t index);
   std::vector<ChunkRecord> listChunks(uint64_t inode, uint32_t first, uint32_t count);
@@ -193,6 +198,9 @@ class Namespace {
   void deleteInode(Mutation& m, const Inode& victim, std::vector<uint64_t>& released);
   bool isAncestor(uint64_t ancestor, uint64_t inode);
   kj::Promise<MutationResult> finish(Mutation m, MutationResult result);
+  // Adds the request's outcome to `m` if a request is being dispatched.
+  void recordOutcome(Mutation& m, const MutationResult& result);
+  std::string outcomeCursor;  // where expireOutcomes() goes on
 
   NamespaceStore& store;
   const kj::Clock& clock;
@@ -211,6 +219,7 @@ std::string symlinkKey(uint64_t inode);
 std::string xattrKey(uint64_t inode, std::string_view name);
 std::string trashKey(int64_t deletedNs, uint64_t inode);
 std::string orphanKey(uint64_t inode);
+std::string requestKey(uint64_t client, uint64_t seq);
 std::string encodeInode(const Inode& inode);
 std::optional<Inode> decodeInode(std::string_view bytes);
 

@@ -79,6 +79,17 @@ class NamespaceStore {
   // A snapshot was being installed when the master stopped: the store holds part of one.
   bool installing() { return get(LOG_INSTALLING_KEY).has_value(); }
 
+  // The retry cache: while a client's mutation that carries a request id is dispatched,
+  // `key` names its outcome. The mutation's first entry records the outcome under it,
+  // atomically with the change (Namespace takes the key when it commits).
+  void beginRequest(std::string key) { requestKey = std::move(key); }
+  void endRequest() { requestKey.reset(); }
+  std::optional<std::string> takeRequestKey() {
+    auto key = std::move(requestKey);
+    requestKey.reset();
+    return key;
+  }
+
   // A standby applies an entry the active shipped; it must be the next one. Resolves once
   // durable.
   kj::Promise<void> apply(LogEntry entry);
@@ -120,6 +131,7 @@ class NamespaceStore {
   uint64_t lsn = 0, entryEpoch = 0, epoch = 0;
   kj::Maybe<Shipper> shipper;
   bool writable = true;
+  std::optional<std::string> requestKey;
 };
 
 }  // namespace cairn

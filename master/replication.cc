@@ -136,11 +136,10 @@ void LogShipper::acked(Follower& f, uint64_t lsn) {
     f.acked = lsn;
     f.lastProgress = timer.now();
   }
-  if (f.inSync) holders[f.id] = f.acked;
-  // A standby that holds every acknowledged entry and receives each new one joins the set.
+  // A standby that holds every acknowledged entry and receives each new one joins the set:
+  // from now on acknowledgements wait for it (while ZooKeeper is told).
   if (!f.inSync && f.live && f.acked >= released && !stopped) {
     f.inSync = true;
-    holders[f.id] = f.acked;
     logInfo("standby {} is in sync at entry {}", f.id, f.acked);
     updateInSync();
   }
@@ -151,9 +150,13 @@ void LogShipper::acked(Follower& f, uint64_t lsn) {
 void LogShipper::release() {
   if (!inSyncKnown) return;
   uint64_t safe = store.lastLsn();
-  for (auto& [id, lsn] : holders) safe = std::min(safe, lsn);
   size_t inSyncNow = 0;
-  for (auto& [id, f] : followers_) inSyncNow += f->inSync;
+  for (auto& [id, f] : followers_) {
+    if (!f->inSync) continue;
+    safe = std::min(safe, f->acked);
+    ++inSyncNow;
+  }
+  for (auto& [id, lsn] : departed) safe = std::min(safe, lsn);
   if (inSyncNow < opts.minSyncStandbys) safe = released;
   released = std::max(released, safe);
   while (!pending.empty() && pending.front().lsn <= released) {
@@ -175,10 +178,10 @@ void LogShipper::updateInSync() {
         recording = false;
         recordedInSync = desired;
         inSyncKnown = true;
-        // Those no longer named are no longer waited for.
-        for (auto it = holders.begin(); it != holders.end();) {
+        // Those that left and are no longer named are no longer waited for.
+        for (auto it = departed.begin(); it != departed.end();) {
           bool named = std::find(desired.begin(), desired.end(), it->first) != desired.end();
-          it = named ? std::next(it) : holders.erase(it);
+          it = named ? std::next(it) : departed.erase(it);
         }
         release();
         updateInSync();  // the set may have moved while this was written
@@ -223,10 +226,12 @@ void LogShipper::drop(Follower& f, Status why) {
   f.done->fulfill(kj::mv(why));
   auto it = followers_.find(f.id);
   bool wasInSync = f.inSync;
+  // ZooKeeper may name it still: until it does not, it is waited for, at what it held.
+  if (wasInSync) departed[f.id] = f.acked;
   // Destroyed later: this may run inside the follower's own work.
   tasks.add(kj::evalLater([dead = kj::mv(it->second)]() {}));
   followers_.erase(it);
-  if (wasInSync) updateInSync();  // its holder entry goes once ZooKeeper no longer names it
+  if (wasInSync) updateInSync();
 }
 
 void LogShipper::stop(const std::string& why) {

@@ -92,9 +92,9 @@ class LogShipper final : private kj::TaskSet::ErrorHandler {
   uint64_t nextSession = 1;
   std::deque<Pending> pending;
   uint64_t released;  // every entry up to here is acknowledged
-  // Standbys acknowledgements wait for, with the last entry each holds: those in sync, and
-  // those that left but are still named in ZooKeeper.
-  std::map<std::string, uint64_t> holders;
+  // Acknowledgements wait for every follower in sync, and for those that left while in sync
+  // until ZooKeeper no longer names them (with the last entry each held then).
+  std::map<std::string, uint64_t> departed;
   bool recording = false;
   std::vector<std::string> recordedInSync;  // as ZooKeeper has it (without this master)
   bool inSyncKnown = false;                 // the first write has landed

@@ -58,7 +58,28 @@ std::string Master::statusPage() {
               : chunks->inManualSafeMode() ? "on: entered by an admin, read only"
                                            : "on: waiting for chunkservers to report",
               chunks->inSafeMode());
-  body += row("Masters", "1 (active; no standby)");
+  if (!haEnabled()) {
+    body += row("Masters", "1 (active; no standby)");
+  } else if (active_) {
+    std::string standbyText;
+    for (auto& f : standbys()) {
+      standbyText += fmt::format("; standby {} {} (log entry {})", htmlEscape(f.id),
+                                 f.inSync     ? "in sync"
+                                 : f.snapshot ? "copying a snapshot"
+                                              : "catching up",
+                                 f.acked);
+    }
+    body += row(
+        "This master",
+        fmt::format("active at epoch {}, log entry {}{}", epoch(), store->lastLsn(), standbyText),
+        standbys().empty());
+  } else {
+    // A standby's chunk map lags: what follows is the active's to tell.
+    body += row("This master",
+                fmt::format("standby at log entry {}; the active master is {}", store->lastLsn(),
+                            activeAddress.empty() ? "not elected yet" : htmlEscape(activeAddress)),
+                activeAddress.empty());
+  }
   body += row("Up for", duration(timer_.now() - startedAt));
   body += row("Capacity", bytes(capacity));
   body += row("Used", bytes(used) + " " + share(used, capacity));

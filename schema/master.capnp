@@ -67,6 +67,14 @@ interface LogSink {
   # replaces everything the standby held; after the last, the log follows from lsn + 1.
 }
 
+struct RequestId {
+  # Names one mutation of one client, so that a retry (after a failover, say) is applied
+  # once: the master keeps each one's outcome for ten minutes, in the replicated metadata,
+  # and answers a retry with it. client 0: no id.
+  client @0 :UInt64;
+  seq @1 :UInt64;
+}
+
 struct SetAttr {
   setMode @0 :Bool;
   mode @1 :UInt32;
@@ -133,24 +141,24 @@ interface ClientService {
   # most 255 bytes. Inode 1 is the root directory.
   lookup @0 (parent :UInt64, name :Text) -> (status :Status, attr :Attr);
   getattr @1 (inode :UInt64) -> (status :Status, attr :Attr);
-  mkdir @2 (parent :UInt64, name :Text, mode :UInt32) -> (status :Status, attr :Attr);
+  mkdir @2 (parent :UInt64, name :Text, mode :UInt32, requestId :RequestId) -> (status :Status, attr :Attr);
   create @3 (parent :UInt64, name :Text, mode :UInt32, replication :UInt8, exclusive :Bool,
-             open :Bool) -> (status :Status, attr :Attr);
+             open :Bool, requestId :RequestId) -> (status :Status, attr :Attr);
   # replication 0 means the default goal. Without `exclusive`, an existing regular
   # file is returned as it is. With `open`, the file is opened for writing as by open().
   # New entries belong to the caller (see asCaller).
-  setattr @4 (inode :UInt64, set :SetAttr) -> (status :Status, attr :Attr);
+  setattr @4 (inode :UInt64, set :SetAttr, requestId :RequestId) -> (status :Status, attr :Attr);
   readdir @5 (inode :UInt64, after :Text, limit :UInt32)
       -> (status :Status, entries :List(DirEntry), more :Bool);
   # Entries sorted by name, strictly after `after`; at most `limit` (capped at 4096).
-  unlink @6 (parent :UInt64, name :Text) -> (status :Status);
-  rmdir @7 (parent :UInt64, name :Text) -> (status :Status);
+  unlink @6 (parent :UInt64, name :Text, requestId :RequestId) -> (status :Status);
+  rmdir @7 (parent :UInt64, name :Text, requestId :RequestId) -> (status :Status);
   rename @8 (srcParent :UInt64, srcName :Text, dstParent :UInt64, dstName :Text,
-             noReplace :Bool) -> (status :Status);
+             noReplace :Bool, requestId :RequestId) -> (status :Status);
   # noReplace: fail with alreadyExists rather than replace (RENAME_NOREPLACE).
   resolve @9 (path :Text) -> (status :Status, attr :Attr);
   # An absolute path, for tools that speak in paths.
-  setReplication @10 (inode :UInt64, replication :UInt8) -> (status :Status, attr :Attr);
+  setReplication @10 (inode :UInt64, replication :UInt8, requestId :RequestId) -> (status :Status, attr :Attr);
 
   # Chunks.
   getChunks @11 (inode :UInt64, firstIndex :UInt32, count :UInt32)
@@ -172,23 +180,24 @@ interface ClientService {
   clusterInfo @15 () -> (chunkSize :UInt64, servers :List(ServerInfo), defaultReplication :UInt8);
 
   # More namespace.
-  symlink @16 (parent :UInt64, name :Text, target :Text) -> (status :Status, attr :Attr);
+  symlink @16 (parent :UInt64, name :Text, target :Text, requestId :RequestId) -> (status :Status, attr :Attr);
   readlink @17 (inode :UInt64) -> (status :Status, target :Text);
-  link @18 (inode :UInt64, newParent :UInt64, newName :Text) -> (status :Status, attr :Attr);
-  mknod @19 (parent :UInt64, name :Text, type :Common.FileType, mode :UInt32, rdev :UInt64)
+  link @18 (inode :UInt64, newParent :UInt64, newName :Text, requestId :RequestId) -> (status :Status, attr :Attr);
+  mknod @19 (parent :UInt64, name :Text, type :Common.FileType, mode :UInt32, rdev :UInt64,
+             requestId :RequestId)
       -> (status :Status, attr :Attr);
   # Extended attributes: names under "user."; user.cairn.replication and user.cairn.chunks
   # are the replication goal and the chunk map (JSON), computed by the master.
-  setxattr @20 (inode :UInt64, name :Text, value :Data, flags :UInt32) -> (status :Status);
+  setxattr @20 (inode :UInt64, name :Text, value :Data, flags :UInt32, requestId :RequestId) -> (status :Status);
   # flags: 1 = create only (alreadyExists if set), 2 = replace only (notFound if unset).
   getxattr @21 (inode :UInt64, name :Text) -> (status :Status, value :Data);
   listxattr @22 (inode :UInt64) -> (status :Status, names :List(Text));
-  removexattr @23 (inode :UInt64, name :Text) -> (status :Status);
+  removexattr @23 (inode :UInt64, name :Text, requestId :RequestId) -> (status :Status);
   statfs @24 () -> (capacityBytes :UInt64, freeBytes :UInt64, files :UInt64);
 
   # Trash: an unlinked file is kept, restorable, for the trash period.
   trashList @25 () -> (status :Status, entries :List(TrashEntry));
-  trashRestore @26 (path :Text) -> (status :Status, attr :Attr);
+  trashRestore @26 (path :Text, requestId :RequestId) -> (status :Status, attr :Attr);
   # Administration.
   decommission @27 (address :Text) -> (status :Status, remaining :UInt64, done :Bool);
   # Starts draining the chunkserver (idempotent); `remaining` counts its chunks that do not

@@ -8,6 +8,7 @@
 #include <kj/async-io.h>
 #include <leveldb/helpers/memenv.h>
 
+#include "chunkserver_service.h"
 #include "cluster.h"
 #include "master.h"
 
@@ -233,6 +234,54 @@ TEST_F(AuthorizerTest, CertificatesDecideWhoCallsAre) {
   Identity anyone;
   EXPECT_EQ(credentialsFor(anyone, Credentials{5, {5}}).value.uid, 5u);
   EXPECT_TRUE(isAdmin(anyone));
+}
+
+}  // namespace
+}  // namespace cairn
+
+namespace cairn {
+namespace {
+
+// The retry cache, through the client service as a client calls it: a mutation sent twice
+// with one request id is applied once, and the second answer is the first one's.
+TEST_F(AuthorizerTest, AMutationSentTwiceWithOneRequestIdIsAppliedOnce) {
+  Identity admin{Role::ADMIN, "admin", 0, {0}, false, true};
+  wire::ClientService::Client svc = newClientService(*master, admin);
+  auto create = [&](uint64_t seq) {
+    auto req = svc.createRequest();
+    req.setParent(ROOT_INODE);
+    req.setName("once");
+    req.setMode(0644);
+    req.setExclusive(true);
+    auto id = req.initRequestId();
+    id.setClient(42);
+    id.setSeq(seq);
+    return req.send().wait(io.waitScope);
+  };
+  auto first = create(7);
+  ASSERT_TRUE(fromWire(first.getStatus()).ok()) << fromWire(first.getStatus()).toString();
+  auto again = create(7);
+  ASSERT_TRUE(fromWire(again.getStatus()).ok()) << fromWire(again.getStatus()).toString();
+  EXPECT_EQ(again.getAttr().getInode(), first.getAttr().getInode());
+  // Another call of the same client is a new mutation: the name is taken.
+  EXPECT_EQ(fromWire(create(8).getStatus()).code(), ErrorCode::ALREADY_EXISTS);
+
+  auto unlink = [&](uint64_t seq) {
+    auto req = svc.unlinkRequest();
+    req.setParent(ROOT_INODE);
+    req.setName("once");
+    auto id = req.initRequestId();
+    id.setClient(42);
+    id.setSeq(seq);
+    return fromWire(req.send().wait(io.waitScope).getStatus());
+  };
+  EXPECT_TRUE(unlink(9).ok());
+  EXPECT_TRUE(unlink(9).ok());  // not notFound: it was this call, answered again
+  EXPECT_EQ(unlink(10).code(), ErrorCode::NOT_FOUND);
+  // Outcomes go after their time.
+  clock.current = clock.current + 601 * kj::SECONDS;
+  master->names().expireOutcomes(600 * kj::SECONDS).wait(io.waitScope);
+  EXPECT_EQ(master->names().recordedOutcome(requestKey(42, 7)), std::nullopt);
 }
 
 }  // namespace
