@@ -50,13 +50,15 @@ Election::Election(ElectionOptions options, Events events)
   thread = std::thread([this]() { run(); });
 }
 
-Election::~Election() {
+Election::~Election() { stop(); }
+
+void Election::stop() {
   {
     std::lock_guard<std::mutex> lock(mutex);
     stopping = true;
   }
   wake.notify_all();
-  thread.join();
+  if (thread.joinable()) thread.join();
 }
 
 void Election::setCandidate(bool value) {

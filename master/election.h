@@ -61,6 +61,9 @@ class Election {
   void setCandidate(bool candidate);
   // Leaves the active role on purpose, and the race for resignHoldOffMs.
   void resign();
+  // Ends the session and the election thread (the ZooKeeper client's threads with it);
+  // waits for them. The destructor does it too.
+  void stop();
   // The active writes who holds every acknowledged mutation. Resolves (on the loop) once
   // ZooKeeper has it; fails if this master is no longer active or ZooKeeper is unreachable.
   kj::Promise<void> writeInSync(std::vector<std::string> ids);

@@ -60,7 +60,11 @@ void Master::deposed(const std::string& why) {
   active_ = false;
   store->setWritable(false);
   if (shipper) shipper->stop(why);
-  if (opts.onDeposed) opts.onDeposed(why);
+  if (opts.onDeposed) {
+    // Nothing of the ZooKeeper client may run on while main() replaces the process.
+    election->stop();
+    opts.onDeposed(why);
+  }
 }
 
 void Master::activeChanged(const std::string& address) {
