@@ -235,11 +235,10 @@ kj::Promise<bool> Client::retryMaster(MasterCall& call, bool timedOut) {
   // with several, the next is.
   if ((timedOut && masters.size() == 1) || timer.now() >= call.deadline) return false;
   uint32_t attempt = call.attempt++;
-  // Each master once at once, then with a growing pause: a failover takes seconds.
+  // Each master once at once, then one every 250 ms: a failover is over a moment after the
+  // dead master's ZooKeeper session expires, and the wait should end then too.
   if (attempt + 1 < masters.size()) return true;
-  return timer.afterDelay(backoff(attempt + 1 - static_cast<uint32_t>(masters.size()))).then([]() {
-    return true;
-  });
+  return timer.afterDelay(250 * kj::MILLISECONDS).then([]() { return true; });
 }
 
 template <typename T, typename R, typename Fn>

@@ -132,7 +132,6 @@ TEST_F(HaTest, KillingTheActiveDuringWritesLosesNothingAcknowledged) {
 
   std::this_thread::sleep_for(std::chrono::milliseconds(1500));
   int before = writer.acknowledged;
-  auto killedAt = Clock::now();
   cluster->killMasterAt(active, SIGKILL);
   int next = cluster->waitForActiveMaster(30000);
   ASSERT_EQ(next, standby());
@@ -152,17 +151,10 @@ TEST_F(HaTest, KillingTheActiveDuringWritesLosesNothingAcknowledged) {
     longest = std::max(
         longest, std::chrono::duration<double>(writer.doneAt[i] - writer.doneAt[i - 1]).count());
   }
-  double failover = 0;
-  for (auto& t : writer.doneAt) {
-    if (t > killedAt) {
-      failover = std::chrono::duration<double>(t - killedAt).count();
-      break;
-    }
-  }
-  std::cout << "failover: first write acknowledged " << failover
-            << " s after kill -9 of the active; longest pause " << longest << " s; "
-            << writer.acknowledged << " mount rounds, " << cliAcknowledged << " CLI puts\n";
-  EXPECT_LT(failover, 15.0);
+  std::cout << "failover: longest pause between acknowledged writes " << longest
+            << " s across kill -9 of the active; " << writer.acknowledged << " mount rounds, "
+            << cliAcknowledged << " CLI puts\n";
+  EXPECT_LT(longest, 15.0);
 
   // Everything acknowledged is there, once.
   int acked = writer.acknowledged;
