@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <functional>
 #include <map>
@@ -96,10 +97,20 @@ int cmdMasters(CliContext& c, bool json) {
   auto all = c.client.masterStates().wait(c.waitScope);
   uint64_t activeLsn = 0;
   bool anyActive = false;
+  std::vector<std::string> inSync;
   for (auto& m : all) {
     if (m.role == "active") {
       activeLsn = std::max(activeLsn, m.lsn);
       anyActive = true;
+      inSync = m.inSync;
+    }
+  }
+  // A standby is one that could take over: the active counts it in sync. Others are still
+  // catching up.
+  for (auto& m : all) {
+    if (anyActive && m.role == "standby" &&
+        std::find(inSync.begin(), inSync.end(), m.address) == inSync.end()) {
+      m.role = "catching-up";
     }
   }
   auto behind = [&](const MasterInfo& m) -> int64_t {

@@ -738,6 +738,7 @@ kj::Promise<std::vector<MasterInfo>> Client::masterStates() {
                        m.epoch = s.getEpoch();
                        m.lsn = s.getLsn();
                        m.active = s.getActive();
+                       for (auto id : s.getInSync()) m.inSync.push_back(id);
                        return m;
                      },
                      [this, address](kj::Exception&& e) {

@@ -117,9 +117,10 @@ struct MasterInfo {
   bool reachable = false;
   std::string role;  // active, standby, catching-up (unreachable: empty)
   uint64_t epoch = 0;
-  uint64_t lsn = 0;    // last log entry applied
-  std::string active;  // the active master as ZooKeeper names it
-  std::string error;   // why it did not answer
+  uint64_t lsn = 0;                 // last log entry applied
+  std::string active;               // the active master as ZooKeeper names it
+  std::vector<std::string> inSync;  // the active: the standbys in sync
+  std::string error;                // why it did not answer
 };
 
 struct SafeModeState {

@@ -275,6 +275,12 @@ void Election::run() {
     std::string current;
     Stat stat{};
     int rc = getText(zh, path("active"), current, &stat, &Election::watcher, this);
+    // A missing node leaves no data watch: one on its existence tells when it is made.
+    if (rc == ZNONODE &&
+        zoo_wexists(zh, path("active").c_str(), &Election::watcher, this, &stat) == ZOK) {
+      lock.lock();
+      continue;  // made meanwhile: read it
+    }
     lock.lock();
     if (rc == ZOK || rc == ZNONODE) {
       if (rc == ZNONODE) current.clear();
@@ -286,10 +292,9 @@ void Election::run() {
         disconnect(lock, "another master holds the active node");
         continue;
       }
-      if (rc == ZNONODE && candidate && !active && Clock::now() >= holdOffUntil) {
-        tryToWin(lock);
-        continue;
-      }
+      // A try that fails (another won, or this master is not in sync) waits for the next
+      // change or half a second, as everything else here does.
+      if (rc == ZNONODE && candidate && !active && Clock::now() >= holdOffUntil) tryToWin(lock);
     }
     wake.wait_for(lock, std::chrono::milliseconds(500), [this]() {
       return stopping || changed || !inSyncWrites.empty() || sessionState != ZOO_CONNECTED_STATE;

@@ -325,6 +325,11 @@ void Master::describeMetrics() {
   m.describe("cairn_inodes", T::GAUGE, "files, directories and other entries");
   m.describe("cairn_safe_mode", T::GAUGE, "1 in safe mode (manual: entered by an admin)");
   m.describe("cairn_leases", T::GAUGE, "chunks with a valid write lease");
+  m.describe("cairn_master_active", T::GAUGE, "1 while this master is the active one");
+  m.describe("cairn_master_epoch", T::GAUGE, "the newest epoch this master knows of");
+  m.describe("cairn_master_log_entry", T::GAUGE, "the last metadata log entry applied here");
+  m.describe("cairn_master_standbys", T::GAUGE,
+             "standbys following this (active) master, by whether they are in sync");
   m.collect([this](const Metrics::GaugeSink& set) {
     auto h = chunks->health();
     set("cairn_chunks", {{"state", "total"}}, static_cast<double>(h.chunks));
@@ -366,6 +371,13 @@ void Master::describeMetrics() {
     set("cairn_safe_mode", {{"manual", chunks->inManualSafeMode() ? "true" : "false"}},
         chunks->inSafeMode() ? 1 : 0);
     set("cairn_leases", {}, static_cast<double>(chunks->leasesHeld()));
+    set("cairn_master_active", {}, active_ ? 1 : 0);
+    set("cairn_master_epoch", {}, static_cast<double>(store->currentEpoch()));
+    set("cairn_master_log_entry", {}, static_cast<double>(store->lastLsn()));
+    double inSync = 0, behind = 0;
+    for (auto& f : standbys()) (f.inSync ? inSync : behind) += 1;
+    set("cairn_master_standbys", {{"in_sync", "true"}}, inSync);
+    set("cairn_master_standbys", {{"in_sync", "false"}}, behind);
   });
 }
 

@@ -150,6 +150,12 @@ void Master::describeState(wire::MasterState::Builder out) {
   out.setLsn(store->lastLsn());
   out.setActive(activeAddress);
   out.setActiveLsn(sink != nullptr ? sink->lastReceived : 0);
+  std::vector<std::string> inSync;
+  for (auto& f : standbys()) {
+    if (f.inSync) inSync.push_back(f.id);
+  }
+  auto list = out.initInSync(static_cast<uint>(inSync.size()));
+  for (size_t i = 0; i < inSync.size(); ++i) list.set(static_cast<uint>(i), inSync[i]);
 }
 
 }  // namespace cairn

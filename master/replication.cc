@@ -343,6 +343,10 @@ kj::Promise<void> LogShipper::sendFrom(std::string id, uint64_t session) {
     return kj::READY_NOW;
   }
   size_t from = f->sent + 1 - tail.front().lsn;
+  if (from >= tail.size()) {
+    drop(*f, Status::unavailable("the log does not reach its position"));
+    return kj::READY_NOW;
+  }
   size_t count = 0, bytes = 0;
   while (from + count < tail.size() && count < BATCH_ENTRIES && bytes < BATCH_BYTES) {
     bytes += entryBytes(tail[from + count]);

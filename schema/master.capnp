@@ -32,6 +32,7 @@ struct MasterState {
   lsn @3 :UInt64;       # the last metadata log entry it applied
   active @4 :Text;      # the active master's address as ZooKeeper names it ("" if none)
   activeLsn @5 :UInt64; # a standby: the last entry the active has sent it
+  inSync @6 :List(Text);  # the active: the standbys in sync (that could take over)
 }
 
 struct LogOp {

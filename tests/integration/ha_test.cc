@@ -39,6 +39,8 @@ class HaTest : public testing::ClusterFixture {
     active = cluster->waitForActiveMaster(20000);
     ASSERT_GE(active, 0) << readFile(cluster->dir() + "/master0.log");
     cluster->waitForLiveChunkservers(3);
+    // In sync: the standby could take over from now on.
+    ASSERT_TRUE(waitFor(20, [&]() { return roleOf(standby()) == "standby"; })) << roleOf(standby());
   }
   int standby() const { return 1 - active; }
   // The role `cairn admin masters` gives master i ("" if it did not answer).
