@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <kj/debug.h>
 
+#include "address.h"
 #include "chunkserver_service.h"
 #include "log.h"
 #include "master.h"
@@ -120,6 +121,12 @@ kj::Promise<Status> Master::follow(std::string id, uint64_t lastEpoch, uint64_t 
   if (!active_ || !shipper) {
     return Status(ErrorCode::NOT_ACTIVE, "this master is not active");
   }
+  // The id goes into ZooKeeper's comma-separated in-sync list: a HOST:PORT, nothing else.
+  auto hp = parseHostPort(id);
+  if (!hp.ok() || hp.value.port == 0 || id.find(',') != std::string::npos) {
+    return Status::invalidArgument("a standby's id is its HOST:PORT");
+  }
+  if (id == opts.election.id) return Status::invalidArgument("a master cannot follow itself");
   return shipper->follow(std::move(id), lastEpoch, lastLsn, kj::mv(sinkCap));
 }
 

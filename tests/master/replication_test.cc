@@ -8,6 +8,7 @@
 #include <kj/async-io.h>
 #include <leveldb/helpers/memenv.h>
 
+#include <functional>
 #include <memory>
 
 namespace cairn {
@@ -45,9 +46,16 @@ class ReplicationTest : public ::testing::Test {
     m.put(key, value);
     active->commit(std::move(m)).wait(io.waitScope);
   }
-  void settle() {
-    for (int i = 0; i < 20; ++i)
+  // Runs the loop until `done` holds (5 s at most).
+  bool until(const std::function<bool()>& done) {
+    for (int i = 0; i < 5000 && !done(); ++i) {
       io.provider->getTimer().afterDelay(kj::MILLISECONDS).wait(io.waitScope);
+    }
+    return done();
+  }
+  bool inSync(LogShipper& s) {
+    auto f = s.followers();
+    return f.size() == 1 && f[0].inSync;
   }
 
   kj::AsyncIoContext io;
@@ -61,9 +69,7 @@ TEST_F(ReplicationTest, EntriesReachTheStandbyInOrderBeforeTheyAreAcknowledged) 
   auto shipper = ship();
   commit("k0", "before any standby");  // acknowledged by the active alone
   auto following = shipper->follow("b", 0, 0, sink());
-  settle();
-  ASSERT_EQ(shipper->followers().size(), 1u);
-  EXPECT_TRUE(shipper->followers()[0].inSync);
+  ASSERT_TRUE(until([&]() { return inSync(*shipper); }));
   EXPECT_EQ(recorded, std::vector<std::string>{"b"});
   for (int i = 1; i <= 50; ++i) commit("k" + std::to_string(i), "v" + std::to_string(i));
   // Each commit above returned only once the standby held it.
@@ -81,7 +87,7 @@ TEST_F(ReplicationTest, AStandbyFarBehindGetsASnapshotThenTheLog) {
   auto shipper = ship(options);
   for (int i = 0; i < 200; ++i) commit("k" + std::to_string(i), std::string(20, 'a' + i % 26));
   auto following = shipper->follow("b", 0, 0, sink());
-  settle();
+  ASSERT_TRUE(until([&]() { return inSync(*shipper); }));
   EXPECT_EQ(installs, 1);
   for (int i = 200; i < 210; ++i) commit("k" + std::to_string(i), "after");
   EXPECT_EQ(standby->lastLsn(), active->lastLsn());
@@ -105,7 +111,7 @@ TEST_F(ReplicationTest, AStandbyWithEntriesOfItsOwnIsReplacedBySnapshot) {
   auto shipper = ship();
   commit("theirs", "acknowledged");
   auto following = shipper->follow("b", standby->lastEpoch(), standby->lastLsn(), sink());
-  settle();
+  ASSERT_TRUE(until([&]() { return inSync(*shipper); }));
   commit("more", "x");
   EXPECT_EQ(installs, 1);
   EXPECT_EQ(standby->get("mine"), std::nullopt);
@@ -145,8 +151,7 @@ TEST_F(ReplicationTest, ASilentStandbyLeavesTheInSyncSetAndAcknowledgementsGoOn)
     kj::Promise<void> append(AppendContext) override { return kj::NEVER_DONE; }
   };
   shipper->follow("mute", 0, 0, kj::heap<Silent>()).detach([](kj::Exception&&) {});
-  settle();
-  ASSERT_EQ(recorded, std::vector<std::string>{"mute"});
+  ASSERT_TRUE(until([&]() { return recorded == std::vector<std::string>{"mute"}; }));
   bool done = false;
   Mutation m;
   m.put("k", "v");
@@ -165,7 +170,7 @@ TEST_F(ReplicationTest, StopFailsWhatWaitsAndRefusesMore) {
     kj::Promise<void> append(AppendContext) override { return kj::NEVER_DONE; }
   };
   shipper->follow("mute", 0, 0, kj::heap<Silent>()).detach([](kj::Exception&&) {});
-  settle();
+  ASSERT_TRUE(until([&]() { return inSync(*shipper); }));
   Mutation m;
   m.put("k", "v");
   auto pending = active->commit(std::move(m));

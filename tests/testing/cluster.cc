@@ -242,15 +242,15 @@ std::string ProcessCluster::waitForPortFile(const std::string& path, pid_t pid) 
   return "";
 }
 
-void ProcessCluster::startMaster() {
-  std::string portFile = dir() + "/master.port";
+std::vector<std::string> ProcessCluster::masterArgv(const std::string& name,
+                                                    const std::string& listen) {
+  std::string portFile = dir() + "/" + name + ".port";
   unlink(portFile.c_str());
-  std::string listen = masterAddr.empty() ? "127.0.0.1:0" : masterAddr;
   std::vector<std::string> argv = {binary("cairn-master"),
                                    "--listen",
                                    listen,
                                    "--data",
-                                   dir() + "/master",
+                                   dir() + "/" + name,
                                    "--chunk-size",
                                    std::to_string(chunkSize),
                                    "--port-file",
@@ -262,10 +262,15 @@ void ProcessCluster::startMaster() {
                                    "--http",
                                    "127.0.0.1:0",
                                    "--http-port-file",
-                                   dir() + "/master.http"};
+                                   dir() + "/" + name + ".http"};
   argv.insert(argv.end(), masterFlags.begin(), masterFlags.end());
+  return argv;
+}
+
+void ProcessCluster::startMaster() {
+  auto argv = masterArgv("master", masterAddr.empty() ? "127.0.0.1:0" : masterAddr);
   masterProc.pid = spawn(argv, dir() + "/master.log");
-  masterAddr = waitForPortFile(portFile, masterProc.pid);
+  masterAddr = waitForPortFile(dir() + "/master.port", masterProc.pid);
   masterProc.address = masterAddr;
 }
 
@@ -363,33 +368,13 @@ void ProcessCluster::startHaMasters(size_t n, std::vector<std::string> flags) {
 
 void ProcessCluster::startMasterAt(size_t i) {
   std::string name = "master" + std::to_string(i);
-  std::string portFile = dir() + "/" + name + ".port";
-  unlink(portFile.c_str());
   Proc& p = haMasters.at(i);
-  std::string listen = p.address.empty() ? "127.0.0.1:0" : p.address;
-  std::vector<std::string> argv = {binary("cairn-master"),
-                                   "--listen",
-                                   listen,
-                                   "--data",
-                                   dir() + "/" + name,
-                                   "--chunk-size",
-                                   std::to_string(chunkSize),
-                                   "--port-file",
-                                   portFile,
-                                   "--heartbeat",
-                                   "0.5",
-                                   "--credentials",
-                                   masterCreds,
-                                   "--http",
-                                   "127.0.0.1:0",
-                                   "--http-port-file",
-                                   dir() + "/" + name + ".http",
-                                   "--zookeeper",
-                                   zkAddr};
-  argv.insert(argv.end(), masterFlags.begin(), masterFlags.end());
+  auto argv = masterArgv(name, p.address.empty() ? "127.0.0.1:0" : p.address);
+  argv.push_back("--zookeeper");
+  argv.push_back(zkAddr);
   argv.insert(argv.end(), haFlags.begin(), haFlags.end());
   p.pid = spawn(argv, dir() + "/" + name + ".log");
-  p.address = waitForPortFile(portFile, p.pid);
+  p.address = waitForPortFile(dir() + "/" + name + ".port", p.pid);
   masterAddr.clear();
   for (auto& m : haMasters) {
     if (m.address.empty()) continue;

@@ -178,6 +178,8 @@ class ProcessCluster {
     std::string credentials;  // chunkservers: their certificate's directory
   };
   pid_t spawn(const std::vector<std::string>& argv, const std::string& logFile);
+  // A master's command line: its files under dir() are named `name` (.port, .http, data).
+  std::vector<std::string> masterArgv(const std::string& name, const std::string& listen);
   // A new local file name in dir(), unique across threads.
   std::string scratchFile(const std::string& what);
   std::string waitForPortFile(const std::string& path, pid_t pid);
