@@ -90,7 +90,8 @@ Client::Client(ClientOptions options, kj::Network& network, kj::Timer& timer)
     start = comma + 1;
   }
   if (masters.empty()) masters.push_back(opts.master);
-  clientId = rng() | 1;
+  // Never from opts.seed: two clients with one id would be answered each other's outcomes.
+  clientId = systemSeed() | 1;
   keepalive = keepSession().eagerlyEvaluate(nullptr);
 }
 
