@@ -81,6 +81,13 @@ uint64_t ChunkManager::registerServer(const std::string& address, const std::str
       s.pendingDeletes.push_back(entry.handle);
       continue;
     }
+    if (entry.version > c.record.version && entry.version <= issuedOf(c)) {
+      // It took a version change whose answer never came (a late order, a reply lost):
+      // the change was undone or went on without it, so it missed what followed.
+      ++stale;
+      s.pendingDeletes.push_back(entry.handle);
+      continue;
+    }
     if (entry.version > c.record.version) {
       // The master failed after replicas moved to a new version but before it recorded
       // it: the chunkserver has the last word, and older replicas are now the stale ones.
@@ -91,7 +98,7 @@ uint64_t ChunkManager::registerServer(const std::string& address, const std::str
         queueDelete(other, entry.handle);
       }
       c.record.version = entry.version;
-      ns.setChunkVersion(c.inode, c.record).detach([](kj::Exception&& e) {
+      recordVersion(c).detach([](kj::Exception&& e) {
         logError("cannot record adopted version: {}", e.getDescription().cStr());
       });
     }
@@ -264,7 +271,7 @@ std::vector<uint64_t> succeeded(const std::vector<ServerFailure>& results) {
 }
 }  // namespace
 
-kj::Promise<std::vector<uint64_t>> ChunkManager::bumpVersion(uint64_t handle) {
+kj::Promise<std::vector<uint64_t>> ChunkManager::bumpVersion(uint64_t handle, int round) {
   Chunk& c = chunks.at(handle);
   auto live = liveReplicas(c);
   if (live.empty()) return std::vector<uint64_t>{};
@@ -275,12 +282,12 @@ kj::Promise<std::vector<uint64_t>> ChunkManager::bumpVersion(uint64_t handle) {
   // a replica may have taken a bump whose answer was lost.
   c.record.version = nextVersion(c);
   c.primary.reset();
-  return ns.setChunkVersion(c.inode, c.record)
+  return recordVersion(c)
       .then([this, live, handle]() {
         return setVersionOn(live, handle, chunks.at(handle).record.version, false);
       })
-      .then([this, handle, oldVersion,
-             oldPrimary](std::vector<ServerFailure> results) -> kj::Promise<std::vector<uint64_t>> {
+      .then([this, handle, oldVersion, oldPrimary,
+             round](std::vector<ServerFailure> results) -> kj::Promise<std::vector<uint64_t>> {
         auto it = chunks.find(handle);
         if (it == chunks.end()) return std::vector<uint64_t>{};
         Chunk& c = it->second;
@@ -288,20 +295,29 @@ kj::Promise<std::vector<uint64_t>> ChunkManager::bumpVersion(uint64_t handle) {
         if (current.empty()) {
           // Nobody moved: keep the old version so that the replicas stay current, and the
           // old lease as the primary may still hold it (no copy starts under it).
+          // The record keeps the number handed out as `issued`: a replica that takes it
+          // late is stale, never newer.
           c.record.version = oldVersion;
           c.primary = oldPrimary;
-          return ns.setChunkVersion(c.inode, c.record).then([]() {
-            return std::vector<uint64_t>{};
-          });
+          return recordVersion(c).then([]() { return std::vector<uint64_t>{}; });
         }
+        bool failed = false;
         for (auto& r : results) {
           if (!r.status.ok()) {
-            removeReplica(c, r.server);  // stale now
+            removeReplica(c, r.server);
             queueDelete(r.server, handle);
+            failed = true;
           }
         }
         // Every replica that stays moved to the new version, which ends any lease there.
         c.leaseExpiry = timer.now();
+        if (failed) {
+          // One that failed may still take the new version late (its answer lost, the order
+          // delayed in the network) and would then look current without the writes that
+          // follow: the others move once more, to a number it is never sent.
+          if (round + 1 >= MAX_FENCE_ROUNDS) return std::vector<uint64_t>{};
+          return bumpVersion(handle, round + 1);
+        }
         return current;
       });
 }
@@ -316,9 +332,19 @@ size_t ChunkManager::roomElsewhere(const Chunk& c) {
   return n;
 }
 
+uint64_t ChunkManager::issuedOf(const Chunk& c) {
+  return std::max({c.issued, c.record.issued, c.record.version});
+}
+
 uint64_t ChunkManager::nextVersion(Chunk& c) {
-  c.issued = std::max(c.issued, c.record.version) + 1;
+  c.issued = issuedOf(c) + 1;
   return c.issued;
+}
+
+kj::Promise<void> ChunkManager::recordVersion(Chunk& c) {
+  c.issued = issuedOf(c);
+  c.record.issued = c.issued;
+  return ns.setChunkVersion(c.inode, c.record);
 }
 
 PlacementCandidate ChunkManager::candidate(const Server& s) const {
@@ -476,11 +502,14 @@ kj::Promise<Result<ChunkView>> ChunkManager::allocate(uint64_t inode, uint32_t i
                        chunks.erase(it);
                        return forget;
                      }
-                     // A new chunk has no stale replicas to fence off: its first lease
+                     // A server that failed may still create the chunk late (the order
+                     // delayed, its answer lost), empty at version 1: the chunk then moves
+                     // to a new version before its first write. Otherwise the first lease
                      // keeps version 1.
-                     return grantLeaseTo(handle, created[0]).then([&out](Result<ChunkView> r) {
-                       out = std::move(r);
-                     });
+                     auto lease = created.size() == results.size()
+                                      ? grantLeaseTo(handle, created[0])
+                                      : grantNewLease(handle);
+                     return lease.then([&out](Result<ChunkView> r) { out = std::move(r); });
                    });
              })
       .then([result = kj::mv(result)]() mutable { return std::move(*result); });
@@ -539,7 +568,7 @@ kj::Promise<Status> ChunkManager::truncateChunk(uint64_t inode, uint64_t size) {
                      c.record.version = nextVersion(c);
                      c.primary.reset();
                      uint64_t version = c.record.version;
-                     return ns.setChunkVersion(c.inode, c.record)
+                     return recordVersion(c)
                          .then([this, live, handle, version, offset]() {
                            kj::Vector<kj::Promise<Status>> calls;
                            for (uint64_t s : live) {
@@ -555,11 +584,12 @@ kj::Promise<Status> ChunkManager::truncateChunk(uint64_t inode, uint64_t size) {
                            size_t ok = 0;
                            for (auto& r : results) ok += r.ok();
                            if (ok == 0) {
-                             // Nobody moved: the replicas stay current at the old version.
+                             // Nobody moved: the replicas stay current at the old version
+                             // (one that takes the cut late is stale: see `issued`).
                              out = results.size() > 0 ? results[0]
                                                       : Status::unavailable("no replica");
                              c.record.version = oldVersion;
-                             return ns.setChunkVersion(c.inode, c.record);
+                             return recordVersion(c);
                            }
                            for (size_t i = 0; i < live.size(); ++i) {
                              if (!results[i].ok()) {

@@ -247,8 +247,12 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   std::vector<uint64_t> liveReplicas(const Chunk& c);
   // Live replicas not known to be corrupt: those that hold every acknowledged byte.
   std::vector<uint64_t> goodReplicas(const Chunk& c);
+  // The highest version ever sent for the chunk (in memory or recorded).
+  static uint64_t issuedOf(const Chunk& c);
   // A version number for a bump, never one handed out before.
   uint64_t nextVersion(Chunk& c);
+  // Records the chunk's version, with the highest number handed out.
+  kj::Promise<void> recordVersion(Chunk& c);
   // Runs `step` for chunk `handle` once no other step for it is in progress.
   kj::Promise<void> serialize(uint64_t handle, kj::Function<kj::Promise<void>()> step);
   kj::Promise<Result<ChunkView>> allocate(uint64_t inode, uint32_t index, uint8_t goal);
@@ -259,9 +263,12 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
                                                        uint64_t handle, uint64_t version,
                                                        bool create);
   // Moves the chunk to a new version on its live replicas (recorded first, GFS's order).
-  // Replicas that do not follow leave; if none follows, the old version stays and
-  // nothing leaves. Resolves to the replicas now current.
-  kj::Promise<std::vector<uint64_t>> bumpVersion(uint64_t handle);
+  // Replicas that do not follow leave, and the others move once more (up to
+  // MAX_FENCE_ROUNDS) so that a late arrival of the order cannot make a leaver current; if
+  // none follows, the old version stays and nothing leaves. Resolves to the replicas now
+  // current.
+  static constexpr int MAX_FENCE_ROUNDS = 4;
+  kj::Promise<std::vector<uint64_t>> bumpVersion(uint64_t handle, int round = 0);
   void removeReplica(Chunk& c, uint64_t server);
   // A replica found bad leaves the chunk, unless it is the last current one (then it is
   // kept and counted as corrupt).

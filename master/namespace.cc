@@ -59,6 +59,7 @@ std::string encodeChunk(const ChunkRecord& r) {
   std::string s;
   putLe(s, r.handle);
   putLe(s, r.version);
+  if (r.issued > r.version) putLe(s, r.issued);  // older records end after the version
   return s;
 }
 ChunkRecord decodeChunk(uint32_t index, std::string_view bytes) {
@@ -67,6 +68,8 @@ ChunkRecord decodeChunk(uint32_t index, std::string_view bytes) {
   size_t pos = 0;
   getLe(bytes, pos, r.handle);
   getLe(bytes, pos, r.version);
+  r.issued = r.version;
+  if (bytes.size() >= pos + 8) getLe(bytes, pos, r.issued);
   return r;
 }
 
@@ -964,7 +967,7 @@ kj::Promise<Result<ChunkRecord>> Namespace::allocateChunk(uint64_t inode, uint32
     return Result<ChunkRecord>(Status::invalidArgument("not a regular file"));
   }
   if (auto existing = getChunk(inode, index)) return Result<ChunkRecord>(*existing);
-  ChunkRecord record{index, nextHandle++, 1};
+  ChunkRecord record{index, nextHandle++, 1, 1};
   Mutation m;
   m.put(NEXT_HANDLE_KEY, encodeU64(nextHandle));
   m.put(chunkKey(inode, index), encodeChunk(record));

@@ -66,6 +66,10 @@ struct ChunkRecord {
   uint32_t index = 0;
   uint64_t handle = 0;
   uint64_t version = 0;
+  // The highest version ever sent to a replica (>= version). A replica that reports a
+  // version in (version, issued] took a change whose answer never came back: it missed
+  // what followed, so it is stale, never newer.
+  uint64_t issued = 0;
 };
 
 struct SetAttrArgs {

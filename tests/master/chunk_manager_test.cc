@@ -20,6 +20,7 @@ class FakeControl final : public ReplicaControl {
                     (create ? " create" : ""));
     if (down.count(server)) return Status::unavailable("down");
     versions[{server, handle}] = version;
+    if (late.count(server)) return Status::unavailable("the answer was lost");
     return Status::OK();
   }
   kj::Promise<Status> grantLease(uint64_t server, uint64_t, uint64_t, uint32_t) override {
@@ -46,6 +47,7 @@ class FakeControl final : public ReplicaControl {
   int copies = 0;
   std::map<std::pair<uint64_t, uint64_t>, uint64_t> versions;
   std::set<uint64_t> down;
+  std::set<uint64_t> late;  // these take a setVersion but their answer is lost
   int leases = 0;
 };
 
@@ -456,6 +458,69 @@ TEST_F(ChunkManagerTest, AVersionIsNeverHandedOutTwice) {
   auto again = prepare(0);
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again.value.record.version, v + 2);
+}
+
+TEST_F(ChunkManagerTest, AServerThatCreatesTheChunkWithoutAnsweringIsFencedOff) {
+  // Two of four servers take the create but their answers are lost: at least one of the
+  // three targets is such a server, and holds an empty chunk at version 1.
+  control.late = {ids[0], ids[1]};
+  auto r = prepare(0);
+  ASSERT_TRUE(r.ok()) << r.status.toString();
+  EXPECT_GT(r.value.record.version, 1u);  // the writes go to a version it never got
+  uint64_t handle = r.value.record.handle;
+  for (uint64_t late : control.late) {
+    if (!control.versions.count(std::make_pair(late, handle))) continue;
+    EXPECT_EQ(control.versions[std::make_pair(late, handle)], 1u);
+    std::string address = "127.0.0." + std::to_string(late + 1) + ":1";
+    manager.registerServer(address, "r", 1 << 30, 0, {{handle, 1, 0}});
+    for (auto& rep : manager.locate(file, 0, 1)[0].replicas) EXPECT_NE(rep.address, address);
+    EXPECT_EQ(deletesFor(late), std::vector<uint64_t>{handle});
+  }
+}
+
+TEST_F(ChunkManagerTest, AReplicaThatTakesABumpLateIsStaleNotNewer) {
+  auto r = prepare(0);
+  ASSERT_TRUE(r.ok());
+  uint64_t v = r.value.record.version, handle = r.value.record.handle;
+  std::vector<uint64_t> holders;
+  for (auto& rep : r.value.replicas) holders.push_back(idOf(rep.address));
+  // Every replica takes the bump but no answer comes back: the master keeps v...
+  control.late = {ids[0], ids[1], ids[2], ids[3]};
+  timer.advanceTo(timer.now() + 61 * kj::SECONDS);
+  heartbeatAll();
+  EXPECT_FALSE(prepare(0).ok());
+  settle();
+  EXPECT_EQ(ns.getChunk(file, 0)->version, v);
+  EXPECT_EQ(ns.getChunk(file, 0)->issued, v + 1);  // recorded, so it outlives the master
+  EXPECT_EQ(control.versions[std::make_pair(holders[0], handle)], v + 1);
+  // ...and a replica reporting v+1 is one that missed what the others hold since: it must
+  // not be taken as newer (which would have the others deleted).
+  control.late.clear();
+  manager.registerServer(r.value.replicas[0].address, "r", 1 << 30, 0, {{handle, v + 1, 0}});
+  auto view = manager.locate(file, 0, 1)[0];
+  EXPECT_EQ(view.record.version, v);
+  EXPECT_EQ(view.replicas.size(), 2u);
+  for (auto& rep : view.replicas) EXPECT_NE(rep.address, r.value.replicas[0].address);
+}
+
+TEST_F(ChunkManagerTest, AReplicaWhoseBumpAnswerIsLostIsLeftBehindByAnotherBump) {
+  auto r = prepare(0);
+  ASSERT_TRUE(r.ok());
+  uint64_t v = r.value.record.version, handle = r.value.record.handle;
+  uint64_t lost = idOf(r.value.replicas[1].address);
+  control.late = {lost};
+  timer.advanceTo(timer.now() + 61 * kj::SECONDS);
+  heartbeatAll();
+  auto again = prepare(0);
+  ASSERT_TRUE(again.ok()) << again.status.toString();
+  EXPECT_EQ(control.versions[std::make_pair(lost, handle)], v + 1);  // it took the first bump...
+  EXPECT_EQ(again.value.record.version, v + 2);  // ...and the writes go to the second
+  EXPECT_EQ(again.value.replicas.size(), 2u);
+  control.late.clear();
+  manager.registerServer(r.value.replicas[1].address, "r", 1 << 30, 0, {{handle, v + 1, 0}});
+  for (auto& rep : manager.locate(file, 0, 1)[0].replicas) {
+    EXPECT_NE(rep.address, r.value.replicas[1].address);
+  }
 }
 
 TEST_F(ChunkManagerTest, ACopyWaitsForALeaseTheMasterNoLongerNames) {
