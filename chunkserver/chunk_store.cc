@@ -348,6 +348,7 @@ Status ChunkStore::create(uint64_t handle, uint64_t version) {
   }
   std::lock_guard<std::mutex> guard(mutex);
   chunks[handle] = std::move(entry);
+  noteChange(handle, version);
   return Status::OK();
 }
 
@@ -363,7 +364,11 @@ Status ChunkStore::setVersion(uint64_t handle, uint64_t version) {
   uint64_t old = e->version;
   e->version = version;
   Status s = writeHeader(handle, *e, false);
-  if (!s.ok()) e->version = old;
+  if (s.ok()) {
+    noteChange(handle, version);
+  } else {
+    e->version = old;
+  }
   return s;
 }
 
@@ -679,6 +684,7 @@ Status ChunkStore::truncate(uint64_t handle, uint64_t version, uint64_t length) 
       e->version = old;
       return s;
     }
+    noteChange(handle, version);
   }
   return Status::OK();
 }
@@ -722,9 +728,37 @@ Status ChunkStore::remove(uint64_t handle) {
     lock.unlock();
     entry = std::move(it->second);
     chunks.erase(it);
+    noteChange(handle, 0);
   }
   disk.remove(pathIn(entry->dir, handle, ".meta"));  // of format 1, if unconverted
   return disk.remove(pathIn(entry->dir, handle, ""));
+}
+
+void ChunkStore::noteChange(uint64_t handle, uint64_t version) {
+  std::lock_guard<std::mutex> guard(changeMutex);
+  changes.push_back({++changeCount, handle, version});
+  if (changes.size() > MAX_CHANGES) changes.pop_front();
+}
+
+uint64_t ChunkStore::lastChange() {
+  std::lock_guard<std::mutex> guard(changeMutex);
+  return changeCount;
+}
+
+bool ChunkStore::changesSince(uint64_t seq, size_t limit, std::vector<Change>& out) {
+  std::lock_guard<std::mutex> guard(changeMutex);
+  if (seq >= changeCount) return true;
+  if (changes.empty() || changes.front().seq > seq + 1) return false;
+  // The numbers in the deque run without a gap.
+  for (size_t i = seq + 1 - changes.front().seq; i < changes.size() && out.size() < limit; ++i) {
+    out.push_back(changes[i]);
+  }
+  return true;
+}
+
+void ChunkStore::trimChanges(uint64_t seq) {
+  std::lock_guard<std::mutex> guard(changeMutex);
+  while (!changes.empty() && changes.front().seq <= seq) changes.pop_front();
 }
 
 Status ChunkStore::verify(uint64_t handle) {

@@ -13,6 +13,7 @@
 // DiskPool. Thread-safe: calls for one chunk exclude each other where they must.
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -94,6 +95,21 @@ class ChunkStore {
   // Re-reads every written block of the replica and checks it (the scrubber's check).
   Status verify(uint64_t handle);
 
+  // Replica changes, numbered in the order they happened: created or moved to a new
+  // version (`version`), or removed (version 0). Each master hears of them after the full
+  // report it had at registration, so that a standby's map of replicas stays current.
+  struct Change {
+    uint64_t seq = 0;
+    uint64_t handle = 0;
+    uint64_t version = 0;
+  };
+  uint64_t lastChange();
+  // Up to `limit` changes numbered after `seq`; false if some of them were forgotten
+  // (then only a full report will do).
+  bool changesSince(uint64_t seq, size_t limit, std::vector<Change>& out);
+  // Forgets the changes numbered up to `seq` (every master has them).
+  void trimChanges(uint64_t seq);
+
   // Capacity and free space summed over the data directories (whole file systems), and
   // what new chunks may still use (free space above each directory's reserve).
   DiskSpace space();
@@ -145,6 +161,13 @@ class ChunkStore {
   std::optional<uint64_t> reserveBytes;
   std::mutex mutex;  // guards `chunks` (the map, not the entries)
   std::map<uint64_t, std::shared_ptr<Entry>> chunks;
+
+  // Called where the change happens, under the lock that orders changes of that chunk.
+  void noteChange(uint64_t handle, uint64_t version);
+  static constexpr size_t MAX_CHANGES = 1'000'000;  // beyond: the oldest are forgotten
+  std::mutex changeMutex;                           // guards the two below; taken last
+  std::deque<Change> changes;
+  uint64_t changeCount = 0;
 };
 
 }  // namespace cairn

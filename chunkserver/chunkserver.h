@@ -68,6 +68,9 @@ class Chunkserver {
   const ChunkserverOptions& options() const { return opts; }
   // Registered with some master.
   bool registered() const;
+  // The store's replicas changed: masters that take no orders from here (standbys) hear of
+  // it at once rather than at the next heartbeat.
+  void replicasChanged();
 
   // What /metrics shows, and the calls counted into it.
   Metrics& metrics() { return metrics_; }
@@ -90,7 +93,9 @@ class Chunkserver {
     bool active = false;  // as of its last answer
     uint64_t epoch = 0;
     TokenKeys tokenKeys;
-    std::vector<uint64_t> corruptFound;  // reported with the next heartbeat
+    std::vector<uint64_t> corruptFound;        // reported with the next heartbeat
+    uint64_t reportedChange = 0;               // the store's last change this master has heard of
+    kj::Own<kj::PromiseFulfiller<void>> wake;  // brings the next heartbeat forward
     kj::TimePoint lastReply = kj::origin<kj::TimePoint>();
     kj::Maybe<kj::Promise<void>> loop;
   };
@@ -104,6 +109,8 @@ class Chunkserver {
   // The capability a master calls back on, tied to its link.
   wire::ChunkServer::Client capabilityForMaster(size_t link);
   kj::Promise<void> deleteChunks(kj::Array<uint64_t> handles);
+  // Forgets the store's changes that every registered master has heard of.
+  void trimChanges();
   kj::Promise<void> scrubLoop(uint64_t after);
 
   ChunkserverOptions opts;

@@ -220,7 +220,10 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
                                                 : store.setVersion(handle, version);
                                 });
                               })
-        .then([context](Status s) mutable { toWire(s, context.getResults().initStatus()); });
+        .then([this, context](Status s) mutable {
+          cs.replicasChanged();
+          toWire(s, context.getResults().initStatus());
+        });
   }
 
   kj::Promise<void> grantLease(GrantLeaseContext context) override {
@@ -248,7 +251,10 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
                                   return store.truncate(handle, version, length);
                                 });
                               })
-        .then([context](Status s) mutable { toWire(s, context.getResults().initStatus()); });
+        .then([this, context](Status s) mutable {
+          cs.replicasChanged();
+          toWire(s, context.getResults().initStatus());
+        });
   }
 
   kj::Promise<void> sync(SyncContext context) override {
@@ -287,7 +293,8 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
                        });
                      });
                })
-        .then([context, handle](Status s) mutable {
+        .then([this, context, handle](Status s) mutable {
+          cs.replicasChanged();
           if (s.ok()) logInfo("chunk {:x}: copied in", handle);
           toWire(s, context.getResults().initStatus());
         });

@@ -10,6 +10,11 @@
 
 namespace cairn {
 
+namespace {
+constexpr kj::Duration REPORT_DELAY = 20 * kj::MILLISECONDS;
+constexpr size_t MAX_CHANGES_SENT = 100'000;  // per heartbeat; more go with the next
+}  // namespace
+
 wire::ChunkServer::Client newChunkServerImpl(Chunkserver& cs, ChunkServerImpl*& raw);
 
 Chunkserver::Chunkserver(ChunkserverOptions options, Disk& disk, kj::Timer& timer,
@@ -129,9 +134,12 @@ kj::Promise<void> Chunkserver::linkLoop(size_t index) {
 }
 
 kj::Promise<void> Chunkserver::registerWithMaster(size_t index) {
+  // Changes numbered after `since` may be missing from the report: the heartbeats send them.
+  uint64_t since = chunkStore.lastChange();
   return diskPool.run([this]() { return std::make_pair(chunkStore.list(), spaceNow()); })
-      .then([this, index](std::pair<std::vector<StoredChunk>, SpaceReport> state) {
+      .then([this, index, since](std::pair<std::vector<StoredChunk>, SpaceReport> state) {
         auto& link = *links[index];
+        link.reportedChange = since;
         lastSpace = state.second;
         auto registry = peerPool.get<wire::Master>(link.address, Role::MASTER)
                             .chunkserverRequest()
@@ -173,10 +181,30 @@ Chunkserver::SpaceReport Chunkserver::spaceNow() {
   return {space.capacityBytes, space.freeBytes, chunkStore.available()};
 }
 
+void Chunkserver::replicasChanged() {
+  for (size_t i = 0; i < links.size(); ++i) {
+    auto& link = *links[i];
+    if (link.wake && link.wake->isWaiting() && !ordersFrom(i).ok()) link.wake->fulfill();
+  }
+}
+
+void Chunkserver::trimChanges() {
+  uint64_t heard = chunkStore.lastChange();
+  for (auto& link : links) {
+    if (link->registrationId != 0) heard = std::min(heard, link->reportedChange);
+  }
+  chunkStore.trimChanges(heard);
+}
+
 kj::Promise<void> Chunkserver::heartbeatLoop(size_t index,
                                              wire::ChunkserverRegistry::Client registry,
                                              uint32_t ms) {
+  auto wake = kj::newPromiseAndFulfiller<void>();
+  links[index]->wake = kj::mv(wake.fulfiller);
+  // Changes are sent a moment after they happen, a few at a time rather than one by one.
+  auto soon = wake.promise.then([this]() { return timer_.afterDelay(REPORT_DELAY); });
   return timer_.afterDelay(ms * kj::MILLISECONDS)
+      .exclusiveJoin(kj::mv(soon))
       .then([this]() { return diskPool.run([this]() { return spaceNow(); }); })
       .then([this, index, registry, ms](SpaceReport space) mutable {
         auto& link = *links[index];
@@ -191,30 +219,43 @@ kj::Promise<void> Chunkserver::heartbeatLoop(size_t index,
         link.corruptFound.clear();
         auto corrupt = req.initCorruptHandles(static_cast<uint>(found.size()));
         for (size_t i = 0; i < found.size(); ++i) corrupt.set(static_cast<uint>(i), found[i]);
+        std::vector<ChunkStore::Change> changes;
+        // Forgotten changes (a master far behind): only a full report will do.
+        KJ_REQUIRE(chunkStore.changesSince(link.reportedChange, MAX_CHANGES_SENT, changes),
+                   "replica changes forgotten; registering again with a full report");
+        auto list = req.initChanges(static_cast<uint>(changes.size()));
+        for (size_t i = 0; i < changes.size(); ++i) {
+          list[i].setHandle(changes[i].handle);
+          list[i].setVersion(changes[i].version);
+        }
+        uint64_t sentUpTo = changes.empty() ? link.reportedChange : changes.back().seq;
         return timer_.timeoutAfter(opts.rpcTimeout, req.send())
-            .then([this, index, registry, ms](auto response) mutable -> kj::Promise<void> {
-              auto& link = *links[index];
-              Status s = fromWire(response.getStatus());
-              if (s.code() == ErrorCode::NOT_FOUND) {
-                logWarn("master {} forgot this chunkserver; registering again", link.address);
-                return kj::READY_NOW;  // linkLoop registers again
-              }
-              KJ_REQUIRE(s.ok(), "heartbeat refused", s.toString());
-              fromWire(response.getTokenKeys(), link.tokenKeys);
-              heardFrom(link, response.getActive(), response.getEpoch());
-              auto handles = response.getDeleteHandles();
-              // Deletes only on the word of the master that may give orders.
-              if (handles.size() != 0 && !ordersFrom(index).ok()) {
-                logWarn("ignored {} deletes from master {}: {}", handles.size(), link.address,
-                        ordersFrom(index).toString());
-                handles = {};
-              }
-              auto copy = kj::heapArray<uint64_t>(handles.size());
-              for (uint i = 0; i < handles.size(); ++i) copy[i] = handles[i];
-              return deleteChunks(kj::mv(copy)).then([this, index, registry, ms]() mutable {
-                return heartbeatLoop(index, kj::mv(registry), ms);
-              });
-            });
+            .then(
+                [this, index, registry, ms, sentUpTo](auto response) mutable -> kj::Promise<void> {
+                  auto& link = *links[index];
+                  Status s = fromWire(response.getStatus());
+                  if (s.code() == ErrorCode::NOT_FOUND) {
+                    logWarn("master {} forgot this chunkserver; registering again", link.address);
+                    return kj::READY_NOW;  // linkLoop registers again
+                  }
+                  KJ_REQUIRE(s.ok(), "heartbeat refused", s.toString());
+                  link.reportedChange = sentUpTo;
+                  trimChanges();
+                  fromWire(response.getTokenKeys(), link.tokenKeys);
+                  heardFrom(link, response.getActive(), response.getEpoch());
+                  auto handles = response.getDeleteHandles();
+                  // Deletes only on the word of the master that may give orders.
+                  if (handles.size() != 0 && !ordersFrom(index).ok()) {
+                    logWarn("ignored {} deletes from master {}: {}", handles.size(), link.address,
+                            ordersFrom(index).toString());
+                    handles = {};
+                  }
+                  auto copy = kj::heapArray<uint64_t>(handles.size());
+                  for (uint i = 0; i < handles.size(); ++i) copy[i] = handles[i];
+                  return deleteChunks(kj::mv(copy)).then([this, index, registry, ms]() mutable {
+                    return heartbeatLoop(index, kj::mv(registry), ms);
+                  });
+                });
       });
 }
 
@@ -247,16 +288,18 @@ kj::Promise<void> Chunkserver::scrubLoop(uint64_t after) {
 
 kj::Promise<void> Chunkserver::deleteChunks(kj::Array<uint64_t> handles) {
   if (handles.size() == 0) return kj::READY_NOW;
-  return diskPool.run([this, handles = kj::mv(handles)]() {
-    for (uint64_t h : handles) {
-      Status s = chunkStore.remove(h);
-      if (s.ok()) {
-        logInfo("deleted chunk {:x}", h);
-      } else if (s.code() != ErrorCode::NOT_FOUND) {
-        logWarn("cannot delete chunk {:x}: {}", h, s.toString());
-      }
-    }
-  });
+  return diskPool
+      .run([this, handles = kj::mv(handles)]() {
+        for (uint64_t h : handles) {
+          Status s = chunkStore.remove(h);
+          if (s.ok()) {
+            logInfo("deleted chunk {:x}", h);
+          } else if (s.code() != ErrorCode::NOT_FOUND) {
+            logWarn("cannot delete chunk {:x}: {}", h, s.toString());
+          }
+        }
+      })
+      .then([this]() { replicasChanged(); });
 }
 
 }  // namespace cairn

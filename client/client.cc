@@ -92,6 +92,10 @@ Client::Client(ClientOptions options, kj::Network& network, kj::Timer& timer)
   if (masters.empty()) masters.push_back(opts.master);
   // Never from opts.seed: two clients with one id would be answered each other's outcomes.
   clientId = systemSeed() | 1;
+  const char* env = getenv("CAIRN_STANDBY_READS");
+  standbyReads =
+      opts.standbyReads.value_or(env != nullptr && std::string(env) == "1") && masters.size() > 1;
+  readerIndex = 1 % masters.size();
   keepalive = keepSession().eagerlyEvaluate(nullptr);
 }
 
@@ -110,20 +114,57 @@ Status statusOf(Response& r) {
 }
 }  // namespace
 
-wire::ClientService::Client Client::master(const std::optional<Caller>& caller) {
+wire::ClientService::Client Client::callerService(
+    wire::ClientService::Client& base, std::map<Caller, wire::ClientService::Client>& cache,
+    const std::optional<Caller>& caller) {
   const std::optional<Caller>& as = caller ? caller : opts.defaultCaller;
+  if (!as) return base;
+  auto found = cache.find(*as);
+  if (found != cache.end()) return found->second;
+  if (cache.size() >= 4096) cache.clear();
+  auto req = base.asCallerRequest();
+  req.setUid(as->uid);
+  auto gids = req.initGids(static_cast<uint>(std::min<size_t>(as->gids.size(), 64)));
+  for (uint i = 0; i < gids.size(); ++i) gids.set(i, as->gids[i]);
+  auto service = req.send().getService();
+  cache.emplace(*as, service);
+  return service;
+}
+
+kj::Maybe<wire::ClientService::Client> Client::reader(const std::optional<Caller>& as) {
+  if (!standbyReads || timer.now() < readersPausedUntil) return nullptr;
+  if (readerIndex == masterIndex) {
+    readerService = nullptr;
+    readerCallers.clear();
+    readerIndex = (readerIndex + 1) % masters.size();
+  }
+  KJ_IF_MAYBE (s, readerService) {
+    return callerService(*s, readerCallers, as);
+  }
+  auto service = peers.get<wire::Master>(masters[readerIndex], Role::MASTER)
+                     .clientRequest()
+                     .send()
+                     .getService();
+  readerService = service;
+  return callerService(service, readerCallers, as);
+}
+
+void Client::readerFailed() {
+  readerService = nullptr;
+  readerCallers.clear();
+  peers.drop(masters[readerIndex]);
+  readerIndex = (readerIndex + 1) % masters.size();
+  if (readerIndex == masterIndex) readerIndex = (readerIndex + 1) % masters.size();
+  // Once each standby failed in a row, the active answers alone for a while.
+  if (++readerFailures + 1 >= masters.size()) {
+    readerFailures = 0;
+    readersPausedUntil = timer.now() + 5 * kj::SECONDS;
+  }
+}
+
+wire::ClientService::Client Client::master(const std::optional<Caller>& as) {
   KJ_IF_MAYBE (s, masterService) {
-    if (!as) return *s;
-    auto found = callerServices.find(*as);
-    if (found != callerServices.end()) return found->second;
-    if (callerServices.size() >= 4096) callerServices.clear();
-    auto req = s->asCallerRequest();
-    req.setUid(as->uid);
-    auto gids = req.initGids(static_cast<uint>(std::min<size_t>(as->gids.size(), 64)));
-    for (uint i = 0; i < gids.size(); ++i) gids.set(i, as->gids[i]);
-    auto service = req.send().getService();
-    callerServices.emplace(*as, service);
-    return service;
+    return callerService(*s, callerServices, as);
   }
   masterService =
       peers.get<wire::Master>(currentMaster(), Role::MASTER).clientRequest().send().getService();
@@ -213,6 +254,7 @@ struct Client::MasterCall {
   kj::Duration timeout = 0 * kj::SECONDS;
   kj::TimePoint deadline = kj::origin<kj::TimePoint>();
   uint32_t attempt = 0;
+  bool read = false;  // a read-only call: a standby may answer it
 };
 
 namespace {
@@ -245,6 +287,39 @@ kj::Promise<bool> Client::retryMaster(MasterCall& call, bool timedOut) {
 template <typename T, typename R, typename Fn>
 kj::Promise<T> Client::attemptMaster(std::shared_ptr<MasterCall> call,
                                      std::shared_ptr<Fn> onResponse) {
+  if (call->read) {
+    call->read = false;  // one try on a standby; then the active
+    KJ_IF_MAYBE (standby, reader(call->as)) {
+      auto req =
+          standby->typelessRequest(capnp::typeId<wire::ClientService>(), call->method, nullptr);
+      req.set(call->params.getRoot<capnp::AnyPointer>().asReader());
+      return timer.timeoutAfter(call->timeout, req.send())
+          .then(
+              [this, call,
+               onResponse](capnp::Response<capnp::AnyPointer>&& response) -> kj::Promise<T> {
+                auto r = response.getAs<R>();
+                bool answered = true;
+                if constexpr (requires { r.getStatus(); }) {
+                  answered = r.getStatus().getCode() != wire::ErrorCode::NOT_ACTIVE;
+                  if (!answered) readerFailed();
+                }
+                // A chunk the standby knows no replica of may be one just written: the
+                // active knows.
+                if constexpr (std::is_same_v<R, wire::ClientService::GetChunksResults>) {
+                  for (auto c : r.getChunks()) answered = answered && c.getReplicas().size() > 0;
+                }
+                if (answered) {
+                  readerFailures = 0;
+                  return (*onResponse)(r);
+                }
+                return attemptMaster<T, R>(call, onResponse);
+              },
+              [this, call, onResponse](kj::Exception&&) -> kj::Promise<T> {
+                readerFailed();
+                return attemptMaster<T, R>(call, onResponse);
+              });
+    }
+  }
   auto req =
       master(call->as).typelessRequest(capnp::typeId<wire::ClientService>(), call->method, nullptr);
   req.set(call->params.getRoot<capnp::AnyPointer>().asReader());
@@ -291,6 +366,7 @@ kj::Promise<T> Client::callMaster(std::optional<Caller> as, capnp::Request<P, R>
     id.setClient(clientId);
     id.setSeq(nextRequest++);
   }
+  call->read = standbyReads && standbyAnswers(call->method);
   // Kept to be sent again, to another master after a failover.
   call->params.setRoot(request.asReader());
   call->timeout = timeout == 0 * kj::SECONDS ? opts.metaTimeout : timeout;

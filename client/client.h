@@ -179,6 +179,11 @@ struct ClientOptions {
   // failover takes a ZooKeeper session timeout and a moment). Unset: 30 s with several
   // masters, 5 s with one (enough for a restart; a master that is down is reported soon).
   std::optional<kj::Duration> masterRetryFor;
+  // Read-only namespace calls (stat, lookup, readdir, locations, links, xattrs) go first
+  // to a standby in sync, taking load off the active master; a standby that refuses (out
+  // of sync), fails, or knows no replica of a chunk sends the call to the active one.
+  // Unset: CAIRN_STANDBY_READS=1 in the environment.
+  std::optional<bool> standbyReads;
   uint32_t pieceBytes = 1 << 20;             // size of one push or read RPC
   uint32_t parallelPieces = 8;               // pieces in flight per call
   kj::Duration layoutTtl = 2 * kj::SECONDS;  // how long read() trusts cached chunk locations
@@ -352,6 +357,15 @@ class Client {
   kj::Promise<T> attemptMaster(std::shared_ptr<MasterCall> call, std::shared_ptr<Fn> onResponse);
   // Whether `call` goes on (to the next master) after a failure; false once out of time.
   kj::Promise<bool> retryMaster(MasterCall& call, bool timedOut);
+  // The service of `base`'s session that makes calls for `as`.
+  wire::ClientService::Client callerService(wire::ClientService::Client& base,
+                                            std::map<Caller, wire::ClientService::Client>& cache,
+                                            const std::optional<Caller>& as);
+  // A standby's service for read-only calls, if standby reads are on and one is to be
+  // tried now; readerFailed() moves on to the next standby (after a pause once each
+  // failed).
+  kj::Maybe<wire::ClientService::Client> reader(const std::optional<Caller>& as);
+  void readerFailed();
   Status masterError(const kj::Exception& e, kj::Duration timeout);
 
   kj::Promise<Result<std::vector<DirEntryInfo>>> listFrom(uint64_t dir,
@@ -425,6 +439,12 @@ class Client {
   };
   std::map<uint64_t, std::vector<HeldOpen>> held;
   std::map<Caller, wire::ClientService::Client> callerServices;  // of this session
+  bool standbyReads = false;
+  size_t readerIndex = 0;  // the master read-only calls try first (never masterIndex)
+  kj::Maybe<wire::ClientService::Client> readerService;
+  std::map<Caller, wire::ClientService::Client> readerCallers;
+  uint32_t readerFailures = 0;  // in a row
+  kj::TimePoint readersPausedUntil = kj::origin<kj::TimePoint>();
   kj::Promise<void> keepalive = nullptr;
   uint64_t chunkSize = 0;  // learnt from the master; fixed for a cluster
   struct CachedLayout {

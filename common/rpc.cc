@@ -6,8 +6,11 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <set>
+
 #include "address.h"
 #include "log.h"
+#include "master.capnp.h"
 
 namespace cairn {
 
@@ -309,6 +312,18 @@ std::string CallMetrics::resultOf(uint16_t methodId, Context& context) {
     }
   }
   return "ok";
+}
+
+bool standbyAnswers(uint16_t method) {
+  static const std::set<uint16_t> reads = []() {
+    std::set<uint16_t> out;
+    for (const char* name : {"lookup", "getattr", "readdir", "resolve", "getChunks", "readlink",
+                             "getxattr", "listxattr", "asCaller"}) {
+      out.insert(capnp::Schema::from<wire::ClientService>().getMethodByName(name).getOrdinal());
+    }
+    return out;
+  }();
+  return reads.count(method) != 0;
 }
 
 }  // namespace cairn

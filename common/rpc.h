@@ -144,4 +144,8 @@ class PeerPool final : private kj::TaskSet::ErrorHandler {
   kj::TaskSet tasks;
 };
 
+// Whether a standby in sync answers this ClientService method (by ordinal): the calls
+// that only read the namespace. The master and the client both go by it.
+bool standbyAnswers(uint16_t clientServiceMethod);
+
 }  // namespace cairn

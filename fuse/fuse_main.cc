@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -25,8 +26,9 @@ const char* USAGE =
     "  [--credentials DIR]  the mount's certificate (default: $CAIRN_CREDENTIALS); SIGHUP\n"
     "                  reloads it\n"
     "  [--insecure]    plaintext, for one trusted host (or CAIRN_INSECURE=1)\n"
-    "options (-o): entry_timeout=SECONDS, attr_timeout=SECONDS (default 1), and any\n"
-    "  FUSE mount option. The mount always has allow_other and default_permissions.\n";
+    "options (-o): entry_timeout=SECONDS, attr_timeout=SECONDS (default 1), standby_reads\n"
+    "  (stat, lookup, readdir and locations from a standby master in sync; also\n"
+    "  CAIRN_STANDBY_READS=1), and any FUSE mount option. The mount always has allow_other and default_permissions.\n";
 
 struct Args {
   std::string master;
@@ -34,6 +36,7 @@ struct Args {
   std::string mountpoint;
   bool foreground = false;
   bool debug = false;
+  std::optional<bool> standbyReads;
   std::vector<std::string> fuseOptions;
   cairn::MountOptions mount;
   cairn::SecurityFlags security;
@@ -49,6 +52,8 @@ bool parseOptions(const std::string& list, Args& a) {
       a.mount.entryTimeout = atof(opt.c_str() + 14);
     } else if (opt.rfind("attr_timeout=", 0) == 0) {
       a.mount.attrTimeout = atof(opt.c_str() + 13);
+    } else if (opt == "standby_reads") {
+      a.standbyReads = true;
     } else if (!opt.empty()) {
       a.fuseOptions.push_back(opt);
     }
@@ -116,6 +121,7 @@ int main(int argc, char** argv) {
   if (!args.host.empty()) clientOptions.localHosts.push_back(args.host);
   clientOptions.localHosts.push_back("127.0.0.1");
   clientOptions.seed = static_cast<uint64_t>(getpid());
+  clientOptions.standbyReads = args.standbyReads;
 
   // Refuse to mount a cluster that cannot be reached: say so now, not as EIO later.
   {

@@ -30,43 +30,30 @@ void ChunkManager::loadFromNamespace() {
           safeMode ? "; in safe mode until chunkservers report them" : "");
 }
 
-void ChunkManager::reload() {
-  serversById.clear();
-  serverByAddress.clear();
+void ChunkManager::becomeActive() {
   chunks.clear();
   loadFromNamespace();
+  mirroring = false;
+  // What each chunkserver reported to the standby is now judged as a registration would
+  // judge it, against the namespace as the log left it.
+  std::map<uint64_t, std::vector<ChunkReportEntry>> reports;
+  for (auto& [id, s] : serversById) {
+    for (uint64_t h : s.chunks) reports[id].push_back({h, mirror[h][id], 0});
+    s.chunks.clear();
+    s.pendingDeletes.clear();
+  }
+  size_t stale = 0, orphans = 0;
+  for (auto& [id, report] : reports) acceptReport(serversById.at(id), report, stale, orphans);
+  mirror.clear();
+  updateSafeMode();
+  logInfo("took over the replica map of {} chunkservers ({} stale and {} orphaned replicas){}",
+          serversById.size(), stale, orphans,
+          safeMode ? "; in safe mode until more chunkservers report" : "");
 }
 
-uint64_t ChunkManager::registerServer(const std::string& address, const std::string& rack,
-                                      uint64_t capacityBytes, uint64_t usedBytes,
-                                      const std::vector<ChunkReportEntry>& report,
-                                      std::optional<uint64_t> availableBytes) {
-  uint64_t id;
-  auto known = serverByAddress.find(address);
-  if (known != serverByAddress.end()) {
-    id = known->second;
-    // A re-registration replaces everything the master believed about this server.
-    for (uint64_t h : std::set<uint64_t>(serversById[id].chunks)) {
-      auto it = chunks.find(h);
-      if (it != chunks.end()) removeReplica(it->second, id);
-    }
-  } else {
-    id = nextServerId++;
-    serverByAddress[address] = id;
-  }
-  Server& s = serversById[id];
-  s.id = id;
-  s.address = address;
-  s.rack = rack;
-  s.capacityBytes = capacityBytes;
-  s.usedBytes = usedBytes;
-  s.availableBytes =
-      availableBytes.value_or(capacityBytes > usedBytes ? capacityBytes - usedBytes : 0);
-  s.lastHeartbeat = timer.now();
-  s.live = true;
-  s.chunks.clear();
-  s.pendingDeletes.clear();
-  size_t stale = 0, orphans = 0;
+void ChunkManager::acceptReport(Server& s, const std::vector<ChunkReportEntry>& report,
+                                size_t& stale, size_t& orphans) {
+  uint64_t id = s.id;
   for (auto& entry : report) {
     auto it = chunks.find(entry.handle);
     if (it == chunks.end()) {
@@ -91,7 +78,7 @@ uint64_t ChunkManager::registerServer(const std::string& address, const std::str
     if (entry.version > c.record.version) {
       // The master failed after replicas moved to a new version but before it recorded
       // it: the chunkserver has the last word, and older replicas are now the stale ones.
-      logWarn("chunk {:x}: {} reports version {} > {}; adopting it", entry.handle, address,
+      logWarn("chunk {:x}: {} reports version {} > {}; adopting it", entry.handle, s.address,
               entry.version, c.record.version);
       for (uint64_t other : std::set<uint64_t>(c.replicas)) {
         removeReplica(c, other);
@@ -105,11 +92,108 @@ uint64_t ChunkManager::registerServer(const std::string& address, const std::str
     c.replicas.insert(id);
     s.chunks.insert(entry.handle);
   }
+}
+
+void ChunkManager::applyChanges(uint64_t id, const std::vector<ChunkReportEntry>& changes) {
+  auto found = serversById.find(id);
+  if (found == serversById.end()) return;
+  Server& s = found->second;
+  for (auto& change : changes) {
+    if (mirroring) {
+      if (change.version == 0) {
+        s.chunks.erase(change.handle);
+        auto m = mirror.find(change.handle);
+        if (m != mirror.end() && m->second.erase(id) && m->second.empty()) mirror.erase(m);
+      } else {
+        s.chunks.insert(change.handle);
+        mirror[change.handle][id] = change.version;
+      }
+      continue;
+    }
+    // The active master knows the replicas from its own orders; a change report only
+    // fills in a chunk it knows no live replica of, at its current version (one whose
+    // report was on its way when this master took over).
+    auto it = chunks.find(change.handle);
+    if (change.version == 0 || it == chunks.end() || !s.live) continue;
+    Chunk& c = it->second;
+    if (change.version != c.record.version || !liveReplicas(c).empty()) continue;
+    logInfo("chunk {:x}: {} reports a current replica", change.handle, s.address);
+    c.replicas.insert(id);
+    s.chunks.insert(change.handle);
+    auto& pending = s.pendingDeletes;
+    pending.erase(std::remove(pending.begin(), pending.end(), change.handle), pending.end());
+  }
+}
+
+std::vector<ChunkView> ChunkManager::mirrorLocate(uint64_t inode, uint32_t first, uint32_t count) {
+  std::vector<ChunkView> out;
+  auto now = timer.now();
+  for (auto& record : ns.listChunks(inode, first, count)) {
+    ChunkView v;
+    v.record = record;
+    auto m = mirror.find(record.handle);
+    if (m != mirror.end()) {
+      for (auto& [id, version] : m->second) {
+        auto& server = serversById.at(id);
+        if (version == record.version && now - server.lastHeartbeat <= options.deadAfter) {
+          v.replicas.push_back({server.address, server.rack});
+        }
+      }
+    }
+    out.push_back(std::move(v));
+  }
+  return out;
+}
+
+uint64_t ChunkManager::registerServer(const std::string& address, const std::string& rack,
+                                      uint64_t capacityBytes, uint64_t usedBytes,
+                                      const std::vector<ChunkReportEntry>& report,
+                                      std::optional<uint64_t> availableBytes) {
+  uint64_t id;
+  auto known = serverByAddress.find(address);
+  if (known != serverByAddress.end()) {
+    id = known->second;
+    // A re-registration replaces everything the master believed about this server.
+    for (uint64_t h : std::set<uint64_t>(serversById[id].chunks)) {
+      if (mirroring) {
+        auto m = mirror.find(h);
+        if (m != mirror.end() && m->second.erase(id) && m->second.empty()) mirror.erase(m);
+        continue;
+      }
+      auto it = chunks.find(h);
+      if (it != chunks.end()) removeReplica(it->second, id);
+    }
+  } else {
+    id = nextServerId++;
+    serverByAddress[address] = id;
+  }
+  Server& s = serversById[id];
+  s.id = id;
+  s.address = address;
+  s.rack = rack;
+  s.capacityBytes = capacityBytes;
+  s.usedBytes = usedBytes;
+  s.availableBytes =
+      availableBytes.value_or(capacityBytes > usedBytes ? capacityBytes - usedBytes : 0);
+  s.lastHeartbeat = timer.now();
+  s.live = true;
+  s.chunks.clear();
+  s.pendingDeletes.clear();
+  size_t stale = 0, orphans = 0;
+  if (mirroring) {
+    // A standby only mirrors the report: the log may not have brought it the chunks yet.
+    for (auto& entry : report) {
+      s.chunks.insert(entry.handle);
+      mirror[entry.handle][id] = entry.version;
+    }
+  } else {
+    acceptReport(s, report, stale, orphans);
+  }
   logInfo("chunkserver {} (id {}, rack '{}') registered: {} chunks, {} stale, {} orphaned", address,
           id, rack, report.size(), stale, orphans);
   note(fmt::format("chunkserver {} (rack {}) registered with {} chunks", address, rack,
                    report.size()));
-  updateSafeMode();
+  if (!mirroring) updateSafeMode();
   return id;
 }
 
@@ -125,7 +209,8 @@ bool ChunkManager::heartbeat(uint64_t id, uint64_t capacityBytes, uint64_t usedB
       availableBytes.value_or(capacityBytes > usedBytes ? capacityBytes - usedBytes : 0);
   s.lastHeartbeat = timer.now();
   s.recentCreations = 0;
-  if (safeMode) return true;  // nothing is deleted until the reports cover the namespace
+  // Nothing is deleted until the reports cover the namespace, nor by a standby.
+  if (safeMode || mirroring) return true;
   // A copy goes only while the rule allows it: a stale replica of a chunk whose current
   // replicas are all away waits for them (it is the best copy left until then).
   std::vector<uint64_t> waiting;
@@ -215,6 +300,7 @@ ChunkView ChunkManager::view(const Chunk& c) {
 }
 
 std::vector<ChunkView> ChunkManager::locate(uint64_t inode, uint32_t first, uint32_t count) {
+  if (mirroring) return mirrorLocate(inode, first, count);
   std::vector<ChunkView> out;
   for (auto& record : ns.listChunks(inode, first, count)) {
     Chunk& c = chunks[record.handle];
@@ -261,15 +347,16 @@ kj::Promise<std::vector<ServerFailure>> ChunkManager::setVersionOn(std::vector<u
       });
 }
 
-namespace {
-std::vector<uint64_t> succeeded(const std::vector<ServerFailure>& results) {
+std::vector<uint64_t> ChunkManager::succeeded(const std::vector<ServerFailure>& results) {
   std::vector<uint64_t> out;
   for (auto& r : results) {
-    if (r.status.ok()) out.push_back(r.server);
+    // One declared dead while the order was on its way gets no writes from now on: it
+    // counts as failed, and is fenced off like one that did not answer.
+    auto s = serversById.find(r.server);
+    if (r.status.ok() && s != serversById.end() && s->second.live) out.push_back(r.server);
   }
   return out;
 }
-}  // namespace
 
 kj::Promise<std::vector<uint64_t>> ChunkManager::bumpVersion(uint64_t handle, int round) {
   Chunk& c = chunks.at(handle);
@@ -301,12 +388,11 @@ kj::Promise<std::vector<uint64_t>> ChunkManager::bumpVersion(uint64_t handle, in
           c.primary = oldPrimary;
           return recordVersion(c).then([]() { return std::vector<uint64_t>{}; });
         }
-        bool failed = false;
+        bool failed = current.size() < results.size();
         for (auto& r : results) {
-          if (!r.status.ok()) {
+          if (std::find(current.begin(), current.end(), r.server) == current.end()) {
             removeReplica(c, r.server);
             queueDelete(r.server, handle);
-            failed = true;
           }
         }
         // Every replica that stays moved to the new version, which ends any lease there.

@@ -130,11 +130,18 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
 
   // Loads the chunk records from the namespace (no replicas known until reports come).
   void loadFromNamespace();
-  // Forgets every chunkserver and chunk and loads the records again: a standby that became
-  // active. Chunkservers learn at their next heartbeat that they must register (with a full
-  // report); until enough have, the master is in safe mode. Only when nothing is in flight
-  // (a standby starts none).
-  void reload();
+  // A standby mirrors what chunkservers report (their full reports at registration and
+  // the changes in each heartbeat) and acts on none of it: it orders nothing, deletes
+  // nothing, and its locations are the mirror's.
+  void setMirroring(bool on) { mirroring = on; }
+  bool isMirroring() const { return mirroring; }
+  // The standby became active: the chunk records are loaded again (the log changed them)
+  // and the mirror is judged as registrations would be, so that the new active knows
+  // where the chunks are from its first second. Safe mode only if the mirror covers too
+  // few chunks.
+  void becomeActive();
+  // A chunkserver's replica changes since its last report (version 0: removed).
+  void applyChanges(uint64_t server, const std::vector<ChunkReportEntry>& changes);
 
   // A chunkserver (re)registers with a full chunk report. Stale and unknown replicas are
   // queued for deletion at its next heartbeat. Returns the server id. `availableBytes`
@@ -151,7 +158,8 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   // Marks servers silent for longer than deadAfter as dead; returns how many.
   size_t sweepDeadServers();
 
-  // Chunk locations of a file, holes left out.
+  // Chunk locations of a file, holes left out. A standby's come from its mirror: no
+  // primary, replicas as the chunkservers last reported.
   std::vector<ChunkView> locate(uint64_t inode, uint32_t first, uint32_t count);
 
   // Makes sure chunk `index` of `inode` exists and that a live primary holds a lease on
@@ -259,6 +267,8 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   kj::Promise<Result<ChunkView>> grantNewLease(uint64_t handle);
   kj::Promise<Result<ChunkView>> grantLeaseTo(uint64_t handle, uint64_t primary);
   // Calls setVersion on `servers`; resolves to what each answered, in order.
+  // The servers that answered OK and are still live.
+  std::vector<uint64_t> succeeded(const std::vector<ServerFailure>& results);
   kj::Promise<std::vector<ServerFailure>> setVersionOn(std::vector<uint64_t> servers,
                                                        uint64_t handle, uint64_t version,
                                                        bool create);
@@ -295,6 +305,11 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   // slip past a copy); a busy one makes the chunk wait.
   bool readyForRepair(uint64_t handle, Chunk& c);
   void taskFailed(kj::Exception&& exception) override;
+  // Takes a chunkserver's report into the map as a registration does: stale and unknown
+  // replicas are queued for deletion, current ones become replicas.
+  void acceptReport(Server& s, const std::vector<ChunkReportEntry>& report, size_t& stale,
+                    size_t& orphans);
+  std::vector<ChunkView> mirrorLocate(uint64_t inode, uint32_t first, uint32_t count);
   void queueDelete(uint64_t server, uint64_t handle);
 
   Namespace& ns;
@@ -313,6 +328,9 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   RepairCounters repairCounters;
   void note(std::string text);
   double balanceThreshold = -1;  // < 0: not balancing
+  bool mirroring = false;
+  // A standby's mirror: handle -> server -> reported version.
+  std::map<uint64_t, std::map<uint64_t, uint64_t>> mirror;
   kj::TaskSet copies;
 };
 

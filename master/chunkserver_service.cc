@@ -130,6 +130,14 @@ class RegistryImpl final : public wire::ChunkserverRegistry::Server {
       toWire(Status::notFound("unknown chunkserver; register again"), results.initStatus());
       return kj::READY_NOW;
     }
+    auto changes = params.getChanges();
+    if (changes.size() != 0) {
+      KJ_REQUIRE(changes.size() <= MAX_REPORT, "change report too large");
+      std::vector<ChunkReportEntry> entries;
+      entries.reserve(changes.size());
+      for (auto c : changes) entries.push_back({c.getHandle(), c.getVersion(), 0});
+      master.chunkManager().applyChanges(params.getId(), entries);
+    }
     // A standby's chunk map lags the log: it orders no deletion.
     if (!master.isActive()) deletes.clear();
     results.setActive(master.isActive());

@@ -70,7 +70,10 @@ class ClientServiceImpl final : public wire::ClientService::Server {
       uint64_t interfaceId, uint16_t methodId,
       capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer> context) override {
     return master.clientCalls().measure(methodId, context, [&]() {
-      if (!master.isActive()) return notActive(methodId, context);
+      if (!master.isActive()) {
+        if (!master.servesReads() || !standbyAnswers(methodId)) return notActive(methodId, context);
+        return wire::ClientService::Server::dispatchCall(interfaceId, methodId, context);
+      }
       std::string key = requestKeyOf(methodId, context);
       if (key.empty())
         return wire::ClientService::Server::dispatchCall(interfaceId, methodId, context);

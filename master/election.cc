@@ -173,6 +173,13 @@ void Election::disconnect(std::unique_lock<std::mutex>& lock, const std::string&
     knownActive.clear();
     post([this]() { events.activeChanged(""); });
   }
+  reportInSync(false);
+}
+
+void Election::reportInSync(bool inSync) {
+  if (inSync == knownInSync) return;
+  knownInSync = inSync;
+  post([this, inSync]() { events.inSyncChanged(inSync); });
 }
 
 void Election::ensureNodes() {
@@ -272,8 +279,10 @@ void Election::run() {
     }
     changed = false;
     lock.unlock();
-    std::string current;
-    Stat stat{};
+    std::string current, insync;
+    Stat stat{}, insyncStat{};
+    // Watched, so that a standby hears at once that the active left it out.
+    int insyncRc = getText(zh, path("insync"), insync, &insyncStat, &Election::watcher, this);
     int rc = getText(zh, path("active"), current, &stat, &Election::watcher, this);
     // A missing node leaves no data watch: one on its existence tells when it is made.
     if (rc == ZNONODE &&
@@ -282,6 +291,10 @@ void Election::run() {
       continue;  // made meanwhile: read it
     }
     lock.lock();
+    if (insyncRc == ZOK) {
+      auto ids = splitIds(insync);
+      reportInSync(std::find(ids.begin(), ids.end(), opts.id) != ids.end());
+    }
     if (rc == ZOK || rc == ZNONODE) {
       if (rc == ZNONODE) current.clear();
       if (current != knownActive) {

@@ -51,6 +51,9 @@ class Election {
     kj::Function<void(uint64_t epoch)> elected;
     kj::Function<void(std::string why)> deposed;
     kj::Function<void(std::string active)> activeChanged;  // "" while there is none
+    // Whether ZooKeeper names this master in `insync` (false while not connected): then
+    // every mutation the active acknowledges waits for it.
+    kj::Function<void(bool inSync)> inSyncChanged;
   };
   // Starts at once; made on the master's event loop, where `events` arrive.
   Election(ElectionOptions options, Events events);
@@ -78,6 +81,8 @@ class Election {
   bool connect(std::unique_lock<std::mutex>& lock);
   void disconnect(std::unique_lock<std::mutex>& lock, const std::string& why);
   void ensureNodes();
+  // Tells the loop whether this master is in sync, if that changed (under the lock).
+  void reportInSync(bool inSync);
   void tryToWin(std::unique_lock<std::mutex>& lock);
   // Runs `fn` on the loop (from the election thread).
   void post(kj::Function<void()> fn);
@@ -101,8 +106,9 @@ class Election {
   zhandle_t* zh = nullptr;
   int sessionState = 0;
   bool active = false;
-  int epochVersion = -1;    // the epoch node's version our win left
-  std::string knownActive;  // as last reported to the loop
+  int epochVersion = -1;     // the epoch node's version our win left
+  std::string knownActive;   // as last reported to the loop
+  bool knownInSync = false;  // as last reported to the loop
   std::thread thread;
 };
 

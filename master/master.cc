@@ -90,6 +90,7 @@ Master::Master(MasterOptions options, kj::Timer& timer, const kj::Clock& clock)
   chunks = std::make_unique<ChunkManager>(*ns, *control_, timer, opts.chunks);
   ns->setTrashPeriod(opts.trashPeriod);
   chunks->loadFromNamespace();
+  chunks->setMirroring(!active_);
   describeMetrics();
   ticker = tickLoop().eagerlyEvaluate([](kj::Exception&& e) {
     logError("background work stopped: {}", e.getDescription().cStr());

@@ -64,6 +64,10 @@ class Master final : private kj::TaskSet::ErrorHandler {
   void startHa(kj::Network& network, RpcSecurity security);
   bool haEnabled() const { return !opts.election.servers.empty(); }
   bool isActive() const { return active_; }
+  // A standby answers read-only namespace calls (stat, lookup, readdir, locations) while
+  // it follows the active and ZooKeeper names it in sync: every mutation the active
+  // acknowledged is then applied here. It stops as soon as it hears that it was left out.
+  bool servesReads() const { return !active_ && inSync_ && sink != nullptr; }
   uint64_t epoch() const { return store->currentEpoch(); }
   void describeState(wire::MasterState::Builder out);
   // The active master's side of a standby's follow call.
@@ -149,6 +153,7 @@ class Master final : private kj::TaskSet::ErrorHandler {
   // High availability: the election, the log sent to standbys (active) or the one followed
   // (standby).
   bool active_ = true;
+  bool inSync_ = false;       // as ZooKeeper says
   std::string activeAddress;  // as ZooKeeper names it
   std::unique_ptr<PeerPool> masters;
   std::unique_ptr<LogShipper> shipper;

@@ -18,6 +18,11 @@ void Master::startHa(kj::Network& network, RpcSecurity security) {
   events.elected = [this](uint64_t epoch) { promote(epoch); };
   events.deposed = [this](std::string why) { deposed(why); };
   events.activeChanged = [this](std::string address) { activeChanged(address); };
+  events.inSyncChanged = [this](bool inSync) {
+    inSync_ = inSync;
+    if (!active_)
+      logInfo("{} sync: {} reads", inSync ? "in" : "out of", inSync ? "serving" : "refusing");
+  };
   election = std::make_unique<Election>(opts.election, kj::mv(events));
   // A store with half a snapshot in it lacks entries the active acknowledged.
   election->setCandidate(!store->installing());
@@ -42,7 +47,7 @@ void Master::promote(uint64_t newEpoch) {
       NamespaceStore::Shipper([this](const LogEntry& e) { return shipper->ship(e); }));
   // The log changed the store under the namespace's counters and the chunk map.
   ns->reload();
-  chunks->reload();
+  chunks->becomeActive();
   active_ = true;
   activeAddress = opts.election.id;
   startedAt = timer_.now();

@@ -2,8 +2,8 @@
 // Where new replicas go: a pure function over a view of the chunkservers, so that it can
 // be tested against an emulated cluster.
 
-#include <cstdint>
 #include <climits>
+#include <cstdint>
 #include <random>
 #include <string>
 #include <vector>
@@ -22,7 +22,8 @@ struct PlacementCandidate {
 // Chooses up to `count` distinct candidates, never one in `exclude`: first spread over
 // racks (a rack not yet used, counting `exclude`'s racks, wins), then lower disk use and
 // fewer recent creations, with `rng` breaking ties. Candidates with less than
-// `minFreeBytes` free (and available above their reserve) are never chosen. Returns fewer when there are not enough.
+// `minFreeBytes` free (and available above their reserve) are never chosen. Returns fewer when
+// there are not enough.
 std::vector<uint64_t> choosePlacement(const std::vector<PlacementCandidate>& candidates,
                                       size_t count, const std::vector<uint64_t>& exclude,
                                       uint64_t minFreeBytes, std::mt19937_64& rng);

@@ -275,10 +275,15 @@ interface ChunkserverRegistry {
   # A full chunk report. The master answers what the chunkserver should delete in the
   # first heartbeat.
   heartbeat @1 (id :UInt64, capacityBytes :UInt64, usedBytes :UInt64,
-                corruptHandles :List(UInt64), availableBytes :UInt64)
+                corruptHandles :List(UInt64), availableBytes :UInt64,
+                changes :List(ChunkReport))
       -> (status :Status, deleteHandles :List(UInt64), tokenKeys :List(Common.TokenKey),
           active :Bool, epoch :UInt64);
   # corruptHandles: replicas the scrubber found bad since the last heartbeat.
+  # changes: replicas created, moved to a new version or deleted (version 0) since the
+  # registration's report or the last heartbeat, in the order they happened (size unset).
+  # A standby keeps its map of replicas current with them, so that it can serve
+  # locations and take over without waiting for full reports.
   # availableBytes: free space above the reserve, which new chunks and copies may use.
   # status notFound means: register again.
   # tokenKeys: every key chunk tokens are signed with now; they replace those held.

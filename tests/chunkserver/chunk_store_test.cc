@@ -43,6 +43,39 @@ TEST_F(ChunkStoreTest, RoundTripAtAnyOffset) {
   EXPECT_EQ(store.list()[0].length, CHUNK);
 }
 
+TEST_F(ChunkStoreTest, ChangesAreNumberedInOrderUntilTrimmed) {
+  uint64_t start = store.lastChange();
+  ASSERT_TRUE(store.create(7, 1).ok());
+  ASSERT_TRUE(store.setVersion(7, 3).ok());
+  ASSERT_TRUE(store.setVersion(7, 3).ok());       // no change, not noted
+  ASSERT_TRUE(store.write(7, 3, 0, "abc").ok());  // data is not a replica change
+  ASSERT_TRUE(store.truncate(7, 4, 1).ok());
+  ASSERT_TRUE(store.create(8, 2).ok());
+  ASSERT_TRUE(store.remove(7).ok());
+  EXPECT_FALSE(store.setVersion(8, 1).ok());  // refused, not noted
+  std::vector<ChunkStore::Change> out;
+  ASSERT_TRUE(store.changesSince(start, 100, out));
+  std::vector<std::pair<uint64_t, uint64_t>> seen;
+  for (size_t i = 0; i < out.size(); ++i) {
+    EXPECT_EQ(out[i].seq, start + i + 1);
+    seen.push_back({out[i].handle, out[i].version});
+  }
+  EXPECT_EQ(seen,
+            (std::vector<std::pair<uint64_t, uint64_t>>{{7, 1}, {7, 3}, {7, 4}, {8, 2}, {7, 0}}));
+  out.clear();
+  ASSERT_TRUE(store.changesSince(start + 3, 1, out));  // from the middle, bounded
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].handle, 8u);
+  store.trimChanges(start + 2);
+  out.clear();
+  EXPECT_FALSE(store.changesSince(start + 1, 100, out));  // forgotten: a full report is needed
+  EXPECT_TRUE(store.changesSince(start + 2, 100, out));
+  EXPECT_EQ(out.size(), 3u);
+  out.clear();
+  EXPECT_TRUE(store.changesSince(store.lastChange(), 100, out));
+  EXPECT_TRUE(out.empty());
+}
+
 TEST_F(ChunkStoreTest, ReadsPastTheEndAreShort) {
   ASSERT_TRUE(store.create(2, 1).ok());
   ASSERT_TRUE(store.write(2, 1, 0, "hello").ok());

@@ -259,6 +259,50 @@ TEST_F(HaTest, ANewStandbyCopiesASnapshotWhileWritesGoOnAndCanTakeOver) {
   }
 }
 
+TEST_F(HaTest, AStandbyInSyncAnswersReadsAndTakesOverWithoutSafeMode) {
+  startHa();
+  ASSERT_EQ(cluster->cli({"mkdir", "/r"}), 0);
+  std::string data;
+  for (int i = 0; data.size() < (5u << 19); ++i) data += content("r", i);  // 3 chunks
+  cluster->put(data, "/r/f");
+  // The standby alone: stat, list and read (its locations come from the chunkservers'
+  // reports of their changes).
+  std::string sb = cluster->masterAddressAt(standby());
+  auto onStandby = [&](std::vector<std::string> args, std::string* out = nullptr,
+                       std::string* err = nullptr) {
+    args.insert(args.begin(), {ProcessCluster::binary("cairn"), "--master", sb});
+    return cluster->run(args, out, err);
+  };
+  std::string local = cluster->dir() + "/from-standby";
+  ASSERT_TRUE(waitFor(10, [&]() {
+    return onStandby({"get", "/r/f", local}) == 0 && readFile(local) == data;
+  })) << readFile(cluster->dir() + "/master" + std::to_string(standby()) + ".log");
+  std::string out, err;
+  ASSERT_EQ(onStandby({"ls", "/r"}, &out), 0);
+  EXPECT_NE(out.find("f"), std::string::npos) << out;
+  // It changes nothing itself.
+  EXPECT_NE(onStandby({"mkdir", "/r/x"}, nullptr, &err), 0);
+  EXPECT_NE(err.find("standby"), std::string::npos) << err;
+  // With both masters and standby reads on, reads and writes go on as before.
+  setenv("CAIRN_STANDBY_READS", "1", 1);
+  cluster->put(content("r", 1), "/r/g");
+  EXPECT_EQ(cluster->get("/r/g"), content("r", 1));
+  EXPECT_EQ(cluster->get("/r/f"), data);
+  unsetenv("CAIRN_STANDBY_READS");
+
+  // The active dies: the standby knows where every chunk is and serves at once, without
+  // the safe mode of a master that waits for full reports.
+  cluster->killMasterAt(active, SIGKILL);
+  ASSERT_EQ(cluster->waitForActiveMaster(30000), standby());
+  auto health = json({"admin", "health", "--json"});
+  ASSERT_FALSE(health.is_null());
+  EXPECT_FALSE(health["safe_mode"].get<bool>()) << health.dump();
+  EXPECT_EQ(health["missing"].get<uint64_t>(), 0u) << health.dump();
+  EXPECT_EQ(cluster->get("/r/f"), data);
+  std::string log = readFile(cluster->dir() + "/master" + std::to_string(standby()) + ".log");
+  EXPECT_NE(log.find("took over the replica map of 3 chunkservers"), std::string::npos) << log;
+}
+
 TEST_F(HaTest, ZooKeeperGoneMeansNoActiveAndItsReturnMeansOneAgain) {
   startHa();
   cluster->put(content("zk", 1), "/zk1");

@@ -21,6 +21,11 @@ class FakeControl final : public ReplicaControl {
     if (down.count(server)) return Status::unavailable("down");
     versions[{server, handle}] = version;
     if (late.count(server)) return Status::unavailable("the answer was lost");
+    if (hold.count(server)) {
+      auto paf = kj::newPromiseAndFulfiller<Status>();
+      held.push_back(kj::mv(paf.fulfiller));
+      return kj::mv(paf.promise);
+    }
     return Status::OK();
   }
   kj::Promise<Status> grantLease(uint64_t server, uint64_t, uint64_t, uint32_t) override {
@@ -48,6 +53,8 @@ class FakeControl final : public ReplicaControl {
   std::map<std::pair<uint64_t, uint64_t>, uint64_t> versions;
   std::set<uint64_t> down;
   std::set<uint64_t> late;  // these take a setVersion but their answer is lost
+  std::set<uint64_t> hold;  // these answer a setVersion only when the test says so
+  std::vector<kj::Own<kj::PromiseFulfiller<Status>>> held;
   int leases = 0;
 };
 
@@ -478,6 +485,35 @@ TEST_F(ChunkManagerTest, AServerThatCreatesTheChunkWithoutAnsweringIsFencedOff) 
   }
 }
 
+TEST_F(ChunkManagerTest, AServerDeclaredDeadWhileCreatingTheChunkIsFencedOff) {
+  // Two of four servers are slow to answer the create; before they do, they are declared
+  // dead. Their answer (OK) comes after: they hold the chunk at version 1, but the writes
+  // go to the live ones only, so those must move to a version the slow ones never got.
+  control.hold = {ids[0], ids[1]};
+  auto pending = manager.prepareWrite(file, 0);
+  settle();
+  ASSERT_FALSE(control.held.empty());
+  timer.advanceTo(timer.now() + 31 * kj::SECONDS);
+  for (auto id : {ids[2], ids[3]}) {
+    std::vector<uint64_t> d;
+    manager.heartbeat(id, 1 << 30, 0, d);
+  }
+  EXPECT_EQ(manager.sweepDeadServers(), 2u);
+  control.hold.clear();
+  for (auto& f : control.held) f->fulfill(Status::OK());
+  auto r = pending.wait(io.waitScope);
+  ASSERT_TRUE(r.ok()) << r.status.toString();
+  EXPECT_GT(r.value.record.version, 1u);
+  uint64_t handle = r.value.record.handle;
+  for (uint64_t slow : {ids[0], ids[1]}) {
+    if (!control.versions.count(std::make_pair(slow, handle))) continue;
+    std::string address = "127.0.0." + std::to_string(slow + 1) + ":1";
+    for (auto& rep : r.value.replicas) EXPECT_NE(rep.address, address);
+    manager.registerServer(address, "r", 1 << 30, 0, {{handle, 1, 0}});
+    for (auto& rep : manager.locate(file, 0, 1)[0].replicas) EXPECT_NE(rep.address, address);
+  }
+}
+
 TEST_F(ChunkManagerTest, AReplicaThatTakesABumpLateIsStaleNotNewer) {
   auto r = prepare(0);
   ASSERT_TRUE(r.ok());
@@ -572,6 +608,100 @@ TEST_F(ChunkManagerTest, ACorruptReplicaIsNeitherASourceNorAGoodCopy) {
   ASSERT_EQ(view.replicas.size(), 1u);
   EXPECT_EQ(view.replicas[0].address, good);
   EXPECT_EQ(deletesFor(idOf(bad)), std::vector<uint64_t>{r.value.record.handle});
+}
+
+// A standby's manager next to the active's, over the same namespace (as the log keeps it).
+class MirrorTest : public ChunkManagerTest {
+ protected:
+  ~MirrorTest() noexcept override {}
+  MirrorTest() : standby(ns, standbyControl, timer, ChunkManagerOptions{}) {
+    standby.setMirroring(true);
+    for (int i = 0; i < 4; ++i) {
+      standbyIds.push_back(
+          standby.registerServer("127.0.0." + std::to_string(i + 2) + ":1", "r", 1 << 30, 0, {}));
+    }
+  }
+  uint64_t standbyIdOf(const std::string& address) {
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (address == "127.0.0." + std::to_string(i + 2) + ":1") return standbyIds[i];
+    }
+    return 0;
+  }
+  std::set<std::string> addressesOf(const ChunkView& v) {
+    std::set<std::string> out;
+    for (auto& r : v.replicas) out.insert(r.address);
+    return out;
+  }
+  FakeControl standbyControl;
+  ChunkManager standby;
+  std::vector<uint64_t> standbyIds;
+};
+
+TEST_F(MirrorTest, AStandbyFollowsReportedChangesAndTakesOverWithoutSafeMode) {
+  auto r = prepare(0);
+  ASSERT_TRUE(r.ok());
+  uint64_t handle = r.value.record.handle, v = r.value.record.version;
+  EXPECT_TRUE(standby.locate(file, 0, 1)[0].replicas.empty());  // nothing reported yet
+  for (auto& rep : r.value.replicas)
+    standby.applyChanges(standbyIdOf(rep.address), {{handle, v, 0}});
+  auto seen = standby.locate(file, 0, 1);
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(addressesOf(seen[0]), addressesOf(r.value));
+  EXPECT_TRUE(seen[0].primary.empty());  // a standby names no primary
+
+  // The active moves the chunk on without one replica; the others report the new version.
+  std::string left = r.value.replicas[2].address;
+  control.down.insert(idOf(left));
+  timer.advanceTo(timer.now() + 61 * kj::SECONDS);
+  heartbeatAll();
+  auto moved = prepare(0);
+  ASSERT_TRUE(moved.ok());
+  control.down.clear();
+  for (auto& rep : moved.value.replicas) {
+    standby.applyChanges(standbyIdOf(rep.address), {{handle, moved.value.record.version, 0}});
+  }
+  // Every standby server heartbeats (so they are live): still no order, no delete.
+  for (auto id : standbyIds) {
+    std::vector<uint64_t> d;
+    EXPECT_TRUE(standby.heartbeat(id, 1 << 30, 0, d));
+    EXPECT_TRUE(d.empty());
+  }
+  EXPECT_EQ(addressesOf(standby.locate(file, 0, 1)[0]), addressesOf(moved.value));
+  EXPECT_TRUE(standbyControl.calls.empty());
+
+  // It takes over: at once out of safe mode, the same replicas, and the one left behind
+  // at the old version is stale.
+  standby.becomeActive();
+  EXPECT_FALSE(standby.inSafeMode());
+  auto after = standby.locate(file, 0, 1)[0];
+  EXPECT_EQ(addressesOf(after), addressesOf(moved.value));
+  std::vector<uint64_t> d;
+  ASSERT_TRUE(standby.heartbeat(standbyIdOf(left), 1 << 30, 0, d));
+  EXPECT_EQ(d, std::vector<uint64_t>{handle});
+  EXPECT_EQ(moved.value.record.version, v + 2);  // the bump, and one more to fence it off
+}
+
+TEST_F(MirrorTest, ARemovedReplicaLeavesTheMirrorAndALateReportFillsAnEmptyChunk) {
+  auto r = prepare(0);
+  ASSERT_TRUE(r.ok());
+  uint64_t handle = r.value.record.handle, v = r.value.record.version;
+  uint64_t a = standbyIdOf(r.value.replicas[0].address);
+  standby.applyChanges(a, {{handle, v, 0}, {handle, 0, 0}});  // created, then deleted
+  EXPECT_TRUE(standby.locate(file, 0, 1)[0].replicas.empty());
+  // Taking over with no report of the chunk: it has no replica known...
+  standby.becomeActive();
+  EXPECT_TRUE(standby.locate(file, 0, 1)[0].replicas.empty());
+  // ...until the report that was on its way arrives; one of another version does not count.
+  uint64_t b = standbyIdOf(r.value.replicas[1].address);
+  standby.applyChanges(a, {{handle, v + 5, 0}});
+  EXPECT_TRUE(standby.locate(file, 0, 1)[0].replicas.empty());
+  standby.applyChanges(b, {{handle, v, 0}});
+  auto after = standby.locate(file, 0, 1)[0];
+  ASSERT_EQ(after.replicas.size(), 1u);
+  EXPECT_EQ(after.replicas[0].address, r.value.replicas[1].address);
+  // Once a replica is live, reports change nothing: the active's orders make the map.
+  standby.applyChanges(a, {{handle, v, 0}});
+  EXPECT_EQ(standby.locate(file, 0, 1)[0].replicas.size(), 1u);
 }
 
 }  // namespace
