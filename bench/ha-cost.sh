@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What the standby costs: creates and mkdirs through a mount of the local cluster started
 # with one master (CAIRN_MASTERS=1, the log synced on the master only) and with two (every
-# entry also synced on the standby before the reply), back to back, alternating the order.
+# entry also synced on the standby before the reply), back to back, alternating the order;
+# then the same through the master API (cairn-metabench: libcairn, 16 calls in flight).
 # Prints each rate (median of the rounds) and the ratio two/one.
 #
 #   bench/ha-cost.sh [ROUNDS] [FILES]     ROUNDS default 3, FILES default 3000
@@ -38,6 +39,11 @@ mkdir = (n // 3) / (time.monotonic() - t)
 print("%s\tcreate\t%.1f" % (masters, create))
 print("%s\tmkdir\t%.1f" % (masters, mkdir))
 PY
+  (
+    eval "$("$ROOT/deploy/cairn-local.sh" env "$WORK/cluster")"
+    "$ROOT/build/bench/cairn-metabench" --dir / --files "$FILES" --parallel 16 |
+      sed "s/^/$1\tapi-/; s/\t\/s\$//"
+  ) >>"$WORK/results.tsv"
   "$ROOT/deploy/cairn-local.sh" stop "$WORK/cluster" >/dev/null
   rm -rf "$WORK/cluster"
 }
@@ -51,9 +57,9 @@ rates = {}
 for line in open(sys.argv[1]):
     masters, what, rate = line.split()
     rates.setdefault((what, masters), []).append(float(rate))
-print("%-8s %14s %14s %8s" % ("figure", "1 master /s", "2 masters /s", "2/1"))
-for what in ("create", "mkdir"):
+print("%-10s %14s %14s %8s" % ("figure", "1 master /s", "2 masters /s", "2/1"))
+for what in ("create", "mkdir", "api-create", "api-stat", "api-mkdir"):
     one = statistics.median(rates[(what, "1")])
     two = statistics.median(rates[(what, "2")])
-    print("%-8s %14.0f %14.0f %8.2f" % (what, one, two, two / one))
+    print("%-10s %14.0f %14.0f %8.2f" % (what, one, two, two / one))
 PY

@@ -199,11 +199,14 @@ void Chunkserver::trimChanges() {
 kj::Promise<void> Chunkserver::heartbeatLoop(size_t index,
                                              wire::ChunkserverRegistry::Client registry,
                                              uint32_t ms) {
+  auto& link = *links[index];
   auto wake = kj::newPromiseAndFulfiller<void>();
-  links[index]->wake = kj::mv(wake.fulfiller);
-  // Changes are sent a moment after they happen, a few at a time rather than one by one.
+  link.wake = kj::mv(wake.fulfiller);
+  // Changes are sent to a standby a moment after they happen, a few at a time rather than
+  // one by one (also those made while the last heartbeat was on its way).
   auto soon = wake.promise.then([this]() { return timer_.afterDelay(REPORT_DELAY); });
-  return timer_.afterDelay(ms * kj::MILLISECONDS)
+  bool pending = chunkStore.lastChange() > link.reportedChange && !ordersFrom(index).ok();
+  return timer_.afterDelay(pending ? REPORT_DELAY : ms * kj::MILLISECONDS)
       .exclusiveJoin(kj::mv(soon))
       .then([this]() { return diskPool.run([this]() { return spaceNow(); }); })
       .then([this, index, registry, ms](SpaceReport space) mutable {

@@ -116,6 +116,14 @@ class ClientServiceImpl final : public wire::ClientService::Server {
         fillAttr(done.inode, ns.chunkSize(), results.init(*attr).as<wire::Attr>());
       }
     }
+    // A create that also opened: the retry's session holds the file, as the first one's
+    // did (that session may have been another master's).
+    static const uint16_t createMethod =
+        capnp::Schema::from<wire::ClientService>().getMethodByName("create").getOrdinal();
+    if (methodId == createMethod && done.inode.inode != 0 &&
+        context.getParams().getAs<wire::ClientService::CreateParams>().getOpen()) {
+      hold(done.inode.inode, MAY_WRITE);
+    }
     return {kj::READY_NOW, false};
   }
 

@@ -99,6 +99,9 @@ class ChunkManagerTest : public ::testing::Test {
     }
     return out;
   }
+  // The replicas of chunk 0 the master lists now (a copy: a range-for over a member of
+  // locate()'s temporary would outlive it).
+  std::vector<ReplicaAddress> replicasNow() { return manager.locate(file, 0, 1).at(0).replicas; }
   std::vector<uint64_t> deletesFor(uint64_t id, std::optional<uint64_t> available = std::nullopt) {
     std::vector<uint64_t> d;
     manager.heartbeat(id, 1 << 30, 0, d, available);
@@ -480,7 +483,7 @@ TEST_F(ChunkManagerTest, AServerThatCreatesTheChunkWithoutAnsweringIsFencedOff) 
     EXPECT_EQ(control.versions[std::make_pair(late, handle)], 1u);
     std::string address = "127.0.0." + std::to_string(late + 1) + ":1";
     manager.registerServer(address, "r", 1 << 30, 0, {{handle, 1, 0}});
-    for (auto& rep : manager.locate(file, 0, 1)[0].replicas) EXPECT_NE(rep.address, address);
+    for (auto& rep : replicasNow()) EXPECT_NE(rep.address, address);
     EXPECT_EQ(deletesFor(late), std::vector<uint64_t>{handle});
   }
 }
@@ -510,7 +513,7 @@ TEST_F(ChunkManagerTest, AServerDeclaredDeadWhileCreatingTheChunkIsFencedOff) {
     std::string address = "127.0.0." + std::to_string(slow + 1) + ":1";
     for (auto& rep : r.value.replicas) EXPECT_NE(rep.address, address);
     manager.registerServer(address, "r", 1 << 30, 0, {{handle, 1, 0}});
-    for (auto& rep : manager.locate(file, 0, 1)[0].replicas) EXPECT_NE(rep.address, address);
+    for (auto& rep : replicasNow()) EXPECT_NE(rep.address, address);
   }
 }
 
@@ -554,7 +557,7 @@ TEST_F(ChunkManagerTest, AReplicaWhoseBumpAnswerIsLostIsLeftBehindByAnotherBump)
   EXPECT_EQ(again.value.replicas.size(), 2u);
   control.late.clear();
   manager.registerServer(r.value.replicas[1].address, "r", 1 << 30, 0, {{handle, v + 1, 0}});
-  for (auto& rep : manager.locate(file, 0, 1)[0].replicas) {
+  for (auto& rep : replicasNow()) {
     EXPECT_NE(rep.address, r.value.replicas[1].address);
   }
 }
