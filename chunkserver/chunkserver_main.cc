@@ -1,6 +1,7 @@
 // cairn-chunkserver: parses flags, builds the real environment, serves until killed.
 
 #include <kj/async-io.h>
+#include <kj/exception.h>
 #include <signal.h>
 
 #include <CLI/CLI.hpp>
@@ -15,6 +16,8 @@
 
 int main(int argc, char** argv) {
   using namespace cairn;
+  // A crash leaves its stack in the log.
+  kj::printStackTraceOnCrash();
   CLI::App app{"Cairn chunkserver: stores and serves replicated chunks"};
   std::string listen = "0.0.0.0:7710";
   std::string advertise;

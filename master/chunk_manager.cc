@@ -430,6 +430,9 @@ uint64_t ChunkManager::nextVersion(Chunk& c) {
 kj::Promise<void> ChunkManager::recordVersion(Chunk& c) {
   c.issued = issuedOf(c);
   c.record.issued = c.issued;
+  // A chunk some server holds is created, whoever created it (a master that died before
+  // recording so, say): from now on it may hold bytes.
+  if (!c.replicas.empty()) c.record.pending = false;
   return ns.setChunkVersion(c.inode, c.record);
 }
 
@@ -480,55 +483,61 @@ kj::Promise<Result<ChunkView>> ChunkManager::prepareWrite(uint64_t inode, uint32
   c.lastWrite = timer.now();
   auto result = kj::heap<Result<ChunkView>>();
   auto& out = *result;
-  return serialize(handle,
-                   [this, handle, &out, failures = std::move(failures),
-                    failedVersion]() -> kj::Promise<void> {
+  return serialize(
+             handle,
+             [this, handle, &out, failures = std::move(failures),
+              failedVersion]() -> kj::Promise<void> {
+               auto it = chunks.find(handle);
+               if (it == chunks.end()) {
+                 out = Status::notFound("chunk deleted");
+                 return kj::READY_NOW;
+               }
+               Chunk& c = it->second;
+               // Allocated, but never confirmed created and no replica known: a master
+               // died before the chunkservers created it. Made again.
+               if (neverWritten(c)) {
+                 return recreate(handle).then([&out](Result<ChunkView> r) { out = std::move(r); });
+               }
+               // A report about an older version is stale: the set moved on since.
+               if (!failures.empty() && failedVersion == c.record.version) {
+                 Status s = applyWriteFailures(c, failures);
+                 if (!s.ok()) {
+                   out = s;
+                   return kj::READY_NOW;
+                 }
+               }
+               if (!leaseValid(c)) {
+                 return grantNewLease(handle).then(
+                     [&out](Result<ChunkView> r) { out = std::move(r); });
+               }
+               if (c.leaseExpiry - timer.now() > options.leaseDuration / 2) {
+                 out = view(c);
+                 return kj::READY_NOW;
+               }
+               // Extend the lease while writes continue; the version stays.
+               uint64_t primary = *c.primary;
+               return control
+                   .grantLease(primary, handle, c.record.version,
+                               options.leaseDuration / kj::MILLISECONDS)
+                   .then([this, handle, primary, &out](Status s) {
                      auto it = chunks.find(handle);
                      if (it == chunks.end()) {
                        out = Status::notFound("chunk deleted");
-                       return kj::READY_NOW;
-                     }
-                     Chunk& c = it->second;
-                     // A report about an older version is stale: the set moved on since.
-                     if (!failures.empty() && failedVersion == c.record.version) {
-                       Status s = applyWriteFailures(c, failures);
-                       if (!s.ok()) {
-                         out = s;
-                         return kj::READY_NOW;
+                     } else if (s.ok()) {
+                       it->second.leaseExpiry = timer.now() + options.leaseDuration;
+                       out = view(it->second);
+                     } else {
+                       // The primary cannot take the lease: it leaves if the rule
+                       // allows; either way the next call grants a new lease.
+                       if (mayLeave(primary, goodReplicas(it->second))) {
+                         removeReplica(it->second, primary);
+                         queueDelete(primary, handle);
                        }
+                       it->second.primary.reset();
+                       out = s;
                      }
-                     if (!leaseValid(c)) {
-                       return grantNewLease(handle).then(
-                           [&out](Result<ChunkView> r) { out = std::move(r); });
-                     }
-                     if (c.leaseExpiry - timer.now() > options.leaseDuration / 2) {
-                       out = view(c);
-                       return kj::READY_NOW;
-                     }
-                     // Extend the lease while writes continue; the version stays.
-                     uint64_t primary = *c.primary;
-                     return control
-                         .grantLease(primary, handle, c.record.version,
-                                     options.leaseDuration / kj::MILLISECONDS)
-                         .then([this, handle, primary, &out](Status s) {
-                           auto it = chunks.find(handle);
-                           if (it == chunks.end()) {
-                             out = Status::notFound("chunk deleted");
-                           } else if (s.ok()) {
-                             it->second.leaseExpiry = timer.now() + options.leaseDuration;
-                             out = view(it->second);
-                           } else {
-                             // The primary cannot take the lease: it leaves if the rule
-                             // allows; either way the next call grants a new lease.
-                             if (mayLeave(primary, goodReplicas(it->second))) {
-                               removeReplica(it->second, primary);
-                               queueDelete(primary, handle);
-                             }
-                             it->second.primary.reset();
-                             out = s;
-                           }
-                         });
-                   })
+                   });
+             })
       .then([result = kj::mv(result)]() mutable { return std::move(*result); });
 }
 
@@ -588,17 +597,65 @@ kj::Promise<Result<ChunkView>> ChunkManager::allocate(uint64_t inode, uint32_t i
                        chunks.erase(it);
                        return forget;
                      }
-                     // A server that failed may still create the chunk late (the order
-                     // delayed, its answer lost), empty at version 1: the chunk then moves
-                     // to a new version before its first write. Otherwise the first lease
-                     // keeps version 1.
-                     auto lease = created.size() == results.size()
-                                      ? grantLeaseTo(handle, created[0])
-                                      : grantNewLease(handle);
-                     return lease.then([&out](Result<ChunkView> r) { out = std::move(r); });
+                     return confirmCreated(handle, created, results.size())
+                         .then([&out](Result<ChunkView> r) { out = std::move(r); });
                    });
              })
       .then([result = kj::mv(result)]() mutable { return std::move(*result); });
+}
+
+bool ChunkManager::neverWritten(const Chunk& c) { return c.record.pending && c.replicas.empty(); }
+
+kj::Promise<Result<ChunkView>> ChunkManager::confirmCreated(uint64_t handle,
+                                                            std::vector<uint64_t> created,
+                                                            size_t asked) {
+  Chunk& c = chunks.at(handle);
+  // Recorded before any lease: a chunk still pending holds no byte.
+  c.record.pending = false;
+  return recordVersion(c).then([this, handle, created, asked]() -> kj::Promise<Result<ChunkView>> {
+    if (!chunks.count(handle)) return Result<ChunkView>(Status::notFound("chunk deleted"));
+    // A server that failed may still create the chunk late (the order delayed, its answer
+    // lost), empty: the chunk then moves to a new version before its first write.
+    // Otherwise the first lease keeps the version it was created at.
+    return created.size() == asked ? grantLeaseTo(handle, created[0]) : grantNewLease(handle);
+  });
+}
+
+kj::Promise<Result<ChunkView>> ChunkManager::recreate(uint64_t handle) {
+  Chunk& c = chunks.at(handle);
+  std::vector<PlacementCandidate> candidates;
+  for (auto& [id, s] : serversById) {
+    if (s.live && !s.decommissioning) candidates.push_back(candidate(s));
+  }
+  auto targets = choosePlacement(candidates, goalOf(c), {}, options.minFreeBytes, rng);
+  if (targets.empty()) {
+    return Result<ChunkView>(Status::noSpace("no live chunkserver with free space"));
+  }
+  for (uint64_t t : targets) serversById[t].recentCreations++;
+  // A number no replica was ever sent: a copy made before (on a server away now) is stale
+  // against it.
+  c.record.version = nextVersion(c);
+  c.record.pending = true;
+  logWarn("chunk {:x}: allocated but never created; creating it at version {}", handle,
+          c.record.version);
+  uint64_t version = c.record.version;
+  return recordVersion(c)
+      .then([this, targets, handle, version]() {
+        return setVersionOn(targets, handle, version, true);
+      })
+      .then([this, handle](std::vector<ServerFailure> results) -> kj::Promise<Result<ChunkView>> {
+        auto it = chunks.find(handle);
+        if (it == chunks.end()) return Result<ChunkView>(Status::notFound("chunk deleted"));
+        auto created = succeeded(results);
+        if (created.empty()) {
+          return Result<ChunkView>(Status::unavailable("no chunkserver could create the chunk"));
+        }
+        for (uint64_t s : created) {
+          it->second.replicas.insert(s);
+          serversById[s].chunks.insert(handle);
+        }
+        return confirmCreated(handle, created, results.size());
+      });
 }
 
 kj::Promise<Result<ChunkView>> ChunkManager::grantNewLease(uint64_t handle) {

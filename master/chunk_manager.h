@@ -264,6 +264,15 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   // Runs `step` for chunk `handle` once no other step for it is in progress.
   kj::Promise<void> serialize(uint64_t handle, kj::Function<kj::Promise<void>()> step);
   kj::Promise<Result<ChunkView>> allocate(uint64_t inode, uint32_t index, uint8_t goal);
+  // Never confirmed created and no replica known: it holds no byte (allocated, but its
+  // master died before any chunkserver created it).
+  static bool neverWritten(const Chunk& c);
+  // Creates such a chunk on new servers, under a new version.
+  kj::Promise<Result<ChunkView>> recreate(uint64_t handle);
+  // `created` of `asked` servers hold the new chunk: recorded as created, then the first
+  // lease (after one more version if a server failed).
+  kj::Promise<Result<ChunkView>> confirmCreated(uint64_t handle, std::vector<uint64_t> created,
+                                                size_t asked);
   kj::Promise<Result<ChunkView>> grantNewLease(uint64_t handle);
   kj::Promise<Result<ChunkView>> grantLeaseTo(uint64_t handle, uint64_t primary);
   // Calls setVersion on `servers`; resolves to what each answered, in order.

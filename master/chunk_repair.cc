@@ -84,7 +84,16 @@ Status ChunkManager::safeModeRefusal() const {
 void ChunkManager::updateSafeMode() {
   if (!safeMode || manualSafeMode) return;
   size_t covered = 0;
-  for (auto& [h, c] : chunks) covered += counts(c).live > 0;
+  std::vector<Chunk*> uncovered;
+  for (auto& [h, c] : chunks) {
+    if (counts(c).live > 0) {
+      ++covered;
+    } else {
+      uncovered.push_back(&c);
+    }
+  }
+  // A chunk allocated but never created (its master died first) is nothing to wait for.
+  for (Chunk* c : uncovered) covered += neverWritten(*c);
   double share = chunks.empty() ? 1.0 : static_cast<double>(covered) / chunks.size();
   bool timedOut = timer.now() - startedAt > options.safeModeTimeout;
   if (share >= options.safeModeThreshold || timedOut) {

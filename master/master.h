@@ -158,6 +158,7 @@ class Master final : private kj::TaskSet::ErrorHandler {
   std::unique_ptr<PeerPool> masters;
   std::unique_ptr<LogShipper> shipper;
   LogSinkImpl* sink = nullptr;  // the session followed now, owned by its capability
+  kj::Maybe<wire::LogSink::Client> sinkHold;  // a reference to it: it lives while followed
   kj::Maybe<kj::Promise<void>> following;
   std::unique_ptr<Election> election;  // last in: its events reach everything above
 };

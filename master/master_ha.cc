@@ -35,6 +35,7 @@ void Master::promote(uint64_t newEpoch) {
   if (active_) return;
   if (sink != nullptr) sink->close();
   sink = nullptr;
+  sinkHold = nullptr;
   following = nullptr;
   store->setEpoch(newEpoch);
   store->setWritable(true);
@@ -78,6 +79,7 @@ void Master::activeChanged(const std::string& address) {
   if (active_) return;
   if (sink != nullptr) sink->close();
   sink = nullptr;
+  sinkHold = nullptr;
   following = nullptr;
   if (address.empty() || address == opts.election.id) return;
   following = followLoop(address).eagerlyEvaluate(
@@ -90,6 +92,8 @@ kj::Promise<void> Master::followLoop(std::string address) {
   });
   sink = own.get();
   wire::LogSink::Client cap = kj::mv(own);
+  // The active holds the other reference; this one keeps `sink` valid after it is gone.
+  sinkHold = cap;
   auto req = masters->get<wire::Master>(address, Role::MASTER)
                  .replicationRequest()
                  .send()
@@ -113,6 +117,7 @@ kj::Promise<void> Master::followLoop(std::string address) {
       .then([this]() {
         if (sink != nullptr) sink->close();
         sink = nullptr;
+        sinkHold = nullptr;
         return timer_.afterDelay(kj::SECONDS);
       })
       .then([this, address]() -> kj::Promise<void> {

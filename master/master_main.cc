@@ -1,6 +1,7 @@
 // cairn-master: parses flags, builds the real environment, serves until killed.
 
 #include <kj/async-io.h>
+#include <kj/exception.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -50,6 +51,8 @@ namespace {
 
 int main(int argc, char** argv) {
   using namespace cairn;
+  // A crash leaves its stack in the log.
+  kj::printStackTraceOnCrash();
   CLI::App app{"Cairn master: namespace, chunk map, leases"};
   std::string listen = "0.0.0.0:7700";
   std::string dataDir;

@@ -59,7 +59,10 @@ std::string encodeChunk(const ChunkRecord& r) {
   std::string s;
   putLe(s, r.handle);
   putLe(s, r.version);
-  if (r.issued > r.version) putLe(s, r.issued);  // older records end after the version
+  // Older records end after the version; the fields after it are there when they say
+  // something.
+  if (r.issued > r.version || r.pending) putLe(s, std::max(r.issued, r.version));
+  if (r.pending) s.push_back(1);
   return s;
 }
 ChunkRecord decodeChunk(uint32_t index, std::string_view bytes) {
@@ -70,6 +73,7 @@ ChunkRecord decodeChunk(uint32_t index, std::string_view bytes) {
   getLe(bytes, pos, r.version);
   r.issued = r.version;
   if (bytes.size() >= pos + 8) getLe(bytes, pos, r.issued);
+  if (bytes.size() > pos) r.pending = (bytes[pos] & 1) != 0;
   return r;
 }
 
@@ -967,7 +971,7 @@ kj::Promise<Result<ChunkRecord>> Namespace::allocateChunk(uint64_t inode, uint32
     return Result<ChunkRecord>(Status::invalidArgument("not a regular file"));
   }
   if (auto existing = getChunk(inode, index)) return Result<ChunkRecord>(*existing);
-  ChunkRecord record{index, nextHandle++, 1, 1};
+  ChunkRecord record{index, nextHandle++, 1, 1, true};
   Mutation m;
   m.put(NEXT_HANDLE_KEY, encodeU64(nextHandle));
   m.put(chunkKey(inode, index), encodeChunk(record));

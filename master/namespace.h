@@ -70,6 +70,10 @@ struct ChunkRecord {
   // version in (version, issued] took a change whose answer never came back: it missed
   // what followed, so it is stale, never newer.
   uint64_t issued = 0;
+  // Allocated, and no chunkserver has confirmed creating it yet: no lease was granted on
+  // it, so no byte was ever written to it. Such a chunk with no replica known (its master
+  // died before the chunkservers created it) is created again rather than missing.
+  bool pending = false;
 };
 
 struct SetAttrArgs {

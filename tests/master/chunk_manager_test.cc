@@ -707,5 +707,36 @@ TEST_F(MirrorTest, ARemovedReplicaLeavesTheMirrorAndALateReportFillsAnEmptyChunk
   EXPECT_EQ(standby.locate(file, 0, 1)[0].replicas.size(), 1u);
 }
 
+TEST_F(MirrorTest, AChunkAllocatedButNeverCreatedIsMadeAtTheTakeover) {
+  // The old active recorded chunk 3 and died before any chunkserver created it.
+  auto record = ns.allocateChunk(file, 3).wait(io.waitScope);
+  ASSERT_TRUE(record.ok());
+  EXPECT_TRUE(ns.getChunk(file, 3)->pending);
+  standby.becomeActive();
+  EXPECT_FALSE(standby.inSafeMode());  // nothing to wait for
+  auto r = standby.prepareWrite(file, 3).wait(io.waitScope);
+  ASSERT_TRUE(r.ok()) << r.status.toString();
+  EXPECT_EQ(r.value.replicas.size(), 3u);
+  EXPECT_GT(r.value.record.version, 1u);
+  settle();
+  EXPECT_FALSE(ns.getChunk(file, 3)->pending);
+}
+
+TEST_F(MirrorTest, AChunkOnceCreatedIsMissingNotMadeAgain) {
+  auto r = prepare(0);
+  ASSERT_TRUE(r.ok());
+  settle();
+  EXPECT_FALSE(ns.getChunk(file, 0)->pending);  // recorded before the first lease
+  // No chunkserver that holds it reported to the standby: it is missing, never replaced by
+  // an empty chunk.
+  standby.becomeActive();
+  EXPECT_TRUE(standby.inSafeMode());
+  standby.leaveSafeMode();
+  auto again = standby.prepareWrite(file, 0).wait(io.waitScope);
+  EXPECT_FALSE(again.ok());
+  EXPECT_EQ(ns.getChunk(file, 0)->version, r.value.record.version);
+  EXPECT_TRUE(standbyControl.calls.empty());
+}
+
 }  // namespace
 }  // namespace cairn
