@@ -152,7 +152,8 @@ kj::Maybe<wire::ClientService::Client> Client::reader(const std::optional<Caller
 void Client::readerFailed() {
   readerService = nullptr;
   readerCallers.clear();
-  peers.drop(masters[readerIndex]);
+  // (The active may have moved here since the call went: its session stays.)
+  if (readerIndex != masterIndex) peers.drop(masters[readerIndex]);
   readerIndex = (readerIndex + 1) % masters.size();
   if (readerIndex == masterIndex) readerIndex = (readerIndex + 1) % masters.size();
   // Once each standby failed in a row, the active answers alone for a while.
