@@ -285,16 +285,20 @@ kj::Promise<bool> Client::retryMaster(MasterCall& call, bool timedOut) {
   return timer.afterDelay(250 * kj::MILLISECONDS).then([]() { return true; });
 }
 
+kj::Promise<capnp::Response<capnp::AnyPointer>> Client::sendCall(
+    wire::ClientService::Client service, MasterCall& call) {
+  auto req = service.typelessRequest(capnp::typeId<wire::ClientService>(), call.method, nullptr);
+  req.set(call.params.getRoot<capnp::AnyPointer>().asReader());
+  return timer.timeoutAfter(call.timeout, req.send());
+}
+
 template <typename T, typename R, typename Fn>
 kj::Promise<T> Client::attemptMaster(std::shared_ptr<MasterCall> call,
                                      std::shared_ptr<Fn> onResponse) {
   if (call->read) {
     call->read = false;  // one try on a standby; then the active
     KJ_IF_MAYBE (standby, reader(call->as)) {
-      auto req =
-          standby->typelessRequest(capnp::typeId<wire::ClientService>(), call->method, nullptr);
-      req.set(call->params.getRoot<capnp::AnyPointer>().asReader());
-      return timer.timeoutAfter(call->timeout, req.send())
+      return sendCall(*standby, *call)
           .then(
               [this, call,
                onResponse](capnp::Response<capnp::AnyPointer>&& response) -> kj::Promise<T> {
@@ -321,10 +325,7 @@ kj::Promise<T> Client::attemptMaster(std::shared_ptr<MasterCall> call,
               });
     }
   }
-  auto req =
-      master(call->as).typelessRequest(capnp::typeId<wire::ClientService>(), call->method, nullptr);
-  req.set(call->params.getRoot<capnp::AnyPointer>().asReader());
-  return timer.timeoutAfter(call->timeout, req.send())
+  return sendCall(master(call->as), *call)
       .then(
           [this, call,
            onResponse](capnp::Response<capnp::AnyPointer>&& response) -> kj::Promise<T> {

@@ -353,6 +353,9 @@ class Client {
   template <typename T, typename P, typename R, typename Fn>
   kj::Promise<T> callMaster(std::optional<Caller> as, capnp::Request<P, R>&& request,
                             Fn&& onResponse, kj::Duration timeout = 0 * kj::SECONDS);
+  // Sends `call`'s parameters to `service` (the active master's or a standby's), timed.
+  kj::Promise<capnp::Response<capnp::AnyPointer>> sendCall(wire::ClientService::Client service,
+                                                           MasterCall& call);
   template <typename T, typename R, typename Fn>
   kj::Promise<T> attemptMaster(std::shared_ptr<MasterCall> call, std::shared_ptr<Fn> onResponse);
   // Whether `call` goes on (to the next master) after a failure; false once out of time.
