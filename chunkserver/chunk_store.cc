@@ -601,6 +601,32 @@ Status ChunkStore::write(uint64_t handle, uint64_t version, uint64_t offset,
   return applyRange(handle, *e, offset, data.size(), data.data());
 }
 
+Status ChunkStore::extend(uint64_t handle, uint64_t version, uint64_t length) {
+  auto e = find(handle);
+  if (e == nullptr) return Status::notFound(fmt::format("no chunk {:x}", handle));
+  if (length > chunkSize) return Status::invalidArgument("extend past the chunk size");
+  std::unique_lock<std::shared_mutex> lock(e->lock);
+  if (e->version != version) {
+    return Status::staleVersion(
+        fmt::format("chunk {:x} is at version {}, extend is for {}", handle, e->version, version));
+  }
+  if (length <= e->length) return Status::OK();
+  Status s = disk.truncate(pathIn(e->dir, handle, ""), D + length);  // the new part is a hole
+  if (s.ok()) e->length = length;
+  return s;
+}
+
+Result<uint64_t> ChunkStore::lengthOf(uint64_t handle, uint64_t version) {
+  auto e = find(handle);
+  if (e == nullptr) return Status::notFound(fmt::format("no chunk {:x}", handle));
+  std::shared_lock<std::shared_mutex> lock(e->lock);
+  if (e->version != version) {
+    return Status::staleVersion(
+        fmt::format("chunk {:x} is at version {}, not {}", handle, e->version, version));
+  }
+  return e->length;
+}
+
 Status ChunkStore::punch(uint64_t handle, uint64_t version, uint64_t offset, uint64_t length) {
   auto e = find(handle);
   if (e == nullptr) return Status::notFound(fmt::format("no chunk {:x}", handle));

@@ -86,6 +86,11 @@ class ChunkStore {
   // Reserves disk for [offset, offset+length) so that writes there cannot fail for space;
   // the contents and the length stay.
   Status allocate(uint64_t handle, uint64_t version, uint64_t offset, uint64_t length);
+  // Grows the chunk to `length` with a hole (record append's padding); a longer chunk
+  // stays as it is. The version must match, as for write().
+  Status extend(uint64_t handle, uint64_t version, uint64_t length);
+  // The chunk's length at `version` (record append's end of chunk).
+  Result<uint64_t> lengthOf(uint64_t handle, uint64_t version);
   // Cuts or extends (with a hole) to `length`, then moves to `version`.
   Status truncate(uint64_t handle, uint64_t version, uint64_t length);
   // One bit per block (least significant first), set where the block holds data.

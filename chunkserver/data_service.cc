@@ -161,39 +161,75 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
     if (p.getSecondaries().size() > MAX_CHAIN) {
       return failData(context, Status::invalidArgument("too many secondaries"));
     }
-    auto lease = leases.find(handle);
-    if (lease == leases.end() || lease->second.version != version) {
-      return failData(context,
-                      Status(ErrorCode::NOT_PRIMARY,
-                             fmt::format("no lease on chunk {:x} at version {}", handle, version)));
-    }
-    if (cs.timer().now() >= lease->second.expiry) {
-      return failData(context, Status(ErrorCode::LEASE_EXPIRED,
-                                      fmt::format("lease on chunk {:x} expired", handle)));
-    }
+    Status held = leaseHeld(handle, version);
+    if (!held.ok()) return failData(context, held);
     std::vector<std::string> secondaries;
     for (auto s : p.getSecondaries()) secondaries.emplace_back(s);
-    // The primary applies and forwards at once: the order is fixed by serialized(), which
-    // sends each applyWrite before any later mutation of this chunk can start, and the
-    // secondaries apply in the order the primary forwards, over one connection each.
+    return serialized<DataOutcome>(handle,
+                                   [this, handle, version, offset, dataId, length, mutation,
+                                    secondaries = std::move(secondaries)]() mutable {
+                                     return applyEverywhere(std::move(secondaries), handle, version,
+                                                            offset, dataId, length, mutation);
+                                   })
+        .then([context](DataOutcome r) mutable { toWire(r, context.getResults()); });
+  }
+
+  kj::Promise<void> append(AppendContext context) override {
+    auto p = context.getParams();
+    uint64_t handle = p.getHandle(), version = p.getVersion(), dataId = p.getDataId();
+    uint32_t length = p.getLength(), minOffset = p.getMinOffset();
+    if (p.getSecondaries().size() > MAX_CHAIN) {
+      return failData(context, Status::invalidArgument("too many secondaries"));
+    }
+    if (length == 0 || length > store.maxChunkSize() / 4 || minOffset > store.maxChunkSize()) {
+      return failData(context, Status::invalidArgument(fmt::format(
+                                   "a record of {} bytes (at most a quarter of a chunk) at or "
+                                   "after {} is out of bounds",
+                                   length, minOffset)));
+    }
+    Status held = leaseHeld(handle, version);
+    if (!held.ok()) return failData(context, held);
+    std::vector<std::string> secondaries;
+    for (auto s : p.getSecondaries()) secondaries.emplace_back(s);
+    // The end of the chunk is read in the primary's order of mutations, after every
+    // earlier one has been applied everywhere: that order makes appends atomic.
+    auto landed = kj::heap<uint32_t>(0);
+    uint32_t* at = landed.get();
     return serialized<DataOutcome>(
                handle,
-               [this, handle, version, offset, dataId, length, mutation,
+               [this, handle, version, dataId, length, minOffset, at,
                 secondaries = std::move(secondaries)]() mutable {
-                 auto local = apply(handle, version, offset, dataId, length, mutation);
-                 auto remote = forwardApply(std::move(secondaries), handle, version, offset, dataId,
-                                            length, mutation);
-                 return local.then([this, remote = kj::mv(remote)](Status s) mutable {
-                   return remote.then([this, s](std::vector<ReplicaFailure> failed) {
-                     if (!s.ok()) failed.insert(failed.begin(), ReplicaFailure{self, s});
-                     if (failed.empty()) return DataOutcome();
-                     Status first(failed[0].status.code(), fmt::format("{}: {}", failed[0].address,
-                                                                       failed[0].status.message()));
-                     return DataOutcome(std::move(first), std::move(failed));
-                   });
-                 });
+                 return pool
+                     .run([this, handle, version]() { return store.lengthOf(handle, version); })
+                     .then([this, handle, version, dataId, length, minOffset, at,
+                            secondaries = std::move(secondaries)](
+                               Result<uint64_t> end) mutable -> kj::Promise<DataOutcome> {
+                       if (!end.ok()) return DataOutcome::of(self, end.status);
+                       uint64_t chunk = store.maxChunkSize();
+                       uint64_t offset = std::max<uint64_t>(end.value, minOffset);
+                       if (offset + length <= chunk) {
+                         *at = static_cast<uint32_t>(offset);
+                         return applyEverywhere(std::move(secondaries), handle, version, *at,
+                                                dataId, length, wire::Mutation::DATA);
+                       }
+                       // It does not fit: pad the chunk to its end everywhere, so that the
+                       // next record goes to the next chunk.
+                       return applyEverywhere(std::move(secondaries), handle, version,
+                                              static_cast<uint32_t>(offset), dataId,
+                                              static_cast<uint32_t>(chunk - offset),
+                                              wire::Mutation::PAD)
+                           .then([](DataOutcome o) {
+                             if (!o.ok()) return o;
+                             return DataOutcome(Status(ErrorCode::CHUNK_FULL,
+                                                       "the record does not fit in the chunk"));
+                           });
+                     });
                })
-        .then([context](DataOutcome r) mutable { toWire(r, context.getResults()); });
+        .then([context, landed = kj::mv(landed)](DataOutcome r) mutable {
+          auto results = context.getResults();
+          toWire(r, results);
+          if (r.ok()) results.setOffset(*landed);
+        });
   }
 
   kj::Promise<void> applyWrite(ApplyWriteContext context) override {
@@ -567,6 +603,41 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
     });
   }
 
+  // Whether this server is the primary of `handle` at `version`, with an unexpired lease.
+  Status leaseHeld(uint64_t handle, uint64_t version) {
+    auto lease = leases.find(handle);
+    if (lease == leases.end() || lease->second.version != version) {
+      return Status(ErrorCode::NOT_PRIMARY,
+                    fmt::format("no lease on chunk {:x} at version {}", handle, version));
+    }
+    if (cs.timer().now() >= lease->second.expiry) {
+      return Status(ErrorCode::LEASE_EXPIRED, fmt::format("lease on chunk {:x} expired", handle));
+    }
+    return Status::OK();
+  }
+
+  // The primary's part of a mutation (inside serialized()): applies it here and has every
+  // secondary apply it at once; the order is fixed by serialized(), which sends each
+  // applyWrite before any later mutation of this chunk can start, and the secondaries
+  // apply in the order the primary forwards, over one connection each. Names every
+  // replica that failed, this one first.
+  kj::Promise<DataOutcome> applyEverywhere(std::vector<std::string> secondaries, uint64_t handle,
+                                           uint64_t version, uint32_t offset, uint64_t dataId,
+                                           uint32_t length, wire::Mutation mutation) {
+    auto local = apply(handle, version, offset, dataId, length, mutation);
+    auto remote =
+        forwardApply(std::move(secondaries), handle, version, offset, dataId, length, mutation);
+    return local.then([this, remote = kj::mv(remote)](Status s) mutable {
+      return remote.then([this, s](std::vector<ReplicaFailure> failed) {
+        if (!s.ok()) failed.insert(failed.begin(), ReplicaFailure{self, s});
+        if (failed.empty()) return DataOutcome();
+        Status first(failed[0].status.code(),
+                     fmt::format("{}: {}", failed[0].address, failed[0].status.message()));
+        return DataOutcome(std::move(first), std::move(failed));
+      });
+    });
+  }
+
   kj::Promise<Status> apply(uint64_t handle, uint64_t version, uint32_t offset, uint64_t dataId,
                             uint32_t length, wire::Mutation mutation) {
     if (uint64_t{offset} + length > store.maxChunkSize()) {
@@ -582,6 +653,11 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
       case wire::Mutation::ALLOCATE:
         return pool.run([this, handle, version, offset, length]() {
           return store.allocate(handle, version, offset, length);
+        });
+      case wire::Mutation::PAD:
+        if (dataId != 0) dropBuffer(dataId);  // the record pushed for it goes elsewhere
+        return pool.run([this, handle, version, offset, length]() {
+          return store.extend(handle, version, uint64_t{offset} + length);
         });
     }
     return Status::invalidArgument("unknown mutation");
@@ -733,6 +809,12 @@ class ChunkServerGate final : public wire::ChunkServer::Server {
     if (refused(context, writing(p.getToken(), p.getHandle(), p.getVersion())))
       return kj::READY_NOW;
     return impl.write(context);
+  }
+  kj::Promise<void> append(AppendContext context) override {
+    auto p = context.getParams();
+    if (refused(context, writing(p.getToken(), p.getHandle(), p.getVersion())))
+      return kj::READY_NOW;
+    return impl.append(context);
   }
   kj::Promise<void> sync(SyncContext context) override {
     auto p = context.getParams();

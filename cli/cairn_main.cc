@@ -71,6 +71,16 @@ int main(int argc, char** argv) {
   auto cat = app.add_subcommand("cat", "write a file to standard output");
   std::vector<std::string> paths;
   cat->add_option("PATH", paths, "one or more files, written one after another")->required();
+  bool records = false;
+  cat->add_flag("--records", records,
+                "the files hold records (cairn append): write each record's payload once, "
+                "skipping padding and duplicates");
+  auto append = app.add_subcommand(
+      "append", "append standard input to a file as records, by atomic record append");
+  size_t recordSize = 0;
+  append->add_option("--record-size", recordSize,
+                     "records of N bytes each (default: one record per line)");
+  append->add_option("PATH", a)->required();
   auto ls = app.add_subcommand("ls", "list a directory");
   ls->add_flag("-l", flagL, "long format");
   ls->add_flag("--json", json, "JSON output");
@@ -249,9 +259,11 @@ int main(int argc, char** argv) {
     if (*cp) return cmdCp(c, path(a), path(b), flagF);
     if (*cat) {
       int rc = 0;
-      for (auto& p : paths) rc = std::max(rc, cmdCat(c, path(p)));
+      for (auto& p : paths)
+        rc = std::max(rc, records ? cmdCatRecords(c, path(p)) : cmdCat(c, path(p)));
       return rc;
     }
+    if (*append) return cmdAppend(c, path(a), recordSize, stdin);
     if (*ls) return cmdLs(c, path(a), flagL, json);
     if (*st) return cmdStat(c, path(a), json);
     if (*mkdir) return cmdMkdir(c, path(a), flagP);

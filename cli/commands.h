@@ -39,6 +39,12 @@ int cmdGet(CliContext& c, const std::string& path, const std::string& local);
 // A copy inside the cluster, made by the chunkservers (no byte passes through here).
 int cmdCp(CliContext& c, const std::string& src, const std::string& dst, bool force);
 int cmdCat(CliContext& c, const std::string& path);
+// `cairn append PATH`: each line of `in` (or each `recordSize` bytes) becomes a record
+// (client/record_io.h), sent by record append in batches of up to 1 MiB; the file is made if
+// missing. Done means synced on every replica.
+int cmdAppend(CliContext& c, const std::string& path, size_t recordSize, FILE* in);
+// `cairn cat --records PATH`: each record's payload once, in file order.
+int cmdCatRecords(CliContext& c, const std::string& path);
 int cmdLs(CliContext& c, const std::string& path, bool longFormat, bool json);
 int cmdStat(CliContext& c, const std::string& path, bool json);
 int cmdMkdir(CliContext& c, const std::string& path, bool parents);

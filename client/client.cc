@@ -1360,10 +1360,9 @@ kj::Promise<Status> Client::forEachPortion(
       });
 }
 
-kj::Promise<Status> Client::mutateChunk(uint64_t inode, uint32_t index, const ChunkMutation& m,
-                                        kj::TimePoint deadline, uint32_t attempt,
-                                        std::vector<ReplicaFailure> failures,
-                                        uint64_t failedVersion) {
+kj::Promise<Result<ChunkInfo>> Client::prepareChunk(uint64_t inode, uint32_t index,
+                                                    const std::vector<ReplicaFailure>& failures,
+                                                    uint64_t failedVersion) {
   auto req = master().prepareWriteRequest();
   req.setInode(inode);
   req.setIndex(index);
@@ -1374,13 +1373,20 @@ kj::Promise<Status> Client::mutateChunk(uint64_t inode, uint32_t index, const Ch
     toWire(failures[i].status, list[static_cast<uint>(i)].initStatus());
   }
   return callMaster<Result<ChunkInfo>>(
-             std::nullopt, kj::mv(req),
-             [](auto& r) -> Result<ChunkInfo> {
-               Status s = fromWire(r.getStatus());
-               if (!s.ok()) return s;
-               return chunkFromWire(r.getChunk());
-             },
-             opts.rpcTimeout)
+      std::nullopt, kj::mv(req),
+      [](auto& r) -> Result<ChunkInfo> {
+        Status s = fromWire(r.getStatus());
+        if (!s.ok()) return s;
+        return chunkFromWire(r.getChunk());
+      },
+      opts.rpcTimeout);
+}
+
+kj::Promise<Status> Client::mutateChunk(uint64_t inode, uint32_t index, const ChunkMutation& m,
+                                        kj::TimePoint deadline, uint32_t attempt,
+                                        std::vector<ReplicaFailure> failures,
+                                        uint64_t failedVersion) {
+  return prepareChunk(inode, index, failures, failedVersion)
       .then([this, &m](Result<ChunkInfo> r) -> kj::Promise<std::pair<DataOutcome, uint64_t>> {
         if (!r.ok()) return std::make_pair(DataOutcome(r.status), uint64_t{0});
         uint64_t version = r.value.version;
@@ -1403,6 +1409,134 @@ kj::Promise<Status> Client::mutateChunk(uint64_t inode, uint32_t index, const Ch
             .then([this, inode, index, &m, deadline, attempt, failures = kj::mv(failures),
                    version]() mutable {
               return mutateChunk(inode, index, m, deadline, attempt + 1, kj::mv(failures), version);
+            });
+      });
+}
+
+struct Client::AppendTry {
+  uint64_t inode = 0;
+  uint64_t chunkSize = 0;
+  uint32_t index = 0;      // the chunk appended to
+  uint32_t minOffset = 0;  // the end of the file in it, as the master said
+  kj::ArrayPtr<const kj::byte> record;
+  kj::TimePoint deadline = kj::origin<kj::TimePoint>();
+  uint32_t attempt = 0;
+};
+
+kj::Promise<Result<uint64_t>> Client::append(uint64_t inode, kj::ArrayPtr<const kj::byte> record) {
+  forgetLayout(inode);  // the chunks' lengths change, and a chunk may be added
+  auto deadline = timer.now() + opts.retryFor;
+  return ensureChunkSize(inode).then([this, inode, record,
+                                      deadline](uint64_t cs) -> kj::Promise<Result<uint64_t>> {
+    if (cs == 0) {
+      return getattr(inode).then([](Result<FileAttr> r) -> Result<uint64_t> {
+        return r.ok() ? Status::unavailable("master gave no chunk size") : r.status;
+      });
+    }
+    if (record.size() == 0 || record.size() > cs / 4) {
+      return Result<uint64_t>(Status::invalidArgument(
+          fmt::format("a record of {} bytes: records are 1 byte to a quarter of a chunk ({} bytes)",
+                      record.size(), cs / 4)));
+    }
+    // The end of the file as the master knows it: the record goes there or after it (past
+    // appends whose size is not recorded yet).
+    return getattr(inode).then(
+        [this, inode, record, deadline, cs](Result<FileAttr> a) -> kj::Promise<Result<uint64_t>> {
+          if (!a.ok()) return Result<uint64_t>(a.status);
+          if (a.value.type != FileType::REGULAR) {
+            return Result<uint64_t>(Status::invalidArgument("records go to regular files only"));
+          }
+          AppendTry t;
+          t.inode = inode;
+          t.chunkSize = cs;
+          t.index = static_cast<uint32_t>(a.value.size / cs);
+          t.minOffset = static_cast<uint32_t>(a.value.size % cs);
+          t.record = record;
+          t.deadline = deadline;
+          return appendAt(t, {}, 0);
+        });
+  });
+}
+
+kj::Promise<Result<uint64_t>> Client::appendAt(AppendTry t, std::vector<ReplicaFailure> failures,
+                                               uint64_t failedVersion) {
+  struct Outcome {
+    DataOutcome data;
+    uint64_t version = 0;
+    uint32_t offset = 0;
+  };
+  return prepareChunk(t.inode, t.index, failures, failedVersion)
+      .then([this, t](Result<ChunkInfo> r) -> kj::Promise<Outcome> {
+        if (!r.ok()) return Outcome{DataOutcome(r.status)};
+        if (r.value.primary.empty() || r.value.replicas.empty()) {
+          return Outcome{DataOutcome(
+              Status::unavailable(fmt::format("chunk {:x} has no primary", r.value.handle)))};
+        }
+        auto chunk = kj::heap<ChunkInfo>(kj::mv(r.value));
+        uint64_t dataId = rng() | 1;
+        auto& c = *chunk;
+        return pushInto(c, dataId, t.record)
+            .then([this, &c, dataId, t](DataOutcome o) -> kj::Promise<Outcome> {
+              if (!o.ok()) return Outcome{kj::mv(o), c.version};
+              auto req = peers.get<wire::ChunkServer>(c.primary, Role::CHUNKSERVER).appendRequest();
+              req.setHandle(c.handle);
+              req.setVersion(c.version);
+              req.setDataId(dataId);
+              req.setLength(static_cast<uint32_t>(t.record.size()));
+              req.setMinOffset(t.minOffset);
+              toWire(c.token, req.initToken());
+              std::vector<std::string> secondaries;
+              for (auto& rep : c.replicas) {
+                if (rep.address != c.primary) secondaries.push_back(rep.address);
+              }
+              auto list = req.initSecondaries(static_cast<uint>(secondaries.size()));
+              for (size_t i = 0; i < secondaries.size(); ++i) {
+                list.set(static_cast<uint>(i), secondaries[i]);
+              }
+              uint64_t version = c.version;
+              std::string primary = c.primary;
+              return timer.timeoutAfter(opts.rpcTimeout, req.send())
+                  .then(
+                      [version](auto&& response) {
+                        return Outcome{DataOutcome(fromWire(response.getStatus()),
+                                                   fromWire(response.getFailures())),
+                                       version, response.getOffset()};
+                      },
+                      [this, version, primary](kj::Exception&& e) {
+                        peers.drop(primary);
+                        return Outcome{DataOutcome::of(primary, Status::unavailable(fmt::format(
+                                                                    "chunkserver {}: {}", primary,
+                                                                    e.getDescription().cStr()))),
+                                       version};
+                      });
+            })
+            .attach(kj::mv(chunk));
+      })
+      .then([this, t](Outcome o) mutable -> kj::Promise<Result<uint64_t>> {
+        if (o.data.ok()) {
+          uint64_t at = uint64_t{t.index} * t.chunkSize + o.offset;
+          return commitSize(t.inode, at + t.record.size())
+              .then([at](Result<FileAttr> r) -> Result<uint64_t> {
+                if (!r.ok()) return r.status;
+                return at;
+              });
+        }
+        if (o.data.status.code() == ErrorCode::CHUNK_FULL) {
+          // Padded on every replica: the next chunk, from its start.
+          t.index++;
+          t.minOffset = 0;
+          return appendAt(t, {}, 0);
+        }
+        bool again = !o.data.failures.empty() || retryable(o.data.status.code());
+        if (!again || timer.now() >= t.deadline) return Result<uint64_t>(o.data.status);
+        logDebug("append to chunk {} of inode {} failed ({}); retrying", t.index, t.inode,
+                 o.data.status.toString());
+        auto failures = kj::mv(o.data.failures);
+        uint64_t version = o.version;
+        uint32_t attempt = t.attempt++;
+        return timer.afterDelay(backoff(attempt))
+            .then([this, t, failures = kj::mv(failures), version]() mutable {
+              return appendAt(t, kj::mv(failures), version);
             });
       });
 }

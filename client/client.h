@@ -322,6 +322,17 @@ class Client {
   kj::Promise<Status> copyRange(uint64_t srcInode, uint64_t srcOffset, uint64_t dstInode,
                                 uint64_t dstOffset, uint64_t length);
   kj::Promise<Result<FileAttr>> commitSize(uint64_t inode, uint64_t size, int64_t mtimeNs = 0);
+  // Record append (GFS): `record` (at most a quarter of a chunk) lands whole at the end of
+  // the file, at an offset the primary of the file's last chunk picks among all appends to
+  // it; a record that does not fit pads that chunk and goes to the next, so no record
+  // spans two chunks. The file's size then covers it; returns where it landed. At least
+  // once: after a failure it is sent again, so an attempt that failed may have left a
+  // whole copy or padding behind it (record_io.h reads past both). Appends from any number
+  // of clients never overwrite each other. `record` must outlive the promise.
+  kj::Promise<Result<uint64_t>> append(uint64_t inode, kj::ArrayPtr<const kj::byte> record);
+  // The cluster's chunk size, asked of the master (about `inode`) if not yet known; 0 if
+  // the master could not say.
+  kj::Promise<uint64_t> ensureChunkSize(uint64_t inode);
 
   // Makes every replica of the given chunks (all chunks if empty) sync to disk.
   kj::Promise<Status> syncChunks(uint64_t inode, std::vector<uint32_t> indices);
@@ -379,7 +390,6 @@ class Client {
   kj::Promise<Status> removeEntries(uint64_t dir, std::vector<DirEntryInfo> entries, size_t next,
                                     std::optional<Caller> as = std::nullopt);
 
-  kj::Promise<uint64_t> ensureChunkSize(uint64_t inode);
   // read() over the layout of the chunks involved, cached unless `fresh`.
   kj::Promise<Status> readWith(uint64_t inode, uint64_t offset, uint64_t length, std::string& out,
                                uint64_t needed, kj::TimePoint deadline, uint64_t chunkSize,
@@ -401,6 +411,15 @@ class Client {
   // Gets a lease from the master and applies `m` to chunk `index`, retrying until
   // `deadline`; after a failure the master hears what each replica said and decides.
   // `m` must outlive the promise.
+  // The master's prepareWrite: chunk `index` allocated and leased, with what the last
+  // attempt's replicas said (`failures`, at `failedVersion`).
+  kj::Promise<Result<ChunkInfo>> prepareChunk(uint64_t inode, uint32_t index,
+                                              const std::vector<ReplicaFailure>& failures,
+                                              uint64_t failedVersion);
+  // append() to chunk `index`, at or after `minOffset` in it, retrying until `deadline`.
+  struct AppendTry;
+  kj::Promise<Result<uint64_t>> appendAt(AppendTry t, std::vector<ReplicaFailure> failures,
+                                         uint64_t failedVersion);
   kj::Promise<Status> mutateChunk(uint64_t inode, uint32_t index, const ChunkMutation& m,
                                   kj::TimePoint deadline, uint32_t attempt,
                                   std::vector<ReplicaFailure> failures, uint64_t failedVersion);

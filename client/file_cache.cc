@@ -104,6 +104,7 @@ OpenFile::~OpenFile() {
 }
 
 kj::Promise<Status> OpenFile::write(uint64_t offset, std::string data) {
+  if (appendMode) return cache.append(attr_.inode, std::move(data));
   return cache.write(attr_.inode, offset, std::move(data));
 }
 
@@ -162,11 +163,67 @@ void FileCache::dropFinished(State& st) {
 
 bool FileCache::idle(State& st) {
   dropFinished(st);
-  return st.buffer.empty() && st.flushes.empty() && !st.sizeDirty;
+  return st.buffer.empty() && st.appends.empty() && st.flushes.empty() && !st.sizeDirty;
 }
 
 void FileCache::startFlush(uint64_t inode, State& st) {
-  if (st.buffer.empty()) return;
+  if (!st.buffer.empty()) startWrite(inode, st);
+  startAppends(inode, st);
+}
+
+void FileCache::startAppends(uint64_t inode, State& st) {
+  if (st.appends.empty()) return;
+  auto data = kj::heap<std::string>(std::move(st.appends));
+  st.appends.clear();
+  dropFinished(st);
+  kj::Vector<kj::Promise<void>> earlier;
+  for (auto& f : st.flushes) earlier.add(f.promise.addBranch());
+  auto done = kj::heap<bool>(false);
+  bool* doneFlag = done.get();
+  auto& bytes = *data;
+  auto promise =
+      kj::joinPromises(earlier.releaseAsArray())
+          .then([this, inode, &bytes]() {
+            // One append, or a single write too large for one in pieces, in order.
+            size_t piece = std::min<size_t>(MAX_APPEND, client.knownChunkSize() / 4);
+            return appendPieces(
+                inode, kj::arrayPtr(reinterpret_cast<const kj::byte*>(bytes.data()), bytes.size()),
+                std::max<size_t>(piece, 1));
+          })
+          .then([this, inode, doneFlag](Result<uint64_t> r) {
+            *doneFlag = true;
+            auto it = files.find(inode);
+            if (it == files.end()) return;
+            State& st = it->second;
+            if (r.ok()) {
+              st.confirmed = std::max(st.confirmed, r.value);
+              st.size = std::max(st.size, r.value);
+            } else if (st.error.ok()) {
+              st.error = r.status;
+            }
+          })
+          .attach(kj::mv(data))
+          .fork();
+  st.flushes.push_back({0, 0, kj::mv(promise), kj::mv(done), true});
+}
+
+kj::Promise<Result<uint64_t>> FileCache::appendPieces(uint64_t inode,
+                                                      kj::ArrayPtr<const kj::byte> data,
+                                                      size_t piece) {
+  size_t n = std::min(piece, data.size());
+  return client.append(inode, data.slice(0, n))
+      .then([this, inode, data, piece, n](Result<uint64_t> at) -> kj::Promise<Result<uint64_t>> {
+        if (!at.ok()) return at;
+        auto it = files.find(inode);
+        if (it != files.end()) {  // for fsync()
+          it->second.dirtyChunks.insert(static_cast<uint32_t>(at.value / client.knownChunkSize()));
+        }
+        if (n == data.size()) return Result<uint64_t>(at.value + n);
+        return appendPieces(inode, data.slice(n, data.size()), piece);
+      });
+}
+
+void FileCache::startWrite(uint64_t inode, State& st) {
   auto data = kj::heap<std::string>(std::move(st.buffer));
   st.buffer.clear();
   uint64_t offset = st.bufferOffset;
@@ -180,10 +237,11 @@ void FileCache::startFlush(uint64_t inode, State& st) {
     st.allChunksDirty = true;
   }
   dropFinished(st);
-  // Only earlier writes that overlap this one must land first; the rest go out together.
+  // Only earlier writes that overlap this one (and appends) must land first; the rest go
+  // out together.
   kj::Vector<kj::Promise<void>> earlier;
   for (auto& f : st.flushes) {
-    if (f.offset < end && offset < f.end) earlier.add(f.promise.addBranch());
+    if (f.append || (f.offset < end && offset < f.end)) earlier.add(f.promise.addBranch());
   }
   auto done = kj::heap<bool>(false);
   bool* doneFlag = done.get();
@@ -238,6 +296,35 @@ kj::Promise<Status> FileCache::write(uint64_t inode, uint64_t offset, std::strin
   st.size = std::max(st.size, end);
   st.sizeDirty = true;
   if (st.buffer.size() >= opts.writeBufferBytes) startFlush(inode, st);
+  return afterWrite(inode);
+}
+
+kj::Promise<Status> FileCache::append(uint64_t inode, std::string data) {
+  uint64_t cs = client.knownChunkSize();
+  if (cs == 0) {  // once per client: how much one append may carry depends on it
+    return client.ensureChunkSize(inode).then(
+        [this, inode, data = std::move(data)](uint64_t cs) mutable -> kj::Promise<Status> {
+          if (cs == 0) return Status::unavailable("the master gave no chunk size");
+          return append(inode, std::move(data));
+        });
+  }
+  State& st = state(inode);
+  if (!st.error.ok()) return takeError(st);
+  if (data.empty()) return Status::OK();
+  invalidate(st);
+  if (!st.buffer.empty()) startWrite(inode, st);  // earlier writes land first
+  // Writes collect whole into one append of at most `limit` bytes; a single larger write
+  // goes alone, in pieces of `limit` (startAppends).
+  size_t limit = std::min<size_t>(MAX_APPEND, cs / 4);
+  if (st.appends.size() + data.size() > limit) startAppends(inode, st);
+  st.appends.append(data);
+  st.size += data.size();  // at least: others may append too
+  st.sizeDirty = true;     // what this client reports counts it
+  if (st.appends.size() >= limit) startAppends(inode, st);
+  return afterWrite(inode);
+}
+
+kj::Promise<Status> FileCache::afterWrite(uint64_t inode) {
   // Back-pressure: the caller waits while too many buffers are on their way.
   return waitFlushes(inode, opts.flushesInFlight).then([this, inode]() {
     auto it = files.find(inode);
@@ -259,7 +346,7 @@ kj::Promise<Status> FileCache::flush(uint64_t inode) {
     // as the writes still on their way (made since) will make it.
     dropFinished(st);
     uint64_t pending = st.buffer.empty() ? 0 : st.bufferOffset + st.buffer.size();
-    for (auto& f : st.flushes) pending = std::max(pending, f.end);
+    for (auto& f : st.flushes) pending = std::max(pending, f.end);  // appends: 0
     uint64_t size = std::max(st.confirmed, pending);
     if (st.size != size) {
       st.size = size;

@@ -73,9 +73,14 @@ class OpenFile {
   uint64_t inode() const { return attr_.inode; }
   // The attributes when opened.
   const FileAttr& attr() const { return attr_; }
-  // Buffers `data` at `offset`. A failure of an earlier buffered write is returned here or
-  // by the next flush.
+  // Buffers `data` at `offset` (in append mode, for the end of the file wherever that is
+  // then: see setAppend). A failure of an earlier buffered write is returned here or by
+  // the next flush.
   kj::Promise<Status> write(uint64_t offset, std::string data);
+  // O_APPEND: every write lands whole at the end of the file as every client sees it, by
+  // record append (Client::append), in the order written. Writes collect up to 1 MiB (and
+  // a quarter of a chunk) and go out as one append; a write larger than that is split.
+  void setAppend(bool on) { appendMode = on; }
   kj::Promise<Result<std::string>> read(uint64_t offset, uint32_t size);
   // Writes out everything buffered and records the file's new size at the master.
   kj::Promise<Status> flush();
@@ -93,6 +98,7 @@ class OpenFile {
   FileAttr attr_;
   std::optional<Rename> rename;
   bool syncOnClose;
+  bool appendMode = false;
   bool done = false;
 };
 
@@ -142,6 +148,7 @@ class FileCache final : private kj::TaskSet::ErrorHandler {
     uint64_t end;
     kj::ForkedPromise<void> promise;
     kj::Own<bool> done;
+    bool append = false;  // lands at the end of the file: after every earlier flush
   };
   struct State {
     size_t refs = 0;
@@ -150,6 +157,7 @@ class FileCache final : private kj::TaskSet::ErrorHandler {
     bool sizeDirty = false;
     std::string buffer;
     uint64_t bufferOffset = 0;
+    std::string appends;  // O_APPEND writes not yet sent, in order
     std::list<Flush> flushes;
     Status error;
     std::set<uint32_t> dirtyChunks;  // written since the last fsync
@@ -169,6 +177,7 @@ class FileCache final : private kj::TaskSet::ErrorHandler {
   // Ends one open: flushes, and the master is told once the last open ends.
   kj::Promise<Status> release(uint64_t inode);
   kj::Promise<Status> write(uint64_t inode, uint64_t offset, std::string data);
+  kj::Promise<Status> append(uint64_t inode, std::string data);
   kj::Promise<Result<std::string>> read(uint64_t inode, uint64_t offset, uint32_t size);
   kj::Promise<Status> flush(uint64_t inode);
   kj::Promise<Status> fsync(uint64_t inode);
@@ -179,7 +188,17 @@ class FileCache final : private kj::TaskSet::ErrorHandler {
 
   State& state(uint64_t inode);
   void invalidate(State& st);
+  // Sends what is buffered: the write buffer, then the appends after it.
   void startFlush(uint64_t inode, State& st);
+  void startWrite(uint64_t inode, State& st);
+  void startAppends(uint64_t inode, State& st);
+  // Appends `data` in pieces of at most `piece` bytes, one after another; resolves to the
+  // end of the last.
+  kj::Promise<Result<uint64_t>> appendPieces(uint64_t inode, kj::ArrayPtr<const kj::byte> data,
+                                             size_t piece);
+  static constexpr size_t MAX_APPEND = 1 << 20;  // O_APPEND writes collected into one append
+  // Back-pressure and the first failure of an earlier write.
+  kj::Promise<Status> afterWrite(uint64_t inode);
   kj::Promise<void> waitFlushes(uint64_t inode, size_t leave);
   static void dropFinished(State& st);
   static bool idle(State& st);

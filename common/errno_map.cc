@@ -51,6 +51,7 @@ int toErrno(ErrorCode code) {
     case ErrorCode::BUSY:
     case ErrorCode::DATA_NOT_PUSHED:
     case ErrorCode::NOT_ACTIVE:  // reached only when no master became active in time
+    case ErrorCode::CHUNK_FULL:  // handled by libcairn's append (the next chunk)
       return EIO;
   }
   return EIO;

@@ -284,9 +284,11 @@ struct FileHandle {
 
 FileHandle* handleOf(fuse_file_info* fi) { return reinterpret_cast<FileHandle*>(fi->fh); }
 
-kj::Promise<Result<FileHandle*>> wrap(kj::Promise<Result<kj::Own<OpenFile>>> opening) {
-  return opening.then([](Result<kj::Own<OpenFile>> f) -> Result<FileHandle*> {
+// `flags`: open(2)'s; O_APPEND makes every write an atomic append (OpenFile::setAppend).
+kj::Promise<Result<FileHandle*>> wrap(kj::Promise<Result<kj::Own<OpenFile>>> opening, int flags) {
+  return opening.then([flags](Result<kj::Own<OpenFile>> f) -> Result<FileHandle*> {
     if (!f.ok()) return f.status;
+    f.value->setAppend(flags & O_APPEND);
     return new FileHandle{kj::mv(f.value)};
   });
 }
@@ -296,8 +298,8 @@ void cfsOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
                : (fi->flags & O_ACCMODE) == O_WRONLY ? ACCESS_WRITE
                                                      : ACCESS_READ | ACCESS_WRITE;
   Caller who = callerOf(req);
-  auto r =
-      call(req, "open", [&](Client&, FileCache& fc) { return wrap(fc.open(ino, access, who)); });
+  auto r = call(req, "open",
+                [&](Client&, FileCache& fc) { return wrap(fc.open(ino, access, who), fi->flags); });
   if (!r.ok()) {
     replyStatus(req, r.status);
     return;
@@ -326,8 +328,8 @@ void cfsCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
   o.caller = callerOf(req);
   o.exclusive = fi->flags & O_EXCL;
   std::string n = name;
-  auto r =
-      call(req, "create", [&](Client&, FileCache& fc) { return wrap(fc.create(parent, n, o)); });
+  auto r = call(req, "create",
+                [&](Client&, FileCache& fc) { return wrap(fc.create(parent, n, o), fi->flags); });
   if (!r.ok()) {
     replyStatus(req, r.status);
     return;

@@ -13,6 +13,8 @@ enum Mutation {
   data @0;       # the pushed buffer `dataId`
   punch @1;      # zeros; whole blocks become holes (fallocate PUNCH_HOLE)
   allocate @2;   # reserve disk without changing a byte (fallocate KEEP_SIZE)
+  pad @3;        # grow the chunk to offset+length with a hole (record append's padding);
+                 # a longer chunk stays; the buffer `dataId`, if any, is dropped
 }
 
 struct Extent {
@@ -77,4 +79,14 @@ interface ChunkServer {
   # Server-side copy: fills the buffer `dataId` with `length` bytes of the replica at
   # `source` (read locally when `source` is this chunkserver) and pushes them down
   # `chain` as pushData does, so that a write can then apply them.
+
+  append @12 (handle :UInt64, version :UInt64, dataId :UInt64, length :UInt32,
+              minOffset :UInt32, secondaries :List(Text), token :Common.ChunkToken)
+      -> (status :Status, failures :List(ReplicaFailure), offset :UInt32);
+  # Record append, to the primary: the pushed buffer `dataId` (at most a quarter of a
+  # chunk) lands whole at the end of the chunk (at least `minOffset`: the end of the file
+  # as the writer knows it), at an offset the primary picks in its order of mutations,
+  # and every secondary applies it there. A record that does not fit pads the chunk to
+  # its end on every replica and answers `chunkFull`: the writer goes on to the next
+  # chunk, so that no record spans two. Failures are named as for write.
 }

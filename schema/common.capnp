@@ -36,6 +36,8 @@ enum ErrorCode {
   readOnly @24;          # an admin put the cluster in safe mode: nothing changes until it
                          # leaves (not retried; EROFS)
   notActive @25;         # this master is a standby (or was deposed): ask the active one
+  chunkFull @26;         # a record append that does not fit in the chunk: the chunk was
+                         # padded to its end on every replica; append to the next chunk
 }
 
 struct Status {

@@ -137,11 +137,15 @@ InProcessCluster::InProcessCluster(kj::AsyncIoContext& io, size_t count, uint64_
     if (live == count) break;
     io.provider->getTimer().afterDelay(10 * kj::MILLISECONDS).wait(io.waitScope);
   }
+  clientPtr = newClient();
+}
+
+std::unique_ptr<Client> InProcessCluster::newClient() {
   ClientOptions copts;
   copts.master = masterAddr;
   copts.retryFor = 5 * kj::SECONDS;
   copts.security = ca.security(Role::ADMIN, "admin");
-  clientPtr = std::make_unique<Client>(copts, network, io.provider->getTimer());
+  return std::make_unique<Client>(copts, io.provider->getNetwork(), io.provider->getTimer());
 }
 
 InProcessCluster::~InProcessCluster() {

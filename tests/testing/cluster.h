@@ -67,6 +67,8 @@ class InProcessCluster {
   ~InProcessCluster();
 
   Client& client() { return *clientPtr; }
+  // Another client of the cluster (an admin's), on the same loop.
+  std::unique_ptr<Client> newClient();
   Master& master() { return *masterPtr; }
   std::string masterAddress() const { return masterAddr; }
   Chunkserver& chunkserver(size_t i) { return *servers[i]->node; }
