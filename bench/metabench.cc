@@ -17,9 +17,8 @@
 #include <functional>
 #include <string>
 
-#include "client.h"
+#include "bench_client.h"
 #include "log.h"
-#include "security.h"
 
 namespace {
 
@@ -71,19 +70,9 @@ int main(int argc, char** argv) {
   setLogLevel(LogLevel::WARN);
 
   auto io = kj::setupAsyncIo();
-  auto security = loadSecurity(securityFlags);
-  if (!security.ok()) {
-    fprintf(stderr, "cairn-metabench: %s\n", security.status.message().c_str());
-    return 2;
-  }
-  ClientOptions options;
-  options.master = master;
-  options.security = security.value;
-  if (!security.value.tls) {
-    options.defaultCaller =
-        Caller{static_cast<uint32_t>(getuid()), {static_cast<uint32_t>(getgid())}};
-  }
-  Client client(options, io.provider->getNetwork(), io.provider->getTimer());
+  auto options = benchClientOptions("cairn-metabench", master, securityFlags);
+  if (!options) return 2;
+  Client client(*options, io.provider->getNetwork(), io.provider->getTimer());
   auto& ws = io.waitScope;
 
   auto parent = client.resolve(dir).wait(ws);

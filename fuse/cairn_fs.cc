@@ -293,6 +293,12 @@ kj::Promise<Result<FileHandle*>> wrap(kj::Promise<Result<kj::Own<OpenFile>>> ope
   });
 }
 
+// Whether the kernel must hand each write of this open over whole: an O_APPEND write
+// becomes one atomic append only if it arrives as one request. Through the page cache the
+// kernel cuts a write at a page it does not hold in full (the mount caches none), so an
+// O_APPEND open is direct I/O: each write(2) of up to 1 MiB (max_write) is one request.
+bool appendsWhole(const fuse_file_info* fi) { return fi->flags & O_APPEND; }
+
 void cfsOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   int access = (fi->flags & O_ACCMODE) == O_RDONLY   ? ACCESS_READ
                : (fi->flags & O_ACCMODE) == O_WRONLY ? ACCESS_WRITE
@@ -305,6 +311,7 @@ void cfsOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     return;
   }
   fi->keep_cache = 0;  // close-to-open: drop pages cached from before this open
+  fi->direct_io = appendsWhole(fi);
   fi->fh = reinterpret_cast<uint64_t>(r.value);
   // ... and attributes: another mount may have changed the file since this kernel cached
   // them (only attributes are dropped, which takes no inode lock, so this is safe here).
@@ -336,6 +343,7 @@ void cfsCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
   }
   fuse_entry_param e = entryOf(req, r.value->file->attr());
   fi->keep_cache = 0;
+  fi->direct_io = appendsWhole(fi);
   fi->fh = reinterpret_cast<uint64_t>(r.value);
   if (fuse_reply_create(req, &e, fi) != 0) {
     call(req, "create", [&](Client&, FileCache&) {

@@ -1,5 +1,7 @@
 #include "cairn_io.h"
 
+#include <fmt/format.h>
+
 namespace cairn::mapreduce {
 
 Result<FileAttr> CairnIo::resolve(const std::string& path, std::optional<Caller> as) {
@@ -97,6 +99,55 @@ Status CairnIo::Writer::commit() {
       file = nullptr;
       return s;
     });
+  });
+}
+
+Result<FileAttr> CairnIo::createFile(uint64_t dir, const std::string& name, uint32_t uid,
+                                     uint32_t gid) {
+  return client.run([&](Client& c, FileCache&) {
+    return c.create(dir, name, 0644, 0, false, false, Caller{uid, {gid}});
+  });
+}
+
+Result<std::unique_ptr<CairnIo::RecordAppender>> CairnIo::appendRecords(uint64_t inode,
+                                                                        uint64_t writerId) {
+  uint64_t chunkSize = client.run([&](Client& c, FileCache&) { return c.ensureChunkSize(inode); });
+  if (chunkSize == 0) return Status::unavailable("the master gave no chunk size");
+  return std::unique_ptr<RecordAppender>(new RecordAppender(client, inode, chunkSize, writerId));
+}
+
+Status CairnIo::RecordAppender::add(std::string_view payload) {
+  size_t limit = std::min<uint64_t>(1 << 20, chunkSize / 4);
+  if (RECORD_HEADER + payload.size() > limit) {
+    return Status::invalidArgument(fmt::format("a record of {} bytes: at most {} fit in one append",
+                                               payload.size(), limit - RECORD_HEADER));
+  }
+  if (batch.size() + RECORD_HEADER + payload.size() > limit) {
+    Status s = send();
+    if (!s.ok()) return s;
+  }
+  writer.frame(payload, batch);
+  return Status::OK();
+}
+
+Status CairnIo::RecordAppender::send() {
+  if (batch.empty()) return Status::OK();
+  auto at = client.run([&](Client& c, FileCache&) {
+    return c.append(inode,
+                    kj::arrayPtr(reinterpret_cast<const kj::byte*>(batch.data()), batch.size()));
+  });
+  if (!at.ok()) return at.status;
+  chunks.insert(static_cast<uint32_t>(at.value / chunkSize));
+  bytes += batch.size();
+  batch.clear();
+  return Status::OK();
+}
+
+Status CairnIo::RecordAppender::close() {
+  Status s = send();
+  if (!s.ok() || chunks.empty()) return s;
+  return client.run([&](Client& c, FileCache&) {
+    return c.syncChunks(inode, {chunks.begin(), chunks.end()});
   });
 }
 

@@ -3,11 +3,13 @@
 // tasks, over one BlockingClient. Safe to call from any thread but the client's own.
 
 #include <memory>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "blocking_client.h"
+#include "record_io.h"
 #include "status.h"
 
 namespace cairn::mapreduce {
@@ -49,6 +51,33 @@ class CairnIo {
     kj::Own<OpenFile> file;  // used and destroyed on the client's loop
     uint64_t offset = 0;
   };
+  // Records (client/record_io.h) appended to one file by record append, named by
+  // `writerId` and sequence numbers from 1, in batches of up to 1 MiB. The same writer id
+  // and payloads make the same records: a reader drops the copies another attempt (a
+  // re-execution, a backup) appended.
+  class RecordAppender {
+   public:
+    Status add(std::string_view payload);
+    // Sends the last batch, then syncs every chunk appended to on every replica.
+    Status close();
+    uint64_t written() const { return bytes; }
+
+   private:
+    friend class CairnIo;
+    RecordAppender(BlockingClient& client, uint64_t inode, uint64_t chunkSize, uint64_t writerId)
+        : client(client), inode(inode), chunkSize(chunkSize), writer(writerId) {}
+    Status send();
+    BlockingClient& client;
+    uint64_t inode, chunkSize;
+    RecordWriter writer;
+    std::string batch;
+    std::set<uint32_t> chunks;  // appended to
+    uint64_t bytes = 0;
+  };
+  Result<std::unique_ptr<RecordAppender>> appendRecords(uint64_t inode, uint64_t writerId);
+  // A new empty file `name` in `dir` (an existing one is kept), owned by uid/gid.
+  Result<FileAttr> createFile(uint64_t dir, const std::string& name, uint32_t uid, uint32_t gid);
+
   // `name` in `dir`, written as `tempName` in `tempDir` until committed.
   Result<std::unique_ptr<Writer>> createAtomically(uint64_t dir, const std::string& name,
                                                    uint64_t tempDir, const std::string& tempName,

@@ -310,6 +310,12 @@ Result<Coordinator::Plan> Coordinator::plan(const JobSpec& spec) {
   if (!out.ok()) return withContext("making " + spec.output, out.status);
   auto temp = io.mkdir(out.value.inode, "_temporary", spec.uid, spec.gid);
   if (!temp.ok()) return withContext("making " + spec.output + "/_temporary", temp.status);
+  if (spec.appendOutput) {
+    auto records = io.createFile(out.value.inode, APPENDED_OUTPUT, spec.uid, spec.gid);
+    if (!records.ok()) {
+      return withContext("making " + spec.output + "/" + APPENDED_OUTPUT, records.status);
+    }
+  }
   return plan;
 }
 

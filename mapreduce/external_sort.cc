@@ -64,6 +64,7 @@ Status ExternalSorter::finish(
         values.push_back(std::move(records[j].second));
         ++j;
       }
+      std::sort(values.begin(), values.end());
       Status s = group(records[i].first, values);
       if (!s.ok()) return s;
       i = j;
@@ -102,6 +103,7 @@ Status ExternalSorter::finish(
         return Status::ioError(fmt::format("sorted run {} is truncated", runs[i]));
       }
     }
+    std::sort(values.begin(), values.end());
     Status s = group(key, values);
     if (!s.ok()) return s;
   }

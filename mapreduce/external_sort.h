@@ -22,8 +22,10 @@ class ExternalSorter {
   ~ExternalSorter();
 
   Status add(std::string_view key, std::string_view value);
-  // Calls group(key, values) once per key, keys in byte order, values in arrival order
-  // within a run. Returns the first I/O error.
+  // Calls group(key, values) once per key, keys and each key's values in byte order, so
+  // that every attempt of a reduce sees the same input (and a deterministic reduce writes
+  // the same output: record append's duplicates are then recognized by their ids).
+  // Returns the first I/O error.
   Status finish(
       const std::function<Status(std::string_view, const std::vector<std::string>&)>& group);
   size_t runsSpilled() const { return runs.size(); }

@@ -368,6 +368,9 @@ int main(int argc, char** argv) {
   run->add_option("--mapper", spec.mapper, "streaming: shell command for maps");
   run->add_option("--reducer", spec.reducer, "streaming: shell command for reduces");
   run->add_flag("--no-locality", spec.noLocality, "place maps without regard to their data");
+  run->add_flag("--append-output", spec.appendOutput,
+                "every reduce appends its lines as records to OUTPUT/records (read it with "
+                "`cairn cat --records`), instead of one part file each");
   run->add_option("--task-timeout", taskTimeout,
                   "seconds before a silent worker's tasks run "
                   "again")

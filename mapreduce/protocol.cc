@@ -40,6 +40,7 @@ void toWire(const JobSpec& s, wire::JobSpec::Builder out) {
   out.setMaxAttempts(s.maxAttempts);
   out.setUid(s.uid);
   out.setGid(s.gid);
+  out.setAppendOutput(s.appendOutput);
 }
 
 JobSpec fromWire(wire::JobSpec::Reader in) {
@@ -56,6 +57,7 @@ JobSpec fromWire(wire::JobSpec::Reader in) {
   s.maxAttempts = in.getMaxAttempts();
   s.uid = in.getUid();
   s.gid = in.getGid();
+  s.appendOutput = in.getAppendOutput();
   return s;
 }
 

@@ -19,6 +19,9 @@ namespace cairn::mapreduce {
 
 enum class JobKind { WORD_COUNT, INVERTED_INDEX, GREP, STREAMING };
 
+// The file every reduce appends to in JobSpec::appendOutput mode, in the output directory.
+constexpr const char* APPENDED_OUTPUT = "records";
+
 struct JobSpec {
   std::vector<std::string> inputs;
   std::string output;
@@ -30,6 +33,9 @@ struct JobSpec {
   uint32_t taskTimeoutMs = 60000;
   uint32_t maxAttempts = 4;
   uint32_t uid = 0, gid = 0;  // owner of the output
+  // Every reduce appends its output lines as records to OUTPUT/records (record append),
+  // rather than writing OUTPUT/part-NNNNN; read it with `cairn cat --records`.
+  bool appendOutput = false;
 };
 
 // One map task: the lines that start in [start, end) of a file, where [start, end) is one

@@ -291,6 +291,7 @@ Status Worker::runReduceTask(const TaskOrder& order, CairnIo& fs, AttemptResult&
   const JobSpec& spec = order.spec;
   auto out = fs.resolve(spec.output);
   if (!out.ok()) return out.status;
+  if (spec.appendOutput) return runAppendingReduce(order, fs, out.value.inode, result);
   auto temp = fs.lookup(out.value.inode, "_temporary");
   if (!temp.ok()) return temp.status;
   std::string name = fmt::format("part-{:05}", order.task);
@@ -300,30 +301,15 @@ Status Worker::runReduceTask(const TaskOrder& order, CairnIo& fs, AttemptResult&
   if (!file.ok()) return file.status;
   auto& writer = *file.value;
 
-  std::string sortDir = fmt::format("{}/reduce-{}-{}", jobScratchDir(opts.scratch, order.jobId),
-                                    order.task, order.attempt);
-  std::error_code ec;
-  std::filesystem::create_directories(sortDir, ec);
   std::string batch;
   auto flush = [&]() {
     if (batch.empty()) return Status::OK();
     return writer.append(std::exchange(batch, std::string()));
   };
-  ReduceStats stats;
-  Status s = runReduce(
-      spec, order.task, order.mapOutputs,
-      [&](const MapOutputLocation& from, uint64_t offset, bool* eof) {
-        return fetch(from, order, offset, eof);
-      },
-      sortDir, opts.sortMemory,
-      [&](std::string_view bytes) {
-        batch.append(bytes);
-        return batch.size() >= OUTPUT_BATCH ? flush() : Status::OK();
-      },
-      &stats, [&]() { return jobEnded(order.jobId); });
-  std::filesystem::remove_all(sortDir, ec);
-  result.lostMaps = stats.lost;
-  result.shuffleBytes = stats.shuffleBytes;
+  Status s = reduceInto(order, result, [&](std::string_view bytes) {
+    batch.append(bytes);
+    return batch.size() >= OUTPUT_BATCH ? flush() : Status::OK();
+  });
   if (s.ok()) s = flush();
   if (s.ok()) {
     s = writer.commit();
@@ -333,6 +319,43 @@ Status Worker::runReduceTask(const TaskOrder& order, CairnIo& fs, AttemptResult&
     }
   }
   result.bytesWritten = writer.written();
+  return s;
+}
+
+Status Worker::reduceInto(const TaskOrder& order, AttemptResult& result,
+                          const std::function<Status(std::string_view)>& out) {
+  std::string sortDir = fmt::format("{}/reduce-{}-{}", jobScratchDir(opts.scratch, order.jobId),
+                                    order.task, order.attempt);
+  std::error_code ec;
+  std::filesystem::create_directories(sortDir, ec);
+  ReduceStats stats;
+  Status s = runReduce(
+      order.spec, order.task, order.mapOutputs,
+      [&](const MapOutputLocation& from, uint64_t offset, bool* eof) {
+        return fetch(from, order, offset, eof);
+      },
+      sortDir, opts.sortMemory, out, &stats, [&]() { return jobEnded(order.jobId); });
+  std::filesystem::remove_all(sortDir, ec);
+  result.lostMaps = stats.lost;
+  result.shuffleBytes = stats.shuffleBytes;
+  return s;
+}
+
+Status Worker::runAppendingReduce(const TaskOrder& order, CairnIo& fs, uint64_t outputDir,
+                                  AttemptResult& result) {
+  auto file = fs.lookup(outputDir, APPENDED_OUTPUT);
+  if (!file.ok()) return file.status;
+  // Every attempt of this reduce names its records alike (the job and the partition, then
+  // the line's number), and the sorted input makes its lines alike: what an attempt that
+  // failed or lost to a backup appended is dropped as duplicates when read.
+  uint64_t writerId = (order.jobId * 0x9E3779B97F4A7C15ull) ^ (uint64_t{order.task} + 1);
+  auto appender = fs.appendRecords(file.value.inode, writerId);
+  if (!appender.ok()) return appender.status;
+  auto& records = *appender.value;
+  // One record per output line (with its newline, as `cairn append` makes them).
+  Status s = reduceInto(order, result, [&](std::string_view line) { return records.add(line); });
+  if (s.ok()) s = records.close();
+  result.bytesWritten = records.written();
   return s;
 }
 

@@ -57,6 +57,12 @@ class Worker final : private kj::TaskSet::ErrorHandler {
   // Blocking, on a task thread.
   AttemptResult execute(const TaskOrder& order, CairnIo& fs);
   Status runReduceTask(const TaskOrder& order, CairnIo& fs, AttemptResult& result);
+  // The reduce of `order`, its output lines passed to `out`.
+  Status reduceInto(const TaskOrder& order, AttemptResult& result,
+                    const std::function<Status(std::string_view)>& out);
+  // JobSpec::appendOutput: the output lines appended as records to OUTPUT/records.
+  Status runAppendingReduce(const TaskOrder& order, CairnIo& fs, uint64_t outputDir,
+                            AttemptResult& result);
   Result<std::string> fetch(const MapOutputLocation& from, const TaskOrder& order, uint64_t offset,
                             bool* eof);
   // On the loop.

@@ -28,6 +28,7 @@ struct JobSpec {
   maxAttempts @9 :UInt32;       # failures of one task that fail the job
   uid @10 :UInt32;              # owner of the output
   gid @11 :UInt32;
+  appendOutput @12 :Bool;       # reduces append their output as records to OUTPUT/records
 }
 
 enum JobState {

@@ -18,6 +18,7 @@
 
 #include "cluster.h"
 #include "partition.h"
+#include "record_io.h"
 
 namespace cairn::testing {
 namespace {
@@ -482,6 +483,40 @@ TEST_F(MapReduceTest, AWorkerKilledInTheReducePhase) {
                });
   EXPECT_EQ(report["state"], "succeeded");
   EXPECT_EQ(output("/out", 6, true), sorted(expectedWordCount(inputs)));
+}
+
+TEST_F(MapReduceTest, AppendedOutputHoldsEachLineOnceThoughAReduceRanTwice) {
+  startCluster(3);
+  for (size_t i = 0; i < 3; ++i) startWorker(i);
+  auto inputs = putInputs();
+  // Every reduce appends to one file. Each writes its word counts and 60,000 lines of its
+  // own; the first attempt of reduce 0 then sleeps 15 s, after it appended most of its
+  // output, so that a backup attempt runs and appends all of it again.
+  std::string lock = cluster->dir() + "/slow";
+  std::string reducer = REDUCER + "; seq 1 60000 | sed \"s/^/pad $CAIRN_PARTITION /\"; " +
+                        "if [ \"$CAIRN_PARTITION\" = 0 ] && mkdir " + lock +
+                        " 2>/dev/null; then sleep 15; fi";
+  auto report = runJson({"--input", "/in", "--input", "/more.txt", "--output", "/out", "--reducers",
+                         "2", "--append-output", "--mapper", MAPPER, "--reducer", reducer});
+  EXPECT_EQ(report["state"], "succeeded");
+  EXPECT_GE(report["backup_attempts"].get<int>(), 1);
+  std::string listing;
+  EXPECT_EQ(cluster->cli({"ls", "/out"}, &listing), 0);
+  EXPECT_EQ(sorted(splitLines(listing)), (std::vector<std::string>{"_SUCCESS", "records"}));
+  auto want = expectedWordCount(inputs);
+  for (int r = 0; r < 2; ++r) {
+    for (int i = 1; i <= 60000; ++i)
+      want.push_back("pad " + std::to_string(r) + " " + std::to_string(i));
+  }
+  std::string text, err;
+  EXPECT_EQ(cluster->cli({"cat", "--records", "/out/records"}, &text, &err), 0) << err;
+  EXPECT_EQ(sorted(splitLines(text)), sorted(want));
+  // The file holds more than those records once: the attempt that lost appended too.
+  uint64_t once = 0;
+  for (auto& line : want) once += RECORD_HEADER + line.size() + 1;
+  std::string stat;
+  EXPECT_EQ(cluster->cli({"stat", "--json", "/out/records"}, &stat), 0);
+  EXPECT_GT(nlohmann::json::parse(stat)["size"].get<uint64_t>(), once);
 }
 
 TEST_F(MapReduceTest, AStoppedWorkerIsDeclaredLostAfterTheTaskTimeout) {
