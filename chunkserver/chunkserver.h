@@ -60,6 +60,9 @@ class Chunkserver {
   // deletes): it says it is active, and no master has shown a higher epoch. A deposed
   // master that does not know it yet is refused (notActive).
   Status ordersFrom(size_t link) const;
+  // An order from the master on link `link` was refused: its next heartbeat goes at once,
+  // since that master may just have become active (its answer says so).
+  void ordersRefused(size_t link);
 
   ChunkStore& store() { return chunkStore; }
   DiskPool& pool() { return diskPool; }

@@ -192,43 +192,47 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
     std::vector<std::string> secondaries;
     for (auto s : p.getSecondaries()) secondaries.emplace_back(s);
     // The end of the chunk is read in the primary's order of mutations, after every
-    // earlier one has been applied everywhere: that order makes appends atomic.
-    auto landed = kj::heap<uint32_t>(0);
-    uint32_t* at = landed.get();
-    return serialized<DataOutcome>(
+    // earlier one has been applied everywhere: that order makes appends atomic. (The step
+    // runs to its end even if this call is cancelled: it owns everything it touches.)
+    using Landed = std::pair<DataOutcome, uint32_t>;
+    return serialized<Landed>(
                handle,
-               [this, handle, version, dataId, length, minOffset, at,
+               [this, handle, version, dataId, length, minOffset,
                 secondaries = std::move(secondaries)]() mutable {
                  return pool
                      .run([this, handle, version]() { return store.lengthOf(handle, version); })
-                     .then([this, handle, version, dataId, length, minOffset, at,
+                     .then([this, handle, version, dataId, length, minOffset,
                             secondaries = std::move(secondaries)](
-                               Result<uint64_t> end) mutable -> kj::Promise<DataOutcome> {
-                       if (!end.ok()) return DataOutcome::of(self, end.status);
+                               Result<uint64_t> end) mutable -> kj::Promise<Landed> {
+                       if (!end.ok()) return Landed{DataOutcome::of(self, end.status), 0};
                        uint64_t chunk = store.maxChunkSize();
-                       uint64_t offset = std::max<uint64_t>(end.value, minOffset);
-                       if (offset + length <= chunk) {
-                         *at = static_cast<uint32_t>(offset);
-                         return applyEverywhere(std::move(secondaries), handle, version, *at,
-                                                dataId, length, wire::Mutation::DATA);
+                       uint32_t offset =
+                           static_cast<uint32_t>(std::max<uint64_t>(end.value, minOffset));
+                       if (uint64_t{offset} + length <= chunk) {
+                         return applyEverywhere(std::move(secondaries), handle, version, offset,
+                                                dataId, length, wire::Mutation::DATA)
+                             .then([offset](DataOutcome o) {
+                               return Landed{kj::mv(o), offset};
+                             });
                        }
                        // It does not fit: pad the chunk to its end everywhere, so that the
                        // next record goes to the next chunk.
-                       return applyEverywhere(std::move(secondaries), handle, version,
-                                              static_cast<uint32_t>(offset), dataId,
-                                              static_cast<uint32_t>(chunk - offset),
+                       return applyEverywhere(std::move(secondaries), handle, version, offset,
+                                              dataId, static_cast<uint32_t>(chunk - offset),
                                               wire::Mutation::PAD)
                            .then([](DataOutcome o) {
-                             if (!o.ok()) return o;
-                             return DataOutcome(Status(ErrorCode::CHUNK_FULL,
-                                                       "the record does not fit in the chunk"));
+                             if (!o.ok()) return Landed{kj::mv(o), 0};
+                             return Landed{DataOutcome(Status(ErrorCode::CHUNK_FULL,
+                                                              "the record does not fit in the "
+                                                              "chunk")),
+                                           0};
                            });
                      });
                })
-        .then([context, landed = kj::mv(landed)](DataOutcome r) mutable {
+        .then([context](Landed r) mutable {
           auto results = context.getResults();
-          toWire(r, results);
-          if (r.ok()) results.setOffset(*landed);
+          toWire(r.first, results);
+          if (r.first.ok()) results.setOffset(r.second);
         });
   }
 
@@ -867,7 +871,11 @@ class ChunkServerGate final : public wire::ChunkServer::Server {
   }
   Status fromMaster(const char* call) {
     // Fencing: of the masters, only the active one with the highest epoch gives orders.
-    if (masterLink) return cs.ordersFrom(*masterLink);
+    if (masterLink) {
+      Status s = cs.ordersFrom(*masterLink);
+      if (!s.ok()) cs.ordersRefused(*masterLink);
+      return s;
+    }
     if (trusted()) return Status::OK();
     return Status::notPermitted(
         fmt::format("{} is for the master, not a {} certificate", call, roleName(peer.role)));

@@ -188,6 +188,11 @@ void Chunkserver::replicasChanged() {
   }
 }
 
+void Chunkserver::ordersRefused(size_t index) {
+  auto& link = *links.at(index);
+  if (link.wake && link.wake->isWaiting()) link.wake->fulfill();
+}
+
 void Chunkserver::trimChanges() {
   uint64_t heard = chunkStore.lastChange();
   for (auto& link : links) {

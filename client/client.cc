@@ -17,6 +17,9 @@ namespace {
 constexpr uint32_t MAX_WRITE_PORTION = 8 << 20;  // one push-and-commit at most
 constexpr uint32_t MAX_COPY_PORTION = 16 << 20;  // one server-side copy at most
 constexpr uint32_t LAYOUT_BATCH = 1024;
+// How long appends in a row trust the file's size from the last one's commit (a truncate
+// by another client within it may leave a hole before the next record).
+constexpr kj::Duration APPEND_HINT_TTL = 1 * kj::SECONDS;
 
 std::string text(capnp::Text::Reader t) { return std::string(t.cStr(), t.size()); }
 
@@ -427,6 +430,7 @@ kj::Promise<Result<FileAttr>> Client::create(uint64_t parent, std::string name, 
 kj::Promise<Result<FileAttr>> Client::setattr(uint64_t inode, SetAttrRequest a,
                                               std::optional<Caller> as) {
   forgetLayout(inode);
+  appendHints.erase(inode);  // a new size, and a new version of the last chunk
   auto req = master(as).setattrRequest();
   req.setInode(inode);
   auto set = req.initSet();
@@ -1439,8 +1443,19 @@ kj::Promise<Result<uint64_t>> Client::append(uint64_t inode, kj::ArrayPtr<const 
                       record.size(), cs / 4)));
     }
     // The end of the file as the master knows it: the record goes there or after it (past
-    // appends whose size is not recorded yet).
-    return getattr(inode).then(
+    // appends whose size is not recorded yet). Appends in a row take it from the last
+    // size commit's answer.
+    auto hint = appendHints.find(inode);
+    kj::Promise<Result<FileAttr>> known = nullptr;
+    if (hint != appendHints.end() && timer.now() - hint->second.sizeAt < APPEND_HINT_TTL) {
+      FileAttr a;
+      a.type = FileType::REGULAR;
+      a.size = hint->second.size;
+      known = Result<FileAttr>(a);
+    } else {
+      known = getattr(inode);
+    }
+    return known.then(
         [this, inode, record, deadline, cs](Result<FileAttr> a) -> kj::Promise<Result<uint64_t>> {
           if (!a.ok()) return Result<uint64_t>(a.status);
           if (a.value.type != FileType::REGULAR) {
@@ -1465,7 +1480,29 @@ kj::Promise<Result<uint64_t>> Client::appendAt(AppendTry t, std::vector<ReplicaF
     uint64_t version = 0;
     uint32_t offset = 0;
   };
-  return prepareChunk(t.inode, t.index, failures, failedVersion)
+  // The lease the last append used, while it holds and nothing failed.
+  kj::Promise<Result<ChunkInfo>> prepared = nullptr;
+  auto hint = appendHints.find(t.inode);
+  if (failures.empty() && failedVersion == 0 && hint != appendHints.end() && hint->second.lease &&
+      hint->second.lease->index == t.index && timer.now() < hint->second.leaseUntil) {
+    prepared = Result<ChunkInfo>(*hint->second.lease);
+  } else {
+    prepared = prepareChunk(t.inode, t.index, failures, failedVersion)
+                   .then([this, t](Result<ChunkInfo> r) {
+                     if (r.ok()) {
+                       // Kept until well before the lease or the token could run out.
+                       int64_t tokenMs = r.value.token.expiresMs -
+                                         (kj::systemPreciseCalendarClock().now() - kj::UNIX_EPOCH) /
+                                             kj::MILLISECONDS;
+                       int64_t ms = std::min<int64_t>(r.value.leaseRemainingMs, tokenMs) / 2;
+                       auto& h = appendHints[t.inode];
+                       h.lease = r.value;
+                       h.leaseUntil = timer.now() + std::max<int64_t>(ms, 0) * kj::MILLISECONDS;
+                     }
+                     return r;
+                   });
+  }
+  return prepared
       .then([this, t](Result<ChunkInfo> r) -> kj::Promise<Outcome> {
         if (!r.ok()) return Outcome{DataOutcome(r.status)};
         if (r.value.primary.empty() || r.value.replicas.empty()) {
@@ -1516,11 +1553,19 @@ kj::Promise<Result<uint64_t>> Client::appendAt(AppendTry t, std::vector<ReplicaF
         if (o.data.ok()) {
           uint64_t at = uint64_t{t.index} * t.chunkSize + o.offset;
           return commitSize(t.inode, at + t.record.size())
-              .then([at](Result<FileAttr> r) -> Result<uint64_t> {
-                if (!r.ok()) return r.status;
+              .then([this, t, at](Result<FileAttr> r) -> Result<uint64_t> {
+                if (!r.ok()) {
+                  appendHints.erase(t.inode);
+                  return r.status;
+                }
+                auto& h = appendHints[t.inode];
+                h.size = r.value.size;
+                h.sizeAt = timer.now();
                 return at;
               });
         }
+        // Whatever failed, the next attempt asks the master afresh.
+        appendHints.erase(t.inode);
         if (o.data.status.code() == ErrorCode::CHUNK_FULL) {
           // Padded on every replica: the next chunk, from its start.
           t.index++;

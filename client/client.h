@@ -478,6 +478,17 @@ class Client {
   // Chunk locations for reads, so that a read costs no master round trip. Writes, size
   // changes and read failures drop an inode's entry.
   std::map<uint64_t, CachedLayout> layouts;
+  // What the last append to a file left known, so that appends in a row skip the master:
+  // the file's size as the master answered the size commit, and the lease (and write
+  // token) of the chunk appended to, until shortly before either expires. Dropped at any
+  // failure.
+  struct AppendHint {
+    uint64_t size = 0;
+    kj::TimePoint sizeAt = kj::origin<kj::TimePoint>();
+    std::optional<ChunkInfo> lease;
+    kj::TimePoint leaseUntil = kj::origin<kj::TimePoint>();
+  };
+  std::map<uint64_t, AppendHint> appendHints;
   kj::Promise<Result<FileLayout>> cachedLayout(uint64_t inode, uint32_t first, uint32_t count);
 };
 

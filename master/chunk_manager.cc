@@ -463,6 +463,13 @@ Status ChunkManager::applyWriteFailures(Chunk& c, const std::vector<ReplicaFailu
   return decision.error;
 }
 
+// A chunk a write was being prepared for left the map meanwhile: its creation failed on
+// every server (the record was forgotten), or its file was cut or removed. The writer
+// asks again, and then learns which.
+static Status chunkGone() {
+  return Status::unavailable("the chunk went away while the write was prepared; try again");
+}
+
 kj::Promise<Result<ChunkView>> ChunkManager::prepareWrite(uint64_t inode, uint32_t index,
                                                           std::vector<ReplicaFailure> failures,
                                                           uint64_t failedVersion) {
@@ -489,7 +496,7 @@ kj::Promise<Result<ChunkView>> ChunkManager::prepareWrite(uint64_t inode, uint32
               failedVersion]() -> kj::Promise<void> {
                auto it = chunks.find(handle);
                if (it == chunks.end()) {
-                 out = Status::notFound("chunk deleted");
+                 out = chunkGone();
                  return kj::READY_NOW;
                }
                Chunk& c = it->second;
@@ -522,7 +529,7 @@ kj::Promise<Result<ChunkView>> ChunkManager::prepareWrite(uint64_t inode, uint32
                    .then([this, handle, primary, &out](Status s) {
                      auto it = chunks.find(handle);
                      if (it == chunks.end()) {
-                       out = Status::notFound("chunk deleted");
+                       out = chunkGone();
                      } else if (s.ok()) {
                        it->second.leaseExpiry = timer.now() + options.leaseDuration;
                        out = view(it->second);
@@ -576,7 +583,7 @@ kj::Promise<Result<ChunkView>> ChunkManager::allocate(uint64_t inode, uint32_t i
                    .then([this, handle, &out](std::vector<ServerFailure> results) {
                      auto it = chunks.find(handle);
                      if (it == chunks.end()) {
-                       out = Status::notFound("chunk deleted");
+                       out = chunkGone();
                        return kj::Promise<void>(kj::READY_NOW);
                      }
                      auto created = succeeded(results);
@@ -613,7 +620,7 @@ kj::Promise<Result<ChunkView>> ChunkManager::confirmCreated(uint64_t handle,
   // Recorded before any lease: a chunk still pending holds no byte.
   c.record.pending = false;
   return recordVersion(c).then([this, handle, created, asked]() -> kj::Promise<Result<ChunkView>> {
-    if (!chunks.count(handle)) return Result<ChunkView>(Status::notFound("chunk deleted"));
+    if (!chunks.count(handle)) return Result<ChunkView>(chunkGone());
     // A server that failed may still create the chunk late (the order delayed, its answer
     // lost), empty: the chunk then moves to a new version before its first write.
     // Otherwise the first lease keeps the version it was created at.
@@ -645,7 +652,7 @@ kj::Promise<Result<ChunkView>> ChunkManager::recreate(uint64_t handle) {
       })
       .then([this, handle](std::vector<ServerFailure> results) -> kj::Promise<Result<ChunkView>> {
         auto it = chunks.find(handle);
-        if (it == chunks.end()) return Result<ChunkView>(Status::notFound("chunk deleted"));
+        if (it == chunks.end()) return Result<ChunkView>(chunkGone());
         auto created = succeeded(results);
         if (created.empty()) {
           return Result<ChunkView>(Status::unavailable("no chunkserver could create the chunk"));
@@ -661,7 +668,7 @@ kj::Promise<Result<ChunkView>> ChunkManager::recreate(uint64_t handle) {
 kj::Promise<Result<ChunkView>> ChunkManager::grantNewLease(uint64_t handle) {
   return bumpVersion(handle).then(
       [this, handle](std::vector<uint64_t> current) -> kj::Promise<Result<ChunkView>> {
-        if (!chunks.count(handle)) return Result<ChunkView>(Status::notFound("chunk deleted"));
+        if (!chunks.count(handle)) return Result<ChunkView>(chunkGone());
         if (current.empty()) {
           return Result<ChunkView>(
               Status::unavailable(fmt::format("no live replica of chunk {:x} answered", handle)));
@@ -676,7 +683,7 @@ kj::Promise<Result<ChunkView>> ChunkManager::grantLeaseTo(uint64_t handle, uint6
                   options.leaseDuration / kj::MILLISECONDS)
       .then([this, handle, primary](Status s) -> Result<ChunkView> {
         auto it = chunks.find(handle);
-        if (it == chunks.end()) return Status::notFound("chunk deleted");
+        if (it == chunks.end()) return chunkGone();
         if (!s.ok()) return s;
         // The expiry counts from the reply, so the master never believes a lease over
         // before the primary does.
