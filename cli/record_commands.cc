@@ -2,6 +2,7 @@
 // append and read back without padding or duplicates.
 
 #include <fmt/format.h>
+#include <poll.h>
 
 #include <cstring>
 #include <set>
@@ -63,7 +64,18 @@ int cmdAppend(CliContext& c, const std::string& path, size_t recordSize, FILE* i
     batch.clear();
     return Status::OK();
   };
-  while (nextRecord(in, recordSize, payload)) {
+  // A batch goes when it is full, and as soon as the input has nothing more ready (a slow
+  // producer, `tail -f LOG | cairn append`, gets its records in at once).
+  auto waiting = [&]() {
+    pollfd p{fileno(in), POLLIN, 0};
+    return poll(&p, 1, 0) == 0;
+  };
+  while (true) {
+    if (!batch.empty() && waiting()) {
+      Status s = send();
+      if (!s.ok()) return fail(c, path, s);
+    }
+    if (!nextRecord(in, recordSize, payload)) break;
     if (RECORD_HEADER + payload.size() > batchLimit) {
       return failText(c, fmt::format("{}: a record of {} bytes is larger than {} (a record with "
                                      "its header is at most a quarter of a chunk, and 1 MiB)",
