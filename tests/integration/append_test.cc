@@ -166,5 +166,62 @@ TEST_F(AppendTest, ASecondaryWhoseDiskFillsMidRunLosesNoRecord) {
   expectAll(run([]() {}), false);
 }
 
+TEST_F(AppendTest, OAppendWritesStayWholeWhileTheirMountFlushesAnother) {
+  // Records of 3,000 bytes straddle the kernel's pages; a third descriptor on mount 0
+  // fsyncs in a loop, so that appends go out in small batches: a write cut in two at a
+  // page boundary would land in two appends with others' between them.
+  start(3);
+  std::string m0 = cluster->mount(), m1 = cluster->mount();
+  std::atomic<bool> done{false};
+  std::atomic<int> failures{0};
+  int created = open((m0 + "/log").c_str(), O_CREAT | O_WRONLY | O_APPEND, 0666);
+  ASSERT_GE(created, 0);
+  std::thread flusher([&]() {
+    while (!done) {
+      if (fsync(created) != 0) failures++;
+    }
+  });
+  std::vector<std::thread> writers;
+  for (int w = 0; w < 4; ++w) {
+    writers.emplace_back([&, w]() {
+      int fd = open(((w < 2 ? m0 : m1) + "/log").c_str(), O_WRONLY | O_APPEND);
+      if (fd < 0) {
+        failures++;
+        return;
+      }
+      RecordWriter rw;
+      for (int i = 0; i < 1000; ++i) {
+        std::string rec;
+        rw.frame(fmt::format("w{}:{:05} {}", w, i, std::string(2950, 'p')), rec);
+        if (write(fd, rec.data(), rec.size()) != static_cast<ssize_t>(rec.size())) failures++;
+      }
+      if (close(fd) != 0) failures++;
+    });
+  }
+  for (auto& t : writers) t.join();
+  done = true;
+  flusher.join();
+  close(created);
+  EXPECT_EQ(failures, 0);
+  cluster->unmount(m0);
+  cluster->unmount(m1);
+  std::map<std::string, int> copies;
+  RecordReader reader(false);
+  reader.feed(cluster->get("/log"), [&](const Record& r) {
+    copies[std::string(r.payload.substr(0, r.payload.find(' ')))]++;
+  });
+  size_t wrong = 0;
+  for (int w = 0; w < 4; ++w) {
+    for (int i = 0; i < 1000; ++i) {
+      auto it = copies.find(fmt::format("w{}:{:05}", w, i));
+      if ((it == copies.end() || it->second != 1) && wrong++ < 5) {
+        ADD_FAILURE() << fmt::format("w{}:{:05}", w, i) << " is there "
+                      << (it == copies.end() ? 0 : it->second) << " times";
+      }
+    }
+  }
+  EXPECT_EQ(wrong, 0u);
+}
+
 }  // namespace
 }  // namespace cairn
