@@ -936,29 +936,63 @@ kj::Promise<Status> Client::syncChunks(uint64_t inode, std::vector<uint32_t> ind
     first = *std::min_element(indices.begin(), indices.end());
     count = *std::max_element(indices.begin(), indices.end()) - first + 1;
   }
+  auto deadline = timer.now() + opts.retryFor;
   return layout(inode, first, std::min<uint32_t>(count, 4096))
-      .then([this, indices = std::move(indices)](Result<FileLayout> r) -> kj::Promise<Status> {
+      .then([this, inode, deadline,
+             indices = std::move(indices)](Result<FileLayout> r) -> kj::Promise<Status> {
         if (!r.ok()) return r.status;
-        auto targets = kj::heap<std::vector<std::pair<ChunkToken, std::string>>>();
+        auto chunks = kj::heap<std::vector<ChunkInfo>>();
         for (auto& c : r.value.chunks) {
-          if (!indices.empty() &&
-              std::find(indices.begin(), indices.end(), c.index) == indices.end()) {
-            continue;
+          if (indices.empty() ||
+              std::find(indices.begin(), indices.end(), c.index) != indices.end()) {
+            chunks->push_back(c);
           }
-          for (auto& rep : c.replicas) targets->push_back({c.token, rep.address});
         }
-        auto& ref = *targets;
-        return runLimited(ref.size(), 16,
-                          [this, &ref](size_t i) {
-                            auto req =
-                                peers.get<wire::ChunkServer>(ref[i].second, Role::CHUNKSERVER)
-                                    .syncRequest();
-                            req.setHandle(ref[i].first.handle);
-                            toWire(ref[i].first, req.initToken());
-                            return callChunkserver(kj::mv(req), ref[i].second);
+        auto& ref = *chunks;
+        return runLimited(ref.size(), 8,
+                          [this, inode, deadline, &ref](size_t i) {
+                            return syncChunk(inode, ref[i], deadline, 0);
                           })
-            .attach(kj::mv(targets));
+            .attach(kj::mv(chunks));
       });
+}
+
+kj::Promise<Status> Client::syncChunk(uint64_t inode, ChunkInfo chunk, kj::TimePoint deadline,
+                                      uint32_t attempt) {
+  auto failures = kj::heap<std::vector<ReplicaFailure>>();
+  auto& failed = *failures;
+  auto owned = kj::heap<ChunkInfo>(kj::mv(chunk));
+  auto& c = *owned;
+  return runLimited(
+             c.replicas.size(), std::max<size_t>(c.replicas.size(), 1),
+             [this, &c, &failed](size_t i) {
+               std::string address = c.replicas[i].address;
+               auto req = peers.get<wire::ChunkServer>(address, Role::CHUNKSERVER).syncRequest();
+               req.setHandle(c.handle);
+               toWire(c.token, req.initToken());
+               return callChunkserver(kj::mv(req), address).then([&failed, address](Status s) {
+                 if (!s.ok()) failed.push_back({address, s});
+                 return Status::OK();
+               });
+             })
+      .then([this, inode, &c, &failed, deadline, attempt](Status) -> kj::Promise<Status> {
+        if (failed.empty()) return Status::OK();
+        if (timer.now() >= deadline) return failed[0].status;
+        // A replica that cannot say its bytes are on disk goes to the master as a failed
+        // write would: it leaves the chunk if a replica that holds every byte stays (then
+        // re-replication copies a synced one), and the replicas left sync again.
+        logDebug("sync of chunk {} of inode {} failed on {} ({}); asking the master", c.index,
+                 inode, failed[0].address, failed[0].status.toString());
+        return timer.afterDelay(backoff(attempt))
+            .then([this, inode, &c, &failed]() {
+              return prepareChunk(inode, c.index, failed, c.version);
+            })
+            .then([this, inode, deadline, attempt](Result<ChunkInfo> next) -> kj::Promise<Status> {
+              if (!next.ok()) return next.status;
+              return syncChunk(inode, kj::mv(next.value), deadline, attempt + 1);
+            });
+      })
+      .attach(kj::mv(failures), kj::mv(owned));
 }
 
 // --- reads ---

@@ -416,6 +416,10 @@ class Client {
   kj::Promise<Result<ChunkInfo>> prepareChunk(uint64_t inode, uint32_t index,
                                               const std::vector<ReplicaFailure>& failures,
                                               uint64_t failedVersion);
+  // Makes every replica of `chunk` sync; replicas that fail are reported to the master as
+  // failed writes are, and the replica set it answers with syncs again, until `deadline`.
+  kj::Promise<Status> syncChunk(uint64_t inode, ChunkInfo chunk, kj::TimePoint deadline,
+                                uint32_t attempt);
   // append() to chunk `index`, at or after `minOffset` in it, retrying until `deadline`.
   struct AppendTry;
   kj::Promise<Result<uint64_t>> appendAt(AppendTry t, std::vector<ReplicaFailure> failures,

@@ -195,6 +195,27 @@ TEST_F(AppendTest, RecordsSurviveAFullSecondaryAndAStoppedChunkserverAtLeastOnce
   }
 }
 
+TEST_F(AppendTest, SyncGoesOnWithoutAReplicaThatIsGone) {
+  // fsync after a chunkserver died (before the master calls it dead): the replica that
+  // cannot sync leaves the chunk, and the others sync.
+  uint64_t inode = createFile("synced");
+  auto at = wait(client().append(inode, bytesOf(std::string(5000, 's'))));
+  ASSERT_TRUE(at.ok()) << at.status.toString();
+  auto l = wait(client().layout(inode, 0, 1));
+  ASSERT_TRUE(l.ok() && l.value.chunks.size() == 1);
+  std::string gone = l.value.chunks[0].replicas[0].address;
+  for (size_t i = 0; i < 4; ++i) {
+    if (cluster.chunkserverAddress(i) == gone) cluster.stopChunkserver(i);
+  }
+  Status s = wait(client().syncChunks(inode, {0}));
+  ASSERT_TRUE(s.ok()) << s.toString();
+  l = wait(client().layout(inode, 0, 1));
+  ASSERT_TRUE(l.ok() && l.value.chunks.size() == 1);
+  EXPECT_EQ(l.value.chunks[0].replicas.size(), 2u);
+  for (auto& r : l.value.chunks[0].replicas) EXPECT_NE(r.address, gone);
+  EXPECT_EQ(readAll(inode), std::string(5000, 's'));
+}
+
 TEST_F(AppendTest, OAppendWritesFromTwoClientsLandWholeAndOnce) {
   uint64_t inode = createFile("oappend");
   auto other = cluster.newClient();
