@@ -323,7 +323,7 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
                      })
                      .then([this, handle, version, source](Status s) -> kj::Promise<Status> {
                        if (!s.ok()) return s;
-                       return copyFrom(source, handle, version);
+                       return copyFrom(source, handle, version, handle, version);
                      })
                      .then([this, handle](Status s) -> kj::Promise<Status> {
                        if (s.ok()) return s;
@@ -336,6 +336,47 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
         .then([this, context, handle](Status s) mutable {
           cs.replicasChanged();
           if (s.ok()) logInfo("chunk {:x}: copied in", handle);
+          toWire(s, context.getResults().initStatus());
+        });
+  }
+
+  kj::Promise<void> copyChunk(CopyChunkContext context) override {
+    auto p = context.getParams();
+    uint64_t handle = p.getHandle(), version = p.getVersion();
+    uint64_t fresh = p.getNewHandle(), freshVersion = p.getNewVersion();
+    if (fresh == handle || freshVersion == 0) {
+      return fail(context, Status::invalidArgument("a copy needs a new handle and a version"));
+    }
+    // In the source's order of mutations: a version change or a delete waits for the copy.
+    return serialized<Status>(
+               handle,
+               [this, handle, version, fresh, freshVersion]() {
+                 return pool
+                     .run([this, handle, version, fresh, freshVersion]() {
+                       uint64_t current = store.versionOf(handle);
+                       if (current != version) {
+                         return Status::staleVersion(fmt::format(
+                             "chunk {:x} is at version {}, not {}", handle, current, version));
+                       }
+                       if (store.has(fresh)) store.remove(fresh);  // a copy begun before
+                       return store.create(fresh, freshVersion);
+                     })
+                     .then([this, handle, version, fresh,
+                            freshVersion](Status s) -> kj::Promise<Status> {
+                       if (!s.ok()) return s;
+                       return copyFrom(self, handle, version, fresh, freshVersion);
+                     })
+                     .then([this, fresh](Status s) -> kj::Promise<Status> {
+                       if (s.ok() || s.code() == ErrorCode::STALE_VERSION) return s;
+                       return pool.run([this, fresh, s]() {
+                         store.remove(fresh);  // never keep a partial copy
+                         return s;
+                       });
+                     });
+               })
+        .then([this, context, handle, fresh](Status s) mutable {
+          cs.replicasChanged();
+          if (s.ok()) logInfo("chunk {:x}: copied to {:x} here", handle, fresh);
           toWire(s, context.getResults().initStatus());
         });
   }
@@ -387,19 +428,21 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
             });
   }
 
-  // Copies the replica at `source` into the store, holes left as holes, MAX_READ at a
-  // time with a few reads in flight; the copy then takes the source's length.
-  kj::Promise<Status> copyFrom(std::string source, uint64_t handle, uint64_t version) {
+  // Copies the replica of `handle` at `version` on `source` (this server or another) into
+  // the store's chunk `to` at `toVersion`, holes left as holes, MAX_READ at a time with a
+  // few reads in flight; the copy then takes the source's length.
+  kj::Promise<Status> copyFrom(std::string source, uint64_t handle, uint64_t version, uint64_t to,
+                               uint64_t toVersion) {
     size_t pieces = (store.maxChunkSize() + MAX_READ - 1) / MAX_READ;
     auto length = kj::heap<uint64_t>(0);
     uint64_t* lengthPtr = length.get();
     return runLimited(pieces, 4,
-                      [this, source, handle, version, lengthPtr](size_t i) {
+                      [this, source, handle, version, to, toVersion, lengthPtr](size_t i) {
                         uint64_t offset = uint64_t{i} * MAX_READ;
                         uint32_t n = static_cast<uint32_t>(
                             std::min<uint64_t>(MAX_READ, store.maxChunkSize() - offset));
                         return extentsOf(source, handle, version, offset, n)
-                            .then([this, handle, version,
+                            .then([this, to, toVersion,
                                    lengthPtr](Result<ExtentList> r) -> kj::Promise<Status> {
                               if (!r.ok()) return r.status;
                               *lengthPtr = r.value.chunkLength;
@@ -407,9 +450,9 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
                               auto list = kj::heap<ExtentList>(std::move(r.value));
                               auto& ref = *list;
                               return pool
-                                  .run([this, handle, version, &ref]() {
+                                  .run([this, to, toVersion, &ref]() {
                                     for (auto& x : ref.extents) {
-                                      Status s = store.write(handle, version, x.offset, x.bytes);
+                                      Status s = store.write(to, toVersion, x.offset, x.bytes);
                                       if (!s.ok()) return s;
                                     }
                                     return Status::OK();
@@ -417,11 +460,10 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
                                   .attach(kj::mv(list));
                             });
                       })
-        .then([this, handle, version, length = kj::mv(length)](Status s) -> kj::Promise<Status> {
+        .then([this, to, toVersion, length = kj::mv(length)](Status s) -> kj::Promise<Status> {
           if (!s.ok()) return s;
           uint64_t n = *length;
-          return pool.run(
-              [this, handle, version, n]() { return store.truncate(handle, version, n); });
+          return pool.run([this, to, toVersion, n]() { return store.truncate(to, toVersion, n); });
         });
   }
 
@@ -848,6 +890,10 @@ class ChunkServerGate final : public wire::ChunkServer::Server {
   kj::Promise<void> replicate(ReplicateContext context) override {
     if (refused(context, fromMaster("replicate"))) return kj::READY_NOW;
     return impl.replicate(context);
+  }
+  kj::Promise<void> copyChunk(CopyChunkContext context) override {
+    if (refused(context, fromMaster("copyChunk"))) return kj::READY_NOW;
+    return impl.copyChunk(context);
   }
 
  private:

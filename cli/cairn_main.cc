@@ -65,6 +65,10 @@ int main(int argc, char** argv) {
   cp->add_flag("-f,--force", flagF, "overwrite an existing file");
   cp->add_option("SRC", a)->required();
   cp->add_option("DST", b)->required();
+  auto snapshot = app.add_subcommand(
+      "snapshot", "copy a file or directory tree in moments: chunks are shared until written");
+  snapshot->add_option("SRC", a)->required();
+  snapshot->add_option("DST", b)->required();
   auto get = app.add_subcommand("get", "copy a file out of the cluster");
   get->add_option("PATH", a)->required();
   get->add_option("LOCAL", b)->required();
@@ -257,6 +261,7 @@ int main(int argc, char** argv) {
     if (*put) return cmdPut(c, a, path(b), static_cast<uint8_t>(replication), flagF);
     if (*get) return cmdGet(c, path(a), b);
     if (*cp) return cmdCp(c, path(a), path(b), flagF);
+    if (*snapshot) return cmdSnapshot(c, path(a), path(b));
     if (*cat) {
       int rc = 0;
       for (auto& p : paths)

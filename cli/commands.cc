@@ -341,10 +341,13 @@ int cmdCp(CliContext& c, const std::string& src, const std::string& dst, bool fo
   uint64_t size = in.value->attr().size;
   Progress progress(c, "cp " + src, size);
   Status s;
+  // Whole chunks are shared with the source (copy-on-write), the rest copied by the
+  // chunkservers: large pieces, so that every whole chunk is shared.
+  constexpr uint64_t COPY_PIECE = uint64_t{1} << 30;
   for (uint64_t off = 0; off < size;) {
     auto n = c.files
                  .copyRange(from.value.inode, off, out.value->inode(), off,
-                            std::min<uint64_t>(TRANSFER_BLOCK * 8, size - off))
+                            std::min<uint64_t>(COPY_PIECE, size - off))
                  .wait(c.waitScope);
     if (!n.ok()) {
       s = n.status;
@@ -361,6 +364,17 @@ int cmdCp(CliContext& c, const std::string& src, const std::string& dst, bool fo
   }
   s = out.value->close().wait(c.waitScope);
   return s.ok() ? 0 : fail(c, target->path, s);
+}
+
+int cmdSnapshot(CliContext& c, const std::string& src, const std::string& dst) {
+  auto from = resolve(c, src);
+  if (!from.ok()) return fail(c, src, from.status);
+  int rc = 1;
+  auto target = targetOf(c, dst, baseName(src), false, rc);
+  if (!target) return rc;
+  auto made =
+      c.client.snapshot(from.value.inode, target->parent.inode, target->name).wait(c.waitScope);
+  return made.ok() ? 0 : fail(c, target->path, made.status);
 }
 
 int cmdGet(CliContext& c, const std::string& path, const std::string& local) {

@@ -50,6 +50,9 @@ int cmdStat(CliContext& c, const std::string& path, bool json);
 int cmdMkdir(CliContext& c, const std::string& path, bool parents);
 int cmdRm(CliContext& c, const std::string& path, bool recursive);
 int cmdMv(CliContext& c, const std::string& src, const std::string& dst);
+// A snapshot of a file or tree (chunks shared until either side writes). DST may be an
+// existing directory: the snapshot goes in it under SRC's name.
+int cmdSnapshot(CliContext& c, const std::string& src, const std::string& dst);
 int cmdSetrep(CliContext& c, int replication, const std::string& path);
 int cmdLocate(CliContext& c, const std::string& path, bool json);
 int cmdServers(CliContext& c, bool json);

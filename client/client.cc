@@ -623,6 +623,17 @@ kj::Promise<Result<FileAttr>> Client::link(uint64_t inode, uint64_t newParent, s
   return callMaster<Result<FileAttr>>(as, kj::mv(req), [](auto& r) { return attrResult(r); });
 }
 
+kj::Promise<Result<FileAttr>> Client::snapshot(uint64_t source, uint64_t parent, std::string name,
+                                               std::optional<Caller> as) {
+  auto req = master(as).snapshotRequest();
+  req.setSource(source);
+  req.setParent(parent);
+  req.setName(name);
+  // A tree takes time in proportion to its entries, and its files' leases are revoked first.
+  return callMaster<Result<FileAttr>>(
+      as, kj::mv(req), [](auto& r) { return attrResult(r); }, 120 * kj::SECONDS);
+}
+
 kj::Promise<Result<FileAttr>> Client::mknod(uint64_t parent, std::string name, FileType type,
                                             uint32_t mode, uint64_t rdev,
                                             std::optional<Caller> as) {
@@ -1319,6 +1330,41 @@ kj::Promise<Status> Client::allocate(uint64_t inode, uint64_t offset, uint64_t l
 }
 
 kj::Promise<Status> Client::copyRange(uint64_t srcInode, uint64_t srcOffset, uint64_t dstInode,
+                                      uint64_t dstOffset, uint64_t length) {
+  if (length == 0) return Status::OK();
+  auto req = master(std::nullopt).shareChunksRequest();
+  req.setSource(srcInode);
+  req.setSourceOffset(srcOffset);
+  req.setDestination(dstInode);
+  req.setDestinationOffset(dstOffset);
+  req.setLength(length);
+  struct Shared {
+    Status status;
+    uint64_t offset = 0, length = 0;
+  };
+  return callMaster<Shared>(
+             std::nullopt, kj::mv(req),
+             [](auto& r) {
+               return Shared{fromWire(r.getStatus()), r.getSharedOffset(), r.getSharedLength()};
+             })
+      .then([this, srcInode, srcOffset, dstInode, dstOffset, length](Shared shared) {
+        forgetLayout(srcInode);  // leases on the source were revoked, under new versions
+        forgetLayout(dstInode);
+        if (!shared.status.ok()) return kj::Promise<Status>(shared.status);
+        // The parts before and after the chunks shared are copied.
+        uint64_t end = srcOffset + length;
+        uint64_t sharedEnd = shared.offset + shared.length;
+        if (shared.length == 0) return copyBytes(srcInode, srcOffset, dstInode, dstOffset, length);
+        return copyBytes(srcInode, srcOffset, dstInode, dstOffset, shared.offset - srcOffset)
+            .then([this, srcInode, srcOffset, dstInode, dstOffset, end, sharedEnd](Status s) {
+              if (!s.ok() || sharedEnd >= end) return kj::Promise<Status>(s);
+              return copyBytes(srcInode, sharedEnd, dstInode, dstOffset + (sharedEnd - srcOffset),
+                               end - sharedEnd);
+            });
+      });
+}
+
+kj::Promise<Status> Client::copyBytes(uint64_t srcInode, uint64_t srcOffset, uint64_t dstInode,
                                       uint64_t dstOffset, uint64_t length) {
   if (length == 0) return Status::OK();
   forgetLayout(srcInode);

@@ -250,6 +250,10 @@ class Client {
                                             std::optional<Caller> as = std::nullopt);
   kj::Promise<Result<FileAttr>> link(uint64_t inode, uint64_t newParent, std::string newName,
                                      std::optional<Caller> as = std::nullopt);
+  // A snapshot of the file or tree `source` as `name` in `parent`: chunks shared until
+  // either side writes them (see the master's schema). busy when the tree kept changing.
+  kj::Promise<Result<FileAttr>> snapshot(uint64_t source, uint64_t parent, std::string name,
+                                         std::optional<Caller> as = std::nullopt);
   kj::Promise<Result<FileAttr>> mknod(uint64_t parent, std::string name, FileType type,
                                       uint32_t mode, uint64_t rdev,
                                       std::optional<Caller> as = std::nullopt);
@@ -315,11 +319,16 @@ class Client {
   // Reserves disk on every replica for [offset, offset+length), making the chunks that do
   // not exist yet; the contents and the size are not changed.
   kj::Promise<Status> allocate(uint64_t inode, uint64_t offset, uint64_t length);
-  // Copies [srcOffset, srcOffset+length) of `srcInode` to `dstOffset` of `dstInode` on the
-  // chunkservers: no byte passes through this client. Holes of the source become holes.
-  // The destination's size is not changed (commitSize it), nor is the source's read past
-  // its size: callers clip `length` to it.
+  // Copies [srcOffset, srcOffset+length) of `srcInode` to `dstOffset` of `dstInode`: whole
+  // chunks are shared with the source (copy-on-write, when the offsets lie alike in their
+  // chunks), the rest is copied on the chunkservers; no byte passes through this client.
+  // Holes of the source become holes. The destination grows by what was shared only
+  // (commitSize the rest), and the source is not read past its size: callers clip `length`
+  // to it.
   kj::Promise<Status> copyRange(uint64_t srcInode, uint64_t srcOffset, uint64_t dstInode,
+                                uint64_t dstOffset, uint64_t length);
+  // The same on the chunkservers only (pushFrom), sharing nothing.
+  kj::Promise<Status> copyBytes(uint64_t srcInode, uint64_t srcOffset, uint64_t dstInode,
                                 uint64_t dstOffset, uint64_t length);
   kj::Promise<Result<FileAttr>> commitSize(uint64_t inode, uint64_t size, int64_t mtimeNs = 0);
   // Record append (GFS): `record` (at most a quarter of a chunk) lands whole at the end of

@@ -249,6 +249,33 @@ kj::Promise<MutationResult> Authorizer::setReplication(const Credentials& who, u
   return master.setReplication(inode, goal);
 }
 
+kj::Promise<MutationResult> Authorizer::snapshot(const Credentials& who, uint64_t source,
+                                                 uint64_t parent, std::string_view name) {
+  if (Status s = changesAllowed(); !s.ok()) return refused(s);
+  auto dir = directoryFor(who, parent, MAY_WRITE | MAY_EXEC);
+  if (!dir.ok()) return refused(dir.status);
+  auto request = kj::heap<SnapshotRequest>();
+  request->source = source;
+  request->parent = parent;
+  request->name = std::string(name);
+  if (!who.isRoot()) request->owner = std::make_pair(who.uid, who.primaryGid());
+  request->mayCopy = [who](const Inode& n) {
+    if (n.type == InodeType::SYMLINK) return Status::OK();
+    return checkAccess(n, who, n.type == InodeType::DIRECTORY ? MAY_READ | MAY_EXEC : MAY_READ);
+  };
+  return master.snapshot(kj::mv(request));
+}
+
+kj::Promise<Namespace::ShareResult> Authorizer::shareChunks(const Credentials& who,
+                                                            const OpenFiles& session, uint64_t src,
+                                                            uint64_t srcOffset, uint64_t dst,
+                                                            uint64_t dstOffset, uint64_t length) {
+  Status s = mayReadChunks(who, session, src);
+  if (s.ok()) s = mayWriteChunks(who, session, dst);
+  if (!s.ok()) return Namespace::ShareResult{{s, {}, {}}};
+  return master.shareChunks(src, srcOffset, dst, dstOffset, length);
+}
+
 kj::Promise<Status> Authorizer::setxattr(const Credentials& who, uint64_t inode,
                                          const std::string& name, const std::string& value,
                                          uint32_t flags) {

@@ -81,6 +81,15 @@ class Authorizer {
   kj::Promise<MutationResult> setattr(const Credentials& who, const OpenFiles& session,
                                       uint64_t inode, const SetAttrArgs& args);
   kj::Promise<MutationResult> setReplication(const Credentials& who, uint64_t inode, uint8_t goal);
+  // A snapshot needs write and search permission on the new entry's directory and read
+  // permission on everything copied (search too on directories). Root's copy keeps the
+  // owners and modes; anyone else's belongs to them, without setuid and setgid bits.
+  kj::Promise<MutationResult> snapshot(const Credentials& who, uint64_t source, uint64_t parent,
+                                       std::string_view name);
+  // Sharing chunks: read access to the source, write access to the destination.
+  kj::Promise<Namespace::ShareResult> shareChunks(const Credentials& who, const OpenFiles& session,
+                                                  uint64_t src, uint64_t srcOffset, uint64_t dst,
+                                                  uint64_t dstOffset, uint64_t length);
   kj::Promise<Status> setxattr(const Credentials& who, uint64_t inode, const std::string& name,
                                const std::string& value, uint32_t flags);
   Result<std::string> getxattr(const Credentials& who, uint64_t inode, const std::string& name);

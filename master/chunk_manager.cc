@@ -473,8 +473,31 @@ static Status chunkGone() {
 kj::Promise<Result<ChunkView>> ChunkManager::prepareWrite(uint64_t inode, uint32_t index,
                                                           std::vector<ReplicaFailure> failures,
                                                           uint64_t failedVersion) {
+  if (frozenInodes.count(inode)) {
+    return nextChange().then(
+        [this, inode, index, failures = std::move(failures), failedVersion]() mutable {
+          return prepareWrite(inode, index, std::move(failures), failedVersion);
+        });
+  }
+  writesUnderWay[inode]++;
+  auto done = kj::defer([this, inode]() { leave(inode); });
+  return prepareWriteNow(inode, index, std::move(failures), failedVersion).attach(kj::mv(done));
+}
+
+kj::Promise<Result<ChunkView>> ChunkManager::prepareWriteNow(uint64_t inode, uint32_t index,
+                                                             std::vector<ReplicaFailure> failures,
+                                                             uint64_t failedVersion) {
   if (safeMode) return Result<ChunkView>(safeModeRefusal());
   auto record = ns.getChunk(inode, index);
+  if (record && !record->pending && ns.isShared(record->handle)) {
+    // A chunk another file shares is copied first, and the write goes to the copy (the
+    // failures reported were of the shared chunk's last lease, long revoked).
+    return copyOnWrite(inode, *record)
+        .then([this, inode, index](Status s) -> kj::Promise<Result<ChunkView>> {
+          if (!s.ok()) return Result<ChunkView>(s);
+          return prepareWriteNow(inode, index, {}, 0);
+        });
+  }
   if (!record) {
     auto n = ns.getattr(inode);
     if (!n.ok()) return Result<ChunkView>(n.status);
@@ -694,11 +717,27 @@ kj::Promise<Result<ChunkView>> ChunkManager::grantLeaseTo(uint64_t handle, uint6
 }
 
 kj::Promise<Status> ChunkManager::truncateChunk(uint64_t inode, uint64_t size) {
+  if (frozenInodes.count(inode)) {
+    return nextChange().then([this, inode, size]() { return truncateChunk(inode, size); });
+  }
+  writesUnderWay[inode]++;
+  auto done = kj::defer([this, inode]() { leave(inode); });
+  return truncateChunkNow(inode, size).attach(kj::mv(done));
+}
+
+kj::Promise<Status> ChunkManager::truncateChunkNow(uint64_t inode, uint64_t size) {
   uint64_t chunkSize = ns.chunkSize();
   uint32_t offset = static_cast<uint32_t>(size % chunkSize);
   if (offset == 0) return Status::OK();
   auto record = ns.getChunk(inode, static_cast<uint32_t>(size / chunkSize));
   if (!record) return Status::OK();
+  if (!record->pending && ns.isShared(record->handle)) {
+    // The other owners keep the chunk as it is: the cut goes to a copy.
+    return copyOnWrite(inode, *record).then([this, inode, size](Status s) -> kj::Promise<Status> {
+      if (!s.ok()) return s;
+      return truncateChunkNow(inode, size);
+    });
+  }
   uint64_t handle = record->handle;
   Chunk& c = chunks[handle];
   c.inode = inode;

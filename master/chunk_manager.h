@@ -37,6 +37,10 @@ class ReplicaControl {
   // Has `server` copy the replica at `version` from the chunkserver at `source`.
   virtual kj::Promise<Status> replicate(uint64_t server, uint64_t handle, uint64_t version,
                                         const std::string& source) = 0;
+  // Has `server` copy its replica of `handle` at `version` into a new chunk `newHandle` at
+  // `newVersion`, on its own disks (copy-on-write of a shared chunk).
+  virtual kj::Promise<Status> copyChunk(uint64_t server, uint64_t handle, uint64_t version,
+                                        uint64_t newHandle, uint64_t newVersion) = 0;
 };
 
 struct ClusterHealth {
@@ -179,6 +183,16 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   // Chunks no longer referenced: their replicas are deleted at the next heartbeats.
   void release(const std::vector<uint64_t>& handles);
 
+  // Sharing chunks (snapshots, copies; master/chunk_share.cc). freeze() stops new leases
+  // and cuts on the chunks of `inodes`, waits for those under way, and revokes the leases
+  // held (under a new version, as GFS does before a snapshot), so that no write lands in a
+  // chunk once it is shared; thaw() lets them go on. Freezes of one file nest.
+  kj::Promise<Status> freeze(std::vector<uint64_t> inodes);
+  void thaw(const std::vector<uint64_t>& inodes);
+  // Whether the chunks of `inode` may be shared now: it is frozen, and no lease or step
+  // that could grant one is left on them.
+  bool quiet(uint64_t inode);
+
   // A reader found the replica on `address` corrupt. It leaves the chunk unless it is the
   // last current replica (its other blocks are still the best copy there is).
   void reportBadReplica(uint64_t handle, uint64_t version, const std::string& address);
@@ -264,6 +278,23 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   // Runs `step` for chunk `handle` once no other step for it is in progress.
   kj::Promise<void> serialize(uint64_t handle, kj::Function<kj::Promise<void>()> step);
   kj::Promise<Result<ChunkView>> allocate(uint64_t inode, uint32_t index, uint8_t goal);
+  kj::Promise<Result<ChunkView>> prepareWriteNow(uint64_t inode, uint32_t index,
+                                                 std::vector<ReplicaFailure> failures,
+                                                 uint64_t failedVersion);
+  kj::Promise<Status> truncateChunkNow(uint64_t inode, uint64_t size);
+  // A write step (prepareWrite, truncateChunk) on a frozen file waits for the next
+  // change (then looks again); one that starts counts as under way until leave().
+  kj::Promise<void> nextChange();
+  void leave(uint64_t inode);
+  // Wakes every waiter of nextChange(): each looks again.
+  void wakeWaiters();
+  // Resolves once no write step on `inodes` is under way.
+  kj::Promise<void> drained(std::vector<uint64_t> inodes);
+  kj::Promise<Status> revokeLeases(const std::vector<uint64_t>& inodes);
+  // The chunk `record` of `inode` is shared: its replicas copy it to a new chunk (locally),
+  // which takes its place in `inode`. OK also when the slot changed meanwhile (the caller
+  // looks again).
+  kj::Promise<Status> copyOnWrite(uint64_t inode, ChunkRecord record);
   // Never confirmed created and no replica known: it holds no byte (allocated, but its
   // master died before any chunkserver created it).
   static bool neverWritten(const Chunk& c);
@@ -340,6 +371,11 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   bool mirroring = false;
   // A standby's mirror: handle -> server -> reported version.
   std::map<uint64_t, std::map<uint64_t, uint64_t>> mirror;
+  // Sharing: how many freezes hold each file, the write steps under way on each, and who
+  // waits for either to change.
+  std::map<uint64_t, uint32_t> frozenInodes;
+  std::map<uint64_t, uint32_t> writesUnderWay;
+  std::vector<kj::Own<kj::PromiseFulfiller<void>>> waiters;
   kj::TaskSet copies;
 };
 

@@ -17,10 +17,15 @@ void ChunkManager::taskFailed(kj::Exception&& exception) {
 }
 
 uint8_t ChunkManager::goalOf(Chunk& c) {
-  if (c.goal == 0) {
-    auto n = ns.getattr(c.inode);
-    c.goal = n.ok() ? n.value.replication : DEFAULT_REPLICATION;
+  if (c.goal != 0) return c.goal;
+  // A shared chunk has the highest goal of its files.
+  auto owners = ns.ownersOf(c.record.handle);
+  if (owners.empty()) owners.push_back({c.inode, c.record.index});
+  for (auto& o : owners) {
+    auto n = ns.getattr(o.inode);
+    if (n.ok()) c.goal = std::max(c.goal, n.value.replication);
   }
+  if (c.goal == 0) c.goal = DEFAULT_REPLICATION;
   return c.goal;
 }
 
@@ -49,7 +54,8 @@ bool ChunkManager::canCopy(uint64_t server) {
 void ChunkManager::goalChanged(uint64_t inode, uint8_t goal) {
   for (auto& record : ns.listChunks(inode, 0, UINT32_MAX)) {
     auto it = chunks.find(record.handle);
-    if (it != chunks.end()) it->second.goal = goal;
+    // A shared chunk's goal is worked out again from all its files.
+    if (it != chunks.end()) it->second.goal = ns.isShared(record.handle) ? 0 : goal;
   }
 }
 

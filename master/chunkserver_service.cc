@@ -69,6 +69,19 @@ kj::Promise<Status> ChunkserverControl::replicate(uint64_t server, uint64_t hand
   return send(server, kj::mv(req), 12);
 }
 
+kj::Promise<Status> ChunkserverControl::copyChunk(uint64_t server, uint64_t handle,
+                                                  uint64_t version, uint64_t newHandle,
+                                                  uint64_t newVersion) {
+  auto it = servers.find(server);
+  if (it == servers.end()) return Status::unavailable("chunkserver not connected");
+  auto req = it->second.copyChunkRequest();
+  req.setHandle(handle);
+  req.setVersion(version);
+  req.setNewHandle(newHandle);
+  req.setNewVersion(newVersion);
+  return send(server, kj::mv(req), 12);
+}
+
 namespace {
 
 constexpr size_t MAX_REPORT = 50'000'000;

@@ -27,6 +27,8 @@ class ChunkserverControl final : public ReplicaControl {
                                uint32_t length) override;
   kj::Promise<Status> replicate(uint64_t server, uint64_t handle, uint64_t version,
                                 const std::string& source) override;
+  kj::Promise<Status> copyChunk(uint64_t server, uint64_t handle, uint64_t version,
+                                uint64_t newHandle, uint64_t newVersion) override;
 
  private:
   // Runs `call` with a timeout; a failure or timeout becomes Status unavailable.

@@ -270,6 +270,35 @@ class ClientServiceImpl final : public wire::ClientService::Server {
                              text(p.getDstName()), p.getNoReplace()));
   }
 
+  kj::Promise<void> snapshot(SnapshotContext context) override {
+    if (refused(context)) return kj::READY_NOW;
+    auto p = context.getParams();
+    return replyLater(context,
+                      auth.snapshot(who.value, p.getSource(), p.getParent(), text(p.getName())));
+  }
+
+  kj::Promise<void> shareChunks(ShareChunksContext context) override {
+    if (refused(context)) return kj::READY_NOW;
+    auto p = context.getParams();
+    constexpr uint64_t MAX_FILE = uint64_t{1} << 46;  // 64 TiB files
+    if (p.getSourceOffset() > MAX_FILE || p.getDestinationOffset() > MAX_FILE ||
+        p.getLength() > MAX_FILE - p.getDestinationOffset()) {
+      return fail(context, Status::invalidArgument("a range past the largest file size (64 TiB)"));
+    }
+    return auth
+        .shareChunks(who.value, state->opens, p.getSource(), p.getSourceOffset(),
+                     p.getDestination(), p.getDestinationOffset(), p.getLength())
+        .then([this, context](Namespace::ShareResult r) mutable {
+          auto results = context.getResults();
+          toWire(r.mutation.status, results.initStatus());
+          if (r.mutation.status.ok()) {
+            fillAttr(r.mutation.inode, ns.chunkSize(), results.initAttr());
+            results.setSharedOffset(r.sharedOffset);
+            results.setSharedLength(r.sharedLength);
+          }
+        });
+  }
+
   kj::Promise<void> setReplication(SetReplicationContext context) override {
     if (refused(context)) return kj::READY_NOW;
     auto p = context.getParams();

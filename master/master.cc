@@ -173,6 +173,60 @@ kj::Promise<MutationResult> Master::setattr(uint64_t inode, SetAttrArgs args) {
   });
 }
 
+kj::Promise<MutationResult> Master::snapshot(kj::Own<SnapshotRequest> request) {
+  // The request's id is taken now: the snapshot is recorded after waits.
+  return snapshotAttempt(kj::mv(request), store->takeRequestKey(), 0);
+}
+
+kj::Promise<MutationResult> Master::snapshotAttempt(kj::Own<SnapshotRequest> request,
+                                                    std::optional<std::string> requestKey,
+                                                    int attempt) {
+  if (chunks->inSafeMode()) return MutationResult{chunks->safeModeRefusal(), {}, {}};
+  auto files = ns->filesUnder(request->source, MAX_SNAPSHOT_ENTRIES);
+  if (!files.ok()) return MutationResult{files.status, {}, {}};
+  std::vector<uint64_t> frozen = std::move(files.value);
+  auto thaw = kj::defer([this, frozen]() { chunks->thaw(frozen); });
+  auto& ref = *request;
+  return chunks->freeze(frozen)
+      .then([this, &ref, requestKey](Status s) -> kj::Promise<MutationResult> {
+        if (!s.ok()) return MutationResult{s, {}, {}};
+        ref.quiet = [this](uint64_t inode) { return chunks->quiet(inode); };
+        if (requestKey) store->beginRequest(*requestKey);
+        KJ_DEFER(store->endRequest());
+        return ns->snapshot(ref);
+      })
+      .attach(kj::mv(thaw))
+      .then([this, request = kj::mv(request), requestKey,
+             attempt](MutationResult r) mutable -> kj::Promise<MutationResult> {
+        // A file joined the tree (or was written) after the files were frozen: freeze again.
+        if (r.status.code() == ErrorCode::BUSY && attempt < 4) {
+          return snapshotAttempt(kj::mv(request), requestKey, attempt + 1);
+        }
+        return finish(std::move(r));
+      });
+}
+
+kj::Promise<Namespace::ShareResult> Master::shareChunks(uint64_t src, uint64_t srcOffset,
+                                                        uint64_t dst, uint64_t dstOffset,
+                                                        uint64_t length) {
+  if (chunks->inSafeMode()) return Namespace::ShareResult{{chunks->safeModeRefusal(), {}, {}}};
+  // The destination too: a write under way to a chunk it drops would be lost.
+  std::vector<uint64_t> frozen{src, dst};
+  auto thaw = kj::defer([this, frozen]() { chunks->thaw(frozen); });
+  return chunks->freeze(frozen)
+      .then([this, src, srcOffset, dst, dstOffset,
+             length](Status s) -> kj::Promise<Namespace::ShareResult> {
+        if (!s.ok()) return Namespace::ShareResult{{s, {}, {}}};
+        return ns->shareChunks(src, srcOffset, dst, dstOffset, length,
+                               [this](uint64_t inode) { return chunks->quiet(inode); });
+      })
+      .attach(kj::mv(thaw))
+      .then([this](Namespace::ShareResult r) {
+        finish(MutationResult{Status::OK(), {}, r.mutation.releasedHandles});
+        return r;
+      });
+}
+
 kj::Promise<MutationResult> Master::setReplication(uint64_t inode, uint8_t goal) {
   return ns->setReplication(inode, goal).then([this, inode, goal](MutationResult r) {
     if (r.status.ok() && r.inode.type == InodeType::REGULAR) chunks->goalChanged(inode, goal);

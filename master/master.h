@@ -85,6 +85,13 @@ class Master final : private kj::TaskSet::ErrorHandler {
   // then records the size: a crash in between leaves zeros where the file was being
   // shortened, never old bytes inside a later extension.
   kj::Promise<MutationResult> setattr(uint64_t inode, SetAttrArgs args);
+  // A snapshot of a file or tree (see Namespace::snapshot): the files' leases are revoked
+  // first and no new one is granted until the copy is recorded, so that it holds every
+  // write acknowledged before it and none after. The next write to a shared chunk copies it.
+  kj::Promise<MutationResult> snapshot(kj::Own<SnapshotRequest> request);
+  // Copies by whole chunks (see Namespace::shareChunks), with the same care.
+  kj::Promise<Namespace::ShareResult> shareChunks(uint64_t src, uint64_t srcOffset, uint64_t dst,
+                                                  uint64_t dstOffset, uint64_t length);
   // The replication goal of a file (its chunks gain or lose replicas at the next ticks)
   // or the default goal of new files in a directory. Every way of setting it comes here.
   kj::Promise<MutationResult> setReplication(uint64_t inode, uint8_t goal);
@@ -126,6 +133,9 @@ class Master final : private kj::TaskSet::ErrorHandler {
 
  private:
   void describeMetrics();
+  // One try of a snapshot; `requestKey` names its outcome in the retry cache.
+  kj::Promise<MutationResult> snapshotAttempt(kj::Own<SnapshotRequest> request,
+                                              std::optional<std::string> requestKey, int attempt);
   void promote(uint64_t epoch);
   void deposed(const std::string& why);
   void activeChanged(const std::string& address);
@@ -157,7 +167,7 @@ class Master final : private kj::TaskSet::ErrorHandler {
   std::string activeAddress;  // as ZooKeeper names it
   std::unique_ptr<PeerPool> masters;
   std::unique_ptr<LogShipper> shipper;
-  LogSinkImpl* sink = nullptr;  // the session followed now, owned by its capability
+  LogSinkImpl* sink = nullptr;                // the session followed now, owned by its capability
   kj::Maybe<wire::LogSink::Client> sinkHold;  // a reference to it: it lives while followed
   kj::Maybe<kj::Promise<void>> following;
   std::unique_ptr<Election> election;  // last in: its events reach everything above

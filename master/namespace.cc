@@ -6,76 +6,16 @@
 #include <cstring>
 
 #include "names.h"
+#include "namespace_codec.h"
 
 namespace cairn {
+using namespace codec;
 namespace {
-
-// Keys: "i"+inode, "d"+parent+name, "c"+inode+index (big-endian, so that a directory's
-// entries and a file's chunks are contiguous and ordered), "m"+name for counters.
-void putBe64(std::string& out, uint64_t v) {
-  for (int i = 7; i >= 0; --i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
-}
-void putBe32(std::string& out, uint32_t v) {
-  for (int i = 3; i >= 0; --i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
-}
-uint64_t getBe(std::string_view s, size_t pos, int bytes) {
-  uint64_t v = 0;
-  for (int i = 0; i < bytes; ++i) v = (v << 8) | static_cast<uint8_t>(s[pos + i]);
-  return v;
-}
-
-template <typename T>
-void putLe(std::string& out, T v) {
-  char buf[sizeof(T)];
-  memcpy(buf, &v, sizeof(T));  // x86-64 and arm64 are little-endian; the format is LE
-  out.append(buf, sizeof(T));
-}
-template <typename T>
-bool getLe(std::string_view s, size_t& pos, T& v) {
-  if (pos + sizeof(T) > s.size()) return false;
-  memcpy(&v, s.data() + pos, sizeof(T));
-  pos += sizeof(T);
-  return true;
-}
 
 constexpr uint8_t INODE_FORMAT = 1;
 const std::string NEXT_INODE_KEY = "mnext_inode";
 const std::string NEXT_HANDLE_KEY = "mnext_handle";
 const std::string CHUNK_SIZE_KEY = "mchunk_size";
-
-std::string encodeU64(uint64_t v) {
-  std::string s;
-  putLe(s, v);
-  return s;
-}
-uint64_t decodeU64(const std::string& s) {
-  uint64_t v = 0;
-  size_t pos = 0;
-  getLe(s, pos, v);
-  return v;
-}
-
-std::string encodeChunk(const ChunkRecord& r) {
-  std::string s;
-  putLe(s, r.handle);
-  putLe(s, r.version);
-  // Older records end after the version; the fields after it are there when they say
-  // something.
-  if (r.issued > r.version || r.pending) putLe(s, std::max(r.issued, r.version));
-  if (r.pending) s.push_back(1);
-  return s;
-}
-ChunkRecord decodeChunk(uint32_t index, std::string_view bytes) {
-  ChunkRecord r;
-  r.index = index;
-  size_t pos = 0;
-  getLe(bytes, pos, r.handle);
-  getLe(bytes, pos, r.version);
-  r.issued = r.version;
-  if (bytes.size() >= pos + 8) getLe(bytes, pos, r.issued);
-  if (bytes.size() > pos) r.pending = (bytes[pos] & 1) != 0;
-  return r;
-}
 
 }  // namespace
 
@@ -554,10 +494,11 @@ kj::Promise<MutationResult> Namespace::setattr(uint64_t inode, const SetAttrArgs
     if (*args.size < n->size) {
       // Chunks that start at or past the new end go; the partial last one stays.
       uint64_t keep = (*args.size + chunkSize_ - 1) / chunkSize_;
+      ChunkRefs refs(*this, r.releasedHandles);
       for (auto& c : listChunks(inode, static_cast<uint32_t>(keep), UINT32_MAX)) {
-        m.del(chunkKey(inode, c.index));
-        r.releasedHandles.push_back(c.handle);
+        refs.drop(m, {inode, c.index}, c);
       }
+      refs.writeTo(m);
     }
     if (*args.size != n->size && !args.mtimeNs) n->mtimeNs = now;
     n->size = *args.size;
@@ -568,7 +509,7 @@ kj::Promise<MutationResult> Namespace::setattr(uint64_t inode, const SetAttrArgs
   return finish(std::move(m), std::move(r));
 }
 
-void Namespace::dropLink(Mutation& m, Inode victim, int64_t now, std::vector<uint64_t>& released) {
+void Namespace::dropLink(Mutation& m, Inode victim, int64_t now, ChunkRefs& refs) {
   if (victim.type != InodeType::DIRECTORY && victim.nlink > 1) {
     victim.nlink -= 1;
     victim.ctimeNs = now;
@@ -583,20 +524,17 @@ void Namespace::dropLink(Mutation& m, Inode victim, int64_t now, std::vector<uin
     m.put(orphanKey(victim.inode), "");
     return;
   }
-  deleteInode(m, victim, released);
+  deleteInode(m, victim, refs);
 }
 
-void Namespace::deleteInode(Mutation& m, const Inode& victim, std::vector<uint64_t>& released) {
+void Namespace::deleteInode(Mutation& m, const Inode& victim, ChunkRefs& refs) {
   m.del(inodeKey(victim.inode));
   m.del(orphanKey(victim.inode));
   if (victim.type == InodeType::SYMLINK) m.del(symlinkKey(victim.inode));
   for (auto& [key, value] : store.scan(xattrKey(victim.inode, ""), "", MAX_XATTRS_PER_INODE)) {
     m.del(key);
   }
-  for (auto& c : listChunks(victim.inode, 0, UINT32_MAX)) {
-    m.del(chunkKey(victim.inode, c.index));
-    released.push_back(c.handle);
-  }
+  for (auto& c : listChunks(victim.inode, 0, UINT32_MAX)) refs.drop(m, {victim.inode, c.index}, c);
 }
 
 void Namespace::opened(uint64_t inode) { opens[inode]++; }
@@ -610,17 +548,20 @@ kj::Promise<MutationResult> Namespace::closed(uint64_t inode) {
   if (!store.get(orphanKey(inode))) return r;
   // The last close of a file that lost its last name: now it goes.
   Mutation m;
+  ChunkRefs refs(*this, r.releasedHandles);
   if (auto n = readInode(inode)) {
-    deleteInode(m, *n, r.releasedHandles);
+    deleteInode(m, *n, refs);
   } else {
     m.del(orphanKey(inode));
   }
+  refs.writeTo(m);
   return finish(std::move(m), std::move(r));
 }
 
 kj::Promise<MutationResult> Namespace::expireOrphans() {
   MutationResult r;
   Mutation m;
+  ChunkRefs refs(*this, r.releasedHandles);
   size_t deleted = 0;
   std::string after;
   // Page through every orphan (most are open; at most 1024 deletions per call).
@@ -632,13 +573,14 @@ kj::Promise<MutationResult> Namespace::expireOrphans() {
       if (isOpen(inode) || deleted >= 1024) continue;
       ++deleted;
       if (auto n = readInode(inode)) {
-        deleteInode(m, *n, r.releasedHandles);
+        deleteInode(m, *n, refs);
       } else {
         m.del(key);
       }
     }
     after = rows.back().first;
   }
+  refs.writeTo(m);
   return finish(std::move(m), std::move(r));
 }
 
@@ -669,7 +611,9 @@ kj::Promise<MutationResult> Namespace::unlink(uint64_t parent, std::string_view 
     m.put(inodeKey(trashed.inode), encodeInode(trashed));
     return finish(std::move(m), std::move(r));
   }
-  dropLink(m, child.value, now, r.releasedHandles);
+  ChunkRefs refs(*this, r.releasedHandles);
+  dropLink(m, child.value, now, refs);
+  refs.writeTo(m);
   return finish(std::move(m), std::move(r));
 }
 
@@ -760,15 +704,17 @@ kj::Promise<MutationResult> Namespace::restore(std::string_view path) {
 kj::Promise<MutationResult> Namespace::expireTrash() {
   MutationResult r;
   Mutation m;
+  ChunkRefs refs(*this, r.releasedHandles);
   int64_t cutoff = nowNs() - trashPeriod / kj::NANOSECONDS;
   for (auto& [key, value] : store.scan("t", "", 1024)) {
     if (static_cast<int64_t>(getBe(key, 1, 8)) > cutoff) break;
     m.del(key);
     if (auto n = readInode(getBe(key, 9, 8))) {
       n->nlink = 1;
-      dropLink(m, *n, 0, r.releasedHandles);
+      dropLink(m, *n, 0, refs);
     }
   }
+  refs.writeTo(m);
   return finish(std::move(m), std::move(r));
 }
 
@@ -791,7 +737,9 @@ kj::Promise<MutationResult> Namespace::rmdir(uint64_t parent, std::string_view n
   p.mtimeNs = p.ctimeNs = now;
   m.put(inodeKey(parent), encodeInode(p));
   m.del(direntKey(parent, name));
-  dropLink(m, child.value, now, r.releasedHandles);
+  ChunkRefs refs(*this, r.releasedHandles);
+  dropLink(m, child.value, now, refs);
+  refs.writeTo(m);
   return finish(std::move(m), std::move(r));
 }
 
@@ -857,8 +805,9 @@ kj::Promise<MutationResult> Namespace::rename(uint64_t srcParent, std::string_vi
     p.mtimeNs = p.ctimeNs = now;
     m.put(key, encodeInode(p));
   };
+  ChunkRefs refs(*this, r.releasedHandles);
   if (replaced) {
-    dropLink(m, *replaced, now, r.releasedHandles);
+    dropLink(m, *replaced, now, refs);
     if (replaced->type == InodeType::DIRECTORY) updateParent(dstParent, -1);
   }
   m.del(direntKey(srcParent, srcName));
@@ -875,6 +824,7 @@ kj::Promise<MutationResult> Namespace::rename(uint64_t srcParent, std::string_vi
     if (dstParent != srcParent) updateParent(dstParent, 0);
   }
   m.put(inodeKey(moved.inode), encodeInode(moved));
+  refs.writeTo(m);
   r.inode = moved;
   return finish(std::move(m), std::move(r));
 }
@@ -988,8 +938,21 @@ kj::Promise<void> Namespace::forgetChunk(uint64_t inode, const ChunkRecord& reco
 
 kj::Promise<void> Namespace::setChunkVersion(uint64_t inode, const ChunkRecord& record) {
   Mutation m;
-  m.put(chunkKey(inode, record.index), encodeChunk(record));
+  auto owners = ownersOf(record.handle);
+  if (owners.empty()) owners.push_back({inode, record.index});
+  for (auto& o : owners) {
+    ChunkRecord r = record;
+    r.index = o.index;
+    m.put(chunkKey(o.inode, o.index), encodeChunk(r));
+  }
   return store.commit(std::move(m));
+}
+
+kj::Promise<uint64_t> Namespace::reserveHandle() {
+  uint64_t handle = nextHandle++;
+  Mutation m;
+  m.put(NEXT_HANDLE_KEY, encodeU64(nextHandle));
+  return store.commit(std::move(m)).then([handle]() { return handle; });
 }
 
 }  // namespace cairn

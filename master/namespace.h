@@ -6,6 +6,7 @@
 // Status values; the store failing is an exception.
 
 #include <kj/async.h>
+#include <kj/function.h>
 #include <kj/time.h>
 
 #include <cstdint>
@@ -75,6 +76,30 @@ struct ChunkRecord {
   // died before the chunkservers created it) is created again rather than missing.
   bool pending = false;
 };
+
+// A chunk slot of a file: chunk `index` of `inode`.
+struct ChunkOwner {
+  uint64_t inode = 0;
+  uint32_t index = 0;
+  bool operator==(const ChunkOwner& o) const { return inode == o.inode && index == o.index; }
+};
+
+// A snapshot: a copy of the file or tree `source`, named `name` in directory `parent`,
+// sharing every chunk with it.
+struct SnapshotRequest {
+  uint64_t source = 0;
+  uint64_t parent = 0;
+  std::string name;
+  // The new entries belong to this uid and gid, without setuid and setgid bits (a copy
+  // by a user); unset, they keep the source's owners and modes (a copy by root).
+  std::optional<std::pair<uint32_t, uint32_t>> owner;
+  // Checked for every entry copied: the snapshot fails with its status.
+  kj::Function<Status(const Inode&)> mayCopy = [](const Inode&) { return Status::OK(); };
+  // Whether the chunks of a regular file may be shared now (no write lease on them, none
+  // to come): false fails the snapshot with `busy`, changing nothing.
+  kj::Function<bool(uint64_t inode)> quiet = [](uint64_t) { return true; };
+};
+constexpr size_t MAX_SNAPSHOT_ENTRIES = 100'000;
 
 struct SetAttrArgs {
   std::optional<uint32_t> mode, uid, gid;
@@ -175,6 +200,47 @@ class Namespace {
   std::optional<MutationResult> recordedOutcome(const std::string& key);
   kj::Promise<void> expireOutcomes(kj::Duration maxAge);
 
+  // Shared chunks (namespace_share.cc). A chunk that snapshots or copies gave to more than
+  // one file has the list of its owners recorded; a chunk never shared has none (its one
+  // owner is the file whose record names it). Dropping a chunk from a file releases it
+  // when no owner remains. A shared chunk is never written: the next write or cut copies
+  // it first (ChunkManager), and the copy replaces it in the writer's file.
+
+  // The owners of a chunk ever shared (empty: never shared).
+  std::vector<ChunkOwner> ownersOf(uint64_t handle);
+  bool isShared(uint64_t handle) { return ownersOf(handle).size() > 1; }
+  // The regular files in the tree at `root` (itself, when a file): at most `limit`, else
+  // invalidArgument.
+  Result<std::vector<uint64_t>> filesUnder(uint64_t root, size_t limit);
+  // Copies the file or tree in one mutation: new inodes, the same chunk records (chunks
+  // still pending hold no byte and are left out), attributes, symlink targets, extended
+  // attributes and hard links within the tree. At most MAX_SNAPSHOT_ENTRIES entries.
+  // `request` is used only during the call.
+  kj::Promise<MutationResult> snapshot(SnapshotRequest& request);
+  // A copy of [srcOffset, srcOffset+length) of `src` to `dstOffset` of `dst` by whole chunks,
+  // where the offsets lie alike in their chunks: each chunk slot of `src` inside the range
+  // (clipped to its size) gives `dst` its chunk (a hole where `src` has none), replacing
+  // what `dst` held there, and `dst` grows to cover the bytes. The slot holding the end of
+  // `src` goes too when it also holds the end of `dst` (sharing must not cut off what `dst`
+  // held past it). `quiet` as for snapshots. The result's attributes are `dst`'s; the range
+  // shared is [sharedOffset, sharedOffset+sharedLength) of `src` (empty: nothing shared,
+  // the caller copies it all).
+  struct ShareResult {
+    MutationResult mutation;
+    uint64_t sharedOffset = 0;
+    uint64_t sharedLength = 0;
+  };
+  kj::Promise<ShareResult> shareChunks(uint64_t src, uint64_t srcOffset, uint64_t dst,
+                                       uint64_t dstOffset, uint64_t length,
+                                       kj::FunctionParam<bool(uint64_t inode)> quiet);
+  // A chunk handle no record names yet (copy-on-write's copy), durable before any
+  // chunkserver is given it.
+  kj::Promise<uint64_t> reserveHandle();
+  // Copy-on-write: `inode`'s slot takes `replacement` instead of the shared `old`, which
+  // loses that owner. False (nothing changed) if the slot no longer holds `old`.
+  kj::Promise<bool> replaceChunk(uint64_t inode, const ChunkRecord& old,
+                                 const ChunkRecord& replacement);
+
   // Chunks.
   std::optional<ChunkRecord> getChunk(uint64_t inode, uint32_t index);
   std::vector<ChunkRecord> listChunks(uint64_t inode, uint32_t first, uint32_t count);
@@ -187,6 +253,8 @@ class Namespace {
   // Forgets a chunk that no replica was ever made of (it held no byte), if `inode` still
   // has it at that index: the range is a hole again.
   kj::Promise<void> forgetChunk(uint64_t inode, const ChunkRecord& record);
+  // Records the chunk's version in the slot of `inode` that names it, or in every owner's
+  // when it is shared.
   kj::Promise<void> setChunkVersion(uint64_t inode, const ChunkRecord& record);
 
  private:
@@ -199,11 +267,33 @@ class Namespace {
   // the directory's setgid bit passes its group (and, to directories, the bit) down.
   Result<Inode> newEntry(Mutation& m, uint64_t parent, std::string_view name, InodeType type,
                          uint32_t mode, uint32_t uid, uint32_t gid);
+  // The chunk records one mutation removes and adds to shared chunks' owner lists: a
+  // chunk whose last owner goes is released. Lists are read once and written back by
+  // writeTo(), so that one mutation may touch a chunk many times.
+  class ChunkRefs {
+   public:
+    ChunkRefs(Namespace& ns, std::vector<uint64_t>& released) : ns(ns), released(released) {}
+    // `owner`'s record of chunk `record` is deleted.
+    void drop(Mutation& m, ChunkOwner owner, const ChunkRecord& record);
+    // `added` now shares the chunk `existing` names.
+    void share(ChunkOwner existing, ChunkOwner added, uint64_t handle);
+    void writeTo(Mutation& m);
+
+   private:
+    std::vector<ChunkOwner>& owners(uint64_t handle);
+    Namespace& ns;
+    std::vector<uint64_t>& released;
+    std::map<uint64_t, std::vector<ChunkOwner>> lists;
+  };
   // Removes one link to `victim` (already unlinked from its directory), deleting it and
   // its chunks when none remain.
-  void dropLink(Mutation& m, Inode victim, int64_t now, std::vector<uint64_t>& released);
-  // Removes the inode and everything it owns; its chunks are released.
-  void deleteInode(Mutation& m, const Inode& victim, std::vector<uint64_t>& released);
+  void dropLink(Mutation& m, Inode victim, int64_t now, ChunkRefs& refs);
+  // Removes the inode and everything it owns; its chunks are dropped.
+  void deleteInode(Mutation& m, const Inode& victim, ChunkRefs& refs);
+  // Copies `old` (an entry of a snapshot's source) under `name` in `parent`.
+  struct SnapshotState;
+  Result<Inode*> copyEntry(SnapshotState& st, const Inode& old, uint64_t parent,
+                           std::string_view name);
   bool isAncestor(uint64_t ancestor, uint64_t inode);
   kj::Promise<MutationResult> finish(Mutation m, MutationResult result);
   // Adds the request's outcome to `m` if a request is being dispatched.
@@ -228,6 +318,7 @@ std::string xattrKey(uint64_t inode, std::string_view name);
 std::string trashKey(int64_t deletedNs, uint64_t inode);
 std::string orphanKey(uint64_t inode);
 std::string requestKey(uint64_t client, uint64_t seq);
+std::string sharedKey(uint64_t handle);
 std::string encodeInode(const Inode& inode);
 std::optional<Inode> decodeInode(std::string_view bytes);
 

@@ -26,7 +26,8 @@ interface ChunkServer {
   # Who may call what (chunkserver/data_service.cc, ChunkServerGate): reads, pushes,
   # writes, syncs and copies need a chunk token from the master for that chunk (a write
   # token to change it), except from other chunkservers; applyWrite comes from
-  # chunkservers only; setVersion, grantLease, truncate and replicate from the master only
+  # chunkservers only; setVersion, grantLease, truncate, replicate and copyChunk from the
+  # master only
   # (over the connection the chunkserver made to it). A token refused is `tokenInvalid`.
   read @0 (handle :UInt64, version :UInt64, offset :UInt32, length :UInt32,
            token :Common.ChunkToken) -> (status :Status, data :Data);
@@ -89,4 +90,11 @@ interface ChunkServer {
   # and every secondary applies it there. A record that does not fit pads the chunk to
   # its end on every replica and answers `chunkFull`: the writer goes on to the next
   # chunk, so that no record spans two. Failures are named as for write.
+
+  copyChunk @13 (handle :UInt64, version :UInt64, newHandle :UInt64, newVersion :UInt64)
+      -> (status :Status);
+  # From the master: copy this server's replica of `handle` at `version` (a chunk files
+  # share) into a new chunk `newHandle` at `newVersion`, on this server's disks, holes kept
+  # and every block verified. Answers once the copy is complete; a failed one leaves no
+  # chunk `newHandle` behind.
 }

@@ -245,6 +245,27 @@ interface ClientService {
 
   failover @36 () -> (status :Status);
   # Admins: the active master hands over to a standby in sync (and becomes a standby).
+
+  snapshot @37 (source :UInt64, parent :UInt64, name :Text, requestId :RequestId)
+      -> (status :Status, attr :Attr);
+  # A copy of the file or tree `source` as `name` in `parent`, sharing every chunk with it
+  # (metadata only: time in proportion to the entries, at most 100,000). Every write
+  # acknowledged before it is in the copy, none after; the next write to either side of a
+  # shared chunk copies that chunk on its chunkservers first. The caller needs read access
+  # to everything copied and write access to `parent`; root's copy keeps owners and modes,
+  # another caller's belongs to it (setuid and setgid bits dropped). busy: the tree kept
+  # changing while it was frozen (try again).
+
+  shareChunks @38 (source :UInt64, sourceOffset :UInt64, destination :UInt64,
+                   destinationOffset :UInt64, length :UInt64)
+      -> (status :Status, attr :Attr, sharedOffset :UInt64, sharedLength :UInt64);
+  # A copy by whole chunks (copy_file_range, cairn cp) where the two offsets lie alike in
+  # their chunks: every chunk of the source wholly inside the range (clipped to its size)
+  # becomes the destination's chunk at the same place (holes stay holes), and the
+  # destination grows to cover the bytes. The chunk holding the source's end goes too when
+  # it also holds the destination's end. Shared: [sharedOffset, +sharedLength) of the
+  # source (empty: nothing); the caller copies the rest of the range. attr: the
+  # destination's. Read access to the source and write access to the destination.
 }
 
 enum SafeModeAction {

@@ -47,6 +47,15 @@ class FakeControl final : public ReplicaControl {
     versions[{server, handle}] = version;
     return Status::OK();
   }
+  kj::Promise<Status> copyChunk(uint64_t server, uint64_t handle, uint64_t version,
+                                uint64_t newHandle, uint64_t newVersion) override {
+    calls.push_back("copyChunk " + std::to_string(server) + " " + std::to_string(handle) + " v" +
+                    std::to_string(version) + " -> " + std::to_string(newHandle));
+    if (down.count(server)) return Status::unavailable("down");
+    if (versions[{server, handle}] != version) return Status::staleVersion("not at that version");
+    versions[{server, newHandle}] = newVersion;
+    return Status::OK();
+  }
 
   std::vector<std::string> calls;
   int copies = 0;
