@@ -228,7 +228,7 @@ std::string percent(uint64_t part, uint64_t whole) {
 int cmdFsck(CliContext& c, const std::string& path, bool json) {
   auto top = resolve(c, path);
   if (!top.ok()) return fail(c, path, top.status);
-  uint64_t files = 0, chunks = 0, unchecked = 0;
+  uint64_t files = 0, chunks = 0, unchecked = 0, shared = 0;
   std::map<wire::ChunkVerdict, uint64_t> byVerdict;
   auto problems = nlohmann::json::array();
   bool listed = walk(c, path, top.value, [&](const std::string& p, const FileAttr& a) {
@@ -242,6 +242,7 @@ int cmdFsck(CliContext& c, const std::string& path, bool json) {
     ++files;
     for (auto& k : checks.value) {
       ++chunks;
+      shared += k.files > 1;
       ++byVerdict[k.verdict];
       if (k.verdict == wire::ChunkVerdict::HEALTHY) continue;
       auto replicas = nlohmann::json::array();
@@ -257,6 +258,7 @@ int cmdFsck(CliContext& c, const std::string& path, bool json) {
                           {"version", k.version},
                           {"goal", k.goal},
                           {"verdict", verdictName(k.verdict)},
+                          {"files", k.files},
                           {"replicas", replicas}});
       if (!json) {
         fmt::print(c.out, "{}: chunk {} (handle {}, version {}): {}, goal {}{}{}\n", p, k.index,
@@ -275,6 +277,7 @@ int cmdFsck(CliContext& c, const std::string& path, bool json) {
                         {"files", files},
                         {"unchecked", unchecked},
                         {"chunks", chunks},
+                        {"shared", shared},
                         {"healthy", byVerdict[wire::ChunkVerdict::HEALTHY]},
                         {"under_replicated", byVerdict[wire::ChunkVerdict::UNDER_REPLICATED]},
                         {"corrupt", byVerdict[wire::ChunkVerdict::CORRUPT]},
@@ -283,9 +286,10 @@ int cmdFsck(CliContext& c, const std::string& path, bool json) {
             .dump(2));
   } else {
     fmt::print(c.out,
-               "{} files, {} chunks: {} healthy, {} under-replicated, {} corrupt, {} missing{}\n"
+               "{} files, {} chunks ({} shared with other files): {} healthy, {} "
+               "under-replicated, {} corrupt, {} missing{}\n"
                "The file system under {} is {}\n",
-               files, chunks, byVerdict[wire::ChunkVerdict::HEALTHY],
+               files, chunks, shared, byVerdict[wire::ChunkVerdict::HEALTHY],
                byVerdict[wire::ChunkVerdict::UNDER_REPLICATED],
                byVerdict[wire::ChunkVerdict::CORRUPT], byVerdict[wire::ChunkVerdict::MISSING],
                unchecked > 0 ? fmt::format(" ({} files not checked)", unchecked) : "", path,

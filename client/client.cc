@@ -875,7 +875,8 @@ kj::Promise<Result<std::vector<ChunkCheckInfo>>> Client::fsckFrom(uint64_t inode
                             if (!s.ok()) return {s, std::nullopt};
                             for (auto c : r.getChunks()) {
                               ChunkCheckInfo info{c.getIndex(), c.getHandle(),  c.getVersion(),
-                                                  c.getGoal(),  c.getVerdict(), {}};
+                                                  c.getGoal(),  c.getVerdict(), {},
+                                                  std::max<uint32_t>(1, c.getFiles())};
                               for (auto rep : c.getReplicas()) {
                                 info.replicas.push_back({text(rep.getAddress()), rep.getState()});
                               }

@@ -91,6 +91,7 @@ struct ChunkCheckInfo {
   uint8_t goal = 0;
   wire::ChunkVerdict verdict = wire::ChunkVerdict::HEALTHY;
   std::vector<Replica> replicas;
+  uint32_t files = 1;  // files holding the chunk (shared by snapshots and copies)
 };
 
 struct TrashInfo {

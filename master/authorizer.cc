@@ -254,15 +254,20 @@ kj::Promise<MutationResult> Authorizer::snapshot(const Credentials& who, uint64_
   if (Status s = changesAllowed(); !s.ok()) return refused(s);
   auto dir = directoryFor(who, parent, MAY_WRITE | MAY_EXEC);
   if (!dir.ok()) return refused(dir.status);
+  auto mayCopy = [who](const Inode& n) {
+    if (n.type == InodeType::SYMLINK) return Status::OK();
+    return checkAccess(n, who, n.type == InodeType::DIRECTORY ? MAY_READ | MAY_EXEC : MAY_READ);
+  };
+  // The source itself before anything is frozen (the walk checks every entry again).
+  auto src = ns.getattr(source);
+  if (!src.ok()) return refused(src.status);
+  if (Status s = mayCopy(src.value); !s.ok()) return refused(s);
   auto request = kj::heap<SnapshotRequest>();
   request->source = source;
   request->parent = parent;
   request->name = std::string(name);
   if (!who.isRoot()) request->owner = std::make_pair(who.uid, who.primaryGid());
-  request->mayCopy = [who](const Inode& n) {
-    if (n.type == InodeType::SYMLINK) return Status::OK();
-    return checkAccess(n, who, n.type == InodeType::DIRECTORY ? MAY_READ | MAY_EXEC : MAY_READ);
-  };
+  request->mayCopy = mayCopy;
   return master.snapshot(kj::mv(request));
 }
 

@@ -97,6 +97,7 @@ struct ChunkCheck {
   uint8_t goal = 0;
   wire::ChunkVerdict verdict = wire::ChunkVerdict::HEALTHY;
   std::vector<Replica> replicas;
+  uint32_t files = 1;  // files holding the chunk (snapshots and copies share it)
 };
 
 // Something an operator wants to know happened (a chunkserver died, a repair, a

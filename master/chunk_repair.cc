@@ -332,6 +332,7 @@ std::vector<ChunkCheck> ChunkManager::check(uint64_t inode, uint32_t first, uint
     check.index = record.index;
     check.handle = record.handle;
     check.version = record.version;
+    check.files = static_cast<uint32_t>(std::max<size_t>(1, ns.ownersOf(record.handle).size()));
     auto it = chunks.find(record.handle);
     if (it == chunks.end()) {
       check.verdict = wire::ChunkVerdict::MISSING;

@@ -381,6 +381,7 @@ class ClientServiceImpl final : public wire::ClientService::Server {
       out.setVersion(c.version);
       out.setGoal(c.goal);
       out.setVerdict(c.verdict);
+      out.setFiles(c.files);
       auto replicas = out.initReplicas(static_cast<uint>(c.replicas.size()));
       for (size_t j = 0; j < c.replicas.size(); ++j) {
         replicas[static_cast<uint>(j)].setAddress(c.replicas[j].address);

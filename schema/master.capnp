@@ -116,6 +116,7 @@ struct ChunkCheck {
   goal @3 :UInt8;
   verdict @4 :ChunkVerdict;
   replicas @5 :List(ReplicaCheck);
+  files @6 :UInt32;  # files that hold this chunk: more than 1 when a snapshot or copy shares it
 }
 
 struct ReplicaCheck {
