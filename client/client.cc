@@ -874,8 +874,12 @@ kj::Promise<Result<std::vector<ChunkCheckInfo>>> Client::fsckFrom(uint64_t inode
                             Status s = fromWire(r.getStatus());
                             if (!s.ok()) return {s, std::nullopt};
                             for (auto c : r.getChunks()) {
-                              ChunkCheckInfo info{c.getIndex(), c.getHandle(),  c.getVersion(),
-                                                  c.getGoal(),  c.getVerdict(), {},
+                              ChunkCheckInfo info{c.getIndex(),
+                                                  c.getHandle(),
+                                                  c.getVersion(),
+                                                  c.getGoal(),
+                                                  c.getVerdict(),
+                                                  {},
                                                   std::max<uint32_t>(1, c.getFiles())};
                               for (auto rep : c.getReplicas()) {
                                 info.replicas.push_back({text(rep.getAddress()), rep.getState()});
@@ -1526,6 +1530,7 @@ kj::Promise<Result<uint64_t>> Client::append(uint64_t inode, kj::ArrayPtr<const 
     // The end of the file as the master knows it: the record goes there or after it (past
     // appends whose size is not recorded yet). Appends in a row take it from the last
     // size commit's answer.
+    pruneAppendHints();
     auto hint = appendHints.find(inode);
     kj::Promise<Result<FileAttr>> known = nullptr;
     if (hint != appendHints.end() && timer.now() - hint->second.sizeAt < APPEND_HINT_TTL) {
@@ -1552,6 +1557,17 @@ kj::Promise<Result<uint64_t>> Client::append(uint64_t inode, kj::ArrayPtr<const 
           return appendAt(t, {}, 0);
         });
   });
+}
+
+void Client::pruneAppendHints() {
+  // Hints of files appended to a while ago are of no use: a client appending to many files
+  // in turn keeps only the recent ones.
+  if (appendHints.size() < 64) return;
+  auto now = timer.now();
+  for (auto it = appendHints.begin(); it != appendHints.end();) {
+    bool stale = now - it->second.sizeAt >= APPEND_HINT_TTL && now >= it->second.leaseUntil;
+    it = stale ? appendHints.erase(it) : std::next(it);
+  }
 }
 
 kj::Promise<Result<uint64_t>> Client::appendAt(AppendTry t, std::vector<ReplicaFailure> failures,

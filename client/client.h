@@ -503,6 +503,7 @@ class Client {
     kj::TimePoint leaseUntil = kj::origin<kj::TimePoint>();
   };
   std::map<uint64_t, AppendHint> appendHints;
+  void pruneAppendHints();
   kj::Promise<Result<FileLayout>> cachedLayout(uint64_t inode, uint32_t first, uint32_t count);
 };
 

@@ -267,7 +267,7 @@ kj::Promise<MutationResult> Authorizer::snapshot(const Credentials& who, uint64_
   request->parent = parent;
   request->name = std::string(name);
   if (!who.isRoot()) request->owner = std::make_pair(who.uid, who.primaryGid());
-  request->mayCopy = mayCopy;
+  request->mayCopy = kj::mv(mayCopy);  // kj::Function would keep a reference to an lvalue
   return master.snapshot(kj::mv(request));
 }
 

@@ -203,6 +203,24 @@ TEST_F(SnapshotTest, ATreeKeepsItsShapeLinksAndAttributes) {
   EXPECT_EQ(wait(client().snapshot(fa, 1, "tree-snap")).status.code(), ErrorCode::ALREADY_EXISTS);
 }
 
+TEST_F(SnapshotTest, ATreeOfFilesJustWrittenRevokesTheirLeases) {
+  auto dir = wait(client().mkdir(1, "fresh", 0755));
+  ASSERT_TRUE(dir.ok());
+  for (int i = 0; i < 300; ++i) {
+    createFile(dir.value.inode, "f" + std::to_string(i), "file " + std::to_string(i));
+  }
+  uint64_t snap = snapshot(dir.value.inode, 1, "fresh-snap");
+  auto copy = wait(client().lookup(snap, "f123"));
+  ASSERT_TRUE(copy.ok());
+  EXPECT_EQ(readAll(copy.value.inode), "file 123");
+  // The files' leases were revoked: writing one again copies its chunk first.
+  auto original = wait(client().lookup(dir.value.inode, "f123"));
+  ASSERT_TRUE(original.ok());
+  ASSERT_TRUE(wait(write(original.value.inode, 0, "FILE")).ok());
+  EXPECT_EQ(readAll(copy.value.inode), "file 123");
+  EXPECT_EQ(readAll(original.value.inode), "FILE 123");
+}
+
 TEST_F(SnapshotTest, HoldsEveryWriteAcknowledgedBeforeItAndNoneAfter) {
   // A writer rewrites 64 KiB blocks of a 4-chunk file, each with its generation number,
   // while a snapshot is taken: the snapshot holds, per block, a generation at least that

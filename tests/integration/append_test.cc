@@ -153,13 +153,8 @@ TEST_F(AppendTest, ASecondaryWhoseDiskFillsMidRunLosesNoRecord) {
   // its writes fail as a secondary (and as a primary) from then on.
   cluster = std::make_unique<testing::ProcessCluster>(
       MIB, std::vector<std::string>{"--dead-after", "2", "--safe-mode-timeout", "20"});
-  std::string tiny = cluster->dir() + "/cs3";
-  std::filesystem::create_directories(tiny);
-  ASSERT_EQ(system(("mount -t tmpfs -o size=4m cairn-test-tmpfs " + tiny).c_str()), 0);
-  struct Unmount {
-    std::string path;
-    ~Unmount() { (void)!system(("umount -l " + path).c_str()); }
-  } unmount{tiny};
+  testing::Tmpfs tiny(cluster->dir() + "/cs3", "4m");
+  ASSERT_TRUE(tiny.ok) << "cannot mount a tmpfs (root needed)";
   cluster->startMaster();
   for (size_t i = 0; i < 4; ++i) cluster->startChunkserver(i);
   cluster->waitForLiveChunkservers(4);

@@ -46,19 +46,6 @@ uint64_t allocated(const std::string& path) {
   return stat(path.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_blocks) * 512 : 0;
 }
 
-// A small tmpfs made (and removed, even when the test fails) by the test.
-struct Tmpfs {
-  std::string path;
-  Tmpfs(std::string p, const std::string& size) : path(std::move(p)) {
-    std::filesystem::create_directories(path);
-    ok = system(("mount -t tmpfs -o size=" + size + " cairn-test-tmpfs " + path).c_str()) == 0;
-  }
-  ~Tmpfs() {
-    if (ok) (void)!system(("umount -l " + path).c_str());
-  }
-  bool ok = false;
-};
-
 // Writes all of `data` at `offset`; the errno of the first failure, or 0.
 int writeAll(int fd, const std::string& data, uint64_t offset) {
   for (size_t done = 0; done < data.size();) {
@@ -87,11 +74,11 @@ class FullDiskTest : public DataSafetyTest, public ::testing::WithParamInterface
 INSTANTIATE_TEST_SUITE_P(Reserves, FullDiskTest, ::testing::Values("1M", "0"));
 
 TEST_P(FullDiskTest, WritesFailWithEnospcAndLoseNothing) {
-  std::vector<std::unique_ptr<Tmpfs>> disks;
+  std::vector<std::unique_ptr<testing::Tmpfs>> disks;
   cluster = std::make_unique<testing::ProcessCluster>(
       MIB, std::vector<std::string>{"--dead-after", "3", "--trash-seconds", "0"});
   for (size_t i = 0; i < 3; ++i) {
-    disks.push_back(std::make_unique<Tmpfs>(cluster->chunkserverDataDir(i), "24m"));
+    disks.push_back(std::make_unique<testing::Tmpfs>(cluster->chunkserverDataDir(i), "24m"));
     ASSERT_TRUE(disks.back()->ok) << "cannot mount a tmpfs (root needed)";
   }
   cluster->setChunkserverFlags({"--reserve", GetParam()});

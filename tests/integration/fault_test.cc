@@ -260,13 +260,8 @@ TEST_F(FaultTest, DecommissionDrainsAServerAndBalanceFillsANewOne) {
 TEST_F(FaultTest, AFullChunkserverRefusesChunksAndKeepsWhatItHas) {
   // Chunkserver 3's data lives on a 6 MiB tmpfs; the others have room.
   cluster = std::make_unique<ProcessCluster>(MIB, std::vector<std::string>{"--dead-after", "2"});
-  std::string tiny = cluster->dir() + "/cs3";
-  std::filesystem::create_directories(tiny);
-  ASSERT_EQ(system(("mount -t tmpfs -o size=6m cairn-test-tmpfs " + tiny).c_str()), 0);
-  struct Unmount {
-    std::string path;
-    ~Unmount() { (void)!system(("umount -l " + path).c_str()); }
-  } unmount{tiny};
+  testing::Tmpfs tiny(cluster->dir() + "/cs3", "6m");
+  ASSERT_TRUE(tiny.ok) << "cannot mount a tmpfs (root needed)";
   cluster->startMaster();
   for (size_t i = 0; i < 4; ++i) cluster->startChunkserver(i);
   cluster->waitForLiveChunkservers(4);

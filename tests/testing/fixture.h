@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -16,6 +17,22 @@
 #include "cluster.h"
 
 namespace cairn::testing {
+
+// A small tmpfs (a disk that fills up) made by a test at `path`, and unmounted when the
+// test ends, failed or not. Needs root: `ok` says whether it was mounted.
+struct Tmpfs {
+  Tmpfs(std::string p, const std::string& size) : path(std::move(p)) {
+    std::filesystem::create_directories(path);
+    ok = system(("mount -t tmpfs -o size=" + size + " cairn-test-tmpfs " + path).c_str()) == 0;
+  }
+  ~Tmpfs() {
+    if (ok) (void)!system(("umount -l " + path).c_str());
+  }
+  Tmpfs(const Tmpfs&) = delete;
+  Tmpfs& operator=(const Tmpfs&) = delete;
+  std::string path;
+  bool ok = false;
+};
 
 class ClusterFixture : public ::testing::Test {
  protected:
