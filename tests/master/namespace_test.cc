@@ -80,8 +80,7 @@ TEST_F(NamespaceTest, ErrorsChangeNothing) {
   EXPECT_EQ(code(ns->unlink(ROOT_INODE, "d")), ErrorCode::IS_DIRECTORY);
   EXPECT_EQ(code(ns->unlink(ROOT_INODE, "nope")), ErrorCode::NOT_FOUND);
   for (std::string bad : std::vector<std::string>{"", ".", "..", "a/b", std::string("a\0b", 3)}) {
-    EXPECT_EQ(code(ns->create(ROOT_INODE, bad, 0644, 0, 0, 0, true)),
-              ErrorCode::INVALID_ARGUMENT)
+    EXPECT_EQ(code(ns->create(ROOT_INODE, bad, 0644, 0, 0, 0, true)), ErrorCode::INVALID_ARGUMENT)
         << bad;
     EXPECT_EQ(code(ns->mkdir(ROOT_INODE, bad, 0755, 0, 0)), ErrorCode::INVALID_ARGUMENT);
   }
@@ -134,7 +133,8 @@ TEST_F(NamespaceTest, RenameFilesAndDirectories) {
 
 TEST_F(NamespaceTest, SetattrAndTruncateReleasesChunks) {
   auto f = create(ROOT_INODE, "f");
-  for (uint32_t i = 0; i < 4; ++i) ASSERT_TRUE(ns->allocateChunk(f.inode, i).wait(io.waitScope).ok());
+  for (uint32_t i = 0; i < 4; ++i)
+    ASSERT_TRUE(ns->allocateChunk(f.inode, i).wait(io.waitScope).ok());
   ASSERT_TRUE(run(ns->commitSize(f.inode, 4 << 20, 0)).status.ok());
   SetAttrArgs args;
   args.size = (1 << 20) + 5;  // keeps chunks 0 and 1
@@ -213,6 +213,74 @@ TEST_F(NamespaceTest, ReadsSeePendingMutationsAtOnce) {
   EXPECT_TRUE(ns->lookup(ROOT_INODE, "pending").ok());
   EXPECT_EQ(code(ns->mkdir(ROOT_INODE, "pending", 0755, 0, 0)), ErrorCode::ALREADY_EXISTS);
   EXPECT_TRUE(p.wait(io.waitScope).status.ok());
+}
+
+TEST_F(NamespaceTest, SharedChunksAreReleasedOnceWithTheirLastOwner) {
+  // A file with two chunks, a snapshot of it, and a second snapshot of the snapshot.
+  auto f = create(ROOT_INODE, "f");
+  std::vector<uint64_t> handles;
+  for (uint32_t i = 0; i < 2; ++i) {
+    auto c = ns->allocateChunk(f.inode, i).wait(io.waitScope);
+    ASSERT_TRUE(c.ok());
+    // Created on some chunkserver: no longer pending, so it may hold bytes.
+    c.value.pending = false;
+    ns->setChunkVersion(f.inode, c.value).wait(io.waitScope);
+    handles.push_back(c.value.handle);
+  }
+  SnapshotRequest first;
+  first.source = f.inode;
+  first.parent = ROOT_INODE;
+  first.name = "s1";
+  auto s1 = run(ns->snapshot(first));
+  ASSERT_TRUE(s1.status.ok()) << s1.status.toString();
+  SnapshotRequest second;
+  second.source = s1.inode.inode;
+  second.parent = ROOT_INODE;
+  second.name = "s2";
+  ASSERT_TRUE(run(ns->snapshot(second)).status.ok());
+  for (uint64_t h : handles) EXPECT_EQ(ns->ownersOf(h).size(), 3u);
+  // Survives a restart (the lists are in the store).
+  reopen();
+  for (uint64_t h : handles) EXPECT_EQ(ns->ownersOf(h).size(), 3u);
+
+  // All three go to the trash and expire in one mutation: each chunk released once.
+  ns->setTrashPeriod(3600 * kj::SECONDS);
+  for (auto name : {"f", "s1", "s2"}) ASSERT_TRUE(run(ns->unlink(ROOT_INODE, name)).status.ok());
+  ns->setTrashPeriod(0 * kj::SECONDS);
+  auto expired = run(ns->expireTrash());
+  std::sort(expired.releasedHandles.begin(), expired.releasedHandles.end());
+  EXPECT_EQ(expired.releasedHandles, handles);
+  for (uint64_t h : handles) EXPECT_TRUE(ns->ownersOf(h).empty());
+  EXPECT_TRUE(ns->allChunks().empty());
+}
+
+TEST_F(NamespaceTest, ASnapshotIsRefusedWhereItCannotGoAndChangesNothing) {
+  auto d = mkdir(ROOT_INODE, "d");
+  auto sub = mkdir(d.inode, "sub");
+  create(sub.inode, "f");
+  auto attempt = [&](uint64_t source, uint64_t parent, const std::string& name) {
+    SnapshotRequest r;
+    r.source = source;
+    r.parent = parent;
+    r.name = name;
+    return run(ns->snapshot(r)).status.code();
+  };
+  EXPECT_EQ(attempt(d.inode, sub.inode, "inside"), ErrorCode::INVALID_ARGUMENT);
+  EXPECT_EQ(attempt(d.inode, d.inode, "itself"), ErrorCode::INVALID_ARGUMENT);
+  EXPECT_EQ(attempt(d.inode, ROOT_INODE, "d"), ErrorCode::ALREADY_EXISTS);
+  EXPECT_EQ(attempt(d.inode, ROOT_INODE, "a/b"), ErrorCode::INVALID_ARGUMENT);
+  EXPECT_EQ(attempt(999, ROOT_INODE, "x"), ErrorCode::NOT_FOUND);
+  // A file of the tree that may not be copied fails it all.
+  SnapshotRequest denied;
+  denied.source = d.inode;
+  denied.parent = ROOT_INODE;
+  denied.name = "copy";
+  denied.mayCopy = [](const Inode& n) {
+    return n.type == InodeType::REGULAR ? Status::permissionDenied("no") : Status::OK();
+  };
+  EXPECT_EQ(run(ns->snapshot(denied)).status.code(), ErrorCode::PERMISSION_DENIED);
+  EXPECT_FALSE(ns->lookup(ROOT_INODE, "copy").ok());
+  EXPECT_EQ(ns->getattr(ROOT_INODE).value.nlink, 3u);
 }
 
 }  // namespace
