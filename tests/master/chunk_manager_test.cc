@@ -747,5 +747,62 @@ TEST_F(MirrorTest, AChunkOnceCreatedIsMissingNotMadeAgain) {
   EXPECT_TRUE(standbyControl.calls.empty());
 }
 
+TEST_F(ChunkManagerTest, ASharedChunkWaitsForTheSnapshotThenIsCopiedBeforeAWrite) {
+  auto r = prepare(0);
+  ASSERT_TRUE(r.ok()) << r.status.toString();
+  uint64_t handle = r.value.record.handle;
+  uint64_t leased = r.value.record.version;
+  // A snapshot freezes the file: its lease is revoked under a new version, and a write
+  // waits until the snapshot is recorded.
+  ASSERT_TRUE(manager.freeze({file}).wait(io.waitScope).ok());
+  EXPECT_TRUE(manager.quiet(file));
+  EXPECT_GT(ns.getChunk(file, 0)->version, leased);
+  auto waiting = manager.prepareWrite(file, 0);
+  settle();
+  EXPECT_FALSE(waiting.poll(io.waitScope)) << "a lease granted on a frozen file";
+  SnapshotRequest request;
+  request.source = file;
+  request.parent = ROOT_INODE;
+  request.name = "g";
+  request.quiet = [this](uint64_t inode) { return manager.quiet(inode); };
+  auto g = ns.snapshot(request).wait(io.waitScope);
+  ASSERT_TRUE(g.status.ok()) << g.status.toString();
+  manager.thaw({file});
+  // The write that waited copies the chunk (on every replica, locally) and goes to the copy.
+  auto written = waiting.wait(io.waitScope);
+  ASSERT_TRUE(written.ok()) << written.status.toString();
+  EXPECT_NE(written.value.record.handle, handle);
+  EXPECT_EQ(ns.getChunk(file, 0)->handle, written.value.record.handle);
+  EXPECT_EQ(ns.getChunk(g.inode.inode, 0)->handle, handle) << "the snapshot keeps the chunk";
+  size_t copies = 0;
+  for (auto& call : control.calls) copies += call.rfind("copyChunk", 0) == 0;
+  EXPECT_EQ(copies, 3u);
+  EXPECT_EQ(written.value.replicas.size(), 3u);
+}
+
+TEST_F(ChunkManagerTest, ASharedChunkHasTheHighestGoalOfItsFiles) {
+  ASSERT_TRUE(prepare(0).ok());
+  ASSERT_TRUE(manager.freeze({file}).wait(io.waitScope).ok());
+  SnapshotRequest request;
+  request.source = file;
+  request.parent = ROOT_INODE;
+  request.name = "g";
+  auto g = ns.snapshot(request).wait(io.waitScope);
+  manager.thaw({file});
+  ASSERT_TRUE(g.status.ok());
+  ASSERT_TRUE(ns.setReplication(g.inode.inode, 4).wait(io.waitScope).status.ok());
+  manager.goalChanged(g.inode.inode, 4);
+  auto checks = manager.check(file, 0, 1);
+  ASSERT_EQ(checks.size(), 1u);
+  EXPECT_EQ(checks[0].goal, 4u);
+  EXPECT_EQ(checks[0].files, 2u);
+  // Re-replication gives it a fourth replica.
+  for (int i = 0; i < 5; ++i) {
+    manager.tick();
+    settle();
+  }
+  EXPECT_EQ(manager.locate(file, 0, 1).at(0).replicas.size(), 4u);
+}
+
 }  // namespace
 }  // namespace cairn
