@@ -280,10 +280,14 @@ class Namespace {
     void writeTo(Mutation& m);
 
    private:
-    std::vector<ChunkOwner>& owners(uint64_t handle);
+    struct List {
+      std::vector<ChunkOwner> owners;
+      bool stored = false;  // the store has a list for the chunk
+    };
+    List& list(uint64_t handle);
     Namespace& ns;
     std::vector<uint64_t>& released;
-    std::map<uint64_t, std::vector<ChunkOwner>> lists;
+    std::map<uint64_t, List> lists;
   };
   // Removes one link to `victim` (already unlinked from its directory), deleting it and
   // its chunks when none remain.

@@ -47,37 +47,42 @@ std::vector<ChunkOwner> Namespace::ownersOf(uint64_t handle) {
   return bytes ? decodeOwners(*bytes) : std::vector<ChunkOwner>{};
 }
 
-std::vector<ChunkOwner>& Namespace::ChunkRefs::owners(uint64_t handle) {
+Namespace::ChunkRefs::List& Namespace::ChunkRefs::list(uint64_t handle) {
   auto it = lists.find(handle);
-  if (it == lists.end()) it = lists.emplace(handle, ns.ownersOf(handle)).first;
+  if (it == lists.end()) {
+    List l;
+    l.owners = ns.ownersOf(handle);
+    l.stored = !l.owners.empty();
+    it = lists.emplace(handle, std::move(l)).first;
+  }
   return it->second;
 }
 
 void Namespace::ChunkRefs::drop(Mutation& m, ChunkOwner owner, const ChunkRecord& record) {
   m.del(chunkKey(owner.inode, owner.index));
-  auto& list = owners(record.handle);
-  if (list.empty()) {
+  auto& owners = list(record.handle).owners;
+  if (owners.empty()) {
     released.push_back(record.handle);  // never shared: this was its only owner
     return;
   }
-  list.erase(std::remove(list.begin(), list.end(), owner), list.end());
-  if (list.empty()) released.push_back(record.handle);
+  owners.erase(std::remove(owners.begin(), owners.end(), owner), owners.end());
+  if (owners.empty()) released.push_back(record.handle);
 }
 
 void Namespace::ChunkRefs::share(ChunkOwner existing, ChunkOwner added, uint64_t handle) {
-  auto& list = owners(handle);
-  if (list.empty()) list.push_back(existing);
-  list.push_back(added);
+  auto& owners = list(handle).owners;
+  if (owners.empty()) owners.push_back(existing);
+  owners.push_back(added);
 }
 
 void Namespace::ChunkRefs::writeTo(Mutation& m) {
-  for (auto& [handle, list] : lists) {
+  for (auto& [handle, l] : lists) {
     // A list that shrank to one owner stays: it names the owner, so that a version change
     // is recorded in the right file (the chunk map's idea of the owner may be the other).
-    if (list.empty()) {
+    if (!l.owners.empty()) {
+      m.put(sharedKey(handle), encodeOwners(l.owners));
+    } else if (l.stored) {
       m.del(sharedKey(handle));
-    } else if (list.size() > 1 || ns.store.get(sharedKey(handle))) {
-      m.put(sharedKey(handle), encodeOwners(list));
     }
   }
   lists.clear();
