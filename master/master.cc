@@ -210,6 +210,11 @@ kj::Promise<Namespace::ShareResult> Master::shareChunks(uint64_t src, uint64_t s
                                                         uint64_t dst, uint64_t dstOffset,
                                                         uint64_t length) {
   if (chunks->inSafeMode()) return Namespace::ShareResult{{chunks->safeModeRefusal(), {}, {}}};
+  uint64_t chunkSize = ns->chunkSize();
+  if (src == dst || srcOffset % chunkSize != dstOffset % chunkSize) {
+    // Nothing can be shared (the caller copies it all): no lease is revoked for it.
+    return ns->shareChunks(src, srcOffset, dst, dstOffset, length, [](uint64_t) { return false; });
+  }
   // The destination too: a write under way to a chunk it drops would be lost.
   std::vector<uint64_t> frozen{src, dst};
   auto thaw = kj::defer([this, frozen]() { chunks->thaw(frozen); });
