@@ -294,6 +294,10 @@ class Namespace {
   void dropLink(Mutation& m, Inode victim, int64_t now, ChunkRefs& refs);
   // Removes the inode and everything it owns; its chunks are dropped.
   void deleteInode(Mutation& m, const Inode& victim, ChunkRefs& refs);
+  // Calls `visit` for every entry of directory `dir`, a page of the store at a time; stops
+  // at the first status that is not OK and returns it.
+  Status forEachEntry(uint64_t dir,
+                      kj::FunctionParam<Status(std::string_view name, const Inode& child)> visit);
   // Copies `old` (an entry of a snapshot's source) under `name` in `parent`.
   struct SnapshotState;
   Result<Inode*> copyEntry(SnapshotState& st, const Inode& old, uint64_t parent,

@@ -99,26 +99,36 @@ Result<std::vector<uint64_t>> Namespace::filesUnder(uint64_t root, size_t limit)
   while (!dirs.empty()) {
     uint64_t dir = dirs.front();
     dirs.pop_front();
-    std::string prefix = direntKey(dir, "");
-    for (std::string after;;) {
-      auto rows = store.scan(prefix, after, 4096);
-      if (rows.empty()) break;
-      for (auto& [key, value] : rows) {
-        if (++seen > limit) {
-          return Status::invalidArgument(
-              fmt::format("a snapshot takes at most {} entries", MAX_SNAPSHOT_ENTRIES));
-        }
-        auto child = readInode(decodeU64(value));
-        KJ_ASSERT(child.has_value(), "directory entry points to a missing inode", dir);
-        if (child->type == InodeType::DIRECTORY) dirs.push_back(child->inode);
-        if (child->type == InodeType::REGULAR) files.push_back(child->inode);
+    Status s = forEachEntry(dir, [&](std::string_view, const Inode& child) {
+      if (++seen > limit) {
+        return Status::invalidArgument(
+            fmt::format("a snapshot takes at most {} entries", MAX_SNAPSHOT_ENTRIES));
       }
-      after = rows.back().first;
-    }
+      if (child.type == InodeType::DIRECTORY) dirs.push_back(child.inode);
+      if (child.type == InodeType::REGULAR) files.push_back(child.inode);
+      return Status::OK();
+    });
+    if (!s.ok()) return s;
   }
   std::sort(files.begin(), files.end());
   files.erase(std::unique(files.begin(), files.end()), files.end());  // hard links
   return files;
+}
+
+Status Namespace::forEachEntry(
+    uint64_t dir, kj::FunctionParam<Status(std::string_view name, const Inode& child)> visit) {
+  std::string prefix = direntKey(dir, "");
+  for (std::string after;;) {
+    auto rows = store.scan(prefix, after, 4096);
+    if (rows.empty()) return Status::OK();
+    for (auto& [key, value] : rows) {
+      auto child = readInode(decodeU64(value));
+      KJ_ASSERT(child.has_value(), "directory entry points to a missing inode", dir);
+      Status s = visit(std::string_view(key).substr(prefix.size()), *child);
+      if (!s.ok()) return s;
+    }
+    after = rows.back().first;
+  }
 }
 
 struct Namespace::SnapshotState {
@@ -213,21 +223,14 @@ kj::Promise<MutationResult> Namespace::snapshot(SnapshotRequest& request) {
   while (!dirs.empty()) {
     auto [from, to] = dirs.front();
     dirs.pop_front();
-    std::string prefix = direntKey(from, "");
-    for (std::string after;;) {
-      auto rows = store.scan(prefix, after, 4096);
-      if (rows.empty()) break;
-      for (auto& [key, value] : rows) {
-        std::string_view name = std::string_view(key).substr(prefix.size());
-        auto child = readInode(decodeU64(value));
-        KJ_ASSERT(child.has_value(), "directory entry points to a missing inode", from);
-        auto copy = copyEntry(st, *child, to, name);
-        if (!copy.ok()) return fail(copy.status);
-        m.put(direntKey(to, name), encodeU64(copy.value->inode));
-        if (child->type == InodeType::DIRECTORY) dirs.emplace_back(child->inode, copy.value->inode);
-      }
-      after = rows.back().first;
-    }
+    Status s = forEachEntry(from, [&, to = to](std::string_view name, const Inode& child) {
+      auto copy = copyEntry(st, child, to, name);
+      if (!copy.ok()) return copy.status;
+      m.put(direntKey(to, name), encodeU64(copy.value->inode));
+      if (child.type == InodeType::DIRECTORY) dirs.emplace_back(child.inode, copy.value->inode);
+      return Status::OK();
+    });
+    if (!s.ok()) return fail(s);
   }
   for (auto& [old, n] : st.made) m.put(inodeKey(n.inode), encodeInode(n));
   Inode p = dir.value;

@@ -9,7 +9,6 @@
 #include <unistd.h>
 
 #include <filesystem>
-#include <random>
 
 #include "cluster.h"
 #include "fixture.h"
@@ -22,12 +21,7 @@ using testing::writeFile;
 
 constexpr uint64_t MIB = 1 << 20;
 
-std::string randomBytes(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::string s(n, '\0');
-  for (auto& c : s) c = static_cast<char>(rng());
-  return s;
-}
+using testing::randomBytes;
 
 class SnapshotTest : public testing::ClusterFixture {
  protected:
