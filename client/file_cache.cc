@@ -154,6 +154,12 @@ kj::Promise<void> OpenFile::abort() {
 Status FileCache::takeError(State& st) {
   Status s = st.error;
   st.error = Status::OK();
+  // Once no append written before this report is left, the failure of an earlier one is
+  // history: appends written after the writer heard of it go out again.
+  dropFinished(st);
+  bool appending = !st.appends.empty() || std::any_of(st.flushes.begin(), st.flushes.end(),
+                                                      [](const Flush& f) { return f.append; });
+  if (!appending) st.appendFailure = Status::OK();
   return s;
 }
 
@@ -183,7 +189,11 @@ void FileCache::startAppends(uint64_t inode, State& st) {
   auto& bytes = *data;
   auto promise =
       kj::joinPromises(earlier.releaseAsArray())
-          .then([this, inode, &bytes]() {
+          .then([this, inode, &bytes]() -> kj::Promise<Result<uint64_t>> {
+            auto it = files.find(inode);
+            if (it != files.end() && !it->second.appendFailure.ok()) {
+              return Result<uint64_t>(it->second.appendFailure);
+            }
             // One append, or a single write too large for one in pieces, in order.
             size_t piece = std::min<size_t>(MAX_APPEND, client.knownChunkSize() / 4);
             return appendPieces(
@@ -198,9 +208,10 @@ void FileCache::startAppends(uint64_t inode, State& st) {
             if (r.ok()) {
               st.confirmed = std::max(st.confirmed, r.value);
               st.size = std::max(st.size, r.value);
-            } else if (st.error.ok()) {
-              st.error = r.status;
+              return;
             }
+            if (st.appendFailure.ok()) st.appendFailure = r.status;
+            if (st.error.ok()) st.error = r.status;
           })
           .attach(kj::mv(data))
           .fork();

@@ -158,6 +158,9 @@ class FileCache final : private kj::TaskSet::ErrorHandler {
     std::string buffer;
     uint64_t bufferOffset = 0;
     std::string appends;  // O_APPEND writes not yet sent, in order
+    // The failure of an append while later ones were queued behind it: those are not sent
+    // (they would land after a gap, out of the order written) but fail with it.
+    Status appendFailure;
     std::list<Flush> flushes;
     Status error;
     std::set<uint32_t> dirtyChunks;  // written since the last fsync

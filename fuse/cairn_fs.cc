@@ -296,7 +296,9 @@ kj::Promise<Result<FileHandle*>> wrap(kj::Promise<Result<kj::Own<OpenFile>>> ope
 // Whether the kernel must hand each write of this open over whole: an O_APPEND write
 // becomes one atomic append only if it arrives as one request. Through the page cache the
 // kernel cuts a write at a page it does not hold in full (the mount caches none), so an
-// O_APPEND open is direct I/O: each write(2) of up to 1 MiB (max_write) is one request.
+// O_APPEND open is direct I/O: a write(2) of up to 1 MiB (max_write) arrives as one request,
+// or as two in a row when its buffer is not page-aligned (at most 256 pages of it per
+// request), which FileCache collects into one append.
 bool appendsWhole(const fuse_file_info* fi) { return fi->flags & O_APPEND; }
 
 void cfsOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {

@@ -252,5 +252,49 @@ TEST_F(AppendTest, OAppendWritesFromTwoClientsLandWholeAndOnce) {
   }
 }
 
+TEST_F(AppendTest, NothingWrittenAfterAFailedOAppendPieceLandsBehindIt) {
+  // An O_APPEND write larger than an append goes out in pieces. When one fails (the disks
+  // fill up), neither its later pieces nor the writes queued behind it may land: they would
+  // follow a gap. What landed is a start of what was written; once the writer has heard of
+  // the failure, its next writes go out again.
+  uint64_t inode = createFile("stream");
+  FileCache cache(client());
+  auto f = wait(cache.open(inode, ACCESS_WRITE));
+  ASSERT_TRUE(f.ok()) << f.status.toString();
+  f.value->setAppend(true);
+  std::string head(4096, 'h');
+  ASSERT_TRUE(wait(f.value->write(0, head)).ok());
+  ASSERT_TRUE(wait(f.value->flush()).ok());
+  // Room for one more 256 KiB piece and a little, on every disk.
+  for (size_t i = 0; i < 4; ++i) {
+    auto space = cluster.disk(i).space("/");
+    ASSERT_TRUE(space.ok());
+    uint64_t used = space.value.capacityBytes - space.value.freeBytes;
+    cluster.disk(i).setCapacity(used + CHUNK / 4 + 128 * 1024);
+  }
+  std::string a(600 * 1024, 'a');
+  std::string b(4096, 'b');
+  ASSERT_TRUE(wait(f.value->write(0, a)).ok());
+  Status wroteB = wait(f.value->write(0, b));
+  Status flushed = wait(f.value->flush());
+  EXPECT_EQ((wroteB.ok() ? flushed : wroteB).code(), ErrorCode::NO_SPACE)
+      << wroteB.toString() << " / " << flushed.toString();
+  std::string file = readAll(inode);
+  ASSERT_GE(file.size(), head.size());
+  EXPECT_EQ(file.substr(0, head.size()), head);
+  std::string landed = file.substr(head.size());
+  EXPECT_LT(landed.size(), a.size());
+  EXPECT_TRUE(landed == a.substr(0, landed.size()))
+      << "bytes landed after a gap: 'b' at " << static_cast<int64_t>(landed.find('b'));
+
+  // Space again: the writer, told of the failure, appends again.
+  for (size_t i = 0; i < 4; ++i) cluster.disk(i).setCapacity(uint64_t{1} << 40);
+  std::string c(4096, 'c');
+  ASSERT_TRUE(wait(f.value->write(0, c)).ok());
+  ASSERT_TRUE(wait(f.value->close()).ok());
+  file = readAll(inode);
+  EXPECT_EQ(file.substr(file.size() - c.size()), c);
+}
+
 }  // namespace
 }  // namespace cairn
