@@ -25,6 +25,7 @@ void BlockingClient::loop(ClientOptions options, FileCacheOptions cacheOptions) 
     executor = &kj::getCurrentThreadExecutor();
     client = &c;
     cache = &fc;
+    port = &io.unixEventPort;
     stop = kj::mv(paf.fulfiller);
     ready = true;
   }

@@ -2,6 +2,7 @@
 // libcairn for threads without an event loop (FUSE workers, tools): one thread owns the
 // loop, the Client and the FileCache; run() hands it work and blocks for the result.
 
+#include <kj/async-unix.h>
 #include <kj/async.h>
 
 #include <condition_variable>
@@ -24,6 +25,9 @@ class BlockingClient {
   auto run(Func&& func) {
     return executor->executeSync([&]() { return func(*client, *cache); });
   }
+  // The loop's event port (file descriptors, signals): for use on the loop thread only,
+  // inside run().
+  kj::UnixEventPort& eventPort() { return *port; }
 
  private:
   void loop(ClientOptions options, FileCacheOptions cacheOptions);
@@ -34,6 +38,7 @@ class BlockingClient {
   const kj::Executor* executor = nullptr;
   Client* client = nullptr;
   FileCache* cache = nullptr;
+  kj::UnixEventPort* port = nullptr;
   kj::Own<kj::CrossThreadPromiseFulfiller<void>> stop;
   std::thread thread;
 };

@@ -1,6 +1,7 @@
 #include "cairn_fs.h"
 
 #include <fcntl.h>
+#include <kj/async-unix.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <sys/stat.h>
@@ -21,17 +22,21 @@ namespace {
 
 CairnFs& fsOf(fuse_req_t req) { return *static_cast<CairnFs*>(fuse_req_userdata(req)); }
 
-// Runs a libcairn call; an exception (a bug or a lost loop) becomes EIO, logged, and never
-// unwinds into libfuse.
-template <typename Func>
-auto call(fuse_req_t req, const char* op, Func&& func) -> decltype(fsOf(req).client->run(func)) {
-  using T = decltype(fsOf(req).client->run(func));
-  try {
-    return fsOf(req).client->run(kj::fwd<Func>(func));
-  } catch (const kj::Exception& e) {
-    logError("{}: {}", op, e.getDescription().cStr());
-    return T(Status::ioError(e.getDescription().cStr()));
-  }
+// Runs a libcairn call on the client's loop, the thread that reads the requests, and hands
+// its result to `reply` once it resolves; an exception (a bug) becomes EIO, logged, and never
+// unwinds into libfuse. `func` runs now; libcairn's calls copy their arguments, so it may
+// pass the handler's locals. `reply` runs later and keeps copies of what it needs: libfuse
+// reuses a request's buffers once its handler returns.
+template <typename Func, typename Reply>
+void serve(fuse_req_t req, const char* op, Func&& func, Reply&& reply) {
+  CairnFs& fs = fsOf(req);
+  auto promise = kj::evalNow([&]() { return func(*fs.client, *fs.cache); });
+  fs.tasks->add(promise.then(
+      [req, reply = kj::fwd<Reply>(reply)](auto result) mutable { reply(req, result); },
+      [req, op](kj::Exception&& e) {
+        logError("{}: {}", op, e.getDescription().cStr());
+        fuse_reply_err(req, EIO);
+      }));
 }
 
 mode_t typeBits(FileType t) {
@@ -149,10 +154,10 @@ void cfsInit(void*, fuse_conn_info* conn) {
 
 void cfsLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   Caller who = callerOf(req);
-  std::string n = name;
-  replyEntry(req, call(req, "lookup", [&](Client& c, FileCache& fc) {
-               return seenHere(fc, c.lookup(parent, n, who));
-             }));
+  serve(
+      req, "lookup",
+      [&](Client& c, FileCache& fc) { return seenHere(fc, c.lookup(parent, name, who)); },
+      replyEntry);
 }
 
 void cfsForget(fuse_req_t req, fuse_ino_t, uint64_t) {
@@ -163,8 +168,9 @@ void cfsForget(fuse_req_t req, fuse_ino_t, uint64_t) {
 void cfsForgetMulti(fuse_req_t req, size_t, fuse_forget_data*) { fuse_reply_none(req); }
 
 void cfsGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
-  replyAttr(req, call(req, "getattr",
-                      [&](Client& c, FileCache& fc) { return seenHere(fc, c.getattr(ino)); }));
+  serve(
+      req, "getattr", [&](Client& c, FileCache& fc) { return seenHere(fc, c.getattr(ino)); },
+      replyAttr);
 }
 
 void cfsSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int toSet, fuse_file_info*) {
@@ -184,22 +190,21 @@ void cfsSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int toSet, fu
     r.mtimeNs = toNs(attr->st_mtim);
   }
   Caller who = callerOf(req);
-  replyAttr(req,
-            call(req, "setattr", [&](Client&, FileCache& fc) { return fc.setattr(ino, r, who); }));
+  serve(
+      req, "setattr", [&](Client&, FileCache& fc) { return fc.setattr(ino, r, who); }, replyAttr);
 }
 
 void cfsReadlink(fuse_req_t req, fuse_ino_t ino) {
-  auto r = call(req, "readlink", [&](Client& c, FileCache&) { return c.readlink(ino); });
-  if (!r.ok()) {
-    replyStatus(req, r.status);
-    return;
-  }
-  fuse_reply_readlink(req, r.value.c_str());
+  serve(
+      req, "readlink", [&](Client& c, FileCache&) { return c.readlink(ino); },
+      [](fuse_req_t req, const Result<std::string>& r) {
+        if (!r.ok()) return replyStatus(req, r.status);
+        fuse_reply_readlink(req, r.value.c_str());
+      });
 }
 
 void cfsMknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
   Caller who = callerOf(req);
-  std::string n = name;
   FileType type;
   switch (mode & S_IFMT) {
     case S_IFREG:
@@ -221,38 +226,37 @@ void cfsMknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, 
       fuse_reply_err(req, EINVAL);
       return;
   }
-  replyEntry(req, call(req, "mknod", [&](Client& c, FileCache&) {
-               return c.mknod(parent, n, type, mode & 07777, rdev, who);
-             }));
+  serve(
+      req, "mknod",
+      [&](Client& c, FileCache&) { return c.mknod(parent, name, type, mode & 07777, rdev, who); },
+      replyEntry);
 }
 
 void cfsMkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
   Caller who = callerOf(req);
-  std::string n = name;
-  replyEntry(req, call(req, "mkdir", [&](Client& c, FileCache&) {
-               return c.mkdir(parent, n, mode & 07777, who);
-             }));
+  serve(
+      req, "mkdir", [&](Client& c, FileCache&) { return c.mkdir(parent, name, mode & 07777, who); },
+      replyEntry);
 }
 
 void cfsUnlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
-  std::string n = name;
   Caller who = callerOf(req);
-  replyStatus(req,
-              call(req, "unlink", [&](Client& c, FileCache&) { return c.unlink(parent, n, who); }));
+  serve(
+      req, "unlink", [&](Client& c, FileCache&) { return c.unlink(parent, name, who); },
+      replyStatus);
 }
 
 void cfsRmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
-  std::string n = name;
   Caller who = callerOf(req);
-  replyStatus(req,
-              call(req, "rmdir", [&](Client& c, FileCache&) { return c.rmdir(parent, n, who); }));
+  serve(
+      req, "rmdir", [&](Client& c, FileCache&) { return c.rmdir(parent, name, who); }, replyStatus);
 }
 
 void cfsSymlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* name) {
   Caller who = callerOf(req);
-  std::string target = link, n = name;
-  replyEntry(req, call(req, "symlink",
-                       [&](Client& c, FileCache&) { return c.symlink(parent, n, target, who); }));
+  serve(
+      req, "symlink", [&](Client& c, FileCache&) { return c.symlink(parent, name, link, who); },
+      replyEntry);
 }
 
 void cfsRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
@@ -262,19 +266,21 @@ void cfsRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t n
     fuse_reply_err(req, EINVAL);  // RENAME_EXCHANGE and RENAME_WHITEOUT are not supported
     return;
   }
-  std::string from = name, to = newname;
   bool noReplace = flags & RENAME_NOREPLACE;
-  replyStatus(req, call(req, "rename", [&](Client& c, FileCache&) {
-                return c.rename(parent, from, newparent, to, noReplace, who);
-              }));
+  serve(
+      req, "rename",
+      [&](Client& c, FileCache&) {
+        return c.rename(parent, name, newparent, newname, noReplace, who);
+      },
+      replyStatus);
 }
 
 void cfsLink(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* newname) {
   Caller who = callerOf(req);
-  std::string n = newname;
-  replyEntry(req, call(req, "link", [&](Client& c, FileCache& fc) {
-               return seenHere(fc, c.link(ino, newparent, n, who));
-             }));
+  serve(
+      req, "link",
+      [&](Client& c, FileCache& fc) { return seenHere(fc, c.link(ino, newparent, newname, who)); },
+      replyEntry);
 }
 
 // An open file: fi->fh holds one. Made and destroyed on the client's loop.
@@ -301,33 +307,35 @@ kj::Promise<Result<FileHandle*>> wrap(kj::Promise<Result<kj::Own<OpenFile>>> ope
 // request), which FileCache collects into one append.
 bool appendsWhole(const fuse_file_info* fi) { return fi->flags & O_APPEND; }
 
+// Closes a file the kernel never got (its open or create reply failed: the caller is gone).
+void closeUnclaimed(CairnFs& fs, FileHandle* h) {
+  fs.tasks->add(h->file->close().then([h](Status) { delete h; }));
+}
+
+// The open file `info` is answered with: the handle, and caching fit for close-to-open.
+void prepareOpen(fuse_file_info& info, FileHandle* h) {
+  info.keep_cache = 0;  // close-to-open: drop pages cached from before this open
+  info.direct_io = appendsWhole(&info);
+  info.fh = reinterpret_cast<uint64_t>(h);
+}
+
 void cfsOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   int access = (fi->flags & O_ACCMODE) == O_RDONLY   ? ACCESS_READ
                : (fi->flags & O_ACCMODE) == O_WRONLY ? ACCESS_WRITE
                                                      : ACCESS_READ | ACCESS_WRITE;
   Caller who = callerOf(req);
-  auto r = call(req, "open",
-                [&](Client&, FileCache& fc) { return wrap(fc.open(ino, access, who), fi->flags); });
-  if (!r.ok()) {
-    replyStatus(req, r.status);
-    return;
-  }
-  fi->keep_cache = 0;  // close-to-open: drop pages cached from before this open
-  fi->direct_io = appendsWhole(fi);
-  fi->fh = reinterpret_cast<uint64_t>(r.value);
-  // ... and attributes: another mount may have changed the file since this kernel cached
-  // them (only attributes are dropped, which takes no inode lock, so this is safe here).
-  if (fsOf(req).session != nullptr) {
-    fuse_lowlevel_notify_inval_inode(fsOf(req).session, ino, -1, 0);
-  }
-  if (fuse_reply_open(req, fi) != 0) {
-    call(req, "open", [&](Client&, FileCache&) {
-      return r.value->file->close().then([h = r.value](Status s) {
-        delete h;
-        return s;
+  serve(
+      req, "open",
+      [&](Client&, FileCache& fc) { return wrap(fc.open(ino, access, who), fi->flags); },
+      [ino, info = *fi](fuse_req_t req, const Result<FileHandle*>& r) mutable {
+        if (!r.ok()) return replyStatus(req, r.status);
+        CairnFs& fs = fsOf(req);
+        prepareOpen(info, r.value);
+        // ... and attributes: another mount may have changed the file since this kernel
+        // cached them (only attributes are dropped, which takes no inode lock).
+        if (fs.session != nullptr) fuse_lowlevel_notify_inval_inode(fs.session, ino, -1, 0);
+        if (fuse_reply_open(req, &info) != 0) closeUnclaimed(fs, r.value);
       });
-    });
-  }
 }
 
 void cfsCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
@@ -336,69 +344,64 @@ void cfsCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
   o.mode = mode & 07777;
   o.caller = callerOf(req);
   o.exclusive = fi->flags & O_EXCL;
-  std::string n = name;
-  auto r = call(req, "create",
-                [&](Client&, FileCache& fc) { return wrap(fc.create(parent, n, o), fi->flags); });
-  if (!r.ok()) {
-    replyStatus(req, r.status);
-    return;
-  }
-  fuse_entry_param e = entryOf(req, r.value->file->attr());
-  fi->keep_cache = 0;
-  fi->direct_io = appendsWhole(fi);
-  fi->fh = reinterpret_cast<uint64_t>(r.value);
-  if (fuse_reply_create(req, &e, fi) != 0) {
-    call(req, "create", [&](Client&, FileCache&) {
-      return r.value->file->close().then([h = r.value](Status s) {
-        delete h;
-        return s;
+  serve(
+      req, "create",
+      [&](Client&, FileCache& fc) { return wrap(fc.create(parent, name, o), fi->flags); },
+      [info = *fi](fuse_req_t req, const Result<FileHandle*>& r) mutable {
+        if (!r.ok()) return replyStatus(req, r.status);
+        CairnFs& fs = fsOf(req);
+        fuse_entry_param e = entryOf(req, r.value->file->attr());
+        prepareOpen(info, r.value);
+        if (fuse_reply_create(req, &e, &info) != 0) closeUnclaimed(fs, r.value);
       });
-    });
-  }
 }
 
 void cfsRead(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
-  auto r = call(req, "read", [&](Client&, FileCache&) {
-    return handleOf(fi)->file->read(static_cast<uint64_t>(off), static_cast<uint32_t>(size));
-  });
-  if (!r.ok()) {
-    replyStatus(req, r.status);
-    return;
-  }
-  fuse_reply_buf(req, r.value.data(), r.value.size());
+  serve(
+      req, "read",
+      [&](Client&, FileCache&) {
+        return handleOf(fi)->file->read(static_cast<uint64_t>(off), static_cast<uint32_t>(size));
+      },
+      [](fuse_req_t req, const Result<std::string>& r) {
+        if (!r.ok()) return replyStatus(req, r.status);
+        fuse_reply_buf(req, r.value.data(), r.value.size());
+      });
 }
 
 void cfsWrite(fuse_req_t req, fuse_ino_t, const char* buf, size_t size, off_t off,
               fuse_file_info* fi) {
-  std::string data(buf, size);
-  Status s = call(req, "write", [&](Client&, FileCache&) {
-    return handleOf(fi)->file->write(static_cast<uint64_t>(off), std::move(data));
-  });
-  if (!s.ok()) {
-    replyStatus(req, s);
-    return;
-  }
-  fuse_reply_write(req, size);
+  serve(
+      req, "write",
+      [&](Client&, FileCache&) {
+        return handleOf(fi)->file->write(static_cast<uint64_t>(off), std::string(buf, size));
+      },
+      [size](fuse_req_t req, const Status& s) {
+        if (!s.ok()) return replyStatus(req, s);
+        fuse_reply_write(req, size);
+      });
 }
 
 void cfsFlush(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
-  replyStatus(req,
-              call(req, "flush", [&](Client&, FileCache&) { return handleOf(fi)->file->flush(); }));
+  serve(
+      req, "flush", [&](Client&, FileCache&) { return handleOf(fi)->file->flush(); }, replyStatus);
 }
 
 void cfsRelease(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
   FileHandle* h = handleOf(fi);
-  replyStatus(req, call(req, "release", [&](Client&, FileCache&) {
-                return h->file->close().then([h](Status s) {
-                  delete h;
-                  return s;
-                });
-              }));
+  serve(
+      req, "release",
+      [&](Client&, FileCache&) {
+        return h->file->close().then([h](Status s) {
+          delete h;
+          return s;
+        });
+      },
+      replyStatus);
 }
 
 void cfsFsync(fuse_req_t req, fuse_ino_t, int, fuse_file_info* fi) {
-  replyStatus(req,
-              call(req, "fsync", [&](Client&, FileCache&) { return handleOf(fi)->file->fsync(); }));
+  serve(
+      req, "fsync", [&](Client&, FileCache&) { return handleOf(fi)->file->fsync(); }, replyStatus);
 }
 
 // An open directory: the entries read so far, fetched from the master a page at a time.
@@ -410,46 +413,40 @@ struct DirHandle {
 };
 
 void cfsOpendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-  auto r = call(req, "opendir", [&](Client& c, FileCache&) { return c.getattr(ino); });
-  if (!r.ok()) {
-    replyStatus(req, r.status);
-    return;
-  }
-  if (r.value.type != FileType::DIRECTORY) {
-    fuse_reply_err(req, ENOTDIR);
-    return;
-  }
-  auto dir = std::make_unique<DirHandle>();
-  dir->inode = ino;
-  fi->fh = reinterpret_cast<uint64_t>(dir.release());
-  fuse_reply_open(req, fi);
+  serve(
+      req, "opendir", [&](Client& c, FileCache&) { return c.getattr(ino); },
+      [ino, info = *fi](fuse_req_t req, const Result<FileAttr>& r) mutable {
+        if (!r.ok()) return replyStatus(req, r.status);
+        if (r.value.type != FileType::DIRECTORY) return (void)fuse_reply_err(req, ENOTDIR);
+        auto dir = std::make_unique<DirHandle>();
+        dir->inode = ino;
+        info.fh = reinterpret_cast<uint64_t>(dir.release());
+        fuse_reply_open(req, &info);
+      });
 }
 
-void readdirCommon(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
-                   bool plus) {
-  Caller who = callerOf(req);
-  auto* dir = reinterpret_cast<DirHandle*>(fi->fh);
-  // Offsets: 0 is ".", 1 is "..", 2 + i is entries[i]; each entry's offset is the next one's.
-  size_t want = static_cast<size_t>(off) + 64;
-  while (dir->more && dir->entries.size() + 2 < want) {
-    std::string after = dir->entries.empty() ? std::string() : dir->entries.back().name;
-    bool more = false;
-    auto page = call(req, "readdir", [&](Client& c, FileCache& fc) {
-      return c.readdir(ino, after, 1024, &more, who)
-          .then([&fc](Result<std::vector<DirEntryInfo>> r) {
-            if (r.ok()) {
-              for (auto& e : r.value) e.attr = fc.asSeenHere(e.attr);
-            }
-            return r;
-          });
-    });
-    if (!page.ok()) {
-      replyStatus(req, page.status);
-      return;
-    }
-    for (auto& e : page.value) dir->entries.push_back(std::move(e));
-    dir->more = more && !page.value.empty();
-  }
+// Reads pages of `dir` from the master until it holds `want` entries or has them all.
+kj::Promise<Status> fetchEntries(Client& c, FileCache& fc, DirHandle* dir, size_t want,
+                                 Caller who) {
+  if (!dir->more || dir->entries.size() >= want) return Status::OK();
+  std::string after = dir->entries.empty() ? std::string() : dir->entries.back().name;
+  auto more = kj::heap<bool>(false);
+  bool* m = more.get();
+  return c.readdir(dir->inode, after, 1024, m, who)
+      .then([&c, &fc, dir, want, who,
+             m](Result<std::vector<DirEntryInfo>> page) -> kj::Promise<Status> {
+        if (!page.ok()) return page.status;
+        dir->more = *m && !page.value.empty();
+        for (auto& e : page.value) {
+          e.attr = fc.asSeenHere(e.attr);
+          dir->entries.push_back(std::move(e));
+        }
+        return fetchEntries(c, fc, dir, want, who);
+      })
+      .attach(kj::mv(more));
+}
+
+void replyEntries(fuse_req_t req, DirHandle* dir, size_t size, off_t off, bool plus) {
   std::string buf(size, '\0');
   size_t used = 0;
   for (size_t i = static_cast<size_t>(off); i < dir->entries.size() + 2; ++i) {
@@ -461,7 +458,7 @@ void readdirCommon(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_
     if (i < 2) {
       name = i == 0 ? "." : "..";
       st.st_mode = S_IFDIR;
-      st.st_ino = i == 0 ? ino : dir->parent;
+      st.st_ino = i == 0 ? dir->inode : dir->parent;
     } else {
       auto& entry = dir->entries[i - 2];
       name = entry.name;
@@ -479,12 +476,25 @@ void readdirCommon(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_
   fuse_reply_buf(req, buf.data(), used);
 }
 
-void cfsReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
-  readdirCommon(req, ino, size, off, fi, false);
+void readdirCommon(fuse_req_t req, size_t size, off_t off, fuse_file_info* fi, bool plus) {
+  Caller who = callerOf(req);
+  auto* dir = reinterpret_cast<DirHandle*>(fi->fh);
+  // Offsets: 0 is ".", 1 is "..", 2 + i is entries[i]; each entry's offset is the next one's.
+  size_t want = static_cast<size_t>(off) + 62;
+  serve(
+      req, "readdir", [&](Client& c, FileCache& fc) { return fetchEntries(c, fc, dir, want, who); },
+      [dir, size, off, plus](fuse_req_t req, const Status& s) {
+        if (!s.ok()) return replyStatus(req, s);
+        replyEntries(req, dir, size, off, plus);
+      });
 }
 
-void cfsReaddirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
-  readdirCommon(req, ino, size, off, fi, true);
+void cfsReaddir(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
+  readdirCommon(req, size, off, fi, false);
+}
+
+void cfsReaddirplus(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
+  readdirCommon(req, size, off, fi, true);
 }
 
 void cfsReleasedir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
@@ -497,77 +507,83 @@ void cfsFsyncdir(fuse_req_t req, fuse_ino_t, int, fuse_file_info*) {
 }
 
 void cfsStatfs(fuse_req_t req, fuse_ino_t) {
-  auto r = call(req, "statfs", [&](Client& c, FileCache&) { return c.statfs(); });
-  if (!r.ok()) {
-    replyStatus(req, r.status);
-    return;
-  }
-  struct statvfs st;
-  memset(&st, 0, sizeof(st));
-  const uint64_t block = 4096;
-  st.f_bsize = 1 << 20;
-  st.f_frsize = block;
-  st.f_blocks = r.value.capacityBytes / block;
-  st.f_bfree = st.f_bavail = r.value.freeBytes / block;
-  st.f_files = r.value.files + (uint64_t{1} << 32);
-  st.f_ffree = st.f_favail = uint64_t{1} << 32;
-  st.f_namemax = 255;
-  fuse_reply_statfs(req, &st);
+  serve(
+      req, "statfs", [&](Client& c, FileCache&) { return c.statfs(); },
+      [](fuse_req_t req, const Result<Client::FsStats>& r) {
+        if (!r.ok()) return replyStatus(req, r.status);
+        struct statvfs st;
+        memset(&st, 0, sizeof(st));
+        const uint64_t block = 4096;
+        st.f_bsize = 1 << 20;
+        st.f_frsize = block;
+        st.f_blocks = r.value.capacityBytes / block;
+        st.f_bfree = st.f_bavail = r.value.freeBytes / block;
+        st.f_files = r.value.files + (uint64_t{1} << 32);
+        st.f_ffree = st.f_favail = uint64_t{1} << 32;
+        st.f_namemax = 255;
+        fuse_reply_statfs(req, &st);
+      });
 }
 
 void cfsSetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
                  int flags) {
   Caller who = callerOf(req);
-  std::string n = name, v(value, size);
-  replyStatus(req, call(req, "setxattr", [&](Client& c, FileCache&) {
-                return c.setxattr(ino, n, v, static_cast<uint32_t>(flags), who);
-              }));
+  serve(
+      req, "setxattr",
+      [&](Client& c, FileCache&) {
+        return c.setxattr(ino, name, std::string(value, size), static_cast<uint32_t>(flags), who);
+      },
+      replyStatus);
 }
 
-void replySized(fuse_req_t req, const std::string& data, size_t size) {
-  if (size == 0) {
-    fuse_reply_xattr(req, data.size());
-  } else if (size < data.size()) {
-    fuse_reply_err(req, ERANGE);
-  } else {
-    fuse_reply_buf(req, data.data(), data.size());
-  }
+// An xattr value or list: its size when the caller asks with size 0, else the bytes.
+auto replySized(size_t size) {
+  return [size](fuse_req_t req, const Result<std::string>& r) {
+    if (!r.ok()) return replyStatus(req, r.status);
+    if (size == 0) {
+      fuse_reply_xattr(req, r.value.size());
+    } else if (size < r.value.size()) {
+      fuse_reply_err(req, ERANGE);
+    } else {
+      fuse_reply_buf(req, r.value.data(), r.value.size());
+    }
+  };
 }
 
 void cfsGetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
-  std::string n = name;
   Caller who = callerOf(req);
-  auto r = call(req, "getxattr", [&](Client& c, FileCache&) { return c.getxattr(ino, n, who); });
-  if (!r.ok()) {
-    replyStatus(req, r.status);
-    return;
-  }
-  replySized(req, r.value, size);
+  serve(
+      req, "getxattr", [&](Client& c, FileCache&) { return c.getxattr(ino, name, who); },
+      replySized(size));
 }
 
 void cfsListxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
   Caller who = callerOf(req);
-  auto r = call(req, "listxattr", [&](Client& c, FileCache&) { return c.listxattr(ino, who); });
-  if (!r.ok()) {
-    replyStatus(req, r.status);
-    return;
-  }
-  std::string names;
-  for (auto& n : r.value) names.append(n).push_back('\0');
-  replySized(req, names, size);
+  serve(
+      req, "listxattr",
+      [&](Client& c, FileCache&) {
+        return c.listxattr(ino, who).then([](Result<std::vector<std::string>> r) {
+          if (!r.ok()) return Result<std::string>(r.status);
+          std::string names;
+          for (auto& n : r.value) names.append(n).push_back('\0');
+          return Result<std::string>(std::move(names));
+        });
+      },
+      replySized(size));
 }
 
 void cfsRemovexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
   Caller who = callerOf(req);
-  std::string n = name;
-  replyStatus(req, call(req, "removexattr",
-                        [&](Client& c, FileCache&) { return c.removexattr(ino, n, who); }));
+  serve(
+      req, "removexattr", [&](Client& c, FileCache&) { return c.removexattr(ino, name, who); },
+      replyStatus);
 }
 
 void cfsAccess(fuse_req_t req, fuse_ino_t ino, int) {
   // The kernel checks mode bits (default_permissions); this only confirms the inode.
-  auto r = call(req, "access", [&](Client& c, FileCache&) { return c.getattr(ino); });
-  replyStatus(req, r.status);
+  serve(
+      req, "access", [&](Client& c, FileCache&) { return c.getattr(ino); },
+      [](fuse_req_t req, const Result<FileAttr>& r) { replyStatus(req, r.status); });
 }
 
 void cfsFallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
@@ -580,10 +596,12 @@ void cfsFallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t 
   m.keepSize = mode & FALLOC_FL_KEEP_SIZE;
   m.punchHole = mode & FALLOC_FL_PUNCH_HOLE;
   m.zeroRange = mode & FALLOC_FL_ZERO_RANGE;
-  replyStatus(req, call(req, "fallocate", [&](Client&, FileCache& fc) {
-                return fc.fallocate(ino, m, static_cast<uint64_t>(offset),
-                                    static_cast<uint64_t>(length));
-              }));
+  serve(
+      req, "fallocate",
+      [&](Client&, FileCache& fc) {
+        return fc.fallocate(ino, m, static_cast<uint64_t>(offset), static_cast<uint64_t>(length));
+      },
+      replyStatus);
 }
 
 void cfsLseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info*) {
@@ -591,14 +609,15 @@ void cfsLseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_i
     fuse_reply_err(req, EINVAL);  // the kernel handles the others itself
     return;
   }
-  auto r = call(req, "lseek", [&](Client&, FileCache& fc) {
-    return fc.seek(ino, static_cast<uint64_t>(off), whence == SEEK_HOLE);
-  });
-  if (!r.ok()) {
-    replyStatus(req, r.status);
-    return;
-  }
-  fuse_reply_lseek(req, static_cast<off_t>(r.value));
+  serve(
+      req, "lseek",
+      [&](Client&, FileCache& fc) {
+        return fc.seek(ino, static_cast<uint64_t>(off), whence == SEEK_HOLE);
+      },
+      [](fuse_req_t req, const Result<uint64_t>& r) {
+        if (!r.ok()) return replyStatus(req, r.status);
+        fuse_reply_lseek(req, static_cast<off_t>(r.value));
+      });
 }
 
 void cfsCopyFileRange(fuse_req_t req, fuse_ino_t inIno, off_t inOff, fuse_file_info*,
@@ -607,15 +626,16 @@ void cfsCopyFileRange(fuse_req_t req, fuse_ino_t inIno, off_t inOff, fuse_file_i
     fuse_reply_err(req, EINVAL);
     return;
   }
-  auto r = call(req, "copy_file_range", [&](Client&, FileCache& fc) {
-    return fc.copyRange(inIno, static_cast<uint64_t>(inOff), outIno, static_cast<uint64_t>(outOff),
-                        len);
-  });
-  if (!r.ok()) {
-    replyStatus(req, r.status);
-    return;
-  }
-  fuse_reply_write(req, static_cast<size_t>(r.value));
+  serve(
+      req, "copy_file_range",
+      [&](Client&, FileCache& fc) {
+        return fc.copyRange(inIno, static_cast<uint64_t>(inOff), outIno,
+                            static_cast<uint64_t>(outOff), len);
+      },
+      [](fuse_req_t req, const Result<uint64_t>& r) {
+        if (!r.ok()) return replyStatus(req, r.status);
+        fuse_reply_write(req, static_cast<size_t>(r.value));
+      });
 }
 
 }  // namespace
@@ -659,6 +679,69 @@ fuse_lowlevel_ops cairnOperations() {
   ops.lseek = cfsLseek;
   ops.copy_file_range = cfsCopyFileRange;
   return ops;
+}
+
+namespace {
+
+// Reads requests while /dev/fuse has them, a batch at a time so that replies and network
+// events interleave, and waits for it to become readable when it has none. Resolves when
+// the kernel ends the session (an unmount).
+class SessionReader {
+ public:
+  SessionReader(fuse_session* se, kj::UnixEventPort& port)
+      : se(se), observer(port, fuse_session_fd(se), kj::UnixEventPort::FdObserver::OBSERVE_READ) {}
+  ~SessionReader() { free(buf.mem); }
+
+  kj::Promise<void> run() {
+    for (int n = 0; n < 64; ++n) {
+      int got = fuse_session_receive_buf(se, &buf);
+      if (got == -EAGAIN) return observer.whenBecomesReadable().then([this]() { return run(); });
+      if (got == -EINTR) continue;  // a request interrupted before it was read
+      if (got < 0) logError("reading /dev/fuse: {}", strerror(-got));
+      if (got <= 0 || fuse_session_exited(se)) return kj::READY_NOW;
+      fuse_session_process_buf(se, &buf);
+    }
+    return kj::evalLater([this]() { return run(); });
+  }
+
+ private:
+  fuse_session* se;
+  kj::UnixEventPort::FdObserver observer;
+  fuse_buf buf{};
+};
+
+struct LogTaskErrors final : kj::TaskSet::ErrorHandler {
+  void taskFailed(kj::Exception&& e) override {
+    logError("a FUSE request failed: {}", e.getDescription().cStr());
+  }
+};
+
+}  // namespace
+
+kj::Promise<void> serveSession(CairnFs& fs, Client& client, FileCache& cache,
+                               kj::UnixEventPort& port) {
+  int fd = fuse_session_fd(fs.session);
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) {
+    logError("/dev/fuse: cannot make it non-blocking: {}", strerror(errno));
+    return kj::READY_NOW;
+  }
+  auto errors = kj::heap<LogTaskErrors>();
+  auto tasks = kj::heap<kj::TaskSet>(*errors);
+  auto reader = kj::heap<SessionReader>(fs.session, port);
+  fs.client = &client;
+  fs.cache = &cache;
+  fs.tasks = tasks.get();
+  auto stop =
+      port.onSignal(SIGTERM).ignoreResult().exclusiveJoin(port.onSignal(SIGINT).ignoreResult());
+  return reader->run()
+      .exclusiveJoin(kj::mv(stop))
+      .then([&fs]() {
+        fs.tasks = nullptr;  // requests under way are dropped with the session
+        fs.client = nullptr;
+        fs.cache = nullptr;
+      })
+      .attach(kj::mv(reader), kj::mv(tasks), kj::mv(errors));
 }
 
 }  // namespace cairn

@@ -1,12 +1,16 @@
 #pragma once
-// The FUSE low-level operations over libcairn. Each callback copies its arguments, runs
-// the libcairn call on the client's loop, maps the Status to an errno and replies once.
-// No policy lives here: caching, buffering, retries and replica choice are libcairn's.
+// The FUSE low-level operations over libcairn, served on the client's event loop: requests
+// are read from /dev/fuse there, each callback copies its arguments and starts the libcairn
+// call, and the reply (the Status mapped to an errno) goes out when it resolves. No thread
+// hand-off per request, and no policy here: caching, buffering, retries and replica
+// choice are libcairn's.
 
 #define FUSE_USE_VERSION 34
 #include <fuse_lowlevel.h>
+#include <kj/async-unix.h>
 
-#include "blocking_client.h"
+#include "client.h"
+#include "file_cache.h"
 
 namespace cairn {
 
@@ -16,12 +20,21 @@ struct MountOptions {
 };
 
 struct CairnFs {
-  BlockingClient* client = nullptr;  // set before the session loop starts
-  fuse_session* session = nullptr;   // for notifications to the kernel
+  fuse_session* session = nullptr;  // set before serveSession; notifications to the kernel
   MountOptions options;
+  // Set by serveSession, on the loop thread:
+  Client* client = nullptr;
+  FileCache* cache = nullptr;
+  kj::TaskSet* tasks = nullptr;  // requests under way
 };
 
 // The operations table; fuse_req_userdata() of every request is a CairnFs.
 fuse_lowlevel_ops cairnOperations();
+
+// Serves fs.session on this thread's event loop (the one that runs `client`) until the
+// kernel ends it (an unmount) or SIGTERM or SIGINT arrives (both captured with
+// UnixEventPort::captureSignal before any thread started).
+kj::Promise<void> serveSession(CairnFs& fs, Client& client, FileCache& cache,
+                               kj::UnixEventPort& port);
 
 }  // namespace cairn

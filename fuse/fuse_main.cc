@@ -1,7 +1,8 @@
 // cairn-mount: mounts a Cairn cluster. Parses flags, checks the master, mounts,
-// daemonizes, runs the multi-threaded FUSE loop, and unmounts on SIGTERM/SIGINT or
-// `fusermount3 -u`.
+// daemonizes, serves the FUSE session on the client's event loop, and unmounts on
+// SIGTERM/SIGINT or `fusermount3 -u`.
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -28,7 +29,8 @@ const char* USAGE =
     "  [--insecure]    plaintext, for one trusted host (or CAIRN_INSECURE=1)\n"
     "options (-o): entry_timeout=SECONDS, attr_timeout=SECONDS (default 1), standby_reads\n"
     "  (stat, lookup, readdir and locations from a standby master in sync; also\n"
-    "  CAIRN_STANDBY_READS=1), and any FUSE mount option. The mount always has allow_other and default_permissions.\n";
+    "  CAIRN_STANDBY_READS=1), and any FUSE mount option. The mount always has allow_other and "
+    "default_permissions.\n";
 
 struct Args {
   std::string master;
@@ -123,6 +125,17 @@ int main(int argc, char** argv) {
   clientOptions.seed = static_cast<uint64_t>(getpid());
   clientOptions.standbyReads = args.standbyReads;
 
+  // SIGTERM and SIGINT end the session on the loop that serves it; SIGHUP reloads the
+  // certificate (waited for by a thread). All three stay blocked in every thread, which
+  // is why this comes before the first thread starts.
+  kj::UnixEventPort::captureSignal(SIGTERM);
+  kj::UnixEventPort::captureSignal(SIGINT);
+  sigset_t hup;
+  sigemptyset(&hup);
+  sigaddset(&hup, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &hup, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
   // Refuse to mount a cluster that cannot be reached: say so now, not as EIO later.
   {
     BlockingClient probe(clientOptions);
@@ -151,44 +164,36 @@ int main(int argc, char** argv) {
   fuse_session* se = fuse_session_new(&fa, &ops, sizeof(ops), &fs);
   if (se == nullptr) return 1;
   int rc = 1;
-  if (fuse_set_signal_handlers(se) == 0) {
-    if (fuse_session_mount(se, args.mountpoint.c_str()) == 0) {
-      fuse_daemonize(args.foreground ? 1 : 0);
-      {
-        // The client's loop thread starts after daemonizing: fork keeps no threads.
-        // SIGHUP reloads the certificate (blocked in every thread but the one waiting).
-        sigset_t hup;
-        sigemptyset(&hup);
-        sigaddset(&hup, SIGHUP);
-        pthread_sigmask(SIG_BLOCK, &hup, nullptr);
-        std::thread([hup, tls = security.value.tls]() {
-          for (int sig = 0; sigwait(&hup, &sig) == 0;) {
-            if (!tls) continue;
-            Status s = tls->reload();
-            if (s.ok()) {
-              logInfo("SIGHUP: credentials in {} reloaded", tls->directory());
-            } else {
-              logError("SIGHUP: credentials not reloaded, the old ones stay: {}", s.message());
-            }
-          }
-        }).detach();
-        BlockingClient client(clientOptions);
-        fs.client = &client;
-        fs.session = se;
-        logInfo("mounted {} at {}", args.master, args.mountpoint);
-        fuse_loop_config config;
-        memset(&config, 0, sizeof(config));
-        config.clone_fd = 0;
-        config.max_idle_threads = 16;
-        rc = fuse_session_loop_mt(se, &config);
-        fuse_session_unmount(se);
-        fs.client = nullptr;
+  if (fuse_session_mount(se, args.mountpoint.c_str()) == 0) {
+    fuse_daemonize(args.foreground ? 1 : 0);
+    // The client's loop thread starts after daemonizing: fork keeps no threads.
+    std::thread([hup, tls = security.value.tls]() {
+      for (int sig = 0; sigwait(&hup, &sig) == 0;) {
+        if (!tls) continue;
+        Status s = tls->reload();
+        if (s.ok()) {
+          logInfo("SIGHUP: credentials in {} reloaded", tls->directory());
+        } else {
+          logError("SIGHUP: credentials not reloaded, the old ones stay: {}", s.message());
+        }
       }
-      logInfo("unmounted {}", args.mountpoint);
+    }).detach();
+    {
+      BlockingClient client(clientOptions);
+      fs.session = se;
+      logInfo("mounted {} at {}", args.master, args.mountpoint);
+      try {
+        client.run(
+            [&](Client& c, FileCache& fc) { return serveSession(fs, c, fc, client.eventPort()); });
+        rc = 0;
+      } catch (const kj::Exception& e) {
+        logError("serving the mount: {}", e.getDescription().cStr());
+      }
+      fuse_session_unmount(se);
     }
-    fuse_remove_signal_handlers(se);
+    logInfo("unmounted {}", args.mountpoint);
   }
   fuse_session_destroy(se);
   fuse_opt_free_args(&fa);
-  return rc == 0 ? 0 : 1;
+  return rc;
 }
