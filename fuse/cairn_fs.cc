@@ -8,10 +8,12 @@
 #include <sys/xattr.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <ctime>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "errno_map.h"
@@ -124,16 +126,47 @@ kj::Promise<Result<FileAttr>> seenHere(FileCache& fc, kj::Promise<Result<FileAtt
   });
 }
 
+// The supplementary groups of recent callers: libfuse reads them from /proc/PID/task/TID/
+// status, an open and a parse per request that made a tenth of the mount's CPU in a create
+// loop. Kept a second per (pid, uid, gid), as NFS clients keep credentials: a process whose
+// groups change (setgroups) is seen with its old ones that long. The kernel checks every
+// call with its current ones first (default_permissions), so a stale list can only refuse
+// what a fresh one would allow. Used on the loop thread only.
+struct CallerGroups {
+  uid_t uid;
+  gid_t gid;
+  std::vector<gid_t> groups;
+  std::chrono::steady_clock::time_point until;
+};
+std::unordered_map<pid_t, CallerGroups> callerGroups;
+
+const std::vector<gid_t>& groupsOf(fuse_req_t req, const fuse_ctx* ctx) {
+  auto now = std::chrono::steady_clock::now();
+  auto it = callerGroups.find(ctx->pid);
+  if (it != callerGroups.end() && it->second.uid == ctx->uid && it->second.gid == ctx->gid &&
+      now < it->second.until) {
+    return it->second.groups;
+  }
+  if (callerGroups.size() >= 4096) {
+    std::erase_if(callerGroups, [now](const auto& e) { return e.second.until <= now; });
+  }
+  CallerGroups& entry = callerGroups[ctx->pid];
+  entry = CallerGroups{ctx->uid, ctx->gid, {}, now + std::chrono::seconds(1)};
+  gid_t groups[64];
+  int n = fuse_req_getgroups(req, 64, groups);
+  for (int i = 0; i < n && i < 64; ++i) {
+    if (groups[i] != ctx->gid) entry.groups.push_back(groups[i]);
+  }
+  return entry.groups;
+}
+
 // The calling process, for the master's permission checks: its uid, its group first, then
 // its supplementary groups.
 Caller callerOf(fuse_req_t req) {
   const fuse_ctx* ctx = fuse_req_ctx(req);
   Caller who{ctx->uid, {ctx->gid}};
-  gid_t groups[64];
-  int n = fuse_req_getgroups(req, 64, groups);
-  for (int i = 0; i < n && i < 64; ++i) {
-    if (groups[i] != ctx->gid) who.gids.push_back(groups[i]);
-  }
+  auto& groups = groupsOf(req, ctx);
+  who.gids.insert(who.gids.end(), groups.begin(), groups.end());
   return who;
 }
 
