@@ -395,7 +395,44 @@ kj::Promise<Result<FileAttr>> Client::lookup(uint64_t parent, std::string name,
   return callMaster<Result<FileAttr>>(as, kj::mv(req), [](auto& r) { return attrResult(r); });
 }
 
+template <typename Response>
+void Client::noteDirs(Response& r, std::initializer_list<uint64_t> changed,
+                      uint64_t forgetsBefore) {
+  std::vector<FileAttr> dirs;
+  // Attributes from a call that was on its way while other attributes were forgotten (a
+  // chmod, say) may predate that change: not kept.
+  if (opts.dirAttrTtl > 0 * kj::SECONDS && r.hasDirs() && forgetsBefore == dirForgets) {
+    for (auto d : r.getDirs()) dirs.push_back(attrFromWire(d));
+  }
+  auto now = timer.now();
+  if (freshDirs.size() >= 4096) {
+    std::erase_if(freshDirs, [now](const auto& e) { return e.second.until <= now; });
+  }
+  for (uint64_t d : changed) {
+    auto back = std::find_if(dirs.begin(), dirs.end(), [d](const FileAttr& a) {
+      return a.inode == d && a.type == FileType::DIRECTORY;
+    });
+    auto kept = freshDirs.find(d);
+    if (back == dirs.end()) {
+      if (kept != freshDirs.end()) freshDirs.erase(kept);
+    } else if (kept == freshDirs.end() || kept->second.attr.ctimeNs <= back->ctimeNs) {
+      // Of two calls in flight at once, the later change's attributes stay.
+      freshDirs.insert_or_assign(d, FreshDir{*back, now + opts.dirAttrTtl});
+    }
+  }
+}
+
+void Client::forgetDir(uint64_t inode) {
+  freshDirs.erase(inode);
+  dirForgets++;
+}
+
 kj::Promise<Result<FileAttr>> Client::getattr(uint64_t inode, std::optional<Caller> as) {
+  auto fresh = freshDirs.find(inode);
+  if (fresh != freshDirs.end()) {
+    if (timer.now() < fresh->second.until) return Result<FileAttr>(fresh->second.attr);
+    freshDirs.erase(fresh);
+  }
   auto req = master(as).getattrRequest();
   req.setInode(inode);
   return callMaster<Result<FileAttr>>(as, kj::mv(req), [](auto& r) { return attrResult(r); });
@@ -407,7 +444,11 @@ kj::Promise<Result<FileAttr>> Client::mkdir(uint64_t parent, std::string name, u
   req.setParent(parent);
   req.setName(name);
   req.setMode(mode);
-  return callMaster<Result<FileAttr>>(as, kj::mv(req), [](auto& r) { return attrResult(r); });
+  return callMaster<Result<FileAttr>>(as, kj::mv(req),
+                                      [this, parent, forgets = dirForgets](auto& r) {
+                                        noteDirs(r, {parent}, forgets);
+                                        return attrResult(r);
+                                      });
 }
 
 kj::Promise<Result<FileAttr>> Client::create(uint64_t parent, std::string name, uint32_t mode,
@@ -420,16 +461,20 @@ kj::Promise<Result<FileAttr>> Client::create(uint64_t parent, std::string name, 
   req.setReplication(replication);
   req.setExclusive(exclusive);
   req.setOpen(open);
-  return callMaster<Result<FileAttr>>(as, kj::mv(req), [this, open, as](auto& r) {
-    auto a = attrResult(r);
-    if (open && a.ok()) held[a.value.inode].push_back(HeldOpen{as, ACCESS_WRITE});
-    return a;
-  });
+  return callMaster<Result<FileAttr>>(as, kj::mv(req),
+                                      [this, open, as, parent, forgets = dirForgets](auto& r) {
+                                        noteDirs(r, {parent}, forgets);
+                                        auto a = attrResult(r);
+                                        if (open && a.ok())
+                                          held[a.value.inode].push_back(HeldOpen{as, ACCESS_WRITE});
+                                        return a;
+                                      });
 }
 
 kj::Promise<Result<FileAttr>> Client::setattr(uint64_t inode, SetAttrRequest a,
                                               std::optional<Caller> as) {
   forgetLayout(inode);
+  forgetDir(inode);
   appendHints.erase(inode);  // a new size, and a new version of the last chunk
   auto req = master(as).setattrRequest();
   req.setInode(inode);
@@ -574,14 +619,20 @@ kj::Promise<Status> Client::unlink(uint64_t parent, std::string name, std::optio
   auto req = master(as).unlinkRequest();
   req.setParent(parent);
   req.setName(name);
-  return callMaster<Status>(as, kj::mv(req), [](auto& r) { return statusOf(r); });
+  return callMaster<Status>(as, kj::mv(req), [this, parent, forgets = dirForgets](auto& r) {
+    noteDirs(r, {parent}, forgets);
+    return statusOf(r);
+  });
 }
 
 kj::Promise<Status> Client::rmdir(uint64_t parent, std::string name, std::optional<Caller> as) {
   auto req = master(as).rmdirRequest();
   req.setParent(parent);
   req.setName(name);
-  return callMaster<Status>(as, kj::mv(req), [](auto& r) { return statusOf(r); });
+  return callMaster<Status>(as, kj::mv(req), [this, parent, forgets = dirForgets](auto& r) {
+    noteDirs(r, {parent}, forgets);
+    return statusOf(r);
+  });
 }
 
 kj::Promise<Status> Client::rename(uint64_t srcParent, std::string srcName, uint64_t dstParent,
@@ -592,7 +643,11 @@ kj::Promise<Status> Client::rename(uint64_t srcParent, std::string srcName, uint
   req.setDstParent(dstParent);
   req.setDstName(dstName);
   req.setNoReplace(noReplace);
-  return callMaster<Status>(as, kj::mv(req), [](auto& r) { return statusOf(r); });
+  return callMaster<Status>(as, kj::mv(req),
+                            [this, srcParent, dstParent, forgets = dirForgets](auto& r) {
+                              noteDirs(r, {srcParent, dstParent}, forgets);
+                              return statusOf(r);
+                            });
 }
 
 kj::Promise<Result<FileAttr>> Client::symlink(uint64_t parent, std::string name, std::string target,
@@ -601,7 +656,11 @@ kj::Promise<Result<FileAttr>> Client::symlink(uint64_t parent, std::string name,
   req.setParent(parent);
   req.setName(name);
   req.setTarget(target);
-  return callMaster<Result<FileAttr>>(as, kj::mv(req), [](auto& r) { return attrResult(r); });
+  return callMaster<Result<FileAttr>>(as, kj::mv(req),
+                                      [this, parent, forgets = dirForgets](auto& r) {
+                                        noteDirs(r, {parent}, forgets);
+                                        return attrResult(r);
+                                      });
 }
 
 kj::Promise<Result<std::string>> Client::readlink(uint64_t inode, std::optional<Caller> as) {
@@ -620,11 +679,16 @@ kj::Promise<Result<FileAttr>> Client::link(uint64_t inode, uint64_t newParent, s
   req.setInode(inode);
   req.setNewParent(newParent);
   req.setNewName(newName);
-  return callMaster<Result<FileAttr>>(as, kj::mv(req), [](auto& r) { return attrResult(r); });
+  return callMaster<Result<FileAttr>>(as, kj::mv(req),
+                                      [this, newParent, forgets = dirForgets](auto& r) {
+                                        noteDirs(r, {newParent}, forgets);
+                                        return attrResult(r);
+                                      });
 }
 
 kj::Promise<Result<FileAttr>> Client::snapshot(uint64_t source, uint64_t parent, std::string name,
                                                std::optional<Caller> as) {
+  forgetDir(parent);
   auto req = master(as).snapshotRequest();
   req.setSource(source);
   req.setParent(parent);
@@ -643,11 +707,16 @@ kj::Promise<Result<FileAttr>> Client::mknod(uint64_t parent, std::string name, F
   req.setType(type);
   req.setMode(mode);
   req.setRdev(rdev);
-  return callMaster<Result<FileAttr>>(as, kj::mv(req), [](auto& r) { return attrResult(r); });
+  return callMaster<Result<FileAttr>>(as, kj::mv(req),
+                                      [this, parent, forgets = dirForgets](auto& r) {
+                                        noteDirs(r, {parent}, forgets);
+                                        return attrResult(r);
+                                      });
 }
 
 kj::Promise<Status> Client::setxattr(uint64_t inode, std::string name, std::string value,
                                      uint32_t flags, std::optional<Caller> as) {
+  forgetDir(inode);  // its ctime, or its goal, changes
   auto req = master(as).setxattrRequest();
   req.setInode(inode);
   req.setName(name);
@@ -691,6 +760,7 @@ kj::Promise<Result<std::vector<std::string>>> Client::listxattr(uint64_t inode,
 
 kj::Promise<Status> Client::removexattr(uint64_t inode, std::string name,
                                         std::optional<Caller> as) {
+  forgetDir(inode);  // its ctime, or its goal, changes
   auto req = master(as).removexattrRequest();
   req.setInode(inode);
   req.setName(name);
@@ -706,6 +776,7 @@ kj::Promise<Result<Client::FsStats>> Client::statfs() {
 
 kj::Promise<Result<FileAttr>> Client::setReplication(uint64_t inode, uint8_t replication,
                                                      std::optional<Caller> as) {
+  forgetDir(inode);  // its ctime, or its goal, changes
   auto req = master(as).setReplicationRequest();
   req.setInode(inode);
   req.setReplication(replication);
@@ -756,6 +827,8 @@ kj::Promise<Result<std::vector<TrashInfo>>> Client::trashList(std::optional<Call
 }
 
 kj::Promise<Result<FileAttr>> Client::trashRestore(std::string path, std::optional<Caller> as) {
+  freshDirs.clear();  // the restored entry's directory, wherever it is
+  dirForgets++;
   auto req = master(as).trashRestoreRequest();
   req.setPath(path);
   return callMaster<Result<FileAttr>>(as, kj::mv(req), [](auto& r) { return attrResult(r); });

@@ -124,6 +124,9 @@ int main(int argc, char** argv) {
   clientOptions.localHosts.push_back("127.0.0.1");
   clientOptions.seed = static_cast<uint64_t>(getpid());
   clientOptions.standbyReads = args.standbyReads;
+  // A directory's attributes as this mount's last change in it left them, for as long as
+  // the kernel may cache attributes.
+  clientOptions.dirAttrTtl = static_cast<int64_t>(args.mount.attrTimeout * 1e9) * kj::NANOSECONDS;
 
   // SIGTERM and SIGINT end the session on the loop that serves it; SIGHUP reloads the
   // certificate (waited for by a thread). All three stay blocked in every thread, which

@@ -167,20 +167,22 @@ class ClientServiceImpl final : public wire::ClientService::Server {
   kj::Promise<void> mkdir(MkdirContext context) override {
     if (refused(context)) return kj::READY_NOW;
     auto p = context.getParams();
-    return replyLater(context,
-                      auth.mkdir(who.value, p.getParent(), text(p.getName()), p.getMode()));
+    return replyLater(context, auth.mkdir(who.value, p.getParent(), text(p.getName()), p.getMode()),
+                      {p.getParent()});
   }
 
   kj::Promise<void> create(CreateContext context) override {
     if (refused(context)) return kj::READY_NOW;
     auto p = context.getParams();
     bool open = p.getOpen();
-    return replyLater(context, auth.create(who.value, p.getParent(), text(p.getName()), p.getMode(),
-                                           p.getReplication(), p.getExclusive(), open)
-                                   .then([this, open](MutationResult r) {
-                                     if (open && r.status.ok()) hold(r.inode.inode, MAY_WRITE);
-                                     return r;
-                                   }));
+    return replyLater(context,
+                      auth.create(who.value, p.getParent(), text(p.getName()), p.getMode(),
+                                  p.getReplication(), p.getExclusive(), open)
+                          .then([this, open](MutationResult r) {
+                            if (open && r.status.ok()) hold(r.inode.inode, MAY_WRITE);
+                            return r;
+                          }),
+                      {p.getParent()});
   }
 
   kj::Promise<void> open(OpenContext context) override {
@@ -253,21 +255,24 @@ class ClientServiceImpl final : public wire::ClientService::Server {
   kj::Promise<void> unlink(UnlinkContext context) override {
     if (refused(context)) return kj::READY_NOW;
     auto p = context.getParams();
-    return replyStatus(context, auth.unlink(who.value, p.getParent(), text(p.getName())));
+    return replyStatus(context, auth.unlink(who.value, p.getParent(), text(p.getName())),
+                       {p.getParent()});
   }
 
   kj::Promise<void> rmdir(RmdirContext context) override {
     if (refused(context)) return kj::READY_NOW;
     auto p = context.getParams();
-    return replyStatus(context, auth.rmdir(who.value, p.getParent(), text(p.getName())));
+    return replyStatus(context, auth.rmdir(who.value, p.getParent(), text(p.getName())),
+                       {p.getParent()});
   }
 
   kj::Promise<void> rename(RenameContext context) override {
     if (refused(context)) return kj::READY_NOW;
     auto p = context.getParams();
-    return replyStatus(
-        context, auth.rename(who.value, p.getSrcParent(), text(p.getSrcName()), p.getDstParent(),
-                             text(p.getDstName()), p.getNoReplace()));
+    return replyStatus(context,
+                       auth.rename(who.value, p.getSrcParent(), text(p.getSrcName()),
+                                   p.getDstParent(), text(p.getDstName()), p.getNoReplace()),
+                       {p.getSrcParent(), p.getDstParent()});
   }
 
   kj::Promise<void> snapshot(SnapshotContext context) override {
@@ -512,7 +517,8 @@ class ClientServiceImpl final : public wire::ClientService::Server {
     if (refused(context)) return kj::READY_NOW;
     auto p = context.getParams();
     return replyLater(
-        context, auth.symlink(who.value, p.getParent(), text(p.getName()), text(p.getTarget())));
+        context, auth.symlink(who.value, p.getParent(), text(p.getName()), text(p.getTarget())),
+        {p.getParent()});
   }
 
   kj::Promise<void> readlink(ReadlinkContext context) override {
@@ -528,7 +534,8 @@ class ClientServiceImpl final : public wire::ClientService::Server {
     if (refused(context)) return kj::READY_NOW;
     auto p = context.getParams();
     return replyLater(context,
-                      auth.link(who.value, p.getInode(), p.getNewParent(), text(p.getNewName())));
+                      auth.link(who.value, p.getInode(), p.getNewParent(), text(p.getNewName())),
+                      {p.getNewParent()});
   }
 
   kj::Promise<void> mknod(MknodContext context) override {
@@ -539,8 +546,10 @@ class ClientServiceImpl final : public wire::ClientService::Server {
       toWire(Status::invalidArgument("unknown file type"), context.getResults().initStatus());
       return kj::READY_NOW;
     }
-    return replyLater(context, auth.mknod(who.value, p.getParent(), text(p.getName()), type,
-                                          p.getMode(), p.getRdev()));
+    return replyLater(
+        context,
+        auth.mknod(who.value, p.getParent(), text(p.getName()), type, p.getMode(), p.getRdev()),
+        {p.getParent()});
   }
 
   kj::Promise<void> setxattr(SetxattrContext context) override {
@@ -636,22 +645,47 @@ class ClientServiceImpl final : public wire::ClientService::Server {
     if (r.ok()) fillAttr(r.value, ns.chunkSize(), results.initAttr());
   }
 
+  // `dirs`: the directories the call changes, whose attributes go back with a success (in
+  // results that have `dirs`).
   template <typename Context>
-  kj::Promise<void> replyLater(Context& context, kj::Promise<MutationResult> pending) {
-    return pending.then([this, context](MutationResult r) mutable {
+  kj::Promise<void> replyLater(Context& context, kj::Promise<MutationResult> pending,
+                               std::vector<uint64_t> dirs = {}) {
+    return pending.then([this, context, dirs = std::move(dirs)](MutationResult r) mutable {
       r = master.finish(std::move(r));
       auto results = context.getResults();
       toWire(r.status, results.initStatus());
-      if (r.status.ok()) fillAttr(r.inode, ns.chunkSize(), results.initAttr());
+      if (!r.status.ok()) return;
+      fillAttr(r.inode, ns.chunkSize(), results.initAttr());
+      fillDirs(results, dirs);
     });
   }
 
   template <typename Context>
-  kj::Promise<void> replyStatus(Context& context, kj::Promise<MutationResult> pending) {
-    return pending.then([this, context](MutationResult r) mutable {
+  kj::Promise<void> replyStatus(Context& context, kj::Promise<MutationResult> pending,
+                                std::vector<uint64_t> dirs) {
+    return pending.then([this, context, dirs = std::move(dirs)](MutationResult r) mutable {
       r = master.finish(std::move(r));
-      toWire(r.status, context.getResults().initStatus());
+      auto results = context.getResults();
+      toWire(r.status, results.initStatus());
+      if (r.status.ok()) fillDirs(results, dirs);
     });
+  }
+
+  template <typename Results>
+  void fillDirs(Results& results, std::vector<uint64_t> dirs) {
+    if constexpr (requires { results.initDirs(0); }) {
+      std::sort(dirs.begin(), dirs.end());
+      dirs.erase(std::unique(dirs.begin(), dirs.end()), dirs.end());
+      std::vector<Inode> found;
+      for (uint64_t d : dirs) {
+        auto a = ns.getattr(d);
+        if (a.ok()) found.push_back(std::move(a.value));
+      }
+      auto list = results.initDirs(static_cast<uint>(found.size()));
+      for (size_t i = 0; i < found.size(); ++i) {
+        fillAttr(found[i], ns.chunkSize(), list[static_cast<uint>(i)]);
+      }
+    }
   }
 
   Master& master;

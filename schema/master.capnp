@@ -143,20 +143,27 @@ interface ClientService {
   # most 255 bytes. Inode 1 is the root directory.
   lookup @0 (parent :UInt64, name :Text) -> (status :Status, attr :Attr);
   getattr @1 (inode :UInt64) -> (status :Status, attr :Attr);
-  mkdir @2 (parent :UInt64, name :Text, mode :UInt32, requestId :RequestId) -> (status :Status, attr :Attr);
+  mkdir @2 (parent :UInt64, name :Text, mode :UInt32, requestId :RequestId)
+      -> (status :Status, attr :Attr, dirs :List(Attr));
   create @3 (parent :UInt64, name :Text, mode :UInt32, replication :UInt8, exclusive :Bool,
-             open :Bool, requestId :RequestId) -> (status :Status, attr :Attr);
+             open :Bool, requestId :RequestId) -> (status :Status, attr :Attr, dirs :List(Attr));
   # replication 0 means the default goal. Without `exclusive`, an existing regular
   # file is returned as it is. With `open`, the file is opened for writing as by open().
-  # New entries belong to the caller (see asCaller).
+  # New entries belong to the caller (see asCaller). `dirs`, in the results of calls that
+  # change directories (mkdir, create, unlink, rmdir, rename, symlink, link, mknod): those
+  # directories as the call left them, so that a client need not ask for them again (a
+  # kernel asks for a directory's attributes after every change in it). Absent when the
+  # outcome was replayed from the retry cache.
   setattr @4 (inode :UInt64, set :SetAttr, requestId :RequestId) -> (status :Status, attr :Attr);
   readdir @5 (inode :UInt64, after :Text, limit :UInt32)
       -> (status :Status, entries :List(DirEntry), more :Bool);
   # Entries sorted by name, strictly after `after`; at most `limit` (capped at 4096).
-  unlink @6 (parent :UInt64, name :Text, requestId :RequestId) -> (status :Status);
-  rmdir @7 (parent :UInt64, name :Text, requestId :RequestId) -> (status :Status);
+  unlink @6 (parent :UInt64, name :Text, requestId :RequestId)
+      -> (status :Status, dirs :List(Attr));
+  rmdir @7 (parent :UInt64, name :Text, requestId :RequestId)
+      -> (status :Status, dirs :List(Attr));
   rename @8 (srcParent :UInt64, srcName :Text, dstParent :UInt64, dstName :Text,
-             noReplace :Bool, requestId :RequestId) -> (status :Status);
+             noReplace :Bool, requestId :RequestId) -> (status :Status, dirs :List(Attr));
   # noReplace: fail with alreadyExists rather than replace (RENAME_NOREPLACE).
   resolve @9 (path :Text) -> (status :Status, attr :Attr);
   # An absolute path, for tools that speak in paths.
@@ -182,12 +189,14 @@ interface ClientService {
   clusterInfo @15 () -> (chunkSize :UInt64, servers :List(ServerInfo), defaultReplication :UInt8);
 
   # More namespace.
-  symlink @16 (parent :UInt64, name :Text, target :Text, requestId :RequestId) -> (status :Status, attr :Attr);
+  symlink @16 (parent :UInt64, name :Text, target :Text, requestId :RequestId)
+      -> (status :Status, attr :Attr, dirs :List(Attr));
   readlink @17 (inode :UInt64) -> (status :Status, target :Text);
-  link @18 (inode :UInt64, newParent :UInt64, newName :Text, requestId :RequestId) -> (status :Status, attr :Attr);
+  link @18 (inode :UInt64, newParent :UInt64, newName :Text, requestId :RequestId)
+      -> (status :Status, attr :Attr, dirs :List(Attr));
   mknod @19 (parent :UInt64, name :Text, type :Common.FileType, mode :UInt32, rdev :UInt64,
              requestId :RequestId)
-      -> (status :Status, attr :Attr);
+      -> (status :Status, attr :Attr, dirs :List(Attr));
   # Extended attributes: names under "user."; user.cairn.replication and user.cairn.chunks
   # are the replication goal and the chunk map (JSON), computed by the master.
   setxattr @20 (inode :UInt64, name :Text, value :Data, flags :UInt32, requestId :RequestId) -> (status :Status);

@@ -45,6 +45,63 @@ class ClientTest : public ::testing::Test {
   testing::InProcessCluster cluster;
 };
 
+// How many getattr calls the master has answered.
+double getattrCalls(Master& m) {
+  std::string text = m.metrics().render();
+  std::string key = "cairn_master_request_duration_seconds_count{method=\"getattr\"} ";
+  size_t at = text.find(key);
+  return at == std::string::npos ? 0 : std::stod(text.substr(at + key.size()));
+}
+
+TEST_F(ClientTest, ADirectorysAttributesComeBackWithEachChangeInIt) {
+  // A mount's client keeps what each change brought back, as the kernel would have kept
+  // it had it not dropped it: no getattr goes to the master for the directory meanwhile.
+  auto mine = cluster.newClient([](ClientOptions& o) { o.dirAttrTtl = 30 * kj::SECONDS; });
+  auto dir = wait(mine->mkdir(1, "d", 0755));
+  ASSERT_TRUE(dir.ok()) << dir.status.toString();
+  uint64_t d = dir.value.inode;
+  double before = getattrCalls(cluster.master());
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_TRUE(wait(mine->create(d, "f" + std::to_string(i), 0644, 3, true)).ok());
+    auto a = wait(mine->getattr(d));
+    ASSERT_TRUE(a.ok());
+    auto truth = wait(client().getattr(d));  // asks the master
+    ASSERT_TRUE(truth.ok());
+    EXPECT_EQ(a.value.mtimeNs, truth.value.mtimeNs) << "after create " << i;
+    EXPECT_EQ(a.value.ctimeNs, truth.value.ctimeNs);
+  }
+  ASSERT_TRUE(wait(mine->mkdir(d, "sub", 0700)).ok());
+  auto a = wait(mine->getattr(d));
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a.value.nlink, 3u) << "a subdirectory's '..' counts";
+  ASSERT_TRUE(wait(mine->unlink(d, "f0")).ok());
+  ASSERT_TRUE(wait(mine->rename(d, "f1", 1, "moved")).ok());
+  a = wait(mine->getattr(d));
+  auto truth = wait(client().getattr(d));
+  ASSERT_TRUE(a.ok() && truth.ok());
+  EXPECT_EQ(a.value.mtimeNs, truth.value.mtimeNs);
+  // Only the six checks above asked the master.
+  EXPECT_EQ(getattrCalls(cluster.master()) - before, 6);
+
+  // A change whose answer brings no attributes (chmod) forgets them: the next getattr asks.
+  SetAttrRequest chmod;
+  chmod.mode = 0711;
+  ASSERT_TRUE(wait(mine->setattr(d, chmod)).ok());
+  a = wait(mine->getattr(d));
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a.value.mode & 07777, 0711u);
+  // Another client's change is not seen until the attributes expire (as with the kernel's
+  // attr_timeout); a client without the option always asks.
+  ASSERT_TRUE(wait(mine->create(d, "g", 0644, 3, true)).ok());
+  auto kept = wait(mine->getattr(d));
+  ASSERT_TRUE(wait(client().create(d, "h", 0644, 3, true)).ok());
+  auto seen = wait(mine->getattr(d));
+  truth = wait(client().getattr(d));
+  ASSERT_TRUE(kept.ok() && seen.ok() && truth.ok());
+  EXPECT_EQ(seen.value.ctimeNs, kept.value.ctimeNs);
+  EXPECT_GE(truth.value.ctimeNs, kept.value.ctimeNs);
+}
+
 TEST_F(ClientTest, WritesAndReadsAcrossChunks) {
   uint64_t f = createFile("f");
   std::string data = testing::randomBytes(3 * CHUNK + 12345, 11);

@@ -140,11 +140,13 @@ InProcessCluster::InProcessCluster(kj::AsyncIoContext& io, size_t count, uint64_
   clientPtr = newClient();
 }
 
-std::unique_ptr<Client> InProcessCluster::newClient() {
+std::unique_ptr<Client> InProcessCluster::newClient(
+    const std::function<void(ClientOptions&)>& adjust) {
   ClientOptions copts;
   copts.master = masterAddr;
   copts.retryFor = 5 * kj::SECONDS;
   copts.security = ca.security(Role::ADMIN, "admin");
+  if (adjust) adjust(copts);
   return std::make_unique<Client>(copts, io.provider->getNetwork(), io.provider->getTimer());
 }
 

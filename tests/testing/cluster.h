@@ -8,6 +8,7 @@
 #include <leveldb/env.h>
 #include <sys/types.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -67,8 +68,9 @@ class InProcessCluster {
   ~InProcessCluster();
 
   Client& client() { return *clientPtr; }
-  // Another client of the cluster (an admin's), on the same loop.
-  std::unique_ptr<Client> newClient();
+  // Another client of the cluster (an admin's), on the same loop; `adjust` may change its
+  // options.
+  std::unique_ptr<Client> newClient(const std::function<void(ClientOptions&)>& adjust = nullptr);
   Master& master() { return *masterPtr; }
   std::string masterAddress() const { return masterAddr; }
   Chunkserver& chunkserver(size_t i) { return *servers[i]->node; }
