@@ -643,11 +643,12 @@ kj::Promise<Status> Client::rename(uint64_t srcParent, std::string srcName, uint
   req.setDstParent(dstParent);
   req.setDstName(dstName);
   req.setNoReplace(noReplace);
-  return callMaster<Status>(as, kj::mv(req),
-                            [this, srcParent, dstParent, forgets = dirForgets](auto& r) {
-                              noteDirs(r, {srcParent, dstParent}, forgets);
-                              return statusOf(r);
-                            });
+  return callMaster<Status>(as, kj::mv(req), [this, srcParent, dstParent](auto& r) {
+    // A directory moved has a new ctime, and one being moved may be one kept here.
+    freshDirs.clear();
+    noteDirs(r, {srcParent, dstParent}, ++dirForgets);
+    return statusOf(r);
+  });
 }
 
 kj::Promise<Result<FileAttr>> Client::symlink(uint64_t parent, std::string name, std::string target,

@@ -127,8 +127,8 @@ kj::Promise<Result<FileAttr>> seenHere(FileCache& fc, kj::Promise<Result<FileAtt
 }
 
 // The supplementary groups of recent callers: libfuse reads them from /proc/PID/task/TID/
-// status, an open and a parse per request that made a tenth of the mount's CPU in a create
-// loop. Kept a second per (pid, uid, gid), as NFS clients keep credentials: a process whose
+// status, an open and a parse per request that made about a fifth of the mount's CPU in a
+// create loop. Kept a second per (pid, uid, gid), as NFS clients keep credentials: a process whose
 // groups change (setgroups) is seen with its old ones that long. The kernel checks every
 // call with its current ones first (default_permissions), so a stale list can only refuse
 // what a fresh one would allow. Used on the loop thread only.
