@@ -6,7 +6,8 @@
 //                   [--files N] [--parallel P]
 //
 // Phases over N names in a new directory under --dir (which must exist): create (exclusive,
-// mode 0644), stat (getattr), mkdir (N / 3 directories), then everything is removed.
+// mode 0644), stat (getattr), mkdir (N / 3 directories), then everything is removed. With
+// --keep, only create and stat, and the files stay (to grow a namespace: bench/namespace.sh).
 
 #include <kj/async-io.h>
 #include <unistd.h>
@@ -59,10 +60,12 @@ int main(int argc, char** argv) {
   std::string master = envMaster ? envMaster : "127.0.0.1:7700";
   std::string dir;
   uint64_t files = 3000, parallel = 16;
+  bool keep = false;
   app.add_option("--master", master, "the masters' HOST:PORT list (also CAIRN_MASTER)");
   app.add_option("--dir", dir, "an existing directory to work under")->required();
   app.add_option("--files", files, "names per phase")->capture_default_str();
   app.add_option("--parallel", parallel, "calls in flight")->capture_default_str();
+  app.add_flag("--keep", keep, "create and stat only, and keep the files");
   SecurityFlags securityFlags;
   addSecurityFlags(app, securityFlags);
   CLI11_PARSE(app, argc, argv);
@@ -104,6 +107,13 @@ int main(int argc, char** argv) {
   phase("stat", files, [&](uint64_t i) {
     return client.getattr(inodes[i]).then([](Result<FileAttr> r) { return r.status; });
   });
+  if (keep) {
+    if (!s.ok()) {
+      fprintf(stderr, "cairn-metabench: %s\n", s.toString().c_str());
+      return 1;
+    }
+    return 0;
+  }
   phase("mkdir", files / 3, [&](uint64_t i) {
     return client.mkdir(d, "d" + std::to_string(i), 0755).then([](Result<FileAttr> r) {
       return r.status;
