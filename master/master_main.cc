@@ -125,6 +125,12 @@ int main(int argc, char** argv) {
                  "for longer copies a snapshot)")
       ->capture_default_str()
       ->check(CLI::Range(size_t{1}, size_t{100'000'000}));
+  size_t logKeepMib = 16;
+  app.add_option("--log-keep-mib", logKeepMib,
+                 "at most this many MiB of those entries' keys and values (the memory they "
+                 "take is about twice that)")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{1}, size_t{65536}));
   SecurityFlags securityFlags;
   addSecurityFlags(app, securityFlags, /*server=*/true);
   HttpFlags httpFlags;
@@ -179,6 +185,7 @@ int main(int argc, char** argv) {
         static_cast<int64_t>(standbyTimeout * 1000) * kj::MILLISECONDS;
     options.standbyAckDurable = standbyAck == "durable";
     options.replication.keepEntries = logKeepEntries;
+    options.replication.keepBytes = logKeepMib << 20;
     // A deposed master may hold entries no standby acknowledged: it starts afresh as a
     // standby (same port), and the active's snapshot replaces what differs.
     options.onDeposed = [argc, argv, bound](const std::string& why) {

@@ -88,6 +88,7 @@ LogShipper::Follower* LogShipper::find(const std::string& id, uint64_t session) 
 kj::Promise<void> LogShipper::ship(const LogEntry& entry) {
   if (stopped) return KJ_EXCEPTION(DISCONNECTED, "this master is no longer active");
   tail.push_back(entry);
+  tailBytes += entryBytes(entry);
   for (auto& [id, f] : followers_) {
     if (!f->live) continue;
     if (f->acked == f->sent) f->lastProgress = timer.now();
@@ -211,12 +212,14 @@ kj::Promise<void> LogShipper::watchLoop() {
 }
 
 void LogShipper::trim() {
-  // Entries every standby holds go, beyond the last keepEntries.
+  // Entries every standby holds go, beyond the last keepEntries or keepBytes.
   uint64_t needed = store.lastLsn();
   for (auto& [id, f] : followers_) needed = std::min(needed, f->acked);
-  while (tail.size() > opts.keepEntries && tail.front().lsn <= needed) {
+  while ((tail.size() > opts.keepEntries || tailBytes > opts.keepBytes) &&
+         tail.front().lsn <= needed) {
     baseEpoch = tail.front().epoch;
     baseLsn = tail.front().lsn;
+    tailBytes -= entryBytes(tail.front());
     tail.pop_front();
   }
 }

@@ -29,8 +29,12 @@ struct ReplicationOptions {
   // may acknowledge while no standby is in sync, as it records in ZooKeeper).
   uint32_t minSyncStandbys = 0;
   kj::Duration standbyTimeout = 5 * kj::SECONDS;
-  // Entries kept for standbys that reconnect (beyond those some standby still lacks).
+  // Entries kept for standbys that reconnect (beyond those some standby still lacks): the
+  // last keepEntries, and no more than keepBytes of their keys and values (what bounds the
+  // memory they take: about twice that). A standby further behind is sent
+  // a snapshot.
   size_t keepEntries = 100000;
+  size_t keepBytes = 16 << 20;
   size_t snapshotPieceBytes = 1 << 20;
 };
 
@@ -88,6 +92,7 @@ class LogShipper final : private kj::TaskSet::ErrorHandler {
   // Entries after (baseEpoch, baseLsn), the store's position when this master became active.
   uint64_t baseEpoch, baseLsn;
   std::deque<LogEntry> tail;
+  size_t tailBytes = 0;  // entryBytes() of the entries in `tail`
   std::map<std::string, std::unique_ptr<Follower>> followers_;
   uint64_t nextSession = 1;
   std::deque<Pending> pending;

@@ -97,6 +97,20 @@ TEST_F(ReplicationTest, AStandbyFarBehindGetsASnapshotThenTheLog) {
   EXPECT_FALSE(standby->installing());
 }
 
+TEST_F(ReplicationTest, TheEntriesKeptAreBoundedInBytesToo) {
+  // Many entries allowed, but only a few KiB of them: a standby that starts from nothing
+  // after 200 entries of ~1 KiB each is sent a snapshot, not the log.
+  ReplicationOptions options;
+  options.keepEntries = 100000;
+  options.keepBytes = 4096;
+  auto shipper = ship(options);
+  for (int i = 0; i < 200; ++i) commit("k" + std::to_string(i), std::string(1000, 'a' + i % 26));
+  auto following = shipper->follow("b", 0, 0, sink());
+  ASSERT_TRUE(until([&]() { return inSync(*shipper); }));
+  EXPECT_EQ(installs, 1);
+  EXPECT_EQ(active->scan("", "", 100000), standby->scan("", "", 100000));
+}
+
 TEST_F(ReplicationTest, AStandbyWithEntriesOfItsOwnIsReplacedBySnapshot) {
   // The standby was active once and wrote entry 1 at epoch 1 that nobody else has.
   standby->setWritable(true);
