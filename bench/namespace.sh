@@ -3,8 +3,9 @@
 # cairn-metabench's 32 calls in flight, in rounds of FILES files, each round in a new
 # directory that stays. After each round: the files so far, the round's creates/s and
 # stats/s, the active master's resident memory and its LevelDB's size on disk. Cairn runs
-# as the README starts it (TLS, a standby master: every entry synced on both before the
-# reply), without a mount.
+# as the README starts it (TLS, a standby master: every entry in the log of both before the
+# reply, synced within 10 ms), without a mount; CAIRN_MASTER_FLAGS=--sync-every-mutation
+# syncs every entry on both before the reply instead.
 #
 #   bench/namespace.sh [ROUNDS] [FILES]     ROUNDS default 10, FILES default 100000
 #

@@ -258,23 +258,32 @@ int main(int argc, char** argv) {
     CliContext c{client, files, io.waitScope};
     c.progress = isatty(STDERR_FILENO);
     auto path = [](const std::string& p) { return p.empty() || p[0] != '/' ? "/" + p : p; };
-    if (*put) return cmdPut(c, a, path(b), static_cast<uint8_t>(replication), flagF);
+    // A command that changed the namespace is done once the change is on the masters'
+    // disks (they sync by themselves within 10 ms; this waits for it).
+    auto synced = [&c](int rc) {
+      if (rc != 0) return rc;
+      Status s = c.client.syncMetadata().wait(c.waitScope);
+      if (s.ok()) return 0;
+      fprintf(stderr, "cairn: the change is made but not yet on disk: %s\n", s.toString().c_str());
+      return 1;
+    };
+    if (*put) return synced(cmdPut(c, a, path(b), static_cast<uint8_t>(replication), flagF));
     if (*get) return cmdGet(c, path(a), b);
-    if (*cp) return cmdCp(c, path(a), path(b), flagF);
-    if (*snapshot) return cmdSnapshot(c, path(a), path(b));
+    if (*cp) return synced(cmdCp(c, path(a), path(b), flagF));
+    if (*snapshot) return synced(cmdSnapshot(c, path(a), path(b)));
     if (*cat) {
       int rc = 0;
       for (auto& p : paths)
         rc = std::max(rc, records ? cmdCatRecords(c, path(p)) : cmdCat(c, path(p)));
       return rc;
     }
-    if (*append) return cmdAppend(c, path(a), recordSize, stdin);
+    if (*append) return synced(cmdAppend(c, path(a), recordSize, stdin));
     if (*ls) return cmdLs(c, path(a), flagL, json);
     if (*st) return cmdStat(c, path(a), json);
-    if (*mkdir) return cmdMkdir(c, path(a), flagP);
-    if (*rm) return cmdRm(c, path(a), flagR);
-    if (*mv) return cmdMv(c, path(a), path(b));
-    if (*setrep) return cmdSetrep(c, replication, path(a));
+    if (*mkdir) return synced(cmdMkdir(c, path(a), flagP));
+    if (*rm) return synced(cmdRm(c, path(a), flagR));
+    if (*mv) return synced(cmdMv(c, path(a), path(b)));
+    if (*setrep) return synced(cmdSetrep(c, replication, path(a)));
     if (*locate) return cmdLocate(c, path(a), json);
     if (*servers) return cmdServers(c, json);
     if (*fsck) return cmdFsck(c, path(a), json);
@@ -282,7 +291,7 @@ int main(int argc, char** argv) {
     if (*du) return cmdDu(c, path(a), flagS, flagH, json);
     if (*report) return cmdReport(c, json);
     if (*trashLs) return cmdTrashList(c, json);
-    if (*trashRestore) return cmdTrashRestore(c, path(a));
+    if (*trashRestore) return synced(cmdTrashRestore(c, path(a)));
     if (*decom) return cmdDecommission(c, a, wait, timeout);
     if (*bal) return cmdBalance(c, threshold, wait, timeout);
     if (*health) return cmdHealth(c, json);

@@ -768,6 +768,11 @@ kj::Promise<Status> Client::removexattr(uint64_t inode, std::string name,
   return callMaster<Status>(as, kj::mv(req), [](auto& r) { return statusOf(r); });
 }
 
+kj::Promise<Status> Client::syncMetadata() {
+  auto req = master().syncMetadataRequest();
+  return callMaster<Status>(std::nullopt, kj::mv(req), [](auto& r) { return statusOf(r); });
+}
+
 kj::Promise<Result<Client::FsStats>> Client::statfs() {
   auto req = master().statfsRequest();
   return callMaster<Result<FsStats>>(std::nullopt, kj::mv(req), [](auto& r) -> Result<FsStats> {

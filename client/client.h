@@ -280,6 +280,10 @@ class Client {
     uint64_t files = 0;
   };
   kj::Promise<Result<FsStats>> statfs();
+  // Every change of the namespace answered so far, by this client or any other, is on the
+  // masters' disks (a master syncs within 10 ms by itself): fsync, fsyncdir and the end of
+  // a command wait for it.
+  kj::Promise<Status> syncMetadata();
   kj::Promise<Result<FileAttr>> setReplication(uint64_t inode, uint8_t replication,
                                                std::optional<Caller> as = std::nullopt);
   // The first offset at or after `offset` that holds data (or, with `hole`, is in a hole;

@@ -122,12 +122,14 @@ kj::Promise<Status> OpenFile::close() {
   uint64_t inode = attr_.inode;
   FileCache& fc = cache;
   auto written = syncOnClose ? fc.fsync(inode) : fc.flush(inode);
-  auto placed = written.then([&fc, r = rename](Status s) -> kj::Promise<Status> {
+  auto placed = written.then([&fc, r = rename, sync = syncOnClose](Status s) -> kj::Promise<Status> {
     if (!r) return s;
     if (!s.ok())
       return fc.client.unlink(r->tempParent, r->tempName, r->as).then([s](Status) { return s; });
     return fc.client.rename(r->tempParent, r->tempName, r->parent, r->name, r->noReplace, r->as)
-        .then([&fc, r](Status renamed) -> kj::Promise<Status> {
+        .then([&fc, r, sync](Status renamed) -> kj::Promise<Status> {
+          // A synced file's new name is on the masters' disks too once close() returns.
+          if (renamed.ok() && sync) return fc.client.syncMetadata();
           if (renamed.ok()) return renamed;
           return fc.client.unlink(r->tempParent, r->tempName, r->as).then([renamed](Status) {
             return renamed;
@@ -376,15 +378,23 @@ kj::Promise<Status> FileCache::flush(uint64_t inode) {
 
 kj::Promise<Status> FileCache::fsync(uint64_t inode) {
   return flush(inode).then([this, inode](Status s) -> kj::Promise<Status> {
+    if (!s.ok()) return s;
     auto it = files.find(inode);
-    if (!s.ok() || it == files.end()) return s;
-    State& st = it->second;
-    if (st.dirtyChunks.empty() && !st.allChunksDirty) return s;
-    std::vector<uint32_t> chunks(st.dirtyChunks.begin(), st.dirtyChunks.end());
-    if (st.allChunksDirty) chunks.clear();  // empty means every chunk
-    st.dirtyChunks.clear();
-    st.allChunksDirty = false;
-    return client.syncChunks(inode, std::move(chunks));
+    // The bytes on every replica, then what the master holds of the file (its chunks, its
+    // size, and every other change answered so far) on the masters' disks.
+    kj::Promise<Status> data = Status::OK();
+    if (it != files.end() && (!it->second.dirtyChunks.empty() || it->second.allChunksDirty)) {
+      State& st = it->second;
+      std::vector<uint32_t> chunks(st.dirtyChunks.begin(), st.dirtyChunks.end());
+      if (st.allChunksDirty) chunks.clear();  // empty means every chunk
+      st.dirtyChunks.clear();
+      st.allChunksDirty = false;
+      data = client.syncChunks(inode, std::move(chunks));
+    }
+    return data.then([this](Status synced) -> kj::Promise<Status> {
+      if (!synced.ok()) return synced;
+      return client.syncMetadata();
+    });
   });
 }
 

@@ -536,7 +536,9 @@ void cfsReleasedir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
 }
 
 void cfsFsyncdir(fuse_req_t req, fuse_ino_t, int, fuse_file_info*) {
-  fuse_reply_err(req, 0);  // every namespace change is durable before it is acknowledged
+  // Every namespace change answered so far (this directory's among them) on the masters' disks.
+  serve(
+      req, "fsyncdir", [&](Client& c, FileCache&) { return c.syncMetadata(); }, replyStatus);
 }
 
 void cfsStatfs(fuse_req_t req, fuse_ino_t) {

@@ -147,7 +147,11 @@ Status CairnIo::RecordAppender::close() {
   Status s = send();
   if (!s.ok() || chunks.empty()) return s;
   return client.run([&](Client& c, FileCache&) {
-    return c.syncChunks(inode, {chunks.begin(), chunks.end()});
+    return c.syncChunks(inode, {chunks.begin(), chunks.end()})
+        .then([&c](Status s) -> kj::Promise<Status> {
+          if (!s.ok()) return s;
+          return c.syncMetadata();  // the file's size, which the appends moved
+        });
   });
 }
 

@@ -594,6 +594,11 @@ class ClientServiceImpl final : public wire::ClientService::Server {
         .then([context](Status s) mutable { toWire(s, context.getResults().initStatus()); });
   }
 
+  kj::Promise<void> syncMetadata(SyncMetadataContext context) override {
+    return master.syncMetadata().then(
+        [context](Status s) mutable { toWire(s, context.getResults().initStatus()); });
+  }
+
   kj::Promise<void> statfs(StatfsContext context) override {
     auto results = context.getResults();
     // Free space is what new chunks may still use (above each chunkserver's reserve), so

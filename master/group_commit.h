@@ -1,13 +1,19 @@
 #pragma once
-// Group commit: every mutation of the master's metadata is one synced LevelDB write
-// before its reply, but callers that arrive while a write is syncing share the next one.
-// The paper's "flush the log before replying", at one fsync per batch rather than per call.
+// Group commit: every mutation of the master's metadata is one LevelDB write, and callers
+// that arrive while a write is under way share the next one. A write is acknowledged as
+// soon as it is in LevelDB's log (in the kernel: it survives the master's process dying),
+// or once synced, as each caller asks; the log of an unsynced write is synced within
+// `syncDelay` (10 ms), as ext4's journal commits unsynced operations. A barrier waits for
+// everything submitted before it to be synced. The paper's "flush the log before
+// replying", at one fsync per batch or per 10 ms rather than per call.
 
 #include <kj/async.h>
 #include <leveldb/db.h>
+#include <leveldb/env.h>
 #include <leveldb/write_batch.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -17,38 +23,77 @@
 
 namespace cairn {
 
+// When a submitted write is acknowledged.
+enum class Durability {
+  WRITTEN,  // in LevelDB's log, synced within syncDelay
+  SYNCED,   // on disk
+};
+
 class GroupCommitter {
  public:
   // `db` must outlive this object. The writer thread starts at once.
-  explicit GroupCommitter(leveldb::DB& db);
-  ~GroupCommitter();  // writes what is queued, then joins
+  explicit GroupCommitter(leveldb::DB& db,
+                          std::chrono::milliseconds syncDelay = std::chrono::milliseconds(10));
+  ~GroupCommitter();  // writes and syncs what is queued, then joins
 
   // Queues `batch`; the promise (on the caller's event loop) resolves once the batch is
-  // durable. After a failed write every later submit fails too: the store latches the
-  // error, as LevelDB itself does, because what the master believes is no longer on disk.
-  kj::Promise<void> submit(leveldb::WriteBatch batch);
+  // written or synced, as `durability` asks. After a failed write every later submit fails
+  // too: the store latches the error, as LevelDB itself does, because what the master
+  // believes is no longer on disk.
+  kj::Promise<void> submit(leveldb::WriteBatch batch, Durability durability);
+  // Syncs now: resolves once everything submitted before it is synced (at once if it is
+  // already).
+  kj::Promise<void> barrier();
+  // Resolves once everything submitted before it is synced, by whatever sync comes next
+  // (within syncDelay): forces none.
+  kj::Promise<void> whenSynced();
 
-  // Synced LevelDB writes made so far (each may carry many submitted batches).
+  // LevelDB writes made so far (each may carry many submitted batches), and how many of
+  // them were synced.
   uint64_t writes() const { return writeCount.load(); }
-  // Records each write's batch size and sync time into `metrics` from now on.
+  uint64_t syncs() const { return syncCount.load(); }
+  // Records each write's batch size and each sync's time into `metrics` from now on.
   void setMetrics(Metrics* metrics);
 
  private:
   struct Pending {
     leveldb::WriteBatch batch;
+    Durability durability;
+    uint64_t seq;
+    kj::Own<kj::CrossThreadPromiseFulfiller<void>> fulfiller;
+  };
+  struct Waiter {
+    uint64_t seq;
     kj::Own<kj::CrossThreadPromiseFulfiller<void>> fulfiller;
   };
   void run();
 
   leveldb::DB& db;
+  const std::chrono::milliseconds syncDelay;
   std::mutex mutex;
   std::condition_variable wake;
   std::deque<Pending> queue;
+  std::deque<Waiter> waiters;  // whenSynced(), in order of seq
   bool stopping = false;
   std::string latchedError;
-  std::atomic<uint64_t> writeCount{0};
+  // Submissions are numbered; everything up to `written` is in the log, up to `synced` on
+  // disk. `dirtySince`: when the oldest unsynced write was made.
+  uint64_t submitted = 0, written = 0, synced = 0;
+  std::chrono::steady_clock::time_point dirtySince;
+  std::atomic<uint64_t> writeCount{0}, syncCount{0};
   std::atomic<Metrics*> metrics{nullptr};
   std::thread writer;
+};
+
+// An Env whose writable files sync on close what was written to them since their last
+// sync. LevelDB closes a log file without syncing it when it moves to a new one; a sync of
+// the new log would then leave unsynced writes behind in the old one. With this, a synced
+// write means that every earlier write is synced too.
+class SyncOnCloseEnv : public leveldb::EnvWrapper {
+ public:
+  explicit SyncOnCloseEnv(leveldb::Env* base) : EnvWrapper(base) {}
+  leveldb::Status NewWritableFile(const std::string& name, leveldb::WritableFile** out) override;
+  leveldb::Status NewAppendableFile(const std::string& name, leveldb::WritableFile** out) override;
 };
 
 }  // namespace cairn

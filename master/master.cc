@@ -77,7 +77,8 @@ Master::Master(MasterOptions options, kj::Timer& timer, const kj::Clock& clock)
       rotatedAt(timer.now()),
       background(*this) {
   signingKey = keys.rotate();
-  store = std::make_unique<NamespaceStore>(opts.dataDir + "/meta", opts.metaEnv);
+  store = std::make_unique<NamespaceStore>(opts.dataDir + "/meta", opts.metaEnv, opts.syncDelay);
+  store->setSyncEveryMutation(opts.syncEveryMutation);
   // One of several masters starts as a standby: its store changes only by the active's log.
   active_ = !haEnabled();
   store->setWritable(active_);
@@ -155,7 +156,12 @@ kj::Promise<void> Master::tickLoop() {
 }
 
 MutationResult Master::finish(MutationResult r) {
-  chunks->release(r.releasedHandles);
+  if (r.releasedHandles.empty()) return r;
+  // The replicas go once the entry that released them is on this master's disk: after a
+  // power loss the file must not come back without its chunks. (The standbys in sync
+  // already hold the entry in their logs.)
+  background.add(store->syncedHere().then(
+      [this, handles = r.releasedHandles]() { chunks->release(handles); }));
   return r;
 }
 
@@ -204,6 +210,15 @@ kj::Promise<MutationResult> Master::snapshotAttempt(kj::Own<SnapshotRequest> req
         }
         return finish(std::move(r));
       });
+}
+
+kj::Promise<Status> Master::syncMetadata() {
+  if (!active_) return Status(ErrorCode::NOT_ACTIVE, "this master is not active");
+  return store->sync().then([]() { return Status::OK(); },
+                            [](kj::Exception&& e) {
+                              return Status::unavailable(
+                                  fmt::format("metadata sync: {}", e.getDescription().cStr()));
+                            });
 }
 
 kj::Promise<Namespace::ShareResult> Master::shareChunks(uint64_t src, uint64_t srcOffset,

@@ -41,7 +41,14 @@ struct MasterOptions {
   // Without, it is the only master and always active.
   ElectionOptions election;
   ReplicationOptions replication;
-  bool standbyAckDurable = true;  // a standby acknowledges entries once synced (else applied)
+  // A standby acknowledges entries once in its log (else once applied); either way, those
+  // marked sync once synced.
+  bool standbyAckWritten = true;
+  // Every mutation is synced (here and on the standbys) before its reply: HDFS's rule. Else
+  // a mutation is acknowledged once in the log of the active and the standbys in sync, and
+  // synced within syncDelay; fsync, and every finished command, wait for a sync.
+  bool syncEveryMutation = false;
+  std::chrono::milliseconds syncDelay{10};
   // A master that loses the active role holds state no other master may share (entries it
   // wrote that no standby acknowledged): main() starts it afresh, as a standby.
   std::function<void(const std::string& why)> onDeposed;
@@ -90,6 +97,8 @@ class Master final : private kj::TaskSet::ErrorHandler {
   // write acknowledged before it and none after. The next write to a shared chunk copies it.
   kj::Promise<MutationResult> snapshot(kj::Own<SnapshotRequest> request);
   // Copies by whole chunks (see Namespace::shareChunks), with the same care.
+  // Every change answered so far is synced (NamespaceStore::sync).
+  kj::Promise<Status> syncMetadata();
   kj::Promise<Namespace::ShareResult> shareChunks(uint64_t src, uint64_t srcOffset, uint64_t dst,
                                                   uint64_t dstOffset, uint64_t length);
   // The replication goal of a file (its chunks gain or lose replicas at the next ticks)

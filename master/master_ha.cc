@@ -87,7 +87,7 @@ void Master::activeChanged(const std::string& address) {
 }
 
 kj::Promise<void> Master::followLoop(std::string address) {
-  auto own = kj::heap<LogSinkImpl>(*store, opts.standbyAckDurable, [this](bool installing) {
+  auto own = kj::heap<LogSinkImpl>(*store, opts.standbyAckWritten, [this](bool installing) {
     if (election) election->setCandidate(!installing);
   });
   sink = own.get();

@@ -87,7 +87,7 @@ int main(int argc, char** argv) {
                  "key is replaced as often")
       ->capture_default_str()
       ->check(CLI::Range(2.0, 86400.0 * 7));
-  std::string zookeeper, masterId, zkRoot = "/cairn", standbyAck = "durable";
+  std::string zookeeper, masterId, zkRoot = "/cairn", standbyAck = "written";
   int sessionTimeoutMs = 4000;
   uint32_t minSyncStandbys = 0;
   double standbyTimeout = 5;
@@ -108,9 +108,10 @@ int main(int argc, char** argv) {
                  "(every standby in sync is always waited for)")
       ->capture_default_str();
   app.add_option("--standby-ack", standbyAck,
-                 "when a standby acknowledges a log entry: durable (synced) or applied")
+                 "when a standby acknowledges a log entry: written (to its log) or applied; "
+                 "an fsync's entry is acknowledged once synced either way")
       ->capture_default_str()
-      ->check(CLI::IsMember({"durable", "applied"}));
+      ->check(CLI::IsMember({"written", "applied"}));
   app.add_option("--standby-timeout", standbyTimeout,
                  "seconds without an acknowledgement before a standby leaves the in-sync set")
       ->capture_default_str();
@@ -131,6 +132,17 @@ int main(int argc, char** argv) {
                  "take is about twice that)")
       ->capture_default_str()
       ->check(CLI::Range(size_t{1}, size_t{65536}));
+  bool syncEveryMutation = false;
+  app.add_flag("--sync-every-mutation", syncEveryMutation,
+               "sync every metadata change to disk (here and on the standbys) before "
+               "answering it, as HDFS does; by default a change is answered once it is in "
+               "the log of the active and its standbys in sync, synced within "
+               "--sync-delay-ms, and fsync waits for a sync");
+  int syncDelayMs = 10;
+  app.add_option("--sync-delay-ms", syncDelayMs,
+                 "an answered metadata change is on disk within this many milliseconds")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
   SecurityFlags securityFlags;
   addSecurityFlags(app, securityFlags, /*server=*/true);
   HttpFlags httpFlags;
@@ -183,8 +195,10 @@ int main(int argc, char** argv) {
     options.replication.minSyncStandbys = minSyncStandbys;
     options.replication.standbyTimeout =
         static_cast<int64_t>(standbyTimeout * 1000) * kj::MILLISECONDS;
-    options.standbyAckDurable = standbyAck == "durable";
+    options.standbyAckWritten = standbyAck == "written";
     options.replication.keepEntries = logKeepEntries;
+    options.syncEveryMutation = syncEveryMutation;
+    options.syncDelay = std::chrono::milliseconds(syncDelayMs);
     options.replication.keepBytes = logKeepMib << 20;
     // A deposed master may hold entries no standby acknowledged: it starts afresh as a
     // standby (same port), and the active's snapshot replaces what differs.

@@ -18,17 +18,19 @@ uint64_t decodeNumber(const std::optional<std::string>& v) {
 
 }  // namespace
 
-NamespaceStore::NamespaceStore(const std::string& dir, leveldb::Env* env) {
+NamespaceStore::NamespaceStore(const std::string& dir, leveldb::Env* base,
+                               std::chrono::milliseconds syncDelay)
+    : env(base != nullptr ? base : leveldb::Env::Default()) {
   leveldb::Options options;
   options.create_if_missing = true;
   options.paranoid_checks = true;
-  if (env != nullptr) options.env = env;
+  options.env = &env;
   leveldb::DB* raw = nullptr;
   leveldb::Status s = leveldb::DB::Open(options, dir, &raw);
   if (!s.ok()) KJ_FAIL_REQUIRE("cannot open metadata store", dir, s.ToString());
   db.reset(raw);
-  committer = std::make_unique<GroupCommitter>(*db);
-  lsn = decodeNumber(get(LOG_LSN_KEY));
+  committer = std::make_unique<GroupCommitter>(*db, syncDelay);
+  lsn = syncedLsn = syncingLsn = decodeNumber(get(LOG_LSN_KEY));
   entryEpoch = epoch = decodeNumber(get(LOG_EPOCH_KEY));
 }
 
@@ -82,20 +84,41 @@ kj::Promise<void> NamespaceStore::commit(Mutation m) {
   if (!writable) {
     return KJ_EXCEPTION(FAILED, "metadata store is read only (this master is not active)");
   }
-  LogEntry entry{epoch, lsn + 1, std::move(m)};
+  return commitEntry(std::move(m), syncEvery);
+}
+
+kj::Promise<void> NamespaceStore::commitEntry(Mutation m, bool synced) {
+  LogEntry entry{epoch, lsn + 1, std::move(m), synced};
   entry.mutation.put(LOG_LSN_KEY, encodeNumber(entry.lsn));
   entry.mutation.put(LOG_EPOCH_KEY, encodeNumber(entry.epoch));
   lsn = entry.lsn;
   entryEpoch = entry.epoch;
-  auto durable = write(entry.mutation);
+  auto done = write(entry.mutation, synced ? Durability::SYNCED : Durability::WRITTEN);
   KJ_IF_MAYBE (ship, shipper) {
-    auto shipped = (*ship)(entry);
     auto both = kj::heapArrayBuilder<kj::Promise<void>>(2);
-    both.add(kj::mv(durable));
-    both.add(kj::mv(shipped));
-    return kj::joinPromises(both.finish());
+    both.add(kj::mv(done));
+    both.add((*ship)(entry));
+    done = kj::joinPromises(both.finish());
   }
-  return durable;
+  if (!synced) return done;
+  return done.then([this, at = entry.lsn]() { syncedLsn = std::max(syncedLsn, at); });
+}
+
+kj::Promise<void> NamespaceStore::sync() {
+  if (!writable) {
+    return KJ_EXCEPTION(FAILED, "metadata store is read only (this master is not active)");
+  }
+  if (shipper == nullptr) return committer->barrier();
+  if (syncedLsn >= lsn) return kj::READY_NOW;
+  KJ_IF_MAYBE (inFlight, syncing) {
+    if (syncingLsn >= lsn) return inFlight->addBranch();
+  }
+  // An entry of its own, synced here and on every standby in sync, covers all before it.
+  auto done = commitEntry(Mutation{}, true).fork();
+  syncingLsn = lsn;
+  auto branch = done.addBranch();
+  syncing = kj::mv(done);
+  return branch;
 }
 
 kj::Promise<void> NamespaceStore::apply(LogEntry entry) {
@@ -106,10 +129,11 @@ kj::Promise<void> NamespaceStore::apply(LogEntry entry) {
   lsn = entry.lsn;
   entryEpoch = entry.epoch;
   epoch = std::max(epoch, entry.epoch);
-  return write(entry.mutation);
+  bool synced = entry.sync || syncEvery;
+  return write(entry.mutation, synced ? Durability::SYNCED : Durability::WRITTEN);
 }
 
-kj::Promise<void> NamespaceStore::write(const Mutation& m) {
+kj::Promise<void> NamespaceStore::write(const Mutation& m, Durability durability) {
   uint64_t seq = nextSeq++;
   leveldb::WriteBatch batch;
   std::vector<std::string> keys;
@@ -122,8 +146,8 @@ kj::Promise<void> NamespaceStore::write(const Mutation& m) {
     overlay[key] = Pending{value, seq};
     keys.push_back(key);
   }
-  return committer->submit(std::move(batch)).then([this, seq, keys = std::move(keys)]() {
-    // Once durable, LevelDB answers for these keys, unless a later mutation is pending.
+  return committer->submit(std::move(batch), durability).then([this, seq, keys = std::move(keys)]() {
+    // Once written, LevelDB answers for these keys, unless a later mutation is pending.
     for (auto& key : keys) {
       auto it = overlay.find(key);
       if (it != overlay.end() && it->second.seq == seq) overlay.erase(it);
@@ -200,7 +224,7 @@ kj::Promise<void> NamespaceStore::install(
   } else {
     m.del(LOG_LSN_KEY);
   }
-  return write(m);
+  return write(m, Durability::SYNCED);
 }
 
 }  // namespace cairn

@@ -1,14 +1,17 @@
 #pragma once
 // The master's metadata store: LevelDB behind a write-ahead overlay. A mutation is
 // visible to every later read on the event loop at once (the loop serializes mutations,
-// so each is computed against all earlier ones), and its promise resolves only when the
-// group committer has synced it. Only this module touches LevelDB.
+// so each is computed against all earlier ones), and its promise resolves once the group
+// committer has written it to LevelDB's log (synced within 10 ms), or synced it when every
+// mutation must be (HDFS's rule). sync() is the barrier behind fsync. Only this module
+// touches LevelDB.
 
 #include <kj/async.h>
 #include <kj/function.h>
 #include <leveldb/db.h>
 #include <leveldb/env.h>
 
+#include <chrono>
 #include <map>
 #include <memory>
 #include <optional>
@@ -37,6 +40,7 @@ struct LogEntry {
   uint64_t epoch = 0;
   uint64_t lsn = 0;
   Mutation mutation;
+  bool sync = false;  // acknowledged once synced (with every entry before it)
 };
 
 // The log position and epoch are kept in the store itself, in the batch of each entry.
@@ -47,8 +51,9 @@ extern const std::string LOG_INSTALLING_KEY;
 class NamespaceStore {
  public:
   // Opens (creating if missing) the store in `dir`. `env` may be null for the real disk.
-  // Throws if LevelDB cannot open it.
-  NamespaceStore(const std::string& dir, leveldb::Env* env);
+  // Unsynced writes are synced within `syncDelay`. Throws if LevelDB cannot open it.
+  NamespaceStore(const std::string& dir, leveldb::Env* env,
+                 std::chrono::milliseconds syncDelay = std::chrono::milliseconds(10));
   ~NamespaceStore();
 
   std::optional<std::string> get(const std::string& key);
@@ -59,9 +64,21 @@ class NamespaceStore {
                                                         const std::string& after, size_t limit);
 
   // Applies `m` to what reads see now, as the next entry of the metadata log; the promise
-  // resolves once it is durable and the shipper (if any) has it. Must be called on the
-  // event loop that owns this store. Fails while the store is read only.
+  // resolves once it is in the log (synced with syncEveryMutation) and the shipper (if
+  // any) has it. Must be called on the event loop that owns this store. Fails while the
+  // store is read only.
   kj::Promise<void> commit(Mutation m);
+  // Every entry is synced before it is acknowledged, here and on the standbys (HDFS's
+  // rule); else entries are acknowledged once written, and synced within syncDelay.
+  void setSyncEveryMutation(bool value) { syncEvery = value; }
+  // Resolves once every entry committed so far is synced here and held synced by the
+  // shipper's standbys in sync: an entry of its own (`sync` set) when the shipper is set.
+  // What fsync and a finished command wait for. Fails while the store is read only.
+  kj::Promise<void> sync();
+  // Resolves once every entry committed or applied so far is synced on this master's disk,
+  // by the next sync (no entry of its own, no sync forced). What chunk deletions wait for:
+  // the entry that removed the chunks' last owner must not come back after a power loss.
+  kj::Promise<void> syncedHere() { return committer->whenSynced(); }
 
   // The log: the last entry applied, and the epoch it carried.
   uint64_t lastLsn() const { return lsn; }
@@ -111,7 +128,9 @@ class NamespaceStore {
   kj::Promise<void> install(bool first, std::vector<std::pair<std::string, std::string>> pairs,
                             std::optional<std::pair<uint64_t, uint64_t>> lastEpochLsn);
 
-  uint64_t syncedWrites() const { return committer->writes(); }
+  // LevelDB writes made so far, and how many were synced.
+  uint64_t writes() const { return committer->writes(); }
+  uint64_t syncs() const { return committer->syncs(); }
   // Batch sizes and sync times of the group committer go to `metrics` from now on.
   void setMetrics(Metrics* metrics) { committer->setMetrics(metrics); }
 
@@ -121,9 +140,12 @@ class NamespaceStore {
     uint64_t seq;
   };
 
+  // The next entry of the log, shipped; `synced`: acknowledged once synced everywhere.
+  kj::Promise<void> commitEntry(Mutation m, bool synced);
   // Writes `m` (already stamped) to the overlay and the committer.
-  kj::Promise<void> write(const Mutation& m);
+  kj::Promise<void> write(const Mutation& m, Durability durability);
 
+  SyncOnCloseEnv env;
   std::unique_ptr<leveldb::DB> db;
   std::unique_ptr<GroupCommitter> committer;
   std::map<std::string, Pending> overlay;
@@ -131,6 +153,11 @@ class NamespaceStore {
   uint64_t lsn = 0, entryEpoch = 0, epoch = 0;
   kj::Maybe<Shipper> shipper;
   bool writable = true;
+  bool syncEvery = false;
+  // Entries up to syncedLsn are synced here and on the standbys in sync; a sync entry for
+  // those up to syncingLsn is on its way.
+  uint64_t syncedLsn = 0, syncingLsn = 0;
+  kj::Maybe<kj::ForkedPromise<void>> syncing;
   std::optional<std::string> requestKey;
 };
 

@@ -110,6 +110,7 @@ kj::Promise<void> LogShipper::send(Follower& f, size_t from, size_t count) {
     auto out = list[static_cast<uint>(i)];
     out.setEpoch(e.epoch);
     out.setLsn(e.lsn);
+    out.setSync(e.sync);
     toWire(e.mutation, out.initOps(static_cast<uint>(e.mutation.ops.size())));
   }
   std::string id = f.id;
@@ -359,9 +360,9 @@ kj::Promise<void> LogShipper::sendFrom(std::string id, uint64_t session) {
   return send(*f, from, count).then([this, id, session]() { return sendFrom(id, session); });
 }
 
-LogSinkImpl::LogSinkImpl(NamespaceStore& store, bool ackDurable,
+LogSinkImpl::LogSinkImpl(NamespaceStore& store, bool ackWritten,
                          kj::Function<void(bool installing)> onState)
-    : store(store), ackDurable(ackDurable), onState(kj::mv(onState)) {}
+    : store(store), ackWritten(ackWritten), onState(kj::mv(onState)) {}
 
 kj::Promise<void> LogSinkImpl::append(AppendContext context) {
   auto results = context.getResults();
@@ -372,6 +373,7 @@ kj::Promise<void> LogSinkImpl::append(AppendContext context) {
     return kj::READY_NOW;
   }
   kj::Vector<kj::Promise<void>> durable;
+  bool synced = false;  // an entry asks to be acknowledged once synced
   for (auto e : entries) {
     // Anything from an older epoch than this standby has seen is a deposed master's.
     if (e.getEpoch() < store.currentEpoch() || e.getLsn() != store.lastLsn() + 1) {
@@ -385,6 +387,8 @@ kj::Promise<void> LogSinkImpl::append(AppendContext context) {
     LogEntry entry;
     entry.epoch = e.getEpoch();
     entry.lsn = e.getLsn();
+    entry.sync = e.getSync();
+    synced = synced || entry.sync;
     for (auto op : e.getOps()) {
       if (op.getDelete()) {
         entry.mutation.del(str(op.getKey()));
@@ -400,7 +404,7 @@ kj::Promise<void> LogSinkImpl::append(AppendContext context) {
   toWire(Status::OK(), results.initStatus());
   results.setLsn(lsn);
   auto all = kj::joinPromises(durable.releaseAsArray());
-  if (!ackDurable) {
+  if (!ackWritten && !synced) {
     all.detach([](kj::Exception&& e) {
       logError("standby: applying the log failed: {}", e.getDescription().cStr());
     });

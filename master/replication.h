@@ -111,9 +111,10 @@ class LogShipper final : private kj::TaskSet::ErrorHandler {
 // The standby's side: the sink the active calls, applying into the store.
 class LogSinkImpl final : public wire::LogSink::Server {
  public:
-  // `ackDurable`: answer once entries are synced (else once applied). `closed` is checked on
-  // every call: the sink of a session that ended refuses everything.
-  LogSinkImpl(NamespaceStore& store, bool ackDurable, kj::Function<void(bool installing)> onState);
+  // `ackWritten`: answer once entries are in the log (else once applied); an entry marked
+  // sync is answered once synced either way. `closed` is checked on every call: the sink of
+  // a session that ended refuses everything.
+  LogSinkImpl(NamespaceStore& store, bool ackWritten, kj::Function<void(bool installing)> onState);
   void close() { closed = true; }
   uint64_t sessionEpoch = 0;  // the active's, from its first entry or snapshot
   uint64_t lastReceived = 0;  // the last entry the active sent
@@ -124,7 +125,7 @@ class LogSinkImpl final : public wire::LogSink::Server {
 
  private:
   NamespaceStore& store;
-  bool ackDurable;
+  bool ackWritten;
   kj::Function<void(bool installing)> onState;
   bool closed = false;
 };

@@ -46,6 +46,9 @@ struct LogEntry {
   epoch @0 :UInt64;
   lsn @1 :UInt64;
   ops @2 :List(LogOp);
+  sync @3 :Bool;
+  # Acknowledged only once synced on the standby's disk, with every entry before it (the
+  # active's sync barrier, or every entry under --sync-every-mutation).
 }
 
 interface Replication {
@@ -61,7 +64,7 @@ interface LogSink {
   # Served by a standby to the active it follows. Calls arrive in order.
   append @0 (entries :List(LogEntry)) -> (status :Status, lsn :UInt64);
   # Applies the entries (each must follow the last applied one) and answers once they are
-  # durable: lsn is the last entry applied.
+  # in the standby's log (synced, for an entry marked sync): lsn is the last entry applied.
   snapshot @1 (epoch :UInt64, lsn :UInt64, first :Bool, last :Bool, ops :List(LogOp))
       -> (status :Status);
   # A consistent copy of the active's metadata as of (epoch, lsn), in pieces: the first
@@ -276,6 +279,11 @@ interface ClientService {
   # it also holds the destination's end. Shared: [sharedOffset, +sharedLength) of the
   # source (empty: nothing); the caller copies the rest of the range. attr: the
   # destination's. Read access to the source and write access to the destination.
+
+  syncMetadata @39 () -> (status :Status);
+  # Answers once every change of the namespace answered so far (to any client) is on the
+  # disk of the active master and of its standbys in sync: what fsync, fsyncdir and a
+  # finished command wait for. Changes are otherwise on disk within --sync-delay-ms.
 }
 
 enum SafeModeAction {

@@ -239,5 +239,35 @@ TEST_F(ClientTest, ReplicationGoalIsHonoured) {
   EXPECT_EQ(layout.value.chunks[0].replicas.size(), 2u);
 }
 
+TEST(DurableDeleteTest, ChunksGoOnlyOnceTheRemovalOfTheirFileIsOnDisk) {
+  // After a power cut the master comes back with what its disk holds: a file whose
+  // removal was not synced yet comes back too, and must still have its chunks.
+  auto io = kj::setupAsyncIo();
+  testing::InProcessCluster cluster(io, 3, CHUNK, [](MasterOptions& o) {
+    o.syncDelay = std::chrono::hours(1);  // nothing is synced unless asked for
+    o.trashPeriod = 0 * kj::SECONDS;      // unlink removes at once
+  });
+  Client& client = cluster.client();
+  auto f = client.create(1, "f", 0644, 3, true).wait(io.waitScope);
+  ASSERT_TRUE(f.ok()) << f.status.toString();
+  std::string data(2 * CHUNK + 10, 'x');
+  ASSERT_TRUE(client
+                  .write(f.value.inode, 0,
+                         kj::arrayPtr(reinterpret_cast<const kj::byte*>(data.data()), data.size()))
+                  .wait(io.waitScope)
+                  .ok());
+  ASSERT_TRUE(client.commitSize(f.value.inode, data.size()).wait(io.waitScope).ok());
+  ChunkManager& chunks = cluster.master().chunkManager();
+  ASSERT_EQ(chunks.knownChunks(), 3u);
+  ASSERT_TRUE(client.unlink(1, "f").wait(io.waitScope).ok());
+  io.provider->getTimer().afterDelay(200 * kj::MILLISECONDS).wait(io.waitScope);
+  EXPECT_EQ(chunks.knownChunks(), 3u) << "released before the removal was on disk";
+  ASSERT_TRUE(client.syncMetadata().wait(io.waitScope).ok());
+  for (int i = 0; i < 100 && chunks.knownChunks() > 0; ++i) {
+    io.provider->getTimer().afterDelay(10 * kj::MILLISECONDS).wait(io.waitScope);
+  }
+  EXPECT_EQ(chunks.knownChunks(), 0u);
+}
+
 }  // namespace
 }  // namespace cairn

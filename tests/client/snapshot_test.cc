@@ -139,8 +139,9 @@ TEST_F(SnapshotTest, AChunkIsReleasedWithItsLastOwnerOnly) {
     EXPECT_TRUE(known(h));
     EXPECT_EQ(names().ownersOf(h).size(), 1u);
   }
-  // Its last owner gone, each chunk is released.
+  // Its last owner gone, each chunk is released (once that is on the master's disk).
   ASSERT_TRUE(wait(client().unlink(1, "snap")).ok());
+  ASSERT_TRUE(wait(client().syncMetadata()).ok());
   for (uint64_t h : shared) {
     EXPECT_FALSE(known(h));
     EXPECT_TRUE(names().ownersOf(h).empty()) << "the owner list goes with the last owner";

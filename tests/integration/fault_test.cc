@@ -11,6 +11,8 @@
 #include <chrono>
 #include <filesystem>
 #include <functional>
+#include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
@@ -171,6 +173,80 @@ TEST_F(FaultTest, SigkillOfTheMasterAmongWritersLosesNothingAcknowledged) {
     ++count;
   }
   EXPECT_GT(count, 5u);
+}
+
+// Changes answered without any fsync (creates, writes and closes, renames, unlinks,
+// through a mount) are in the masters' logs and the chunkservers' files: kill -9 of the
+// master and then of a chunkserver, while they go on, loses none of them.
+TEST_F(FaultTest, SigkillOfEachDaemonLosesNoChangeAnsweredWithoutFsync) {
+  start(3);
+  std::string mnt = cluster->mount();
+  std::map<std::string, std::string> model;  // what the mount acknowledged
+  std::mutex modelMutex;
+  std::atomic<bool> stop{false};
+  std::atomic<int> rounds{0};
+  std::string error;
+  auto body = [](int i) { return "round " + std::to_string(i) + std::string(i % 3000, 'r'); };
+  std::thread writer([&]() {
+    for (int i = 0; !stop; ++i) {
+      std::string name = "f" + std::to_string(i);
+      int fd = open((mnt + "/" + name).c_str(), O_WRONLY | O_CREAT | O_EXCL, 0644);
+      std::string b = body(i);
+      bool ok = fd >= 0 && write(fd, b.data(), b.size()) == static_cast<ssize_t>(b.size());
+      if (fd >= 0) ok = close(fd) == 0 && ok;
+      std::lock_guard<std::mutex> lock(modelMutex);
+      if (!ok) {
+        error = "round " + std::to_string(i) + ": " + strerror(errno);
+        return;
+      }
+      model[name] = b;
+      if (i % 3 == 1) {  // the one before moves, or goes
+        std::string before = "f" + std::to_string(i - 1);
+        if (i % 2 == 0) {
+          if (rename((mnt + "/" + before).c_str(), (mnt + "/m" + std::to_string(i - 1)).c_str())) {
+            error = "rename: " + std::string(strerror(errno));
+            return;
+          }
+          model["m" + std::to_string(i - 1)] = model[before];
+        } else if (unlink((mnt + "/" + before).c_str())) {
+          error = "unlink: " + std::string(strerror(errno));
+          return;
+        }
+        model.erase(before);
+      }
+      rounds = i + 1;
+    }
+  });
+  auto after = [&](int more) {
+    int target = rounds + more;
+    return waitFor(60, [&]() { return rounds >= target || !error.empty(); });
+  };
+  EXPECT_TRUE(after(50));
+  cluster->killMaster(SIGKILL);
+  cluster->startMaster();
+  EXPECT_TRUE(after(50));
+  cluster->killChunkserver(0);
+  cluster->startChunkserver(0);
+  EXPECT_TRUE(after(50));
+  stop = true;
+  writer.join();
+  ASSERT_TRUE(error.empty()) << error;
+  // Every answered change is there, and nothing else; then the same after another kill -9
+  // of the master, with no fsync in between.
+  for (int pass = 0; pass < 2; ++pass) {
+    std::set<std::string> names;
+    for (auto& e : std::filesystem::directory_iterator(mnt)) names.insert(e.path().filename());
+    for (auto& [name, content] : model) {
+      EXPECT_TRUE(names.count(name)) << name << " (pass " << pass << ")";
+      EXPECT_TRUE(readFile(mnt + "/" + name) == content) << name;
+    }
+    EXPECT_EQ(names.size(), model.size());
+    if (pass == 0) {
+      cluster->killMaster(SIGKILL);
+      cluster->startMaster();
+    }
+  }
+  std::cout << rounds << " rounds; " << model.size() << " files kept\n";
 }
 
 TEST_F(FaultTest, TrashRestoreExpireAndOrphans) {

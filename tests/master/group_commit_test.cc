@@ -105,10 +105,10 @@ TEST_F(GroupCommitTest, CallersDuringASyncShareTheNext) {
   GroupCommitter committer(*db);
   env.close();
   int before = env.syncsStarted;
-  auto first = committer.submit(batch(0));
+  auto first = committer.submit(batch(0), Durability::SYNCED);
   env.waitForSyncs(before + 1);  // the writer is now inside the first sync
   kj::Vector<kj::Promise<void>> rest;
-  for (int i = 1; i <= 99; ++i) rest.add(committer.submit(batch(i)));
+  for (int i = 1; i <= 99; ++i) rest.add(committer.submit(batch(i), Durability::SYNCED));
   EXPECT_FALSE(first.poll(io.waitScope));  // not durable, so not acknowledged
   env.release();
   first.wait(io.waitScope);
@@ -120,11 +120,39 @@ TEST_F(GroupCommitTest, CallersDuringASyncShareTheNext) {
 
 TEST_F(GroupCommitTest, AFailedSyncFailsThatBatchAndEveryLaterOne) {
   GroupCommitter committer(*db);
-  committer.submit(batch(0)).wait(io.waitScope);
+  committer.submit(batch(0), Durability::SYNCED).wait(io.waitScope);
   env.failSyncs = true;
-  EXPECT_ANY_THROW(committer.submit(batch(1)).wait(io.waitScope));
+  EXPECT_ANY_THROW(committer.submit(batch(1), Durability::SYNCED).wait(io.waitScope));
   env.failSyncs = false;
-  EXPECT_ANY_THROW(committer.submit(batch(2)).wait(io.waitScope));
+  EXPECT_ANY_THROW(committer.submit(batch(2), Durability::SYNCED).wait(io.waitScope));
+}
+
+TEST_F(GroupCommitTest, AWrittenBatchIsAnsweredAtOnceAndSyncedWithinTheDelay) {
+  GroupCommitter committer(*db, std::chrono::milliseconds(10));
+  env.close();  // every sync waits at the gate
+  int before = env.syncsStarted;
+  committer.submit(batch(0), Durability::WRITTEN).wait(io.waitScope);  // no sync needed
+  auto synced = committer.whenSynced();
+  env.waitForSyncs(before + 1);  // the committer's own, unasked
+  EXPECT_FALSE(synced.poll(io.waitScope));
+  env.release();
+  synced.wait(io.waitScope);
+  EXPECT_EQ(committer.syncs(), 1u);
+  EXPECT_EQ(committer.writes(), 2u);  // the batch, then an empty synced write
+}
+
+TEST_F(GroupCommitTest, WaitingForASyncForcesNoneAndABarrierDoes) {
+  GroupCommitter committer(*db, std::chrono::hours(1));
+  committer.submit(batch(0), Durability::WRITTEN).wait(io.waitScope);
+  auto synced = committer.whenSynced();
+  io.provider->getTimer().afterDelay(50 * kj::MILLISECONDS).wait(io.waitScope);
+  EXPECT_FALSE(synced.poll(io.waitScope));
+  EXPECT_EQ(committer.syncs(), 0u);
+  committer.barrier().wait(io.waitScope);
+  synced.wait(io.waitScope);
+  EXPECT_EQ(committer.syncs(), 1u);
+  committer.barrier().wait(io.waitScope);  // nothing new: no write at all
+  EXPECT_EQ(committer.writes(), 2u);
 }
 
 }  // namespace

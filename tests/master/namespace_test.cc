@@ -69,7 +69,7 @@ TEST_F(NamespaceTest, ErrorsChangeNothing) {
   auto d = mkdir(ROOT_INODE, "d");
   auto f = create(ROOT_INODE, "f");
   create(d.inode, "inner");
-  uint64_t writesBefore = store->syncedWrites();
+  uint64_t entriesBefore = store->lastLsn();
   EXPECT_EQ(code(ns->mkdir(ROOT_INODE, "d", 0755, 0, 0)), ErrorCode::ALREADY_EXISTS);
   EXPECT_EQ(code(ns->create(ROOT_INODE, "f", 0644, 0, 0, 0, true)), ErrorCode::ALREADY_EXISTS);
   EXPECT_EQ(code(ns->create(ROOT_INODE, "d", 0644, 0, 0, 0, false)), ErrorCode::IS_DIRECTORY);
@@ -92,7 +92,7 @@ TEST_F(NamespaceTest, ErrorsChangeNothing) {
   EXPECT_EQ(code(ns->rename(ROOT_INODE, "f", ROOT_INODE, "d")), ErrorCode::IS_DIRECTORY);
   EXPECT_EQ(code(ns->rename(ROOT_INODE, "d", ROOT_INODE, "f")), ErrorCode::NOT_DIRECTORY);
   EXPECT_EQ(code(ns->setReplication(f.inode, 0)), ErrorCode::INVALID_ARGUMENT);
-  EXPECT_EQ(store->syncedWrites(), writesBefore);
+  EXPECT_EQ(store->lastLsn(), entriesBefore);
   std::vector<Namespace::Entry> entries;
   bool more = false;
   ASSERT_TRUE(ns->readdir(ROOT_INODE, "", 100, entries, more).ok());

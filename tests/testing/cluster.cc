@@ -97,7 +97,8 @@ RpcSecurity TestCa::security(Role role, const std::string& name, std::vector<std
 
 // --- in-process cluster ---
 
-InProcessCluster::InProcessCluster(kj::AsyncIoContext& io, size_t count, uint64_t chunkSize)
+InProcessCluster::InProcessCluster(kj::AsyncIoContext& io, size_t count, uint64_t chunkSize,
+                                   const std::function<void(MasterOptions&)>& adjust)
     : io(io), memEnv(leveldb::NewMemEnv(leveldb::Env::Default())) {
   auto& network = io.provider->getNetwork();
   MasterOptions options;
@@ -105,6 +106,7 @@ InProcessCluster::InProcessCluster(kj::AsyncIoContext& io, size_t count, uint64_
   options.metaEnv = memEnv.get();
   options.chunkSize = chunkSize;
   options.heartbeatInterval = 200 * kj::MILLISECONDS;
+  if (adjust) adjust(options);
   masterPtr = std::make_unique<Master>(options, io.provider->getTimer(), clock);
   auto listener = network.parseAddress("127.0.0.1", 0).wait(io.waitScope)->listen();
   masterAddr = "127.0.0.1:" + std::to_string(listener->getPort());

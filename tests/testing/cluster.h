@@ -64,7 +64,9 @@ class TestCa {
 // Master and chunkservers on one event loop, talking over real loopback sockets.
 class InProcessCluster {
  public:
-  InProcessCluster(kj::AsyncIoContext& io, size_t chunkservers, uint64_t chunkSize);
+  // `adjust` may change the master's options.
+  InProcessCluster(kj::AsyncIoContext& io, size_t chunkservers, uint64_t chunkSize,
+                   const std::function<void(MasterOptions&)>& adjust = nullptr);
   ~InProcessCluster();
 
   Client& client() { return *clientPtr; }

@@ -1,0 +1,267 @@
+// The master's durability contract, with the power cut: a change is acknowledged once it
+// is in LevelDB's log; what a sync (fsync, fsyncdir, a finished command) covered survives
+// the loss of everything not synced, across LevelDB's moves from one log file to the next;
+// an unsynced change reaches the disk by itself; a standby acknowledges a sync entry only
+// once it has synced it.
+
+#include <gtest/gtest.h>
+#include <kj/async-io.h>
+#include <leveldb/helpers/memenv.h>
+
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+
+#include "namespace_store.h"
+#include "replication.h"
+
+namespace cairn {
+namespace {
+
+// An Env that can lose power: from powerOff() on, nothing more reaches its files; restore()
+// then cuts every file written through it to what was synced, as a disk keeps after a power
+// cut. Table files can be held back (their writer waits), so that LevelDB cannot move a
+// memtable into a synced table before the cut.
+class PowerLossEnv : public leveldb::EnvWrapper {
+ public:
+  explicit PowerLossEnv(leveldb::Env* base) : EnvWrapper(base) {}
+
+  leveldb::Status NewWritableFile(const std::string& name, leveldb::WritableFile** out) override {
+    return open(name, out, false);
+  }
+  leveldb::Status NewAppendableFile(const std::string& name,
+                                    leveldb::WritableFile** out) override {
+    return open(name, out, true);
+  }
+  leveldb::Status RemoveFile(const std::string& name) override {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (off) return leveldb::Status::OK();
+    files.erase(name);
+    return target()->RemoveFile(name);
+  }
+  leveldb::Status RenameFile(const std::string& from, const std::string& to) override {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (off) return leveldb::Status::OK();
+    auto it = files.find(from);
+    if (it != files.end()) {
+      files[to] = it->second;
+      files.erase(it);
+    }
+    return target()->RenameFile(from, to);
+  }
+
+  void holdTables(bool hold) {
+    std::lock_guard<std::mutex> lock(mutex);
+    tablesHeld = hold;
+    changed.notify_all();
+  }
+  void powerOff() {
+    std::lock_guard<std::mutex> lock(mutex);
+    off = true;
+    tablesHeld = false;
+    changed.notify_all();
+  }
+  // After the store is gone: each file holds what was synced, and the power is back.
+  void restore() {
+    std::lock_guard<std::mutex> lock(mutex);
+    for (auto& [name, f] : files) {
+      std::string kept;
+      leveldb::SequentialFile* in = nullptr;
+      if (f.synced > 0 && target()->NewSequentialFile(name, &in).ok()) {
+        kept.resize(f.synced);
+        leveldb::Slice got;
+        in->Read(f.synced, &got, kept.data());
+        kept.assign(got.data(), got.size());
+        delete in;
+      }
+      leveldb::WritableFile* out = nullptr;
+      ASSERT_TRUE(target()->NewWritableFile(name, &out).ok());
+      out->Append(kept);
+      out->Close();
+      delete out;
+      f.size = f.synced = kept.size();
+    }
+    off = false;
+  }
+  uint64_t unsyncedBytes() {
+    std::lock_guard<std::mutex> lock(mutex);
+    uint64_t n = 0;
+    for (auto& [name, f] : files) n += f.size - f.synced;
+    return n;
+  }
+
+ private:
+  struct Track {
+    uint64_t size = 0, synced = 0;
+  };
+  class File final : public leveldb::WritableFile {
+   public:
+    File(PowerLossEnv& env, std::string name, leveldb::WritableFile* base)
+        : env(env), name(std::move(name)), base(base) {}
+    leveldb::Status Append(const leveldb::Slice& data) override {
+      std::lock_guard<std::mutex> lock(env.mutex);
+      if (env.off) return leveldb::Status::OK();
+      env.files[name].size += data.size();
+      return base->Append(data);
+    }
+    leveldb::Status Close() override { return base->Close(); }
+    leveldb::Status Flush() override { return base->Flush(); }
+    leveldb::Status Sync() override {
+      std::lock_guard<std::mutex> lock(env.mutex);
+      if (env.off) return leveldb::Status::OK();
+      auto& f = env.files[name];
+      f.synced = f.size;
+      return base->Sync();
+    }
+
+   private:
+    PowerLossEnv& env;
+    std::string name;
+    std::unique_ptr<leveldb::WritableFile> base;
+  };
+
+  leveldb::Status open(const std::string& name, leveldb::WritableFile** out, bool append) {
+    std::unique_lock<std::mutex> lock(mutex);
+    if (name.size() > 4 && name.compare(name.size() - 4, 4, ".ldb") == 0) {
+      changed.wait(lock, [this]() { return !tablesHeld; });
+    }
+    leveldb::WritableFile* base = nullptr;
+    leveldb::Status s = append ? target()->NewAppendableFile(name, &base)
+                               : target()->NewWritableFile(name, &base);
+    if (!s.ok()) return s;
+    uint64_t existing = 0;
+    if (append) target()->GetFileSize(name, &existing);
+    files[name] = Track{existing, existing};  // what was there before is on disk
+    *out = new File(*this, name, base);
+    return s;
+  }
+
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::map<std::string, Track> files;
+  bool off = false;
+  bool tablesHeld = false;
+};
+
+class DurabilityTest : public ::testing::Test {
+ protected:
+  ~DurabilityTest() noexcept override {}
+  DurabilityTest()
+      : io(kj::setupAsyncIo()), mem(leveldb::NewMemEnv(leveldb::Env::Default())), env(mem.get()) {}
+
+  // Unsynced changes wait an hour for the committer's own sync: only sync() syncs.
+  std::unique_ptr<NamespaceStore> open(const std::string& dir,
+                                       std::chrono::milliseconds delay = std::chrono::hours(1)) {
+    return std::make_unique<NamespaceStore>(dir, &env, delay);
+  }
+  static Mutation put(int i) {
+    Mutation m;
+    m.put("k" + std::to_string(i), std::string(64 << 10, static_cast<char>('a' + i % 26)));
+    return m;
+  }
+  // The keys k<from>.. that the store holds, counted until the first missing one; none of
+  // those after it may be there (the log is a prefix).
+  static int prefix(NamespaceStore& store, int from, int to) {
+    int n = from;
+    while (n < to && store.get("k" + std::to_string(n))) ++n;
+    for (int i = n; i < to; ++i) EXPECT_FALSE(store.get("k" + std::to_string(i))) << i;
+    return n;
+  }
+
+  kj::AsyncIoContext io;
+  std::unique_ptr<leveldb::Env> mem;
+  PowerLossEnv env;
+};
+
+TEST_F(DurabilityTest, WhatASyncCoveredSurvivesAPowerCutAcrossLogFiles) {
+  auto store = open("/m");
+  // LevelDB's memtable (4 MiB) fills up once: the changes span two log files, and none
+  // reaches a synced table while tables are held back.
+  env.holdTables(true);
+  for (int i = 0; i < 100; ++i) store->commit(put(i)).wait(io.waitScope);
+  EXPECT_GT(env.unsyncedBytes(), 0u);  // acknowledged before any sync
+  store->sync().wait(io.waitScope);
+  EXPECT_EQ(env.unsyncedBytes(), 0u);
+  for (int i = 100; i < 110; ++i) store->commit(put(i)).wait(io.waitScope);
+  EXPECT_GT(env.unsyncedBytes(), 0u);
+
+  env.powerOff();
+  store.reset();
+  env.restore();
+  store = open("/m");
+  EXPECT_EQ(prefix(*store, 0, 110), 100);  // what the sync covered; nothing after it
+  EXPECT_EQ(store->lastLsn(), 100u);
+  // The store goes on from there.
+  store->commit(put(500)).wait(io.waitScope);
+  EXPECT_EQ(store->lastLsn(), 101u);
+}
+
+TEST_F(DurabilityTest, AnAcknowledgedChangeReachesTheDiskByItself) {
+  auto store = open("/m", std::chrono::milliseconds(10));
+  for (int i = 0; i < 10; ++i) store->commit(put(i)).wait(io.waitScope);
+  // No sync asked for: the committer syncs within its delay.
+  for (int tries = 0; tries < 500 && env.unsyncedBytes() > 0; ++tries) {
+    io.provider->getTimer().afterDelay(10 * kj::MILLISECONDS).wait(io.waitScope);
+  }
+  EXPECT_EQ(env.unsyncedBytes(), 0u);
+  env.powerOff();
+  store.reset();
+  env.restore();
+  store = open("/m");
+  EXPECT_EQ(prefix(*store, 0, 10), 10);
+}
+
+TEST_F(DurabilityTest, EveryChangeIsSyncedBeforeItsAnswerWhenAskedTo) {
+  auto store = open("/m");
+  store->setSyncEveryMutation(true);
+  for (int i = 0; i < 5; ++i) {
+    store->commit(put(i)).wait(io.waitScope);
+    EXPECT_EQ(env.unsyncedBytes(), 0u) << i;
+  }
+  uint64_t syncs = store->syncs();
+  store->sync().wait(io.waitScope);  // nothing left to sync
+  EXPECT_EQ(store->syncs(), syncs);
+}
+
+TEST_F(DurabilityTest, AStandbyAnswersASyncEntryOnlyOnceSynced) {
+  auto active = open("/a");
+  auto standby = open("/b");
+  standby->setWritable(false);
+  LogShipper shipper(*active, io.provider->getTimer(), ReplicationOptions{},
+                     [](std::vector<std::string>) { return kj::Promise<void>(kj::READY_NOW); });
+  active->setShipper(
+      NamespaceStore::Shipper([&shipper](const LogEntry& e) { return shipper.ship(e); }));
+  wire::LogSink::Client sink = kj::heap<LogSinkImpl>(*standby, true, [](bool) {});
+  auto following = shipper.follow("b", 0, 0, sink);
+  for (int tries = 0; tries < 100 && shipper.followers().empty(); ++tries) {
+    io.provider->getTimer().afterDelay(10 * kj::MILLISECONDS).wait(io.waitScope);
+  }
+  for (int tries = 0; tries < 100 && !shipper.followers().at(0).inSync; ++tries) {
+    io.provider->getTimer().afterDelay(10 * kj::MILLISECONDS).wait(io.waitScope);
+  }
+  ASSERT_TRUE(shipper.followers().at(0).inSync);
+  // Acknowledged once in both logs: neither synced it.
+  for (int i = 0; i < 20; ++i) active->commit(put(i)).wait(io.waitScope);
+  EXPECT_EQ(standby->lastLsn(), active->lastLsn());
+  EXPECT_GT(env.unsyncedBytes(), 0u);
+  active->sync().wait(io.waitScope);
+  EXPECT_EQ(env.unsyncedBytes(), 0u);  // on both disks
+  EXPECT_EQ(standby->lastLsn(), active->lastLsn());
+
+  // Power lost on the standby's host after the sync: it holds all of it.
+  for (int i = 20; i < 25; ++i) active->commit(put(i)).wait(io.waitScope);
+  env.powerOff();
+  shipper.stop("test over");
+  active->setShipper(nullptr);
+  following = nullptr;
+  sink = nullptr;
+  standby.reset();
+  active.reset();
+  env.restore();
+  standby = open("/b");
+  EXPECT_EQ(prefix(*standby, 0, 25), 20);
+}
+
+}  // namespace
+}  // namespace cairn
