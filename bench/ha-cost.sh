@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What the standby costs: creates and mkdirs through a mount of the local cluster started
-# with one master (CAIRN_MASTERS=1, the log synced on the master only) and with two (every
-# entry also synced on the standby before the reply), back to back, alternating the order;
+# with one master (CAIRN_MASTERS=1) and with two (every entry also in the standby's log
+# before the reply), back to back, alternating the order;
 # then the same through the master API (cairn-metabench: libcairn, 16 calls in flight).
 # Prints each rate (median of the rounds) and the ratio two/one.
 #

@@ -429,11 +429,14 @@ uint64_t ChunkManager::nextVersion(Chunk& c) {
 
 kj::Promise<void> ChunkManager::recordVersion(Chunk& c) {
   c.issued = issuedOf(c);
+  // A version number not recorded before is synced before any replica learns it: after a
+  // power cut the master must not hand it out again, to other replicas.
+  bool newNumber = c.issued > c.record.issued;
   c.record.issued = c.issued;
   // A chunk some server holds is created, whoever created it (a master that died before
   // recording so, say): from now on it may hold bytes.
   if (!c.replicas.empty()) c.record.pending = false;
-  return ns.setChunkVersion(c.inode, c.record);
+  return ns.setChunkVersion(c.inode, c.record, newNumber);
 }
 
 PlacementCandidate ChunkManager::candidate(const Server& s) const {
@@ -583,7 +586,8 @@ kj::Promise<Result<ChunkView>> ChunkManager::allocate(uint64_t inode, uint32_t i
   }
   for (uint64_t t : targets) serversById[t].recentCreations++;
   // The record is visible from now on, so a concurrent caller for the same chunk finds it
-  // and waits on serialize() below; it is durable before any replica is created.
+  // and waits on serialize() below; it is in the log (its handle reserved on disk, see
+  // Namespace::allocateHandle) before any replica is created.
   auto durable = ns.allocateChunk(inode, index);
   auto record = ns.getChunk(inode, index);
   KJ_ASSERT(record.has_value());

@@ -158,8 +158,9 @@ kj::Promise<void> Master::tickLoop() {
 MutationResult Master::finish(MutationResult r) {
   if (r.releasedHandles.empty()) return r;
   // The replicas go once the entry that released them is on this master's disk: after a
-  // power loss the file must not come back without its chunks. (The standbys in sync
-  // already hold the entry in their logs.)
+  // power loss the file must not come back without its chunks. (The standbys in sync hold
+  // the entry in their logs, synced within their own delay: deletes go out at the next
+  // heartbeat, seconds later.)
   background.add(store->syncedHere().then(
       [this, handles = r.releasedHandles]() { chunks->release(handles); }));
   return r;

@@ -123,12 +123,13 @@ void Namespace::reload() {
   auto storedHandle = store.get(NEXT_HANDLE_KEY);
   if (storedChunkSize) {
     chunkSize_ = decodeU64(*storedChunkSize);
-    nextInode = storedInode ? decodeU64(*storedInode) : ROOT_INODE + 1;
-    nextHandle = storedHandle ? decodeU64(*storedHandle) : 1;
+    // What is stored is the reserve's end: numbers below it may have been handed out.
+    nextInode = inodeLimit = storedInode ? decodeU64(*storedInode) : ROOT_INODE + 1;
+    nextHandle = handleLimit = storedHandle ? decodeU64(*storedHandle) : 1;
     return;
   }
-  nextInode = ROOT_INODE + 1;
-  nextHandle = 1;
+  nextInode = inodeLimit = ROOT_INODE + 1;
+  nextHandle = handleLimit = 1;
   // A standby's empty store stays empty: the active's log fills it.
   if (!store.isWritable()) return;
   Inode root;
@@ -224,10 +225,29 @@ Status Namespace::readdir(uint64_t inode, std::string_view after, size_t limit,
   return Status::OK();
 }
 
-uint64_t Namespace::allocateInode(Mutation& m) {
-  uint64_t inode = nextInode++;
-  m.put(NEXT_INODE_KEY, encodeU64(nextInode));
-  return inode;
+uint64_t Namespace::allocateNumber(const std::string& key, uint64_t& next, uint64_t& limit) {
+  constexpr uint64_t RESERVE = 4096;
+  uint64_t n = next++;
+  if (next > limit) {
+    // An entry of its own, before the caller's (which may yet be dropped): the log is
+    // first-in first-out, so nothing that shows `n` is acknowledged before this is synced.
+    limit = next + RESERVE;
+    Mutation reserve;
+    reserve.put(key, encodeU64(limit));
+    reserve.sync = true;
+    store.commit(std::move(reserve)).detach([](kj::Exception&& e) {
+      KJ_LOG(ERROR, "cannot reserve numbers", e);
+    });
+  }
+  return n;
+}
+
+uint64_t Namespace::allocateInode(Mutation&) {
+  return allocateNumber(NEXT_INODE_KEY, nextInode, inodeLimit);
+}
+
+uint64_t Namespace::allocateHandle(Mutation&) {
+  return allocateNumber(NEXT_HANDLE_KEY, nextHandle, handleLimit);
 }
 
 kj::Promise<MutationResult> Namespace::finish(Mutation m, MutationResult result) {
@@ -679,7 +699,7 @@ kj::Promise<MutationResult> Namespace::restore(std::string_view path) {
     auto made = newEntry(m, dir, parts.value[i], InodeType::DIRECTORY, 0755, 0, 0);
     if (!made.ok()) return MutationResult{made.status, {}, {}};
     // Later steps read through the store, so the new directory goes in now; the committer
-    // is first-in first-out, so it is durable before the restore's own reply.
+    // is first-in first-out, so it is in the log before the restore's own reply.
     store.commit(std::move(m)).detach([](kj::Exception&&) {});
     m = Mutation();
     dir = made.value.inode;
@@ -921,9 +941,8 @@ kj::Promise<Result<ChunkRecord>> Namespace::allocateChunk(uint64_t inode, uint32
     return Result<ChunkRecord>(Status::invalidArgument("not a regular file"));
   }
   if (auto existing = getChunk(inode, index)) return Result<ChunkRecord>(*existing);
-  ChunkRecord record{index, nextHandle++, 1, 1, true};
   Mutation m;
-  m.put(NEXT_HANDLE_KEY, encodeU64(nextHandle));
+  ChunkRecord record{index, allocateHandle(m), 1, 1, true};
   m.put(chunkKey(inode, index), encodeChunk(record));
   return store.commit(std::move(m)).then([record]() { return Result<ChunkRecord>(record); });
 }
@@ -936,8 +955,10 @@ kj::Promise<void> Namespace::forgetChunk(uint64_t inode, const ChunkRecord& reco
   return store.commit(std::move(m));
 }
 
-kj::Promise<void> Namespace::setChunkVersion(uint64_t inode, const ChunkRecord& record) {
+kj::Promise<void> Namespace::setChunkVersion(uint64_t inode, const ChunkRecord& record,
+                                             bool sync) {
   Mutation m;
+  m.sync = sync;
   auto owners = ownersOf(record.handle);
   if (owners.empty()) owners.push_back({inode, record.index});
   for (auto& o : owners) {
@@ -949,9 +970,8 @@ kj::Promise<void> Namespace::setChunkVersion(uint64_t inode, const ChunkRecord& 
 }
 
 kj::Promise<uint64_t> Namespace::reserveHandle() {
-  uint64_t handle = nextHandle++;
   Mutation m;
-  m.put(NEXT_HANDLE_KEY, encodeU64(nextHandle));
+  uint64_t handle = allocateHandle(m);
   return store.commit(std::move(m)).then([handle]() { return handle; });
 }
 

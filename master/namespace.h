@@ -1,7 +1,8 @@
 #pragma once
 // The file-system namespace: inodes, directory entries and each file's chunk list, kept
 // in a NamespaceStore. Every operation runs on the master's event loop; a mutation is
-// visible to the next operation at once, and its promise resolves when it is durable.
+// visible to the next operation at once, and its promise resolves when it is in the log
+// (see NamespaceStore::commit).
 // Errors a caller must branch on (a missing name, a non-empty directory, ...) are
 // Status values; the store failing is an exception.
 
@@ -233,7 +234,7 @@ class Namespace {
   kj::Promise<ShareResult> shareChunks(uint64_t src, uint64_t srcOffset, uint64_t dst,
                                        uint64_t dstOffset, uint64_t length,
                                        kj::FunctionParam<bool(uint64_t inode)> quiet);
-  // A chunk handle no record names yet (copy-on-write's copy), durable before any
+  // A chunk handle no record names yet (copy-on-write's copy), reserved on disk before any
   // chunkserver is given it.
   kj::Promise<uint64_t> reserveHandle();
   // Copy-on-write: `inode`'s slot takes `replacement` instead of the shared `old`, which
@@ -255,14 +256,21 @@ class Namespace {
   kj::Promise<void> forgetChunk(uint64_t inode, const ChunkRecord& record);
   // Records the chunk's version in the slot of `inode` that names it, or in every owner's
   // when it is shared.
-  kj::Promise<void> setChunkVersion(uint64_t inode, const ChunkRecord& record);
+  // `sync`: acknowledged once synced (a version number handed out for the first time).
+  kj::Promise<void> setChunkVersion(uint64_t inode, const ChunkRecord& record, bool sync);
 
  private:
   std::optional<Inode> readInode(uint64_t inode);
   std::optional<uint64_t> readDirent(uint64_t parent, std::string_view name);
   Result<Inode> requireDirectory(uint64_t inode);
   int64_t nowNs();
+  // The next inode or chunk handle, for a change being built in `m`. Numbers are reserved on
+  // disk ahead of use, 4096 at a time, by a synced entry: after a power cut a master never
+  // hands out a number it handed out before (a mount may still hold that inode, a
+  // chunkserver that chunk).
   uint64_t allocateInode(Mutation& m);
+  uint64_t allocateHandle(Mutation& m);
+  uint64_t allocateNumber(const std::string& key, uint64_t& next, uint64_t& limit);
   // A new inode in directory `parent` under `name`, after the checks every create shares;
   // the directory's setgid bit passes its group (and, to directories, the bit) down.
   Result<Inode> newEntry(Mutation& m, uint64_t parent, std::string_view name, InodeType type,
@@ -311,8 +319,8 @@ class Namespace {
   NamespaceStore& store;
   const kj::Clock& clock;
   uint64_t chunkSize_;
-  uint64_t nextInode;
-  uint64_t nextHandle;
+  uint64_t nextInode, inodeLimit;    // handed out below nextInode; reserved below the limit
+  uint64_t nextHandle, handleLimit;
   kj::Duration trashPeriod = 0 * kj::SECONDS;
   std::map<uint64_t, uint32_t> opens;  // inode -> sessions that have it open
 };

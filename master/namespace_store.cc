@@ -84,7 +84,8 @@ kj::Promise<void> NamespaceStore::commit(Mutation m) {
   if (!writable) {
     return KJ_EXCEPTION(FAILED, "metadata store is read only (this master is not active)");
   }
-  return commitEntry(std::move(m), syncEvery);
+  bool synced = syncEvery || m.sync;
+  return commitEntry(std::move(m), synced);
 }
 
 kj::Promise<void> NamespaceStore::commitEntry(Mutation m, bool synced) {

@@ -32,6 +32,8 @@ struct Mutation {
   }
   void del(std::string key) { ops.emplace_back(std::move(key), std::nullopt); }
   bool empty() const { return ops.empty(); }
+  // Acknowledged only once synced (with every entry before it), here and on the standbys.
+  bool sync = false;
 };
 
 // One entry of the metadata log: a mutation, its place in the log and the epoch of the
@@ -108,11 +110,11 @@ class NamespaceStore {
   }
 
   // A standby applies an entry the active shipped; it must be the next one. Resolves once
-  // durable.
+  // in the log (synced, for an entry marked sync or under syncEveryMutation).
   kj::Promise<void> apply(LogEntry entry);
 
-  // A consistent copy of what is durable now, read piece by piece (the active sends it to a
-  // standby that is too far behind for the log).
+  // A consistent copy of what is in LevelDB now, read piece by piece (the active sends it
+  // to a standby that is too far behind for the log).
   class Snapshot {
    public:
     virtual ~Snapshot() = default;

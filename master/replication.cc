@@ -402,14 +402,22 @@ kj::Promise<void> LogSinkImpl::append(AppendContext context) {
   }
   uint64_t lsn = store.lastLsn();
   toWire(Status::OK(), results.initStatus());
-  results.setLsn(lsn);
   auto all = kj::joinPromises(durable.releaseAsArray());
+  if (synced) {
+    // Until this call's sync is done, no answer may claim the entries it syncs.
+    syncing.insert(lsn);
+    all = all.then([this, lsn]() { syncing.erase(lsn); });
+  }
+  // An answer given before the entries are in the log claims no entry that a sync still
+  // in progress covers: the active takes the highest answer as held.
   if (!ackWritten && !synced) {
+    results.setLsn(syncing.empty() ? lsn : *syncing.begin() - 1);
     all.detach([](kj::Exception&& e) {
       logError("standby: applying the log failed: {}", e.getDescription().cStr());
     });
     return kj::READY_NOW;
   }
+  results.setLsn(lsn);
   return all;
 }
 

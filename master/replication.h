@@ -15,6 +15,7 @@
 
 #include <deque>
 #include <map>
+#include <set>
 #include <memory>
 #include <string>
 #include <vector>
@@ -126,6 +127,7 @@ class LogSinkImpl final : public wire::LogSink::Server {
  private:
   NamespaceStore& store;
   bool ackWritten;
+  std::set<uint64_t> syncing;  // the last entry of each call waiting for its sync
   kj::Function<void(bool installing)> onState;
   bool closed = false;
 };

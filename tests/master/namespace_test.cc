@@ -224,7 +224,7 @@ TEST_F(NamespaceTest, SharedChunksAreReleasedOnceWithTheirLastOwner) {
     ASSERT_TRUE(c.ok());
     // Created on some chunkserver: no longer pending, so it may hold bytes.
     c.value.pending = false;
-    ns->setChunkVersion(f.inode, c.value).wait(io.waitScope);
+    ns->setChunkVersion(f.inode, c.value, false).wait(io.waitScope);
     handles.push_back(c.value.handle);
   }
   SnapshotRequest first;
