@@ -122,7 +122,8 @@ kj::Promise<Status> OpenFile::close() {
   uint64_t inode = attr_.inode;
   FileCache& fc = cache;
   auto written = syncOnClose ? fc.fsync(inode) : fc.flush(inode);
-  auto placed = written.then([&fc, r = rename, sync = syncOnClose](Status s) -> kj::Promise<Status> {
+  auto placed = written.then([&fc, r = rename,
+                              sync = syncOnClose](Status s) -> kj::Promise<Status> {
     if (!r) return s;
     if (!s.ok())
       return fc.client.unlink(r->tempParent, r->tempName, r->as).then([s](Status) { return s; });

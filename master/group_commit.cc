@@ -85,8 +85,8 @@ void GroupCommitter::run() {
         group.push_back(kj::mv(queue.front()));
         queue.pop_front();
       }
-      sync = sync || stopping ||
-             (dirty && std::chrono::steady_clock::now() >= dirtySince + syncDelay);
+      sync =
+          sync || stopping || (dirty && std::chrono::steady_clock::now() >= dirtySince + syncDelay);
       last = group.empty() ? written : group.back().seq;
       if (!latchedError.empty()) {
         for (auto& p : group) {

@@ -215,11 +215,11 @@ kj::Promise<MutationResult> Master::snapshotAttempt(kj::Own<SnapshotRequest> req
 
 kj::Promise<Status> Master::syncMetadata() {
   if (!active_) return Status(ErrorCode::NOT_ACTIVE, "this master is not active");
-  return store->sync().then([]() { return Status::OK(); },
-                            [](kj::Exception&& e) {
-                              return Status::unavailable(
-                                  fmt::format("metadata sync: {}", e.getDescription().cStr()));
-                            });
+  return store->sync().then(
+      []() { return Status::OK(); },
+      [](kj::Exception&& e) {
+        return Status::unavailable(fmt::format("metadata sync: {}", e.getDescription().cStr()));
+      });
 }
 
 kj::Promise<Namespace::ShareResult> Master::shareChunks(uint64_t src, uint64_t srcOffset,

@@ -955,8 +955,7 @@ kj::Promise<void> Namespace::forgetChunk(uint64_t inode, const ChunkRecord& reco
   return store.commit(std::move(m));
 }
 
-kj::Promise<void> Namespace::setChunkVersion(uint64_t inode, const ChunkRecord& record,
-                                             bool sync) {
+kj::Promise<void> Namespace::setChunkVersion(uint64_t inode, const ChunkRecord& record, bool sync) {
   Mutation m;
   m.sync = sync;
   auto owners = ownersOf(record.handle);

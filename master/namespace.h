@@ -319,7 +319,7 @@ class Namespace {
   NamespaceStore& store;
   const kj::Clock& clock;
   uint64_t chunkSize_;
-  uint64_t nextInode, inodeLimit;    // handed out below nextInode; reserved below the limit
+  uint64_t nextInode, inodeLimit;  // handed out below nextInode; reserved below the limit
   uint64_t nextHandle, handleLimit;
   kj::Duration trashPeriod = 0 * kj::SECONDS;
   std::map<uint64_t, uint32_t> opens;  // inode -> sessions that have it open

@@ -147,13 +147,14 @@ kj::Promise<void> NamespaceStore::write(const Mutation& m, Durability durability
     overlay[key] = Pending{value, seq};
     keys.push_back(key);
   }
-  return committer->submit(std::move(batch), durability).then([this, seq, keys = std::move(keys)]() {
-    // Once written, LevelDB answers for these keys, unless a later mutation is pending.
-    for (auto& key : keys) {
-      auto it = overlay.find(key);
-      if (it != overlay.end() && it->second.seq == seq) overlay.erase(it);
-    }
-  });
+  return committer->submit(std::move(batch), durability)
+      .then([this, seq, keys = std::move(keys)]() {
+        // Once written, LevelDB answers for these keys, unless a later mutation is pending.
+        for (auto& key : keys) {
+          auto it = overlay.find(key);
+          if (it != overlay.end() && it->second.seq == seq) overlay.erase(it);
+        }
+      });
 }
 
 namespace {

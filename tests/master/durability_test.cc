@@ -32,8 +32,7 @@ class PowerLossEnv : public leveldb::EnvWrapper {
   leveldb::Status NewWritableFile(const std::string& name, leveldb::WritableFile** out) override {
     return open(name, out, false);
   }
-  leveldb::Status NewAppendableFile(const std::string& name,
-                                    leveldb::WritableFile** out) override {
+  leveldb::Status NewAppendableFile(const std::string& name, leveldb::WritableFile** out) override {
     return open(name, out, true);
   }
   leveldb::Status RemoveFile(const std::string& name) override {
@@ -129,8 +128,8 @@ class PowerLossEnv : public leveldb::EnvWrapper {
       changed.wait(lock, [this]() { return !tablesHeld; });
     }
     leveldb::WritableFile* base = nullptr;
-    leveldb::Status s = append ? target()->NewAppendableFile(name, &base)
-                               : target()->NewWritableFile(name, &base);
+    leveldb::Status s =
+        append ? target()->NewAppendableFile(name, &base) : target()->NewWritableFile(name, &base);
     if (!s.ok()) return s;
     uint64_t existing = 0;
     if (append) target()->GetFileSize(name, &existing);
@@ -273,8 +272,8 @@ TEST_F(DurabilityTest, NumbersHandedOutBeforeAPowerCutAreNeverHandedOutAgain) {
   auto ns = std::make_unique<Namespace>(*store, clock, 1 << 20);
   uint64_t highestInode = 0, highestHandle = 0;
   for (int i = 0; i < 20; ++i) {
-    auto r = ns->create(ROOT_INODE, "f" + std::to_string(i), 0644, 0, 0, 0, true)
-                 .wait(io.waitScope);
+    auto r =
+        ns->create(ROOT_INODE, "f" + std::to_string(i), 0644, 0, 0, 0, true).wait(io.waitScope);
     ASSERT_TRUE(r.status.ok()) << r.status.toString();
     highestInode = std::max(highestInode, r.inode.inode);
     auto chunk = ns->allocateChunk(r.inode.inode, 0).wait(io.waitScope);

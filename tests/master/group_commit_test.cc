@@ -79,9 +79,7 @@ class GroupCommitTest : public ::testing::Test {
   // kj's owners may throw from destructors; a test fixture must not.
   ~GroupCommitTest() noexcept override {}
   GroupCommitTest()
-      : io(kj::setupAsyncIo()),
-        mem(leveldb::NewMemEnv(leveldb::Env::Default())),
-        env(mem.get()) {
+      : io(kj::setupAsyncIo()), mem(leveldb::NewMemEnv(leveldb::Env::Default())), env(mem.get()) {
     leveldb::Options options;
     options.create_if_missing = true;
     options.env = &env;
