@@ -42,19 +42,4 @@ for mode in default every; do
   rm -rf "$WORK/cluster"
 done
 
-python3 - "$TSV" <<'PY'
-import sys
-rows, order = {}, []
-for line in open(sys.argv[1]):
-    label, figure, value, unit = line.rstrip("\n").split("\t")
-    if figure not in rows:
-        rows[figure] = {"unit": unit}
-        order.append(figure)
-    rows[figure][label] = float(value)
-print(f"{'figure':<18} {'default':>10} {'every':>10}  unit    default/every")
-for f in order:
-    r = rows[f]
-    d, e = r.get("default"), r.get("every")
-    ratio = f"{d / e:.2f}" if d is not None and e else "-"
-    print(f"{f:<18} {d if d is not None else '-':>10} {e if e is not None else '-':>10}  {r['unit']:<7} {ratio}")
-PY
+python3 "$ROOT/bench/ratio-table.py" "$TSV" every default

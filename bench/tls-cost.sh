@@ -35,19 +35,4 @@ for r in $(seq 1 "$ROUNDS"); do
   if [ $((r % 2)) = 1 ]; then run tls 0; run plain 1; else run plain 1; run tls 0; fi
 done
 
-python3 - "$TSV" <<'PY'
-import sys, statistics
-rows, order = {}, []
-for line in open(sys.argv[1]):
-    label, figure, value, unit = line.rstrip("\n").split("\t")
-    if figure not in rows:
-        rows[figure] = {"unit": unit, "tls": [], "plain": []}
-        order.append(figure)
-    rows[figure][label].append(float(value))
-print(f"{'figure':<14} {'plain':>10} {'TLS':>10}  unit    TLS/plain")
-for f in order:
-    r = rows[f]
-    p, t = statistics.median(r["plain"]), statistics.median(r["tls"])
-    ratio = t / p if p else float("nan")
-    print(f"{f:<14} {p:>10.1f} {t:>10.1f}  {r['unit']:<7} {ratio:.2f}")
-PY
+python3 "$ROOT/bench/ratio-table.py" "$TSV" plain tls "(medians of the rounds)"

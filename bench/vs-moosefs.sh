@@ -100,20 +100,4 @@ CAIRN_MOUNT=$WORK/cairn-mnt CAIRN_MASTER_PORT=${CAIRN_MASTER_PORT:-7790} \
 FS_BENCH_TSV=$TSV "$SHARED/fs-bench.sh" "$WORK/cairn-mnt" cairn $QUICK
 cpu_phases "$WORK/cairn-mnt" cairn
 
-python3 - "$TSV" <<'PY'
-import sys
-rows = {}
-order = []
-for line in open(sys.argv[1]):
-    label, figure, value, unit = line.rstrip("\n").split("\t")
-    if figure not in rows:
-        rows[figure] = {"unit": unit}
-        order.append(figure)
-    rows[figure][label] = float(value)
-print(f"{'figure':<14} {'MooseFS':>10} {'Cairn':>10}  unit    Cairn/MooseFS  (cpu_*: lower is better)")
-for f in order:
-    r = rows[f]
-    m, c = r.get("moosefs"), r.get("cairn")
-    ratio = f"{c / m:.2f}" if m and c is not None else "-"
-    print(f"{f:<14} {m if m is not None else '-':>10} {c if c is not None else '-':>10}  {r['unit']:<7} {ratio}")
-PY
+python3 "$ROOT/bench/ratio-table.py" "$TSV" moosefs cairn "(cpu_*: lower is better)"
