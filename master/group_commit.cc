@@ -192,18 +192,17 @@ class SyncOnCloseFile final : public leveldb::WritableFile {
 
 leveldb::Status SyncOnCloseEnv::NewWritableFile(const std::string& name,
                                                 leveldb::WritableFile** out) {
-  leveldb::WritableFile* base = nullptr;
-  leveldb::Status s = target()->NewWritableFile(name, &base);
-  if (s.ok()) *out = new SyncOnCloseFile(base);
-  return s;
+  return wrap(target()->NewWritableFile(name, out), out);
 }
 
 leveldb::Status SyncOnCloseEnv::NewAppendableFile(const std::string& name,
                                                   leveldb::WritableFile** out) {
-  leveldb::WritableFile* base = nullptr;
-  leveldb::Status s = target()->NewAppendableFile(name, &base);
-  if (s.ok()) *out = new SyncOnCloseFile(base);
-  return s;
+  return wrap(target()->NewAppendableFile(name, out), out);
+}
+
+leveldb::Status SyncOnCloseEnv::wrap(leveldb::Status opened, leveldb::WritableFile** out) {
+  if (opened.ok()) *out = new SyncOnCloseFile(*out);
+  return opened;
 }
 
 }  // namespace cairn

@@ -94,6 +94,10 @@ class SyncOnCloseEnv : public leveldb::EnvWrapper {
   explicit SyncOnCloseEnv(leveldb::Env* base) : EnvWrapper(base) {}
   leveldb::Status NewWritableFile(const std::string& name, leveldb::WritableFile** out) override;
   leveldb::Status NewAppendableFile(const std::string& name, leveldb::WritableFile** out) override;
+
+ private:
+  // The file just opened into `*out`, wrapped.
+  static leveldb::Status wrap(leveldb::Status opened, leveldb::WritableFile** out);
 };
 
 }  // namespace cairn
