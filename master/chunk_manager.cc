@@ -720,13 +720,30 @@ kj::Promise<Result<ChunkView>> ChunkManager::grantLeaseTo(uint64_t handle, uint6
       });
 }
 
-kj::Promise<Status> ChunkManager::truncateChunk(uint64_t inode, uint64_t size) {
+kj::Promise<Status> ChunkManager::truncateChunk(uint64_t inode, uint64_t size,
+                                                kj::Function<kj::Promise<Status>()> commitSize) {
   if (frozenInodes.count(inode)) {
-    return nextChange().then([this, inode, size]() { return truncateChunk(inode, size); });
+    return nextChange().then([this, inode, size, commitSize = kj::mv(commitSize)]() mutable {
+      return truncateChunk(inode, size, kj::mv(commitSize));
+    });
+  }
+  // A chunk that no live server holds cannot be cut: refused before anything changes.
+  auto record = ns.getChunk(inode, static_cast<uint32_t>(size / ns.chunkSize()));
+  if (record && size % ns.chunkSize() != 0) {
+    auto it = chunks.find(record->handle);
+    if (it == chunks.end() || liveReplicas(it->second).empty()) {
+      return Status::unavailable(
+          fmt::format("no live replica of chunk {:x} to truncate", record->handle));
+    }
   }
   writesUnderWay[inode]++;
   auto done = kj::defer([this, inode]() { leave(inode); });
-  return truncateChunkNow(inode, size).attach(kj::mv(done));
+  return commitSize()
+      .then([this, inode, size](Status s) -> kj::Promise<Status> {
+        if (!s.ok()) return s;
+        return truncateChunkNow(inode, size);
+      })
+      .attach(kj::mv(done));
 }
 
 kj::Promise<Status> ChunkManager::truncateChunkNow(uint64_t inode, uint64_t size) {

@@ -176,10 +176,13 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
                                               std::vector<ReplicaFailure> failures = {},
                                               uint64_t failedVersion = 0);
 
-  // Cuts the chunk holding byte `size` of `inode` to end there (a truncate within a
-  // chunk), under a new version. Replicas that fail the cut leave the chunk, unless all
-  // fail: then none does and the version stays.
-  kj::Promise<Status> truncateChunk(uint64_t inode, uint64_t size);
+  // A shrinking truncate to `size` that ends within a chunk. `commitSize` records the new
+  // size (synced) first: the bytes past it are then no part of the file, whatever a crash
+  // leaves on the replicas. Then the chunk holding byte `size` is cut there, under a new
+  // version. Replicas that fail the cut leave the chunk, unless all fail: then none does,
+  // the version stays and the error is returned (the size stays committed).
+  kj::Promise<Status> truncateChunk(uint64_t inode, uint64_t size,
+                                    kj::Function<kj::Promise<Status>()> commitSize);
 
   // Chunks no longer referenced: their replicas are deleted at the next heartbeats.
   void release(const std::vector<uint64_t>& handles);

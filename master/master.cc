@@ -168,16 +168,30 @@ MutationResult Master::finish(MutationResult r) {
 
 kj::Promise<MutationResult> Master::setattr(uint64_t inode, SetAttrArgs args) {
   auto current = ns->getattr(inode);
-  kj::Promise<Status> cut = Status::OK();
-  if (args.size && current.ok() && current.value.type == InodeType::REGULAR &&
-      *args.size < current.value.size) {
-    if (chunks->inSafeMode()) return MutationResult{chunks->safeModeRefusal(), {}, {}};
-    cut = chunks->truncateChunk(inode, *args.size);
-  }
-  return cut.then([this, inode, args](Status s) -> kj::Promise<MutationResult> {
-    if (!s.ok()) return MutationResult{s, {}, {}};
+  bool cuts = args.size && current.ok() && current.value.type == InodeType::REGULAR &&
+              *args.size < current.value.size && *args.size % ns->chunkSize() != 0;
+  if (!cuts) {
     return ns->setattr(inode, args).then([this](MutationResult r) { return finish(std::move(r)); });
-  });
+  }
+  if (chunks->inSafeMode()) return MutationResult{chunks->safeModeRefusal(), {}, {}};
+  // The new size first (Namespace::setattr syncs a size that ends within a chunk), then
+  // the cut: a crash between leaves the old bytes past the end, never a file of the old
+  // size with its end cut away.
+  auto result = kj::heap<MutationResult>();
+  auto& out = *result;
+  return chunks
+      ->truncateChunk(inode, *args.size,
+                      [this, inode, args, &out]() {
+                        return ns->setattr(inode, args).then([&out](MutationResult r) {
+                          out = std::move(r);
+                          return out.status;
+                        });
+                      })
+      .then([this, result = kj::mv(result)](Status cut) mutable {
+        MutationResult r = finish(std::move(*result));
+        if (!cut.ok()) r.status = cut;
+        return r;
+      });
 }
 
 kj::Promise<MutationResult> Master::snapshot(kj::Own<SnapshotRequest> request) {

@@ -519,6 +519,8 @@ kj::Promise<MutationResult> Namespace::setattr(uint64_t inode, const SetAttrArgs
         refs.drop(m, {inode, c.index}, c);
       }
       refs.writeTo(m);
+      // A new end within a chunk is on disk before the chunk is cut there (truncateChunk).
+      m.sync = *args.size % chunkSize_ != 0;
     }
     if (*args.size != n->size && !args.mtimeNs) n->mtimeNs = now;
     n->size = *args.size;

@@ -453,13 +453,65 @@ TEST_F(ChunkManagerTest, ATruncateThatFailsEverywhereKeepsTheVersion) {
   auto r = prepare(0);
   ASSERT_TRUE(r.ok());
   control.down = {ids[0], ids[1], ids[2], ids[3]};
-  Status s = manager.truncateChunk(file, 1000).wait(io.waitScope);
+  Status s = manager.truncateChunk(file, 1000, []() { return kj::Promise<Status>(Status::OK()); })
+                 .wait(io.waitScope);
   EXPECT_FALSE(s.ok());
   control.down.clear();
   auto view = manager.locate(file, 0, 1)[0];
   EXPECT_EQ(view.replicas.size(), 3u);
   EXPECT_EQ(view.record.version, r.value.record.version);
   EXPECT_EQ(ns.getChunk(file, 0)->version, r.value.record.version);
+}
+
+TEST_F(ChunkManagerTest, ATruncateCommitsTheNewSizeBeforeAnyReplicaIsCut) {
+  auto r = prepare(0);
+  ASSERT_TRUE(r.ok());
+  uint64_t handle = r.value.record.handle;
+  auto cutAnywhere = [&]() {
+    for (auto& [key, version] : control.versions) {
+      if (key.second == handle && version > r.value.record.version) return true;
+    }
+    return false;
+  };
+  // The size cannot be recorded: nothing is cut.
+  Status refused =
+      manager
+          .truncateChunk(file, 1000,
+                         []() { return kj::Promise<Status>(Status::noSpace("log full")); })
+          .wait(io.waitScope);
+  EXPECT_EQ(refused.code(), ErrorCode::NO_SPACE);
+  EXPECT_FALSE(cutAnywhere());
+  EXPECT_EQ(manager.locate(file, 0, 1)[0].record.version, r.value.record.version);
+  // Recorded first, then cut.
+  bool committed = false;
+  Status s = manager
+                 .truncateChunk(file, 1000,
+                                [&]() {
+                                  EXPECT_FALSE(cutAnywhere());
+                                  committed = true;
+                                  return kj::Promise<Status>(Status::OK());
+                                })
+                 .wait(io.waitScope);
+  ASSERT_TRUE(s.ok()) << s.toString();
+  EXPECT_TRUE(committed);
+  EXPECT_TRUE(cutAnywhere());
+}
+
+TEST_F(ChunkManagerTest, ATruncateOfAChunkWithNoLiveReplicaChangesNothing) {
+  auto r = prepare(0);
+  ASSERT_TRUE(r.ok());
+  timer.advanceTo(timer.now() + 61 * kj::SECONDS);
+  manager.tick();  // no heartbeats: every server is dead
+  bool committed = false;
+  Status s = manager
+                 .truncateChunk(file, 1000,
+                                [&]() {
+                                  committed = true;
+                                  return kj::Promise<Status>(Status::OK());
+                                })
+                 .wait(io.waitScope);
+  EXPECT_EQ(s.code(), ErrorCode::UNAVAILABLE);
+  EXPECT_FALSE(committed);
 }
 
 TEST_F(ChunkManagerTest, AVersionIsNeverHandedOutTwice) {
