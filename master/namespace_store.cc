@@ -3,6 +3,9 @@
 #include <kj/debug.h>
 #include <leveldb/write_batch.h>
 
+#include "log.h"
+#include "log_tail.h"
+
 namespace cairn {
 
 const std::string LOG_LSN_KEY = "mlog_lsn";
@@ -27,6 +30,22 @@ NamespaceStore::NamespaceStore(const std::string& dir, leveldb::Env* base,
   options.env = &env;
   leveldb::DB* raw = nullptr;
   leveldb::Status s = leveldb::DB::Open(options, dir, &raw);
+  if (s.IsCorruption()) {
+    // Perhaps a power cut left garbage where unsynced writes were going.
+    std::vector<TornTail> cut;
+    Status repaired = cutTornLogTails(env, dir, cut);
+    if (!repaired.ok()) {
+      KJ_FAIL_REQUIRE("cannot open metadata store", dir, s.ToString(), repaired.toString());
+    }
+    for (auto& torn : cut) {
+      logWarn(
+          "metadata log {}: cut a torn end of {} bytes after {} bytes of whole records (a "
+          "power cut during unsynced writes; what was synced is all there); the cut bytes "
+          "are in {}.torn",
+          torn.file, torn.dropped, torn.kept, torn.file);
+    }
+    if (!cut.empty()) s = leveldb::DB::Open(options, dir, &raw);
+  }
   if (!s.ok()) KJ_FAIL_REQUIRE("cannot open metadata store", dir, s.ToString());
   db.reset(raw);
   committer = std::make_unique<GroupCommitter>(*db, syncDelay);
