@@ -29,6 +29,11 @@ void GroupCommitter::setMetrics(Metrics* m) {
   metrics.store(m);
 }
 
+void GroupCommitter::setFailureHandler(std::function<void(const std::string&)> handler) {
+  std::lock_guard<std::mutex> lock(mutex);
+  onFailure = std::move(handler);
+}
+
 kj::Promise<void> GroupCommitter::submit(leveldb::WriteBatch batch, Durability durability) {
   auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
   {
@@ -150,6 +155,13 @@ void GroupCommitter::run() {
     for (auto& p : group) {
       p.fulfiller->reject(KJ_EXCEPTION(FAILED, "metadata write failed", s.ToString()));
     }
+    std::function<void(const std::string&)> handler;
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      handler = std::move(onFailure);
+      onFailure = nullptr;
+    }
+    if (handler) handler(s.ToString());
   }
 }
 

@@ -16,7 +16,9 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <mutex>
+#include <string>
 #include <thread>
 
 #include "metrics.h"
@@ -54,6 +56,9 @@ class GroupCommitter {
   uint64_t syncs() const { return syncCount.load(); }
   // Records each write's batch size and each sync's time into `metrics` from now on.
   void setMetrics(Metrics* metrics);
+  // Called once, on the writer thread, after the first write or sync that failed (its
+  // callers already rejected): the master stops there (master_main.cc).
+  void setFailureHandler(std::function<void(const std::string&)> handler);
 
  private:
   struct Pending {
@@ -76,6 +81,7 @@ class GroupCommitter {
   std::deque<Waiter> waiters;  // whenSynced(), in order of seq
   bool stopping = false;
   std::string latchedError;
+  std::function<void(const std::string&)> onFailure;
   // Submissions are numbered; everything up to `written` is in the log, up to `synced` on
   // disk. `dirtySince`: when the oldest unsynced write was made.
   uint64_t submitted = 0, written = 0, synced = 0;

@@ -79,6 +79,7 @@ Master::Master(MasterOptions options, kj::Timer& timer, const kj::Clock& clock)
   signingKey = keys.rotate();
   store = std::make_unique<NamespaceStore>(opts.dataDir + "/meta", opts.metaEnv, opts.syncDelay);
   store->setSyncEveryMutation(opts.syncEveryMutation);
+  if (opts.onStoreFailure) store->setFailureHandler(opts.onStoreFailure);
   // One of several masters starts as a standby: its store changes only by the active's log.
   active_ = !haEnabled();
   store->setWritable(active_);

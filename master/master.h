@@ -52,6 +52,11 @@ struct MasterOptions {
   // A master that loses the active role holds state no other master may share (entries it
   // wrote that no standby acknowledged): main() starts it afresh, as a standby.
   std::function<void(const std::string& why)> onDeposed;
+  // A metadata write or sync that failed leaves this master's memory ahead of its disk:
+  // main() ends the process, as HDFS's NameNode does. A standby in sync holds every
+  // acknowledged entry and takes over; a restart reopens the store at its last whole entry.
+  // Unset (tests): the store refuses every later change.
+  std::function<void(const std::string& error)> onStoreFailure;
 };
 
 class ChunkserverControl;

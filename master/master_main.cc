@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
@@ -205,6 +207,14 @@ int main(int argc, char** argv) {
     options.onDeposed = [argc, argv, bound](const std::string& why) {
       logWarn("restarting as a standby ({})", why);
       restartAsStandby(argc, argv, bound);
+    };
+    options.onStoreFailure = [](const std::string& error) {
+      logError(
+          "stopping: the metadata store failed ({}), so this master's memory may be ahead "
+          "of its disk",
+          error);
+      std::fflush(nullptr);
+      std::_Exit(EXIT_FAILURE);
     };
     if (!zookeeper.empty() && (addr.value.host == "0.0.0.0" || addr.value.host == "::") &&
         masterId.empty()) {

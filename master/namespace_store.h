@@ -135,6 +135,10 @@ class NamespaceStore {
   uint64_t syncs() const { return committer->syncs(); }
   // Batch sizes and sync times of the group committer go to `metrics` from now on.
   void setMetrics(Metrics* metrics) { committer->setMetrics(metrics); }
+  // See GroupCommitter::setFailureHandler.
+  void setFailureHandler(std::function<void(const std::string&)> handler) {
+    committer->setFailureHandler(std::move(handler));
+  }
 
  private:
   struct Pending {

@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -365,6 +366,49 @@ TEST_F(FaultTest, AFullChunkserverRefusesChunksAndKeepsWhatItHas) {
   // Read everything with only the full server and one other left: whatever it holds reads.
   EXPECT_TRUE(waitFor(30, [&]() { return healthy(); }));
   for (int f = 0; f < 8; ++f) EXPECT_TRUE(cluster->get("/f" + std::to_string(f)) == files[f]) << f;
+}
+
+TEST_F(FaultTest, AMasterWhoseMetadataDiskFillsStopsAndStartsAgainWhenThereIsRoom) {
+  // The master's data lives on an 8 MiB tmpfs, which the test fills behind its back.
+  cluster = std::make_unique<ProcessCluster>(MIB, std::vector<std::string>{"--dead-after", "2"});
+  testing::Tmpfs disk(cluster->dir() + "/master", "8m");
+  ASSERT_TRUE(disk.ok) << "cannot mount a tmpfs (root needed)";
+  cluster->startMaster();
+  cluster->startChunkserver(0);
+  cluster->waitForLiveChunkservers(1);
+  ASSERT_EQ(cluster->cli({"mkdir", "/before"}), 0);  // a finished command: synced
+  std::string filler = disk.path + "/filler";
+  {
+    std::ofstream out(filler, std::ios::binary);
+    std::string block(1 << 16, 'x');
+    while (out.write(block.data(), block.size())) {
+    }
+  }
+  // Changes go on while the log's last page has room; then one cannot be written: the
+  // master refuses it and stops rather than serve what its disk does not hold.
+  int answered = 0;
+  while (answered < 500 && cluster->cli({"mkdir", "/after" + std::to_string(answered)}) == 0) {
+    ++answered;
+  }
+  EXPECT_LT(answered, 500);
+  auto exited = [&]() {
+    std::ifstream stat("/proc/" + std::to_string(cluster->masterPid()) + "/stat");
+    std::string pid, comm, state;
+    stat >> pid >> comm >> state;
+    return !stat || state == "Z";
+  };
+  EXPECT_TRUE(waitFor(30, exited));
+  EXPECT_NE(readFile(cluster->dir() + "/master.log").find("stopping: the metadata store failed"),
+            std::string::npos);
+  // With room again it starts from its disk: what was answered before is there.
+  std::filesystem::remove(filler);
+  cluster->killMaster();  // reaps it
+  cluster->startMaster();
+  EXPECT_EQ(cluster->cli({"stat", "/before"}), 0);
+  for (int i = 0; i < answered; ++i) {
+    EXPECT_EQ(cluster->cli({"stat", "/after" + std::to_string(i)}), 0) << i;
+  }
+  EXPECT_EQ(cluster->cli({"mkdir", "/later"}), 0);
 }
 
 }  // namespace

@@ -118,11 +118,18 @@ TEST_F(GroupCommitTest, CallersDuringASyncShareTheNext) {
 
 TEST_F(GroupCommitTest, AFailedSyncFailsThatBatchAndEveryLaterOne) {
   GroupCommitter committer(*db);
+  std::atomic<int> failures{0};
+  committer.setFailureHandler([&](const std::string& error) {
+    EXPECT_NE(error.find("injected sync failure"), std::string::npos) << error;
+    failures++;
+  });
   committer.submit(batch(0), Durability::SYNCED).wait(io.waitScope);
+  EXPECT_EQ(failures.load(), 0);
   env.failSyncs = true;
   EXPECT_ANY_THROW(committer.submit(batch(1), Durability::SYNCED).wait(io.waitScope));
   env.failSyncs = false;
   EXPECT_ANY_THROW(committer.submit(batch(2), Durability::SYNCED).wait(io.waitScope));
+  EXPECT_EQ(failures.load(), 1);  // told once, when it failed
 }
 
 TEST_F(GroupCommitTest, AWrittenBatchIsAnsweredAtOnceAndSyncedWithinTheDelay) {
