@@ -22,6 +22,7 @@ void ChunkManager::loadFromNamespace() {
     Chunk& c = chunks[record.handle];
     c.inode = inode;
     c.record = record;
+    attention.insert(record.handle);  // no replica known yet: missing until reported
   }
   // Until chunkservers report, the master knows no replica: it changes nothing then.
   safeMode = !chunks.empty();
@@ -32,6 +33,7 @@ void ChunkManager::loadFromNamespace() {
 
 void ChunkManager::becomeActive() {
   chunks.clear();
+  attention.clear();
   loadFromNamespace();
   mirroring = false;
   // What each chunkserver reported to the standby is now judged as a registration would
@@ -89,8 +91,7 @@ void ChunkManager::acceptReport(Server& s, const std::vector<ChunkReportEntry>& 
         logError("cannot record adopted version: {}", e.getDescription().cStr());
       });
     }
-    c.replicas.insert(id);
-    s.chunks.insert(entry.handle);
+    addReplica(c, id);
   }
 }
 
@@ -118,8 +119,7 @@ void ChunkManager::applyChanges(uint64_t id, const std::vector<ChunkReportEntry>
     Chunk& c = it->second;
     if (change.version != c.record.version || !liveReplicas(c).empty()) continue;
     logInfo("chunk {:x}: {} reports a current replica", change.handle, s.address);
-    c.replicas.insert(id);
-    s.chunks.insert(change.handle);
+    addReplica(c, id);
     auto& pending = s.pendingDeletes;
     pending.erase(std::remove(pending.begin(), pending.end(), change.handle), pending.end());
   }
@@ -246,7 +246,14 @@ size_t ChunkManager::sweepDeadServers() {
   return dead;
 }
 
+void ChunkManager::addReplica(Chunk& c, uint64_t server) {
+  c.replicas.insert(server);
+  serversById[server].chunks.insert(c.record.handle);
+  attention.insert(c.record.handle);
+}
+
 void ChunkManager::removeReplica(Chunk& c, uint64_t server) {
+  attention.insert(c.record.handle);
   c.replicas.erase(server);
   c.corrupt.erase(server);
   // Whichever replica leaves, the lease ends: the next write needs a new lease, and so a
@@ -614,10 +621,7 @@ kj::Promise<Result<ChunkView>> ChunkManager::allocate(uint64_t inode, uint32_t i
                        return kj::Promise<void>(kj::READY_NOW);
                      }
                      auto created = succeeded(results);
-                     for (uint64_t s : created) {
-                       it->second.replicas.insert(s);
-                       serversById[s].chunks.insert(handle);
-                     }
+                     for (uint64_t s : created) addReplica(it->second, s);
                      if (created.empty()) {
                        bool full = std::all_of(results.begin(), results.end(), [](auto& r) {
                          return r.status.code() == ErrorCode::NO_SPACE;
@@ -684,10 +688,7 @@ kj::Promise<Result<ChunkView>> ChunkManager::recreate(uint64_t handle) {
         if (created.empty()) {
           return Result<ChunkView>(Status::unavailable("no chunkserver could create the chunk"));
         }
-        for (uint64_t s : created) {
-          it->second.replicas.insert(s);
-          serversById[s].chunks.insert(handle);
-        }
+        for (uint64_t s : created) addReplica(it->second, s);
         return confirmCreated(handle, created, results.size());
       });
 }
@@ -816,10 +817,17 @@ kj::Promise<Status> ChunkManager::truncateChunkNow(uint64_t inode, uint64_t size
 
 void ChunkManager::release(const std::vector<uint64_t>& handles) {
   for (uint64_t h : handles) {
-    for (auto& [id, s] : serversById) {
-      if (s.chunks.erase(h)) s.pendingDeletes.push_back(h);
+    auto it = chunks.find(h);
+    if (it == chunks.end()) continue;
+    // Every server that holds the chunk is one of its replicas (a server leaves them when
+    // it dies; a copy under way deletes what it made when it finds the chunk gone).
+    for (uint64_t id : it->second.replicas) {
+      auto s = serversById.find(id);
+      if (s != serversById.end() && s->second.chunks.erase(h))
+        s->second.pendingDeletes.push_back(h);
     }
-    chunks.erase(h);
+    chunks.erase(it);
+    attention.erase(h);
   }
 }
 
@@ -835,6 +843,7 @@ void ChunkManager::dropCorrupt(Chunk& c, uint64_t server, const char* finder) {
   if (!c.replicas.count(server)) return;
   const std::string& address = serversById[server].address;
   if (!mayLeave(server, goodReplicas(c))) {
+    attention.insert(c.record.handle);
     if (c.corrupt.insert(server).second) {
       logError("chunk {:x}: {} found the replica on {} bad, but it is the last copy: kept",
                c.record.handle, finder, address);

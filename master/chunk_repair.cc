@@ -1,6 +1,8 @@
 // ChunkManager's background work: safe mode, re-replication by urgency, removal of
 // surplus replicas, decommissioning and balancing. Everything here runs from tick() on the
-// master's loop; copies run as tasks, bounded per chunkserver.
+// master's loop; copies run as tasks, bounded per chunkserver. A tick looks only at the
+// chunks that something moved off their goal (`attention`), never at all of them: its work
+// follows what changed, not the size of the namespace.
 
 #include <fmt/format.h>
 #include <kj/debug.h>
@@ -55,7 +57,9 @@ void ChunkManager::goalChanged(uint64_t inode, uint8_t goal) {
   for (auto& record : ns.listChunks(inode, 0, UINT32_MAX)) {
     auto it = chunks.find(record.handle);
     // A shared chunk's goal is worked out again from all its files.
-    if (it != chunks.end()) it->second.goal = ns.isShared(record.handle) ? 0 : goal;
+    if (it == chunks.end()) continue;
+    it->second.goal = ns.isShared(record.handle) ? 0 : goal;
+    attention.insert(record.handle);
   }
 }
 
@@ -118,9 +122,52 @@ void ChunkManager::tick() {
   sweepDeadServers();
   updateSafeMode();
   if (safeMode) return;
-  scheduleRepairs();
-  removeSurplus();
+  audit(options.auditPerTick);
+  auto offGoal = needingWork();
+  scheduleRepairs(offGoal);
+  removeSurplus(offGoal);
   balanceStep();
+}
+
+bool ChunkManager::atGoal(Chunk& c) {
+  Counts n = counts(c);
+  size_t goal = goalOf(c);
+  return !c.copying && n.live == goal && n.effective == goal;
+}
+
+std::vector<uint64_t> ChunkManager::needingWork() {
+  std::vector<uint64_t> out;
+  for (auto it = attention.begin(); it != attention.end();) {
+    auto c = chunks.find(*it);
+    if (c == chunks.end() || atGoal(c->second)) {
+      it = attention.erase(it);
+    } else {
+      out.push_back(*it);
+      ++it;
+    }
+  }
+  return out;
+}
+
+void ChunkManager::audit(size_t n) {
+  auto it = chunks.upper_bound(auditedUpTo);
+  for (size_t i = 0; i < n; ++i, ++it) {
+    if (it == chunks.end()) {
+      auditedUpTo = 0;
+      return;
+    }
+    auditedUpTo = it->first;
+    if (attention.count(it->first) || atGoal(it->second)) continue;
+    // Every change of a chunk's replicas or goal asks for attention: this is a bug's trace.
+    logWarn("chunk {:x} is off its goal and nothing asked for its repair; repairing it", it->first);
+    attention.insert(it->first);
+  }
+}
+
+size_t ChunkManager::offGoalUnattended() {
+  size_t n = 0;
+  for (auto& [h, c] : chunks) n += !attention.count(h) && !atGoal(c);
+  return n;
 }
 
 constexpr kj::Duration IDLE_LEASE = 3 * kj::SECONDS;
@@ -137,19 +184,23 @@ bool ChunkManager::readyForRepair(uint64_t handle, Chunk& c) {
     return bumpVersion(handle).then([this, handle](std::vector<uint64_t>) {
       auto it = chunks.find(handle);
       if (it != chunks.end()) it->second.copying = false;
+      attention.insert(handle);
     });
   }));
   return false;
 }
 
-void ChunkManager::scheduleRepairs() {
+void ChunkManager::scheduleRepairs(const std::vector<uint64_t>& handles) {
   struct Need {
     uint64_t handle;
     size_t effective;
     size_t deficit;
   };
   std::vector<Need> needs;
-  for (auto& [h, c] : chunks) {
+  for (uint64_t h : handles) {
+    auto found = chunks.find(h);
+    if (found == chunks.end()) continue;
+    Chunk& c = found->second;
     if (c.copying) continue;
     Counts n = counts(c);
     size_t goal = goalOf(c);
@@ -211,6 +262,7 @@ void ChunkManager::startCopy(uint64_t handle, uint64_t source, uint64_t target,
             }
             Chunk& c = it->second;
             c.copying = false;
+            attention.insert(handle);
             if (!s.ok()) {
               logWarn("chunk {:x}: copy to server {} failed: {}", handle, target, s.toString());
               repairCounters.copiesFailed++;
@@ -235,8 +287,11 @@ void ChunkManager::startCopy(uint64_t handle, uint64_t source, uint64_t target,
           }));
 }
 
-void ChunkManager::removeSurplus() {
-  for (auto& [h, c] : chunks) {
+void ChunkManager::removeSurplus(const std::vector<uint64_t>& handles) {
+  for (uint64_t h : handles) {
+    auto found = chunks.find(h);
+    if (found == chunks.end()) continue;
+    Chunk& c = found->second;
     if (c.copying) continue;
     Counts n = counts(c);
     size_t goal = goalOf(c);
@@ -273,6 +328,7 @@ Status ChunkManager::decommission(const std::string& address, uint64_t& remainin
   Server& s = serversById[it->second];
   if (!s.decommissioning) {
     s.decommissioning = true;
+    for (uint64_t h : s.chunks) attention.insert(h);
     logInfo("decommissioning chunkserver {}: copying its {} chunks elsewhere", address,
             s.chunks.size());
     note(fmt::format("decommissioning chunkserver {}: {} chunks to copy elsewhere", address,
@@ -368,7 +424,11 @@ ClusterHealth ChunkManager::health() {
   out.safeMode = safeMode;
   out.manualSafeMode = manualSafeMode;
   out.chunks = chunks.size();
-  for (auto& [h, c] : chunks) {
+  // Every chunk off its goal is in `attention`: the others add nothing.
+  for (uint64_t h : attention) {
+    auto found = chunks.find(h);
+    if (found == chunks.end()) continue;
+    Chunk& c = found->second;
     Counts n = counts(c);
     size_t goal = goalOf(c);
     if (n.live == 0) out.missing++;

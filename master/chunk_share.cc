@@ -161,12 +161,12 @@ kj::Promise<Status> ChunkManager::copyOnWrite(uint64_t inode, ChunkRecord record
                              c.inode = inode;
                              c.record = copy;
                              c.lastWrite = timer.now();
-                             for (uint64_t s : created) {
-                               c.replicas.insert(s);
-                               serversById[s].chunks.insert(fresh);
-                             }
+                             for (uint64_t s : created) addReplica(c, s);
                              auto old = chunks.find(handle);
-                             if (old != chunks.end()) old->second.goal = 0;  // one owner less
+                             if (old != chunks.end()) {
+                               old->second.goal = 0;  // one owner less
+                               attention.insert(handle);
+                             }
                              logInfo("chunk {:x}: copied to {:x} on {} replicas before a write",
                                      handle, fresh, created.size());
                            });
