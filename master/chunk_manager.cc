@@ -23,6 +23,7 @@ void ChunkManager::loadFromNamespace() {
     c.inode = inode;
     c.record = record;
     attention.insert(record.handle);  // no replica known yet: missing until reported
+    neverWrittenAtLoad += record.pending;
   }
   // Until chunkservers report, the master knows no replica: it changes nothing then.
   safeMode = !chunks.empty();
@@ -34,6 +35,7 @@ void ChunkManager::loadFromNamespace() {
 void ChunkManager::becomeActive() {
   chunks.clear();
   attention.clear();
+  covered = neverWrittenAtLoad = 0;
   loadFromNamespace();
   mirroring = false;
   // What each chunkserver reported to the standby is now judged as a registration would
@@ -247,14 +249,14 @@ size_t ChunkManager::sweepDeadServers() {
 }
 
 void ChunkManager::addReplica(Chunk& c, uint64_t server) {
-  c.replicas.insert(server);
+  if (c.replicas.insert(server).second && c.replicas.size() == 1) ++covered;
   serversById[server].chunks.insert(c.record.handle);
   attention.insert(c.record.handle);
 }
 
 void ChunkManager::removeReplica(Chunk& c, uint64_t server) {
   attention.insert(c.record.handle);
-  c.replicas.erase(server);
+  if (c.replicas.erase(server) && c.replicas.empty()) --covered;
   c.corrupt.erase(server);
   // Whichever replica leaves, the lease ends: the next write needs a new lease, and so a
   // new version, so that the replica that left (which may come back) is recognisably stale
@@ -826,6 +828,7 @@ void ChunkManager::release(const std::vector<uint64_t>& handles) {
       if (s != serversById.end() && s->second.chunks.erase(h))
         s->second.pendingDeletes.push_back(h);
     }
+    if (!it->second.replicas.empty()) --covered;
     chunks.erase(it);
     attention.erase(h);
   }

@@ -389,6 +389,10 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   // started draining, a copy ended. Chunks not in it are at their goal.
   std::unordered_set<uint64_t> attention;
   uint64_t auditedUpTo = 0;
+  // Chunks with at least one replica, and those loaded as allocated but never created: safe
+  // mode's measure, kept without walking the chunks.
+  size_t covered = 0;
+  size_t neverWrittenAtLoad = 0;
   bool safeMode = false;
   bool manualSafeMode = false;
   kj::TimePoint startedAt;

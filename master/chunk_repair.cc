@@ -93,27 +93,24 @@ Status ChunkManager::safeModeRefusal() const {
 
 void ChunkManager::updateSafeMode() {
   if (!safeMode || manualSafeMode) return;
-  size_t covered = 0;
-  std::vector<Chunk*> uncovered;
-  for (auto& [h, c] : chunks) {
-    if (counts(c).live > 0) {
-      ++covered;
-    } else {
-      uncovered.push_back(&c);
-    }
-  }
-  // A chunk allocated but never created (its master died first) is nothing to wait for.
-  for (Chunk* c : uncovered) covered += neverWritten(*c);
-  double share = chunks.empty() ? 1.0 : static_cast<double>(covered) / chunks.size();
+  // Called at every registration: the chunks with a replica are counted as replicas come
+  // and go, and the chunks are walked only once that count, with every chunk allocated but
+  // never created (nothing to wait for: its master died first), may be enough.
+  auto enough = [this](size_t n) {
+    return chunks.empty() || static_cast<double>(n) / chunks.size() >= options.safeModeThreshold;
+  };
   bool timedOut = timer.now() - startedAt > options.safeModeTimeout;
-  if (share >= options.safeModeThreshold || timedOut) {
+  if (!enough(covered + neverWrittenAtLoad) && !timedOut) return;
+  size_t reported = 0;
+  for (auto& [h, c] : chunks) reported += counts(c).live > 0 || neverWritten(c);
+  if (enough(reported) || timedOut) {
     safeMode = false;
-    if (timedOut && share < options.safeModeThreshold) {
+    if (timedOut && !enough(reported)) {
       logWarn("leaving safe mode after {} s with {} of {} chunks reported",
-              options.safeModeTimeout / kj::SECONDS, covered, chunks.size());
+              options.safeModeTimeout / kj::SECONDS, reported, chunks.size());
     } else {
-      logInfo("leaving safe mode: {} of {} chunks have a live replica", covered, chunks.size());
-      note(fmt::format("left safe mode: {} of {} chunks reported", covered, chunks.size()));
+      logInfo("leaving safe mode: {} of {} chunks have a live replica", reported, chunks.size());
+      note(fmt::format("left safe mode: {} of {} chunks reported", reported, chunks.size()));
     }
   }
 }
