@@ -140,6 +140,16 @@ void GroupCommitter::run() {
         waiters.pop_front();
       }
     }
+    if (!s.ok()) {
+      logError("metadata write failed: {}", s.ToString());
+      std::function<void(const std::string&)> handler;
+      {
+        std::lock_guard<std::mutex> lock(mutex);
+        handler = std::move(onFailure);
+        onFailure = nullptr;
+      }
+      if (handler) handler(s.ToString());
+    }
     for (auto& w : reached) {
       if (s.ok()) {
         w.fulfiller->fulfill();
@@ -151,17 +161,9 @@ void GroupCommitter::run() {
       for (auto& p : group) p.fulfiller->fulfill();
       continue;
     }
-    logError("metadata write failed: {}", s.ToString());
     for (auto& p : group) {
       p.fulfiller->reject(KJ_EXCEPTION(FAILED, "metadata write failed", s.ToString()));
     }
-    std::function<void(const std::string&)> handler;
-    {
-      std::lock_guard<std::mutex> lock(mutex);
-      handler = std::move(onFailure);
-      onFailure = nullptr;
-    }
-    if (handler) handler(s.ToString());
   }
 }
 

@@ -56,8 +56,9 @@ class GroupCommitter {
   uint64_t syncs() const { return syncCount.load(); }
   // Records each write's batch size and each sync's time into `metrics` from now on.
   void setMetrics(Metrics* metrics);
-  // Called once, on the writer thread, after the first write or sync that failed (its
-  // callers already rejected): the master stops there (master_main.cc).
+  // Called once, on the writer thread, when a write or sync first fails, before its callers
+  // are answered: the master stops there (master_main.cc), so that no client is told of a
+  // failure by a master about to go (they retry, on a standby that took over).
   void setFailureHandler(std::function<void(const std::string&)> handler);
 
  private:
