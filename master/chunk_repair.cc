@@ -210,7 +210,14 @@ void ChunkManager::scheduleRepairs(const std::vector<uint64_t>& handles) {
   std::sort(needs.begin(), needs.end(), [](const Need& a, const Need& b) {
     return a.effective != b.effective ? a.effective < b.effective : a.deficit > b.deficit;
   });
+  // Each copy takes a slot on two servers: once fewer than two are free, no more can start.
+  size_t slots = 0;
+  for (auto& [id, s] : serversById) {
+    if (s.live)
+      slots += options.copiesPerServer - std::min(s.copiesInFlight, options.copiesPerServer);
+  }
   for (auto& need : needs) {
+    if (slots < 2) break;
     Chunk& c = chunks.at(need.handle);
     std::optional<uint64_t> source;
     for (uint64_t id : c.replicas) {
@@ -231,6 +238,7 @@ void ChunkManager::scheduleRepairs(const std::vector<uint64_t>& handles) {
     auto target = choosePlacement(candidates, 1, exclude, options.minFreeBytes, rng);
     if (target.empty()) continue;
     startCopy(need.handle, *source, target[0], std::nullopt);
+    slots -= 2;
   }
 }
 
