@@ -1,0 +1,242 @@
+// cairn-chunksim: the master's chunk manager at scale, with no disks and no network. A real
+// namespace (LevelDB in a temporary directory) holds --chunks chunk records; --servers
+// simulated chunkservers report three replicas of each, heartbeat every second, and answer
+// every order at once. Measures, in CPU time of the master's loop:
+//   - the registrations (each with a full chunk report) until safe mode ends;
+//   - the first tick after safe mode (every chunk is looked at once, after a start);
+//   - a heartbeat and an idle tick (nothing changed: the work a quiet cluster costs);
+//   - one chunkserver's death: the tick that notices it and queues its chunks for repair,
+//     then the ticks until every chunk is back at its goal (copies bounded per server).
+//
+//   cairn-chunksim [--servers 1000] [--chunks 1000000] [--dir /var/tmp]
+
+#include <kj/async-io.h>
+#include <kj/timer.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "chunk_manager.h"
+#include "log.h"
+#include "namespace.h"
+#include "namespace_store.h"
+
+namespace {
+
+using namespace cairn;
+
+// Chunkservers that do whatever they are told, at once.
+class Obedient final : public ReplicaControl {
+ public:
+  kj::Promise<Status> setVersion(uint64_t, uint64_t, uint64_t, bool) override {
+    return Status::OK();
+  }
+  kj::Promise<Status> grantLease(uint64_t, uint64_t, uint64_t, uint32_t) override {
+    return Status::OK();
+  }
+  kj::Promise<Status> truncate(uint64_t, uint64_t, uint64_t, uint32_t) override {
+    return Status::OK();
+  }
+  kj::Promise<Status> replicate(uint64_t, uint64_t, uint64_t, const std::string&) override {
+    ++copies;
+    return Status::OK();
+  }
+  kj::Promise<Status> copyChunk(uint64_t, uint64_t, uint64_t, uint64_t, uint64_t) override {
+    return Status::OK();
+  }
+  uint64_t copies = 0;
+};
+
+class FixedClock final : public kj::Clock {
+ public:
+  kj::Date now() const override { return kj::UNIX_EPOCH + 1'700'000'000 * kj::SECONDS; }
+};
+
+double cpuSeconds() {
+  timespec t;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+double rssMib() {
+  rusage u;
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_maxrss / 1024.0;
+}
+
+std::string address(size_t server) {
+  return fmt::format("10.{}.{}.{}:9400", server / 65536, server / 256 % 256, server % 256);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"the master's chunk manager at scale, with simulated chunkservers"};
+  size_t servers = 1000, chunks = 1000000;
+  std::string parent = "/var/tmp";
+  app.add_option("--servers", servers, "simulated chunkservers")->check(CLI::Range(4, 100000));
+  app.add_option("--chunks", chunks, "chunks in the namespace")
+      ->check(CLI::Range(1000, 1000000000));
+  app.add_option("--dir", parent, "where the namespace's LevelDB goes (removed at the end)");
+  CLI11_PARSE(app, argc, argv);
+  setLogLevel(LogLevel::ERROR);
+
+  std::string dir = parent + "/cairn-chunksim-XXXXXX";
+  if (mkdtemp(dir.data()) == nullptr) {
+    perror("mkdtemp");
+    return 1;
+  }
+  struct Remove {
+    std::string dir;
+    ~Remove() { std::filesystem::remove_all(dir); }
+  } remove{dir};
+
+  auto io = kj::setupAsyncIo();
+  FixedClock clock;
+  NamespaceStore store(dir, nullptr);
+  Namespace ns(store, clock, 64ull << 20);
+
+  // The namespace: files of 1,000 chunks each.
+  double started = cpuSeconds();
+  constexpr uint32_t PER_FILE = 1000;
+  for (size_t made = 0; made < chunks; made += PER_FILE) {
+    auto f = ns.create(ROOT_INODE, fmt::format("f{}", made / PER_FILE), 0644, 0, 0, 3, true)
+                 .wait(io.waitScope);
+    if (!f.status.ok()) {
+      fprintf(stderr, "create: %s\n", f.status.toString().c_str());
+      return 1;
+    }
+    kj::Vector<kj::Promise<void>> batch;
+    for (uint32_t i = 0; i < PER_FILE && made + i < chunks; ++i) {
+      batch.add(ns.allocateChunk(f.inode.inode, i).ignoreResult());
+    }
+    kj::joinPromises(batch.releaseAsArray()).wait(io.waitScope);
+  }
+  store.sync().wait(io.waitScope);
+  printf("namespace: %zu chunks in %.1f s of CPU\n", chunks, cpuSeconds() - started);
+
+  Obedient control;
+  kj::TimerImpl timer(kj::origin<kj::TimePoint>());
+  ChunkManagerOptions options;
+  ChunkManager manager(ns, control, timer, options);
+  started = cpuSeconds();
+  manager.loadFromNamespace();
+  printf("load: %.2f s\n", cpuSeconds() - started);
+
+  // Three replicas of each chunk on distinct servers, and each server's report.
+  std::vector<std::vector<ChunkReportEntry>> reports(servers);
+  std::mt19937_64 random(1);
+  for (auto& [inode, record] : ns.allChunks()) {
+    size_t first = random() % servers;
+    size_t step = 1 + random() % (servers - 1);
+    for (size_t r = 0; r < 3; ++r) {
+      size_t s = (first + r * step) % servers;
+      if (r == 2 && s == first) s = (s + 1) % servers;  // step * 2 wrapped onto the first
+      reports[s].push_back({record.handle, record.version, 64ull << 20});
+    }
+  }
+  std::vector<uint64_t> ids;
+  started = cpuSeconds();
+  for (size_t s = 0; s < servers; ++s) {
+    ids.push_back(manager.registerServer(address(s), fmt::format("rack{}", s % 20), 16ull << 40,
+                                         reports[s].size() * (64ull << 20), reports[s]));
+    reports[s] = {};
+  }
+  double registering = cpuSeconds() - started;
+  printf("registrations: %zu in %.2f s (%.2f ms each)\n", servers, registering,
+         registering * 1000 / servers);
+
+  auto heartbeats = [&](size_t skip) {
+    for (size_t s = 0; s < servers; ++s) {
+      if (s == skip) continue;
+      std::vector<uint64_t> deletes;
+      manager.heartbeat(ids[s], 16ull << 40, 0, deletes);
+    }
+  };
+  auto second = [&](size_t skip, double& heartbeatCpu, double& tickCpu) {
+    timer.advanceTo(timer.now() + kj::SECONDS);
+    double t0 = cpuSeconds();
+    heartbeats(skip);
+    double t1 = cpuSeconds();
+    manager.tick();
+    double t2 = cpuSeconds();
+    io.waitScope.poll();  // the copies answer
+    heartbeatCpu += t1 - t0;
+    tickCpu += t2 - t1;
+  };
+
+  double hb = 0, tick = 0;
+  second(SIZE_MAX, hb, tick);
+  printf("first tick after the start (safe mode ends, every chunk looked at once): %.3f s\n", tick);
+  auto health = manager.health();
+  printf("health: %lu chunks, %lu under-replicated, %lu missing\n",
+         static_cast<unsigned long>(health.chunks),
+         static_cast<unsigned long>(health.underReplicated),
+         static_cast<unsigned long>(health.missing));
+
+  hb = tick = 0;
+  constexpr int QUIET = 20;
+  for (int i = 0; i < QUIET; ++i) second(SIZE_MAX, hb, tick);
+  printf("quiet cluster: %.1f us per heartbeat, %.3f ms per tick\n", hb * 1e6 / (QUIET * servers),
+         tick * 1000 / QUIET);
+  started = cpuSeconds();
+  health = manager.health();
+  printf("admin health: %.3f ms\n", (cpuSeconds() - started) * 1000);
+
+  // Server 0 stops: declared dead after deadAfter, its chunks queued for repair.
+  size_t victim = 0;
+  uint64_t onVictim = 0;
+  for (auto& v : manager.servers()) {
+    if (v.id == ids[victim]) onVictim = v.chunkCount;
+  }
+  auto live = [&]() {
+    for (auto& v : manager.servers()) {
+      if (v.id == ids[victim]) return v.live;
+    }
+    return false;
+  };
+  int seconds = 0;
+  while (live() && seconds < 120) {
+    timer.advanceTo(timer.now() + kj::SECONDS);
+    heartbeats(victim);
+    ++seconds;
+    if (seconds < options.deadAfter / kj::SECONDS) {
+      io.waitScope.poll();
+      continue;
+    }
+    uint64_t copiesBefore = control.copies;
+    double t0 = cpuSeconds();
+    manager.tick();
+    double noticed = cpuSeconds() - t0;
+    if (live()) continue;
+    printf(
+        "death: noticed after %d s; that tick queued %lu chunks and started %lu copies in "
+        "%.3f ms\n",
+        seconds, static_cast<unsigned long>(manager.health().underReplicated),
+        static_cast<unsigned long>(control.copies - copiesBefore), noticed * 1000);
+    io.waitScope.poll();  // the copies answer
+  }
+  int repairTicks = 0;
+  double repairCpu = 0;
+  while (manager.health().underReplicated > 0 && repairTicks < 100000) {
+    double h = 0, t = 0;
+    second(victim, h, t);
+    repairCpu += t;
+    ++repairTicks;
+  }
+  printf(
+      "repair: %lu chunks of the dead server back at their goal after %d more ticks "
+      "(%.3f ms of tick CPU each, copies bounded at %u per server)\n",
+      static_cast<unsigned long>(onVictim), repairTicks,
+      repairTicks ? repairCpu * 1000 / repairTicks : 0.0, options.copiesPerServer);
+  printf("master RSS peak: %.0f MiB\n", rssMib());
+  return manager.health().underReplicated == 0 ? 0 : 1;
+}
