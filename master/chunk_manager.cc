@@ -741,26 +741,25 @@ kj::Promise<Status> ChunkManager::truncateChunk(uint64_t inode, uint64_t size,
   }
   writesUnderWay[inode]++;
   auto done = kj::defer([this, inode]() { leave(inode); });
-  return commitSize()
-      .then([this, inode, size](Status s) -> kj::Promise<Status> {
-        if (!s.ok()) return s;
-        return truncateChunkNow(inode, size);
-      })
-      .attach(kj::mv(done));
+  auto commit = kj::heap<kj::Function<kj::Promise<Status>()>>(kj::mv(commitSize));
+  auto& ref = *commit;
+  return truncateChunkNow(inode, size, ref).attach(kj::mv(done), kj::mv(commit));
 }
 
-kj::Promise<Status> ChunkManager::truncateChunkNow(uint64_t inode, uint64_t size) {
+kj::Promise<Status> ChunkManager::truncateChunkNow(uint64_t inode, uint64_t size,
+                                                   kj::Function<kj::Promise<Status>()>& commit) {
   uint64_t chunkSize = ns.chunkSize();
   uint32_t offset = static_cast<uint32_t>(size % chunkSize);
-  if (offset == 0) return Status::OK();
   auto record = ns.getChunk(inode, static_cast<uint32_t>(size / chunkSize));
-  if (!record) return Status::OK();
+  if (offset == 0 || !record) return commit();  // nothing to cut (a hole there)
   if (!record->pending && ns.isShared(record->handle)) {
-    // The other owners keep the chunk as it is: the cut goes to a copy.
-    return copyOnWrite(inode, *record).then([this, inode, size](Status s) -> kj::Promise<Status> {
-      if (!s.ok()) return s;
-      return truncateChunkNow(inode, size);
-    });
+    // The other owners keep the chunk as it is: the cut goes to a copy (nothing changed if
+    // the copy fails).
+    return copyOnWrite(inode, *record)
+        .then([this, inode, size, &commit](Status s) -> kj::Promise<Status> {
+          if (!s.ok()) return s;
+          return truncateChunkNow(inode, size, commit);
+        });
   }
   uint64_t handle = record->handle;
   Chunk& c = chunks[handle];
@@ -768,9 +767,16 @@ kj::Promise<Status> ChunkManager::truncateChunkNow(uint64_t inode, uint64_t size
   c.record = *record;
   auto result = kj::heap<Status>();
   auto& out = *result;
+  // One step for the chunk, so that no lease is granted on it in between: the new version
+  // (which ends every lease), then the new size (synced: see Master::setattr), then the cut.
   return serialize(handle,
-                   [this, handle, offset, &out]() -> kj::Promise<void> {
-                     Chunk& c = chunks.at(handle);
+                   [this, handle, offset, &out, &commit]() -> kj::Promise<void> {
+                     auto found = chunks.find(handle);
+                     if (found == chunks.end()) {
+                       out = chunkGone();
+                       return kj::READY_NOW;
+                     }
+                     Chunk& c = found->second;
                      auto live = liveReplicas(c);
                      if (live.empty()) {
                        out = Status::unavailable(
@@ -781,37 +787,49 @@ kj::Promise<Status> ChunkManager::truncateChunkNow(uint64_t inode, uint64_t size
                      c.record.version = nextVersion(c);
                      c.primary.reset();
                      uint64_t version = c.record.version;
+                     // Undone when nothing moved: the replicas stay current at the old version (one
+                     // that takes the cut late is stale: see `issued`).
+                     auto keepOld = [this, handle, oldVersion]() -> kj::Promise<void> {
+                       auto it = chunks.find(handle);
+                       if (it == chunks.end()) return kj::READY_NOW;
+                       it->second.record.version = oldVersion;
+                       return recordVersion(it->second);
+                     };
                      return recordVersion(c)
-                         .then([this, live, handle, version, offset]() {
+                         .then([&commit]() { return commit(); })
+                         .then([this, live, handle, version, offset, &out,
+                                keepOld](Status committed) -> kj::Promise<void> {
+                           if (!committed.ok()) {
+                             out = committed;
+                             return keepOld();
+                           }
                            kj::Vector<kj::Promise<Status>> calls;
-                           for (uint64_t s : live) {
+                           for (uint64_t s : live)
                              calls.add(control.truncate(s, handle, version, offset));
-                           }
-                           return kj::joinPromises(calls.releaseAsArray());
-                         })
-                         .then([this, live, handle, oldVersion,
-                                &out](kj::Array<Status> results) -> kj::Promise<void> {
-                           auto it = chunks.find(handle);
-                           if (it == chunks.end()) return kj::READY_NOW;
-                           Chunk& c = it->second;
-                           size_t ok = 0;
-                           for (auto& r : results) ok += r.ok();
-                           if (ok == 0) {
-                             // Nobody moved: the replicas stay current at the old version
-                             // (one that takes the cut late is stale: see `issued`).
-                             out = results.size() > 0 ? results[0]
-                                                      : Status::unavailable("no replica");
-                             c.record.version = oldVersion;
-                             return recordVersion(c);
-                           }
-                           for (size_t i = 0; i < live.size(); ++i) {
-                             if (!results[i].ok()) {
-                               removeReplica(c, live[i]);
-                               queueDelete(live[i], handle);
-                             }
-                           }
-                           c.leaseExpiry = timer.now();  // the cut ended every lease
-                           return kj::READY_NOW;
+                           return kj::joinPromises(calls.releaseAsArray())
+                               .then([this, live, handle, &out,
+                                      keepOld](kj::Array<Status> results) -> kj::Promise<void> {
+                                 auto it = chunks.find(handle);
+                                 if (it == chunks.end()) return kj::READY_NOW;
+                                 Chunk& c = it->second;
+                                 size_t ok = 0;
+                                 for (auto& r : results) ok += r.ok();
+                                 if (ok == 0) {
+                                   // The new size stays (chunks past it may be released already):
+                                   // the bytes past it stay in the chunk, no part of the file.
+                                   out = results.size() > 0 ? results[0]
+                                                            : Status::unavailable("no replica");
+                                   return keepOld();
+                                 }
+                                 for (size_t i = 0; i < live.size(); ++i) {
+                                   if (!results[i].ok()) {
+                                     removeReplica(c, live[i]);
+                                     queueDelete(live[i], handle);
+                                   }
+                                 }
+                                 c.leaseExpiry = timer.now();  // the cut ended every lease
+                                 return kj::READY_NOW;
+                               });
                          });
                    })
       .then([result = kj::mv(result)]() mutable { return std::move(*result); });

@@ -181,11 +181,13 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
                                               std::vector<ReplicaFailure> failures = {},
                                               uint64_t failedVersion = 0);
 
-  // A shrinking truncate to `size` that ends within a chunk. `commitSize` records the new
-  // size (synced) first: the bytes past it are then no part of the file, whatever a crash
-  // leaves on the replicas. Then the chunk holding byte `size` is cut there, under a new
-  // version. Replicas that fail the cut leave the chunk, unless all fail: then none does,
-  // the version stays and the error is returned (the size stays committed).
+  // A shrinking truncate to `size` that ends within a chunk. In one step for the chunk
+  // holding byte `size` (no lease is granted meanwhile): a new version is recorded (it ends
+  // every lease), `commitSize` records the new size (synced: the bytes past it are then no
+  // part of the file, whatever a crash leaves on the replicas), and the replicas cut the
+  // chunk there. Replicas that fail the cut leave the chunk, unless all fail: then none
+  // does, the version stays and the error is returned (the size stays committed).
+  // `commitSize` is not called when nothing changed (no live replica, a failed copy).
   kj::Promise<Status> truncateChunk(uint64_t inode, uint64_t size,
                                     kj::Function<kj::Promise<Status>()> commitSize);
 
@@ -295,7 +297,8 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   kj::Promise<Result<ChunkView>> prepareWriteNow(uint64_t inode, uint32_t index,
                                                  std::vector<ReplicaFailure> failures,
                                                  uint64_t failedVersion);
-  kj::Promise<Status> truncateChunkNow(uint64_t inode, uint64_t size);
+  kj::Promise<Status> truncateChunkNow(uint64_t inode, uint64_t size,
+                                       kj::Function<kj::Promise<Status>()>& commit);
   // A write step (prepareWrite, truncateChunk) on a frozen file waits for the next
   // change (then looks again); one that starts counts as under way until leave().
   kj::Promise<void> nextChange();

@@ -176,6 +176,7 @@ bool ChunkManager::readyForRepair(uint64_t handle, Chunk& c) {
   if (timer.now() >= c.leaseExpiry) return true;
   if (timer.now() - c.lastWrite < IDLE_LEASE) return false;
   c.copying = true;  // nothing else touches it until the revocation is done
+  attention.insert(handle);
   copies.add(serialize(handle, [this, handle]() -> kj::Promise<void> {
     if (!chunks.count(handle)) return kj::READY_NOW;
     return bumpVersion(handle).then([this, handle](std::vector<uint64_t>) {
@@ -246,6 +247,7 @@ void ChunkManager::startCopy(uint64_t handle, uint64_t source, uint64_t target,
                              std::optional<uint64_t> moveFrom) {
   Chunk& c = chunks.at(handle);
   c.copying = true;
+  attention.insert(handle);
   serversById[source].copiesInFlight++;
   serversById[target].copiesInFlight++;
   uint64_t version = c.record.version;
@@ -280,8 +282,7 @@ void ChunkManager::startCopy(uint64_t handle, uint64_t source, uint64_t target,
               queueDelete(target, handle);
               return;
             }
-            c.replicas.insert(target);
-            t->second.chunks.insert(handle);
+            addReplica(c, target);
             // A delete queued for an older replica there must not take this one.
             auto& pending = t->second.pendingDeletes;
             pending.erase(std::remove(pending.begin(), pending.end(), handle), pending.end());

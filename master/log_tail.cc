@@ -3,9 +3,11 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <memory>
 #include <optional>
 #include <string_view>
+#include <utility>
 
 #include "crc32c.h"
 
@@ -107,18 +109,30 @@ Status cutTornLogTails(leveldb::Env& env, const std::string& dir, std::vector<To
   std::vector<std::string> children;
   leveldb::Status listed = env.GetChildren(dir, &children);
   if (!listed.ok()) return Status::ioError(listed.ToString());
-  std::sort(children.begin(), children.end());
+  // LevelDB's logs by number: only the newest can end in unsynced writes (the store syncs
+  // an older one as LevelDB lets it go: SyncOnCloseEnv).
+  std::vector<std::pair<uint64_t, std::string>> logs;
   for (auto& name : children) {
     if (name.size() <= 4 || name.compare(name.size() - 4, 4, ".log") != 0) continue;
-    std::string path = dir + "/" + name;
+    logs.emplace_back(std::strtoull(name.c_str(), nullptr, 10), name);
+  }
+  std::sort(logs.begin(), logs.end());
+  for (size_t i = 0; i < logs.size(); ++i) {
+    std::string path = dir + "/" + logs[i].second;
     std::string log;
     Status read = readAll(env, path, log);
     if (!read.ok()) return read;
     Scan found = scan(log);
     if (found.badAt >= log.size()) continue;  // readable to its end
-    // A torn write ends the log: no whole record starts at a block after the bad one.
-    for (size_t block = (found.badAt / BLOCK + 1) * BLOCK; block < log.size(); block += BLOCK) {
-      if (recordAt(log, block)) {
+    if (i + 1 < logs.size()) {
+      return Status::ioError(fmt::format(
+          "metadata log {} is damaged at byte {} of {}, and a newer log follows it: not a torn "
+          "write, so the master does not start over it",
+          path, found.badAt, log.size()));
+    }
+    // A torn write ends the log: no intact record starts anywhere after the bad one.
+    for (size_t at = found.badAt + 1; at < log.size(); ++at) {
+      if (recordAt(log, at)) {
         return Status(ErrorCode::IO_ERROR,
                       fmt::format("metadata log {} is damaged at byte {} of {} with intact "
                                   "records after: not a torn write, so the master does not "

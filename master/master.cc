@@ -188,7 +188,12 @@ kj::Promise<MutationResult> Master::setattr(uint64_t inode, SetAttrArgs args) {
                           return out.status;
                         });
                       })
+      .then([](Status cut) { return cut; },
+            [](kj::Exception&& e) {
+              return Status::unavailable(fmt::format("truncate: {}", e.getDescription().cStr()));
+            })
       .then([this, result = kj::mv(result)](Status cut) mutable {
+        // Chunks the committed size released go whether or not the cut succeeded.
         MutationResult r = finish(std::move(*result));
         if (!cut.ok()) r.status = cut;
         return r;

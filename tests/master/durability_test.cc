@@ -8,6 +8,7 @@
 #include <kj/async-io.h>
 #include <leveldb/helpers/memenv.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <map>
 #include <memory>
@@ -178,6 +179,36 @@ class DurabilityTest : public ::testing::Test {
     return n;
   }
 
+  // LevelDB's log files in `dir`, oldest first.
+  std::vector<std::string> logFiles(const std::string& dir) {
+    std::vector<std::string> files, logs;
+    EXPECT_TRUE(env.GetChildren(dir, &files).ok());
+    std::sort(files.begin(), files.end());
+    for (auto& f : files) {
+      if (f.size() > 4 && f.compare(f.size() - 4, 4, ".log") == 0) logs.push_back(dir + "/" + f);
+    }
+    return logs;
+  }
+  // Flips one bit at `offset` of `log` (the newest log of `dir` if empty); returns its size.
+  size_t flipLogByte(const std::string& dir, size_t offset, std::string log = "") {
+    if (log.empty()) log = logFiles(dir).back();
+    leveldb::SequentialFile* in = nullptr;
+    EXPECT_TRUE(env.NewSequentialFile(log, &in).ok());
+    std::string bytes(16 << 20, '\0');
+    leveldb::Slice got;
+    EXPECT_TRUE(in->Read(bytes.size(), &got, bytes.data()).ok());
+    delete in;
+    std::string damaged(got.data(), got.size());
+    EXPECT_LT(offset, damaged.size());
+    damaged[offset] ^= 1;
+    leveldb::WritableFile* out = nullptr;
+    EXPECT_TRUE(env.NewWritableFile(log, &out).ok());
+    out->Append(damaged);
+    out->Close();
+    delete out;
+    return damaged.size();
+  }
+
   kj::AsyncIoContext io;
   std::unique_ptr<leveldb::Env> mem;
   PowerLossEnv env;
@@ -238,32 +269,43 @@ TEST_F(DurabilityTest, ADamagedRecordBeforeGoodOnesStopsTheStart) {
   for (int i = 0; i < 10; ++i) store->commit(put(i)).wait(io.waitScope);
   store->sync().wait(io.waitScope);
   store.reset();
-  std::vector<std::string> files;
-  ASSERT_TRUE(env.GetChildren("/m", &files).ok());
-  std::string log;
-  for (auto& f : files) {
-    if (f.size() > 4 && f.compare(f.size() - 4, 4, ".log") == 0) log = "/m/" + f;
-  }
-  ASSERT_FALSE(log.empty());
-  // One byte flipped in the first record: the nine after it are intact.
-  leveldb::SequentialFile* in = nullptr;
-  ASSERT_TRUE(env.NewSequentialFile(log, &in).ok());
-  std::string bytes(1 << 20, '\0');
-  leveldb::Slice got;
-  ASSERT_TRUE(in->Read(bytes.size(), &got, bytes.data()).ok());
-  delete in;
-  std::string damaged(got.data(), got.size());
-  ASSERT_GT(damaged.size(), 200000u);
-  damaged[100] ^= 1;
-  leveldb::WritableFile* out = nullptr;
-  ASSERT_TRUE(env.NewWritableFile(log, &out).ok());
-  out->Append(damaged);
-  out->Close();
-  delete out;
+  ASSERT_GT(flipLogByte("/m", 100), 200000u);  // in the first record: nine intact after it
   std::vector<TornTail> cut;
   EXPECT_EQ(cutTornLogTails(env, "/m", cut).code(), ErrorCode::IO_ERROR);
   EXPECT_TRUE(cut.empty());
   EXPECT_ANY_THROW(open("/m"));
+}
+
+TEST_F(DurabilityTest, DamageWithIntactRecordsAfterItInTheSameBlockStopsTheStart) {
+  auto store = open("/m");
+  for (int i = 0; i < 10; ++i) {
+    Mutation m;
+    m.put("k" + std::to_string(i), "small");
+    store->commit(std::move(m)).wait(io.waitScope);
+  }
+  store->sync().wait(io.waitScope);
+  store.reset();
+  ASSERT_LT(flipLogByte("/m", 10), 32768u);  // all in one block
+  std::vector<TornTail> cut;
+  EXPECT_EQ(cutTornLogTails(env, "/m", cut).code(), ErrorCode::IO_ERROR);
+  EXPECT_ANY_THROW(open("/m"));
+}
+
+TEST_F(DurabilityTest, DamageInALogThatANewerOneFollowsStopsTheStart) {
+  auto store = open("/m");
+  env.holdTables(true);  // the changes span two logs
+  for (int i = 0; i < 100; ++i) store->commit(put(i)).wait(io.waitScope);
+  store->sync().wait(io.waitScope);
+  env.powerOff();
+  store.reset();
+  env.restore();
+  auto logs = logFiles("/m");
+  ASSERT_GE(logs.size(), 2u);
+  uint64_t size = 0;
+  ASSERT_TRUE(env.GetFileSize(logs[0], &size).ok());
+  flipLogByte("/m", size - 100, logs[0]);  // near the end of the older one
+  std::vector<TornTail> cut;
+  EXPECT_EQ(cutTornLogTails(env, "/m", cut).code(), ErrorCode::IO_ERROR);
 }
 
 TEST_F(DurabilityTest, AnAcknowledgedChangeReachesTheDiskByItself) {
