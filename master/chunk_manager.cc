@@ -24,6 +24,7 @@ void ChunkManager::loadFromNamespace() {
     c.record = record;
     attention.insert(record.handle);  // no replica known yet: missing until reported
     neverWrittenAtLoad += record.pending;
+    if (record.cutAt != 0) owedCuts.insert(record.handle);
   }
   // Until chunkservers report, the master knows no replica: it changes nothing then.
   safeMode = !chunks.empty();
@@ -35,6 +36,7 @@ void ChunkManager::loadFromNamespace() {
 void ChunkManager::becomeActive() {
   chunks.clear();
   attention.clear();
+  owedCuts.clear();
   covered = neverWrittenAtLoad = 0;
   loadFromNamespace();
   mirroring = false;
@@ -548,6 +550,19 @@ kj::Promise<Result<ChunkView>> ChunkManager::prepareWriteNow(uint64_t inode, uin
                    return kj::READY_NOW;
                  }
                }
+               if (c.record.cutAt != 0) {
+                 // Bytes a truncate removed may still be there past the end: cut first (the
+                 // new version that takes also ends the lease).
+                 return cutReplicas(handle, c.record.cutAt, nullptr)
+                     .then([this, handle, &out](Status cut) -> kj::Promise<void> {
+                       if (!cut.ok()) {
+                         out = cut;
+                         return kj::READY_NOW;
+                       }
+                       return grantNewLease(handle).then(
+                           [&out](Result<ChunkView> r) { out = std::move(r); });
+                     });
+               }
                if (!leaseValid(c)) {
                  return grantNewLease(handle).then(
                      [&out](Result<ChunkView> r) { out = std::move(r); });
@@ -765,74 +780,101 @@ kj::Promise<Status> ChunkManager::truncateChunkNow(uint64_t inode, uint64_t size
   Chunk& c = chunks[handle];
   c.inode = inode;
   c.record = *record;
+  // One step for the chunk, so that no lease is granted on it in between.
+  return serializeStatus(
+      handle, [this, handle, offset, &commit]() { return cutReplicas(handle, offset, &commit); });
+}
+
+kj::Promise<Status> ChunkManager::serializeStatus(uint64_t handle,
+                                                  kj::Function<kj::Promise<Status>()> step) {
   auto result = kj::heap<Status>();
   auto& out = *result;
-  // One step for the chunk, so that no lease is granted on it in between: the new version
-  // (which ends every lease), then the new size (synced: see Master::setattr), then the cut.
   return serialize(handle,
-                   [this, handle, offset, &out, &commit]() -> kj::Promise<void> {
-                     auto found = chunks.find(handle);
-                     if (found == chunks.end()) {
-                       out = chunkGone();
-                       return kj::READY_NOW;
-                     }
-                     Chunk& c = found->second;
-                     auto live = liveReplicas(c);
-                     if (live.empty()) {
-                       out = Status::unavailable(
-                           fmt::format("no live replica of chunk {:x} to truncate", handle));
-                       return kj::READY_NOW;
-                     }
-                     uint64_t oldVersion = c.record.version;
-                     c.record.version = nextVersion(c);
-                     c.primary.reset();
-                     uint64_t version = c.record.version;
-                     // Undone when nothing moved: the replicas stay current at the old version (one
-                     // that takes the cut late is stale: see `issued`).
-                     auto keepOld = [this, handle, oldVersion]() -> kj::Promise<void> {
-                       auto it = chunks.find(handle);
-                       if (it == chunks.end()) return kj::READY_NOW;
-                       it->second.record.version = oldVersion;
-                       return recordVersion(it->second);
-                     };
-                     return recordVersion(c)
-                         .then([&commit]() { return commit(); })
-                         .then([this, live, handle, version, offset, &out,
-                                keepOld](Status committed) -> kj::Promise<void> {
-                           if (!committed.ok()) {
-                             out = committed;
-                             return keepOld();
-                           }
-                           kj::Vector<kj::Promise<Status>> calls;
-                           for (uint64_t s : live)
-                             calls.add(control.truncate(s, handle, version, offset));
-                           return kj::joinPromises(calls.releaseAsArray())
-                               .then([this, live, handle, &out,
-                                      keepOld](kj::Array<Status> results) -> kj::Promise<void> {
-                                 auto it = chunks.find(handle);
-                                 if (it == chunks.end()) return kj::READY_NOW;
-                                 Chunk& c = it->second;
-                                 size_t ok = 0;
-                                 for (auto& r : results) ok += r.ok();
-                                 if (ok == 0) {
-                                   // The new size stays (chunks past it may be released already):
-                                   // the bytes past it stay in the chunk, no part of the file.
-                                   out = results.size() > 0 ? results[0]
-                                                            : Status::unavailable("no replica");
-                                   return keepOld();
-                                 }
-                                 for (size_t i = 0; i < live.size(); ++i) {
-                                   if (!results[i].ok()) {
-                                     removeReplica(c, live[i]);
-                                     queueDelete(live[i], handle);
-                                   }
-                                 }
-                                 c.leaseExpiry = timer.now();  // the cut ended every lease
-                                 return kj::READY_NOW;
-                               });
-                         });
+                   [&out, step = kj::mv(step)]() mutable {
+                     return step().then([&out](Status s) { out = s; });
                    })
       .then([result = kj::mv(result)]() mutable { return std::move(*result); });
+}
+
+kj::Promise<Status> ChunkManager::cutReplicas(uint64_t handle, uint32_t offset,
+                                              kj::Function<kj::Promise<Status>()>* commit) {
+  auto found = chunks.find(handle);
+  if (found == chunks.end()) return chunkGone();
+  Chunk& c = found->second;
+  auto live = liveReplicas(c);
+  if (live.empty()) {
+    return Status::unavailable(fmt::format("no live replica of chunk {:x} to cut", handle));
+  }
+  // The new version first (it ends every lease), then the new size when a truncate asks
+  // (synced, with the cut owed: see Namespace::setattr), then the cut.
+  uint64_t oldVersion = c.record.version;
+  c.record.version = nextVersion(c);
+  c.primary.reset();
+  uint64_t version = c.record.version;
+  // Undone when nothing moved: the replicas stay current at the old version (one that
+  // takes the cut late is stale: see `issued`), and the cut stays owed.
+  auto keepOld = [this, handle, oldVersion](Status why) -> kj::Promise<Status> {
+    auto it = chunks.find(handle);
+    if (it == chunks.end()) return why;
+    it->second.record.version = oldVersion;
+    if (it->second.record.cutAt != 0) owedCuts.insert(handle);
+    return recordVersion(it->second).then([why]() { return why; });
+  };
+  return recordVersion(c)
+      .then([commit]() { return commit ? (*commit)() : kj::Promise<Status>(Status::OK()); })
+      .then([this, live, handle, version, offset,
+             keepOld](Status committed) mutable -> kj::Promise<Status> {
+        if (!committed.ok()) return keepOld(committed);
+        auto it = chunks.find(handle);
+        if (it == chunks.end()) return chunkGone();
+        it->second.record.cutAt = offset;  // as the namespace has it now
+        kj::Vector<kj::Promise<Status>> calls;
+        for (uint64_t s : live) calls.add(control.truncate(s, handle, version, offset));
+        return kj::joinPromises(calls.releaseAsArray())
+            .then([this, live, handle,
+                   keepOld](kj::Array<Status> results) mutable -> kj::Promise<Status> {
+              auto it = chunks.find(handle);
+              if (it == chunks.end()) return chunkGone();
+              Chunk& c = it->second;
+              size_t ok = 0;
+              for (auto& r : results) ok += r.ok();
+              if (ok == 0) {
+                return keepOld(results.size() > 0 ? results[0] : Status::unavailable("no replica"));
+              }
+              for (size_t i = 0; i < live.size(); ++i) {
+                if (!results[i].ok()) {
+                  removeReplica(c, live[i]);
+                  queueDelete(live[i], handle);
+                }
+              }
+              c.leaseExpiry = timer.now();  // the cut ended every lease
+              c.record.cutAt = 0;
+              owedCuts.erase(handle);
+              return recordVersion(c).then([]() { return Status::OK(); });
+            });
+      });
+}
+
+kj::Promise<Status> ChunkManager::settleCut(uint64_t inode, uint64_t size) {
+  auto record = ns.getChunk(inode, static_cast<uint32_t>(size / ns.chunkSize()));
+  if (!record || record->cutAt == 0) return Status::OK();
+  uint64_t handle = record->handle;
+  return serializeStatus(handle, [this, handle]() -> kj::Promise<Status> {
+    auto it = chunks.find(handle);
+    if (it == chunks.end() || it->second.record.cutAt == 0) return Status::OK();
+    return cutReplicas(handle, it->second.record.cutAt, nullptr);
+  });
+}
+
+void ChunkManager::settleOwedCuts() {
+  for (uint64_t handle : std::vector<uint64_t>(owedCuts.begin(), owedCuts.end())) {
+    owedCuts.erase(handle);  // back in, by keepOld, if the cut fails again
+    copies.add(serializeStatus(handle, [this, handle]() -> kj::Promise<Status> {
+                 auto it = chunks.find(handle);
+                 if (it == chunks.end() || it->second.record.cutAt == 0) return Status::OK();
+                 return cutReplicas(handle, it->second.record.cutAt, nullptr);
+               }).ignoreResult());
+  }
 }
 
 void ChunkManager::release(const std::vector<uint64_t>& handles) {
@@ -849,6 +891,7 @@ void ChunkManager::release(const std::vector<uint64_t>& handles) {
     if (!it->second.replicas.empty()) --covered;
     chunks.erase(it);
     attention.erase(h);
+    owedCuts.erase(h);
   }
 }
 

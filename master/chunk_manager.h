@@ -191,6 +191,10 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   kj::Promise<Status> truncateChunk(uint64_t inode, uint64_t size,
                                     kj::Function<kj::Promise<Status>()> commitSize);
 
+  // Before a file that ends at `size` grows: a cut owed in its last chunk (a truncate
+  // recorded whose replicas were not all cut) is made first.
+  kj::Promise<Status> settleCut(uint64_t inode, uint64_t size);
+
   // Chunks no longer referenced: their replicas are deleted at the next heartbeats.
   void release(const std::vector<uint64_t>& handles);
 
@@ -299,6 +303,14 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
                                                  uint64_t failedVersion);
   kj::Promise<Status> truncateChunkNow(uint64_t inode, uint64_t size,
                                        kj::Function<kj::Promise<Status>()>& commit);
+  // Within the chunk's step: a new version, then `commit` (if any: the truncate's new size),
+  // then the live replicas cut the chunk at `offset`. The cut stays owed (record.cutAt,
+  // `owedCuts`) if no replica made it.
+  kj::Promise<Status> cutReplicas(uint64_t handle, uint32_t offset,
+                                  kj::Function<kj::Promise<Status>()>* commit);
+  kj::Promise<Status> serializeStatus(uint64_t handle, kj::Function<kj::Promise<Status>()> step);
+  // Tries each owed cut again (from tick()).
+  void settleOwedCuts();
   // A write step (prepareWrite, truncateChunk) on a frozen file waits for the next
   // change (then looks again); one that starts counts as under way until leave().
   kj::Promise<void> nextChange();
@@ -392,6 +404,8 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   // started draining, a copy ended. Chunks not in it are at their goal.
   std::unordered_set<uint64_t> attention;
   uint64_t auditedUpTo = 0;
+  // Chunks whose record owes a cut that no step is making now.
+  std::set<uint64_t> owedCuts;
   // Chunks with at least one replica, and those loaded as allocated but never created: safe
   // mode's measure, kept without walking the chunks.
   size_t covered = 0;

@@ -119,6 +119,7 @@ void ChunkManager::tick() {
   sweepDeadServers();
   updateSafeMode();
   if (safeMode) return;
+  settleOwedCuts();
   audit(options.auditPerTick);
   auto offGoal = needingWork();
   scheduleRepairs(offGoal);

@@ -150,7 +150,7 @@ kj::Promise<Status> ChunkManager::copyOnWrite(uint64_t inode, ChunkRecord record
                        }
                        // The copy is at version 1, and the writer's first lease moves it
                        // on: a late copy (its answer lost) is then stale, never current.
-                       ChunkRecord copy{record.index, fresh, 1, 1, false};
+                       ChunkRecord copy{record.index, fresh, 1, 1, false, record.cutAt};
                        return ns.replaceChunk(inode, record, copy)
                            .then([this, inode, handle, fresh, copy, created](bool replaced) {
                              if (!replaced) {

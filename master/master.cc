@@ -171,6 +171,18 @@ kj::Promise<MutationResult> Master::setattr(uint64_t inode, SetAttrArgs args) {
   auto current = ns->getattr(inode);
   bool cuts = args.size && current.ok() && current.value.type == InodeType::REGULAR &&
               *args.size < current.value.size && *args.size % ns->chunkSize() != 0;
+  bool grows = args.size && current.ok() && current.value.type == InodeType::REGULAR &&
+               *args.size > current.value.size;
+  if (grows) {
+    // Bytes a truncate removed must not come back past the old end: an owed cut first.
+    return chunks->settleCut(inode, current.value.size)
+        .then([this, inode, args](Status s) -> kj::Promise<MutationResult> {
+          if (!s.ok()) return MutationResult{s, {}, {}};
+          return ns->setattr(inode, args).then([this](MutationResult r) {
+            return finish(std::move(r));
+          });
+        });
+  }
   if (!cuts) {
     return ns->setattr(inode, args).then([this](MutationResult r) { return finish(std::move(r)); });
   }

@@ -519,8 +519,15 @@ kj::Promise<MutationResult> Namespace::setattr(uint64_t inode, const SetAttrArgs
         refs.drop(m, {inode, c.index}, c);
       }
       refs.writeTo(m);
-      // A new end within a chunk is on disk before the chunk is cut there (truncateChunk).
-      m.sync = *args.size % chunkSize_ != 0;
+      // A new end within a chunk is on disk before the chunk is cut there (truncateChunk),
+      // with the cut owed until its replicas have made it.
+      uint32_t offset = static_cast<uint32_t>(*args.size % chunkSize_);
+      m.sync = offset != 0;
+      auto last = getChunk(inode, static_cast<uint32_t>(*args.size / chunkSize_));
+      if (offset != 0 && last && !isShared(last->handle)) {
+        last->cutAt = offset;
+        m.put(chunkKey(inode, last->index), encodeChunk(*last));
+      }
     }
     if (*args.size != n->size && !args.mtimeNs) n->mtimeNs = now;
     n->size = *args.size;

@@ -76,6 +76,10 @@ struct ChunkRecord {
   // it, so no byte was ever written to it. Such a chunk with no replica known (its master
   // died before the chunkservers created it) is created again rather than missing.
   bool pending = false;
+  // A truncate ended the file at this offset of the chunk, and its replicas may still hold
+  // bytes past it (0: none owed). They are cut before the chunk takes a write or the file
+  // grows: bytes a truncate removed never come back in place of zeros.
+  uint32_t cutAt = 0;
 };
 
 // A chunk slot of a file: chunk `index` of `inode`.

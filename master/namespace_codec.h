@@ -58,9 +58,10 @@ inline std::string encodeChunk(const ChunkRecord& r) {
   putLe(s, r.handle);
   putLe(s, r.version);
   // Older records end after the version; the fields after it are there when they say
-  // something.
-  if (r.issued > r.version || r.pending) putLe(s, std::max(r.issued, r.version));
-  if (r.pending) s.push_back(1);
+  // something: issued, then flags (1: pending, 2: a cut owed, at the offset that follows).
+  if (r.issued > r.version || r.pending || r.cutAt) putLe(s, std::max(r.issued, r.version));
+  if (r.pending || r.cutAt) s.push_back(static_cast<char>((r.pending ? 1 : 0) | (r.cutAt ? 2 : 0)));
+  if (r.cutAt) putLe(s, r.cutAt);
   return s;
 }
 inline ChunkRecord decodeChunk(uint32_t index, std::string_view bytes) {
@@ -71,7 +72,11 @@ inline ChunkRecord decodeChunk(uint32_t index, std::string_view bytes) {
   getLe(bytes, pos, r.version);
   r.issued = r.version;
   if (bytes.size() >= pos + 8) getLe(bytes, pos, r.issued);
-  if (bytes.size() > pos) r.pending = (bytes[pos] & 1) != 0;
+  if (bytes.size() > pos) {
+    uint8_t flags = static_cast<uint8_t>(bytes[pos++]);
+    r.pending = (flags & 1) != 0;
+    if (flags & 2) getLe(bytes, pos, r.cutAt);
+  }
   return r;
 }
 

@@ -34,9 +34,10 @@ class FakeControl final : public ReplicaControl {
     return Status::OK();
   }
   kj::Promise<Status> truncate(uint64_t server, uint64_t handle, uint64_t version,
-                               uint32_t) override {
+                               uint32_t length) override {
     if (down.count(server)) return Status::unavailable("down");
     versions[{server, handle}] = version;
+    cutsAt.push_back(length);
     return Status::OK();
   }
 
@@ -59,6 +60,7 @@ class FakeControl final : public ReplicaControl {
 
   std::vector<std::string> calls;
   int copies = 0;
+  std::vector<uint32_t> cutsAt;  // the length of every cut a replica made
   std::map<std::pair<uint64_t, uint64_t>, uint64_t> versions;
   std::set<uint64_t> down;
   std::set<uint64_t> late;  // these take a setVersion but their answer is lost
@@ -563,6 +565,71 @@ TEST_F(ChunkManagerTest, ATruncateOfAChunkWithNoLiveReplicaChangesNothing) {
                  .wait(io.waitScope);
   EXPECT_EQ(s.code(), ErrorCode::UNAVAILABLE);
   EXPECT_FALSE(committed);
+}
+
+// A truncate whose size is recorded but whose cut no replica made: the cut is owed.
+class OwedCutTest : public ChunkManagerTest {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(prepare(0).ok());
+    SetAttrArgs full;
+    full.size = 1 << 20;
+    ASSERT_TRUE(ns.setattr(file, full).wait(io.waitScope).status.ok());
+    control.down = {ids[0], ids[1], ids[2], ids[3]};
+    Status s = manager
+                   .truncateChunk(file, 1000,
+                                  [this]() {
+                                    SetAttrArgs cut;
+                                    cut.size = 1000;
+                                    return ns.setattr(file, cut).then(
+                                        [](MutationResult r) { return r.status; });
+                                  })
+                   .wait(io.waitScope);
+    ASSERT_FALSE(s.ok());
+    ASSERT_EQ(ns.getattr(file).value.size, 1000u);  // the size is recorded...
+    ASSERT_EQ(ns.getChunk(file, 0)->cutAt, 1000u);  // ...and the cut owed
+    control.down.clear();
+    control.cutsAt.clear();
+  }
+};
+
+TEST_F(OwedCutTest, IsMadeBeforeTheChunkTakesAWrite) {
+  auto r = prepare(0);
+  ASSERT_TRUE(r.ok()) << r.status.toString();
+  EXPECT_EQ(control.cutsAt, std::vector<uint32_t>(3, 1000));
+  EXPECT_EQ(ns.getChunk(file, 0)->cutAt, 0u);
+  EXPECT_EQ(r.value.record.version, ns.getChunk(file, 0)->version);
+}
+
+TEST_F(OwedCutTest, IsMadeBeforeTheFileGrows) {
+  EXPECT_TRUE(manager.settleCut(file, 1000).wait(io.waitScope).ok());
+  EXPECT_EQ(control.cutsAt, std::vector<uint32_t>(3, 1000));
+  EXPECT_EQ(ns.getChunk(file, 0)->cutAt, 0u);
+  EXPECT_TRUE(manager.settleCut(file, 1000).wait(io.waitScope).ok());  // nothing owed now
+  EXPECT_EQ(control.cutsAt.size(), 3u);
+}
+
+TEST_F(OwedCutTest, IsTriedAgainByTheTicks) {
+  manager.tick();
+  settle();
+  EXPECT_EQ(control.cutsAt, std::vector<uint32_t>(3, 1000));
+  EXPECT_EQ(ns.getChunk(file, 0)->cutAt, 0u);
+}
+
+TEST_F(OwedCutTest, SurvivesAMasterRestart) {
+  // A master that starts from this namespace finds the cut owed and makes it.
+  ChunkManager restarted(ns, control, timer, noAudit());
+  restarted.loadFromNamespace();
+  std::vector<ChunkReportEntry> report{
+      {ns.getChunk(file, 0)->handle, ns.getChunk(file, 0)->version, 0}};
+  for (int i = 0; i < 4; ++i) {
+    restarted.registerServer("127.0.0." + std::to_string(i + 2) + ":1", "r", 1 << 30, 0,
+                             i < 3 ? report : std::vector<ChunkReportEntry>{});
+  }
+  restarted.tick();
+  settle();
+  EXPECT_FALSE(control.cutsAt.empty());
+  EXPECT_EQ(ns.getChunk(file, 0)->cutAt, 0u);
 }
 
 TEST_F(ChunkManagerTest, AVersionIsNeverHandedOutTwice) {
