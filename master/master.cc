@@ -141,12 +141,15 @@ kj::Promise<void> Master::tickLoop() {
         background.add(ns->expireOutcomes(600 * kj::SECONDS));
         if (chunks->inSafeMode()) return kj::Promise<void>(kj::READY_NOW);
         // Trashed files past their period: their chunks go at the next heartbeats.
-        auto trash = ns->expireTrash().then([this](MutationResult r) {
-          if (!r.releasedHandles.empty()) {
-            logInfo("trash: {} chunks of expired files released", r.releasedHandles.size());
-          }
-          finish(std::move(r));
-        });
+        auto trash =
+            ns->indexTrash()
+                .then([this]() { return ns->expireTrash(); })
+                .then([this](MutationResult r) {
+                  if (!r.releasedHandles.empty()) {
+                    logInfo("trash: {} chunks of expired files released", r.releasedHandles.size());
+                  }
+                  finish(std::move(r));
+                });
         if (timer_.now() - startedAt < opts.orphanGrace) return trash;
         // Unlinked files that were open before a restart and that nobody opened again.
         return trash.then([this]() { return ns->expireOrphans(); }).then([this](MutationResult r) {

@@ -16,6 +16,8 @@ constexpr uint8_t INODE_FORMAT = 1;
 const std::string NEXT_INODE_KEY = "mnext_inode";
 const std::string NEXT_HANDLE_KEY = "mnext_handle";
 const std::string CHUNK_SIZE_KEY = "mchunk_size";
+// Set once every trash entry has its entry by path (trashPathKey) too.
+const std::string TRASH_INDEXED_KEY = "mtrash_indexed";
 
 }  // namespace
 
@@ -64,6 +66,17 @@ std::string orphanKey(uint64_t inode) {
 
 std::string trashKey(int64_t deletedNs, uint64_t inode) {
   std::string k = "t";
+  putBe64(k, static_cast<uint64_t>(deletedNs));
+  putBe64(k, inode);
+  return k;
+}
+
+// The trash by path: each trashed file also under its path, oldest first, so that a restore
+// finds the newest of a path without walking the trash.
+std::string trashPathKey(std::string_view path, int64_t deletedNs, uint64_t inode) {
+  std::string k = "T";
+  k.append(path);
+  k.push_back('\0');  // no name holds one
   putBe64(k, static_cast<uint64_t>(deletedNs));
   putBe64(k, inode);
   return k;
@@ -118,6 +131,7 @@ Namespace::Namespace(NamespaceStore& store, const kj::Clock& clock, uint64_t chu
 }
 
 void Namespace::reload() {
+  trashIndexKnown = false;
   auto storedChunkSize = store.get(CHUNK_SIZE_KEY);
   auto storedInode = store.get(NEXT_INODE_KEY);
   auto storedHandle = store.get(NEXT_HANDLE_KEY);
@@ -634,6 +648,7 @@ kj::Promise<MutationResult> Namespace::unlink(uint64_t parent, std::string_view 
     std::string dir = pathOf(parent);
     std::string path = (dir == "/" ? "" : dir) + "/" + std::string(name);
     m.put(trashKey(now, child.value.inode), path);
+    m.put(trashPathKey(path, now, child.value.inode), "");
     Inode trashed = child.value;
     trashed.nlink = 0;
     trashed.ctimeNs = now;
@@ -678,15 +693,31 @@ kj::Promise<MutationResult> Namespace::restore(std::string_view path) {
   if (parts.value.empty())
     return MutationResult{Status::invalidArgument("not a file path"), {}, {}};
   std::optional<TrashEntry> newest;
-  std::string after;
-  for (;;) {
-    auto rows = store.scan("t", after, 4096);
-    if (rows.empty()) break;
-    for (auto& [key, value] : rows) {
-      if (value == path)
-        newest = TrashEntry{value, getBe(key, 9, 8), 0, static_cast<int64_t>(getBe(key, 1, 8))};
+  if (trashIndexed()) {
+    // The entries of this path only, oldest first.
+    std::string prefix = trashPathKey(path, 0, 0).substr(0, path.size() + 2);
+    std::string after;
+    for (;;) {
+      auto rows = store.scan(prefix, after, 4096);
+      if (rows.empty()) break;
+      const std::string& key = rows.back().first;
+      size_t at = prefix.size();
+      newest = TrashEntry{std::string(path), getBe(key, at + 8, 8), 0,
+                          static_cast<int64_t>(getBe(key, at, 8))};
+      after = key;
     }
-    after = rows.back().first;
+  } else {
+    // Entries from before the index: the whole trash, once (see indexTrash).
+    std::string after;
+    for (;;) {
+      auto rows = store.scan("t", after, 4096);
+      if (rows.empty()) break;
+      for (auto& [key, value] : rows) {
+        if (value == path)
+          newest = TrashEntry{value, getBe(key, 9, 8), 0, static_cast<int64_t>(getBe(key, 1, 8))};
+      }
+      after = rows.back().first;
+    }
   }
   if (!newest) {
     return MutationResult{Status::notFound(fmt::format("'{}' is not in the trash", path)), {}, {}};
@@ -727,7 +758,30 @@ kj::Promise<MutationResult> Namespace::restore(std::string_view path) {
   m.put(inodeKey(n->inode), encodeInode(*n));
   m.put(direntKey(dir, name), encodeU64(n->inode));
   m.del(trashKey(newest->deletedNs, newest->inode));
+  m.del(trashPathKey(path, newest->deletedNs, newest->inode));
   return finish(std::move(m), MutationResult{Status::OK(), *n, {}});
+}
+
+bool Namespace::trashIndexed() {
+  if (!trashIndexKnown) trashIndexKnown = store.get(TRASH_INDEXED_KEY).has_value();
+  return trashIndexKnown;
+}
+
+kj::Promise<void> Namespace::indexTrash() {
+  if (trashIndexed()) return kj::READY_NOW;
+  Mutation m;
+  std::string after;
+  for (;;) {
+    auto rows = store.scan("t", after, 4096);
+    if (rows.empty()) break;
+    for (auto& [key, value] : rows) {
+      m.put(trashPathKey(value, static_cast<int64_t>(getBe(key, 1, 8)), getBe(key, 9, 8)), "");
+    }
+    after = rows.back().first;
+  }
+  m.put(TRASH_INDEXED_KEY, "1");
+  trashIndexKnown = true;
+  return store.commit(std::move(m));
 }
 
 kj::Promise<MutationResult> Namespace::expireTrash() {
@@ -738,6 +792,7 @@ kj::Promise<MutationResult> Namespace::expireTrash() {
   for (auto& [key, value] : store.scan("t", "", 1024)) {
     if (static_cast<int64_t>(getBe(key, 1, 8)) > cutoff) break;
     m.del(key);
+    m.del(trashPathKey(value, static_cast<int64_t>(getBe(key, 1, 8)), getBe(key, 9, 8)));
     if (auto n = readInode(getBe(key, 9, 8))) {
       n->nlink = 1;
       dropLink(m, *n, 0, refs);

@@ -182,6 +182,9 @@ class Namespace {
   kj::Promise<MutationResult> restore(std::string_view path);
   // Deletes trashed files older than the trash period; their chunks are released.
   kj::Promise<MutationResult> expireTrash();
+  // Gives every trash entry made before the trash had an index by path its entry there
+  // (once, by the active master: a restore then looks at its path's entries only).
+  kj::Promise<void> indexTrash();
   // The absolute path of directory `inode`.
   std::string pathOf(uint64_t directory);
 
@@ -326,6 +329,8 @@ class Namespace {
   uint64_t nextInode, inodeLimit;  // handed out below nextInode; reserved below the limit
   uint64_t nextHandle, handleLimit;
   kj::Duration trashPeriod = 0 * kj::SECONDS;
+  bool trashIndexed();
+  bool trashIndexKnown = false;        // TRASH_INDEXED_KEY was seen (or written)
   std::map<uint64_t, uint32_t> opens;  // inode -> sessions that have it open
 };
 

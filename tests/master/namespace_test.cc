@@ -254,6 +254,48 @@ TEST_F(NamespaceTest, SharedChunksAreReleasedOnceWithTheirLastOwner) {
   EXPECT_TRUE(ns->allChunks().empty());
 }
 
+TEST_F(NamespaceTest, ARestoreFindsTheNewestOfItsPathWithOrWithoutTheIndex) {
+  ns->setTrashPeriod(3600 * kj::SECONDS);
+  auto d = mkdir(ROOT_INODE, "d");
+  std::vector<uint64_t> versions;
+  for (int i = 0; i < 3; ++i) {
+    clock.set(1'700'000'000 + i);
+    versions.push_back(create(d.inode, "f").inode);
+    ASSERT_TRUE(run(ns->unlink(d.inode, "f")).status.ok());
+  }
+  create(d.inode, "g");
+  ASSERT_TRUE(run(ns->unlink(d.inode, "g")).status.ok());
+  // A trash from before the index: its entries by path are not there.
+  Mutation legacy;
+  for (auto& [key, value] : store->scan("T", "", 100)) legacy.del(key);
+  ASSERT_EQ(legacy.ops.size(), 4u);
+  store->commit(std::move(legacy)).wait(io.waitScope);
+  auto restored = run(ns->restore("/d/f"));
+  ASSERT_TRUE(restored.status.ok()) << restored.status.toString();
+  EXPECT_EQ(restored.inode.inode, versions[2]);
+  ASSERT_TRUE(run(ns->unlink(d.inode, "f")).status.ok());  // trashed again, indexed
+
+  // The active master indexes the old entries once; a restore then reads its path's only.
+  ns->indexTrash().wait(io.waitScope);
+  EXPECT_EQ(store->scan("T", "", 100).size(), 4u);
+  restored = run(ns->restore("/d/f"));
+  EXPECT_EQ(restored.inode.inode, versions[2]);
+  ASSERT_TRUE(run(ns->unlink(d.inode, "f")).status.ok());
+  EXPECT_EQ(code(ns->restore("/d/nothing")), ErrorCode::NOT_FOUND);
+  EXPECT_EQ(code(ns->restore("/d")), ErrorCode::NOT_FOUND);  // a prefix of a path is not it
+  EXPECT_TRUE(run(ns->restore("/d/g")).status.ok());
+  reopen();  // the index, and that it is complete, are in the store
+  EXPECT_EQ(run(ns->restore("/d/f")).inode.inode, versions[2]);
+  EXPECT_EQ(run(ns->restore("/d/f")).status.code(), ErrorCode::ALREADY_EXISTS);
+  ASSERT_TRUE(run(ns->unlink(d.inode, "f")).status.ok());
+  // Expiry takes the entries by path with the others.
+  ns->setTrashPeriod(0 * kj::SECONDS);
+  clock.set(1'700'100'000);
+  run(ns->expireTrash());
+  EXPECT_TRUE(store->scan("t", "", 100).empty());
+  EXPECT_TRUE(store->scan("T", "", 100).empty());
+}
+
 TEST_F(NamespaceTest, ASnapshotIsRefusedWhereItCannotGoAndChangesNothing) {
   auto d = mkdir(ROOT_INODE, "d");
   auto sub = mkdir(d.inode, "sub");
