@@ -35,7 +35,9 @@ Scheduler::Scheduler(SchedulerOptions options) : opts(options) {}
 uint64_t Scheduler::addWorker(std::string host, std::string address, uint32_t slots,
                               int64_t nowMs) {
   uint64_t id = nextWorker++;
-  workers[id] = Worker{std::move(host), std::move(address), std::max(slots, 1u), 0, nowMs};
+  Worker& w = workers[id] =
+      Worker{std::move(host), std::move(address), std::max(slots, 1u), 0, nowMs};
+  freeSlotsOn[w.host] += w.slots;
   return id;
 }
 
@@ -52,13 +54,18 @@ void Scheduler::workerLost(uint64_t worker, const std::string& why, int64_t now)
   logWarn("worker {} ({}, host {}) lost: {}", worker, w->second.address, w->second.host, why);
   for (auto& [id, job] : jobs) {
     if (job.state != JobState::RUNNING) continue;
-    for (auto* tasks : {&job.maps, &job.reduces}) {
-      for (auto& task : *tasks) {
+    // Every task, done ones too (a backup's other attempt may still run there): a rare
+    // event, and its work is the job's size.
+    for (bool isMap : {true, false}) {
+      auto& tasks = isMap ? job.maps : job.reduces;
+      for (size_t i = 0; i < tasks.size(); ++i) {
+        Task& task = tasks[i];
         auto gone = std::remove_if(task.running.begin(), task.running.end(),
                                    [&](const Attempt& a) { return a.worker == worker; });
+        if (gone == task.running.end()) continue;
         job.failedAttempts += static_cast<uint32_t>(task.running.end() - gone);
         task.running.erase(gone, task.running.end());
-        if (!task.done && task.running.empty()) requeue(task, now);
+        if (!task.done && task.running.empty()) requeue(job, isMap, i, now);
       }
     }
     // Finished maps kept their output on the lost disk; reduces still need it. Their
@@ -71,6 +78,12 @@ void Scheduler::workerLost(uint64_t worker, const std::string& why, int64_t now)
         }
       }
     }
+  }
+  auto free = freeSlotsOn.find(w->second.host);
+  uint32_t mine = w->second.slots - std::min(w->second.running, w->second.slots);
+  if (free != freeSlotsOn.end()) {
+    free->second -= std::min(free->second, mine);
+    if (free->second == 0) freeSlotsOn.erase(free);
   }
   workers.erase(w);
 }
@@ -89,6 +102,14 @@ uint64_t Scheduler::addJob(JobSpec spec, std::vector<Split> splits, uint32_t inp
   job.splits = std::move(splits);
   job.inputFiles = inputFiles;
   job.startedMs = nowMs;
+  for (size_t i = 0; i < job.maps.size(); ++i) {
+    job.unfinishedMaps.insert(job.unfinishedMaps.end(), i);
+    requeue(job, true, i, nowMs);
+  }
+  for (size_t i = 0; i < job.reduces.size(); ++i) {
+    job.unfinishedReduces.insert(job.unfinishedReduces.end(), i);
+    requeue(job, false, i, nowMs);
+  }
   return id;
 }
 
@@ -105,69 +126,113 @@ std::optional<Assignment> Scheduler::assign(uint64_t worker, int64_t nowMs) {
 std::optional<Assignment> Scheduler::assignFrom(Job& job, uint64_t worker, int64_t nowMs) {
   if (job.mapsDone < job.maps.size()) {
     if (auto i = pickMap(job, worker, nowMs)) return start(job, true, *i, worker, nowMs);
-    if (auto i = pickBackup(job.maps, worker, nowMs)) {
+    if (auto i = pickBackup(job, true, worker, nowMs)) {
       ++job.backupAttempts;
       return start(job, true, *i, worker, nowMs);
     }
     return std::nullopt;  // reduces start when every map's output exists
   }
-  for (size_t i = 0; i < job.reduces.size(); ++i) {
-    auto& t = job.reduces[i];
-    if (!t.done && t.running.empty()) return start(job, false, i, worker, nowMs);
+  if (!job.pendingReduces.empty()) {
+    return start(job, false, *job.pendingReduces.begin(), worker, nowMs);
   }
-  if (auto i = pickBackup(job.reduces, worker, nowMs)) {
+  if (auto i = pickBackup(job, false, worker, nowMs)) {
     ++job.backupAttempts;
     return start(job, false, *i, worker, nowMs);
   }
   return std::nullopt;
 }
 
+// Pending maps a non-local assignment looks at: any of them will do, the first suits best.
+constexpr size_t MAX_LOOKED_AT = 256;
+
 std::optional<size_t> Scheduler::pickMap(Job& job, uint64_t worker, int64_t nowMs) {
-  const std::string& host = workers.at(worker).host;
-  std::optional<size_t> elsewhere;
-  for (size_t i = 0; i < job.maps.size(); ++i) {
-    auto& t = job.maps[i];
-    if (t.done || !t.running.empty()) continue;
-    if (job.spec.noLocality) return i;
-    auto& hosts = job.splits[i].hosts;
-    if (contains(hosts, host)) return i;
-    // Leave it to a free worker beside a replica, unless it has waited long enough.
-    if (!elsewhere && (!workerFreeOn(hosts) || nowMs - t.pendingSinceMs >= opts.localityWaitMs)) {
-      elsewhere = i;
+  if (job.pendingMaps.empty()) return std::nullopt;
+  if (job.spec.noLocality) return *job.pendingMaps.begin();
+  auto local = job.pendingMapsOn.find(workers.at(worker).host);
+  if (local != job.pendingMapsOn.end()) return *local->second.begin();
+  // Leave a map to a free worker beside a replica, unless it has waited long enough.
+  size_t looked = 0;
+  for (size_t i : job.pendingMaps) {
+    if (++looked > MAX_LOOKED_AT) break;
+    if (!workerFreeOn(job.splits[i].hosts) ||
+        nowMs - job.maps[i].pendingSinceMs >= opts.localityWaitMs) {
+      return i;
     }
   }
-  return elsewhere;
+  return std::nullopt;
 }
 
 bool Scheduler::workerFreeOn(const std::vector<std::string>& hosts) const {
-  for (auto& [id, w] : workers) {
-    if (w.running < w.slots && contains(hosts, w.host)) return true;
+  for (auto& host : hosts) {
+    if (freeSlotsOn.count(host)) return true;
   }
   return false;
 }
 
-std::optional<size_t> Scheduler::pickBackup(std::vector<Task>& tasks, uint64_t worker,
-                                            int64_t nowMs) {
-  size_t left = 0;
-  std::vector<int64_t> durations;
-  for (auto& t : tasks) {
-    if (t.done) {
-      durations.push_back(t.durationMs);
-    } else {
-      if (t.running.empty()) return std::nullopt;  // something is still to start
-      ++left;
-    }
+void Scheduler::setRunning(Worker& w, int delta) {
+  bool wasFree = w.running < w.slots;
+  w.running = static_cast<uint32_t>(static_cast<int64_t>(w.running) + delta);
+  bool free = w.running < w.slots;
+  if (delta > 0 && wasFree) {
+    auto it = freeSlotsOn.find(w.host);
+    if (it != freeSlotsOn.end() && --it->second == 0) freeSlotsOn.erase(it);
+  } else if (delta < 0 && free) {
+    ++freeSlotsOn[w.host];
   }
+}
+
+void Scheduler::requeue(Job& job, bool isMap, size_t index, int64_t nowMs) {
+  Task& task = (isMap ? job.maps : job.reduces)[index];
+  task.pendingSinceMs = nowMs;
+  task.backedUp = false;
+  if (!isMap) {
+    job.pendingReduces.insert(index);
+    return;
+  }
+  job.pendingMaps.insert(index);
+  for (auto& host : job.splits[index].hosts) job.pendingMapsOn[host].insert(index);
+}
+
+void Scheduler::started(Job& job, bool isMap, size_t index) {
+  if (!isMap) {
+    job.pendingReduces.erase(index);
+    return;
+  }
+  if (!job.pendingMaps.erase(index)) return;
+  for (auto& host : job.splits[index].hosts) {
+    auto it = job.pendingMapsOn.find(host);
+    if (it == job.pendingMapsOn.end()) continue;
+    it->second.erase(index);
+    if (it->second.empty()) job.pendingMapsOn.erase(it);
+  }
+}
+
+std::optional<size_t> Scheduler::pickBackup(Job& job, bool isMap, uint64_t worker, int64_t nowMs) {
+  auto& tasks = isMap ? job.maps : job.reduces;
+  if (!(isMap ? job.pendingMaps : job.pendingReduces).empty()) return std::nullopt;
+  const auto& unfinished = isMap ? job.unfinishedMaps : job.unfinishedReduces;
+  size_t left = unfinished.size();
   size_t limit =
       std::max<size_t>(1, static_cast<size_t>(std::ceil(opts.backupShare * tasks.size())));
   if (left == 0 || left > limit) return std::nullopt;
-  int64_t median = 0;
-  if (!durations.empty()) {
-    std::nth_element(durations.begin(), durations.begin() + durations.size() / 2, durations.end());
-    median = durations[durations.size() / 2];
+  // The median of the done tasks, taken again only when more are done.
+  size_t done = tasks.size() - left;
+  if (job.medianAt[isMap] != done) {
+    std::vector<int64_t> durations;
+    for (auto& t : tasks) {
+      if (t.done) durations.push_back(t.durationMs);
+    }
+    int64_t median = 0;
+    if (!durations.empty()) {
+      std::nth_element(durations.begin(), durations.begin() + durations.size() / 2,
+                       durations.end());
+      median = durations[durations.size() / 2];
+    }
+    job.medianMs[isMap] = median;
+    job.medianAt[isMap] = done;
   }
-  int64_t threshold = std::max<int64_t>(opts.backupAfterMs, median * 3 / 2);
-  for (size_t i = 0; i < tasks.size(); ++i) {
+  int64_t threshold = std::max<int64_t>(opts.backupAfterMs, job.medianMs[isMap] * 3 / 2);
+  for (size_t i : unfinished) {
     auto& t = tasks[i];
     if (t.done || t.backedUp || t.running.size() != 1 || t.running[0].worker == worker) continue;
     if (nowMs - t.running[0].startedMs >= threshold) {
@@ -182,7 +247,8 @@ Assignment Scheduler::start(Job& job, bool isMap, size_t index, uint64_t worker,
   Task& t = (isMap ? job.maps : job.reduces)[index];
   Attempt attempt{t.nextAttempt++, worker, nowMs};
   t.running.push_back(attempt);
-  ++workers.at(worker).running;
+  started(job, isMap, index);
+  setRunning(workers.at(worker), 1);
   Assignment a;
   a.jobId = job.id;
   a.task = static_cast<uint32_t>(index);
@@ -211,9 +277,9 @@ void Scheduler::finish(uint64_t worker, const AttemptResult& r, int64_t nowMs) {
   auto a = std::find_if(t.running.begin(), t.running.end(),
                         [&](const Attempt& x) { return x.id == r.attempt && x.worker == worker; });
   if (a == t.running.end()) return;
-  int64_t started = a->startedMs;
+  int64_t startedMs = a->startedMs;
   t.running.erase(a);
-  --w->second.running;
+  setRunning(w->second, -1);
   if (job.state != JobState::RUNNING || job.committing) return;
 
   if (r.status.ok()) {
@@ -222,7 +288,8 @@ void Scheduler::finish(uint64_t worker, const AttemptResult& r, int64_t nowMs) {
     t.doneWorker = worker;
     t.doneAddress = w->second.address;
     t.doneAttempt = r.attempt;
-    t.durationMs = nowMs - started;
+    t.durationMs = nowMs - startedMs;
+    (r.isMap ? job.unfinishedMaps : job.unfinishedReduces).erase(r.task);
     t.bytesRead = r.bytesRead;
     t.bytesWritten = r.bytesWritten;
     t.shuffleBytes = r.shuffleBytes;
@@ -245,7 +312,7 @@ void Scheduler::finish(uint64_t worker, const AttemptResult& r, int64_t nowMs) {
         rerunMap(job, lost.task, nowMs);
       }
     }
-    if (!t.done && t.running.empty()) requeue(t, nowMs);
+    if (!t.done && t.running.empty()) requeue(job, r.isMap, r.task, nowMs);
     return;
   }
   if (++t.failures >= job.spec.maxAttempts) {
@@ -255,12 +322,7 @@ void Scheduler::finish(uint64_t worker, const AttemptResult& r, int64_t nowMs) {
     fail(job, fmt::format("{} failed {} times: {}", what, t.failures, r.status.message()), nowMs);
     return;
   }
-  if (!t.done && t.running.empty()) requeue(t, nowMs);
-}
-
-void Scheduler::requeue(Task& task, int64_t nowMs) {
-  task.pendingSinceMs = nowMs;
-  task.backedUp = false;
+  if (!t.done && t.running.empty()) requeue(job, r.isMap, r.task, nowMs);
 }
 
 void Scheduler::rerunMap(Job& job, size_t index, int64_t nowMs) {
@@ -269,7 +331,8 @@ void Scheduler::rerunMap(Job& job, size_t index, int64_t nowMs) {
   t.bytesRead = t.bytesWritten = t.shuffleBytes = 0;
   t.dataLocal = false;
   --job.mapsDone;
-  if (t.running.empty()) requeue(t, nowMs);
+  job.unfinishedMaps.insert(index);
+  if (t.running.empty()) requeue(job, true, index, nowMs);
 }
 
 void Scheduler::fail(Job& job, std::string error, int64_t nowMs) {

@@ -10,7 +10,9 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "status.h"
@@ -199,6 +201,16 @@ class Scheduler {
     std::string error;
     uint32_t failedAttempts = 0, backupAttempts = 0;
     int64_t startedMs = 0, endedMs = 0;
+    // Tasks to start (not done, none running) by index, maps also by the hosts of their
+    // split; and the tasks not done. Kept as tasks start, end and come back, so that an
+    // assignment looks at these, never at every task.
+    std::set<size_t> pendingMaps, pendingReduces;
+    std::unordered_map<std::string, std::set<size_t>> pendingMapsOn;
+    std::set<size_t> unfinishedMaps, unfinishedReduces;
+    // The median duration of the done tasks of each phase, and at how many done it was
+    // taken (backups compare with it).
+    int64_t medianMs[2] = {0, 0};
+    size_t medianAt[2] = {SIZE_MAX, SIZE_MAX};
   };
   struct Worker {
     std::string host, address;
@@ -209,17 +221,22 @@ class Scheduler {
 
   std::optional<Assignment> assignFrom(Job& job, uint64_t workerId, int64_t nowMs);
   std::optional<size_t> pickMap(Job& job, uint64_t workerId, int64_t nowMs);
-  std::optional<size_t> pickBackup(std::vector<Task>& tasks, uint64_t workerId, int64_t nowMs);
+  std::optional<size_t> pickBackup(Job& job, bool isMap, uint64_t workerId, int64_t nowMs);
   Assignment start(Job& job, bool isMap, size_t index, uint64_t workerId, int64_t nowMs);
   bool workerFreeOn(const std::vector<std::string>& hosts) const;
-  void requeue(Task& task, int64_t nowMs);
+  // The task has nothing running and is not done: it waits to start again.
+  void requeue(Job& job, bool isMap, size_t index, int64_t nowMs);
+  void started(Job& job, bool isMap, size_t index);
+  // A worker's running count moves by `delta`; free slots per host follow.
+  void setRunning(Worker& w, int delta);
   void rerunMap(Job& job, size_t index, int64_t nowMs);
   void fail(Job& job, std::string error, int64_t nowMs);
   JobReport makeReport(const Job& job, int64_t nowMs) const;
 
   SchedulerOptions opts;
   std::map<uint64_t, Worker> workers;
-  std::map<uint64_t, Job> jobs;  // by id: older jobs are served first
+  std::map<uint64_t, Job> jobs;                           // by id: older jobs are served first
+  std::unordered_map<std::string, uint32_t> freeSlotsOn;  // by host, over its workers
   uint64_t nextWorker = 1;
   uint64_t nextJob = 1;
 };

@@ -5,6 +5,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <random>
+
 namespace cairn::mapreduce {
 namespace {
 
@@ -287,6 +290,68 @@ TEST_F(SchedulerTest, SilentWorkersAreLostAfterTheJobsTaskTimeout) {
   auto again = sched->assign(b, 10001 + 3000);
   ASSERT_TRUE(again);
   EXPECT_EQ(again->task, 0u);
+}
+
+TEST_F(SchedulerTest, EveryTaskFinishesThroughRandomFailuresLossesAndBackups) {
+  // Workers fail attempts, vanish (and new ones come), reduces lose map outputs; every
+  // task must still end done exactly as the job's counts say, whatever the order.
+  std::mt19937 random(11);
+  std::vector<uint64_t> workers;
+  int hostsMade = 0;
+  auto addWorker = [&](int64_t now) {
+    std::string host = "h" + std::to_string(hostsMade++ % 8);
+    workers.push_back(sched->addWorker(host, host + ":" + std::to_string(hostsMade), 2, now));
+  };
+  for (int i = 0; i < 6; ++i) addWorker(0);
+  std::vector<Split> splits;
+  for (int i = 0; i < 300; ++i) {
+    splits.push_back(
+        split(i * 100, {"h" + std::to_string(random() % 8), "h" + std::to_string(random() % 8)}));
+  }
+  JobSpec s = spec(8);
+  s.maxAttempts = 1000;
+  s.taskTimeoutMs = 100000000;
+  uint64_t job = sched->addJob(s, splits, 1, 0);
+  struct Running {
+    uint64_t worker;
+    Assignment a;
+  };
+  std::vector<Running> running;
+  int64_t now = 0;
+  for (int step = 0; step < 100000 && committing.empty(); ++step) {
+    now += 50;
+    for (uint64_t w : workers) sched->heartbeat(w, now);
+    for (uint64_t w : workers) {
+      while (auto a = sched->assign(w, now)) running.push_back({w, *a});
+    }
+    if (running.empty()) continue;
+    size_t pick = random() % running.size();
+    Running r = running[pick];
+    running.erase(running.begin() + static_cast<std::ptrdiff_t>(pick));
+    int dice = static_cast<int>(random() % 100);
+    if (dice < 10) {
+      sched->finish(r.worker, failed(r.a, "disk"), now);
+    } else if (dice < 12) {
+      sched->workerLost(r.worker, "test", now);
+      running.erase(std::remove_if(running.begin(), running.end(),
+                                   [&](const Running& x) { return x.worker == r.worker; }),
+                    running.end());
+      workers.erase(std::find(workers.begin(), workers.end(), r.worker));
+      addWorker(now);
+    } else if (dice < 15 && !r.a.isMap && !r.a.mapOutputs.empty()) {
+      AttemptResult lost = failed(r.a, "fetch");
+      lost.lostMaps = {r.a.mapOutputs[random() % r.a.mapOutputs.size()]};
+      sched->finish(r.worker, lost, now);
+    } else {
+      sched->finish(r.worker, ok(r.a), now);
+    }
+  }
+  ASSERT_EQ(committing, std::vector<uint64_t>{job});
+  auto report = sched->report(job, now);
+  EXPECT_EQ(report->mapsDone, 300u);
+  EXPECT_EQ(report->reducesDone, 8u);
+  EXPECT_GT(report->failedAttempts, 0u);
+  for (auto& t : sched->tasksOf(job, now)) EXPECT_EQ(t.state, TaskView::State::DONE);
 }
 
 }  // namespace
