@@ -253,6 +253,12 @@ std::vector<StoredChunk> ChunkStore::list() {
   return out;
 }
 
+uint64_t ChunkStore::nextAfter(uint64_t after) {
+  std::lock_guard<std::mutex> guard(mutex);
+  auto it = chunks.upper_bound(after);
+  return it == chunks.end() ? 0 : it->first;
+}
+
 size_t ChunkStore::count() {
   std::lock_guard<std::mutex> guard(mutex);
   return chunks.size();

@@ -60,6 +60,8 @@ class ChunkStore {
   uint64_t maxChunkSize() const { return chunkSize; }
 
   std::vector<StoredChunk> list();
+  // The smallest handle held above `after`; 0 if none (the scrubber's next, in turn).
+  uint64_t nextAfter(uint64_t after);
   size_t count();
   bool has(uint64_t handle);
   uint64_t versionOf(uint64_t handle);  // 0 if absent

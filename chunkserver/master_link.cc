@@ -272,13 +272,7 @@ kj::Promise<void> Chunkserver::scrubLoop(uint64_t after) {
   return timer_.afterDelay(opts.scrubInterval)
       .then([this, after]() {
         return diskPool.run([this, after]() -> std::pair<uint64_t, Status> {
-          uint64_t next = 0;
-          for (auto& c : chunkStore.list()) {
-            if (c.handle > after) {
-              next = c.handle;
-              break;
-            }
-          }
+          uint64_t next = chunkStore.nextAfter(after);
           if (next == 0) return {0, Status::OK()};
           return {next, chunkStore.verify(next)};
         });

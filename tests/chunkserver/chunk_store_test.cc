@@ -76,6 +76,17 @@ TEST_F(ChunkStoreTest, ChangesAreNumberedInOrderUntilTrimmed) {
   EXPECT_TRUE(out.empty());
 }
 
+TEST_F(ChunkStoreTest, TheScrubbersNextIsTheNextHandleHeld) {
+  EXPECT_EQ(store.nextAfter(0), 0u);
+  for (uint64_t h : {30, 10, 20}) ASSERT_TRUE(store.create(h, 1).ok());
+  EXPECT_EQ(store.nextAfter(0), 10u);
+  EXPECT_EQ(store.nextAfter(10), 20u);
+  EXPECT_EQ(store.nextAfter(25), 30u);
+  EXPECT_EQ(store.nextAfter(30), 0u);  // round again from the start
+  ASSERT_TRUE(store.remove(20).ok());
+  EXPECT_EQ(store.nextAfter(10), 30u);
+}
+
 TEST_F(ChunkStoreTest, ReadsPastTheEndAreShort) {
   ASSERT_TRUE(store.create(2, 1).ok());
   ASSERT_TRUE(store.write(2, 1, 0, "hello").ok());
