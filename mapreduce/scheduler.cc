@@ -216,8 +216,7 @@ std::optional<size_t> Scheduler::pickBackup(Job& job, bool isMap, uint64_t worke
       std::max<size_t>(1, static_cast<size_t>(std::ceil(opts.backupShare * tasks.size())));
   if (left == 0 || left > limit) return std::nullopt;
   // The median of the done tasks, taken again only when more are done.
-  size_t done = tasks.size() - left;
-  if (job.medianAt[isMap] != done) {
+  if (job.medianAt[isMap] != job.doneChanges[isMap]) {
     std::vector<int64_t> durations;
     for (auto& t : tasks) {
       if (t.done) durations.push_back(t.durationMs);
@@ -229,7 +228,7 @@ std::optional<size_t> Scheduler::pickBackup(Job& job, bool isMap, uint64_t worke
       median = durations[durations.size() / 2];
     }
     job.medianMs[isMap] = median;
-    job.medianAt[isMap] = done;
+    job.medianAt[isMap] = job.doneChanges[isMap];
   }
   int64_t threshold = std::max<int64_t>(opts.backupAfterMs, job.medianMs[isMap] * 3 / 2);
   for (size_t i : unfinished) {
@@ -290,6 +289,7 @@ void Scheduler::finish(uint64_t worker, const AttemptResult& r, int64_t nowMs) {
     t.doneAttempt = r.attempt;
     t.durationMs = nowMs - startedMs;
     (r.isMap ? job.unfinishedMaps : job.unfinishedReduces).erase(r.task);
+    ++job.doneChanges[r.isMap];
     t.bytesRead = r.bytesRead;
     t.bytesWritten = r.bytesWritten;
     t.shuffleBytes = r.shuffleBytes;
@@ -332,6 +332,7 @@ void Scheduler::rerunMap(Job& job, size_t index, int64_t nowMs) {
   t.dataLocal = false;
   --job.mapsDone;
   job.unfinishedMaps.insert(index);
+  ++job.doneChanges[true];
   if (t.running.empty()) requeue(job, true, index, nowMs);
 }
 

@@ -207,10 +207,11 @@ class Scheduler {
     std::set<size_t> pendingMaps, pendingReduces;
     std::unordered_map<std::string, std::set<size_t>> pendingMapsOn;
     std::set<size_t> unfinishedMaps, unfinishedReduces;
-    // The median duration of the done tasks of each phase, and at how many done it was
-    // taken (backups compare with it).
+    // The median duration of the done tasks of each phase (backups compare with it), and
+    // the count of done-or-undone changes it was taken at.
     int64_t medianMs[2] = {0, 0};
-    size_t medianAt[2] = {SIZE_MAX, SIZE_MAX};
+    uint64_t medianAt[2] = {UINT64_MAX, UINT64_MAX};
+    uint64_t doneChanges[2] = {0, 0};
   };
   struct Worker {
     std::string host, address;

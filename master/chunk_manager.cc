@@ -24,7 +24,7 @@ void ChunkManager::loadFromNamespace() {
     c.record = record;
     attention.insert(record.handle);  // no replica known yet: missing until reported
     neverWrittenAtLoad += record.pending;
-    if (record.cutAt != 0) owedCuts.insert(record.handle);
+    if (record.cutAt != 0) owedCuts[record.handle] = OwedCut{};  // tried at the first tick
   }
   // Until chunkservers report, the master knows no replica: it changes nothing then.
   safeMode = !chunks.empty();
@@ -800,46 +800,51 @@ kj::Promise<Status> ChunkManager::cutReplicas(uint64_t handle, uint32_t offset,
                                               kj::Function<kj::Promise<Status>()>* commit) {
   auto found = chunks.find(handle);
   if (found == chunks.end()) return chunkGone();
-  Chunk& c = found->second;
-  auto live = liveReplicas(c);
-  if (live.empty()) {
+  if (liveReplicas(found->second).empty()) {
     return Status::unavailable(fmt::format("no live replica of chunk {:x} to cut", handle));
   }
-  // The new version first (it ends every lease), then the new size when a truncate asks
-  // (synced, with the cut owed: see Namespace::setattr), then the cut.
-  uint64_t oldVersion = c.record.version;
-  c.record.version = nextVersion(c);
-  c.primary.reset();
-  uint64_t version = c.record.version;
-  // Undone when nothing moved: the replicas stay current at the old version (one that
-  // takes the cut late is stale: see `issued`), and the cut stays owed.
-  auto keepOld = [this, handle, oldVersion](Status why) -> kj::Promise<Status> {
-    auto it = chunks.find(handle);
-    if (it == chunks.end()) return why;
-    it->second.record.version = oldVersion;
-    if (it->second.record.cutAt != 0) owedCuts.insert(handle);
-    return recordVersion(it->second).then([why]() { return why; });
-  };
-  return recordVersion(c)
-      .then([commit]() { return commit ? (*commit)() : kj::Promise<Status>(Status::OK()); })
-      .then([this, live, handle, version, offset,
-             keepOld](Status committed) mutable -> kj::Promise<Status> {
-        if (!committed.ok()) return keepOld(committed);
+  // Every lease ends first, on the replicas themselves (a new version, as for a new lease):
+  // no write under an old lease can land after the new size is recorded, so a cut made
+  // later (an owed one) never erases an acknowledged write. Then the new size when a
+  // truncate asks (synced, with the cut owed: see Namespace::setattr); then the cut, under
+  // one more version, so that a replica that misses it is stale.
+  return bumpVersion(handle)
+      .then([this, handle, commit](std::vector<uint64_t> current) -> kj::Promise<Status> {
+        if (current.empty()) {
+          return Status::unavailable(
+              fmt::format("no replica of chunk {:x} took a new version", handle));
+        }
+        return commit ? (*commit)() : kj::Promise<Status>(Status::OK());
+      })
+      .then([this, handle, offset](Status committed) -> kj::Promise<Status> {
+        if (!committed.ok()) return committed;
         auto it = chunks.find(handle);
         if (it == chunks.end()) return chunkGone();
-        it->second.record.cutAt = offset;  // as the namespace has it now
-        kj::Vector<kj::Promise<Status>> calls;
-        for (uint64_t s : live) calls.add(control.truncate(s, handle, version, offset));
-        return kj::joinPromises(calls.releaseAsArray())
+        Chunk& c = it->second;
+        c.record.cutAt = offset;  // as the namespace has it now
+        auto live = liveReplicas(c);
+        uint64_t oldVersion = c.record.version;
+        c.record.version = nextVersion(c);
+        uint64_t version = c.record.version;
+        return recordVersion(c)
+            .then([this, live, handle, version, offset]() {
+              kj::Vector<kj::Promise<Status>> calls;
+              for (uint64_t s : live) calls.add(control.truncate(s, handle, version, offset));
+              return kj::joinPromises(calls.releaseAsArray());
+            })
             .then([this, live, handle,
-                   keepOld](kj::Array<Status> results) mutable -> kj::Promise<Status> {
+                   oldVersion](kj::Array<Status> results) -> kj::Promise<Status> {
               auto it = chunks.find(handle);
               if (it == chunks.end()) return chunkGone();
               Chunk& c = it->second;
               size_t ok = 0;
               for (auto& r : results) ok += r.ok();
               if (ok == 0) {
-                return keepOld(results.size() > 0 ? results[0] : Status::unavailable("no replica"));
+                // Nobody moved: the replicas stay current at the version before (one that
+                // takes the cut late is stale: see `issued`), and the cut stays owed.
+                Status why = results.size() > 0 ? results[0] : Status::unavailable("no replica");
+                c.record.version = oldVersion;
+                return recordVersion(c).then([why]() { return why; });
               }
               for (size_t i = 0; i < live.size(); ++i) {
                 if (!results[i].ok()) {
@@ -847,12 +852,29 @@ kj::Promise<Status> ChunkManager::cutReplicas(uint64_t handle, uint32_t offset,
                   queueDelete(live[i], handle);
                 }
               }
-              c.leaseExpiry = timer.now();  // the cut ended every lease
               c.record.cutAt = 0;
               owedCuts.erase(handle);
               return recordVersion(c).then([]() { return Status::OK(); });
             });
+      })
+      .then([](Status s) { return s; },
+            [](kj::Exception&& e) {
+              return Status::unavailable(fmt::format("cut: {}", e.getDescription().cStr()));
+            })
+      .then([this, handle](Status s) {
+        // Whatever happened, a cut still owed is tried again by the ticks.
+        auto it = chunks.find(handle);
+        if (it != chunks.end() && it->second.record.cutAt != 0) oweCut(handle);
+        return s;
       });
+}
+
+void ChunkManager::oweCut(uint64_t handle) {
+  auto& retry = owedCuts[handle];
+  // Tried again at once the first time, then after 1, 2, 4 ... 64 s.
+  retry.delay =
+      retry.delay == 0 * kj::SECONDS ? kj::SECONDS : std::min(retry.delay * 2, 64 * kj::SECONDS);
+  retry.at = timer.now() + retry.delay;
 }
 
 kj::Promise<Status> ChunkManager::settleCut(uint64_t inode, uint64_t size) {
@@ -867,11 +889,18 @@ kj::Promise<Status> ChunkManager::settleCut(uint64_t inode, uint64_t size) {
 }
 
 void ChunkManager::settleOwedCuts() {
-  for (uint64_t handle : std::vector<uint64_t>(owedCuts.begin(), owedCuts.end())) {
-    owedCuts.erase(handle);  // back in, by keepOld, if the cut fails again
+  std::vector<uint64_t> due;
+  for (auto& [handle, retry] : owedCuts) {
+    if (timer.now() >= retry.at) due.push_back(handle);
+  }
+  for (uint64_t handle : due) {
+    owedCuts[handle].at = kj::maxValue;  // not again while this try runs
     copies.add(serializeStatus(handle, [this, handle]() -> kj::Promise<Status> {
                  auto it = chunks.find(handle);
-                 if (it == chunks.end() || it->second.record.cutAt == 0) return Status::OK();
+                 if (it == chunks.end() || it->second.record.cutAt == 0) {
+                   owedCuts.erase(handle);
+                   return Status::OK();
+                 }
                  return cutReplicas(handle, it->second.record.cutAt, nullptr);
                }).ignoreResult());
   }

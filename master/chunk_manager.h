@@ -404,8 +404,13 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   // started draining, a copy ended. Chunks not in it are at their goal.
   std::unordered_set<uint64_t> attention;
   uint64_t auditedUpTo = 0;
-  // Chunks whose record owes a cut that no step is making now.
-  std::set<uint64_t> owedCuts;
+  // Chunks whose record owes a cut, and when the ticks try it next.
+  struct OwedCut {
+    kj::TimePoint at = kj::origin<kj::TimePoint>();
+    kj::Duration delay = 0 * kj::SECONDS;
+  };
+  std::map<uint64_t, OwedCut> owedCuts;
+  void oweCut(uint64_t handle);
   // Chunks with at least one replica, and those loaded as allocated but never created: safe
   // mode's measure, kept without walking the chunks.
   size_t covered = 0;

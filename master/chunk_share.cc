@@ -162,6 +162,7 @@ kj::Promise<Status> ChunkManager::copyOnWrite(uint64_t inode, ChunkRecord record
                              c.record = copy;
                              c.lastWrite = timer.now();
                              for (uint64_t s : created) addReplica(c, s);
+                             if (copy.cutAt != 0) oweCut(fresh);
                              auto old = chunks.find(handle);
                              if (old != chunks.end()) {
                                old->second.goal = 0;  // one owner less

@@ -482,7 +482,7 @@ class ClientServiceImpl final : public wire::ClientService::Server {
       toWire(Status::invalidArgument("size past 64 TiB"), context.getResults().initStatus());
       return kj::READY_NOW;
     }
-    return replyLater(context, ns.commitSize(p.getInode(), p.getSize(), p.getMtimeNs()));
+    return replyLater(context, master.commitSize(p.getInode(), p.getSize(), p.getMtimeNs()));
   }
 
   kj::Promise<void> reportBadReplica(ReportBadReplicaContext context) override {

@@ -177,8 +177,7 @@ kj::Promise<MutationResult> Master::setattr(uint64_t inode, SetAttrArgs args) {
   bool grows = args.size && current.ok() && current.value.type == InodeType::REGULAR &&
                *args.size > current.value.size;
   if (grows) {
-    // Bytes a truncate removed must not come back past the old end: an owed cut first.
-    return chunks->settleCut(inode, current.value.size)
+    return settleCutBeforeGrowth(inode, *args.size)
         .then([this, inode, args](Status s) -> kj::Promise<MutationResult> {
           if (!s.ok()) return MutationResult{s, {}, {}};
           return ns->setattr(inode, args).then([this](MutationResult r) {
@@ -257,10 +256,38 @@ kj::Promise<Status> Master::syncMetadata() {
       });
 }
 
+kj::Promise<Status> Master::settleCutBeforeGrowth(uint64_t inode, uint64_t newSize) {
+  auto current = ns->getattr(inode);
+  if (!current.ok() || current.value.type != InodeType::REGULAR || newSize <= current.value.size) {
+    return Status::OK();
+  }
+  // Bytes a truncate removed must not come back past the old end: an owed cut first.
+  return chunks->settleCut(inode, current.value.size);
+}
+
+kj::Promise<MutationResult> Master::commitSize(uint64_t inode, uint64_t size, int64_t mtimeNs) {
+  return settleCutBeforeGrowth(inode, size)
+      .then([this, inode, size, mtimeNs](Status s) -> kj::Promise<MutationResult> {
+        if (!s.ok()) return MutationResult{s, {}, {}};
+        return ns->commitSize(inode, size, mtimeNs);
+      });
+}
+
 kj::Promise<Namespace::ShareResult> Master::shareChunks(uint64_t src, uint64_t srcOffset,
                                                         uint64_t dst, uint64_t dstOffset,
                                                         uint64_t length) {
   if (chunks->inSafeMode()) return Namespace::ShareResult{{chunks->safeModeRefusal(), {}, {}}};
+  return settleCutBeforeGrowth(dst, dstOffset + length)
+      .then([this, src, srcOffset, dst, dstOffset,
+             length](Status s) -> kj::Promise<Namespace::ShareResult> {
+        if (!s.ok()) return Namespace::ShareResult{{s, {}, {}}};
+        return shareSettled(src, srcOffset, dst, dstOffset, length);
+      });
+}
+
+kj::Promise<Namespace::ShareResult> Master::shareSettled(uint64_t src, uint64_t srcOffset,
+                                                         uint64_t dst, uint64_t dstOffset,
+                                                         uint64_t length) {
   uint64_t chunkSize = ns->chunkSize();
   if (src == dst || srcOffset % chunkSize != dstOffset % chunkSize) {
     // Nothing can be shared (the caller copies it all): no lease is revoked for it.

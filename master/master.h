@@ -101,9 +101,11 @@ class Master final : private kj::TaskSet::ErrorHandler {
   // first and no new one is granted until the copy is recorded, so that it holds every
   // write acknowledged before it and none after. The next write to a shared chunk copies it.
   kj::Promise<MutationResult> snapshot(kj::Own<SnapshotRequest> request);
-  // Copies by whole chunks (see Namespace::shareChunks), with the same care.
   // Every change answered so far is synced (NamespaceStore::sync).
   kj::Promise<Status> syncMetadata();
+  // A client's new size for a file it wrote (never smaller than the size now).
+  kj::Promise<MutationResult> commitSize(uint64_t inode, uint64_t size, int64_t mtimeNs);
+  // Copies by whole chunks (see Namespace::shareChunks), with the same care.
   kj::Promise<Namespace::ShareResult> shareChunks(uint64_t src, uint64_t srcOffset, uint64_t dst,
                                                   uint64_t dstOffset, uint64_t length);
   // The replication goal of a file (its chunks gain or lose replicas at the next ticks)
@@ -146,6 +148,10 @@ class Master final : private kj::TaskSet::ErrorHandler {
   std::string statusPage();
 
  private:
+  // Before `inode` grows to `newSize`: a cut owed at its end is made (ChunkManager::settleCut).
+  kj::Promise<Status> settleCutBeforeGrowth(uint64_t inode, uint64_t newSize);
+  kj::Promise<Namespace::ShareResult> shareSettled(uint64_t src, uint64_t srcOffset, uint64_t dst,
+                                                   uint64_t dstOffset, uint64_t length);
   void describeMetrics();
   // One try of a snapshot; `requestKey` names its outcome in the retry cache.
   kj::Promise<MutationResult> snapshotAttempt(kj::Own<SnapshotRequest> request,

@@ -132,6 +132,7 @@ Namespace::Namespace(NamespaceStore& store, const kj::Clock& clock, uint64_t chu
 
 void Namespace::reload() {
   trashIndexKnown = false;
+  trashIndexCursor.clear();
   auto storedChunkSize = store.get(CHUNK_SIZE_KEY);
   auto storedInode = store.get(NEXT_INODE_KEY);
   auto storedHandle = store.get(NEXT_HANDLE_KEY);
@@ -693,18 +694,28 @@ kj::Promise<MutationResult> Namespace::restore(std::string_view path) {
   if (parts.value.empty())
     return MutationResult{Status::invalidArgument("not a file path"), {}, {}};
   std::optional<TrashEntry> newest;
+  Mutation m;
   if (trashIndexed()) {
-    // The entries of this path only, oldest first.
+    // The entries of this path only; the newest whose trash entry is still there (one
+    // that is not, left by a master without the index, goes).
     std::string prefix = trashPathKey(path, 0, 0).substr(0, path.size() + 2);
+    std::vector<std::string> keys;
     std::string after;
     for (;;) {
       auto rows = store.scan(prefix, after, 4096);
       if (rows.empty()) break;
-      const std::string& key = rows.back().first;
-      size_t at = prefix.size();
-      newest = TrashEntry{std::string(path), getBe(key, at + 8, 8), 0,
-                          static_cast<int64_t>(getBe(key, at, 8))};
-      after = key;
+      for (auto& row : rows) keys.push_back(row.first);
+      after = rows.back().first;
+    }
+    size_t at = prefix.size();
+    for (auto key = keys.rbegin(); key != keys.rend() && !newest; ++key) {
+      TrashEntry e{std::string(path), getBe(*key, at + 8, 8), 0,
+                   static_cast<int64_t>(getBe(*key, at, 8))};
+      if (store.get(trashKey(e.deletedNs, e.inode)) == std::string(path)) {
+        newest = e;
+      } else {
+        m.del(*key);
+      }
     }
   } else {
     // Entries from before the index: the whole trash, once (see indexTrash).
@@ -722,7 +733,6 @@ kj::Promise<MutationResult> Namespace::restore(std::string_view path) {
   if (!newest) {
     return MutationResult{Status::notFound(fmt::format("'{}' is not in the trash", path)), {}, {}};
   }
-  Mutation m;
   int64_t now = nowNs();
   // Make missing parents, as they were named.
   uint64_t dir = ROOT_INODE;
@@ -769,19 +779,20 @@ bool Namespace::trashIndexed() {
 
 kj::Promise<void> Namespace::indexTrash() {
   if (trashIndexed()) return kj::READY_NOW;
+  // A bounded batch a call (one log entry each), from where the last one stopped; the
+  // trash made meanwhile is indexed by unlink itself.
+  constexpr size_t BATCH = 4096;
   Mutation m;
-  std::string after;
-  for (;;) {
-    auto rows = store.scan("t", after, 4096);
-    if (rows.empty()) break;
-    for (auto& [key, value] : rows) {
-      m.put(trashPathKey(value, static_cast<int64_t>(getBe(key, 1, 8)), getBe(key, 9, 8)), "");
-    }
-    after = rows.back().first;
+  auto rows = store.scan("t", trashIndexCursor, BATCH);
+  for (auto& [key, value] : rows) {
+    m.put(trashPathKey(value, static_cast<int64_t>(getBe(key, 1, 8)), getBe(key, 9, 8)), "");
   }
-  m.put(TRASH_INDEXED_KEY, "1");
-  trashIndexKnown = true;
-  return store.commit(std::move(m));
+  bool last = rows.size() < BATCH;
+  trashIndexCursor = last ? std::string() : rows.back().first;
+  if (last) m.put(TRASH_INDEXED_KEY, "1");
+  return store.commit(std::move(m)).then([this, last]() {
+    if (last) trashIndexKnown = true;
+  });
 }
 
 kj::Promise<MutationResult> Namespace::expireTrash() {
@@ -1023,7 +1034,12 @@ kj::Promise<void> Namespace::setChunkVersion(uint64_t inode, const ChunkRecord& 
   Mutation m;
   m.sync = sync;
   auto owners = ownersOf(record.handle);
-  if (owners.empty()) owners.push_back({inode, record.index});
+  if (owners.empty()) {
+    // A record released meanwhile (or its slot given to a new chunk) is not written back.
+    auto now = getChunk(inode, record.index);
+    if (!now || now->handle != record.handle) return kj::READY_NOW;
+    owners.push_back({inode, record.index});
+  }
   for (auto& o : owners) {
     ChunkRecord r = record;
     r.index = o.index;

@@ -331,6 +331,7 @@ class Namespace {
   kj::Duration trashPeriod = 0 * kj::SECONDS;
   bool trashIndexed();
   bool trashIndexKnown = false;        // TRASH_INDEXED_KEY was seen (or written)
+  std::string trashIndexCursor;        // where indexTrash() goes on
   std::map<uint64_t, uint32_t> opens;  // inode -> sessions that have it open
 };
 
