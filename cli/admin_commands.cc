@@ -81,7 +81,8 @@ int cmdHealth(CliContext& c, bool json) {
                                {"missing", v.missing},
                                {"over_replicated", v.overReplicated},
                                {"copies_in_flight", v.copiesInFlight},
-                               {"corrupt", v.corrupt}})
+                               {"corrupt", v.corrupt},
+                               {"unchecked", v.unchecked}})
                    .dump(2));
     return 0;
   }
@@ -90,6 +91,9 @@ int cmdHealth(CliContext& c, bool json) {
              "flight {}, corrupt {}\n",
              v.safeMode ? "SAFE MODE; " : "", v.chunks, v.underReplicated, v.missing,
              v.overReplicated, v.copiesInFlight, v.corrupt);
+  if (v.unchecked > 0) {
+    fmt::print(c.out, "{} chunks not yet checked since the master started\n", v.unchecked);
+  }
   return 0;
 }
 

@@ -110,7 +110,8 @@ struct HealthInfo {
   uint64_t missing = 0;
   uint64_t overReplicated = 0;
   uint64_t copiesInFlight = 0;
-  uint64_t corrupt = 0;  // replicas found bad, kept as the last copy of their chunk
+  uint64_t corrupt = 0;    // replicas found bad, kept as the last copy of their chunk
+  uint64_t unchecked = 0;  // not looked at yet since the master started
 };
 
 // One master as it describes itself (cairn admin masters).

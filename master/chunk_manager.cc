@@ -18,14 +18,27 @@ ChunkManager::ChunkManager(Namespace& ns, ReplicaControl& control, kj::Timer& ti
       copies(*this) {}
 
 void ChunkManager::loadFromNamespace() {
-  for (auto& [inode, record] : ns.allChunks()) {
+  // A file's chunks come together: its goal is read once. A shared chunk's goal is worked
+  // out from all its files when it is needed (goalOf).
+  auto shared = ns.sharedHandles();
+  uint64_t lastInode = 0;
+  uint8_t lastGoal = 0;
+  ns.forEachChunk([&](uint64_t inode, const ChunkRecord& record) {
+    if (inode != lastInode) {
+      auto n = ns.getattr(inode);
+      lastInode = inode;
+      lastGoal = n.ok() ? n.value.replication : 0;
+    }
     Chunk& c = chunks[record.handle];
     c.inode = inode;
-    c.record = record;
-    attention.insert(record.handle);  // no replica known yet: missing until reported
-    neverWrittenAtLoad += record.pending;
+    assignRecord(c, record);
+    c.goal = shared.count(record.handle) ? 0 : lastGoal;
     if (record.cutAt != 0) owedCuts[record.handle] = OwedCut{};  // tried at the first tick
-  }
+  });
+  // No replica is known yet: once safe mode ends, every chunk is looked at once (in
+  // batches, a tick at a time), and those off their goal are put in line.
+  auditCursor = 0;
+  startupLeft = chunks.slots();
   // Until chunkservers report, the master knows no replica: it changes nothing then.
   safeMode = !chunks.empty();
   startedAt = timer.now();
@@ -37,14 +50,16 @@ void ChunkManager::becomeActive() {
   chunks.clear();
   attention.clear();
   owedCuts.clear();
-  covered = neverWrittenAtLoad = 0;
+  corruptReplicas.clear();
+  reportedCount = 0;
   loadFromNamespace();
   mirroring = false;
   // What each chunkserver reported to the standby is now judged as a registration would
   // judge it, against the namespace as the log left it.
   std::map<uint64_t, std::vector<ChunkReportEntry>> reports;
   for (auto& [id, s] : serversById) {
-    for (uint64_t h : s.chunks) reports[id].push_back({h, mirror[h][id], 0});
+    // A server the standby found silent reports again when it comes back.
+    if (s.live) s.chunks.forEach([&](uint64_t h) { reports[id].push_back({h, mirror[h][id], 0}); });
     s.chunks.clear();
     s.pendingDeletes.clear();
   }
@@ -61,13 +76,13 @@ void ChunkManager::acceptReport(Server& s, const std::vector<ChunkReportEntry>& 
                                 size_t& stale, size_t& orphans) {
   uint64_t id = s.id;
   for (auto& entry : report) {
-    auto it = chunks.find(entry.handle);
-    if (it == chunks.end()) {
+    Chunk* found = chunks.find(entry.handle);
+    if (!found) {
       ++orphans;
       s.pendingDeletes.push_back(entry.handle);
       continue;
     }
-    Chunk& c = it->second;
+    Chunk& c = *found;
     if (entry.version < c.record.version) {
       // Missed mutations while it was away: never served, deleted.
       ++stale;
@@ -86,7 +101,7 @@ void ChunkManager::acceptReport(Server& s, const std::vector<ChunkReportEntry>& 
       // it: the chunkserver has the last word, and older replicas are now the stale ones.
       logWarn("chunk {:x}: {} reports version {} > {}; adopting it", entry.handle, s.address,
               entry.version, c.record.version);
-      for (uint64_t other : std::set<uint64_t>(c.replicas)) {
+      for (uint64_t other : c.replicas.toVector()) {
         removeReplica(c, other);
         queueDelete(other, entry.handle);
       }
@@ -118,12 +133,11 @@ void ChunkManager::applyChanges(uint64_t id, const std::vector<ChunkReportEntry>
     // The active master knows the replicas from its own orders; a change report only
     // fills in a chunk it knows no live replica of, at its current version (one whose
     // report was on its way when this master took over).
-    auto it = chunks.find(change.handle);
-    if (change.version == 0 || it == chunks.end() || !s.live) continue;
-    Chunk& c = it->second;
-    if (change.version != c.record.version || !liveReplicas(c).empty()) continue;
+    Chunk* c = chunks.find(change.handle);
+    if (change.version == 0 || !c || !s.live) continue;
+    if (change.version != c->record.version || !liveReplicas(*c).empty()) continue;
     logInfo("chunk {:x}: {} reports a current replica", change.handle, s.address);
-    addReplica(c, id);
+    addReplica(*c, id);
     auto& pending = s.pendingDeletes;
     pending.erase(std::remove(pending.begin(), pending.end(), change.handle), pending.end());
   }
@@ -158,18 +172,19 @@ uint64_t ChunkManager::registerServer(const std::string& address, const std::str
   if (known != serverByAddress.end()) {
     id = known->second;
     // A re-registration replaces everything the master believed about this server.
-    for (uint64_t h : std::set<uint64_t>(serversById[id].chunks)) {
+    for (uint64_t h : serversById[id].chunks.toVector()) {
       if (mirroring) {
         auto m = mirror.find(h);
         if (m != mirror.end() && m->second.erase(id) && m->second.empty()) mirror.erase(m);
         continue;
       }
-      auto it = chunks.find(h);
-      if (it != chunks.end()) removeReplica(it->second, id);
+      if (Chunk* c = chunks.find(h)) removeReplica(*c, id);
     }
   } else {
     id = nextServerId++;
     serverByAddress[address] = id;
+    if (serverIndex.size() <= id) serverIndex.resize(id + 1, nullptr);
+    serverIndex[id] = &serversById[id];
   }
   Server& s = serversById[id];
   s.id = id;
@@ -219,9 +234,8 @@ bool ChunkManager::heartbeat(uint64_t id, uint64_t capacityBytes, uint64_t usedB
   // replicas are all away waits for them (it is the best copy left until then).
   std::vector<uint64_t> waiting;
   for (uint64_t h : s.pendingDeletes) {
-    auto c = chunks.find(h);
-    bool exists = c != chunks.end();
-    if (mayDelete(id, exists, exists ? goodReplicas(c->second) : std::vector<uint64_t>{})) {
+    Chunk* c = chunks.find(h);
+    if (mayDelete(id, c != nullptr, c ? goodReplicas(*c) : std::vector<uint64_t>{})) {
       deleteHandles.push_back(h);
     } else {
       waiting.push_back(h);
@@ -242,30 +256,97 @@ size_t ChunkManager::sweepDeadServers() {
             (now - s.lastHeartbeat) / kj::SECONDS);
     note(fmt::format("chunkserver {} is dead: no heartbeat for {} s; {} chunks to copy elsewhere",
                      s.address, (now - s.lastHeartbeat) / kj::SECONDS, s.chunks.size()));
-    for (uint64_t h : std::set<uint64_t>(s.chunks)) {
-      auto it = chunks.find(h);
-      if (it != chunks.end()) removeReplica(it->second, id);
+    for (uint64_t h : s.chunks.toVector()) {
+      if (Chunk* c = chunks.find(h)) removeReplica(*c, id);
     }
   }
   return dead;
 }
 
 void ChunkManager::addReplica(Chunk& c, uint64_t server) {
-  if (c.replicas.insert(server).second && c.replicas.size() == 1) ++covered;
-  serversById[server].chunks.insert(c.record.handle);
-  attention.insert(c.record.handle);
+  bool before = reported(c);
+  c.replicas.insert(server);
+  reportedCount += reported(c) - before;
+  if (Server* s = serverOf(server)) s->chunks.insert(c.record.handle);
+  mark(c.record.handle);
 }
 
 void ChunkManager::removeReplica(Chunk& c, uint64_t server) {
-  attention.insert(c.record.handle);
-  if (c.replicas.erase(server) && c.replicas.empty()) --covered;
-  c.corrupt.erase(server);
+  mark(c.record.handle);
+  bool before = reported(c);
+  c.replicas.erase(server);
+  reportedCount -= before - reported(c);
+  if (c.hasCorrupt) {
+    auto bad = corruptReplicas.find(c.record.handle);
+    if (bad != corruptReplicas.end() && bad->second.erase(server) && bad->second.empty()) {
+      corruptReplicas.erase(bad);
+      c.hasCorrupt = false;
+    }
+  }
   // Whichever replica leaves, the lease ends: the next write needs a new lease, and so a
   // new version, so that the replica that left (which may come back) is recognisably stale
   // rather than silently missing the writes made without it.
-  c.primary.reset();
-  auto s = serversById.find(server);
-  if (s != serversById.end()) s->second.chunks.erase(c.record.handle);
+  if (Activity* a = activityOf(c.record.handle)) a->primary.reset();
+  if (Server* s = serverOf(server)) s->chunks.erase(c.record.handle);
+}
+
+void ChunkManager::mark(uint64_t handle) {
+  // Until the check after a start begins (when its safe mode ends), every chunk waits for it.
+  if (!safeMode || manualSafeMode || startupLeft == 0) attention.insert(handle);
+}
+
+bool ChunkManager::reported(const Chunk& c) { return !c.replicas.empty() || c.record.pending; }
+
+void ChunkManager::assignRecord(Chunk& c, const ChunkRecord& record) {
+  bool before = reported(c);
+  uint64_t handle = c.record.handle;
+  c.record = record;
+  c.record.handle = handle;  // the key stays
+  reportedCount += reported(c) - before;
+}
+
+void ChunkManager::setPending(Chunk& c, bool pending) {
+  bool before = reported(c);
+  c.record.pending = pending;
+  reportedCount += reported(c) - before;
+}
+
+void ChunkManager::forget(Chunk& c) {
+  reportedCount -= reported(c);
+  uint64_t handle = c.record.handle;
+  attention.erase(handle);
+  owedCuts.erase(handle);
+  corruptReplicas.erase(handle);
+  chunks.erase(handle);
+}
+
+ChunkManager::Activity* ChunkManager::activityOf(uint64_t handle) {
+  auto it = activity.find(handle);
+  return it == activity.end() ? nullptr : &it->second;
+}
+
+void ChunkManager::pruneActivity() {
+  auto now = timer.now();
+  for (auto it = activity.begin(); it != activity.end();) {
+    // An expired lease is as good as none; the busy promise of finished steps is done.
+    if (it->second.steps == 0 && now >= it->second.leaseExpiry) {
+      it = activity.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+bool ChunkManager::isCorrupt(const Chunk& c, uint64_t server) const {
+  if (!c.hasCorrupt) return false;
+  auto bad = corruptReplicas.find(c.record.handle);
+  return bad != corruptReplicas.end() && bad->second.count(server);
+}
+
+size_t ChunkManager::corruptCount(const Chunk& c) const {
+  if (!c.hasCorrupt) return 0;
+  auto bad = corruptReplicas.find(c.record.handle);
+  return bad == corruptReplicas.end() ? 0 : bad->second.size();
 }
 
 void ChunkManager::queueDelete(uint64_t server, uint64_t handle) {
@@ -274,15 +355,16 @@ void ChunkManager::queueDelete(uint64_t server, uint64_t handle) {
 }
 
 bool ChunkManager::leaseValid(const Chunk& c) {
-  if (!c.primary || timer.now() >= c.leaseExpiry) return false;
-  auto s = serversById.find(*c.primary);
-  return s != serversById.end() && s->second.live && c.replicas.count(*c.primary);
+  Activity* a = activityOf(c.record.handle);
+  if (!a || !a->primary || timer.now() >= a->leaseExpiry) return false;
+  Server* s = serverOf(*a->primary);
+  return s && s->live && c.replicas.count(*a->primary);
 }
 
 std::vector<uint64_t> ChunkManager::goodReplicas(const Chunk& c) {
   std::vector<uint64_t> out;
   for (uint64_t id : liveReplicas(c)) {
-    if (!c.corrupt.count(id)) out.push_back(id);
+    if (!isCorrupt(c, id)) out.push_back(id);
   }
   return out;
 }
@@ -290,8 +372,8 @@ std::vector<uint64_t> ChunkManager::goodReplicas(const Chunk& c) {
 std::vector<uint64_t> ChunkManager::liveReplicas(const Chunk& c) {
   std::vector<uint64_t> out;
   for (uint64_t id : c.replicas) {
-    auto s = serversById.find(id);
-    if (s != serversById.end() && s->second.live) out.push_back(id);
+    Server* s = serverOf(id);
+    if (s && s->live) out.push_back(id);
   }
   return out;
 }
@@ -300,12 +382,13 @@ ChunkView ChunkManager::view(const Chunk& c) {
   ChunkView v;
   v.record = c.record;
   for (uint64_t id : liveReplicas(c)) {
-    auto& s = serversById.at(id);
-    v.replicas.push_back({s.address, s.rack});
+    Server* s = serverOf(id);
+    v.replicas.push_back({s->address, s->rack});
   }
   if (leaseValid(c)) {
-    v.primary = serversById.at(*c.primary).address;
-    v.leaseRemainingMs = static_cast<uint32_t>((c.leaseExpiry - timer.now()) / kj::MILLISECONDS);
+    Activity* a = activityOf(c.record.handle);
+    v.primary = serverOf(*a->primary)->address;
+    v.leaseRemainingMs = static_cast<uint32_t>((a->leaseExpiry - timer.now()) / kj::MILLISECONDS);
   }
   return v;
 }
@@ -317,7 +400,6 @@ std::vector<ChunkView> ChunkManager::locate(uint64_t inode, uint32_t first, uint
     Chunk& c = chunks[record.handle];
     c.inode = inode;
     c.record.index = record.index;
-    c.record.handle = record.handle;
     if (c.record.version < record.version) c.record.version = record.version;
     out.push_back(view(c));
   }
@@ -325,13 +407,18 @@ std::vector<ChunkView> ChunkManager::locate(uint64_t inode, uint32_t first, uint
 }
 
 kj::Promise<void> ChunkManager::serialize(uint64_t handle, kj::Function<kj::Promise<void>()> step) {
-  Chunk& c = chunks[handle];
+  Activity& a = activity[handle];
   kj::Promise<void> before = kj::READY_NOW;
-  KJ_IF_MAYBE (busy, c.busy) {
+  KJ_IF_MAYBE (busy, a.busy) {
     before = busy->addBranch();
   }
-  auto run = before.then([step = kj::mv(step)]() mutable { return step(); }).fork();
-  c.busy = run.addBranch()
+  a.steps++;
+  auto done = kj::defer([this, handle]() {
+    if (Activity* a = activityOf(handle)) a->steps--;
+  });
+  auto run =
+      before.then([step = kj::mv(step)]() mutable { return step(); }).attach(kj::mv(done)).fork();
+  a.busy = run.addBranch()
                .catch_([](kj::Exception&&) {})  // the next step runs whatever this one did
                .fork();
   return run.addBranch();
@@ -347,10 +434,9 @@ kj::Promise<std::vector<ServerFailure>> ChunkManager::setVersionOn(std::vector<u
         std::vector<ServerFailure> out;
         for (size_t i = 0; i < servers.size(); ++i) {
           if (!results[i].ok()) {
-            auto s = serversById.find(servers[i]);
+            Server* s = serverOf(servers[i]);
             logWarn("chunk {:x}: setVersion on {} failed: {}", handle,
-                    s == serversById.end() ? std::string("?") : s->second.address,
-                    results[i].toString());
+                    s ? s->address : std::string("?"), results[i].toString());
           }
           out.push_back({servers[i], results[i]});
         }
@@ -363,8 +449,8 @@ std::vector<uint64_t> ChunkManager::succeeded(const std::vector<ServerFailure>& 
   for (auto& r : results) {
     // One declared dead while the order was on its way gets no writes from now on: it
     // counts as failed, and is fenced off like one that did not answer.
-    auto s = serversById.find(r.server);
-    if (r.status.ok() && s != serversById.end() && s->second.live) out.push_back(r.server);
+    Server* s = serverOf(r.server);
+    if (r.status.ok() && s && s->live) out.push_back(r.server);
   }
   return out;
 }
@@ -374,21 +460,22 @@ kj::Promise<std::vector<uint64_t>> ChunkManager::bumpVersion(uint64_t handle, in
   auto live = liveReplicas(c);
   if (live.empty()) return std::vector<uint64_t>{};
   uint64_t oldVersion = c.record.version;
-  auto oldPrimary = c.primary;
+  Activity* a = activityOf(handle);
+  std::optional<uint64_t> oldPrimary = a ? a->primary : std::nullopt;
   // GFS: record the new version before any replica learns it, so that a replica that
   // misses it is recognisably stale after any crash. A number is never handed out twice:
   // a replica may have taken a bump whose answer was lost.
   c.record.version = nextVersion(c);
-  c.primary.reset();
+  if (a) a->primary.reset();
   return recordVersion(c)
       .then([this, live, handle]() {
         return setVersionOn(live, handle, chunks.at(handle).record.version, false);
       })
       .then([this, handle, oldVersion, oldPrimary,
              round](std::vector<ServerFailure> results) -> kj::Promise<std::vector<uint64_t>> {
-        auto it = chunks.find(handle);
-        if (it == chunks.end()) return std::vector<uint64_t>{};
-        Chunk& c = it->second;
+        Chunk* found = chunks.find(handle);
+        if (!found) return std::vector<uint64_t>{};
+        Chunk& c = *found;
         auto current = succeeded(results);
         if (current.empty()) {
           // Nobody moved: keep the old version so that the replicas stay current, and the
@@ -396,7 +483,7 @@ kj::Promise<std::vector<uint64_t>> ChunkManager::bumpVersion(uint64_t handle, in
           // The record keeps the number handed out as `issued`: a replica that takes it
           // late is stale, never newer.
           c.record.version = oldVersion;
-          c.primary = oldPrimary;
+          if (oldPrimary) activity[handle].primary = oldPrimary;
           return recordVersion(c).then([]() { return std::vector<uint64_t>{}; });
         }
         bool failed = current.size() < results.size();
@@ -407,7 +494,7 @@ kj::Promise<std::vector<uint64_t>> ChunkManager::bumpVersion(uint64_t handle, in
           }
         }
         // Every replica that stays moved to the new version, which ends any lease there.
-        c.leaseExpiry = timer.now();
+        if (Activity* a = activityOf(handle)) a->leaseExpiry = timer.now();
         if (failed) {
           // One that failed may still take the new version late (its answer lost, the order
           // delayed in the network) and would then look current without the writes that
@@ -446,7 +533,7 @@ kj::Promise<void> ChunkManager::recordVersion(Chunk& c) {
   c.record.issued = c.issued;
   // A chunk some server holds is created, whoever created it (a master that died before
   // recording so, say): from now on it may hold bytes.
-  if (!c.replicas.empty()) c.record.pending = false;
+  if (!c.replicas.empty()) setPending(c, false);
   return ns.setChunkVersion(c.inode, c.record, newNumber);
 }
 
@@ -465,11 +552,11 @@ Status ChunkManager::applyWriteFailures(Chunk& c, const std::vector<ReplicaFailu
     // The replica missed a write that the others hold: it leaves, and the new version of
     // the next lease fences it off (re-replication restores the goal).
     logWarn("chunk {:x}: a write through {} failed; dropping that replica", c.record.handle,
-            serversById[id].address);
+            serverOf(id)->address);
     removeReplica(c, id);
     queueDelete(id, c.record.handle);
   }
-  if (decision.newLease) c.primary.reset();
+  if (Activity* a = activityOf(c.record.handle); a && decision.newLease) a->primary.reset();
   if (!decision.error.ok()) {
     logInfo("chunk {:x}: a write failed on every replica it could go to ({}); no replica dropped",
             c.record.handle, decision.error.toString());
@@ -523,20 +610,20 @@ kj::Promise<Result<ChunkView>> ChunkManager::prepareWriteNow(uint64_t inode, uin
   uint64_t handle = record->handle;
   Chunk& c = chunks[handle];
   c.inode = inode;
-  c.record = *record;
-  c.lastWrite = timer.now();
+  assignRecord(c, *record);
+  activity[handle].lastWrite = timer.now();
   auto result = kj::heap<Result<ChunkView>>();
   auto& out = *result;
   return serialize(
              handle,
              [this, handle, &out, failures = std::move(failures),
               failedVersion]() -> kj::Promise<void> {
-               auto it = chunks.find(handle);
-               if (it == chunks.end()) {
+               Chunk* found = chunks.find(handle);
+               if (!found) {
                  out = chunkGone();
                  return kj::READY_NOW;
                }
-               Chunk& c = it->second;
+               Chunk& c = *found;
                // Allocated, but never confirmed created and no replica known: a master
                // died before the chunkservers created it. Made again.
                if (neverWritten(c)) {
@@ -567,30 +654,31 @@ kj::Promise<Result<ChunkView>> ChunkManager::prepareWriteNow(uint64_t inode, uin
                  return grantNewLease(handle).then(
                      [&out](Result<ChunkView> r) { out = std::move(r); });
                }
-               if (c.leaseExpiry - timer.now() > options.leaseDuration / 2) {
+               Activity& a = activity[handle];  // a valid lease has one
+               if (a.leaseExpiry - timer.now() > options.leaseDuration / 2) {
                  out = view(c);
                  return kj::READY_NOW;
                }
                // Extend the lease while writes continue; the version stays.
-               uint64_t primary = *c.primary;
+               uint64_t primary = *a.primary;
                return control
                    .grantLease(primary, handle, c.record.version,
                                options.leaseDuration / kj::MILLISECONDS)
                    .then([this, handle, primary, &out](Status s) {
-                     auto it = chunks.find(handle);
-                     if (it == chunks.end()) {
+                     Chunk* c = chunks.find(handle);
+                     if (!c) {
                        out = chunkGone();
                      } else if (s.ok()) {
-                       it->second.leaseExpiry = timer.now() + options.leaseDuration;
-                       out = view(it->second);
+                       activity[handle].leaseExpiry = timer.now() + options.leaseDuration;
+                       out = view(*c);
                      } else {
                        // The primary cannot take the lease: it leaves if the rule
                        // allows; either way the next call grants a new lease.
-                       if (mayLeave(primary, goodReplicas(it->second))) {
-                         removeReplica(it->second, primary);
+                       if (mayLeave(primary, goodReplicas(*c))) {
+                         removeReplica(*c, primary);
                          queueDelete(primary, handle);
                        }
-                       it->second.primary.reset();
+                       if (Activity* a = activityOf(handle)) a->primary.reset();
                        out = s;
                      }
                    });
@@ -608,7 +696,7 @@ kj::Promise<Result<ChunkView>> ChunkManager::allocate(uint64_t inode, uint32_t i
   if (targets.empty()) {
     return Result<ChunkView>(Status::noSpace("no live chunkserver with free space"));
   }
-  for (uint64_t t : targets) serversById[t].recentCreations++;
+  for (uint64_t t : targets) serverOf(t)->recentCreations++;
   // The record is visible from now on, so a concurrent caller for the same chunk finds it
   // and waits on serialize() below; it is in the log (its handle reserved on disk, see
   // Namespace::allocateHandle) before any replica is created.
@@ -618,9 +706,9 @@ kj::Promise<Result<ChunkView>> ChunkManager::allocate(uint64_t inode, uint32_t i
   uint64_t handle = record->handle;
   Chunk& c = chunks[handle];
   c.inode = inode;
-  c.record = *record;
+  assignRecord(c, *record);
   c.goal = goal;
-  c.lastWrite = timer.now();
+  activity[handle].lastWrite = timer.now();
   auto result = kj::heap<Result<ChunkView>>();
   auto& out = *result;
   return serialize(
@@ -632,13 +720,13 @@ kj::Promise<Result<ChunkView>> ChunkManager::allocate(uint64_t inode, uint32_t i
                      return setVersionOn(targets, handle, r.value.version, true);
                    })
                    .then([this, handle, &out](std::vector<ServerFailure> results) {
-                     auto it = chunks.find(handle);
-                     if (it == chunks.end()) {
+                     Chunk* c = chunks.find(handle);
+                     if (!c) {
                        out = chunkGone();
                        return kj::Promise<void>(kj::READY_NOW);
                      }
                      auto created = succeeded(results);
-                     for (uint64_t s : created) addReplica(it->second, s);
+                     for (uint64_t s : created) addReplica(*c, s);
                      if (created.empty()) {
                        bool full = std::all_of(results.begin(), results.end(), [](auto& r) {
                          return r.status.code() == ErrorCode::NO_SPACE;
@@ -647,10 +735,9 @@ kj::Promise<Result<ChunkView>> ChunkManager::allocate(uint64_t inode, uint32_t i
                                   : Status::unavailable("no chunkserver could create the chunk");
                        // Not one replica exists: the chunk never held a byte, and left
                        // behind it would read as missing rather than as a hole.
-                       Chunk& c = it->second;
-                       auto forget = ns.forgetChunk(c.inode, c.record);
-                       chunks.erase(it);
-                       return forget;
+                       auto forgotten = ns.forgetChunk(c->inode, c->record);
+                       forget(*c);
+                       return forgotten;
                      }
                      return confirmCreated(handle, created, results.size())
                          .then([&out](Result<ChunkView> r) { out = std::move(r); });
@@ -666,9 +753,9 @@ kj::Promise<Result<ChunkView>> ChunkManager::confirmCreated(uint64_t handle,
                                                             size_t asked) {
   Chunk& c = chunks.at(handle);
   // Recorded before any lease: a chunk still pending holds no byte.
-  c.record.pending = false;
+  setPending(c, false);
   return recordVersion(c).then([this, handle, created, asked]() -> kj::Promise<Result<ChunkView>> {
-    if (!chunks.count(handle)) return Result<ChunkView>(chunkGone());
+    if (!chunks.contains(handle)) return Result<ChunkView>(chunkGone());
     // A server that failed may still create the chunk late (the order delayed, its answer
     // lost), empty: the chunk then moves to a new version before its first write.
     // Otherwise the first lease keeps the version it was created at.
@@ -686,11 +773,11 @@ kj::Promise<Result<ChunkView>> ChunkManager::recreate(uint64_t handle) {
   if (targets.empty()) {
     return Result<ChunkView>(Status::noSpace("no live chunkserver with free space"));
   }
-  for (uint64_t t : targets) serversById[t].recentCreations++;
+  for (uint64_t t : targets) serverOf(t)->recentCreations++;
   // A number no replica was ever sent: a copy made before (on a server away now) is stale
   // against it.
   c.record.version = nextVersion(c);
-  c.record.pending = true;
+  setPending(c, true);
   logWarn("chunk {:x}: allocated but never created; creating it at version {}", handle,
           c.record.version);
   uint64_t version = c.record.version;
@@ -699,13 +786,13 @@ kj::Promise<Result<ChunkView>> ChunkManager::recreate(uint64_t handle) {
         return setVersionOn(targets, handle, version, true);
       })
       .then([this, handle](std::vector<ServerFailure> results) -> kj::Promise<Result<ChunkView>> {
-        auto it = chunks.find(handle);
-        if (it == chunks.end()) return Result<ChunkView>(chunkGone());
+        Chunk* c = chunks.find(handle);
+        if (!c) return Result<ChunkView>(chunkGone());
         auto created = succeeded(results);
         if (created.empty()) {
           return Result<ChunkView>(Status::unavailable("no chunkserver could create the chunk"));
         }
-        for (uint64_t s : created) addReplica(it->second, s);
+        for (uint64_t s : created) addReplica(*c, s);
         return confirmCreated(handle, created, results.size());
       });
 }
@@ -713,7 +800,7 @@ kj::Promise<Result<ChunkView>> ChunkManager::recreate(uint64_t handle) {
 kj::Promise<Result<ChunkView>> ChunkManager::grantNewLease(uint64_t handle) {
   return bumpVersion(handle).then(
       [this, handle](std::vector<uint64_t> current) -> kj::Promise<Result<ChunkView>> {
-        if (!chunks.count(handle)) return Result<ChunkView>(chunkGone());
+        if (!chunks.contains(handle)) return Result<ChunkView>(chunkGone());
         if (current.empty()) {
           return Result<ChunkView>(
               Status::unavailable(fmt::format("no live replica of chunk {:x} answered", handle)));
@@ -727,14 +814,15 @@ kj::Promise<Result<ChunkView>> ChunkManager::grantLeaseTo(uint64_t handle, uint6
       .grantLease(primary, handle, chunks.at(handle).record.version,
                   options.leaseDuration / kj::MILLISECONDS)
       .then([this, handle, primary](Status s) -> Result<ChunkView> {
-        auto it = chunks.find(handle);
-        if (it == chunks.end()) return chunkGone();
+        Chunk* c = chunks.find(handle);
+        if (!c) return chunkGone();
         if (!s.ok()) return s;
         // The expiry counts from the reply, so the master never believes a lease over
         // before the primary does.
-        it->second.primary = primary;
-        it->second.leaseExpiry = timer.now() + options.leaseDuration;
-        return view(it->second);
+        Activity& a = activity[handle];
+        a.primary = primary;
+        a.leaseExpiry = timer.now() + options.leaseDuration;
+        return view(*c);
       });
 }
 
@@ -748,8 +836,8 @@ kj::Promise<Status> ChunkManager::truncateChunk(uint64_t inode, uint64_t size,
   // A chunk that no live server holds cannot be cut: refused before anything changes.
   auto record = ns.getChunk(inode, static_cast<uint32_t>(size / ns.chunkSize()));
   if (record && size % ns.chunkSize() != 0) {
-    auto it = chunks.find(record->handle);
-    if (it == chunks.end() || liveReplicas(it->second).empty()) {
+    Chunk* c = chunks.find(record->handle);
+    if (!c || liveReplicas(*c).empty()) {
       return Status::unavailable(
           fmt::format("no live replica of chunk {:x} to truncate", record->handle));
     }
@@ -779,7 +867,7 @@ kj::Promise<Status> ChunkManager::truncateChunkNow(uint64_t inode, uint64_t size
   uint64_t handle = record->handle;
   Chunk& c = chunks[handle];
   c.inode = inode;
-  c.record = *record;
+  assignRecord(c, *record);
   // One step for the chunk, so that no lease is granted on it in between.
   return serializeStatus(
       handle, [this, handle, offset, &commit]() { return cutReplicas(handle, offset, &commit); });
@@ -798,9 +886,9 @@ kj::Promise<Status> ChunkManager::serializeStatus(uint64_t handle,
 
 kj::Promise<Status> ChunkManager::cutReplicas(uint64_t handle, uint32_t offset,
                                               kj::Function<kj::Promise<Status>()>* commit) {
-  auto found = chunks.find(handle);
-  if (found == chunks.end()) return chunkGone();
-  if (liveReplicas(found->second).empty()) {
+  Chunk* found = chunks.find(handle);
+  if (!found) return chunkGone();
+  if (liveReplicas(*found).empty()) {
     return Status::unavailable(fmt::format("no live replica of chunk {:x} to cut", handle));
   }
   // Every lease ends first, on the replicas themselves (a new version, as for a new lease):
@@ -818,9 +906,9 @@ kj::Promise<Status> ChunkManager::cutReplicas(uint64_t handle, uint32_t offset,
       })
       .then([this, handle, offset](Status committed) -> kj::Promise<Status> {
         if (!committed.ok()) return committed;
-        auto it = chunks.find(handle);
-        if (it == chunks.end()) return chunkGone();
-        Chunk& c = it->second;
+        Chunk* found = chunks.find(handle);
+        if (!found) return chunkGone();
+        Chunk& c = *found;
         c.record.cutAt = offset;  // as the namespace has it now
         auto live = liveReplicas(c);
         uint64_t oldVersion = c.record.version;
@@ -834,9 +922,9 @@ kj::Promise<Status> ChunkManager::cutReplicas(uint64_t handle, uint32_t offset,
             })
             .then([this, live, handle,
                    oldVersion](kj::Array<Status> results) -> kj::Promise<Status> {
-              auto it = chunks.find(handle);
-              if (it == chunks.end()) return chunkGone();
-              Chunk& c = it->second;
+              Chunk* found = chunks.find(handle);
+              if (!found) return chunkGone();
+              Chunk& c = *found;
               size_t ok = 0;
               for (auto& r : results) ok += r.ok();
               if (ok == 0) {
@@ -863,8 +951,8 @@ kj::Promise<Status> ChunkManager::cutReplicas(uint64_t handle, uint32_t offset,
             })
       .then([this, handle](Status s) {
         // Whatever happened, a cut still owed is tried again by the ticks.
-        auto it = chunks.find(handle);
-        if (it != chunks.end() && it->second.record.cutAt != 0) oweCut(handle);
+        Chunk* c = chunks.find(handle);
+        if (c && c->record.cutAt != 0) oweCut(handle);
         return s;
       });
 }
@@ -882,9 +970,9 @@ kj::Promise<Status> ChunkManager::settleCut(uint64_t inode, uint64_t size) {
   if (!record || record->cutAt == 0) return Status::OK();
   uint64_t handle = record->handle;
   return serializeStatus(handle, [this, handle]() -> kj::Promise<Status> {
-    auto it = chunks.find(handle);
-    if (it == chunks.end() || it->second.record.cutAt == 0) return Status::OK();
-    return cutReplicas(handle, it->second.record.cutAt, nullptr);
+    Chunk* c = chunks.find(handle);
+    if (!c || c->record.cutAt == 0) return Status::OK();
+    return cutReplicas(handle, c->record.cutAt, nullptr);
   });
 }
 
@@ -896,48 +984,45 @@ void ChunkManager::settleOwedCuts() {
   for (uint64_t handle : due) {
     owedCuts[handle].at = kj::maxValue;  // not again while this try runs
     copies.add(serializeStatus(handle, [this, handle]() -> kj::Promise<Status> {
-                 auto it = chunks.find(handle);
-                 if (it == chunks.end() || it->second.record.cutAt == 0) {
+                 Chunk* c = chunks.find(handle);
+                 if (!c || c->record.cutAt == 0) {
                    owedCuts.erase(handle);
                    return Status::OK();
                  }
-                 return cutReplicas(handle, it->second.record.cutAt, nullptr);
+                 return cutReplicas(handle, c->record.cutAt, nullptr);
                }).ignoreResult());
   }
 }
 
 void ChunkManager::release(const std::vector<uint64_t>& handles) {
   for (uint64_t h : handles) {
-    auto it = chunks.find(h);
-    if (it == chunks.end()) continue;
+    Chunk* c = chunks.find(h);
+    if (!c) continue;
     // Every server that holds the chunk is one of its replicas (a server leaves them when
     // it dies; a copy under way deletes what it made when it finds the chunk gone).
-    for (uint64_t id : it->second.replicas) {
-      auto s = serversById.find(id);
-      if (s != serversById.end() && s->second.chunks.erase(h))
-        s->second.pendingDeletes.push_back(h);
+    for (uint64_t id : c->replicas) {
+      Server* s = serverOf(id);
+      if (s && s->chunks.erase(h)) s->pendingDeletes.push_back(h);
     }
-    if (!it->second.replicas.empty()) --covered;
-    chunks.erase(it);
-    attention.erase(h);
-    owedCuts.erase(h);
+    forget(*c);
   }
 }
 
 void ChunkManager::reportBadReplica(uint64_t handle, uint64_t version, const std::string& address) {
   auto s = serverByAddress.find(address);
-  auto c = chunks.find(handle);
-  if (s == serverByAddress.end() || c == chunks.end()) return;
-  if (version != c->second.record.version) return;
-  dropCorrupt(c->second, s->second, "a reader");
+  Chunk* c = chunks.find(handle);
+  if (s == serverByAddress.end() || !c) return;
+  if (version != c->record.version) return;
+  dropCorrupt(*c, s->second, "a reader");
 }
 
 void ChunkManager::dropCorrupt(Chunk& c, uint64_t server, const char* finder) {
   if (!c.replicas.count(server)) return;
-  const std::string& address = serversById[server].address;
+  const std::string& address = serverOf(server)->address;
   if (!mayLeave(server, goodReplicas(c))) {
     attention.insert(c.record.handle);
-    if (c.corrupt.insert(server).second) {
+    c.hasCorrupt = true;
+    if (corruptReplicas[c.record.handle].insert(server).second) {
       logError("chunk {:x}: {} found the replica on {} bad, but it is the last copy: kept",
                c.record.handle, finder, address);
       note(
@@ -970,7 +1055,10 @@ void ChunkManager::note(std::string text) {
 
 size_t ChunkManager::leasesHeld() {
   size_t n = 0;
-  for (auto& [h, c] : chunks) n += c.primary.has_value() && leaseValid(c);
+  for (auto& [h, a] : activity) {
+    Chunk* c = a.primary ? chunks.find(h) : nullptr;
+    n += c && leaseValid(*c);
+  }
   return n;
 }
 

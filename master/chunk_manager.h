@@ -17,6 +17,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "chunk_table.h"
 #include "master.capnp.h"
 #include "namespace.h"
 #include "placement.h"
@@ -52,7 +53,8 @@ struct ClusterHealth {
   uint64_t missing = 0;          // no live replica at all
   uint64_t overReplicated = 0;
   uint64_t copiesInFlight = 0;
-  uint64_t corrupt = 0;  // kept although found bad: the last copy of its chunk
+  uint64_t corrupt = 0;    // kept although found bad: the last copy of its chunk
+  uint64_t unchecked = 0;  // not looked at yet since the start: left out of the counts above
 };
 
 struct ChunkReportEntry {
@@ -131,6 +133,9 @@ struct ChunkManagerOptions {
   // checks this many chunks, in turn, for one off its goal that no change put in line
   // (100 million chunks in under 3 hours).
   size_t auditPerTick = 10000;
+  // After a start every chunk is looked at once, this many a tick (HDFS checks its blocks
+  // after safe mode in batches too), so that no tick holds the loop for long.
+  size_t startupCheckPerTick = 250000;
 };
 
 class ChunkManager final : private kj::TaskSet::ErrorHandler {
@@ -249,6 +254,10 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   size_t offGoalUnattended();
   // Chunks in line to be looked at by the next tick.
   size_t awaitingAttention() const { return attention.size(); }
+  // Chunks with a lease or a step kept in memory (tests: they go once both are over).
+  size_t activeChunks() const { return activity.size(); }
+  // Chunks not yet looked at since the start.
+  size_t uncheckedSinceStart() const { return startupLeft; }
 
  private:
   struct Server {
@@ -263,27 +272,44 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
     uint32_t recentCreations = 0;
     bool decommissioning = false;
     uint32_t copiesInFlight = 0;
-    std::set<uint64_t> chunks;
+    HandleSet chunks;
     std::vector<uint64_t> pendingDeletes;
   };
+  // One per chunk, so kept small (80 bytes): what only some chunks have at a time (a lease,
+  // a step under way, corrupt replicas) lives in `activity` and `corruptReplicas`.
   struct Chunk {
+    ChunkRecord record;  // record.handle is the key in `chunks`
     uint64_t inode = 0;
-    ChunkRecord record;
-    std::set<uint64_t> replicas;  // servers holding the current version
+    uint64_t issued = 0;      // the highest version ever sent to a replica
+    ReplicaSet replicas;      // servers holding the current version
+    uint8_t goal = 0;         // the file's replication goal; 0 = unknown
+    bool copying = false;     // a re-replication copy is in flight
+    bool hasCorrupt = false;  // some replica is in `corruptReplicas`
+  };
+  static_assert(sizeof(Chunk) <= 80, "a hundred million of these: every byte counts");
+  struct ChunkKey {
+    uint64_t& operator()(Chunk& c) const { return c.record.handle; }
+  };
+  // A chunk's lease and steps, while it has either.
+  struct Activity {
     std::optional<uint64_t> primary;
     kj::TimePoint leaseExpiry = kj::origin<kj::TimePoint>();
-    kj::Maybe<kj::ForkedPromise<void>> busy;  // a lease or truncate in progress
-    uint8_t goal = 0;                         // the file's replication goal; 0 = unknown
-    bool copying = false;                     // a re-replication copy is in flight
-    std::set<uint64_t> corrupt;               // current replicas found bad but kept (last copy)
-    uint64_t issued = 0;                      // the highest version ever sent to a replica
     kj::TimePoint lastWrite = kj::origin<kj::TimePoint>();  // last prepareWrite
+    kj::Maybe<kj::ForkedPromise<void>> busy;  // the last step (lease, cut, copy) in line
+    uint32_t steps = 0;                       // steps in line or running
   };
   struct Counts {
     size_t live = 0;       // live replicas
     size_t effective = 0;  // live replicas not on a decommissioning server
   };
 
+  Server* serverOf(uint64_t id) { return id < serverIndex.size() ? serverIndex[id] : nullptr; }
+  Activity* activityOf(uint64_t handle);
+  // Ends activities with no lease left and no step in line (from tick()).
+  void pruneActivity();
+  // Whether `server`'s replica of `c` was found bad and kept.
+  bool isCorrupt(const Chunk& c, uint64_t server) const;
+  size_t corruptCount(const Chunk& c) const;
   ChunkView view(const Chunk& c);
   bool leaseValid(const Chunk& c);
   std::vector<uint64_t> liveReplicas(const Chunk& c);
@@ -349,9 +375,18 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   static constexpr int MAX_FENCE_ROUNDS = 4;
   kj::Promise<std::vector<uint64_t>> bumpVersion(uint64_t handle, int round = 0);
   // Every change of a chunk's replicas goes through these two: they keep each server's
-  // chunk set and `attention` with it.
+  // chunk set, `attention` and `reportedCount` with it.
   void addReplica(Chunk& c, uint64_t server);
   void removeReplica(Chunk& c, uint64_t server);
+  // Puts the chunk in `attention`.
+  void mark(uint64_t handle);
+  // What safe mode counts: a chunk with a replica, or one never created (nothing to wait
+  // for). Changes of `record` and `record.pending` go through these to keep the count.
+  static bool reported(const Chunk& c);
+  void assignRecord(Chunk& c, const ChunkRecord& record);
+  void setPending(Chunk& c, bool pending);
+  // Drops the chunk from the map and everything kept of it.
+  void forget(Chunk& c);
   // A replica found bad leaves the chunk, unless it is the last current one (then it is
   // kept and counted as corrupt).
   void dropCorrupt(Chunk& c, uint64_t server, const char* finder);
@@ -365,11 +400,14 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   bool canCopy(uint64_t server);
   static bool deletePending(const Server& s, uint64_t handle);
   void updateSafeMode();
+  // Safe mode ended: the check after a start (if not done) covers every chunk.
+  void checkAllFromNow();
   // The chunks of `attention` still off their goal; those at it leave the set.
   std::vector<uint64_t> needingWork();
   bool atGoal(Chunk& c);
-  // Checks the next `n` chunks (in handle order, round and round) for one off its goal that
-  // nothing put in `attention` (options.auditPerTick each tick).
+  // Checks the next `n` chunks (in slot order, round and round) for one off its goal that
+  // nothing put in `attention` (options.auditPerTick each tick; after a start, every chunk
+  // once, options.startupCheckPerTick a tick).
   void audit(size_t n);
   void scheduleRepairs(const std::vector<uint64_t>& handles);
   void removeSurplus(const std::vector<uint64_t>& handles);
@@ -397,13 +435,17 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   std::mt19937_64 rng;
   uint64_t nextServerId = 1;
   std::map<uint64_t, Server> serversById;
+  std::vector<Server*> serverIndex;  // by id (servers are never removed)
   std::map<std::string, uint64_t> serverByAddress;
-  std::map<uint64_t, Chunk> chunks;  // by handle
+  ChunkTable<Chunk, ChunkKey> chunks;                      // by handle
+  std::unordered_map<uint64_t, Activity> activity;         // by handle
+  std::map<uint64_t, std::set<uint64_t>> corruptReplicas;  // handle -> servers
   // Chunks that may be off their goal: a replica came or went (a server died, a copy
   // landed, a write failed), the goal changed, a replica was found corrupt, a server
   // started draining, a copy ended. Chunks not in it are at their goal.
   std::unordered_set<uint64_t> attention;
-  uint64_t auditedUpTo = 0;
+  size_t auditCursor = 0;  // the next slot of `chunks` audit() looks at
+  size_t startupLeft = 0;  // slots from auditCursor on not yet looked at since the start
   // Chunks whose record owes a cut, and when the ticks try it next.
   struct OwedCut {
     kj::TimePoint at = kj::origin<kj::TimePoint>();
@@ -411,10 +453,8 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   };
   std::map<uint64_t, OwedCut> owedCuts;
   void oweCut(uint64_t handle);
-  // Chunks with at least one replica, and those loaded as allocated but never created: safe
-  // mode's measure, kept without walking the chunks.
-  size_t covered = 0;
-  size_t neverWrittenAtLoad = 0;
+  // Chunks that are reported(): safe mode's measure, kept without walking the chunks.
+  size_t reportedCount = 0;
   bool safeMode = false;
   bool manualSafeMode = false;
   kj::TimePoint startedAt;

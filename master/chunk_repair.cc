@@ -34,10 +34,10 @@ uint8_t ChunkManager::goalOf(Chunk& c) {
 ChunkManager::Counts ChunkManager::counts(const Chunk& c) {
   Counts n;
   for (uint64_t id : c.replicas) {
-    auto s = serversById.find(id);
-    if (s == serversById.end() || !s->second.live) continue;
+    Server* s = serverOf(id);
+    if (!s || !s->live) continue;
     ++n.live;
-    if (!s->second.decommissioning && !c.corrupt.count(id)) ++n.effective;
+    if (!s->decommissioning && !isCorrupt(c, id)) ++n.effective;
   }
   return n;
 }
@@ -48,24 +48,22 @@ bool ChunkManager::deletePending(const Server& s, uint64_t handle) {
 }
 
 bool ChunkManager::canCopy(uint64_t server) {
-  auto s = serversById.find(server);
-  return s != serversById.end() && s->second.live &&
-         s->second.copiesInFlight < options.copiesPerServer;
+  Server* s = serverOf(server);
+  return s && s->live && s->copiesInFlight < options.copiesPerServer;
 }
 
 void ChunkManager::goalChanged(uint64_t inode, uint8_t goal) {
   for (auto& record : ns.listChunks(inode, 0, UINT32_MAX)) {
-    auto it = chunks.find(record.handle);
+    Chunk* c = chunks.find(record.handle);
     // A shared chunk's goal is worked out again from all its files.
-    if (it == chunks.end()) continue;
-    it->second.goal = ns.isShared(record.handle) ? 0 : goal;
+    if (!c) continue;
+    c->goal = ns.isShared(record.handle) ? 0 : goal;
     attention.insert(record.handle);
   }
 }
 
 void ChunkManager::reportCorrupt(uint64_t server, uint64_t handle) {
-  auto c = chunks.find(handle);
-  if (c != chunks.end()) dropCorrupt(c->second, server, "the scrubber");
+  if (Chunk* c = chunks.find(handle)) dropCorrupt(*c, server, "the scrubber");
 }
 
 void ChunkManager::enterSafeMode() {
@@ -82,6 +80,16 @@ void ChunkManager::leaveSafeMode() {
     note("an admin took the cluster out of safe mode");
   }
   safeMode = manualSafeMode = false;
+  checkAllFromNow();
+}
+
+void ChunkManager::checkAllFromNow() {
+  // Replica changes in the safe mode after a start put no chunk in line (mark()): the check
+  // after the start looks at every chunk, from the first.
+  if (startupLeft > 0) {
+    auditCursor = 0;
+    startupLeft = chunks.slots();
+  }
 }
 
 Status ChunkManager::safeModeRefusal() const {
@@ -93,18 +101,17 @@ Status ChunkManager::safeModeRefusal() const {
 
 void ChunkManager::updateSafeMode() {
   if (!safeMode || manualSafeMode) return;
-  // Called at every registration: the chunks with a replica are counted as replicas come
-  // and go, and the chunks are walked only once that count, with every chunk allocated but
-  // never created (nothing to wait for: its master died first), may be enough.
+  // Called at every registration: the chunks with a replica (every replica is on a live
+  // server: a server's replicas leave when it dies), or allocated but never created
+  // (nothing to wait for: its master died first), are counted as they change.
   auto enough = [this](size_t n) {
     return chunks.empty() || static_cast<double>(n) / chunks.size() >= options.safeModeThreshold;
   };
   bool timedOut = timer.now() - startedAt > options.safeModeTimeout;
-  if (!enough(covered + neverWrittenAtLoad) && !timedOut) return;
-  size_t reported = 0;
-  for (auto& [h, c] : chunks) reported += counts(c).live > 0 || neverWritten(c);
+  size_t reported = reportedCount;
   if (enough(reported) || timedOut) {
     safeMode = false;
+    checkAllFromNow();
     if (timedOut && !enough(reported)) {
       logWarn("leaving safe mode after {} s with {} of {} chunks reported",
               options.safeModeTimeout / kj::SECONDS, reported, chunks.size());
@@ -119,6 +126,7 @@ void ChunkManager::tick() {
   sweepDeadServers();
   updateSafeMode();
   if (safeMode) return;
+  pruneActivity();
   settleOwedCuts();
   audit(options.auditPerTick);
   auto offGoal = needingWork();
@@ -136,8 +144,8 @@ bool ChunkManager::atGoal(Chunk& c) {
 std::vector<uint64_t> ChunkManager::needingWork() {
   std::vector<uint64_t> out;
   for (auto it = attention.begin(); it != attention.end();) {
-    auto c = chunks.find(*it);
-    if (c == chunks.end() || atGoal(c->second)) {
+    Chunk* c = chunks.find(*it);
+    if (!c || atGoal(*c)) {
       it = attention.erase(it);
     } else {
       out.push_back(*it);
@@ -148,23 +156,38 @@ std::vector<uint64_t> ChunkManager::needingWork() {
 }
 
 void ChunkManager::audit(size_t n) {
-  auto it = chunks.upper_bound(auditedUpTo);
-  for (size_t i = 0; i < n; ++i, ++it) {
-    if (it == chunks.end()) {
-      auditedUpTo = 0;
-      return;
+  bool startup = startupLeft > 0;
+  if (startup) n = std::max(n, options.startupCheckPerTick);
+  size_t slots = chunks.slots();
+  size_t queued = 0;
+  for (size_t i = 0; i < n && slots > 0; ++i) {
+    if (auditCursor >= slots) auditCursor = 0;
+    Chunk* c = chunks.atSlot(auditCursor++);
+    if (startupLeft > 0 && --startupLeft == 0) {
+      logInfo("looked at every chunk since the start");
+      n = i + 1;  // the usual audit from the next tick
     }
-    auditedUpTo = it->first;
-    if (attention.count(it->first) || atGoal(it->second)) continue;
-    // Every change of a chunk's replicas or goal asks for attention: this is a bug's trace.
-    logWarn("chunk {:x} is off its goal and nothing asked for its repair; repairing it", it->first);
-    attention.insert(it->first);
+    if (!c || attention.count(c->record.handle) || atGoal(*c)) continue;
+    // Every change of a chunk's replicas or goal asks for attention: after the start, this
+    // is a bug's trace.
+    if (!startup) {
+      logWarn("chunk {:x} is off its goal and nothing asked for its repair; repairing it",
+              c->record.handle);
+    }
+    attention.insert(c->record.handle);
+    ++queued;
   }
+  if (startup && queued > 0) logInfo("{} chunks off their goal since the start", queued);
 }
 
 size_t ChunkManager::offGoalUnattended() {
   size_t n = 0;
-  for (auto& [h, c] : chunks) n += !attention.count(h) && !atGoal(c);
+  for (size_t i = 0; i < chunks.slots(); ++i) {
+    // Chunks not yet looked at since the start are not in line yet.
+    if (i >= auditCursor && i < auditCursor + startupLeft) continue;
+    Chunk* c = chunks.atSlot(i);
+    n += c && !attention.count(c->record.handle) && !atGoal(*c);
+  }
   return n;
 }
 
@@ -174,15 +197,15 @@ bool ChunkManager::readyForRepair(uint64_t handle, Chunk& c) {
   if (c.copying) return false;
   // A chunkserver may hold a lease until the last one granted expires, whether or not the
   // master still names it primary: a write under it could slip past a copy.
-  if (timer.now() >= c.leaseExpiry) return true;
-  if (timer.now() - c.lastWrite < IDLE_LEASE) return false;
+  Activity* a = activityOf(handle);
+  if (!a || timer.now() >= a->leaseExpiry) return true;
+  if (timer.now() - a->lastWrite < IDLE_LEASE) return false;
   c.copying = true;  // nothing else touches it until the revocation is done
   attention.insert(handle);
   copies.add(serialize(handle, [this, handle]() -> kj::Promise<void> {
-    if (!chunks.count(handle)) return kj::READY_NOW;
+    if (!chunks.contains(handle)) return kj::READY_NOW;
     return bumpVersion(handle).then([this, handle](std::vector<uint64_t>) {
-      auto it = chunks.find(handle);
-      if (it != chunks.end()) it->second.copying = false;
+      if (Chunk* c = chunks.find(handle)) c->copying = false;
       attention.insert(handle);
     });
   }));
@@ -197,9 +220,9 @@ void ChunkManager::scheduleRepairs(const std::vector<uint64_t>& handles) {
   };
   std::vector<Need> needs;
   for (uint64_t h : handles) {
-    auto found = chunks.find(h);
-    if (found == chunks.end()) continue;
-    Chunk& c = found->second;
+    Chunk* found = chunks.find(h);
+    if (!found) continue;
+    Chunk& c = *found;
     if (c.copying) continue;
     Counts n = counts(c);
     size_t goal = goalOf(c);
@@ -223,7 +246,7 @@ void ChunkManager::scheduleRepairs(const std::vector<uint64_t>& handles) {
     Chunk& c = chunks.at(need.handle);
     std::optional<uint64_t> source;
     for (uint64_t id : c.replicas) {
-      if (canCopy(id) && !c.corrupt.count(id)) {
+      if (canCopy(id) && !isCorrupt(c, id)) {
         source = id;
         break;
       }
@@ -249,26 +272,24 @@ void ChunkManager::startCopy(uint64_t handle, uint64_t source, uint64_t target,
   Chunk& c = chunks.at(handle);
   c.copying = true;
   attention.insert(handle);
-  serversById[source].copiesInFlight++;
-  serversById[target].copiesInFlight++;
+  serverOf(source)->copiesInFlight++;
+  serverOf(target)->copiesInFlight++;
   uint64_t version = c.record.version;
-  std::string sourceAddress = serversById[source].address;
-  logInfo("chunk {:x}: copying from {} to {}", handle, sourceAddress, serversById[target].address);
+  std::string sourceAddress = serverOf(source)->address;
+  logInfo("chunk {:x}: copying from {} to {}", handle, sourceAddress, serverOf(target)->address);
   copies.add(
       control.replicate(target, handle, version, sourceAddress)
           .then([this, handle, source, target, version, moveFrom](Status s) {
             for (uint64_t id : {source, target}) {
-              auto it = serversById.find(id);
-              if (it != serversById.end() && it->second.copiesInFlight > 0) {
-                it->second.copiesInFlight--;
-              }
+              Server* server = serverOf(id);
+              if (server && server->copiesInFlight > 0) server->copiesInFlight--;
             }
-            auto it = chunks.find(handle);
-            if (it == chunks.end()) {
+            Chunk* found = chunks.find(handle);
+            if (!found) {
               if (s.ok()) queueDelete(target, handle);  // deleted meanwhile
               return;
             }
-            Chunk& c = it->second;
+            Chunk& c = *found;
             c.copying = false;
             attention.insert(handle);
             if (!s.ok()) {
@@ -277,15 +298,15 @@ void ChunkManager::startCopy(uint64_t handle, uint64_t source, uint64_t target,
               return;
             }
             repairCounters.copiesDone++;
-            auto t = serversById.find(target);
-            if (c.record.version != version || t == serversById.end() || !t->second.live) {
+            Server* t = serverOf(target);
+            if (c.record.version != version || !t || !t->live) {
               // A new lease moved the chunk on while it was copied: the copy is stale.
               queueDelete(target, handle);
               return;
             }
             addReplica(c, target);
             // A delete queued for an older replica there must not take this one.
-            auto& pending = t->second.pendingDeletes;
+            auto& pending = t->pendingDeletes;
             pending.erase(std::remove(pending.begin(), pending.end(), handle), pending.end());
             if (moveFrom && c.replicas.count(*moveFrom)) {
               removeReplica(c, *moveFrom);
@@ -296,9 +317,9 @@ void ChunkManager::startCopy(uint64_t handle, uint64_t source, uint64_t target,
 
 void ChunkManager::removeSurplus(const std::vector<uint64_t>& handles) {
   for (uint64_t h : handles) {
-    auto found = chunks.find(h);
-    if (found == chunks.end()) continue;
-    Chunk& c = found->second;
+    Chunk* found = chunks.find(h);
+    if (!found) continue;
+    Chunk& c = *found;
     if (c.copying) continue;
     Counts n = counts(c);
     size_t goal = goalOf(c);
@@ -307,18 +328,17 @@ void ChunkManager::removeSurplus(const std::vector<uint64_t>& handles) {
     // Remove replicas that are retiring (decommissioning, or found corrupt and kept only as
     // the last copy) once the others meet the goal, then those on the servers holding the
     // most chunks.
-    const auto& corrupt = c.corrupt;
-    auto retiring = [this, &corrupt](uint64_t id) {
-      return serversById[id].decommissioning || corrupt.count(id) != 0;
+    auto retiring = [this, &c](uint64_t id) {
+      return serverOf(id)->decommissioning || isCorrupt(c, id);
     };
-    std::vector<uint64_t> order(c.replicas.begin(), c.replicas.end());
+    std::vector<uint64_t> order = c.replicas.toVector();
     std::sort(order.begin(), order.end(), [this, &retiring](uint64_t a, uint64_t b) {
       if (retiring(a) != retiring(b)) return retiring(a);
-      return serversById[a].chunks.size() > serversById[b].chunks.size();
+      return serverOf(a)->chunks.size() > serverOf(b)->chunks.size();
     });
     for (uint64_t id : order) {
       Counts now = counts(c);
-      if (!serversById[id].live) continue;
+      if (!serverOf(id)->live) continue;
       bool surplus = retiring(id) ? now.effective >= goal : now.effective > goal;
       if (!surplus) continue;
       removeReplica(c, id);
@@ -335,7 +355,7 @@ Status ChunkManager::decommission(const std::string& address, uint64_t& remainin
   Server& s = serversById[it->second];
   if (!s.decommissioning) {
     s.decommissioning = true;
-    for (uint64_t h : s.chunks) attention.insert(h);
+    s.chunks.forEach([this](uint64_t h) { attention.insert(h); });
     logInfo("decommissioning chunkserver {}: copying its {} chunks elsewhere", address,
             s.chunks.size());
     note(fmt::format("decommissioning chunkserver {}: {} chunks to copy elsewhere", address,
@@ -377,11 +397,11 @@ void ChunkManager::balanceStep() {
     if (s.chunks.size() < least) least = s.chunks.size(), emptiest = id;
   }
   if (fullest == emptiest) return;
-  for (uint64_t h : std::set<uint64_t>(serversById[fullest].chunks)) {
+  for (uint64_t h : serverOf(fullest)->chunks.toVector()) {
     if (!canCopy(fullest) || !canCopy(emptiest)) break;
-    auto it = chunks.find(h);
-    if (it == chunks.end() || it->second.copying || it->second.replicas.count(emptiest) ||
-        deletePending(serversById[emptiest], h) || !readyForRepair(h, it->second)) {
+    Chunk* c = chunks.find(h);
+    if (!c || c->copying || c->replicas.count(emptiest) || deletePending(*serverOf(emptiest), h) ||
+        !readyForRepair(h, *c)) {
       continue;
     }
     startCopy(h, fullest, emptiest, fullest);
@@ -396,26 +416,26 @@ std::vector<ChunkCheck> ChunkManager::check(uint64_t inode, uint32_t first, uint
     check.handle = record.handle;
     check.version = record.version;
     check.files = static_cast<uint32_t>(std::max<size_t>(1, ns.ownersOf(record.handle).size()));
-    auto it = chunks.find(record.handle);
-    if (it == chunks.end()) {
+    Chunk* found = chunks.find(record.handle);
+    if (!found) {
       check.verdict = wire::ChunkVerdict::MISSING;
       out.push_back(std::move(check));
       continue;
     }
-    Chunk& c = it->second;
+    Chunk& c = *found;
     check.goal = static_cast<uint8_t>(goalOf(c));
     size_t live = 0, readable = 0, good = 0;  // readable: good or draining
     for (uint64_t id : c.replicas) {
-      auto s = serversById.find(id);
-      if (s == serversById.end()) continue;
-      auto state = !s->second.live             ? wire::ReplicaState::DEAD
-                   : c.corrupt.count(id)       ? wire::ReplicaState::CORRUPT
-                   : s->second.decommissioning ? wire::ReplicaState::DRAINING
-                                               : wire::ReplicaState::GOOD;
-      live += s->second.live;
+      Server* s = serverOf(id);
+      if (!s) continue;
+      auto state = !s->live             ? wire::ReplicaState::DEAD
+                   : isCorrupt(c, id)   ? wire::ReplicaState::CORRUPT
+                   : s->decommissioning ? wire::ReplicaState::DRAINING
+                                        : wire::ReplicaState::GOOD;
+      live += s->live;
       readable += state == wire::ReplicaState::GOOD || state == wire::ReplicaState::DRAINING;
       good += state == wire::ReplicaState::GOOD;
-      check.replicas.push_back({s->second.address, state});
+      check.replicas.push_back({s->address, state});
     }
     check.verdict = live == 0           ? wire::ChunkVerdict::MISSING
                     : readable == 0     ? wire::ChunkVerdict::CORRUPT
@@ -431,18 +451,19 @@ ClusterHealth ChunkManager::health() {
   out.safeMode = safeMode;
   out.manualSafeMode = manualSafeMode;
   out.chunks = chunks.size();
+  out.unchecked = startupLeft;
   // Every chunk off its goal is in `attention`: the others add nothing.
   for (uint64_t h : attention) {
-    auto found = chunks.find(h);
-    if (found == chunks.end()) continue;
-    Chunk& c = found->second;
+    Chunk* found = chunks.find(h);
+    if (!found) continue;
+    Chunk& c = *found;
     Counts n = counts(c);
     size_t goal = goalOf(c);
     if (n.live == 0) out.missing++;
     if (n.effective < goal) out.underReplicated++;
     if (n.live > goal) out.overReplicated++;
     out.copiesInFlight += c.copying;
-    out.corrupt += c.corrupt.size();
+    out.corrupt += corruptCount(c);
   }
   return out;
 }

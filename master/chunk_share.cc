@@ -60,28 +60,28 @@ kj::Promise<Status> ChunkManager::revokeLeases(const std::vector<uint64_t>& inod
   auto now = timer.now();
   for (uint64_t inode : inodes) {
     for (auto& record : ns.listChunks(inode, 0, UINT32_MAX)) {
-      auto it = chunks.find(record.handle);
+      Activity* a = activityOf(record.handle);
       // A lease the master granted may be held until it expires, even by a primary it
       // believes dead (a partition): every one not yet over is revoked.
-      if (it == chunks.end() || !it->second.primary || now >= it->second.leaseExpiry) continue;
+      if (!chunks.contains(record.handle) || !a || !a->primary || now >= a->leaseExpiry) continue;
       uint64_t handle = record.handle;
       auto result = kj::heap<Status>();
       auto& out = *result;
-      revocations.add(
-          serialize(handle, [this, handle, &out]() -> kj::Promise<void> {
-            auto it = chunks.find(handle);
-            if (it == chunks.end() || !it->second.primary) {
-              return kj::READY_NOW;
-            }
-            return bumpVersion(handle).then([this, handle, &out](std::vector<uint64_t> current) {
-              auto it = chunks.find(handle);
-              // Nobody moved: the primary may still write.
-              if (current.empty() && it != chunks.end() && !liveReplicas(it->second).empty()) {
-                out = Status::unavailable(
-                    fmt::format("cannot revoke the lease on chunk {:x}", handle));
-              }
-            });
-          }).then([result = kj::mv(result)]() { return *result; }));
+      revocations.add(serialize(handle, [this, handle, &out]() -> kj::Promise<void> {
+                        Activity* a = activityOf(handle);
+                        if (!chunks.contains(handle) || !a || !a->primary) {
+                          return kj::READY_NOW;
+                        }
+                        return bumpVersion(handle).then(
+                            [this, handle, &out](std::vector<uint64_t> current) {
+                              Chunk* c = chunks.find(handle);
+                              // Nobody moved: the primary may still write.
+                              if (current.empty() && c && !liveReplicas(*c).empty()) {
+                                out = Status::unavailable(
+                                    fmt::format("cannot revoke the lease on chunk {:x}", handle));
+                              }
+                            });
+                      }).then([result = kj::mv(result)]() { return *result; }));
     }
   }
   return kj::joinPromises(revocations.releaseAsArray()).then([](kj::Array<Status> results) {
@@ -96,8 +96,8 @@ bool ChunkManager::quiet(uint64_t inode) {
   if (!frozenInodes.count(inode) || writesUnderWay.count(inode)) return false;
   auto now = timer.now();
   for (auto& record : ns.listChunks(inode, 0, UINT32_MAX)) {
-    auto it = chunks.find(record.handle);
-    if (it != chunks.end() && it->second.primary && now < it->second.leaseExpiry) return false;
+    Activity* a = activityOf(record.handle);
+    if (chunks.contains(record.handle) && a && a->primary && now < a->leaseExpiry) return false;
   }
   return true;
 }
@@ -111,18 +111,18 @@ kj::Promise<Status> ChunkManager::copyOnWrite(uint64_t inode, ChunkRecord record
              [this, inode, record, handle, &out]() -> kj::Promise<void> {
                auto now = ns.getChunk(inode, record.index);
                if (!now || now->handle != handle || !ns.isShared(handle)) return kj::READY_NOW;
-               auto it = chunks.find(handle);
-               if (it == chunks.end()) {
+               Chunk* found = chunks.find(handle);
+               if (!found) {
                  out = Status::unavailable("the shared chunk is not in the chunk map");
                  return kj::READY_NOW;
                }
-               auto sources = goodReplicas(it->second);
+               auto sources = goodReplicas(*found);
                if (sources.empty()) {
                  out = Status::unavailable(
                      fmt::format("no live replica of shared chunk {:x} to copy", handle));
                  return kj::READY_NOW;
                }
-               uint64_t version = it->second.record.version;
+               uint64_t version = found->record.version;
                return ns.reserveHandle().then([this, inode, record, handle, version, sources,
                                                &out](uint64_t fresh) {
                  kj::Vector<kj::Promise<Status>> calls;
@@ -159,13 +159,12 @@ kj::Promise<Status> ChunkManager::copyOnWrite(uint64_t inode, ChunkRecord record
                              }
                              Chunk& c = chunks[fresh];
                              c.inode = inode;
-                             c.record = copy;
-                             c.lastWrite = timer.now();
+                             assignRecord(c, copy);
+                             activity[fresh].lastWrite = timer.now();
                              for (uint64_t s : created) addReplica(c, s);
                              if (copy.cutAt != 0) oweCut(fresh);
-                             auto old = chunks.find(handle);
-                             if (old != chunks.end()) {
-                               old->second.goal = 0;  // one owner less
+                             if (Chunk* old = chunks.find(handle)) {
+                               old->goal = 0;  // one owner less
                                attention.insert(handle);
                              }
                              logInfo("chunk {:x}: copied to {:x} on {} replicas before a write",

@@ -425,6 +425,7 @@ class ClientServiceImpl final : public wire::ClientService::Server {
     results.setOverReplicated(h.overReplicated);
     results.setCopiesInFlight(h.copiesInFlight);
     results.setCorrupt(h.corrupt);
+    results.setUnchecked(h.unchecked);
     return kj::READY_NOW;
   }
 

@@ -994,18 +994,21 @@ std::vector<ChunkRecord> Namespace::listChunks(uint64_t inode, uint32_t first, u
   return out;
 }
 
-std::vector<std::pair<uint64_t, ChunkRecord>> Namespace::allChunks() {
-  std::vector<std::pair<uint64_t, ChunkRecord>> out;
+void Namespace::forEachChunk(const std::function<void(uint64_t, const ChunkRecord&)>& visit) {
   std::string after;
   for (;;) {
     auto rows = store.scan("c", after, 4096);
     if (rows.empty()) break;
     for (auto& [key, value] : rows) {
-      out.emplace_back(getBe(key, 1, 8),
-                       decodeChunk(static_cast<uint32_t>(getBe(key, 9, 4)), value));
+      visit(getBe(key, 1, 8), decodeChunk(static_cast<uint32_t>(getBe(key, 9, 4)), value));
     }
     after = rows.back().first;
   }
+}
+
+std::vector<std::pair<uint64_t, ChunkRecord>> Namespace::allChunks() {
+  std::vector<std::pair<uint64_t, ChunkRecord>> out;
+  forEachChunk([&out](uint64_t inode, const ChunkRecord& r) { out.emplace_back(inode, r); });
   return out;
 }
 

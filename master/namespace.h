@@ -11,9 +11,11 @@
 #include <kj/time.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "namespace_store.h"
@@ -217,6 +219,8 @@ class Namespace {
   // The owners of a chunk ever shared (empty: never shared).
   std::vector<ChunkOwner> ownersOf(uint64_t handle);
   bool isShared(uint64_t handle) { return ownersOf(handle).size() > 1; }
+  // The handles of every chunk shared now (one pass over the owner lists, at start).
+  std::unordered_set<uint64_t> sharedHandles();
   // The regular files in the tree at `root` (itself, when a file): at most `limit`, else
   // invalidArgument.
   Result<std::vector<uint64_t>> filesUnder(uint64_t root, size_t limit);
@@ -254,7 +258,9 @@ class Namespace {
   std::vector<ChunkRecord> listChunks(uint64_t inode, uint32_t first, uint32_t count);
   // The index of the first chunk of `inode` at or after `from`, if any.
   std::optional<uint32_t> nextChunk(uint64_t inode, uint32_t from);
-  // Every chunk of every file, for the chunk map at start: (owner inode, record).
+  // Every chunk of every file, for the chunk map at start: (owner inode, record), a file's
+  // chunks in a row, read in batches.
+  void forEachChunk(const std::function<void(uint64_t, const ChunkRecord&)>& visit);
   std::vector<std::pair<uint64_t, ChunkRecord>> allChunks();
   // Records a new chunk at version 1 with a fresh handle.
   kj::Promise<Result<ChunkRecord>> allocateChunk(uint64_t inode, uint32_t index);

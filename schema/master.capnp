@@ -222,7 +222,9 @@ interface ClientService {
   # and the spread now.
   clusterHealth @29 () -> (safeMode :Bool, chunks :UInt64, underReplicated :UInt64,
                            missing :UInt64, overReplicated :UInt64, copiesInFlight :UInt64,
-                           corrupt :UInt64);
+                           corrupt :UInt64, unchecked :UInt64);
+  # `unchecked`: chunks the master has not looked at yet since it started (it looks at every
+  # one once, in batches, after safe mode); the counts above leave them out until then.
 
   # Open files. Each ClientService capability is one client session (one connection): a
   # regular file it has open outlives its last name until the session closes it or ends.

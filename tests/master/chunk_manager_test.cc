@@ -370,6 +370,101 @@ TEST_F(ChunkManagerTest, SafeModeHoldsDeletionsUntilTheReportsCoverTheNamespace)
   EXPECT_EQ(deletes, std::vector<uint64_t>{777});  // the orphan goes only now
 }
 
+TEST_F(ChunkManagerTest, ALeaseIsKeptInMemoryOnlyUntilItExpires) {
+  for (uint32_t i = 0; i < 3; ++i) ASSERT_TRUE(prepare(i).ok());
+  EXPECT_EQ(manager.activeChunks(), 3u);
+  EXPECT_EQ(manager.leasesHeld(), 3u);
+  manager.tick();  // the leases still run
+  EXPECT_EQ(manager.activeChunks(), 3u);
+  timer.advanceTo(timer.now() + 61 * kj::SECONDS);
+  heartbeatAll();
+  manager.tick();
+  EXPECT_EQ(manager.activeChunks(), 0u);
+  EXPECT_EQ(manager.leasesHeld(), 0u);
+  // The next write takes a new lease under a new version, as after any expiry.
+  uint64_t before = ns.getChunk(file, 0)->version;
+  auto r = prepare(0);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r.value.record.version, before + 1);
+  EXPECT_FALSE(r.value.primary.empty());
+}
+
+TEST_F(ChunkManagerTest, AfterAStartEveryChunkIsLookedAtOnceInBatches) {
+  // Ten chunks, of which the restarted master will hear of none from the fourth server's
+  // report: 0..4 on three servers, 5..9 on two only.
+  std::vector<ChunkReportEntry> full, partial;
+  for (uint32_t i = 0; i < 10; ++i) {
+    auto r = prepare(i);
+    ASSERT_TRUE(r.ok());
+    ChunkReportEntry e{r.value.record.handle, r.value.record.version, 0};
+    full.push_back(e);
+    if (i < 5) partial.push_back(e);
+  }
+  ChunkManagerOptions o = noAudit();
+  o.startupCheckPerTick = 4;
+  ChunkManager restarted(ns, control, timer, o);
+  restarted.loadFromNamespace();
+  EXPECT_EQ(restarted.uncheckedSinceStart(), 10u);
+  std::vector<uint64_t> restartedIds;
+  for (int i = 0; i < 4; ++i) {
+    restartedIds.push_back(restarted.registerServer("127.0.0." + std::to_string(i + 2) + ":1", "r",
+                                                    1 << 30, 0,
+                                                    i < 2    ? full
+                                                    : i == 2 ? partial
+                                                             : std::vector<ChunkReportEntry>{}));
+  }
+  ASSERT_FALSE(restarted.inSafeMode());
+  // Registrations put the reported chunks in line; the check after the start finds the
+  // others, four a tick.
+  size_t ticks = 0;
+  while (restarted.uncheckedSinceStart() > 0) {
+    size_t before = restarted.uncheckedSinceStart();
+    restarted.tick();
+    EXPECT_EQ(restarted.uncheckedSinceStart(), before - std::min<size_t>(before, 4));
+    EXPECT_EQ(restarted.offGoalUnattended(), 0u);
+    ++ticks;
+    settle();
+  }
+  EXPECT_EQ(ticks, 3u);
+  // Every chunk with two replicas gets its third.
+  for (int round = 0; round < 10 && restarted.health().underReplicated > 0; ++round) {
+    timer.advanceTo(timer.now() + kj::SECONDS);
+    for (auto id : restartedIds) {
+      std::vector<uint64_t> deletes;
+      restarted.heartbeat(id, 1 << 30, 0, deletes);
+    }
+    restarted.tick();
+    settle();
+  }
+  EXPECT_EQ(restarted.health().underReplicated, 0u);
+  EXPECT_EQ(restarted.offGoalUnattended(), 0u);
+}
+
+TEST_F(ChunkManagerTest, AFilesGoalIsKnownFromTheStart) {
+  // A file at goal 2 whose chunk has two replicas is at its goal after a restart: nothing
+  // is copied, nothing removed.
+  ASSERT_TRUE(ns.setReplication(file, 2).wait(io.waitScope).status.ok());
+  manager.goalChanged(file, 2);
+  auto r = prepare(0);
+  ASSERT_TRUE(r.ok());
+  ChunkReportEntry e{r.value.record.handle, r.value.record.version, 0};
+  ChunkManager restarted(ns, control, timer, noAudit());
+  restarted.loadFromNamespace();
+  for (int i = 0; i < 4; ++i) {
+    restarted.registerServer(
+        "127.0.0." + std::to_string(i + 2) + ":1", "r", 1 << 30, 0,
+        i < 2 ? std::vector<ChunkReportEntry>{e} : std::vector<ChunkReportEntry>{});
+  }
+  int copiesBefore = control.copies;
+  restarted.tick();
+  settle();
+  EXPECT_EQ(control.copies, copiesBefore);
+  EXPECT_EQ(restarted.health().underReplicated, 0u);
+  EXPECT_EQ(restarted.health().overReplicated, 0u);
+  EXPECT_EQ(restarted.awaitingAttention(), 0u);
+  EXPECT_EQ(restarted.offGoalUnattended(), 0u);
+}
+
 TEST_F(ChunkManagerTest, AnIdleLeaseIsRevokedUnderANewVersionBeforeACopy) {
   auto r = prepare(0);
   uint64_t version = r.value.record.version;
