@@ -18,9 +18,7 @@ ChunkManager::ChunkManager(Namespace& ns, ReplicaControl& control, kj::Timer& ti
       copies(*this) {}
 
 void ChunkManager::loadFromNamespace() {
-  // A file's chunks come together: its goal is read once. A shared chunk's goal is worked
-  // out from all its files when it is needed (goalOf).
-  auto shared = ns.sharedHandles();
+  // A file's chunks come together: its goal is read once.
   uint64_t lastInode = 0;
   uint8_t lastGoal = 0;
   ns.forEachChunk([&](uint64_t inode, const ChunkRecord& record) {
@@ -32,13 +30,18 @@ void ChunkManager::loadFromNamespace() {
     Chunk& c = chunks[record.handle];
     c.inode = inode;
     assignRecord(c, record);
-    c.goal = shared.count(record.handle) ? 0 : lastGoal;
+    c.goal = lastGoal;
+    c.unchecked = true;
+    ++startupLeft;
     if (record.cutAt != 0) owedCuts[record.handle] = OwedCut{};  // tried at the first tick
+  });
+  // A shared chunk has the highest goal of its files.
+  ns.forEachSharedChunk([this](uint64_t handle, const std::vector<ChunkOwner>& owners) {
+    if (Chunk* c = chunks.find(handle)) c->goal = highestGoal(owners);
   });
   // No replica is known yet: once safe mode ends, every chunk is looked at once (in
   // batches, a tick at a time), and those off their goal are put in line.
   auditCursor = 0;
-  startupLeft = chunks.slots();
   // Until chunkservers report, the master knows no replica: it changes nothing then.
   safeMode = !chunks.empty();
   startedAt = timer.now();
@@ -46,19 +49,29 @@ void ChunkManager::loadFromNamespace() {
           safeMode ? "; in safe mode until chunkservers report them" : "");
 }
 
+ChunkManager::~ChunkManager() noexcept(false) {
+  // A step in line still holds a promise that, when dropped, looks its chunk up in
+  // `activity`: the map must be whole (here empty) while they go.
+  auto doomed = std::move(activity);
+  activity.clear();
+}
+
 void ChunkManager::becomeActive() {
+  // A server the standby heard nothing from for long is dead: its mirrored report is no
+  // replica (it registers again when it comes back).
+  sweepDeadServers();
   chunks.clear();
   attention.clear();
   owedCuts.clear();
   corruptReplicas.clear();
   reportedCount = 0;
+  startupLeft = 0;
   loadFromNamespace();
   mirroring = false;
   // What each chunkserver reported to the standby is now judged as a registration would
   // judge it, against the namespace as the log left it.
   std::map<uint64_t, std::vector<ChunkReportEntry>> reports;
   for (auto& [id, s] : serversById) {
-    // A server the standby found silent reports again when it comes back.
     if (s.live) s.chunks.forEach([&](uint64_t h) { reports[id].push_back({h, mirror[h][id], 0}); });
     s.chunks.clear();
     s.pendingDeletes.clear();
@@ -268,11 +281,11 @@ void ChunkManager::addReplica(Chunk& c, uint64_t server) {
   c.replicas.insert(server);
   reportedCount += reported(c) - before;
   if (Server* s = serverOf(server)) s->chunks.insert(c.record.handle);
-  mark(c.record.handle);
+  mark(c);
 }
 
 void ChunkManager::removeReplica(Chunk& c, uint64_t server) {
-  mark(c.record.handle);
+  mark(c);
   bool before = reported(c);
   c.replicas.erase(server);
   reportedCount -= before - reported(c);
@@ -290,9 +303,9 @@ void ChunkManager::removeReplica(Chunk& c, uint64_t server) {
   if (Server* s = serverOf(server)) s->chunks.erase(c.record.handle);
 }
 
-void ChunkManager::mark(uint64_t handle) {
-  // Until the check after a start begins (when its safe mode ends), every chunk waits for it.
-  if (!safeMode || manualSafeMode || startupLeft == 0) attention.insert(handle);
+void ChunkManager::mark(Chunk& c) {
+  // A chunk the check after the start has not looked at yet waits for it.
+  if (!c.unchecked) attention.insert(c.record.handle);
 }
 
 bool ChunkManager::reported(const Chunk& c) { return !c.replicas.empty() || c.record.pending; }
@@ -313,6 +326,7 @@ void ChunkManager::setPending(Chunk& c, bool pending) {
 
 void ChunkManager::forget(Chunk& c) {
   reportedCount -= reported(c);
+  startupLeft -= c.unchecked;
   uint64_t handle = c.record.handle;
   attention.erase(handle);
   owedCuts.erase(handle);
@@ -564,10 +578,7 @@ Status ChunkManager::applyWriteFailures(Chunk& c, const std::vector<ReplicaFailu
   return decision.error;
 }
 
-// A chunk a write was being prepared for left the map meanwhile: its creation failed on
-// every server (the record was forgotten), or its file was cut or removed. The writer
-// asks again, and then learns which.
-static Status chunkGone() {
+Status ChunkManager::chunkGone() {
   return Status::unavailable("the chunk went away while the write was prepared; try again");
 }
 
@@ -824,174 +835,6 @@ kj::Promise<Result<ChunkView>> ChunkManager::grantLeaseTo(uint64_t handle, uint6
         a.leaseExpiry = timer.now() + options.leaseDuration;
         return view(*c);
       });
-}
-
-kj::Promise<Status> ChunkManager::truncateChunk(uint64_t inode, uint64_t size,
-                                                kj::Function<kj::Promise<Status>()> commitSize) {
-  if (frozenInodes.count(inode)) {
-    return nextChange().then([this, inode, size, commitSize = kj::mv(commitSize)]() mutable {
-      return truncateChunk(inode, size, kj::mv(commitSize));
-    });
-  }
-  // A chunk that no live server holds cannot be cut: refused before anything changes.
-  auto record = ns.getChunk(inode, static_cast<uint32_t>(size / ns.chunkSize()));
-  if (record && size % ns.chunkSize() != 0) {
-    Chunk* c = chunks.find(record->handle);
-    if (!c || liveReplicas(*c).empty()) {
-      return Status::unavailable(
-          fmt::format("no live replica of chunk {:x} to truncate", record->handle));
-    }
-  }
-  writesUnderWay[inode]++;
-  auto done = kj::defer([this, inode]() { leave(inode); });
-  auto commit = kj::heap<kj::Function<kj::Promise<Status>()>>(kj::mv(commitSize));
-  auto& ref = *commit;
-  return truncateChunkNow(inode, size, ref).attach(kj::mv(done), kj::mv(commit));
-}
-
-kj::Promise<Status> ChunkManager::truncateChunkNow(uint64_t inode, uint64_t size,
-                                                   kj::Function<kj::Promise<Status>()>& commit) {
-  uint64_t chunkSize = ns.chunkSize();
-  uint32_t offset = static_cast<uint32_t>(size % chunkSize);
-  auto record = ns.getChunk(inode, static_cast<uint32_t>(size / chunkSize));
-  if (offset == 0 || !record) return commit();  // nothing to cut (a hole there)
-  if (!record->pending && ns.isShared(record->handle)) {
-    // The other owners keep the chunk as it is: the cut goes to a copy (nothing changed if
-    // the copy fails).
-    return copyOnWrite(inode, *record)
-        .then([this, inode, size, &commit](Status s) -> kj::Promise<Status> {
-          if (!s.ok()) return s;
-          return truncateChunkNow(inode, size, commit);
-        });
-  }
-  uint64_t handle = record->handle;
-  Chunk& c = chunks[handle];
-  c.inode = inode;
-  assignRecord(c, *record);
-  // One step for the chunk, so that no lease is granted on it in between.
-  return serializeStatus(
-      handle, [this, handle, offset, &commit]() { return cutReplicas(handle, offset, &commit); });
-}
-
-kj::Promise<Status> ChunkManager::serializeStatus(uint64_t handle,
-                                                  kj::Function<kj::Promise<Status>()> step) {
-  auto result = kj::heap<Status>();
-  auto& out = *result;
-  return serialize(handle,
-                   [&out, step = kj::mv(step)]() mutable {
-                     return step().then([&out](Status s) { out = s; });
-                   })
-      .then([result = kj::mv(result)]() mutable { return std::move(*result); });
-}
-
-kj::Promise<Status> ChunkManager::cutReplicas(uint64_t handle, uint32_t offset,
-                                              kj::Function<kj::Promise<Status>()>* commit) {
-  Chunk* found = chunks.find(handle);
-  if (!found) return chunkGone();
-  if (liveReplicas(*found).empty()) {
-    return Status::unavailable(fmt::format("no live replica of chunk {:x} to cut", handle));
-  }
-  // Every lease ends first, on the replicas themselves (a new version, as for a new lease):
-  // no write under an old lease can land after the new size is recorded, so a cut made
-  // later (an owed one) never erases an acknowledged write. Then the new size when a
-  // truncate asks (synced, with the cut owed: see Namespace::setattr); then the cut, under
-  // one more version, so that a replica that misses it is stale.
-  return bumpVersion(handle)
-      .then([this, handle, commit](std::vector<uint64_t> current) -> kj::Promise<Status> {
-        if (current.empty()) {
-          return Status::unavailable(
-              fmt::format("no replica of chunk {:x} took a new version", handle));
-        }
-        return commit ? (*commit)() : kj::Promise<Status>(Status::OK());
-      })
-      .then([this, handle, offset](Status committed) -> kj::Promise<Status> {
-        if (!committed.ok()) return committed;
-        Chunk* found = chunks.find(handle);
-        if (!found) return chunkGone();
-        Chunk& c = *found;
-        c.record.cutAt = offset;  // as the namespace has it now
-        auto live = liveReplicas(c);
-        uint64_t oldVersion = c.record.version;
-        c.record.version = nextVersion(c);
-        uint64_t version = c.record.version;
-        return recordVersion(c)
-            .then([this, live, handle, version, offset]() {
-              kj::Vector<kj::Promise<Status>> calls;
-              for (uint64_t s : live) calls.add(control.truncate(s, handle, version, offset));
-              return kj::joinPromises(calls.releaseAsArray());
-            })
-            .then([this, live, handle,
-                   oldVersion](kj::Array<Status> results) -> kj::Promise<Status> {
-              Chunk* found = chunks.find(handle);
-              if (!found) return chunkGone();
-              Chunk& c = *found;
-              size_t ok = 0;
-              for (auto& r : results) ok += r.ok();
-              if (ok == 0) {
-                // Nobody moved: the replicas stay current at the version before (one that
-                // takes the cut late is stale: see `issued`), and the cut stays owed.
-                Status why = results.size() > 0 ? results[0] : Status::unavailable("no replica");
-                c.record.version = oldVersion;
-                return recordVersion(c).then([why]() { return why; });
-              }
-              for (size_t i = 0; i < live.size(); ++i) {
-                if (!results[i].ok()) {
-                  removeReplica(c, live[i]);
-                  queueDelete(live[i], handle);
-                }
-              }
-              c.record.cutAt = 0;
-              owedCuts.erase(handle);
-              return recordVersion(c).then([]() { return Status::OK(); });
-            });
-      })
-      .then([](Status s) { return s; },
-            [](kj::Exception&& e) {
-              return Status::unavailable(fmt::format("cut: {}", e.getDescription().cStr()));
-            })
-      .then([this, handle](Status s) {
-        // Whatever happened, a cut still owed is tried again by the ticks.
-        Chunk* c = chunks.find(handle);
-        if (c && c->record.cutAt != 0) oweCut(handle);
-        return s;
-      });
-}
-
-void ChunkManager::oweCut(uint64_t handle) {
-  auto& retry = owedCuts[handle];
-  // Tried again at once the first time, then after 1, 2, 4 ... 64 s.
-  retry.delay =
-      retry.delay == 0 * kj::SECONDS ? kj::SECONDS : std::min(retry.delay * 2, 64 * kj::SECONDS);
-  retry.at = timer.now() + retry.delay;
-}
-
-kj::Promise<Status> ChunkManager::settleCut(uint64_t inode, uint64_t size) {
-  auto record = ns.getChunk(inode, static_cast<uint32_t>(size / ns.chunkSize()));
-  if (!record || record->cutAt == 0) return Status::OK();
-  uint64_t handle = record->handle;
-  return serializeStatus(handle, [this, handle]() -> kj::Promise<Status> {
-    Chunk* c = chunks.find(handle);
-    if (!c || c->record.cutAt == 0) return Status::OK();
-    return cutReplicas(handle, c->record.cutAt, nullptr);
-  });
-}
-
-void ChunkManager::settleOwedCuts() {
-  std::vector<uint64_t> due;
-  for (auto& [handle, retry] : owedCuts) {
-    if (timer.now() >= retry.at) due.push_back(handle);
-  }
-  for (uint64_t handle : due) {
-    owedCuts[handle].at = kj::maxValue;  // not again while this try runs
-    copies.add(serializeStatus(handle, [this, handle]() -> kj::Promise<Status> {
-                 Chunk* c = chunks.find(handle);
-                 if (!c || c->record.cutAt == 0) {
-                   owedCuts.erase(handle);
-                   return Status::OK();
-                 }
-                 return cutReplicas(handle, c->record.cutAt, nullptr);
-               }).ignoreResult());
-  }
 }
 
 void ChunkManager::release(const std::vector<uint64_t>& handles) {

@@ -142,6 +142,7 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
  public:
   ChunkManager(Namespace& ns, ReplicaControl& control, kj::Timer& timer,
                ChunkManagerOptions options);
+  ~ChunkManager() noexcept(false);
 
   // Loads the chunk records from the namespace (no replicas known until reports come).
   void loadFromNamespace();
@@ -285,6 +286,7 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
     uint8_t goal = 0;         // the file's replication goal; 0 = unknown
     bool copying = false;     // a re-replication copy is in flight
     bool hasCorrupt = false;  // some replica is in `corruptReplicas`
+    bool unchecked = false;   // not looked at yet since the start (see audit())
   };
   static_assert(sizeof(Chunk) <= 80, "a hundred million of these: every byte counts");
   struct ChunkKey {
@@ -327,6 +329,10 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   kj::Promise<Result<ChunkView>> prepareWriteNow(uint64_t inode, uint32_t index,
                                                  std::vector<ReplicaFailure> failures,
                                                  uint64_t failedVersion);
+  // A chunk a step was for left the map meanwhile: its creation failed on every server (the
+  // record was forgotten), or its file was cut or removed. The caller asks again, and then
+  // learns which.
+  static Status chunkGone();
   kj::Promise<Status> truncateChunkNow(uint64_t inode, uint64_t size,
                                        kj::Function<kj::Promise<Status>()>& commit);
   // Within the chunk's step: a new version, then `commit` (if any: the truncate's new size),
@@ -378,8 +384,8 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   // chunk set, `attention` and `reportedCount` with it.
   void addReplica(Chunk& c, uint64_t server);
   void removeReplica(Chunk& c, uint64_t server);
-  // Puts the chunk in `attention`.
-  void mark(uint64_t handle);
+  // Puts the chunk in `attention` (unless the check after the start will look at it).
+  void mark(Chunk& c);
   // What safe mode counts: a chunk with a replica, or one never created (nothing to wait
   // for). Changes of `record` and `record.pending` go through these to keep the count.
   static bool reported(const Chunk& c);
@@ -396,12 +402,11 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   size_t roomElsewhere(const Chunk& c);
   PlacementCandidate candidate(const Server& s) const;
   uint8_t goalOf(Chunk& c);
+  uint8_t highestGoal(const std::vector<ChunkOwner>& owners);
   Counts counts(const Chunk& c);
   bool canCopy(uint64_t server);
   static bool deletePending(const Server& s, uint64_t handle);
   void updateSafeMode();
-  // Safe mode ended: the check after a start (if not done) covers every chunk.
-  void checkAllFromNow();
   // The chunks of `attention` still off their goal; those at it leave the set.
   std::vector<uint64_t> needingWork();
   bool atGoal(Chunk& c);
@@ -445,7 +450,7 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   // started draining, a copy ended. Chunks not in it are at their goal.
   std::unordered_set<uint64_t> attention;
   size_t auditCursor = 0;  // the next slot of `chunks` audit() looks at
-  size_t startupLeft = 0;  // slots from auditCursor on not yet looked at since the start
+  size_t startupLeft = 0;  // chunks `unchecked`
   // Chunks whose record owes a cut, and when the ticks try it next.
   struct OwedCut {
     kj::TimePoint at = kj::origin<kj::TimePoint>();

@@ -20,15 +20,20 @@ void ChunkManager::taskFailed(kj::Exception&& exception) {
 
 uint8_t ChunkManager::goalOf(Chunk& c) {
   if (c.goal != 0) return c.goal;
-  // A shared chunk has the highest goal of its files.
   auto owners = ns.ownersOf(c.record.handle);
   if (owners.empty()) owners.push_back({c.inode, c.record.index});
+  c.goal = highestGoal(owners);
+  return c.goal;
+}
+
+uint8_t ChunkManager::highestGoal(const std::vector<ChunkOwner>& owners) {
+  // A shared chunk has the highest goal of its files.
+  uint8_t goal = 0;
   for (auto& o : owners) {
     auto n = ns.getattr(o.inode);
-    if (n.ok()) c.goal = std::max(c.goal, n.value.replication);
+    if (n.ok()) goal = std::max(goal, n.value.replication);
   }
-  if (c.goal == 0) c.goal = DEFAULT_REPLICATION;
-  return c.goal;
+  return goal != 0 ? goal : DEFAULT_REPLICATION;
 }
 
 ChunkManager::Counts ChunkManager::counts(const Chunk& c) {
@@ -80,16 +85,6 @@ void ChunkManager::leaveSafeMode() {
     note("an admin took the cluster out of safe mode");
   }
   safeMode = manualSafeMode = false;
-  checkAllFromNow();
-}
-
-void ChunkManager::checkAllFromNow() {
-  // Replica changes in the safe mode after a start put no chunk in line (mark()): the check
-  // after the start looks at every chunk, from the first.
-  if (startupLeft > 0) {
-    auditCursor = 0;
-    startupLeft = chunks.slots();
-  }
 }
 
 Status ChunkManager::safeModeRefusal() const {
@@ -111,7 +106,6 @@ void ChunkManager::updateSafeMode() {
   size_t reported = reportedCount;
   if (enough(reported) || timedOut) {
     safeMode = false;
-    checkAllFromNow();
     if (timedOut && !enough(reported)) {
       logWarn("leaving safe mode after {} s with {} of {} chunks reported",
               options.safeModeTimeout / kj::SECONDS, reported, chunks.size());
@@ -157,20 +151,25 @@ std::vector<uint64_t> ChunkManager::needingWork() {
 
 void ChunkManager::audit(size_t n) {
   bool startup = startupLeft > 0;
-  if (startup) n = std::max(n, options.startupCheckPerTick);
+  if (startup) n = std::max({n, options.startupCheckPerTick, size_t{1}});
   size_t slots = chunks.slots();
   size_t queued = 0;
   for (size_t i = 0; i < n && slots > 0; ++i) {
     if (auditCursor >= slots) auditCursor = 0;
     Chunk* c = chunks.atSlot(auditCursor++);
-    if (startupLeft > 0 && --startupLeft == 0) {
-      logInfo("looked at every chunk since the start");
-      n = i + 1;  // the usual audit from the next tick
+    if (!c) continue;
+    bool first = c->unchecked;
+    if (first) {
+      c->unchecked = false;
+      if (--startupLeft == 0) {
+        logInfo("looked at every chunk since the start");
+        n = i + 1;  // the usual audit from the next tick
+      }
     }
-    if (!c || attention.count(c->record.handle) || atGoal(*c)) continue;
-    // Every change of a chunk's replicas or goal asks for attention: after the start, this
-    // is a bug's trace.
-    if (!startup) {
+    if (attention.count(c->record.handle) || atGoal(*c)) continue;
+    // Every change of a chunk's replicas or goal asks for attention: but for the first look
+    // after the start, this is a bug's trace.
+    if (!first) {
       logWarn("chunk {:x} is off its goal and nothing asked for its repair; repairing it",
               c->record.handle);
     }
@@ -184,9 +183,8 @@ size_t ChunkManager::offGoalUnattended() {
   size_t n = 0;
   for (size_t i = 0; i < chunks.slots(); ++i) {
     // Chunks not yet looked at since the start are not in line yet.
-    if (i >= auditCursor && i < auditCursor + startupLeft) continue;
     Chunk* c = chunks.atSlot(i);
-    n += c && !attention.count(c->record.handle) && !atGoal(*c);
+    n += c && !c->unchecked && !attention.count(c->record.handle) && !atGoal(*c);
   }
   return n;
 }

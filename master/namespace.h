@@ -15,7 +15,6 @@
 #include <map>
 #include <optional>
 #include <string>
-#include <unordered_set>
 #include <vector>
 
 #include "namespace_store.h"
@@ -219,8 +218,9 @@ class Namespace {
   // The owners of a chunk ever shared (empty: never shared).
   std::vector<ChunkOwner> ownersOf(uint64_t handle);
   bool isShared(uint64_t handle) { return ownersOf(handle).size() > 1; }
-  // The handles of every chunk shared now (one pass over the owner lists, at start).
-  std::unordered_set<uint64_t> sharedHandles();
+  // Every chunk shared now, with its owners (one pass over the owner lists, at start).
+  void forEachSharedChunk(
+      const std::function<void(uint64_t, const std::vector<ChunkOwner>&)>& visit);
   // The regular files in the tree at `root` (itself, when a file): at most `limit`, else
   // invalidArgument.
   Result<std::vector<uint64_t>> filesUnder(uint64_t root, size_t limit);

@@ -47,18 +47,18 @@ std::vector<ChunkOwner> Namespace::ownersOf(uint64_t handle) {
   return bytes ? decodeOwners(*bytes) : std::vector<ChunkOwner>{};
 }
 
-std::unordered_set<uint64_t> Namespace::sharedHandles() {
-  std::unordered_set<uint64_t> out;
+void Namespace::forEachSharedChunk(
+    const std::function<void(uint64_t, const std::vector<ChunkOwner>&)>& visit) {
   std::string after;
   for (;;) {
     auto rows = store.scan("h", after, 4096);
     if (rows.empty()) break;
     for (auto& [key, value] : rows) {
-      if (decodeOwners(value).size() > 1) out.insert(getBe(key, 1, 8));
+      auto owners = decodeOwners(value);
+      if (owners.size() > 1) visit(getBe(key, 1, 8), owners);
     }
     after = rows.back().first;
   }
-  return out;
 }
 
 Namespace::ChunkRefs::List& Namespace::ChunkRefs::list(uint64_t handle) {

@@ -915,6 +915,47 @@ class MirrorTest : public ChunkManagerTest {
   std::vector<uint64_t> standbyIds;
 };
 
+TEST_F(MirrorTest, AServerSilentForLongIsNoReplicaAtTheTakeover) {
+  auto r = prepare(0);
+  ASSERT_TRUE(r.ok());
+  uint64_t handle = r.value.record.handle, v = r.value.record.version;
+  for (auto& rep : r.value.replicas)
+    standby.applyChanges(standbyIdOf(rep.address), {{handle, v, 0}});
+  // One replica's server stops; the standby, which sweeps no server, still mirrors it.
+  std::string gone = r.value.replicas[0].address;
+  timer.advanceTo(timer.now() + 40 * kj::SECONDS);
+  for (auto id : standbyIds) {
+    std::vector<uint64_t> deletes;
+    if (id != standbyIdOf(gone)) standby.heartbeat(id, 1 << 30, 0, deletes);
+  }
+  standby.becomeActive();
+  auto seen = standby.locate(file, 0, 1);
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0].replicas.size(), 2u);
+  EXPECT_FALSE(addressesOf(seen[0]).count(gone));
+  bool goneIsLive = false;
+  for (auto& s : standby.servers()) goneIsLive |= s.address == gone && s.live;
+  EXPECT_FALSE(goneIsLive);
+}
+
+TEST_F(ChunkManagerTest, AManagerWithAStepInLineCanBeDestroyed) {
+  // A step still waiting for a chunkserver when the master stops (ASan checks the rest).
+  auto m = std::make_unique<ChunkManager>(ns, control, timer, noAudit());
+  for (int i = 0; i < 4; ++i) {
+    m->registerServer("127.0.0." + std::to_string(i + 2) + ":1", "r", 1 << 30, 0, {});
+  }
+  for (auto id : ids) control.hold.insert(id);
+  {
+    // The caller gives up; the step stays in line, held by the chunk's activity.
+    auto pending = m->prepareWrite(file, 5);
+    settle();
+    EXPECT_EQ(m->activeChunks(), 1u);
+  }
+  m.reset();
+  control.hold.clear();
+  control.held.clear();
+}
+
 TEST_F(MirrorTest, AStandbyFollowsReportedChangesAndTakesOverWithoutSafeMode) {
   auto r = prepare(0);
   ASSERT_TRUE(r.ok());
