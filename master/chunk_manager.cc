@@ -62,6 +62,8 @@ void ChunkManager::becomeActive() {
   sweepDeadServers();
   chunks.clear();
   attention.clear();
+  repairLine.clear();
+  inRepairLine.clear();
   owedCuts.clear();
   corruptReplicas.clear();
   reportedCount = 0;
@@ -329,6 +331,7 @@ void ChunkManager::forget(Chunk& c) {
   startupLeft -= c.unchecked;
   uint64_t handle = c.record.handle;
   attention.erase(handle);
+  leaveRepairLine(handle);
   owedCuts.erase(handle);
   corruptReplicas.erase(handle);
   chunks.erase(handle);

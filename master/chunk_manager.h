@@ -14,6 +14,8 @@
 #include <random>
 #include <set>
 #include <string>
+#include <tuple>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
@@ -254,7 +256,7 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   // (tests check this; it walks every chunk).
   size_t offGoalUnattended();
   // Chunks in line to be looked at by the next tick.
-  size_t awaitingAttention() const { return attention.size(); }
+  size_t awaitingAttention() const;
   // Chunks with a lease or a step kept in memory (tests: they go once both are over).
   size_t activeChunks() const { return activity.size(); }
   // Chunks not yet looked at since the start.
@@ -414,7 +416,11 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   // nothing put in `attention` (options.auditPerTick each tick; after a start, every chunk
   // once, options.startupCheckPerTick a tick).
   void audit(size_t n);
-  void scheduleRepairs(const std::vector<uint64_t>& handles);
+  // Starts the copies the free slots allow, from the front of the repair line.
+  void scheduleRepairs();
+  void leaveRepairLine(uint64_t handle);
+  // In `attention` or the repair line.
+  bool inLine(uint64_t handle) const;
   void removeSurplus(const std::vector<uint64_t>& handles);
   void balanceStep();
   // Copies `handle` from `source` to `target`; with `moveFrom`, that replica goes once the
@@ -449,6 +455,13 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   // landed, a write failed), the goal changed, a replica was found corrupt, a server
   // started draining, a copy ended. Chunks not in it are at their goal.
   std::unordered_set<uint64_t> attention;
+  // Chunks short of copies with a live replica, most urgent first: the fewest copies left
+  // (one before two), then the largest shortfall. A tick moves a chunk here from
+  // `attention` when it finds it short, and takes it out when something changes it again;
+  // repairs start from the front.
+  using Urgency = std::tuple<uint32_t, uint32_t, uint64_t>;  // effective, 255 - shortfall, handle
+  std::set<Urgency> repairLine;
+  std::unordered_map<uint64_t, Urgency> inRepairLine;
   size_t auditCursor = 0;  // the next slot of `chunks` audit() looks at
   size_t startupLeft = 0;  // chunks `unchecked`
   // Chunks whose record owes a cut, and when the ticks try it next.

@@ -124,7 +124,7 @@ void ChunkManager::tick() {
   settleOwedCuts();
   audit(options.auditPerTick);
   auto offGoal = needingWork();
-  scheduleRepairs(offGoal);
+  scheduleRepairs();
   removeSurplus(offGoal);
   balanceStep();
 }
@@ -138,15 +138,46 @@ bool ChunkManager::atGoal(Chunk& c) {
 std::vector<uint64_t> ChunkManager::needingWork() {
   std::vector<uint64_t> out;
   for (auto it = attention.begin(); it != attention.end();) {
-    Chunk* c = chunks.find(*it);
+    uint64_t h = *it;
+    leaveRepairLine(h);  // looked at again: its place in line may have changed
+    Chunk* c = chunks.find(h);
     if (!c || atGoal(*c)) {
       it = attention.erase(it);
-    } else {
-      out.push_back(*it);
-      ++it;
+      continue;
     }
+    Counts n = counts(*c);
+    size_t goal = goalOf(*c);
+    if (n.live > 0 && n.effective < goal) {
+      // Short of copies (nothing to remove then: see removeSurplus): it waits in the repair
+      // line until something changes it again.
+      Urgency key{static_cast<uint32_t>(n.effective),
+                  static_cast<uint32_t>(UINT8_MAX - (goal - n.effective)), h};
+      repairLine.insert(key);
+      inRepairLine.emplace(h, key);
+      it = attention.erase(it);
+      continue;
+    }
+    out.push_back(h);
+    ++it;
   }
   return out;
+}
+
+void ChunkManager::leaveRepairLine(uint64_t handle) {
+  auto found = inRepairLine.find(handle);
+  if (found == inRepairLine.end()) return;
+  repairLine.erase(found->second);
+  inRepairLine.erase(found);
+}
+
+bool ChunkManager::inLine(uint64_t handle) const {
+  return attention.count(handle) || inRepairLine.count(handle);
+}
+
+size_t ChunkManager::awaitingAttention() const {
+  size_t n = attention.size();
+  for (auto& [h, key] : inRepairLine) n += !attention.count(h);
+  return n;
 }
 
 void ChunkManager::audit(size_t n) {
@@ -166,7 +197,7 @@ void ChunkManager::audit(size_t n) {
         n = i + 1;  // the usual audit from the next tick
       }
     }
-    if (attention.count(c->record.handle) || atGoal(*c)) continue;
+    if (inLine(c->record.handle) || atGoal(*c)) continue;
     // Every change of a chunk's replicas or goal asks for attention: but for the first look
     // after the start, this is a bug's trace.
     if (!first) {
@@ -184,7 +215,7 @@ size_t ChunkManager::offGoalUnattended() {
   for (size_t i = 0; i < chunks.slots(); ++i) {
     // Chunks not yet looked at since the start are not in line yet.
     Chunk* c = chunks.atSlot(i);
-    n += c && !c->unchecked && !attention.count(c->record.handle) && !atGoal(*c);
+    n += c && !c->unchecked && !inLine(c->record.handle) && !atGoal(*c);
   }
   return n;
 }
@@ -210,38 +241,21 @@ bool ChunkManager::readyForRepair(uint64_t handle, Chunk& c) {
   return false;
 }
 
-void ChunkManager::scheduleRepairs(const std::vector<uint64_t>& handles) {
-  struct Need {
-    uint64_t handle;
-    size_t effective;
-    size_t deficit;
-  };
-  std::vector<Need> needs;
-  for (uint64_t h : handles) {
-    Chunk* found = chunks.find(h);
-    if (!found) continue;
-    Chunk& c = *found;
-    if (c.copying) continue;
-    Counts n = counts(c);
-    size_t goal = goalOf(c);
-    if (n.live == 0 || n.effective >= goal) continue;
-    if (!readyForRepair(h, c)) continue;
-    needs.push_back({h, n.effective, goal - n.effective});
-  }
-  // Urgency: the fewest copies left first (one live replica before two), then the
-  // largest shortfall.
-  std::sort(needs.begin(), needs.end(), [](const Need& a, const Need& b) {
-    return a.effective != b.effective ? a.effective < b.effective : a.deficit > b.deficit;
-  });
+void ChunkManager::scheduleRepairs() {
   // Each copy takes a slot on two servers: once fewer than two are free, no more can start.
   size_t slots = 0;
   for (auto& [id, s] : serversById) {
     if (s.live)
       slots += options.copiesPerServer - std::min(s.copiesInFlight, options.copiesPerServer);
   }
-  for (auto& need : needs) {
-    if (slots < 2) break;
-    Chunk& c = chunks.at(need.handle);
+  // The line is in order of urgency; a tick goes only as far into it as copies can start.
+  // (Starting a copy, or revoking a lease first, puts the chunk in `attention`; the line
+  // itself changes only in needingWork.)
+  for (auto it = repairLine.begin(); it != repairLine.end() && slots >= 2;) {
+    uint64_t handle = std::get<2>(*it++);
+    Chunk* found = chunks.find(handle);
+    if (!found || found->copying || !readyForRepair(handle, *found)) continue;
+    Chunk& c = *found;
     std::optional<uint64_t> source;
     for (uint64_t id : c.replicas) {
       if (canCopy(id) && !isCorrupt(c, id)) {
@@ -253,14 +267,14 @@ void ChunkManager::scheduleRepairs(const std::vector<uint64_t>& handles) {
     std::vector<PlacementCandidate> candidates;
     for (auto& [id, s] : serversById) {
       if (s.live && !s.decommissioning && canCopy(id) && !c.replicas.count(id) &&
-          !deletePending(s, need.handle)) {
+          !deletePending(s, handle)) {
         candidates.push_back(candidate(s));
       }
     }
     std::vector<uint64_t> exclude(c.replicas.begin(), c.replicas.end());
     auto target = choosePlacement(candidates, 1, exclude, options.minFreeBytes, rng);
     if (target.empty()) continue;
-    startCopy(need.handle, *source, target[0], std::nullopt);
+    startCopy(handle, *source, target[0], std::nullopt);
     slots -= 2;
   }
 }
@@ -450,10 +464,10 @@ ClusterHealth ChunkManager::health() {
   out.manualSafeMode = manualSafeMode;
   out.chunks = chunks.size();
   out.unchecked = startupLeft;
-  // Every chunk off its goal is in `attention`: the others add nothing.
-  for (uint64_t h : attention) {
+  // Every chunk off its goal is in `attention` or the repair line: the others add nothing.
+  auto count = [&](uint64_t h) {
     Chunk* found = chunks.find(h);
-    if (!found) continue;
+    if (!found) return;
     Chunk& c = *found;
     Counts n = counts(c);
     size_t goal = goalOf(c);
@@ -462,6 +476,10 @@ ClusterHealth ChunkManager::health() {
     if (n.live > goal) out.overReplicated++;
     out.copiesInFlight += c.copying;
     out.corrupt += corruptCount(c);
+  };
+  for (uint64_t h : attention) count(h);
+  for (auto& [h, key] : inRepairLine) {
+    if (!attention.count(h)) count(h);
   }
   return out;
 }
