@@ -306,8 +306,9 @@ void ChunkManager::removeReplica(Chunk& c, uint64_t server) {
 }
 
 void ChunkManager::mark(Chunk& c) {
-  // A chunk the check after the start has not looked at yet waits for it.
-  if (!c.unchecked) attention.insert(c.record.handle);
+  // A chunk the check after the start has not looked at yet waits for it (unless it is in
+  // the repair line already: its place there changes now).
+  if (!c.unchecked || inRepairLine.count(c.record.handle)) attention.insert(c.record.handle);
 }
 
 bool ChunkManager::reported(const Chunk& c) { return !c.replicas.empty() || c.record.pending; }

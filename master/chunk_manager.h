@@ -409,7 +409,8 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   bool canCopy(uint64_t server);
   static bool deletePending(const Server& s, uint64_t handle);
   void updateSafeMode();
-  // The chunks of `attention` still off their goal; those at it leave the set.
+  // The chunks of `attention` still off their goal that are not short of copies (those go
+  // to the repair line); those at their goal leave the set.
   std::vector<uint64_t> needingWork();
   bool atGoal(Chunk& c);
   // Checks the next `n` chunks (in slot order, round and round) for one off its goal that
@@ -419,8 +420,10 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   // Starts the copies the free slots allow, from the front of the repair line.
   void scheduleRepairs();
   void leaveRepairLine(uint64_t handle);
-  // In `attention` or the repair line.
-  bool inLine(uint64_t handle) const;
+  // The chunk's place in the repair line if it is short of copies and has a live replica.
+  std::optional<std::tuple<uint32_t, uint32_t, uint64_t>> shortOf(Chunk& c);
+  // In `attention`, in the repair line at the place its state gives it, or at its goal.
+  bool attended(Chunk& c);
   void removeSurplus(const std::vector<uint64_t>& handles);
   void balanceStep();
   // Copies `handle` from `source` to `target`; with `moveFrom`, that replica goes once the

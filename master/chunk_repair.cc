@@ -145,15 +145,11 @@ std::vector<uint64_t> ChunkManager::needingWork() {
       it = attention.erase(it);
       continue;
     }
-    Counts n = counts(*c);
-    size_t goal = goalOf(*c);
-    if (n.live > 0 && n.effective < goal) {
+    if (auto key = shortOf(*c)) {
       // Short of copies (nothing to remove then: see removeSurplus): it waits in the repair
       // line until something changes it again.
-      Urgency key{static_cast<uint32_t>(n.effective),
-                  static_cast<uint32_t>(UINT8_MAX - (goal - n.effective)), h};
-      repairLine.insert(key);
-      inRepairLine.emplace(h, key);
+      repairLine.insert(*key);
+      inRepairLine.emplace(h, *key);
       it = attention.erase(it);
       continue;
     }
@@ -163,15 +159,27 @@ std::vector<uint64_t> ChunkManager::needingWork() {
   return out;
 }
 
+std::optional<ChunkManager::Urgency> ChunkManager::shortOf(Chunk& c) {
+  Counts n = counts(c);
+  size_t goal = goalOf(c);
+  if (n.live == 0 || n.effective >= goal) return std::nullopt;
+  return Urgency{static_cast<uint32_t>(n.effective),
+                 static_cast<uint32_t>(UINT8_MAX - (goal - n.effective)), c.record.handle};
+}
+
+bool ChunkManager::attended(Chunk& c) {
+  uint64_t h = c.record.handle;
+  if (attention.count(h)) return true;
+  auto line = inRepairLine.find(h);
+  if (line != inRepairLine.end()) return shortOf(c) == line->second;
+  return atGoal(c);
+}
+
 void ChunkManager::leaveRepairLine(uint64_t handle) {
   auto found = inRepairLine.find(handle);
   if (found == inRepairLine.end()) return;
   repairLine.erase(found->second);
   inRepairLine.erase(found);
-}
-
-bool ChunkManager::inLine(uint64_t handle) const {
-  return attention.count(handle) || inRepairLine.count(handle);
 }
 
 size_t ChunkManager::awaitingAttention() const {
@@ -197,12 +205,14 @@ void ChunkManager::audit(size_t n) {
         n = i + 1;  // the usual audit from the next tick
       }
     }
-    if (inLine(c->record.handle) || atGoal(*c)) continue;
+    if (attended(*c)) continue;
     // Every change of a chunk's replicas or goal asks for attention: but for the first look
     // after the start, this is a bug's trace.
     if (!first) {
-      logWarn("chunk {:x} is off its goal and nothing asked for its repair; repairing it",
-              c->record.handle);
+      logWarn(
+          "chunk {:x} is off its goal (or its place in the repair line is) and nothing "
+          "asked for a look; looking at it",
+          c->record.handle);
     }
     attention.insert(c->record.handle);
     ++queued;
@@ -215,7 +225,7 @@ size_t ChunkManager::offGoalUnattended() {
   for (size_t i = 0; i < chunks.slots(); ++i) {
     // Chunks not yet looked at since the start are not in line yet.
     Chunk* c = chunks.atSlot(i);
-    n += c && !c->unchecked && !inLine(c->record.handle) && !atGoal(*c);
+    n += c && !c->unchecked && !attended(*c);
   }
   return n;
 }
@@ -252,9 +262,16 @@ void ChunkManager::scheduleRepairs() {
   // (Starting a copy, or revoking a lease first, puts the chunk in `attention`; the line
   // itself changes only in needingWork.)
   for (auto it = repairLine.begin(); it != repairLine.end() && slots >= 2;) {
-    uint64_t handle = std::get<2>(*it++);
+    Urgency key = *it++;
+    uint64_t handle = std::get<2>(key);
     Chunk* found = chunks.find(handle);
-    if (!found || found->copying || !readyForRepair(handle, *found)) continue;
+    if (!found || found->copying) continue;
+    if (shortOf(*found) != key) {
+      // A change that asked for no look: the chunk is looked at again, not copied blindly.
+      attention.insert(handle);
+      continue;
+    }
+    if (!readyForRepair(handle, *found)) continue;
     Chunk& c = *found;
     std::optional<uint64_t> source;
     for (uint64_t id : c.replicas) {
