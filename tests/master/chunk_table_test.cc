@@ -32,6 +32,19 @@ std::string show(const std::vector<uint64_t>& v) {
   return out.str();
 }
 
+// Puts `ids` in both the set and its model.
+void insertBoth(ReplicaSet& r, std::set<uint64_t>& model, std::initializer_list<uint64_t> ids) {
+  for (uint64_t id : ids) {
+    r.insert(id);
+    model.insert(id);
+  }
+}
+
+// Puts `n` ids, first + i * step, in both.
+void fillBoth(ReplicaSet& r, std::set<uint64_t>& model, size_t n, uint64_t first, uint64_t step) {
+  for (size_t i = 0; i < n; ++i) insertBoth(r, model, {first + i * step});
+}
+
 ::testing::AssertionResult sameAs(const ReplicaSet& r, const std::set<uint64_t>& model) {
   std::vector<uint64_t> walked;
   for (uint32_t id : r) walked.push_back(id);
@@ -173,24 +186,17 @@ TEST(ReplicaSetTest, MoveConstruction) {
     SCOPED_TRACE(::testing::Message() << "n " << n);
     std::set<uint64_t> model;
     ReplicaSet src;
-    for (size_t i = 0; i < n; ++i) {
-      src.insert(7 * i + 1);
-      model.insert(7 * i + 1);
-    }
+    fillBoth(src, model, n, 1, 7);
     ReplicaSet dst(std::move(src));
     EXPECT_TRUE(sameAs(dst, model));
     EXPECT_TRUE(sameAs(src, {}));
     // The moved-from set is a set of its own: filling it (onto a heap of its own) leaves the
     // new one alone, and the other way round.
     std::set<uint64_t> other;
-    for (uint64_t id = 1000; id < 1020; ++id) {
-      src.insert(id);
-      other.insert(id);
-    }
+    fillBoth(src, other, 20, 1000, 1);
     EXPECT_TRUE(sameAs(src, other));
     EXPECT_TRUE(sameAs(dst, model));
-    dst.insert(999);
-    model.insert(999);
+    insertBoth(dst, model, {999});
     if (n > 0) {
       dst.erase(1);
       model.erase(1);
@@ -225,28 +231,18 @@ TEST(ReplicaSetTest, MoveAssignment) {
       SCOPED_TRACE(::testing::Message() << "from " << srcN << " into " << dstN);
       std::set<uint64_t> srcModel, dstModel;
       ReplicaSet src, dst;
-      for (size_t i = 0; i < srcN; ++i) {
-        src.insert(3 * i + 2);
-        srcModel.insert(3 * i + 2);
-      }
-      for (size_t i = 0; i < dstN; ++i) {
-        dst.insert(5000 + i);
-        dstModel.insert(5000 + i);
-      }
+      fillBoth(src, srcModel, srcN, 2, 3);
+      fillBoth(dst, dstModel, dstN, 5000, 1);
       ASSERT_TRUE(sameAs(dst, dstModel));
       dst = std::move(src);
       EXPECT_TRUE(sameAs(dst, srcModel));
       EXPECT_TRUE(sameAs(src, {}));
       // Both go on independently.
       std::set<uint64_t> refill;
-      for (uint64_t id = 100000; id < 100010; ++id) {
-        src.insert(id);
-        refill.insert(id);
-      }
+      fillBoth(src, refill, 10, 100000, 1);
       EXPECT_TRUE(sameAs(src, refill));
       EXPECT_TRUE(sameAs(dst, srcModel));
-      dst.insert(1);
-      srcModel.insert(1);
+      insertBoth(dst, srcModel, {1});
       EXPECT_TRUE(sameAs(dst, srcModel));
       // And back the other way.
       src = std::move(dst);
