@@ -17,6 +17,7 @@ namespace {
 constexpr uint32_t MAX_WRITE_PORTION = 8 << 20;  // one push-and-commit at most
 constexpr uint32_t MAX_COPY_PORTION = 16 << 20;  // one server-side copy at most
 constexpr uint32_t LAYOUT_BATCH = 1024;
+constexpr size_t MAX_CLOSES_PER_CALL = 1024;  // closeAll's limit is 4,096
 // How long appends in a row trust the file's size from the last one's commit (a truncate
 // by another client within it may leave a hole before the next record).
 constexpr kj::Duration APPEND_HINT_TTL = 1 * kj::SECONDS;
@@ -172,6 +173,7 @@ wire::ClientService::Client Client::master(const std::optional<Caller>& as) {
   }
   masterService =
       peers.get<wire::Master>(currentMaster(), Role::MASTER).clientRequest().send().getService();
+  closing.clear();  // ends of opens of the last session, which held them (its end ends them)
   if (!held.empty()) {
     // A new session: the files this client holds are opened again, each for whom it was
     // opened, before any other call (calls on one connection arrive in order).
@@ -224,12 +226,37 @@ kj::Promise<Result<FileAttr>> Client::open(uint64_t inode, int access, std::opti
 kj::Promise<void> Client::close(uint64_t inode) {
   if (held.count(inode) == 0) return kj::READY_NOW;
   unhold(inode);
+  if (opts.closeDelay > 0 * kj::SECONDS) {
+    // Sent with the others of the next closeDelay, or at once when a call's worth waits.
+    closing.push_back(inode);
+    if (closing.size() >= MAX_CLOSES_PER_CALL) {
+      sendCloses().detach([](kj::Exception&&) {});
+    } else if (closing.size() == 1) {
+      closingTimer = timer.afterDelay(opts.closeDelay)
+                         .then([this]() { sendCloses().detach([](kj::Exception&&) {}); })
+                         .eagerlyEvaluate(nullptr);
+    }
+    return kj::READY_NOW;
+  }
   // Every open is closed at the master too (it counts them per session), so that a close
   // and an open of one file crossing on the way cannot end its hold. Waited for, so that a
   // process that exits next has closed its files (a lost session closes them only after a
   // grace period); a failure is not the caller's: the session's end closes it.
   auto req = master().closeRequest();
   req.setInode(inode);
+  return timer.timeoutAfter(opts.metaTimeout, req.send())
+      .then([](auto&&) {}, [](kj::Exception&&) {});
+}
+
+kj::Promise<void> Client::sendCloses() {
+  if (closing.empty()) return kj::READY_NOW;
+  auto service = master();  // a new session forgets `closing`
+  if (closing.empty()) return kj::READY_NOW;
+  auto req = service.closeAllRequest();
+  auto inodes = req.initInodes(static_cast<unsigned>(closing.size()));
+  for (size_t i = 0; i < closing.size(); ++i) inodes.set(static_cast<unsigned>(i), closing[i]);
+  closing.clear();
+  // As for close(): a failure is not the caller's, the session's end closes them.
   return timer.timeoutAfter(opts.metaTimeout, req.send())
       .then([](auto&&) {}, [](kj::Exception&&) {});
 }

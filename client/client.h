@@ -202,6 +202,12 @@ struct ClientOptions {
   // directory's attributes after each change in it and asks again before the next lookup
   // there, a master round trip per create, unlink or mkdir that this spares. 0: off.
   kj::Duration dirAttrTtl = 0 * kj::SECONDS;
+  // How long close() may keep the end of an open before telling the master, so that the
+  // closes of this time go in one call (a mount: a create then costs two master calls, not
+  // three). The master holds the file that much longer (an unlinked one's data lives that
+  // much longer). 0: each close() is sent at once and waited for, so that a process that
+  // exits next has closed its files.
+  kj::Duration closeDelay = 0 * kj::SECONDS;
 };
 
 class Client {
@@ -232,6 +238,9 @@ class Client {
   kj::Promise<Result<FileAttr>> open(uint64_t inode, int access,
                                      std::optional<Caller> as = std::nullopt);
   kj::Promise<void> close(uint64_t inode);
+  // Sends the closes that closeDelay keeps, if any; resolves once the master answered (or
+  // after metaTimeout).
+  kj::Promise<void> sendCloses();
   kj::Promise<Result<FileAttr>> setattr(uint64_t inode, SetAttrRequest request,
                                         std::optional<Caller> as = std::nullopt);
   // One page of a directory: entries after `after`; `more` says whether others follow.
@@ -486,6 +495,10 @@ class Client {
     int access = 0;
   };
   std::map<uint64_t, std::vector<HeldOpen>> held;
+  // Opens ended but not yet closed at the master (see closeDelay), all of this session:
+  // a new session forgets them (it holds only what `held` opens again).
+  std::vector<uint64_t> closing;
+  kj::Promise<void> closingTimer = nullptr;
   std::map<Caller, wire::ClientService::Client> callerServices;  // of this session
   bool standbyReads = false;
   size_t readerIndex = 0;  // the master read-only calls try first (never masterIndex)

@@ -17,6 +17,9 @@ namespace cairn {
 struct MountOptions {
   double entryTimeout = 1.0;  // seconds the kernel may cache a name
   double attrTimeout = 1.0;   // seconds the kernel may cache attributes
+  // Seconds a released file may stay open at the master, so that the releases of that time
+  // go in one call (ClientOptions::closeDelay); 0: each release is its own call.
+  double closeDelay = 0.02;
 };
 
 struct CairnFs {

@@ -18,6 +18,7 @@ namespace {
 
 constexpr uint32_t MAX_READDIR = 4096;
 constexpr uint32_t MAX_CHUNKS_PER_CALL = 4096;
+constexpr uint32_t MAX_CLOSES_PER_CALL = 4096;  // schema: closeAll
 
 std::string text(capnp::Text::Reader t) { return std::string(t.cStr(), t.size()); }
 
@@ -196,14 +197,21 @@ class ClientServiceImpl final : public wire::ClientService::Server {
   }
 
   kj::Promise<void> close(CloseContext context) override {
-    uint64_t inode = context.getParams().getInode();
-    auto& opens = state->opens.byInode;
-    auto it = opens.find(inode);
-    if (it != opens.end() && --it->second.count == 0) {
-      opens.erase(it);
-      master.close(inode);
-    }
+    release(context.getParams().getInode());
     toWire(Status::OK(), context.getResults().initStatus());
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> closeAll(CloseAllContext context) override {
+    auto inodes = context.getParams().getInodes();
+    Status s = Status::OK();
+    if (inodes.size() > MAX_CLOSES_PER_CALL) {
+      s = Status::invalidArgument(
+          fmt::format("{} closes in one call (at most {})", inodes.size(), MAX_CLOSES_PER_CALL));
+    } else {
+      for (uint64_t inode : inodes) release(inode);
+    }
+    toWire(s, context.getResults().initStatus());
     return kj::READY_NOW;
   }
 
@@ -623,6 +631,16 @@ class ClientServiceImpl final : public wire::ClientService::Server {
     auto& o = state->opens.byInode[inode];
     if (o.count++ == 0) ns.opened(inode);
     if (access & MAY_WRITE) o.write = true;
+  }
+
+  // Ends one open of `inode` by this session (none held: nothing happens).
+  void release(uint64_t inode) {
+    auto& opens = state->opens.byInode;
+    auto it = opens.find(inode);
+    if (it != opens.end() && --it->second.count == 0) {
+      opens.erase(it);
+      master.close(inode);
+    }
   }
 
   // Fails the call when this service's caller may not make namespace calls at all.

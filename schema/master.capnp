@@ -286,6 +286,11 @@ interface ClientService {
   # Answers once every change of the namespace answered so far (to any client) is on the
   # disk of the active master and of its standbys in sync: what fsync, fsyncdir and a
   # finished command wait for. Changes are otherwise on disk within --sync-delay-ms.
+
+  closeAll @40 (inodes :List(UInt64)) -> (status :Status);
+  # close() of each inode in turn (an inode twice: two opens end), in one call: a client
+  # that ends many opens in a short time (a mount) sends them together. At most 4,096
+  # inodes; a longer list is refused whole (invalidArgument) and ends no open.
 }
 
 enum SafeModeAction {

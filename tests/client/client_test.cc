@@ -45,13 +45,14 @@ class ClientTest : public ::testing::Test {
   testing::InProcessCluster cluster;
 };
 
-// How many getattr calls the master has answered.
-double getattrCalls(Master& m) {
+// How many calls of `method` the master has answered.
+double masterCalls(Master& m, const std::string& method) {
   std::string text = m.metrics().render();
-  std::string key = "cairn_master_request_duration_seconds_count{method=\"getattr\"} ";
+  std::string key = "cairn_master_request_duration_seconds_count{method=\"" + method + "\"} ";
   size_t at = text.find(key);
   return at == std::string::npos ? 0 : std::stod(text.substr(at + key.size()));
 }
+double getattrCalls(Master& m) { return masterCalls(m, "getattr"); }
 
 TEST_F(ClientTest, ADirectorysAttributesComeBackWithEachChangeInIt) {
   // A mount's client keeps what each change brought back, as the kernel would have kept
@@ -100,6 +101,37 @@ TEST_F(ClientTest, ADirectorysAttributesComeBackWithEachChangeInIt) {
   ASSERT_TRUE(kept.ok() && seen.ok() && truth.ok());
   EXPECT_EQ(seen.value.ctimeNs, kept.value.ctimeNs);
   EXPECT_GE(truth.value.ctimeNs, kept.value.ctimeNs);
+}
+
+TEST_F(ClientTest, ClosesWithinTheDelayReachTheMasterInOneCall) {
+  auto mine = cluster.newClient([](ClientOptions& o) { o.closeDelay = 300 * kj::MILLISECONDS; });
+  Master& m = cluster.master();
+  std::vector<uint64_t> inodes;
+  for (int i = 0; i < 4; ++i) {
+    auto r = wait(mine->create(1, "c" + std::to_string(i), 0644, 3, true, /*open=*/true));
+    ASSERT_TRUE(r.ok()) << r.status.toString();
+    inodes.push_back(r.value.inode);
+  }
+  ASSERT_TRUE(wait(mine->open(inodes[0], 4)).ok());  // c0 twice
+  ASSERT_TRUE(wait(mine->unlink(1, "c3")).ok());     // c3 lives until its close arrives
+  double before = masterCalls(m, "closeAll") + masterCalls(m, "close");
+  for (uint64_t inode : inodes) wait(mine->close(inode));  // answered at once
+  for (uint64_t inode : inodes) EXPECT_TRUE(m.names().isOpen(inode));
+  EXPECT_EQ(masterCalls(m, "closeAll") + masterCalls(m, "close") - before, 0);
+  wait(io.provider->getTimer().afterDelay(600 * kj::MILLISECONDS));
+  EXPECT_EQ(masterCalls(m, "closeAll") - before, 1);
+  EXPECT_TRUE(m.names().isOpen(inodes[0])) << "opened twice, closed once";
+  for (size_t i = 1; i < inodes.size(); ++i) EXPECT_FALSE(m.names().isOpen(inodes[i])) << i;
+  // sendCloses() sends what waits at once (a mount's last releases at its end).
+  wait(mine->close(inodes[0]));
+  wait(mine->sendCloses());
+  EXPECT_FALSE(m.names().isOpen(inodes[0]));
+  EXPECT_EQ(masterCalls(m, "closeAll") - before, 2);
+  // The client without the delay closes each at once.
+  auto r = wait(client().create(1, "now", 0644, 3, true, /*open=*/true));
+  ASSERT_TRUE(r.ok());
+  wait(client().close(r.value.inode));
+  EXPECT_FALSE(m.names().isOpen(r.value.inode));
 }
 
 TEST_F(ClientTest, WritesAndReadsAcrossChunks) {

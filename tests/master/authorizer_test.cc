@@ -284,5 +284,41 @@ TEST_F(AuthorizerTest, AMutationSentTwiceWithOneRequestIdIsAppliedOnce) {
   EXPECT_EQ(master->names().recordedOutcome(requestKey(42, 7)), std::nullopt);
 }
 
+// closeAll ends one open per inode listed, of this session only; a list past the bound is
+// refused whole.
+TEST_F(AuthorizerTest, ClosesSentTogetherEndOneOpenEach) {
+  Identity admin{Role::ADMIN, "admin", 0, {0}, false, true};
+  wire::ClientService::Client svc = newClientService(*master, admin);
+  wire::ClientService::Client other = newClientService(*master, admin);
+  uint64_t a = ok(auth->create(ROOT, ROOT_INODE, "a", 0644, 0, true, false)).inode;
+  uint64_t b = ok(auth->create(ROOT, ROOT_INODE, "b", 0644, 0, true, false)).inode;
+  auto open = [&](wire::ClientService::Client& s, uint64_t inode) {
+    auto req = s.openRequest();
+    req.setInode(inode);
+    req.setAccess(4);
+    ASSERT_TRUE(fromWire(req.send().wait(io.waitScope).getStatus()).ok());
+  };
+  auto closeAll = [&](std::vector<uint64_t> inodes) {
+    auto req = svc.closeAllRequest();
+    auto list = req.initInodes(static_cast<unsigned>(inodes.size()));
+    for (size_t i = 0; i < inodes.size(); ++i) list.set(static_cast<unsigned>(i), inodes[i]);
+    return fromWire(req.send().wait(io.waitScope).getStatus());
+  };
+  open(svc, a);
+  open(svc, a);
+  open(svc, b);
+  open(other, b);
+  std::vector<uint64_t> tooMany(4097, a);
+  EXPECT_EQ(closeAll(tooMany).code(), ErrorCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(master->names().isOpen(a)) << "a refused list ends nothing";
+  // b twice: this session held it once, so the second ends nothing (the other session's
+  // open stays); a once: the second open stays.
+  ASSERT_TRUE(closeAll({b, a, b, 999}).ok());
+  EXPECT_TRUE(master->names().isOpen(a));
+  EXPECT_TRUE(master->names().isOpen(b)) << "another session holds it";
+  ASSERT_TRUE(closeAll({a}).ok());
+  EXPECT_FALSE(master->names().isOpen(a));
+}
+
 }  // namespace
 }  // namespace cairn
