@@ -7,8 +7,11 @@
 //   - a heartbeat and an idle tick (nothing changed: the work a quiet cluster costs);
 //   - one chunkserver's death: the tick that notices it and queues its chunks for repair,
 //     then the ticks until every chunk is back at its goal (copies bounded per server).
+// With --standby, the chunkservers register with a standby master instead (it keeps a
+// mirror of their reports), whose memory is reported; it then takes over (timed), and the
+// rest runs on the new active.
 //
-//   cairn-chunksim [--servers 1000] [--chunks 1000000] [--dir /var/tmp]
+//   cairn-chunksim [--servers 1000] [--chunks 1000000] [--dir /var/tmp] [--standby]
 
 #include <kj/async-io.h>
 #include <kj/timer.h>
@@ -97,6 +100,9 @@ int main(int argc, char** argv) {
   app.add_option("--chunks", chunks, "chunks in the namespace")
       ->check(CLI::Range(1000, 1000000000));
   app.add_option("--dir", parent, "where the namespace's LevelDB goes (removed at the end)");
+  bool standby = false;
+  app.add_flag("--standby", standby,
+               "register with a standby (a mirror of the reports), then take over");
   CLI11_PARSE(app, argc, argv);
   setLogLevel(LogLevel::ERROR);
 
@@ -168,6 +174,7 @@ int main(int argc, char** argv) {
   started = cpuSeconds();
   manager.loadFromNamespace();
   printf("load: %.2f s\n", cpuSeconds() - started);
+  manager.setMirroring(standby);
 
   std::vector<uint64_t> ids;
   double registering = 0;
@@ -183,6 +190,13 @@ int main(int argc, char** argv) {
   }
   printf("registrations: %zu in %.2f s (%.2f ms each)\n", servers, registering,
          registering * 1000 / servers);
+  if (standby) {
+    printf("standby memory: %.0f MiB, %.0f bytes a chunk\n", (rssNow() - rssBefore) / (1 << 20),
+           (rssNow() - rssBefore) / chunks);
+    started = cpuSeconds();
+    manager.becomeActive();
+    printf("takeover: %.2f s\n", cpuSeconds() - started);
+  }
 
   auto heartbeats = [&](size_t skip) {
     for (size_t s = 0; s < servers; ++s) {

@@ -74,7 +74,12 @@ void ChunkManager::becomeActive() {
   // judge it, against the namespace as the log left it.
   std::map<uint64_t, std::vector<ChunkReportEntry>> reports;
   for (auto& [id, s] : serversById) {
-    if (s.live) s.chunks.forEach([&](uint64_t h) { reports[id].push_back({h, mirror[h][id], 0}); });
+    if (s.live) {
+      s.chunks.forEach([&](uint64_t h) {
+        const ReportedCopies* m = mirror.find(h);
+        reports[id].push_back({h, m ? m->version(id) : 0, 0});
+      });
+    }
     s.chunks.clear();
     s.pendingDeletes.clear();
   }
@@ -137,11 +142,10 @@ void ChunkManager::applyChanges(uint64_t id, const std::vector<ChunkReportEntry>
     if (mirroring) {
       if (change.version == 0) {
         s.chunks.erase(change.handle);
-        auto m = mirror.find(change.handle);
-        if (m != mirror.end() && m->second.erase(id) && m->second.empty()) mirror.erase(m);
+        unmirror(change.handle, id);
       } else {
         s.chunks.insert(change.handle);
-        mirror[change.handle][id] = change.version;
+        mirror[change.handle].set(id, change.version);
       }
       continue;
     }
@@ -158,20 +162,24 @@ void ChunkManager::applyChanges(uint64_t id, const std::vector<ChunkReportEntry>
   }
 }
 
+void ChunkManager::unmirror(uint64_t handle, uint64_t id) {
+  ReportedCopies* m = mirror.find(handle);
+  if (m != nullptr && m->erase(id) && m->empty()) mirror.erase(handle);
+}
+
 std::vector<ChunkView> ChunkManager::mirrorLocate(uint64_t inode, uint32_t first, uint32_t count) {
   std::vector<ChunkView> out;
   auto now = timer.now();
   for (auto& record : ns.listChunks(inode, first, count)) {
     ChunkView v;
     v.record = record;
-    auto m = mirror.find(record.handle);
-    if (m != mirror.end()) {
-      for (auto& [id, version] : m->second) {
+    if (const ReportedCopies* m = mirror.find(record.handle)) {
+      m->forEach([&](uint64_t id, uint64_t version) {
         auto& server = serversById.at(id);
         if (version == record.version && now - server.lastHeartbeat <= options.deadAfter) {
           v.replicas.push_back({server.address, server.rack});
         }
-      }
+      });
     }
     out.push_back(std::move(v));
   }
@@ -189,8 +197,7 @@ uint64_t ChunkManager::registerServer(const std::string& address, const std::str
     // A re-registration replaces everything the master believed about this server.
     for (uint64_t h : serversById[id].chunks.toVector()) {
       if (mirroring) {
-        auto m = mirror.find(h);
-        if (m != mirror.end() && m->second.erase(id) && m->second.empty()) mirror.erase(m);
+        unmirror(h, id);
         continue;
       }
       if (Chunk* c = chunks.find(h)) removeReplica(*c, id);
@@ -218,7 +225,7 @@ uint64_t ChunkManager::registerServer(const std::string& address, const std::str
     // A standby only mirrors the report: the log may not have brought it the chunks yet.
     for (auto& entry : report) {
       s.chunks.insert(entry.handle);
-      mirror[entry.handle][id] = entry.version;
+      mirror[entry.handle].set(id, entry.version);
     }
   } else {
     acceptReport(s, report, stale, orphans);

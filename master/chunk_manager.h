@@ -484,8 +484,13 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   void note(std::string text);
   double balanceThreshold = -1;  // < 0: not balancing
   bool mirroring = false;
-  // A standby's mirror: handle -> server -> reported version.
-  std::map<uint64_t, std::map<uint64_t, uint64_t>> mirror;
+  // A standby's mirror: by handle, the version each server reported.
+  struct MirrorKey {
+    uint64_t& operator()(ReportedCopies& c) const { return c.handle; }
+  };
+  ChunkTable<ReportedCopies, MirrorKey> mirror;
+  // Server `id` no longer reports chunk `handle` to this standby.
+  void unmirror(uint64_t handle, uint64_t id);
   // Sharing: how many freezes hold each file, the write steps under way on each, and who
   // waits for either to change.
   std::map<uint64_t, uint32_t> frozenInodes;

@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 namespace cairn {
@@ -102,6 +104,96 @@ class ReplicaSet {
   }
 };
 static_assert(sizeof(ReplicaSet) == 16);
+
+// What chunkservers reported of one chunk to a standby master (its mirror of their
+// reports): the version each server holds, three inline, more on the heap. The key of a
+// ChunkTable (`handle`).
+class ReportedCopies {
+ public:
+  uint64_t handle = 0;
+
+  bool empty() const { return n_ == 0; }
+  size_t size() const { return n_ + (more_ ? more_->size() : 0); }
+  // The version `server` reported; 0 if none.
+  uint64_t version(uint64_t server) const {
+    for (uint8_t i = 0; i < n_; ++i) {
+      if (servers_[i] == server) return versions_[i];
+    }
+    if (more_) {
+      for (auto& [s, v] : *more_) {
+        if (s == server) return v;
+      }
+    }
+    return 0;
+  }
+  void set(uint64_t server, uint64_t version) {
+    KJ_REQUIRE(server <= UINT32_MAX, "server id out of range", server);
+    for (uint8_t i = 0; i < n_; ++i) {
+      if (servers_[i] == server) {
+        versions_[i] = version;
+        return;
+      }
+    }
+    if (more_) {
+      for (auto& [s, v] : *more_) {
+        if (s == server) {
+          v = version;
+          return;
+        }
+      }
+    }
+    if (n_ < INLINE) {
+      servers_[n_] = static_cast<uint32_t>(server);
+      versions_[n_++] = version;
+      return;
+    }
+    if (!more_) more_ = std::make_unique<std::vector<std::pair<uint32_t, uint64_t>>>();
+    more_->emplace_back(static_cast<uint32_t>(server), version);
+  }
+  // False if `server` reported none.
+  bool erase(uint64_t server) {
+    for (uint8_t i = 0; i < n_; ++i) {
+      if (servers_[i] != server) continue;
+      // The hole takes one from the heap if there are any (the heap is used only when the
+      // inline places are full), else the last inline one.
+      if (more_) {
+        std::tie(servers_[i], versions_[i]) = more_->back();
+        more_->pop_back();
+        if (more_->empty()) more_.reset();
+      } else {
+        --n_;
+        servers_[i] = servers_[n_];
+        versions_[i] = versions_[n_];
+      }
+      return true;
+    }
+    if (!more_) return false;
+    for (auto& entry : *more_) {
+      if (entry.first != server) continue;
+      entry = more_->back();
+      more_->pop_back();
+      if (more_->empty()) more_.reset();
+      return true;
+    }
+    return false;
+  }
+  // f(server, version) for each server that reported one, in no particular order.
+  template <typename F>
+  void forEach(F&& f) const {
+    for (uint8_t i = 0; i < n_; ++i) f(uint64_t{servers_[i]}, versions_[i]);
+    if (more_) {
+      for (auto& [s, v] : *more_) f(uint64_t{s}, v);
+    }
+  }
+
+ private:
+  static constexpr uint8_t INLINE = 3;
+  uint64_t versions_[INLINE] = {};
+  uint32_t servers_[INLINE] = {};
+  uint8_t n_ = 0;
+  std::unique_ptr<std::vector<std::pair<uint32_t, uint64_t>>> more_;
+};
+static_assert(sizeof(ReportedCopies) == 56);
 
 // Entries of type T by a 64-bit key that is never 0. Each entry stays at its address until
 // it is erased (references survive other insertions), in pages of PAGE entries; an

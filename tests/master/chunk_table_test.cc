@@ -1067,5 +1067,80 @@ TEST(HandleSetTest, ExtremeHandlesAndClear) {
   ASSERT_TRUE(containsExactly(h, model));
 }
 
+// ---------------------------------------------------------------------------------------
+// ReportedCopies
+
+::testing::AssertionResult sameAs(const ReportedCopies& c,
+                                  const std::map<uint64_t, uint64_t>& model) {
+  std::map<uint64_t, uint64_t> walked;
+  size_t visits = 0;
+  c.forEach([&](uint64_t server, uint64_t version) {
+    walked[server] = version;
+    ++visits;
+  });
+  if (walked != model || visits != model.size() || c.size() != model.size() ||
+      c.empty() != model.empty()) {
+    return ::testing::AssertionFailure()
+           << "size " << c.size() << ", walked " << visits << " copies, want " << model.size();
+  }
+  for (auto& [server, version] : model) {
+    if (c.version(server) != version) {
+      return ::testing::AssertionFailure()
+             << "version(" << server << ") is " << c.version(server) << ", want " << version;
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+TEST(ReportedCopiesTest, RandomOperationsMatchStdMap) {
+  // Few servers so that sets, updates and erasures of present ones are frequent, and up to
+  // eight copies so that the heap part fills and empties again and again.
+  std::mt19937_64 random(7);
+  ReportedCopies c;
+  std::map<uint64_t, uint64_t> model;
+  size_t spilled = 0;
+  for (int step = 0; step < 20000; ++step) {
+    uint64_t server = random() % 9;
+    if (random() % 3 == 0) {
+      EXPECT_EQ(c.erase(server), model.erase(server) == 1) << "step " << step;
+    } else {
+      uint64_t version = 1 + random() % 5;
+      c.set(server, version);
+      model[server] = version;
+    }
+    if (model.size() > 3) ++spilled;
+    ASSERT_TRUE(sameAs(c, model)) << "step " << step;
+    EXPECT_EQ(c.version(100), 0u);
+  }
+  EXPECT_GT(spilled, 1000u);
+}
+
+TEST(ReportedCopiesTest, ErasingAnInlineCopyTakesOneFromTheHeap) {
+  ReportedCopies c;
+  std::map<uint64_t, uint64_t> model;
+  for (uint64_t s = 1; s <= 5; ++s) {
+    c.set(s, 10 + s);
+    model[s] = 10 + s;
+  }
+  for (uint64_t s : {1, 2, 3, 4, 5}) {
+    ASSERT_TRUE(c.erase(s));
+    model.erase(s);
+    ASSERT_TRUE(sameAs(c, model)) << "after erasing " << s;
+    EXPECT_FALSE(c.erase(s));
+  }
+  EXPECT_TRUE(c.empty());
+  // Moved with its heap part, and reset by the table's erase (T()).
+  for (uint64_t s = 1; s <= 6; ++s) c.set(s, s);
+  ReportedCopies moved = std::move(c);
+  model.clear();
+  for (uint64_t s = 1; s <= 6; ++s) model[s] = s;
+  EXPECT_TRUE(sameAs(moved, model));
+  moved = ReportedCopies();
+  EXPECT_TRUE(sameAs(moved, {}));
+  moved.set(UINT32_MAX, 1);
+  EXPECT_EQ(moved.version(UINT32_MAX), 1u);
+  EXPECT_THROW(moved.set(uint64_t{UINT32_MAX} + 1, 1), kj::Exception);
+}
+
 }  // namespace
 }  // namespace cairn
