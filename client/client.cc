@@ -177,11 +177,14 @@ wire::ClientService::Client Client::master(const std::optional<Caller>& as) {
   if (!held.empty()) {
     // A new session: the files this client holds are opened again, each for whom it was
     // opened, before any other call (calls on one connection arrive in order).
+    // Opens still on their way are not: their own call goes again on this session.
     for (auto& [inode, opens] : held) {
-      for (auto& o : opens) {
-        auto req = master(o.as).openRequest();
+      auto on = opening.find(inode);
+      size_t pending = on == opening.end() ? 0 : on->second;
+      for (size_t i = 0; i + pending < opens.size(); ++i) {
+        auto req = master(opens[i].as).openRequest();
         req.setInode(inode);
-        req.setAccess(static_cast<uint8_t>(o.access));
+        req.setAccess(static_cast<uint8_t>(opens[i].access));
         req.send().detach([](kj::Exception&&) {});
       }
     }
@@ -209,18 +212,20 @@ void Client::unhold(uint64_t inode) {
 }
 
 kj::Promise<Result<FileAttr>> Client::open(uint64_t inode, int access, std::optional<Caller> as) {
+  auto req = master(as).openRequest();  // (a new session made here opens what was held)
+  req.setInode(inode);
+  req.setAccess(static_cast<uint8_t>(access));
   // Counted before the request goes: a close() of an earlier open, made while this one is
   // on its way, must not tell the master that nothing holds the file.
   held[inode].push_back(HeldOpen{as, access});
-  auto req = master(as).openRequest();
-  req.setInode(inode);
-  req.setAccess(static_cast<uint8_t>(access));
-  return callMaster<Result<FileAttr>>(as, kj::mv(req), [this, inode](auto& r) {
-    auto a = attrResult(r);
-    // The master holds nothing for this one: only the count made above goes.
-    if (!a.ok() || a.value.type != FileType::REGULAR) unhold(inode);
-    return a;
-  });
+  ++opening[inode];
+  return callMaster<Result<FileAttr>>(as, kj::mv(req), [](auto& r) { return attrResult(r); })
+      .then([this, inode](Result<FileAttr> a) {
+        if (--opening[inode] == 0) opening.erase(inode);
+        // The master holds nothing for this one: only the count made above goes.
+        if (!a.ok() || a.value.type != FileType::REGULAR) unhold(inode);
+        return a;
+      });
 }
 
 kj::Promise<void> Client::close(uint64_t inode) {
@@ -249,10 +254,9 @@ kj::Promise<void> Client::close(uint64_t inode) {
 }
 
 kj::Promise<void> Client::sendCloses() {
+  if (masterService == nullptr) closing.clear();  // the session is gone, and with it these
   if (closing.empty()) return kj::READY_NOW;
-  auto service = master();  // a new session forgets `closing`
-  if (closing.empty()) return kj::READY_NOW;
-  auto req = service.closeAllRequest();
+  auto req = master().closeAllRequest();
   auto inodes = req.initInodes(static_cast<unsigned>(closing.size()));
   for (size_t i = 0; i < closing.size(); ++i) inodes.set(static_cast<unsigned>(i), closing[i]);
   closing.clear();
@@ -643,6 +647,9 @@ kj::Promise<Status> Client::removeEntries(uint64_t dir, std::vector<DirEntryInfo
 }
 
 kj::Promise<Status> Client::unlink(uint64_t parent, std::string name, std::optional<Caller> as) {
+  // Closes that wait go first: a file closed here just before is then no orphan to record
+  // and delete later, but deleted at once. Likewise for rename (a replaced file).
+  sendCloses().detach([](kj::Exception&&) {});
   auto req = master(as).unlinkRequest();
   req.setParent(parent);
   req.setName(name);
@@ -664,6 +671,7 @@ kj::Promise<Status> Client::rmdir(uint64_t parent, std::string name, std::option
 
 kj::Promise<Status> Client::rename(uint64_t srcParent, std::string srcName, uint64_t dstParent,
                                    std::string dstName, bool noReplace, std::optional<Caller> as) {
+  sendCloses().detach([](kj::Exception&&) {});
   auto req = master(as).renameRequest();
   req.setSrcParent(srcParent);
   req.setSrcName(srcName);

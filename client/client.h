@@ -495,6 +495,7 @@ class Client {
     int access = 0;
   };
   std::map<uint64_t, std::vector<HeldOpen>> held;
+  std::map<uint64_t, uint32_t> opening;  // opens (counted in `held`) not yet answered
   // Opens ended but not yet closed at the master (see closeDelay), all of this session:
   // a new session forgets them (it holds only what `held` opens again).
   std::vector<uint64_t> closing;

@@ -140,6 +140,7 @@ void ChunkManager::applyChanges(uint64_t id, const std::vector<ChunkReportEntry>
   Server& s = found->second;
   for (auto& change : changes) {
     if (mirroring) {
+      if (change.handle == 0) continue;  // no chunk has it
       if (change.version == 0) {
         s.chunks.erase(change.handle);
         unmirror(change.handle, id);
@@ -224,6 +225,7 @@ uint64_t ChunkManager::registerServer(const std::string& address, const std::str
   if (mirroring) {
     // A standby only mirrors the report: the log may not have brought it the chunks yet.
     for (auto& entry : report) {
+      if (entry.handle == 0) continue;  // no chunk has it (a stray file's name)
       s.chunks.insert(entry.handle);
       mirror[entry.handle].set(id, entry.version);
     }

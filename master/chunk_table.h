@@ -112,6 +112,22 @@ class ReportedCopies {
  public:
   uint64_t handle = 0;
 
+  ReportedCopies() = default;
+  ReportedCopies(const ReportedCopies&) = delete;
+  ReportedCopies& operator=(const ReportedCopies&) = delete;
+  // A moved-from one is empty, with handle 0 (a free slot).
+  ReportedCopies(ReportedCopies&& other) noexcept { *this = std::move(other); }
+  ReportedCopies& operator=(ReportedCopies&& other) noexcept {
+    if (this != &other) {
+      handle = std::exchange(other.handle, 0);
+      std::memcpy(versions_, other.versions_, sizeof versions_);
+      std::memcpy(servers_, other.servers_, sizeof servers_);
+      n_ = std::exchange(other.n_, 0);
+      more_ = std::move(other.more_);
+    }
+    return *this;
+  }
+
   bool empty() const { return n_ == 0; }
   size_t size() const { return n_ + (more_ ? more_->size() : 0); }
   // The version `server` reported; 0 if none.

@@ -127,6 +127,13 @@ TEST_F(ClientTest, ClosesWithinTheDelayReachTheMasterInOneCall) {
   wait(mine->sendCloses());
   EXPECT_FALSE(m.names().isOpen(inodes[0]));
   EXPECT_EQ(masterCalls(m, "closeAll") - before, 2);
+  // An unlink sends the closes that wait first: a file closed just before is deleted at
+  // once, not kept as an orphan until they arrive.
+  auto t = wait(mine->create(1, "tmp", 0644, 3, true, /*open=*/true));
+  ASSERT_TRUE(t.ok());
+  wait(mine->close(t.value.inode));
+  ASSERT_TRUE(wait(mine->unlink(1, "tmp")).ok());
+  EXPECT_FALSE(m.names().isOpen(t.value.inode));
   // The client without the delay closes each at once.
   auto r = wait(client().create(1, "now", 0644, 3, true, /*open=*/true));
   ASSERT_TRUE(r.ok());

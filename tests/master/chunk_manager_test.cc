@@ -938,6 +938,17 @@ TEST_F(MirrorTest, AServerSilentForLongIsNoReplicaAtTheTakeover) {
   EXPECT_FALSE(goneIsLive);
 }
 
+TEST_F(MirrorTest, AReportOfHandleZeroIsNoChunkOnAStandby) {
+  // A stray file named "0" in a chunkserver's directory: no chunk has handle 0.
+  auto r = prepare(0);
+  ASSERT_TRUE(r.ok());
+  uint64_t handle = r.value.record.handle, v = r.value.record.version;
+  std::string address = r.value.replicas[0].address;
+  EXPECT_NO_THROW(standby.registerServer(address, "r", 1 << 30, 0, {{0, 1, 0}, {handle, v, 0}}));
+  EXPECT_NO_THROW(standby.applyChanges(standbyIdOf(address), {{0, 2, 0}}));
+  EXPECT_EQ(addressesOf(standby.locate(file, 0, 1)[0]), std::set<std::string>{address});
+}
+
 TEST_F(ChunkManagerTest, AManagerWithAStepInLineCanBeDestroyed) {
   // A step still waiting for a chunkserver when the master stops (ASan checks the rest).
   auto m = std::make_unique<ChunkManager>(ns, control, timer, noAudit());
