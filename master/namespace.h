@@ -348,6 +348,8 @@ std::string chunkKey(uint64_t inode, uint32_t index);
 std::string symlinkKey(uint64_t inode);
 std::string xattrKey(uint64_t inode, std::string_view name);
 std::string trashKey(int64_t deletedNs, uint64_t inode);
+// The trash by path: each trashed file also under its path, oldest first.
+std::string trashPathKey(std::string_view path, int64_t deletedNs, uint64_t inode);
 std::string orphanKey(uint64_t inode);
 std::string requestKey(uint64_t client, uint64_t seq);
 std::string sharedKey(uint64_t handle);
