@@ -76,8 +76,11 @@ void ChunkManager::becomeActive() {
   for (auto& [id, s] : serversById) {
     if (s.live) {
       s.chunks.forEach([&](uint64_t h) {
+        // A replica whose version the mirror lacks is left out, never judged stale on a
+        // version 0 (deleted): its server's next full report brings it.
         const ReportedCopies* m = mirror.find(h);
-        reports[id].push_back({h, m ? m->version(id) : 0, 0});
+        uint64_t version = m ? m->version(id) : 0;
+        if (version != 0) reports[id].push_back({h, version, 0});
       });
     }
     s.chunks.clear();
