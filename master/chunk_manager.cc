@@ -71,23 +71,38 @@ void ChunkManager::becomeActive() {
   loadFromNamespace();
   mirroring = false;
   // What each chunkserver reported to the standby is now judged as a registration would
-  // judge it, against the namespace as the log left it.
-  std::map<uint64_t, std::vector<ChunkReportEntry>> reports;
+  // judge it, against the namespace as the log left it: chunk by chunk, one look-up in the
+  // chunk map each, with each server's accepted handles gathered and its set rebuilt from
+  // them in order at the end (a look-up per replica, at random, was most of a takeover).
+  // A replica its server's set lists but the mirror lacks cannot be: the two change
+  // together. A dead server's report is no replica.
+  std::vector<std::vector<uint64_t>> held(serverIndex.size());
   for (auto& [id, s] : serversById) {
-    if (s.live) {
-      s.chunks.forEach([&](uint64_t h) {
-        // A replica whose version the mirror lacks is left out, never judged stale on a
-        // version 0 (deleted): its server's next full report brings it.
-        const ReportedCopies* m = mirror.find(h);
-        uint64_t version = m ? m->version(id) : 0;
-        if (version != 0) reports[id].push_back({h, version, 0});
-      });
-    }
+    if (s.live) held[id].reserve(s.chunks.size());
     s.chunks.clear();
     s.pendingDeletes.clear();
   }
   size_t stale = 0, orphans = 0;
-  for (auto& [id, report] : reports) acceptReport(serversById.at(id), report, stale, orphans);
+  mirror.forEach([&](ReportedCopies& m) {
+    Chunk* c = chunks.find(m.handle);
+    m.forEach([&](uint64_t id, uint64_t version) {
+      Server* s = serverOf(id);
+      if (s != nullptr && s->live && judgeReplica(*s, c, m.handle, version, stale, orphans)) {
+        countReplica(*c, id);
+      }
+    });
+    // The chunk's replicas once all of its reports are judged (adopting a newer version
+    // drops those judged before it).
+    if (c != nullptr) {
+      for (uint32_t id : c->replicas) held[id].push_back(m.handle);
+    }
+  });
+  for (size_t id = 0; id < held.size(); ++id) {
+    if (held[id].empty()) continue;
+    std::sort(held[id].begin(), held[id].end());
+    serverIndex[id]->chunks.assignSorted(held[id]);
+    std::vector<uint64_t>().swap(held[id]);
+  }
   mirror.clear();
   updateSafeMode();
   logInfo("took over the replica map of {} chunkservers ({} stale and {} orphaned replicas){}",
@@ -97,44 +112,47 @@ void ChunkManager::becomeActive() {
 
 void ChunkManager::acceptReport(Server& s, const std::vector<ChunkReportEntry>& report,
                                 size_t& stale, size_t& orphans) {
-  uint64_t id = s.id;
   for (auto& entry : report) {
-    Chunk* found = chunks.find(entry.handle);
-    if (!found) {
-      ++orphans;
-      s.pendingDeletes.push_back(entry.handle);
-      continue;
-    }
-    Chunk& c = *found;
-    if (entry.version < c.record.version) {
-      // Missed mutations while it was away: never served, deleted.
-      ++stale;
-      s.pendingDeletes.push_back(entry.handle);
-      continue;
-    }
-    if (entry.version > c.record.version && entry.version <= issuedOf(c)) {
-      // It took a version change whose answer never came (a late order, a reply lost):
-      // the change was undone or went on without it, so it missed what followed.
-      ++stale;
-      s.pendingDeletes.push_back(entry.handle);
-      continue;
-    }
-    if (entry.version > c.record.version) {
-      // The master failed after replicas moved to a new version but before it recorded
-      // it: the chunkserver has the last word, and older replicas are now the stale ones.
-      logWarn("chunk {:x}: {} reports version {} > {}; adopting it", entry.handle, s.address,
-              entry.version, c.record.version);
-      for (uint64_t other : c.replicas.toVector()) {
-        removeReplica(c, other);
-        queueDelete(other, entry.handle);
-      }
-      c.record.version = entry.version;
-      recordVersion(c).detach([](kj::Exception&& e) {
-        logError("cannot record adopted version: {}", e.getDescription().cStr());
-      });
-    }
-    addReplica(c, id);
+    Chunk* c = chunks.find(entry.handle);
+    if (judgeReplica(s, c, entry.handle, entry.version, stale, orphans)) addReplica(*c, s.id);
   }
+}
+
+bool ChunkManager::judgeReplica(Server& s, Chunk* c, uint64_t handle, uint64_t version,
+                                size_t& stale, size_t& orphans) {
+  if (c == nullptr) {
+    ++orphans;
+    s.pendingDeletes.push_back(handle);
+    return false;
+  }
+  if (version < c->record.version) {
+    // Missed mutations while it was away: never served, deleted.
+    ++stale;
+    s.pendingDeletes.push_back(handle);
+    return false;
+  }
+  if (version > c->record.version && version <= issuedOf(*c)) {
+    // It took a version change whose answer never came (a late order, a reply lost):
+    // the change was undone or went on without it, so it missed what followed.
+    ++stale;
+    s.pendingDeletes.push_back(handle);
+    return false;
+  }
+  if (version > c->record.version) {
+    // The master failed after replicas moved to a new version but before it recorded
+    // it: the chunkserver has the last word, and older replicas are now the stale ones.
+    logWarn("chunk {:x}: {} reports version {} > {}; adopting it", handle, s.address, version,
+            c->record.version);
+    for (uint64_t other : c->replicas.toVector()) {
+      removeReplica(*c, other);
+      queueDelete(other, handle);
+    }
+    c->record.version = version;
+    recordVersion(*c).detach([](kj::Exception&& e) {
+      logError("cannot record adopted version: {}", e.getDescription().cStr());
+    });
+  }
+  return true;
 }
 
 void ChunkManager::applyChanges(uint64_t id, const std::vector<ChunkReportEntry>& changes) {
@@ -291,10 +309,14 @@ size_t ChunkManager::sweepDeadServers() {
 }
 
 void ChunkManager::addReplica(Chunk& c, uint64_t server) {
+  countReplica(c, server);
+  if (Server* s = serverOf(server)) s->chunks.insert(c.record.handle);
+}
+
+void ChunkManager::countReplica(Chunk& c, uint64_t server) {
   bool before = reported(c);
   c.replicas.insert(server);
   reportedCount += reported(c) - before;
-  if (Server* s = serverOf(server)) s->chunks.insert(c.record.handle);
   mark(c);
 }
 

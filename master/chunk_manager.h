@@ -386,6 +386,8 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   // chunk set, `attention` and `reportedCount` with it.
   void addReplica(Chunk& c, uint64_t server);
   void removeReplica(Chunk& c, uint64_t server);
+  // addReplica without the server's chunk set (a takeover rebuilds the sets at its end).
+  void countReplica(Chunk& c, uint64_t server);
   // Puts the chunk in `attention` (unless the check after the start will look at it).
   void mark(Chunk& c);
   // What safe mode counts: a chunk with a replica, or one never created (nothing to wait
@@ -438,6 +440,11 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   // Takes a chunkserver's report into the map as a registration does: stale and unknown
   // replicas are queued for deletion, current ones become replicas.
   void acceptReport(Server& s, const std::vector<ChunkReportEntry>& report, size_t& stale,
+                    size_t& orphans);
+  // One reported replica of `c` (null: a chunk the namespace lacks): true if it is a
+  // replica to add. A stale or orphaned one is queued for deletion on `s`; a version newer
+  // than recorded (and never issued) is adopted, the chunk's older replicas queued.
+  bool judgeReplica(Server& s, Chunk* c, uint64_t handle, uint64_t version, size_t& stale,
                     size_t& orphans);
   std::vector<ChunkView> mirrorLocate(uint64_t inode, uint32_t first, uint32_t count);
   void queueDelete(uint64_t server, uint64_t handle);

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <tuple>
 #include <utility>
@@ -396,6 +397,19 @@ class HandleSet {
   void clear() {
     blocks_.clear();
     size_ = 0;
+  }
+  // Replaces the contents with `handles`, ascending and distinct, in blocks half full (as
+  // inserts in order leave them).
+  void assignSorted(const std::vector<uint64_t>& handles) {
+    KJ_REQUIRE(
+        std::adjacent_find(handles.begin(), handles.end(), std::greater_equal<>()) == handles.end(),
+        "handles not ascending");
+    clear();
+    for (size_t at = 0; at < handles.size(); at += BLOCK / 2) {
+      size_t end = std::min(handles.size(), at + BLOCK / 2);
+      blocks_.emplace_back(handles.begin() + at, handles.begin() + end);
+    }
+    size_ = handles.size();
   }
   template <typename F>
   void forEach(F&& f) const {

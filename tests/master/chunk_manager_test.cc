@@ -938,6 +938,60 @@ TEST_F(MirrorTest, AServerSilentForLongIsNoReplicaAtTheTakeover) {
   EXPECT_FALSE(goneIsLive);
 }
 
+TEST_F(MirrorTest, ATakeoverAdoptsANewerVersionDropsOrphansAndKeepsEachServersChunks) {
+  auto r = prepare(0);
+  auto second = prepare(1);
+  ASSERT_TRUE(r.ok() && second.ok());
+  settle();
+  uint64_t handle = r.value.record.handle, v = r.value.record.version;
+  uint64_t handle1 = second.value.record.handle, v1 = second.value.record.version;
+  for (auto& rep : second.value.replicas)
+    standby.applyChanges(standbyIdOf(rep.address), {{handle1, v1, 0}});
+  // Chunk 0: three replicas at the recorded version, and the fourth server at a newer one
+  // that the old active moved it to and died before recording (never issued here).
+  std::string newer;
+  for (auto id : standbyIds) {
+    std::string address;
+    for (auto& s : standby.servers())
+      if (s.id == id) address = s.address;
+    bool holds = addressesOf(r.value).count(address) > 0;
+    if (!holds) newer = address;
+    // And every server reports a chunk the namespace never had.
+    standby.applyChanges(id, {{handle, holds ? v : v + 7, 0}, {999999, 1, 0}});
+  }
+  ASSERT_FALSE(newer.empty());
+  standby.becomeActive();
+  EXPECT_EQ(addressesOf(standby.locate(file, 0, 1)[0]), std::set<std::string>{newer});
+  EXPECT_EQ(ns.getChunk(file, 0)->version, v + 7);
+  EXPECT_EQ(addressesOf(standby.locate(file, 1, 1)[0]), addressesOf(second.value));
+  std::map<std::string, uint64_t> held;
+  for (auto& s : standby.servers()) held[s.address] = s.chunkCount;
+  for (auto& [address, count] : held) {
+    EXPECT_EQ(count, (address == newer ? 1u : 0u) + addressesOf(second.value).count(address))
+        << address;
+  }
+  // The older replicas and the orphans go at the next heartbeats.
+  for (auto id : standbyIds) {
+    std::vector<uint64_t> d;
+    ASSERT_TRUE(standby.heartbeat(id, 1 << 30, 0, d));
+    std::sort(d.begin(), d.end());
+    std::vector<uint64_t> want{999999};
+    if (standbyIdOf(newer) != id) want.insert(want.begin(), handle);
+    std::sort(want.begin(), want.end());
+    EXPECT_EQ(d, want) << id;
+  }
+  // Each server's chunks are known: one that dies takes its replicas with it.
+  std::string gone = second.value.replicas[0].address;
+  timer.advanceTo(timer.now() + 40 * kj::SECONDS);
+  for (auto id : standbyIds) {
+    std::vector<uint64_t> d;
+    if (id != standbyIdOf(gone)) standby.heartbeat(id, 1 << 30, 0, d);
+  }
+  standby.tick();
+  EXPECT_FALSE(addressesOf(standby.locate(file, 1, 1)[0]).count(gone));
+  EXPECT_EQ(standby.locate(file, 1, 1)[0].replicas.size(), 2u);
+}
+
 TEST_F(MirrorTest, AReportOfHandleZeroIsNoChunkOnAStandby) {
   // A stray file named "0" in a chunkserver's directory: no chunk has handle 0.
   auto r = prepare(0);

@@ -1029,6 +1029,33 @@ TEST(HandleSetTest, SparseBlocksAfterErasure) {
   }
 }
 
+TEST(HandleSetTest, AssignedInOrderThenChanged) {
+  std::mt19937_64 rng(0x5eed0023);
+  for (size_t n : {0, 1, 511, 512, 513, 5000}) {
+    std::set<uint64_t> model;
+    while (model.size() < n) model.insert(rng() % 100000);
+    HandleSet h;
+    h.insert(123456789);  // replaced, not kept
+    h.assignSorted(std::vector<uint64_t>(model.begin(), model.end()));
+    ASSERT_TRUE(sameAs(h, model)) << n;
+    ASSERT_TRUE(containsExactly(h, model)) << n;
+    // Blocks made whole work as inserted ones do: splits, merges, erasing to empty.
+    for (int op = 0; op < 20000; ++op) {
+      uint64_t x = rng() % 100000;
+      if (rng() % 2) {
+        ASSERT_EQ(h.insert(x), model.insert(x).second) << "insert " << x;
+      } else {
+        ASSERT_EQ(h.erase(x), model.erase(x) == 1) << "erase " << x;
+      }
+    }
+    ASSERT_TRUE(sameAs(h, model)) << n;
+    ASSERT_TRUE(containsExactly(h, model)) << n;
+  }
+  HandleSet h;
+  EXPECT_ANY_THROW(h.assignSorted({1, 3, 2}));
+  EXPECT_ANY_THROW(h.assignSorted({1, 2, 2}));
+}
+
 TEST(HandleSetTest, ExtremeHandlesAndClear) {
   HandleSet h;
   std::set<uint64_t> model;
