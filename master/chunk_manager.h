@@ -428,6 +428,8 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   bool attended(Chunk& c);
   void removeSurplus(const std::vector<uint64_t>& handles);
   void balanceStep();
+  // Whether moving `c`'s replica from server `from` to `to` leaves it on fewer racks.
+  bool losesARack(const Chunk& c, uint64_t from, uint64_t to);
   // Copies `handle` from `source` to `target`; with `moveFrom`, that replica goes once the
   // copy is in place (a balancing move).
   void startCopy(uint64_t handle, uint64_t source, uint64_t target,

@@ -261,6 +261,8 @@ void ChunkManager::scheduleRepairs() {
   // The line is in order of urgency; a tick goes only as far into it as copies can start.
   // (Starting a copy, or revoking a lease first, puts the chunk in `attention`; the line
   // itself changes only in needingWork.)
+  // The servers a copy may go to, made once a tick (copies change only their slots).
+  std::vector<PlacementCandidate> candidates;
   for (auto it = repairLine.begin(); it != repairLine.end() && slots >= 2;) {
     Urgency key = *it++;
     uint64_t handle = std::get<2>(key);
@@ -281,15 +283,23 @@ void ChunkManager::scheduleRepairs() {
       }
     }
     if (!source) continue;
-    std::vector<PlacementCandidate> candidates;
-    for (auto& [id, s] : serversById) {
-      if (s.live && !s.decommissioning && canCopy(id) && !c.replicas.count(id) &&
-          !deletePending(s, handle)) {
-        candidates.push_back(candidate(s));
+    if (candidates.empty()) {
+      for (auto& [id, s] : serversById) {
+        if (s.live && !s.decommissioning) candidates.push_back(candidate(s));
       }
     }
-    std::vector<uint64_t> exclude(c.replicas.begin(), c.replicas.end());
-    auto target = choosePlacement(candidates, 1, exclude, options.minFreeBytes, rng);
+    // The new copy goes to another rack than the replicas that stay, where one has a free
+    // slot (a copy does not wait for one: a chunk short of copies is at risk meanwhile).
+    std::vector<std::string> racks;
+    for (uint64_t id : c.replicas) {
+      Server* s = serverOf(id);
+      if (s && s->live && !s->decommissioning && !isCorrupt(c, id)) racks.push_back(s->rack);
+    }
+    auto target = choosePlacement(candidates, 1, std::move(racks), options.minFreeBytes, rng,
+                                  [&](const PlacementCandidate& p) {
+                                    return canCopy(p.id) && !c.replicas.count(p.id) &&
+                                           !deletePending(*serverOf(p.id), handle);
+                                  });
     if (target.empty()) continue;
     startCopy(handle, *source, target[0], std::nullopt);
     slots -= 2;
@@ -410,6 +420,21 @@ double ChunkManager::balance(double threshold) {
   return (maxCount - minCount) / avg;
 }
 
+bool ChunkManager::losesARack(const Chunk& c, uint64_t from, uint64_t to) {
+  std::vector<std::string> before, after;
+  for (uint64_t id : c.replicas) {
+    const std::string& rack = serverOf(id)->rack;
+    before.push_back(rack);
+    if (id != from) after.push_back(rack);
+  }
+  after.push_back(serverOf(to)->rack);
+  auto distinct = [](std::vector<std::string>& racks) {
+    std::sort(racks.begin(), racks.end());
+    return std::unique(racks.begin(), racks.end()) - racks.begin();
+  };
+  return distinct(after) < distinct(before);
+}
+
 void ChunkManager::balanceStep() {
   if (balanceThreshold < 0) return;
   if (balance(balanceThreshold) <= balanceThreshold) {
@@ -417,20 +442,34 @@ void ChunkManager::balanceStep() {
     balanceThreshold = -1;
     return;
   }
-  // Move from the fullest live server to the emptiest, a few chunks per tick.
-  uint64_t fullest = 0, emptiest = 0;
-  size_t most = 0, least = SIZE_MAX;
+  // Move to the emptiest live server, a few chunks per tick, from the fullest one of its
+  // rack if that holds more than the average (a move within a rack keeps every chunk's
+  // racks, as HDFS's balancer pairs servers within a rack first), else from the fullest.
+  uint64_t emptiest = 0;
+  size_t least = SIZE_MAX, total = 0, n = 0;
+  for (auto& [id, s] : serversById) {
+    if (!s.live || s.decommissioning) continue;
+    if (s.chunks.size() < least) least = s.chunks.size(), emptiest = id;
+    total += s.chunks.size();
+    ++n;
+  }
+  if (n == 0) return;
+  const std::string& rack = serverOf(emptiest)->rack;
+  uint64_t fullest = 0, fullestInRack = 0;
+  size_t most = 0, mostInRack = 0;
   for (auto& [id, s] : serversById) {
     if (!s.live || s.decommissioning) continue;
     if (s.chunks.size() >= most) most = s.chunks.size(), fullest = id;
-    if (s.chunks.size() < least) least = s.chunks.size(), emptiest = id;
+    if (s.rack == rack && s.chunks.size() >= mostInRack)
+      mostInRack = s.chunks.size(), fullestInRack = id;
   }
+  if (mostInRack * n > total) fullest = fullestInRack;
   if (fullest == emptiest) return;
   for (uint64_t h : serverOf(fullest)->chunks.toVector()) {
     if (!canCopy(fullest) || !canCopy(emptiest)) break;
     Chunk* c = chunks.find(h);
     if (!c || c->copying || c->replicas.count(emptiest) || deletePending(*serverOf(emptiest), h) ||
-        !readyForRepair(h, *c)) {
+        losesARack(*c, fullest, emptiest) || !readyForRepair(h, *c)) {
       continue;
     }
     startCopy(h, fullest, emptiest, fullest);

@@ -1,26 +1,23 @@
 #include "placement.h"
 
 #include <algorithm>
-#include <set>
+#include <cmath>
 
 namespace cairn {
 
-std::vector<uint64_t> choosePlacement(const std::vector<PlacementCandidate>& candidates,
-                                      size_t count, const std::vector<uint64_t>& exclude,
-                                      uint64_t minFreeBytes, std::mt19937_64& rng) {
-  std::set<uint64_t> taken(exclude.begin(), exclude.end());
-  std::set<std::string> racksUsed;
-  for (auto& c : candidates) {
-    if (taken.count(c.id)) racksUsed.insert(c.rack);
-  }
+std::vector<uint64_t> choosePlacement(
+    const std::vector<PlacementCandidate>& candidates, size_t count,
+    std::vector<std::string> usedRacks, uint64_t minFreeBytes, std::mt19937_64& rng,
+    const std::function<bool(const PlacementCandidate&)>& eligible) {
   struct Scored {
     const PlacementCandidate* c;
     double use;
     uint64_t tie;
   };
   std::vector<Scored> pool;
+  pool.reserve(candidates.size());
   for (auto& c : candidates) {
-    if (taken.count(c.id)) continue;
+    if (eligible && !eligible(c)) continue;
     uint64_t free = c.capacityBytes > c.usedBytes ? c.capacityBytes - c.usedBytes : 0;
     free = std::min(free, c.availableBytes);
     if (free < minFreeBytes) continue;
@@ -29,19 +26,36 @@ std::vector<uint64_t> choosePlacement(const std::vector<PlacementCandidate>& can
     use += 0.01 * c.recentCreations;
     pool.push_back({&c, use, rng()});
   }
+  // Called for every candidate of every copy a repair tick starts (a thousand servers, a
+  // thousand copies): one pass per choice, each rack looked up once.
+  auto isUsed = [&usedRacks](const std::string& rack) {
+    return std::find(usedRacks.begin(), usedRacks.end(), rack) != usedRacks.end();
+  };
   std::vector<uint64_t> chosen;
   while (chosen.size() < count && !pool.empty()) {
-    auto better = [&](const Scored& a, const Scored& b) {
-      bool aNew = !racksUsed.count(a.c->rack), bNew = !racksUsed.count(b.c->rack);
-      if (aNew != bNew) return aNew;
-      // Use within 5% counts as equal; then chance decides, so equal servers share load.
-      if (std::abs(a.use - b.use) > 0.05) return a.use < b.use;
-      return a.tie < b.tie;
-    };
-    auto best = std::min_element(pool.begin(), pool.end(), better);
-    chosen.push_back(best->c->id);
-    racksUsed.insert(best->c->rack);
-    pool.erase(best);
+    size_t best = 0;
+    bool bestNew = !isUsed(pool[0].c->rack);
+    for (size_t i = 1; i < pool.size(); ++i) {
+      const Scored& a = pool[i];
+      const Scored& b = pool[best];
+      bool aNew = !isUsed(a.c->rack);
+      bool better;
+      if (aNew != bestNew) {
+        better = aNew;
+      } else if (std::abs(a.use - b.use) > 0.05) {
+        // Use within 5% counts as equal; then chance decides, so equal servers share load.
+        better = a.use < b.use;
+      } else {
+        better = a.tie < b.tie;
+      }
+      if (better) {
+        best = i;
+        bestNew = aNew;
+      }
+    }
+    chosen.push_back(pool[best].c->id);
+    usedRacks.push_back(pool[best].c->rack);
+    pool.erase(pool.begin() + static_cast<std::ptrdiff_t>(best));
   }
   return chosen;
 }

@@ -4,6 +4,7 @@
 
 #include <climits>
 #include <cstdint>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -19,13 +20,15 @@ struct PlacementCandidate {
   uint64_t availableBytes = UINT64_MAX;  // free space above the reserve, as reported
 };
 
-// Chooses up to `count` distinct candidates, never one in `exclude`: first spread over
-// racks (a rack not yet used, counting `exclude`'s racks, wins), then lower disk use and
-// fewer recent creations, with `rng` breaking ties. Candidates with less than
-// `minFreeBytes` free (and available above their reserve) are never chosen. Returns fewer when
+// Chooses up to `count` distinct candidates for new replicas of one chunk: first spread
+// over racks (a rack in neither `usedRacks`, the racks of the chunk's other replicas, nor
+// already chosen wins), then lower disk use and fewer recent creations, with `rng`
+// breaking ties. Candidates with less than `minFreeBytes` free (and available above their
+// reserve), and those `eligible` (if given) refuses, are never chosen. Returns fewer when
 // there are not enough.
-std::vector<uint64_t> choosePlacement(const std::vector<PlacementCandidate>& candidates,
-                                      size_t count, const std::vector<uint64_t>& exclude,
-                                      uint64_t minFreeBytes, std::mt19937_64& rng);
+std::vector<uint64_t> choosePlacement(
+    const std::vector<PlacementCandidate>& candidates, size_t count,
+    std::vector<std::string> usedRacks, uint64_t minFreeBytes, std::mt19937_64& rng,
+    const std::function<bool(const PlacementCandidate&)>& eligible = nullptr);
 
 }  // namespace cairn

@@ -320,6 +320,85 @@ TEST_F(ChunkManagerTest, ADeadServersChunksAreCopiedMostUrgentFirstWithinLimits)
   for (auto& v : limited.locate(file, 0, 6)) EXPECT_EQ(v.replicas.size(), 3u);
 }
 
+TEST_F(ChunkManagerTest, ARepairCopyGoesToTheRackThatLostItsReplica) {
+  // Three racks of two servers: each chunk has a replica on each rack. When a server dies,
+  // its chunks' new copies go to the other server of its rack (which has free copy slots),
+  // never next to a replica that stays.
+  ChunkManagerOptions options = noAudit();
+  options.copiesPerServer = 20;
+  ChunkManager racked(ns, control, timer, options);
+  std::map<uint64_t, std::string> rackOf;
+  std::map<std::string, std::string> rackOfAddress;
+  for (int i = 0; i < 6; ++i) {
+    std::string rack = std::string(1, static_cast<char>('a' + i / 2));
+    std::string address = "10.0.1." + std::to_string(i) + ":1";
+    rackOf[racked.registerServer(address, rack, 1 << 30, 0, {})] = rack;
+    rackOfAddress[address] = rack;
+  }
+  auto racksOf = [&](const ChunkView& v) {
+    std::multiset<std::string> racks;
+    for (auto& r : v.replicas) racks.insert(rackOfAddress[r.address]);
+    return racks;
+  };
+  const std::multiset<std::string> spread{"a", "b", "c"};
+  for (uint32_t i = 0; i < 20; ++i) {
+    auto r = racked.prepareWrite(file, i).wait(io.waitScope);
+    ASSERT_TRUE(r.ok());
+    ASSERT_EQ(racksOf(r.value), spread);
+  }
+  uint64_t victim = rackOf.begin()->first;
+  auto beat = [&]() {
+    for (auto& [id, rack] : rackOf) {
+      std::vector<uint64_t> d;
+      if (id != victim) racked.heartbeat(id, 1 << 30, 0, d);
+    }
+  };
+  for (int second = 0; second < 61; ++second) {
+    timer.advanceTo(timer.now() + kj::SECONDS);
+    beat();
+  }
+  racked.tick();
+  for (int round = 0; round < 10; ++round) {
+    settle();
+    beat();
+    racked.tick();
+  }
+  EXPECT_EQ(racked.health().underReplicated, 0u);
+  for (auto& v : racked.locate(file, 0, 20)) EXPECT_EQ(racksOf(v), spread) << v.record.handle;
+}
+
+TEST_F(ChunkManagerTest, BalancingNeverLeavesAChunkOnFewerRacks) {
+  // Each chunk on racks a, b and c; then an empty server joins rack a. Only a move from
+  // the other server of rack a keeps the spread.
+  ChunkManager racked(ns, control, timer, noAudit());
+  std::map<std::string, std::string> rackOfAddress;
+  auto join = [&](const std::string& address, const std::string& rack) {
+    rackOfAddress[address] = rack;
+    return racked.registerServer(address, rack, 1 << 30, 0, {});
+  };
+  std::vector<uint64_t> sids{join("10.0.2.1:1", "a"), join("10.0.2.2:1", "b"),
+                             join("10.0.2.3:1", "c")};
+  for (uint32_t i = 0; i < 12; ++i)
+    ASSERT_TRUE(racked.prepareWrite(file, i).wait(io.waitScope).ok());
+  timer.advanceTo(timer.now() + 61 * kj::SECONDS);  // the leases lapse
+  sids.push_back(join("10.0.2.4:1", "a"));
+  racked.balance(0.1);
+  for (int round = 0; round < 20; ++round) {
+    for (auto id : sids) {
+      std::vector<uint64_t> d;
+      racked.heartbeat(id, 1 << 30, 0, d);
+    }
+    racked.tick();
+    settle();
+  }
+  EXPECT_GT(control.copies, 0);  // it did move chunks (from the other server of rack a)
+  for (auto& v : racked.locate(file, 0, 12)) {
+    std::set<std::string> racks;
+    for (auto& r : v.replicas) racks.insert(rackOfAddress[r.address]);
+    EXPECT_EQ(racks, (std::set<std::string>{"a", "b", "c"})) << v.record.handle;
+  }
+}
+
 TEST_F(ChunkManagerTest, ATickLooksOnlyAtChunksSomethingMovedOffTheirGoal) {
   for (uint32_t i = 0; i < 20; ++i) ASSERT_TRUE(prepare(i).ok());
   manager.tick();

@@ -28,13 +28,32 @@ TEST(PlacementTest, NeverTwoReplicasOnOneChunkserver) {
   }
 }
 
-TEST(PlacementTest, ExcludedServersAreNeverChosen) {
+TEST(PlacementTest, RefusedServersAreNeverChosen) {
   std::mt19937_64 rng(7);
   auto candidates = cluster(5, 1);
   for (int trial = 0; trial < 100; ++trial) {
-    auto chosen = choosePlacement(candidates, 3, {1, 2}, 0, rng);
+    auto chosen = choosePlacement(candidates, 3, {}, 0, rng,
+                                  [](const PlacementCandidate& c) { return c.id > 2; });
     EXPECT_EQ(chosen.size(), 3u);
     for (auto id : chosen) EXPECT_GT(id, 2u);
+  }
+}
+
+TEST(PlacementTest, TheRacksOfTheOtherReplicasAreAvoided) {
+  std::mt19937_64 rng(11);
+  auto candidates = cluster(9, 3);
+  for (auto& c : candidates) {
+    if (c.rack == "rack2") c.usedBytes = 900;  // fuller than the others
+  }
+  for (int trial = 0; trial < 100; ++trial) {
+    // A rack without a replica wins over disk use...
+    auto one = choosePlacement(candidates, 1, {"rack0", "rack1"}, 0, rng);
+    ASSERT_EQ(one.size(), 1u);
+    EXPECT_EQ(candidates[one[0] - 1].rack, "rack2");
+    // ...and with every rack used, disk use decides.
+    auto two = choosePlacement(candidates, 2, {"rack0", "rack1", "rack2"}, 0, rng);
+    ASSERT_EQ(two.size(), 2u);
+    for (auto id : two) EXPECT_NE(candidates[id - 1].rack, "rack2");
   }
 }
 
@@ -43,7 +62,8 @@ TEST(PlacementTest, SpreadsOverRacks) {
   auto candidates = cluster(9, 3);
   for (int trial = 0; trial < 100; ++trial) {
     std::set<std::string> racks;
-    for (auto id : choosePlacement(candidates, 3, {}, 0, rng)) racks.insert(candidates[id - 1].rack);
+    for (auto id : choosePlacement(candidates, 3, {}, 0, rng))
+      racks.insert(candidates[id - 1].rack);
     EXPECT_EQ(racks.size(), 3u);
   }
 }
