@@ -148,6 +148,9 @@ bool ChunkManager::judgeReplica(Server& s, Chunk* c, uint64_t handle, uint64_t v
       queueDelete(other, handle);
     }
     c->record.version = version;
+    // A server holds it, so it was created (recordVersion would say so, but the replicas
+    // are empty until the caller adds this one).
+    setPending(*c, false);
     recordVersion(*c).detach([](kj::Exception&& e) {
       logError("cannot record adopted version: {}", e.getDescription().cStr());
     });

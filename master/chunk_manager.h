@@ -234,12 +234,16 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   Status safeModeRefusal() const;
   // A file's goal changed: its chunks gain or lose replicas at the next ticks.
   void goalChanged(uint64_t inode, uint8_t goal);
+  // Chunks `first`..`first + count` of a file gained or lost another file as owner: their
+  // goal is the highest of their files' again.
+  void ownersChanged(uint64_t inode, uint32_t first, uint32_t count);
   // The scrubber on `server` found its replica of `handle` bad.
   void reportCorrupt(uint64_t server, uint64_t handle);
   // Starts draining `address`; see the schema for `remaining` and `done`.
   Status decommission(const std::string& address, uint64_t& remaining, bool& done);
   // Starts balancing to within `threshold`; returns the spread of use now.
   double balance(double threshold);
+  bool balancing() const { return balanceThreshold >= 0; }
   ClusterHealth health();
   // The chunks of `inode` in [first, first+count) with their replicas and a verdict (fsck).
   std::vector<ChunkCheck> check(uint64_t inode, uint32_t first, uint32_t count);
@@ -408,6 +412,9 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   uint8_t goalOf(Chunk& c);
   uint8_t highestGoal(const std::vector<ChunkOwner>& owners);
   Counts counts(const Chunk& c);
+  // A replica that counts toward the goal: on a live server that is not draining, not
+  // found corrupt.
+  bool effective(const Chunk& c, uint64_t server);
   bool canCopy(uint64_t server);
   static bool deletePending(const Server& s, uint64_t handle);
   void updateSafeMode();

@@ -42,9 +42,14 @@ ChunkManager::Counts ChunkManager::counts(const Chunk& c) {
     Server* s = serverOf(id);
     if (!s || !s->live) continue;
     ++n.live;
-    if (!s->decommissioning && !isCorrupt(c, id)) ++n.effective;
+    n.effective += effective(c, id);
   }
   return n;
+}
+
+bool ChunkManager::effective(const Chunk& c, uint64_t server) {
+  Server* s = serverOf(server);
+  return s && s->live && !s->decommissioning && !isCorrupt(c, server);
 }
 
 bool ChunkManager::deletePending(const Server& s, uint64_t handle) {
@@ -64,6 +69,15 @@ void ChunkManager::goalChanged(uint64_t inode, uint8_t goal) {
     if (!c) continue;
     c->goal = ns.isShared(record.handle) ? 0 : goal;
     attention.insert(record.handle);
+  }
+}
+
+void ChunkManager::ownersChanged(uint64_t inode, uint32_t first, uint32_t count) {
+  for (auto& record : ns.listChunks(inode, first, count)) {
+    if (Chunk* c = chunks.find(record.handle)) {
+      c->goal = 0;  // worked out again from all its files
+      attention.insert(record.handle);
+    }
   }
 }
 
@@ -292,8 +306,7 @@ void ChunkManager::scheduleRepairs() {
     // slot (a copy does not wait for one: a chunk short of copies is at risk meanwhile).
     std::vector<std::string> racks;
     for (uint64_t id : c.replicas) {
-      Server* s = serverOf(id);
-      if (s && s->live && !s->decommissioning && !isCorrupt(c, id)) racks.push_back(s->rack);
+      if (effective(c, id)) racks.push_back(serverOf(id)->rack);
     }
     auto target = choosePlacement(candidates, 1, std::move(racks), options.minFreeBytes, rng,
                                   [&](const PlacementCandidate& p) {
@@ -421,18 +434,19 @@ double ChunkManager::balance(double threshold) {
 }
 
 bool ChunkManager::losesARack(const Chunk& c, uint64_t from, uint64_t to) {
-  std::vector<std::string> before, after;
+  const std::string& fromRack = serverOf(from)->rack;
+  const std::string& toRack = serverOf(to)->rack;
+  if (fromRack == toRack || !effective(c, from)) return false;
+  // Fewer racks exactly when no other replica stays on `from`'s rack and `to`'s rack has
+  // one already.
+  bool fromRackStays = false, toRackHeld = false;
   for (uint64_t id : c.replicas) {
+    if (id == from || !effective(c, id)) continue;
     const std::string& rack = serverOf(id)->rack;
-    before.push_back(rack);
-    if (id != from) after.push_back(rack);
+    fromRackStays |= rack == fromRack;
+    toRackHeld |= rack == toRack;
   }
-  after.push_back(serverOf(to)->rack);
-  auto distinct = [](std::vector<std::string>& racks) {
-    std::sort(racks.begin(), racks.end());
-    return std::unique(racks.begin(), racks.end()) - racks.begin();
-  };
-  return distinct(after) < distinct(before);
+  return !fromRackStays && toRackHeld;
 }
 
 void ChunkManager::balanceStep() {
@@ -442,38 +456,55 @@ void ChunkManager::balanceStep() {
     balanceThreshold = -1;
     return;
   }
-  // Move to the emptiest live server, a few chunks per tick, from the fullest one of its
-  // rack if that holds more than the average (a move within a rack keeps every chunk's
-  // racks, as HDFS's balancer pairs servers within a rack first), else from the fullest.
+  // Moves go to the emptiest live server, a few chunks per tick, from the fullest server
+  // that has a chunk to give: those of its rack first (a move within a rack keeps every
+  // chunk's racks, as HDFS's balancer pairs servers within a rack first), then the others.
   uint64_t emptiest = 0;
-  size_t least = SIZE_MAX, total = 0, n = 0;
+  size_t least = SIZE_MAX;
   for (auto& [id, s] : serversById) {
-    if (!s.live || s.decommissioning) continue;
-    if (s.chunks.size() < least) least = s.chunks.size(), emptiest = id;
-    total += s.chunks.size();
-    ++n;
-  }
-  if (n == 0) return;
-  const std::string& rack = serverOf(emptiest)->rack;
-  uint64_t fullest = 0, fullestInRack = 0;
-  size_t most = 0, mostInRack = 0;
-  for (auto& [id, s] : serversById) {
-    if (!s.live || s.decommissioning) continue;
-    if (s.chunks.size() >= most) most = s.chunks.size(), fullest = id;
-    if (s.rack == rack && s.chunks.size() >= mostInRack)
-      mostInRack = s.chunks.size(), fullestInRack = id;
-  }
-  if (mostInRack * n > total) fullest = fullestInRack;
-  if (fullest == emptiest) return;
-  for (uint64_t h : serverOf(fullest)->chunks.toVector()) {
-    if (!canCopy(fullest) || !canCopy(emptiest)) break;
-    Chunk* c = chunks.find(h);
-    if (!c || c->copying || c->replicas.count(emptiest) || deletePending(*serverOf(emptiest), h) ||
-        losesARack(*c, fullest, emptiest) || !readyForRepair(h, *c)) {
-      continue;
+    if (s.live && !s.decommissioning && s.chunks.size() < least) {
+      least = s.chunks.size();
+      emptiest = id;
     }
-    startCopy(h, fullest, emptiest, fullest);
   }
+  if (least == SIZE_MAX) return;
+  const std::string& rack = serverOf(emptiest)->rack;
+  std::vector<std::tuple<bool, size_t, uint64_t>> sources;  // (other rack, -count, id)
+  for (auto& [id, s] : serversById) {
+    if (s.live && !s.decommissioning && s.chunks.size() > least + 1) {
+      sources.emplace_back(s.rack != rack, SIZE_MAX - s.chunks.size(), id);
+    }
+  }
+  std::sort(sources.begin(), sources.end());
+  // Whether some chunk may move later (busy now) rather than never (it would leave a rack,
+  // or the emptiest holds it).
+  bool later = false;
+  for (auto& [otherRack, rank, fullest] : sources) {
+    // Half the difference at most, counting the moves under way, so that the two do not
+    // trade places.
+    size_t room = (serverOf(fullest)->chunks.size() - least) / 2;
+    room -= std::min<size_t>(room, serverOf(emptiest)->copiesInFlight);
+    bool moved = false;
+    for (uint64_t h : serverOf(fullest)->chunks.toVector()) {
+      if (room == 0 || !canCopy(fullest) || !canCopy(emptiest)) {
+        later = true;
+        break;
+      }
+      Chunk* c = chunks.find(h);
+      if (!c || c->replicas.count(emptiest) || losesARack(*c, fullest, emptiest)) continue;
+      if (c->copying || deletePending(*serverOf(emptiest), h) || !readyForRepair(h, *c)) {
+        later = true;
+        continue;
+      }
+      startCopy(h, fullest, emptiest, fullest);
+      moved = true;
+      --room;
+    }
+    if (moved || later) return;
+  }
+  logInfo("balanced as far as the racks allow: no chunk can move to {} without leaving a rack",
+          serverOf(emptiest)->address);
+  balanceThreshold = -1;
 }
 
 std::vector<ChunkCheck> ChunkManager::check(uint64_t inode, uint32_t first, uint32_t count) {

@@ -304,8 +304,16 @@ kj::Promise<Namespace::ShareResult> Master::shareSettled(uint64_t src, uint64_t 
                                [this](uint64_t inode) { return chunks->quiet(inode); });
       })
       .attach(kj::mv(thaw))
-      .then([this](Namespace::ShareResult r) {
+      .then([this, src](Namespace::ShareResult r) {
         finish(MutationResult{Status::OK(), {}, r.mutation.releasedHandles});
+        if (r.mutation.status.ok() && r.sharedLength > 0) {
+          // The source's chunks have one owner more: a shared chunk takes its files' highest
+          // goal.
+          uint64_t chunkSize = ns->chunkSize();
+          chunks->ownersChanged(
+              src, static_cast<uint32_t>(r.sharedOffset / chunkSize),
+              static_cast<uint32_t>((r.sharedLength + chunkSize - 1) / chunkSize));
+        }
         return r;
       });
 }

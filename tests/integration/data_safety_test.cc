@@ -332,6 +332,19 @@ TEST_F(DataSafetyTest, TheReplicationGoalHasOneRule) {
     }
     return true;
   })) << "surplus replicas stayed after setfattr";
+  // Its chunks shared with a file of a higher goal (cp in the mount shares them) take the
+  // higher one.
+  ASSERT_EQ(mkdir((mnt + "/three").c_str(), 0755), 0);
+  ASSERT_EQ(setxattr((mnt + "/three").c_str(), "user.cairn.replication", "3", 1, 0), 0);
+  std::string out, err;
+  ASSERT_EQ(cluster->run({"/bin/cp", mnt + "/f", mnt + "/three/f"}, &out, &err), 0) << err;
+  ASSERT_EQ(handleOf("/three/f", 0), handleOf("/f", 0));
+  EXPECT_TRUE(waitFor(20, [&]() {
+    for (size_t c = 0; c < 3; ++c) {
+      if (holders("/f", c).size() != 3) return false;
+    }
+    return true;
+  })) << "shared chunks stayed at the lower goal";
   // A directory's goal passes to new files, and their chunks follow it.
   ASSERT_EQ(mkdir((mnt + "/two").c_str(), 0755), 0);
   ASSERT_EQ(setxattr((mnt + "/two").c_str(), "user.cairn.replication", "2", 1, 0), 0);

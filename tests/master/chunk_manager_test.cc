@@ -391,7 +391,13 @@ TEST_F(ChunkManagerTest, BalancingNeverLeavesAChunkOnFewerRacks) {
     racked.tick();
     settle();
   }
-  EXPECT_GT(control.copies, 0);  // it did move chunks (from the other server of rack a)
+  // It moved chunks from the other server of rack a until the two hold as many, then
+  // stopped: a move from b or c would leave a rack.
+  EXPECT_FALSE(racked.balancing());
+  std::map<std::string, size_t> held;
+  for (auto& s : racked.servers()) held[s.address] = s.chunkCount;
+  EXPECT_EQ(held["10.0.2.1:1"], 6u);
+  EXPECT_EQ(held["10.0.2.4:1"], 6u);
   for (auto& v : racked.locate(file, 0, 12)) {
     std::set<std::string> racks;
     for (auto& r : v.replicas) racks.insert(rackOfAddress[r.address]);
@@ -1017,7 +1023,15 @@ TEST_F(MirrorTest, AServerSilentForLongIsNoReplicaAtTheTakeover) {
   EXPECT_FALSE(goneIsLive);
 }
 
-TEST_F(MirrorTest, ATakeoverAdoptsANewerVersionDropsOrphansAndKeepsEachServersChunks) {
+// Whether the newer version's report comes first or last among the chunk's reports.
+class TakeoverTest : public MirrorTest, public ::testing::WithParamInterface<bool> {
+ protected:
+  ~TakeoverTest() noexcept override {}
+};
+INSTANTIATE_TEST_SUITE_P(NewerFirstOrLast, TakeoverTest, ::testing::Bool());
+
+TEST_P(TakeoverTest, ATakeoverAdoptsANewerVersionDropsOrphansAndKeepsEachServersChunks) {
+  bool newerFirst = GetParam();
   auto r = prepare(0);
   auto second = prepare(1);
   ASSERT_TRUE(r.ok() && second.ok());
@@ -1029,24 +1043,35 @@ TEST_F(MirrorTest, ATakeoverAdoptsANewerVersionDropsOrphansAndKeepsEachServersCh
   // Chunk 0: three replicas at the recorded version, and the fourth server at a newer one
   // that the old active moved it to and died before recording (never issued here).
   std::string newer;
-  for (auto id : standbyIds) {
-    std::string address;
-    for (auto& s : standby.servers())
-      if (s.id == id) address = s.address;
-    bool holds = addressesOf(r.value).count(address) > 0;
-    if (!holds) newer = address;
-    // And every server reports a chunk the namespace never had.
-    standby.applyChanges(id, {{handle, holds ? v : v + 7, 0}, {999999, 1, 0}});
+  for (auto& s : standby.servers()) {
+    if (!addressesOf(r.value).count(s.address)) newer = s.address;
   }
   ASSERT_FALSE(newer.empty());
+  // A chunk allocated but recorded as never created, which the newer server holds too.
+  auto pending = ns.allocateChunk(file, 3).wait(io.waitScope);
+  ASSERT_TRUE(pending.ok());
+  uint64_t handle3 = pending.value.handle, v3 = pending.value.version;
+  for (int pass = 0; pass < 2; ++pass) {
+    for (auto id : standbyIds) {
+      bool isNewer = id == standbyIdOf(newer);
+      if (isNewer != (pass == 0 && newerFirst) && isNewer != (pass == 1 && !newerFirst)) continue;
+      // And every server reports a chunk the namespace never had.
+      standby.applyChanges(id, {{handle, isNewer ? v + 7 : v, 0}, {999999, 1, 0}});
+      if (isNewer) standby.applyChanges(id, {{handle3, v3 + 3, 0}});
+    }
+  }
   standby.becomeActive();
   EXPECT_EQ(addressesOf(standby.locate(file, 0, 1)[0]), std::set<std::string>{newer});
   EXPECT_EQ(ns.getChunk(file, 0)->version, v + 7);
+  settle();
+  EXPECT_EQ(ns.getChunk(file, 3)->version, v3 + 3);
+  EXPECT_FALSE(ns.getChunk(file, 3)->pending) << "a chunk a server holds was created";
+  EXPECT_EQ(addressesOf(standby.locate(file, 3, 1)[0]), std::set<std::string>{newer});
   EXPECT_EQ(addressesOf(standby.locate(file, 1, 1)[0]), addressesOf(second.value));
   std::map<std::string, uint64_t> held;
   for (auto& s : standby.servers()) held[s.address] = s.chunkCount;
   for (auto& [address, count] : held) {
-    EXPECT_EQ(count, (address == newer ? 1u : 0u) + addressesOf(second.value).count(address))
+    EXPECT_EQ(count, (address == newer ? 2u : 0u) + addressesOf(second.value).count(address))
         << address;
   }
   // The older replicas and the orphans go at the next heartbeats.
