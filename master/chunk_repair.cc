@@ -303,17 +303,29 @@ void ChunkManager::scheduleRepairs() {
       }
     }
     // The new copy goes to another rack than the replicas that stay, where one has a free
-    // slot (a copy does not wait for one: a chunk short of copies is at risk meanwhile).
+    // slot.
     std::vector<std::string> racks;
     for (uint64_t id : c.replicas) {
       if (effective(c, id)) racks.push_back(serverOf(id)->rack);
     }
-    auto target = choosePlacement(candidates, 1, std::move(racks), options.minFreeBytes, rng,
-                                  [&](const PlacementCandidate& p) {
-                                    return canCopy(p.id) && !c.replicas.count(p.id) &&
-                                           !deletePending(*serverOf(p.id), handle);
-                                  });
+    auto holds = [&](const PlacementCandidate& p) {
+      return c.replicas.count(p.id) || deletePending(*serverOf(p.id), handle);
+    };
+    auto target =
+        choosePlacement(candidates, 1, racks, options.minFreeBytes, rng,
+                        [&](const PlacementCandidate& p) { return canCopy(p.id) && !holds(p); });
     if (target.empty()) continue;
+    // Nor does a copy leave every replica on one rack while another rack has room (HDFS's
+    // rule: two racks at least): it waits for a slot there, as the chunk's place in line
+    // keeps it first to get one.
+    const std::string& rack = serverOf(target[0])->rack;
+    if (!racks.empty() &&
+        std::all_of(racks.begin(), racks.end(), [&](auto& r) { return r == rack; }) &&
+        !choosePlacement(candidates, 1, {}, options.minFreeBytes, rng,
+                         [&](const PlacementCandidate& p) { return p.rack != rack && !holds(p); })
+             .empty()) {
+      continue;
+    }
     startCopy(handle, *source, target[0], std::nullopt);
     slots -= 2;
   }
@@ -378,23 +390,35 @@ void ChunkManager::removeSurplus(const std::vector<uint64_t>& handles) {
     if (n.live <= goal && (n.effective < goal || n.live == n.effective)) continue;
     if (!readyForRepair(h, c)) continue;
     // Remove replicas that are retiring (decommissioning, or found corrupt and kept only as
-    // the last copy) once the others meet the goal, then those on the servers holding the
-    // most chunks.
+    // the last copy) once the others meet the goal, then those whose rack keeps another
+    // replica (so that the chunk stays on as many racks), then those on the servers holding
+    // the most chunks. One at a time: each removal changes which racks are shared.
     auto retiring = [this, &c](uint64_t id) {
       return serverOf(id)->decommissioning || isCorrupt(c, id);
     };
-    std::vector<uint64_t> order = c.replicas.toVector();
-    std::sort(order.begin(), order.end(), [this, &retiring](uint64_t a, uint64_t b) {
+    auto rackShared = [this, &c](uint64_t id) {
+      const std::string& rack = serverOf(id)->rack;
+      for (uint64_t other : c.replicas) {
+        if (other != id && effective(c, other) && serverOf(other)->rack == rack) return true;
+      }
+      return false;
+    };
+    auto before = [&](uint64_t a, uint64_t b) {
       if (retiring(a) != retiring(b)) return retiring(a);
+      if (rackShared(a) != rackShared(b)) return rackShared(a);
       return serverOf(a)->chunks.size() > serverOf(b)->chunks.size();
-    });
-    for (uint64_t id : order) {
+    };
+    for (;;) {
       Counts now = counts(c);
-      if (!serverOf(id)->live) continue;
-      bool surplus = retiring(id) ? now.effective >= goal : now.effective > goal;
-      if (!surplus) continue;
-      removeReplica(c, id);
-      queueDelete(id, h);
+      std::optional<uint64_t> leaving;
+      for (uint64_t id : c.replicas) {
+        if (!serverOf(id)->live) continue;
+        bool surplus = retiring(id) ? now.effective >= goal : now.effective > goal;
+        if (surplus && (!leaving || before(id, *leaving))) leaving = id;
+      }
+      if (!leaving) break;
+      removeReplica(c, *leaving);
+      queueDelete(*leaving, h);
     }
   }
 }

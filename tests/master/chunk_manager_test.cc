@@ -367,6 +367,93 @@ TEST_F(ChunkManagerTest, ARepairCopyGoesToTheRackThatLostItsReplica) {
   for (auto& v : racked.locate(file, 0, 20)) EXPECT_EQ(racksOf(v), spread) << v.record.handle;
 }
 
+TEST_F(ChunkManagerTest, ARepairCopyWaitsForARackRatherThanLeaveItsChunkOnOne) {
+  // Goal 2 over racks a (three servers) and b (two): each chunk has one replica on each.
+  // b1 dies, and b2 takes one copy at a time: the chunks wait for it rather than take a
+  // second replica on rack a.
+  ASSERT_TRUE(ns.setReplication(file, 2).wait(io.waitScope).status.ok());
+  ChunkManagerOptions options = noAudit();
+  options.copiesPerServer = 1;
+  ChunkManager racked(ns, control, timer, options);
+  std::map<std::string, std::string> rackOfAddress;
+  std::map<uint64_t, std::string> address;
+  for (auto [name, rack] : std::vector<std::pair<std::string, std::string>>{
+           {"a1", "a"}, {"a2", "a"}, {"a3", "a"}, {"b1", "b"}, {"b2", "b"}}) {
+    std::string a = "10.0.3." + std::to_string(address.size() + 1) + ":1";
+    rackOfAddress[a] = rack;
+    address[racked.registerServer(a, rack, 1 << 30, 0, {})] = name;
+  }
+  auto racksOf = [&](const ChunkView& v) {
+    std::set<std::string> racks;
+    for (auto& r : v.replicas) racks.insert(rackOfAddress[r.address]);
+    return racks;
+  };
+  for (uint32_t i = 0; i < 12; ++i) {
+    auto r = racked.prepareWrite(file, i).wait(io.waitScope);
+    ASSERT_TRUE(r.ok());
+    ASSERT_EQ(racksOf(r.value), (std::set<std::string>{"a", "b"}));
+  }
+  uint64_t victim = 0;
+  for (auto& [id, name] : address) {
+    if (name == "b1") victim = id;
+  }
+  auto beat = [&]() {
+    for (auto& [id, name] : address) {
+      std::vector<uint64_t> d;
+      if (id != victim) racked.heartbeat(id, 1 << 30, 0, d);
+    }
+  };
+  for (int second = 0; second < 61; ++second) {
+    timer.advanceTo(timer.now() + kj::SECONDS);
+    beat();
+  }
+  for (int round = 0; round < 30; ++round) {
+    racked.tick();
+    for (auto& v : racked.locate(file, 0, 12)) {
+      ASSERT_EQ(racksOf(v).count("b") + (v.replicas.size() < 2), 1u)
+          << "a second replica on rack a, round " << round;
+    }
+    settle();
+    beat();
+  }
+  EXPECT_EQ(racked.health().underReplicated, 0u);
+  for (auto& v : racked.locate(file, 0, 12)) {
+    EXPECT_EQ(racksOf(v), (std::set<std::string>{"a", "b"})) << v.record.handle;
+  }
+}
+
+TEST_F(ChunkManagerTest, ALowerGoalKeepsTheChunkOnAsManyRacks) {
+  // Five replicas on racks a, a, b, b, c; at goal 3 they stay on a, b and c.
+  ASSERT_TRUE(ns.setReplication(file, 5).wait(io.waitScope).status.ok());
+  ChunkManager racked(ns, control, timer, noAudit());
+  std::map<std::string, std::string> rackOfAddress;
+  std::vector<uint64_t> sids;
+  for (std::string rack : {"a", "a", "b", "b", "c"}) {
+    std::string a = "10.0.4." + std::to_string(sids.size() + 1) + ":1";
+    rackOfAddress[a] = rack;
+    sids.push_back(racked.registerServer(a, rack, 1 << 30, 0, {}));
+  }
+  for (uint32_t i = 0; i < 12; ++i) {
+    auto r = racked.prepareWrite(file, i).wait(io.waitScope);
+    ASSERT_TRUE(r.ok());
+    ASSERT_EQ(r.value.replicas.size(), 5u);
+  }
+  timer.advanceTo(timer.now() + 61 * kj::SECONDS);  // the leases lapse
+  for (auto id : sids) {
+    std::vector<uint64_t> d;
+    racked.heartbeat(id, 1 << 30, 0, d);
+  }
+  ASSERT_TRUE(ns.setReplication(file, 3).wait(io.waitScope).status.ok());
+  racked.goalChanged(file, 3);
+  racked.tick();
+  for (auto& v : racked.locate(file, 0, 12)) {
+    std::set<std::string> racks;
+    for (auto& r : v.replicas) racks.insert(rackOfAddress[r.address]);
+    EXPECT_EQ(v.replicas.size(), 3u);
+    EXPECT_EQ(racks, (std::set<std::string>{"a", "b", "c"})) << v.record.handle;
+  }
+}
+
 TEST_F(ChunkManagerTest, BalancingNeverLeavesAChunkOnFewerRacks) {
   // Each chunk on racks a, b and c; then an empty server joins rack a. Only a move from
   // the other server of rack a keeps the spread.
