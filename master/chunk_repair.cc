@@ -8,6 +8,8 @@
 #include <kj/debug.h>
 
 #include <algorithm>
+#include <map>
+#include <set>
 
 #include "chunk_manager.h"
 #include "log.h"
@@ -277,6 +279,10 @@ void ChunkManager::scheduleRepairs() {
   // itself changes only in needingWork.)
   // The servers a copy may go to, made once a tick (copies change only their slots).
   std::vector<PlacementCandidate> candidates;
+  // By rack: how many servers of other racks have room; the racks outside which no slot
+  // was free.
+  std::map<std::string, size_t> roomOutside;
+  std::set<std::string> slotsFullOutside;
   for (auto it = repairLine.begin(); it != repairLine.end() && slots >= 2;) {
     Urgency key = *it++;
     uint64_t handle = std::get<2>(key);
@@ -303,28 +309,43 @@ void ChunkManager::scheduleRepairs() {
       }
     }
     // The new copy goes to another rack than the replicas that stay, where one has a free
-    // slot.
+    // slot. A chunk with two copies or more, all on one rack, waits for a slot on another
+    // rack while one has room (HDFS's rule: two racks at least), first in line to get it;
+    // one down to a single copy takes the best free slot at once.
     std::vector<std::string> racks;
     for (uint64_t id : c.replicas) {
       if (effective(c, id)) racks.push_back(serverOf(id)->rack);
     }
-    auto holds = [&](const PlacementCandidate& p) {
-      return c.replicas.count(p.id) || deletePending(*serverOf(p.id), handle);
+    bool oneRack = racks.size() >= 2 &&
+                   std::all_of(racks.begin(), racks.end(), [&](auto& r) { return r == racks[0]; });
+    auto waits = [&]() {
+      // Servers of other racks with room, against those of them that hold the chunk (a
+      // corrupt or draining replica): room for it elsewhere, in time.
+      auto room = roomOutside.find(racks[0]);
+      if (room == roomOutside.end()) {
+        size_t n = 0;
+        for (auto& p : candidates) n += p.rack != racks[0] && freeBytes(p) >= options.minFreeBytes;
+        room = roomOutside.emplace(racks[0], n).first;
+      }
+      size_t held = 0;
+      for (uint64_t id : c.replicas) {
+        Server* s = serverOf(id);
+        held += s->live && !s->decommissioning && s->rack != racks[0];
+      }
+      return room->second > held;
     };
-    auto target =
-        choosePlacement(candidates, 1, racks, options.minFreeBytes, rng,
-                        [&](const PlacementCandidate& p) { return canCopy(p.id) && !holds(p); });
+    // Once a tick found no free slot outside a rack, later chunks on it wait without
+    // looking again (slots only fill during a tick).
+    if (oneRack && slotsFullOutside.count(racks[0]) && waits()) continue;
+    auto target = choosePlacement(candidates, 1, racks, options.minFreeBytes, rng,
+                                  [&](const PlacementCandidate& p) {
+                                    return canCopy(p.id) && !c.replicas.count(p.id) &&
+                                           !deletePending(*serverOf(p.id), handle);
+                                  });
     if (target.empty()) continue;
-    // Nor does a copy leave every replica on one rack while another rack has room (HDFS's
-    // rule: two racks at least): it waits for a slot there, as the chunk's place in line
-    // keeps it first to get one.
-    const std::string& rack = serverOf(target[0])->rack;
-    if (!racks.empty() &&
-        std::all_of(racks.begin(), racks.end(), [&](auto& r) { return r == rack; }) &&
-        !choosePlacement(candidates, 1, {}, options.minFreeBytes, rng,
-                         [&](const PlacementCandidate& p) { return p.rack != rack && !holds(p); })
-             .empty()) {
-      continue;
+    if (oneRack && serverOf(target[0])->rack == racks[0]) {
+      slotsFullOutside.insert(racks[0]);
+      if (waits()) continue;
     }
     startCopy(handle, *source, target[0], std::nullopt);
     slots -= 2;
@@ -515,7 +536,11 @@ void ChunkManager::balanceStep() {
         break;
       }
       Chunk* c = chunks.find(h);
-      if (!c || c->replicas.count(emptiest) || losesARack(*c, fullest, emptiest)) continue;
+      // A corrupt replica is not one to move (its copy would fail every time).
+      if (!c || c->replicas.count(emptiest) || !effective(*c, fullest) ||
+          losesARack(*c, fullest, emptiest)) {
+        continue;
+      }
       if (c->copying || deletePending(*serverOf(emptiest), h) || !readyForRepair(h, *c)) {
         later = true;
         continue;
@@ -524,8 +549,9 @@ void ChunkManager::balanceStep() {
       moved = true;
       --room;
     }
-    if (moved || later) return;
+    if (moved) return;
   }
+  if (later) return;
   logInfo("balanced as far as the racks allow: no chunk can move to {} without leaving a rack",
           serverOf(emptiest)->address);
   balanceThreshold = -1;

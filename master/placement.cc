@@ -18,9 +18,7 @@ std::vector<uint64_t> choosePlacement(
   pool.reserve(candidates.size());
   for (auto& c : candidates) {
     if (eligible && !eligible(c)) continue;
-    uint64_t free = c.capacityBytes > c.usedBytes ? c.capacityBytes - c.usedBytes : 0;
-    free = std::min(free, c.availableBytes);
-    if (free < minFreeBytes) continue;
+    if (freeBytes(c) < minFreeBytes) continue;
     double use = c.capacityBytes == 0 ? 1.0 : static_cast<double>(c.usedBytes) / c.capacityBytes;
     // Recent creations count as a little use, so that a burst spreads out.
     use += 0.01 * c.recentCreations;

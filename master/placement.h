@@ -20,6 +20,12 @@ struct PlacementCandidate {
   uint64_t availableBytes = UINT64_MAX;  // free space above the reserve, as reported
 };
 
+// Free space for new chunks: below the capacity and above the server's reserve.
+inline uint64_t freeBytes(const PlacementCandidate& c) {
+  uint64_t free = c.capacityBytes > c.usedBytes ? c.capacityBytes - c.usedBytes : 0;
+  return free < c.availableBytes ? free : c.availableBytes;
+}
+
 // Chooses up to `count` distinct candidates for new replicas of one chunk: first spread
 // over racks (a rack in neither `usedRacks`, the racks of the chunk's other replicas, nor
 // already chosen wins), then lower disk use and fewer recent creations, with `rng`

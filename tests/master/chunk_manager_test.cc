@@ -368,10 +368,9 @@ TEST_F(ChunkManagerTest, ARepairCopyGoesToTheRackThatLostItsReplica) {
 }
 
 TEST_F(ChunkManagerTest, ARepairCopyWaitsForARackRatherThanLeaveItsChunkOnOne) {
-  // Goal 2 over racks a (three servers) and b (two): each chunk has one replica on each.
-  // b1 dies, and b2 takes one copy at a time: the chunks wait for it rather than take a
-  // second replica on rack a.
-  ASSERT_TRUE(ns.setReplication(file, 2).wait(io.waitScope).status.ok());
+  // Goal 3 over racks a (three servers) and b (two): each chunk has a replica on each
+  // rack, the third on either. b1 dies, and b2 takes one copy at a time: a chunk left with
+  // two copies on rack a waits for it rather than take a third there.
   ChunkManagerOptions options = noAudit();
   options.copiesPerServer = 1;
   ChunkManager racked(ns, control, timer, options);
@@ -388,15 +387,24 @@ TEST_F(ChunkManagerTest, ARepairCopyWaitsForARackRatherThanLeaveItsChunkOnOne) {
     for (auto& r : v.replicas) racks.insert(rackOfAddress[r.address]);
     return racks;
   };
-  for (uint32_t i = 0; i < 12; ++i) {
-    auto r = racked.prepareWrite(file, i).wait(io.waitScope);
-    ASSERT_TRUE(r.ok());
-    ASSERT_EQ(racksOf(r.value), (std::set<std::string>{"a", "b"}));
-  }
   uint64_t victim = 0;
   for (auto& [id, name] : address) {
     if (name == "b1") victim = id;
   }
+  size_t leftOnA = 0;  // chunks that b1's death leaves on rack a only
+  for (uint32_t i = 0; i < 16; ++i) {
+    auto r = racked.prepareWrite(file, i).wait(io.waitScope);
+    ASSERT_TRUE(r.ok());
+    ASSERT_EQ(racksOf(r.value), (std::set<std::string>{"a", "b"}));
+    size_t onB = 0;
+    bool onVictim = false;
+    for (auto& rep : r.value.replicas) {
+      onB += rackOfAddress[rep.address] == "b";
+      onVictim |= rep.address == "10.0.3.4:1";
+    }
+    leftOnA += onVictim && onB == 1;
+  }
+  ASSERT_GT(leftOnA, 1u);  // more than b2's one slot can take at once
   auto beat = [&]() {
     for (auto& [id, name] : address) {
       std::vector<uint64_t> d;
@@ -407,17 +415,18 @@ TEST_F(ChunkManagerTest, ARepairCopyWaitsForARackRatherThanLeaveItsChunkOnOne) {
     timer.advanceTo(timer.now() + kj::SECONDS);
     beat();
   }
-  for (int round = 0; round < 30; ++round) {
+  for (int round = 0; round < 40; ++round) {
     racked.tick();
-    for (auto& v : racked.locate(file, 0, 12)) {
-      ASSERT_EQ(racksOf(v).count("b") + (v.replicas.size() < 2), 1u)
-          << "a second replica on rack a, round " << round;
+    for (auto& v : racked.locate(file, 0, 16)) {
+      ASSERT_TRUE(v.replicas.size() < 3 || racksOf(v).count("b"))
+          << "a third replica on rack a, round " << round;
     }
     settle();
     beat();
   }
   EXPECT_EQ(racked.health().underReplicated, 0u);
-  for (auto& v : racked.locate(file, 0, 12)) {
+  for (auto& v : racked.locate(file, 0, 16)) {
+    EXPECT_EQ(v.replicas.size(), 3u);
     EXPECT_EQ(racksOf(v), (std::set<std::string>{"a", "b"})) << v.record.handle;
   }
 }
@@ -1141,7 +1150,7 @@ TEST_P(TakeoverTest, ATakeoverAdoptsANewerVersionDropsOrphansAndKeepsEachServers
   for (int pass = 0; pass < 2; ++pass) {
     for (auto id : standbyIds) {
       bool isNewer = id == standbyIdOf(newer);
-      if (isNewer != (pass == 0 && newerFirst) && isNewer != (pass == 1 && !newerFirst)) continue;
+      if (isNewer != ((pass == 0) == newerFirst)) continue;
       // And every server reports a chunk the namespace never had.
       standby.applyChanges(id, {{handle, isNewer ? v + 7 : v, 0}, {999999, 1, 0}});
       if (isNewer) standby.applyChanges(id, {{handle3, v3 + 3, 0}});
