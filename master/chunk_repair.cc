@@ -552,8 +552,10 @@ void ChunkManager::balanceStep() {
     if (moved) return;
   }
   if (later) return;
-  logInfo("balanced as far as the racks allow: no chunk can move to {} without leaving a rack",
-          serverOf(emptiest)->address);
+  logInfo(
+      "balanced as far as the racks allow: no move to {} keeps every chunk's racks and narrows "
+      "the spread",
+      serverOf(emptiest)->address);
   balanceThreshold = -1;
 }
 
