@@ -117,6 +117,7 @@ struct RepairCounters {
   uint64_t copiesDone = 0;  // re-replication and balancing copies that landed
   uint64_t copiesFailed = 0;
   uint64_t replicasDropped = 0;  // found bad, or failed a write
+  uint64_t balancerLooks = 0;    // chunks the balancer looked at for a move
 };
 
 struct ChunkManagerOptions {
@@ -138,6 +139,8 @@ struct ChunkManagerOptions {
   // After a start every chunk is looked at once, this many a tick (HDFS checks its blocks
   // after safe mode in batches too), so that no tick holds the loop for long.
   size_t startupCheckPerTick = 250000;
+  // The balancer looks at this many chunks a tick at most, going on where it stopped.
+  size_t balanceLooksPerTick = 20000;
 };
 
 class ChunkManager final : private kj::TaskSet::ErrorHandler {
@@ -435,6 +438,10 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   bool attended(Chunk& c);
   void removeSurplus(const std::vector<uint64_t>& handles);
   void balanceStep();
+  void stopBalancing();
+  // The difference between the most and the fewest chunks a live server holds, over the
+  // average.
+  double spread() const;
   // Whether moving `c`'s replica from server `from` to `to` leaves it on fewer racks.
   bool losesARack(const Chunk& c, uint64_t from, uint64_t to);
   // Copies `handle` from `source` to `target`; with `moveFrom`, that replica goes once the
@@ -499,6 +506,15 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   RepairCounters repairCounters;
   void note(std::string text);
   double balanceThreshold = -1;  // < 0: not balancing
+  // Where the balancer is in each source's chunks for the server it fills: the handle it
+  // looks at next, and how many it has looked at since one moved or had to wait (a whole
+  // round of them: that source has nothing to give).
+  struct BalanceCursor {
+    uint64_t next = 0;
+    size_t idle = 0;
+  };
+  uint64_t balanceTarget = 0;
+  std::map<uint64_t, BalanceCursor> balanceCursors;  // by source server
   bool mirroring = false;
   // A standby's mirror: by handle, the version each server reported.
   struct MirrorKey {

@@ -464,7 +464,12 @@ Status ChunkManager::decommission(const std::string& address, uint64_t& remainin
 }
 
 double ChunkManager::balance(double threshold) {
+  stopBalancing();  // a new request looks at every chunk again
   balanceThreshold = threshold;
+  return spread();
+}
+
+double ChunkManager::spread() const {
   size_t minCount = SIZE_MAX, maxCount = 0, total = 0, n = 0;
   for (auto& [id, s] : serversById) {
     if (!s.live || s.decommissioning) continue;
@@ -496,9 +501,9 @@ bool ChunkManager::losesARack(const Chunk& c, uint64_t from, uint64_t to) {
 
 void ChunkManager::balanceStep() {
   if (balanceThreshold < 0) return;
-  if (balance(balanceThreshold) <= balanceThreshold) {
+  if (spread() <= balanceThreshold) {
     logInfo("balanced: chunk counts within {:.0f}% of the average", balanceThreshold * 100);
-    balanceThreshold = -1;
+    stopBalancing();
     return;
   }
   // Moves go to the emptiest live server, a few chunks per tick, from the fullest server
@@ -513,6 +518,10 @@ void ChunkManager::balanceStep() {
     }
   }
   if (least == SIZE_MAX) return;
+  if (emptiest != balanceTarget) {  // what could not go to the last one may go here
+    balanceTarget = emptiest;
+    balanceCursors.clear();
+  }
   const std::string& rack = serverOf(emptiest)->rack;
   std::vector<std::tuple<bool, size_t, uint64_t>> sources;  // (other rack, -count, id)
   for (auto& [id, s] : serversById) {
@@ -521,28 +530,34 @@ void ChunkManager::balanceStep() {
     }
   }
   std::sort(sources.begin(), sources.end());
-  // Whether some chunk may move later (busy now) rather than never (it would leave a rack,
-  // or the emptiest holds it).
+  // At most balanceLooksPerTick chunks a tick, each source's looked at in turn from where
+  // the last tick stopped. Whether some chunk may move later (busy now, not looked at yet)
+  // rather than never (it would leave a rack, or the emptiest holds it).
+  size_t budget = options.balanceLooksPerTick;
   bool later = false;
   for (auto& [otherRack, rank, fullest] : sources) {
+    const HandleSet& held = serverOf(fullest)->chunks;
+    BalanceCursor& cursor = balanceCursors[fullest];
+    if (cursor.idle >= held.size()) continue;  // a whole round with nothing to give
     // Half the difference at most, counting the moves under way, so that the two do not
     // trade places.
-    size_t room = (serverOf(fullest)->chunks.size() - least) / 2;
+    size_t room = (held.size() - least) / 2;
     room -= std::min<size_t>(room, serverOf(emptiest)->copiesInFlight);
     bool moved = false;
-    for (uint64_t h : serverOf(fullest)->chunks.toVector()) {
-      if (room == 0 || !canCopy(fullest) || !canCopy(emptiest)) {
-        later = true;
-        break;
-      }
+    for (uint64_t h : held.takeFrom(cursor.next, std::min(budget, held.size() - cursor.idle))) {
+      if (room == 0 || !canCopy(fullest) || !canCopy(emptiest)) break;
+      --budget;
+      ++repairCounters.balancerLooks;
+      cursor.next = h + 1;
+      ++cursor.idle;
       Chunk* c = chunks.find(h);
       // A corrupt replica is not one to move (its copy would fail every time).
       if (!c || c->replicas.count(emptiest) || !effective(*c, fullest) ||
           losesARack(*c, fullest, emptiest)) {
         continue;
       }
+      cursor.idle = 0;
       if (c->copying || deletePending(*serverOf(emptiest), h) || !readyForRepair(h, *c)) {
-        later = true;
         continue;
       }
       startCopy(h, fullest, emptiest, fullest);
@@ -550,13 +565,20 @@ void ChunkManager::balanceStep() {
       --room;
     }
     if (moved) return;
+    later |= cursor.idle < held.size();
   }
   if (later) return;
   logInfo(
       "balanced as far as the racks allow: no move to {} keeps every chunk's racks and narrows "
       "the spread",
       serverOf(emptiest)->address);
+  stopBalancing();
+}
+
+void ChunkManager::stopBalancing() {
   balanceThreshold = -1;
+  balanceTarget = 0;
+  balanceCursors.clear();
 }
 
 std::vector<ChunkCheck> ChunkManager::check(uint64_t inode, uint32_t first, uint32_t count) {

@@ -416,6 +416,25 @@ class HandleSet {
     for (auto& b : blocks_)
       for (uint64_t h : b) f(h);
   }
+  // Up to `max` handles in ascending order from the first >= `from`, going round to the
+  // smallest after the largest; none twice.
+  std::vector<uint64_t> takeFrom(uint64_t from, size_t max) const {
+    std::vector<uint64_t> out;
+    max = std::min(max, size_);
+    out.reserve(max);
+    auto first = blockFor(from);
+    for (auto b = first; b != blocks_.end() && out.size() < max; ++b) {
+      auto at = b == first ? std::lower_bound(b->begin(), b->end(), from) : b->begin();
+      for (; at != b->end() && out.size() < max; ++at) out.push_back(*at);
+    }
+    for (auto b = blocks_.begin(); b != blocks_.end() && b->front() < from && out.size() < max;
+         ++b) {
+      for (auto at = b->begin(); at != b->end() && *at < from && out.size() < max; ++at) {
+        out.push_back(*at);
+      }
+    }
+    return out;
+  }
   std::vector<uint64_t> toVector() const {
     std::vector<uint64_t> out;
     out.reserve(size_);

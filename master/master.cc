@@ -458,6 +458,8 @@ void Master::describeMetrics() {
   m.describe("cairn_chunk_copies_total", T::COUNTER, "copies made by the master, by result");
   m.describe("cairn_replicas_dropped_total", T::COUNTER,
              "replicas dropped as corrupt or after a failed write");
+  m.describe("cairn_balancer_chunks_looked_total", T::COUNTER,
+             "chunks the balancer looked at for a move");
   m.describe("cairn_capacity_bytes", T::GAUGE, "disk of live chunkservers");
   m.describe("cairn_used_bytes", T::GAUGE, "disk used on live chunkservers");
   m.describe("cairn_available_bytes", T::GAUGE, "room for new chunks on live chunkservers");
@@ -489,6 +491,7 @@ void Master::describeMetrics() {
     set("cairn_chunk_copies_total", {{"result", "ok"}}, static_cast<double>(r.copiesDone));
     set("cairn_chunk_copies_total", {{"result", "failed"}}, static_cast<double>(r.copiesFailed));
     set("cairn_replicas_dropped_total", {}, static_cast<double>(r.replicasDropped));
+    set("cairn_balancer_chunks_looked_total", {}, static_cast<double>(r.balancerLooks));
     double live = 0, dead = 0, draining = 0, capacity = 0, used = 0, available = 0;
     for (auto& s : chunks->servers()) {
       Labels at = {{"chunkserver", s.address}};

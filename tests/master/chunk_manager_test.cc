@@ -1,5 +1,6 @@
 #include "chunk_manager.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <kj/async-io.h>
 #include <leveldb/helpers/memenv.h>
@@ -465,40 +466,118 @@ TEST_F(ChunkManagerTest, ALowerGoalKeepsTheChunkOnAsManyRacks) {
 
 TEST_F(ChunkManagerTest, BalancingNeverLeavesAChunkOnFewerRacks) {
   // Each chunk on racks a, b and c; then an empty server joins rack a. Only a move from
-  // the other server of rack a keeps the spread.
-  ChunkManager racked(ns, control, timer, noAudit());
-  std::map<std::string, std::string> rackOfAddress;
-  auto join = [&](const std::string& address, const std::string& rack) {
-    rackOfAddress[address] = rack;
-    return racked.registerServer(address, rack, 1 << 30, 0, {});
-  };
-  std::vector<uint64_t> sids{join("10.0.2.1:1", "a"), join("10.0.2.2:1", "b"),
-                             join("10.0.2.3:1", "c")};
-  for (uint32_t i = 0; i < 12; ++i)
-    ASSERT_TRUE(racked.prepareWrite(file, i).wait(io.waitScope).ok());
-  timer.advanceTo(timer.now() + 61 * kj::SECONDS);  // the leases lapse
-  sids.push_back(join("10.0.2.4:1", "a"));
-  racked.balance(0.1);
-  for (int round = 0; round < 20; ++round) {
-    for (auto id : sids) {
-      std::vector<uint64_t> d;
-      racked.heartbeat(id, 1 << 30, 0, d);
+  // the other server of rack a keeps the spread. With a budget of looks a tick as large as
+  // every chunk, and as small as one or three: the balancer goes on where it stopped.
+  for (size_t budget : {size_t{20000}, size_t{3}, size_t{1}}) {
+    SCOPED_TRACE(budget);
+    ChunkManagerOptions options = noAudit();
+    options.balanceLooksPerTick = budget;
+    ChunkManager racked(ns, control, timer, options);
+    std::map<std::string, std::string> rackOfAddress;
+    auto join = [&](int host, const std::string& rack) {
+      std::string address = fmt::format("10.0.{}.{}:1", budget % 250, host);
+      rackOfAddress[address] = rack;
+      return racked.registerServer(address, rack, 1 << 30, 0, {});
+    };
+    std::vector<uint64_t> sids{join(1, "a"), join(2, "b"), join(3, "c")};
+    uint64_t f = ns.create(ROOT_INODE, fmt::format("balanced{}", budget), 0644, 0, 0, 3, true)
+                     .wait(io.waitScope)
+                     .inode.inode;
+    for (uint32_t i = 0; i < 12; ++i)
+      ASSERT_TRUE(racked.prepareWrite(f, i).wait(io.waitScope).ok());
+    timer.advanceTo(timer.now() + 61 * kj::SECONDS);  // the leases lapse
+    sids.push_back(join(4, "a"));
+    racked.balance(0.1);
+    size_t ticks = 0;
+    uint64_t looks = 0;
+    while (racked.balancing() && ticks < 200) {
+      for (auto id : sids) {
+        std::vector<uint64_t> d;
+        racked.heartbeat(id, 1 << 30, 0, d);
+      }
+      racked.tick();
+      ++ticks;
+      uint64_t now = racked.repairs().balancerLooks;
+      EXPECT_LE(now - looks, budget) << "tick " << ticks;
+      looks = now;
+      if (racked.health().copiesInFlight > 0) settle();
     }
-    racked.tick();
-    settle();
+    // It moved chunks from the other server of rack a until the two hold as many, then
+    // stopped once it had looked at every chunk of b and c: a move from either would leave
+    // a rack.
+    EXPECT_FALSE(racked.balancing());
+    EXPECT_GE(looks, 6u + 24u);
+    std::map<std::string, size_t> held;
+    for (auto& s : racked.servers()) held[s.address] = s.chunkCount;
+    EXPECT_EQ(held[fmt::format("10.0.{}.1:1", budget % 250)], 6u);
+    EXPECT_EQ(held[fmt::format("10.0.{}.4:1", budget % 250)], 6u);
+    for (auto& v : racked.locate(f, 0, 12)) {
+      std::set<std::string> racks;
+      for (auto& r : v.replicas) racks.insert(rackOfAddress[r.address]);
+      EXPECT_EQ(racks, (std::set<std::string>{"a", "b", "c"})) << v.record.handle;
+    }
   }
-  // It moved chunks from the other server of rack a until the two hold as many, then
-  // stopped: a move from b or c would leave a rack.
-  EXPECT_FALSE(racked.balancing());
-  std::map<std::string, size_t> held;
-  for (auto& s : racked.servers()) held[s.address] = s.chunkCount;
-  EXPECT_EQ(held["10.0.2.1:1"], 6u);
-  EXPECT_EQ(held["10.0.2.4:1"], 6u);
-  for (auto& v : racked.locate(file, 0, 12)) {
-    std::set<std::string> racks;
-    for (auto& r : v.replicas) racks.insert(rackOfAddress[r.address]);
-    EXPECT_EQ(racks, (std::set<std::string>{"a", "b", "c"})) << v.record.handle;
+}
+
+TEST_F(ChunkManagerTest, TheBalancerGoesOnPastChunksItCannotMove) {
+  // Six chunks on all four servers, then six more on the first three while the fourth is
+  // away: back, the fourth is the emptiest, and each fuller server's first six chunks are
+  // ones it holds already. A balancer that looks at one chunk a tick must go past them.
+  ChunkManagerOptions options = noAudit();
+  options.balanceLooksPerTick = 1;
+  ChunkManager m(ns, control, timer, options);
+  std::vector<uint64_t> sids;
+  for (int i = 1; i <= 4; ++i)
+    sids.push_back(m.registerServer(fmt::format("10.2.0.{}:1", i), "r", 1 << 30, 0, {}));
+  auto heartbeats = [&](size_t servers) {
+    for (size_t i = 0; i < servers; ++i) {
+      std::vector<uint64_t> d;
+      m.heartbeat(sids[i], 1 << 30, 0, d);
+    }
+  };
+  auto passSeconds = [&](int seconds, size_t servers) {
+    for (int i = 0; i < seconds; ++i) {
+      timer.advanceTo(timer.now() + kj::SECONDS);
+      heartbeats(servers);
+    }
+  };
+  auto fileOf = [&](const char* name, uint8_t goal) {
+    uint64_t f = ns.create(ROOT_INODE, name, 0644, 0, 0, goal, true).wait(io.waitScope).inode.inode;
+    for (uint32_t i = 0; i < 6; ++i) EXPECT_TRUE(m.prepareWrite(f, i).wait(io.waitScope).ok());
+    return f;
+  };
+  uint64_t everywhere = fileOf("everywhere", 4);
+  passSeconds(61, 4);  // the leases lapse
+  passSeconds(31, 3);
+  ASSERT_EQ(m.sweepDeadServers(), 1u);
+  uint64_t onThree = fileOf("on-three", 3);
+  passSeconds(61, 3);
+  std::vector<ChunkReportEntry> report;
+  for (auto& v : m.locate(everywhere, 0, 6))
+    report.push_back({v.record.handle, v.record.version, 10});
+  m.registerServer("10.2.0.4:1", "r", 1 << 30, 0, report);
+  auto countOn = [&](const std::string& address) {
+    for (auto& s : m.servers())
+      if (s.address == address) return s.chunkCount;
+    return size_t{0};
+  };
+  ASSERT_EQ(countOn("10.2.0.4:1"), 6u);
+  ASSERT_EQ(countOn("10.2.0.1:1"), 12u);
+  m.balance(0.1);
+  for (int tick = 0; tick < 200 && m.balancing(); ++tick) {
+    heartbeats(4);
+    m.tick();
+    if (m.health().copiesInFlight > 0) settle();
   }
+  EXPECT_FALSE(m.balancing());
+  // 42 replicas on four servers: 10 or 11 each.
+  for (int i = 1; i <= 4; ++i) {
+    size_t n = countOn(fmt::format("10.2.0.{}:1", i));
+    EXPECT_GE(n, 10u) << i;
+    EXPECT_LE(n, 11u) << i;
+  }
+  for (auto& v : m.locate(onThree, 0, 6)) EXPECT_EQ(v.replicas.size(), 3u);
+  for (auto& v : m.locate(everywhere, 0, 6)) EXPECT_EQ(v.replicas.size(), 4u);
 }
 
 TEST_F(ChunkManagerTest, ATickLooksOnlyAtChunksSomethingMovedOffTheirGoal) {

@@ -1056,6 +1056,47 @@ TEST(HandleSetTest, AssignedInOrderThenChanged) {
   EXPECT_ANY_THROW(h.assignSorted({1, 2, 2}));
 }
 
+TEST(HandleSetTest, TakenFromAPointRoundAndRound) {
+  std::mt19937_64 rng(0x5eed0024);
+  for (size_t n : {0, 1, 2, 1023, 1024, 1025, 6000}) {
+    std::set<uint64_t> model;
+    HandleSet h;
+    while (model.size() < n) {
+      uint64_t x = rng() % 50000;
+      model.insert(x);
+      h.insert(x);
+    }
+    for (int probe = 0; probe < 200; ++probe) {
+      uint64_t from = rng() % 50010;
+      size_t max = probe % 3 == 0 ? n + 5 : rng() % (n + 2);
+      // The model's answer: from `from` up, then from the smallest up to `from`.
+      std::vector<uint64_t> want;
+      for (auto it = model.lower_bound(from); it != model.end() && want.size() < max; ++it)
+        want.push_back(*it);
+      for (auto it = model.begin(); it != model.end() && *it < from && want.size() < max; ++it)
+        want.push_back(*it);
+      ASSERT_EQ(h.takeFrom(from, max), want) << n << " from " << from << " max " << max;
+    }
+    // Walking with the next handle as the cursor visits every handle once a round.
+    if (n == 0) continue;
+    std::vector<uint64_t> seen;
+    uint64_t cursor = rng() % 50000;
+    while (seen.size() < 2 * n) {
+      auto part = h.takeFrom(cursor, 7);
+      ASSERT_FALSE(part.empty());
+      seen.insert(seen.end(), part.begin(), part.end());
+      cursor = part.back() + 1;
+    }
+    EXPECT_EQ(std::set<uint64_t>(seen.begin(), seen.begin() + n), model) << n;
+    EXPECT_EQ(std::set<uint64_t>(seen.begin() + n, seen.begin() + 2 * n), model) << n;
+  }
+  HandleSet edge;
+  edge.insert(UINT64_MAX);
+  edge.insert(0);
+  EXPECT_EQ(edge.takeFrom(UINT64_MAX, 5), (std::vector<uint64_t>{UINT64_MAX, 0}));
+  EXPECT_EQ(edge.takeFrom(1, 1), (std::vector<uint64_t>{UINT64_MAX}));
+}
+
 TEST(HandleSetTest, ExtremeHandlesAndClear) {
   HandleSet h;
   std::set<uint64_t> model;
