@@ -42,7 +42,8 @@ TEST_F(FaultTest, AKilledChunkserversChunksReturnToGoal) {
     files.push_back(randomBytes(10 * MIB, 100 + f));  // 5 files x 10 chunks = 50 chunks
     cluster->put(files.back(), "/f" + std::to_string(f));
   }
-  ASSERT_TRUE(healthy());
+  // A replica write that timed out under load is repaired, not a failure of this test.
+  ASSERT_TRUE(waitFor(30, [&]() { return healthy(); }));
   auto t0 = Clock::now();
   cluster->killChunkserver(1);
   ASSERT_TRUE(waitFor(10, [&]() { return !isLive(cluster->chunkserverAddress(1)); }));
@@ -251,7 +252,8 @@ TEST_F(FaultTest, SigkillOfEachDaemonLosesNoChangeAnsweredWithoutFsync) {
 }
 
 TEST_F(FaultTest, TrashRestoreExpireAndOrphans) {
-  start(3, {"--trash-seconds", "3"});
+  // Long enough for the four CLI calls between the rm and the restore on a loaded machine.
+  start(3, {"--trash-seconds", "8"});
   std::string data = randomBytes(MIB + 10, 9);
   std::string err;
   ASSERT_EQ(cluster->cli({"mkdir", "/keep"}, nullptr, &err), 0);

@@ -382,16 +382,16 @@ TEST_F(MapReduceTest, AStragglerGetsABackupAttempt) {
   startCluster(3);
   for (size_t i = 0; i < 3; ++i) startWorker(i);
   auto inputs = putInputs();
-  // The first map to take the lock sleeps 15 s; every other attempt (its backup too) is
+  // The first map to take the lock sleeps 30 s; every other attempt (its backup too) is
   // quick, so the job ends long before the straggler would.
   std::string lock = cluster->dir() + "/slow";
   std::string mapper = "if mkdir " + lock + " 2>/dev/null; then echo $$ >" + lock +
-                       "/pgid; sleep 15; touch " + lock + "/done; fi; " + MAPPER;
+                       "/pgid; sleep 30; touch " + lock + "/done; fi; " + MAPPER;
   auto report = runJson({"--input", "/in", "--input", "/more.txt", "--output", "/out", "--reducers",
                          "2", "--mapper", mapper, "--reducer", REDUCER});
   EXPECT_EQ(report["state"], "succeeded");
   EXPECT_GE(report["backup_attempts"].get<int>(), 1);
-  EXPECT_LT(report["wall_seconds"].get<double>(), 12) << "the backup's result counted";
+  EXPECT_LT(report["wall_seconds"].get<double>(), 25) << "the backup's result counted";
   EXPECT_EQ(output("/out", 2), sorted(expectedWordCount(inputs)));
   // Once the job has ended, its worker stops the losing attempt: the straggler's process
   // group goes away without finishing its sleep.
@@ -526,7 +526,7 @@ TEST_F(MapReduceTest, AStoppedWorkerIsDeclaredLostAfterTheTaskTimeout) {
   pid_t stopped = 0;
   auto report =
       runWhile({"--input", "/in", "--input", "/more.txt", "--output", "/out", "--reducers", "2",
-                "--mapper", "sleep 0.5; " + MAPPER, "--reducer", REDUCER, "--task-timeout", "2"},
+                "--mapper", "sleep 0.5; " + MAPPER, "--reducer", REDUCER, "--task-timeout", "3"},
                [&](const nlohmann::json& s) {
                  if (s["maps_done"].get<int>() < 1) return false;
                  stopped = cluster->daemonPid("worker0");
