@@ -82,7 +82,8 @@ int cmdHealth(CliContext& c, bool json) {
                                {"over_replicated", v.overReplicated},
                                {"copies_in_flight", v.copiesInFlight},
                                {"corrupt", v.corrupt},
-                               {"unchecked", v.unchecked}})
+                               {"unchecked", v.unchecked},
+                               {"on_one_rack", v.onOneRack}})
                    .dump(2));
     return 0;
   }
@@ -91,6 +92,10 @@ int cmdHealth(CliContext& c, bool json) {
              "flight {}, corrupt {}\n",
              v.safeMode ? "SAFE MODE; " : "", v.chunks, v.underReplicated, v.missing,
              v.overReplicated, v.copiesInFlight, v.corrupt);
+  if (v.onOneRack > 0) {
+    fmt::print(c.out, "{} chunks on one rack while another has room (being copied there)\n",
+               v.onOneRack);
+  }
   if (v.unchecked > 0) {
     fmt::print(c.out, "{} chunks not yet checked since the master started\n", v.unchecked);
   }
@@ -350,6 +355,7 @@ int cmdReport(CliContext& c, bool json) {
                                {"missing", h.missing},
                                {"corrupt", h.corrupt},
                                {"over_replicated", h.overReplicated},
+                               {"on_one_rack", h.onOneRack},
                                {"copies_in_flight", h.copiesInFlight},
                                {"live_chunkservers", live},
                                {"dead_chunkservers", servers.value.size() - live},
@@ -363,7 +369,8 @@ int cmdReport(CliContext& c, bool json) {
              "Master: {}\nSafe mode: {}\nCapacity: {}\nUsed: {} ({})\nAvailable: {}\n"
              "Files and directories: {}\nChunks: {} ({} each at most)\n"
              "Under-replicated chunks: {}\nMissing chunks: {}\nCorrupt replicas kept: {}\n"
-             "Over-replicated chunks: {}\nCopies in flight: {}\n"
+             "Over-replicated chunks: {}\nChunks on one rack while another has room: {}\n"
+             "Copies in flight: {}\n"
              "Chunkservers: {} live, {} dead, {} decommissioning\n",
              c.client.masterAddress(),
              !safe.value.on      ? "off"
@@ -371,7 +378,7 @@ int cmdReport(CliContext& c, bool json) {
                                  : "on",
              bytes(st.capacityBytes), bytes(used), percent(used, st.capacityBytes),
              bytes(st.freeBytes), st.files, h.chunks, bytes(chunkSize), h.underReplicated,
-             h.missing, h.corrupt, h.overReplicated, h.copiesInFlight, live,
+             h.missing, h.corrupt, h.overReplicated, h.onOneRack, h.copiesInFlight, live,
              servers.value.size() - live, draining);
   for (auto& s : servers.value) {
     fmt::print(c.out,

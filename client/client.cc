@@ -871,7 +871,7 @@ kj::Promise<Result<HealthInfo>> Client::health() {
       std::nullopt, kj::mv(req), [](auto& r) -> Result<HealthInfo> {
         return HealthInfo{r.getSafeMode(), r.getChunks(),         r.getUnderReplicated(),
                           r.getMissing(),  r.getOverReplicated(), r.getCopiesInFlight(),
-                          r.getCorrupt(),  r.getUnchecked()};
+                          r.getCorrupt(),  r.getUnchecked(),      r.getOnOneRack()};
       });
 }
 

@@ -112,6 +112,7 @@ struct HealthInfo {
   uint64_t copiesInFlight = 0;
   uint64_t corrupt = 0;    // replicas found bad, kept as the last copy of their chunk
   uint64_t unchecked = 0;  // not looked at yet since the master started
+  uint64_t onOneRack = 0;  // at their goal, on one rack while another has room
 };
 
 // One master as it describes itself (cairn admin masters).

@@ -57,6 +57,7 @@ struct ClusterHealth {
   uint64_t copiesInFlight = 0;
   uint64_t corrupt = 0;    // kept although found bad: the last copy of its chunk
   uint64_t unchecked = 0;  // not looked at yet since the start: left out of the counts above
+  uint64_t onOneRack = 0;  // at their goal but on one rack while another has room
 };
 
 struct ChunkReportEntry {
@@ -424,7 +425,18 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   // The chunks of `attention` still off their goal that are not short of copies (those go
   // to the repair line); those at their goal leave the set.
   std::vector<uint64_t> needingWork();
+  // At its goal: as many effective and live replicas as the goal, no copy under way, and
+  // not onOneRack().
   bool atGoal(Chunk& c);
+  bool replicasAtGoal(Chunk& c);
+  // Two effective replicas or more, all on one rack, while a server of another rack that
+  // does not hold the chunk has room for it (HDFS's rule: two racks at least). Judged
+  // against the room counted at the last tick.
+  bool onOneRack(const Chunk& c);
+  void countRoomByRack();
+  // Copies each chunk of `handles` that is onOneRack() to another rack; the surplus then
+  // leaves from the shared rack (see removeSurplus).
+  void spreadRacks(const std::vector<uint64_t>& handles);
   // Checks the next `n` chunks (in slot order, round and round) for one off its goal that
   // nothing put in `attention` (options.auditPerTick each tick; after a start, every chunk
   // once, options.startupCheckPerTick a tick).
@@ -489,6 +501,9 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   std::set<Urgency> repairLine;
   std::unordered_map<uint64_t, Urgency> inRepairLine;
   size_t auditCursor = 0;  // the next slot of `chunks` audit() looks at
+  // Live servers not draining that have room for a chunk, by rack, counted each tick.
+  std::map<std::string, size_t> roomByRack;
+  size_t roomTotal = 0;
   size_t startupLeft = 0;  // chunks `unchecked`
   // Chunks whose record owes a cut, and when the ticks try it next.
   struct OwedCut {

@@ -138,17 +138,87 @@ void ChunkManager::tick() {
   if (safeMode) return;
   pruneActivity();
   settleOwedCuts();
+  countRoomByRack();
   audit(options.auditPerTick);
   auto offGoal = needingWork();
   scheduleRepairs();
+  spreadRacks(offGoal);
   removeSurplus(offGoal);
   balanceStep();
 }
 
-bool ChunkManager::atGoal(Chunk& c) {
+bool ChunkManager::replicasAtGoal(Chunk& c) {
   Counts n = counts(c);
   size_t goal = goalOf(c);
   return !c.copying && n.live == goal && n.effective == goal;
+}
+
+bool ChunkManager::atGoal(Chunk& c) { return replicasAtGoal(c) && !onOneRack(c); }
+
+void ChunkManager::countRoomByRack() {
+  roomByRack.clear();
+  roomTotal = 0;
+  for (auto& [id, s] : serversById) {
+    if (!s.live || s.decommissioning || freeBytes(candidate(s)) < options.minFreeBytes) continue;
+    roomByRack[s.rack]++;
+    roomTotal++;
+  }
+}
+
+bool ChunkManager::onOneRack(const Chunk& c) {
+  if (roomByRack.empty()) return false;
+  const std::string* rack = nullptr;
+  size_t effectiveCount = 0, heldElsewhere = 0;
+  for (uint64_t id : c.replicas) {
+    if (!effective(c, id)) continue;
+    const std::string& r = serverOf(id)->rack;
+    if (rack && r != *rack) return false;
+    rack = &r;
+    ++effectiveCount;
+  }
+  if (effectiveCount < 2) return false;
+  // Servers of other racks with room, less those among them that hold the chunk (a corrupt
+  // or draining replica).
+  auto same = roomByRack.find(*rack);
+  size_t outside = roomTotal - (same == roomByRack.end() ? 0 : same->second);
+  for (uint64_t id : c.replicas) {
+    Server* s = serverOf(id);
+    heldElsewhere += s->live && !s->decommissioning && s->rack != *rack;
+  }
+  return outside > heldElsewhere;
+}
+
+void ChunkManager::spreadRacks(const std::vector<uint64_t>& handles) {
+  std::vector<PlacementCandidate> candidates;
+  for (uint64_t h : handles) {
+    Chunk* found = chunks.find(h);
+    if (!found || found->copying) continue;
+    Chunk& c = *found;
+    // Short chunks are the repair line's; a surplus goes first (it may be on the rack).
+    if (!replicasAtGoal(c) || !onOneRack(c)) continue;
+    std::optional<uint64_t> source;
+    std::vector<std::string> racks;
+    for (uint64_t id : c.replicas) {
+      if (!effective(c, id)) continue;
+      racks.push_back(serverOf(id)->rack);
+      if (!source && canCopy(id)) source = id;
+    }
+    if (!source) continue;
+    if (candidates.empty()) {
+      for (auto& [id, s] : serversById) {
+        if (s.live && !s.decommissioning) candidates.push_back(candidate(s));
+      }
+    }
+    auto target = choosePlacement(
+        candidates, 1, racks, options.minFreeBytes, rng, [&](const PlacementCandidate& p) {
+          return p.rack != racks[0] && canCopy(p.id) && !c.replicas.count(p.id) &&
+                 !deletePending(*serverOf(p.id), h);
+        });
+    if (target.empty() || !readyForRepair(h, c)) continue;
+    logInfo("chunk {:x}: all {} replicas on rack '{}'; copying one to rack '{}'", h, racks.size(),
+            racks[0], serverOf(target[0])->rack);
+    startCopy(h, *source, target[0], std::nullopt);
+  }
 }
 
 std::vector<uint64_t> ChunkManager::needingWork() {
@@ -204,6 +274,9 @@ size_t ChunkManager::awaitingAttention() const {
   return n;
 }
 
+// Chunks the audit puts in `attention` only because they sit on one rack, at most.
+constexpr size_t SPREAD_BACKLOG = 10000;
+
 void ChunkManager::audit(size_t n) {
   bool startup = startupLeft > 0;
   if (startup) n = std::max({n, options.startupCheckPerTick, size_t{1}});
@@ -222,6 +295,13 @@ void ChunkManager::audit(size_t n) {
       }
     }
     if (attended(*c)) continue;
+    if (replicasAtGoal(*c) && !inRepairLine.count(c->record.handle)) {
+      // Only its racks are off (see onOneRack): no change asks for a look at these (a rack
+      // gained room, a last copy went to its own rack), the audit finds them, a bounded
+      // number waiting at once.
+      if (attention.size() < SPREAD_BACKLOG) attention.insert(c->record.handle);
+      continue;
+    }
     // Every change of a chunk's replicas or goal asks for attention: but for the first look
     // after the start, this is a bug's trace.
     if (!first) {
@@ -637,6 +717,7 @@ ClusterHealth ChunkManager::health() {
     if (n.live > goal) out.overReplicated++;
     out.copiesInFlight += c.copying;
     out.corrupt += corruptCount(c);
+    out.onOneRack += replicasAtGoal(c) && onOneRack(c);
   };
   for (uint64_t h : attention) count(h);
   for (auto& [h, key] : inRepairLine) {

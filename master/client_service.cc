@@ -434,6 +434,7 @@ class ClientServiceImpl final : public wire::ClientService::Server {
     results.setCopiesInFlight(h.copiesInFlight);
     results.setCorrupt(h.corrupt);
     results.setUnchecked(h.unchecked);
+    results.setOnOneRack(h.onOneRack);
     return kj::READY_NOW;
   }
 

@@ -486,6 +486,7 @@ void Master::describeMetrics() {
     set("cairn_chunks", {{"state", "over_replicated"}}, static_cast<double>(h.overReplicated));
     set("cairn_chunks", {{"state", "corrupt"}}, static_cast<double>(h.corrupt));
     set("cairn_chunks", {{"state", "unchecked"}}, static_cast<double>(h.unchecked));
+    set("cairn_chunks", {{"state", "on_one_rack"}}, static_cast<double>(h.onOneRack));
     set("cairn_chunk_copies_in_flight", {}, static_cast<double>(h.copiesInFlight));
     auto& r = chunks->repairs();
     set("cairn_chunk_copies_total", {{"result", "ok"}}, static_cast<double>(r.copiesDone));

@@ -90,6 +90,7 @@ std::string Master::statusPage() {
   body += row("Missing chunks", std::to_string(h.missing), h.missing > 0);
   body += row("Corrupt replicas kept (last copies)", std::to_string(h.corrupt), h.corrupt > 0);
   body += row("Over-replicated chunks", std::to_string(h.overReplicated));
+  body += row("Chunks on one rack while another has room", std::to_string(h.onOneRack));
   if (h.unchecked > 0) {
     body += row("Chunks not yet checked since the start", std::to_string(h.unchecked), true);
   }

@@ -222,9 +222,11 @@ interface ClientService {
   # and the spread now.
   clusterHealth @29 () -> (safeMode :Bool, chunks :UInt64, underReplicated :UInt64,
                            missing :UInt64, overReplicated :UInt64, copiesInFlight :UInt64,
-                           corrupt :UInt64, unchecked :UInt64);
+                           corrupt :UInt64, unchecked :UInt64, onOneRack :UInt64);
   # `unchecked`: chunks the master has not looked at yet since it started (it looks at every
   # one once, in batches, after safe mode); the counts above leave them out until then.
+  # `onOneRack`: chunks at their goal with every replica on one rack while another rack has
+  # room (found by the master's audit; each gets a copy on another rack).
 
   # Open files. Each ClientService capability is one client session (one connection): a
   # regular file it has open outlives its last name until the session closes it or ends.

@@ -519,6 +519,60 @@ TEST_F(ChunkManagerTest, BalancingNeverLeavesAChunkOnFewerRacks) {
   }
 }
 
+TEST_F(ChunkManagerTest, ChunksOnOneRackMoveToAnotherOnceItHasRoom) {
+  // Two servers on rack a hold every chunk (goal 2); a server of rack b joins full, then
+  // has room: the audit finds the chunks, each gets a copy on b and then loses one of its
+  // copies on a, and none ever has fewer than two.
+  ChunkManagerOptions options = noAudit();
+  options.auditPerTick = 100;
+  options.minFreeBytes = 1 << 20;
+  ChunkManager m(ns, control, timer, options);
+  std::map<std::string, std::string> rackOf;
+  std::vector<uint64_t> sids;
+  auto join = [&](const std::string& address, const std::string& rack, uint64_t used) {
+    rackOf[address] = rack;
+    sids.push_back(m.registerServer(address, rack, 1 << 30, used, {}));
+  };
+  join("10.3.0.1:1", "a", 0);
+  join("10.3.0.2:1", "a", 0);
+  uint64_t f =
+      ns.create(ROOT_INODE, "one-rack", 0644, 0, 0, 2, true).wait(io.waitScope).inode.inode;
+  for (uint32_t i = 0; i < 8; ++i) ASSERT_TRUE(m.prepareWrite(f, i).wait(io.waitScope).ok());
+  join("10.3.0.3:1", "b", 1 << 30);
+  uint64_t bUsed = 1 << 30;
+  auto second = [&]() {
+    timer.advanceTo(timer.now() + kj::SECONDS);
+    for (size_t i = 0; i < sids.size(); ++i) {
+      std::vector<uint64_t> d;
+      m.heartbeat(sids[i], 1 << 30, i == 2 ? bUsed : 0, d);
+    }
+    m.tick();
+    if (m.health().copiesInFlight > 0) settle();
+    for (auto& v : m.locate(f, 0, 8)) ASSERT_GE(v.replicas.size(), 2u) << v.record.handle;
+  };
+  auto racksOf = [&](const ChunkView& v) {
+    std::multiset<std::string> racks;
+    for (auto& r : v.replicas) racks.insert(rackOf[r.address]);
+    return racks;
+  };
+  for (int i = 0; i < 70; ++i) second();  // the leases lapse; b has no room
+  for (auto& v : m.locate(f, 0, 8)) EXPECT_EQ(racksOf(v), (std::multiset<std::string>{"a", "a"}));
+  EXPECT_EQ(control.copies, 0);
+  EXPECT_EQ(m.health().onOneRack, 0u);  // no other rack has room
+  bUsed = 0;
+  second();
+  EXPECT_GT(m.health().onOneRack, 0u);  // found, and waiting for a slot on b
+  for (int i = 0; i < 30; ++i) second();
+  EXPECT_EQ(m.health().onOneRack, 0u);
+  for (auto& v : m.locate(f, 0, 8)) {
+    EXPECT_EQ(racksOf(v), (std::multiset<std::string>{"a", "b"})) << v.record.handle;
+  }
+  EXPECT_EQ(control.copies, 8);
+  auto h = m.health();
+  EXPECT_EQ(h.overReplicated + h.underReplicated + h.copiesInFlight, 0u);
+  EXPECT_EQ(m.offGoalUnattended(), 0u);
+}
+
 TEST_F(ChunkManagerTest, TheBalancerGoesOnPastChunksItCannotMove) {
   // Six chunks on all four servers, then six more on the first three while the fourth is
   // away: back, the fourth is the emptiest, and each fuller server's first six chunks are
