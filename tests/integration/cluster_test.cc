@@ -166,7 +166,8 @@ TEST_F(IntegrationTest, AnUnreachableMasterFailsFastNamingItsAddress) {
   auto begin = std::chrono::steady_clock::now();
   EXPECT_NE(cluster->cli({"ls", "/"}, nullptr, &err), 0);
   auto took = std::chrono::steady_clock::now() - begin;
-  EXPECT_LT(took, std::chrono::seconds(5));
+  // The CLI retries for two seconds; the rest is margin for a loaded machine.
+  EXPECT_LT(took, std::chrono::seconds(8));
   EXPECT_NE(err.find(cluster->masterAddress()), std::string::npos) << err;
 }
 

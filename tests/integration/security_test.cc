@@ -289,7 +289,7 @@ TEST_F(SecurityTest, ReadsGoOnWhileTokenKeysRotate) {
     ++reads;
     calls.client->timerForTools().afterDelay(200 * kj::MILLISECONDS).wait(calls.io.waitScope);
   }
-  EXPECT_GT(reads, 10);
+  EXPECT_GT(reads, 4);  // each pass 200 ms or more: several keys and tokens went by
   EXPECT_EQ(cluster->get("/f"), data);
 }
 
