@@ -86,6 +86,8 @@ double rssNow() {
   return static_cast<double>(resident) * sysconf(_SC_PAGESIZE);
 }
 
+constexpr size_t RACKS = 20;  // server s is on rack s % RACKS
+
 std::string address(size_t server) {
   return fmt::format("10.{}.{}.{}:9400", server / 65536, server / 256 % 256, server % 256);
 }
@@ -159,14 +161,16 @@ int main(int argc, char** argv) {
   // is at version 1).
   std::vector<std::vector<uint64_t>> held(servers);
   std::mt19937_64 random(1);
+  // Three servers of three racks (server s is on rack s % RACKS), as placement chooses.
   ns.forEachChunk([&](uint64_t, const ChunkRecord& record) {
-    size_t first = random() % servers;
-    size_t step = 1 + random() % (servers - 1);
-    for (size_t r = 0; r < 3; ++r) {
-      size_t s = (first + r * step) % servers;
-      if (r == 2 && s == first) s = (s + 1) % servers;  // step * 2 wrapped onto the first
-      held[s].push_back(record.handle);
+    size_t picked[3];
+    for (size_t r = 0; r < 3;) {
+      size_t s = random() % servers;
+      bool sameRack = false;
+      for (size_t i = 0; i < r; ++i) sameRack |= picked[i] % RACKS == s % RACKS;
+      if (!sameRack) picked[r++] = s;
     }
+    for (size_t s : picked) held[s].push_back(record.handle);
   });
 
   double rssBefore = rssNow();
@@ -184,7 +188,7 @@ int main(int argc, char** argv) {
     for (uint64_t h : held[s]) report.push_back({h, 1, 64ull << 20});
     held[s] = {};
     started = cpuSeconds();
-    ids.push_back(manager.registerServer(address(s), fmt::format("rack{}", s % 20), 16ull << 40,
+    ids.push_back(manager.registerServer(address(s), fmt::format("rack{}", s % RACKS), 16ull << 40,
                                          report.size() * (64ull << 20), report));
     registering += cpuSeconds() - started;
   }

@@ -99,6 +99,21 @@ void replyEntry(fuse_req_t req, const Result<FileAttr>& r) {
   fuse_reply_entry(req, &e);
 }
 
+// A name found missing is answered as an entry without an inode, which the kernel keeps
+// as a negative entry for negativeTimeout seconds (NFS keeps them too): the probes of a
+// compiler's include path, a shell's PATH or a create that looked first ask once.
+void replyLookup(fuse_req_t req, const Result<FileAttr>& r) {
+  double negative = fsOf(req).options.negativeTimeout;
+  if (!r.ok() && toErrno(r.status.code()) == ENOENT && negative > 0) {
+    fuse_entry_param e;
+    memset(&e, 0, sizeof(e));
+    e.entry_timeout = negative;
+    fuse_reply_entry(req, &e);
+    return;
+  }
+  replyEntry(req, r);
+}
+
 void replyAttr(fuse_req_t req, const Result<FileAttr>& r) {
   if (!r.ok()) {
     fuse_reply_err(req, toErrno(r.status.code()));
@@ -190,7 +205,7 @@ void cfsLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   serve(
       req, "lookup",
       [&](Client& c, FileCache& fc) { return seenHere(fc, c.lookup(parent, name, who)); },
-      replyEntry);
+      replyLookup);
 }
 
 void cfsForget(fuse_req_t req, fuse_ino_t, uint64_t) {

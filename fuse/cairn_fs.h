@@ -17,6 +17,10 @@ namespace cairn {
 struct MountOptions {
   double entryTimeout = 1.0;  // seconds the kernel may cache a name
   double attrTimeout = 1.0;   // seconds the kernel may cache attributes
+  // Seconds the kernel may cache that a name does not exist (0: it asks each time; the
+  // mount's -o negative_timeout, entry_timeout unless given). Names this mount makes
+  // replace the cached absence at once; another client's are seen after this long.
+  double negativeTimeout = 1.0;
   // Seconds a released file may stay open at the master, so that the releases of that time
   // go in one call (ClientOptions::closeDelay); 0: each release is its own call.
   double closeDelay = 0.02;

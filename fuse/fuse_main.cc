@@ -28,6 +28,8 @@ const char* USAGE =
     "                  reloads it\n"
     "  [--insecure]    plaintext, for one trusted host (or CAIRN_INSECURE=1)\n"
     "options (-o): entry_timeout=SECONDS, attr_timeout=SECONDS (default 1),\n"
+    "  negative_timeout=SECONDS (how long a name's absence may be cached; default\n"
+    "  entry_timeout),\n"
     "  close_delay=SECONDS (0 to 10, default 0.02: releases of that time go to the master\n"
     "  in one call), standby_reads\n"
     "  (stat, lookup, readdir and locations from a standby master in sync; also\n"
@@ -41,6 +43,7 @@ struct Args {
   bool foreground = false;
   bool debug = false;
   std::optional<bool> standbyReads;
+  std::optional<double> negativeTimeout;  // as entry_timeout unless given
   std::vector<std::string> fuseOptions;
   cairn::MountOptions mount;
   cairn::SecurityFlags security;
@@ -56,6 +59,8 @@ bool parseOptions(const std::string& list, Args& a) {
       a.mount.entryTimeout = atof(opt.c_str() + 14);
     } else if (opt.rfind("attr_timeout=", 0) == 0) {
       a.mount.attrTimeout = atof(opt.c_str() + 13);
+    } else if (opt.rfind("negative_timeout=", 0) == 0) {
+      a.negativeTimeout = atof(opt.c_str() + 17);
     } else if (opt.rfind("close_delay=", 0) == 0) {
       a.mount.closeDelay = atof(opt.c_str() + 12);
     } else if (opt == "standby_reads") {
@@ -66,8 +71,9 @@ bool parseOptions(const std::string& list, Args& a) {
     if (comma == std::string::npos) break;
     start = comma + 1;
   }
-  return a.mount.entryTimeout >= 0 && a.mount.attrTimeout >= 0 && a.mount.closeDelay >= 0 &&
-         a.mount.closeDelay <= 10;
+  a.mount.negativeTimeout = a.negativeTimeout.value_or(a.mount.entryTimeout);
+  return a.mount.entryTimeout >= 0 && a.mount.attrTimeout >= 0 && a.mount.negativeTimeout >= 0 &&
+         a.mount.closeDelay >= 0 && a.mount.closeDelay <= 10;
 }
 
 bool parseArgs(int argc, char** argv, Args& a) {

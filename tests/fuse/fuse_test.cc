@@ -264,6 +264,45 @@ TEST_F(FuseTest, TwoMountsSeeEachOthersClosedFiles) {
   EXPECT_EQ(nlohmann::json::parse(out)["size"], data.size() + 4);
 }
 
+TEST_F(FuseTest, AMissingNameIsCachedForNegativeTimeout) {
+  // One mount keeps absences 30 s, one 0 s, one as its entry_timeout (0.3 s).
+  start("negative_timeout=30");
+  std::string none = cluster->mount("negative_timeout=0");
+  std::string brief = cluster->mount("entry_timeout=0.3");
+  struct stat st;
+  auto exists = [&](const std::string& path) { return stat(path.c_str(), &st) == 0; };
+  for (auto& m : {mnt, none, brief}) {
+    ASSERT_FALSE(exists(m + "/later"));
+    ASSERT_EQ(errno, ENOENT);
+  }
+  std::string err;
+  ASSERT_EQ(cluster->cli({"mkdir", "/later"}, nullptr, &err), 0) << err;
+  EXPECT_TRUE(exists(none + "/later"));  // asked again
+  EXPECT_FALSE(exists(mnt + "/later"));  // the absence is kept
+  EXPECT_EQ(errno, ENOENT);
+  bool seen = false;
+  for (int i = 0; i < 50 && !seen; ++i) {
+    seen = exists(brief + "/later");
+    if (!seen) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(seen) << "an absence outlived entry_timeout";
+  // What the mount itself makes replaces a kept absence at once, whatever the call.
+  for (std::string name : {"made", "dir", "link", "renamed", "hard"}) {
+    ASSERT_FALSE(exists(mnt + "/" + name)) << name;
+  }
+  int fd = open((mnt + "/made").c_str(), O_WRONLY | O_CREAT, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(close(fd), 0);
+  ASSERT_EQ(mkdir((mnt + "/dir").c_str(), 0755), 0);
+  ASSERT_EQ(symlink("made", (mnt + "/link").c_str()), 0);
+  ASSERT_EQ(link((mnt + "/made").c_str(), (mnt + "/hard").c_str()), 0);
+  ASSERT_EQ(rename((mnt + "/dir").c_str(), (mnt + "/renamed").c_str()), 0);
+  for (std::string name : {"made", "link", "renamed", "hard"}) {
+    EXPECT_TRUE(exists(mnt + "/" + name)) << name;
+  }
+  EXPECT_FALSE(exists(mnt + "/dir"));
+}
+
 TEST_F(FuseTest, AStoppedMasterFailsWithinTheBoundAndRecovers) {
   start("attr_timeout=0,entry_timeout=0");
   ASSERT_EQ(mkdir((mnt + "/d").c_str(), 0755), 0);
