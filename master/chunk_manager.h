@@ -504,6 +504,9 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   // Live servers not draining that have room for a chunk, by rack, counted each tick.
   std::map<std::string, size_t> roomByRack;
   size_t roomTotal = 0;
+  // When spreadRacks last copied a chunk to another rack, by handle, and in that order.
+  std::unordered_map<uint64_t, kj::TimePoint> spreadTried;
+  std::deque<std::pair<kj::TimePoint, uint64_t>> spreadOrder;
   size_t startupLeft = 0;  // chunks `unchecked`
   // Chunks whose record owes a cut, and when the ticks try it next.
   struct OwedCut {
@@ -521,15 +524,18 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   RepairCounters repairCounters;
   void note(std::string text);
   double balanceThreshold = -1;  // < 0: not balancing
-  // Where the balancer is in each source's chunks for the server it fills: the handle it
-  // looks at next, and how many it has looked at since one moved or had to wait (a whole
-  // round of them: that source has nothing to give).
+  // Where the balancer is in a source's chunks for a target: a round goes once through
+  // them from `start`, round to the smallest handle and up to `start` again. A round in
+  // which no chunk could move, nor had to wait, means that source has nothing for that
+  // target.
   struct BalanceCursor {
+    uint64_t start = 0;
     uint64_t next = 0;
-    size_t idle = 0;
+    bool wrapped = false;  // past the largest handle, in this round
+    bool waited = false;   // a chunk that could move was busy, in this round
+    bool done = false;     // a round with neither: nothing to give
   };
-  uint64_t balanceTarget = 0;
-  std::map<uint64_t, BalanceCursor> balanceCursors;  // by source server
+  std::map<std::pair<uint64_t, uint64_t>, BalanceCursor> balanceCursors;  // (target, source)
   bool mirroring = false;
   // A standby's mirror: by handle, the version each server reported.
   struct MirrorKey {

@@ -16,6 +16,11 @@
 
 namespace cairn {
 
+// Chunks the audit puts in `attention` only because they sit on one rack, at most.
+constexpr size_t SPREAD_BACKLOG = 10000;
+// How long a chunk whose copy to another rack did not leave it on two waits to try again.
+constexpr kj::Duration SPREAD_RETRY = 10 * kj::MINUTES;
+
 void ChunkManager::taskFailed(kj::Exception&& exception) {
   logError("re-replication task failed: {}", exception.getDescription().cStr());
 }
@@ -159,7 +164,10 @@ void ChunkManager::countRoomByRack() {
   roomByRack.clear();
   roomTotal = 0;
   for (auto& [id, s] : serversById) {
-    if (!s.live || s.decommissioning || freeBytes(candidate(s)) < options.minFreeBytes) continue;
+    if (!s.live || s.decommissioning ||
+        freeBytes(candidate(s)) < std::max<uint64_t>(options.minFreeBytes, 1)) {
+      continue;
+    }
     roomByRack[s.rack]++;
     roomTotal++;
   }
@@ -168,7 +176,7 @@ void ChunkManager::countRoomByRack() {
 bool ChunkManager::onOneRack(const Chunk& c) {
   if (roomByRack.empty()) return false;
   const std::string* rack = nullptr;
-  size_t effectiveCount = 0, heldElsewhere = 0;
+  size_t effectiveCount = 0;
   for (uint64_t id : c.replicas) {
     if (!effective(c, id)) continue;
     const std::string& r = serverOf(id)->rack;
@@ -177,38 +185,63 @@ bool ChunkManager::onOneRack(const Chunk& c) {
     ++effectiveCount;
   }
   if (effectiveCount < 2) return false;
-  // Servers of other racks with room, less those among them that hold the chunk (a corrupt
-  // or draining replica).
+  // Asked of chunks at their replica goal (replicasAtGoal): none has a replica outside the
+  // rack then, so any server of another rack with room could take one.
   auto same = roomByRack.find(*rack);
-  size_t outside = roomTotal - (same == roomByRack.end() ? 0 : same->second);
-  for (uint64_t id : c.replicas) {
-    Server* s = serverOf(id);
-    heldElsewhere += s->live && !s->decommissioning && s->rack != *rack;
-  }
-  return outside > heldElsewhere;
+  return roomTotal > (same == roomByRack.end() ? 0 : same->second);
 }
 
 void ChunkManager::spreadRacks(const std::vector<uint64_t>& handles) {
+  // Servers with room and a free copy slot, by rack: made at the first chunk that needs
+  // them, then kept as copies take slots, so that a tick with no slot outside a chunk's
+  // rack costs no placement pass.
   std::vector<PlacementCandidate> candidates;
+  std::map<std::string, size_t> slotsByRack;
+  size_t slotsTotal = 0;
+  std::set<uint64_t> withSlot;
+  auto takeSlot = [&](uint64_t id) {
+    if (canCopy(id) || !withSlot.erase(id)) return;
+    slotsByRack[serverOf(id)->rack]--;
+    slotsTotal--;
+  };
+  auto now = timer.now();
+  while (!spreadOrder.empty() && now - spreadOrder.front().first >= SPREAD_RETRY) {
+    auto old = spreadTried.find(spreadOrder.front().second);
+    if (old != spreadTried.end() && old->second == spreadOrder.front().first)
+      spreadTried.erase(old);
+    spreadOrder.pop_front();
+  }
   for (uint64_t h : handles) {
     Chunk* found = chunks.find(h);
     if (!found || found->copying) continue;
     Chunk& c = *found;
     // Short chunks are the repair line's; a surplus goes first (it may be on the rack).
     if (!replicasAtGoal(c) || !onOneRack(c)) continue;
+    // A copy that did not leave it on two racks (it failed, or the room was not there) is
+    // tried again after a while, not every tick.
+    auto tried = spreadTried.find(h);
+    if (tried != spreadTried.end() && now - tried->second < SPREAD_RETRY) continue;
     std::optional<uint64_t> source;
     std::vector<std::string> racks;
     for (uint64_t id : c.replicas) {
-      if (!effective(c, id)) continue;
       racks.push_back(serverOf(id)->rack);
       if (!source && canCopy(id)) source = id;
     }
     if (!source) continue;
     if (candidates.empty()) {
       for (auto& [id, s] : serversById) {
-        if (s.live && !s.decommissioning) candidates.push_back(candidate(s));
+        if (!s.live || s.decommissioning) continue;
+        candidates.push_back(candidate(s));
+        if (canCopy(id) &&
+            freeBytes(candidates.back()) >= std::max<uint64_t>(options.minFreeBytes, 1)) {
+          withSlot.insert(id);
+          slotsByRack[s.rack]++;
+          slotsTotal++;
+        }
       }
     }
+    auto same = slotsByRack.find(racks[0]);
+    if (slotsTotal == (same == slotsByRack.end() ? 0 : same->second)) continue;
     auto target = choosePlacement(
         candidates, 1, racks, options.minFreeBytes, rng, [&](const PlacementCandidate& p) {
           return p.rack != racks[0] && canCopy(p.id) && !c.replicas.count(p.id) &&
@@ -217,7 +250,11 @@ void ChunkManager::spreadRacks(const std::vector<uint64_t>& handles) {
     if (target.empty() || !readyForRepair(h, c)) continue;
     logInfo("chunk {:x}: all {} replicas on rack '{}'; copying one to rack '{}'", h, racks.size(),
             racks[0], serverOf(target[0])->rack);
+    spreadTried.insert_or_assign(h, now);
+    spreadOrder.emplace_back(now, h);
     startCopy(h, *source, target[0], std::nullopt);
+    takeSlot(*source);
+    takeSlot(target[0]);
   }
 }
 
@@ -274,9 +311,6 @@ size_t ChunkManager::awaitingAttention() const {
   return n;
 }
 
-// Chunks the audit puts in `attention` only because they sit on one rack, at most.
-constexpr size_t SPREAD_BACKLOG = 10000;
-
 void ChunkManager::audit(size_t n) {
   bool startup = startupLeft > 0;
   if (startup) n = std::max({n, options.startupCheckPerTick, size_t{1}});
@@ -321,7 +355,9 @@ size_t ChunkManager::offGoalUnattended() {
   for (size_t i = 0; i < chunks.slots(); ++i) {
     // Chunks not yet looked at since the start are not in line yet.
     Chunk* c = chunks.atSlot(i);
-    n += c && !c->unchecked && !attended(*c);
+    // Chunks only on one rack wait for the audit (nothing asks for a look at them).
+    n += c && !c->unchecked && !attended(*c) &&
+         !(replicasAtGoal(*c) && !inRepairLine.count(c->record.handle));
   }
   return n;
 }
@@ -597,11 +633,7 @@ void ChunkManager::balanceStep() {
       emptiest = id;
     }
   }
-  if (least == SIZE_MAX) return;
-  if (emptiest != balanceTarget) {  // what could not go to the last one may go here
-    balanceTarget = emptiest;
-    balanceCursors.clear();
-  }
+  if (least == SIZE_MAX || !canCopy(emptiest)) return;  // no slot: nothing to look at
   const std::string& rack = serverOf(emptiest)->rack;
   std::vector<std::tuple<bool, size_t, uint64_t>> sources;  // (other rack, -count, id)
   for (auto& [id, s] : serversById) {
@@ -610,44 +642,63 @@ void ChunkManager::balanceStep() {
     }
   }
   std::sort(sources.begin(), sources.end());
-  // At most balanceLooksPerTick chunks a tick, each source's looked at in turn from where
-  // the last tick stopped. Whether some chunk may move later (busy now, not looked at yet)
-  // rather than never (it would leave a rack, or the emptiest holds it).
-  size_t budget = options.balanceLooksPerTick;
+  // Each source looks at its share of balanceLooksPerTick chunks a tick, from where it
+  // stopped. Whether some chunk may move later (busy now, a round not finished) rather
+  // than never (it would leave a rack, or the emptiest holds it).
+  size_t share =
+      std::max<size_t>(1, options.balanceLooksPerTick / std::max<size_t>(1, sources.size()));
   bool later = false;
   for (auto& [otherRack, rank, fullest] : sources) {
     const HandleSet& held = serverOf(fullest)->chunks;
-    BalanceCursor& cursor = balanceCursors[fullest];
-    if (cursor.idle >= held.size()) continue;  // a whole round with nothing to give
+    BalanceCursor& cursor = balanceCursors[{emptiest, fullest}];
+    if (cursor.done) continue;
     // Half the difference at most, counting the moves under way, so that the two do not
     // trade places.
     size_t room = (held.size() - least) / 2;
     room -= std::min<size_t>(room, serverOf(emptiest)->copiesInFlight);
-    bool moved = false;
-    for (uint64_t h : held.takeFrom(cursor.next, std::min(budget, held.size() - cursor.idle))) {
-      if (room == 0 || !canCopy(fullest) || !canCopy(emptiest)) break;
-      --budget;
+    if (room == 0 || !canCopy(fullest)) {
+      later = true;
+      continue;
+    }
+    bool moved = false, roundOver = false;
+    for (uint64_t h : held.takeFrom(cursor.next, share)) {
+      if (h < cursor.next) {  // went round past the largest handle
+        if (cursor.wrapped) roundOver = true;
+        cursor.wrapped = true;
+      }
+      if (roundOver || (cursor.wrapped && h >= cursor.start)) {
+        roundOver = true;
+        break;
+      }
       ++repairCounters.balancerLooks;
       cursor.next = h + 1;
-      ++cursor.idle;
       Chunk* c = chunks.find(h);
       // A corrupt replica is not one to move (its copy would fail every time).
       if (!c || c->replicas.count(emptiest) || !effective(*c, fullest) ||
           losesARack(*c, fullest, emptiest)) {
         continue;
       }
-      cursor.idle = 0;
       if (c->copying || deletePending(*serverOf(emptiest), h) || !readyForRepair(h, *c)) {
+        cursor.waited = true;
         continue;
       }
       startCopy(h, fullest, emptiest, fullest);
       moved = true;
-      --room;
+      if (--room == 0 || !canCopy(fullest) || !canCopy(emptiest)) break;
     }
+    if (moved) cursor.waited = true;  // the round goes on; it ends only with nothing moved
+    if (roundOver || held.empty()) {
+      if (cursor.waited) {
+        cursor = BalanceCursor{cursor.next, cursor.next};
+      } else {
+        cursor.done = true;
+      }
+    }
+    later |= !cursor.done;
     if (moved) return;
-    later |= cursor.idle < held.size();
   }
   if (later) return;
+  // Every source went a whole round with nothing to give this target.
   logInfo(
       "balanced as far as the racks allow: no move to {} keeps every chunk's racks and narrows "
       "the spread",
@@ -657,7 +708,6 @@ void ChunkManager::balanceStep() {
 
 void ChunkManager::stopBalancing() {
   balanceThreshold = -1;
-  balanceTarget = 0;
   balanceCursors.clear();
 }
 
