@@ -534,6 +534,7 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
     bool wrapped = false;  // past the largest handle, in this round
     bool waited = false;   // a chunk that could move was busy, in this round
     bool done = false;     // a round with neither: nothing to give
+    size_t doneAt = 0;     // the source's chunk count then (a change reopens it)
   };
   std::map<std::pair<uint64_t, uint64_t>, BalanceCursor> balanceCursors;  // (target, source)
   bool mirroring = false;

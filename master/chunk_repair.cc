@@ -453,8 +453,8 @@ void ChunkManager::scheduleRepairs() {
     // Once a tick found no free slot outside a rack, later chunks on it wait without
     // looking again (slots only fill during a tick).
     if (oneRack && slotsFullOutside.count(racks[0]) && waits()) continue;
-    auto target = choosePlacement(candidates, 1, racks, options.minFreeBytes, rng,
-                                  [&](const PlacementCandidate& p) {
+    auto target = choosePlacement(candidates, 1, racks, std::max<uint64_t>(options.minFreeBytes, 1),
+                                  rng, [&](const PlacementCandidate& p) {
                                     return canCopy(p.id) && !c.replicas.count(p.id) &&
                                            !deletePending(*serverOf(p.id), handle);
                                   });
@@ -651,7 +651,10 @@ void ChunkManager::balanceStep() {
   for (auto& [otherRack, rank, fullest] : sources) {
     const HandleSet& held = serverOf(fullest)->chunks;
     BalanceCursor& cursor = balanceCursors[{emptiest, fullest}];
-    if (cursor.done) continue;
+    if (cursor.done) {
+      if (cursor.doneAt == held.size()) continue;
+      cursor = BalanceCursor{cursor.next, cursor.next};  // its chunks changed: look again
+    }
     // Half the difference at most, counting the moves under way, so that the two do not
     // trade places.
     size_t room = (held.size() - least) / 2;
@@ -692,6 +695,7 @@ void ChunkManager::balanceStep() {
         cursor = BalanceCursor{cursor.next, cursor.next};
       } else {
         cursor.done = true;
+        cursor.doneAt = held.size();
       }
     }
     later |= !cursor.done;
