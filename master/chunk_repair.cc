@@ -243,7 +243,8 @@ void ChunkManager::spreadRacks(const std::vector<uint64_t>& handles) {
     auto same = slotsByRack.find(racks[0]);
     if (slotsTotal == (same == slotsByRack.end() ? 0 : same->second)) continue;
     auto target = choosePlacement(
-        candidates, 1, racks, options.minFreeBytes, rng, [&](const PlacementCandidate& p) {
+        candidates, 1, racks, std::max<uint64_t>(options.minFreeBytes, 1), rng,
+        [&](const PlacementCandidate& p) {
           return p.rack != racks[0] && canCopy(p.id) && !c.replicas.count(p.id) &&
                  !deletePending(*serverOf(p.id), h);
         });
