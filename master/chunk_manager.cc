@@ -565,8 +565,7 @@ size_t ChunkManager::roomElsewhere(const Chunk& c) {
   size_t n = 0;
   for (auto& [id, s] : serversById) {
     if (!s.live || s.decommissioning || c.replicas.count(id)) continue;
-    uint64_t free = s.capacityBytes > s.usedBytes ? s.capacityBytes - s.usedBytes : 0;
-    n += std::min(free, s.availableBytes) >= std::max<uint64_t>(options.minFreeBytes, 1);
+    n += hasRoom(candidate(s));
   }
   return n;
 }

@@ -413,6 +413,9 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   // Live chunkservers without a replica of `c` that have room for a copy.
   size_t roomElsewhere(const Chunk& c);
   PlacementCandidate candidate(const Server& s) const;
+  // Room for one more chunk: options.minFreeBytes free, one byte at least.
+  uint64_t minRoom() const { return std::max<uint64_t>(options.minFreeBytes, 1); }
+  bool hasRoom(const PlacementCandidate& p) const { return freeBytes(p) >= minRoom(); }
   uint8_t goalOf(Chunk& c);
   uint8_t highestGoal(const std::vector<ChunkOwner>& owners);
   Counts counts(const Chunk& c);

@@ -164,10 +164,7 @@ void ChunkManager::countRoomByRack() {
   roomByRack.clear();
   roomTotal = 0;
   for (auto& [id, s] : serversById) {
-    if (!s.live || s.decommissioning ||
-        freeBytes(candidate(s)) < std::max<uint64_t>(options.minFreeBytes, 1)) {
-      continue;
-    }
+    if (!s.live || s.decommissioning || !hasRoom(candidate(s))) continue;
     roomByRack[s.rack]++;
     roomTotal++;
   }
@@ -232,8 +229,7 @@ void ChunkManager::spreadRacks(const std::vector<uint64_t>& handles) {
       for (auto& [id, s] : serversById) {
         if (!s.live || s.decommissioning) continue;
         candidates.push_back(candidate(s));
-        if (canCopy(id) &&
-            freeBytes(candidates.back()) >= std::max<uint64_t>(options.minFreeBytes, 1)) {
+        if (canCopy(id) && hasRoom(candidates.back())) {
           withSlot.insert(id);
           slotsByRack[s.rack]++;
           slotsTotal++;
@@ -242,9 +238,8 @@ void ChunkManager::spreadRacks(const std::vector<uint64_t>& handles) {
     }
     auto same = slotsByRack.find(racks[0]);
     if (slotsTotal == (same == slotsByRack.end() ? 0 : same->second)) continue;
-    auto target = choosePlacement(
-        candidates, 1, racks, std::max<uint64_t>(options.minFreeBytes, 1), rng,
-        [&](const PlacementCandidate& p) {
+    auto target =
+        choosePlacement(candidates, 1, racks, minRoom(), rng, [&](const PlacementCandidate& p) {
           return p.rack != racks[0] && canCopy(p.id) && !c.replicas.count(p.id) &&
                  !deletePending(*serverOf(p.id), h);
         });
@@ -396,9 +391,7 @@ void ChunkManager::scheduleRepairs() {
   // itself changes only in needingWork.)
   // The servers a copy may go to, made once a tick (copies change only their slots).
   std::vector<PlacementCandidate> candidates;
-  // By rack: how many servers of other racks have room; the racks outside which no slot
-  // was free.
-  std::map<std::string, size_t> roomOutside;
+  // The racks outside which no slot was free.
   std::set<std::string> slotsFullOutside;
   for (auto it = repairLine.begin(); it != repairLine.end() && slots >= 2;) {
     Urgency key = *it++;
@@ -436,29 +429,26 @@ void ChunkManager::scheduleRepairs() {
     bool oneRack = racks.size() >= 2 &&
                    std::all_of(racks.begin(), racks.end(), [&](auto& r) { return r == racks[0]; });
     auto waits = [&]() {
-      // Servers of other racks with room, against those of them that hold the chunk (a
-      // corrupt or draining replica): room for it elsewhere, in time.
-      auto room = roomOutside.find(racks[0]);
-      if (room == roomOutside.end()) {
-        size_t n = 0;
-        for (auto& p : candidates) n += p.rack != racks[0] && freeBytes(p) >= options.minFreeBytes;
-        room = roomOutside.emplace(racks[0], n).first;
-      }
+      // Servers of other racks with room (counted at the tick's start), against those of
+      // them that hold the chunk (a corrupt or draining replica): room for it elsewhere, in
+      // time.
+      auto same = roomByRack.find(racks[0]);
+      size_t outside = roomTotal - (same == roomByRack.end() ? 0 : same->second);
       size_t held = 0;
       for (uint64_t id : c.replicas) {
         Server* s = serverOf(id);
         held += s->live && !s->decommissioning && s->rack != racks[0];
       }
-      return room->second > held;
+      return outside > held;
     };
     // Once a tick found no free slot outside a rack, later chunks on it wait without
     // looking again (slots only fill during a tick).
     if (oneRack && slotsFullOutside.count(racks[0]) && waits()) continue;
-    auto target = choosePlacement(candidates, 1, racks, std::max<uint64_t>(options.minFreeBytes, 1),
-                                  rng, [&](const PlacementCandidate& p) {
-                                    return canCopy(p.id) && !c.replicas.count(p.id) &&
-                                           !deletePending(*serverOf(p.id), handle);
-                                  });
+    auto target =
+        choosePlacement(candidates, 1, racks, minRoom(), rng, [&](const PlacementCandidate& p) {
+          return canCopy(p.id) && !c.replicas.count(p.id) &&
+                 !deletePending(*serverOf(p.id), handle);
+        });
     if (target.empty()) continue;
     if (oneRack && serverOf(target[0])->rack == racks[0]) {
       slotsFullOutside.insert(racks[0]);
