@@ -287,12 +287,13 @@ Status ChunkStore::writeHeaderAt(const std::string& path, Entry& e, bool create)
   return disk.write(path, 0, header, HEADER_SIZE, create);
 }
 
-Status ChunkStore::readBlocks(uint64_t handle, Entry& e, uint64_t first, uint64_t count,
-                              std::vector<Block>& out) {
+std::optional<Status> ChunkStore::readBlocks(Wait wait, uint64_t handle, Entry& e, uint64_t first,
+                                             uint64_t count, std::vector<Block>& out) {
   std::string raw;
-  Status s = disk.read(pathIn(e.dir, handle, ""), RECORDS_AT + RECORD_SIZE * first,
-                       RECORD_SIZE * count, raw);
-  if (!s.ok()) return Status::corrupt(fmt::format("chunk {:x}: {}", handle, s.message()));
+  auto s = readDisk(wait, pathIn(e.dir, handle, ""), RECORDS_AT + RECORD_SIZE * first,
+                    RECORD_SIZE * count, raw);
+  if (!s) return std::nullopt;
+  if (!s->ok()) return Status::corrupt(fmt::format("chunk {:x}: {}", handle, s->message()));
   raw.resize(RECORD_SIZE * count, '\0');  // records never written are holes
   out.resize(count);
   for (uint64_t i = 0; i < count; ++i) {
@@ -378,11 +379,12 @@ Status ChunkStore::setVersion(uint64_t handle, uint64_t version) {
   return s;
 }
 
-Status ChunkStore::forWrittenRuns(uint64_t handle, Entry& e, uint64_t first, uint64_t count,
-                                  const Visit& visit) {
+std::optional<Status> ChunkStore::forWrittenRuns(Wait wait, uint64_t handle, Entry& e,
+                                                 uint64_t first, uint64_t count,
+                                                 const Visit& visit) {
   std::vector<Block> blocks;
-  Status s = readBlocks(handle, e, first, count, blocks);
-  if (!s.ok()) return s;
+  auto read = readBlocks(wait, handle, e, first, count, blocks);
+  if (!read || !read->ok()) return read;
   std::string path = pathIn(e.dir, handle, "");
   for (uint64_t i = 0; i < count;) {
     if (!blocks[i].written) {
@@ -395,8 +397,8 @@ Status ChunkStore::forWrittenRuns(uint64_t handle, Entry& e, uint64_t first, uin
     if (start >= e.length) break;  // records past the length are never set; ignore any
     uint64_t stop = std::min((first + j) * B, e.length);
     std::string bytes;
-    s = disk.read(path, D + start, stop - start, bytes);
-    if (!s.ok()) return s;
+    read = readDisk(wait, path, D + start, stop - start, bytes);
+    if (!read || !read->ok()) return read;
     if (bytes.size() != stop - start) {
       return Status::corrupt(fmt::format("chunk {:x}: file shorter than recorded", handle));
     }
@@ -407,7 +409,7 @@ Status ChunkStore::forWrittenRuns(uint64_t handle, Entry& e, uint64_t first, uin
             fmt::format("chunk {:x}: checksum mismatch in block {}", handle, first + k));
       }
     }
-    s = visit(start, bytes);
+    Status s = visit(start, bytes);
     if (!s.ok()) return s;
     i = j;
   }
@@ -416,10 +418,34 @@ Status ChunkStore::forWrittenRuns(uint64_t handle, Entry& e, uint64_t first, uin
 
 Status ChunkStore::read(uint64_t handle, uint64_t version, uint64_t offset, uint32_t length,
                         std::string& out) {
+  return *readIn(Wait::YES, handle, version, offset, length, out);
+}
+
+std::optional<Status> ChunkStore::readNow(uint64_t handle, uint64_t version, uint64_t offset,
+                                          uint32_t length, std::string& out) {
+  return readIn(Wait::NO, handle, version, offset, length, out);
+}
+
+std::optional<Status> ChunkStore::readIn(Wait wait, uint64_t handle, uint64_t version,
+                                         uint64_t offset, uint32_t length, std::string& out) {
   out.clear();
-  auto e = find(handle);
+  std::shared_ptr<Entry> e;
+  if (wait == Wait::YES) {
+    e = find(handle);
+  } else {
+    // remove() holds the map's lock while it waits out a chunk's readers and writers.
+    std::unique_lock<std::mutex> guard(mutex, std::try_to_lock);
+    if (!guard) return std::nullopt;
+    auto it = chunks.find(handle);
+    if (it != chunks.end()) e = it->second;
+  }
   if (e == nullptr) return Status::notFound(fmt::format("no chunk {:x}", handle));
-  std::shared_lock<std::shared_mutex> lock(e->lock);
+  std::shared_lock<std::shared_mutex> lock(e->lock, std::defer_lock);
+  if (wait == Wait::YES) {
+    lock.lock();
+  } else if (!lock.try_lock()) {
+    return std::nullopt;  // a write holds it
+  }
   if (e->version != version) {
     return Status::staleVersion(
         fmt::format("chunk {:x} is at version {}, asked for {}", handle, e->version, version));
@@ -428,16 +454,17 @@ Status ChunkStore::read(uint64_t handle, uint64_t version, uint64_t offset, uint
   uint64_t end = std::min<uint64_t>(offset + length, e->length);
   std::string result(end - offset, '\0');  // holes read as zeros
   uint64_t first = offset / B;
-  Status s = forWrittenRuns(
-      handle, *e, first, (end - 1) / B - first + 1, [&](uint64_t start, std::string_view bytes) {
-        uint64_t from = std::max(start, offset);
-        uint64_t to = std::min<uint64_t>(start + bytes.size(), end);
-        if (from < to) {
-          memcpy(result.data() + (from - offset), bytes.data() + (from - start), to - from);
-        }
-        return Status::OK();
-      });
-  if (s.ok()) out = std::move(result);
+  auto s = forWrittenRuns(wait, handle, *e, first, (end - 1) / B - first + 1,
+                          [&](uint64_t start, std::string_view bytes) {
+                            uint64_t from = std::max(start, offset);
+                            uint64_t to = std::min<uint64_t>(start + bytes.size(), end);
+                            if (from < to) {
+                              memcpy(result.data() + (from - offset), bytes.data() + (from - start),
+                                     to - from);
+                            }
+                            return Status::OK();
+                          });
+  if (s && s->ok()) out = std::move(result);
   return s;
 }
 

@@ -9,8 +9,8 @@
 // Every read verifies the written blocks it touches. A write reserves its disk blocks
 // before it writes a byte, so that a full disk fails it (noSpace) with nothing changed;
 // any other failure leaves the touched blocks consistent with what reached the disk, and
-// never touches bytes outside the write. All calls block on the disk: run them on a
-// DiskPool. Thread-safe: calls for one chunk exclude each other where they must.
+// never touches bytes outside the write. All calls but readNow() block on the disk: run
+// them on a DiskPool. Thread-safe: calls for one chunk exclude each other where they must.
 
 #include <cstdint>
 #include <deque>
@@ -76,6 +76,11 @@ class ChunkStore {
   // touched written block fails its checksum; staleVersion if `version` differs.
   Status read(uint64_t handle, uint64_t version, uint64_t offset, uint32_t length,
               std::string& out);
+  // read() if it can be done at once, without waiting for a lock or the disk (the bytes
+  // are in the page cache, see Disk::readNow); nullopt where it would wait, and then the
+  // caller goes to read() on a DiskPool thread. The one call an event loop may make.
+  std::optional<Status> readNow(uint64_t handle, uint64_t version, uint64_t offset, uint32_t length,
+                                std::string& out);
   // The written parts of [offset, offset+length), block-aligned and clipped to the
   // length, verified as read() does; `chunkLength` is the chunk's length.
   Status readExtents(uint64_t handle, uint64_t version, uint64_t offset, uint32_t length,
@@ -141,6 +146,9 @@ class ChunkStore {
     bool matches(uint32_t c) const { return c == crc || (hasPrev && c == prev); }
   };
   using Visit = std::function<Status(uint64_t start, std::string_view blocks)>;
+  // Whether a read may wait for locks and the disk (on a pool thread) or must not (on an
+  // event loop, where the calls that take it say nullopt if it would have waited).
+  enum class Wait { YES, NO };
 
   std::shared_ptr<Entry> find(uint64_t handle);
   std::string pathIn(size_t dir, uint64_t handle, const char* suffix);
@@ -148,13 +156,29 @@ class ChunkStore {
   Status writeHeader(uint64_t handle, Entry& e, bool create);
   Status writeHeaderAt(const std::string& path, Entry& e, bool create);
   Status readBlocks(uint64_t handle, Entry& e, uint64_t first, uint64_t count,
-                    std::vector<Block>& out);
+                    std::vector<Block>& out) {
+    return *readBlocks(Wait::YES, handle, e, first, count, out);
+  }
+  std::optional<Status> readBlocks(Wait wait, uint64_t handle, Entry& e, uint64_t first,
+                                   uint64_t count, std::vector<Block>& out);
   Status writeBlocks(uint64_t handle, Entry& e, uint64_t first, const std::vector<Block>& blocks);
   Status writeRecordsAt(const std::string& path, uint64_t first, const std::vector<Block>& blocks);
   // Calls `visit` for each run of written blocks in [first, first+count) with their bytes
   // (whole blocks, zeros past the length), after verifying them.
   Status forWrittenRuns(uint64_t handle, Entry& e, uint64_t first, uint64_t count,
-                        const Visit& visit);
+                        const Visit& visit) {
+    return *forWrittenRuns(Wait::YES, handle, e, first, count, visit);
+  }
+  std::optional<Status> forWrittenRuns(Wait wait, uint64_t handle, Entry& e, uint64_t first,
+                                       uint64_t count, const Visit& visit);
+  std::optional<Status> readIn(Wait wait, uint64_t handle, uint64_t version, uint64_t offset,
+                               uint32_t length, std::string& out);
+  // disk.read(), or with Wait::NO disk.readNow().
+  std::optional<Status> readDisk(Wait wait, const std::string& path, uint64_t offset, size_t size,
+                                 std::string& out) {
+    if (wait == Wait::YES) return disk.read(path, offset, size, out);
+    return disk.readNow(path, offset, size, out);
+  }
   // Writes `data` (or zeros when `data` is null) over [offset, offset+length).
   Status applyRange(uint64_t handle, Entry& e, uint64_t offset, uint64_t length, const char* data);
   // After a failed write: the sidecar records of blocks [first, first+count) from what

@@ -43,6 +43,8 @@ Chunkserver::Chunkserver(ChunkserverOptions options, Disk& disk, kj::Timer& time
   using T = Metrics::Type;
   auto& m = metrics_;
   m.describe("cairn_chunkserver_read_bytes_total", T::COUNTER, "chunk bytes served to readers");
+  m.describe("cairn_chunkserver_reads_from_memory_total", T::COUNTER,
+             "reads answered on the event loop from the page cache, without a disk thread");
   m.describe("cairn_chunkserver_received_bytes_total", T::COUNTER,
              "bytes pushed to this chunkserver for writes");
   m.describe("cairn_chunkserver_stored_chunks", T::GAUGE, "chunk replicas on this chunkserver");

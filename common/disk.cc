@@ -3,8 +3,11 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <linux/openat2.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -54,6 +57,29 @@ Status PosixDisk::read(const std::string& path, uint64_t offset, size_t size, st
     ssize_t n = pread(fd.get(), out.data() + done, size - done, static_cast<off_t>(offset + done));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return errnoStatus("read", path, errno);
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  out.resize(done);
+  return Status::OK();
+}
+
+std::optional<Status> PosixDisk::readNow(const std::string& path, uint64_t offset, size_t size,
+                                         std::string& out) {
+  // Any failure here (a name not cached, a kernel without openat2, a file system without
+  // RWF_NOWAIT, an error) leaves the read to read(), which says what went wrong.
+  open_how how{};
+  how.flags = O_RDONLY | O_CLOEXEC;
+  how.resolve = RESOLVE_CACHED;
+  Fd fd(static_cast<int>(syscall(SYS_openat2, AT_FDCWD, path.c_str(), &how, sizeof how)));
+  if (fd.get() < 0) return std::nullopt;
+  out.resize(size);
+  size_t done = 0;
+  while (done < size) {
+    iovec iov{out.data() + done, size - done};
+    ssize_t n = preadv2(fd.get(), &iov, 1, static_cast<off_t>(offset + done), RWF_NOWAIT);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return std::nullopt;
     if (n == 0) break;
     done += static_cast<size_t>(n);
   }
@@ -215,6 +241,20 @@ Status MemDisk::read(const std::string& path, uint64_t offset, size_t size, std:
     pos += n;
   }
   return Status::OK();
+}
+
+std::optional<Status> MemDisk::readNow(const std::string& path, uint64_t offset, size_t size,
+                                       std::string& out) {
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (!cached) return std::nullopt;
+  }
+  return read(path, offset, size, out);
+}
+
+void MemDisk::setCached(bool value) {
+  std::lock_guard<std::mutex> lock(mutex);
+  cached = value;
 }
 
 Status MemDisk::write(const std::string& path, uint64_t offset, const void* data, size_t size,
@@ -404,6 +444,17 @@ Status injected(const char* what, const std::string& path, ErrorCode code) {
 Status FaultyDisk::read(const std::string& path, uint64_t offset, size_t size, std::string& out) {
   if (auto r = take(Op::READ, path)) return injected("read", path, r->code);
   return base.read(path, offset, size, out);
+}
+
+std::optional<Status> FaultyDisk::readNow(const std::string& path, uint64_t offset, size_t size,
+                                          std::string& out) {
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    for (auto& r : rules) {
+      if (r.op == Op::READ) return std::nullopt;
+    }
+  }
+  return base.readNow(path, offset, size, out);
 }
 
 Status FaultyDisk::write(const std::string& path, uint64_t offset, const void* data, size_t size,

@@ -2,7 +2,8 @@
 // The narrow file interface a chunkserver stores chunks through (after leveldb's Env).
 // PosixDisk is the real one; MemDisk keeps sparse files in memory for tests; FaultyDisk
 // wraps either to fail calls on demand. Every call is synchronous and must run on a
-// DiskPool thread, never on an event loop. Implementations are thread-safe.
+// DiskPool thread, never on an event loop, except readNow(), which never waits.
+// Implementations are thread-safe.
 //
 // Files are sparse: bytes never written read as zeros and take no space. A call that
 // fails with noSpace changed nothing (a write reserves its blocks before it copies a
@@ -30,6 +31,14 @@ class Disk {
   virtual ~Disk() = default;
   // Reads up to `size` bytes at `offset`; fewer at end of file. notFound if no file.
   virtual Status read(const std::string& path, uint64_t offset, size_t size, std::string& out) = 0;
+  // read() if it can be done at once from memory (the page cache); nullopt where it would
+  // wait for the disk, or where this disk cannot tell (then the caller goes to read() on a
+  // pool thread). Never blocks: the one call an event loop may make.
+  virtual std::optional<Status> readNow(const std::string& path, uint64_t offset, size_t size,
+                                        std::string& out) {
+    (void)path, (void)offset, (void)size, (void)out;
+    return std::nullopt;
+  }
   // Writes at `offset`, creating the file if `create`; noSpace when the disk is full.
   virtual Status write(const std::string& path, uint64_t offset, const void* data, size_t size,
                        bool create) = 0;
@@ -58,6 +67,10 @@ class Disk {
 class PosixDisk final : public Disk {
  public:
   Status read(const std::string& path, uint64_t offset, size_t size, std::string& out) override;
+  // The path resolved from the dentry cache alone (openat2 RESOLVE_CACHED) and the bytes
+  // read from the page cache alone (preadv2 RWF_NOWAIT).
+  std::optional<Status> readNow(const std::string& path, uint64_t offset, size_t size,
+                                std::string& out) override;
   Status write(const std::string& path, uint64_t offset, const void* data, size_t size,
                bool create) override;
   Status truncate(const std::string& path, uint64_t size) override;
@@ -80,6 +93,10 @@ class MemDisk final : public Disk {
   static constexpr uint64_t PAGE = 4096;
   explicit MemDisk(uint64_t capacityBytes = uint64_t{1} << 40) : capacity(capacityBytes) {}
   Status read(const std::string& path, uint64_t offset, size_t size, std::string& out) override;
+  // Memory never waits, unless setCached(false) makes it act as a disk with a cold cache.
+  std::optional<Status> readNow(const std::string& path, uint64_t offset, size_t size,
+                                std::string& out) override;
+  void setCached(bool cached);
   Status write(const std::string& path, uint64_t offset, const void* data, size_t size,
                bool create) override;
   Status truncate(const std::string& path, uint64_t size) override;
@@ -106,6 +123,7 @@ class MemDisk final : public Disk {
   std::mutex mutex;
   uint64_t capacity;
   uint64_t pagesInUse = 0;
+  bool cached = true;
   std::map<std::string, File> files;
 };
 
@@ -122,6 +140,9 @@ class FaultyDisk final : public Disk {
   void clear();
 
   Status read(const std::string& path, uint64_t offset, size_t size, std::string& out) override;
+  // Left to read() while any read is to fail, so that a rule is taken once, on the pool.
+  std::optional<Status> readNow(const std::string& path, uint64_t offset, size_t size,
+                                std::string& out) override;
   Status write(const std::string& path, uint64_t offset, const void* data, size_t size,
                bool create) override;
   Status truncate(const std::string& path, uint64_t size) override;

@@ -1,6 +1,11 @@
 #include "chunk_store.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+
+#include <random>
 
 #include "cluster.h"
 #include "crc32c.h"
@@ -361,6 +366,88 @@ TEST_F(ChunkStoreTest, FirstFormatSidecarsAreConverted) {
   // One file now, and the zero blocks in the middle are holes in it.
   EXPECT_EQ(disk.size(path + ".meta").status.code(), ErrorCode::NOT_FOUND);
   EXPECT_LE(disk.allocated(path).value, data.size() - CHECKSUM_BLOCK + 3 * MemDisk::PAGE);
+}
+
+// readNow answers exactly as read() does, or not at all.
+TEST_F(ChunkStoreTest, ReadNowAnswersAsReadDoesOrNotAtAll) {
+  ASSERT_TRUE(store.create(9, 2).ok());
+  ASSERT_TRUE(store.write(9, 2, 0, testing::randomBytes(150000, 4)).ok());
+  ASSERT_TRUE(store.write(9, 2, 400000, testing::randomBytes(70000, 5)).ok());  // after a hole
+  std::mt19937_64 rng(6);
+  for (int i = 0; i < 200; ++i) {
+    uint64_t offset = rng() % 500000;
+    uint32_t length = static_cast<uint32_t>(rng() % 140000);
+    std::string now;
+    auto s = store.readNow(9, 2, offset, length, now);
+    ASSERT_TRUE(s.has_value());
+    ASSERT_TRUE(s->ok()) << s->toString();
+    ASSERT_EQ(now, read(9, 2, offset, length)) << offset << "+" << length;
+  }
+  std::string out;
+  EXPECT_EQ(store.readNow(9, 1, 0, 10, out)->code(), ErrorCode::STALE_VERSION);
+  EXPECT_EQ(store.readNow(99, 1, 0, 10, out)->code(), ErrorCode::NOT_FOUND);
+
+  // A flipped byte is found as read() finds it.
+  std::string byte;
+  ASSERT_TRUE(disk.read(store.dataPath(9), CHUNK_DATA_OFFSET + 70000, 1, byte).ok());
+  byte[0] ^= 0x01;
+  ASSERT_TRUE(disk.write(store.dataPath(9), CHUNK_DATA_OFFSET + 70000, byte.data(), 1, false).ok());
+  EXPECT_EQ(store.readNow(9, 2, 69000, 2000, out)->code(), ErrorCode::REPLICA_CORRUPT);
+  EXPECT_TRUE(out.empty());
+
+  // Bytes that are not in memory are left to read().
+  disk.setCached(false);
+  EXPECT_FALSE(store.readNow(9, 2, 0, 10, out).has_value());
+  EXPECT_EQ(read(9, 2, 0, 10), testing::randomBytes(150000, 4).substr(0, 10));
+}
+
+TEST(ChunkStoreFaultTest, ReadNowLeavesAFailingReadToThePool) {
+  MemDisk mem;
+  FaultyDisk disk(mem);
+  ChunkStore store(disk, {"/d0"}, CHUNK);
+  ASSERT_TRUE(store.open().ok());
+  ASSERT_TRUE(store.create(1, 1).ok());
+  ASSERT_TRUE(store.write(1, 1, 0, "abc").ok());
+  disk.failNext(FaultyDisk::Op::READ, 1, ErrorCode::IO_ERROR);
+  std::string out;
+  EXPECT_FALSE(store.readNow(1, 1, 0, 3, out).has_value());
+  EXPECT_FALSE(store.read(1, 1, 0, 3, out).ok());  // the rule is taken here, once
+  EXPECT_EQ(store.readNow(1, 1, 0, 3, out)->code(), ErrorCode::OK);
+  EXPECT_EQ(out, "abc");
+}
+
+// On a real file system: bytes in the page cache are read at once, bytes that are not are
+// left to read().
+TEST(PosixDiskTest, ReadNowReadsOnlyWhatIsInMemory) {
+  testing::TempDir dir;
+  PosixDisk disk;
+  std::string path = dir.path() + "/f";
+  std::string data = testing::randomBytes(1 << 20, 7);
+  ASSERT_TRUE(disk.write(path, 0, data.data(), data.size(), true).ok());
+  ASSERT_TRUE(disk.sync(path).ok());
+  std::string out;
+  ASSERT_TRUE(disk.read(path, 0, data.size(), out).ok());
+  auto now = disk.readNow(path, 1000, 70000, out);
+  if (!now.has_value()) {
+    struct statfs fs {};
+    statfs(dir.path().c_str(), &fs);
+    GTEST_SKIP() << "this file system (magic " << std::hex << fs.f_type
+                 << ") cannot read without waiting (RWF_NOWAIT)";
+  }
+  ASSERT_TRUE(now->ok()) << now->toString();
+  EXPECT_EQ(out, data.substr(1000, 70000));
+  EXPECT_EQ(disk.readNow(path, data.size() - 10, 100, out)->code(), ErrorCode::OK);
+  EXPECT_EQ(out, data.substr(data.size() - 10));  // short at the end, as read()
+
+  // Dropped from the page cache: not read now.
+  int fd = open(path.c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+  close(fd);
+  EXPECT_FALSE(disk.readNow(path, 300000, 4096, out).has_value());
+  EXPECT_FALSE(disk.readNow(dir.path() + "/missing", 0, 1, out).has_value());
+  ASSERT_TRUE(disk.read(path, 300000, 4096, out).ok());
+  EXPECT_EQ(out, data.substr(300000, 4096));
 }
 
 }  // namespace
