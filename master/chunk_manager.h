@@ -436,7 +436,7 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   // does not hold the chunk has room for it (HDFS's rule: two racks at least). Judged
   // against the room counted at the last tick.
   bool onOneRack(const Chunk& c);
-  void countRoomByRack();
+  void surveyServers();  // fills copyTargets and roomByRack
   // Copies each chunk of `handles` that is onOneRack() to another rack; the surplus then
   // leaves from the shared rack (see removeSurplus).
   void spreadRacks(const std::vector<uint64_t>& handles);
@@ -504,7 +504,9 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   std::set<Urgency> repairLine;
   std::unordered_map<uint64_t, Urgency> inRepairLine;
   size_t auditCursor = 0;  // the next slot of `chunks` audit() looks at
-  // Live servers not draining that have room for a chunk, by rack, counted each tick.
+  // Live servers not draining, as placement sees them (copies change only their slots
+  // within a tick), and those with room for a chunk by rack: surveyed at each tick's start.
+  std::vector<PlacementCandidate> copyTargets;
   std::map<std::string, size_t> roomByRack;
   size_t roomTotal = 0;
   // When spreadRacks last copied a chunk to another rack, by handle, and in that order.

@@ -1,8 +1,9 @@
 // ChunkManager's background work: safe mode, re-replication by urgency, removal of
-// surplus replicas, decommissioning and balancing. Everything here runs from tick() on the
-// master's loop; copies run as tasks, bounded per chunkserver. A tick looks only at the
-// chunks that something moved off their goal (`attention`), never at all of them: its work
-// follows what changed, not the size of the namespace.
+// surplus replicas, rack spreading and decommissioning (balancing is in chunk_balance.cc).
+// Everything here runs from tick() on the master's loop; copies run as tasks, bounded per
+// chunkserver. A tick looks only at the chunks that something moved off their goal
+// (`attention`), never at all of them: its work follows what changed, not the size of the
+// namespace.
 
 #include <fmt/format.h>
 #include <kj/debug.h>
@@ -143,7 +144,7 @@ void ChunkManager::tick() {
   if (safeMode) return;
   pruneActivity();
   settleOwedCuts();
-  countRoomByRack();
+  surveyServers();
   audit(options.auditPerTick);
   auto offGoal = needingWork();
   scheduleRepairs();
@@ -160,11 +161,14 @@ bool ChunkManager::replicasAtGoal(Chunk& c) {
 
 bool ChunkManager::atGoal(Chunk& c) { return replicasAtGoal(c) && !onOneRack(c); }
 
-void ChunkManager::countRoomByRack() {
+void ChunkManager::surveyServers() {
+  copyTargets.clear();
   roomByRack.clear();
   roomTotal = 0;
   for (auto& [id, s] : serversById) {
-    if (!s.live || s.decommissioning || !hasRoom(candidate(s))) continue;
+    if (!s.live || s.decommissioning) continue;
+    copyTargets.push_back(candidate(s));
+    if (!hasRoom(copyTargets.back())) continue;
     roomByRack[s.rack]++;
     roomTotal++;
   }
@@ -189,10 +193,10 @@ bool ChunkManager::onOneRack(const Chunk& c) {
 }
 
 void ChunkManager::spreadRacks(const std::vector<uint64_t>& handles) {
-  // Servers with room and a free copy slot, by rack: made at the first chunk that needs
+  // Servers with room and a free copy slot, by rack: counted at the first chunk that needs
   // them, then kept as copies take slots, so that a tick with no slot outside a chunk's
   // rack costs no placement pass.
-  std::vector<PlacementCandidate> candidates;
+  bool counted = false;
   std::map<std::string, size_t> slotsByRack;
   size_t slotsTotal = 0;
   std::set<uint64_t> withSlot;
@@ -225,21 +229,19 @@ void ChunkManager::spreadRacks(const std::vector<uint64_t>& handles) {
       if (!source && canCopy(id)) source = id;
     }
     if (!source) continue;
-    if (candidates.empty()) {
-      for (auto& [id, s] : serversById) {
-        if (!s.live || s.decommissioning) continue;
-        candidates.push_back(candidate(s));
-        if (canCopy(id) && hasRoom(candidates.back())) {
-          withSlot.insert(id);
-          slotsByRack[s.rack]++;
-          slotsTotal++;
-        }
+    if (!counted) {
+      counted = true;
+      for (auto& p : copyTargets) {
+        if (!canCopy(p.id) || !hasRoom(p)) continue;
+        withSlot.insert(p.id);
+        slotsByRack[p.rack]++;
+        slotsTotal++;
       }
     }
     auto same = slotsByRack.find(racks[0]);
     if (slotsTotal == (same == slotsByRack.end() ? 0 : same->second)) continue;
     auto target =
-        choosePlacement(candidates, 1, racks, minRoom(), rng, [&](const PlacementCandidate& p) {
+        choosePlacement(copyTargets, 1, racks, minRoom(), rng, [&](const PlacementCandidate& p) {
           return p.rack != racks[0] && canCopy(p.id) && !c.replicas.count(p.id) &&
                  !deletePending(*serverOf(p.id), h);
         });
@@ -389,8 +391,6 @@ void ChunkManager::scheduleRepairs() {
   // The line is in order of urgency; a tick goes only as far into it as copies can start.
   // (Starting a copy, or revoking a lease first, puts the chunk in `attention`; the line
   // itself changes only in needingWork.)
-  // The servers a copy may go to, made once a tick (copies change only their slots).
-  std::vector<PlacementCandidate> candidates;
   // The racks outside which no slot was free.
   std::set<std::string> slotsFullOutside;
   for (auto it = repairLine.begin(); it != repairLine.end() && slots >= 2;) {
@@ -413,11 +413,6 @@ void ChunkManager::scheduleRepairs() {
       }
     }
     if (!source) continue;
-    if (candidates.empty()) {
-      for (auto& [id, s] : serversById) {
-        if (s.live && !s.decommissioning) candidates.push_back(candidate(s));
-      }
-    }
     // The new copy goes to another rack than the replicas that stay, where one has a free
     // slot. A chunk with two copies or more, all on one rack, waits for a slot on another
     // rack while one has room (HDFS's rule: two racks at least), first in line to get it;
@@ -445,7 +440,7 @@ void ChunkManager::scheduleRepairs() {
     // looking again (slots only fill during a tick).
     if (oneRack && slotsFullOutside.count(racks[0]) && waits()) continue;
     auto target =
-        choosePlacement(candidates, 1, racks, minRoom(), rng, [&](const PlacementCandidate& p) {
+        choosePlacement(copyTargets, 1, racks, minRoom(), rng, [&](const PlacementCandidate& p) {
           return canCopy(p.id) && !c.replicas.count(p.id) &&
                  !deletePending(*serverOf(p.id), handle);
         });
@@ -568,142 +563,6 @@ Status ChunkManager::decommission(const std::string& address, uint64_t& remainin
   remaining = s.chunks.size();
   done = remaining == 0;
   return Status::OK();
-}
-
-double ChunkManager::balance(double threshold) {
-  stopBalancing();  // a new request looks at every chunk again
-  balanceThreshold = threshold;
-  return spread();
-}
-
-double ChunkManager::spread() const {
-  size_t minCount = SIZE_MAX, maxCount = 0, total = 0, n = 0;
-  for (auto& [id, s] : serversById) {
-    if (!s.live || s.decommissioning) continue;
-    minCount = std::min(minCount, s.chunks.size());
-    maxCount = std::max(maxCount, s.chunks.size());
-    total += s.chunks.size();
-    ++n;
-  }
-  if (n < 2 || total == 0) return 0;
-  double avg = static_cast<double>(total) / n;
-  return (maxCount - minCount) / avg;
-}
-
-bool ChunkManager::losesARack(const Chunk& c, uint64_t from, uint64_t to) {
-  const std::string& fromRack = serverOf(from)->rack;
-  const std::string& toRack = serverOf(to)->rack;
-  if (fromRack == toRack || !effective(c, from)) return false;
-  // Fewer racks exactly when no other replica stays on `from`'s rack and `to`'s rack has
-  // one already.
-  bool fromRackStays = false, toRackHeld = false;
-  for (uint64_t id : c.replicas) {
-    if (id == from || !effective(c, id)) continue;
-    const std::string& rack = serverOf(id)->rack;
-    fromRackStays |= rack == fromRack;
-    toRackHeld |= rack == toRack;
-  }
-  return !fromRackStays && toRackHeld;
-}
-
-void ChunkManager::balanceStep() {
-  if (balanceThreshold < 0) return;
-  if (spread() <= balanceThreshold) {
-    logInfo("balanced: chunk counts within {:.0f}% of the average", balanceThreshold * 100);
-    stopBalancing();
-    return;
-  }
-  // Moves go to the emptiest live server, a few chunks per tick, from the fullest server
-  // that has a chunk to give: those of its rack first (a move within a rack keeps every
-  // chunk's racks, as HDFS's balancer pairs servers within a rack first), then the others.
-  uint64_t emptiest = 0;
-  size_t least = SIZE_MAX;
-  for (auto& [id, s] : serversById) {
-    if (s.live && !s.decommissioning && s.chunks.size() < least) {
-      least = s.chunks.size();
-      emptiest = id;
-    }
-  }
-  if (least == SIZE_MAX || !canCopy(emptiest)) return;  // no slot: nothing to look at
-  const std::string& rack = serverOf(emptiest)->rack;
-  std::vector<std::tuple<bool, size_t, uint64_t>> sources;  // (other rack, -count, id)
-  for (auto& [id, s] : serversById) {
-    if (s.live && !s.decommissioning && s.chunks.size() > least + 1) {
-      sources.emplace_back(s.rack != rack, SIZE_MAX - s.chunks.size(), id);
-    }
-  }
-  std::sort(sources.begin(), sources.end());
-  // Each source looks at its share of balanceLooksPerTick chunks a tick, from where it
-  // stopped. Whether some chunk may move later (busy now, a round not finished) rather
-  // than never (it would leave a rack, or the emptiest holds it).
-  size_t share =
-      std::max<size_t>(1, options.balanceLooksPerTick / std::max<size_t>(1, sources.size()));
-  bool later = false;
-  for (auto& [otherRack, rank, fullest] : sources) {
-    const HandleSet& held = serverOf(fullest)->chunks;
-    BalanceCursor& cursor = balanceCursors[{emptiest, fullest}];
-    if (cursor.done) {
-      if (cursor.doneAt == held.size()) continue;
-      cursor = BalanceCursor{cursor.next, cursor.next};  // its chunks changed: look again
-    }
-    // Half the difference at most, counting the moves under way, so that the two do not
-    // trade places.
-    size_t room = (held.size() - least) / 2;
-    room -= std::min<size_t>(room, serverOf(emptiest)->copiesInFlight);
-    if (room == 0 || !canCopy(fullest)) {
-      later = true;
-      continue;
-    }
-    bool moved = false, roundOver = false;
-    for (uint64_t h : held.takeFrom(cursor.next, share)) {
-      if (h < cursor.next) {  // went round past the largest handle
-        if (cursor.wrapped) roundOver = true;
-        cursor.wrapped = true;
-      }
-      if (roundOver || (cursor.wrapped && h >= cursor.start)) {
-        roundOver = true;
-        break;
-      }
-      ++repairCounters.balancerLooks;
-      cursor.next = h + 1;
-      Chunk* c = chunks.find(h);
-      // A corrupt replica is not one to move (its copy would fail every time).
-      if (!c || c->replicas.count(emptiest) || !effective(*c, fullest) ||
-          losesARack(*c, fullest, emptiest)) {
-        continue;
-      }
-      if (c->copying || deletePending(*serverOf(emptiest), h) || !readyForRepair(h, *c)) {
-        cursor.waited = true;
-        continue;
-      }
-      startCopy(h, fullest, emptiest, fullest);
-      moved = true;
-      if (--room == 0 || !canCopy(fullest) || !canCopy(emptiest)) break;
-    }
-    if (moved) cursor.waited = true;  // the round goes on; it ends only with nothing moved
-    if (roundOver || held.empty()) {
-      if (cursor.waited) {
-        cursor = BalanceCursor{cursor.next, cursor.next};
-      } else {
-        cursor.done = true;
-        cursor.doneAt = held.size();
-      }
-    }
-    later |= !cursor.done;
-    if (moved) return;
-  }
-  if (later) return;
-  // Every source went a whole round with nothing to give this target.
-  logInfo(
-      "balanced as far as the racks allow: no move to {} keeps every chunk's racks and narrows "
-      "the spread",
-      serverOf(emptiest)->address);
-  stopBalancing();
-}
-
-void ChunkManager::stopBalancing() {
-  balanceThreshold = -1;
-  balanceCursors.clear();
 }
 
 std::vector<ChunkCheck> ChunkManager::check(uint64_t inode, uint32_t first, uint32_t count) {
