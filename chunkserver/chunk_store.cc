@@ -164,7 +164,9 @@ Status ChunkStore::open() {
           uint32_t format = 0;
           if (hs.ok() && header.size() == HEADER_SIZE && memcmp(header.data(), MAGIC, 8) == 0) {
             memcpy(&format, header.data() + 8, 4);
-            memcpy(&entry->version, header.data() + 16, 8);
+            uint64_t version;
+            memcpy(&version, header.data() + 16, 8);
+            entry->version = version;
           }
           if (format != FORMAT) {
             logWarn("chunk {:x}: unreadable header; reporting it stale", handle);
@@ -195,7 +197,9 @@ Status ChunkStore::convertFormat1(uint64_t handle, Entry& e) {
     memcpy(&format, header.data() + 8, 4);
   }
   if (format == FORMAT) {
-    memcpy(&e.version, header.data() + 16, 8);
+    uint64_t version;
+    memcpy(&version, header.data() + 16, 8);
+    e.version = version;
     auto size = disk.size(path);
     e.length = size.ok() && size.value > D ? size.value - D : 0;
     return disk.remove(meta);
@@ -205,7 +209,9 @@ Status ChunkStore::convertFormat1(uint64_t handle, Entry& e) {
   format = 0;
   if (header.size() == HEADER_SIZE && memcmp(header.data(), MAGIC, 8) == 0) {
     memcpy(&format, header.data() + 8, 4);
-    memcpy(&e.version, header.data() + 16, 8);
+    uint64_t version;
+    memcpy(&version, header.data() + 16, 8);
+    e.version = version;
   }
   if (format != FORMAT_1) return Status::corrupt("unreadable format 1 sidecar");
   auto size = disk.size(path);
@@ -268,9 +274,7 @@ bool ChunkStore::has(uint64_t handle) { return find(handle) != nullptr; }
 
 uint64_t ChunkStore::versionOf(uint64_t handle) {
   auto e = find(handle);
-  if (e == nullptr) return 0;
-  std::shared_lock<std::shared_mutex> lock(e->lock);
-  return e->version;
+  return e == nullptr ? 0 : e->version.load();
 }
 
 Status ChunkStore::writeHeader(uint64_t handle, Entry& e, bool create) {
@@ -283,7 +287,8 @@ Status ChunkStore::writeHeaderAt(const std::string& path, Entry& e, bool create)
   memcpy(header + 8, &FORMAT, 4);
   uint32_t blockSize = CHECKSUM_BLOCK;
   memcpy(header + 12, &blockSize, 4);
-  memcpy(header + 16, &e.version, 8);
+  uint64_t version = e.version;
+  memcpy(header + 16, &version, 8);
   return disk.write(path, 0, header, HEADER_SIZE, create);
 }
 
@@ -365,7 +370,7 @@ Status ChunkStore::setVersion(uint64_t handle, uint64_t version) {
   std::unique_lock<std::shared_mutex> lock(e->lock);
   if (version < e->version) {
     return Status::staleVersion(fmt::format("chunk {:x} is at version {}, not going back to {}",
-                                            handle, e->version, version));
+                                            handle, e->version.load(), version));
   }
   if (version == e->version) return Status::OK();
   uint64_t old = e->version;
@@ -433,7 +438,7 @@ std::optional<Status> ChunkStore::readIn(Wait wait, uint64_t handle, uint64_t ve
   if (wait == Wait::YES) {
     e = find(handle);
   } else {
-    // remove() holds the map's lock while it waits out a chunk's readers and writers.
+    // list() holds the map's lock while it copies every entry.
     std::unique_lock<std::mutex> guard(mutex, std::try_to_lock);
     if (!guard) return std::nullopt;
     auto it = chunks.find(handle);
@@ -447,8 +452,8 @@ std::optional<Status> ChunkStore::readIn(Wait wait, uint64_t handle, uint64_t ve
     return std::nullopt;  // a write holds it
   }
   if (e->version != version) {
-    return Status::staleVersion(
-        fmt::format("chunk {:x} is at version {}, asked for {}", handle, e->version, version));
+    return Status::staleVersion(fmt::format("chunk {:x} is at version {}, asked for {}", handle,
+                                            e->version.load(), version));
   }
   if (offset >= e->length || length == 0) return Status::OK();
   uint64_t end = std::min<uint64_t>(offset + length, e->length);
@@ -475,8 +480,8 @@ Status ChunkStore::readExtents(uint64_t handle, uint64_t version, uint64_t offse
   if (e == nullptr) return Status::notFound(fmt::format("no chunk {:x}", handle));
   std::shared_lock<std::shared_mutex> lock(e->lock);
   if (e->version != version) {
-    return Status::staleVersion(
-        fmt::format("chunk {:x} is at version {}, asked for {}", handle, e->version, version));
+    return Status::staleVersion(fmt::format("chunk {:x} is at version {}, asked for {}", handle,
+                                            e->version.load(), version));
   }
   chunkLength = e->length;
   if (offset >= e->length || length == 0) return Status::OK();
@@ -627,8 +632,8 @@ Status ChunkStore::write(uint64_t handle, uint64_t version, uint64_t offset,
   }
   std::unique_lock<std::shared_mutex> lock(e->lock);
   if (e->version != version) {
-    return Status::staleVersion(
-        fmt::format("chunk {:x} is at version {}, write is for {}", handle, e->version, version));
+    return Status::staleVersion(fmt::format("chunk {:x} is at version {}, write is for {}", handle,
+                                            e->version.load(), version));
   }
   if (data.empty()) return Status::OK();
   return applyRange(handle, *e, offset, data.size(), data.data());
@@ -640,8 +645,8 @@ Status ChunkStore::extend(uint64_t handle, uint64_t version, uint64_t length) {
   if (length > chunkSize) return Status::invalidArgument("extend past the chunk size");
   std::unique_lock<std::shared_mutex> lock(e->lock);
   if (e->version != version) {
-    return Status::staleVersion(
-        fmt::format("chunk {:x} is at version {}, extend is for {}", handle, e->version, version));
+    return Status::staleVersion(fmt::format("chunk {:x} is at version {}, extend is for {}", handle,
+                                            e->version.load(), version));
   }
   if (length <= e->length) return Status::OK();
   Status s = disk.truncate(pathIn(e->dir, handle, ""), D + length);  // the new part is a hole
@@ -655,7 +660,7 @@ Result<uint64_t> ChunkStore::lengthOf(uint64_t handle, uint64_t version) {
   std::shared_lock<std::shared_mutex> lock(e->lock);
   if (e->version != version) {
     return Status::staleVersion(
-        fmt::format("chunk {:x} is at version {}, not {}", handle, e->version, version));
+        fmt::format("chunk {:x} is at version {}, not {}", handle, e->version.load(), version));
   }
   return e->length;
 }
@@ -668,8 +673,8 @@ Status ChunkStore::punch(uint64_t handle, uint64_t version, uint64_t offset, uin
   }
   std::unique_lock<std::shared_mutex> lock(e->lock);
   if (e->version != version) {
-    return Status::staleVersion(
-        fmt::format("chunk {:x} is at version {}, punch is for {}", handle, e->version, version));
+    return Status::staleVersion(fmt::format("chunk {:x} is at version {}, punch is for {}", handle,
+                                            e->version.load(), version));
   }
   uint64_t end = std::min(offset + length, e->length);
   if (offset >= end) return Status::OK();  // past the length: a hole already
@@ -685,7 +690,7 @@ Status ChunkStore::allocate(uint64_t handle, uint64_t version, uint64_t offset, 
   std::unique_lock<std::shared_mutex> lock(e->lock);
   if (e->version != version) {
     return Status::staleVersion(fmt::format("chunk {:x} is at version {}, allocation is for {}",
-                                            handle, e->version, version));
+                                            handle, e->version.load(), version));
   }
   return disk.allocate(pathIn(e->dir, handle, ""), D + offset, length);
 }
@@ -696,7 +701,8 @@ Status ChunkStore::truncate(uint64_t handle, uint64_t version, uint64_t length) 
   if (length > chunkSize) return Status::invalidArgument("truncate past the chunk size");
   std::unique_lock<std::shared_mutex> lock(e->lock);
   if (version < e->version) {
-    return Status::staleVersion(fmt::format("chunk {:x} is at version {}", handle, e->version));
+    return Status::staleVersion(
+        fmt::format("chunk {:x} is at version {}", handle, e->version.load()));
   }
   std::string path = pathIn(e->dir, handle, "");
   if (length < e->length) {
@@ -754,8 +760,8 @@ Status ChunkStore::blockMap(uint64_t handle, uint64_t version, std::string& bitm
   if (e == nullptr) return Status::notFound(fmt::format("no chunk {:x}", handle));
   std::shared_lock<std::shared_mutex> lock(e->lock);
   if (e->version != version) {
-    return Status::staleVersion(
-        fmt::format("chunk {:x} is at version {}, asked for {}", handle, e->version, version));
+    return Status::staleVersion(fmt::format("chunk {:x} is at version {}, asked for {}", handle,
+                                            e->version.load(), version));
   }
   length = e->length;
   uint64_t count = blocksFor(e->length);
@@ -782,13 +788,14 @@ Status ChunkStore::remove(uint64_t handle) {
     std::lock_guard<std::mutex> guard(mutex);
     auto it = chunks.find(handle);
     if (it == chunks.end()) return Status::notFound(fmt::format("no chunk {:x}", handle));
-    // Wait out readers and writers of this chunk before it goes.
-    std::unique_lock<std::shared_mutex> lock(it->second->lock);
-    lock.unlock();
     entry = std::move(it->second);
     chunks.erase(it);
     noteChange(handle, 0);
   }
+  // Wait out readers and writers that found the chunk before it left the map (outside the
+  // map's lock, which everyone else's calls take).
+  std::unique_lock<std::shared_mutex> lock(entry->lock);
+  lock.unlock();
   disk.remove(pathIn(entry->dir, handle, ".meta"));  // of format 1, if unconverted
   return disk.remove(pathIn(entry->dir, handle, ""));
 }

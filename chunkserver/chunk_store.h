@@ -12,6 +12,7 @@
 // never touches bytes outside the write. All calls but readNow() block on the disk: run
 // them on a DiskPool. Thread-safe: calls for one chunk exclude each other where they must.
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -64,7 +65,8 @@ class ChunkStore {
   uint64_t nextAfter(uint64_t after);
   size_t count();
   bool has(uint64_t handle);
-  uint64_t versionOf(uint64_t handle);  // 0 if absent
+  // 0 if absent. Never waits for the chunk's lock: an event loop may call it.
+  uint64_t versionOf(uint64_t handle);
 
   // Creates an empty chunk at `version` in the data directory with the most free space;
   // noSpace if every directory is within its reserve. An existing chunk only has its
@@ -133,7 +135,9 @@ class ChunkStore {
  private:
   struct Entry {
     size_t dir = 0;
-    uint64_t version = 0;
+    // Changed under `lock` held exclusive; read without it by versionOf(), which an event
+    // loop calls (a write holds the lock for as long as the disk takes).
+    std::atomic<uint64_t> version{0};
     uint64_t length = 0;
     std::shared_mutex lock;  // shared for reads, exclusive for changes
   };

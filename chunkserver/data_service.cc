@@ -46,7 +46,7 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
       Result<std::string> r;
       if (auto now = store.readNow(handle, version, offset, length, r.value)) {
         r.status = *now;
-        cs.metrics().add("cairn_chunkserver_reads_from_memory_total", {}, 1);
+        if (r.ok()) cs.metrics().add("cairn_chunkserver_reads_from_memory_total", {}, 1);
         answerRead(context, handle, r);
         return kj::READY_NOW;
       }

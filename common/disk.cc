@@ -14,6 +14,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "log.h"
+
 namespace cairn {
 namespace {
 
@@ -66,19 +68,31 @@ Status PosixDisk::read(const std::string& path, uint64_t offset, size_t size, st
 
 std::optional<Status> PosixDisk::readNow(const std::string& path, uint64_t offset, size_t size,
                                          std::string& out) {
-  // Any failure here (a name not cached, a kernel without openat2, a file system without
-  // RWF_NOWAIT, an error) leaves the read to read(), which says what went wrong.
+  // Any failure here (a name not cached, bytes not in memory, an error) leaves the read to
+  // read(), which says what went wrong.
+  if (nowUnsupported.load(std::memory_order_relaxed)) return std::nullopt;
+  auto unsupported = [&](const char* what) -> std::optional<Status> {
+    if (!nowUnsupported.exchange(true)) {
+      logWarn("{} on {}: {}; every read goes to a disk thread", what, path, strerror(errno));
+    }
+    return std::nullopt;
+  };
   open_how how{};
-  how.flags = O_RDONLY | O_CLOEXEC;
+  how.flags = O_RDONLY | O_CLOEXEC | O_NOATIME;
   how.resolve = RESOLVE_CACHED;
   Fd fd(static_cast<int>(syscall(SYS_openat2, AT_FDCWD, path.c_str(), &how, sizeof how)));
-  if (fd.get() < 0) return std::nullopt;
+  if (fd.get() < 0) {
+    // No openat2 or RESOLVE_CACHED (before Linux 5.12), or files this process does not own.
+    if (errno == ENOSYS || errno == EINVAL || errno == EPERM) return unsupported("openat2");
+    return std::nullopt;
+  }
   out.resize(size);
   size_t done = 0;
   while (done < size) {
     iovec iov{out.data() + done, size - done};
     ssize_t n = preadv2(fd.get(), &iov, 1, static_cast<off_t>(offset + done), RWF_NOWAIT);
     if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EOPNOTSUPP) return unsupported("preadv2 RWF_NOWAIT");
     if (n < 0) return std::nullopt;
     if (n == 0) break;
     done += static_cast<size_t>(n);
@@ -415,6 +429,31 @@ void FaultyDisk::failNext(Op op, int count, ErrorCode code, std::string pathPart
   rules.push_back({op, count, code, std::move(pathPart), prefixBytes, skip});
 }
 
+void FaultyDisk::stallNext(Op op, std::string pathPart) {
+  std::lock_guard<std::mutex> lock(mutex);
+  stall.emplace(op, std::move(pathPart));
+}
+
+void FaultyDisk::release() {
+  std::lock_guard<std::mutex> lock(mutex);
+  stall.reset();
+  stalling = false;
+  released.notify_all();
+}
+
+bool FaultyDisk::stalled() {
+  std::lock_guard<std::mutex> lock(mutex);
+  return stalling;
+}
+
+void FaultyDisk::pause(Op op, const std::string& path) {
+  std::unique_lock<std::mutex> lock(mutex);
+  if (!stall || stall->first != op || path.find(stall->second) == std::string::npos) return;
+  stall.reset();
+  stalling = true;
+  released.wait(lock, [&]() { return !stalling; });
+}
+
 void FaultyDisk::clear() {
   std::lock_guard<std::mutex> lock(mutex);
   rules.clear();
@@ -442,6 +481,7 @@ Status injected(const char* what, const std::string& path, ErrorCode code) {
 }  // namespace
 
 Status FaultyDisk::read(const std::string& path, uint64_t offset, size_t size, std::string& out) {
+  pause(Op::READ, path);
   if (auto r = take(Op::READ, path)) return injected("read", path, r->code);
   return base.read(path, offset, size, out);
 }
@@ -459,6 +499,7 @@ std::optional<Status> FaultyDisk::readNow(const std::string& path, uint64_t offs
 
 Status FaultyDisk::write(const std::string& path, uint64_t offset, const void* data, size_t size,
                          bool create) {
+  pause(Op::WRITE, path);
   if (auto r = take(Op::WRITE, path)) {
     if (r->prefixBytes > 0) base.write(path, offset, data, std::min(size, r->prefixBytes), create);
     return injected("write", path, r->code);

@@ -9,6 +9,8 @@
 // fails with noSpace changed nothing (a write reserves its blocks before it copies a
 // byte, see allocate()); any other failed write may have written a prefix.
 
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -67,8 +69,10 @@ class Disk {
 class PosixDisk final : public Disk {
  public:
   Status read(const std::string& path, uint64_t offset, size_t size, std::string& out) override;
-  // The path resolved from the dentry cache alone (openat2 RESOLVE_CACHED) and the bytes
-  // read from the page cache alone (preadv2 RWF_NOWAIT).
+  // The path resolved from the dentry cache alone (openat2 RESOLVE_CACHED), the bytes read
+  // from the page cache alone (preadv2 RWF_NOWAIT), and no access time written
+  // (O_NOATIME: its update may wait for the journal). A kernel or file system that cannot
+  // do one of these turns readNow off for good (nullopt every time, no system call).
   std::optional<Status> readNow(const std::string& path, uint64_t offset, size_t size,
                                 std::string& out) override;
   Status write(const std::string& path, uint64_t offset, const void* data, size_t size,
@@ -84,6 +88,9 @@ class PosixDisk final : public Disk {
   Status makeDirs(const std::string& path) override;
   Status list(const std::string& path, std::vector<std::string>& names) override;
   Result<DiskSpace> space(const std::string& path) override;
+
+ private:
+  std::atomic<bool> nowUnsupported{false};
 };
 
 // Sparse files in memory, in 4 KiB pages, directories implied by paths. capacityBytes
@@ -137,6 +144,11 @@ class FaultyDisk final : public Disk {
   // torn write).
   void failNext(Op op, int count, ErrorCode code, std::string pathPart = "", size_t prefixBytes = 0,
                 int skip = 0);
+  // The next call of `op` on a path containing `pathPart` waits inside the disk until
+  // release(): a disk that hangs. stalled() says whether a call is waiting now.
+  void stallNext(Op op, std::string pathPart = "");
+  void release();
+  bool stalled();
   void clear();
 
   Status read(const std::string& path, uint64_t offset, size_t size, std::string& out) override;
@@ -172,9 +184,14 @@ class FaultyDisk final : public Disk {
   };
   // The rule that fails this call, consumed; null if none.
   std::optional<Rule> take(Op op, const std::string& path);
+  // Waits while a stall set for this call holds.
+  void pause(Op op, const std::string& path);
   Disk& base;
   std::mutex mutex;
+  std::condition_variable released;
   std::vector<Rule> rules;
+  std::optional<std::pair<Op, std::string>> stall;  // set, not yet met
+  bool stalling = false;                            // a call waits in pause()
 };
 
 }  // namespace cairn
