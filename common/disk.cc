@@ -48,22 +48,30 @@ class Fd {
   int fd;
 };
 
+// Reads [offset, offset+size) of `fd` into `out`, short at the end of the file, with
+// preadv2's `flags`; 0, or the errno of the read that failed.
+int readAll(int fd, uint64_t offset, size_t size, std::string& out, int flags) {
+  out.resize(size);
+  size_t done = 0;
+  while (done < size) {
+    iovec iov{out.data() + done, size - done};
+    ssize_t n = preadv2(fd, &iov, 1, static_cast<off_t>(offset + done), flags);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return errno;
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  out.resize(done);
+  return 0;
+}
+
 }  // namespace
 
 Status PosixDisk::read(const std::string& path, uint64_t offset, size_t size, std::string& out) {
   Fd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) return errnoStatus("open", path, errno);
-  out.resize(size);
-  size_t done = 0;
-  while (done < size) {
-    ssize_t n = pread(fd.get(), out.data() + done, size - done, static_cast<off_t>(offset + done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return errnoStatus("read", path, errno);
-    if (n == 0) break;
-    done += static_cast<size_t>(n);
-  }
-  out.resize(done);
-  return Status::OK();
+  int err = readAll(fd.get(), offset, size, out, 0);
+  return err == 0 ? Status::OK() : errnoStatus("read", path, err);
 }
 
 std::optional<Status> PosixDisk::readNow(const std::string& path, uint64_t offset, size_t size,
@@ -86,18 +94,12 @@ std::optional<Status> PosixDisk::readNow(const std::string& path, uint64_t offse
     if (errno == ENOSYS || errno == EINVAL || errno == EPERM) return unsupported("openat2");
     return std::nullopt;
   }
-  out.resize(size);
-  size_t done = 0;
-  while (done < size) {
-    iovec iov{out.data() + done, size - done};
-    ssize_t n = preadv2(fd.get(), &iov, 1, static_cast<off_t>(offset + done), RWF_NOWAIT);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && errno == EOPNOTSUPP) return unsupported("preadv2 RWF_NOWAIT");
-    if (n < 0) return std::nullopt;
-    if (n == 0) break;
-    done += static_cast<size_t>(n);
+  int err = readAll(fd.get(), offset, size, out, RWF_NOWAIT);
+  if (err == EOPNOTSUPP) {
+    errno = err;
+    return unsupported("preadv2 RWF_NOWAIT");
   }
-  out.resize(done);
+  if (err != 0) return std::nullopt;  // EAGAIN: not all in the page cache
   return Status::OK();
 }
 
@@ -490,6 +492,7 @@ std::optional<Status> FaultyDisk::readNow(const std::string& path, uint64_t offs
                                           std::string& out) {
   {
     std::lock_guard<std::mutex> lock(mutex);
+    if (stall && stall->first == Op::READ) return std::nullopt;
     for (auto& r : rules) {
       if (r.op == Op::READ) return std::nullopt;
     }

@@ -152,7 +152,8 @@ class FaultyDisk final : public Disk {
   void clear();
 
   Status read(const std::string& path, uint64_t offset, size_t size, std::string& out) override;
-  // Left to read() while any read is to fail, so that a rule is taken once, on the pool.
+  // Left to read() while any read is to fail or stall, so that a rule is met once, on the
+  // pool.
   std::optional<Status> readNow(const std::string& path, uint64_t offset, size_t size,
                                 std::string& out) override;
   Status write(const std::string& path, uint64_t offset, const void* data, size_t size,

@@ -410,11 +410,16 @@ TEST_F(ChunkStoreTest, ReadNowAnswersAsReadDoesOrNotAtAll) {
   EXPECT_EQ(read(9, 2, 0, 10), testing::randomBytes(150000, 4).substr(0, 10));
 }
 
-TEST(ChunkStoreFaultTest, ReadNowLeavesAFailingReadToThePool) {
+// A store on an in-memory disk that fails or hangs on demand.
+class ChunkStoreFaultTest : public ::testing::Test {
+ protected:
+  ChunkStoreFaultTest() : disk(mem), store(disk, {"/d0"}, CHUNK) { EXPECT_TRUE(store.open().ok()); }
   MemDisk mem;
-  FaultyDisk disk(mem);
-  ChunkStore store(disk, {"/d0"}, CHUNK);
-  ASSERT_TRUE(store.open().ok());
+  FaultyDisk disk;
+  ChunkStore store;
+};
+
+TEST_F(ChunkStoreFaultTest, ReadNowLeavesAFailingReadToThePool) {
   ASSERT_TRUE(store.create(1, 1).ok());
   ASSERT_TRUE(store.write(1, 1, 0, "abc").ok());
   disk.failNext(FaultyDisk::Op::READ, 1, ErrorCode::IO_ERROR);
@@ -428,11 +433,7 @@ TEST(ChunkStoreFaultTest, ReadNowLeavesAFailingReadToThePool) {
 // A disk that hangs in a write holds that chunk's lock: readNow leaves that chunk to the
 // pool at once and reads the others; remove() of the chunk waits for the write without
 // holding up anyone else's calls.
-TEST(ChunkStoreFaultTest, NothingAnEventLoopCallsWaitsForAHungDisk) {
-  MemDisk mem;
-  FaultyDisk disk(mem);
-  ChunkStore store(disk, {"/d0"}, CHUNK);
-  ASSERT_TRUE(store.open().ok());
+TEST_F(ChunkStoreFaultTest, NothingAnEventLoopCallsWaitsForAHungDisk) {
   ASSERT_TRUE(store.create(1, 1).ok());
   ASSERT_TRUE(store.create(2, 1).ok());
   ASSERT_TRUE(store.write(1, 1, 0, "abc").ok());
