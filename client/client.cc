@@ -73,7 +73,94 @@ Client::Client(ClientOptions options, kj::Network& network, kj::Timer& timer)
   keepalive = keepSession().eagerlyEvaluate(nullptr);
 }
 
-Client::~Client() = default;
+Client::~Client() { watchLink->client = nullptr; }
+
+// The watcher the master calls on one session: it forwards to the client while that session
+// is the client's current one; its end (the connection's) ends the watch.
+class Client::WatcherServer final : public wire::Watcher::Server {
+ public:
+  WatcherServer(std::shared_ptr<WatchLink> link, uint64_t session, uint64_t id)
+      : link(std::move(link)), session(session), id(id) {}
+  ~WatcherServer() {
+    if (link->client != nullptr) link->client->watchLost(id);
+  }
+
+  kj::Promise<void> changed(ChangedContext context) override {
+    Client* c = link->client;
+    if (c == nullptr || c->sessionNumber != session) return kj::READY_NOW;
+    auto p = context.getParams();
+    std::vector<std::pair<uint64_t, std::string>> entries;
+    entries.reserve(p.getEntries().size());
+    for (auto e : p.getEntries()) {
+      entries.emplace_back(e.getParent(), std::string(e.getName().cStr(), e.getName().size()));
+    }
+    std::vector<uint64_t> inodes;
+    inodes.reserve(p.getInodes().size());
+    for (uint64_t inode : p.getInodes()) inodes.push_back(inode);
+    c->changedFromMaster(entries, inodes, p.getAll());
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> ended(EndedContext) override {
+    Client* c = link->client;
+    if (c != nullptr && c->watchedId == id) {
+      c->watchLost(id);
+      c->masterFailed();  // the next call finds the active master (and watches there)
+    }
+    return kj::READY_NOW;
+  }
+
+ private:
+  std::shared_ptr<WatchLink> link;
+  uint64_t session;
+  uint64_t id;  // of this watch request
+};
+
+void Client::watchNamespace(NamespaceWatcher* watcher) { nsWatcher = watcher; }
+
+void Client::startWatch(wire::ClientService::Client& service) {
+  if (nsWatcher == nullptr || standbyReads) return;
+  uint64_t id = ++nextWatchId;
+  auto req = service.watchRequest();
+  req.setWatcher(kj::heap<WatcherServer>(watchLink, sessionNumber, id));
+  req.send()
+      .then(
+          [link = watchLink, number = sessionNumber, id](auto&& r) {
+            Client* c = link->client;
+            if (c != nullptr && c->sessionNumber == number && fromWire(r.getStatus()).ok()) {
+              c->watchedSession = number;
+              c->watchedId = id;
+            }
+          },
+          [](kj::Exception&&) {})
+      .detach([](kj::Exception&&) {});
+}
+
+void Client::watchLost(uint64_t id) {
+  if (id == 0 || id != watchedId) return;
+  watchedId = watchedSession = 0;
+  changedFromMaster({}, {}, true);
+}
+
+void Client::changedFromMaster(const std::vector<std::pair<uint64_t, std::string>>& entries,
+                               const std::vector<uint64_t>& inodes, bool all) {
+  if (all) {
+    freshDirs.clear();
+    dirForgets++;
+    layouts.clear();
+    knownDirs.clear();
+    knownNames = 0;
+    if (nsWatcher != nullptr) nsWatcher->allChanged();
+  }
+  for (auto& [parent, name] : entries) mayExist(parent, name);
+  for (uint64_t inode : inodes) {
+    forgetDir(inode);
+    layouts.erase(inode);
+  }
+  if (nsWatcher != nullptr && (!entries.empty() || !inodes.empty())) {
+    nsWatcher->changed(entries, inodes);
+  }
+}
 
 namespace {
 template <typename Response>
@@ -141,9 +228,13 @@ wire::ClientService::Client Client::master(const std::optional<Caller>& as) {
   KJ_IF_MAYBE (s, masterService) {
     return callerService(*s, callerServices, as);
   }
-  masterService =
+  auto service =
       peers.get<wire::Master>(currentMaster(), Role::MASTER).clientRequest().send().getService();
-  closing.clear();  // ends of opens of the last session, which held them (its end ends them)
+  masterService = service;
+  watchLost(watchedId);  // (the last session's watch, if it was not seen to end)
+  ++sessionNumber;
+  startWatch(service);  // the first call of the session: every answer after it is watched
+  closing.clear();      // ends of opens of the last session, which held them (its end ends them)
   if (!held.empty()) {
     // A new session: the files this client holds are opened again, each for whom it was
     // opened, before any other call (calls on one connection arrive in order).
@@ -165,8 +256,17 @@ wire::ClientService::Client Client::master(const std::optional<Caller>& as) {
 kj::Promise<void> Client::keepSession() {
   // While files are held open, the session is kept up: a lost connection is noticed and
   // the opens sent again, even when the client is otherwise idle.
-  return timer.afterDelay(10 * kj::SECONDS).then([this]() -> kj::Promise<void> {
-    if (held.empty()) return keepSession();
+  // While the session is watched, every second: a master that cannot be reached (or is
+  // paused) no longer tells this client of changes, which must then drop what it cached.
+  auto period = watching() ? 1 * kj::SECONDS : 10 * kj::SECONDS;
+  return timer.afterDelay(period).then([this]() -> kj::Promise<void> {
+    // A session the master refused to watch (it was not yet active, say) asks again.
+    if (nsWatcher != nullptr && !watching()) {
+      KJ_IF_MAYBE (service, masterService) {
+        startWatch(*service);
+      }
+    }
+    if (held.empty() && !watching()) return keepSession();
     auto req = master().sessionRequest();
     return timer.timeoutAfter(opts.metaTimeout, req.send())
         .then([](auto&&) {}, [this](kj::Exception&&) { masterFailed(); })
@@ -236,6 +336,7 @@ kj::Promise<void> Client::sendCloses() {
 }
 
 void Client::masterFailed() {
+  watchLost(watchedId);
   masterService = nullptr;
   callerServices.clear();
   peers.drop(currentMaster());
@@ -390,10 +491,68 @@ kj::Promise<Result<FileAttr>> Client::resolve(std::string path, std::optional<Ca
 
 kj::Promise<Result<FileAttr>> Client::lookup(uint64_t parent, std::string name,
                                              std::optional<Caller> as) {
+  if (watching()) {
+    auto known = knownDirs.find(parent);
+    if (known != knownDirs.end() && known->second.complete && !known->second.names.count(name)) {
+      return Result<FileAttr>(Status::notFound(name + ": no such entry"));
+    }
+  }
   auto req = master(as).lookupRequest();
   req.setParent(parent);
   req.setName(name);
-  return callMaster<Result<FileAttr>>(as, kj::mv(req), [](auto& r) { return attrResult(r); });
+  return callMaster<Result<FileAttr>>(as, kj::mv(req), [this, parent, as](auto& r) {
+    auto a = attrResult(r);
+    // A name found missing: the next ones may be answered here once the directory is known.
+    if (a.status.code() == ErrorCode::NOT_FOUND && watching() && !knownDirs.count(parent)) {
+      learnDir(parent, as);
+    }
+    return a;
+  });
+}
+
+void Client::mayExist(uint64_t parent, const std::string& name) {
+  auto known = knownDirs.find(parent);
+  if (known == knownDirs.end() || known->second.tooBig) return;
+  if (known->second.names.insert(name).second && ++knownNames > MAX_KNOWN_NAMES) {
+    knownDirs.clear();  // too many to keep: learnt again as lookups miss
+    knownNames = 0;
+  }
+}
+
+void Client::learnDir(uint64_t dir, std::optional<Caller> as) {
+  uint64_t id = ++nextKnownDir;
+  knownDirs[dir].id = id;
+  learnPage(dir, id, "", kj::mv(as)).detach([](kj::Exception&&) {});
+}
+
+kj::Promise<void> Client::learnPage(uint64_t dir, uint64_t id, std::string after,
+                                    std::optional<Caller> as) {
+  auto more = kj::heap<bool>(false);
+  bool* m = more.get();
+  auto link = watchLink;
+  return readdir(dir, after, 4096, m, as)
+      .then([link, dir, id, m, as](Result<std::vector<DirEntryInfo>> page) -> kj::Promise<void> {
+        Client* c = link->client;
+        if (c == nullptr) return kj::READY_NOW;
+        auto known = c->knownDirs.find(dir);
+        if (known == c->knownDirs.end() || known->second.id != id) return kj::READY_NOW;
+        if (!page.ok() || !c->watching() || known->second.names.size() > MAX_KNOWN_DIR) {
+          // Not to be known (for now): kept as such, so that misses do not list it again.
+          c->knownNames -= known->second.names.size();
+          known->second.names.clear();
+          known->second.tooBig = true;
+          return kj::READY_NOW;
+        }
+        for (auto& e : page.value) c->mayExist(dir, e.name);
+        known = c->knownDirs.find(dir);  // (mayExist may have forgotten every directory)
+        if (known == c->knownDirs.end() || known->second.id != id) return kj::READY_NOW;
+        if (*m && !page.value.empty()) {
+          return c->learnPage(dir, id, page.value.back().name, as);
+        }
+        known->second.complete = true;
+        return kj::READY_NOW;
+      })
+      .attach(kj::mv(more));
 }
 
 template <typename Response>
@@ -441,6 +600,7 @@ kj::Promise<Result<FileAttr>> Client::getattr(uint64_t inode, std::optional<Call
 
 kj::Promise<Result<FileAttr>> Client::mkdir(uint64_t parent, std::string name, uint32_t mode,
                                             std::optional<Caller> as) {
+  mayExist(parent, name);
   auto req = master(as).mkdirRequest();
   req.setParent(parent);
   req.setName(name);
@@ -455,6 +615,7 @@ kj::Promise<Result<FileAttr>> Client::mkdir(uint64_t parent, std::string name, u
 kj::Promise<Result<FileAttr>> Client::create(uint64_t parent, std::string name, uint32_t mode,
                                              uint8_t replication, bool exclusive, bool open,
                                              std::optional<Caller> as) {
+  mayExist(parent, name);
   auto req = master(as).createRequest();
   req.setParent(parent);
   req.setName(name);
@@ -642,6 +803,7 @@ kj::Promise<Status> Client::rmdir(uint64_t parent, std::string name, std::option
 kj::Promise<Status> Client::rename(uint64_t srcParent, std::string srcName, uint64_t dstParent,
                                    std::string dstName, bool noReplace, std::optional<Caller> as) {
   sendCloses().detach([](kj::Exception&&) {});
+  mayExist(dstParent, dstName);
   auto req = master(as).renameRequest();
   req.setSrcParent(srcParent);
   req.setSrcName(srcName);
@@ -658,6 +820,7 @@ kj::Promise<Status> Client::rename(uint64_t srcParent, std::string srcName, uint
 
 kj::Promise<Result<FileAttr>> Client::symlink(uint64_t parent, std::string name, std::string target,
                                               std::optional<Caller> as) {
+  mayExist(parent, name);
   auto req = master(as).symlinkRequest();
   req.setParent(parent);
   req.setName(name);
@@ -681,6 +844,7 @@ kj::Promise<Result<std::string>> Client::readlink(uint64_t inode, std::optional<
 
 kj::Promise<Result<FileAttr>> Client::link(uint64_t inode, uint64_t newParent, std::string newName,
                                            std::optional<Caller> as) {
+  mayExist(newParent, newName);
   auto req = master(as).linkRequest();
   req.setInode(inode);
   req.setNewParent(newParent);
@@ -695,6 +859,7 @@ kj::Promise<Result<FileAttr>> Client::link(uint64_t inode, uint64_t newParent, s
 kj::Promise<Result<FileAttr>> Client::snapshot(uint64_t source, uint64_t parent, std::string name,
                                                std::optional<Caller> as) {
   forgetDir(parent);
+  mayExist(parent, name);
   auto req = master(as).snapshotRequest();
   req.setSource(source);
   req.setParent(parent);
@@ -707,6 +872,7 @@ kj::Promise<Result<FileAttr>> Client::snapshot(uint64_t source, uint64_t parent,
 kj::Promise<Result<FileAttr>> Client::mknod(uint64_t parent, std::string name, FileType type,
                                             uint32_t mode, uint64_t rdev,
                                             std::optional<Caller> as) {
+  mayExist(parent, name);
   auto req = master(as).mknodRequest();
   req.setParent(parent);
   req.setName(name);

@@ -9,11 +9,13 @@
 
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <random>
 #include <set>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "chunkserver.capnp.h"
@@ -211,6 +213,21 @@ struct ClientOptions {
   kj::Duration closeDelay = 0 * kj::SECONDS;
 };
 
+// Hears, while a client's master session watches (Client::watchNamespace), of the changes
+// other clients (or the master) make to the names and attributes this client was answered
+// about. Called on the client's loop.
+class NamespaceWatcher {
+ public:
+  virtual ~NamespaceWatcher() = default;
+  // Names (a directory and a name in it) whose entries changed, and inodes whose attributes
+  // or data changed.
+  virtual void changed(const std::vector<std::pair<uint64_t, std::string>>& entries,
+                       const std::vector<uint64_t>& inodes) = 0;
+  // Anything answered before may be stale: the session ended, or the master forgot what it
+  // answered.
+  virtual void allChanged() = 0;
+};
+
 class Client {
  public:
   Client(ClientOptions options, kj::Network& network, kj::Timer& timer);
@@ -219,6 +236,13 @@ class Client {
   const std::string& masterAddress() const { return opts.master; }
   // The master calls go to now.
   const std::string& currentMaster() const { return masters[masterIndex]; }
+
+  // Every master session from the next call on asks the master to tell `watcher` what
+  // changes (null: none). Not with standbyReads: a standby's answers are not watched.
+  void watchNamespace(NamespaceWatcher* watcher);
+  // Whether the master watches this session for `watcher` now: what is answered from here
+  // on is told when it changes, until allChanged().
+  bool watching() const { return watchedSession != 0 && watchedSession == sessionNumber; }
 
   // Namespace.
   kj::Promise<Result<FileAttr>> resolve(std::string path, std::optional<Caller> as = std::nullopt);
@@ -509,6 +533,41 @@ class Client {
   uint32_t readerFailures = 0;  // in a row
   kj::TimePoint readersPausedUntil = kj::origin<kj::TimePoint>();
   kj::Promise<void> keepalive = nullptr;
+  // Watching (watchNamespace): sessions are numbered; the one the master watches, 0: none.
+  class WatcherServer;
+  struct WatchLink {
+    Client* client;  // null once the client is gone
+  };
+  NamespaceWatcher* nsWatcher = nullptr;
+  std::shared_ptr<WatchLink> watchLink = std::make_shared<WatchLink>(WatchLink{this});
+  uint64_t sessionNumber = 0, watchedSession = 0;
+  uint64_t nextWatchId = 0, watchedId = 0;  // watch requests, and the one accepted
+  void startWatch(wire::ClientService::Client& service);
+  // Watch `id` ended (its connection did, or its master stepped down): what was answered
+  // under it may be stale.
+  void watchLost(uint64_t id);
+  void changedFromMaster(const std::vector<std::pair<uint64_t, std::string>>& entries,
+                         const std::vector<uint64_t>& inodes, bool all);
+  // Directories whose every name this client knows while watched, so that a lookup of a
+  // name not among them is answered here (a create's look first costs no master call).
+  // Learnt by listing a directory after a lookup in it missed; kept by this client's own
+  // changes and what the master tells. Names only join (one removed stays, as "maybe"), so
+  // an absence answered here is one the master would answer. Forgotten with the watch.
+  struct KnownDir {
+    uint64_t id = 0;        // the listing that learns it
+    bool complete = false;  // every page read
+    bool tooBig = false;    // or not to be known (too many names, or the listing failed)
+    std::unordered_set<std::string> names;
+  };
+  static constexpr size_t MAX_KNOWN_DIR = 100000;     // names in one directory
+  static constexpr size_t MAX_KNOWN_NAMES = 1 << 20;  // in all
+  std::unordered_map<uint64_t, KnownDir> knownDirs;
+  size_t knownNames = 0;
+  uint64_t nextKnownDir = 0;
+  void mayExist(uint64_t parent, const std::string& name);
+  void learnDir(uint64_t dir, std::optional<Caller> as);
+  kj::Promise<void> learnPage(uint64_t dir, uint64_t id, std::string after,
+                              std::optional<Caller> as);
   uint64_t chunkSize = 0;  // learnt from the master; fixed for a cluster
   struct CachedLayout {
     FileLayout layout;

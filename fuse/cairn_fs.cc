@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <sys/xattr.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -79,7 +80,31 @@ struct stat toStat(const FileAttr& a) {
   return st;
 }
 
-fuse_entry_param entryOf(fuse_req_t req, const FileAttr& a) {
+// The kernel cache of a watched session (see KernelCache), or null: the master tells this
+// mount of others' changes now, so what the kernel is given may be kept for long.
+KernelCache* watchedCache(fuse_req_t req) {
+  CairnFs& fs = fsOf(req);
+  if (fs.kernelCache == nullptr || fs.client == nullptr || !fs.client->watching()) return nullptr;
+  return fs.kernelCache;
+}
+
+// How long the kernel may keep what a timeout option bounds: that long, or while watched
+// the watched timeout (an option set to 0 stays 0: never kept).
+double keepFor(fuse_req_t req, double option) {
+  if (option <= 0 || watchedCache(req) == nullptr) return option;
+  return std::max(option, fsOf(req).options.watchedTimeout);
+}
+
+void noteAttr(fuse_req_t req, const FileAttr& a, double* timeout) {
+  *timeout = keepFor(req, fsOf(req).options.attrTimeout);
+  if (KernelCache* kc = watchedCache(req)) kc->noteInode(a.inode);
+}
+
+// The entry for `name` in `parent`, as the kernel is to keep it: for long while watched,
+// unless `fresh` is false (answered from what was fetched earlier, before a change the
+// master may have told meanwhile).
+fuse_entry_param entryOf(fuse_req_t req, uint64_t parent, std::string_view name, const FileAttr& a,
+                         bool fresh = true) {
   fuse_entry_param e;
   memset(&e, 0, sizeof(e));
   e.ino = a.inode;
@@ -87,31 +112,43 @@ fuse_entry_param entryOf(fuse_req_t req, const FileAttr& a) {
   e.attr = toStat(a);
   e.attr_timeout = fsOf(req).options.attrTimeout;
   e.entry_timeout = fsOf(req).options.entryTimeout;
+  if (!fresh) return e;
+  noteAttr(req, a, &e.attr_timeout);
+  e.entry_timeout = keepFor(req, fsOf(req).options.entryTimeout);
+  if (KernelCache* kc = watchedCache(req)) kc->noteName(parent, name);
   return e;
 }
 
-void replyEntry(fuse_req_t req, const Result<FileAttr>& r) {
-  if (!r.ok()) {
-    fuse_reply_err(req, toErrno(r.status.code()));
-    return;
-  }
-  fuse_entry_param e = entryOf(req, r.value);
-  fuse_reply_entry(req, &e);
+// Replies with the entry a call made or found as `name` in `parent`.
+auto replyEntryAt(uint64_t parent, std::string name) {
+  return [parent, name = std::move(name)](fuse_req_t req, const Result<FileAttr>& r) {
+    if (!r.ok()) {
+      fuse_reply_err(req, toErrno(r.status.code()));
+      return;
+    }
+    fuse_entry_param e = entryOf(req, parent, name, r.value);
+    fuse_reply_entry(req, &e);
+  };
 }
 
 // A name found missing is answered as an entry without an inode, which the kernel keeps
-// as a negative entry for negativeTimeout seconds (NFS keeps them too): the probes of a
-// compiler's include path, a shell's PATH or a create that looked first ask once.
-void replyLookup(fuse_req_t req, const Result<FileAttr>& r) {
-  double negative = fsOf(req).options.negativeTimeout;
-  if (!r.ok() && toErrno(r.status.code()) == ENOENT && negative > 0) {
-    fuse_entry_param e;
-    memset(&e, 0, sizeof(e));
-    e.entry_timeout = negative;
-    fuse_reply_entry(req, &e);
-    return;
-  }
-  replyEntry(req, r);
+// as a negative entry for negativeTimeout seconds (NFS keeps them too), or as long as the
+// master tells of changes: the probes of a compiler's include path, a shell's PATH or a
+// create that looked first ask once.
+auto replyLookupAt(uint64_t parent, std::string name) {
+  return [parent, name = std::move(name)](fuse_req_t req, const Result<FileAttr>& r) {
+    double negative = keepFor(req, fsOf(req).options.negativeTimeout);
+    KernelCache* kc = watchedCache(req);
+    if (!r.ok() && toErrno(r.status.code()) == ENOENT && negative > 0) {
+      fuse_entry_param e;
+      memset(&e, 0, sizeof(e));
+      e.entry_timeout = negative;
+      if (kc != nullptr) kc->noteName(parent, name);
+      fuse_reply_entry(req, &e);
+      return;
+    }
+    replyEntryAt(parent, name)(req, r);
+  };
 }
 
 void replyAttr(fuse_req_t req, const Result<FileAttr>& r) {
@@ -120,7 +157,9 @@ void replyAttr(fuse_req_t req, const Result<FileAttr>& r) {
     return;
   }
   struct stat st = toStat(r.value);
-  fuse_reply_attr(req, &st, fsOf(req).options.attrTimeout);
+  double timeout;
+  noteAttr(req, r.value, &timeout);
+  fuse_reply_attr(req, &st, timeout);
 }
 
 void replyStatus(fuse_req_t req, const Status& s) { fuse_reply_err(req, toErrno(s.code())); }
@@ -205,15 +244,21 @@ void cfsLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   serve(
       req, "lookup",
       [&](Client& c, FileCache& fc) { return seenHere(fc, c.lookup(parent, name, who)); },
-      replyLookup);
+      replyLookupAt(parent, name));
 }
 
-void cfsForget(fuse_req_t req, fuse_ino_t, uint64_t) {
-  // Master inodes are the FUSE inodes: nothing to drop.
+// Master inodes are the FUSE inodes: nothing to drop but what the kernel cache tracks.
+void cfsForget(fuse_req_t req, fuse_ino_t ino, uint64_t) {
+  if (fsOf(req).kernelCache != nullptr) fsOf(req).kernelCache->forget(ino);
   fuse_reply_none(req);
 }
 
-void cfsForgetMulti(fuse_req_t req, size_t, fuse_forget_data*) { fuse_reply_none(req); }
+void cfsForgetMulti(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
+  if (fsOf(req).kernelCache != nullptr) {
+    for (size_t i = 0; i < count; ++i) fsOf(req).kernelCache->forget(forgets[i].ino);
+  }
+  fuse_reply_none(req);
+}
 
 void cfsGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
   serve(
@@ -277,14 +322,14 @@ void cfsMknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, 
   serve(
       req, "mknod",
       [&](Client& c, FileCache&) { return c.mknod(parent, name, type, mode & 07777, rdev, who); },
-      replyEntry);
+      replyEntryAt(parent, name));
 }
 
 void cfsMkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
   Caller who = callerOf(req);
   serve(
       req, "mkdir", [&](Client& c, FileCache&) { return c.mkdir(parent, name, mode & 07777, who); },
-      replyEntry);
+      replyEntryAt(parent, name));
 }
 
 void cfsUnlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
@@ -304,7 +349,7 @@ void cfsSymlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char*
   Caller who = callerOf(req);
   serve(
       req, "symlink", [&](Client& c, FileCache&) { return c.symlink(parent, name, link, who); },
-      replyEntry);
+      replyEntryAt(parent, name));
 }
 
 void cfsRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
@@ -328,7 +373,7 @@ void cfsLink(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* n
   serve(
       req, "link",
       [&](Client& c, FileCache& fc) { return seenHere(fc, c.link(ino, newparent, newname, who)); },
-      replyEntry);
+      replyEntryAt(newparent, newname));
 }
 
 // An open file: fi->fh holds one. Made and destroyed on the client's loop.
@@ -395,10 +440,11 @@ void cfsCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
   serve(
       req, "create",
       [&](Client&, FileCache& fc) { return wrap(fc.create(parent, name, o), fi->flags); },
-      [info = *fi](fuse_req_t req, const Result<FileHandle*>& r) mutable {
+      [parent, name = std::string(name), info = *fi](fuse_req_t req,
+                                                     const Result<FileHandle*>& r) mutable {
         if (!r.ok()) return replyStatus(req, r.status);
         CairnFs& fs = fsOf(req);
-        fuse_entry_param e = entryOf(req, r.value->file->attr());
+        fuse_entry_param e = entryOf(req, parent, name, r.value->file->attr());
         prepareOpen(info, r.value);
         if (fuse_reply_create(req, &e, &info) != 0) closeUnclaimed(fs, r.value);
       });
@@ -510,8 +556,13 @@ void replyEntries(fuse_req_t req, DirHandle* dir, size_t size, off_t off, bool p
     } else {
       auto& entry = dir->entries[i - 2];
       name = entry.name;
-      e = entryOf(req, entry.attr);
-      st = e.attr;
+      if (plus) {
+        // Pages are fetched ahead of the requests that hand them out: kept briefly only.
+        e = entryOf(req, dir->inode, name, entry.attr, false);
+        st = e.attr;
+      } else {
+        st = toStat(entry.attr);
+      }
     }
     e.attr = st;
     size_t n = plus ? fuse_add_direntry_plus(req, buf.data() + used, size - used, name.c_str(), &e,

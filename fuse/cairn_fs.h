@@ -11,6 +11,7 @@
 
 #include "client.h"
 #include "file_cache.h"
+#include "kernel_cache.h"
 
 namespace cairn {
 
@@ -24,6 +25,11 @@ struct MountOptions {
   // Seconds a released file may stay open at the master, so that the releases of that time
   // go in one call (ClientOptions::closeDelay); 0: each release is its own call.
   double closeDelay = 0.02;
+  // Seconds the kernel may keep names (found or not) and attributes while the master
+  // tells this mount of every change other clients make (-o cache_timeout; 0: never, the
+  // three above always). When the master can no longer tell (its connection lost, a
+  // failover), all of it is dropped.
+  double watchedTimeout = 60.0;
 };
 
 struct CairnFs {
@@ -32,7 +38,8 @@ struct CairnFs {
   // Set by serveSession, on the loop thread:
   Client* client = nullptr;
   FileCache* cache = nullptr;
-  kj::TaskSet* tasks = nullptr;  // requests under way
+  kj::TaskSet* tasks = nullptr;        // requests under way
+  KernelCache* kernelCache = nullptr;  // with options.watchedTimeout > 0
 };
 
 // The operations table; fuse_req_userdata() of every request is a CairnFs.

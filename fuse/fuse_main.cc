@@ -6,9 +6,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <string>
 #include <thread>
@@ -30,6 +32,9 @@ const char* USAGE =
     "options (-o): entry_timeout=SECONDS, attr_timeout=SECONDS (default 1),\n"
     "  negative_timeout=SECONDS (how long a name's absence may be cached; default\n"
     "  entry_timeout),\n"
+    "  cache_timeout=SECONDS (how long the kernel may keep names and attributes while the\n"
+    "  master tells this mount of other clients' changes; default 60, 0: never; a timeout\n"
+    "  above set to 0 stays 0),\n"
     "  close_delay=SECONDS (0 to 10, default 0.02: releases of that time go to the master\n"
     "  in one call), standby_reads\n"
     "  (stat, lookup, readdir and locations from a standby master in sync; also\n"
@@ -61,6 +66,8 @@ bool parseOptions(const std::string& list, Args& a) {
       a.mount.attrTimeout = atof(opt.c_str() + 13);
     } else if (opt.rfind("negative_timeout=", 0) == 0) {
       a.negativeTimeout = atof(opt.c_str() + 17);
+    } else if (opt.rfind("cache_timeout=", 0) == 0) {
+      a.mount.watchedTimeout = atof(opt.c_str() + 14);
     } else if (opt.rfind("close_delay=", 0) == 0) {
       a.mount.closeDelay = atof(opt.c_str() + 12);
     } else if (opt == "standby_reads") {
@@ -73,7 +80,7 @@ bool parseOptions(const std::string& list, Args& a) {
   }
   a.mount.negativeTimeout = a.negativeTimeout.value_or(a.mount.entryTimeout);
   return a.mount.entryTimeout >= 0 && a.mount.attrTimeout >= 0 && a.mount.negativeTimeout >= 0 &&
-         a.mount.closeDelay >= 0 && a.mount.closeDelay <= 10;
+         a.mount.closeDelay >= 0 && a.mount.closeDelay <= 10 && a.mount.watchedTimeout >= 0;
 }
 
 bool parseArgs(int argc, char** argv, Args& a) {
@@ -195,12 +202,17 @@ int main(int argc, char** argv) {
         }
       }
     }).detach();
+    // Before the client, which tells it of changes until it is gone.
+    std::unique_ptr<KernelCache> kernelCache;
+    if (args.mount.watchedTimeout > 0) kernelCache = std::make_unique<KernelCache>(se);
     {
       BlockingClient client(clientOptions);
       fs.session = se;
+      fs.kernelCache = kernelCache.get();
       logInfo("mounted {} at {}", args.master, args.mountpoint);
       try {
         client.run([&](Client& c, FileCache& fc) {
+          if (kernelCache) c.watchNamespace(kernelCache.get());
           return serveSession(fs, c, fc, client.eventPort()).then([&c]() {
             return c.sendCloses();  // the last releases: the master ends those opens now
           });
@@ -209,7 +221,11 @@ int main(int argc, char** argv) {
       } catch (const kj::Exception& e) {
         logError("serving the mount: {}", e.getDescription().cStr());
       }
+      // A notification may wait for a request the loop no longer answers: the unmount
+      // ends that wait.
+      if (kernelCache) kernelCache->stop(std::chrono::milliseconds(200));
       fuse_session_unmount(se);
+      if (kernelCache) kernelCache->stop(std::chrono::seconds(2));
     }
     logInfo("unmounted {}", args.mountpoint);
   }

@@ -51,6 +51,9 @@ struct Session {
   }
   Master& master;
   OpenFiles opens;
+  // Set once the client watches (a mount): what it was answered about is told when it
+  // changes.
+  std::shared_ptr<Watchers::Watch> watch;
 };
 
 // The calls of one session for one caller. Every namespace call goes through the
@@ -71,6 +74,9 @@ class ClientServiceImpl final : public wire::ClientService::Server {
       uint64_t interfaceId, uint16_t methodId,
       capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer> context) override {
     return master.clientCalls().measure(methodId, context, [&]() {
+      // What this call commits is the session's own change (not told back to it).
+      master.watchers().setOrigin(state->watch.get());
+      KJ_DEFER(master.watchers().setOrigin(nullptr));
       if (!master.isActive()) {
         if (!master.servesReads() || !standbyAnswers(methodId)) return notActive(methodId, context);
         return wire::ClientService::Server::dispatchCall(interfaceId, methodId, context);
@@ -149,6 +155,7 @@ class ClientServiceImpl final : public wire::ClientService::Server {
   kj::Promise<void> lookup(LookupContext context) override {
     if (refused(context)) return kj::READY_NOW;
     auto p = context.getParams();
+    answeredDir(p.getParent());
     reply(context, auth.lookup(who.value, p.getParent(), text(p.getName())));
     return kj::READY_NOW;
   }
@@ -217,6 +224,20 @@ class ClientServiceImpl final : public wire::ClientService::Server {
 
   kj::Promise<void> session(SessionContext) override { return kj::READY_NOW; }
 
+  kj::Promise<void> watch(WatchContext context) override {
+    auto p = context.getParams();
+    Status s = Status::OK();
+    if (!p.hasWatcher()) {
+      s = Status::invalidArgument("watch: no watcher");
+    } else if (state->watch) {
+      s = Status::alreadyExists("this session watches already");
+    } else {
+      state->watch = master.watchers().add(p.getWatcher());
+    }
+    toWire(s, context.getResults().initStatus());
+    return kj::READY_NOW;
+  }
+
   kj::Promise<void> asCaller(AsCallerContext context) override {
     auto p = context.getParams();
     auto gids = p.getGids();
@@ -251,8 +272,10 @@ class ClientServiceImpl final : public wire::ClientService::Server {
     Status s = auth.readdir(who.value, p.getInode(), text(p.getAfter()), limit, entries, more);
     toWire(s, results.initStatus());
     if (!s.ok()) return kj::READY_NOW;
+    answeredDir(p.getInode());
     auto list = results.initEntries(static_cast<uint>(entries.size()));
     for (size_t i = 0; i < entries.size(); ++i) {
+      answeredInode(entries[i].inode.inode);
       list[i].setName(entries[i].name);
       fillAttr(entries[i].inode, ns.chunkSize(), list[i].initAttr());
     }
@@ -667,8 +690,14 @@ class ClientServiceImpl final : public wire::ClientService::Server {
   void reply(Context& context, const Result<Inode>& r) {
     auto results = context.getResults();
     toWire(r.status, results.initStatus());
-    if (r.ok()) fillAttr(r.value, ns.chunkSize(), results.initAttr());
+    if (!r.ok()) return;
+    answeredInode(r.value.inode);
+    fillAttr(r.value, ns.chunkSize(), results.initAttr());
   }
+
+  // What a watching session was answered about (Watchers).
+  void answeredDir(uint64_t dir) { master.watchers().answeredDir(state->watch.get(), dir); }
+  void answeredInode(uint64_t inode) { master.watchers().answeredInode(state->watch.get(), inode); }
 
   // `dirs`: the directories the call changes, whose attributes go back with a success (in
   // results that have `dirs`).
@@ -680,6 +709,13 @@ class ClientServiceImpl final : public wire::ClientService::Server {
       auto results = context.getResults();
       toWire(r.status, results.initStatus());
       if (!r.status.ok()) return;
+      if (state->watch && r.inode.inode != 0) {
+        // A watching session caches the attributes from now on: they are told when they
+        // change after this, so they must be those of now, not of when the call began.
+        answeredInode(r.inode.inode);
+        auto now = ns.getattr(r.inode.inode);
+        if (now.ok()) r.inode = std::move(now.value);
+      }
       fillAttr(r.inode, ns.chunkSize(), results.initAttr());
       fillDirs(results, dirs);
     });
@@ -704,7 +740,9 @@ class ClientServiceImpl final : public wire::ClientService::Server {
       std::vector<Inode> found;
       for (uint64_t d : dirs) {
         auto a = ns.getattr(d);
-        if (a.ok()) found.push_back(std::move(a.value));
+        if (!a.ok()) continue;
+        answeredInode(d);
+        found.push_back(std::move(a.value));
       }
       auto list = results.initDirs(static_cast<uint>(found.size()));
       for (size_t i = 0; i < found.size(); ++i) {

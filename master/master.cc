@@ -83,6 +83,7 @@ Master::Master(MasterOptions options, kj::Timer& timer, const kj::Clock& clock)
   // One of several masters starts as a standby: its store changes only by the active's log.
   active_ = !haEnabled();
   store->setWritable(active_);
+  store->setObserver([this](const Mutation& m) { watchers_.committed(m); });
   ns = std::make_unique<Namespace>(*store, clock, opts.chunkSize);
   if (ns->chunkSize() != opts.chunkSize) {
     logWarn("chunk size is {} (fixed when {} was created), not {}", ns->chunkSize(), opts.dataDir,

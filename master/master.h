@@ -20,6 +20,7 @@
 #include "rpc.h"
 #include "tls.h"
 #include "tokens.h"
+#include "watchers.h"
 
 namespace cairn {
 
@@ -138,6 +139,8 @@ class Master final : private kj::TaskSet::ErrorHandler {
   const MasterOptions& options() const { return opts; }
   kj::Timer& timer() { return timer_; }
   ChunkserverControl& control() { return *control_; }
+  // The sessions that cache names and attributes, told of every change (watchers.h).
+  Watchers& watchers() { return watchers_; }
 
   // What /metrics shows, and the calls of each service counted into it.
   Metrics& metrics() { return metrics_; }
@@ -173,6 +176,7 @@ class Master final : private kj::TaskSet::ErrorHandler {
   TokenKeys keys;
   uint32_t signingKey = 0;
   kj::TimePoint rotatedAt;
+  Watchers watchers_;  // before the store, which tells it of every commit
   std::unique_ptr<NamespaceStore> store;
   std::unique_ptr<Namespace> ns;
   kj::Own<ChunkserverControl> control_;

@@ -66,6 +66,7 @@ void Master::deposed(const std::string& why) {
   // Nothing more is acknowledged: pending commits fail, the store takes no more.
   active_ = false;
   store->setWritable(false);
+  watchers_.endAll();  // their caches are not kept true from here
   if (shipper) shipper->stop(why);
   if (opts.onDeposed) {
     // Nothing of the ZooKeeper client may run on while main() replaces the process.

@@ -104,6 +104,7 @@ kj::Promise<void> NamespaceStore::commit(Mutation m) {
     return KJ_EXCEPTION(FAILED, "metadata store is read only (this master is not active)");
   }
   bool synced = syncEvery || m.sync;
+  if (observer) observer(m);
   return commitEntry(std::move(m), synced);
 }
 

@@ -12,6 +12,7 @@
 #include <leveldb/env.h>
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -92,6 +93,9 @@ class NamespaceStore {
   // commit resolves when both the disk and the shipper's promise have it.
   using Shipper = kj::Function<kj::Promise<void>(const LogEntry&)>;
   void setShipper(kj::Maybe<Shipper> value) { shipper = kj::mv(value); }
+  // Called with every mutation commit() takes, before it is written (the master tells the
+  // sessions that watch what it changes).
+  void setObserver(std::function<void(const Mutation&)> value) { observer = std::move(value); }
   // A standby's store changes only through apply() and install(); commit() fails.
   void setWritable(bool value) { writable = value; }
   bool isWritable() const { return writable; }
@@ -165,6 +169,7 @@ class NamespaceStore {
   uint64_t syncedLsn = 0, syncingLsn = 0;
   kj::Maybe<kj::ForkedPromise<void>> syncing;
   std::optional<std::string> requestKey;
+  std::function<void(const Mutation&)> observer;
 };
 
 }  // namespace cairn

@@ -293,6 +293,27 @@ interface ClientService {
   # close() of each inode in turn (an inode twice: two opens end), in one call: a client
   # that ends many opens in a short time (a mount) sends them together. At most 4,096
   # inodes; a longer list is refused whole (invalidArgument) and ends no open.
+
+  watch @41 (watcher :Watcher) -> (status :Status);
+  # This session's client caches names and attributes (a mount, in its kernel): from now
+  # until the session ends, the master calls `watcher` with the names and inodes other
+  # sessions (or the master itself) change among those it answered this session about.
+  # Standbys refuse it (notActive); a session watches once (alreadyExists after).
+}
+
+struct NameRef {
+  parent @0 :UInt64;
+  name @1 :Text;
+}
+
+interface Watcher {
+  changed @0 (entries :List(NameRef), inodes :List(UInt64), all :Bool) -> ();
+  # Names (a directory and a name in it) and inodes whose entries or attributes changed,
+  # in the order the master recorded them. `all`: the master forgot what it answered this
+  # session about (too much of it, or too many changes queued), so anything cached may be
+  # stale; it watches on.
+  ended @1 () -> ();
+  # The master stopped being the active one: nothing more will be told on this session.
 }
 
 enum SafeModeAction {

@@ -4,11 +4,11 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <gtest/gtest.h>
 #include <grp.h>
+#include <gtest/gtest.h>
 #include <sys/stat.h>
-#include <sys/sysmacros.h>
 #include <sys/statvfs.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
 #include <unistd.h>
@@ -129,8 +129,7 @@ void runFsx(const std::string& mounted, const std::string& reference, uint64_t s
 TEST_F(FuseTest, FsxRandomOperationsMatchTheLocalDisk) {
   start("attr_timeout=1");
   for (uint64_t seed : {1, 2, 3}) {
-    runFsx(mnt + "/fsx" + std::to_string(seed), local + "/fsx" + std::to_string(seed), seed,
-           1200);
+    runFsx(mnt + "/fsx" + std::to_string(seed), local + "/fsx" + std::to_string(seed), seed, 1200);
     if (HasFatalFailure()) return;
   }
 }
@@ -188,10 +187,10 @@ std::vector<int> buildTree(const std::string& r) {
   link((r + "/a/one").c_str(), (r + "/a/b/hard-one").c_str());
   link((r + "/top").c_str(), (r + "/top2").c_str());
   link((r + "/top").c_str(), (r + "/a/top3").c_str());
-  unlink((r + "/top2").c_str());                                      // nlink 3 -> 2
-  rename((r + "/a/b/c").c_str(), (r + "/moved-c").c_str());           // a directory
+  unlink((r + "/top2").c_str());                             // nlink 3 -> 2
+  rename((r + "/a/b/c").c_str(), (r + "/moved-c").c_str());  // a directory
   put("/victim", "to be replaced");
-  rename((r + "/a/one").c_str(), (r + "/victim").c_str());            // replaces a file
+  rename((r + "/a/one").c_str(), (r + "/victim").c_str());  // replaces a file
   chmod((r + "/a/b/two").c_str(), 0604);
   mkfifo((r + "/fifo").c_str(), 0622);
   mkdir((r + "/gone").c_str(), 0755);
@@ -211,8 +210,8 @@ std::vector<int> buildTree(const std::string& r) {
   expectFail(rename((r + "/moved-c").c_str(), (r + "/top").c_str()));   // ENOTDIR
   expectFail(rename((r + "/top").c_str(), (r + "/a").c_str()));         // EISDIR
   expectFail(renameat2(AT_FDCWD, (r + "/top").c_str(), AT_FDCWD, (r + "/victim").c_str(),
-                       RENAME_NOREPLACE));                               // EEXIST
-  expectFail(link((r + "/a").c_str(), (r + "/a-link").c_str()));        // EPERM
+                       RENAME_NOREPLACE));                        // EEXIST
+  expectFail(link((r + "/a").c_str(), (r + "/a-link").c_str()));  // EPERM
   return errors;
 }
 
@@ -265,10 +264,11 @@ TEST_F(FuseTest, TwoMountsSeeEachOthersClosedFiles) {
 }
 
 TEST_F(FuseTest, AMissingNameIsCachedForNegativeTimeout) {
-  // One mount keeps absences 30 s, one 0 s, one as its entry_timeout (0.3 s).
-  start("negative_timeout=30");
-  std::string none = cluster->mount("negative_timeout=0");
-  std::string brief = cluster->mount("entry_timeout=0.3");
+  // One mount keeps absences 30 s, one 0 s, one as its entry_timeout (0.3 s); none is told
+  // of changes by the master (cache_timeout=0), so each keeps an absence its time.
+  start("negative_timeout=30,cache_timeout=0");
+  std::string none = cluster->mount("negative_timeout=0,cache_timeout=0");
+  std::string brief = cluster->mount("entry_timeout=0.3,cache_timeout=0");
   struct stat st;
   auto exists = [&](const std::string& path) { return stat(path.c_str(), &st) == 0; };
   for (auto& m : {mnt, none, brief}) {
@@ -301,6 +301,74 @@ TEST_F(FuseTest, AMissingNameIsCachedForNegativeTimeout) {
     EXPECT_TRUE(exists(mnt + "/" + name)) << name;
   }
   EXPECT_FALSE(exists(mnt + "/dir"));
+}
+
+// Mounts the master tells of changes keep names, absences and attributes for long
+// (cache_timeout, 60 s here) and still see every change another client makes within
+// moments: a name made or removed, a mode, a size, a name in a directory whose names the
+// mount knows (and answers absences in itself). A master that restarts tells nothing of
+// what changed while it was gone: the mount drops everything it kept.
+TEST_F(FuseTest, WatchedMountsSeeOtherClientsChangesAtOnce) {
+  start();
+  std::string other = cluster->mount();
+  struct stat st;
+  auto exists = [&](const std::string& path) { return stat(path.c_str(), &st) == 0; };
+  // Within 5 s, far less than the 60 s the kernel may keep what it was given.
+  auto soon = [&](const std::function<bool()>& seen) {
+    for (int i = 0; i < 100; ++i) {
+      if (seen()) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return false;
+  };
+  auto cli = [&](std::vector<std::string> args) {
+    std::string err;
+    ASSERT_EQ(cluster->cli(args, nullptr, &err), 0) << err;
+  };
+  ASSERT_TRUE(soon([&]() { return exists(mnt) && exists(other); }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // both watched by now
+
+  // A name another client makes, where an absence was kept.
+  ASSERT_FALSE(exists(mnt + "/later"));
+  cli({"mkdir", "/later"});
+  EXPECT_TRUE(soon([&]() { return exists(mnt + "/later"); })) << "an absence outlived a mkdir";
+
+  // Mode and size changed on the other mount; the name removed there.
+  testing::writeFile(mnt + "/f", "abc");
+  ASSERT_TRUE(exists(other + "/f"));
+  ASSERT_EQ(st.st_size, 3);
+  ASSERT_EQ(chmod((mnt + "/f").c_str(), 0600), 0);
+  EXPECT_TRUE(soon([&]() { return exists(other + "/f") && (st.st_mode & 07777) == 0600; }));
+  int fd = open((mnt + "/f").c_str(), O_WRONLY | O_APPEND);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(write(fd, "defg", 4), 4);
+  ASSERT_EQ(close(fd), 0);
+  EXPECT_TRUE(soon([&]() { return exists(other + "/f") && st.st_size == 7; }));
+  ASSERT_EQ(unlink((other + "/f").c_str()), 0);
+  EXPECT_TRUE(soon([&]() { return !exists(mnt + "/f"); }));
+
+  // A directory whose names the mount learnt after a miss: absences are answered by the
+  // mount, yet a name made by another client is seen.
+  ASSERT_EQ(mkdir((mnt + "/known").c_str(), 0755), 0);
+  EXPECT_FALSE(exists(mnt + "/known/a"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // its names are learnt
+  for (int i = 0; i < 20; ++i) {
+    testing::writeFile(mnt + "/known/mine" + std::to_string(i), "x");
+  }
+  EXPECT_FALSE(exists(mnt + "/known/b"));
+  cli({"mkdir", "/known/b"});
+  EXPECT_TRUE(soon([&]() { return exists(mnt + "/known/b"); }));
+  EXPECT_TRUE(exists(other + "/known/mine19"));
+
+  // The master restarts: what changes meanwhile was never told, and is seen anyway.
+  ASSERT_FALSE(exists(mnt + "/while"));
+  ASSERT_FALSE(exists(mnt + "/known/while"));
+  cluster->killMaster(SIGKILL);
+  cluster->startMaster();
+  cli({"mkdir", "/while"});
+  cli({"mkdir", "/known/while"});
+  EXPECT_TRUE(soon([&]() { return exists(mnt + "/while"); }));
+  EXPECT_TRUE(soon([&]() { return exists(mnt + "/known/while"); }));
 }
 
 TEST_F(FuseTest, AStoppedMasterFailsWithinTheBoundAndRecovers) {

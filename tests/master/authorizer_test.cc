@@ -320,5 +320,159 @@ TEST_F(AuthorizerTest, ClosesSentTogetherEndOneOpenEach) {
   EXPECT_FALSE(master->names().isOpen(a));
 }
 
+// A mount's watcher as the master calls it: what it was told.
+struct Told {
+  std::vector<std::pair<uint64_t, std::string>> entries;
+  std::vector<uint64_t> inodes;
+  int all = 0, ended = 0, calls = 0;
+  bool entry(uint64_t parent, const std::string& name) const {
+    return std::count(entries.begin(), entries.end(), std::make_pair(parent, name)) > 0;
+  }
+  bool inode(uint64_t i) const { return std::count(inodes.begin(), inodes.end(), i) > 0; }
+  void clear() { *this = Told{}; }
+};
+
+class RecordingWatcher final : public wire::Watcher::Server {
+ public:
+  explicit RecordingWatcher(Told& told) : told(told) {}
+  kj::Promise<void> changed(ChangedContext context) override {
+    auto p = context.getParams();
+    told.calls++;
+    for (auto e : p.getEntries()) told.entries.emplace_back(e.getParent(), e.getName().cStr());
+    for (uint64_t i : p.getInodes()) told.inodes.push_back(i);
+    if (p.getAll()) told.all++;
+    return kj::READY_NOW;
+  }
+  kj::Promise<void> ended(EndedContext) override {
+    told.ended++;
+    return kj::READY_NOW;
+  }
+
+ private:
+  Told& told;
+};
+
+// A session that watches hears of every change another session makes to a name in a
+// directory it was answered about, or to an inode's attributes it was given; never of its
+// own changes, nor of what it was not answered about; and of the master's end as active.
+TEST_F(AuthorizerTest, AWatchingSessionHearsOfOthersChangesToWhatItWasAnswered) {
+  Identity admin{Role::ADMIN, "admin", 0, {0}, false, true};
+  wire::ClientService::Client mount = newClientService(*master, admin);
+  wire::ClientService::Client other = newClientService(*master, admin);
+  Told told;
+  auto watch = [&]() {
+    auto req = mount.watchRequest();
+    req.setWatcher(kj::heap<RecordingWatcher>(told));
+    return fromWire(req.send().wait(io.waitScope).getStatus());
+  };
+  // Lets the master's calls to the watcher arrive.
+  auto settle = [&]() {
+    for (int i = 0; i < 20; ++i) kj::evalLater([]() {}).wait(io.waitScope);
+  };
+  auto lookup = [&](wire::ClientService::Client& s, uint64_t parent, const char* name) {
+    auto req = s.lookupRequest();
+    req.setParent(parent);
+    req.setName(name);
+    auto r = req.send().wait(io.waitScope);
+    return fromWire(r.getStatus()).ok() ? r.getAttr().getInode() : 0;
+  };
+  auto create = [&](wire::ClientService::Client& s, uint64_t parent, const char* name) {
+    auto req = s.createRequest();
+    req.setParent(parent);
+    req.setName(name);
+    req.setMode(0644);
+    auto r = req.send().wait(io.waitScope);
+    EXPECT_TRUE(fromWire(r.getStatus()).ok()) << fromWire(r.getStatus()).toString();
+    return r.getAttr().getInode();
+  };
+  auto chmodOn = [&](wire::ClientService::Client& s, uint64_t inode) {
+    auto req = s.setattrRequest();
+    req.setInode(inode);
+    req.initSet().setSetMode(true);
+    req.getSet().setMode(0600);
+    ASSERT_TRUE(fromWire(req.send().wait(io.waitScope).getStatus()).ok());
+  };
+  uint64_t dir = ok(auth->mkdir(ROOT, ROOT_INODE, "d", 0755)).inode;
+
+  ASSERT_TRUE(watch().ok());
+  EXPECT_EQ(watch().code(), ErrorCode::ALREADY_EXISTS) << "a session watches once";
+  EXPECT_EQ(lookup(mount, ROOT_INODE, "a"), 0u);  // missing: the root's names are watched
+  uint64_t a = create(other, ROOT_INODE, "a");
+  uint64_t b = create(other, dir, "b");  // in a directory the mount was not answered about
+  settle();
+  EXPECT_TRUE(told.entry(ROOT_INODE, "a"));
+  EXPECT_FALSE(told.entry(dir, "b")) << "not answered about that directory";
+  EXPECT_FALSE(told.inode(a)) << "not given its attributes";
+
+  // Its own changes are not told back; what they touch is watched from then on.
+  told.clear();
+  uint64_t c = create(mount, ROOT_INODE, "c");
+  settle();
+  EXPECT_EQ(told.calls, 0);
+  chmodOn(other, c);
+  EXPECT_EQ(lookup(mount, dir, "b"), b);  // now the directory and b are answered about
+  chmodOn(other, b);
+  auto unlink = other.unlinkRequest();
+  unlink.setParent(dir);
+  unlink.setName("b");
+  ASSERT_TRUE(fromWire(unlink.send().wait(io.waitScope).getStatus()).ok());
+  settle();
+  EXPECT_TRUE(told.inode(c));
+  EXPECT_TRUE(told.inode(b));
+  EXPECT_TRUE(told.entry(dir, "b"));
+  EXPECT_EQ(told.all, 0);
+
+  // A master that stops being the active one says so, and tells nothing after.
+  master->watchers().endAll();
+  settle();
+  EXPECT_EQ(told.ended, 1);
+  told.clear();
+  create(other, ROOT_INODE, "e");
+  settle();
+  EXPECT_EQ(told.calls, 0);
+}
+
+// Past its bounds a session is told that anything may have changed (and what it was
+// answered about starts anew): too much answered about, or too many changes queued while
+// its watcher is slow.
+TEST_F(AuthorizerTest, AWatchPastItsBoundsIsToldThatAllChanged) {
+  Watchers watchers(Watchers::Limits{4, 3});
+  Told told;
+  auto w = watchers.add(kj::heap<RecordingWatcher>(told));
+  auto settle = [&]() {
+    for (int i = 0; i < 20; ++i) kj::evalLater([]() {}).wait(io.waitScope);
+  };
+  auto touch = [&](std::vector<uint64_t> inodes) {
+    Mutation m;
+    for (uint64_t i : inodes) m.put(inodeKey(i), "x");
+    watchers.committed(m);
+  };
+  for (uint64_t i = 1; i <= 4; ++i) watchers.answeredInode(w.get(), i);
+  touch({1, 2, 9});
+  settle();
+  EXPECT_EQ(told.inodes, (std::vector<uint64_t>{1, 2})) << "9 was never answered about";
+  EXPECT_EQ(told.all, 0);
+  // Four changes queued in one turn, past the bound of three: one "all".
+  told.clear();
+  touch({1, 2, 3, 4});
+  settle();
+  EXPECT_EQ(told.all, 1);
+  EXPECT_TRUE(told.inodes.empty());
+  // What it was answered about started anew: 1 is not told until answered again.
+  told.clear();
+  touch({1});
+  settle();
+  EXPECT_EQ(told.calls, 0);
+  // Answered about more than four: "all" again.
+  for (uint64_t i = 10; i <= 14; ++i) watchers.answeredInode(w.get(), i);
+  settle();
+  EXPECT_EQ(told.all, 1);
+  // A session that ends is dropped.
+  w.reset();
+  touch({10});
+  settle();
+  EXPECT_EQ(watchers.watching(), 0u);
+}
+
 }  // namespace
 }  // namespace cairn

@@ -1,0 +1,70 @@
+#pragma once
+// What the kernel caches for long while the master watches this mount's session: the names
+// (positive and negative entries) and inodes it was given, and a thread that drops them from
+// the kernel when the master says another client changed them, or drops everything when the
+// watch ends. The thread, not the loop, writes the notifications: the kernel holds an
+// invalidation of a name while a request in its directory is under way, and that request's
+// reply comes from the loop.
+
+#define FUSE_USE_VERSION 34
+#include <fuse_lowlevel.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <unordered_set>
+
+#include "client.h"
+
+namespace cairn {
+
+class KernelCache final : public NamespaceWatcher {
+ public:
+  // `maxNames`: names kept track of; past it all of them are dropped from the kernel.
+  explicit KernelCache(fuse_session* session, size_t maxNames = size_t{1} << 18);
+  ~KernelCache() override;
+
+  // The kernel was given (on the loop thread) a name in `parent`, found or not, or an
+  // inode's attributes, to keep for long; forget: it dropped the inode.
+  void noteName(uint64_t parent, std::string_view name);
+  void noteInode(uint64_t inode);
+  void forget(uint64_t inode);
+
+  void changed(const std::vector<std::pair<uint64_t, std::string>>& entries,
+               const std::vector<uint64_t>& inodes) override;
+  void allChanged() override;
+
+  // Stops the thread, waiting at most `wait` for the notification it is writing (one may
+  // wait for a request the loop no longer answers until the session is unmounted).
+  void stop(std::chrono::milliseconds wait);
+  // Notifications written so far (tests).
+  uint64_t written() const;
+
+ private:
+  struct Drop {
+    uint64_t inode;    // the directory, for a name
+    std::string name;  // empty: the inode's attributes and pages
+  };
+  void queue(std::deque<Drop> drops);
+  void run();
+
+  fuse_session* session;
+  size_t maxNames;
+  // Loop thread only. A name's key: the directory's 8 bytes, then the name.
+  std::unordered_set<std::string> names;
+  std::unordered_set<uint64_t> inodes;
+  // Shared with the thread.
+  mutable std::mutex mu;
+  std::condition_variable wake, finished;
+  std::deque<Drop> pending;
+  bool stopping = false, done = false;
+  uint64_t writes = 0;
+  std::thread thread;
+};
+
+}  // namespace cairn
