@@ -130,6 +130,7 @@ void Client::startWatch(wire::ClientService::Client& service) {
             if (c != nullptr && c->sessionNumber == number && fromWire(r.getStatus()).ok()) {
               c->watchedSession = number;
               c->watchedId = id;
+              c->watchEpoch_++;
             }
           },
           [](kj::Exception&&) {})
@@ -145,6 +146,7 @@ void Client::watchLost(uint64_t id) {
 void Client::changedFromMaster(const std::vector<std::pair<uint64_t, std::string>>& entries,
                                const std::vector<uint64_t>& inodes, bool all) {
   if (all) {
+    watchEpoch_++;
     freshDirs.clear();
     dirForgets++;
     layouts.clear();
@@ -268,7 +270,11 @@ kj::Promise<void> Client::keepSession() {
     }
     if (held.empty() && !watching()) return keepSession();
     auto req = master().sessionRequest();
-    return timer.timeoutAfter(opts.metaTimeout, req.send())
+    // A watched session's master is asked within 2 s: one paused or cut off is given up
+    // (and what it answered dropped) before a standby can take over (ZooKeeper's session
+    // timeout, 4 s at least), so that no change made there goes untold here.
+    auto timeout = watching() ? std::min(opts.metaTimeout, 2 * kj::SECONDS) : opts.metaTimeout;
+    return timer.timeoutAfter(timeout, req.send())
         .then([](auto&&) {}, [this](kj::Exception&&) { masterFailed(); })
         .then([this]() { return keepSession(); });
   });

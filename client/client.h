@@ -243,6 +243,9 @@ class Client {
   // Whether the master watches this session for `watcher` now: what is answered from here
   // on is told when it changes, until allChanged().
   bool watching() const { return watchedSession != 0 && watchedSession == sessionNumber; }
+  // Moves whenever a watch begins or ends or the master says anything may have changed: an
+  // answer to a call started at another epoch may predate a change that was not told.
+  uint64_t watchEpoch() const { return watchEpoch_; }
 
   // Namespace.
   kj::Promise<Result<FileAttr>> resolve(std::string path, std::optional<Caller> as = std::nullopt);
@@ -542,6 +545,7 @@ class Client {
   std::shared_ptr<WatchLink> watchLink = std::make_shared<WatchLink>(WatchLink{this});
   uint64_t sessionNumber = 0, watchedSession = 0;
   uint64_t nextWatchId = 0, watchedId = 0;  // watch requests, and the one accepted
+  uint64_t watchEpoch_ = 0;
   void startWatch(wire::ClientService::Client& service);
   // Watch `id` ended (its connection did, or its master stepped down): what was answered
   // under it may be stale.

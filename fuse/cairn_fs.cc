@@ -25,6 +25,10 @@ namespace {
 
 CairnFs& fsOf(fuse_req_t req) { return *static_cast<CairnFs*>(fuse_req_userdata(req)); }
 
+// Set while a reply runs (on the loop thread): the request was started and answered under
+// one watch, with no "anything changed" between, so what it answers may be kept for long.
+bool replyWatched = false;
+
 // Runs a libcairn call on the client's loop, the thread that reads the requests, and hands
 // its result to `reply` once it resolves; an exception (a bug) becomes EIO, logged, and never
 // unwinds into libfuse. `func` runs now; libcairn's calls copy their arguments, so it may
@@ -33,10 +37,20 @@ CairnFs& fsOf(fuse_req_t req) { return *static_cast<CairnFs*>(fuse_req_userdata(
 template <typename Func, typename Reply>
 void serve(fuse_req_t req, const char* op, Func&& func, Reply&& reply) {
   CairnFs& fs = fsOf(req);
+  uint64_t epoch = fs.client->watchEpoch();
+  fs.unanswered.insert(req);
   auto promise = kj::evalNow([&]() { return func(*fs.client, *fs.cache); });
   fs.tasks->add(promise.then(
-      [req, reply = kj::fwd<Reply>(reply)](auto result) mutable { reply(req, result); },
+      [req, epoch, reply = kj::fwd<Reply>(reply)](auto result) mutable {
+        CairnFs& fs = fsOf(req);
+        fs.unanswered.erase(req);
+        replyWatched =
+            fs.client != nullptr && fs.client->watching() && fs.client->watchEpoch() == epoch;
+        KJ_DEFER(replyWatched = false);
+        reply(req, result);
+      },
       [req, op](kj::Exception&& e) {
+        fsOf(req).unanswered.erase(req);
         logError("{}: {}", op, e.getDescription().cStr());
         fuse_reply_err(req, EIO);
       }));
@@ -82,11 +96,7 @@ struct stat toStat(const FileAttr& a) {
 
 // The kernel cache of a watched session (see KernelCache), or null: the master tells this
 // mount of others' changes now, so what the kernel is given may be kept for long.
-KernelCache* watchedCache(fuse_req_t req) {
-  CairnFs& fs = fsOf(req);
-  if (fs.kernelCache == nullptr || fs.client == nullptr || !fs.client->watching()) return nullptr;
-  return fs.kernelCache;
-}
+KernelCache* watchedCache(fuse_req_t req) { return replyWatched ? fsOf(req).kernelCache : nullptr; }
 
 // How long the kernel may keep what a timeout option bounds: that long, or while watched
 // the watched timeout (an option set to 0 stays 0: never kept).
@@ -97,7 +107,7 @@ double keepFor(fuse_req_t req, double option) {
 
 void noteAttr(fuse_req_t req, const FileAttr& a, double* timeout) {
   *timeout = keepFor(req, fsOf(req).options.attrTimeout);
-  if (KernelCache* kc = watchedCache(req)) kc->noteInode(a.inode);
+  if (KernelCache* kc = watchedCache(req)) kc->noteInode(a.inode, false);
 }
 
 // The entry for `name` in `parent`, as the kernel is to keep it: for long while watched,
@@ -112,6 +122,8 @@ fuse_entry_param entryOf(fuse_req_t req, uint64_t parent, std::string_view name,
   e.attr = toStat(a);
   e.attr_timeout = fsOf(req).options.attrTimeout;
   e.entry_timeout = fsOf(req).options.entryTimeout;
+  // The kernel counts one more lookup of the inode, whatever the timeouts.
+  if (fsOf(req).kernelCache != nullptr) fsOf(req).kernelCache->noteInode(a.inode, true);
   if (!fresh) return e;
   noteAttr(req, a, &e.attr_timeout);
   e.entry_timeout = keepFor(req, fsOf(req).options.entryTimeout);
@@ -248,14 +260,16 @@ void cfsLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
 }
 
 // Master inodes are the FUSE inodes: nothing to drop but what the kernel cache tracks.
-void cfsForget(fuse_req_t req, fuse_ino_t ino, uint64_t) {
-  if (fsOf(req).kernelCache != nullptr) fsOf(req).kernelCache->forget(ino);
+void cfsForget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
+  if (fsOf(req).kernelCache != nullptr) fsOf(req).kernelCache->forget(ino, nlookup);
   fuse_reply_none(req);
 }
 
 void cfsForgetMulti(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
   if (fsOf(req).kernelCache != nullptr) {
-    for (size_t i = 0; i < count; ++i) fsOf(req).kernelCache->forget(forgets[i].ino);
+    for (size_t i = 0; i < count; ++i) {
+      fsOf(req).kernelCache->forget(forgets[i].ino, forgets[i].nlookup);
+    }
   }
   fuse_reply_none(req);
 }

@@ -9,6 +9,8 @@
 #include <fuse_lowlevel.h>
 #include <kj/async-unix.h>
 
+#include <unordered_set>
+
 #include "client.h"
 #include "file_cache.h"
 #include "kernel_cache.h"
@@ -38,8 +40,9 @@ struct CairnFs {
   // Set by serveSession, on the loop thread:
   Client* client = nullptr;
   FileCache* cache = nullptr;
-  kj::TaskSet* tasks = nullptr;        // requests under way
-  KernelCache* kernelCache = nullptr;  // with options.watchedTimeout > 0
+  kj::TaskSet* tasks = nullptr;               // requests under way
+  std::unordered_set<fuse_req_t> unanswered;  // theirs: answered EIO if the session stops
+  KernelCache* kernelCache = nullptr;         // with options.watchedTimeout > 0
 };
 
 // The operations table; fuse_req_userdata() of every request is a CairnFs.

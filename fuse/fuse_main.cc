@@ -221,11 +221,13 @@ int main(int argc, char** argv) {
       } catch (const kj::Exception& e) {
         logError("serving the mount: {}", e.getDescription().cStr());
       }
-      // A notification may wait for a request the loop no longer answers: the unmount
-      // ends that wait.
-      if (kernelCache) kernelCache->stop(std::chrono::milliseconds(200));
+      // Every request was answered (those under way with EIO), so no notification waits
+      // for one; one that still hangs leaves the cache alive, as the process ends.
+      if (kernelCache && !kernelCache->stop(std::chrono::seconds(2))) {
+        logWarn("a kernel cache notification did not finish; leaving it");
+        (void)kernelCache.release();
+      }
       fuse_session_unmount(se);
-      if (kernelCache) kernelCache->stop(std::chrono::seconds(2));
     }
     logInfo("unmounted {}", args.mountpoint);
   }

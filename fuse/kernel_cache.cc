@@ -20,9 +20,9 @@ std::string nameKey(uint64_t parent, std::string_view name) {
 KernelCache::KernelCache(fuse_session* session, size_t maxNames)
     : session(session), maxNames(maxNames), thread([this]() { run(); }) {}
 
+// (An owner whose stop() failed leaves this alive instead.)
 KernelCache::~KernelCache() {
-  stop(std::chrono::seconds(2));
-  if (thread.joinable()) thread.detach();  // stuck in the kernel: the process is ending
+  if (!stop(std::chrono::seconds(2))) thread.detach();
 }
 
 void KernelCache::noteName(uint64_t parent, std::string_view name) {
@@ -40,20 +40,29 @@ void KernelCache::noteName(uint64_t parent, std::string_view name) {
   }
 }
 
-void KernelCache::noteInode(uint64_t inode) { inodes.insert(inode); }
+void KernelCache::noteInode(uint64_t inode, bool lookup) { inodes[inode] += lookup ? 1 : 0; }
 
-void KernelCache::forget(uint64_t inode) { inodes.erase(inode); }
+void KernelCache::forget(uint64_t inode, uint64_t count) {
+  auto it = inodes.find(inode);
+  if (it == inodes.end()) return;
+  if (it->second > count) {
+    it->second -= count;
+  } else {
+    inodes.erase(it);
+  }
+}
 
 void KernelCache::changed(const std::vector<std::pair<uint64_t, std::string>>& entries,
                           const std::vector<uint64_t>& changedInodes) {
+  // Everything told is dropped, kept track of or not: a name may be on its way to the
+  // kernel in a reply not yet written (the kernel then holds the drop until that request
+  // is done, as it locks the directory for both), or kept under another name (a rename).
   std::deque<Drop> drops;
   for (auto& [parent, name] : entries) {
-    // A name the kernel was not given for long needs no drop (it asks again soon anyway).
-    if (names.erase(nameKey(parent, name)) > 0) drops.push_back(Drop{parent, name});
+    names.erase(nameKey(parent, name));
+    drops.push_back(Drop{parent, name});
   }
-  for (uint64_t inode : changedInodes) {
-    if (inodes.count(inode)) drops.push_back(Drop{inode, {}});
-  }
+  for (uint64_t inode : changedInodes) drops.push_back(Drop{inode, {}});
   queue(std::move(drops));
 }
 
@@ -64,7 +73,7 @@ void KernelCache::allChanged() {
     memcpy(&dir, k.data(), sizeof(dir));
     drops.push_back(Drop{dir, k.substr(sizeof(dir))});
   }
-  for (uint64_t inode : inodes) drops.push_back(Drop{inode, {}});
+  for (auto& [inode, lookups] : inodes) drops.push_back(Drop{inode, {}});
   names.clear();
   // The inodes stay known (the kernel holds them until it forgets them): their attributes
   // are dropped now, and dropped again at the next change told.
@@ -100,14 +109,14 @@ void KernelCache::run() {
   finished.notify_all();
 }
 
-void KernelCache::stop(std::chrono::milliseconds wait) {
+bool KernelCache::stop(std::chrono::milliseconds wait) {
   std::unique_lock<std::mutex> lock(mu);
   stopping = true;
   wake.notify_one();
-  if (finished.wait_for(lock, wait, [this]() { return done; }) && thread.joinable()) {
-    lock.unlock();
-    thread.join();
-  }
+  if (!finished.wait_for(lock, wait, [this]() { return done; })) return false;
+  lock.unlock();
+  if (thread.joinable()) thread.join();
+  return true;
 }
 
 uint64_t KernelCache::written() const {

@@ -17,6 +17,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "client.h"
@@ -29,19 +30,22 @@ class KernelCache final : public NamespaceWatcher {
   explicit KernelCache(fuse_session* session, size_t maxNames = size_t{1} << 18);
   ~KernelCache() override;
 
-  // The kernel was given (on the loop thread) a name in `parent`, found or not, or an
-  // inode's attributes, to keep for long; forget: it dropped the inode.
+  // The kernel was given (on the loop thread) a name in `parent`, found or not, to keep for
+  // long; or an inode: in an entry (`lookup`: the kernel counts one more lookup of it,
+  // whatever its timeouts) or its attributes alone. forget: the kernel dropped `count`
+  // lookups (all of them, in the end).
   void noteName(uint64_t parent, std::string_view name);
-  void noteInode(uint64_t inode);
-  void forget(uint64_t inode);
+  void noteInode(uint64_t inode, bool lookup);
+  void forget(uint64_t inode, uint64_t count);
 
   void changed(const std::vector<std::pair<uint64_t, std::string>>& entries,
                const std::vector<uint64_t>& inodes) override;
   void allChanged() override;
 
-  // Stops the thread, waiting at most `wait` for the notification it is writing (one may
-  // wait for a request the loop no longer answers until the session is unmounted).
-  void stop(std::chrono::milliseconds wait);
+  // Stops the thread, waiting at most `wait` for the notification it is writing (one waits
+  // while a request in its directory is unanswered); false: it is still stuck, and this
+  // object must be left alive (the process is ending).
+  bool stop(std::chrono::milliseconds wait);
   // Notifications written so far (tests).
   uint64_t written() const;
 
@@ -57,7 +61,7 @@ class KernelCache final : public NamespaceWatcher {
   size_t maxNames;
   // Loop thread only. A name's key: the directory's 8 bytes, then the name.
   std::unordered_set<std::string> names;
-  std::unordered_set<uint64_t> inodes;
+  std::unordered_map<uint64_t, uint64_t> inodes;  // the kernel's lookups of each
   // Shared with the thread.
   mutable std::mutex mu;
   std::condition_variable wake, finished;

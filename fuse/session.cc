@@ -69,12 +69,18 @@ kj::Promise<void> serveSession(CairnFs& fs, Client& client, FileCache& cache,
       port.onSignal(SIGTERM).ignoreResult().exclusiveJoin(port.onSignal(SIGINT).ignoreResult());
   return reader->run()
       .exclusiveJoin(kj::mv(stop))
-      .then([&fs]() {
-        fs.tasks = nullptr;  // requests under way are dropped with the session
+      .then([&fs, tasks = kj::mv(tasks)]() mutable {
+        // Requests under way are dropped with the session, and answered EIO: a process
+        // waiting on one would hold its directory's lock, and so would the notification
+        // the kernel cache's thread may be writing (see KernelCache).
+        fs.tasks = nullptr;
+        tasks = nullptr;
+        for (fuse_req_t req : fs.unanswered) fuse_reply_err(req, EIO);
+        fs.unanswered.clear();
         fs.client = nullptr;
         fs.cache = nullptr;
       })
-      .attach(kj::mv(reader), kj::mv(tasks), kj::mv(errors));
+      .attach(kj::mv(reader), kj::mv(errors));
 }
 
 }  // namespace cairn

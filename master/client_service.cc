@@ -118,10 +118,26 @@ class ClientServiceImpl final : public wire::ClientService::Server {
         capnp::Schema::from<wire::ClientService>().getMethods()[methodId].getResultType();
     auto results = context.getResults().initAs<capnp::DynamicStruct>(resultType);
     toWire(Status::OK(), results.init("status").as<wire::Status>());
-    KJ_IF_MAYBE (attr, resultType.findFieldByName("attr")) {
-      if (done.inode.inode != 0) {
-        fillAttr(done.inode, ns.chunkSize(), results.init(*attr).as<wire::Attr>());
+    Inode inode = done.inode;
+    if (state->watch) {
+      // A watching session caches what this answers (the session may be new: the first
+      // attempt's was another): its directories and the inode, as of now.
+      auto paramType =
+          capnp::Schema::from<wire::ClientService>().getMethods()[methodId].getParamType();
+      auto params = context.getParams().getAs<capnp::DynamicStruct>(paramType);
+      for (const char* dir : {"parent", "newParent", "srcParent", "dstParent"}) {
+        KJ_IF_MAYBE (field, paramType.findFieldByName(dir)) {
+          answeredDir(params.get(*field).as<uint64_t>());
+        }
       }
+      if (inode.inode != 0) {
+        answeredInode(inode.inode);
+        auto now = ns.getattr(inode.inode);
+        if (now.ok()) inode = std::move(now.value);
+      }
+    }
+    KJ_IF_MAYBE (attr, resultType.findFieldByName("attr")) {
+      if (inode.inode != 0) fillAttr(inode, ns.chunkSize(), results.init(*attr).as<wire::Attr>());
     }
     // A create that also opened: the retry's session holds the file, as the first one's
     // did (that session may have been another master's).

@@ -346,6 +346,12 @@ TEST_F(FuseTest, WatchedMountsSeeOtherClientsChangesAtOnce) {
   EXPECT_TRUE(soon([&]() { return exists(other + "/f") && st.st_size == 7; }));
   ASSERT_EQ(unlink((other + "/f").c_str()), 0);
   EXPECT_TRUE(soon([&]() { return !exists(mnt + "/f"); }));
+  // A name this mount gave by renaming, removed elsewhere.
+  testing::writeFile(mnt + "/g", "g");
+  ASSERT_EQ(rename((mnt + "/g").c_str(), (mnt + "/h").c_str()), 0);
+  ASSERT_TRUE(exists(mnt + "/h"));
+  ASSERT_EQ(unlink((other + "/h").c_str()), 0);
+  EXPECT_TRUE(soon([&]() { return !exists(mnt + "/h"); })) << "a renamed name outlived its unlink";
 
   // A directory whose names the mount learnt after a miss: absences are answered by the
   // mount, yet a name made by another client is seen.
