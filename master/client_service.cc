@@ -81,6 +81,7 @@ class ClientServiceImpl final : public wire::ClientService::Server {
         if (!master.servesReads() || !standbyAnswers(methodId)) return notActive(methodId, context);
         return wire::ClientService::Server::dispatchCall(interfaceId, methodId, context);
       }
+      if (state->watch) answeredDirsOf(methodId, context);
       std::string key = requestKeyOf(methodId, context);
       if (key.empty())
         return wire::ClientService::Server::dispatchCall(interfaceId, methodId, context);
@@ -91,6 +92,21 @@ class ClientServiceImpl final : public wire::ClientService::Server {
       KJ_DEFER(master.metaStore().endRequest());
       return wire::ClientService::Server::dispatchCall(interfaceId, methodId, context);
     });
+  }
+
+  // A watching session is answered about the directories a call names, from before the
+  // call reads or changes them: a change another session makes meanwhile is told.
+  void answeredDirsOf(uint16_t methodId,
+                      capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer>& context) {
+    auto methods = capnp::Schema::from<wire::ClientService>().getMethods();
+    if (methodId >= methods.size()) return;
+    auto paramType = methods[methodId].getParamType();
+    auto params = context.getParams().getAs<capnp::DynamicStruct>(paramType);
+    for (const char* dir : {"parent", "newParent", "srcParent", "dstParent"}) {
+      KJ_IF_MAYBE (field, paramType.findFieldByName(dir)) {
+        answeredDir(params.get(*field).as<uint64_t>());
+      }
+    }
   }
 
   // The retry-cache key of a call whose parameters carry a request id, else "".
@@ -121,15 +137,7 @@ class ClientServiceImpl final : public wire::ClientService::Server {
     Inode inode = done.inode;
     if (state->watch) {
       // A watching session caches what this answers (the session may be new: the first
-      // attempt's was another): its directories and the inode, as of now.
-      auto paramType =
-          capnp::Schema::from<wire::ClientService>().getMethods()[methodId].getParamType();
-      auto params = context.getParams().getAs<capnp::DynamicStruct>(paramType);
-      for (const char* dir : {"parent", "newParent", "srcParent", "dstParent"}) {
-        KJ_IF_MAYBE (field, paramType.findFieldByName(dir)) {
-          answeredDir(params.get(*field).as<uint64_t>());
-        }
-      }
+      // attempt's was another): the inode as of now (its directories: dispatchCall).
       if (inode.inode != 0) {
         answeredInode(inode.inode);
         auto now = ns.getattr(inode.inode);
@@ -171,7 +179,6 @@ class ClientServiceImpl final : public wire::ClientService::Server {
   kj::Promise<void> lookup(LookupContext context) override {
     if (refused(context)) return kj::READY_NOW;
     auto p = context.getParams();
-    answeredDir(p.getParent());
     reply(context, auth.lookup(who.value, p.getParent(), text(p.getName())));
     return kj::READY_NOW;
   }
