@@ -526,6 +526,10 @@ void Client::mayExist(uint64_t parent, const std::string& name) {
 }
 
 void Client::learnDir(uint64_t dir, std::optional<Caller> as) {
+  if (knownDirs.size() >= MAX_KNOWN_DIRS) {
+    knownDirs.clear();  // as in mayExist
+    knownNames = 0;
+  }
   uint64_t id = ++nextKnownDir;
   knownDirs[dir].id = id;
   learnPage(dir, id, "", kj::mv(as)).detach([](kj::Exception&&) {});

@@ -565,6 +565,7 @@ class Client {
   };
   static constexpr size_t MAX_KNOWN_DIR = 100000;     // names in one directory
   static constexpr size_t MAX_KNOWN_NAMES = 1 << 20;  // in all
+  static constexpr size_t MAX_KNOWN_DIRS = 1 << 16;
   std::unordered_map<uint64_t, KnownDir> knownDirs;
   size_t knownNames = 0;
   uint64_t nextKnownDir = 0;
