@@ -128,7 +128,6 @@ void Client::startWatch(wire::ClientService::Client& service) {
           [link = watchLink, number = sessionNumber, id](auto&& r) {
             Client* c = link->client;
             if (c != nullptr && c->sessionNumber == number && fromWire(r.getStatus()).ok()) {
-              c->watchedSession = number;
               c->watchedId = id;
               c->watchEpoch_++;
             }
@@ -139,7 +138,7 @@ void Client::startWatch(wire::ClientService::Client& service) {
 
 void Client::watchLost(uint64_t id) {
   if (id == 0 || id != watchedId) return;
-  watchedId = watchedSession = 0;
+  watchedId = 0;
   changedFromMaster({}, {}, true);
 }
 

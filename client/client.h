@@ -242,7 +242,7 @@ class Client {
   void watchNamespace(NamespaceWatcher* watcher);
   // Whether the master watches this session for `watcher` now: what is answered from here
   // on is told when it changes, until allChanged().
-  bool watching() const { return watchedSession != 0 && watchedSession == sessionNumber; }
+  bool watching() const { return watchedId != 0; }  // (a new session ends the last watch)
   // Moves whenever a watch begins or ends or the master says anything may have changed: an
   // answer to a call started at another epoch may predate a change that was not told.
   uint64_t watchEpoch() const { return watchEpoch_; }
@@ -543,7 +543,7 @@ class Client {
   };
   NamespaceWatcher* nsWatcher = nullptr;
   std::shared_ptr<WatchLink> watchLink = std::make_shared<WatchLink>(WatchLink{this});
-  uint64_t sessionNumber = 0, watchedSession = 0;
+  uint64_t sessionNumber = 0;
   uint64_t nextWatchId = 0, watchedId = 0;  // watch requests, and the one accepted
   uint64_t watchEpoch_ = 0;
   void startWatch(wire::ClientService::Client& service);

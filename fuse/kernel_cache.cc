@@ -29,15 +29,19 @@ void KernelCache::noteName(uint64_t parent, std::string_view name) {
   names.insert(nameKey(parent, name));
   if (names.size() > maxNames) {
     // Too many to keep track of: the kernel forgets them all, and tracking starts over.
-    std::deque<Drop> drops;
-    for (auto& k : names) {
-      uint64_t dir;
-      memcpy(&dir, k.data(), sizeof(dir));
-      drops.push_back(Drop{dir, k.substr(sizeof(dir))});
-    }
-    names.clear();
-    queue(std::move(drops));
+    queue(takeNames());
   }
+}
+
+std::deque<KernelCache::Drop> KernelCache::takeNames() {
+  std::deque<Drop> drops;
+  for (auto& k : names) {
+    uint64_t dir;
+    memcpy(&dir, k.data(), sizeof(dir));
+    drops.push_back(Drop{dir, k.substr(sizeof(dir))});
+  }
+  names.clear();
+  return drops;
 }
 
 void KernelCache::noteInode(uint64_t inode, bool lookup) { inodes[inode] += lookup ? 1 : 0; }
@@ -67,14 +71,8 @@ void KernelCache::changed(const std::vector<std::pair<uint64_t, std::string>>& e
 }
 
 void KernelCache::allChanged() {
-  std::deque<Drop> drops;
-  for (auto& k : names) {
-    uint64_t dir;
-    memcpy(&dir, k.data(), sizeof(dir));
-    drops.push_back(Drop{dir, k.substr(sizeof(dir))});
-  }
+  std::deque<Drop> drops = takeNames();
   for (auto& [inode, lookups] : inodes) drops.push_back(Drop{inode, {}});
-  names.clear();
   // The inodes stay known (the kernel holds them until it forgets them): their attributes
   // are dropped now, and dropped again at the next change told.
   queue(std::move(drops));

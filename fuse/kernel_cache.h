@@ -54,6 +54,8 @@ class KernelCache final : public NamespaceWatcher {
     uint64_t inode;    // the directory, for a name
     std::string name;  // empty: the inode's attributes and pages
   };
+  // Every name kept track of, as drops; none kept after.
+  std::deque<Drop> takeNames();
   void queue(std::deque<Drop> drops);
   void run();
 
