@@ -40,7 +40,7 @@ using namespace cairn;
 // Chunkservers that do whatever they are told, at once.
 class Obedient final : public ReplicaControl {
  public:
-  kj::Promise<Status> setVersion(uint64_t, uint64_t, uint64_t, bool) override {
+  kj::Promise<Status> setVersion(uint64_t, uint64_t, uint64_t, bool, uint32_t) override {
     return Status::OK();
   }
   kj::Promise<Status> grantLease(uint64_t, uint64_t, uint64_t, uint32_t) override {

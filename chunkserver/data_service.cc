@@ -24,6 +24,13 @@ constexpr uint32_t MAX_PUSH = 4 << 20;
 constexpr uint32_t MAX_PUSH_FROM = 64 << 20;
 constexpr uint32_t FORWARD_PIECE = 1 << 20;
 constexpr size_t MAX_CHAIN = 16;
+constexpr uint32_t MAX_LEASE_MS = 600'000;
+// A write's own bytes carried in its call (write, applyWrite) instead of pushed first.
+constexpr uint32_t MAX_INLINE = 128 << 10;
+
+// Those bytes, shared by the local write and the forwards to the secondaries; null when
+// the mutation takes a pushed buffer or none.
+using InlineBytes = std::shared_ptr<const std::string>;
 
 class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::TaskSet::ErrorHandler {
  public:
@@ -166,16 +173,19 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
     if (p.getSecondaries().size() > MAX_CHAIN) {
       return failData(context, Status::invalidArgument("too many secondaries"));
     }
+    auto bytes = inlineBytes(p.hasData(), p.getData(), dataId, length, mutation);
+    if (!bytes.ok()) return failData(context, bytes.status);
     Status held = leaseHeld(handle, version);
     if (!held.ok()) return failData(context, held);
     std::vector<std::string> secondaries;
     for (auto s : p.getSecondaries()) secondaries.emplace_back(s);
-    return serialized<DataOutcome>(handle,
-                                   [this, handle, version, offset, dataId, length, mutation,
-                                    secondaries = std::move(secondaries)]() mutable {
-                                     return applyEverywhere(std::move(secondaries), handle, version,
-                                                            offset, dataId, length, mutation);
-                                   })
+    return serialized<DataOutcome>(
+               handle,
+               [this, handle, version, offset, dataId, length, mutation,
+                secondaries = std::move(secondaries), bytes = kj::mv(bytes.value)]() mutable {
+                 return applyEverywhere(std::move(secondaries), handle, version, offset, dataId,
+                                        length, mutation, kj::mv(bytes));
+               })
         .then([context](DataOutcome r) mutable { toWire(r, context.getResults()); });
   }
 
@@ -215,7 +225,7 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
                            static_cast<uint32_t>(std::max<uint64_t>(end.value, minOffset));
                        if (uint64_t{offset} + length <= chunk) {
                          return applyEverywhere(std::move(secondaries), handle, version, offset,
-                                                dataId, length, wire::Mutation::DATA)
+                                                dataId, length, wire::Mutation::DATA, nullptr)
                              .then([offset](DataOutcome o) {
                                return Landed{kj::mv(o), offset};
                              });
@@ -224,7 +234,7 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
                        // next record goes to the next chunk.
                        return applyEverywhere(std::move(secondaries), handle, version, offset,
                                               dataId, static_cast<uint32_t>(chunk - offset),
-                                              wire::Mutation::PAD)
+                                              wire::Mutation::PAD, nullptr)
                            .then([](DataOutcome o) {
                              if (!o.ok()) return Landed{kj::mv(o), 0};
                              return Landed{DataOutcome(Status(ErrorCode::CHUNK_FULL,
@@ -246,9 +256,13 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
     uint64_t handle = p.getHandle(), version = p.getVersion(), dataId = p.getDataId();
     uint32_t offset = p.getOffset(), length = p.getLength();
     auto mutation = p.getMutation();
+    auto bytes = inlineBytes(p.hasData(), p.getData(), dataId, length, mutation);
+    if (!bytes.ok()) return fail(context, bytes.status);
     return serialized<Status>(handle,
-                              [this, handle, version, offset, dataId, length, mutation]() {
-                                return apply(handle, version, offset, dataId, length, mutation);
+                              [this, handle, version, offset, dataId, length, mutation,
+                               bytes = kj::mv(bytes.value)]() mutable {
+                                return apply(handle, version, offset, dataId, length, mutation,
+                                             kj::mv(bytes));
                               })
         .then([context](Status s) mutable { toWire(s, context.getResults().initStatus()); });
   }
@@ -257,6 +271,7 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
     auto p = context.getParams();
     uint64_t handle = p.getHandle(), version = p.getVersion();
     bool create = p.getCreate();
+    uint32_t leaseMs = std::min<uint32_t>(p.getLeaseMs(), MAX_LEASE_MS);
     leases.erase(handle);  // a new version means a new lease is coming
     return serialized<Status>(handle,
                               [this, handle, version, create]() {
@@ -265,8 +280,11 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
                                                 : store.setVersion(handle, version);
                                 });
                               })
-        .then([this, context](Status s) mutable {
+        .then([this, context, handle, version, leaseMs](Status s) mutable {
           cs.replicasChanged();
+          if (s.ok() && leaseMs > 0) {
+            leases[handle] = Lease{version, cs.timer().now() + leaseMs * kj::MILLISECONDS};
+          }
           toWire(s, context.getResults().initStatus());
         });
   }
@@ -280,7 +298,7 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
                   Status::staleVersion(fmt::format("chunk {:x} is at version {}, lease is for {}",
                                                    handle, current, version)));
     }
-    uint32_t ms = std::min<uint32_t>(p.getDurationMs(), 600'000);
+    uint32_t ms = std::min<uint32_t>(p.getDurationMs(), MAX_LEASE_MS);
     leases[handle] = Lease{version, cs.timer().now() + ms * kj::MILLISECONDS};
     toWire(Status::OK(), context.getResults().initStatus());
     return kj::READY_NOW;
@@ -668,6 +686,23 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
     });
   }
 
+  // The bytes a write or applyWrite carries, checked against the rest of the call: only
+  // for a data mutation of that length without a pushed buffer, at most MAX_INLINE.
+  Result<InlineBytes> inlineBytes(bool has, capnp::Data::Reader data, uint64_t dataId,
+                                  uint32_t length, wire::Mutation mutation) {
+    if (!has) return Result<InlineBytes>(InlineBytes());
+    if (mutation != wire::Mutation::DATA || dataId != 0 || data.size() != length ||
+        length > MAX_INLINE) {
+      return Result<InlineBytes>(Status::invalidArgument(fmt::format(
+          "a write's own bytes are for a data write of that length (at most {}) without a "
+          "pushed buffer",
+          MAX_INLINE)));
+    }
+    cs.metrics().add("cairn_chunkserver_received_bytes_total", {}, static_cast<double>(length));
+    return Result<InlineBytes>(std::make_shared<const std::string>(
+        reinterpret_cast<const char*>(data.begin()), data.size()));
+  }
+
   // Whether this server is the primary of `handle` at `version`, with an unexpired lease.
   Status leaseHeld(uint64_t handle, uint64_t version) {
     auto lease = leases.find(handle);
@@ -688,10 +723,11 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
   // replica that failed, this one first.
   kj::Promise<DataOutcome> applyEverywhere(std::vector<std::string> secondaries, uint64_t handle,
                                            uint64_t version, uint32_t offset, uint64_t dataId,
-                                           uint32_t length, wire::Mutation mutation) {
-    auto local = apply(handle, version, offset, dataId, length, mutation);
-    auto remote =
-        forwardApply(std::move(secondaries), handle, version, offset, dataId, length, mutation);
+                                           uint32_t length, wire::Mutation mutation,
+                                           InlineBytes bytes) {
+    auto local = apply(handle, version, offset, dataId, length, mutation, bytes);
+    auto remote = forwardApply(std::move(secondaries), handle, version, offset, dataId, length,
+                               mutation, bytes);
     return local.then([this, remote = kj::mv(remote)](Status s) mutable {
       return remote.then([this, s](std::vector<ReplicaFailure> failed) {
         if (!s.ok()) failed.insert(failed.begin(), ReplicaFailure{self, s});
@@ -704,12 +740,20 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
   }
 
   kj::Promise<Status> apply(uint64_t handle, uint64_t version, uint32_t offset, uint64_t dataId,
-                            uint32_t length, wire::Mutation mutation) {
+                            uint32_t length, wire::Mutation mutation, InlineBytes bytes) {
     if (uint64_t{offset} + length > store.maxChunkSize()) {
       return Status::invalidArgument("mutation past the end of the chunk");
     }
     switch (mutation) {
       case wire::Mutation::DATA:
+        if (bytes) {
+          auto& ref = *bytes;
+          return pool
+              .run([this, handle, version, offset, &ref]() {
+                return store.write(handle, version, offset, ref);
+              })
+              .attach(kj::mv(bytes));
+        }
         return applyBuffer(handle, version, offset, dataId, length);
       case wire::Mutation::PUNCH:
         return pool.run([this, handle, version, offset, length]() {
@@ -752,7 +796,8 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
   kj::Promise<std::vector<ReplicaFailure>> forwardApply(std::vector<std::string> secondaries,
                                                         uint64_t handle, uint64_t version,
                                                         uint32_t offset, uint64_t dataId,
-                                                        uint32_t length, wire::Mutation mutation) {
+                                                        uint32_t length, wire::Mutation mutation,
+                                                        const InlineBytes& bytes) {
     kj::Vector<kj::Promise<Status>> calls;
     for (auto& address : secondaries) {
       auto req = cs.peers().get<wire::ChunkServer>(address, Role::CHUNKSERVER).applyWriteRequest();
@@ -762,6 +807,10 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
       req.setDataId(dataId);
       req.setLength(length);
       req.setMutation(mutation);
+      if (bytes) {
+        req.setData(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(bytes->data()),
+                                        bytes->size()));
+      }
       calls.add(forward(kj::mv(req), address));
     }
     return kj::joinPromises(calls.releaseAsArray())

@@ -481,9 +481,13 @@ kj::Promise<void> ChunkManager::serialize(uint64_t handle, kj::Function<kj::Prom
 
 kj::Promise<std::vector<ServerFailure>> ChunkManager::setVersionOn(std::vector<uint64_t> servers,
                                                                    uint64_t handle,
-                                                                   uint64_t version, bool create) {
+                                                                   uint64_t version, bool create,
+                                                                   bool leaseFirst) {
   kj::Vector<kj::Promise<Status>> calls;
-  for (uint64_t s : servers) calls.add(control.setVersion(s, handle, version, create));
+  uint32_t leaseMs = leaseFirst ? options.leaseDuration / kj::MILLISECONDS : 0;
+  for (uint64_t s : servers) {
+    calls.add(control.setVersion(s, handle, version, create, calls.empty() ? leaseMs : 0));
+  }
   return kj::joinPromises(calls.releaseAsArray())
       .then([this, servers = std::move(servers), handle](kj::Array<Status> results) {
         std::vector<ServerFailure> out;
@@ -749,50 +753,58 @@ kj::Promise<Result<ChunkView>> ChunkManager::allocate(uint64_t inode, uint32_t i
   }
   for (uint64_t t : targets) serverOf(t)->recentCreations++;
   // The record is visible from now on, so a concurrent caller for the same chunk finds it
-  // and waits on serialize() below; it is in the log (its handle reserved on disk, see
-  // Namespace::allocateHandle) before any replica is created.
+  // and waits on serialize() below.
   auto durable = ns.allocateChunk(inode, index);
   auto record = ns.getChunk(inode, index);
   KJ_ASSERT(record.has_value());
-  uint64_t handle = record->handle;
+  uint64_t handle = record->handle, version = record->version;
   Chunk& c = chunks[handle];
   c.inode = inode;
   assignRecord(c, *record);
   c.goal = goal;
   activity[handle].lastWrite = timer.now();
+  // The replicas are made (the first taking the lease) while the record goes to the log
+  // when its handle is in a reserve already on disk (Namespace::allocateHandle): no master
+  // hands that handle out again, so a master that dies before the record lands leaves
+  // only orphans, which the chunkservers' reports remove. A handle from a reserve still on
+  // its way waits for the record (the reserve's entry is before it in the log).
+  bool early = ns.handleOnDisk(handle);
   auto result = kj::heap<Result<ChunkView>>();
   auto& out = *result;
   return serialize(
              handle,
-             [this, handle, &out, durable = kj::mv(durable), targets]() mutable {
-               return durable
-                   .then([this, handle, targets](Result<ChunkRecord> r) {
-                     KJ_REQUIRE(r.ok(), r.status.toString());
-                     return setVersionOn(targets, handle, r.value.version, true);
-                   })
-                   .then([this, handle, &out](std::vector<ServerFailure> results) {
-                     Chunk* c = chunks.find(handle);
-                     if (!c) {
-                       out = chunkGone();
-                       return kj::Promise<void>(kj::READY_NOW);
-                     }
-                     auto created = succeeded(results);
-                     for (uint64_t s : created) addReplica(*c, s);
-                     if (created.empty()) {
-                       bool full = std::all_of(results.begin(), results.end(), [](auto& r) {
-                         return r.status.code() == ErrorCode::NO_SPACE;
-                       });
-                       out = full ? Status::noSpace("no chunkserver has room for a new chunk")
-                                  : Status::unavailable("no chunkserver could create the chunk");
-                       // Not one replica exists: the chunk never held a byte, and left
-                       // behind it would read as missing rather than as a hole.
-                       auto forgotten = ns.forgetChunk(c->inode, c->record);
-                       forget(*c);
-                       return forgotten;
-                     }
-                     return confirmCreated(handle, created, results.size())
-                         .then([&out](Result<ChunkView> r) { out = std::move(r); });
+             [this, handle, version, &out, durable = kj::mv(durable), targets, early]() mutable {
+               auto recorded = durable.then(
+                   [](Result<ChunkRecord> r) { KJ_REQUIRE(r.ok(), r.status.toString()); });
+               auto create = [this, targets, handle, version]() {
+                 return setVersionOn(targets, handle, version, true, true);
+               };
+               auto made = early
+                               ? recorded.then([sent = create()]() mutable { return kj::mv(sent); })
+                               : recorded.then(kj::mv(create));
+               return made.then([this, handle, &out](std::vector<ServerFailure> results) {
+                 Chunk* c = chunks.find(handle);
+                 if (!c) {
+                   out = chunkGone();
+                   return kj::Promise<void>(kj::READY_NOW);
+                 }
+                 auto created = succeeded(results);
+                 for (uint64_t s : created) addReplica(*c, s);
+                 if (created.empty()) {
+                   bool full = std::all_of(results.begin(), results.end(), [](auto& r) {
+                     return r.status.code() == ErrorCode::NO_SPACE;
                    });
+                   out = full ? Status::noSpace("no chunkserver has room for a new chunk")
+                              : Status::unavailable("no chunkserver could create the chunk");
+                   // Not one replica exists: the chunk never held a byte, and left
+                   // behind it would read as missing rather than as a hole.
+                   auto forgotten = ns.forgetChunk(c->inode, c->record);
+                   forget(*c);
+                   return forgotten;
+                 }
+                 return confirmCreated(handle, created, results.size(), true)
+                     .then([&out](Result<ChunkView> r) { out = std::move(r); });
+               });
              })
       .then([result = kj::mv(result)]() mutable { return std::move(*result); });
 }
@@ -801,17 +813,22 @@ bool ChunkManager::neverWritten(const Chunk& c) { return c.record.pending && c.r
 
 kj::Promise<Result<ChunkView>> ChunkManager::confirmCreated(uint64_t handle,
                                                             std::vector<uint64_t> created,
-                                                            size_t asked) {
+                                                            size_t asked, bool leased) {
   Chunk& c = chunks.at(handle);
-  // Recorded before any lease: a chunk still pending holds no byte.
+  // Recorded before the lease is handed to a writer: a chunk still pending holds no byte.
   setPending(c, false);
-  return recordVersion(c).then([this, handle, created, asked]() -> kj::Promise<Result<ChunkView>> {
-    if (!chunks.contains(handle)) return Result<ChunkView>(chunkGone());
-    // A server that failed may still create the chunk late (the order delayed, its answer
-    // lost), empty: the chunk then moves to a new version before its first write.
-    // Otherwise the first lease keeps the version it was created at.
-    return created.size() == asked ? grantLeaseTo(handle, created[0]) : grantNewLease(handle);
-  });
+  return recordVersion(c).then(
+      [this, handle, created, asked, leased]() -> kj::Promise<Result<ChunkView>> {
+        if (!chunks.contains(handle)) return Result<ChunkView>(chunkGone());
+        // A server that failed may still create the chunk late (the order delayed, its
+        // answer lost), empty: the chunk then moves to a new version before its first
+        // write. Otherwise the first lease keeps the version it was created at, taken by
+        // the first server with the chunk when `leased` (all of them succeeded, so that
+        // server is created[0]).
+        if (created.size() != asked) return grantNewLease(handle);
+        if (leased) return leaseTaken(handle, created[0]);
+        return grantLeaseTo(handle, created[0]);
+      });
 }
 
 kj::Promise<Result<ChunkView>> ChunkManager::recreate(uint64_t handle) {
@@ -834,7 +851,7 @@ kj::Promise<Result<ChunkView>> ChunkManager::recreate(uint64_t handle) {
   uint64_t version = c.record.version;
   return recordVersion(c)
       .then([this, targets, handle, version]() {
-        return setVersionOn(targets, handle, version, true);
+        return setVersionOn(targets, handle, version, true, true);
       })
       .then([this, handle](std::vector<ServerFailure> results) -> kj::Promise<Result<ChunkView>> {
         Chunk* c = chunks.find(handle);
@@ -844,7 +861,7 @@ kj::Promise<Result<ChunkView>> ChunkManager::recreate(uint64_t handle) {
           return Result<ChunkView>(Status::unavailable("no chunkserver could create the chunk"));
         }
         for (uint64_t s : created) addReplica(*c, s);
-        return confirmCreated(handle, created, results.size());
+        return confirmCreated(handle, created, results.size(), true);
       });
 }
 
@@ -865,16 +882,20 @@ kj::Promise<Result<ChunkView>> ChunkManager::grantLeaseTo(uint64_t handle, uint6
       .grantLease(primary, handle, chunks.at(handle).record.version,
                   options.leaseDuration / kj::MILLISECONDS)
       .then([this, handle, primary](Status s) -> Result<ChunkView> {
-        Chunk* c = chunks.find(handle);
-        if (!c) return chunkGone();
-        if (!s.ok()) return s;
-        // The expiry counts from the reply, so the master never believes a lease over
-        // before the primary does.
-        Activity& a = activity[handle];
-        a.primary = primary;
-        a.leaseExpiry = timer.now() + options.leaseDuration;
-        return view(*c);
+        if (!s.ok()) return chunks.contains(handle) ? Result<ChunkView>(s) : chunkGone();
+        return leaseTaken(handle, primary);
       });
+}
+
+Result<ChunkView> ChunkManager::leaseTaken(uint64_t handle, uint64_t primary) {
+  Chunk* c = chunks.find(handle);
+  if (!c) return chunkGone();
+  // The expiry counts from now, after the primary's answer, so the master never believes
+  // a lease over before the primary does.
+  Activity& a = activity[handle];
+  a.primary = primary;
+  a.leaseExpiry = timer.now() + options.leaseDuration;
+  return view(*c);
 }
 
 void ChunkManager::release(const std::vector<uint64_t>& handles) {

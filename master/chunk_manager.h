@@ -32,8 +32,10 @@ namespace cairn {
 class ReplicaControl {
  public:
   virtual ~ReplicaControl() = default;
+  // With `leaseMs` > 0 the server also takes the lease, for that long from its answer
+  // (a new chunk's first lease, in the call that creates it).
   virtual kj::Promise<Status> setVersion(uint64_t server, uint64_t handle, uint64_t version,
-                                         bool create) = 0;
+                                         bool create, uint32_t leaseMs) = 0;
   virtual kj::Promise<Status> grantLease(uint64_t server, uint64_t handle, uint64_t version,
                                          uint32_t durationMs) = 0;
   virtual kj::Promise<Status> truncate(uint64_t server, uint64_t handle, uint64_t version,
@@ -372,17 +374,22 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   // Creates such a chunk on new servers, under a new version.
   kj::Promise<Result<ChunkView>> recreate(uint64_t handle);
   // `created` of `asked` servers hold the new chunk: recorded as created, then the first
-  // lease (after one more version if a server failed).
+  // lease (after one more version if a server failed). `leased`: the first of them took
+  // the lease with the chunk (setVersionOn's `leaseTo`).
   kj::Promise<Result<ChunkView>> confirmCreated(uint64_t handle, std::vector<uint64_t> created,
-                                                size_t asked);
+                                                size_t asked, bool leased);
   kj::Promise<Result<ChunkView>> grantNewLease(uint64_t handle);
   kj::Promise<Result<ChunkView>> grantLeaseTo(uint64_t handle, uint64_t primary);
-  // Calls setVersion on `servers`; resolves to what each answered, in order.
+  // `primary` holds the chunk's lease (it answered): recorded, and the chunk as a writer
+  // sees it.
+  Result<ChunkView> leaseTaken(uint64_t handle, uint64_t primary);
   // The servers that answered OK and are still live.
   std::vector<uint64_t> succeeded(const std::vector<ServerFailure>& results);
+  // Calls setVersion on `servers`; resolves to what each answered, in order. The first
+  // also takes the lease when `leaseFirst`.
   kj::Promise<std::vector<ServerFailure>> setVersionOn(std::vector<uint64_t> servers,
                                                        uint64_t handle, uint64_t version,
-                                                       bool create);
+                                                       bool create, bool leaseFirst = false);
   // Moves the chunk to a new version on its live replicas (recorded first, GFS's order).
   // Replicas that do not follow leave, and the others move once more (up to
   // MAX_FENCE_ROUNDS) so that a late arrival of the order cannot make a leaver current; if

@@ -25,13 +25,15 @@ kj::Promise<Status> ChunkserverControl::send(uint64_t server, Request&& request,
 }
 
 kj::Promise<Status> ChunkserverControl::setVersion(uint64_t server, uint64_t handle,
-                                                   uint64_t version, bool create) {
+                                                   uint64_t version, bool create,
+                                                   uint32_t leaseMs) {
   auto it = servers.find(server);
   if (it == servers.end()) return Status::unavailable("chunkserver not connected");
   auto req = it->second.setVersionRequest();
   req.setHandle(handle);
   req.setVersion(version);
   req.setCreate(create);
+  req.setLeaseMs(leaseMs);
   return send(server, kj::mv(req));
 }
 

@@ -138,10 +138,12 @@ void Namespace::reload() {
     // What is stored is the reserve's end: numbers below it may have been handed out.
     nextInode = inodeLimit = storedInode ? decodeU64(*storedInode) : ROOT_INODE + 1;
     nextHandle = handleLimit = storedHandle ? decodeU64(*storedHandle) : 1;
+    *handlesOnDisk = handleLimit;
     return;
   }
   nextInode = inodeLimit = ROOT_INODE + 1;
   nextHandle = handleLimit = 1;
+  *handlesOnDisk = handleLimit;
   // A standby's empty store stays empty: the active's log fills it.
   if (!store.isWritable()) return;
   Inode root;
@@ -237,7 +239,8 @@ Status Namespace::readdir(uint64_t inode, std::string_view after, size_t limit,
   return Status::OK();
 }
 
-uint64_t Namespace::allocateNumber(const std::string& key, uint64_t& next, uint64_t& limit) {
+uint64_t Namespace::allocateNumber(const std::string& key, uint64_t& next, uint64_t& limit,
+                                   std::shared_ptr<uint64_t> onDisk) {
   constexpr uint64_t RESERVE = 4096;
   uint64_t n = next++;
   if (next > limit) {
@@ -247,19 +250,22 @@ uint64_t Namespace::allocateNumber(const std::string& key, uint64_t& next, uint6
     Mutation reserve;
     reserve.put(key, encodeU64(limit));
     reserve.sync = true;
-    store.commit(std::move(reserve)).detach([](kj::Exception&& e) {
-      KJ_LOG(ERROR, "cannot reserve numbers", e);
-    });
+    uint64_t reserved = limit;
+    store.commit(std::move(reserve))
+        .then([onDisk = std::move(onDisk), reserved]() {
+          if (onDisk) *onDisk = std::max(*onDisk, reserved);
+        })
+        .detach([](kj::Exception&& e) { KJ_LOG(ERROR, "cannot reserve numbers", e); });
   }
   return n;
 }
 
 uint64_t Namespace::allocateInode(Mutation&) {
-  return allocateNumber(NEXT_INODE_KEY, nextInode, inodeLimit);
+  return allocateNumber(NEXT_INODE_KEY, nextInode, inodeLimit, nullptr);
 }
 
 uint64_t Namespace::allocateHandle(Mutation&) {
-  return allocateNumber(NEXT_HANDLE_KEY, nextHandle, handleLimit);
+  return allocateNumber(NEXT_HANDLE_KEY, nextHandle, handleLimit, handlesOnDisk);
 }
 
 kj::Promise<MutationResult> Namespace::finish(Mutation m, MutationResult result) {

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -264,6 +265,9 @@ class Namespace {
   std::vector<std::pair<uint64_t, ChunkRecord>> allChunks();
   // Records a new chunk at version 1 with a fresh handle.
   kj::Promise<Result<ChunkRecord>> allocateChunk(uint64_t inode, uint32_t index);
+  // Whether `handle` lies in a reserve already synced: then no master hands it out again,
+  // whatever happens to the entry that used it.
+  bool handleOnDisk(uint64_t handle) const { return handle < *handlesOnDisk; }
   // Forgets a chunk that no replica was ever made of (it held no byte), if `inode` still
   // has it at that index: the range is a hole again.
   kj::Promise<void> forgetChunk(uint64_t inode, const ChunkRecord& record);
@@ -283,7 +287,9 @@ class Namespace {
   // chunkserver that chunk).
   uint64_t allocateInode(Mutation& m);
   uint64_t allocateHandle(Mutation& m);
-  uint64_t allocateNumber(const std::string& key, uint64_t& next, uint64_t& limit);
+  // `onDisk` (if any) learns the new limit once its reserve is synced.
+  uint64_t allocateNumber(const std::string& key, uint64_t& next, uint64_t& limit,
+                          std::shared_ptr<uint64_t> onDisk);
   // A new inode in directory `parent` under `name`, after the checks every create shares;
   // the directory's setgid bit passes its group (and, to directories, the bit) down.
   Result<Inode> newEntry(Mutation& m, uint64_t parent, std::string_view name, InodeType type,
@@ -334,6 +340,9 @@ class Namespace {
   uint64_t chunkSize_;
   uint64_t nextInode, inodeLimit;  // handed out below nextInode; reserved below the limit
   uint64_t nextHandle, handleLimit;
+  // Handles below this are reserved on disk (the reserve's entry is synced): shared with
+  // the reserving commit's continuation, which may outlive this.
+  std::shared_ptr<uint64_t> handlesOnDisk = std::make_shared<uint64_t>(0);
   kj::Duration trashPeriod = 0 * kj::SECONDS;
   bool trashIndexed();
   bool trashIndexKnown = false;        // TRASH_INDEXED_KEY was seen (or written)

@@ -43,18 +43,23 @@ interface ChunkServer {
 
   write @2 (handle :UInt64, version :UInt64, offset :UInt32, dataId :UInt64,
             length :UInt32, secondaries :List(Text), mutation :Mutation,
-            token :Common.ChunkToken)
+            token :Common.ChunkToken, data :Data)
       -> (status :Status, failures :List(ReplicaFailure));
   # To the primary: apply the mutation (by default the pushed buffer) at `offset`, then
   # have every secondary apply it in the same order. Answers once all applied; on
   # failure, `failures` names every replica that failed (this one included) and why.
+  # A small write (at most 128 KiB) may carry its bytes in `data`, with `dataId` 0,
+  # instead of pushing them first: one round trip instead of two.
 
   applyWrite @3 (handle :UInt64, version :UInt64, offset :UInt32, dataId :UInt64,
-                 length :UInt32, mutation :Mutation) -> (status :Status);
-  # From the primary to a secondary.
+                 length :UInt32, mutation :Mutation, data :Data) -> (status :Status);
+  # From the primary to a secondary (`data`: a write's own bytes, as in write).
 
-  setVersion @4 (handle :UInt64, version :UInt64, create :Bool) -> (status :Status);
-  # From the master before a new lease: this replica is current at `version`.
+  setVersion @4 (handle :UInt64, version :UInt64, create :Bool, leaseMs :UInt32)
+      -> (status :Status);
+  # From the master before a new lease: this replica is current at `version`. With
+  # `leaseMs`, this replica is also the primary, for that long from when the version is
+  # set (a new chunk's first lease, without a call of its own).
   grantLease @5 (handle :UInt64, version :UInt64, durationMs :UInt32) -> (status :Status);
   truncate @6 (handle :UInt64, version :UInt64, length :UInt32) -> (status :Status);
   # From the master: cut the replica to `length` and move it to `version`.

@@ -19,6 +19,7 @@
 #include "address.h"
 #include "chunkserver.capnp.h"
 #include "cluster.h"
+#include "master.capnp.h"
 #include "tokens.h"
 
 namespace cairn {
@@ -269,6 +270,66 @@ TEST_F(SecurityTest, ChunkserversServeOnlyHoldersOfAValidTokenForThatChunkAndMod
   EXPECT_EQ(calls.read(a, a.token), ErrorCode::TOKEN_INVALID);
   EXPECT_EQ(calls.read(a, calls.chunkOf("/a").token), ErrorCode::OK);
   EXPECT_EQ(cluster->get("/a"), randomBytes(1000, 1));
+}
+
+TEST_F(SecurityTest, AWriteCarryingItsOwnBytesIsCheckedAgainstTheCall) {
+  start();
+  DirectCalls calls(*cluster, cluster->certificates().issue(Role::ADMIN, "writer", {}));
+  auto& ws = calls.io.waitScope;
+  auto file = calls.client->create(ROOT_INODE, "w", 0644, 0, true).wait(ws);
+  ASSERT_TRUE(file.ok()) << file.status.toString();
+  // A lease on its first chunk, asked for as libcairn would.
+  auto master = calls.peers->get<wire::Master>(cluster->masterAddress(), Role::MASTER)
+                    .clientRequest()
+                    .send()
+                    .getService();
+  auto prepare = master.prepareWriteRequest();
+  prepare.setInode(file.value.inode);
+  auto prepared = prepare.send().wait(ws);
+  ASSERT_EQ(fromWire(prepared.getStatus()).code(), ErrorCode::OK);
+  auto chunk = prepared.getChunk();
+  std::string primary = chunk.getPrimary();
+  auto write = [&](const std::string& bytes, uint32_t length, uint64_t dataId) {
+    auto req = calls.peers->get<wire::ChunkServer>(primary, Role::CHUNKSERVER).writeRequest();
+    req.setHandle(chunk.getHandle());
+    req.setVersion(chunk.getVersion());
+    req.setDataId(dataId);
+    req.setLength(length);
+    req.setData(
+        capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(bytes.data()), bytes.size()));
+    req.setToken(chunk.getToken());
+    std::vector<std::string> others;
+    for (auto r : chunk.getReplicas()) {
+      if (r.getAddress() != primary) others.emplace_back(r.getAddress());
+    }
+    auto secondaries = req.initSecondaries(static_cast<uint>(others.size()));
+    for (size_t i = 0; i < others.size(); ++i) secondaries.set(static_cast<uint>(i), others[i]);
+    return fromWire(req.send().wait(ws).getStatus()).code();
+  };
+  // What each replica holds of the chunk.
+  auto held = [&]() {
+    std::vector<std::string> out;
+    for (auto r : chunk.getReplicas()) {
+      auto req =
+          calls.peers->get<wire::ChunkServer>(r.getAddress(), Role::CHUNKSERVER).readRequest();
+      req.setHandle(chunk.getHandle());
+      req.setVersion(chunk.getVersion());
+      req.setLength(1 << 20);
+      req.setToken(chunk.getToken());
+      auto reply = req.send().wait(ws);
+      EXPECT_EQ(fromWire(reply.getStatus()).code(), ErrorCode::OK);
+      out.emplace_back(reinterpret_cast<const char*>(reply.getData().begin()),
+                       reply.getData().size());
+    }
+    return out;
+  };
+  EXPECT_EQ(write("abc", 4, 0), ErrorCode::INVALID_ARGUMENT);   // not the length said
+  EXPECT_EQ(write("abc", 3, 77), ErrorCode::INVALID_ARGUMENT);  // and a pushed buffer named
+  std::string large((128 << 10) + 1, 'x');
+  EXPECT_EQ(write(large, static_cast<uint32_t>(large.size()), 0), ErrorCode::INVALID_ARGUMENT);
+  EXPECT_EQ(held(), std::vector<std::string>(3, ""));  // nothing landed anywhere
+  EXPECT_EQ(write("abc", 3, 0), ErrorCode::OK);
+  EXPECT_EQ(held(), std::vector<std::string>(3, "abc"));  // the primary and both secondaries
 }
 
 TEST_F(SecurityTest, ReadsGoOnWhileTokenKeysRotate) {

@@ -5,6 +5,8 @@
 #include <kj/async-io.h>
 #include <leveldb/helpers/memenv.h>
 
+#include <functional>
+#include <functional>
 #include <set>
 
 #include "cluster.h"
@@ -15,11 +17,13 @@ namespace {
 // Answers the master's calls as the chunkservers would, and records them.
 class FakeControl final : public ReplicaControl {
  public:
-  kj::Promise<Status> setVersion(uint64_t server, uint64_t handle, uint64_t version,
-                                 bool create) override {
+  kj::Promise<Status> setVersion(uint64_t server, uint64_t handle, uint64_t version, bool create,
+                                 uint32_t leaseMs) override {
     calls.push_back("setVersion " + std::to_string(server) + " v" + std::to_string(version) +
-                    (create ? " create" : ""));
+                    (create ? " create" : "") + (leaseMs > 0 ? " lease" : ""));
+    if (create && onCreate) onCreate(handle);
     if (down.count(server)) return Status::unavailable("down");
+    if (leaseMs > 0) leases++;
     versions[{server, handle}] = version;
     if (late.count(server)) return Status::unavailable("the answer was lost");
     if (hold.count(server)) {
@@ -68,7 +72,8 @@ class FakeControl final : public ReplicaControl {
   std::set<uint64_t> late;  // these take a setVersion but their answer is lost
   std::set<uint64_t> hold;  // these answer a setVersion only when the test says so
   std::vector<kj::Own<kj::PromiseFulfiller<Status>>> held;
-  int leases = 0;
+  int leases = 0;  // taken, with a chunk's creation or by a call of their own
+  std::function<void(uint64_t handle)> onCreate;  // told of every replica about to be made
 };
 
 class ChunkManagerTest : public ::testing::Test {
@@ -154,6 +159,21 @@ TEST_F(ChunkManagerTest, AllocatesOnDistinctServersWithALease) {
   EXPECT_FALSE(r.value.primary.empty());
   EXPECT_EQ(r.value.record.version, 1u);  // a new chunk's first lease needs no bump
   EXPECT_EQ(ns.getChunk(file, 0)->version, 1u);
+}
+
+TEST_F(ChunkManagerTest, ANewChunkIsMadeUnderAHandleReservedOnDiskAndTakesItsLeaseWithIt) {
+  // A fresh namespace: the first handle's reserve is on its way to the log when the first
+  // chunk is allocated, so that chunk's replicas wait for it; the next chunks' are made
+  // while their records are on their way.
+  std::vector<bool> reserved;
+  control.onCreate = [&](uint64_t handle) { reserved.push_back(ns.handleOnDisk(handle)); };
+  for (uint32_t i = 0; i < 3; ++i) ASSERT_TRUE(prepare(i).ok());
+  EXPECT_EQ(reserved, std::vector<bool>(9, true));
+  // The first server of each takes the lease with the chunk: no call of its own.
+  EXPECT_EQ(control.leases, 3);
+  size_t leasedCreates = 0;
+  for (auto& call : control.calls) leasedCreates += call.find("create lease") != std::string::npos;
+  EXPECT_EQ(leasedCreates, 3u);
 }
 
 TEST_F(ChunkManagerTest, AValidLeaseIsReusedAndAnExpiredOneBumpsTheVersion) {
