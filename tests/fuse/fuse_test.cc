@@ -325,8 +325,12 @@ TEST_F(FuseTest, WatchedMountsSeeOtherClientsChangesAtOnce) {
     std::string err;
     ASSERT_EQ(cluster->cli(args, nullptr, &err), 0) << err;
   };
+  auto answered = [&](const std::string& method) {
+    return cluster->masterSample("cairn_master_requests_total{method=\"" + method +
+                                 "\",result=\"ok\"}");
+  };
   ASSERT_TRUE(soon([&]() { return exists(mnt) && exists(other); }));
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // both watched by now
+  ASSERT_TRUE(soon([&]() { return answered("watch") >= 2; })) << "the mounts are not watched";
 
   // A name another client makes, where an absence was kept.
   ASSERT_FALSE(exists(mnt + "/later"));
@@ -356,8 +360,9 @@ TEST_F(FuseTest, WatchedMountsSeeOtherClientsChangesAtOnce) {
   // A directory whose names the mount learnt after a miss: absences are answered by the
   // mount, yet a name made by another client is seen.
   ASSERT_EQ(mkdir((mnt + "/known").c_str(), 0755), 0);
+  double listed = answered("readdir");
   EXPECT_FALSE(exists(mnt + "/known/a"));
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // its names are learnt
+  ASSERT_TRUE(soon([&]() { return answered("readdir") > listed; })) << "its names were not learnt";
   for (int i = 0; i < 20; ++i) {
     testing::writeFile(mnt + "/known/mine" + std::to_string(i), "x");
   }

@@ -31,27 +31,6 @@ constexpr uint64_t MIB = 1 << 20;
 
 class OperatorTest : public testing::ClusterFixture {
  protected:
-  // The master's status page address (HOST:PORT), from the file it wrote at start.
-  std::string masterHttp() {
-    std::string s = readFile(cluster->dir() + "/master.http");
-    return s.substr(0, s.find('\n'));
-  }
-  // GET https://ADDR/PATH with curl (the cluster's CA is not the system's; -k).
-  std::string fetch(const std::string& address, const std::string& path) {
-    std::string out, err;
-    cluster->run({"/usr/bin/curl", "-sSk", "--max-time", "10", "https://" + address + path}, &out,
-                 &err);
-    return out;
-  }
-  // The value of one sample in /metrics text, or -1.
-  static double sample(const std::string& metrics, const std::string& series) {
-    std::istringstream in(metrics);
-    std::string line;
-    while (std::getline(in, line)) {
-      if (line.rfind(series + " ", 0) == 0) return std::stod(line.substr(series.size() + 1));
-    }
-    return -1;
-  }
   // A free TCP port on 127.0.0.1 (for daemons that cannot write the port they bound).
   static int freePort() {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -75,7 +54,7 @@ TEST_F(OperatorTest, TheStatusPageAndMetricsFollowAChunkserversDeathAndRepair) {
   }
   ASSERT_TRUE(waitFor(20, [&]() { return healthy(); }));
 
-  std::string page = fetch(masterHttp(), "/");
+  std::string page = cluster->fetch(cluster->masterHttp(), "/");
   for (size_t i = 0; i < 4; ++i) {
     EXPECT_NE(page.find("<td>" + cluster->chunkserverAddress(i) + "</td>"), std::string::npos)
         << page;
@@ -84,10 +63,12 @@ TEST_F(OperatorTest, TheStatusPageAndMetricsFollowAChunkserversDeathAndRepair) {
   EXPECT_NE(page.find("http-equiv=\"refresh\""), std::string::npos);
   EXPECT_EQ(page.find("<script"), std::string::npos);
 
-  std::string metrics = fetch(masterHttp(), "/metrics");
-  EXPECT_EQ(sample(metrics, "cairn_chunkservers{state=\"live\"}"), 4) << metrics;
-  EXPECT_GT(sample(metrics, "cairn_master_requests_total{method=\"create\",result=\"ok\"}"), 0);
-  EXPECT_EQ(sample(metrics, "cairn_chunks{state=\"under_replicated\"}"), 0);
+  std::string metrics = cluster->fetch(cluster->masterHttp(), "/metrics");
+  EXPECT_EQ(ProcessCluster::sample(metrics, "cairn_chunkservers{state=\"live\"}"), 4) << metrics;
+  EXPECT_GT(ProcessCluster::sample(metrics,
+                                   "cairn_master_requests_total{method=\"create\",result=\"ok\"}"),
+            0);
+  EXPECT_EQ(ProcessCluster::sample(metrics, "cairn_chunks{state=\"under_replicated\"}"), 0);
   // promtool reads the exposition format as Prometheus does.
   std::string file = local("metrics.txt");
   writeFile(file, metrics);
@@ -95,8 +76,8 @@ TEST_F(OperatorTest, TheStatusPageAndMetricsFollowAChunkserversDeathAndRepair) {
   EXPECT_EQ(cluster->run({"/bin/sh", "-c", "promtool check metrics < " + file}, &out, &err), 0)
       << out << err;
   std::string http = readFile(cluster->dir() + "/cs0.http");
-  std::string csMetrics = fetch(http.substr(0, http.find('\n')), "/metrics");
-  EXPECT_GT(sample(csMetrics, "cairn_chunkserver_stored_chunks"), 0) << csMetrics;
+  std::string csMetrics = cluster->fetch(http.substr(0, http.find('\n')), "/metrics");
+  EXPECT_GT(ProcessCluster::sample(csMetrics, "cairn_chunkserver_stored_chunks"), 0) << csMetrics;
   writeFile(file, csMetrics);
   EXPECT_EQ(cluster->run({"/bin/sh", "-c", "promtool check metrics < " + file}, &out, &err), 0)
       << out << err;
@@ -107,24 +88,26 @@ TEST_F(OperatorTest, TheStatusPageAndMetricsFollowAChunkserversDeathAndRepair) {
   cluster->killChunkserver(1);
   std::regex dead("<td>" + std::regex_replace(victim, std::regex("\\."), "\\.") +
                   "</td><td>[^<]*</td><td class=\"dead\">dead</td>");
-  EXPECT_TRUE(waitFor(15, [&]() { return std::regex_search(fetch(masterHttp(), "/"), dead); }))
-      << fetch(masterHttp(), "/");
+  EXPECT_TRUE(waitFor(15, [&]() {
+    return std::regex_search(cluster->fetch(cluster->masterHttp(), "/"), dead);
+  })) << cluster->fetch(cluster->masterHttp(), "/");
   bool rose = false;
   EXPECT_TRUE(waitFor(60, [&]() {
-    auto m = fetch(masterHttp(), "/metrics");
-    double under = sample(m, "cairn_chunks{state=\"under_replicated\"}");
-    rose = rose || under > 0 || sample(m, "cairn_chunk_copies_total{result=\"ok\"}") > 0;
-    return rose && under == 0 && sample(m, "cairn_chunk_copies_in_flight") == 0;
-  })) << fetch(masterHttp(), "/metrics");
+    auto m = cluster->fetch(cluster->masterHttp(), "/metrics");
+    double under = ProcessCluster::sample(m, "cairn_chunks{state=\"under_replicated\"}");
+    rose = rose || under > 0 ||
+           ProcessCluster::sample(m, "cairn_chunk_copies_total{result=\"ok\"}") > 0;
+    return rose && under == 0 && ProcessCluster::sample(m, "cairn_chunk_copies_in_flight") == 0;
+  })) << cluster->fetch(cluster->masterHttp(), "/metrics");
   EXPECT_TRUE(rose);
-  EXPECT_NE(fetch(masterHttp(), "/").find(victim + " is dead"), std::string::npos)
+  EXPECT_NE(cluster->fetch(cluster->masterHttp(), "/").find(victim + " is dead"), std::string::npos)
       << "the death is among the recent events";
   std::string code;
   cluster->run({"/usr/bin/curl", "-sk", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}",
-                "https://" + masterHttp() + "/nope"},
+                "https://" + cluster->masterHttp() + "/nope"},
                &code, &err);
   EXPECT_EQ(code, "404") << err;
-  EXPECT_NE(fetch(masterHttp(), "/").find("Cairn master"), std::string::npos);
+  EXPECT_NE(cluster->fetch(cluster->masterHttp(), "/").find("Cairn master"), std::string::npos);
 }
 
 TEST_F(OperatorTest, PrometheusScrapesTheMasterAndCountsLiveChunkservers) {
@@ -137,7 +120,7 @@ TEST_F(OperatorTest, PrometheusScrapesTheMasterAndCountsLiveChunkservers) {
             "scrape_configs:\n  - job_name: cairn-master\n    scheme: https\n"
             "    tls_config:\n      insecure_skip_verify: true\n"
             "    static_configs:\n      - targets: ['" +
-                masterHttp() + "']\n");
+                cluster->masterHttp() + "']\n");
   std::string data = local("prometheus-data");
   std::string address = "127.0.0.1:" + std::to_string(port);
   cluster->startDaemon("prometheus",
@@ -169,7 +152,7 @@ TEST_F(OperatorTest, AHeadlessBrowserRendersTheStatusPage) {
   if (chromium.empty()) GTEST_SKIP() << "chromium is not installed";
   start(3);
   cluster->put(randomBytes(2 * MIB, 3), "/f");
-  std::string url = "https://" + masterHttp() + "/";
+  std::string url = "https://" + cluster->masterHttp() + "/";
   std::vector<std::string> common = {chromium,
                                      "--headless",
                                      "--no-sandbox",

@@ -455,6 +455,26 @@ int ProcessCluster::cli(const std::vector<std::string>& args, std::string* out, 
   return run(argv, out, err);
 }
 
+std::string ProcessCluster::masterHttp() {
+  std::string s = readFile(dir() + "/master.http");
+  return s.substr(0, s.find('\n'));
+}
+
+std::string ProcessCluster::fetch(const std::string& address, const std::string& path) {
+  std::string out, err;
+  run({"/usr/bin/curl", "-sSk", "--max-time", "10", "https://" + address + path}, &out, &err);
+  return out;
+}
+
+double ProcessCluster::sample(const std::string& metrics, const std::string& series) {
+  std::istringstream in(metrics);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(series + " ", 0) == 0) return std::stod(line.substr(series.size() + 1));
+  }
+  return -1;
+}
+
 int ProcessCluster::run(const std::vector<std::string>& argv, std::string* out, std::string* err) {
   std::string outFile = scratchFile("run") + ".out";
   std::string errFile = outFile + ".err";

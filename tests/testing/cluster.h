@@ -164,6 +164,18 @@ class ProcessCluster {
 
   static std::string binary(const std::string& name);
 
+  // The master's status page address (HOST:PORT), from the file it wrote at start.
+  std::string masterHttp();
+  // GET https://ADDRESS/PATH with curl (the cluster's CA is not the system's: -k); "" when
+  // it fails.
+  std::string fetch(const std::string& address, const std::string& path);
+  // The value of one sample (`name{labels}`) in /metrics text, or -1.
+  static double sample(const std::string& metrics, const std::string& series);
+  // That sample from the master's /metrics now.
+  double masterSample(const std::string& series) {
+    return sample(fetch(masterHttp(), "/metrics"), series);
+  }
+
   // Starts another daemon (e.g. a MapReduce coordinator or worker) under `name`: `argv`
   // must make it write its address to `portFile` (unless that is ""). Returns that address. The
   // cluster ends it with the rest.
