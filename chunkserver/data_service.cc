@@ -25,9 +25,6 @@ constexpr uint32_t MAX_PUSH_FROM = 64 << 20;
 constexpr uint32_t FORWARD_PIECE = 1 << 20;
 constexpr size_t MAX_CHAIN = 16;
 constexpr uint32_t MAX_LEASE_MS = 600'000;
-// A write's own bytes carried in its call (write, applyWrite) instead of pushed first.
-constexpr uint32_t MAX_INLINE = 128 << 10;
-
 // Those bytes, shared by the local write and the forwards to the secondaries; null when
 // the mutation takes a pushed buffer or none.
 using InlineBytes = std::shared_ptr<const std::string>;
@@ -173,10 +170,14 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
     if (p.getSecondaries().size() > MAX_CHAIN) {
       return failData(context, Status::invalidArgument("too many secondaries"));
     }
-    auto bytes = inlineBytes(p.hasData(), p.getData(), dataId, length, mutation);
+    kj::Own<void> carried;
+    auto bytes = inlineBytes(p.hasData(), p.getData(), dataId, length, mutation, carried);
     if (!bytes.ok()) return failData(context, bytes.status);
     Status held = leaseHeld(handle, version);
     if (!held.ok()) return failData(context, held);
+    if (bytes.value) {
+      cs.metrics().add("cairn_chunkserver_received_bytes_total", {}, static_cast<double>(length));
+    }
     std::vector<std::string> secondaries;
     for (auto s : p.getSecondaries()) secondaries.emplace_back(s);
     return serialized<DataOutcome>(
@@ -186,7 +187,8 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
                  return applyEverywhere(std::move(secondaries), handle, version, offset, dataId,
                                         length, mutation, kj::mv(bytes));
                })
-        .then([context](DataOutcome r) mutable { toWire(r, context.getResults()); });
+        .then([context](DataOutcome r) mutable { toWire(r, context.getResults()); })
+        .attach(kj::mv(carried));
   }
 
   kj::Promise<void> append(AppendContext context) override {
@@ -256,15 +258,20 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
     uint64_t handle = p.getHandle(), version = p.getVersion(), dataId = p.getDataId();
     uint32_t offset = p.getOffset(), length = p.getLength();
     auto mutation = p.getMutation();
-    auto bytes = inlineBytes(p.hasData(), p.getData(), dataId, length, mutation);
+    kj::Own<void> carried;
+    auto bytes = inlineBytes(p.hasData(), p.getData(), dataId, length, mutation, carried);
     if (!bytes.ok()) return fail(context, bytes.status);
+    if (bytes.value) {
+      cs.metrics().add("cairn_chunkserver_received_bytes_total", {}, static_cast<double>(length));
+    }
     return serialized<Status>(handle,
                               [this, handle, version, offset, dataId, length, mutation,
                                bytes = kj::mv(bytes.value)]() mutable {
                                 return apply(handle, version, offset, dataId, length, mutation,
                                              kj::mv(bytes));
                               })
-        .then([context](Status s) mutable { toWire(s, context.getResults().initStatus()); });
+        .then([context](Status s) mutable { toWire(s, context.getResults().initStatus()); })
+        .attach(kj::mv(carried));
   }
 
   kj::Promise<void> setVersion(SetVersionContext context) override {
@@ -282,7 +289,8 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
                               })
         .then([this, context, handle, version, leaseMs](Status s) mutable {
           cs.replicasChanged();
-          if (s.ok() && leaseMs > 0) {
+          // (A late or repeated create finds the chunk at a newer version: no lease then.)
+          if (s.ok() && leaseMs > 0 && store.versionOf(handle) == version) {
             leases[handle] = Lease{version, cs.timer().now() + leaseMs * kj::MILLISECONDS};
           }
           toWire(s, context.getResults().initStatus());
@@ -687,18 +695,23 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
   }
 
   // The bytes a write or applyWrite carries, checked against the rest of the call: only
-  // for a data mutation of that length without a pushed buffer, at most MAX_INLINE.
+  // for a data mutation of that length without a pushed buffer, at most
+  // wire::MAX_INLINE_WRITE. They count as buffered (the pushes' limit) until `held` goes.
   Result<InlineBytes> inlineBytes(bool has, capnp::Data::Reader data, uint64_t dataId,
-                                  uint32_t length, wire::Mutation mutation) {
+                                  uint32_t length, wire::Mutation mutation, kj::Own<void>& held) {
     if (!has) return Result<InlineBytes>(InlineBytes());
     if (mutation != wire::Mutation::DATA || dataId != 0 || data.size() != length ||
-        length > MAX_INLINE) {
+        length > wire::MAX_INLINE_WRITE) {
       return Result<InlineBytes>(Status::invalidArgument(fmt::format(
           "a write's own bytes are for a data write of that length (at most {}) without a "
           "pushed buffer",
-          MAX_INLINE)));
+          wire::MAX_INLINE_WRITE)));
     }
-    cs.metrics().add("cairn_chunkserver_received_bytes_total", {}, static_cast<double>(length));
+    if (buffered + length > cs.options().bufferLimitBytes) {
+      return Result<InlineBytes>(Status(ErrorCode::BUSY, "push buffers full; retry later"));
+    }
+    buffered += length;
+    held = kj::heap(kj::defer([this, length]() { buffered -= length; }));
     return Result<InlineBytes>(std::make_shared<const std::string>(
         reinterpret_cast<const char*>(data.begin()), data.size()));
   }
@@ -747,12 +760,9 @@ class ChunkServerImpl final : public wire::ChunkServer::Server, private kj::Task
     switch (mutation) {
       case wire::Mutation::DATA:
         if (bytes) {
-          auto& ref = *bytes;
-          return pool
-              .run([this, handle, version, offset, &ref]() {
-                return store.write(handle, version, offset, ref);
-              })
-              .attach(kj::mv(bytes));
+          return pool.run([this, handle, version, offset, bytes = kj::mv(bytes)]() {
+            return store.write(handle, version, offset, *bytes);
+          });
         }
         return applyBuffer(handle, version, offset, dataId, length);
       case wire::Mutation::PUNCH:

@@ -17,9 +17,6 @@ namespace cairn {
 namespace {
 
 constexpr uint32_t MAX_WRITE_PORTION = 8 << 20;  // one push-and-commit at most
-// A write at most this large carries its bytes in the call to the primary (the
-// chunkserver takes up to 128 KiB so).
-constexpr uint32_t INLINE_WRITE_MAX = 128 << 10;
 constexpr uint32_t MAX_COPY_PORTION = 16 << 20;  // one server-side copy at most
 // How long appends in a row trust the file's size from the last one's commit (a truncate
 // by another client within it may leave a hole before the next record).
@@ -769,7 +766,7 @@ kj::Promise<DataOutcome> Client::applyMutation(ChunkInfo chunk, const ChunkMutat
   }
   // A small write carries its bytes to the primary, which hands them on with the order to
   // apply: one round trip instead of a push and then the write.
-  bool carried = m.kind == wire::Mutation::DATA && !m.source && m.length <= INLINE_WRITE_MAX;
+  bool carried = m.kind == wire::Mutation::DATA && !m.source && m.length <= wire::MAX_INLINE_WRITE;
   uint64_t dataId = carried ? 0 : rng() | 1;
   kj::Promise<DataOutcome> pushed = DataOutcome();
   if (m.kind == wire::Mutation::DATA && !carried) {

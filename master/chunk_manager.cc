@@ -802,7 +802,7 @@ kj::Promise<Result<ChunkView>> ChunkManager::allocate(uint64_t inode, uint32_t i
                    forget(*c);
                    return forgotten;
                  }
-                 return confirmCreated(handle, created, results.size(), true)
+                 return confirmCreated(handle, created, results.size())
                      .then([&out](Result<ChunkView> r) { out = std::move(r); });
                });
              })
@@ -813,22 +813,20 @@ bool ChunkManager::neverWritten(const Chunk& c) { return c.record.pending && c.r
 
 kj::Promise<Result<ChunkView>> ChunkManager::confirmCreated(uint64_t handle,
                                                             std::vector<uint64_t> created,
-                                                            size_t asked, bool leased) {
+                                                            size_t asked) {
   Chunk& c = chunks.at(handle);
   // Recorded before the lease is handed to a writer: a chunk still pending holds no byte.
   setPending(c, false);
-  return recordVersion(c).then(
-      [this, handle, created, asked, leased]() -> kj::Promise<Result<ChunkView>> {
-        if (!chunks.contains(handle)) return Result<ChunkView>(chunkGone());
-        // A server that failed may still create the chunk late (the order delayed, its
-        // answer lost), empty: the chunk then moves to a new version before its first
-        // write. Otherwise the first lease keeps the version it was created at, taken by
-        // the first server with the chunk when `leased` (all of them succeeded, so that
-        // server is created[0]).
-        if (created.size() != asked) return grantNewLease(handle);
-        if (leased) return leaseTaken(handle, created[0]);
-        return grantLeaseTo(handle, created[0]);
-      });
+  return recordVersion(c).then([this, handle, created, asked]() -> kj::Promise<Result<ChunkView>> {
+    if (!chunks.contains(handle)) return Result<ChunkView>(chunkGone());
+    // A server that failed may still create the chunk late (the order delayed, its answer
+    // lost), empty: the chunk then moves to a new version before its first write.
+    // Otherwise the first lease keeps the version it was created at, taken by the first
+    // server with the chunk (setVersionOn's `leaseFirst`; all succeeded, so it is
+    // created[0]).
+    if (created.size() != asked) return grantNewLease(handle);
+    return leaseTaken(handle, created[0], created);
+  });
 }
 
 kj::Promise<Result<ChunkView>> ChunkManager::recreate(uint64_t handle) {
@@ -861,7 +859,7 @@ kj::Promise<Result<ChunkView>> ChunkManager::recreate(uint64_t handle) {
           return Result<ChunkView>(Status::unavailable("no chunkserver could create the chunk"));
         }
         for (uint64_t s : created) addReplica(*c, s);
-        return confirmCreated(handle, created, results.size(), true);
+        return confirmCreated(handle, created, results.size());
       });
 }
 
@@ -873,29 +871,37 @@ kj::Promise<Result<ChunkView>> ChunkManager::grantNewLease(uint64_t handle) {
           return Result<ChunkView>(
               Status::unavailable(fmt::format("no live replica of chunk {:x} answered", handle)));
         }
-        return grantLeaseTo(handle, current[0]);
+        return grantLeaseTo(handle, current[0], current);
       });
 }
 
-kj::Promise<Result<ChunkView>> ChunkManager::grantLeaseTo(uint64_t handle, uint64_t primary) {
+kj::Promise<Result<ChunkView>> ChunkManager::grantLeaseTo(uint64_t handle, uint64_t primary,
+                                                          std::vector<uint64_t> members) {
   return control
       .grantLease(primary, handle, chunks.at(handle).record.version,
                   options.leaseDuration / kj::MILLISECONDS)
-      .then([this, handle, primary](Status s) -> Result<ChunkView> {
+      .then([this, handle, primary,
+             members = std::move(members)](Status s) -> kj::Promise<Result<ChunkView>> {
         if (!s.ok()) return chunks.contains(handle) ? Result<ChunkView>(s) : chunkGone();
-        return leaseTaken(handle, primary);
+        return leaseTaken(handle, primary, members);
       });
 }
 
-Result<ChunkView> ChunkManager::leaseTaken(uint64_t handle, uint64_t primary) {
+kj::Promise<Result<ChunkView>> ChunkManager::leaseTaken(uint64_t handle, uint64_t primary,
+                                                        const std::vector<uint64_t>& members) {
   Chunk* c = chunks.find(handle);
-  if (!c) return chunkGone();
+  if (!c) return Result<ChunkView>(chunkGone());
+  // A replica that left meanwhile (declared dead, say) holds this version and may come
+  // back with it: the writes go to a version it never got.
+  for (uint64_t m : members) {
+    if (!c->replicas.count(m)) return grantNewLease(handle);
+  }
   // The expiry counts from now, after the primary's answer, so the master never believes
   // a lease over before the primary does.
   Activity& a = activity[handle];
   a.primary = primary;
   a.leaseExpiry = timer.now() + options.leaseDuration;
-  return view(*c);
+  return Result<ChunkView>(view(*c));
 }
 
 void ChunkManager::release(const std::vector<uint64_t>& handles) {

@@ -373,16 +373,19 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   static bool neverWritten(const Chunk& c);
   // Creates such a chunk on new servers, under a new version.
   kj::Promise<Result<ChunkView>> recreate(uint64_t handle);
-  // `created` of `asked` servers hold the new chunk: recorded as created, then the first
-  // lease (after one more version if a server failed). `leased`: the first of them took
-  // the lease with the chunk (setVersionOn's `leaseTo`).
+  // `created` of `asked` servers hold the new chunk, the first with the lease (setVersionOn's
+  // `leaseFirst`): recorded as created, then that lease handed out (after one more version
+  // if a server failed).
   kj::Promise<Result<ChunkView>> confirmCreated(uint64_t handle, std::vector<uint64_t> created,
-                                                size_t asked, bool leased);
+                                                size_t asked);
   kj::Promise<Result<ChunkView>> grantNewLease(uint64_t handle);
-  kj::Promise<Result<ChunkView>> grantLeaseTo(uint64_t handle, uint64_t primary);
+  // `members`: the replicas at the chunk's version when it was set (see leaseTaken).
+  kj::Promise<Result<ChunkView>> grantLeaseTo(uint64_t handle, uint64_t primary,
+                                              std::vector<uint64_t> members);
   // `primary` holds the chunk's lease (it answered): recorded, and the chunk as a writer
-  // sees it.
-  Result<ChunkView> leaseTaken(uint64_t handle, uint64_t primary);
+  // sees it; unless one of `members` left meanwhile, which takes a new version first.
+  kj::Promise<Result<ChunkView>> leaseTaken(uint64_t handle, uint64_t primary,
+                                            const std::vector<uint64_t>& members);
   // The servers that answered OK and are still live.
   std::vector<uint64_t> succeeded(const std::vector<ServerFailure>& results);
   // Calls setVersion on `servers`; resolves to what each answered, in order. The first

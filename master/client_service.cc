@@ -7,6 +7,7 @@
 
 #include <map>
 #include <set>
+#include <vector>
 
 #include "authorizer.h"
 #include "chunkserver_service.h"
@@ -19,6 +20,30 @@ namespace {
 constexpr uint32_t MAX_READDIR = 4096;
 constexpr uint32_t MAX_CHUNKS_PER_CALL = 4096;
 constexpr uint32_t MAX_CLOSES_PER_CALL = 4096;  // schema: closeAll
+
+// What dispatch reads of every call's parameters, found in the schema once per method:
+// the request id (the retry cache) and the directories the call names (watches).
+struct MethodFields {
+  capnp::StructSchema params;
+  kj::Maybe<capnp::StructSchema::Field> requestId;
+  std::vector<capnp::StructSchema::Field> dirs;
+};
+
+const MethodFields* fieldsOf(uint16_t methodId) {
+  static const std::vector<MethodFields> table = []() {
+    std::vector<MethodFields> out;
+    for (auto m : capnp::Schema::from<wire::ClientService>().getMethods()) {
+      MethodFields f{m.getParamType(), nullptr, {}};
+      f.requestId = f.params.findFieldByName("requestId");
+      for (const char* dir : {"parent", "newParent", "srcParent", "dstParent"}) {
+        KJ_IF_MAYBE (field, f.params.findFieldByName(dir)) f.dirs.push_back(*field);
+      }
+      out.push_back(kj::mv(f));
+    }
+    return out;
+  }();
+  return methodId < table.size() ? &table[methodId] : nullptr;
+}
 
 std::string text(capnp::Text::Reader t) { return std::string(t.cStr(), t.size()); }
 
@@ -98,25 +123,19 @@ class ClientServiceImpl final : public wire::ClientService::Server {
   // call reads or changes them: a change another session makes meanwhile is told.
   void answeredDirsOf(uint16_t methodId,
                       capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer>& context) {
-    auto methods = capnp::Schema::from<wire::ClientService>().getMethods();
-    if (methodId >= methods.size()) return;
-    auto paramType = methods[methodId].getParamType();
-    auto params = context.getParams().getAs<capnp::DynamicStruct>(paramType);
-    for (const char* dir : {"parent", "newParent", "srcParent", "dstParent"}) {
-      KJ_IF_MAYBE (field, paramType.findFieldByName(dir)) {
-        answeredDir(params.get(*field).as<uint64_t>());
-      }
-    }
+    auto fields = fieldsOf(methodId);
+    if (fields == nullptr || fields->dirs.empty()) return;
+    auto params = context.getParams().getAs<capnp::DynamicStruct>(fields->params);
+    for (auto& field : fields->dirs) answeredDir(params.get(field).as<uint64_t>());
   }
 
   // The retry-cache key of a call whose parameters carry a request id, else "".
   static std::string requestKeyOf(
       uint16_t methodId, capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer>& context) {
-    auto methods = capnp::Schema::from<wire::ClientService>().getMethods();
-    if (methodId >= methods.size()) return "";
-    auto paramType = methods[methodId].getParamType();
-    KJ_IF_MAYBE (field, paramType.findFieldByName("requestId")) {
-      auto params = context.getParams().getAs<capnp::DynamicStruct>(paramType);
+    auto fields = fieldsOf(methodId);
+    if (fields == nullptr) return "";
+    KJ_IF_MAYBE (field, fields->requestId) {
+      auto params = context.getParams().getAs<capnp::DynamicStruct>(fields->params);
       if (!params.has(*field)) return "";
       auto id = params.get(*field).as<wire::RequestId>();
       if (id.getClient() == 0) return "";

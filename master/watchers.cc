@@ -2,6 +2,8 @@
 
 #include <kj/debug.h>
 
+#include <algorithm>
+
 #include "log.h"
 #include "namespace_store.h"
 
@@ -45,6 +47,11 @@ void Watchers::answeredInode(Watch* w, uint64_t inode) {
 // Keys (namespace.cc): "i" + inode, "d" + parent + name, both big-endian 64 bits.
 void Watchers::committed(const Mutation& m) {
   if (watches.empty()) return;
+  auto told = [](const std::string& key) {
+    return (key.size() == 9 && key[0] == 'i') || (key.size() > 9 && key[0] == 'd');
+  };
+  // Many entries (chunk records, number reserves) name no inode and no entry.
+  if (std::none_of(m.ops.begin(), m.ops.end(), [&](auto& op) { return told(op.first); })) return;
   std::vector<std::shared_ptr<Watch>> live;
   for (auto it = watches.begin(); it != watches.end();) {
     if (auto w = it->lock()) {

@@ -8,9 +8,12 @@ using Common = import "common.capnp";
 using Status = Common.Status;
 using ReplicaFailure = Common.ReplicaFailure;
 
+const maxInlineWrite :UInt32 = 131072;
+# The most bytes a write or applyWrite carries itself.
+
 enum Mutation {
   # What a write applies at its range, in the primary's order.
-  data @0;       # the pushed buffer `dataId`
+  data @0;       # the pushed buffer `dataId`, or the bytes the write carries
   punch @1;      # zeros; whole blocks become holes (fallocate PUNCH_HOLE)
   allocate @2;   # reserve disk without changing a byte (fallocate KEEP_SIZE)
   pad @3;        # grow the chunk to offset+length with a hole (record append's padding);
@@ -48,8 +51,9 @@ interface ChunkServer {
   # To the primary: apply the mutation (by default the pushed buffer) at `offset`, then
   # have every secondary apply it in the same order. Answers once all applied; on
   # failure, `failures` names every replica that failed (this one included) and why.
-  # A small write (at most 128 KiB) may carry its bytes in `data`, with `dataId` 0,
-  # instead of pushing them first: one round trip instead of two.
+  # A small write (at most maxInlineWrite bytes) may carry its bytes in `data`, with
+  # `dataId` 0, instead of pushing them first: one round trip instead of two. They count
+  # against the push buffers' limit (`busy` past it) until applied.
 
   applyWrite @3 (handle :UInt64, version :UInt64, offset :UInt32, dataId :UInt64,
                  length :UInt32, mutation :Mutation, data :Data) -> (status :Status);

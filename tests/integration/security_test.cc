@@ -289,10 +289,13 @@ TEST_F(SecurityTest, AWriteCarryingItsOwnBytesIsCheckedAgainstTheCall) {
   ASSERT_EQ(fromWire(prepared.getStatus()).code(), ErrorCode::OK);
   auto chunk = prepared.getChunk();
   std::string primary = chunk.getPrimary();
-  auto write = [&](const std::string& bytes, uint32_t length, uint64_t dataId) {
+  auto write = [&](const std::string& bytes, uint32_t length, uint64_t dataId, uint32_t offset = 0,
+                   wire::Mutation mutation = wire::Mutation::DATA) {
     auto req = calls.peers->get<wire::ChunkServer>(primary, Role::CHUNKSERVER).writeRequest();
     req.setHandle(chunk.getHandle());
     req.setVersion(chunk.getVersion());
+    req.setOffset(offset);
+    req.setMutation(mutation);
     req.setDataId(dataId);
     req.setLength(length);
     req.setData(
@@ -327,7 +330,9 @@ TEST_F(SecurityTest, AWriteCarryingItsOwnBytesIsCheckedAgainstTheCall) {
   EXPECT_EQ(write("abc", 3, 77), ErrorCode::INVALID_ARGUMENT);  // and a pushed buffer named
   std::string large((128 << 10) + 1, 'x');
   EXPECT_EQ(write(large, static_cast<uint32_t>(large.size()), 0), ErrorCode::INVALID_ARGUMENT);
-  EXPECT_EQ(held(), std::vector<std::string>(3, ""));  // nothing landed anywhere
+  EXPECT_EQ(write("abc", 3, 0, 0, wire::Mutation::PUNCH), ErrorCode::INVALID_ARGUMENT);
+  EXPECT_EQ(write("abc", 3, 0, MIB - 1), ErrorCode::INVALID_ARGUMENT);  // past the chunk's end
+  EXPECT_EQ(held(), std::vector<std::string>(3, ""));                   // nothing landed anywhere
   EXPECT_EQ(write("abc", 3, 0), ErrorCode::OK);
   EXPECT_EQ(held(), std::vector<std::string>(3, "abc"));  // the primary and both secondaries
 }

@@ -6,7 +6,6 @@
 #include <leveldb/helpers/memenv.h>
 
 #include <functional>
-#include <functional>
 #include <set>
 
 #include "cluster.h"
@@ -36,6 +35,11 @@ class FakeControl final : public ReplicaControl {
   kj::Promise<Status> grantLease(uint64_t server, uint64_t, uint64_t, uint32_t) override {
     leases++;
     if (down.count(server)) return Status::unavailable("down");
+    if (holdLeases) {
+      auto paf = kj::newPromiseAndFulfiller<Status>();
+      held.push_back(kj::mv(paf.fulfiller));
+      return kj::mv(paf.promise);
+    }
     return Status::OK();
   }
   kj::Promise<Status> truncate(uint64_t server, uint64_t handle, uint64_t version,
@@ -71,6 +75,7 @@ class FakeControl final : public ReplicaControl {
   std::set<uint64_t> down;
   std::set<uint64_t> late;  // these take a setVersion but their answer is lost
   std::set<uint64_t> hold;  // these answer a setVersion only when the test says so
+  bool holdLeases = false;  // every grantLease is answered only when the test says so
   std::vector<kj::Own<kj::PromiseFulfiller<Status>>> held;
   int leases = 0;  // taken, with a chunk's creation or by a call of their own
   std::function<void(uint64_t handle)> onCreate;  // told of every replica about to be made
@@ -163,17 +168,37 @@ TEST_F(ChunkManagerTest, AllocatesOnDistinctServersWithALease) {
 
 TEST_F(ChunkManagerTest, ANewChunkIsMadeUnderAHandleReservedOnDiskAndTakesItsLeaseWithIt) {
   // A fresh namespace: the first handle's reserve is on its way to the log when the first
-  // chunk is allocated, so that chunk's replicas wait for it; the next chunks' are made
-  // while their records are on their way.
+  // chunk is allocated, so that chunk's replicas wait for it; no replica is ever made of a
+  // handle whose reserve is not on disk.
   std::vector<bool> reserved;
   control.onCreate = [&](uint64_t handle) { reserved.push_back(ns.handleOnDisk(handle)); };
   for (uint32_t i = 0; i < 3; ++i) ASSERT_TRUE(prepare(i).ok());
+  control.onCreate = nullptr;
   EXPECT_EQ(reserved, std::vector<bool>(9, true));
   // The first server of each takes the lease with the chunk: no call of its own.
   EXPECT_EQ(control.leases, 3);
-  size_t leasedCreates = 0;
-  for (auto& call : control.calls) leasedCreates += call.find("create lease") != std::string::npos;
-  EXPECT_EQ(leasedCreates, 3u);
+
+  // Once the reserve is on disk, the replicas are made while the chunk's record is on its
+  // way to the log (held here), and the writer's primary is the server that took the lease.
+  std::vector<kj::Own<kj::PromiseFulfiller<void>>> shipped;
+  store.setShipper(NamespaceStore::Shipper([&](const LogEntry&) {
+    auto paf = kj::newPromiseAndFulfiller<void>();
+    shipped.push_back(kj::mv(paf.fulfiller));
+    return kj::mv(paf.promise);
+  }));
+  size_t before = control.calls.size();
+  auto pending = manager.prepareWrite(file, 3);
+  settle();
+  ASSERT_EQ(shipped.size(), 1u);  // the record, still on its way
+  std::vector<std::string> creates(control.calls.begin() + static_cast<long>(before),
+                                   control.calls.end());
+  ASSERT_EQ(creates.size(), 3u);
+  store.setShipper(nullptr);
+  for (auto& f : shipped) f->fulfill();
+  auto r = pending.wait(io.waitScope);
+  ASSERT_TRUE(r.ok()) << r.status.toString();
+  EXPECT_EQ(creates[0], "setVersion " + std::to_string(idOf(r.value.primary)) + " v1 create lease");
+  EXPECT_EQ(control.leases, 4);
 }
 
 TEST_F(ChunkManagerTest, AValidLeaseIsReusedAndAnExpiredOneBumpsTheVersion) {
@@ -1130,6 +1155,39 @@ TEST_F(ChunkManagerTest, AServerDeclaredDeadWhileCreatingTheChunkIsFencedOff) {
     manager.registerServer(address, "r", 1 << 30, 0, {{handle, 1, 0}});
     for (auto& rep : replicasNow()) EXPECT_NE(rep.address, address);
   }
+}
+
+TEST_F(ChunkManagerTest, AReplicaDeclaredDeadWhileTheLeaseIsOnItsWayIsLeftBehind) {
+  // The leases lapse; the next write moves the chunk to a new version, and while the lease
+  // is on its way a replica that took that version is declared dead. It holds the version
+  // the lease was for: the writes must go to another, or it would come back current.
+  auto first = prepare(0);
+  ASSERT_TRUE(first.ok());
+  timer.advanceTo(timer.now() + 61 * kj::SECONDS);
+  heartbeatAll();
+  control.holdLeases = true;
+  auto pending = manager.prepareWrite(file, 0);
+  settle();
+  ASSERT_EQ(control.held.size(), 1u);
+  uint64_t handle = first.value.record.handle;
+  uint64_t bumped = control.versions[std::make_pair(idOf(first.value.primary), handle)];
+  ASSERT_EQ(bumped, first.value.record.version + 1);
+  uint64_t leaver = 0;
+  for (auto& r : first.value.replicas) {
+    if (r.address != first.value.primary) leaver = idOf(r.address);
+  }
+  timer.advanceTo(timer.now() + 31 * kj::SECONDS);
+  heartbeatAll(leaver);
+  ASSERT_EQ(manager.sweepDeadServers(), 1u);
+  control.holdLeases = false;
+  control.held[0]->fulfill(Status::OK());
+  auto r = pending.wait(io.waitScope);
+  ASSERT_TRUE(r.ok()) << r.status.toString();
+  EXPECT_GT(r.value.record.version, bumped);
+  for (auto& rep : r.value.replicas) EXPECT_NE(idOf(rep.address), leaver);
+  std::string address = "127.0.0." + std::to_string(leaver + 1) + ":1";
+  manager.registerServer(address, "r", 1 << 30, 0, {{handle, bumped, 0}});
+  for (auto& rep : replicasNow()) EXPECT_NE(rep.address, address);
 }
 
 TEST_F(ChunkManagerTest, AReplicaThatTakesABumpLateIsStaleNotNewer) {
