@@ -766,8 +766,9 @@ kj::Promise<Result<ChunkView>> ChunkManager::allocate(uint64_t inode, uint32_t i
   // The replicas are made (the first taking the lease) while the record goes to the log
   // when its handle is in a reserve already on disk (Namespace::allocateHandle): no master
   // hands that handle out again, so a master that dies before the record lands leaves
-  // only orphans, which the chunkservers' reports remove. A handle from a reserve still on
-  // its way waits for the record (the reserve's entry is before it in the log).
+  // only empty replicas of a handle no record names (deleted when a master judges their
+  // server's full report). A handle from a reserve still on its way waits for the record
+  // (the reserve's entry is before it in the log).
   bool early = ns.handleOnDisk(handle);
   auto result = kj::heap<Result<ChunkView>>();
   auto& out = *result;
