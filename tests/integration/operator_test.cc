@@ -178,7 +178,9 @@ TEST_F(OperatorTest, AHeadlessBrowserRendersTheStatusPage) {
   }
   // A screenshot, kept beside the test binary (CAIRN_SCREENSHOT names another place).
   const char* keep = getenv("CAIRN_SCREENSHOT");
-  std::string shot = keep ? keep : std::filesystem::current_path().string() + "/status-page.png";
+  std::string shot = keep ? keep
+                          : std::filesystem::read_symlink("/proc/self/exe").parent_path().string() +
+                                "/status-page.png";
   std::vector<std::string> snap = common;
   snap.push_back("--screenshot=" + shot);
   snap.push_back("--hide-scrollbars");
