@@ -1,6 +1,8 @@
 // libcairn's side of a watched session: the watcher the master calls, what a watch's end
 // drops, and the directories whose every name is known (see NamespaceWatcher, watching()).
 
+#include <climits>
+
 #include "client.h"
 
 namespace cairn {
@@ -22,7 +24,13 @@ class Client::WatcherServer final : public wire::Watcher::Server {
     std::vector<std::pair<uint64_t, std::string>> entries;
     entries.reserve(p.getEntries().size());
     for (auto e : p.getEntries()) {
-      entries.emplace_back(e.getParent(), std::string(e.getName().cStr(), e.getName().size()));
+      std::string name(e.getName().cStr(), e.getName().size());
+      // A name no directory can hold is nothing kept here or by the kernel.
+      if (name.empty() || name.size() > NAME_MAX ||
+          name.find_first_of(std::string("/\0", 2)) != std::string::npos) {
+        continue;
+      }
+      entries.emplace_back(e.getParent(), std::move(name));
     }
     std::vector<uint64_t> inodes;
     inodes.reserve(p.getInodes().size());

@@ -32,8 +32,8 @@ namespace cairn {
 class ReplicaControl {
  public:
   virtual ~ReplicaControl() = default;
-  // With `leaseMs` > 0 the server also takes the lease, for that long from its answer
-  // (a new chunk's first lease, in the call that creates it).
+  // With `leaseMs` > 0 the server also takes the lease, for that long from when its
+  // version is set (a new chunk's first lease, in the call that creates it).
   virtual kj::Promise<Status> setVersion(uint64_t server, uint64_t handle, uint64_t version,
                                          bool create, uint32_t leaseMs) = 0;
   virtual kj::Promise<Status> grantLease(uint64_t server, uint64_t handle, uint64_t version,

@@ -10,6 +10,10 @@
 namespace cairn {
 namespace {
 
+// Keys (namespace.cc): "i" + inode, "d" + parent + name, both big-endian 64 bits.
+bool inodeKey(const std::string& key) { return key.size() == 9 && key[0] == 'i'; }
+bool entryKey(const std::string& key) { return key.size() > 9 && key[0] == 'd'; }
+
 uint64_t be64At(const std::string& s, size_t pos) {
   uint64_t v = 0;
   for (size_t i = 0; i < 8; ++i) v = (v << 8) | static_cast<uint8_t>(s[pos + i]);
@@ -44,14 +48,13 @@ void Watchers::answeredInode(Watch* w, uint64_t inode) {
   }
 }
 
-// Keys (namespace.cc): "i" + inode, "d" + parent + name, both big-endian 64 bits.
 void Watchers::committed(const Mutation& m) {
   if (watches.empty()) return;
-  auto told = [](const std::string& key) {
-    return (key.size() == 9 && key[0] == 'i') || (key.size() > 9 && key[0] == 'd');
-  };
   // Many entries (chunk records, number reserves) name no inode and no entry.
-  if (std::none_of(m.ops.begin(), m.ops.end(), [&](auto& op) { return told(op.first); })) return;
+  if (std::none_of(m.ops.begin(), m.ops.end(),
+                   [](auto& op) { return inodeKey(op.first) || entryKey(op.first); })) {
+    return;
+  }
   std::vector<std::shared_ptr<Watch>> live;
   for (auto it = watches.begin(); it != watches.end();) {
     if (auto w = it->lock()) {
@@ -62,7 +65,7 @@ void Watchers::committed(const Mutation& m) {
     }
   }
   for (auto& [key, value] : m.ops) {
-    if (key.size() == 9 && key[0] == 'i') {
+    if (inodeKey(key)) {
       uint64_t inode = be64At(key, 1);
       for (auto& w : live) {
         if (w.get() == origin && value) {
@@ -72,7 +75,7 @@ void Watchers::committed(const Mutation& m) {
           if (!value) w->inodes.erase(inode);  // a deleted inode is not seen again
         }
       }
-    } else if (key.size() > 9 && key[0] == 'd') {
+    } else if (entryKey(key)) {
       uint64_t parent = be64At(key, 1);
       std::string name = key.substr(9);
       for (auto& w : live) {
