@@ -69,8 +69,10 @@ void Master::deposed(const std::string& why) {
   watchers_.endAll();  // their caches are not kept true from here
   if (shipper) shipper->stop(why);
   if (opts.onDeposed) {
-    // Nothing of the ZooKeeper client may run on while main() replaces the process.
+    // Nothing of the ZooKeeper client, nor of the store's writer, may run on while main()
+    // closes the files and replaces the process: a write to a closed file would stop it.
     election->stop();
+    store->close();
     opts.onDeposed(why);
   }
 }

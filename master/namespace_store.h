@@ -58,6 +58,10 @@ class NamespaceStore {
   NamespaceStore(const std::string& dir, leveldb::Env* env,
                  std::chrono::milliseconds syncDelay = std::chrono::milliseconds(10));
   ~NamespaceStore();
+  // Writes and syncs what is queued, stops the writer thread and closes LevelDB and its
+  // files. Nothing may use the store afterwards. For a master about to replace its process
+  // (master_main.cc): no thread of the store may still write when its files are closed.
+  void close();
 
   std::optional<std::string> get(const std::string& key);
 

@@ -6,10 +6,12 @@
 
 #include <gtest/gtest.h>
 #include <kj/async-io.h>
+#include <kj/vector.h>
 #include <leveldb/helpers/memenv.h>
 
 #include <algorithm>
 #include <condition_variable>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -321,6 +323,44 @@ TEST_F(DurabilityTest, AnAcknowledgedChangeReachesTheDiskByItself) {
   env.restore();
   store = open("/m");
   EXPECT_EQ(prefix(*store, 0, 10), 10);
+}
+
+// A deposed master closes its store and then every file it has open, before it starts
+// again as a standby: closing writes and syncs what is queued, and leaves no thread
+// writing and no file of the store open.
+TEST_F(DurabilityTest, ClosingTheStoreSyncsWhatIsQueuedAndLeavesNoFileOpen) {
+  auto store = open("/m");
+  kj::Vector<kj::Promise<void>> commits;
+  for (int i = 0; i < 50; ++i) commits.add(store->commit(put(i)));
+  store->close();
+  EXPECT_EQ(env.unsyncedBytes(), 0u);
+  for (auto& c : commits) c.wait(io.waitScope);  // answered, not dropped
+  commits.clear();
+  env.powerOff();
+  store.reset();
+  env.restore();
+  store = open("/m");
+  EXPECT_EQ(prefix(*store, 0, 50), 50);
+
+  testing::TempDir dir;
+  auto onDisk = std::make_unique<NamespaceStore>(dir.path(), nullptr);
+  for (int i = 0; i < 50; ++i) commits.add(onDisk->commit(put(i)));
+  auto openHere = [&]() {
+    int n = 0;
+    for (auto& fd : std::filesystem::directory_iterator("/proc/self/fd")) {
+      std::error_code ec;
+      auto target = std::filesystem::read_symlink(fd.path(), ec).string();
+      if (!ec && target.rfind(dir.path() + "/", 0) == 0) ++n;
+    }
+    return n;
+  };
+  EXPECT_GT(openHere(), 0);  // the log, the lock, the manifest
+  onDisk->close();
+  EXPECT_EQ(openHere(), 0);
+  for (auto& c : commits) c.wait(io.waitScope);
+  onDisk.reset();
+  onDisk = std::make_unique<NamespaceStore>(dir.path(), nullptr);
+  EXPECT_EQ(prefix(*onDisk, 0, 50), 50);
 }
 
 TEST_F(DurabilityTest, EveryChangeIsSyncedBeforeItsAnswerWhenAskedTo) {
