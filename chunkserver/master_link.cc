@@ -153,6 +153,7 @@ kj::Promise<void> Chunkserver::registerWithMaster(size_t index) {
         req.setCapacityBytes(state.second.capacityBytes);
         req.setUsedBytes(state.second.capacityBytes - state.second.freeBytes);
         req.setAvailableBytes(state.second.availableBytes);
+        req.setFeatures(wire::FEATURES_ALL);
         auto list = req.initChunks(static_cast<uint>(state.first.size()));
         for (size_t i = 0; i < state.first.size(); ++i) {
           list[i].setHandle(state.first[i].handle);

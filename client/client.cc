@@ -26,6 +26,7 @@ ChunkInfo chunkFromWire(wire::ChunkLocation::Reader c) {
   out.primary = text(c.getPrimary());
   out.leaseRemainingMs = c.getLeaseRemainingMs();
   out.token = fromWire(c.getToken());
+  out.inlineWrites = c.getInlineWrites();
   return out;
 }
 }  // namespace

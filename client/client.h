@@ -61,7 +61,8 @@ struct ChunkInfo {
   std::vector<ReplicaInfo> replicas;
   std::string primary;
   uint32_t leaseRemainingMs = 0;
-  ChunkToken token;  // what the chunkservers ask for (read, or write after prepareWrite)
+  ChunkToken token;           // what the chunkservers ask for (read, or write after prepareWrite)
+  bool inlineWrites = false;  // every replica takes a small write's bytes in the call
 };
 
 struct FileLayout {

@@ -765,8 +765,10 @@ kj::Promise<DataOutcome> Client::applyMutation(ChunkInfo chunk, const ChunkMutat
     return DataOutcome(Status::unavailable(fmt::format("chunk {:x} has no primary", chunk.handle)));
   }
   // A small write carries its bytes to the primary, which hands them on with the order to
-  // apply: one round trip instead of a push and then the write.
-  bool carried = m.kind == wire::Mutation::DATA && !m.source && m.length <= wire::MAX_INLINE_WRITE;
+  // apply: one round trip instead of a push and then the write. Only where every replica
+  // takes them (the master says so: older chunkservers do not).
+  bool carried = chunk.inlineWrites && m.kind == wire::Mutation::DATA && !m.source &&
+                 m.length <= wire::MAX_INLINE_WRITE;
   uint64_t dataId = carried ? 0 : rng() | 1;
   kj::Promise<DataOutcome> pushed = DataOutcome();
   if (m.kind == wire::Mutation::DATA && !carried) {

@@ -198,14 +198,17 @@ std::vector<ChunkView> ChunkManager::mirrorLocate(uint64_t inode, uint32_t first
   for (auto& record : ns.listChunks(inode, first, count)) {
     ChunkView v;
     v.record = record;
+    std::vector<uint64_t> listed;
     if (const ReportedCopies* m = mirror.find(record.handle)) {
       m->forEach([&](uint64_t id, uint64_t version) {
         auto& server = serversById.at(id);
         if (version == record.version && now - server.lastHeartbeat <= options.deadAfter) {
           v.replicas.push_back({server.address, server.rack});
+          listed.push_back(id);
         }
       });
     }
+    v.inlineWrites = allHave(listed, wire::FEATURE_INLINE_WRITES);
     out.push_back(std::move(v));
   }
   return out;
@@ -214,7 +217,7 @@ std::vector<ChunkView> ChunkManager::mirrorLocate(uint64_t inode, uint32_t first
 uint64_t ChunkManager::registerServer(const std::string& address, const std::string& rack,
                                       uint64_t capacityBytes, uint64_t usedBytes,
                                       const std::vector<ChunkReportEntry>& report,
-                                      std::optional<uint64_t> availableBytes) {
+                                      std::optional<uint64_t> availableBytes, uint64_t features) {
   uint64_t id;
   auto known = serverByAddress.find(address);
   if (known != serverByAddress.end()) {
@@ -243,6 +246,7 @@ uint64_t ChunkManager::registerServer(const std::string& address, const std::str
       availableBytes.value_or(capacityBytes > usedBytes ? capacityBytes - usedBytes : 0);
   s.lastHeartbeat = timer.now();
   s.live = true;
+  s.features = features;
   s.chunks.clear();
   s.pendingDeletes.clear();
   size_t stale = 0, orphans = 0;
@@ -433,13 +437,22 @@ std::vector<uint64_t> ChunkManager::liveReplicas(const Chunk& c) {
   return out;
 }
 
+bool ChunkManager::allHave(const std::vector<uint64_t>& ids, uint64_t feature) {
+  return !ids.empty() && std::all_of(ids.begin(), ids.end(), [&](uint64_t id) {
+    Server* s = serverOf(id);
+    return s != nullptr && (s->features & feature) != 0;
+  });
+}
+
 ChunkView ChunkManager::view(const Chunk& c) {
   ChunkView v;
   v.record = c.record;
-  for (uint64_t id : liveReplicas(c)) {
+  auto live = liveReplicas(c);
+  for (uint64_t id : live) {
     Server* s = serverOf(id);
     v.replicas.push_back({s->address, s->rack});
   }
+  v.inlineWrites = allHave(live, wire::FEATURE_INLINE_WRITES);
   if (leaseValid(c)) {
     Activity* a = activityOf(c.record.handle);
     v.primary = serverOf(*a->primary)->address;
@@ -484,7 +497,12 @@ kj::Promise<std::vector<ServerFailure>> ChunkManager::setVersionOn(std::vector<u
                                                                    uint64_t version, bool create,
                                                                    bool leaseFirst) {
   kj::Vector<kj::Promise<Status>> calls;
-  uint32_t leaseMs = leaseFirst ? options.leaseDuration / kj::MILLISECONDS : 0;
+  // The first lease goes with the creation only to a server that takes it; else
+  // confirmCreated() grants it in a call of its own.
+  uint32_t leaseMs =
+      leaseFirst && !servers.empty() && allHave({servers.front()}, wire::FEATURE_LEASE_WITH_CREATE)
+          ? options.leaseDuration / kj::MILLISECONDS
+          : 0;
   for (uint64_t s : servers) {
     calls.add(control.setVersion(s, handle, version, create, calls.empty() ? leaseMs : 0));
   }
@@ -824,8 +842,11 @@ kj::Promise<Result<ChunkView>> ChunkManager::confirmCreated(uint64_t handle,
     // lost), empty: the chunk then moves to a new version before its first write.
     // Otherwise the first lease keeps the version it was created at, taken by the first
     // server with the chunk (setVersionOn's `leaseFirst`; all succeeded, so it is
-    // created[0]).
+    // created[0]), if it takes a lease with a creation.
     if (created.size() != asked) return grantNewLease(handle);
+    if (!allHave({created[0]}, wire::FEATURE_LEASE_WITH_CREATE)) {
+      return grantLeaseTo(handle, created[0], created);
+    }
     return leaseTaken(handle, created[0], created);
   });
 }

@@ -78,6 +78,7 @@ struct ChunkView {
   std::vector<ReplicaAddress> replicas;  // current version, live servers only
   std::string primary;                   // empty without a lease
   uint32_t leaseRemainingMs = 0;
+  bool inlineWrites = false;  // every replica listed takes a write's bytes in the call
 };
 
 struct ServerView {
@@ -169,11 +170,13 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
 
   // A chunkserver (re)registers with a full chunk report. Stale and unknown replicas are
   // queued for deletion at its next heartbeat. Returns the server id. `availableBytes`
-  // (free space above its reserve) defaults to capacity - used.
+  // (free space above its reserve) defaults to capacity - used. `features`: what the
+  // chunkserver can do beyond the first release (wire::FEATURE_*; older ones send 0).
   uint64_t registerServer(const std::string& address, const std::string& rack,
                           uint64_t capacityBytes, uint64_t usedBytes,
                           const std::vector<ChunkReportEntry>& chunks,
-                          std::optional<uint64_t> availableBytes = std::nullopt);
+                          std::optional<uint64_t> availableBytes = std::nullopt,
+                          uint64_t features = wire::FEATURES_ALL);
   // Returns false if `id` is unknown (the chunkserver must register again). The deletes
   // handed out are those the replica rule allows now (mayDelete); others wait.
   bool heartbeat(uint64_t id, uint64_t capacityBytes, uint64_t usedBytes,
@@ -284,6 +287,7 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
     bool live = true;
     uint32_t recentCreations = 0;
     bool decommissioning = false;
+    uint64_t features = 0;  // wire::FEATURE_* bits it registered with
     uint32_t copiesInFlight = 0;
     HandleSet chunks;
     std::vector<uint64_t> pendingDeletes;
@@ -325,6 +329,8 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   bool isCorrupt(const Chunk& c, uint64_t server) const;
   size_t corruptCount(const Chunk& c) const;
   ChunkView view(const Chunk& c);
+  // Whether every server of `ids` registered with `feature` (none: false).
+  bool allHave(const std::vector<uint64_t>& ids, uint64_t feature);
   bool leaseValid(const Chunk& c);
   std::vector<uint64_t> liveReplicas(const Chunk& c);
   // Live replicas not known to be corrupt: those that hold every acknowledged byte.

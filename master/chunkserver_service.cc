@@ -116,7 +116,7 @@ class RegistryImpl final : public wire::ChunkserverRegistry::Server {
     for (auto c : report) entries.push_back({c.getHandle(), c.getVersion(), c.getSize()});
     uint64_t id = master.chunkManager().registerServer(
         address, params.getRack(), params.getCapacityBytes(), params.getUsedBytes(), entries,
-        params.getAvailableBytes());
+        params.getAvailableBytes(), params.getFeatures());
     master.control().setServer(id, params.getServer());
     results.setId(id);
     results.setChunkSize(master.names().chunkSize());

@@ -61,6 +61,7 @@ void fillChunk(Master& master, const ChunkView& v, TokenMode mode,
   }
   out.setPrimary(v.primary);
   out.setLeaseRemainingMs(v.leaseRemainingMs);
+  out.setInlineWrites(v.inlineWrites);
 }
 
 // One client session (one connection): the files it holds open, shared by the services

@@ -11,6 +11,16 @@ using ReplicaFailure = Common.ReplicaFailure;
 const maxInlineWrite :UInt32 = 131072;
 # The most bytes a write or applyWrite carries itself.
 
+# What a chunkserver can do beyond the first release's protocol, as bits of the
+# `features` it registers with: during a rolling upgrade the master and clients use
+# only what every replica involved takes.
+const featureInlineWrites :UInt64 = 1;
+# write and applyWrite take their bytes in `data` (at most maxInlineWrite).
+const featureLeaseWithCreate :UInt64 = 2;
+# setVersion takes `leaseMs` (the first lease with the chunk's creation).
+const featuresAll :UInt64 = 3;
+# What a chunkserver of this release registers with.
+
 enum Mutation {
   # What a write applies at its range, in the primary's order.
   data @0;       # the pushed buffer `dataId`, or the bytes the write carries

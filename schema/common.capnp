@@ -92,6 +92,7 @@ struct ChunkLocation {
   primary @4 :Text;              # empty unless a lease is held
   leaseRemainingMs @5 :UInt32;
   token @6 :ChunkToken;          # what the chunkservers ask for: read, or write from prepareWrite
+  inlineWrites @7 :Bool;         # every replica takes a small write's bytes in the call
 }
 
 struct ChunkToken {

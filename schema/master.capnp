@@ -338,11 +338,12 @@ struct ChunkReport {
 
 interface ChunkserverRegistry {
   register @0 (address :Text, rack :Text, capacityBytes :UInt64, usedBytes :UInt64,
-               chunks :List(ChunkReport), server :ChunkServer, availableBytes :UInt64)
+               chunks :List(ChunkReport), server :ChunkServer, availableBytes :UInt64,
+               features :UInt64)
       -> (status :Status, id :UInt64, heartbeatMs :UInt32, chunkSize :UInt64,
           tokenKeys :List(Common.TokenKey), active :Bool, epoch :UInt64);
   # A full chunk report. The master answers what the chunkserver should delete in the
-  # first heartbeat.
+  # first heartbeat. features: ChunkServer's feature bits (0 from an older chunkserver).
   heartbeat @1 (id :UInt64, capacityBytes :UInt64, usedBytes :UInt64,
                 corruptHandles :List(UInt64), availableBytes :UInt64,
                 changes :List(ChunkReport))

@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -93,6 +94,31 @@ TEST_F(IntegrationTest, ChunkBoundarySizes) {
       EXPECT_EQ(layout["chunks"][1]["size"], 1);
     }
   }
+}
+
+// A write of at most 128 KiB carries its bytes to the primary, which hands them on with the
+// order to apply (chunkservers of this release register as taking them); a larger one is
+// pushed down the chain first.
+TEST_F(IntegrationTest, SmallWritesCarryTheirBytesAndLargeOnesArePushed) {
+  start(3);
+  auto calls = [&](const std::string& method) {
+    double n = 0;
+    for (size_t i = 0; i < 3; ++i) {
+      double v = ProcessCluster::sample(
+          cluster->fetch(cluster->chunkserverHttp(i), "/metrics"),
+          "cairn_chunkserver_requests_total{method=\"" + method + "\",result=\"ok\"}");
+      n += std::max(v, 0.0);
+    }
+    return n;
+  };
+  std::string small = randomBytes(64 << 10, 1);
+  EXPECT_EQ(roundTrip(small, "/small"), small);
+  EXPECT_GE(calls("write"), 1);
+  EXPECT_GE(calls("applyWrite"), 2);  // the two secondaries
+  EXPECT_EQ(calls("pushData"), 0);
+  std::string large = randomBytes(MIB / 2, 2);
+  EXPECT_EQ(roundTrip(large, "/large"), large);
+  EXPECT_GE(calls("pushData"), 3);
 }
 
 TEST_F(IntegrationTest, NamespaceCommandsAndTheirErrors) {

@@ -201,6 +201,45 @@ TEST_F(ChunkManagerTest, ANewChunkIsMadeUnderAHandleReservedOnDiskAndTakesItsLea
   EXPECT_EQ(control.leases, 4);
 }
 
+// A rolling upgrade: chunkservers of an older release register without feature bits.
+// Writes to a chunk any of them holds are pushed (the master's location says so), and the
+// first lease of a chunk such a server is first to create is granted in a call of its own.
+TEST_F(ChunkManagerTest, ChunkserversOfAnOlderReleaseGetOnlyWhatTheyTake) {
+  auto address = [](size_t i) { return "127.0.0." + std::to_string(i + 2) + ":1"; };
+  for (size_t i = 0; i < ids.size(); ++i) {
+    manager.registerServer(address(i), "r", 1 << 30, 0, {}, std::nullopt, 0);
+  }
+  size_t before = control.calls.size();
+  auto old = prepare(0);
+  ASSERT_TRUE(old.ok()) << old.status.toString();
+  EXPECT_FALSE(old.value.inlineWrites);
+  EXPECT_FALSE(old.value.primary.empty());
+  EXPECT_EQ(old.value.record.version, 1u);  // no bump: the lease came by itself
+  EXPECT_EQ(control.leases, 1);
+  for (size_t i = before; i < control.calls.size(); ++i) {
+    EXPECT_EQ(control.calls[i].find("lease"), std::string::npos) << control.calls[i];
+  }
+
+  // Upgraded: the next chunk's writes carry their bytes, and its lease comes with it.
+  for (size_t i = 0; i < ids.size(); ++i) {
+    manager.registerServer(address(i), "r", 1 << 30, 0, {}, std::nullopt, wire::FEATURES_ALL);
+  }
+  auto fresh = prepare(1);
+  ASSERT_TRUE(fresh.ok()) << fresh.status.toString();
+  EXPECT_TRUE(fresh.value.inlineWrites);
+  EXPECT_EQ(control.leases, 2);
+  EXPECT_TRUE(manager.locate(file, 1, 1).at(0).inlineWrites);
+  // One of its replicas back on the older release (a downgrade, or a restart before the
+  // upgrade reached it): its writes are pushed again.
+  auto holder = fresh.value.replicas.back().address;
+  manager.registerServer(holder, "r", 1 << 30, 0,
+                         {{fresh.value.record.handle, fresh.value.record.version, 0}}, std::nullopt,
+                         0);
+  auto listed = manager.locate(file, 1, 1).at(0);
+  EXPECT_EQ(listed.replicas.size(), 3u);
+  EXPECT_FALSE(listed.inlineWrites);
+}
+
 TEST_F(ChunkManagerTest, AValidLeaseIsReusedAndAnExpiredOneBumpsTheVersion) {
   auto first = prepare(0);
   auto again = prepare(0);

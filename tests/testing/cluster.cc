@@ -455,9 +455,14 @@ int ProcessCluster::cli(const std::vector<std::string>& args, std::string* out, 
   return run(argv, out, err);
 }
 
-std::string ProcessCluster::masterHttp() {
-  std::string s = readFile(dir() + "/master.http");
-  return s.substr(0, s.find('\n'));
+namespace {
+std::string firstLine(const std::string& s) { return s.substr(0, s.find('\n')); }
+}  // namespace
+
+std::string ProcessCluster::masterHttp() { return firstLine(readFile(dir() + "/master.http")); }
+
+std::string ProcessCluster::chunkserverHttp(size_t i) {
+  return firstLine(readFile(dir() + "/cs" + std::to_string(i) + ".http"));
 }
 
 std::string ProcessCluster::fetch(const std::string& address, const std::string& path) {

@@ -166,6 +166,8 @@ class ProcessCluster {
 
   // The master's status page address (HOST:PORT), from the file it wrote at start.
   std::string masterHttp();
+  // Chunkserver i's (HOST:PORT).
+  std::string chunkserverHttp(size_t i);
   // GET https://ADDRESS/PATH with curl (the cluster's CA is not the system's: -k); "" when
   // it fails.
   std::string fetch(const std::string& address, const std::string& path);
