@@ -29,24 +29,23 @@ kj::Promise<Status> ChunkManager::truncateChunk(uint64_t inode, uint64_t size,
   }
   writesUnderWay[inode]++;
   auto done = kj::defer([this, inode]() { leave(inode); });
-  auto commit = kj::heap<kj::Function<kj::Promise<Status>()>>(kj::mv(commitSize));
-  auto& ref = *commit;
-  return truncateChunkNow(inode, size, ref).attach(kj::mv(done), kj::mv(commit));
+  auto commit = std::make_shared<kj::Function<kj::Promise<Status>()>>(kj::mv(commitSize));
+  return truncateChunkNow(inode, size, kj::mv(commit)).attach(kj::mv(done));
 }
 
-kj::Promise<Status> ChunkManager::truncateChunkNow(uint64_t inode, uint64_t size,
-                                                   kj::Function<kj::Promise<Status>()>& commit) {
+kj::Promise<Status> ChunkManager::truncateChunkNow(
+    uint64_t inode, uint64_t size, std::shared_ptr<kj::Function<kj::Promise<Status>()>> commit) {
   uint64_t chunkSize = ns.chunkSize();
   uint32_t offset = static_cast<uint32_t>(size % chunkSize);
   auto record = ns.getChunk(inode, static_cast<uint32_t>(size / chunkSize));
-  if (offset == 0 || !record) return commit();  // nothing to cut (a hole there)
+  if (offset == 0 || !record) return (*commit)().attach(kj::mv(commit));  // nothing to cut
   if (!record->pending && ns.isShared(record->handle)) {
     // The other owners keep the chunk as it is: the cut goes to a copy (nothing changed if
     // the copy fails).
     return copyOnWrite(inode, *record)
-        .then([this, inode, size, &commit](Status s) -> kj::Promise<Status> {
+        .then([this, inode, size, commit](Status s) mutable -> kj::Promise<Status> {
           if (!s.ok()) return s;
-          return truncateChunkNow(inode, size, commit);
+          return truncateChunkNow(inode, size, kj::mv(commit));
         });
   }
   uint64_t handle = record->handle;
@@ -54,19 +53,10 @@ kj::Promise<Status> ChunkManager::truncateChunkNow(uint64_t inode, uint64_t size
   c.inode = inode;
   assignRecord(c, *record);
   // One step for the chunk, so that no lease is granted on it in between.
-  return serializeStatus(
-      handle, [this, handle, offset, &commit]() { return cutReplicas(handle, offset, &commit); });
-}
-
-kj::Promise<Status> ChunkManager::serializeStatus(uint64_t handle,
-                                                  kj::Function<kj::Promise<Status>()> step) {
-  auto result = kj::heap<Status>();
-  auto& out = *result;
-  return serialize(handle,
-                   [&out, step = kj::mv(step)]() mutable {
-                     return step().then([&out](Status s) { out = s; });
-                   })
-      .then([result = kj::mv(result)]() mutable { return std::move(*result); });
+  return serialized<Status>(handle, [this, handle, offset, commit = kj::mv(commit)]() {
+    // The step's function goes once it has started: the cut keeps `commit`.
+    return cutReplicas(handle, offset, commit.get()).attach(kj::cp(commit));
+  });
 }
 
 kj::Promise<Status> ChunkManager::cutReplicas(uint64_t handle, uint32_t offset,
@@ -154,7 +144,7 @@ kj::Promise<Status> ChunkManager::settleCut(uint64_t inode, uint64_t size) {
   auto record = ns.getChunk(inode, static_cast<uint32_t>(size / ns.chunkSize()));
   if (!record || record->cutAt == 0) return Status::OK();
   uint64_t handle = record->handle;
-  return serializeStatus(handle, [this, handle]() -> kj::Promise<Status> {
+  return serialized<Status>(handle, [this, handle]() -> kj::Promise<Status> {
     Chunk* c = chunks.find(handle);
     if (!c || c->record.cutAt == 0) return Status::OK();
     return cutReplicas(handle, c->record.cutAt, nullptr);
@@ -168,7 +158,7 @@ void ChunkManager::settleOwedCuts() {
   }
   for (uint64_t handle : due) {
     owedCuts[handle].at = kj::maxValue;  // not again while this try runs
-    copies.add(serializeStatus(handle, [this, handle]() -> kj::Promise<Status> {
+    copies.add(serialized<Status>(handle, [this, handle]() -> kj::Promise<Status> {
                  Chunk* c = chunks.find(handle);
                  if (!c || c->record.cutAt == 0) {
                    owedCuts.erase(handle);

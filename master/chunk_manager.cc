@@ -685,78 +685,56 @@ kj::Promise<Result<ChunkView>> ChunkManager::prepareWriteNow(uint64_t inode, uin
   c.inode = inode;
   assignRecord(c, *record);
   activity[handle].lastWrite = timer.now();
-  auto result = kj::heap<Result<ChunkView>>();
-  auto& out = *result;
-  return serialize(
-             handle,
-             [this, handle, &out, failures = std::move(failures),
-              failedVersion]() -> kj::Promise<void> {
-               Chunk* found = chunks.find(handle);
-               if (!found) {
-                 out = chunkGone();
-                 return kj::READY_NOW;
-               }
-               Chunk& c = *found;
-               // Allocated, but never confirmed created and no replica known: a master
-               // died before the chunkservers created it. Made again.
-               if (neverWritten(c)) {
-                 return recreate(handle).then([&out](Result<ChunkView> r) { out = std::move(r); });
-               }
-               // A report about an older version is stale: the set moved on since.
-               if (!failures.empty() && failedVersion == c.record.version) {
-                 Status s = applyWriteFailures(c, failures);
-                 if (!s.ok()) {
-                   out = s;
-                   return kj::READY_NOW;
-                 }
-               }
-               if (c.record.cutAt != 0) {
-                 // Bytes a truncate removed may still be there past the end: cut first (the
-                 // new version that takes also ends the lease).
-                 return cutReplicas(handle, c.record.cutAt, nullptr)
-                     .then([this, handle, &out](Status cut) -> kj::Promise<void> {
-                       if (!cut.ok()) {
-                         out = cut;
-                         return kj::READY_NOW;
-                       }
-                       return grantNewLease(handle).then(
-                           [&out](Result<ChunkView> r) { out = std::move(r); });
-                     });
-               }
-               if (!leaseValid(c)) {
-                 return grantNewLease(handle).then(
-                     [&out](Result<ChunkView> r) { out = std::move(r); });
-               }
-               Activity& a = activity[handle];  // a valid lease has one
-               if (a.leaseExpiry - timer.now() > options.leaseDuration / 2) {
-                 out = view(c);
-                 return kj::READY_NOW;
-               }
-               // Extend the lease while writes continue; the version stays.
-               uint64_t primary = *a.primary;
-               return control
-                   .grantLease(primary, handle, c.record.version,
-                               options.leaseDuration / kj::MILLISECONDS)
-                   .then([this, handle, primary, &out](Status s) {
-                     Chunk* c = chunks.find(handle);
-                     if (!c) {
-                       out = chunkGone();
-                     } else if (s.ok()) {
-                       activity[handle].leaseExpiry = timer.now() + options.leaseDuration;
-                       out = view(*c);
-                     } else {
-                       // The primary cannot take the lease: it leaves if the rule
-                       // allows; either way the next call grants a new lease.
-                       if (mayLeave(primary, goodReplicas(*c))) {
-                         removeReplica(*c, primary);
-                         queueDelete(primary, handle);
-                       }
-                       if (Activity* a = activityOf(handle)) a->primary.reset();
-                       out = s;
-                     }
-                   });
-             })
-      .then([result = kj::mv(result)]() mutable { return std::move(*result); });
+  return serialized<Result<ChunkView>>(
+      handle,
+      [this, handle, failures = std::move(failures),
+       failedVersion]() -> kj::Promise<Result<ChunkView>> {
+        Chunk* found = chunks.find(handle);
+        if (!found) return Result<ChunkView>(chunkGone());
+        Chunk& c = *found;
+        // Allocated, but never confirmed created and no replica known: a master died before
+        // the chunkservers created it. Made again.
+        if (neverWritten(c)) return recreate(handle);
+        // A report about an older version is stale: the set moved on since.
+        if (!failures.empty() && failedVersion == c.record.version) {
+          Status s = applyWriteFailures(c, failures);
+          if (!s.ok()) return Result<ChunkView>(s);
+        }
+        if (c.record.cutAt != 0) {
+          // Bytes a truncate removed may still be there past the end: cut first (the new
+          // version that takes also ends the lease).
+          return cutReplicas(handle, c.record.cutAt, nullptr)
+              .then([this, handle](Status cut) -> kj::Promise<Result<ChunkView>> {
+                if (!cut.ok()) return Result<ChunkView>(cut);
+                return grantNewLease(handle);
+              });
+        }
+        if (!leaseValid(c)) return grantNewLease(handle);
+        Activity& a = activity[handle];  // a valid lease has one
+        if (a.leaseExpiry - timer.now() > options.leaseDuration / 2) {
+          return Result<ChunkView>(view(c));
+        }
+        // Extend the lease while writes continue; the version stays.
+        uint64_t primary = *a.primary;
+        return control
+            .grantLease(primary, handle, c.record.version, options.leaseDuration / kj::MILLISECONDS)
+            .then([this, handle, primary](Status s) -> Result<ChunkView> {
+              Chunk* c = chunks.find(handle);
+              if (!c) return chunkGone();
+              if (s.ok()) {
+                activity[handle].leaseExpiry = timer.now() + options.leaseDuration;
+                return view(*c);
+              }
+              // The primary cannot take the lease: it leaves if the rule allows; either way
+              // the next call grants a new lease.
+              if (mayLeave(primary, goodReplicas(*c))) {
+                removeReplica(*c, primary);
+                queueDelete(primary, handle);
+              }
+              if (Activity* a = activityOf(handle)) a->primary.reset();
+              return s;
+            });
+      });
 }
 
 kj::Promise<Result<ChunkView>> ChunkManager::allocate(uint64_t inode, uint32_t index,
@@ -788,44 +766,36 @@ kj::Promise<Result<ChunkView>> ChunkManager::allocate(uint64_t inode, uint32_t i
   // server's full report). A handle from a reserve still on its way waits for the record
   // (the reserve's entry is before it in the log).
   bool early = ns.handleOnDisk(handle);
-  auto result = kj::heap<Result<ChunkView>>();
-  auto& out = *result;
-  return serialize(
-             handle,
-             [this, handle, version, &out, durable = kj::mv(durable), targets, early]() mutable {
-               auto recorded = durable.then(
-                   [](Result<ChunkRecord> r) { KJ_REQUIRE(r.ok(), r.status.toString()); });
-               auto create = [this, targets, handle, version]() {
-                 return setVersionOn(targets, handle, version, true, true);
-               };
-               auto made = early
-                               ? recorded.then([sent = create()]() mutable { return kj::mv(sent); })
-                               : recorded.then(kj::mv(create));
-               return made.then([this, handle, &out](std::vector<ServerFailure> results) {
-                 Chunk* c = chunks.find(handle);
-                 if (!c) {
-                   out = chunkGone();
-                   return kj::Promise<void>(kj::READY_NOW);
-                 }
-                 auto created = succeeded(results);
-                 for (uint64_t s : created) addReplica(*c, s);
-                 if (created.empty()) {
-                   bool full = std::all_of(results.begin(), results.end(), [](auto& r) {
-                     return r.status.code() == ErrorCode::NO_SPACE;
-                   });
-                   out = full ? Status::noSpace("no chunkserver has room for a new chunk")
-                              : Status::unavailable("no chunkserver could create the chunk");
-                   // Not one replica exists: the chunk never held a byte, and left
-                   // behind it would read as missing rather than as a hole.
-                   auto forgotten = ns.forgetChunk(c->inode, c->record);
-                   forget(*c);
-                   return forgotten;
-                 }
-                 return confirmCreated(handle, created, results.size())
-                     .then([&out](Result<ChunkView> r) { out = std::move(r); });
-               });
-             })
-      .then([result = kj::mv(result)]() mutable { return std::move(*result); });
+  return serialized<Result<ChunkView>>(
+      handle, [this, handle, version, durable = kj::mv(durable), targets, early]() mutable {
+        auto recorded =
+            durable.then([](Result<ChunkRecord> r) { KJ_REQUIRE(r.ok(), r.status.toString()); });
+        auto create = [this, targets, handle, version]() {
+          return setVersionOn(targets, handle, version, true, true);
+        };
+        auto made = early ? recorded.then([sent = create()]() mutable { return kj::mv(sent); })
+                          : recorded.then(kj::mv(create));
+        return made.then(
+            [this, handle](std::vector<ServerFailure> results) -> kj::Promise<Result<ChunkView>> {
+              Chunk* c = chunks.find(handle);
+              if (!c) return Result<ChunkView>(chunkGone());
+              auto created = succeeded(results);
+              for (uint64_t s : created) addReplica(*c, s);
+              if (created.empty()) {
+                bool full = std::all_of(results.begin(), results.end(), [](auto& r) {
+                  return r.status.code() == ErrorCode::NO_SPACE;
+                });
+                Status failed = full ? Status::noSpace("no chunkserver has room for a new chunk")
+                                     : Status::unavailable("no chunkserver could create the chunk");
+                // Not one replica exists: the chunk never held a byte, and left behind it would
+                // read as missing rather than as a hole.
+                auto forgotten = ns.forgetChunk(c->inode, c->record);
+                forget(*c);
+                return forgotten.then([failed]() { return Result<ChunkView>(failed); });
+              }
+              return confirmCreated(handle, created, results.size());
+            });
+      });
 }
 
 bool ChunkManager::neverWritten(const Chunk& c) { return c.record.pending && c.replicas.empty(); }

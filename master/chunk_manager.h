@@ -10,6 +10,7 @@
 
 #include <deque>
 #include <map>
+#include <memory>
 #include <optional>
 #include <random>
 #include <set>
@@ -341,8 +342,21 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   uint64_t nextVersion(Chunk& c);
   // Records the chunk's version, with the highest number handed out.
   kj::Promise<void> recordVersion(Chunk& c);
-  // Runs `step` for chunk `handle` once no other step for it is in progress.
+  // Runs `step` for chunk `handle` once no other step for it is in progress. A step runs
+  // to its end even if its caller stops waiting (the next one waits for it): it may own
+  // what it uses, never borrow it from the caller.
   kj::Promise<void> serialize(uint64_t handle, kj::Function<kj::Promise<void>()> step);
+  // The same, resolving to the step's result, which lives with the step until the caller
+  // takes it.
+  template <typename T>
+  kj::Promise<T> serialized(uint64_t handle, kj::Function<kj::Promise<T>()> step) {
+    auto out = std::make_shared<kj::Maybe<T>>();
+    return serialize(handle,
+                     [out, step = kj::mv(step)]() mutable {
+                       return step().then([out](T value) { *out = kj::mv(value); });
+                     })
+        .then([out]() { return kj::mv(KJ_ASSERT_NONNULL(*out)); });
+  }
   kj::Promise<Result<ChunkView>> allocate(uint64_t inode, uint32_t index, uint8_t goal);
   kj::Promise<Result<ChunkView>> prepareWriteNow(uint64_t inode, uint32_t index,
                                                  std::vector<ReplicaFailure> failures,
@@ -351,14 +365,14 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   // record was forgotten), or its file was cut or removed. The caller asks again, and then
   // learns which.
   static Status chunkGone();
+  // `commit` is shared with the chunk's step, which may outlive the caller.
   kj::Promise<Status> truncateChunkNow(uint64_t inode, uint64_t size,
-                                       kj::Function<kj::Promise<Status>()>& commit);
+                                       std::shared_ptr<kj::Function<kj::Promise<Status>()>> commit);
   // Within the chunk's step: a new version, then `commit` (if any: the truncate's new size),
   // then the live replicas cut the chunk at `offset`. The cut stays owed (record.cutAt,
   // `owedCuts`) if no replica made it.
   kj::Promise<Status> cutReplicas(uint64_t handle, uint32_t offset,
                                   kj::Function<kj::Promise<Status>()>* commit);
-  kj::Promise<Status> serializeStatus(uint64_t handle, kj::Function<kj::Promise<Status>()> step);
   // Tries each owed cut again (from tick()).
   void settleOwedCuts();
   // A write step (prepareWrite, truncateChunk) on a frozen file waits for the next

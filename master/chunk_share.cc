@@ -65,23 +65,19 @@ kj::Promise<Status> ChunkManager::revokeLeases(const std::vector<uint64_t>& inod
       // believes dead (a partition): every one not yet over is revoked.
       if (!chunks.contains(record.handle) || !a || !a->primary || now >= a->leaseExpiry) continue;
       uint64_t handle = record.handle;
-      auto result = kj::heap<Status>();
-      auto& out = *result;
-      revocations.add(serialize(handle, [this, handle, &out]() -> kj::Promise<void> {
-                        Activity* a = activityOf(handle);
-                        if (!chunks.contains(handle) || !a || !a->primary) {
-                          return kj::READY_NOW;
-                        }
-                        return bumpVersion(handle).then(
-                            [this, handle, &out](std::vector<uint64_t> current) {
-                              Chunk* c = chunks.find(handle);
-                              // Nobody moved: the primary may still write.
-                              if (current.empty() && c && !liveReplicas(*c).empty()) {
-                                out = Status::unavailable(
-                                    fmt::format("cannot revoke the lease on chunk {:x}", handle));
-                              }
-                            });
-                      }).then([result = kj::mv(result)]() { return *result; }));
+      revocations.add(serialized<Status>(handle, [this, handle]() -> kj::Promise<Status> {
+        Activity* a = activityOf(handle);
+        if (!chunks.contains(handle) || !a || !a->primary) return Status::OK();
+        return bumpVersion(handle).then([this, handle](std::vector<uint64_t> current) {
+          Chunk* c = chunks.find(handle);
+          // Nobody moved: the primary may still write.
+          if (current.empty() && c && !liveReplicas(*c).empty()) {
+            return Status::unavailable(
+                fmt::format("cannot revoke the lease on chunk {:x}", handle));
+          }
+          return Status::OK();
+        });
+      }));
     }
   }
   return kj::joinPromises(revocations.releaseAsArray()).then([](kj::Array<Status> results) {
@@ -104,76 +100,63 @@ bool ChunkManager::quiet(uint64_t inode) {
 
 kj::Promise<Status> ChunkManager::copyOnWrite(uint64_t inode, ChunkRecord record) {
   uint64_t handle = record.handle;
-  auto result = kj::heap<Status>();
-  auto& out = *result;
-  return serialize(
-             handle,
-             [this, inode, record, handle, &out]() -> kj::Promise<void> {
-               auto now = ns.getChunk(inode, record.index);
-               if (!now || now->handle != handle || !ns.isShared(handle)) return kj::READY_NOW;
-               Chunk* found = chunks.find(handle);
-               if (!found) {
-                 out = Status::unavailable("the shared chunk is not in the chunk map");
-                 return kj::READY_NOW;
-               }
-               auto sources = goodReplicas(*found);
-               if (sources.empty()) {
-                 out = Status::unavailable(
-                     fmt::format("no live replica of shared chunk {:x} to copy", handle));
-                 return kj::READY_NOW;
-               }
-               uint64_t version = found->record.version;
-               return ns.reserveHandle().then([this, inode, record, handle, version, sources,
-                                               &out](uint64_t fresh) {
-                 kj::Vector<kj::Promise<Status>> calls;
-                 for (uint64_t s : sources) {
-                   calls.add(control.copyChunk(s, handle, version, fresh, 1));
-                 }
-                 return kj::joinPromises(calls.releaseAsArray())
-                     .then([this, inode, record, handle, fresh, sources,
-                            &out](kj::Array<Status> results) -> kj::Promise<void> {
-                       std::vector<ServerFailure> answers;
-                       for (size_t i = 0; i < sources.size(); ++i) {
-                         answers.push_back({sources[i], results[i]});
-                         // One that failed may still finish the copy late: it goes.
-                         if (!results[i].ok()) queueDelete(sources[i], fresh);
-                       }
-                       auto created = succeeded(answers);
-                       if (created.empty()) {
-                         bool full = std::all_of(results.begin(), results.end(), [](auto& s) {
-                           return s.code() == ErrorCode::NO_SPACE;
-                         });
-                         out = full ? Status::noSpace("no replica has room to copy a shared chunk")
-                                    : Status::unavailable(fmt::format(
-                                          "no replica could copy shared chunk {:x}", handle));
-                         return kj::READY_NOW;
-                       }
-                       // The copy is at version 1, and the writer's first lease moves it
-                       // on: a late copy (its answer lost) is then stale, never current.
-                       ChunkRecord copy{record.index, fresh, 1, 1, false, record.cutAt};
-                       return ns.replaceChunk(inode, record, copy)
-                           .then([this, inode, handle, fresh, copy, created](bool replaced) {
-                             if (!replaced) {
-                               for (uint64_t s : created) queueDelete(s, fresh);
-                               return;
-                             }
-                             Chunk& c = chunks[fresh];
-                             c.inode = inode;
-                             assignRecord(c, copy);
-                             activity[fresh].lastWrite = timer.now();
-                             for (uint64_t s : created) addReplica(c, s);
-                             if (copy.cutAt != 0) oweCut(fresh);
-                             if (Chunk* old = chunks.find(handle)) {
-                               old->goal = 0;  // one owner less
-                               attention.insert(handle);
-                             }
-                             logInfo("chunk {:x}: copied to {:x} on {} replicas before a write",
-                                     handle, fresh, created.size());
-                           });
-                     });
-               });
-             })
-      .then([result = kj::mv(result)]() { return *result; });
+  return serialized<Status>(handle, [this, inode, record, handle]() -> kj::Promise<Status> {
+    auto now = ns.getChunk(inode, record.index);
+    if (!now || now->handle != handle || !ns.isShared(handle)) return Status::OK();
+    Chunk* found = chunks.find(handle);
+    if (!found) return Status::unavailable("the shared chunk is not in the chunk map");
+    auto sources = goodReplicas(*found);
+    if (sources.empty()) {
+      return Status::unavailable(
+          fmt::format("no live replica of shared chunk {:x} to copy", handle));
+    }
+    uint64_t version = found->record.version;
+    return ns.reserveHandle().then([this, inode, record, handle, version, sources](uint64_t fresh) {
+      kj::Vector<kj::Promise<Status>> calls;
+      for (uint64_t s : sources) calls.add(control.copyChunk(s, handle, version, fresh, 1));
+      return kj::joinPromises(calls.releaseAsArray())
+          .then([this, inode, record, handle, fresh,
+                 sources](kj::Array<Status> results) -> kj::Promise<Status> {
+            std::vector<ServerFailure> answers;
+            for (size_t i = 0; i < sources.size(); ++i) {
+              answers.push_back({sources[i], results[i]});
+              // One that failed may still finish the copy late: it goes.
+              if (!results[i].ok()) queueDelete(sources[i], fresh);
+            }
+            auto created = succeeded(answers);
+            if (created.empty()) {
+              bool full = std::all_of(results.begin(), results.end(),
+                                      [](auto& s) { return s.code() == ErrorCode::NO_SPACE; });
+              return full ? Status::noSpace("no replica has room to copy a shared chunk")
+                          : Status::unavailable(
+                                fmt::format("no replica could copy shared chunk {:x}", handle));
+            }
+            // The copy is at version 1, and the writer's first lease moves it on: a late
+            // copy (its answer lost) is then stale, never current.
+            ChunkRecord copy{record.index, fresh, 1, 1, false, record.cutAt};
+            return ns.replaceChunk(inode, record, copy)
+                .then([this, inode, handle, fresh, copy, created](bool replaced) {
+                  if (!replaced) {
+                    for (uint64_t s : created) queueDelete(s, fresh);
+                    return Status::OK();
+                  }
+                  Chunk& c = chunks[fresh];
+                  c.inode = inode;
+                  assignRecord(c, copy);
+                  activity[fresh].lastWrite = timer.now();
+                  for (uint64_t s : created) addReplica(c, s);
+                  if (copy.cutAt != 0) oweCut(fresh);
+                  if (Chunk* old = chunks.find(handle)) {
+                    old->goal = 0;  // one owner less
+                    attention.insert(handle);
+                  }
+                  logInfo("chunk {:x}: copied to {:x} on {} replicas before a write", handle, fresh,
+                          created.size());
+                  return Status::OK();
+                });
+          });
+    });
+  });
 }
 
 }  // namespace cairn

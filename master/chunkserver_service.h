@@ -19,8 +19,8 @@ class ChunkserverControl final : public ReplicaControl {
   ChunkserverControl(kj::Timer& timer, kj::Duration timeout) : timer(timer), timeout(timeout) {}
   void setServer(uint64_t id, wire::ChunkServer::Client cap);
 
-  kj::Promise<Status> setVersion(uint64_t server, uint64_t handle, uint64_t version,
-                                 bool create, uint32_t leaseMs) override;
+  kj::Promise<Status> setVersion(uint64_t server, uint64_t handle, uint64_t version, bool create,
+                                 uint32_t leaseMs) override;
   kj::Promise<Status> grantLease(uint64_t server, uint64_t handle, uint64_t version,
                                  uint32_t durationMs) override;
   kj::Promise<Status> truncate(uint64_t server, uint64_t handle, uint64_t version,

@@ -193,21 +193,21 @@ kj::Promise<MutationResult> Master::setattr(uint64_t inode, SetAttrArgs args) {
   // The new size first (Namespace::setattr syncs a size that ends within a chunk), then
   // the cut: a crash between leaves the old bytes past the end, never a file of the old
   // size with its end cut away.
-  auto result = kj::heap<MutationResult>();
-  auto& out = *result;
+  // Shared with the commit, which runs within the chunk's step (it may outlive this call).
+  auto result = std::make_shared<MutationResult>();
   return chunks
       ->truncateChunk(inode, *args.size,
-                      [this, inode, args, &out]() {
-                        return ns->setattr(inode, args).then([&out](MutationResult r) {
-                          out = std::move(r);
-                          return out.status;
+                      [this, inode, args, result]() {
+                        return ns->setattr(inode, args).then([result](MutationResult r) {
+                          *result = std::move(r);
+                          return result->status;
                         });
                       })
       .then([](Status cut) { return cut; },
             [](kj::Exception&& e) {
               return Status::unavailable(fmt::format("truncate: {}", e.getDescription().cStr()));
             })
-      .then([this, result = kj::mv(result)](Status cut) mutable {
+      .then([this, result](Status cut) {
         // Chunks the committed size released go whether or not the cut succeeded.
         MutationResult r = finish(std::move(*result));
         if (!cut.ok()) r.status = cut;
