@@ -28,14 +28,14 @@ class DiskPool {
     using T = std::invoke_result_t<Func>;
     auto paf = kj::newPromiseAndCrossThreadFulfiller<T>();
     enqueue([func = kj::fwd<Func>(func), fulfiller = kj::mv(paf.fulfiller)]() mutable {
-      KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() {
-        if constexpr (std::is_void_v<T>) {
-          func();
-          fulfiller->fulfill();
-        } else {
-          fulfiller->fulfill(func());
-        }
-      })) {
+      KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() {
+                     if constexpr (std::is_void_v<T>) {
+                       func();
+                       fulfiller->fulfill();
+                     } else {
+                       fulfiller->fulfill(func());
+                     }
+                   })) {
         fulfiller->reject(kj::mv(*e));
       }
     });

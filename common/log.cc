@@ -15,10 +15,14 @@ std::string component = "cairn";
 
 const char* levelName(LogLevel level) {
   switch (level) {
-    case LogLevel::DEBUG: return "DEBUG";
-    case LogLevel::INFO: return "INFO ";
-    case LogLevel::WARN: return "WARN ";
-    case LogLevel::ERROR: return "ERROR";
+    case LogLevel::DEBUG:
+      return "DEBUG";
+    case LogLevel::INFO:
+      return "INFO ";
+    case LogLevel::WARN:
+      return "WARN ";
+    case LogLevel::ERROR:
+      return "ERROR";
   }
   return "?";
 }

@@ -7,8 +7,8 @@ namespace cairn {
 Status validateName(std::string_view name) {
   if (name.empty()) return Status::invalidArgument("empty name");
   if (name.size() > MAX_NAME_BYTES) {
-    return Status::nameTooLong(fmt::format("name of {} bytes (at most {})", name.size(),
-                                           MAX_NAME_BYTES));
+    return Status::nameTooLong(
+        fmt::format("name of {} bytes (at most {})", name.size(), MAX_NAME_BYTES));
   }
   if (name == "." || name == "..") {
     return Status::invalidArgument(fmt::format("'{}' is not a valid name", name));

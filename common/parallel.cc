@@ -31,7 +31,8 @@ kj::Promise<Status> runLimited(size_t count, size_t parallel,
   kj::Vector<kj::Promise<void>> all;
   for (size_t i = 0; i < std::min(count, parallel); ++i) all.add(lane(*lanes));
   auto& ref = *lanes;
-  return kj::joinPromises(all.releaseAsArray()).then([&ref]() { return ref.first; })
+  return kj::joinPromises(all.releaseAsArray())
+      .then([&ref]() { return ref.first; })
       .attach(kj::mv(lanes));
 }
 
