@@ -121,6 +121,8 @@ void ChunkManager::acceptReport(Server& s, const std::vector<ChunkReportEntry>& 
 bool ChunkManager::judgeReplica(Server& s, Chunk* c, uint64_t handle, uint64_t version,
                                 size_t& stale, size_t& orphans) {
   if (c == nullptr) {
+    // A copy whose record is on its way is added to its chunk when the record lands.
+    if (unrecorded.count(handle)) return false;
     ++orphans;
     s.pendingDeletes.push_back(handle);
     return false;
@@ -178,7 +180,18 @@ void ChunkManager::applyChanges(uint64_t id, const std::vector<ChunkReportEntry>
     // fills in a chunk it knows no live replica of, at its current version (one whose
     // report was on its way when this master took over).
     Chunk* c = chunks.find(change.handle);
-    if (change.version == 0 || !c || !s.live) continue;
+    if (change.version == 0 || !s.live) continue;
+    if (!c) {
+      // No record names it (an early create whose master died before the record landed,
+      // the create reaching the server after this master took over), nor is it being
+      // made by this master: it goes, as it would with the server's next full report.
+      if (!unrecorded.count(change.handle)) {
+        logInfo("chunk {:x}: {} reports a replica no record names; deleting it", change.handle,
+                s.address);
+        s.pendingDeletes.push_back(change.handle);
+      }
+      continue;
+    }
     if (change.version != c->record.version || !liveReplicas(*c).empty()) continue;
     logInfo("chunk {:x}: {} reports a current replica", change.handle, s.address);
     addReplica(*c, id);
@@ -287,7 +300,9 @@ bool ChunkManager::heartbeat(uint64_t id, uint64_t capacityBytes, uint64_t usedB
   std::vector<uint64_t> waiting;
   for (uint64_t h : s.pendingDeletes) {
     Chunk* c = chunks.find(h);
-    if (mayDelete(id, c != nullptr, c ? goodReplicas(*c) : std::vector<uint64_t>{})) {
+    if (!c && unrecorded.count(h)) {
+      waiting.push_back(h);  // its record may yet name this server: judged when it lands
+    } else if (mayDelete(id, c != nullptr, c ? goodReplicas(*c) : std::vector<uint64_t>{})) {
       deleteHandles.push_back(h);
     } else {
       waiting.push_back(h);
@@ -762,9 +777,9 @@ kj::Promise<Result<ChunkView>> ChunkManager::allocate(uint64_t inode, uint32_t i
   // The replicas are made (the first taking the lease) while the record goes to the log
   // when its handle is in a reserve already on disk (Namespace::allocateHandle): no master
   // hands that handle out again, so a master that dies before the record lands leaves
-  // only empty replicas of a handle no record names (deleted when a master judges their
-  // server's full report). A handle from a reserve still on its way waits for the record
-  // (the reserve's entry is before it in the log).
+  // only empty replicas of a handle no record names (deleted once a master hears of them,
+  // in a full report or a change report). A handle from a reserve still on its way waits for the
+  // record (the reserve's entry is before it in the log).
   bool early = ns.handleOnDisk(handle);
   return serialized<Result<ChunkView>>(
       handle, [this, handle, version, durable = kj::mv(durable), targets, early]() mutable {

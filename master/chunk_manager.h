@@ -519,7 +519,11 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   std::map<uint64_t, Server> serversById;
   std::vector<Server*> serverIndex;  // by id (servers are never removed)
   std::map<std::string, uint64_t> serverByAddress;
-  ChunkTable<Chunk, ChunkKey> chunks;                      // by handle
+  ChunkTable<Chunk, ChunkKey> chunks;  // by handle
+  // Handles whose replicas are made before their record is (a copy-on-write's copies):
+  // reported by a chunkserver meanwhile, they are not orphans. (Before `activity`, whose
+  // steps take them out as they end.)
+  std::unordered_set<uint64_t> unrecorded;
   std::unordered_map<uint64_t, Activity> activity;         // by handle
   std::map<uint64_t, std::set<uint64_t>> corruptReplicas;  // handle -> servers
   // Chunks that may be off their goal: a replica came or went (a server died, a copy

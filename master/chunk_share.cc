@@ -112,6 +112,8 @@ kj::Promise<Status> ChunkManager::copyOnWrite(uint64_t inode, ChunkRecord record
     }
     uint64_t version = found->record.version;
     return ns.reserveHandle().then([this, inode, record, handle, version, sources](uint64_t fresh) {
+      unrecorded.insert(fresh);
+      auto recorded = kj::defer([this, fresh]() { unrecorded.erase(fresh); });
       kj::Vector<kj::Promise<Status>> calls;
       for (uint64_t s : sources) calls.add(control.copyChunk(s, handle, version, fresh, 1));
       return kj::joinPromises(calls.releaseAsArray())
@@ -154,7 +156,8 @@ kj::Promise<Status> ChunkManager::copyOnWrite(uint64_t inode, ChunkRecord record
                           created.size());
                   return Status::OK();
                 });
-          });
+          })
+          .attach(kj::mv(recorded));
     });
   });
 }

@@ -1650,6 +1650,80 @@ TEST_F(ChunkManagerTest, ASharedChunkWaitsForTheSnapshotThenIsCopiedBeforeAWrite
   EXPECT_EQ(written.value.replicas.size(), 3u);
 }
 
+// A replica no record names, reported as a change to the active (an early create whose
+// master died before its record landed, reaching the server after the takeover), goes at
+// the server's next heartbeat, as it would with its next full report. A copy-on-write's
+// copies, reported before their record lands, are kept and become the chunk's replicas.
+TEST_F(ChunkManagerTest, AReplicaNoRecordNamesGoesButACopyOnItsWayIsKept) {
+  heartbeatAll();
+  manager.applyChanges(ids[0], {{999999, 1, 0}});
+  EXPECT_EQ(deletesFor(ids[0]), std::vector<uint64_t>{999999});
+
+  auto r = prepare(0);
+  ASSERT_TRUE(r.ok()) << r.status.toString();
+  uint64_t handle = r.value.record.handle;
+  ASSERT_TRUE(manager.freeze({file}).wait(io.waitScope).ok());
+  SnapshotRequest request;
+  request.source = file;
+  request.parent = ROOT_INODE;
+  request.name = "g";
+  request.quiet = [this](uint64_t inode) { return manager.quiet(inode); };
+  ASSERT_TRUE(ns.snapshot(request).wait(io.waitScope).status.ok());
+  manager.thaw({file});
+  uint64_t sharedVersion = ns.getChunk(file, 0)->version;
+  // The write copies the shared chunk; the copy's record is held on its way to the log.
+  std::vector<kj::Own<kj::PromiseFulfiller<void>>> shipped;
+  store.setShipper(NamespaceStore::Shipper([&](const LogEntry&) {
+    auto paf = kj::newPromiseAndFulfiller<void>();
+    shipped.push_back(kj::mv(paf.fulfiller));
+    return kj::mv(paf.promise);
+  }));
+  auto writing = manager.prepareWrite(file, 0);
+  auto copying = [&]() {
+    for (auto& call : control.calls) {
+      if (call.rfind("copyChunk", 0) == 0) return true;
+    }
+    return false;
+  };
+  for (int i = 0; i < 20; ++i) {  // the entries before the copies go through
+    settle();
+    if (copying()) break;
+    for (auto& f : shipped) f->fulfill();
+    shipped.clear();
+  }
+  std::vector<uint64_t> copiedOn;
+  uint64_t fresh = 0;
+  for (auto& call : control.calls) {
+    unsigned long long server, from, version, to;
+    if (sscanf(call.c_str(), "copyChunk %llu %llu v%llu -> %llu", &server, &from, &version, &to) ==
+        4) {
+      copiedOn.push_back(server);
+      fresh = to;
+    }
+  }
+  ASSERT_EQ(copiedOn.size(), 3u);
+  ASSERT_FALSE(shipped.empty());
+  // One server reports the copy as a change, another in a full report (it restarted).
+  manager.applyChanges(copiedOn[0], {{fresh, 1, 0}});
+  auto restarted = std::find(ids.begin(), ids.end(), copiedOn[1]) - ids.begin();
+  manager.registerServer("127.0.0." + std::to_string(restarted + 2) + ":1", "r", 1 << 30, 0,
+                         {{handle, sharedVersion, 0}, {fresh, 1, 0}});
+  for (uint64_t id : copiedOn) {
+    auto d = deletesFor(id);
+    EXPECT_EQ(std::count(d.begin(), d.end(), fresh), 0) << "server " << id;
+  }
+  store.setShipper(nullptr);
+  for (auto& f : shipped) f->fulfill();
+  auto written = writing.wait(io.waitScope);
+  ASSERT_TRUE(written.ok()) << written.status.toString();
+  EXPECT_EQ(written.value.record.handle, fresh);
+  EXPECT_EQ(written.value.replicas.size(), 3u);
+  for (uint64_t id : copiedOn) {
+    auto d = deletesFor(id);
+    EXPECT_EQ(std::count(d.begin(), d.end(), fresh), 0) << "server " << id;
+  }
+}
+
 TEST_F(ChunkManagerTest, ASharedChunkHasTheHighestGoalOfItsFiles) {
   ASSERT_TRUE(prepare(0).ok());
   ASSERT_TRUE(manager.freeze({file}).wait(io.waitScope).ok());
