@@ -27,14 +27,14 @@ kj::Promise<Status> ChunkManager::truncateChunk(uint64_t inode, uint64_t size,
           fmt::format("no live replica of chunk {:x} to truncate", record->handle));
     }
   }
-  writesUnderWay[inode]++;
-  auto done = kj::defer([this, inode]() { leave(inode); });
+  Hold hold = underWay(inode);
   auto commit = std::make_shared<kj::Function<kj::Promise<Status>()>>(kj::mv(commitSize));
-  return truncateChunkNow(inode, size, kj::mv(commit)).attach(kj::mv(done));
+  return truncateChunkNow(inode, size, kj::mv(commit), hold).attach(kj::mv(hold));
 }
 
 kj::Promise<Status> ChunkManager::truncateChunkNow(
-    uint64_t inode, uint64_t size, std::shared_ptr<kj::Function<kj::Promise<Status>()>> commit) {
+    uint64_t inode, uint64_t size, std::shared_ptr<kj::Function<kj::Promise<Status>()>> commit,
+    Hold hold) {
   uint64_t chunkSize = ns.chunkSize();
   uint32_t offset = static_cast<uint32_t>(size % chunkSize);
   auto record = ns.getChunk(inode, static_cast<uint32_t>(size / chunkSize));
@@ -42,10 +42,10 @@ kj::Promise<Status> ChunkManager::truncateChunkNow(
   if (!record->pending && ns.isShared(record->handle)) {
     // The other owners keep the chunk as it is: the cut goes to a copy (nothing changed if
     // the copy fails).
-    return copyOnWrite(inode, *record)
-        .then([this, inode, size, commit](Status s) mutable -> kj::Promise<Status> {
+    return copyOnWrite(inode, *record, hold)
+        .then([this, inode, size, commit, hold](Status s) mutable -> kj::Promise<Status> {
           if (!s.ok()) return s;
-          return truncateChunkNow(inode, size, kj::mv(commit));
+          return truncateChunkNow(inode, size, kj::mv(commit), kj::mv(hold));
         });
   }
   uint64_t handle = record->handle;
@@ -53,10 +53,13 @@ kj::Promise<Status> ChunkManager::truncateChunkNow(
   c.inode = inode;
   assignRecord(c, *record);
   // One step for the chunk, so that no lease is granted on it in between.
-  return serialized<Status>(handle, [this, handle, offset, commit = kj::mv(commit)]() {
-    // The step's function goes once it has started: the cut keeps `commit`.
-    return cutReplicas(handle, offset, commit.get()).attach(kj::cp(commit));
-  });
+  return serialized<Status>(
+      handle,
+      [this, handle, offset, commit = kj::mv(commit)]() {
+        // The step's function goes once it has started: the cut keeps `commit`.
+        return cutReplicas(handle, offset, commit.get()).attach(kj::cp(commit));
+      },
+      kj::mv(hold));
 }
 
 kj::Promise<Status> ChunkManager::cutReplicas(uint64_t handle, uint32_t offset,

@@ -121,8 +121,7 @@ void ChunkManager::acceptReport(Server& s, const std::vector<ChunkReportEntry>& 
 bool ChunkManager::judgeReplica(Server& s, Chunk* c, uint64_t handle, uint64_t version,
                                 size_t& stale, size_t& orphans) {
   if (c == nullptr) {
-    // A copy whose record is on its way is added to its chunk when the record lands.
-    if (unrecorded.count(handle)) return false;
+    // (A copy whose record is on its way waits: see heartbeat() and unqueueDelete().)
     ++orphans;
     s.pendingDeletes.push_back(handle);
     return false;
@@ -183,20 +182,20 @@ void ChunkManager::applyChanges(uint64_t id, const std::vector<ChunkReportEntry>
     if (change.version == 0 || !s.live) continue;
     if (!c) {
       // No record names it (an early create whose master died before the record landed,
-      // the create reaching the server after this master took over), nor is it being
-      // made by this master: it goes, as it would with the server's next full report.
+      // the create reaching the server after this master took over): it goes, as it would
+      // with the server's next full report. A copy this master is making waits for its
+      // record, which may name the server.
       if (!unrecorded.count(change.handle)) {
         logInfo("chunk {:x}: {} reports a replica no record names; deleting it", change.handle,
                 s.address);
-        s.pendingDeletes.push_back(change.handle);
       }
+      s.pendingDeletes.push_back(change.handle);
       continue;
     }
     if (change.version != c->record.version || !liveReplicas(*c).empty()) continue;
     logInfo("chunk {:x}: {} reports a current replica", change.handle, s.address);
     addReplica(*c, id);
-    auto& pending = s.pendingDeletes;
-    pending.erase(std::remove(pending.begin(), pending.end(), change.handle), pending.end());
+    unqueueDelete(id, change.handle);
   }
 }
 
@@ -301,7 +300,7 @@ bool ChunkManager::heartbeat(uint64_t id, uint64_t capacityBytes, uint64_t usedB
   for (uint64_t h : s.pendingDeletes) {
     Chunk* c = chunks.find(h);
     if (!c && unrecorded.count(h)) {
-      waiting.push_back(h);  // its record may yet name this server: judged when it lands
+      waiting.push_back(h);  // its record may yet name this server (unqueueDelete)
     } else if (mayDelete(id, c != nullptr, c ? goodReplicas(*c) : std::vector<uint64_t>{})) {
       deleteHandles.push_back(h);
     } else {
@@ -428,6 +427,13 @@ void ChunkManager::queueDelete(uint64_t server, uint64_t handle) {
   if (s != serversById.end()) s->second.pendingDeletes.push_back(handle);
 }
 
+void ChunkManager::unqueueDelete(uint64_t server, uint64_t handle) {
+  auto s = serversById.find(server);
+  if (s == serversById.end()) return;
+  auto& pending = s->second.pendingDeletes;
+  pending.erase(std::remove(pending.begin(), pending.end(), handle), pending.end());
+}
+
 bool ChunkManager::leaseValid(const Chunk& c) {
   Activity* a = activityOf(c.record.handle);
   if (!a || !a->primary || timer.now() >= a->leaseExpiry) return false;
@@ -452,11 +458,14 @@ std::vector<uint64_t> ChunkManager::liveReplicas(const Chunk& c) {
   return out;
 }
 
+bool ChunkManager::has(uint64_t id, uint64_t feature) {
+  Server* s = serverOf(id);
+  return s != nullptr && (s->features & feature) != 0;
+}
+
 bool ChunkManager::allHave(const std::vector<uint64_t>& ids, uint64_t feature) {
-  return !ids.empty() && std::all_of(ids.begin(), ids.end(), [&](uint64_t id) {
-    Server* s = serverOf(id);
-    return s != nullptr && (s->features & feature) != 0;
-  });
+  return !ids.empty() &&
+         std::all_of(ids.begin(), ids.end(), [&](uint64_t id) { return has(id, feature); });
 }
 
 ChunkView ChunkManager::view(const Chunk& c) {
@@ -512,12 +521,7 @@ kj::Promise<std::vector<ServerFailure>> ChunkManager::setVersionOn(std::vector<u
                                                                    uint64_t version, bool create,
                                                                    bool leaseFirst) {
   kj::Vector<kj::Promise<Status>> calls;
-  // The first lease goes with the creation only to a server that takes it; else
-  // confirmCreated() grants it in a call of its own.
-  uint32_t leaseMs =
-      leaseFirst && !servers.empty() && allHave({servers.front()}, wire::FEATURE_LEASE_WITH_CREATE)
-          ? options.leaseDuration / kj::MILLISECONDS
-          : 0;
+  uint32_t leaseMs = leaseFirst ? options.leaseDuration / kj::MILLISECONDS : 0;
   for (uint64_t s : servers) {
     calls.add(control.setVersion(s, handle, version, create, calls.empty() ? leaseMs : 0));
   }
@@ -668,23 +672,28 @@ kj::Promise<Result<ChunkView>> ChunkManager::prepareWrite(uint64_t inode, uint32
           return prepareWrite(inode, index, std::move(failures), failedVersion);
         });
   }
+  Hold hold = underWay(inode);
+  return prepareWriteNow(inode, index, std::move(failures), failedVersion, hold)
+      .attach(kj::mv(hold));
+}
+
+ChunkManager::Hold ChunkManager::underWay(uint64_t inode) {
   writesUnderWay[inode]++;
-  auto done = kj::defer([this, inode]() { leave(inode); });
-  return prepareWriteNow(inode, index, std::move(failures), failedVersion).attach(kj::mv(done));
+  return Hold(nullptr, [this, inode](void*) { leave(inode); });
 }
 
 kj::Promise<Result<ChunkView>> ChunkManager::prepareWriteNow(uint64_t inode, uint32_t index,
                                                              std::vector<ReplicaFailure> failures,
-                                                             uint64_t failedVersion) {
+                                                             uint64_t failedVersion, Hold hold) {
   if (safeMode) return Result<ChunkView>(safeModeRefusal());
   auto record = ns.getChunk(inode, index);
   if (record && !record->pending && ns.isShared(record->handle)) {
     // A chunk another file shares is copied first, and the write goes to the copy (the
     // failures reported were of the shared chunk's last lease, long revoked).
-    return copyOnWrite(inode, *record)
-        .then([this, inode, index](Status s) -> kj::Promise<Result<ChunkView>> {
+    return copyOnWrite(inode, *record, hold)
+        .then([this, inode, index, hold](Status s) -> kj::Promise<Result<ChunkView>> {
           if (!s.ok()) return Result<ChunkView>(s);
-          return prepareWriteNow(inode, index, {}, 0);
+          return prepareWriteNow(inode, index, {}, 0, hold);
         });
   }
   if (!record) {
@@ -693,7 +702,7 @@ kj::Promise<Result<ChunkView>> ChunkManager::prepareWriteNow(uint64_t inode, uin
     if (n.value.type != InodeType::REGULAR) {
       return Result<ChunkView>(Status::invalidArgument("not a regular file"));
     }
-    return allocate(inode, index, n.value.replication);
+    return allocate(inode, index, n.value.replication, kj::mv(hold));
   }
   uint64_t handle = record->handle;
   Chunk& c = chunks[handle];
@@ -749,11 +758,12 @@ kj::Promise<Result<ChunkView>> ChunkManager::prepareWriteNow(uint64_t inode, uin
               if (Activity* a = activityOf(handle)) a->primary.reset();
               return s;
             });
-      });
+      },
+      kj::mv(hold));
 }
 
-kj::Promise<Result<ChunkView>> ChunkManager::allocate(uint64_t inode, uint32_t index,
-                                                      uint8_t goal) {
+kj::Promise<Result<ChunkView>> ChunkManager::allocate(uint64_t inode, uint32_t index, uint8_t goal,
+                                                      Hold hold) {
   std::vector<PlacementCandidate> candidates;
   for (auto& [id, s] : serversById) {
     if (s.live && !s.decommissioning) candidates.push_back(candidate(s));
@@ -782,58 +792,61 @@ kj::Promise<Result<ChunkView>> ChunkManager::allocate(uint64_t inode, uint32_t i
   // record (the reserve's entry is before it in the log).
   bool early = ns.handleOnDisk(handle);
   return serialized<Result<ChunkView>>(
-      handle, [this, handle, version, durable = kj::mv(durable), targets, early]() mutable {
+      handle,
+      [this, handle, version, durable = kj::mv(durable), targets, early]() mutable {
         auto recorded =
             durable.then([](Result<ChunkRecord> r) { KJ_REQUIRE(r.ok(), r.status.toString()); });
-        auto create = [this, targets, handle, version]() {
-          return setVersionOn(targets, handle, version, true, true);
+        // The first lease goes with the creation to a server that takes it; else it is
+        // granted in a call of its own (confirmCreated).
+        bool leaseSent = has(targets[0], wire::FEATURE_LEASE_WITH_CREATE);
+        auto create = [this, targets, handle, version, leaseSent]() {
+          return setVersionOn(targets, handle, version, true, leaseSent);
         };
         auto made = early ? recorded.then([sent = create()]() mutable { return kj::mv(sent); })
                           : recorded.then(kj::mv(create));
-        return made.then(
-            [this, handle](std::vector<ServerFailure> results) -> kj::Promise<Result<ChunkView>> {
-              Chunk* c = chunks.find(handle);
-              if (!c) return Result<ChunkView>(chunkGone());
-              auto created = succeeded(results);
-              for (uint64_t s : created) addReplica(*c, s);
-              if (created.empty()) {
-                bool full = std::all_of(results.begin(), results.end(), [](auto& r) {
-                  return r.status.code() == ErrorCode::NO_SPACE;
-                });
-                Status failed = full ? Status::noSpace("no chunkserver has room for a new chunk")
-                                     : Status::unavailable("no chunkserver could create the chunk");
-                // Not one replica exists: the chunk never held a byte, and left behind it would
-                // read as missing rather than as a hole.
-                auto forgotten = ns.forgetChunk(c->inode, c->record);
-                forget(*c);
-                return forgotten.then([failed]() { return Result<ChunkView>(failed); });
-              }
-              return confirmCreated(handle, created, results.size());
-            });
-      });
+        return made.then([this, handle, leaseSent](
+                             std::vector<ServerFailure> results) -> kj::Promise<Result<ChunkView>> {
+          Chunk* c = chunks.find(handle);
+          if (!c) return Result<ChunkView>(chunkGone());
+          auto created = succeeded(results);
+          for (uint64_t s : created) addReplica(*c, s);
+          if (created.empty()) {
+            bool full = std::all_of(results.begin(), results.end(),
+                                    [](auto& r) { return r.status.code() == ErrorCode::NO_SPACE; });
+            Status failed = full ? Status::noSpace("no chunkserver has room for a new chunk")
+                                 : Status::unavailable("no chunkserver could create the chunk");
+            // Not one replica exists: the chunk never held a byte, and left behind it would
+            // read as missing rather than as a hole.
+            auto forgotten = ns.forgetChunk(c->inode, c->record);
+            forget(*c);
+            return forgotten.then([failed]() { return Result<ChunkView>(failed); });
+          }
+          return confirmCreated(handle, created, results.size(), leaseSent);
+        });
+      },
+      kj::mv(hold));
 }
 
 bool ChunkManager::neverWritten(const Chunk& c) { return c.record.pending && c.replicas.empty(); }
 
 kj::Promise<Result<ChunkView>> ChunkManager::confirmCreated(uint64_t handle,
                                                             std::vector<uint64_t> created,
-                                                            size_t asked) {
+                                                            size_t asked, bool leaseSent) {
   Chunk& c = chunks.at(handle);
   // Recorded before the lease is handed to a writer: a chunk still pending holds no byte.
   setPending(c, false);
-  return recordVersion(c).then([this, handle, created, asked]() -> kj::Promise<Result<ChunkView>> {
-    if (!chunks.contains(handle)) return Result<ChunkView>(chunkGone());
-    // A server that failed may still create the chunk late (the order delayed, its answer
-    // lost), empty: the chunk then moves to a new version before its first write.
-    // Otherwise the first lease keeps the version it was created at, taken by the first
-    // server with the chunk (setVersionOn's `leaseFirst`; all succeeded, so it is
-    // created[0]), if it takes a lease with a creation.
-    if (created.size() != asked) return grantNewLease(handle);
-    if (!allHave({created[0]}, wire::FEATURE_LEASE_WITH_CREATE)) {
-      return grantLeaseTo(handle, created[0], created);
-    }
-    return leaseTaken(handle, created[0], created);
-  });
+  return recordVersion(c).then(
+      [this, handle, created, asked, leaseSent]() -> kj::Promise<Result<ChunkView>> {
+        if (!chunks.contains(handle)) return Result<ChunkView>(chunkGone());
+        // A server that failed may still create the chunk late (the order delayed, its answer
+        // lost), empty: the chunk then moves to a new version before its first write.
+        // Otherwise the first lease keeps the version it was created at, taken by the first
+        // server with the chunk (setVersionOn's `leaseFirst`; all succeeded, so it is
+        // created[0]) if it was sent one, else by a call of its own.
+        if (created.size() != asked) return grantNewLease(handle);
+        if (!leaseSent) return grantLeaseTo(handle, created[0], created);
+        return leaseTaken(handle, created[0], created);
+      });
 }
 
 kj::Promise<Result<ChunkView>> ChunkManager::recreate(uint64_t handle) {
@@ -854,11 +867,13 @@ kj::Promise<Result<ChunkView>> ChunkManager::recreate(uint64_t handle) {
   logWarn("chunk {:x}: allocated but never created; creating it at version {}", handle,
           c.record.version);
   uint64_t version = c.record.version;
+  bool leaseSent = has(targets[0], wire::FEATURE_LEASE_WITH_CREATE);
   return recordVersion(c)
-      .then([this, targets, handle, version]() {
-        return setVersionOn(targets, handle, version, true, true);
+      .then([this, targets, handle, version, leaseSent]() {
+        return setVersionOn(targets, handle, version, true, leaseSent);
       })
-      .then([this, handle](std::vector<ServerFailure> results) -> kj::Promise<Result<ChunkView>> {
+      .then([this, handle,
+             leaseSent](std::vector<ServerFailure> results) -> kj::Promise<Result<ChunkView>> {
         Chunk* c = chunks.find(handle);
         if (!c) return Result<ChunkView>(chunkGone());
         auto created = succeeded(results);
@@ -866,7 +881,7 @@ kj::Promise<Result<ChunkView>> ChunkManager::recreate(uint64_t handle) {
           return Result<ChunkView>(Status::unavailable("no chunkserver could create the chunk"));
         }
         for (uint64_t s : created) addReplica(*c, s);
-        return confirmCreated(handle, created, results.size());
+        return confirmCreated(handle, created, results.size(), leaseSent);
       });
 }
 

@@ -330,7 +330,9 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   bool isCorrupt(const Chunk& c, uint64_t server) const;
   size_t corruptCount(const Chunk& c) const;
   ChunkView view(const Chunk& c);
-  // Whether every server of `ids` registered with `feature` (none: false).
+  // Whether server `id` registered with `feature` (wire::FEATURE_*); whether every one of
+  // `ids` did (none: false).
+  bool has(uint64_t id, uint64_t feature);
   bool allHave(const std::vector<uint64_t>& ids, uint64_t feature);
   bool leaseValid(const Chunk& c);
   std::vector<uint64_t> liveReplicas(const Chunk& c);
@@ -346,28 +348,36 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   // to its end even if its caller stops waiting (the next one waits for it): it may own
   // what it uses, never borrow it from the caller.
   kj::Promise<void> serialize(uint64_t handle, kj::Function<kj::Promise<void>()> step);
-  // The same, resolving to the step's result, which lives with the step until the caller
-  // takes it.
+  // A write under way on a file (prepareWrite, truncateChunk): held by the caller's promise
+  // and by every step it starts, so that a step whose caller stopped waiting still counts
+  // (see writesUnderWay) until it ends.
+  using Hold = std::shared_ptr<void>;
+  Hold underWay(uint64_t inode);
+  // The same as serialize(), resolving to the step's result, which lives with the step
+  // until the caller takes it; `hold` is kept until the step ends.
   template <typename T>
-  kj::Promise<T> serialized(uint64_t handle, kj::Function<kj::Promise<T>()> step) {
+  kj::Promise<T> serialized(uint64_t handle, kj::Function<kj::Promise<T>()> step,
+                            Hold hold = nullptr) {
     auto out = std::make_shared<kj::Maybe<T>>();
-    return serialize(handle,
-                     [out, step = kj::mv(step)]() mutable {
-                       return step().then([out](T value) { *out = kj::mv(value); });
-                     })
+    return serialize(
+               handle,
+               [out, step = kj::mv(step), hold = kj::mv(hold)]() mutable {
+                 return step().then([out](T value) { *out = kj::mv(value); }).attach(kj::mv(hold));
+               })
         .then([out]() { return kj::mv(KJ_ASSERT_NONNULL(*out)); });
   }
-  kj::Promise<Result<ChunkView>> allocate(uint64_t inode, uint32_t index, uint8_t goal);
+  kj::Promise<Result<ChunkView>> allocate(uint64_t inode, uint32_t index, uint8_t goal, Hold hold);
   kj::Promise<Result<ChunkView>> prepareWriteNow(uint64_t inode, uint32_t index,
                                                  std::vector<ReplicaFailure> failures,
-                                                 uint64_t failedVersion);
+                                                 uint64_t failedVersion, Hold hold);
   // A chunk a step was for left the map meanwhile: its creation failed on every server (the
   // record was forgotten), or its file was cut or removed. The caller asks again, and then
   // learns which.
   static Status chunkGone();
   // `commit` is shared with the chunk's step, which may outlive the caller.
   kj::Promise<Status> truncateChunkNow(uint64_t inode, uint64_t size,
-                                       std::shared_ptr<kj::Function<kj::Promise<Status>()>> commit);
+                                       std::shared_ptr<kj::Function<kj::Promise<Status>()>> commit,
+                                       Hold hold);
   // Within the chunk's step: a new version, then `commit` (if any: the truncate's new size),
   // then the live replicas cut the chunk at `offset`. The cut stays owed (record.cutAt,
   // `owedCuts`) if no replica made it.
@@ -376,7 +386,8 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   // Tries each owed cut again (from tick()).
   void settleOwedCuts();
   // A write step (prepareWrite, truncateChunk) on a frozen file waits for the next
-  // change (then looks again); one that starts counts as under way until leave().
+  // change (then looks again); one that starts counts as under way (underWay()) until
+  // leave().
   kj::Promise<void> nextChange();
   void leave(uint64_t inode);
   // Wakes every waiter of nextChange(): each looks again.
@@ -387,17 +398,17 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
   // The chunk `record` of `inode` is shared: its replicas copy it to a new chunk (locally),
   // which takes its place in `inode`. OK also when the slot changed meanwhile (the caller
   // looks again).
-  kj::Promise<Status> copyOnWrite(uint64_t inode, ChunkRecord record);
+  kj::Promise<Status> copyOnWrite(uint64_t inode, ChunkRecord record, Hold hold);
   // Never confirmed created and no replica known: it holds no byte (allocated, but its
   // master died before any chunkserver created it).
   static bool neverWritten(const Chunk& c);
   // Creates such a chunk on new servers, under a new version.
   kj::Promise<Result<ChunkView>> recreate(uint64_t handle);
-  // `created` of `asked` servers hold the new chunk, the first with the lease (setVersionOn's
-  // `leaseFirst`): recorded as created, then that lease handed out (after one more version
-  // if a server failed).
+  // `created` of `asked` servers hold the new chunk, the first with the lease if it was sent
+  // one (setVersionOn's `leaseFirst`): recorded as created, then the lease handed out
+  // (granted first if it was not sent; after one more version if a server failed).
   kj::Promise<Result<ChunkView>> confirmCreated(uint64_t handle, std::vector<uint64_t> created,
-                                                size_t asked);
+                                                size_t asked, bool leaseSent);
   kj::Promise<Result<ChunkView>> grantNewLease(uint64_t handle);
   // `members`: the replicas at the chunk's version when it was set (see leaseTaken).
   kj::Promise<Result<ChunkView>> grantLeaseTo(uint64_t handle, uint64_t primary,
@@ -509,6 +520,8 @@ class ChunkManager final : private kj::TaskSet::ErrorHandler {
                     size_t& orphans);
   std::vector<ChunkView> mirrorLocate(uint64_t inode, uint32_t first, uint32_t count);
   void queueDelete(uint64_t server, uint64_t handle);
+  // A replica queued for deletion turned out current (reported before its record landed).
+  void unqueueDelete(uint64_t server, uint64_t handle);
 
   Namespace& ns;
   ReplicaControl& control;

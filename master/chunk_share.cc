@@ -98,68 +98,75 @@ bool ChunkManager::quiet(uint64_t inode) {
   return true;
 }
 
-kj::Promise<Status> ChunkManager::copyOnWrite(uint64_t inode, ChunkRecord record) {
+kj::Promise<Status> ChunkManager::copyOnWrite(uint64_t inode, ChunkRecord record, Hold hold) {
   uint64_t handle = record.handle;
-  return serialized<Status>(handle, [this, inode, record, handle]() -> kj::Promise<Status> {
-    auto now = ns.getChunk(inode, record.index);
-    if (!now || now->handle != handle || !ns.isShared(handle)) return Status::OK();
-    Chunk* found = chunks.find(handle);
-    if (!found) return Status::unavailable("the shared chunk is not in the chunk map");
-    auto sources = goodReplicas(*found);
-    if (sources.empty()) {
-      return Status::unavailable(
-          fmt::format("no live replica of shared chunk {:x} to copy", handle));
-    }
-    uint64_t version = found->record.version;
-    return ns.reserveHandle().then([this, inode, record, handle, version, sources](uint64_t fresh) {
-      unrecorded.insert(fresh);
-      auto recorded = kj::defer([this, fresh]() { unrecorded.erase(fresh); });
-      kj::Vector<kj::Promise<Status>> calls;
-      for (uint64_t s : sources) calls.add(control.copyChunk(s, handle, version, fresh, 1));
-      return kj::joinPromises(calls.releaseAsArray())
-          .then([this, inode, record, handle, fresh,
-                 sources](kj::Array<Status> results) -> kj::Promise<Status> {
-            std::vector<ServerFailure> answers;
-            for (size_t i = 0; i < sources.size(); ++i) {
-              answers.push_back({sources[i], results[i]});
-              // One that failed may still finish the copy late: it goes.
-              if (!results[i].ok()) queueDelete(sources[i], fresh);
-            }
-            auto created = succeeded(answers);
-            if (created.empty()) {
-              bool full = std::all_of(results.begin(), results.end(),
-                                      [](auto& s) { return s.code() == ErrorCode::NO_SPACE; });
-              return full ? Status::noSpace("no replica has room to copy a shared chunk")
-                          : Status::unavailable(
-                                fmt::format("no replica could copy shared chunk {:x}", handle));
-            }
-            // The copy is at version 1, and the writer's first lease moves it on: a late
-            // copy (its answer lost) is then stale, never current.
-            ChunkRecord copy{record.index, fresh, 1, 1, false, record.cutAt};
-            return ns.replaceChunk(inode, record, copy)
-                .then([this, inode, handle, fresh, copy, created](bool replaced) {
-                  if (!replaced) {
-                    for (uint64_t s : created) queueDelete(s, fresh);
-                    return Status::OK();
-                  }
-                  Chunk& c = chunks[fresh];
-                  c.inode = inode;
-                  assignRecord(c, copy);
-                  activity[fresh].lastWrite = timer.now();
-                  for (uint64_t s : created) addReplica(c, s);
-                  if (copy.cutAt != 0) oweCut(fresh);
-                  if (Chunk* old = chunks.find(handle)) {
-                    old->goal = 0;  // one owner less
-                    attention.insert(handle);
-                  }
-                  logInfo("chunk {:x}: copied to {:x} on {} replicas before a write", handle, fresh,
-                          created.size());
-                  return Status::OK();
-                });
-          })
-          .attach(kj::mv(recorded));
-    });
-  });
+  return serialized<Status>(
+      handle,
+      [this, inode, record, handle]() -> kj::Promise<Status> {
+        auto now = ns.getChunk(inode, record.index);
+        if (!now || now->handle != handle || !ns.isShared(handle)) return Status::OK();
+        Chunk* found = chunks.find(handle);
+        if (!found) return Status::unavailable("the shared chunk is not in the chunk map");
+        auto sources = goodReplicas(*found);
+        if (sources.empty()) {
+          return Status::unavailable(
+              fmt::format("no live replica of shared chunk {:x} to copy", handle));
+        }
+        uint64_t version = found->record.version;
+        return ns.reserveHandle().then([this, inode, record, handle, version,
+                                        sources](uint64_t fresh) {
+          unrecorded.insert(fresh);
+          auto recorded = kj::defer([this, fresh]() { unrecorded.erase(fresh); });
+          kj::Vector<kj::Promise<Status>> calls;
+          for (uint64_t s : sources) calls.add(control.copyChunk(s, handle, version, fresh, 1));
+          return kj::joinPromises(calls.releaseAsArray())
+              .then([this, inode, record, handle, fresh,
+                     sources](kj::Array<Status> results) -> kj::Promise<Status> {
+                std::vector<ServerFailure> answers;
+                for (size_t i = 0; i < sources.size(); ++i) {
+                  answers.push_back({sources[i], results[i]});
+                  // One that failed may still finish the copy late: it goes.
+                  if (!results[i].ok()) queueDelete(sources[i], fresh);
+                }
+                auto created = succeeded(answers);
+                if (created.empty()) {
+                  bool full = std::all_of(results.begin(), results.end(),
+                                          [](auto& s) { return s.code() == ErrorCode::NO_SPACE; });
+                  return full ? Status::noSpace("no replica has room to copy a shared chunk")
+                              : Status::unavailable(
+                                    fmt::format("no replica could copy shared chunk {:x}", handle));
+                }
+                // The copy is at version 1, and the writer's first lease moves it on: a late
+                // copy (its answer lost) is then stale, never current.
+                ChunkRecord copy{record.index, fresh, 1, 1, false, record.cutAt};
+                return ns.replaceChunk(inode, record, copy)
+                    .then([this, inode, handle, fresh, copy, created](bool replaced) {
+                      if (!replaced) {
+                        for (uint64_t s : created) queueDelete(s, fresh);
+                        return Status::OK();
+                      }
+                      Chunk& c = chunks[fresh];
+                      c.inode = inode;
+                      assignRecord(c, copy);
+                      activity[fresh].lastWrite = timer.now();
+                      for (uint64_t s : created) {
+                        addReplica(c, s);
+                        unqueueDelete(s, fresh);  // reported before its record landed
+                      }
+                      if (copy.cutAt != 0) oweCut(fresh);
+                      if (Chunk* old = chunks.find(handle)) {
+                        old->goal = 0;  // one owner less
+                        attention.insert(handle);
+                      }
+                      logInfo("chunk {:x}: copied to {:x} on {} replicas before a write", handle,
+                              fresh, created.size());
+                      return Status::OK();
+                    });
+              })
+              .attach(kj::mv(recorded));
+        });
+      },
+      kj::mv(hold));
 }
 
 }  // namespace cairn

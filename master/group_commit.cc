@@ -12,13 +12,15 @@ namespace cairn {
 GroupCommitter::GroupCommitter(leveldb::DB& db, std::chrono::milliseconds syncDelay)
     : db(db), syncDelay(syncDelay), writer([this]() { run(); }) {}
 
-GroupCommitter::~GroupCommitter() {
+GroupCommitter::~GroupCommitter() { stop(); }
+
+void GroupCommitter::stop() {
   {
     std::lock_guard<std::mutex> lock(mutex);
     stopping = true;
   }
   wake.notify_all();
-  writer.join();
+  if (writer.joinable()) writer.join();
 }
 
 void GroupCommitter::setMetrics(Metrics* m) {
@@ -41,6 +43,7 @@ kj::Promise<void> GroupCommitter::submit(leveldb::WriteBatch batch, Durability d
     if (!latchedError.empty()) {
       return KJ_EXCEPTION(FAILED, "metadata store failed earlier", latchedError);
     }
+    if (stopping) return KJ_EXCEPTION(FAILED, "metadata store stopped");
     queue.push_back(Pending{kj::mv(batch), durability, ++submitted, kj::mv(paf.fulfiller)});
   }
   wake.notify_one();
@@ -63,6 +66,7 @@ kj::Promise<void> GroupCommitter::whenSynced() {
       return KJ_EXCEPTION(FAILED, "metadata store failed earlier", latchedError);
     }
     if (synced == submitted) return kj::READY_NOW;
+    if (stopping) return KJ_EXCEPTION(FAILED, "metadata store stopped");
     waiters.push_back(Waiter{submitted, kj::mv(paf.fulfiller)});
   }
   return kj::mv(paf.promise);

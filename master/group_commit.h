@@ -36,7 +36,11 @@ class GroupCommitter {
   // `db` must outlive this object. The writer thread starts at once.
   explicit GroupCommitter(leveldb::DB& db,
                           std::chrono::milliseconds syncDelay = std::chrono::milliseconds(10));
-  ~GroupCommitter();  // writes and syncs what is queued, then joins
+  ~GroupCommitter();  // stop()
+
+  // Writes and syncs what is queued, then ends the writer thread: no write to LevelDB is
+  // under way from its return, and later submits fail. Idempotent.
+  void stop();
 
   // Queues `batch`; the promise (on the caller's event loop) resolves once the batch is
   // written or synced, as `durability` asks. After a failed write every later submit fails

@@ -52,7 +52,7 @@ struct MasterOptions {
   std::chrono::milliseconds syncDelay{10};
   // A master that loses the active role holds state no other master may share (entries it
   // wrote that no standby acknowledged): main() starts it afresh, as a standby. Called
-  // with the election stopped and the metadata store closed: the master is done.
+  // with the election stopped and the metadata store's writes stopped: the master is done.
   std::function<void(const std::string& why)> onDeposed;
   // A metadata write or sync that failed leaves this master's memory ahead of its disk:
   // main() ends the process, as HDFS's NameNode does. A standby in sync holds every

@@ -72,7 +72,7 @@ void Master::deposed(const std::string& why) {
     // Nothing of the ZooKeeper client, nor of the store's writer, may run on while main()
     // closes the files and replaces the process: a write to a closed file would stop it.
     election->stop();
-    store->close();
+    store->stopWrites();
     opts.onDeposed(why);
   }
 }

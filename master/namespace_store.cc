@@ -53,11 +53,8 @@ NamespaceStore::NamespaceStore(const std::string& dir, leveldb::Env* base,
   entryEpoch = epoch = decodeNumber(get(LOG_EPOCH_KEY));
 }
 
-NamespaceStore::~NamespaceStore() { close(); }
-
-void NamespaceStore::close() {
+NamespaceStore::~NamespaceStore() {
   committer.reset();  // drains queued writes before the DB closes
-  db.reset();         // waits for LevelDB's background work
 }
 
 std::optional<std::string> NamespaceStore::get(const std::string& key) {

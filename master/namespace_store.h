@@ -58,10 +58,11 @@ class NamespaceStore {
   NamespaceStore(const std::string& dir, leveldb::Env* env,
                  std::chrono::milliseconds syncDelay = std::chrono::milliseconds(10));
   ~NamespaceStore();
-  // Writes and syncs what is queued, stops the writer thread and closes LevelDB and its
-  // files. Nothing may use the store afterwards. For a master about to replace its process
-  // (master_main.cc): no thread of the store may still write when its files are closed.
-  void close();
+  // Writes and syncs what is queued and stops the writer thread: from its return no write
+  // of the store's is under way, and later commits fail. LevelDB stays open (a standby's
+  // snapshot may still be read from it). For a master about to close its files and replace
+  // its process (master_main.cc): a write to a closed file would stop it instead.
+  void stopWrites() { committer->stop(); }
 
   std::optional<std::string> get(const std::string& key);
 

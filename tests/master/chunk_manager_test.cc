@@ -260,7 +260,7 @@ TEST_F(ChunkManagerTest, AStepWhoseCallerStoppedWaitingRunsToItsEnd) {
   EXPECT_EQ(control.leases, 1);
 
   // A truncate dropped while its chunk's replicas are held: its commit still runs, then
-  // the cut.
+  // the cut; until it ends, the write counts as under way, so a snapshot's freeze waits.
   bool committed = false;
   control.hold = {ids.begin(), ids.end()};
   {
@@ -274,12 +274,17 @@ TEST_F(ChunkManagerTest, AStepWhoseCallerStoppedWaitingRunsToItsEnd) {
     settle();
   }
   EXPECT_FALSE(committed);
+  auto frozen = manager.freeze({file});
+  settle();
+  EXPECT_FALSE(frozen.poll(io.waitScope)) << "frozen while a truncate was under way";
   control.hold.clear();
   for (auto& f : control.held) f->fulfill(Status::OK());
   control.held.clear();
   settle();
   EXPECT_TRUE(committed);
   EXPECT_EQ(control.cutsAt, std::vector<uint32_t>(3, 1000));
+  EXPECT_TRUE(frozen.wait(io.waitScope).ok());
+  manager.thaw({file});
 }
 
 TEST_F(ChunkManagerTest, AValidLeaseIsReusedAndAnExpiredOneBumpsTheVersion) {
