@@ -158,29 +158,36 @@ void Watchers::send(Watch& w) {
   w.inFlight = req.send()
                    .ignoreResult()
                    .then(
-                       [&w]() {
+                       [&w]() -> kj::Promise<void> {
                          w.sending = false;
                          if (w.owner != nullptr) w.owner->flushSoon();
+                         return kj::READY_NOW;
                        },
                        [&w](kj::Exception&&) {
-                         // The session's connection is going: its end drops the Watch.
+                         // The session's connection is going (its end drops the Watch),
+                         // or its watcher failed: the watch ends, and the session is told
+                         // if it can still hear, so that it trusts nothing it kept on the
+                         // strength of this watch (else it would go on trusting it).
                          w.sending = false;
-                         w.ended = true;
+                         return end(w);
                        })
                    .eagerlyEvaluate(nullptr);
+}
+
+kj::Promise<void> Watchers::end(Watch& w) {
+  w.ended = true;
+  w.entries.clear();
+  w.changedInodes.clear();
+  w.dirs.clear();
+  w.inodes.clear();
+  return w.watcher.endedRequest().send().ignoreResult().catch_([](kj::Exception&&) {});
 }
 
 void Watchers::endAll() {
   for (auto& weak : watches) {
     auto w = weak.lock();
     if (!w || w->ended) continue;
-    w->ended = true;
-    w->entries.clear();
-    w->changedInodes.clear();
-    w->dirs.clear();
-    w->inodes.clear();
-    w->inFlight =
-        w->watcher.endedRequest().send().ignoreResult().eagerlyEvaluate([](kj::Exception&&) {});
+    w->inFlight = end(*w).eagerlyEvaluate(nullptr);
   }
 }
 

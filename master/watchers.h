@@ -62,6 +62,8 @@ class Watchers {
   void flushSoon();
   void flush();
   void send(Watch& w);
+  // Nothing more is told to `w`, and it is told so (the call's answer, or its failure).
+  static kj::Promise<void> end(Watch& w);
 
   Limits limits;
   std::list<std::weak_ptr<Watch>> watches;

@@ -334,10 +334,11 @@ struct Told {
 
 class RecordingWatcher final : public wire::Watcher::Server {
  public:
-  explicit RecordingWatcher(Told& told) : told(told) {}
+  explicit RecordingWatcher(Told& told, bool failing = false) : told(told), failing(failing) {}
   kj::Promise<void> changed(ChangedContext context) override {
     auto p = context.getParams();
     told.calls++;
+    if (failing) return KJ_EXCEPTION(FAILED, "this watcher fails");
     for (auto e : p.getEntries()) told.entries.emplace_back(e.getParent(), e.getName().cStr());
     for (uint64_t i : p.getInodes()) told.inodes.push_back(i);
     if (p.getAll()) told.all++;
@@ -350,6 +351,7 @@ class RecordingWatcher final : public wire::Watcher::Server {
 
  private:
   Told& told;
+  bool failing;
 };
 
 // A session that watches hears of every change another session makes to a name in a
@@ -472,6 +474,32 @@ TEST_F(AuthorizerTest, AWatchPastItsBoundsIsToldThatAllChanged) {
   touch({10});
   settle();
   EXPECT_EQ(watchers.watching(), 0u);
+}
+
+// A watcher that fails a call (its connection still up) is told the watch ended, and told
+// nothing more: it must not go on trusting what it kept.
+TEST_F(AuthorizerTest, AWatcherThatFailsACallIsToldTheWatchEnded) {
+  Watchers watchers;
+  Told told;
+  auto w = watchers.add(kj::heap<RecordingWatcher>(told, true));
+  auto settle = [&]() {
+    for (int i = 0; i < 20; ++i) kj::evalLater([]() {}).wait(io.waitScope);
+  };
+  auto touch = [&](uint64_t inode) {
+    Mutation m;
+    m.put(inodeKey(inode), "x");
+    watchers.committed(m);
+  };
+  watchers.answeredInode(w.get(), 1);
+  touch(1);
+  settle();
+  EXPECT_EQ(told.calls, 1);
+  EXPECT_EQ(told.ended, 1);
+  watchers.answeredInode(w.get(), 1);
+  touch(1);
+  settle();
+  EXPECT_EQ(told.calls, 1);
+  EXPECT_EQ(told.ended, 1);
 }
 
 }  // namespace
