@@ -2,7 +2,9 @@
 
 #include <arpa/inet.h>
 #include <capnp/dynamic.h>
+#include <capnp/rpc.capnp.h>
 #include <capnp/rpc.h>
+#include <capnp/serialize.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 
@@ -35,11 +37,131 @@ std::string peerHost(kj::AsyncIoStream& stream) {
   return text;
 }
 
+// Whether the message in `pieces` (as capnp::writeMessage hands them over: the segment
+// table, then the segments) is one of the RPC protocol's bookkeeping messages, Finish or
+// Release, that nobody waits for.
+bool isBookkeeping(kj::ArrayPtr<const kj::ArrayPtr<const kj::byte>> pieces) {
+  if (pieces.size() != 2) return false;  // one segment: these are a few words
+  auto segment = pieces[1];
+  if (segment.size() > 128 || segment.size() % sizeof(capnp::word) != 0 ||
+      reinterpret_cast<uintptr_t>(segment.begin()) % alignof(capnp::word) != 0) {
+    return false;
+  }
+  kj::ArrayPtr<const capnp::word> segments[1] = {kj::arrayPtr(
+      reinterpret_cast<const capnp::word*>(segment.begin()), segment.size() / sizeof(capnp::word))};
+  capnp::SegmentArrayMessageReader reader(kj::arrayPtr(segments, 1));
+  auto which = reader.getRoot<capnp::rpc::Message>().which();
+  return which == capnp::rpc::Message::FINISH || which == capnp::rpc::Message::RELEASE;
+}
+
+// rpcStream()'s stream. The RPC system writes one message at a time, each once the last is
+// written; a flush of what was held may be under way when the next comes.
+class RpcStream final : public kj::AsyncIoStream {
+ public:
+  RpcStream(kj::Own<kj::AsyncIoStream> inner, kj::Timer& timer)
+      : inner(kj::mv(inner)), timer(timer) {}
+
+  kj::Promise<size_t> tryRead(void* buffer, size_t minBytes, size_t maxBytes) override {
+    return inner->tryRead(buffer, minBytes, maxBytes);
+  }
+  kj::Promise<void> write(const void* buffer, size_t size) override {
+    auto piece = kj::heapArray<kj::ArrayPtr<const kj::byte>>(1);
+    piece[0] = kj::arrayPtr(static_cast<const kj::byte*>(buffer), size);
+    auto& ref = piece;
+    return write(ref.asPtr()).attach(kj::mv(piece));
+  }
+  kj::Promise<void> write(kj::ArrayPtr<const kj::ArrayPtr<const kj::byte>> pieces) override {
+    if (isBookkeeping(pieces)) {
+      for (auto piece : pieces) held.addAll(piece);
+      if (!flushArmed) {
+        flushArmed = true;
+        heldFlush = timer.afterDelay(RPC_HOLD)
+                        .then([this]() {
+                          flushArmed = false;
+                          flushHeld();
+                        })
+                        .eagerlyEvaluate(nullptr);
+      }
+      return kj::READY_NOW;
+    }
+    // After a flush of what was held, if one is under way.
+    kj::Maybe<kj::Promise<void>> after;
+    KJ_IF_MAYBE (flush, flushing) {
+      after = flush->addBranch();
+      flushing = nullptr;
+    }
+    kj::Own<kj::Array<kj::byte>> bytes;
+    kj::Array<kj::ArrayPtr<const kj::byte>> all;
+    if (!held.empty()) {
+      // What was held goes first, in the same write.
+      flushArmed = false;
+      heldFlush = nullptr;
+      bytes = kj::heap(held.releaseAsArray());
+      all = kj::heapArray<kj::ArrayPtr<const kj::byte>>(pieces.size() + 1);
+      all[0] = *bytes;
+      for (size_t i = 0; i < pieces.size(); ++i) all[i + 1] = pieces[i];
+      pieces = all;
+    }
+    auto send = [this, pieces, all = kj::mv(all), bytes = kj::mv(bytes)]() mutable {
+      return inner->write(pieces).attach(kj::mv(all), kj::mv(bytes));
+    };
+    KJ_IF_MAYBE (previous, after) {
+      return previous->then(kj::mv(send));
+    }
+    return send();
+  }
+  kj::Promise<void> whenWriteDisconnected() override { return inner->whenWriteDisconnected(); }
+  // What is held at the end goes with the connection: its peer has no use for it.
+  void shutdownWrite() override { inner->shutdownWrite(); }
+  void abortRead() override { inner->abortRead(); }
+  void getsockopt(int level, int option, void* value, uint* length) override {
+    inner->getsockopt(level, option, value, length);
+  }
+  void setsockopt(int level, int option, const void* value, uint length) override {
+    inner->setsockopt(level, option, value, length);
+  }
+  void getsockname(struct sockaddr* addr, uint* length) override {
+    inner->getsockname(addr, length);
+  }
+  void getpeername(struct sockaddr* addr, uint* length) override {
+    inner->getpeername(addr, length);
+  }
+
+ private:
+  // No message came within RPC_HOLD: what was held goes alone. The RPC system's next write
+  // waits for it (a failure fails that write, and so the connection).
+  void flushHeld() {
+    if (held.empty()) return;
+    auto bytes = kj::heap(held.releaseAsArray());
+    kj::Promise<void> previous = kj::READY_NOW;
+    KJ_IF_MAYBE (flush, flushing) {
+      previous = flush->addBranch();
+    }
+    flushing = previous
+                   .then([this, bytes = kj::mv(bytes)]() mutable {
+                     auto& ref = *bytes;
+                     return inner->write(ref.begin(), ref.size()).attach(kj::mv(bytes));
+                   })
+                   .fork();
+  }
+
+  kj::Own<kj::AsyncIoStream> inner;
+  kj::Timer& timer;
+  kj::Vector<kj::byte> held;
+  kj::Maybe<kj::Promise<void>> heldFlush;  // once armed, the timer that flushes what is held
+  bool flushArmed = false;
+  kj::Maybe<kj::ForkedPromise<void>> flushing;
+};
+
 }  // namespace
 
+kj::Own<kj::AsyncIoStream> rpcStream(kj::Own<kj::AsyncIoStream> stream, kj::Timer& timer) {
+  return kj::heap<RpcStream>(kj::mv(stream), timer);
+}
+
 struct RpcServer::Connection {
-  Connection(kj::Own<kj::AsyncIoStream>&& s, capnp::Capability::Client bootstrap)
-      : stream(kj::mv(s)),
+  Connection(kj::Own<kj::AsyncIoStream>&& s, kj::Timer& timer, capnp::Capability::Client bootstrap)
+      : stream(rpcStream(kj::mv(s), timer)),
         network(*stream, capnp::rpc::twoparty::Side::SERVER, RPC_READER_OPTIONS),
         rpcSystem(capnp::makeRpcServer(network, kj::mv(bootstrap))) {}
   kj::Own<kj::AsyncIoStream> stream;
@@ -111,7 +233,7 @@ kj::Promise<void> RpcServer::serve(kj::Own<kj::AsyncIoStream> stream, std::strin
   }
   return secured
       .then([this](SecureStream s) {
-        auto connection = kj::heap<Connection>(kj::mv(s.stream), factory(s.peer));
+        auto connection = kj::heap<Connection>(kj::mv(s.stream), timer, factory(s.peer));
         auto done = connection->network.onDisconnect();
         return done.attach(kj::mv(connection));
       })
@@ -201,7 +323,7 @@ capnp::Capability::Client PeerPool::bootstrap(kj::StringPtr address, Role role) 
                   kj::throwFatalException(
                       KJ_EXCEPTION(DISCONNECTED, "connection dropped while connecting", address));
                 }
-                raw->stream = kj::mv(stream);
+                raw->stream = rpcStream(kj::mv(stream), timer);
                 raw->network = kj::heap<capnp::TwoPartyVatNetwork>(
                     *raw->stream, capnp::rpc::twoparty::Side::CLIENT, RPC_READER_OPTIONS);
                 raw->rpcSystem = kj::heap(capnp::makeRpcClient(*raw->network));

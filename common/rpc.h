@@ -36,6 +36,14 @@ struct RpcSecurity {
   size_t maxConnectionsPerPeer = 512;
 };
 
+// The stream a connection's RPC system writes to, over `stream`. Cap'n Proto 0.9.2 ends
+// every call with a Finish message of the caller's and every dropped capability with a
+// Release: each a write and, on the other side, a wake-up, though nothing waits for them.
+// They are held (up to RPC_HOLD) and go out in the same write as the next message to that
+// peer, or alone when none comes. RpcServer and PeerPool put every connection on one.
+constexpr kj::Duration RPC_HOLD = 2 * kj::MILLISECONDS;
+kj::Own<kj::AsyncIoStream> rpcStream(kj::Own<kj::AsyncIoStream> stream, kj::Timer& timer);
+
 // The capability a connection is served: made for the peer its handshake authenticated.
 using BootstrapFactory = std::function<capnp::Capability::Client(const Identity& peer)>;
 
