@@ -198,8 +198,10 @@ kj::Promise<MutationResult> Master::setattr(uint64_t inode, SetAttrArgs args) {
   return chunks
       ->truncateChunk(inode, *args.size,
                       [this, inode, args, result]() {
-                        return ns->setattr(inode, args).then([result](MutationResult r) {
-                          *result = std::move(r);
+                        // Chunks the new size released go once it is on disk, whether or
+                        // not the cut succeeds and the caller still waits.
+                        return ns->setattr(inode, args).then([this, result](MutationResult r) {
+                          *result = finish(std::move(r));
                           return result->status;
                         });
                       })
@@ -207,9 +209,8 @@ kj::Promise<MutationResult> Master::setattr(uint64_t inode, SetAttrArgs args) {
             [](kj::Exception&& e) {
               return Status::unavailable(fmt::format("truncate: {}", e.getDescription().cStr()));
             })
-      .then([this, result](Status cut) {
-        // Chunks the committed size released go whether or not the cut succeeded.
-        MutationResult r = finish(std::move(*result));
+      .then([result](Status cut) {
+        MutationResult r = std::move(*result);
         if (!cut.ok()) r.status = cut;
         return r;
       });
