@@ -111,8 +111,18 @@ class RpcStream final : public kj::AsyncIoStream {
     return send();
   }
   kj::Promise<void> whenWriteDisconnected() override { return inner->whenWriteDisconnected(); }
-  // What is held at the end goes with the connection: its peer has no use for it.
-  void shutdownWrite() override { inner->shutdownWrite(); }
+  // What is held goes out first, and the end of the stream after it.
+  void shutdownWrite() override {
+    flushArmed = false;
+    heldFlush = nullptr;
+    flushHeld();
+    KJ_IF_MAYBE (flush, flushing) {
+      shutdown =
+          flush->addBranch().then([this]() { inner->shutdownWrite(); }).eagerlyEvaluate(nullptr);
+      return;
+    }
+    inner->shutdownWrite();
+  }
   void abortRead() override { inner->abortRead(); }
   void getsockopt(int level, int option, void* value, uint* length) override {
     inner->getsockopt(level, option, value, length);
@@ -129,7 +139,8 @@ class RpcStream final : public kj::AsyncIoStream {
 
  private:
   // No message came within RPC_HOLD: what was held goes alone. The RPC system's next write
-  // waits for it (a failure fails that write, and so the connection).
+  // waits for it. A failure fails the reads too, as a failed write of the RPC system's own
+  // does, so that calls waiting for answers fail at once.
   void flushHeld() {
     if (held.empty()) return;
     auto bytes = kj::heap(held.releaseAsArray());
@@ -142,6 +153,10 @@ class RpcStream final : public kj::AsyncIoStream {
                      auto& ref = *bytes;
                      return inner->write(ref.begin(), ref.size()).attach(kj::mv(bytes));
                    })
+                   .catch_([this](kj::Exception&& e) {
+                     inner->abortRead();
+                     kj::throwFatalException(kj::mv(e));
+                   })
                    .fork();
   }
 
@@ -151,6 +166,7 @@ class RpcStream final : public kj::AsyncIoStream {
   kj::Maybe<kj::Promise<void>> heldFlush;  // once armed, the timer that flushes what is held
   bool flushArmed = false;
   kj::Maybe<kj::ForkedPromise<void>> flushing;
+  kj::Maybe<kj::Promise<void>> shutdown;  // once asked for, after a flush under way
 };
 
 }  // namespace

@@ -199,7 +199,8 @@ kj::Promise<MutationResult> Master::setattr(uint64_t inode, SetAttrArgs args) {
       ->truncateChunk(inode, *args.size,
                       [this, inode, args, result]() {
                         // Chunks the new size released go once it is on disk, whether or
-                        // not the cut succeeds and the caller still waits.
+                        // not the cut succeeds; from within the chunk's step (a cut, not a
+                        // hole), also when the caller stopped waiting.
                         return ns->setattr(inode, args).then([this, result](MutationResult r) {
                           *result = finish(std::move(r));
                           return result->status;
