@@ -11,6 +11,7 @@
 #include <set>
 
 #include "address.h"
+#include "forwarding_stream.h"
 #include "log.h"
 #include "master.capnp.h"
 
@@ -56,10 +57,10 @@ bool isBookkeeping(kj::ArrayPtr<const kj::ArrayPtr<const kj::byte>> pieces) {
 
 // rpcStream()'s stream. The RPC system writes one message at a time, each once the last is
 // written; a flush of what was held may be under way when the next comes.
-class RpcStream final : public kj::AsyncIoStream {
+class RpcStream final : public ForwardingStream {
  public:
   RpcStream(kj::Own<kj::AsyncIoStream> inner, kj::Timer& timer)
-      : inner(kj::mv(inner)), timer(timer) {}
+      : ForwardingStream(kj::mv(inner)), timer(timer) {}
 
   kj::Promise<size_t> tryRead(void* buffer, size_t minBytes, size_t maxBytes) override {
     return inner->tryRead(buffer, minBytes, maxBytes);
@@ -110,7 +111,6 @@ class RpcStream final : public kj::AsyncIoStream {
     }
     return send();
   }
-  kj::Promise<void> whenWriteDisconnected() override { return inner->whenWriteDisconnected(); }
   // What is held goes out first, and the end of the stream after it.
   void shutdownWrite() override {
     flushArmed = false;
@@ -122,19 +122,6 @@ class RpcStream final : public kj::AsyncIoStream {
       return;
     }
     inner->shutdownWrite();
-  }
-  void abortRead() override { inner->abortRead(); }
-  void getsockopt(int level, int option, void* value, uint* length) override {
-    inner->getsockopt(level, option, value, length);
-  }
-  void setsockopt(int level, int option, const void* value, uint length) override {
-    inner->setsockopt(level, option, value, length);
-  }
-  void getsockname(struct sockaddr* addr, uint* length) override {
-    inner->getsockname(addr, length);
-  }
-  void getpeername(struct sockaddr* addr, uint* length) override {
-    inner->getpeername(addr, length);
   }
 
  private:
@@ -160,7 +147,6 @@ class RpcStream final : public kj::AsyncIoStream {
                    .fork();
   }
 
-  kj::Own<kj::AsyncIoStream> inner;
   kj::Timer& timer;
   kj::Vector<kj::byte> held;
   kj::Maybe<kj::Promise<void>> heldFlush;  // once armed, the timer that flushes what is held

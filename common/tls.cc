@@ -12,6 +12,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "forwarding_stream.h"
+
 namespace cairn {
 namespace {
 
@@ -100,10 +102,10 @@ BIO_METHOD* ciphertextMethod() {
 // (Ciphertext); this class moves them to and from the stream in large pieces. One read at
 // a time (as Cap'n Proto does); writes, including those a read makes (TLS's own
 // messages), go out in order through one queue.
-class TlsStream final : public kj::AsyncIoStream {
+class TlsStream final : public ForwardingStream {
  public:
   TlsStream(kj::Own<kj::AsyncIoStream> inner, std::shared_ptr<ssl_ctx_st> context)
-      : inner(kj::mv(inner)), context(std::move(context)) {
+      : ForwardingStream(kj::mv(inner)), context(std::move(context)) {
     cipher.in = kj::heapArray<kj::byte>(READ_CHUNK);
     ssl = SSL_new(this->context.get());
     KJ_REQUIRE(ssl != nullptr, opensslErrors());
@@ -165,24 +167,9 @@ class TlsStream final : public kj::AsyncIoStream {
     return flush();
   }
 
-  kj::Promise<void> whenWriteDisconnected() override { return inner->whenWriteDisconnected(); }
-
   void shutdownWrite() override {
     SSL_shutdown(ssl);
     shutdownTask = flush().then([this]() { inner->shutdownWrite(); }).eagerlyEvaluate(nullptr);
-  }
-  void abortRead() override { inner->abortRead(); }
-  void getsockopt(int level, int option, void* value, uint* length) override {
-    inner->getsockopt(level, option, value, length);
-  }
-  void setsockopt(int level, int option, const void* value, uint length) override {
-    inner->setsockopt(level, option, value, length);
-  }
-  void getsockname(struct sockaddr* addr, uint* length) override {
-    inner->getsockname(addr, length);
-  }
-  void getpeername(struct sockaddr* addr, uint* length) override {
-    inner->getpeername(addr, length);
   }
 
  private:
@@ -288,7 +275,6 @@ class TlsStream final : public kj::AsyncIoStream {
     return done.addBranch();
   }
 
-  kj::Own<kj::AsyncIoStream> inner;
   std::shared_ptr<ssl_ctx_st> context;  // kept for as long as the connection lives
   SSL* ssl = nullptr;
   Ciphertext cipher;
