@@ -18,10 +18,7 @@ void FileCache::taskFailed(kj::Exception&& exception) {
 FileCache::State& FileCache::state(uint64_t inode) { return files[inode]; }
 
 void FileCache::invalidate(State& st) {
-  st.generation++;
-  st.ahead.clear();
-  st.prefetch = nullptr;  // cancels a prefetch in flight
-  st.prefetching = false;
+  st.ahead.clear();  // cancels the reads on their way (but for those readers wait for)
 }
 
 void FileCache::attach(uint64_t inode, uint64_t size) {
@@ -529,87 +526,112 @@ kj::Promise<Result<std::string>> FileCache::read(uint64_t inode, uint64_t offset
       });
 }
 
+namespace {
+constexpr uint64_t SEGMENT_BYTES = 2 << 20;  // one read-ahead fetch, the first window
+// Arrived segments kept behind the reader: the kernel's reads of one file may come out of
+// order by about its read-ahead.
+constexpr uint64_t KEEP_BEHIND = 1 << 20;
+}  // namespace
+
 kj::Promise<Result<std::string>> FileCache::readCached(uint64_t inode, uint64_t offset,
                                                        uint32_t size) {
   State& st = state(inode);
-  uint64_t aheadEnd = st.aheadOffset + st.ahead.size();
-  if (offset >= st.aheadOffset && offset + size <= aheadEnd) {
-    st.lastReadEnd = offset + size;
-    auto out = st.ahead.substr(offset - st.aheadOffset, size);
-    maybePrefetch(inode, st);
-    return Result<std::string>(std::move(out));
+  uint64_t end = offset + size;
+  if (auto* seg = onItsWay(st, offset, end)) {
+    // Wait for the bytes rather than ask twice.
+    return seg->fetched.addBranch().then(
+        [this, inode, offset, size]() { return readCached(inode, offset, size); });
   }
-  KJ_IF_MAYBE (pending, st.prefetch) {
-    if (st.prefetching && offset >= aheadEnd && offset < st.prefetchEnd) {
-      // The bytes are on their way: wait for them rather than ask twice.
-      return pending->addBranch().then(
+  if (auto out = fromAhead(st, offset, size)) {
+    st.lastReadEnd = end;
+    // Segments the reader has left behind go, and the window grows: it keeps up.
+    while (!st.ahead.empty() && st.ahead.front().arrived &&
+           st.ahead.front().offset + st.ahead.front().length + KEEP_BEHIND <= offset) {
+      st.ahead.pop_front();
+      st.window = std::min(opts.readAheadBytes, st.window * 2);
+    }
+    readAhead(inode, st, end);
+    return Result<std::string>(std::move(*out));
+  }
+  uint64_t aheadStart = st.ahead.empty() ? 0 : st.ahead.front().offset;
+  uint64_t aheadEnd = st.ahead.empty() ? 0 : st.ahead.back().offset + st.ahead.back().length;
+  bool within = !st.ahead.empty() && offset >= aheadStart && offset <= aheadEnd;
+  bool sequential = offset == st.lastReadEnd || within;
+  st.lastReadEnd = end;
+  if (sequential) {
+    if (!within) st.ahead.clear();
+    st.window = std::min(opts.readAheadBytes, std::max<size_t>(st.window * 2, SEGMENT_BYTES));
+    readAhead(inode, st, offset);
+    if (auto* seg = onItsWay(st, offset, end)) {
+      return seg->fetched.addBranch().then(
           [this, inode, offset, size]() { return readCached(inode, offset, size); });
     }
+  } else {
+    st.window = 0;
   }
-  bool sequential = offset == st.lastReadEnd ||
-                    (offset >= st.aheadOffset && offset <= aheadEnd && !st.ahead.empty());
-  st.lastReadEnd = offset + size;
-  st.window =
-      sequential ? std::min(opts.readAheadBytes, std::max<size_t>(st.window * 2, 1 << 20)) : 0;
-  uint64_t fetch = std::max<uint64_t>(size, st.window);
-  uint64_t generation = st.generation;
+  // Not to be read ahead (or the segment fell short): a read of its own, which alone may
+  // end the reader's view of the file short (see Client::read).
   auto out = kj::heap<std::string>();
   auto& ref = *out;
-  return client.read(inode, offset, fetch, ref, size)
-      .then([this, inode, offset, size, generation, &ref](Status s) -> Result<std::string> {
+  return client.read(inode, offset, size, ref, size)
+      .then([&ref](Status s) -> Result<std::string> {
         if (!s.ok()) return s;
-        auto it = files.find(inode);
-        if (it != files.end() && it->second.generation == generation && ref.size() > size) {
-          // Keep the window (moved, not copied) and answer from it.
-          State& st = it->second;
-          st.aheadOffset = offset;
-          st.ahead = std::move(ref);
-          std::string out = st.ahead.substr(0, size);
-          if (!st.prefetching) maybePrefetch(inode, st);
-          return out;
-        }
-        if (ref.size() > size) ref.resize(size);
         return std::move(ref);
       })
       .attach(kj::mv(out));
 }
 
-void FileCache::maybePrefetch(uint64_t inode, State& st) {
-  uint64_t aheadEnd = st.aheadOffset + st.ahead.size();
-  if (st.window == 0 || st.prefetching || st.ahead.empty() || aheadEnd >= st.size ||
-      aheadEnd - std::min(aheadEnd, st.lastReadEnd) > st.window / 2) {
-    return;
+FileCache::Segment* FileCache::onItsWay(State& st, uint64_t offset, uint64_t end) {
+  for (auto& seg : st.ahead) {
+    if (!seg.arrived && seg.offset < end && offset < seg.offset + seg.length) return &seg;
   }
-  uint64_t generation = st.generation;
-  size_t window = st.window;
-  st.prefetchEnd = aheadEnd + window;
-  st.prefetching = true;
-  auto out = kj::heap<std::string>();
-  auto& ref = *out;
-  st.prefetch = client.read(inode, aheadEnd, window, ref, 0)
-                    .then([this, inode, generation, aheadEnd, &ref](Status s) {
-                      auto it = files.find(inode);
-                      if (it == files.end() || it->second.generation != generation) return;
-                      State& st = it->second;
-                      if (s.ok() && st.aheadOffset + st.ahead.size() == aheadEnd) {
-                        // Keep what is not yet read, then the new window.
-                        uint64_t keepFrom = std::clamp(st.lastReadEnd, st.aheadOffset, aheadEnd);
-                        if (keepFrom == aheadEnd) {
-                          st.ahead = std::move(ref);
-                        } else {
-                          std::string joined = st.ahead.substr(keepFrom - st.aheadOffset);
-                          joined.append(ref);
-                          st.ahead = std::move(joined);
-                        }
-                        st.aheadOffset = keepFrom;
-                      }
-                      // The fork itself stays until the next prefetch replaces it: it is
-                      // running this very continuation.
-                      st.prefetching = false;
-                      st.prefetchEnd = 0;
-                    })
-                    .attach(kj::mv(out))
-                    .fork();
+  return nullptr;
+}
+
+std::optional<std::string> FileCache::fromAhead(const State& st, uint64_t offset, uint32_t size) {
+  uint64_t end = offset + size, pos = offset;
+  std::string out;
+  for (auto& seg : st.ahead) {
+    if (pos == end) break;
+    if (seg.offset + seg.length <= pos) continue;
+    uint64_t held = seg.offset + seg.bytes.size();
+    if (!seg.arrived || pos < seg.offset || pos >= held) return std::nullopt;
+    uint64_t to = std::min(end, held);
+    if (out.empty()) out.reserve(size);
+    out.append(seg.bytes, pos - seg.offset, to - pos);
+    pos = to;
+  }
+  if (pos != end) return std::nullopt;
+  return out;
+}
+
+void FileCache::readAhead(uint64_t inode, State& st, uint64_t from) {
+  if (st.window == 0) return;
+  uint64_t next = st.ahead.empty() ? from : st.ahead.back().offset + st.ahead.back().length;
+  while (next < st.size && next + SEGMENT_BYTES <= st.lastReadEnd + st.window) {
+    uint64_t length = std::min(SEGMENT_BYTES, st.size - next);
+    auto out = kj::heap<std::string>();
+    auto& ref = *out;
+    uint64_t id = ++segments;
+    auto fetched = client.read(inode, next, length, ref, 0)
+                       .then([this, inode, id, &ref](Status s) {
+                         // A segment dropped while readers waited for it is gone, or gone stale.
+                         auto it = files.find(inode);
+                         if (it == files.end()) return;
+                         for (auto& seg : it->second.ahead) {
+                           if (seg.id == id) {
+                             // A failed read leaves no bytes: the reader's own read reports why.
+                             if (s.ok()) seg.bytes = std::move(ref);
+                             seg.arrived = true;
+                             return;
+                           }
+                         }
+                       })
+                       .attach(kj::mv(out))
+                       .fork();
+    st.ahead.push_back(Segment{id, next, length, kj::mv(fetched), false, {}});
+    next += length;
+  }
 }
 
 }  // namespace cairn

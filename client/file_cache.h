@@ -5,12 +5,14 @@
 // caller goes on (buffers that do not overlap concurrently, overlapping ones in order);
 // flush() makes them visible to every other client (close-to-open), fsync() durable on
 // every replica, close() both (and renames a file written under a temporary name into
-// place). Reads of a file being read sequentially fetch a growing window ahead and
-// prefetch the next one. A write that fails never grows the file: the size recorded is
-// what reached the chunkservers. Runs on the Client's loop.
+// place). A file read sequentially is fetched ahead of its reader, in segments that each
+// become readable as they arrive, over a window that grows while the reader keeps up. A
+// write that fails never grows the file: the size recorded is what reached the
+// chunkservers. Runs on the Client's loop.
 
 #include <kj/async.h>
 
+#include <deque>
 #include <list>
 #include <map>
 #include <optional>
@@ -150,6 +152,17 @@ class FileCache final : private kj::TaskSet::ErrorHandler {
     kj::Own<bool> done;
     bool append = false;  // lands at the end of the file: after every earlier flush
   };
+  // Bytes [offset, offset + length) of a file, fetched ahead of its reader by one
+  // Client::read. Once arrived, `bytes` may be shorter (the end of the file as that read
+  // saw it) or empty (the read failed: the reader asks again itself).
+  struct Segment {
+    uint64_t id;
+    uint64_t offset;
+    uint64_t length;
+    kj::ForkedPromise<void> fetched;  // owns the read; destroying the segment cancels it
+    bool arrived = false;
+    std::string bytes;
+  };
   struct State {
     size_t refs = 0;
     uint64_t size = 0;       // as this client sees it, buffered writes included
@@ -165,15 +178,11 @@ class FileCache final : private kj::TaskSet::ErrorHandler {
     Status error;
     std::set<uint32_t> dirtyChunks;  // written since the last fsync
     bool allChunksDirty = false;     // when the chunk size was not yet known
-    // Read-ahead: bytes [aheadOffset, aheadOffset + ahead.size()) as last fetched.
-    uint64_t aheadOffset = 0;
-    std::string ahead;
+    // Read-ahead for a sequential reader: consecutive segments of the file, in order,
+    // arrived or on their way, reaching `window` bytes past the last read.
+    std::deque<Segment> ahead;
     uint64_t lastReadEnd = UINT64_MAX;
     size_t window = 0;
-    uint64_t generation = 0;  // bumped whenever cached bytes may have gone stale
-    kj::Maybe<kj::ForkedPromise<void>> prefetch;  // kept until replaced, even when done
-    bool prefetching = false;
-    uint64_t prefetchEnd = 0;
   };
   // One more open of `inode` (the master already holds it open for this client).
   void attach(uint64_t inode, uint64_t size);
@@ -207,11 +216,18 @@ class FileCache final : private kj::TaskSet::ErrorHandler {
   static bool idle(State& st);
   Status takeError(State& st);
   kj::Promise<Result<std::string>> readCached(uint64_t inode, uint64_t offset, uint32_t size);
-  void maybePrefetch(uint64_t inode, State& st);
+  // Bytes [offset, offset + size) when arrived segments hold them all.
+  static std::optional<std::string> fromAhead(const State& st, uint64_t offset, uint32_t size);
+  // The first segment on its way that holds some of bytes [offset, end).
+  static Segment* onItsWay(State& st, uint64_t offset, uint64_t end);
+  // Fetches segments (from `from` when there are none) until they reach `window` bytes
+  // past the last read.
+  void readAhead(uint64_t inode, State& st, uint64_t from);
   void taskFailed(kj::Exception&& exception) override;
 
   Client& client;
   FileCacheOptions opts;
+  uint64_t segments = 0;  // read-ahead segments made, for their ids
   std::map<uint64_t, State> files;
   kj::TaskSet background;  // closes of OpenFiles dropped without close()
 };
