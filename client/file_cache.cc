@@ -19,6 +19,11 @@ FileCache::State& FileCache::state(uint64_t inode) { return files[inode]; }
 
 void FileCache::invalidate(State& st) {
   st.ahead.clear();  // cancels the reads on their way (but for those readers wait for)
+  // A read after a change starts afresh: one that read, wrote and read on would otherwise
+  // fetch a whole window again after each write.
+  st.window = 0;
+  st.lastReadEnd = UINT64_MAX;
+  st.readPastSize = false;
 }
 
 void FileCache::attach(uint64_t inode, uint64_t size) {
@@ -431,6 +436,9 @@ kj::Promise<Status> FileCache::fallocate(uint64_t inode, AllocateMode mode, uint
         return client.allocate(inode, offset, length);
       })
       .then([this, inode, mode, end](Status s) -> kj::Promise<Status> {
+        // Read-ahead started while the change was on its way may hold the bytes before it.
+        auto it = files.find(inode);
+        if (it != files.end()) invalidate(it->second);
         if (!s.ok() || mode.keepSize) return s;
         return client.commitSize(inode, end).then([this, inode, end](Result<FileAttr> r) {
           if (r.ok()) grew(inode, end);
@@ -537,11 +545,7 @@ kj::Promise<Result<std::string>> FileCache::readCached(uint64_t inode, uint64_t 
                                                        uint32_t size) {
   State& st = state(inode);
   uint64_t end = offset + size;
-  if (auto* seg = onItsWay(st, offset, end)) {
-    // Wait for the bytes rather than ask twice.
-    return seg->fetched.addBranch().then(
-        [this, inode, offset, size]() { return readCached(inode, offset, size); });
-  }
+  if (auto* seg = onItsWay(st, offset, end)) return waitFor(*seg, inode, offset, size);
   if (auto out = fromAhead(st, offset, size)) {
     st.lastReadEnd = end;
     // Segments the reader has left behind go, and the window grows: it keeps up.
@@ -562,10 +566,7 @@ kj::Promise<Result<std::string>> FileCache::readCached(uint64_t inode, uint64_t 
     if (!within) st.ahead.clear();
     st.window = std::min(opts.readAheadBytes, std::max<size_t>(st.window * 2, SEGMENT_BYTES));
     readAhead(inode, st, offset);
-    if (auto* seg = onItsWay(st, offset, end)) {
-      return seg->fetched.addBranch().then(
-          [this, inode, offset, size]() { return readCached(inode, offset, size); });
-    }
+    if (auto* seg = onItsWay(st, offset, end)) return waitFor(*seg, inode, offset, size);
   } else {
     st.window = 0;
   }
@@ -574,11 +575,22 @@ kj::Promise<Result<std::string>> FileCache::readCached(uint64_t inode, uint64_t 
   auto out = kj::heap<std::string>();
   auto& ref = *out;
   return client.read(inode, offset, size, ref, size)
-      .then([&ref](Status s) -> Result<std::string> {
+      .then([this, inode, offset, &ref](Status s) -> Result<std::string> {
         if (!s.ok()) return s;
+        auto it = files.find(inode);
+        if (it != files.end() && offset + ref.size() > it->second.size) {
+          it->second.readPastSize = true;
+        }
         return std::move(ref);
       })
       .attach(kj::mv(out));
+}
+
+kj::Promise<Result<std::string>> FileCache::waitFor(Segment& seg, uint64_t inode, uint64_t offset,
+                                                    uint32_t size) {
+  // Rather than ask twice. Then as any read: what this client wrote meanwhile goes first.
+  return seg.fetched.addBranch().then(
+      [this, inode, offset, size]() { return read(inode, offset, size); });
 }
 
 FileCache::Segment* FileCache::onItsWay(State& st, uint64_t offset, uint64_t end) {
@@ -606,10 +618,15 @@ std::optional<std::string> FileCache::fromAhead(const State& st, uint64_t offset
 }
 
 void FileCache::readAhead(uint64_t inode, State& st, uint64_t from) {
-  if (st.window == 0) return;
+  // Nothing is fetched ahead of this client's own writes not yet sent: a later write()
+  // drops the segments, but these would be fetched from before it.
+  if (st.window == 0 || !idle(st)) return;
   uint64_t next = st.ahead.empty() ? from : st.ahead.back().offset + st.ahead.back().length;
-  while (next < st.size && next + SEGMENT_BYTES <= st.lastReadEnd + st.window) {
-    uint64_t length = std::min(SEGMENT_BYTES, st.size - next);
+  // Past the size this client knows only when reads found bytes there (another client
+  // made the file longer); each read is cut at the file's end anyway.
+  uint64_t limit = st.readPastSize ? UINT64_MAX : st.size;
+  while (next < limit && next + SEGMENT_BYTES <= st.lastReadEnd + st.window) {
+    uint64_t length = std::min(SEGMENT_BYTES, limit - next);
     auto out = kj::heap<std::string>();
     auto& ref = *out;
     uint64_t id = ++segments;
@@ -628,6 +645,14 @@ void FileCache::readAhead(uint64_t inode, State& st, uint64_t from) {
                          }
                        })
                        .attach(kj::mv(out))
+                       .catch_([this, inode, id](kj::Exception&&) {
+                         // As a failed read: readers ask again themselves.
+                         auto it = files.find(inode);
+                         if (it == files.end()) return;
+                         for (auto& seg : it->second.ahead) {
+                           if (seg.id == id) seg.arrived = true;
+                         }
+                       })
                        .fork();
     st.ahead.push_back(Segment{id, next, length, kj::mv(fetched), false, {}});
     next += length;

@@ -183,6 +183,7 @@ class FileCache final : private kj::TaskSet::ErrorHandler {
     std::deque<Segment> ahead;
     uint64_t lastReadEnd = UINT64_MAX;
     size_t window = 0;
+    bool readPastSize = false;  // a read found bytes past `size`: another client grew it
   };
   // One more open of `inode` (the master already holds it open for this client).
   void attach(uint64_t inode, uint64_t size);
@@ -218,6 +219,9 @@ class FileCache final : private kj::TaskSet::ErrorHandler {
   kj::Promise<Result<std::string>> readCached(uint64_t inode, uint64_t offset, uint32_t size);
   // Bytes [offset, offset + size) when arrived segments hold them all.
   static std::optional<std::string> fromAhead(const State& st, uint64_t offset, uint32_t size);
+  // Waits for `seg`, then reads again.
+  kj::Promise<Result<std::string>> waitFor(Segment& seg, uint64_t inode, uint64_t offset,
+                                           uint32_t size);
   // The first segment on its way that holds some of bytes [offset, end).
   static Segment* onItsWay(State& st, uint64_t offset, uint64_t end);
   // Fetches segments (from `from` when there are none) until they reach `window` bytes

@@ -1,10 +1,12 @@
 // FileCache's read-ahead against a whole cluster in this process (three chunkservers,
-// 1 MiB chunks): a sequential reader gets every byte, each from the chunkservers once;
-// reads that arrive together (as from a kernel with a large read-ahead) wait for the
-// segments on their way instead of asking again; a read past what was read ahead sees
-// what another client appended since; random reads, writes, growth and cuts mixed with
-// sequential runs read what a model of the file holds; and a read-ahead that fails
-// leaves the reader an error, not a hang.
+// 1 MiB chunks): a sequential reader gets every byte, each from the chunkservers once and
+// in few reads; reads that arrive together (as from a kernel with a large read-ahead) wait
+// for the segments on their way instead of asking again; a read past what was read ahead
+// sees what another client appended since, and reads ahead there too; a write made while
+// reads wait for their segment is read back; reading and writing in turn fetches no window
+// after each write; random reads, writes, growth and cuts mixed with sequential runs read
+// what a model of the file holds; and a read-ahead that fails leaves the reader an error,
+// not a hang.
 
 #include <gtest/gtest.h>
 
@@ -39,16 +41,29 @@ class ReadAheadTest : public ::testing::Test {
     EXPECT_TRUE(wait(client().commitSize(inode, data.size())).ok());
     return inode;
   }
-  // Bytes the chunkservers have sent to readers so far.
-  double served() {
+  // A metric of all chunkservers together.
+  double sum(const std::string& key) {
     double total = 0;
     for (size_t i = 0; i < 3; i++) {
       std::string text = cluster.chunkserver(i).metrics().render();
-      std::string key = "\ncairn_chunkserver_read_bytes_total ";
-      size_t at = text.find(key);
-      if (at != std::string::npos) total += std::stod(text.substr(at + key.size()));
+      size_t at = text.find("\n" + key + " ");
+      if (at != std::string::npos) total += std::stod(text.substr(at + key.size() + 2));
     }
     return total;
+  }
+  // Bytes the chunkservers have sent to readers so far, and the reads they answered.
+  double served() { return sum("cairn_chunkserver_read_bytes_total"); }
+  double reads() {
+    return sum("cairn_chunkserver_request_duration_seconds_count{method=\"read\"}");
+  }
+  // Another client writes `more` at `at`.
+  void writeElsewhere(uint64_t inode, uint64_t at, const std::string& more) {
+    auto other = cluster.newClient();
+    ASSERT_TRUE(wait(other->write(
+                         inode, at,
+                         kj::arrayPtr(reinterpret_cast<const kj::byte*>(more.data()), more.size())))
+                    .ok());
+    ASSERT_TRUE(wait(other->commitSize(inode, at + more.size())).ok());
   }
   std::string mustRead(OpenFile& f, uint64_t offset, uint32_t size) {
     auto r = wait(f.read(offset, size));
@@ -66,7 +81,7 @@ TEST_F(ReadAheadTest, ASequentialReaderGetsEveryByteFromTheChunkserversOnce) {
   FileCache cache(client());
   auto f = wait(cache.open(inode));
   ASSERT_TRUE(f.ok()) << f.status.toString();
-  double before = served();
+  double before = served(), readsBefore = reads();
   std::string got;
   for (;;) {
     std::string piece = mustRead(*f.value, got.size(), 128 * KIB);
@@ -78,6 +93,9 @@ TEST_F(ReadAheadTest, ASequentialReaderGetsEveryByteFromTheChunkserversOnce) {
   // is asked again with a fresh layout (see Client::read).
   EXPECT_GE(served() - before, static_cast<double>(data.size()));
   EXPECT_LE(served() - before, static_cast<double>(data.size() + 128 * KIB));
+  // In pieces of at most 1 MiB fetched ahead (a segment spans two chunks), not a
+  // chunkserver read per read (82 of them).
+  EXPECT_LE(reads() - readsBefore, 20.0);
   EXPECT_TRUE(wait(f.value->close()).ok());
 }
 
@@ -112,16 +130,64 @@ TEST_F(ReadAheadTest, AReadPastWhatWasReadAheadSeesWhatAnotherClientAppended) {
   for (uint64_t at = 0; at < 3 * CHUNK; at += 128 * KIB) {
     EXPECT_TRUE(mustRead(*f.value, at, 128 * KIB) == data.substr(at, 128 * KIB));
   }
-  auto other = cluster.newClient();
-  std::string more = testing::randomBytes(CHUNK, 7);
-  ASSERT_TRUE(
-      wait(other->write(inode, data.size(),
-                        kj::arrayPtr(reinterpret_cast<const kj::byte*>(more.data()), more.size())))
-          .ok());
-  ASSERT_TRUE(wait(other->commitSize(inode, data.size() + more.size())).ok());
+  std::string more = testing::randomBytes(8 * CHUNK, 7);
+  writeElsewhere(inode, data.size(), more);
   data += more;
-  EXPECT_TRUE(mustRead(*f.value, 3 * CHUNK, 128 * KIB) == data.substr(3 * CHUNK, 128 * KIB));
+  // And read ahead there too: each read past the size known at open is not its own fetch.
+  double readsBefore = reads();
+  for (uint64_t at = 3 * CHUNK; at < data.size(); at += 128 * KIB) {
+    EXPECT_TRUE(mustRead(*f.value, at, 128 * KIB) == data.substr(at, 128 * KIB)) << at;
+  }
+  EXPECT_LE(reads() - readsBefore, 20.0);
   EXPECT_TRUE(wait(f.value->close()).ok());
+}
+
+TEST_F(ReadAheadTest, AWriteWhileReadsWaitForTheirSegmentIsReadBack) {
+  std::string data = testing::randomBytes(4 * CHUNK, 8);
+  uint64_t inode = put("f", data);
+  FileCache cache(client());
+  auto f = wait(cache.open(inode, ACCESS_READ | ACCESS_WRITE));
+  ASSERT_TRUE(f.ok()) << f.status.toString();
+  OpenFile& file = *f.value;
+  EXPECT_TRUE(mustRead(file, 0, 128 * KIB) == data.substr(0, 128 * KIB));
+  // Two reads wait for the segment after the first; a write lands in it meanwhile.
+  auto p = file.read(128 * KIB, 128 * KIB);
+  auto q = file.read(256 * KIB, 128 * KIB);
+  std::string bytes(4 * KIB, 'x');
+  ASSERT_TRUE(wait(file.write(CHUNK, bytes)).ok());
+  data.replace(CHUNK, bytes.size(), bytes);
+  auto pr = wait(kj::mv(p));
+  auto qr = wait(kj::mv(q));
+  ASSERT_TRUE(pr.ok() && qr.ok());
+  EXPECT_TRUE(pr.value == data.substr(128 * KIB, 128 * KIB));
+  EXPECT_TRUE(qr.value == data.substr(256 * KIB, 128 * KIB));
+  EXPECT_TRUE(mustRead(file, CHUNK, 4 * KIB) == bytes);
+  EXPECT_TRUE(mustRead(file, CHUNK - 64 * KIB, 256 * KIB) ==
+              data.substr(CHUNK - 64 * KIB, 256 * KIB));
+  EXPECT_TRUE(wait(file.close()).ok());
+}
+
+TEST_F(ReadAheadTest, ReadingAndWritingInTurnFetchesNoWindowAfterEachWrite) {
+  std::string data = testing::randomBytes(8 * CHUNK, 9);
+  uint64_t inode = put("f", data);
+  FileCache cache(client());
+  auto f = wait(cache.open(inode, ACCESS_READ | ACCESS_WRITE));
+  ASSERT_TRUE(f.ok()) << f.status.toString();
+  double before = served();
+  // As a database updating pages in place: read one, write it back changed, next.
+  for (uint64_t at = 0; at < 64 * 4 * KIB; at += 4 * KIB) {
+    EXPECT_TRUE(mustRead(*f.value, at, 4 * KIB) == data.substr(at, 4 * KIB)) << at;
+    std::string page(4 * KIB, static_cast<char>('a' + at / (4 * KIB) % 26));
+    ASSERT_TRUE(wait(f.value->write(at, page)).ok());
+    data.replace(at, page.size(), page);
+  }
+  EXPECT_TRUE(wait(f.value->close()).ok());
+  // 256 KiB read; a read-ahead window (2 MiB or more) fetched again after each write
+  // would be over 128 MiB.
+  EXPECT_LE(served() - before, static_cast<double>(4 * CHUNK));
+  std::string whole;
+  ASSERT_TRUE(wait(client().read(inode, 0, data.size(), whole)).ok());
+  EXPECT_TRUE(whole == data);
 }
 
 TEST_F(ReadAheadTest, MixedReadsWritesAndCutsMatchAModel) {
