@@ -182,12 +182,13 @@ kj::Promise<void> Client::keepSession() {
     }
     if (held.empty() && !watching()) return keepSession();
     auto req = master().sessionRequest();
+    uint64_t session = sessionNumber;
     // A watched session's master is asked within 2 s: one paused or cut off is given up
     // (and what it answered dropped) before a standby can take over (ZooKeeper's session
     // timeout, 4 s at least), so that no change made there goes untold here.
     auto timeout = watching() ? std::min(opts.metaTimeout, 2 * kj::SECONDS) : opts.metaTimeout;
     return timer.timeoutAfter(timeout, req.send())
-        .then([](auto&&) {}, [this](kj::Exception&&) { masterFailed(); })
+        .then([](auto&&) {}, [this, session](kj::Exception&&) { masterFailed(session); })
         .then([this]() { return keepSession(); });
   });
 }
@@ -253,7 +254,12 @@ kj::Promise<void> Client::sendCloses() {
       .then([](auto&&) {}, [](kj::Exception&&) {});
 }
 
-void Client::masterFailed() {
+void Client::masterFailed(uint64_t session) {
+  // The calls of one session fail together (a standby answers each of them notActive): the
+  // first moves on to the next master, and the others find that done. Each moving on
+  // again would, with two masters and an even number of calls, come back to the one that
+  // failed, as often as they are retried.
+  if (session != sessionNumber || masterService == nullptr) return;
   watchLost(watchedId);
   masterService = nullptr;
   callerServices.clear();
@@ -348,14 +354,16 @@ kj::Promise<T> Client::attemptMaster(std::shared_ptr<MasterCall> call,
               });
     }
   }
-  return sendCall(master(call->as), *call)
+  auto service = master(call->as);
+  uint64_t session = sessionNumber;
+  return sendCall(service, *call)
       .then(
-          [this, call,
-           onResponse](capnp::Response<capnp::AnyPointer>&& response) -> kj::Promise<T> {
+          [this, call, onResponse,
+           session](capnp::Response<capnp::AnyPointer>&& response) -> kj::Promise<T> {
             auto r = response.getAs<R>();
             if constexpr (requires { r.getStatus(); }) {
               if (r.getStatus().getCode() == wire::ErrorCode::NOT_ACTIVE) {
-                masterFailed();
+                masterFailed(session);
                 return retryMaster(*call, false)
                     .then([this, call, onResponse,
                            response = kj::mv(response)](bool again) mutable -> kj::Promise<T> {
@@ -367,8 +375,8 @@ kj::Promise<T> Client::attemptMaster(std::shared_ptr<MasterCall> call,
             }
             return (*onResponse)(r);
           },
-          [this, call, onResponse](kj::Exception&& e) -> kj::Promise<T> {
-            masterFailed();
+          [this, call, onResponse, session](kj::Exception&& e) -> kj::Promise<T> {
+            masterFailed(session);
             bool timedOut = e.getType() == kj::Exception::Type::OVERLOADED;
             Status failure = masterError(e, call->timeout);
             return retryMaster(*call, timedOut)

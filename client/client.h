@@ -415,7 +415,9 @@ class Client {
                                                             std::optional<Caller> as);
   // The master session's service, making calls for `as` (else for this client's identity).
   wire::ClientService::Client master(const std::optional<Caller>& as = std::nullopt);
-  void masterFailed();
+  // The master of session `session` failed a call: the next call goes to the next master
+  // (unless the session has already been given up).
+  void masterFailed(uint64_t session);
   void unhold(uint64_t inode);  // forgets one open of `inode`
   kj::Promise<void> keepSession();
   // A namespace call: `request` (made on master(as)) is sent, and sent again to the next

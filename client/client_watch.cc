@@ -43,7 +43,7 @@ class Client::WatcherServer final : public wire::Watcher::Server {
     Client* c = link->client;
     if (c != nullptr && c->watchedId == id) {
       c->watchLost(id);
-      c->masterFailed();  // the next call finds the active master (and watches there)
+      c->masterFailed(session);  // the next call finds the active master (and watches there)
     }
     return kj::READY_NOW;
   }

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "cluster.h"
+#include "rpc.h"
 
 namespace cairn {
 namespace {
@@ -272,6 +273,45 @@ TEST_F(ClientTest, AMasterThatIsGoneFailsAfterItsRetryTimeNamingItsAddress) {
   // Both masters were tried, again and again, for the retry time and not much longer.
   EXPECT_GE(took, 1 * kj::SECONDS);
   EXPECT_LT(took, 4 * kj::SECONDS);
+}
+
+// A master that is not active: it answers each getattr notActive, as a standby does.
+class StandbyService final : public wire::ClientService::Server {
+ protected:
+  kj::Promise<void> getattr(GetattrContext context) override {
+    toWire(Status(ErrorCode::NOT_ACTIVE, "this master is not active"),
+           context.getResults().initStatus());
+    return kj::READY_NOW;
+  }
+};
+class StandbyMaster final : public wire::Master::Server {
+ protected:
+  kj::Promise<void> client(ClientContext context) override {
+    context.getResults().setService(kj::heap<StandbyService>());
+    return kj::READY_NOW;
+  }
+};
+
+TEST_F(ClientTest, CallsMadeTogetherToAStandbyAllMoveOnToTheActiveMaster) {
+  auto listener =
+      io.provider->getNetwork().parseAddress("127.0.0.1", 0).wait(io.waitScope)->listen();
+  std::string standby = "127.0.0.1:" + std::to_string(listener->getPort());
+  RpcServer server(kj::heap<StandbyMaster>(), kj::mv(listener), io.provider->getTimer(),
+                   cluster.certificates().security(Role::MASTER, "standby", {"127.0.0.1"}));
+  // Each call that the standby refuses moved the client on to the next master, so that an
+  // even number of them brought it back to the standby, round after round.
+  for (size_t calls : {2, 4}) {
+    auto fresh = cluster.newClient([&](ClientOptions& o) {
+      o.master = standby + "," + cluster.masterAddress();
+      o.masterRetryFor = 3 * kj::SECONDS;
+    });
+    std::vector<kj::Promise<Result<FileAttr>>> pending;
+    for (size_t i = 0; i < calls; ++i) pending.push_back(fresh->getattr(1));
+    for (auto& p : pending) {
+      auto r = wait(kj::mv(p));
+      EXPECT_TRUE(r.ok()) << calls << " calls: " << r.status.toString();
+    }
+  }
 }
 
 TEST_F(ClientTest, ReplicationGoalIsHonoured) {

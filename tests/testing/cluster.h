@@ -75,6 +75,8 @@ class InProcessCluster {
   std::unique_ptr<Client> newClient(const std::function<void(ClientOptions&)>& adjust = nullptr);
   Master& master() { return *masterPtr; }
   std::string masterAddress() const { return masterAddr; }
+  // The cluster's CA: tests issue certificates of other roles with it.
+  TestCa& certificates() { return ca; }
   Chunkserver& chunkserver(size_t i) { return *servers[i]->node; }
   MemDisk& disk(size_t i) { return *servers[i]->disk; }
   std::string chunkserverAddress(size_t i) const { return servers[i]->address; }
