@@ -25,7 +25,7 @@ constexpr uint32_t KIB = 1 << 10;
 class ReadAheadTest : public ::testing::Test {
  protected:
   ~ReadAheadTest() noexcept override {}
-  ReadAheadTest() : io(kj::setupAsyncIo()), cluster(io, 3, CHUNK) {}
+  ReadAheadTest() : io(kj::setupAsyncIo()), cluster(io, 3, CHUNK), cache(cluster.client()) {}
   Client& client() { return cluster.client(); }
   template <typename T>
   T wait(kj::Promise<T> p) {
@@ -71,20 +71,25 @@ class ReadAheadTest : public ::testing::Test {
     return r.value;
   }
 
+  kj::Own<OpenFile> open(uint64_t inode, int access = ACCESS_READ) {
+    auto opened = wait(cache.open(inode, access));
+    KJ_REQUIRE(opened.ok(), opened.status.toString());
+    return kj::mv(opened.value);
+  }
+
   kj::AsyncIoContext io;
   testing::InProcessCluster cluster;
+  FileCache cache;
 };
 
 TEST_F(ReadAheadTest, ASequentialReaderGetsEveryByteFromTheChunkserversOnce) {
   std::string data = testing::randomBytes(10 * CHUNK + 12345, 1);
   uint64_t inode = put("f", data);
-  FileCache cache(client());
-  auto f = wait(cache.open(inode));
-  ASSERT_TRUE(f.ok()) << f.status.toString();
+  auto f = open(inode);
   double before = served(), readsBefore = reads();
   std::string got;
   for (;;) {
-    std::string piece = mustRead(*f.value, got.size(), 128 * KIB);
+    std::string piece = mustRead(*f, got.size(), 128 * KIB);
     got += piece;
     if (piece.size() < 128 * KIB) break;
   }
@@ -96,39 +101,36 @@ TEST_F(ReadAheadTest, ASequentialReaderGetsEveryByteFromTheChunkserversOnce) {
   // In pieces of at most 1 MiB fetched ahead (a segment spans two chunks), not a
   // chunkserver read per read (82 of them).
   EXPECT_LE(reads() - readsBefore, 20.0);
-  EXPECT_TRUE(wait(f.value->close()).ok());
+  EXPECT_TRUE(wait(f->close()).ok());
 }
 
 TEST_F(ReadAheadTest, ReadsThatArriveTogetherWaitForTheSegmentsOnTheirWay) {
   std::string data = testing::randomBytes(12 * CHUNK, 2);
   uint64_t inode = put("f", data);
-  FileCache cache(client());
-  auto f = wait(cache.open(inode));
-  ASSERT_TRUE(f.ok()) << f.status.toString();
+  auto f = open(inode);
   double before = served();
   // As a kernel with a 12 MiB read-ahead sends them: all at once, each 512 KiB, each
   // before the one before it is answered.
   std::vector<kj::Promise<Result<std::string>>> reads;
-  for (uint64_t at = 0; at < data.size(); at += 512 * KIB)
-    reads.push_back(f.value->read(at, 512 * KIB));
+  for (uint64_t at = 0; at < data.size(); at += 512 * KIB) {
+    reads.push_back(f->read(at, 512 * KIB));
+  }
   for (size_t i = 0; i < reads.size(); i++) {
     auto r = wait(kj::mv(reads[i]));
     ASSERT_TRUE(r.ok()) << r.status.toString();
     EXPECT_TRUE(r.value == data.substr(i * 512 * KIB, 512 * KIB)) << "read " << i;
   }
   EXPECT_EQ(served() - before, static_cast<double>(data.size()));
-  EXPECT_TRUE(wait(f.value->close()).ok());
+  EXPECT_TRUE(wait(f->close()).ok());
 }
 
 TEST_F(ReadAheadTest, AReadPastWhatWasReadAheadSeesWhatAnotherClientAppended) {
   std::string data = testing::randomBytes(3 * CHUNK + 1000, 6);
   uint64_t inode = put("f", data);
-  FileCache cache(client());
-  auto f = wait(cache.open(inode));
-  ASSERT_TRUE(f.ok()) << f.status.toString();
+  auto f = open(inode);
   // Read ahead to the end of the file as it was.
   for (uint64_t at = 0; at < 3 * CHUNK; at += 128 * KIB) {
-    EXPECT_TRUE(mustRead(*f.value, at, 128 * KIB) == data.substr(at, 128 * KIB));
+    EXPECT_TRUE(mustRead(*f, at, 128 * KIB) == data.substr(at, 128 * KIB));
   }
   std::string more = testing::randomBytes(8 * CHUNK, 7);
   writeElsewhere(inode, data.size(), more);
@@ -136,19 +138,17 @@ TEST_F(ReadAheadTest, AReadPastWhatWasReadAheadSeesWhatAnotherClientAppended) {
   // And read ahead there too: each read past the size known at open is not its own fetch.
   double readsBefore = reads();
   for (uint64_t at = 3 * CHUNK; at < data.size(); at += 128 * KIB) {
-    EXPECT_TRUE(mustRead(*f.value, at, 128 * KIB) == data.substr(at, 128 * KIB)) << at;
+    EXPECT_TRUE(mustRead(*f, at, 128 * KIB) == data.substr(at, 128 * KIB)) << at;
   }
   EXPECT_LE(reads() - readsBefore, 20.0);
-  EXPECT_TRUE(wait(f.value->close()).ok());
+  EXPECT_TRUE(wait(f->close()).ok());
 }
 
 TEST_F(ReadAheadTest, AWriteWhileReadsWaitForTheirSegmentIsReadBack) {
   std::string data = testing::randomBytes(4 * CHUNK, 8);
   uint64_t inode = put("f", data);
-  FileCache cache(client());
-  auto f = wait(cache.open(inode, ACCESS_READ | ACCESS_WRITE));
-  ASSERT_TRUE(f.ok()) << f.status.toString();
-  OpenFile& file = *f.value;
+  auto f = open(inode, ACCESS_READ | ACCESS_WRITE);
+  OpenFile& file = *f;
   EXPECT_TRUE(mustRead(file, 0, 128 * KIB) == data.substr(0, 128 * KIB));
   // Two reads wait for the segment after the first; a write lands in it meanwhile.
   auto p = file.read(128 * KIB, 128 * KIB);
@@ -170,18 +170,16 @@ TEST_F(ReadAheadTest, AWriteWhileReadsWaitForTheirSegmentIsReadBack) {
 TEST_F(ReadAheadTest, ReadingAndWritingInTurnFetchesNoWindowAfterEachWrite) {
   std::string data = testing::randomBytes(8 * CHUNK, 9);
   uint64_t inode = put("f", data);
-  FileCache cache(client());
-  auto f = wait(cache.open(inode, ACCESS_READ | ACCESS_WRITE));
-  ASSERT_TRUE(f.ok()) << f.status.toString();
+  auto f = open(inode, ACCESS_READ | ACCESS_WRITE);
   double before = served();
   // As a database updating pages in place: read one, write it back changed, next.
   for (uint64_t at = 0; at < 64 * 4 * KIB; at += 4 * KIB) {
-    EXPECT_TRUE(mustRead(*f.value, at, 4 * KIB) == data.substr(at, 4 * KIB)) << at;
+    EXPECT_TRUE(mustRead(*f, at, 4 * KIB) == data.substr(at, 4 * KIB)) << at;
     std::string page(4 * KIB, static_cast<char>('a' + at / (4 * KIB) % 26));
-    ASSERT_TRUE(wait(f.value->write(at, page)).ok());
+    ASSERT_TRUE(wait(f->write(at, page)).ok());
     data.replace(at, page.size(), page);
   }
-  EXPECT_TRUE(wait(f.value->close()).ok());
+  EXPECT_TRUE(wait(f->close()).ok());
   // 256 KiB read; a read-ahead window (2 MiB or more) fetched again after each write
   // would be over 128 MiB.
   EXPECT_LE(served() - before, static_cast<double>(4 * CHUNK));
@@ -193,10 +191,8 @@ TEST_F(ReadAheadTest, ReadingAndWritingInTurnFetchesNoWindowAfterEachWrite) {
 TEST_F(ReadAheadTest, MixedReadsWritesAndCutsMatchAModel) {
   std::string model = testing::randomBytes(5 * CHUNK + 777, 3);
   uint64_t inode = put("f", model);
-  FileCache cache(client());
-  auto f = wait(cache.open(inode, ACCESS_READ | ACCESS_WRITE));
-  ASSERT_TRUE(f.ok()) << f.status.toString();
-  OpenFile& file = *f.value;
+  auto f = open(inode, ACCESS_READ | ACCESS_WRITE);
+  OpenFile& file = *f;
   std::mt19937_64 rng(4);
   auto below = [&](uint64_t n) { return n == 0 ? 0 : rng() % n; };
   auto check = [&](uint64_t offset, uint32_t size, const std::string& got) {
@@ -272,18 +268,19 @@ TEST_F(ReadAheadTest, AReadAheadThatFailsLeavesTheReaderAnError) {
     o.retryFor = 300 * kj::MILLISECONDS;
     o.rpcTimeout = 1 * kj::SECONDS;
   });
-  FileCache cache(*quick);
-  auto f = wait(cache.open(inode));
-  ASSERT_TRUE(f.ok()) << f.status.toString();
-  EXPECT_TRUE(mustRead(*f.value, 0, 128 * KIB) == data.substr(0, 128 * KIB));
+  FileCache quickCache(*quick);
+  auto opened = wait(quickCache.open(inode));
+  ASSERT_TRUE(opened.ok()) << opened.status.toString();
+  OpenFile& file = *opened.value;
+  EXPECT_TRUE(mustRead(file, 0, 128 * KIB) == data.substr(0, 128 * KIB));
   // The second read starts the read-ahead; it waits for the first segment.
-  auto pending = f.value->read(128 * KIB, 128 * KIB);
+  auto pending = file.read(128 * KIB, 128 * KIB);
   for (size_t i = 0; i < 3; i++) cluster.stopChunkserver(i);
   auto r = wait(kj::mv(pending));
   EXPECT_FALSE(r.ok());
-  auto again = wait(f.value->read(4 * CHUNK, 128 * KIB));
+  auto again = wait(file.read(4 * CHUNK, 128 * KIB));
   EXPECT_FALSE(again.ok());
-  wait(f.value->abort());
+  wait(file.abort());
 }
 
 }  // namespace
