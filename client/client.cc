@@ -121,10 +121,13 @@ kj::Maybe<wire::ClientService::Client> Client::reader(const std::optional<Caller
                      .send()
                      .getService();
   readerService = service;
+  ++readerSession;
   return callerService(service, readerCallers, as);
 }
 
-void Client::readerFailed() {
+void Client::readerFailed(uint64_t session) {
+  // As for masterFailed(): the calls of one session fail together, and move on once.
+  if (session != readerSession || readerService == nullptr) return;
   readerService = nullptr;
   readerCallers.clear();
   // (The active may have moved here since the call went: its session stays.)
@@ -327,15 +330,16 @@ kj::Promise<T> Client::attemptMaster(std::shared_ptr<MasterCall> call,
   if (call->read) {
     call->read = false;  // one try on a standby; then the active
     KJ_IF_MAYBE (standby, reader(call->as)) {
+      uint64_t session = readerSession;
       return sendCall(*standby, *call)
           .then(
-              [this, call,
-               onResponse](capnp::Response<capnp::AnyPointer>&& response) -> kj::Promise<T> {
+              [this, call, onResponse,
+               session](capnp::Response<capnp::AnyPointer>&& response) -> kj::Promise<T> {
                 auto r = response.getAs<R>();
                 bool answered = true;
                 if constexpr (requires { r.getStatus(); }) {
                   answered = r.getStatus().getCode() != wire::ErrorCode::NOT_ACTIVE;
-                  if (!answered) readerFailed();
+                  if (!answered) readerFailed(session);
                 }
                 // A chunk the standby knows no replica of may be one just written: the
                 // active knows.
@@ -348,8 +352,8 @@ kj::Promise<T> Client::attemptMaster(std::shared_ptr<MasterCall> call,
                 }
                 return attemptMaster<T, R>(call, onResponse);
               },
-              [this, call, onResponse](kj::Exception&&) -> kj::Promise<T> {
-                readerFailed();
+              [this, call, onResponse, session](kj::Exception&&) -> kj::Promise<T> {
+                readerFailed(session);
                 return attemptMaster<T, R>(call, onResponse);
               });
     }

@@ -439,9 +439,9 @@ class Client {
                                             const std::optional<Caller>& as);
   // A standby's service for read-only calls, if standby reads are on and one is to be
   // tried now; readerFailed() moves on to the next standby (after a pause once each
-  // failed).
+  // failed) unless the reader session `session` has already been given up.
   kj::Maybe<wire::ClientService::Client> reader(const std::optional<Caller>& as);
-  void readerFailed();
+  void readerFailed(uint64_t session);
   Status masterError(const kj::Exception& e, kj::Duration timeout);
 
   kj::Promise<Result<std::vector<DirEntryInfo>>> listFrom(uint64_t dir,
@@ -547,6 +547,7 @@ class Client {
   NamespaceWatcher* nsWatcher = nullptr;
   std::shared_ptr<WatchLink> watchLink = std::make_shared<WatchLink>(WatchLink{this});
   uint64_t sessionNumber = 0;
+  uint64_t readerSession = 0;               // bumped with each new readerService
   uint64_t nextWatchId = 0, watchedId = 0;  // watch requests, and the one accepted
   uint64_t watchEpoch_ = 0;
   void startWatch(wire::ClientService::Client& service);

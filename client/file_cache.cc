@@ -348,15 +348,15 @@ kj::Promise<Status> FileCache::afterWrite(uint64_t inode) {
   });
 }
 
-kj::Promise<Status> FileCache::flush(uint64_t inode) {
+kj::Promise<Status> FileCache::flush(uint64_t inode, bool leaveError) {
   auto it = files.find(inode);
   if (it == files.end()) return Status::OK();
   startFlush(inode, it->second);
-  return waitFlushes(inode, 0).then([this, inode]() -> kj::Promise<Status> {
+  return waitFlushes(inode, 0).then([this, inode, leaveError]() -> kj::Promise<Status> {
     auto it = files.find(inode);
     if (it == files.end()) return Status::OK();
     State& st = it->second;
-    Status s = takeError(st);
+    Status s = leaveError ? Status::OK() : takeError(st);
     // What was buffered when this flush began has gone out: the file is as large as the
     // writes that reached the chunkservers made it (a failed write does not grow it), and
     // as the writes still on their way (made since) will make it.
@@ -483,6 +483,9 @@ kj::Promise<Result<uint64_t>> FileCache::copyRange(uint64_t srcInode, uint64_t s
         uint64_t end = dstOffset + n;
         return client.copyRange(srcInode, srcOffset, dstInode, dstOffset, n)
             .then([this, dstInode, end](Status s) -> kj::Promise<Result<FileAttr>> {
+              // Read-ahead started while the copy went may hold the bytes before it.
+              auto it = files.find(dstInode);
+              if (it != files.end()) invalidate(it->second);
               if (!s.ok()) return Result<FileAttr>(s);
               return client.commitSize(dstInode, end);
             })
@@ -526,9 +529,10 @@ void FileCache::resized(uint64_t inode, uint64_t size) {
 kj::Promise<Result<std::string>> FileCache::read(uint64_t inode, uint64_t offset, uint32_t size) {
   State& st = state(inode);
   if (idle(st)) return readCached(inode, offset, size);
-  // Read-your-writes: what this client wrote goes out first.
-  return flush(inode).then(
-      [this, inode, offset, size](Status s) -> kj::Promise<Result<std::string>> {
+  // Read-your-writes: what this client wrote goes out first. (A write of it that failed
+  // is its writer's to hear of, not this reader's.)
+  return flush(inode, true)
+      .then([this, inode, offset, size](Status s) -> kj::Promise<Result<std::string>> {
         if (!s.ok()) return Result<std::string>(s);
         return readCached(inode, offset, size);
       });

@@ -192,7 +192,9 @@ class FileCache final : private kj::TaskSet::ErrorHandler {
   kj::Promise<Status> write(uint64_t inode, uint64_t offset, std::string data);
   kj::Promise<Status> append(uint64_t inode, std::string data);
   kj::Promise<Result<std::string>> read(uint64_t inode, uint64_t offset, uint32_t size);
-  kj::Promise<Status> flush(uint64_t inode);
+  // With `leaveError`, for a reader: a failure of an earlier write is left for the writer's
+  // next write, flush, fsync or close, which must hear of it.
+  kj::Promise<Status> flush(uint64_t inode, bool leaveError = false);
   kj::Promise<Status> fsync(uint64_t inode);
   // The file was cut or extended to `size` (after flush() and the master's change).
   void resized(uint64_t inode, uint64_t size);

@@ -4,9 +4,10 @@
 // for the segments on their way instead of asking again; a read past what was read ahead
 // sees what another client appended since, and reads ahead there too; a write made while
 // reads wait for their segment is read back; reading and writing in turn fetches no window
-// after each write; random reads, writes, growth and cuts mixed with sequential runs read
-// what a model of the file holds; and a read-ahead that fails leaves the reader an error,
-// not a hang.
+// after each write; a read that sends a write which fails leaves the failure to the
+// writer; random reads, writes, growth and cuts mixed with sequential runs read what a
+// model of the file holds; and a read-ahead that fails leaves the reader an error, not a
+// hang.
 
 #include <gtest/gtest.h>
 
@@ -186,6 +187,19 @@ TEST_F(ReadAheadTest, ReadingAndWritingInTurnFetchesNoWindowAfterEachWrite) {
   std::string whole;
   ASSERT_TRUE(wait(client().read(inode, 0, data.size(), whole)).ok());
   EXPECT_TRUE(whole == data);
+}
+
+TEST_F(ReadAheadTest, AReadLeavesTheFailureOfAWriteToItsWriter) {
+  std::string data = testing::randomBytes(CHUNK, 10);
+  uint64_t inode = put("f", data);
+  auto f = open(inode, ACCESS_READ | ACCESS_WRITE);
+  for (size_t i = 0; i < 3; i++) cluster.disk(i).setCapacity(0);            // full: no new chunk
+  ASSERT_TRUE(wait(f->write(3 * CHUNK, std::string(64 * KIB, 'x'))).ok());  // buffered
+  // The read sends the write first, which fails; the reader still reads what is there.
+  EXPECT_TRUE(mustRead(*f, 0, 4 * KIB) == data.substr(0, 4 * KIB));
+  // The writer hears of it when it closes, as it would have without the read.
+  Status closed = wait(f->close());
+  EXPECT_FALSE(closed.ok());
 }
 
 TEST_F(ReadAheadTest, MixedReadsWritesAndCutsMatchAModel) {
