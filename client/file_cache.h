@@ -229,6 +229,8 @@ class FileCache final : private kj::TaskSet::ErrorHandler {
   // Fetches segments (from `from` when there are none) until they reach `window` bytes
   // past the last read.
   void readAhead(uint64_t inode, State& st, uint64_t from);
+  // Segment `id` of `inode` has come, with `bytes` (null: its read failed).
+  void arrived(uint64_t inode, uint64_t id, std::string* bytes);
   void taskFailed(kj::Exception&& exception) override;
 
   Client& client;
