@@ -408,16 +408,19 @@ kj::Promise<void> LogSinkImpl::append(AppendContext context) {
     syncing.insert(lsn);
     all = all.then([this, lsn]() { syncing.erase(lsn); });
   }
-  // An answer given before the entries are in the log claims no entry that a sync still
-  // in progress covers: the active takes the highest answer as held.
-  if (!ackWritten && !synced) {
-    results.setLsn(syncing.empty() ? lsn : *syncing.begin() - 1);
+  // Answered before the entries are in the log only while no sync is in progress: the
+  // active takes the highest answer as held, and a sync covers every entry before it.
+  // Otherwise the answer waits for these entries' write, which the committer makes after
+  // that sync. (An earlier answer would have to claim less than these entries, and nothing
+  // would tell the active of them once the sync was done: a client that waits for one
+  // sends nothing more.)
+  results.setLsn(lsn);
+  if (!ackWritten && !synced && syncing.empty()) {
     all.detach([](kj::Exception&& e) {
       logError("standby: applying the log failed: {}", e.getDescription().cStr());
     });
     return kj::READY_NOW;
   }
-  results.setLsn(lsn);
   return all;
 }
 

@@ -35,9 +35,9 @@ class ReplicationTest : public ::testing::Test {
         NamespaceStore::Shipper([raw = s.get()](const LogEntry& e) { return raw->ship(e); }));
     return s;
   }
-  wire::LogSink::Client sink(LogSinkImpl** raw = nullptr) {
-    auto own =
-        kj::heap<LogSinkImpl>(*standby, true, [this](bool installing) { installs += installing; });
+  wire::LogSink::Client sink(LogSinkImpl** raw = nullptr, bool ackWritten = true) {
+    auto own = kj::heap<LogSinkImpl>(*standby, ackWritten,
+                                     [this](bool installing) { installs += installing; });
     if (raw) *raw = own.get();
     return kj::mv(own);
   }
@@ -78,6 +78,33 @@ TEST_F(ReplicationTest, EntriesReachTheStandbyInOrderBeforeTheyAreAcknowledged) 
     EXPECT_EQ(standby->get("k" + std::to_string(i)), "v" + std::to_string(i));
   EXPECT_EQ(standby->get("k0"), "before any standby");
   EXPECT_EQ(installs, 0);  // it followed from the start of the log: no snapshot
+}
+
+TEST_F(ReplicationTest, AStandbyThatAnswersOnApplyingAnswersEveryEntryMadeDuringASync) {
+  // --standby-ack applied. An entry that arrives while an earlier one is being synced is
+  // not claimed held before that sync is done; its answer must still come, for a client
+  // waits for it and may send nothing more (one create at a time). It used to claim only
+  // the entry before the sync, and nothing told the active of it later: the commit waited
+  // until the active gave the standby up (standbyTimeout), every few seconds under load.
+  ReplicationOptions options;
+  options.standbyTimeout = 600 * kj::SECONDS;  // the test's own bound (5 s) fails it first
+  auto shipper = ship(options);
+  auto following = shipper->follow("b", 0, 0, sink(nullptr, /*ackWritten=*/false));
+  ASSERT_TRUE(until([&]() { return inSync(*shipper); }));
+  for (int i = 0; i < 20; ++i) {
+    Mutation synced;
+    synced.put("fsynced", std::to_string(i));
+    synced.sync = true;
+    auto first = active->commit(std::move(synced));
+    Mutation plain;
+    plain.put("k" + std::to_string(i), "v");
+    bool done = false;
+    auto second =
+        active->commit(std::move(plain)).then([&]() { done = true; }).eagerlyEvaluate(nullptr);
+    ASSERT_TRUE(until([&]() { return done; })) << "entry " << i << " never acknowledged";
+    first.wait(io.waitScope);
+    EXPECT_EQ(standby->get("k" + std::to_string(i)), "v");
+  }
 }
 
 TEST_F(ReplicationTest, AStandbyFarBehindGetsASnapshotThenTheLog) {
