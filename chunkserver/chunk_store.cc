@@ -609,8 +609,14 @@ Status ChunkStore::applyRange(uint64_t handle, Entry& e, uint64_t offset, uint64
     if (s.ok()) e.length = end;
   }
   for (size_t k = 0; s.ok() && k < pieces.size(); ++k) {
-    s = disk.write(path, D + pieces[k].offset, pieces[k].bytes.data(), pieces[k].bytes.size(),
-                   false);
+    const Piece& p = pieces[k];
+    // Whole blocks need not stay cached; a part of one is likely merged into soon (an
+    // appender's next write), and reading it back from the disk would cost more.
+    if (p.offset % B == 0 && p.bytes.size() % B == 0) {
+      s = disk.writeUncached(path, D + p.offset, p.bytes.data(), p.bytes.size());
+    } else {
+      s = disk.write(path, D + p.offset, p.bytes.data(), p.bytes.size(), false);
+    }
   }
   for (size_t h = 0; s.ok() && h < holes.size(); ++h) {
     s = disk.punchHole(path, D + holes[h].first, holes[h].second - holes[h].first);

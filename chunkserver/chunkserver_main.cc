@@ -44,6 +44,10 @@ int main(int argc, char** argv) {
                  "free space kept per data directory: no new chunks or "
                  "copies below it (bytes, or with K/M/G suffix; default: 1G or 2% of the disk, "
                  "whichever is smaller)");
+  bool keepWritten = false;
+  app.add_flag("--keep-written-in-cache", keepWritten,
+               "keep chunk data this chunkserver writes in the page cache (default: dropped "
+               "once on disk, where the kernel can)");
   SecurityFlags securityFlags;
   addSecurityFlags(app, securityFlags, /*server=*/true);
   HttpFlags httpFlags;
@@ -86,7 +90,7 @@ int main(int argc, char** argv) {
       advertise = bound;
     }
     setLogComponent("chunkserver " + advertise);
-    PosixDisk disk;
+    PosixDisk disk(/*dropBehind=*/!keepWritten);
     ChunkserverOptions options;
     options.address = advertise;
     options.rack = rack;

@@ -16,6 +16,11 @@
 
 #include "log.h"
 
+// Linux 6.14's uapi; Debian 12's headers predate it.
+#ifndef RWF_DONTCACHE
+#define RWF_DONTCACHE 0x00000080
+#endif
+
 namespace cairn {
 namespace {
 
@@ -65,6 +70,21 @@ int readAll(int fd, uint64_t offset, size_t size, std::string& out, int flags) {
   return 0;
 }
 
+// Writes all of `data` at `offset` with pwritev2's `flags`; 0, or the errno of the write
+// that failed.
+int writeAll(int fd, uint64_t offset, const void* data, size_t size, int flags) {
+  auto p = static_cast<const char*>(data);
+  size_t done = 0;
+  while (done < size) {
+    iovec iov{const_cast<char*>(p + done), size - done};
+    ssize_t n = pwritev2(fd, &iov, 1, static_cast<off_t>(offset + done), flags);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return errno;
+    done += static_cast<size_t>(n);
+  }
+  return 0;
+}
+
 }  // namespace
 
 Status PosixDisk::read(const std::string& path, uint64_t offset, size_t size, std::string& out) {
@@ -107,15 +127,25 @@ Status PosixDisk::write(const std::string& path, uint64_t offset, const void* da
                         bool create) {
   Fd fd(open(path.c_str(), O_WRONLY | O_CLOEXEC | (create ? O_CREAT : 0), 0644));
   if (fd.get() < 0) return errnoStatus("open", path, errno);
-  auto p = static_cast<const char*>(data);
-  size_t done = 0;
-  while (done < size) {
-    ssize_t n = pwrite(fd.get(), p + done, size - done, static_cast<off_t>(offset + done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return errnoStatus("write", path, errno);
-    done += static_cast<size_t>(n);
+  int err = writeAll(fd.get(), offset, data, size, 0);
+  return err == 0 ? Status::OK() : errnoStatus("write", path, err);
+}
+
+Status PosixDisk::writeUncached(const std::string& path, uint64_t offset, const void* data,
+                                size_t size) {
+  if (!dropBehind.load(std::memory_order_relaxed)) return write(path, offset, data, size, false);
+  Fd fd(open(path.c_str(), O_WRONLY | O_CLOEXEC));
+  if (fd.get() < 0) return errnoStatus("open", path, errno);
+  int err = writeAll(fd.get(), offset, data, size, RWF_DONTCACHE);
+  // Refused before any byte is written: a kernel before 6.14, or a file system without it.
+  if (err == EOPNOTSUPP) {
+    if (dropBehind.exchange(false)) {
+      logWarn("pwritev2 RWF_DONTCACHE on {}: {}; chunk data written stays in the page cache", path,
+              strerror(err));
+    }
+    err = writeAll(fd.get(), offset, data, size, 0);
   }
-  return Status::OK();
+  return err == 0 ? Status::OK() : errnoStatus("write", path, err);
 }
 
 Status PosixDisk::truncate(const std::string& path, uint64_t size) {

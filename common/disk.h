@@ -44,6 +44,13 @@ class Disk {
   // Writes at `offset`, creating the file if `create`; noSpace when the disk is full.
   virtual Status write(const std::string& path, uint64_t offset, const void* data, size_t size,
                        bool create) = 0;
+  // write() to an existing file, of bytes that need not stay in memory once they are on
+  // disk (whole blocks of a chunk's data, which a client reads once if at all). A disk may
+  // drop them from its cache behind the write (PosixDisk); the rest write as write() does.
+  virtual Status writeUncached(const std::string& path, uint64_t offset, const void* data,
+                               size_t size) {
+    return write(path, offset, data, size, false);
+  }
   // Sets the file's size: cut, or extended with a hole.
   virtual Status truncate(const std::string& path, uint64_t size) = 0;
   // Reserves the blocks of [offset, offset+size) without changing the file's size or
@@ -68,6 +75,13 @@ class Disk {
 
 class PosixDisk final : public Disk {
  public:
+  // `dropBehind`: writeUncached() asks the kernel to drop what it wrote from the page cache
+  // once it is on disk (pwritev2's RWF_DONTCACHE, Linux 6.14 and later; HDFS's
+  // drop-cache-behind-writes). Pages that leave at once are used again at once: writing
+  // into pages new to the cache costs several times the CPU, and a chunkserver that keeps
+  // every byte it wrote pushes out what its readers read. A kernel or file system without
+  // it turns it off for good, with one line in the log.
+  explicit PosixDisk(bool dropBehind = false) : dropBehind(dropBehind) {}
   Status read(const std::string& path, uint64_t offset, size_t size, std::string& out) override;
   // The path resolved from the dentry cache alone (openat2 RESOLVE_CACHED), the bytes read
   // from the page cache alone (preadv2 RWF_NOWAIT), and no access time written
@@ -77,6 +91,10 @@ class PosixDisk final : public Disk {
                                 std::string& out) override;
   Status write(const std::string& path, uint64_t offset, const void* data, size_t size,
                bool create) override;
+  Status writeUncached(const std::string& path, uint64_t offset, const void* data,
+                       size_t size) override;
+  // Whether writeUncached() drops what it writes: asked for, and not refused so far.
+  bool dropsBehind() const { return dropBehind.load(std::memory_order_relaxed); }
   Status truncate(const std::string& path, uint64_t size) override;
   Status allocate(const std::string& path, uint64_t offset, uint64_t size) override;
   Status punchHole(const std::string& path, uint64_t offset, uint64_t size) override;
@@ -91,6 +109,7 @@ class PosixDisk final : public Disk {
 
  private:
   std::atomic<bool> nowUnsupported{false};
+  std::atomic<bool> dropBehind;
 };
 
 // Sparse files in memory, in 4 KiB pages, directories implied by paths. capacityBytes

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <kj/common.h>
 #include <linux/magic.h>
+#include <sys/mman.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
@@ -502,6 +503,50 @@ TEST(PosixDiskTest, ReadNowReadsOnlyWhatIsInMemory) {
   EXPECT_FALSE(disk.readNow(dir.path() + "/missing", 0, 1, out).has_value());
   ASSERT_TRUE(disk.read(path, 300000, 4096, out).ok());
   EXPECT_EQ(out, data.substr(300000, 4096));
+}
+
+// The pages of `path` in the page cache, of those its first `size` bytes span.
+size_t residentPages(const std::string& path, size_t size) {
+  int fd = open(path.c_str(), O_RDONLY);
+  EXPECT_GE(fd, 0);
+  void* map = mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  close(fd);
+  EXPECT_NE(map, MAP_FAILED);
+  long page = sysconf(_SC_PAGESIZE);
+  std::vector<unsigned char> in((size + page - 1) / page);
+  EXPECT_EQ(mincore(map, size, in.data()), 0);
+  munmap(map, size);
+  size_t n = 0;
+  for (unsigned char c : in) n += c & 1;
+  return n;
+}
+
+// Chunk data written is dropped from the page cache once it is on disk, where the kernel
+// can (RWF_DONTCACHE); written the usual way it stays. The bytes are the same either way.
+TEST(PosixDiskTest, AnUncachedWriteLeavesItsPagesOutOfTheCacheOnceOnDisk) {
+  testing::TempDir dir;
+  struct statfs fs {};
+  ASSERT_EQ(statfs(dir.path().c_str(), &fs), 0);
+  if (fs.f_type == TMPFS_MAGIC) GTEST_SKIP() << dir.path() << " is on tmpfs";
+  std::string data = testing::randomBytes(4 << 20, 11);
+  size_t pages = data.size() / static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  for (bool drop : {false, true}) {
+    PosixDisk disk(drop);
+    std::string path = dir.path() + (drop ? "/dropped" : "/kept");
+    ASSERT_TRUE(disk.write(path, 0, nullptr, 0, true).ok());
+    ASSERT_TRUE(disk.writeUncached(path, 0, data.data(), data.size()).ok());
+    ASSERT_TRUE(disk.sync(path).ok());
+    if (drop && !disk.dropsBehind()) GTEST_SKIP() << "this kernel has no RWF_DONTCACHE";
+    size_t resident = residentPages(path, data.size());
+    if (drop) {
+      EXPECT_LT(resident, pages / 10) << "of " << pages;
+    } else {
+      EXPECT_EQ(resident, pages);
+    }
+    std::string out;
+    ASSERT_TRUE(disk.read(path, 0, data.size(), out).ok());
+    EXPECT_TRUE(out == data);
+  }
 }
 
 }  // namespace
