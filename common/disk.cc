@@ -137,13 +137,16 @@ Status PosixDisk::writeUncached(const std::string& path, uint64_t offset, const 
   Fd fd(open(path.c_str(), O_WRONLY | O_CLOEXEC));
   if (fd.get() < 0) return errnoStatus("open", path, errno);
   int err = writeAll(fd.get(), offset, data, size, RWF_DONTCACHE);
-  // Refused before any byte is written: a kernel before 6.14, or a file system without it.
-  if (err == EOPNOTSUPP) {
-    if (dropBehind.exchange(false)) {
-      logWarn("pwritev2 RWF_DONTCACHE on {}: {}; chunk data written stays in the page cache", path,
-              strerror(err));
-    }
+  // Refused before any byte is written: EOPNOTSUPP from a kernel before 6.14 or a file
+  // system without it; the others from a sandbox that filters the call. A write that
+  // fails plainly too is the disk's failure, and says so.
+  if (err == EOPNOTSUPP || err == EINVAL || err == ENOSYS || err == EPERM) {
+    int refused = err;
     err = writeAll(fd.get(), offset, data, size, 0);
+    if (err == 0 && dropBehind.exchange(false)) {
+      logWarn("pwritev2 RWF_DONTCACHE on {}: {}; chunk data written stays in the page cache", path,
+              strerror(refused));
+    }
   }
   return err == 0 ? Status::OK() : errnoStatus("write", path, err);
 }
@@ -538,6 +541,16 @@ Status FaultyDisk::write(const std::string& path, uint64_t offset, const void* d
     return injected("write", path, r->code);
   }
   return base.write(path, offset, data, size, create);
+}
+
+Status FaultyDisk::writeUncached(const std::string& path, uint64_t offset, const void* data,
+                                 size_t size) {
+  pause(Op::WRITE, path);
+  if (auto r = take(Op::WRITE, path)) {
+    if (r->prefixBytes > 0) base.writeUncached(path, offset, data, std::min(size, r->prefixBytes));
+    return injected("write", path, r->code);
+  }
+  return base.writeUncached(path, offset, data, size);
 }
 
 Status FaultyDisk::truncate(const std::string& path, uint64_t size) {

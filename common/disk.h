@@ -80,7 +80,7 @@ class PosixDisk final : public Disk {
   // drop-cache-behind-writes). Pages that leave at once are used again at once: writing
   // into pages new to the cache costs several times the CPU, and a chunkserver that keeps
   // every byte it wrote pushes out what its readers read. A kernel or file system without
-  // it turns it off for good, with one line in the log.
+  // it turns it off for good, for every file this disk writes, with one line in the log.
   explicit PosixDisk(bool dropBehind = false) : dropBehind(dropBehind) {}
   Status read(const std::string& path, uint64_t offset, size_t size, std::string& out) override;
   // The path resolved from the dentry cache alone (openat2 RESOLVE_CACHED), the bytes read
@@ -177,6 +177,9 @@ class FaultyDisk final : public Disk {
                                 std::string& out) override;
   Status write(const std::string& path, uint64_t offset, const void* data, size_t size,
                bool create) override;
+  // The same rules as write().
+  Status writeUncached(const std::string& path, uint64_t offset, const void* data,
+                       size_t size) override;
   Status truncate(const std::string& path, uint64_t size) override;
   Status allocate(const std::string& path, uint64_t offset, uint64_t size) override;
   Status punchHole(const std::string& path, uint64_t offset, uint64_t size) override;

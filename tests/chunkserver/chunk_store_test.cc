@@ -538,10 +538,12 @@ TEST(PosixDiskTest, AnUncachedWriteLeavesItsPagesOutOfTheCacheOnceOnDisk) {
     ASSERT_TRUE(disk.sync(path).ok());
     if (drop && !disk.dropsBehind()) GTEST_SKIP() << "this kernel has no RWF_DONTCACHE";
     size_t resident = residentPages(path, data.size());
+    // Loose bounds: a kernel may keep a page whose lock was taken when its write ended,
+    // and memory pressure may evict kept ones; the two cases stay far apart.
     if (drop) {
-      EXPECT_LT(resident, pages / 10) << "of " << pages;
+      EXPECT_LT(resident, pages / 2) << "of " << pages;
     } else {
-      EXPECT_EQ(resident, pages);
+      EXPECT_GT(resident, pages / 2) << "of " << pages;
     }
     std::string out;
     ASSERT_TRUE(disk.read(path, 0, data.size(), out).ok());
