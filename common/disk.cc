@@ -136,6 +136,14 @@ Status PosixDisk::writeUncached(const std::string& path, uint64_t offset, const 
   if (!dropBehind.load(std::memory_order_relaxed)) return write(path, offset, data, size, false);
   Fd fd(open(path.c_str(), O_WRONLY | O_CLOEXEC));
   if (fd.get() < 0) return errnoStatus("open", path, errno);
+  // These bytes go to the disk at once; what was written to the file before them (a
+  // chunk's checksum records, which cover them) is on the disk first, so that a power cut
+  // does not find them there without it.
+  if (sync_file_range(fd.get(), 0, 0,
+                      SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                          SYNC_FILE_RANGE_WAIT_AFTER) != 0) {
+    return errnoStatus("write", path, errno);
+  }
   int err = writeAll(fd.get(), offset, data, size, RWF_DONTCACHE);
   // Refused before any byte is written: EOPNOTSUPP from a kernel before 6.14 or a file
   // system without it; the others from a sandbox that filters the call. A write that
