@@ -613,7 +613,7 @@ Status ChunkStore::applyRange(uint64_t handle, Entry& e, uint64_t offset, uint64
     // Whole blocks need not stay cached; a part of one is likely merged into soon (an
     // appender's next write), and reading it back from the disk would cost more.
     if (p.offset % B == 0 && p.bytes.size() % B == 0) {
-      s = disk.writeUncached(path, D + p.offset, p.bytes.data(), p.bytes.size());
+      s = disk.writeUncached(path, D + p.offset, p.bytes.data(), p.bytes.size(), D);
     } else {
       s = disk.write(path, D + p.offset, p.bytes.data(), p.bytes.size(), false);
     }

@@ -132,16 +132,17 @@ Status PosixDisk::write(const std::string& path, uint64_t offset, const void* da
 }
 
 Status PosixDisk::writeUncached(const std::string& path, uint64_t offset, const void* data,
-                                size_t size) {
+                                size_t size, uint64_t ahead) {
   if (!dropBehind.load(std::memory_order_relaxed)) return write(path, offset, data, size, false);
   Fd fd(open(path.c_str(), O_WRONLY | O_CLOEXEC));
   if (fd.get() < 0) return errnoStatus("open", path, errno);
-  // These bytes go to the disk at once; what was written to the file before them (a
-  // chunk's checksum records, which cover them) is on the disk first, so that a power cut
-  // does not find them there without it.
-  if (sync_file_range(fd.get(), 0, 0,
-                      SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
-                          SYNC_FILE_RANGE_WAIT_AFTER) != 0) {
+  // These bytes go to the disk at once; the first `ahead` bytes of the file (a chunk's
+  // checksum records, which cover them) are on the disk first, so that a power cut does
+  // not find them there without those. Only that range: earlier data in flight is not
+  // waited for.
+  if (ahead > 0 && sync_file_range(fd.get(), 0, static_cast<off_t>(ahead),
+                                   SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                                       SYNC_FILE_RANGE_WAIT_AFTER) != 0) {
     return errnoStatus("write", path, errno);
   }
   int err = writeAll(fd.get(), offset, data, size, RWF_DONTCACHE);
@@ -543,22 +544,24 @@ std::optional<Status> FaultyDisk::readNow(const std::string& path, uint64_t offs
 
 Status FaultyDisk::write(const std::string& path, uint64_t offset, const void* data, size_t size,
                          bool create) {
-  pause(Op::WRITE, path);
-  if (auto r = take(Op::WRITE, path)) {
-    if (r->prefixBytes > 0) base.write(path, offset, data, std::min(size, r->prefixBytes), create);
-    return injected("write", path, r->code);
-  }
-  return base.write(path, offset, data, size, create);
+  return faultyWrite(path, size,
+                     [&](size_t n) { return base.write(path, offset, data, n, create); });
 }
 
 Status FaultyDisk::writeUncached(const std::string& path, uint64_t offset, const void* data,
-                                 size_t size) {
+                                 size_t size, uint64_t ahead) {
+  return faultyWrite(path, size,
+                     [&](size_t n) { return base.writeUncached(path, offset, data, n, ahead); });
+}
+
+Status FaultyDisk::faultyWrite(const std::string& path, size_t size,
+                               const std::function<Status(size_t bytes)>& write) {
   pause(Op::WRITE, path);
   if (auto r = take(Op::WRITE, path)) {
-    if (r->prefixBytes > 0) base.writeUncached(path, offset, data, std::min(size, r->prefixBytes));
+    if (r->prefixBytes > 0) write(std::min(size, r->prefixBytes));
     return injected("write", path, r->code);
   }
-  return base.writeUncached(path, offset, data, size);
+  return write(size);
 }
 
 Status FaultyDisk::truncate(const std::string& path, uint64_t size) {

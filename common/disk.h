@@ -47,8 +47,11 @@ class Disk {
   // write() to an existing file, of bytes that need not stay in memory once they are on
   // disk (whole blocks of a chunk's data, which a client reads once if at all). A disk may
   // drop them from its cache behind the write (PosixDisk); the rest write as write() does.
+  // The file's first `ahead` bytes (what describes these: a chunk's checksum records) reach
+  // the disk before them, as they would have if both had waited for writeback.
   virtual Status writeUncached(const std::string& path, uint64_t offset, const void* data,
-                               size_t size) {
+                               size_t size, uint64_t ahead) {
+    (void)ahead;
     return write(path, offset, data, size, false);
   }
   // Sets the file's size: cut, or extended with a hole.
@@ -91,8 +94,8 @@ class PosixDisk final : public Disk {
                                 std::string& out) override;
   Status write(const std::string& path, uint64_t offset, const void* data, size_t size,
                bool create) override;
-  Status writeUncached(const std::string& path, uint64_t offset, const void* data,
-                       size_t size) override;
+  Status writeUncached(const std::string& path, uint64_t offset, const void* data, size_t size,
+                       uint64_t ahead) override;
   // Whether writeUncached() drops what it writes: asked for, and not refused so far.
   bool dropsBehind() const { return dropBehind.load(std::memory_order_relaxed); }
   Status truncate(const std::string& path, uint64_t size) override;
@@ -178,8 +181,8 @@ class FaultyDisk final : public Disk {
   Status write(const std::string& path, uint64_t offset, const void* data, size_t size,
                bool create) override;
   // The same rules as write().
-  Status writeUncached(const std::string& path, uint64_t offset, const void* data,
-                       size_t size) override;
+  Status writeUncached(const std::string& path, uint64_t offset, const void* data, size_t size,
+                       uint64_t ahead) override;
   Status truncate(const std::string& path, uint64_t size) override;
   Status allocate(const std::string& path, uint64_t offset, uint64_t size) override;
   Status punchHole(const std::string& path, uint64_t offset, uint64_t size) override;
@@ -209,6 +212,9 @@ class FaultyDisk final : public Disk {
   std::optional<Rule> take(Op op, const std::string& path);
   // Waits while a stall set for this call holds.
   void pause(Op op, const std::string& path);
+  // A write of `size` bytes by `write` (which writes the first n of them), under the rules.
+  Status faultyWrite(const std::string& path, size_t size,
+                     const std::function<Status(size_t bytes)>& write);
   Disk& base;
   std::mutex mutex;
   std::condition_variable released;

@@ -534,7 +534,7 @@ TEST(PosixDiskTest, AnUncachedWriteLeavesItsPagesOutOfTheCacheOnceOnDisk) {
     PosixDisk disk(drop);
     std::string path = dir.path() + (drop ? "/dropped" : "/kept");
     ASSERT_TRUE(disk.write(path, 0, nullptr, 0, true).ok());
-    ASSERT_TRUE(disk.writeUncached(path, 0, data.data(), data.size()).ok());
+    ASSERT_TRUE(disk.writeUncached(path, 0, data.data(), data.size(), 0).ok());
     ASSERT_TRUE(disk.sync(path).ok());
     if (drop && !disk.dropsBehind()) GTEST_SKIP() << "this kernel has no RWF_DONTCACHE";
     size_t resident = residentPages(path, data.size());
