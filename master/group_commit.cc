@@ -1,16 +1,20 @@
 #include "group_commit.h"
 
 #include <kj/debug.h>
+#include <leveldb/cache.h>
 
+#include <algorithm>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "log.h"
 
 namespace cairn {
 
-GroupCommitter::GroupCommitter(leveldb::DB& db, std::chrono::milliseconds syncDelay)
-    : db(db), syncDelay(syncDelay), writer([this]() { run(); }) {}
+GroupCommitter::GroupCommitter(leveldb::DB& db, std::chrono::milliseconds syncDelay,
+                               const leveldb::Options* options)
+    : db(db), syncDelay(syncDelay), options(options), writer([this]() { run(); }) {}
 
 GroupCommitter::~GroupCommitter() { stop(); }
 
@@ -37,17 +41,93 @@ void GroupCommitter::setFailureHandler(std::function<void(const std::string&)> h
 }
 
 kj::Promise<void> GroupCommitter::submit(leveldb::WriteBatch batch, Durability durability) {
+  // Asked before the lock: LevelDB takes its own mutex, which its writers hold.
+  bool room = durability == Durability::WRITTEN && options != nullptr && roomToWriteNow();
   auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
   {
-    std::lock_guard<std::mutex> lock(mutex);
+    std::unique_lock<std::mutex> lock(mutex);
     if (!latchedError.empty()) {
       return KJ_EXCEPTION(FAILED, "metadata store failed earlier", latchedError);
     }
     if (stopping) return KJ_EXCEPTION(FAILED, "metadata store stopped");
+    // Only with nothing ahead of it: LevelDB must see the writes in the order submitted.
+    if (room && queue.empty() && !writerBusy && !writingInline) return writeInline(lock, batch);
     queue.push_back(Pending{kj::mv(batch), durability, ++submitted, kj::mv(paf.fulfiller)});
   }
   wake.notify_one();
   return kj::mv(paf.promise);
+}
+
+bool GroupCommitter::roomToWriteNow() {
+  // LevelDB (db/dbformat.h) slows every write by a millisecond from 8 files in level 0, and
+  // a write that finds its memtable full waits while the previous one is still being
+  // compacted. Memory usage counts the memtables and the block cache.
+  const int kL0SlowdownTrigger = 8;
+  std::string level0, usage;
+  if (!db.GetProperty("leveldb.num-files-at-level0", &level0) ||
+      !db.GetProperty("leveldb.approximate-memory-usage", &usage)) {
+    return false;
+  }
+  size_t cached = options->block_cache != nullptr ? options->block_cache->TotalCharge() : 0;
+  size_t tables = std::stoull(usage) - std::min<size_t>(cached, std::stoull(usage));
+  return std::stoi(level0) < kL0SlowdownTrigger && tables < options->write_buffer_size / 4 * 3;
+}
+
+kj::Promise<void> GroupCommitter::writeInline(std::unique_lock<std::mutex>& lock,
+                                              leveldb::WriteBatch& batch) {
+  uint64_t seq = ++submitted;
+  writingInline = true;
+  lock.unlock();
+  auto started = std::chrono::steady_clock::now();
+  leveldb::Status s = db.Write(leveldb::WriteOptions(), &batch);
+  writeCount.fetch_add(1);
+  inlineCount.fetch_add(1);
+  if (Metrics* m = metrics.load()) m->observe("cairn_master_commit_batch_size", {}, 1);
+  lock.lock();
+  bool wasClean = written == synced;
+  writingInline = false;
+  auto reached = recordWrite(seq, false, s, started);
+  // The writer thread hears of a first unsynced write (it syncs it within syncDelay) and
+  // of the end of a write it waits for; otherwise it sleeps on.
+  bool tell = (wasClean && s.ok()) || writerWaitsForInline || !s.ok();
+  lock.unlock();
+  if (tell) wake.notify_one();
+  if (s.ok()) return kj::READY_NOW;
+  reportFailure(s);
+  for (auto& w : reached) {
+    w.fulfiller->reject(KJ_EXCEPTION(FAILED, "metadata write failed", s.ToString()));
+  }
+  return KJ_EXCEPTION(FAILED, "metadata write failed", s.ToString());
+}
+
+std::vector<GroupCommitter::Waiter> GroupCommitter::recordWrite(
+    uint64_t last, bool sync, const leveldb::Status& s,
+    std::chrono::steady_clock::time_point started) {
+  if (s.ok()) {
+    if (written == synced) dirtySince = started;
+    written = std::max(written, last);
+    if (sync) synced = std::max(synced, last);
+  } else {
+    latchedError = s.ToString();
+    written = synced = std::max(written, last);
+  }
+  std::vector<Waiter> reached;
+  while (!waiters.empty() && waiters.front().seq <= synced) {
+    reached.push_back(kj::mv(waiters.front()));
+    waiters.pop_front();
+  }
+  return reached;
+}
+
+void GroupCommitter::reportFailure(const leveldb::Status& s) {
+  logError("metadata write failed: {}", s.ToString());
+  std::function<void(const std::string&)> handler;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    handler = std::move(onFailure);
+    onFailure = nullptr;
+  }
+  if (handler) handler(s.ToString());
 }
 
 kj::Promise<void> GroupCommitter::barrier() {
@@ -79,11 +159,20 @@ void GroupCommitter::run() {
     uint64_t last = 0;
     {
       std::unique_lock<std::mutex> lock(mutex);
-      // Work, or the moment the oldest unsynced write must be synced.
-      while (queue.empty() && !stopping) {
+      // Work, or the moment the oldest unsynced write must be synced; never while a write
+      // on the caller's thread is under way (its write would wait behind this one's sync).
+      for (;;) {
+        if (writingInline) {
+          writerWaitsForInline = true;
+          wake.wait(lock);
+          writerWaitsForInline = false;
+          continue;
+        }
+        if (!queue.empty() || stopping) break;
         if (written == synced) {
           wake.wait(lock);
-        } else if (wake.wait_until(lock, dirtySince + syncDelay) == std::cv_status::timeout) {
+        } else if (wake.wait_until(lock, dirtySince + syncDelay) == std::cv_status::timeout &&
+                   !writingInline) {
           break;
         }
       }
@@ -97,6 +186,7 @@ void GroupCommitter::run() {
       sync =
           sync || stopping || (dirty && std::chrono::steady_clock::now() >= dirtySince + syncDelay);
       last = group.empty() ? written : group.back().seq;
+      writerBusy = true;
       if (!latchedError.empty()) {
         for (auto& p : group) {
           p.fulfiller->reject(KJ_EXCEPTION(FAILED, "metadata store failed earlier", latchedError));
@@ -105,6 +195,7 @@ void GroupCommitter::run() {
           w.fulfiller->reject(KJ_EXCEPTION(FAILED, "metadata store failed earlier", latchedError));
         }
         waiters.clear();
+        writerBusy = false;
         if (stopping) return;
         written = synced = last;  // nothing more will be written
         continue;
@@ -131,29 +222,10 @@ void GroupCommitter::run() {
     std::vector<Waiter> reached;
     {
       std::lock_guard<std::mutex> lock(mutex);
-      if (s.ok()) {
-        if (written == synced) dirtySince = started;
-        written = last;
-        if (sync) synced = last;
-      } else {
-        latchedError = s.ToString();
-        written = synced = last;
-      }
-      while (!waiters.empty() && waiters.front().seq <= synced) {
-        reached.push_back(kj::mv(waiters.front()));
-        waiters.pop_front();
-      }
+      writerBusy = false;
+      reached = recordWrite(last, sync, s, started);
     }
-    if (!s.ok()) {
-      logError("metadata write failed: {}", s.ToString());
-      std::function<void(const std::string&)> handler;
-      {
-        std::lock_guard<std::mutex> lock(mutex);
-        handler = std::move(onFailure);
-        onFailure = nullptr;
-      }
-      if (handler) handler(s.ToString());
-    }
+    if (!s.ok()) reportFailure(s);
     for (auto& w : reached) {
       if (s.ok()) {
         w.fulfiller->fulfill();

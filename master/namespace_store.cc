@@ -23,9 +23,10 @@ uint64_t decodeNumber(const std::optional<std::string>& v) {
 
 NamespaceStore::NamespaceStore(const std::string& dir, leveldb::Env* base,
                                std::chrono::milliseconds syncDelay)
-    : env(base != nullptr ? base : leveldb::Env::Default()) {
-  leveldb::Options options;
+    : env(base != nullptr ? base : leveldb::Env::Default()),
+      blockCache(leveldb::NewLRUCache(8 << 20)) {
   options.create_if_missing = true;
+  options.block_cache = blockCache.get();
   options.paranoid_checks = true;
   options.env = &env;
   leveldb::DB* raw = nullptr;
@@ -48,7 +49,7 @@ NamespaceStore::NamespaceStore(const std::string& dir, leveldb::Env* base,
   }
   if (!s.ok()) KJ_FAIL_REQUIRE("cannot open metadata store", dir, s.ToString());
   db.reset(raw);
-  committer = std::make_unique<GroupCommitter>(*db, syncDelay);
+  committer = std::make_unique<GroupCommitter>(*db, syncDelay, &options);
   lsn = syncedLsn = syncingLsn = decodeNumber(get(LOG_LSN_KEY));
   entryEpoch = epoch = decodeNumber(get(LOG_EPOCH_KEY));
 }

@@ -8,6 +8,7 @@
 
 #include <kj/async.h>
 #include <kj/function.h>
+#include <leveldb/cache.h>
 #include <leveldb/db.h>
 #include <leveldb/env.h>
 
@@ -161,6 +162,8 @@ class NamespaceStore {
   kj::Promise<void> write(const Mutation& m, Durability durability);
 
   SyncOnCloseEnv env;
+  std::unique_ptr<leveldb::Cache> blockCache;  // LevelDB's default size, but ours to measure
+  leveldb::Options options;
   std::unique_ptr<leveldb::DB> db;
   std::unique_ptr<GroupCommitter> committer;
   std::map<std::string, Pending> overlay;

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <kj/async-io.h>
 #include <kj/vector.h>
+#include <leveldb/cache.h>
 #include <leveldb/env.h>
 #include <leveldb/helpers/memenv.h>
 
@@ -80,9 +81,9 @@ class GroupCommitTest : public ::testing::Test {
   ~GroupCommitTest() noexcept override {}
   GroupCommitTest()
       : io(kj::setupAsyncIo()), mem(leveldb::NewMemEnv(leveldb::Env::Default())), env(mem.get()) {
-    leveldb::Options options;
     options.create_if_missing = true;
     options.env = &env;
+    options.block_cache = cache.get();
     leveldb::DB* raw;
     EXPECT_TRUE(leveldb::DB::Open(options, "/db", &raw).ok());
     db.reset(raw);
@@ -96,6 +97,8 @@ class GroupCommitTest : public ::testing::Test {
   kj::AsyncIoContext io;
   std::unique_ptr<leveldb::Env> mem;
   GatedEnv env;
+  std::unique_ptr<leveldb::Cache> cache{leveldb::NewLRUCache(1 << 20)};
+  leveldb::Options options;
   std::unique_ptr<leveldb::DB> db;
 };
 
@@ -157,6 +160,61 @@ TEST_F(GroupCommitTest, WaitingForASyncForcesNoneAndABarrierDoes) {
   synced.wait(io.waitScope);
   EXPECT_EQ(committer.syncs(), 1u);
   committer.barrier().wait(io.waitScope);  // nothing new: no write at all
+  EXPECT_EQ(committer.writes(), 2u);
+}
+
+TEST_F(GroupCommitTest, AnUnsyncedWriteWithNothingAheadIsMadeOnTheCallersThread) {
+  GroupCommitter committer(*db, std::chrono::milliseconds(10), &options);
+  env.close();  // every sync waits at the gate
+  int before = env.syncsStarted;
+  auto first = committer.submit(batch(0), Durability::WRITTEN);
+  // Already in LevelDB when submit returns: the writer thread took no part.
+  EXPECT_TRUE(first.poll(io.waitScope));
+  std::string value;
+  EXPECT_TRUE(db->Get(leveldb::ReadOptions(), "k0", &value).ok());
+  EXPECT_EQ(committer.inlineWrites(), 1u);
+  // Synced within the delay all the same, by the writer thread.
+  auto synced = committer.whenSynced();
+  env.waitForSyncs(before + 1);
+  // A write submitted while that sync is under way waits for it, behind it, on the writer
+  // thread: LevelDB would make the caller's thread wait there too.
+  auto second = committer.submit(batch(1), Durability::WRITTEN);
+  EXPECT_FALSE(second.poll(io.waitScope));
+  EXPECT_FALSE(synced.poll(io.waitScope));
+  env.release();
+  synced.wait(io.waitScope);
+  second.wait(io.waitScope);
+  EXPECT_TRUE(db->Get(leveldb::ReadOptions(), "k1", &value).ok());
+  EXPECT_EQ(committer.inlineWrites(), 1u);
+  EXPECT_EQ(committer.syncs(), 1u);
+}
+
+TEST_F(GroupCommitTest, WritesGoToTheWriterThreadWhenLevelDbWouldMakeThemWait) {
+  // A memtable of 64 KiB: once three quarters are used, the next write could find it full
+  // while the previous one is still being compacted.
+  options.write_buffer_size = 64 << 10;
+  db.reset();
+  leveldb::DB* raw;
+  ASSERT_TRUE(leveldb::DB::Open(options, "/db2", &raw).ok());
+  db.reset(raw);
+  GroupCommitter committer(*db, std::chrono::milliseconds(10), &options);
+  committer.submit(batch(0), Durability::WRITTEN).wait(io.waitScope);
+  EXPECT_EQ(committer.inlineWrites(), 1u);
+  leveldb::WriteBatch big;
+  big.Put("big", std::string(56 << 10, 'x'));
+  committer.submit(kj::mv(big), Durability::WRITTEN).wait(io.waitScope);
+  uint64_t inlined = committer.inlineWrites();
+  committer.submit(batch(1), Durability::WRITTEN).wait(io.waitScope);
+  EXPECT_EQ(committer.inlineWrites(), inlined);  // the writer thread's
+  std::string value;
+  EXPECT_TRUE(db->Get(leveldb::ReadOptions(), "k1", &value).ok());
+}
+
+TEST_F(GroupCommitTest, WithoutTheDatabasesOptionsEveryWriteIsTheWriterThreads) {
+  GroupCommitter committer(*db);
+  committer.submit(batch(0), Durability::WRITTEN).wait(io.waitScope);
+  committer.submit(batch(1), Durability::SYNCED).wait(io.waitScope);
+  EXPECT_EQ(committer.inlineWrites(), 0u);
   EXPECT_EQ(committer.writes(), 2u);
 }
 
