@@ -14,7 +14,7 @@
 
 #include "certs.h"
 #include "chunkserver.h"
-#include "disk.h"
+#include "test_disks.h"
 #include "master.h"
 #include "rpc.h"
 

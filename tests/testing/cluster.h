@@ -17,7 +17,7 @@
 #include "certs.h"
 #include "chunkserver.h"
 #include "client.h"
-#include "disk.h"
+#include "test_disks.h"
 #include "master.h"
 
 namespace cairn::testing {
