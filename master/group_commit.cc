@@ -41,27 +41,37 @@ void GroupCommitter::setFailureHandler(std::function<void(const std::string&)> h
 }
 
 kj::Promise<void> GroupCommitter::submit(leveldb::WriteBatch batch, Durability durability) {
-  // Asked before the lock: LevelDB takes its own mutex, which its writers hold.
-  bool room = durability == Durability::WRITTEN && options != nullptr && roomToWriteNow();
-  auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
-  {
-    std::unique_lock<std::mutex> lock(mutex);
-    if (!latchedError.empty()) {
-      return KJ_EXCEPTION(FAILED, "metadata store failed earlier", latchedError);
-    }
-    if (stopping) return KJ_EXCEPTION(FAILED, "metadata store stopped");
-    // Only with nothing ahead of it: LevelDB must see the writes in the order submitted.
-    if (room && queue.empty() && !writerBusy && !writingInline) return writeInline(lock, batch);
-    queue.push_back(Pending{kj::mv(batch), durability, ++submitted, kj::mv(paf.fulfiller)});
+  std::unique_lock<std::mutex> lock(mutex);
+  if (!latchedError.empty()) {
+    return KJ_EXCEPTION(FAILED, "metadata store failed earlier", latchedError);
   }
+  if (stopping) return KJ_EXCEPTION(FAILED, "metadata store stopped");
+  // Only with nothing ahead of it: LevelDB must see the writes in the order submitted.
+  if (durability == Durability::WRITTEN && options != nullptr && queue.empty() && !writerBusy &&
+      !writingInline) {
+    // The writer thread starts nothing from here on, so the room seen is the room there
+    // is when the write is made. (Asked without our lock: LevelDB's mutex is its writers'.)
+    writingInline = true;
+    lock.unlock();
+    bool room = roomToWriteNow();
+    lock.lock();
+    if (room) return writeInline(lock, batch);
+    writingInline = false;  // the writer thread, perhaps waiting for it, is woken below
+  }
+  auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
+  queue.push_back(Pending{kj::mv(batch), durability, ++submitted, kj::mv(paf.fulfiller)});
+  lock.unlock();
   wake.notify_one();
   return kj::mv(paf.promise);
 }
 
 bool GroupCommitter::roomToWriteNow() {
-  // LevelDB (db/dbformat.h) slows every write by a millisecond from 8 files in level 0, and
-  // a write that finds its memtable full waits while the previous one is still being
-  // compacted. Memory usage counts the memtables and the block cache.
+  // LevelDB 1.23 (db_impl.cc, MakeRoomForWrite) makes a writer sleep a millisecond from 8
+  // files in level 0 (kL0_SlowdownWritesTrigger); and one that finds its memtable full
+  // either waits for the previous memtable's compaction or, with none under way, starts a
+  // new log (and our Env syncs the old one on close). Both memtables count against three
+  // quarters of the buffer here, so that neither happens on the caller's thread. Memory
+  // usage counts the memtables and the block cache.
   const int kL0SlowdownTrigger = 8;
   std::string level0, usage;
   if (!db.GetProperty("leveldb.num-files-at-level0", &level0) ||
@@ -76,7 +86,6 @@ bool GroupCommitter::roomToWriteNow() {
 kj::Promise<void> GroupCommitter::writeInline(std::unique_lock<std::mutex>& lock,
                                               leveldb::WriteBatch& batch) {
   uint64_t seq = ++submitted;
-  writingInline = true;
   lock.unlock();
   auto started = std::chrono::steady_clock::now();
   leveldb::Status s = db.Write(leveldb::WriteOptions(), &batch);

@@ -7,10 +7,10 @@
 // everything submitted before it to be synced. The paper's "flush the log before
 // replying", at one fsync per batch or per 10 ms rather than per call.
 //
-// An unsynced write that nothing is ahead of, and that LevelDB can take without waiting for
-// a compaction, is made at once on the caller's thread: handing a single small write to the
-// writer thread and back costs two thread wake-ups, more than the write itself (about a
-// quarter of a create's CPU on a two-core host).
+// An unsynced write that nothing is ahead of, and that LevelDB can take without waiting,
+// is made at once on the caller's thread: handing a single small write to the writer
+// thread and back costs two thread wake-ups, more than the write itself (an eighth of the
+// CPU of a create and an unlink through a mount, on a two-core host).
 
 #include <kj/async.h>
 #include <leveldb/db.h>
@@ -51,10 +51,12 @@ class GroupCommitter {
   // under way from its return, and later submits fail. Idempotent.
   void stop();
 
-  // Queues `batch`; the promise (on the caller's event loop) resolves once the batch is
-  // written or synced, as `durability` asks. After a failed write every later submit fails
-  // too: the store latches the error, as LevelDB itself does, because what the master
-  // believes is no longer on disk.
+  // Queues `batch`, or writes it at once (see above); the promise (on the caller's event
+  // loop) resolves once the batch is written or synced, as `durability` asks. Promises of
+  // different submits may resolve out of order (one written at once, before an earlier
+  // one's answer crosses from the writer thread), though LevelDB has them in order. After
+  // a failed write every later submit fails too: the store latches the error, as LevelDB
+  // itself does, because what the master believes is no longer on disk.
   kj::Promise<void> submit(leveldb::WriteBatch batch, Durability durability);
   // Syncs now: resolves once everything submitted before it is synced (at once if it is
   // already).
@@ -71,9 +73,10 @@ class GroupCommitter {
   uint64_t syncs() const { return syncCount.load(); }
   // Records each write's batch size and each sync's time into `metrics` from now on.
   void setMetrics(Metrics* metrics);
-  // Called once, on the writer thread, when a write or sync first fails, before its callers
-  // are answered: the master stops there (master_main.cc), so that no client is told of a
-  // failure by a master about to go (they retry, on a standby that took over).
+  // Called once, when a write or sync first fails, before its callers are answered: on the
+  // writer thread, or within submit() on the caller's for a write made there. The master
+  // stops there (master_main.cc), so that no client is told of a failure by a master about
+  // to go (they retry, on a standby that took over).
   void setFailureHandler(std::function<void(const std::string&)> handler);
 
  private:
@@ -88,11 +91,11 @@ class GroupCommitter {
     kj::Own<kj::CrossThreadPromiseFulfiller<void>> fulfiller;
   };
   void run();
-  // Whether LevelDB would take a write now without making its writer wait for a
-  // compaction: level 0 below its slowdown trigger, and no full memtable.
+  // Whether LevelDB would take a write now without a sleep, a wait for a compaction or a
+  // new log: level 0 below its slowdown trigger, the memtables under 3/4 of the buffer.
   bool roomToWriteNow();
   // Writes `batch` on this thread; called with `lock` held (released during the write)
-  // when nothing is queued or being written.
+  // and writingInline set, when nothing is queued or being written.
   kj::Promise<void> writeInline(std::unique_lock<std::mutex>& lock, leveldb::WriteBatch& batch);
   // After a write of everything up to `last` (and a sync of it, if `sync`) ended with `s`:
   // moves the counters and hands back the whenSynced() callers it answers. A failure

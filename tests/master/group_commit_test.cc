@@ -24,7 +24,10 @@ class GatedEnv : public leveldb::EnvWrapper {
    public:
     File(GatedEnv& env, leveldb::WritableFile* base) : env(env), base(base) {}
     ~File() override { delete base; }
-    leveldb::Status Append(const leveldb::Slice& data) override { return base->Append(data); }
+    leveldb::Status Append(const leveldb::Slice& data) override {
+      if (env.failAppends) return leveldb::Status::IOError("injected append failure");
+      return base->Append(data);
+    }
     leveldb::Status Close() override { return base->Close(); }
     leveldb::Status Flush() override { return base->Flush(); }
     leveldb::Status Sync() override {
@@ -72,6 +75,7 @@ class GatedEnv : public leveldb::EnvWrapper {
   std::condition_variable changed;
   bool open = true;
   bool failSyncs = false;
+  std::atomic<bool> failAppends{false};
   int syncsStarted = 0;
 };
 
@@ -186,7 +190,6 @@ TEST_F(GroupCommitTest, AnUnsyncedWriteWithNothingAheadIsMadeOnTheCallersThread)
   second.wait(io.waitScope);
   EXPECT_TRUE(db->Get(leveldb::ReadOptions(), "k1", &value).ok());
   EXPECT_EQ(committer.inlineWrites(), 1u);
-  EXPECT_EQ(committer.syncs(), 1u);
 }
 
 TEST_F(GroupCommitTest, WritesGoToTheWriterThreadWhenLevelDbWouldMakeThemWait) {
@@ -211,11 +214,35 @@ TEST_F(GroupCommitTest, WritesGoToTheWriterThreadWhenLevelDbWouldMakeThemWait) {
 }
 
 TEST_F(GroupCommitTest, WithoutTheDatabasesOptionsEveryWriteIsTheWriterThreads) {
-  GroupCommitter committer(*db);
+  GroupCommitter committer(*db, std::chrono::hours(1));
   committer.submit(batch(0), Durability::WRITTEN).wait(io.waitScope);
   committer.submit(batch(1), Durability::SYNCED).wait(io.waitScope);
   EXPECT_EQ(committer.inlineWrites(), 0u);
   EXPECT_EQ(committer.writes(), 2u);
+}
+
+TEST_F(GroupCommitTest, AFailedWriteOnTheCallersThreadFailsItAndEveryLaterOne) {
+  GroupCommitter committer(*db, std::chrono::hours(1), &options);
+  std::atomic<int> failures{0};
+  committer.setFailureHandler([&](const std::string& error) {
+    EXPECT_NE(error.find("injected append failure"), std::string::npos) << error;
+    failures++;
+  });
+  committer.submit(batch(0), Durability::WRITTEN).wait(io.waitScope);
+  auto synced = committer.whenSynced();  // waits for a sync an hour away
+  env.failAppends = true;
+  auto failed = committer.submit(batch(1), Durability::WRITTEN);
+  EXPECT_EQ(committer.inlineWrites(), 2u);
+  EXPECT_ANY_THROW(failed.wait(io.waitScope));
+  EXPECT_EQ(failures.load(), 1);
+  // What waited for a sync is told it will not come; what follows fails, the writer
+  // thread's writes too, and the handler is not called again.
+  EXPECT_ANY_THROW(synced.wait(io.waitScope));
+  env.failAppends = false;
+  EXPECT_ANY_THROW(committer.submit(batch(2), Durability::WRITTEN).wait(io.waitScope));
+  EXPECT_ANY_THROW(committer.submit(batch(3), Durability::SYNCED).wait(io.waitScope));
+  EXPECT_ANY_THROW(committer.barrier().wait(io.waitScope));
+  EXPECT_EQ(failures.load(), 1);
 }
 
 }  // namespace
