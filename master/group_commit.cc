@@ -46,9 +46,11 @@ kj::Promise<void> GroupCommitter::submit(leveldb::WriteBatch batch, Durability d
     return KJ_EXCEPTION(FAILED, "metadata store failed earlier", latchedError);
   }
   if (stopping) return KJ_EXCEPTION(FAILED, "metadata store stopped");
-  // Only with nothing ahead of it: LevelDB must see the writes in the order submitted.
-  if (durability == Durability::WRITTEN && options != nullptr && queue.empty() && !writerBusy &&
-      !writingInline) {
+  // Only with nothing ahead of it: LevelDB must see the writes in the order submitted, and
+  // the callers their answers (a queued write answered by the writer thread reaches the
+  // caller's loop later, and an answer made here at once would overtake it).
+  if (durability == Durability::WRITTEN && options != nullptr && *unanswered == 0 &&
+      queue.empty() && !writerBusy && !writingInline) {
     // The writer thread starts nothing from here on, so the room seen is the room there
     // is when the write is made. (Asked without our lock: LevelDB's mutex is its writers'.)
     writingInline = true;
@@ -62,7 +64,8 @@ kj::Promise<void> GroupCommitter::submit(leveldb::WriteBatch batch, Durability d
   queue.push_back(Pending{kj::mv(batch), durability, ++submitted, kj::mv(paf.fulfiller)});
   lock.unlock();
   wake.notify_one();
-  return kj::mv(paf.promise);
+  ++*unanswered;
+  return paf.promise.attach(kj::defer([unanswered = unanswered]() { --*unanswered; }));
 }
 
 bool GroupCommitter::roomToWriteNow() {

@@ -22,6 +22,7 @@
 #include <condition_variable>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -52,9 +53,10 @@ class GroupCommitter {
   void stop();
 
   // Queues `batch`, or writes it at once (see above); the promise (on the caller's event
-  // loop) resolves once the batch is written or synced, as `durability` asks. Promises of
-  // different submits may resolve out of order (one written at once, before an earlier
-  // one's answer crosses from the writer thread), though LevelDB has them in order. After
+  // loop) resolves once the batch is written or synced, as `durability` asks, and after
+  // every earlier submit's: a write is made at once only when no earlier answer is still
+  // on its way from the writer thread or untaken (a caller may act on an earlier one's,
+  // e.g. a reserve of numbers known to be on disk). Call it from one thread. After
   // a failed write every later submit fails too: the store latches the error, as LevelDB
   // itself does, because what the master believes is no longer on disk.
   kj::Promise<void> submit(leveldb::WriteBatch batch, Durability durability);
@@ -124,6 +126,9 @@ class GroupCommitter {
   std::chrono::steady_clock::time_point dirtySince;
   std::atomic<uint64_t> writeCount{0}, syncCount{0}, inlineCount{0};
   std::atomic<Metrics*> metrics{nullptr};
+  // Queued writes whose answers the caller has not taken yet (its thread's alone; shared
+  // with those answers, which may outlive this object).
+  std::shared_ptr<uint64_t> unanswered = std::make_shared<uint64_t>(0);
   std::thread writer;
 };
 
