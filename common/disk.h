@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -80,7 +81,8 @@ class PosixDisk final : public Disk {
   // into pages new to the cache costs several times the CPU, and a chunkserver that keeps
   // every byte it wrote pushes out what its readers read. A kernel or file system without
   // it turns it off for good, for every file this disk writes, with one line in the log.
-  explicit PosixDisk(bool dropBehind = false) : dropBehind(dropBehind) {}
+  explicit PosixDisk(bool dropBehind = false);
+  ~PosixDisk() override;
   Status read(const std::string& path, uint64_t offset, size_t size, std::string& out) override;
   // The path resolved from the dentry cache alone (openat2 RESOLVE_CACHED), the bytes read
   // from the page cache alone (preadv2 RWF_NOWAIT), and no access time written
@@ -107,8 +109,16 @@ class PosixDisk final : public Disk {
   Result<DiskSpace> space(const std::string& path) override;
 
  private:
+  class OpenFiles;
+  // The file at `path`, opened for reading and writing, from `files` or opened now; null
+  // with errno set if it cannot be opened.
+  std::shared_ptr<const int> fileAt(const std::string& path);
+
   std::atomic<bool> nowUnsupported{false};
   std::atomic<bool> dropBehind;
+  // Files kept open between calls: a chunk read otherwise opens its file twice (checksum
+  // records, then data), and the opens cost more than the reads of a small one.
+  std::unique_ptr<OpenFiles> files;
 };
 
 }  // namespace cairn

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <filesystem>
 #include <random>
 #include <thread>
 
@@ -503,6 +504,87 @@ TEST(PosixDiskTest, ReadNowReadsOnlyWhatIsInMemory) {
   EXPECT_FALSE(disk.readNow(dir.path() + "/missing", 0, 1, out).has_value());
   ASSERT_TRUE(disk.read(path, 300000, 4096, out).ok());
   EXPECT_EQ(out, data.substr(300000, 4096));
+}
+
+// Descriptors this process has open on `path` after it was deleted.
+size_t openDeleted(const std::string& path) {
+  size_t n = 0;
+  for (auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code ec;
+    n += std::filesystem::read_symlink(e.path(), ec).string() == path + " (deleted)";
+  }
+  return n;
+}
+
+size_t openDescriptors() {
+  return static_cast<size_t>(std::distance(std::filesystem::directory_iterator("/proc/self/fd"),
+                                           std::filesystem::directory_iterator()));
+}
+
+std::string readAllOf(PosixDisk& disk, const std::string& path) {
+  std::string out;
+  Status s = disk.read(path, 0, 1 << 20, out);
+  return s.ok() ? out : s.toString();
+}
+
+// Files stay open between calls, but a call always reaches the file a name has now: one
+// removed, renamed over or made again by name is not read through the old descriptor, and
+// a removed file is closed (its space freed) with the remove.
+TEST(PosixDiskTest, FilesKeptOpenFollowTheirNames) {
+  testing::TempDir dir;
+  PosixDisk disk;
+  std::string a = dir.path() + "/a", b = dir.path() + "/b", out;
+  ASSERT_TRUE(disk.write(a, 0, "first", 5, true).ok());
+  EXPECT_EQ(readAllOf(disk, a), "first");
+  ASSERT_TRUE(disk.write(a, 5, "+more", 5, false).ok());  // through the kept descriptor
+  EXPECT_EQ(readAllOf(disk, a), "first+more");
+
+  ASSERT_TRUE(disk.remove(a).ok());
+  EXPECT_EQ(openDeleted(a), 0u);
+  EXPECT_EQ(disk.read(a, 0, 10, out).code(), ErrorCode::NOT_FOUND);
+  ASSERT_TRUE(disk.write(a, 0, "second", 6, true).ok());
+  EXPECT_EQ(readAllOf(disk, a), "second");
+
+  ASSERT_TRUE(disk.write(b, 0, "renamed", 7, true).ok());
+  EXPECT_EQ(readAllOf(disk, b), "renamed");
+  ASSERT_TRUE(disk.rename(b, a).ok());  // over a file kept open
+  EXPECT_EQ(readAllOf(disk, a), "renamed");
+  EXPECT_EQ(openDeleted(a), 0u);
+  EXPECT_EQ(disk.read(b, 0, 10, out).code(), ErrorCode::NOT_FOUND);
+
+  // Removed behind the disk's back, then made again through it.
+  ASSERT_EQ(unlink(a.c_str()), 0);
+  ASSERT_TRUE(disk.write(a, 0, "third", 5, true).ok());
+  EXPECT_EQ(readAllOf(disk, a), "third");
+  EXPECT_EQ(openDeleted(a), 0u);
+
+  // readNow() goes through the same files.
+  ASSERT_TRUE(disk.write(b, 0, "now", 3, true).ok());
+  ASSERT_TRUE(disk.rename(b, a).ok());
+  auto now = disk.readNow(a, 0, 10, out);
+  if (now.has_value()) {
+    EXPECT_TRUE(now->ok()) << now->toString();
+    EXPECT_EQ(out, "now");
+  }
+}
+
+// However many files are used, only so many stay open.
+TEST(PosixDiskTest, OnlySoManyFilesStayOpen) {
+  testing::TempDir dir;
+  PosixDisk disk;
+  size_t before = openDescriptors();
+  for (int i = 0; i < 500; ++i) {
+    std::string path = dir.path() + "/f" + std::to_string(i);
+    std::string data = "file " + std::to_string(i);
+    ASSERT_TRUE(disk.write(path, 0, data.data(), data.size(), true).ok());
+    ASSERT_EQ(readAllOf(disk, path), data);
+  }
+  size_t kept = openDescriptors() - before;
+  EXPECT_GT(kept, 0u);  // they are kept: else this test proves nothing
+  EXPECT_LE(kept, 128u);
+  for (int i = 0; i < 500; ++i) {
+    EXPECT_EQ(readAllOf(disk, dir.path() + "/f" + std::to_string(i)), "file " + std::to_string(i));
+  }
 }
 
 // The pages of `path` in the page cache, of those its first `size` bytes span.
