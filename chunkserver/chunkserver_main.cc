@@ -3,8 +3,10 @@
 #include <kj/async-io.h>
 #include <kj/exception.h>
 #include <signal.h>
+#include <sys/resource.h>
 
 #include <CLI/CLI.hpp>
+#include <cstring>
 #include <fstream>
 
 #include "address.h"
@@ -13,6 +15,21 @@
 #include "security.h"
 #include "status_http.h"
 #include "units.h"
+
+namespace {
+
+// Raises the soft limit on open files to the hard one (often 1024 against 524288): a
+// descriptor refused would fail a chunk's read as if the disk had.
+void raiseOpenFileLimit() {
+  rlimit r{};
+  if (getrlimit(RLIMIT_NOFILE, &r) != 0 || r.rlim_cur >= r.rlim_max) return;
+  r.rlim_cur = r.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &r) != 0) {
+    cairn::logWarn("cannot raise the open-file limit: {}", strerror(errno));
+  }
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   using namespace cairn;
@@ -90,6 +107,7 @@ int main(int argc, char** argv) {
       advertise = bound;
     }
     setLogComponent("chunkserver " + advertise);
+    raiseOpenFileLimit();  // the disk keeps chunk files open, beside every connection
     PosixDisk disk(/*dropBehind=*/!keepWritten);
     ChunkserverOptions options;
     options.address = advertise;

@@ -149,7 +149,8 @@ std::shared_ptr<const int> PosixDisk::fileAt(const std::string& path) {
   int fd = open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOATIME);
   if (fd < 0 && errno == EPERM) fd = open(path.c_str(), O_RDWR | O_CLOEXEC);  // not its owner
   if (fd < 0 && (errno == EACCES || errno == EROFS)) {
-    // Readable only: this call gets it, and a write through it fails as the open would have.
+    // Readable only (a read-only file system, or mode): this call gets it, not kept; a
+    // write through it fails (EBADF).
     return owned(open(path.c_str(), O_RDONLY | O_CLOEXEC));
   }
   auto file = owned(fd);
@@ -178,8 +179,11 @@ std::optional<Status> PosixDisk::readNow(const std::string& path, uint64_t offse
   uint64_t generation;
   auto file = files->find(path, generation);
   if (!file) {
+    // Opened for reading only, and not kept: closing a file that was open for writing may
+    // wait for the file system (ext4 drops its preallocations then), and keeping one may
+    // close another. Files are kept by the calls on the disk threads.
     open_how how{};
-    how.flags = O_RDWR | O_CLOEXEC | O_NOATIME;
+    how.flags = O_RDONLY | O_CLOEXEC | O_NOATIME;
     how.resolve = RESOLVE_CACHED;
     file = owned(static_cast<int>(syscall(SYS_openat2, AT_FDCWD, path.c_str(), &how, sizeof how)));
     if (!file) {
@@ -187,7 +191,6 @@ std::optional<Status> PosixDisk::readNow(const std::string& path, uint64_t offse
       if (errno == ENOSYS || errno == EINVAL || errno == EPERM) return unsupported("openat2");
       return std::nullopt;
     }
-    files->keep(path, file, generation);
   }
   int err = readAll(*file, offset, size, out, RWF_NOWAIT);
   if (err == EOPNOTSUPP) {
